@@ -1,0 +1,198 @@
+"""asyncio: the standard library's event loop calls us back (uvloop: the same, in C).
+
+How it works. The loop is an epoll loop like ours (``selectors.EpollSelector`` on
+Linux), with callbacks instead of a hand-written dispatch: it accepts, reads and
+buffers writes itself, and calls a ``Protocol`` object per connection. The engine
+contract was named after ``asyncio.Protocol``, so the glue is nearly one to one::
+
+    loop: epoll_wait -> accept       -> ChatProtocol.connection_made -> engine  (steps 4-5)
+                     -> readable     -> ChatProtocol.data_received   -> engine  (step 6)
+                     -> buffer drains/fills -> resume_writing / pause_writing
+          call_soon(flush_pass): engine.flush, then ONE transport.write per
+          connection with output (step 7); call_later: the engine's timer
+
+What it costs. Per-event overhead in Python is higher than our own epoll loop
+(handles, callbacks, the transport's buffer), in exchange for not writing the loop.
+uvloop runs the same code on libuv, in C, which takes most of that overhead away.
+
+Where it stops. One thread, one core, like epoll. The transport buffers without
+limit, so the hard limit is our check after each write pass; its water marks come
+from ``set_write_buffer_limits`` with our flags.
+
+Helpers: ``common`` (``BackendConfig``, ``listen``, ``banner``, ``guarded``, ``tune``,
+``peer_name``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import signal
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ..hub import Abort, Action, Close, Engine, HubConfig, Write
+from .common import BackendConfig, banner, guarded, listen, peer_name, tune
+
+NAME = "asyncio"
+log = logging.getLogger("csce513msg.backend")
+_ids = itertools.count(1)
+
+
+class ChatProtocol(asyncio.Protocol):
+    """One connection, forwarding the loop's callbacks to the engine."""
+
+    def __init__(self, server: AsyncServer) -> None:
+        self.server = server
+        self.id = next(_ids)
+        self.pending: list[bytes] = []  # this pass's writes, sent together by flush_pass
+        self.closing = False
+        self.pause_flag: bool | None = None  # set mid-write by the transport, forwarded after
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        sock = transport.get_extra_info("socket")
+        tune(sock, self.server.config)
+        transport.set_write_buffer_limits(high=self.server.config.high_water, low=self.server.config.low_water)
+        self.server.conns[self.id] = self
+        self.server.call(self, self.server.engine.connection_made, self.id, peer_name(sock))  # Welcome
+
+    def data_received(self, data: bytes) -> None:
+        if not self.closing:  # a closing connection's input is read and discarded
+            self.server.call(self, self.server.engine.data_received, self.id, data)
+
+    def eof_received(self) -> bool:
+        return False  # the peer closed its side: close ours (connection_lost follows)
+
+    def pause_writing(self) -> None:
+        self.pause_flag = True  # called from inside transport.write: only note it
+
+    def resume_writing(self) -> None:
+        self.pause_flag = False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.conns.pop(self.id, None)
+        self.server.call(None, self.server.engine.connection_lost, self.id)  # exactly once, last
+        self.server.maybe_done()
+
+
+class AsyncServer:
+    """The engine, the connections, and the once-per-wake-up flush."""
+
+    def __init__(self, engine: Engine, config: BackendConfig, loop: asyncio.AbstractEventLoop) -> None:
+        self.engine = engine
+        self.config = config
+        self.loop = loop
+        self.conns: dict[int, ChatProtocol] = {}
+        self.dirty: set[ChatProtocol] = set()
+        self.flush_scheduled = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at: float | None = None
+        self.stopping = False
+        self.done = loop.create_future()
+
+    def call(self, proto: ChatProtocol | None, fn: Callable[..., list[Action]], *args: object) -> None:
+        """Call the engine now; perform its actions; flush once, later in this wake-up."""
+        now = time.monotonic()
+        actions = guarded(fn, *args, now)
+        if actions is None and proto is not None:
+            actions = [Abort(proto.id, "engine error")]
+        self.perform(actions or [], now)
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.call_soon(self.flush_pass)
+
+    def perform(self, actions: Iterable[Action], now: float) -> None:
+        for action in actions:
+            proto = self.conns.get(getattr(action, "conn", 0))
+            if proto is None or proto.transport is None:
+                continue
+            if isinstance(action, Write):
+                proto.pending.append(action.data)
+                self.dirty.add(proto)
+            elif isinstance(action, Close) and not proto.closing:
+                proto.closing = True  # flush_pass sends the rest, then write_eof()
+                self.dirty.add(proto)
+                self.loop.call_later(self.config.close_timeout, self.close_timeout, proto)
+            elif isinstance(action, Abort):
+                self.abort(proto, action.reason)
+
+    def flush_pass(self) -> None:
+        """After the wake-up's callbacks: the engine's batch, one write per connection."""
+        self.flush_scheduled = False
+        now = time.monotonic()
+        self.perform(guarded(self.engine.flush, now) or [], now)
+        dirty, self.dirty = self.dirty, set()
+        for proto in dirty:
+            transport = proto.transport
+            if transport is None or transport.is_closing():
+                continue
+            if proto.pending:
+                data, proto.pending = b"".join(proto.pending), []
+                transport.write(data)  # may call pause_writing before it returns
+            if transport.get_write_buffer_size() > self.config.hard_limit:
+                self.abort(proto, "outbound limit")
+            elif proto.closing and transport.can_write_eof():
+                transport.write_eof()  # FIN after the buffer drains; we read until theirs
+            if proto.pause_flag is not None:
+                paused, proto.pause_flag = proto.pause_flag, None
+                call = self.engine.pause_writing if paused else self.engine.resume_writing
+                self.perform(guarded(call, proto.id, now) or [], now)
+        self.schedule_timer()
+
+    def abort(self, proto: ChatProtocol, reason: str) -> None:
+        assert proto.transport is not None
+        if reason in ("outbound limit", "close timeout", "engine error"):
+            size = proto.transport.get_write_buffer_size()
+            log.warning("abort #%d: %s (%d bytes queued)", proto.id, reason, size)
+        proto.transport.abort()  # connection_lost follows on the next loop pass
+
+    def close_timeout(self, proto: ChatProtocol) -> None:
+        if proto.id in self.conns:
+            self.abort(proto, "close timeout")
+
+    def schedule_timer(self) -> None:
+        """Turn the engine's next deadline into one call_later."""
+        deadline = self.engine.next_deadline()
+        if deadline == self.timer_at:
+            return
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer_at = deadline
+        self.timer = None if deadline is None else self.loop.call_later(deadline - time.monotonic(), self.on_timer)
+
+    def on_timer(self) -> None:
+        self.timer = self.timer_at = None
+        self.call(None, self.engine.handle_timer)
+
+    def maybe_done(self) -> None:
+        if self.stopping and not self.conns and not self.done.done():
+            self.done.set_result(None)
+
+
+async def main(engine: Engine, config: BackendConfig, hub_config: HubConfig, name: str) -> None:
+    loop = asyncio.get_running_loop()
+    server = AsyncServer(engine, config, loop)
+    sock = listen(config)  # steps 1-3; the loop accepts on it (step 4)
+    listener = await loop.create_server(lambda: ChatProtocol(server), sock=sock)
+    stop = loop.create_future()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, lambda s=signum: stop.done() or stop.set_result(s))
+    banner(name, sock, config, hub_config)
+    signum = await stop
+    log.info("shutting down (signal %s)", signum)
+    listener.close()  # stop accepting
+    server.stopping = True
+    server.call(None, engine.shutdown)
+    server.maybe_done()
+    await server.done
+
+
+def serve(engine: Engine, config: BackendConfig, hub_config: HubConfig, *, loop_factory: Any = None,
+          name: str = NAME) -> None:
+    """Run the server until SIGINT or SIGTERM, then say goodbye and return."""
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(main(engine, config, hub_config, name))

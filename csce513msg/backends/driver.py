@@ -1,0 +1,236 @@
+"""The bookkeeping shared by the readiness strategies (select, poll, epoll).
+
+A readiness strategy asks the kernel "which of these sockets can I read or write
+without blocking?" and then does exactly that. Everything around that question is
+the same for all three and lives here, so each strategy module holds only its
+loop and its system calls:
+
+- the connection table, and the calls into the engine (``accepted``, ``readable``),
+  each guarded so an engine bug costs one connection, not the server;
+- ``perform``: the engine's actions (Write queues, Close drains, Abort drops), then
+  the water marks (pause/resume/abort past the hard limit), then the losses, in
+  that order, so performing an action never calls back into the engine;
+- ``write_pass``: once per loop pass, one ``send`` per connection with output, so a
+  burst of messages costs one system call, not one each; what the kernel would
+  not take waits for the socket to become writable;
+- closing: drain the queue, ``shutdown(SHUT_WR)``, then read and discard until the
+  peer closes too (so our last bytes are not destroyed by a reset), all bounded by
+  the close timeout;
+- timers: the engine's deadline and the close deadlines become the poll timeout.
+
+The strategy gives the driver two calls: ``watch(fd, read, write)`` to change what
+it waits for on a socket, and ``forget(fd)`` before the socket is closed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import socket
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+from ..hub import Abort, Action, Close, Engine, Write
+from .common import BackendConfig, Outbound, guarded, peer_name, tune
+
+log = logging.getLogger("csce513msg.backend")
+_ids = itertools.count(1)
+
+
+class Strategy(Protocol):
+    """What the driver needs from a readiness strategy."""
+
+    def watch(self, fd: int, read: bool, write: bool) -> None: ...
+    def forget(self, fd: int) -> None: ...
+
+
+class Conn:
+    """One accepted connection."""
+
+    __slots__ = ("id", "sock", "fd", "out", "interest", "closing", "deadline", "lingering", "dead")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.id = next(_ids)
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.out = Outbound()
+        self.interest = (True, False)  # (read, write) as registered with the strategy
+        self.closing = False  # Close received: no more input for the engine
+        self.deadline = 0.0  # when a closing connection gets aborted
+        self.lingering = False  # write side shut down; reading until the peer closes
+        self.dead = False  # closed and reported lost
+
+
+class Driver:
+    """Connections, actions and output for one readiness loop."""
+
+    def __init__(self, engine: Engine, config: BackendConfig, strategy: Strategy) -> None:
+        self.engine = engine
+        self.config = config
+        self.strategy = strategy
+        self.conns: dict[int, Conn] = {}  # fd -> connection
+        self.by_id: dict[int, Conn] = {}  # engine's id -> connection
+        self.dirty: set[Conn] = set()  # connections with output to send this pass
+        self.closing: set[Conn] = set()
+        self._doomed: list[tuple[Conn, str]] = []
+
+    # ---- events from the strategy ----------------------------------------------------
+
+    def accepted(self, sock: socket.socket, now: float) -> None:
+        """A new connection: register it and let the engine greet it (Welcome)."""
+        sock.setblocking(False)
+        tune(sock, self.config)
+        conn = Conn(sock)
+        self.conns[conn.fd] = self.by_id[conn.id] = conn
+        self.strategy.watch(conn.fd, True, False)
+        self._engine(conn, now, self.engine.connection_made, conn.id, peer_name(sock), now)
+
+    def readable(self, conn: Conn, now: float) -> None:
+        """The kernel says a recv will not block: read once, hand the bytes over."""
+        try:
+            data = conn.sock.recv(self.config.recv_size)
+        except BlockingIOError:
+            return
+        except OSError as exc:  # e.g. ECONNRESET: the peer vanished abruptly
+            return self.lose(conn, f"reset ({exc.strerror})", now)
+        if not data:  # end of stream: the peer closed its side
+            return self.lose(conn, "closed by peer", now)
+        if conn.closing:
+            return  # lingering close: discard whatever the peer still sends
+        self._engine(conn, now, self.engine.data_received, conn.id, data, now)
+
+    def writable(self, conn: Conn) -> None:
+        """The kernel has room again: send in this pass's write_pass."""
+        self.dirty.add(conn)
+
+    # ---- actions -----------------------------------------------------------------------
+
+    def perform(self, actions: Iterable[Action], now: float) -> None:
+        """Do the engine's actions, then the water marks, then the losses."""
+        batches = [actions]
+        while batches:
+            touched: set[Conn] = set()
+            for action in batches.pop():
+                conn = self.by_id.get(getattr(action, "conn", 0))
+                if conn is None or conn.dead:
+                    continue  # already gone: connection_lost is on its way or done
+                if isinstance(action, Write):
+                    conn.out.append(action.data)
+                    self.dirty.add(conn)
+                    touched.add(conn)
+                elif isinstance(action, Close):
+                    self._start_close(conn, action.reason, now)
+                elif isinstance(action, Abort):
+                    self._doomed.append((conn, action.reason))
+            for conn in touched:
+                batches.extend(self._water(conn, now))
+            while self._doomed:
+                conn, reason = self._doomed.pop()
+                batches.append(self.lose(conn, reason, now, report=False))
+
+    def write_pass(self, now: float) -> None:
+        """Once per loop pass: one send per connection that has output."""
+        dirty, self.dirty = self.dirty, set()
+        for conn in dirty:
+            if conn.dead:
+                continue
+            if conn.out.size:
+                try:
+                    conn.out.sent(conn.sock.send(conn.out.take()))
+                except BlockingIOError:
+                    pass
+                except OSError as exc:
+                    self.lose(conn, f"send failed ({exc.strerror})", now)
+                    continue
+            if conn.closing and not conn.out.size and not conn.lingering:
+                self._shut_write(conn, now)
+                if conn.dead:
+                    continue
+            self._set_interest(conn, not conn.closing or conn.lingering, conn.out.size > 0)
+            self.perform(self._water(conn, now), now)
+
+    def lose(self, conn: Conn, reason: str, now: float, report: bool = True) -> list[Action]:
+        """Close the socket and tell the engine, exactly once per connection."""
+        if conn.dead:
+            return []
+        conn.dead = True
+        self.strategy.forget(conn.fd)
+        conn.sock.close()
+        del self.conns[conn.fd], self.by_id[conn.id]
+        self.dirty.discard(conn)
+        self.closing.discard(conn)
+        if reason in ("outbound limit", "close timeout", "engine error"):
+            log.warning("abort #%d: %s (%d bytes queued)", conn.id, reason, conn.out.size)
+        else:
+            log.debug("lost #%d: %s", conn.id, reason)
+        actions = guarded(self.engine.connection_lost, conn.id, now) or []
+        if report:
+            self.perform(actions, now)
+            return []
+        return actions
+
+    # ---- time ------------------------------------------------------------------------------
+
+    def timeout(self, now: float) -> float | None:
+        """Seconds the strategy may block: until the next engine or close deadline."""
+        deadlines = [c.deadline for c in self.closing]
+        engine_deadline = self.engine.next_deadline()
+        if engine_deadline is not None:
+            deadlines.append(engine_deadline)
+        return max(0.0, min(deadlines) - now) if deadlines else None
+
+    def timers(self, now: float) -> None:
+        """Run what is due: the engine's timer, and aborts of overdue closes."""
+        deadline = self.engine.next_deadline()
+        if deadline is not None and deadline <= now:
+            self.perform(guarded(self.engine.handle_timer, now) or [], now)
+        for conn in [c for c in self.closing if c.deadline <= now]:
+            self.lose(conn, "close timeout", now)
+
+    def flush(self, now: float) -> None:
+        """End of a loop pass: the engine's batched work, then this pass's output."""
+        self.perform(guarded(self.engine.flush, now) or [], now)
+        self.write_pass(now)
+
+    def shutdown(self, now: float) -> None:
+        """Stop: the engine says goodbye and closes everyone; the loop drains them."""
+        self.perform(guarded(self.engine.shutdown, now) or [], now)
+
+    # ---- helpers ------------------------------------------------------------------------------
+
+    def _engine(self, conn: Conn, now: float, call: Callable[..., list[Action]], *args: object) -> None:
+        actions = guarded(call, *args)
+        self.perform([Abort(conn.id, "engine error")] if actions is None else actions, now)
+
+    def _water(self, conn: Conn, now: float) -> list[Action]:
+        level = conn.out.level(self.config)
+        if level == "abort":
+            self._doomed.append((conn, "outbound limit"))
+        elif level == "pause":
+            return guarded(self.engine.pause_writing, conn.id, now) or []
+        elif level == "resume":
+            return guarded(self.engine.resume_writing, conn.id, now) or []
+        return []
+
+    def _start_close(self, conn: Conn, reason: str, now: float) -> None:
+        if conn.closing:
+            return
+        log.debug("close #%d: %s", conn.id, reason)
+        conn.closing = True
+        conn.deadline = now + self.config.close_timeout
+        self.closing.add(conn)
+        self.dirty.add(conn)  # the write pass drains, then shuts the write side
+
+    def _shut_write(self, conn: Conn, now: float) -> None:
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)  # FIN after our last byte
+        except OSError:
+            self.lose(conn, "closed", now)
+            return
+        conn.lingering = True
+
+    def _set_interest(self, conn: Conn, read: bool, write: bool) -> None:
+        if conn.dead or conn.interest == (read, write):
+            return
+        conn.interest = (read, write)
+        self.strategy.watch(conn.fd, read, write)

@@ -1,0 +1,142 @@
+"""select: one thread, and three bitmaps of descriptors rebuilt on every call.
+
+How it works. ``select.select(readers, writers, [], timeout)`` takes lists of
+sockets; Python turns them into ``fd_set`` bitmaps, the kernel checks every
+descriptor up to the highest one and clears the bits of those not ready, and
+Python scans the bitmaps back into lists. We keep the two sets ourselves::
+
+        +--> select(r, w, timeout) - blocks until a socket is ready or a deadline -+
+        |      listener ready  -> accept() until EAGAIN, register each new socket  |
+        |      socket readable -> recv() once, engine.data_received -> actions     |
+        |      socket writable -> send the rest of its queue                       |
+        |      wake-up socket  -> SIGINT/SIGTERM: stop accepting, engine.shutdown  |
+        +--- timers, engine.flush, then ONE send per connection with output <-----+
+
+What it costs. Like poll, O(n) per call in the watched descriptors, plus the
+building and scanning of the lists in Python on every call. It is the oldest and
+most portable call (every Unix, and Windows for sockets).
+
+Where it stops. An ``fd_set`` is a fixed bitmap of FD_SETSIZE = 1024 bits: a
+descriptor numbered 1024 or more cannot be watched at all (Python raises
+ValueError). So at about 1,016 clients (the listener, the wake-up socket, stdio
+and a few more hold the low numbers) ``accept`` refuses new connections with a
+``server full`` error and a log line, instead of crashing. The benchmark's
+connection-scaling figure shows select stopping there.
+
+Helpers: ``driver.Driver`` (actions, output, closing, timers) and ``common``
+(``listen``, ``SignalWakeup``, ``banner``).
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import socket
+import time
+
+from ..hub import Engine, HubConfig
+from .common import BackendConfig, SignalWakeup, banner, listen
+from .driver import Conn, Driver
+
+NAME = "select"
+FD_SETSIZE = 1024  # fixed when the C library was built
+log = logging.getLogger("csce513msg.backend")
+
+
+class SelectStrategy:
+    """What the driver may change: the events we wait for on each socket."""
+
+    def __init__(self) -> None:
+        self.readers: set[int] = set()
+        self.writers: set[int] = set()
+
+    def watch(self, fd: int, read: bool, write: bool) -> None:
+        for wanted, fds in ((read, self.readers), (write, self.writers)):
+            if wanted:
+                fds.add(fd)
+            else:
+                fds.discard(fd)
+
+    def forget(self, fd: int) -> None:
+        self.readers.discard(fd)
+        self.writers.discard(fd)
+
+
+def serve(engine: Engine, config: BackendConfig, hub_config: HubConfig) -> None:
+    """Run the server until SIGINT or SIGTERM, then say goodbye and return."""
+    listener = listen(config)
+    listener.setblocking(False)
+    strategy = SelectStrategy()
+    driver = Driver(engine, config, strategy)
+    wake = SignalWakeup()
+    listen_fd, wake_fd = listener.fileno(), wake.fileno()
+    strategy.watch(listen_fd, True, False)
+    strategy.watch(wake_fd, True, False)
+    banner(NAME, listener, config, hub_config)
+    accepting = True
+    while accepting or driver.conns:
+        timeout = driver.timeout(time.monotonic())
+        readable, writable, _ = select.select(strategy.readers, strategy.writers, [], timeout)  # we block here
+        now = time.monotonic()
+        events = [(fd, 1) for fd in readable] + [(fd, 4) for fd in writable]  # 1: read, 4: write
+        for fd, mask in events:
+            if fd == listen_fd:
+                accept(listener, driver, now)
+            elif fd == wake_fd:
+                wake.drain()
+                if accepting:
+                    accepting = False
+                    stop_accepting(listener, strategy, wake)
+                    driver.shutdown(now)  # goodbyes and closes; the loop drains them
+            elif (conn := driver.conns.get(fd)) is not None:
+                if mask == 1:
+                    on_readable(driver, conn, now)
+                elif not conn.dead:
+                    on_writable(driver, conn)
+        driver.timers(now)
+        driver.flush(now)  # the engine's batch, then one send per connection
+    wake.close()
+
+
+def accept(listener: socket.socket, driver: Driver, now: float) -> None:
+    """Accept every pending connection: the kernel finished their handshakes."""
+    while True:
+        try:
+            sock, _ = listener.accept()  # step 4: accept
+        except BlockingIOError:
+            return  # no more waiting
+        except OSError as exc:  # EMFILE: out of file descriptors; they wait in the backlog
+            log.warning("accept failed: %s", exc)
+            return
+        if sock.fileno() >= FD_SETSIZE:  # select could never watch it: refuse, politely
+            refuse_full(sock, driver.engine.server_full())
+            continue
+        driver.accepted(sock, now)  # the engine sends the Welcome: step 5, the acknowledgement
+
+
+def refuse_full(sock: socket.socket, goodbye: bytes) -> None:
+    """Tell a client we are at select's ceiling, then close (best effort, no wait)."""
+    log.warning("refused connection: descriptor %d is over select's FD_SETSIZE (%d)", sock.fileno(), FD_SETSIZE)
+    try:
+        sock.setblocking(False)
+        sock.send(goodbye)  # the engine's "server full" error; it may not fit: then just close
+    except OSError:
+        pass
+    sock.close()
+
+
+def on_readable(driver: Driver, conn: Conn, now: float) -> None:
+    """Level-triggered: if we leave bytes unread, the next poll reports them again."""
+    driver.readable(conn, now)  # step 6: receive; the engine's answer is queued (step 7)
+
+
+def on_writable(driver: Driver, conn: Conn) -> None:
+    """The socket's send buffer has room: the write pass sends the rest."""
+    driver.writable(conn)
+
+
+def stop_accepting(listener: socket.socket, strategy: SelectStrategy, wake: SignalWakeup) -> None:
+    """Close the listener, so new clients are refused while we drain."""
+    strategy.forget(listener.fileno())
+    listener.close()
+    log.info("shutting down (signal %s)", wake.signalled)

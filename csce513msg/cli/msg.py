@@ -1,0 +1,41 @@
+"""``msg``: the command-line chat client."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ..client.mux import MUXES, best_mux
+from ..client.terminal import run as run_terminal
+
+app = typer.Typer(add_completion=False)
+
+
+@app.command()
+def main(
+    user: Annotated[str, typer.Option(help="Your user name.")],
+    server: Annotated[str, typer.Option(help="HOST:PORT of the server.")] = "127.0.0.1:5130",
+    mux: Annotated[str, typer.Option(help="How to wait on keyboard and socket: select, poll or epoll.")] = best_mux(),
+    json: Annotated[bool, typer.Option("--json", help="One JSON object per event, for scripts.")] = False,
+) -> None:
+    """Chat from the terminal: type /help once connected. Reads commands from a pipe or
+    file too, and exits at end of input once the server answered everything
+    (status 0 only if every request succeeded)."""
+    if mux not in MUXES:
+        typer.echo(f"msg: unknown --mux {mux!r}; choose select, poll or epoll", err=True)
+        raise typer.Exit(2)
+    host, sep, port = server.rpartition(":")
+    if not sep or not port.isdigit():
+        typer.echo(f"msg: --server must be HOST:PORT, not {server!r}", err=True)
+        raise typer.Exit(2)
+    raise typer.Exit(run_terminal(host.strip("[]") or "127.0.0.1", int(port), user, mux, json))
+
+
+def run() -> None:
+    """Console script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,104 @@
+"""``msgsrv``: the server's command line.
+
+``msgsrv [serve] --backend NAME ...`` runs the server; ``serve`` is the default
+command, so ``msgsrv --backend epoll`` works too (admin commands sit beside it
+later). Every limit is a flag; defaults are documented in ``--help`` and README.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import sys
+import time
+from typing import Annotated
+
+import typer
+
+from ..backends import BACKENDS, DESCRIPTIONS, BackendUnavailable, default_backend, load
+from ..backends.common import BackendConfig, check_limits
+from ..hub import Engine, HubConfig
+from ..store import MemoryStore
+
+DEFAULT_PORT = 5130
+_BACKEND_HELP = "I/O strategy: " + "; ".join(f"{name}: {DESCRIPTIONS[name]}" for name in BACKENDS)
+
+app = typer.Typer(
+    add_completion=False,
+    help="csce513Msg server. Backends: " + ", ".join(BACKENDS) + f" (default {default_backend()}).",
+)
+
+
+@app.callback()
+def main() -> None:
+    """csce513Msg chat server: run `msgsrv serve --help` for the server's flags."""
+
+
+@app.command()
+def serve(
+    backend: Annotated[str, typer.Option(help=_BACKEND_HELP)] = default_backend(),
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port; 0 picks a free one (the banner prints it).")] = DEFAULT_PORT,
+    name: Annotated[str, typer.Option(help="Server name sent in the Welcome.")] = "csce513msg",
+    max_frame: Annotated[int, typer.Option(help="Largest frame (header + body) accepted, bytes.")] = 65536,
+    max_text: Annotated[int, typer.Option(help="Largest message body, bytes.")] = 16384,
+    window: Annotated[int, typer.Option(help="Unacknowledged deliveries per client (advertised).")] = 64,
+    idle_timeout: Annotated[float, typer.Option(help="Seconds of silence before a connection is closed.")] = 90.0,
+    rate: Annotated[float, typer.Option(help="Requests per second per connection.")] = 500.0,
+    burst: Annotated[int, typer.Option(help="Requests a connection may send at once.")] = 1000,
+    high_water: Annotated[int, typer.Option(help="Outbound bytes queued before pause_writing.")] = 256 * 1024,
+    low_water: Annotated[int, typer.Option(help="Outbound bytes queued before resume_writing.")] = 64 * 1024,
+    hard_limit: Annotated[int, typer.Option(help="Outbound bytes queued before the connection is aborted.")] = 8
+    * 1024
+    * 1024,
+    sndbuf: Annotated[int, typer.Option(help="SO_SNDBUF of accepted sockets; 0: kernel default.")] = 0,
+    close_timeout: Annotated[float, typer.Option(help="Seconds a closing connection may take to drain.")] = 5.0,
+    backlog: Annotated[int, typer.Option(help="listen() backlog.")] = 1024,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    quiet: Annotated[bool, typer.Option(help="Only warnings and errors (same as --log-level warning).")] = False,
+) -> None:
+    """Run the chat server until SIGINT or SIGTERM."""
+    level = logging.WARNING if quiet else getattr(logging, log_level.upper(), None)
+    if not isinstance(level, int):
+        _fail(f"unknown log level {log_level!r}")
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(message)s", stream=sys.stderr)
+    try:
+        module = load(backend)
+    except BackendUnavailable as exc:
+        _fail(str(exc))
+    hub_config = HubConfig(name, max_frame, max_text, window, idle_timeout, rate, burst)
+    backend_config = BackendConfig(host, port, high_water, low_water, hard_limit, sndbuf, close_timeout, backlog)
+    problem = check_limits(backend_config, hub_config)
+    if problem:
+        _fail(problem)
+    _raise_fd_limit()
+    engine = Engine(MemoryStore(), hub_config, wall_offset=time.time() - time.monotonic())
+    try:
+        module.serve(engine, backend_config, hub_config)
+    except OSError as exc:  # e.g. the port is taken
+        _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+    logging.getLogger("csce513msg").info("stopped")
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"msgsrv: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _raise_fd_limit() -> None:
+    """Allow as many connections as the hard limit of open files permits."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def run() -> None:
+    """Console script: ``serve`` is the default command."""
+    args = sys.argv[1:]
+    if not args or args[0] not in ("serve", "--help", "-h"):
+        sys.argv[1:1] = ["serve"]
+    app()
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,175 @@
+"""A blocking Python client: the API that tests, benchmarks and scripts share.
+
+It is the pure ``ClientSession`` under the simplest possible driver: a blocking
+socket with a timeout. Every message the server sends lands in an inbox; calls
+that wait for a reply take it out by request id and leave the rest in order.
+
+    with Client.connect("127.0.0.1", 5130, user="alice") as alice:
+        receipt = alice.send_text("bob", "hello")      # waits for the Receipt
+        print(alice.who())                             # ['alice', 'bob']
+        msg = alice.next_message(Deliver, timeout=5)   # a message for alice
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TypeVar
+
+from ..protocol import Csce513Error, Deliver, Error, ErrorCode, LoginOk, Message, Receipt, WhoReply
+from .session import ClientSession, ClientState
+
+M = TypeVar("M", bound=Message)
+
+
+class ServerError(Csce513Error):
+    """The server answered a request with an Error."""
+
+    def __init__(self, error: Error) -> None:
+        try:
+            name = ErrorCode(error.code).name
+        except ValueError:
+            name = str(error.code)
+        super().__init__(f"{name}: {error.message}")
+        self.code = error.code
+        self.error = error
+
+
+class ConnectionClosed(Csce513Error):
+    """The server closed the connection."""
+
+
+class Client:
+    """A blocking connection to a csce513Msg server.
+
+    Args:
+        sock: a connected socket (see ``connect``).
+        session: the pure session to drive.
+        timeout: default seconds to wait for a reply.
+    """
+
+    def __init__(self, sock: socket.socket, session: ClientSession, timeout: float = 10.0) -> None:
+        self.sock = sock
+        self.session = session
+        self.timeout = timeout
+        self.inbox: deque[Message] = deque()
+        self.closed = False
+
+    @classmethod
+    def connect(
+        cls, host: str, port: int, *, user: str | None = None, presence: bool = False, timeout: float = 10.0
+    ) -> Client:
+        """Connect, wait for the Welcome (the server's acknowledgement) and, if
+        ``user`` is given, log in.
+
+        Raises:
+            ServerError: the login was refused.
+            ConnectionClosed, OSError: the connection failed.
+        """
+        sock = socket.create_connection((host, port), timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        client = cls(sock, ClientSession(presence=presence), timeout)
+        client._wait(lambda: client.session.state is not ClientState.AWAIT_WELCOME, timeout)
+        if user is not None:
+            client.login(user)
+        return client
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection."""
+        if not self.closed:
+            self.closed = True
+            self.sock.close()
+
+    # ---- requests ------------------------------------------------------------------
+
+    def login(self, user: str) -> LoginOk:
+        """Log in as ``user``; raise ServerError if refused."""
+        return self.request(self.session.login(user), LoginOk)
+
+    def send_text(self, target: str, text: str) -> Receipt:
+        """Send a direct message and wait for its Receipt; raise ServerError if refused."""
+        return self.request(self.session.send_text(target, text), Receipt)
+
+    def who(self) -> list[str]:
+        """Return the users online."""
+        return list(self.request(self.session.who(), WhoReply).users)
+
+    def send_raw(self, data: bytes) -> None:
+        """Send bytes as they are (for tests of malformed input)."""
+        self.sock.sendall(data)
+
+    def request(self, rid: int, reply_type: type[M], timeout: float | None = None) -> M:
+        """Send what the session queued and wait for the reply to request ``rid``."""
+        self.flush()
+        reply = self.next_message(lambda m: m.request_id == rid, timeout=timeout)
+        if isinstance(reply, Error):
+            raise ServerError(reply)
+        if not isinstance(reply, reply_type):
+            raise Csce513Error(f"expected {reply_type.__name__}, got {reply!r}")
+        return reply
+
+    def flush(self) -> None:
+        """Send whatever the session has queued (requests, acknowledgements)."""
+        data = self.session.data_to_send()
+        if data:
+            self.sock.sendall(data)
+
+    # ---- waiting ---------------------------------------------------------------------
+
+    def next_message(
+        self, match: type[M] | Callable[[Message], bool] | None = None, timeout: float | None = None
+    ) -> Message:
+        """Return the first message in the inbox (waiting for it) that matches:
+        a message class, a predicate, or None for any.
+
+        Raises:
+            TimeoutError: nothing matched within ``timeout`` seconds.
+            ConnectionClosed: the server closed the connection first.
+        """
+        if match is None:
+            test: Callable[[Message], bool] = lambda m: True  # noqa: E731
+        elif isinstance(match, type):
+            kind = match
+            test = lambda m: isinstance(m, kind)  # noqa: E731
+        else:
+            test = match
+        found: list[Message] = []
+
+        def pick() -> bool:
+            for msg in self.inbox:
+                if test(msg):
+                    self.inbox.remove(msg)
+                    found.append(msg)
+                    return True
+            return False
+
+        self._wait(pick, self.timeout if timeout is None else timeout)
+        return found[0]
+
+    def deliveries(self, count: int, timeout: float | None = None) -> list[Deliver]:
+        """Wait for ``count`` deliveries and return them in arrival order."""
+        return [self.next_message(Deliver, timeout) for _ in range(count)]  # type: ignore[misc]
+
+    def _wait(self, done: Callable[[], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not done():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no matching message within {timeout} s")
+            self.sock.settimeout(remaining)
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                continue
+            if not data:
+                raise ConnectionClosed("the server closed the connection")
+            self.inbox.extend(self.session.receive_data(data))
+            self.flush()  # acknowledgements the session queued

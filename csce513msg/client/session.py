@@ -1,0 +1,157 @@
+"""The client side of the protocol, with no I/O: the twin of the hub.
+
+A driver (the command-line loop, the blocking API, the GUI) feeds it the bytes
+that arrived with ``receive_data`` and sends whatever ``data_to_send`` returns,
+in the manner of h11 and the websockets library. The session does the handshake
+(it waits for Welcome, refuses another major version, answers with Hello and, if
+a user was given, Login), numbers requests, remembers which are in flight, and
+acknowledges deliveries: one cumulative Ack per stream for each batch of bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+from ..protocol import (
+    VERSION_MAJOR,
+    Ack,
+    ContentType,
+    Deliver,
+    Error,
+    ErrorCode,
+    Feature,
+    FrameDecoder,
+    Hello,
+    LocalProtocolError,
+    Login,
+    LoginOk,
+    Message,
+    Ping,
+    Pong,
+    Receipt,
+    RemoteProtocolError,
+    Send,
+    TargetKind,
+    Welcome,
+    Who,
+    WhoReply,
+    decode,
+    encode,
+)
+
+#: The client accepts frames up to this size from the server (a delivery is at
+#: most the server's text limit plus its header).
+CLIENT_MAX_FRAME = 16 * 1024 * 1024
+#: Reply types that end a request (an Error with a request id does too).
+_REPLIES = (LoginOk, Receipt, WhoReply, Pong, Error)
+
+
+class ClientState(enum.Enum):
+    """Where the client is in the handshake."""
+
+    AWAIT_WELCOME = "await-welcome"
+    AWAIT_LOGIN = "await-login"  # Hello sent (and Login, if a user was given)
+    READY = "ready"
+
+
+class ClientSession:
+    """A pure client session.
+
+    Args:
+        user: log in as this user right after the handshake (None: call ``login``).
+        presence: ask the server for presence events.
+        client: the client program's name, sent in Hello.
+    """
+
+    def __init__(self, user: str | None = None, *, presence: bool = False, client: str = "csce513msg") -> None:
+        self.user = user
+        self.presence = presence
+        self.client = client
+        self.state = ClientState.AWAIT_WELCOME
+        self.welcome: Welcome | None = None
+        self.pending: dict[int, Message] = {}  #: request id -> request awaiting its reply
+        self._decoder = FrameDecoder(CLIENT_MAX_FRAME)
+        self._out: list[bytes] = []
+        self._next_id = 0
+
+    # ---- input --------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> list[Message]:
+        """Take bytes from the server; return the messages they completed, in order.
+
+        Raises:
+            RemoteProtocolError: the server broke the protocol or speaks another
+                major version; the connection should be closed.
+        """
+        events: list[Message] = []
+        acks: dict[str, int] = {}
+        for frame in self._decoder.feed(data):
+            msg = decode(frame)
+            if isinstance(msg, Welcome):
+                self._on_welcome(msg)
+            elif isinstance(msg, Deliver):
+                acks[msg.stream] = max(acks.get(msg.stream, 0), msg.position)
+            elif isinstance(msg, LoginOk):
+                self.state = ClientState.READY
+                self.user = msg.user
+            if isinstance(msg, _REPLIES) and msg.request_id:
+                self.pending.pop(msg.request_id, None)
+            events.append(msg)
+        for stream, position in acks.items():  # acknowledgements coalesce per batch
+            self._out.append(encode(Ack(position, stream)))
+        return events
+
+    def _on_welcome(self, msg: Welcome) -> None:
+        if msg.version_major != VERSION_MAJOR:
+            raise RemoteProtocolError(
+                ErrorCode.VERSION_MISMATCH,
+                f"server speaks protocol {msg.version_major}.{msg.version_minor}; this client speaks {VERSION_MAJOR}.x",
+                fatal=True,
+            )
+        self.welcome = msg
+        self.state = ClientState.AWAIT_LOGIN
+        features = (Feature.PRESENCE.value,) if self.presence else ()
+        self._request(Hello(features=features, client=self.client))
+        if self.user is not None:
+            self.login(self.user)
+
+    # ---- output -------------------------------------------------------------------
+
+    def data_to_send(self) -> bytes:
+        """Return (and forget) the bytes the driver must send now."""
+        out, self._out = self._out, []
+        return b"".join(out)
+
+    def login(self, user: str, password: str = "") -> int:
+        """Queue a Login; return its request id."""
+        return self._request(Login(user, password))
+
+    def send_text(self, target: str, text: str) -> int:
+        """Queue a direct message to ``target``; return its request id."""
+        body = text.encode()
+        return self._request(Send(TargetKind.USER, ContentType.TEXT, 0, target, body))
+
+    def who(self) -> int:
+        """Queue a Who; return its request id."""
+        return self._request(Who())
+
+    def ping(self) -> int:
+        """Queue a Ping (keep-alive); return its request id."""
+        return self._request(Ping())
+
+    def keepalive_interval(self) -> float | None:
+        """Seconds of client silence after which to ping (a third of the idle timeout)."""
+        if self.welcome is None:
+            return None
+        return self.welcome.idle_timeout_ms / 3000
+
+    def _request(self, msg: Message) -> int:
+        if self.state is ClientState.AWAIT_WELCOME:
+            raise LocalProtocolError("wait for the server's Welcome before sending requests")
+        self._next_id = self._next_id % 0xFFFFFFFF + 1  # u32, never 0
+        rid = self._next_id
+        msg = dataclasses.replace(msg, request_id=rid)  # type: ignore[type-var]
+        self.pending[rid] = msg
+        self._out.append(encode(msg))
+        return rid

@@ -1,0 +1,279 @@
+"""The command-line client's event loop: keyboard and socket in ONE thread.
+
+The client's steps: create a socket and connect; wait for the server's Welcome
+(the acknowledgement); then loop::
+
+    +--> mux.wait(timeout) --- blocks until a key line or server bytes arrive ---+
+    |      stdin readable  -> read, split lines, run commands -> session queues  |
+    |      socket readable -> recv, session.receive_data -> print events         |
+    |      timeout         -> keep-alive Ping (a third of the idle timeout)      |
+    +--- sock.send(session.data_to_send()) <-------------------------------------+
+
+Nothing busy-waits: between events the process sleeps in the kernel. stdin may be
+a terminal, a pipe or a file; at end of input the client waits until the server
+has answered every request it sent, then exits (status 0 only if all succeeded).
+On Windows, where select() takes only sockets, one reader thread copying stdin
+into a socket pair is the documented exception.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from datetime import datetime
+from typing import TextIO
+
+from ..protocol import (
+    Deliver,
+    Error,
+    ErrorCode,
+    LoginOk,
+    Message,
+    Presence,
+    Receipt,
+    ReceiptState,
+    RemoteProtocolError,
+    Welcome,
+    WhoReply,
+)
+from .mux import MUXES
+from .session import ClientSession, ClientState
+
+HELP = """commands:
+  /msg USER TEXT   send TEXT to USER (later plain lines go to USER too)
+  /who             list who is online
+  /help            this help
+  /quit            leave (after the server has answered what you sent)
+  TEXT             send to your last conversation partner"""
+
+
+class Terminal:
+    """Prints events, one line each (or one JSON object each with ``--json``)."""
+
+    def __init__(self, out: TextIO, as_json: bool) -> None:
+        self.out = out
+        self.as_json = as_json
+
+    def show(self, text: str, **event: object) -> None:
+        line = json.dumps(event, ensure_ascii=False) if self.as_json else text
+        self.out.write(line + "\n")
+        self.out.flush()
+
+
+def _clock(time_us: int) -> str:
+    return datetime.fromtimestamp(time_us / 1e6).strftime("%H:%M:%S")
+
+
+def _code_name(code: int) -> str:
+    try:
+        return ErrorCode(code).name.lower()
+    except ValueError:
+        return f"error {code}"
+
+
+class ChatClient:
+    """The loop's state: the session, what we sent, and how the run is going."""
+
+    def __init__(self, sock: socket.socket, session: ClientSession, term: Terminal) -> None:
+        self.sock = sock
+        self.session = session
+        self.term = term
+        self.partner: str | None = None  # where a plain line goes
+        self.sent: dict[int, tuple[str, str]] = {}  # request id -> (recipient, text)
+        self.commands: list[str] = []  # lines read before the login finished
+        self.failures = 0
+        self.input_done = False
+        self.finished = False
+        self.last_send = time.monotonic()
+
+    # ---- from the server --------------------------------------------------------
+
+    def on_message(self, msg: Message) -> None:
+        t = self.term
+        if isinstance(msg, Deliver):
+            text = msg.body.decode(errors="replace")
+            self.partner = msg.sender
+            t.show(f"[{_clock(msg.time_us)}] {msg.sender}: {text}", event="deliver", sender=msg.sender,
+                   to=msg.target, text=text, id=msg.message_id, time_us=msg.time_us, stream=msg.stream,
+                   position=msg.position)
+        elif isinstance(msg, Receipt):
+            to, text = self.sent.pop(msg.request_id, ("?", ""))
+            state = ReceiptState(msg.state).name.lower() if msg.state in ReceiptState._value2member_map_ else str(msg.state)
+            t.show(f"[{_clock(msg.time_us)}] you -> {to}: {text}  [{state}]", event="receipt", to=to,
+                   state=state, id=msg.message_id, request=msg.request_id, position=msg.position)
+        elif isinstance(msg, Error):
+            name = _code_name(msg.code)
+            self.sent.pop(msg.request_id, None)
+            if msg.request_id or msg.code != ErrorCode.SHUTTING_DOWN:
+                self.failures += 1
+            t.show(f"! {name}: {msg.message}", event="error", code=name, message=msg.message, request=msg.request_id)
+        elif isinstance(msg, Presence):
+            what = "is online" if msg.online else "went offline"
+            t.show(f"* {msg.user} {what}", event="presence", user=msg.user, online=bool(msg.online))
+        elif isinstance(msg, WhoReply):
+            t.show("online: " + ", ".join(msg.users), event="who", users=list(msg.users))
+        elif isinstance(msg, LoginOk):
+            t.show(f"logged in as {msg.user}; /help for commands", event="login", user=msg.user)
+        elif isinstance(msg, Welcome):
+            t.show(f"connected to {msg.server} (protocol {msg.version_major}.{msg.version_minor})",
+                   event="welcome", server=msg.server, version=f"{msg.version_major}.{msg.version_minor}")
+
+    # ---- from the keyboard -------------------------------------------------------------
+
+    def on_line(self, line: str) -> None:
+        line = line.strip()
+        if not line:
+            return
+        if self.session.state is not ClientState.READY:
+            self.commands.append(line)  # run once the login is through
+            return
+        if line.startswith("/"):
+            cmd, _, rest = line.partition(" ")
+            if cmd == "/msg":
+                to, _, text = rest.strip().partition(" ")
+                if not to or not text.strip():
+                    return self.local_error("usage: /msg USER TEXT")
+                self.send(to, text.strip())
+            elif cmd == "/who":
+                self.session.who()
+            elif cmd == "/help":
+                self.term.show(HELP, event="help", text=HELP)
+            elif cmd == "/quit":
+                self.input_done = True
+            else:
+                self.local_error(f"unknown command {cmd}: /help lists them")
+        elif self.partner is None:
+            self.local_error("no conversation yet: use /msg USER TEXT")
+        else:
+            self.send(self.partner, line)
+
+    def send(self, to: str, text: str) -> None:
+        rid = self.session.send_text(to, text)
+        self.sent[rid] = (to, text)
+        self.partner = to
+
+    def local_error(self, message: str) -> None:
+        self.failures += 1
+        self.term.show(f"! {message}", event="error", code="local", message=message, request=0)
+
+    def ready_to_exit(self) -> bool:
+        """End of input, and every request answered."""
+        return self.input_done and not self.commands and not self.session.pending
+
+
+def run(host: str, port: int, user: str, mux_name: str, as_json: bool, out: TextIO = sys.stdout) -> int:
+    """Run the client until /quit or end of input; return the exit status."""
+    term = Terminal(out, as_json)
+    try:
+        sock = socket.create_connection((host, port), timeout=10)  # create a socket, connect
+    except OSError as exc:
+        term.show(f"! cannot connect to {host}:{port}: {exc.strerror or exc}", event="error", code="connect",
+                  message=str(exc), request=0)
+        return 1
+    sock.setblocking(False)
+    session = ClientSession(user, presence=True, client="msg")
+    chat = ChatClient(sock, session, term)
+    mux = MUXES[mux_name]()
+    mux.register(sock.fileno())
+    stdin_fd = _stdin_fd()
+    stdin_always_ready = not mux.register(stdin_fd)  # a regular file: epoll refuses it
+    buffered = b""
+    while not chat.finished:
+        timeout = _timeout(chat, stdin_always_ready)
+        ready = mux.wait(timeout)  # the one place we block
+        if sock.fileno() in ready and not _receive(chat):
+            break
+        if (stdin_fd in ready or stdin_always_ready) and not chat.input_done:
+            data = os.read(stdin_fd, 65536)
+            if not data:
+                chat.input_done = True
+                data = b"\n" if buffered else b""
+            *lines, buffered = (buffered + data).split(b"\n")
+            for line in lines:
+                chat.on_line(line.decode(errors="replace"))
+        if session.state is ClientState.READY:
+            pending, chat.commands = chat.commands, []
+            for line in pending:
+                chat.on_line(line)
+            interval = session.keepalive_interval()
+            if interval and time.monotonic() - chat.last_send > interval:
+                session.ping()
+        if not _transmit(chat):
+            break
+        if chat.ready_to_exit():
+            chat.finished = True
+    sock.close()
+    return 0 if chat.finished and chat.failures == 0 else 1
+
+
+def _timeout(chat: ChatClient, stdin_always_ready: bool) -> float | None:
+    if stdin_always_ready and not chat.input_done and chat.session.state is ClientState.READY:
+        return 0.0  # a file has more lines now
+    interval = chat.session.keepalive_interval()
+    if interval is None:
+        return None
+    return max(0.0, chat.last_send + interval - time.monotonic())
+
+
+def _receive(chat: ChatClient) -> bool:
+    """Read from the server and print what came; False when the connection is over."""
+    try:
+        data = chat.sock.recv(65536)
+    except BlockingIOError:
+        return True
+    except OSError as exc:
+        chat.term.show(f"! connection lost: {exc.strerror}", event="error", code="connection", message=str(exc),
+                       request=0)
+        chat.failures += 1
+        return False
+    if not data:
+        chat.term.show("! the server closed the connection", event="closed", message="closed by server")
+        if chat.session.state is not ClientState.READY or chat.session.pending or not chat.input_done:
+            chat.failures += 1
+        return False
+    try:
+        events = chat.session.receive_data(data)
+    except RemoteProtocolError as exc:
+        chat.term.show(f"! {exc.message}", event="error", code=exc.code.name.lower(), message=exc.message, request=0)
+        chat.failures += 1
+        return False
+    for msg in events:
+        chat.on_message(msg)
+        if isinstance(msg, Error) and chat.session.state is not ClientState.READY:
+            return False  # the login was refused: nothing more to do
+    return True
+
+
+def _transmit(chat: ChatClient) -> bool:
+    data = chat.session.data_to_send()
+    if not data:
+        return True
+    try:
+        chat.sock.setblocking(True)  # small requests: let the kernel take them whole
+        chat.sock.sendall(data)
+        chat.sock.setblocking(False)
+    except OSError as exc:
+        chat.term.show(f"! send failed: {exc.strerror}", event="error", code="connection", message=str(exc), request=0)
+        chat.failures += 1
+        return False
+    chat.last_send = time.monotonic()
+    return True
+
+
+def _stdin_fd() -> int:
+    """stdin's descriptor; on Windows, a socket fed by one reader thread."""
+    if sys.platform != "win32":
+        return sys.stdin.fileno()
+    reader, writer = socket.socketpair()
+
+    def pump() -> None:  # the documented exception: Windows select() takes only sockets
+        for line in sys.stdin.buffer:
+            writer.sendall(line)
+        writer.close()
+
+    threading.Thread(target=pump, daemon=True).start()
+    return reader.fileno()

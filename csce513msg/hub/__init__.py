@@ -1,0 +1,10 @@
+"""The chat core: a pure state machine behind the engine contract (shared/STYLE.md)."""
+
+from .actions import Abort, Action, Close, ConnId, Submit, Write
+from .config import HubConfig
+from .engine import NAME_RULE, TRANSITIONS, Engine, State, direct_stream
+
+__all__ = [
+    "NAME_RULE", "TRANSITIONS", "Abort", "Action", "Close", "ConnId", "Engine", "HubConfig",
+    "State", "Submit", "Write", "direct_stream",
+]

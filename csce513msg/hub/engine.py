@@ -1,0 +1,393 @@
+"""The chat server's whole behaviour, as a state machine with no I/O.
+
+A backend tells the engine what happened (a connection opened, bytes arrived, a
+connection closed, time passed) and the engine answers with actions (bytes to
+write to which connection, connections to close). It never touches a socket or a
+clock: time comes in as ``now`` (monotonic seconds) and wall time for humans is
+``now + wall_offset``. So the same engine runs under every backend, and the tests
+drive it directly with a fixed clock.
+
+Each connection has a session that moves through three states::
+
+    AWAIT_HELLO --Hello--> AWAIT_LOGIN --Login--> READY
+         (the Welcome is sent on connect; Ping is allowed in every state)
+
+``TRANSITIONS`` below is the whole table of what a client may send in each state;
+anything missing from it is refused with an error (``_refusal``), and the
+connection stays open unless framing itself is lost.
+
+Routing a direct message: the sender gets a ``Receipt`` (state ACCEPTED) and the
+recipient a ``Deliver`` stamped with sender, time, message id, and its place in
+the conversation's stream (``dm:alice,bob``), which the recipient acknowledges
+with a cumulative ``Ack``. A recipient who is offline or unknown gets the sender
+an error: nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..protocol import (
+    VERSION_MAJOR,
+    VERSION_MINOR,
+    Ack,
+    Deliver,
+    Error,
+    ErrorCode,
+    Feature,
+    FrameDecoder,
+    Hello,
+    Login,
+    LoginOk,
+    Message,
+    Ping,
+    Pong,
+    Presence,
+    ProtocolError,
+    Receipt,
+    ReceiptState,
+    RemoteProtocolError,
+    Send,
+    TargetKind,
+    Welcome,
+    Who,
+    WhoReply,
+    decode,
+    encode,
+)
+from ..store import MemoryStore
+from .actions import Action, Close, ConnId, Write
+from .config import HubConfig
+
+log = logging.getLogger("csce513msg.hub")
+
+#: User names: 1-32 characters, letters, digits, "_", "." and "-", not starting with
+#: "." or "-". Names are case-insensitive: the hub folds them to lower case.
+NAME_RULE = re.compile(r"[a-z0-9_][a-z0-9_.-]{0,31}")
+
+
+class State(enum.Enum):
+    """Where a session is in the handshake."""
+
+    AWAIT_HELLO = "await-hello"
+    AWAIT_LOGIN = "await-login"
+    READY = "ready"
+
+
+@dataclass(slots=True, eq=False)
+class Session:
+    """What the hub knows of one connection."""
+
+    conn: ConnId
+    peer: str
+    decoder: FrameDecoder
+    last_seen: float  #: monotonic time of the last bytes received
+    tokens: float  #: rate limiter: requests this connection may still send now
+    last_token: float  #: when ``tokens`` was last topped up
+    state: State = State.AWAIT_HELLO
+    user: str | None = None
+    presence: bool = False  #: subscribed to presence events
+    paused: bool = False  #: the backend's outbound queue is past its high-water mark
+    closing: bool = False  #: a Close was issued; ignore further input
+    acked: dict[str, int] = field(default_factory=dict)  #: stream -> acknowledged position
+    delivered: dict[str, int] = field(default_factory=dict)  #: stream -> last delivered
+
+
+Handler = Callable[..., None]  # (engine, session, message, now)
+
+
+def direct_stream(a: str, b: str) -> str:
+    """Return the stream name of the direct conversation between users a and b."""
+    return "dm:" + ",".join(sorted((a, b)))
+
+
+class Engine:
+    """The pure chat core behind the engine contract (see shared/STYLE.md).
+
+    Args:
+        store: keeps stream positions and assigns message ids.
+        config: the hub's limits.
+        wall_offset: ``time.time() - time.monotonic()``, measured once at start.
+    """
+
+    def __init__(self, store: MemoryStore, config: HubConfig, wall_offset: float) -> None:
+        self.store = store
+        self.config = config
+        self.wall_offset = wall_offset
+        self.sessions: dict[ConnId, Session] = {}
+        self.online: dict[str, Session] = {}  # user -> their session
+        self.known_users: set[str] = set()  # logged in at least once since start
+        self.subscribers: set[Session] = set()  # sessions that asked for presence
+        self._out: list[Action] = []
+        self._next_sweep: float | None = None
+        self._welcome = encode(
+            Welcome(
+                VERSION_MAJOR,
+                VERSION_MINOR,
+                config.max_frame,
+                config.max_text,
+                config.window,
+                int(config.idle_timeout * 1000),
+                (Feature.PRESENCE.value,),
+                config.server_name,
+            )
+        )
+
+    # ---- the engine contract ---------------------------------------------------
+
+    def connection_made(self, conn: ConnId, peer: str, now: float) -> list[Action]:
+        """A connection was accepted: greet it with the Welcome (the handshake)."""
+        session = Session(conn, peer, FrameDecoder(self.config.max_frame), now, float(self.config.burst), now)
+        self.sessions[conn] = session
+        log.info("connect #%d from %s", conn, peer)
+        if self._next_sweep is None:
+            self._next_sweep = now + self._sweep_interval()
+        return [Write(conn, self._welcome)]
+
+    def data_received(self, conn: ConnId, data: bytes, now: float) -> list[Action]:
+        """Bytes arrived: decode the frames and answer each request."""
+        session = self.sessions[conn]
+        if session.closing:
+            return []
+        session.last_seen = now
+        try:
+            for frame in session.decoder.feed(data):
+                try:
+                    self._dispatch(session, decode(frame), now)
+                except RemoteProtocolError as exc:
+                    self._refuse(session, exc)
+                if session.closing:
+                    break
+        except RemoteProtocolError as exc:  # the stream itself is broken
+            self._refuse(session, exc)
+        return self._take()
+
+    def connection_lost(self, conn: ConnId, now: float) -> list[Action]:
+        """The connection is gone (closed, reset, aborted): forget it, tell subscribers."""
+        session = self.sessions.pop(conn)
+        self.subscribers.discard(session)
+        if session.user is not None and self.online.get(session.user) is session:
+            del self.online[session.user]
+            log.info("logout %s (#%d)", session.user, conn)
+            self._broadcast_presence(session.user, 0, now)
+        log.info("disconnect #%d", conn)
+        return self._take()
+
+    def pause_writing(self, conn: ConnId, now: float) -> list[Action]:
+        """The connection's outbound queue passed its high-water mark."""
+        self.sessions[conn].paused = True
+        return []
+
+    def resume_writing(self, conn: ConnId, now: float) -> list[Action]:
+        """The connection's outbound queue drained below its low-water mark."""
+        self.sessions[conn].paused = False
+        return []
+
+    def job_done(self, job_id: int, result: object, now: float) -> list[Action]:
+        """Blocking work finished off the loop. The foundation submits none."""
+        raise NotImplementedError("the foundation engine submits no jobs")
+
+    def flush(self, now: float) -> list[Action]:
+        """End of a loop pass: hand over batched work (nothing is batched yet)."""
+        return []
+
+    def next_deadline(self) -> float | None:
+        """When ``handle_timer`` must next run (monotonic seconds), or None."""
+        return self._next_sweep
+
+    def handle_timer(self, now: float) -> list[Action]:
+        """Close connections silent for longer than the idle timeout."""
+        if self._next_sweep is None or now < self._next_sweep:
+            return []
+        limit = now - self.config.idle_timeout
+        for session in list(self.sessions.values()):
+            if session.last_seen < limit and not session.closing:
+                log.info("idle timeout #%d (%s)", session.conn, session.user or session.peer)
+                self._error(session, ErrorCode.IDLE_TIMEOUT, "no data for the idle timeout", 0)
+                self._close(session, "idle timeout")  # a vanished peer never drains: the close timeout aborts it
+        self._next_sweep = now + self._sweep_interval() if self.sessions else None
+        return self._take()
+
+    def shutdown(self, now: float) -> list[Action]:
+        """The server is stopping: say goodbye to everyone, then close."""
+        for session in self.sessions.values():
+            if not session.closing:
+                self._error(session, ErrorCode.SHUTTING_DOWN, "the server is shutting down", 0)
+                self._close(session, "shutdown")
+        return self._take()
+
+    def server_full(self) -> bytes:
+        """The bytes for a connection the backend cannot take (it then closes it)."""
+        return encode(Error(ErrorCode.SERVER_FULL, "server full: no room for another connection"))
+
+    # ---- requests ---------------------------------------------------------------
+
+    def _dispatch(self, session: Session, msg: Message, now: float) -> None:
+        handler = TRANSITIONS.get((session.state, type(msg)))
+        if handler is None:
+            raise _refusal(session.state, msg)
+        if not self._take_token(session, now):
+            raise RemoteProtocolError(
+                ErrorCode.RATE_LIMITED, "too many requests: slow down", request_id=msg.request_id
+            )
+        handler(self, session, msg, now)
+
+    def _on_hello(self, session: Session, msg: Hello, now: float) -> None:
+        if msg.version_major != VERSION_MAJOR:
+            raise RemoteProtocolError(
+                ErrorCode.VERSION_MISMATCH,
+                f"server speaks protocol {VERSION_MAJOR}.x, client {msg.version_major}.{msg.version_minor}",
+                request_id=msg.request_id,
+                fatal=True,
+            )
+        session.presence = Feature.PRESENCE.value in msg.features
+        session.state = State.AWAIT_LOGIN
+
+    def _on_login(self, session: Session, msg: Login, now: float) -> None:
+        user = msg.user.lower()
+        if not NAME_RULE.fullmatch(user):
+            raise RemoteProtocolError(
+                ErrorCode.INVALID_NAME,
+                f"invalid name {msg.user!r}: use 1-32 letters, digits, '_', '.', '-'",
+                request_id=msg.request_id,
+            )
+        if user in self.online:
+            log.info("refused login %s (#%d): name taken", user, session.conn)
+            raise RemoteProtocolError(
+                ErrorCode.NAME_TAKEN, f"{user} is online already", request_id=msg.request_id
+            )
+        session.user = user
+        session.state = State.READY
+        self.online[user] = session
+        self.known_users.add(user)
+        log.info("login %s (#%d from %s)", user, session.conn, session.peer)
+        self._write(session, LoginOk(self._wall_us(now), user, msg.request_id))
+        self._broadcast_presence(user, 1, now, skip=session)
+        if session.presence:
+            self.subscribers.add(session)
+
+    def _on_send(self, session: Session, msg: Send, now: float) -> None:
+        rid = msg.request_id
+        if msg.target_kind != TargetKind.USER:
+            raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "only user targets exist in v1", request_id=rid)
+        if len(msg.body) > self.config.max_text:
+            raise RemoteProtocolError(
+                ErrorCode.TEXT_TOO_LONG,
+                f"message of {len(msg.body)} bytes is over the limit of {self.config.max_text}",
+                request_id=rid,
+            )
+        target = msg.target.lower()
+        peer = self.online.get(target)
+        if peer is None:
+            code = ErrorCode.USER_OFFLINE if target in self.known_users else ErrorCode.USER_NOT_FOUND
+            text = f"{target} is offline" if code is ErrorCode.USER_OFFLINE else f"no user {target!r}"
+            raise RemoteProtocolError(code, text, request_id=rid)
+        sender = session.user
+        assert sender is not None  # READY implies a user
+        stream = direct_stream(sender, target)
+        wall_us = self._wall_us(now)
+        message_id, position = self.store.append(stream, wall_us)
+        self._write(session, Receipt(ReceiptState.ACCEPTED, message_id, wall_us, position, stream, "", rid))
+        deliver = Deliver(
+            TargetKind.USER, msg.content_type, message_id, wall_us, position, sender, target, stream, msg.body
+        )
+        self._write(peer, deliver)
+        peer.delivered[stream] = position
+        if log.isEnabledFor(logging.INFO):
+            log.info("message %s -> %s, %d bytes, id %d", sender, target, len(msg.body), message_id)
+
+    def _on_ack(self, session: Session, msg: Ack, now: float) -> None:
+        delivered = session.delivered.get(msg.stream)
+        if delivered is None or msg.position > delivered:
+            raise RemoteProtocolError(
+                ErrorCode.BAD_REQUEST,
+                f"ack of {msg.stream}:{msg.position} is beyond what was delivered",
+                request_id=msg.request_id,
+            )
+        if msg.position > session.acked.get(msg.stream, 0):
+            session.acked[msg.stream] = msg.position
+
+    def _on_who(self, session: Session, msg: Who, now: float) -> None:
+        self._write(session, WhoReply(tuple(sorted(self.online)), msg.request_id))
+
+    def _on_ping(self, session: Session, msg: Ping, now: float) -> None:
+        self._write(session, Pong(msg.body, msg.request_id))
+
+    # ---- helpers ------------------------------------------------------------------
+
+    def _broadcast_presence(self, user: str, online: int, now: float, skip: Session | None = None) -> None:
+        if not self.subscribers:
+            return
+        data = encode(Presence(online, self._wall_us(now), user))
+        for sub in self.subscribers:
+            if sub is not skip and not sub.closing:
+                self._out.append(Write(sub.conn, data))
+
+    def _refuse(self, session: Session, exc: RemoteProtocolError) -> None:
+        log.info("refused #%d (%s): %s %s", session.conn, session.user or session.peer, exc.code.name, exc)
+        self._error(session, exc.code, exc.message, exc.request_id)
+        if exc.fatal:
+            self._close(session, exc.code.name.lower())
+
+    def _error(self, session: Session, code: ErrorCode, message: str, request_id: int) -> None:
+        self._write(session, Error(code, message, request_id))
+
+    def _close(self, session: Session, reason: str) -> None:
+        session.closing = True
+        self._out.append(Close(session.conn, reason))
+
+    def _write(self, session: Session, msg: Message) -> None:
+        self._out.append(Write(session.conn, encode(msg)))
+
+    def _take(self) -> list[Action]:
+        out, self._out = self._out, []
+        return out
+
+    def _take_token(self, session: Session, now: float) -> bool:
+        """Token bucket: ``rate`` tokens a second, at most ``burst`` saved up."""
+        cfg = self.config
+        session.tokens = min(float(cfg.burst), session.tokens + (now - session.last_token) * cfg.rate)
+        session.last_token = now
+        if session.tokens < 1.0:
+            return False
+        session.tokens -= 1.0
+        return True
+
+    def _sweep_interval(self) -> float:
+        return min(1.0, max(0.05, self.config.idle_timeout / 4))
+
+    def _wall_us(self, now: float) -> int:
+        return int((now + self.wall_offset) * 1_000_000)
+
+
+def _refusal(state: State, msg: Message) -> ProtocolError:
+    """The error for a message that ``TRANSITIONS`` does not allow in ``state``."""
+    rid = msg.request_id
+    name = type(msg).__name__
+    if msg.TYPE >= 0x80:  # type: ignore[union-attr]
+        return RemoteProtocolError(ErrorCode.UNSUPPORTED, f"{name} is not a request", request_id=rid)
+    if state is State.AWAIT_HELLO:
+        return RemoteProtocolError(ErrorCode.BAD_STATE, f"send Hello before {name}", request_id=rid)
+    if isinstance(msg, Login):
+        return RemoteProtocolError(ErrorCode.ALREADY_LOGGED_IN, "this connection is logged in", request_id=rid)
+    if state is State.AWAIT_LOGIN and not isinstance(msg, Hello):
+        return RemoteProtocolError(ErrorCode.NOT_LOGGED_IN, f"log in before {name}", request_id=rid)
+    return RemoteProtocolError(ErrorCode.BAD_STATE, f"{name} is not allowed now", request_id=rid)
+
+
+#: What a client may send in each state, and who handles it. Anything else is
+#: refused by ``_refusal`` with an error naming the request.
+TRANSITIONS: dict[tuple[State, type], Handler] = {
+    (State.AWAIT_HELLO, Hello): Engine._on_hello,
+    (State.AWAIT_HELLO, Ping): Engine._on_ping,
+    (State.AWAIT_LOGIN, Login): Engine._on_login,
+    (State.AWAIT_LOGIN, Ping): Engine._on_ping,
+    (State.READY, Send): Engine._on_send,
+    (State.READY, Ack): Engine._on_ack,
+    (State.READY, Who): Engine._on_who,
+    (State.READY, Ping): Engine._on_ping,
+}

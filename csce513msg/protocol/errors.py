@@ -1,0 +1,74 @@
+"""Error codes and the one exception tree of csce513Msg.
+
+Codes are part of the wire protocol: their numbers never change, new ones are
+only added (a client that meets an unknown code shows its message).
+
+::
+
+    Csce513Error
+     └── ProtocolError               the byte stream or a message broke a rule
+          ├── LocalProtocolError     we misused the API: a bug on our side
+          └── RemoteProtocolError    the peer misbehaved; carries the code to reply with
+                                     and whether the connection must close (``fatal``)
+
+Anything else that escapes the protocol or the hub is a bug, as in h11.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ErrorCode(enum.IntEnum):
+    """Stable error codes carried by ``Error`` frames (u16 on the wire)."""
+
+    BAD_FRAME = 1  # the frame or its header could not be decoded; the connection closes
+    FRAME_TOO_LARGE = 2  # declared length over the limit; the connection closes
+    UNSUPPORTED = 3  # a frame type the server does not know (or not a request)
+    BAD_STATE = 4  # a request that is not allowed in this state (e.g. before hello)
+    NOT_LOGGED_IN = 5  # the request needs a login first
+    NAME_TAKEN = 6  # that user name is online already
+    INVALID_NAME = 7  # the name breaks the naming rule
+    USER_NOT_FOUND = 8  # no such user
+    USER_OFFLINE = 9  # the user exists but is not online
+    RATE_LIMITED = 10  # too many requests; slow down
+    TEXT_TOO_LONG = 11  # the message body is over the text limit
+    VERSION_MISMATCH = 12  # another major protocol version; the connection closes
+    BAD_REQUEST = 13  # a field has a value the server cannot accept
+    IDLE_TIMEOUT = 14  # nothing was received for the idle timeout; the connection closes
+    SHUTTING_DOWN = 15  # the server is stopping; the connection closes
+    SERVER_FULL = 16  # the server cannot take another connection; it closes
+    ALREADY_LOGGED_IN = 17  # this connection is logged in already
+    INTERNAL = 18  # a bug in the server; the connection closes
+
+
+class Csce513Error(Exception):
+    """Root of every exception this package raises on purpose."""
+
+
+class ProtocolError(Csce513Error):
+    """A rule of the wire protocol was broken."""
+
+
+class LocalProtocolError(ProtocolError):
+    """Our own code asked for something the protocol forbids (a bug here)."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer broke a rule; the reply is an ``Error`` with ``code``.
+
+    Args:
+        code: the error code to send back.
+        message: a human sentence naming the problem.
+        request_id: the request it answers (0: the connection as a whole).
+        fatal: True if the connection cannot go on (framing is lost).
+    """
+
+    def __init__(
+        self, code: ErrorCode, message: str, *, request_id: int = 0, fatal: bool = False
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+        self.fatal = fatal

@@ -1,0 +1,216 @@
+"""Frames: the byte layout of csce513Msg, and an incremental decoder.
+
+Every frame is a fixed 12-byte prefix, then a header, then a body::
+
+    offset  size  field
+    0       4     length      bytes after the prefix (header + body), big-endian u32
+    4       1     type        message type (see messages.MsgType)
+    5       1     flags       reserved in v1: sent as 0, ignored on receipt
+    6       2     hlen        header length, u16 (the body is length - hlen bytes)
+    8       4     request_id  chosen by the client; 0 for what the server sends unasked
+    12      hlen  header      the message's fields, in order (see ``HeaderCodec``)
+    12+hlen ...   body        opaque bytes: text, later ciphertext or a file chunk
+
+Why this shape: the prefix is one ``struct.unpack_from`` (about 0.1 µs here, against
+about 1.4 µs for ``json.loads`` of a small header), the length comes first so a
+reader knows how much to wait for and can refuse an oversized frame before reading
+its body, and the body is never encoded: the server forwards it as it came.
+
+Headers are a sequence of fields in a fixed order per message type. Fixed-width
+integers are big-endian; a string is a u16 byte count then UTF-8; a list of strings
+is a u16 count then that many strings. The order makes headers extensible: a newer
+minor version only *appends* fields, a decoder reads the fields it knows and skips
+whatever follows (``hlen`` says where the body starts), and a field missing at the
+end (an older peer) takes its default. No field is ever removed or reordered.
+
+This module does no I/O: bytes in, frames out (in the manner of h11).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ErrorCode, RemoteProtocolError
+
+PREFIX = struct.Struct("!IBBHI")
+PREFIX_SIZE = PREFIX.size  # 12
+_U16 = struct.Struct("!H")
+_FIXED_KINDS = "BHIQ"  # u8, u16, u32, u64
+_DEFAULTS: dict[str, Any] = {"B": 0, "H": 0, "I": 0, "Q": 0, "s": "", "L": ()}
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One frame as it crossed the wire, header not yet decoded."""
+
+    type: int  #: the message type byte
+    flags: int  #: reserved flags byte
+    request_id: int  #: the client's request id, 0 for unsolicited server frames
+    header: bytes  #: the encoded header fields
+    body: bytes  #: the opaque body
+
+
+def encode_frame(msg_type: int, request_id: int, header: bytes, body: bytes = b"") -> bytes:
+    """Return the wire bytes of one frame."""
+    prefix = PREFIX.pack(len(header) + len(body), msg_type, 0, len(header), request_id)
+    return prefix + header + body
+
+
+class FrameDecoder:
+    """Split a byte stream, chunked any way, into frames.
+
+    Call ``feed(data)`` with whatever arrived and iterate over what it returns.
+    A malformed prefix or a declared length over ``max_frame`` raises a fatal
+    ``RemoteProtocolError`` at the point in the stream where it occurs, after the
+    good frames before it; the decoder is then broken and raises again on reuse.
+    """
+
+    def __init__(self, max_frame: int) -> None:
+        """Args: max_frame: the largest ``length`` (header + body) accepted."""
+        self.max_frame = max_frame
+        self._buf = bytearray()
+        self._error: RemoteProtocolError | None = None
+
+    def feed(self, data: bytes) -> Iterator[Frame]:
+        """Take bytes from the stream; return an iterator over the complete frames."""
+        if self._error is not None:
+            raise self._error
+        self._buf += data
+        return self._frames()
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held back, waiting for the rest of a frame."""
+        return len(self._buf)
+
+    def _frames(self) -> Iterator[Frame]:
+        buf = self._buf
+        if len(buf) < PREFIX_SIZE:
+            return
+        length, _, _, hlen, _ = PREFIX.unpack_from(buf, 0)
+        self._check(length, hlen)  # refuse an oversized frame before its body arrives
+        if len(buf) < PREFIX_SIZE + length:
+            return  # copy nothing until a whole frame is here (a big frame comes in pieces)
+        data = bytes(buf)  # one copy: slicing bytes below gives bytes directly
+        pos, size = 0, len(data)
+        try:
+            while size - pos >= PREFIX_SIZE:
+                length, ftype, flags, hlen, rid = PREFIX.unpack_from(data, pos)
+                self._check(length, hlen)
+                start = pos + PREFIX_SIZE
+                end = start + length
+                if end > size:
+                    break  # the rest of this frame has not arrived yet
+                yield Frame(ftype, flags, rid, data[start : start + hlen], data[start + hlen : end])
+                pos = end
+        finally:
+            del buf[:pos]
+
+    def _check(self, length: int, hlen: int) -> None:
+        if length > self.max_frame:
+            self._error = RemoteProtocolError(
+                ErrorCode.FRAME_TOO_LARGE,
+                f"frame of {length} bytes is over the limit of {self.max_frame}",
+                fatal=True,
+            )
+        elif hlen > length:
+            self._error = RemoteProtocolError(
+                ErrorCode.BAD_FRAME, f"header length {hlen} exceeds frame length {length}", fatal=True
+            )
+        if self._error is not None:
+            raise self._error
+
+
+class HeaderCodec:
+    """Encode and decode one message type's header from its field kinds.
+
+    ``kinds`` is one letter per field: ``B`` u8, ``H`` u16, ``I`` u32, ``Q`` u64,
+    ``s`` string, ``L`` list of strings. Runs of fixed-width fields are packed with
+    one precompiled ``struct`` each.
+    """
+
+    def __init__(self, kinds: str) -> None:
+        self.kinds = kinds
+        self._steps: list[tuple[struct.Struct | None, str, int]] = []  # (struct, kind, n fields)
+        run = ""
+        for kind in kinds + "$":
+            if kind in _FIXED_KINDS:
+                run += kind
+                continue
+            if run:
+                self._steps.append((struct.Struct("!" + run), "", len(run)))
+                run = ""
+            if kind != "$":
+                self._steps.append((None, kind, 1))
+
+    def encode(self, values: Sequence[Any]) -> bytes:
+        """Return the header bytes for ``values``, in field order."""
+        parts: list[bytes] = []
+        i = 0
+        for st, kind, n in self._steps:
+            if st is not None:
+                parts.append(st.pack(*values[i : i + n]))
+            elif kind == "s":
+                parts.append(_pack_str(values[i]))
+            else:
+                items = values[i]
+                parts.append(_U16.pack(len(items)))
+                parts.extend(_pack_str(item) for item in items)
+            i += n
+        return b"".join(parts)
+
+    def decode(self, header: bytes) -> list[Any]:
+        """Return the field values; trailing unknown bytes are ignored.
+
+        Raises:
+            RemoteProtocolError: BAD_FRAME if a field is cut short or not UTF-8.
+        """
+        values: list[Any] = []
+        off, end = 0, len(header)
+        try:
+            for st, kind, _n in self._steps:
+                if off >= end:
+                    break  # an older peer: the remaining fields take defaults
+                if st is not None:
+                    if off + st.size > end:
+                        raise ValueError("fixed fields cut short")
+                    values.extend(st.unpack_from(header, off))
+                    off += st.size
+                elif kind == "s":
+                    text, off = _unpack_str(header, off, end)
+                    values.append(text)
+                else:
+                    if off + 2 > end:
+                        raise ValueError("list count cut short")
+                    (count,) = _U16.unpack_from(header, off)
+                    off += 2
+                    items = []
+                    for _ in range(count):
+                        text, off = _unpack_str(header, off, end)
+                        items.append(text)
+                    values.append(tuple(items))
+        except (ValueError, struct.error) as exc:  # UnicodeDecodeError is a ValueError
+            raise RemoteProtocolError(ErrorCode.BAD_FRAME, f"malformed header: {exc}", fatal=True) from None
+        if len(values) < len(self.kinds):
+            values.extend(_DEFAULTS[k] for k in self.kinds[len(values) :])
+        return values
+
+
+def _pack_str(text: str) -> bytes:
+    raw = text.encode()
+    if len(raw) > 0xFFFF:
+        raise ValueError("string field over 65535 bytes")
+    return _U16.pack(len(raw)) + raw
+
+
+def _unpack_str(header: bytes, off: int, end: int) -> tuple[str, int]:
+    if off + 2 > end:
+        raise ValueError("string length cut short")
+    (n,) = _U16.unpack_from(header, off)
+    off += 2
+    if off + n > end:
+        raise ValueError("string cut short")
+    return header[off : off + n].decode(), off + n

@@ -1,0 +1,302 @@
+"""Typed messages of protocol v1 and their encoding to frames.
+
+Each message is a frozen dataclass registered with its type byte and the kinds
+of its header fields (see ``frames.HeaderCodec``), in field order. Messages with
+a body keep it as ``body: bytes``, never decoded here. ``request_id`` travels in
+the frame prefix; it is a field of every message so replies can carry it.
+
+Wire messages are nouns. Requests (client to server) have types below 0x80,
+everything the server sends has the high bit set::
+
+    0x01 Hello    0x02 Login    0x03 Send    0x04 Ack    0x05 Who    0x06 Ping
+    0x81 Welcome  0x82 LoginOk  0x83 Receipt 0x84 Deliver 0x85 WhoReply
+    0x86 Presence 0x87 Pong     0x88 Error
+
+``docs/protocol.md`` is the normative description of every field.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, TypeVar
+
+from .errors import ErrorCode, RemoteProtocolError
+from .frames import Frame, HeaderCodec, encode_frame
+
+VERSION_MAJOR = 1
+VERSION_MINOR = 0
+
+
+class MsgType(enum.IntEnum):
+    """The type byte of each frame."""
+
+    HELLO = 0x01
+    LOGIN = 0x02
+    SEND = 0x03
+    ACK = 0x04
+    WHO = 0x05
+    PING = 0x06
+    WELCOME = 0x81
+    LOGIN_OK = 0x82
+    RECEIPT = 0x83
+    DELIVER = 0x84
+    WHO_REPLY = 0x85
+    PRESENCE = 0x86
+    PONG = 0x87
+    ERROR = 0x88
+
+
+class TargetKind(enum.IntEnum):
+    """Who a message is for: one user, or (reserved for later) a group."""
+
+    USER = 1
+    GROUP = 2
+
+
+class ContentType(enum.IntEnum):
+    """How to read a message body; the server forwards every kind unread."""
+
+    TEXT = 0  # UTF-8 text
+    # later: 1 end-to-end ciphertext, 2 file chunk, ...
+
+
+class ReceiptState(enum.IntEnum):
+    """How far a sent message got. v1 sends ACCEPTED; later versions add the rest."""
+
+    ACCEPTED = 1  # the server took it and forwarded it
+    STORED = 2  # durably stored (accounts issue)
+    DELIVERED = 3  # a session of the recipient acknowledged it (accounts issue)
+
+
+class Feature(str, enum.Enum):
+    """Feature names exchanged in Welcome and Hello."""
+
+    PRESENCE = "presence"  # hello: send me presence events
+
+
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    type: MsgType
+    cls: type
+    codec: HeaderCodec
+    names: tuple[str, ...]
+    has_body: bool
+
+
+_BY_TYPE: dict[int, _Spec] = {}
+_BY_CLASS: dict[type, _Spec] = {}
+M = TypeVar("M")
+
+
+def _message(msg_type: MsgType, kinds: str) -> Callable[[type[M]], type[M]]:
+    def register(cls: type[M]) -> type[M]:
+        names = tuple(f.name for f in fields(cls) if f.name not in ("body", "request_id"))  # type: ignore[arg-type]
+        assert len(names) == len(kinds), f"{cls.__name__}: {names} vs {kinds!r}"
+        has_body = "body" in {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        spec = _Spec(msg_type, cls, HeaderCodec(kinds), names, has_body)
+        _BY_TYPE[msg_type] = _BY_CLASS[cls] = spec
+        cls.TYPE = msg_type  # type: ignore[attr-defined]
+        return cls
+
+    return register
+
+
+# ---- client to server -------------------------------------------------------------
+
+
+@_message(MsgType.HELLO, "BBLs")
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """The client's answer to Welcome: its protocol version and wanted features."""
+
+    version_major: int = VERSION_MAJOR
+    version_minor: int = VERSION_MINOR
+    features: tuple[str, ...] = ()  #: e.g. ("presence",)
+    client: str = ""  #: free text naming the client program
+    request_id: int = 0
+
+
+@_message(MsgType.LOGIN, "sss")
+@dataclass(frozen=True, slots=True)
+class Login:
+    """Log in as ``user``. ``password`` and ``device_id`` are unused in v1 (send "")."""
+
+    user: str
+    password: str = ""
+    device_id: str = ""
+    request_id: int = 0
+
+
+@_message(MsgType.SEND, "BBQs")
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send ``body`` to the target; answered by a Receipt or an Error."""
+
+    target_kind: int  #: TargetKind
+    content_type: int  #: ContentType
+    client_msg_id: int  #: the client's own counter (u64); 0 if unused
+    target: str  #: the recipient's name
+    body: bytes = b""
+    request_id: int = 0
+
+
+@_message(MsgType.ACK, "Qs")
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """Cumulative: every delivery in ``stream`` up to ``position`` was received."""
+
+    position: int
+    stream: str
+    request_id: int = 0
+
+
+@_message(MsgType.WHO, "")
+@dataclass(frozen=True, slots=True)
+class Who:
+    """Ask who is online; answered by WhoReply."""
+
+    request_id: int = 0
+
+
+@_message(MsgType.PING, "")
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """Keep the connection alive; answered by a Pong with the same body."""
+
+    body: bytes = b""
+    request_id: int = 0
+
+
+# ---- server to client -------------------------------------------------------------
+
+
+@_message(MsgType.WELCOME, "BBIIIILs")
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    """Sent by the server on accept: who it is and every limit a client must know."""
+
+    version_major: int
+    version_minor: int
+    max_frame: int  #: largest header + body accepted, bytes
+    max_text: int  #: largest Send body, bytes
+    window: int  #: outbound window: deliveries a client may leave unacknowledged
+    idle_timeout_ms: int  #: silence after which the server closes; ping before it
+    features: tuple[str, ...]
+    server: str  #: the server's name
+    request_id: int = 0
+
+
+@_message(MsgType.LOGIN_OK, "Qs")
+@dataclass(frozen=True, slots=True)
+class LoginOk:
+    """The login succeeded."""
+
+    time_us: int  #: server wall time, microseconds since the Unix epoch
+    user: str
+    request_id: int = 0
+
+
+@_message(MsgType.RECEIPT, "BQQQss")
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What became of a sent message (request_id names the Send; 0 if later)."""
+
+    state: int  #: ReceiptState
+    message_id: int  #: the server's id for the message, u64, never repeated
+    time_us: int  #: server wall time the message was accepted, µs since the epoch
+    position: int  #: the message's position in its stream
+    stream: str  #: the conversation's stream
+    detail: str = ""  #: a human note, e.g. "bob is offline"
+    request_id: int = 0
+
+
+@_message(MsgType.DELIVER, "BBQQQsss")
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    """A message for this session; acknowledge it with Ack(stream, position)."""
+
+    target_kind: int
+    content_type: int
+    message_id: int
+    time_us: int
+    position: int
+    sender: str
+    target: str  #: the user (or later group) it was sent to
+    stream: str
+    body: bytes = b""
+    request_id: int = 0
+
+
+@_message(MsgType.WHO_REPLY, "L")
+@dataclass(frozen=True, slots=True)
+class WhoReply:
+    """The users online, sorted by name."""
+
+    users: tuple[str, ...]
+    request_id: int = 0
+
+
+@_message(MsgType.PRESENCE, "BQs")
+@dataclass(frozen=True, slots=True)
+class Presence:
+    """A user came online (1) or went offline (0); only to subscribed sessions."""
+
+    online: int
+    time_us: int
+    user: str
+    request_id: int = 0
+
+
+@_message(MsgType.PONG, "")
+@dataclass(frozen=True, slots=True)
+class Pong:
+    """The answer to Ping, with its body."""
+
+    body: bytes = b""
+    request_id: int = 0
+
+
+@_message(MsgType.ERROR, "Hs")
+@dataclass(frozen=True, slots=True)
+class Error:
+    """A request failed (request_id names it) or, with id 0, the connection did."""
+
+    code: int  #: ErrorCode; an unknown code is shown by its message
+    message: str
+    request_id: int = 0
+
+
+Message = Hello | Login | Send | Ack | Who | Ping | Welcome | LoginOk | Receipt | Deliver | WhoReply | Presence | Pong | Error
+REQUEST_TYPES = frozenset(t for t in MsgType if t < 0x80)
+
+
+def encode(msg: Message) -> bytes:
+    """Return the wire bytes of ``msg``."""
+    spec = _BY_CLASS[type(msg)]
+    header = spec.codec.encode([getattr(msg, name) for name in spec.names])
+    body: bytes = msg.body if spec.has_body else b""  # type: ignore[union-attr]
+    return encode_frame(spec.type, msg.request_id, header, body)
+
+
+def decode(frame: Frame) -> Message:
+    """Return the typed message of ``frame``.
+
+    Raises:
+        RemoteProtocolError: UNSUPPORTED (not fatal) for a type this version does not
+            know; BAD_FRAME (fatal) for a header that cannot be decoded.
+    """
+    spec = _BY_TYPE.get(frame.type)
+    if spec is None:
+        raise RemoteProtocolError(
+            ErrorCode.UNSUPPORTED,
+            f"frame type 0x{frame.type:02x} is not supported",
+            request_id=frame.request_id,
+        )
+    values: list[Any] = spec.codec.decode(frame.header)
+    if spec.has_body:
+        values.append(frame.body)
+    values.append(frame.request_id)
+    msg: Message = spec.cls(*values)
+    return msg
