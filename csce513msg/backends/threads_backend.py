@@ -67,6 +67,8 @@ class Hub:
         self.config = config
         self.lock = threading.Lock()  # held for every engine call and queue change
         self.conns: dict[int, TConn] = {}
+        self.bell, self._ringer = socket.socketpair()  # wakes the main thread for an earlier deadline
+        self.sleeping_until: float | None = None  # the deadline the main thread sleeps towards
 
     def call(self, conn: TConn | None, fn: Callable[..., list[Action]], *args: object) -> None:
         """Call the engine under the mutex, perform its actions, then flush."""
@@ -77,6 +79,10 @@ class Hub:
                 actions = [Abort(conn.id, "engine error")]
             self.perform(actions or [], now)
             self.perform(guarded(self.engine.flush, now) or [], now)
+            deadline = self.engine.next_deadline()
+            if deadline is not None and (self.sleeping_until is None or deadline < self.sleeping_until):
+                self.sleeping_until = deadline
+                self._ringer.send(b"!")  # the main thread must wake sooner than it planned
 
     def perform(self, actions: Iterable[Action], now: float) -> None:
         """Queue writes and wake writers; never blocks (the mutex is held)."""
@@ -207,11 +213,14 @@ def serve(engine: Engine, config: BackendConfig, hub_config: HubConfig) -> None:
             deadlines = [c.deadline for c in hub.conns.values() if c.closing and not c.reason]
             if (engine_deadline := engine.next_deadline()) is not None:
                 deadlines.append(engine_deadline)
+            hub.sleeping_until = min(deadlines) if deadlines else None
         timeout = max(0.0, min(deadlines) - now) if deadlines else None
-        ready, _, _ = select.select([wake.reader], [], [], timeout)  # main thread: timers, signals
-        if ready:
+        ready, _, _ = select.select([wake.reader, hub.bell], [], [], timeout)  # main thread: timers, signals
+        if hub.bell in ready:
+            hub.bell.recv(4096)
+        if wake.reader in ready:
             wake.drain()
-        if ready and not stopping:
+        if wake.signalled and not stopping:
             stopping = True
             log.info("shutting down (signal %s)", wake.signalled)
             server.shutdown()  # stop the acceptor; new clients are refused once the socket closes

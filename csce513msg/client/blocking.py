@@ -102,6 +102,10 @@ class Client:
         """Return the users online."""
         return list(self.request(self.session.who(), WhoReply).users)
 
+    def call(self, msg: Message, timeout: float | None = None) -> Message:
+        """Send any request and return its reply; raise ServerError on an Error."""
+        return self.request(self.session.request(msg), object, timeout)  # type: ignore[arg-type]
+
     def send_raw(self, data: bytes) -> None:
         """Send bytes as they are (for tests of malformed input)."""
         self.sock.sendall(data)

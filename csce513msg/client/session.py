@@ -112,7 +112,7 @@ class ClientSession:
         self.welcome = msg
         self.state = ClientState.AWAIT_LOGIN
         features = (Feature.PRESENCE.value,) if self.presence else ()
-        self._request(Hello(features=features, client=self.client))
+        self.request(Hello(features=features, client=self.client))
         if self.user is not None:
             self.login(self.user)
 
@@ -125,20 +125,20 @@ class ClientSession:
 
     def login(self, user: str, password: str = "") -> int:
         """Queue a Login; return its request id."""
-        return self._request(Login(user, password))
+        return self.request(Login(user, password))
 
     def send_text(self, target: str, text: str) -> int:
         """Queue a direct message to ``target``; return its request id."""
         body = text.encode()
-        return self._request(Send(TargetKind.USER, ContentType.TEXT, 0, target, body))
+        return self.request(Send(TargetKind.USER, ContentType.TEXT, 0, target, body))
 
     def who(self) -> int:
         """Queue a Who; return its request id."""
-        return self._request(Who())
+        return self.request(Who())
 
     def ping(self) -> int:
         """Queue a Ping (keep-alive); return its request id."""
-        return self._request(Ping())
+        return self.request(Ping())
 
     def keepalive_interval(self) -> float | None:
         """Seconds of client silence after which to ping (a third of the idle timeout)."""
@@ -146,7 +146,8 @@ class ClientSession:
             return None
         return self.welcome.idle_timeout_ms / 3000
 
-    def _request(self, msg: Message) -> int:
+    def request(self, msg: Message) -> int:
+        """Queue any request with a fresh request id; return the id."""
         if self.state is ClientState.AWAIT_WELCOME:
             raise LocalProtocolError("wait for the server's Welcome before sending requests")
         self._next_id = self._next_id % 0xFFFFFFFF + 1  # u32, never 0

@@ -1,0 +1,212 @@
+"""Conformance: login, names, who, presence, direct messages, receipts and acks."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+
+from csce513msg.client import ServerError
+from csce513msg.protocol import (
+    Ack,
+    Deliver,
+    ErrorCode,
+    Login,
+    LoginOk,
+    Ping,
+    Presence,
+    ReceiptState,
+    TargetKind,
+)
+from tests.conformance.wire import RawConn, connect
+
+SERVER_FLAGS = ("--max-text", "4096", "--max-frame", "8192")
+
+
+def test_login_and_who(server: object, names: object) -> None:
+    alice, bob = names("alice"), names("bob")  # type: ignore[operator]
+    a = connect(server, alice)
+    b = connect(server, bob)
+    online = a.who()
+    assert {alice, bob} <= set(online)
+    assert online == sorted(online)
+    b.close()
+    deadline = time.monotonic() + 10
+    while bob in a.who() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert bob not in a.who()
+    a.close()
+
+
+@pytest.mark.parametrize("bad", ["", "has space", "-dash", ".dot", "x" * 33, "semi;colon", "ünïcode"])
+def test_invalid_names_are_refused(server: object, bad: str) -> None:
+    conn = RawConn(server)
+    conn.handshake()
+    conn.send(Login(bad, request_id=2))
+    conn.expect_error(ErrorCode.INVALID_NAME, request_id=2)
+    conn.alive()  # and the connection may try again
+    conn.close()
+
+
+def test_name_taken_and_case_folding(server: object, names: object) -> None:
+    name = names("carol")  # type: ignore[operator]
+    first = connect(server, name)
+    with pytest.raises(ServerError) as err:
+        connect(server, name.upper())
+    assert err.value.code == ErrorCode.NAME_TAKEN
+    first.close()
+
+
+def test_login_reply_names_the_user_in_lower_case(server: object, names: object) -> None:
+    conn = RawConn(server)
+    conn.handshake()
+    name = names("Dave")  # type: ignore[operator]
+    conn.send(Login(name, request_id=2))
+    ok = conn.recv()
+    assert isinstance(ok, LoginOk) and ok.user == name.lower() and ok.request_id == 2
+    assert abs(ok.time_us / 1e6 - time.time()) < 60
+    conn.close()
+
+
+def test_presence_goes_to_subscribers_only(server: object, names: object) -> None:
+    watcher = connect(server, names("watcher"), presence=True)  # type: ignore[operator]
+    quiet = connect(server, names("quiet"), presence=False)  # type: ignore[operator]
+    newcomer_name = names("newcomer")  # type: ignore[operator]
+    newcomer = connect(server, newcomer_name)
+    online = watcher.next_message(lambda m: isinstance(m, Presence) and m.user == newcomer_name)
+    assert online.online == 1  # type: ignore[union-attr]
+    newcomer.close()
+    offline = watcher.next_message(lambda m: isinstance(m, Presence) and m.user == newcomer_name)
+    assert offline.online == 0  # type: ignore[union-attr]
+    quiet.who()  # a round trip: anything sent to quiet before this reply has arrived
+    assert not [m for m in quiet.inbox if isinstance(m, Presence)]
+    watcher.close()
+    quiet.close()
+
+
+def test_direct_messages_both_ways_with_receipts_and_positions(server: object, names: object) -> None:
+    alice, bob = names("alice"), names("bob")  # type: ignore[operator]
+    a, b = connect(server, alice), connect(server, bob)
+    before_us = time.time() * 1e6
+    r1 = a.send_text(bob, "hello bob")
+    d1 = b.next_message(Deliver)
+    r2 = b.send_text(alice, "hi alice ✓")
+    d2 = a.next_message(Deliver)
+    r3 = a.send_text(bob.upper(), "third")
+    d3 = b.next_message(Deliver)
+    for receipt in (r1, r2, r3):
+        assert receipt.state == ReceiptState.ACCEPTED
+    stream = r1.stream
+    assert stream == r2.stream == r3.stream == d1.stream == d2.stream == d3.stream  # type: ignore[union-attr]
+    assert [r1.position, r2.position, r3.position] == [1, 2, 3]
+    assert [d.position for d in (d1, d2, d3)] == [1, 2, 3]  # type: ignore[union-attr]
+    assert len({r1.message_id, r2.message_id, r3.message_id}) == 3
+    assert r1.message_id < r2.message_id < r3.message_id
+    assert (d1.sender, d1.target, d1.body) == (alice, bob, b"hello bob")  # type: ignore[union-attr]
+    assert (d2.sender, d2.target, d2.body.decode()) == (bob, alice, "hi alice ✓")  # type: ignore[union-attr]
+    assert d1.message_id == r1.message_id and d1.time_us == r1.time_us  # type: ignore[union-attr]
+    assert d1.target_kind == TargetKind.USER  # type: ignore[union-attr]
+    assert before_us - 60e6 < d1.time_us < time.time() * 1e6 + 60e6  # type: ignore[union-attr]
+    a.close()
+    b.close()
+
+
+def test_binary_body_is_forwarded_untouched(server: object, names: object) -> None:
+    alice, bob = names("alice"), names("bob")  # type: ignore[operator]
+    a, b = connect(server, alice), connect(server, bob)
+    body = bytes(range(256)) * 4
+    from csce513msg.protocol import Send  # a raw Send: the body is not text
+
+    a.call(Send(TargetKind.USER, 0, 0, bob, body))
+    assert b.next_message(Deliver).body == body  # type: ignore[union-attr]
+    a.close()
+    b.close()
+
+
+def test_acks_are_cumulative_and_checked(server: object, names: object) -> None:
+    alice, bob = names("alice"), names("bob")  # type: ignore[operator]
+    a = connect(server, alice)
+    conn = RawConn(server)
+    conn.handshake()
+    conn.send(Login(bob, request_id=2))
+    conn.recv()
+    for i in range(3):
+        a.send_text(bob, f"m{i}")
+    got = [conn.recv() for _ in range(3)]
+    assert [d.position for d in got] == [1, 2, 3]  # type: ignore[union-attr]
+    stream = got[0].stream  # type: ignore[union-attr]
+    conn.send(Ack(2, stream, request_id=10), Ack(3, stream, request_id=11), Ack(1, stream, request_id=12))
+    conn.alive()  # no error came before the pong: all three were fine
+    conn.send(Ack(9, stream, request_id=13))
+    conn.expect_error(ErrorCode.BAD_REQUEST, request_id=13)
+    conn.send(Ack(1, "dm:nobody,else", request_id=14))
+    conn.expect_error(ErrorCode.BAD_REQUEST, request_id=14)
+    a.close()
+    conn.close()
+
+
+def test_unknown_and_offline_recipients_get_clear_errors(server: object, names: object) -> None:
+    alice, bob = names("alice"), names("bob")  # type: ignore[operator]
+    a = connect(server, alice)
+    with pytest.raises(ServerError) as err:
+        a.send_text(names("nobody"), "hello?")  # type: ignore[operator]
+    assert err.value.code == ErrorCode.USER_NOT_FOUND
+    b = connect(server, bob)
+    b.close()
+    deadline = time.monotonic() + 10
+    while bob in a.who() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    with pytest.raises(ServerError) as err:
+        a.send_text(bob, "are you there?")
+    assert err.value.code == ErrorCode.USER_OFFLINE
+    assert bob in err.value.error.message
+    a.close()
+
+
+def test_text_over_the_limit_is_refused(server: object, names: object) -> None:
+    alice, bob = names("alice"), names("bob")  # type: ignore[operator]
+    a, b = connect(server, alice), connect(server, bob)
+    max_text = a.session.welcome.max_text  # type: ignore[union-attr]
+    with pytest.raises(ServerError) as err:
+        a.send_text(bob, "x" * (max_text + 1))
+    assert err.value.code == ErrorCode.TEXT_TOO_LONG
+    assert a.send_text(bob, "y" * max_text).state == ReceiptState.ACCEPTED
+    assert len(b.next_message(Deliver).body) == max_text  # type: ignore[union-attr]
+    a.close()
+    b.close()
+
+
+def test_group_targets_are_reserved(server: object, names: object) -> None:
+    from csce513msg.protocol import Send
+
+    a = connect(server, names("alice"))  # type: ignore[operator]
+    with pytest.raises(ServerError) as err:
+        a.call(Send(TargetKind.GROUP, 0, 0, "class", b"hi"))
+    assert err.value.code == ErrorCode.BAD_REQUEST
+    a.close()
+
+
+def test_200_concurrent_clients_each_message_delivered_exactly_once(server: object, names: object) -> None:
+    count, per_client = 200, 5
+    users = [names("crowd") for _ in range(count)]  # type: ignore[operator]
+    clients = [connect(server, u) for u in users]
+    rng = random.Random(513)
+    expected: dict[str, list[tuple[str, str]]] = {u: [] for u in users}
+    for i, c in enumerate(clients):  # everyone queues its messages, then all go at once
+        for k in range(per_client):
+            to = users[(i + rng.randrange(1, count)) % count]
+            text = f"{users[i]}#{k}"
+            c.session.send_text(to, text)
+            expected[to].append((users[i], text))
+    for c in clients:
+        c.flush()
+    for i, c in enumerate(clients):
+        got = c.deliveries(len(expected[users[i]]), timeout=30)
+        assert sorted((d.sender, d.body.decode()) for d in got) == sorted(expected[users[i]])
+        receipts = [c.next_message(lambda m: type(m).__name__ == "Receipt", timeout=30) for _ in range(per_client)]
+        assert all(r.state == ReceiptState.ACCEPTED for r in receipts)  # type: ignore[union-attr]
+    for c in clients:  # nothing extra: a ping round trip flushes anything in flight
+        c.call(Ping())
+        assert not [m for m in c.inbox if isinstance(m, Deliver)], "a message was delivered twice"
+        c.close()

@@ -1,0 +1,93 @@
+"""Small wire-level helpers for the conformance suite (protocol only, no server internals)."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+from csce513msg.client import Client
+from csce513msg.protocol import (
+    Error,
+    FrameDecoder,
+    Hello,
+    Message,
+    Ping,
+    Pong,
+    Welcome,
+    decode,
+    encode,
+)
+
+
+def connect(server: object, user: str | None = None, presence: bool = False) -> Client:
+    """A logged-in (if ``user``) client of ``server``."""
+    return Client.connect(server.host, server.port, user=user, presence=presence)  # type: ignore[attr-defined]
+
+
+class RawConn:
+    """A bare socket that speaks frames, for tests of the handshake and bad input."""
+
+    def __init__(self, server: object, timeout: float = 10.0) -> None:
+        self.sock = socket.create_connection((server.host, server.port), timeout=timeout)  # type: ignore[attr-defined]
+        self.decoder = FrameDecoder(1 << 24)
+        self.inbox: list[Message] = []
+        self.eof = False
+
+    def send(self, *msgs: Message) -> None:
+        self.sock.sendall(b"".join(encode(m) for m in msgs))
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def recv(self, timeout: float = 10.0) -> Message:
+        """The next message; raises EOFError when the server closed first."""
+        deadline = time.monotonic() + timeout
+        while not self.inbox:
+            if self.eof:
+                raise EOFError("server closed the connection")
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                data = self.sock.recv(65536)
+            except ConnectionResetError:
+                data = b""
+            if not data:
+                self.eof = True
+                continue
+            self.inbox.extend(decode(f) for f in self.decoder.feed(data))
+        return self.inbox.pop(0)
+
+    def welcome(self) -> Welcome:
+        msg = self.recv()
+        assert isinstance(msg, Welcome), msg
+        return msg
+
+    def handshake(self, presence: bool = False) -> Welcome:
+        welcome = self.welcome()
+        self.send(Hello(features=("presence",) if presence else (), request_id=1))
+        return welcome
+
+    def expect_error(self, code: int, request_id: int | None = None) -> Error:
+        msg = self.recv()
+        assert isinstance(msg, Error), msg
+        assert msg.code == code, (msg, code)
+        if request_id is not None:
+            assert msg.request_id == request_id
+        return msg
+
+    def expect_closed(self, timeout: float = 10.0) -> None:
+        """The server closes the connection (after anything still in flight)."""
+        try:
+            while True:
+                extra = self.recv(timeout)
+                assert not isinstance(extra, Pong), f"connection still served: {extra}"
+        except EOFError:
+            return
+
+    def alive(self, request_id: int = 999) -> None:
+        """A ping round trip: the connection is still served."""
+        self.send(Ping(b"alive?", request_id=request_id))
+        msg = self.recv()
+        assert isinstance(msg, Pong) and msg.request_id == request_id and msg.body == b"alive?", msg
+
+    def close(self) -> None:
+        self.sock.close()

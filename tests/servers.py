@@ -1,0 +1,97 @@
+"""Start and stop real ``msgsrv`` processes on 127.0.0.1 for the tests."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from csce513msg.backends import BACKENDS, BackendUnavailable, load
+
+BANNER = re.compile(r"listening on (\S+):(\d+), pid (\d+)")
+
+
+class ServerProcess:
+    """One ``msgsrv`` process; its log (stderr) goes to a file the test can read."""
+
+    def __init__(self, backend: str, *flags: str) -> None:
+        self.backend = backend
+        self.log_path = Path(tempfile.mkstemp(prefix=f"msgsrv-{backend}-", suffix=".log")[1])
+        self._log = self.log_path.open("w")
+        cmd = [sys.executable, "-m", "csce513msg.cli.msgsrv", "serve", "--backend", backend, "--port", "0", *flags]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()  # blocks until the banner (or exit)
+        match = BANNER.search(line)
+        if not match:
+            self.stop()
+            raise RuntimeError(f"msgsrv --backend {backend} did not start: {line!r}\n{self.log()}")
+        self.host, self.port = "127.0.0.1", int(match.group(2))
+        self.proc.stdout.readline()  # the limits line
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.host, self.port
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text()
+
+    def wait_log(self, text: str, timeout: float = 10.0) -> str:
+        """Wait until ``text`` appears in the server log; return the log."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            log = self.log()
+            if text in log:
+                return log
+            time.sleep(0.05)
+        raise AssertionError(f"{text!r} not in the {self.backend} server log:\n{self.log()[-3000:]}")
+
+    def terminate(self, timeout: float = 15.0) -> int:
+        """SIGTERM, then wait for the exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+    def stop(self) -> None:
+        """Stop the process whatever state it is in (fixtures call this)."""
+        if self.proc.poll() is None:
+            try:
+                self.terminate(10)
+            except subprocess.TimeoutExpired:
+                pass
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        self._log.close()
+        self.log_path.unlink(missing_ok=True)
+
+
+def require_backend(name: str) -> None:
+    """Skip a backend this machine cannot run, except in CI, where it fails the run."""
+    try:
+        load(name)
+    except BackendUnavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"backend {name} must run in CI: {exc}")
+        pytest.skip(str(exc))
+
+
+def start(backend: str, *flags: str) -> ServerProcess:
+    require_backend(backend)
+    return ServerProcess(backend, *flags)
+
+
+ALL_BACKENDS = list(BACKENDS)
+IS_LINUX = sys.platform.startswith("linux")
