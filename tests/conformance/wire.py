@@ -27,8 +27,12 @@ def connect(server: object, user: str | None = None, presence: bool = False) -> 
 class RawConn:
     """A bare socket that speaks frames, for tests of the handshake and bad input."""
 
-    def __init__(self, server: object, timeout: float = 10.0) -> None:
-        self.sock = socket.create_connection((server.host, server.port), timeout=timeout)  # type: ignore[attr-defined]
+    def __init__(self, server: object, timeout: float = 10.0, rcvbuf: int = 0) -> None:
+        self.sock = socket.socket()
+        if rcvbuf:  # before connect, so the advertised TCP window stays small
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(timeout)
+        self.sock.connect((server.host, server.port))  # type: ignore[attr-defined]
         self.decoder = FrameDecoder(1 << 24)
         self.inbox: list[Message] = []
         self.eof = False

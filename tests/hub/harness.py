@@ -1,0 +1,92 @@
+"""Wire one engine to several pure client sessions in memory, with a fixed clock."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from csce513msg.client import ClientSession
+from csce513msg.hub import Abort, Action, Close, Engine, HubConfig, Submit, Write
+from csce513msg.protocol import FrameDecoder, Message, decode
+from csce513msg.store import MemoryStore
+
+WALL_OFFSET = 1_700_000_000.0
+
+
+@dataclass
+class Peer:
+    """One simulated connection and what it has seen."""
+
+    conn: int
+    session: ClientSession
+    events: list[Message] = field(default_factory=list)
+    closed: str | None = None  # the reason of a Close/Abort the engine issued
+    raw: bool = False  # a raw peer decodes frames itself (no session logic)
+    decoder: FrameDecoder = field(default_factory=lambda: FrameDecoder(1 << 24))
+
+    def of(self, kind: type) -> list[Message]:
+        return [e for e in self.events if isinstance(e, kind)]
+
+
+class Harness:
+    """Runs the engine the way a backend would, without sockets or threads."""
+
+    def __init__(self, **config: object) -> None:
+        self.engine = Engine(MemoryStore(), HubConfig(**config), WALL_OFFSET)  # type: ignore[arg-type]
+        self.now = 1000.0
+        self.peers: dict[int, Peer] = {}
+        self.jobs: list[Submit] = []
+        self._next = 0
+
+    def connect(self, user: str | None = None, presence: bool = False, raw: bool = False) -> Peer:
+        self._next += 1
+        peer = Peer(self._next, ClientSession(user, presence=presence), raw=raw)
+        self.peers[peer.conn] = peer
+        self.apply(self.engine.connection_made(peer.conn, f"10.0.0.{peer.conn}:5000", self.now))
+        self.pump()
+        return peer
+
+    def apply(self, actions: list[Action]) -> None:
+        for action in actions:
+            peer = self.peers[action.conn] if not isinstance(action, Submit) else None
+            if isinstance(action, Write):
+                assert peer is not None and peer.closed is None, "write after close"
+                if peer.raw:
+                    peer.events.extend(decode(f) for f in peer.decoder.feed(action.data))
+                else:
+                    peer.events.extend(peer.session.receive_data(action.data))
+            elif isinstance(action, (Close, Abort)):
+                assert peer is not None
+                peer.closed = action.reason
+            else:
+                self.jobs.append(action)
+
+    def pump(self) -> None:
+        """Move bytes both ways until nothing is left to send."""
+        busy = True
+        while busy:
+            busy = False
+            for peer in list(self.peers.values()):
+                data = peer.session.data_to_send()
+                if data and peer.closed is None:
+                    busy = True
+                    self.apply(self.engine.data_received(peer.conn, data, self.now))
+        self.apply(self.engine.flush(self.now))
+
+    def send_raw(self, peer: Peer, data: bytes) -> None:
+        self.apply(self.engine.data_received(peer.conn, data, self.now))
+        self.pump()
+
+    def drop(self, peer: Peer) -> None:
+        """The connection is lost (a backend calls this exactly once)."""
+        del self.peers[peer.conn]
+        self.apply(self.engine.connection_lost(peer.conn, self.now))
+        self.pump()
+
+    def advance(self, seconds: float) -> None:
+        """Let time pass, running the timer at every deadline on the way."""
+        end = self.now + seconds
+        while (deadline := self.engine.next_deadline()) is not None and deadline <= end:
+            self.now = max(self.now, deadline)
+            self.apply(self.engine.handle_timer(self.now))
+        self.now = end
+        self.pump()

@@ -1,0 +1,276 @@
+"""Hub unit tests: scenarios through the in-memory harness, with a fixed clock."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from csce513msg.hub import NAME_RULE, TRANSITIONS, State, direct_stream
+from csce513msg.protocol import (
+    Ack,
+    Deliver,
+    Error,
+    ErrorCode,
+    Hello,
+    Login,
+    LoginOk,
+    Ping,
+    Pong,
+    Presence,
+    Receipt,
+    ReceiptState,
+    Send,
+    Welcome,
+    Who,
+    WhoReply,
+    encode,
+    encode_frame,
+)
+from csce513msg.store import MemoryStore
+from tests.hub.harness import WALL_OFFSET, Harness
+
+
+def codes(peer: object) -> list[int]:
+    return [e.code for e in peer.of(Error)]  # type: ignore[attr-defined]
+
+
+def test_welcome_then_hello_then_login() -> None:
+    h = Harness(max_frame=4096, max_text=1000, window=7, idle_timeout=30.0)
+    alice = h.connect("alice")
+    welcome, ok = alice.events[0], alice.events[1]
+    assert isinstance(welcome, Welcome) and (welcome.max_frame, welcome.max_text, welcome.window) == (4096, 1000, 7)
+    assert welcome.idle_timeout_ms == 30_000
+    assert isinstance(ok, LoginOk) and ok.user == "alice"
+    assert ok.time_us == int((h.now + WALL_OFFSET) * 1e6)  # wall time = now + offset, no clock read
+    assert h.engine.sessions[alice.conn].state is State.READY
+
+
+def test_direct_message_receipt_delivery_and_ack() -> None:
+    h = Harness()
+    alice, bob = h.connect("alice"), h.connect("bob")
+    alice.session.send_text("bob", "hello")
+    h.pump()
+    (receipt,) = alice.of(Receipt)
+    (deliver,) = bob.of(Deliver)
+    assert receipt.state == ReceiptState.ACCEPTED and receipt.stream == direct_stream("alice", "bob")
+    assert (deliver.sender, deliver.target, deliver.body, deliver.position) == ("alice", "bob", b"hello", 1)
+    assert deliver.message_id == receipt.message_id
+    # the client acknowledged automatically, cumulatively
+    assert h.engine.sessions[bob.conn].acked == {"dm:alice,bob": 1}
+
+
+def test_stream_is_shared_by_both_directions() -> None:
+    h = Harness()
+    alice, bob = h.connect("alice"), h.connect("bob")
+    alice.session.send_text("bob", "1")
+    bob.session.send_text("alice", "2")
+    alice.session.send_text("bob", "3")
+    h.pump()
+    positions = sorted(r.position for r in alice.of(Receipt) + bob.of(Receipt))  # type: ignore[attr-defined]
+    assert positions == [1, 2, 3]
+    ids = [r.message_id for r in alice.of(Receipt) + bob.of(Receipt)]  # type: ignore[attr-defined]
+    assert len(set(ids)) == 3
+
+
+def test_offline_and_unknown_recipients() -> None:
+    h = Harness()
+    alice, bob = h.connect("alice"), h.connect("bob")
+    h.drop(bob)
+    alice.session.send_text("bob", "are you there")
+    alice.session.send_text("zed", "who are you")
+    h.pump()
+    assert codes(alice) == [ErrorCode.USER_OFFLINE, ErrorCode.USER_NOT_FOUND]
+    assert not alice.of(Receipt)
+
+
+def test_name_rules_and_name_taken() -> None:
+    h = Harness()
+    h.connect("alice")
+    again = h.connect("ALICE")
+    assert codes(again) == [ErrorCode.NAME_TAKEN]
+    bad = h.connect("no spaces")
+    assert codes(bad) == [ErrorCode.INVALID_NAME]
+    assert not bad.closed and not again.closed  # they may try again
+
+
+@given(st.text(max_size=40))
+def test_name_rule_property(name: str) -> None:
+    if NAME_RULE.fullmatch(name):
+        assert 1 <= len(name) <= 32 and name[0] not in ".-" and name == name.lower()
+
+
+def test_presence_only_to_subscribers_and_not_to_oneself() -> None:
+    h = Harness()
+    watcher = h.connect("watcher", presence=True)
+    quiet = h.connect("quiet")
+    bob = h.connect("bob", presence=True)
+    h.drop(bob)
+    seen = [(p.user, p.online) for p in watcher.of(Presence)]  # type: ignore[attr-defined]
+    assert seen == [("quiet", 1), ("bob", 1), ("bob", 0)]
+    assert not quiet.of(Presence)
+
+
+def test_who_lists_online_users_sorted() -> None:
+    h = Harness()
+    carol = h.connect("carol")
+    h.connect("alice")
+    h.connect()  # connected but not logged in: not listed
+    carol.session.who()
+    h.pump()
+    (reply,) = carol.of(WhoReply)
+    assert reply.users == ("alice", "carol")
+
+
+def test_idle_timeout_closes_after_the_limit_and_not_before() -> None:
+    h = Harness(idle_timeout=10.0)
+    alice = h.connect("alice")
+    h.advance(9.0)
+    assert alice.closed is None
+    alice.session.ping()  # activity resets the clock
+    h.pump()
+    h.advance(9.5)
+    assert alice.closed is None
+    h.advance(2.0)
+    assert alice.closed == "idle timeout" and codes(alice) == [ErrorCode.IDLE_TIMEOUT]
+
+
+def test_no_timer_without_connections() -> None:
+    h = Harness(idle_timeout=1.0)
+    assert h.engine.next_deadline() is None
+    peer = h.connect("alice")
+    assert h.engine.next_deadline() is not None
+    h.drop(peer)
+    h.advance(5)
+    assert h.engine.next_deadline() is None
+
+
+def test_rate_limit_refuses_then_refills() -> None:
+    h = Harness(rate=2.0, burst=3)
+    peer = h.connect(raw=True)
+    h.send_raw(peer, b"".join(encode(Ping(request_id=i)) for i in range(1, 6)))
+    assert [type(e).__name__ for e in peer.events[1:]] == ["Pong"] * 3 + ["Error"] * 2
+    assert codes(peer) == [ErrorCode.RATE_LIMITED] * 2
+    h.now += 1.0  # two more tokens
+    h.send_raw(peer, encode(Ping(request_id=9)))
+    assert isinstance(peer.events[-1], Pong) and peer.closed is None
+
+
+def test_bad_frame_answers_then_closes_and_ignores_the_rest() -> None:
+    h = Harness()
+    peer = h.connect(raw=True)
+    h.send_raw(peer, encode(Ping(request_id=1)) + encode_frame(0x02, 2, b"\x00\x09ab") + encode(Ping(request_id=3)))
+    assert isinstance(peer.events[1], Pong)
+    assert codes(peer) == [ErrorCode.BAD_FRAME] and peer.closed == "bad_frame"
+    h.send_raw(peer, encode(Ping(request_id=4)))  # after Close: input is ignored
+    assert len(peer.events) == 3
+
+
+def test_oversized_frame_closes() -> None:
+    h = Harness(max_frame=2048, max_text=1000)
+    peer = h.connect(raw=True)
+    h.send_raw(peer, encode_frame(0x06, 1, b"", b"x" * 3000)[:20])
+    assert codes(peer) == [ErrorCode.FRAME_TOO_LARGE] and peer.closed == "frame_too_large"
+
+
+def test_refusals_by_state() -> None:
+    h = Harness()
+    peer = h.connect(raw=True)
+    h.send_raw(peer, encode(Login("x", request_id=1)))  # before Hello
+    h.send_raw(peer, encode(Hello(request_id=2)) + encode(Who(request_id=3)))  # before Login
+    h.send_raw(peer, encode(Hello(request_id=4)))  # Hello twice
+    h.send_raw(peer, encode(Login("x", request_id=5)) + encode(Login("y", request_id=6)))
+    h.send_raw(peer, encode(Receipt(1, 1, 1, 1, "s", request_id=7)))  # not a request
+    errors = [(e.request_id, e.code) for e in peer.of(Error)]  # type: ignore[attr-defined]
+    assert errors == [
+        (1, ErrorCode.BAD_STATE),
+        (3, ErrorCode.NOT_LOGGED_IN),
+        (4, ErrorCode.BAD_STATE),
+        (6, ErrorCode.ALREADY_LOGGED_IN),
+        (7, ErrorCode.UNSUPPORTED),
+    ]
+    assert peer.closed is None
+
+
+def test_version_mismatch_closes() -> None:
+    h = Harness()
+    peer = h.connect(raw=True)
+    h.send_raw(peer, encode(Hello(version_major=2, request_id=1)))
+    assert codes(peer) == [ErrorCode.VERSION_MISMATCH] and peer.closed == "version_mismatch"
+
+
+def test_ack_beyond_delivery_is_refused() -> None:
+    h = Harness()
+    alice = h.connect("alice")
+    alice.session.request(Ack(5, "dm:alice,bob"))
+    h.pump()
+    assert codes(alice) == [ErrorCode.BAD_REQUEST]
+
+
+def test_text_limit() -> None:
+    h = Harness(max_text=10, max_frame=2048)
+    alice, bob = h.connect("alice"), h.connect("bob")
+    alice.session.send_text("bob", "x" * 11)
+    alice.session.send_text("bob", "x" * 10)
+    h.pump()
+    assert codes(alice) == [ErrorCode.TEXT_TOO_LONG] and len(bob.of(Deliver)) == 1
+
+
+def test_shutdown_says_goodbye_and_closes_everyone() -> None:
+    h = Harness()
+    peers = [h.connect("alice"), h.connect("bob"), h.connect()]
+    h.apply(h.engine.shutdown(h.now))
+    for peer in peers:
+        assert codes(peer) == [ErrorCode.SHUTTING_DOWN] and peer.closed == "shutdown"
+
+
+def test_connection_lost_forgets_everything() -> None:
+    h = Harness()
+    alice = h.connect("alice", presence=True)
+    h.drop(alice)
+    assert not h.engine.sessions and not h.engine.online and not h.engine.subscribers
+    again = h.connect("alice")  # the name is free again
+    assert again.of(LoginOk)
+
+
+def test_pause_and_resume_are_recorded() -> None:
+    h = Harness()
+    alice = h.connect("alice")
+    assert h.engine.pause_writing(alice.conn, h.now) == []
+    assert h.engine.sessions[alice.conn].paused
+    h.engine.resume_writing(alice.conn, h.now)
+    assert not h.engine.sessions[alice.conn].paused
+
+
+def test_message_ids_grow_even_when_the_clock_does_not() -> None:
+    store = MemoryStore()
+    ids = [store.append("s", 1000)[0] for _ in range(3)] + [store.append("s", 10)[0]]
+    assert ids == [1000, 1001, 1002, 1003]
+
+
+REQUESTS = [
+    Hello(request_id=1),
+    Login("zoe", request_id=2),
+    Send(1, 0, 0, "zoe", b"x", request_id=3),
+    Ack(1, "dm:a,b", request_id=4),
+    Who(request_id=5),
+    Ping(request_id=6),
+]
+
+
+@pytest.mark.parametrize("state", list(State))
+@pytest.mark.parametrize("msg", REQUESTS, ids=lambda m: type(m).__name__)
+def test_every_request_in_every_state_is_handled_or_refused(state: State, msg: object) -> None:
+    h = Harness()
+    peer = h.connect(raw=True)
+    h.engine.sessions[peer.conn].state = state
+    if state is State.READY:
+        h.engine.sessions[peer.conn].user = "yan"
+        h.engine.online["yan"] = h.engine.sessions[peer.conn]
+    h.send_raw(peer, encode(msg))  # type: ignore[arg-type]
+    handled = (state, type(msg)) in TRANSITIONS
+    replies = peer.events[1:]
+    if not handled:
+        assert [type(r) for r in replies] == [Error]
+    else:
+        assert all(not isinstance(r, Error) or r.code != ErrorCode.BAD_STATE for r in replies)

@@ -1,0 +1,199 @@
+"""Protocol unit tests: one case table drives the encoder and the decoder.
+
+Each case is fed whole, one byte at a time, and followed by trailing data; the
+malformed table maps bytes to error codes; hypothesis checks round trips and
+re-chunking, and that garbage only ever raises ProtocolError.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from csce513msg.protocol import (
+    Ack,
+    Deliver,
+    Error,
+    ErrorCode,
+    Frame,
+    FrameDecoder,
+    HeaderCodec,
+    Hello,
+    Login,
+    LoginOk,
+    Message,
+    Ping,
+    Pong,
+    Presence,
+    ProtocolError,
+    Receipt,
+    RemoteProtocolError,
+    Send,
+    Welcome,
+    Who,
+    WhoReply,
+    decode,
+    encode,
+    encode_frame,
+)
+
+# (message, its exact bytes). The first is the byte-level example in docs/protocol.md.
+CASES: list[tuple[Message, bytes]] = [
+    (
+        Send(1, 0, 0, "bob", b"hi", request_id=7),
+        bytes.fromhex("00000011" "03" "00" "000f" "00000007" "01" "00" "0000000000000000" "0003626f62" "6869"),
+    ),
+    (Who(request_id=1), bytes.fromhex("00000000" "05" "00" "0000" "00000001")),
+    (Ping(b"", request_id=2), bytes.fromhex("00000000" "06" "00" "0000" "00000002")),
+    (
+        Ack(3, "dm:a,b", request_id=0),
+        bytes.fromhex("00000010" "04" "00" "0010" "00000000" "0000000000000003" "0006" + b"dm:a,b".hex()),
+    ),
+    (
+        Error(ErrorCode.USER_NOT_FOUND, "no", request_id=9),
+        bytes.fromhex("00000006" "88" "00" "0006" "00000009" "0008" "0002" "6e6f"),
+    ),
+    (
+        WhoReply(("a", "bc"), request_id=4),
+        bytes.fromhex("00000009" "85" "00" "0009" "00000004" "0002" "000161" "00026263"),
+    ),
+]
+MORE: list[Message] = [
+    Hello(1, 0, ("presence",), "msg", request_id=1),
+    Login("alice", "", "", request_id=2),
+    Welcome(1, 0, 65536, 16384, 64, 90000, ("presence",), "csce513msg"),
+    LoginOk(1_700_000_000_000_000, "alice", request_id=2),
+    Receipt(1, 2**64 - 1, 1_700_000_000_000_000, 1, "dm:alice,bob", "", request_id=3),
+    Deliver(1, 0, 42, 1_700_000_000_000_000, 5, "alice", "bob", "dm:alice,bob", "ünïcode ✓".encode()),
+    Presence(1, 1_700_000_000_000_000, "bob"),
+    Pong(b"\x00\xff", request_id=5),
+]
+
+
+@pytest.mark.parametrize(("msg", "wire"), CASES, ids=lambda x: type(x).__name__ if not isinstance(x, bytes) else "")
+def test_encode_gives_the_exact_bytes(msg: Message, wire: bytes) -> None:
+    assert encode(msg) == wire
+
+
+@pytest.mark.parametrize("msg", [c[0] for c in CASES] + MORE, ids=lambda m: type(m).__name__)
+@pytest.mark.parametrize("chunking", ["whole", "byte-at-a-time", "with-trailing"])
+def test_decode_in_any_chunking(msg: Message, chunking: str) -> None:
+    wire = encode(msg)
+    decoder = FrameDecoder(1 << 20)
+    trailing = encode(Ping(b"next", request_id=99))
+    if chunking == "whole":
+        frames = list(decoder.feed(wire))
+    elif chunking == "byte-at-a-time":
+        frames = [f for i in range(len(wire)) for f in decoder.feed(wire[i : i + 1])]
+    else:
+        frames = list(decoder.feed(wire + trailing[:5]))
+        assert decoder.buffered == 5
+        frames += list(decoder.feed(trailing[5:]))
+        assert decode(frames.pop()) == Ping(b"next", request_id=99)
+    assert [decode(f) for f in frames] == [msg]
+    assert decoder.buffered == 0
+
+
+MALFORMED: dict[str, tuple[bytes, ErrorCode]] = {
+    "declared length over the limit": (struct.pack("!IBBHI", 1025, 3, 0, 0, 1), ErrorCode.FRAME_TOO_LARGE),
+    "header longer than frame": (struct.pack("!IBBHI", 2, 3, 0, 3, 1) + b"ab", ErrorCode.BAD_FRAME),
+    "fixed fields cut short": (encode_frame(0x04, 1, b"\x00\x00\x00"), ErrorCode.BAD_FRAME),
+    "string longer than header": (encode_frame(0x02, 1, b"\x00\x09abc"), ErrorCode.BAD_FRAME),
+    "string not utf-8": (encode_frame(0x02, 1, b"\x00\x01\xff"), ErrorCode.BAD_FRAME),
+    "list cut short": (encode_frame(0x85, 1, b"\x00\x02\x00\x01a"), ErrorCode.BAD_FRAME),
+    "unknown type": (encode_frame(0x7E, 5, b""), ErrorCode.UNSUPPORTED),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_input_gives_its_error_code(case: str) -> None:
+    wire, code = MALFORMED[case]
+    decoder = FrameDecoder(1024)
+    with pytest.raises(RemoteProtocolError) as err:
+        for frame in decoder.feed(wire):
+            decode(frame)
+    assert err.value.code == code
+    assert err.value.fatal == (code != ErrorCode.UNSUPPORTED)
+
+
+def test_oversized_frame_is_refused_from_the_prefix_alone() -> None:
+    decoder = FrameDecoder(100)
+    with pytest.raises(RemoteProtocolError) as err:
+        list(decoder.feed(struct.pack("!IBBHI", 101, 3, 0, 0, 1)))
+    assert err.value.code == ErrorCode.FRAME_TOO_LARGE
+    with pytest.raises(RemoteProtocolError):  # a broken decoder stays broken
+        list(decoder.feed(b"more"))
+
+
+def test_good_frames_before_a_bad_one_come_out_first() -> None:
+    decoder = FrameDecoder(100)
+    good = encode(Ping(b"1", request_id=1))
+    out = []
+    with pytest.raises(RemoteProtocolError):
+        for frame in decoder.feed(good + struct.pack("!IBBHI", 500, 3, 0, 0, 1)):
+            out.append(decode(frame))
+    assert out == [Ping(b"1", request_id=1)]
+
+
+def test_unknown_trailing_fields_are_ignored_and_missing_ones_take_defaults() -> None:
+    codec = HeaderCodec("BQs")
+    assert codec.decode(codec.encode([1, 2, "x"]) + b"\x00\x05extra") == [1, 2, "x"]
+    assert codec.decode(codec.encode([1, 2, "x"])[:9]) == [1, 2, ""]  # an older peer: no string
+    assert codec.decode(b"") == [0, 0, ""]
+
+
+def test_flags_are_ignored_on_receipt() -> None:
+    wire = bytearray(encode(Who(request_id=3)))
+    wire[5] = 0xFF
+    assert decode(next(iter(FrameDecoder(64).feed(bytes(wire))))) == Who(request_id=3)
+
+
+# ---- properties --------------------------------------------------------------------------
+
+names = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40)
+u64 = st.integers(0, 2**64 - 1)
+u32 = st.integers(0, 2**32 - 1)
+bodies = st.binary(max_size=300)
+messages = st.one_of(
+    st.builds(Send, st.integers(0, 255), st.integers(0, 255), u64, names, bodies, u32),
+    st.builds(Deliver, st.integers(0, 255), st.integers(0, 255), u64, u64, u64, names, names, names, bodies, u32),
+    st.builds(Receipt, st.integers(0, 255), u64, u64, u64, names, names, u32),
+    st.builds(Hello, st.integers(0, 255), st.integers(0, 255), st.lists(names, max_size=4).map(tuple), names, u32),
+    st.builds(WhoReply, st.lists(names, max_size=20).map(tuple), u32),
+    st.builds(Error, st.integers(0, 65535), names, u32),
+    st.builds(Ack, u64, names, u32),
+    st.builds(Ping, bodies, u32),
+)
+
+
+@given(st.lists(messages, min_size=1, max_size=8), st.data())
+def test_any_rechunking_decodes_to_the_same_messages(msgs: list[Message], data: st.DataObject) -> None:
+    wire = b"".join(encode(m) for m in msgs)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=10)))
+    decoder = FrameDecoder(1 << 20)
+    frames: list[Frame] = []
+    for start, end in zip([0, *cuts], [*cuts, len(wire)], strict=True):
+        frames.extend(decoder.feed(wire[start:end]))
+    assert [decode(f) for f in frames] == msgs
+
+
+@given(st.binary(max_size=600))
+def test_garbage_raises_only_protocol_errors(garbage: bytes) -> None:
+    decoder = FrameDecoder(256)
+    try:
+        for frame in decoder.feed(garbage):
+            decode(frame)
+    except ProtocolError:
+        pass
+
+
+@given(st.integers(0, 255), st.binary(max_size=64), st.binary(max_size=64))
+def test_any_type_and_header_decode_or_raise_protocol_error(ftype: int, header: bytes, body: bytes) -> None:
+    frame = next(iter(FrameDecoder(1024).feed(encode_frame(ftype, 1, header, body))))
+    try:
+        decode(frame)
+    except ProtocolError:
+        pass

@@ -1,0 +1,76 @@
+"""The layering rules of shared/STYLE.md, checked by reading every module's imports."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "csce513msg"
+IO_MODULES = {"socket", "select", "selectors", "ssl", "threading", "asyncio", "time", "sqlite3"}
+LAYERS = ("protocol", "hub", "store", "crypto", "client", "backends", "cli")
+
+# layer -> (our layers it may import, standard modules it must not import)
+RULES: dict[str, tuple[set[str], set[str]]] = {
+    "protocol": ({"protocol"}, IO_MODULES),
+    "hub": ({"hub", "protocol", "store"}, IO_MODULES),
+    "store": ({"store"}, IO_MODULES - {"sqlite3", "threading", "time"}),
+    "crypto": ({"crypto"}, set()),
+    "client": ({"client", "protocol", "crypto"}, set()),
+    "backends": ({"backends", "hub"}, set()),  # never protocol: a backend never sees a message
+    "cli": (set(LAYERS), set()),
+}
+
+
+def imports_of(path: Path) -> list[tuple[str, int]]:
+    """(absolute module name, line) of every import in ``path``."""
+    tree = ast.parse(path.read_text())
+    package = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts[:-1])
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, node.lineno) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                name = ".".join(base + ([node.module] if node.module else []))
+            else:
+                name = node.module or ""
+            found.append((name, node.lineno))
+    return found
+
+
+def modules() -> list[Path]:
+    return sorted(p for p in PACKAGE.rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_module_respects_its_layer(path: Path) -> None:
+    parts = path.relative_to(PACKAGE).parts
+    layer = parts[0] if len(parts) > 1 else None
+    problems = []
+    for name, line in imports_of(path):
+        top = name.split(".")[0]
+        if top == "typer" and layer != "cli":
+            problems.append(f"line {line}: typer outside cli/")
+        if layer is None:
+            continue
+        allowed, forbidden = RULES[layer]
+        if top in forbidden:
+            problems.append(f"line {line}: {layer}/ may not import {name}")
+        if top == "csce513msg":
+            target = name.split(".")[1] if "." in name else ""
+            if target in LAYERS and target not in allowed:
+                problems.append(f"line {line}: {layer}/ may not import {name}")
+    assert not problems, f"{path.relative_to(PACKAGE)}: " + "; ".join(problems)
+
+
+def test_the_checker_catches_a_violation(tmp_path: Path) -> None:
+    bad = PACKAGE / "hub" / "_layering_probe.py"
+    bad.write_text("import socket\nfrom ..backends import load\n")
+    try:
+        with pytest.raises(AssertionError, match="may not import"):
+            test_module_respects_its_layer(bad)
+    finally:
+        bad.unlink()
