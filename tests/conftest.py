@@ -33,6 +33,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "backend" in metafunc.fixturenames:
         chosen = metafunc.config.getoption("--backends").split(",")
+        chosen = getattr(metafunc.module, "BACKENDS", chosen)  # a module may pin one backend
         if metafunc.config.getoption("--server"):
             chosen = ["external"]
         metafunc.parametrize("backend", chosen, scope="module")

@@ -191,8 +191,9 @@ async def main(engine: Engine, config: BackendConfig, hub_config: HubConfig, nam
     await server.done
 
 
-def serve(engine: Engine, config: BackendConfig, hub_config: HubConfig, *, loop_factory: Any = None,
-          name: str = NAME) -> None:
+def serve(
+    engine: Engine, config: BackendConfig, hub_config: HubConfig, *, loop_factory: Any = None, name: str = NAME
+) -> None:
     """Run the server until SIGINT or SIGTERM, then say goodbye and return."""
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         runner.run(main(engine, config, hub_config, name))

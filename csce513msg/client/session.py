@@ -113,6 +113,7 @@ class ClientSession:
         self.state = ClientState.AWAIT_LOGIN
         features = (Feature.PRESENCE.value,) if self.presence else ()
         self.request(Hello(features=features, client=self.client))
+        self.pending.pop(self._next_id)  # Hello has no reply: only an Error if refused
         if self.user is not None:
             self.login(self.user)
 

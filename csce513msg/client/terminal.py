@@ -58,8 +58,8 @@ class Terminal:
         self.out = out
         self.as_json = as_json
 
-    def show(self, text: str, **event: object) -> None:
-        line = json.dumps(event, ensure_ascii=False) if self.as_json else text
+    def show(self, human: str, /, **event: object) -> None:
+        line = json.dumps(event, ensure_ascii=False) if self.as_json else human
         self.out.write(line + "\n")
         self.out.flush()
 
@@ -97,14 +97,31 @@ class ChatClient:
         if isinstance(msg, Deliver):
             text = msg.body.decode(errors="replace")
             self.partner = msg.sender
-            t.show(f"[{_clock(msg.time_us)}] {msg.sender}: {text}", event="deliver", sender=msg.sender,
-                   to=msg.target, text=text, id=msg.message_id, time_us=msg.time_us, stream=msg.stream,
-                   position=msg.position)
+            t.show(
+                f"[{_clock(msg.time_us)}] {msg.sender}: {text}",
+                event="deliver",
+                sender=msg.sender,
+                to=msg.target,
+                text=text,
+                id=msg.message_id,
+                time_us=msg.time_us,
+                stream=msg.stream,
+                position=msg.position,
+            )
         elif isinstance(msg, Receipt):
             to, text = self.sent.pop(msg.request_id, ("?", ""))
-            state = ReceiptState(msg.state).name.lower() if msg.state in ReceiptState._value2member_map_ else str(msg.state)
-            t.show(f"[{_clock(msg.time_us)}] you -> {to}: {text}  [{state}]", event="receipt", to=to,
-                   state=state, id=msg.message_id, request=msg.request_id, position=msg.position)
+            state = (
+                ReceiptState(msg.state).name.lower() if msg.state in ReceiptState._value2member_map_ else str(msg.state)
+            )
+            t.show(
+                f"[{_clock(msg.time_us)}] you -> {to}: {text}  [{state}]",
+                event="receipt",
+                to=to,
+                state=state,
+                id=msg.message_id,
+                request=msg.request_id,
+                position=msg.position,
+            )
         elif isinstance(msg, Error):
             name = _code_name(msg.code)
             self.sent.pop(msg.request_id, None)
@@ -119,8 +136,12 @@ class ChatClient:
         elif isinstance(msg, LoginOk):
             t.show(f"logged in as {msg.user}; /help for commands", event="login", user=msg.user)
         elif isinstance(msg, Welcome):
-            t.show(f"connected to {msg.server} (protocol {msg.version_major}.{msg.version_minor})",
-                   event="welcome", server=msg.server, version=f"{msg.version_major}.{msg.version_minor}")
+            t.show(
+                f"connected to {msg.server} (protocol {msg.version_major}.{msg.version_minor})",
+                event="welcome",
+                server=msg.server,
+                version=f"{msg.version_major}.{msg.version_minor}",
+            )
 
     # ---- from the keyboard -------------------------------------------------------------
 
@@ -162,7 +183,8 @@ class ChatClient:
 
     def ready_to_exit(self) -> bool:
         """End of input, and every request answered."""
-        return self.input_done and not self.commands and not self.session.pending
+        ready = self.session.state is ClientState.READY
+        return ready and self.input_done and not self.commands and not self.session.pending
 
 
 def run(host: str, port: int, user: str, mux_name: str, as_json: bool, out: TextIO = sys.stdout) -> int:
@@ -171,8 +193,13 @@ def run(host: str, port: int, user: str, mux_name: str, as_json: bool, out: Text
     try:
         sock = socket.create_connection((host, port), timeout=10)  # create a socket, connect
     except OSError as exc:
-        term.show(f"! cannot connect to {host}:{port}: {exc.strerror or exc}", event="error", code="connect",
-                  message=str(exc), request=0)
+        term.show(
+            f"! cannot connect to {host}:{port}: {exc.strerror or exc}",
+            event="error",
+            code="connect",
+            message=str(exc),
+            request=0,
+        )
         return 1
     sock.setblocking(False)
     session = ClientSession(user, presence=True, client="msg")
@@ -226,8 +253,9 @@ def _receive(chat: ChatClient) -> bool:
     except BlockingIOError:
         return True
     except OSError as exc:
-        chat.term.show(f"! connection lost: {exc.strerror}", event="error", code="connection", message=str(exc),
-                       request=0)
+        chat.term.show(
+            f"! connection lost: {exc.strerror}", event="error", code="connection", message=str(exc), request=0
+        )
         chat.failures += 1
         return False
     if not data:

@@ -5,6 +5,16 @@ from .config import HubConfig
 from .engine import NAME_RULE, TRANSITIONS, Engine, State, direct_stream
 
 __all__ = [
-    "NAME_RULE", "TRANSITIONS", "Abort", "Action", "Close", "ConnId", "Engine", "HubConfig",
-    "State", "Submit", "Write", "direct_stream",
+    "NAME_RULE",
+    "TRANSITIONS",
+    "Abort",
+    "Action",
+    "Close",
+    "ConnId",
+    "Engine",
+    "HubConfig",
+    "State",
+    "Submit",
+    "Write",
+    "direct_stream",
 ]

@@ -231,9 +231,7 @@ class Engine:
         if handler is None:
             raise _refusal(session.state, msg)
         if not self._take_token(session, now):
-            raise RemoteProtocolError(
-                ErrorCode.RATE_LIMITED, "too many requests: slow down", request_id=msg.request_id
-            )
+            raise RemoteProtocolError(ErrorCode.RATE_LIMITED, "too many requests: slow down", request_id=msg.request_id)
         handler(self, session, msg, now)
 
     def _on_hello(self, session: Session, msg: Hello, now: float) -> None:
@@ -257,9 +255,7 @@ class Engine:
             )
         if user in self.online:
             log.info("refused login %s (#%d): name taken", user, session.conn)
-            raise RemoteProtocolError(
-                ErrorCode.NAME_TAKEN, f"{user} is online already", request_id=msg.request_id
-            )
+            raise RemoteProtocolError(ErrorCode.NAME_TAKEN, f"{user} is online already", request_id=msg.request_id)
         session.user = user
         session.state = State.READY
         self.online[user] = session

@@ -64,9 +64,7 @@ class RemoteProtocolError(ProtocolError):
         fatal: True if the connection cannot go on (framing is lost).
     """
 
-    def __init__(
-        self, code: ErrorCode, message: str, *, request_id: int = 0, fatal: bool = False
-    ) -> None:
+    def __init__(self, code: ErrorCode, message: str, *, request_id: int = 0, fatal: bool = False) -> None:
         super().__init__(message)
         self.code = code
         self.message = message

@@ -268,7 +268,9 @@ class Error:
     request_id: int = 0
 
 
-Message = Hello | Login | Send | Ack | Who | Ping | Welcome | LoginOk | Receipt | Deliver | WhoReply | Presence | Pong | Error
+Message = (
+    Hello | Login | Send | Ack | Who | Ping | Welcome | LoginOk | Receipt | Deliver | WhoReply | Presence | Pong | Error
+)
 REQUEST_TYPES = frozenset(t for t in MsgType if t < 0x80)
 
 

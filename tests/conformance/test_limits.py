@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from csce513msg.protocol import ErrorCode, Error, Login, LoginOk, Ping, Pong
+from csce513msg.protocol import Error, ErrorCode, Login, LoginOk, Ping, Pong
 from tests.conformance.wire import RawConn
 
 SERVER_FLAGS = ("--idle-timeout", "0.6", "--rate", "10", "--burst", "5")

@@ -44,21 +44,21 @@ from csce513msg.protocol import (
 CASES: list[tuple[Message, bytes]] = [
     (
         Send(1, 0, 0, "bob", b"hi", request_id=7),
-        bytes.fromhex("00000011" "03" "00" "000f" "00000007" "01" "00" "0000000000000000" "0003626f62" "6869"),
+        bytes.fromhex("000000110300000f00000007010000000000000000000003626f626869"),
     ),
-    (Who(request_id=1), bytes.fromhex("00000000" "05" "00" "0000" "00000001")),
-    (Ping(b"", request_id=2), bytes.fromhex("00000000" "06" "00" "0000" "00000002")),
+    (Who(request_id=1), bytes.fromhex("000000000500000000000001")),
+    (Ping(b"", request_id=2), bytes.fromhex("000000000600000000000002")),
     (
         Ack(3, "dm:a,b", request_id=0),
-        bytes.fromhex("00000010" "04" "00" "0010" "00000000" "0000000000000003" "0006" + b"dm:a,b".hex()),
+        bytes.fromhex("00000010040000100000000000000000000000030006" + b"dm:a,b".hex()),
     ),
     (
         Error(ErrorCode.USER_NOT_FOUND, "no", request_id=9),
-        bytes.fromhex("00000006" "88" "00" "0006" "00000009" "0008" "0002" "6e6f"),
+        bytes.fromhex("000000068800000600000009000800026e6f"),
     ),
     (
         WhoReply(("a", "bc"), request_id=4),
-        bytes.fromhex("00000009" "85" "00" "0009" "00000004" "0002" "000161" "00026263"),
+        bytes.fromhex("000000098500000900000004000200016100026263"),
     ),
 ]
 MORE: list[Message] = [

@@ -1,0 +1,106 @@
+"""The ``msg`` client's own behaviour as a process: it does not depend on the
+server's I/O strategy, so it runs against one backend (the default), not six."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.servers import IS_LINUX
+from tests.system.test_cli import MSG, MSGSRV, msg_cmd, read_events
+
+BACKENDS = ["epoll" if IS_LINUX else "select"]
+
+
+def test_script_exit_status_and_human_output(server: object, names: object) -> None:
+    alice, bob = names("alice"), names("bob")  # type: ignore[operator]
+    bob_proc = subprocess.Popen(
+        msg_cmd(server, bob, "--json"), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        read_events(bob_proc, "login")
+        done = subprocess.run(
+            msg_cmd(server, alice),
+            input=f"/msg {bob} one\ntwo\n/who\n/quit\n",
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert done.returncode == 0, done.stdout
+        assert f"you -> {bob}: one  [accepted]" in done.stdout
+        assert f"you -> {bob}: two  [accepted]" in done.stdout  # a plain line went to the last partner
+        assert "online: " in done.stdout
+        texts = [read_events(bob_proc, "deliver")[-1]["text"] for _ in range(2)]
+        assert texts == ["one", "two"]
+    finally:
+        assert bob_proc.stdin is not None
+        bob_proc.stdin.close()
+        assert bob_proc.wait(timeout=15) == 0  # end of input, nothing pending: success
+
+
+@pytest.mark.parametrize("mux", ["select", "poll", "epoll"] if IS_LINUX else ["select", "poll"])
+def test_every_mux_reads_commands_from_a_regular_file(server: object, names: object, tmp_path: Path, mux: str) -> None:
+    """epoll refuses regular files (EPERM); the client must still read them."""
+    bob = names("bob")  # type: ignore[operator]
+    bob_proc = subprocess.Popen(
+        msg_cmd(server, bob, "--json"), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        read_events(bob_proc, "login")
+        script = tmp_path / "script.txt"
+        script.write_text(f"/msg {bob} via {mux}\n/help\n")
+        with script.open() as stdin:
+            done = subprocess.run(
+                msg_cmd(server, names("alice"), "--mux", mux),
+                stdin=stdin,  # type: ignore[operator]
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "/msg USER TEXT" in done.stdout  # the help text
+        assert read_events(bob_proc, "deliver")[-1]["text"] == f"via {mux}"
+    finally:
+        assert bob_proc.stdin is not None
+        bob_proc.stdin.close()
+        bob_proc.wait(timeout=15)
+
+
+def test_bad_commands_and_login_refusal(server: object, names: object) -> None:
+    alice = names("alice")  # type: ignore[operator]
+    done = subprocess.run(
+        msg_cmd(server, alice), input="/nope\nhello nobody\n/msg\n", capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 1
+    assert "! unknown command /nope" in done.stdout
+    assert "! no conversation yet" in done.stdout
+    assert "! usage: /msg USER TEXT" in done.stdout
+    bad = subprocess.run(msg_cmd(server, "bad name!"), input="", capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 1 and "invalid_name" in bad.stdout
+
+
+def test_cli_reports_an_unreachable_server(names: object) -> None:
+    done = subprocess.run(
+        [*MSG, "--server", "127.0.0.1:1", "--user", "alice"], input="", capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 1 and "cannot connect" in done.stdout
+
+
+def test_msgsrv_refuses_bad_choices_with_status_2() -> None:
+    env = dict(os.environ)
+    for args, reason in [
+        (["--backend", "carrier-pigeon"], "unknown backend"),
+        (["--hard-limit", "100"], "hard limit"),
+        (["--log-level", "loud"], "unknown log level"),
+    ]:
+        done = subprocess.run([*MSGSRV, *args, "--port", "0"], capture_output=True, text=True, timeout=30, env=env)
+        assert done.returncode == 2 and reason in done.stderr, (args, done.stderr)
+
+
+def test_msgsrv_help_lists_every_backend() -> None:
+    out = subprocess.run([*MSGSRV, "--help"], capture_output=True, text=True, timeout=30).stdout
+    for name in ("threads", "select", "poll", "epoll", "asyncio", "uvloop"):
+        assert name in out
