@@ -50,13 +50,13 @@ class ChatProtocol(asyncio.Protocol):
         self.pending: list[bytes] = []  # this pass's writes, sent together by flush_pass
         self.closing = False
         self.pause_flag: bool | None = None  # set mid-write by the transport, forwarded after
-        self.transport: asyncio.Transport | None = None
+        self.transport: Any = None  # asyncio.Transport, or uvloop's (not a subclass)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        self.transport = transport
         sock = transport.get_extra_info("socket")
         tune(sock, self.server.config)
-        transport.set_write_buffer_limits(high=self.server.config.high_water, low=self.server.config.low_water)
+        self.transport.set_write_buffer_limits(high=self.server.config.high_water, low=self.server.config.low_water)
         self.server.conns[self.id] = self
         self.server.call(self, self.server.engine.connection_made, self.id, peer_name(sock))  # Welcome
 
@@ -178,12 +178,16 @@ async def main(engine: Engine, config: BackendConfig, hub_config: HubConfig, nam
     server = AsyncServer(engine, config, loop)
     sock = listen(config)  # steps 1-3; the loop accepts on it (step 4)
     listener = await loop.create_server(lambda: ChatProtocol(server), sock=sock)
-    stop = loop.create_future()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, lambda s=signum: stop.done() or stop.set_result(s))
+    stop: asyncio.Future[int] = loop.create_future()
+
+    def on_signal(signum: int) -> None:
+        if not stop.done():
+            stop.set_result(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, int(sig))
     banner(name, sock, config, hub_config)
-    signum = await stop
-    log.info("shutting down (signal %s)", signum)
+    log.info("shutting down (signal %s)", await stop)
     listener.close()  # stop accepting
     server.stopping = True
     server.call(None, engine.shutdown)

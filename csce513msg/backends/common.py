@@ -88,7 +88,7 @@ class Outbound:
     hard limit, ``"pause"`` past the high-water mark, ``"resume"`` below the low one.
     """
 
-    __slots__ = ("chunks", "size", "paused")
+    __slots__ = ("chunks", "paused", "size")
 
     def __init__(self) -> None:
         self.chunks: list[bytes] = []

@@ -47,7 +47,7 @@ class Strategy(Protocol):
 class Conn:
     """One accepted connection."""
 
-    __slots__ = ("id", "sock", "fd", "out", "interest", "closing", "deadline", "lingering", "dead")
+    __slots__ = ("closing", "dead", "deadline", "fd", "id", "interest", "lingering", "out", "sock")
 
     def __init__(self, sock: socket.socket) -> None:
         self.id = next(_ids)
@@ -92,9 +92,11 @@ class Driver:
         except BlockingIOError:
             return
         except OSError as exc:  # e.g. ECONNRESET: the peer vanished abruptly
-            return self.lose(conn, f"reset ({exc.strerror})", now)
+            self.lose(conn, f"reset ({exc.strerror})", now)
+            return
         if not data:  # end of stream: the peer closed its side
-            return self.lose(conn, "closed by peer", now)
+            self.lose(conn, "closed by peer", now)
+            return
         if conn.closing:
             return  # lingering close: discard whatever the peer still sends
         self._engine(conn, now, self.engine.data_received, conn.id, data, now)
@@ -123,7 +125,7 @@ class Driver:
                 elif isinstance(action, Abort):
                     self._doomed.append((conn, action.reason))
             for conn in touched:
-                batches.extend(self._water(conn, now))
+                batches.append(self._water(conn, now))
             while self._doomed:
                 conn, reason = self._doomed.pop()
                 batches.append(self.lose(conn, reason, now, report=False))

@@ -104,7 +104,12 @@ class Client:
 
     def call(self, msg: Message, timeout: float | None = None) -> Message:
         """Send any request and return its reply; raise ServerError on an Error."""
-        return self.request(self.session.request(msg), object, timeout)  # type: ignore[arg-type]
+        rid = self.session.request(msg)
+        self.flush()
+        reply = self.next_message(lambda m: m.request_id == rid, timeout=timeout)
+        if isinstance(reply, Error):
+            raise ServerError(reply)
+        return reply
 
     def send_raw(self, data: bytes) -> None:
         """Send bytes as they are (for tests of malformed input)."""

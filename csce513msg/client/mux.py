@@ -14,6 +14,14 @@ those, and the caller treats them as always readable, which they are.
 from __future__ import annotations
 
 import select
+from typing import Protocol
+
+
+class Mux(Protocol):
+    """What the client's loop needs from a multiplexer."""
+
+    def register(self, fd: int) -> bool: ...
+    def wait(self, timeout: float | None) -> list[int]: ...
 
 
 class SelectMux:
@@ -63,7 +71,7 @@ class EpollMux:
         return [fd for fd, _ in self.ep.poll(-1 if timeout is None else timeout)]
 
 
-MUXES = {"select": SelectMux, "poll": PollMux, "epoll": EpollMux}
+MUXES: dict[str, type[Mux]] = {"select": SelectMux, "poll": PollMux, "epoll": EpollMux}
 
 
 def best_mux() -> str:

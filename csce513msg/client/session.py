@@ -153,7 +153,7 @@ class ClientSession:
             raise LocalProtocolError("wait for the server's Welcome before sending requests")
         self._next_id = self._next_id % 0xFFFFFFFF + 1  # u32, never 0
         rid = self._next_id
-        msg = dataclasses.replace(msg, request_id=rid)  # type: ignore[type-var]
+        msg = dataclasses.replace(msg, request_id=rid)
         self.pending[rid] = msg
         self._out.append(encode(msg))
         return rid

@@ -40,7 +40,7 @@ from ..protocol import (
     Welcome,
     WhoReply,
 )
-from .mux import MUXES
+from .mux import MUXES, Mux
 from .session import ClientSession, ClientState
 
 HELP = """commands:
@@ -204,7 +204,7 @@ def run(host: str, port: int, user: str, mux_name: str, as_json: bool, out: Text
     sock.setblocking(False)
     session = ClientSession(user, presence=True, client="msg")
     chat = ChatClient(sock, session, term)
-    mux = MUXES[mux_name]()
+    mux: Mux = MUXES[mux_name]()
     mux.register(sock.fileno())
     stdin_fd = _stdin_fd()
     stdin_always_ready = not mux.register(stdin_fd)  # a regular file: epoll refuses it
@@ -220,8 +220,8 @@ def run(host: str, port: int, user: str, mux_name: str, as_json: bool, out: Text
                 chat.input_done = True
                 data = b"\n" if buffered else b""
             *lines, buffered = (buffered + data).split(b"\n")
-            for line in lines:
-                chat.on_line(line.decode(errors="replace"))
+            for raw in lines:
+                chat.on_line(raw.decode(errors="replace"))
         if session.state is ClientState.READY:
             pending, chat.commands = chat.commands, []
             for line in pending:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 from .errors import ErrorCode, RemoteProtocolError
 from .frames import Frame, HeaderCodec, encode_frame
@@ -70,7 +70,7 @@ class ReceiptState(enum.IntEnum):
     DELIVERED = 3  # a session of the recipient acknowledged it (accounts issue)
 
 
-class Feature(str, enum.Enum):
+class Feature(enum.StrEnum):
     """Feature names exchanged in Welcome and Hello."""
 
     PRESENCE = "presence"  # hello: send me presence events
@@ -78,8 +78,8 @@ class Feature(str, enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class _Spec:
-    type: MsgType
-    cls: type
+    msg_type: MsgType
+    cls: Any  # the message class
     codec: HeaderCodec
     names: tuple[str, ...]
     has_body: bool
@@ -279,7 +279,7 @@ def encode(msg: Message) -> bytes:
     spec = _BY_CLASS[type(msg)]
     header = spec.codec.encode([getattr(msg, name) for name in spec.names])
     body: bytes = msg.body if spec.has_body else b""  # type: ignore[union-attr]
-    return encode_frame(spec.type, msg.request_id, header, body)
+    return encode_frame(spec.msg_type, msg.request_id, header, body)
 
 
 def decode(frame: Frame) -> Message:

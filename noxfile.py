@@ -1,0 +1,31 @@
+"""Developer sessions. Plain ``nox`` runs the gating ones: lint, typecheck, tests."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = True
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check."""
+    session.install("ruff>=0.5")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy: strict on protocol/ and hub/ (see pyproject.toml)."""
+    session.install("-e", ".[fast]", "mypy>=1.10")
+    session.run("mypy", "csce513msg")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The whole test suite on every backend (pass pytest arguments after --)."""
+    session.install("-e", ".[fast,dev]")
+    session.run("pytest", "--durations=15", *session.posargs)
