@@ -227,12 +227,14 @@ class Engine:
     # ---- requests ---------------------------------------------------------------
 
     def _dispatch(self, session: Session, msg: Message, now: float) -> None:
-        handler = TRANSITIONS.get((session.state, type(msg)))
-        if handler is None:
+        rule = TRANSITIONS.get((session.state, type(msg)))
+        if rule is None:
             raise _refusal(session.state, msg)
         if not self._take_token(session, now):
             raise RemoteProtocolError(ErrorCode.RATE_LIMITED, "too many requests: slow down", request_id=msg.request_id)
-        handler(self, session, msg, now)
+        handler, next_state = rule
+        handler(self, session, msg, now)  # raises RemoteProtocolError to refuse: the state stays
+        session.state = next_state
 
     def _on_hello(self, session: Session, msg: Hello, now: float) -> None:
         if msg.version_major != VERSION_MAJOR:
@@ -243,7 +245,6 @@ class Engine:
                 fatal=True,
             )
         session.presence = Feature.PRESENCE.value in msg.features
-        session.state = State.AWAIT_LOGIN
 
     def _on_login(self, session: Session, msg: Login, now: float) -> None:
         user = msg.user.lower()
@@ -257,7 +258,6 @@ class Engine:
             log.info("refused login %s (#%d): name taken", user, session.conn)
             raise RemoteProtocolError(ErrorCode.NAME_TAKEN, f"{user} is online already", request_id=msg.request_id)
         session.user = user
-        session.state = State.READY
         self.online[user] = session
         self.known_users.add(user)
         log.info("login %s (#%d from %s)", user, session.conn, session.peer)
@@ -375,15 +375,16 @@ def _refusal(state: State, msg: Message) -> ProtocolError:
     return RemoteProtocolError(ErrorCode.BAD_STATE, f"{name} is not allowed now", request_id=rid)
 
 
-#: What a client may send in each state, and who handles it. Anything else is
-#: refused by ``_refusal`` with an error naming the request.
-TRANSITIONS: dict[tuple[State, type], Handler] = {
-    (State.AWAIT_HELLO, Hello): Engine._on_hello,
-    (State.AWAIT_HELLO, Ping): Engine._on_ping,
-    (State.AWAIT_LOGIN, Login): Engine._on_login,
-    (State.AWAIT_LOGIN, Ping): Engine._on_ping,
-    (State.READY, Send): Engine._on_send,
-    (State.READY, Ack): Engine._on_ack,
-    (State.READY, Who): Engine._on_who,
-    (State.READY, Ping): Engine._on_ping,
+#: What a client may send in each state: who handles it, and the state after it
+#: succeeds. Anything else is refused by ``_refusal`` with an error naming the
+#: request. docs/protocol.md draws this table (``python -m csce513msg.hub.diagram``).
+TRANSITIONS: dict[tuple[State, type], tuple[Handler, State]] = {
+    (State.AWAIT_HELLO, Hello): (Engine._on_hello, State.AWAIT_LOGIN),
+    (State.AWAIT_HELLO, Ping): (Engine._on_ping, State.AWAIT_HELLO),
+    (State.AWAIT_LOGIN, Login): (Engine._on_login, State.READY),
+    (State.AWAIT_LOGIN, Ping): (Engine._on_ping, State.AWAIT_LOGIN),
+    (State.READY, Send): (Engine._on_send, State.READY),
+    (State.READY, Ack): (Engine._on_ack, State.READY),
+    (State.READY, Who): (Engine._on_who, State.READY),
+    (State.READY, Ping): (Engine._on_ping, State.READY),
 }

@@ -1,0 +1,22 @@
+"""Draw the session state machine from ``TRANSITIONS`` (a Mermaid diagram).
+
+``python -m csce513msg.hub.diagram`` prints it; docs/protocol.md embeds the output,
+and a test checks the two still agree.
+"""
+
+from __future__ import annotations
+
+from .engine import TRANSITIONS
+
+
+def mermaid() -> str:
+    """Return the state diagram as Mermaid source."""
+    lines = ["stateDiagram-v2", "    [*] --> AWAIT_HELLO: connect / Welcome"]
+    for (state, msg_type), (_handler, target) in TRANSITIONS.items():
+        lines.append(f"    {state.name} --> {target.name}: {msg_type.__name__}")
+    lines.append("    READY --> [*]: close, reset, idle timeout, shutdown")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(mermaid())
