@@ -104,8 +104,9 @@ class FrameDecoder:
                 end = start + length
                 if end > size:
                     break  # the rest of this frame has not arrived yet
-                yield Frame(ftype, flags, rid, data[start : start + hlen], data[start + hlen : end])
-                pos = end
+                frame = Frame(ftype, flags, rid, data[start : start + hlen], data[start + hlen : end])
+                pos = end  # consumed even if the caller stops iterating after this frame
+                yield frame
         finally:
             del buf[:pos]
 

@@ -197,3 +197,12 @@ def test_any_type_and_header_decode_or_raise_protocol_error(ftype: int, header: 
         decode(frame)
     except ProtocolError:
         pass
+
+
+def test_a_frame_taken_is_consumed_even_if_iteration_stops() -> None:
+    decoder = FrameDecoder(1024)
+    wire = encode(Ping(b"a", request_id=1)) + encode(Ping(b"b", request_id=2))
+    first = next(iter(decoder.feed(wire)))  # the caller stops after one frame (e.g. a Close)
+    assert decode(first) == Ping(b"a", request_id=1)
+    assert [decode(f) for f in decoder.feed(b"")] == [Ping(b"b", request_id=2)]
+    assert decoder.buffered == 0

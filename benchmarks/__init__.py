@@ -1,0 +1,1 @@
+"""Benchmarks (run with ``pytest benchmarks``; the full suite comes with the benchmark issue)."""
