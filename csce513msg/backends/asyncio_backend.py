@@ -68,10 +68,12 @@ class ChatProtocol(asyncio.Protocol):
         return False  # the peer closed its side: close ours (connection_lost follows)
 
     def pause_writing(self) -> None:
-        self.pause_flag = True  # called from inside transport.write: only note it
+        self.pause_flag = True  # may come from inside transport.write: only note it
+        self.server.mark(self)  # the next flush_pass tells the engine
 
     def resume_writing(self) -> None:
-        self.pause_flag = False
+        self.pause_flag = False  # the buffer drained below the low-water mark
+        self.server.mark(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.conns.pop(self.id, None)
@@ -101,9 +103,17 @@ class AsyncServer:
         if actions is None and proto is not None:
             actions = [Abort(proto.id, "engine error")]
         self.perform(actions or [], now)
+        self.schedule_flush()
+
+    def mark(self, proto: ChatProtocol) -> None:
+        """Visit ``proto`` in the next flush_pass (a water mark was crossed)."""
+        self.dirty.add(proto)
+        self.schedule_flush()
+
+    def schedule_flush(self) -> None:
         if not self.flush_scheduled:
             self.flush_scheduled = True
-            self.loop.call_soon(self.flush_pass)
+            self.loop.call_soon(self.flush_pass)  # after every callback of this wake-up
 
     def perform(self, actions: Iterable[Action], now: float) -> None:
         for action in actions:

@@ -17,6 +17,13 @@ def msg_cmd(server: object, user: str, *extra: str) -> list[str]:
     return [*MSG, "--server", f"{server.host}:{server.port}", "--user", user, *extra]  # type: ignore[attr-defined]
 
 
+def listener(server: object, user: str) -> subprocess.Popen[str]:
+    """A ``msg --json`` process logged in as ``user``, its stdin a pipe kept open."""
+    proc = subprocess.Popen(msg_cmd(server, user, "--json"), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    read_events(proc, "login")
+    return proc
+
+
 def read_events(proc: subprocess.Popen[str], until: str, timeout: float = 15.0) -> list[dict[str, object]]:
     """Read --json lines from ``proc`` until an event named ``until`` arrives."""
     lines = _line_queue(proc)
@@ -56,11 +63,8 @@ def _line_queue(proc: subprocess.Popen[str]) -> queue.Queue[str | None]:
 
 def test_two_cli_processes_chat(server: object, names: object) -> None:
     alice, bob = names("alice"), names("bob")  # type: ignore[operator]
-    bob_proc = subprocess.Popen(
-        msg_cmd(server, bob, "--json"), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
+    bob_proc = listener(server, bob)
     try:
-        read_events(bob_proc, "login")
         script = f"/msg {bob} hello from alice\n/who\n"
         done = subprocess.run(
             msg_cmd(server, alice, "--json"), input=script, capture_output=True, text=True, timeout=30

@@ -10,18 +10,15 @@ from pathlib import Path
 import pytest
 
 from tests.servers import IS_LINUX
-from tests.system.test_cli import MSG, MSGSRV, msg_cmd, read_events
+from tests.system.test_cli import MSG, MSGSRV, listener, msg_cmd, read_events
 
 BACKENDS = ["epoll" if IS_LINUX else "select"]
 
 
 def test_script_exit_status_and_human_output(server: object, names: object) -> None:
     alice, bob = names("alice"), names("bob")  # type: ignore[operator]
-    bob_proc = subprocess.Popen(
-        msg_cmd(server, bob, "--json"), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
+    bob_proc = listener(server, bob)
     try:
-        read_events(bob_proc, "login")
         done = subprocess.run(
             msg_cmd(server, alice),
             input=f"/msg {bob} one\ntwo\n/who\n/quit\n",
@@ -45,11 +42,8 @@ def test_script_exit_status_and_human_output(server: object, names: object) -> N
 def test_every_mux_reads_commands_from_a_regular_file(server: object, names: object, tmp_path: Path, mux: str) -> None:
     """epoll refuses regular files (EPERM); the client must still read them."""
     bob = names("bob")  # type: ignore[operator]
-    bob_proc = subprocess.Popen(
-        msg_cmd(server, bob, "--json"), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
+    bob_proc = listener(server, bob)
     try:
-        read_events(bob_proc, "login")
         script = tmp_path / "script.txt"
         script.write_text(f"/msg {bob} via {mux}\n/help\n")
         with script.open() as stdin:
