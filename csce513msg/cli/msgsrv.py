@@ -54,6 +54,7 @@ def serve(
     sndbuf: Annotated[int, typer.Option(help="SO_SNDBUF of accepted sockets; 0: kernel default.")] = 0,
     close_timeout: Annotated[float, typer.Option(help="Seconds a closing connection may take to drain.")] = 5.0,
     backlog: Annotated[int, typer.Option(help="listen() backlog.")] = 1024,
+    recv_size: Annotated[int, typer.Option(help="Bytes asked of each recv() call.")] = 65536,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
     quiet: Annotated[bool, typer.Option(help="Only warnings and errors (same as --log-level warning).")] = False,
 ) -> None:
@@ -67,7 +68,9 @@ def serve(
     except BackendUnavailable as exc:
         _fail(str(exc))
     hub_config = HubConfig(name, max_frame, max_text, window, idle_timeout, rate, burst)
-    backend_config = BackendConfig(host, port, high_water, low_water, hard_limit, sndbuf, close_timeout, backlog)
+    backend_config = BackendConfig(
+        host, port, high_water, low_water, hard_limit, sndbuf, close_timeout, backlog, recv_size
+    )
     problem = check_limits(backend_config, hub_config)
     if problem:
         _fail(problem)

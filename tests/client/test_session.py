@@ -1,0 +1,67 @@
+"""The pure client session: handshake, version rule, request ids, coalesced acks."""
+
+from __future__ import annotations
+
+import pytest
+
+from csce513msg.client import ClientSession, ClientState
+from csce513msg.protocol import (
+    Ack,
+    Deliver,
+    ErrorCode,
+    FrameDecoder,
+    Hello,
+    LocalProtocolError,
+    Login,
+    LoginOk,
+    RemoteProtocolError,
+    Welcome,
+    decode,
+    encode,
+)
+
+WELCOME = Welcome(1, 3, 65536, 16384, 64, 90000, ("presence",), "test")
+
+
+def sent(session: ClientSession) -> list[object]:
+    return [decode(f) for f in FrameDecoder(1 << 20).feed(session.data_to_send())]
+
+
+def test_waits_for_welcome_then_says_hello_and_logs_in() -> None:
+    session = ClientSession("alice", presence=True)
+    with pytest.raises(LocalProtocolError):
+        session.who()  # nothing may be sent before the Welcome
+    session.receive_data(encode(WELCOME))
+    hello, login = sent(session)
+    assert isinstance(hello, Hello) and hello.features == ("presence",) and hello.version_major == 1
+    assert isinstance(login, Login) and login.user == "alice"
+    assert list(session.pending) == [login.request_id]  # Hello has no reply to wait for
+    session.receive_data(encode(LoginOk(1, "alice", request_id=login.request_id)))
+    assert session.state is ClientState.READY and not session.pending
+
+
+def test_refuses_a_server_of_another_major_version() -> None:
+    session = ClientSession("alice")
+    with pytest.raises(RemoteProtocolError) as err:
+        session.receive_data(encode(Welcome(2, 0, 65536, 16384, 64, 90000, (), "future")))
+    assert err.value.code == ErrorCode.VERSION_MISMATCH and err.value.fatal
+
+
+def test_request_ids_are_unique_and_never_zero() -> None:
+    session = ClientSession()
+    session.receive_data(encode(WELCOME))
+    ids = [session.ping() for _ in range(1000)]
+    assert 0 not in ids and len(set(ids)) == 1000
+
+
+def test_deliveries_are_acknowledged_once_per_stream_per_batch() -> None:
+    session = ClientSession()
+    session.receive_data(encode(WELCOME))
+    session.data_to_send()
+
+    def deliver(stream: str, position: int) -> bytes:
+        return encode(Deliver(1, 0, position, 0, position, "x", "y", stream, b"."))
+
+    session.receive_data(deliver("dm:a,b", 1) + deliver("dm:a,b", 2) + deliver("dm:a,c", 7) + deliver("dm:a,b", 3))
+    acks = sent(session)
+    assert sorted((a.stream, a.position) for a in acks if isinstance(a, Ack)) == [("dm:a,b", 3), ("dm:a,c", 7)]
