@@ -28,13 +28,18 @@ class ServerProcess:
         cmd = [sys.executable, "-m", "csce513msg.cli.msgsrv", "serve", "--backend", backend, "--port", "0", *flags]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, text=True)
         assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()  # blocks until the banner (or exit)
-        match = BANNER.search(line)
+        self.banner = ""
+        match = None
+        while not self.banner.endswith("\n") or not self.banner.splitlines()[-1].startswith("limits:"):
+            line = self.proc.stdout.readline()  # blocks until the banner (or exit)
+            if not line:
+                break
+            self.banner += line
+            match = match or BANNER.search(line)
         if not match:
             self.stop()
-            raise RuntimeError(f"msgsrv --backend {backend} did not start: {line!r}\n{self.log()}")
+            raise RuntimeError(f"msgsrv --backend {backend} did not start: {self.banner!r}\n{self.log()}")
         self.host, self.port = "127.0.0.1", int(match.group(2))
-        self.proc.stdout.readline()  # the limits line
 
     @property
     def address(self) -> tuple[str, int]:

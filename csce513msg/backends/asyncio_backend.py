@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..hub import Abort, Action, Close, Engine, HubConfig, Write
+from ..hub import Abort, Action, Close, EngineAPI, HubConfig, Write
 from .common import BackendConfig, banner, guarded, listen, peer_name, tune
 
 NAME = "asyncio"
@@ -84,7 +84,7 @@ class ChatProtocol(asyncio.Protocol):
 class AsyncServer:
     """The engine, the connections, and the once-per-wake-up flush."""
 
-    def __init__(self, engine: Engine, config: BackendConfig, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, engine: EngineAPI, config: BackendConfig, loop: asyncio.AbstractEventLoop) -> None:
         self.engine = engine
         self.config = config
         self.loop = loop
@@ -183,7 +183,7 @@ class AsyncServer:
             self.done.set_result(None)
 
 
-async def main(engine: Engine, config: BackendConfig, hub_config: HubConfig, name: str) -> None:
+async def main(engine: EngineAPI, config: BackendConfig, hub_config: HubConfig, name: str) -> None:
     loop = asyncio.get_running_loop()
     server = AsyncServer(engine, config, loop)
     sock = listen(config)  # steps 1-3; the loop accepts on it (step 4)
@@ -206,7 +206,7 @@ async def main(engine: Engine, config: BackendConfig, hub_config: HubConfig, nam
 
 
 def serve(
-    engine: Engine, config: BackendConfig, hub_config: HubConfig, *, loop_factory: Any = None, name: str = NAME
+    engine: EngineAPI, config: BackendConfig, hub_config: HubConfig, *, loop_factory: Any = None, name: str = NAME
 ) -> None:
     """Run the server until SIGINT or SIGTERM, then say goodbye and return."""
     with asyncio.Runner(loop_factory=loop_factory) as runner:

@@ -30,7 +30,7 @@ import socket
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from ..hub import Abort, Action, Close, Engine, Write
+from ..hub import Abort, Action, Close, EngineAPI, Write
 from .common import BackendConfig, Outbound, guarded, peer_name, tune
 
 log = logging.getLogger("csce513msg.backend")
@@ -64,7 +64,7 @@ class Conn:
 class Driver:
     """Connections, actions and output for one readiness loop."""
 
-    def __init__(self, engine: Engine, config: BackendConfig, strategy: Strategy) -> None:
+    def __init__(self, engine: EngineAPI, config: BackendConfig, strategy: Strategy) -> None:
         self.engine = engine
         self.config = config
         self.strategy = strategy

@@ -33,7 +33,7 @@ import select
 import socket
 import time
 
-from ..hub import Engine, HubConfig
+from ..hub import EngineAPI, HubConfig
 from .common import BackendConfig, SignalWakeup, banner, listen
 from .driver import Conn, Driver
 
@@ -61,7 +61,7 @@ class EpollStrategy:
         self.ep.unregister(fd)  # before close(): a closed fd cannot be unregistered
 
 
-def serve(engine: Engine, config: BackendConfig, hub_config: HubConfig) -> None:
+def serve(engine: EngineAPI, config: BackendConfig, hub_config: HubConfig) -> None:
     """Run the server until SIGINT or SIGTERM, then say goodbye and return."""
     listener = listen(config)
     listener.setblocking(False)

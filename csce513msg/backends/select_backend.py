@@ -34,7 +34,7 @@ import select
 import socket
 import time
 
-from ..hub import Engine, HubConfig
+from ..hub import EngineAPI, HubConfig
 from .common import BackendConfig, SignalWakeup, banner, listen
 from .driver import Conn, Driver
 
@@ -62,7 +62,7 @@ class SelectStrategy:
         self.writers.discard(fd)
 
 
-def serve(engine: Engine, config: BackendConfig, hub_config: HubConfig) -> None:
+def serve(engine: EngineAPI, config: BackendConfig, hub_config: HubConfig) -> None:
     """Run the server until SIGINT or SIGTERM, then say goodbye and return."""
     listener = listen(config)
     listener.setblocking(False)

@@ -37,7 +37,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
-from ..hub import Abort, Action, Close, Engine, HubConfig, Write
+from ..hub import Abort, Action, Close, EngineAPI, HubConfig, Write
 from .common import BackendConfig, Outbound, SignalWakeup, banner, guarded, peer_name, tune
 
 NAME = "threads"
@@ -62,7 +62,7 @@ class TConn:
 class Hub:
     """The engine behind one mutex, and what every thread shares."""
 
-    def __init__(self, engine: Engine, config: BackendConfig) -> None:
+    def __init__(self, engine: EngineAPI, config: BackendConfig) -> None:
         self.engine = engine
         self.config = config
         self.lock = threading.Lock()  # held for every engine call and queue change
@@ -197,7 +197,7 @@ class Server(socketserver.ThreadingTCPServer):
         super().__init__((hub.config.host, hub.config.port), Handler)
 
 
-def serve(engine: Engine, config: BackendConfig, hub_config: HubConfig) -> None:
+def serve(engine: EngineAPI, config: BackendConfig, hub_config: HubConfig) -> None:
     """Run the server until SIGINT or SIGTERM, then say goodbye and return."""
     threading.stack_size(256 * 1024)
     hub = Hub(engine, config)

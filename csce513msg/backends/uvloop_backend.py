@@ -16,7 +16,7 @@ how much of asyncio's cost was the loop (the gap to asyncio) and how much is our
 
 from __future__ import annotations
 
-from ..hub import Engine, HubConfig
+from ..hub import EngineAPI, HubConfig
 from . import asyncio_backend
 from .common import BackendConfig
 
@@ -32,7 +32,7 @@ def available() -> str | None:
     return None
 
 
-def serve(engine: Engine, config: BackendConfig, hub_config: HubConfig) -> None:
+def serve(engine: EngineAPI, config: BackendConfig, hub_config: HubConfig) -> None:
     """Run the asyncio backend on a uvloop loop."""
     import uvloop
 

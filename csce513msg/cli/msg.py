@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from ..client.mux import MUXES, best_mux
+from ..client.terminal import TlsOptions
 from ..client.terminal import run as run_terminal
 
 app = typer.Typer(add_completion=False)
@@ -18,6 +20,13 @@ def main(
     server: Annotated[str, typer.Option(help="HOST:PORT of the server.")] = "127.0.0.1:5130",
     mux: Annotated[str, typer.Option(help="How to wait on keyboard and socket: select, poll or epoll.")] = best_mux(),
     json: Annotated[bool, typer.Option("--json", help="One JSON object per event, for scripts.")] = False,
+    tls: Annotated[bool, typer.Option(help="TLS 1.3; pins the server's certificate on first use.")] = False,
+    fingerprint: Annotated[
+        str | None, typer.Option(help="Expected SHA-256 certificate fingerprint (implies --tls).")
+    ] = None,
+    ca: Annotated[
+        Path | None, typer.Option(help="Verify the server's certificate with this CA (implies --tls).")
+    ] = None,
 ) -> None:
     """Chat from the terminal: type /help once connected. Reads commands from a pipe or
     file too, and exits at end of input once the server answered everything
@@ -29,7 +38,8 @@ def main(
     if not sep or not port.isdigit():
         typer.echo(f"msg: --server must be HOST:PORT, not {server!r}", err=True)
         raise typer.Exit(2)
-    raise typer.Exit(run_terminal(host.strip("[]") or "127.0.0.1", int(port), user, mux, json))
+    tls_options = TlsOptions(fingerprint, ca) if (tls or fingerprint or ca) else None
+    raise typer.Exit(run_terminal(host.strip("[]") or "127.0.0.1", int(port), user, mux, json, tls_options))
 
 
 def run() -> None:

@@ -7,17 +7,24 @@ later). Every limit is a flag; defaults are documented in ``--help`` and README.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import resource
+import socket
+import ssl
 import sys
 import time
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from ..backends import BACKENDS, DESCRIPTIONS, BackendUnavailable, default_backend, load
 from ..backends.common import BackendConfig, check_limits
-from ..hub import Engine, HubConfig
+from ..backends.tls import TlsEngine, server_context
+from ..crypto.certs import ensure_certificate, fingerprint_of_pem
+from ..hub import Engine, EngineAPI, HubConfig
+from ..paths import default_data_dir
 from ..store import MemoryStore
 
 DEFAULT_PORT = 5130
@@ -55,6 +62,13 @@ def serve(
     close_timeout: Annotated[float, typer.Option(help="Seconds a closing connection may take to drain.")] = 5.0,
     backlog: Annotated[int, typer.Option(help="listen() backlog.")] = 1024,
     recv_size: Annotated[int, typer.Option(help="Bytes asked of each recv() call.")] = 65536,
+    tls: Annotated[bool, typer.Option(help="TLS 1.3 only; makes a self-signed certificate on first start.")] = False,
+    tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate (chain) to use instead.")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="PEM private key for --tls-cert.")] = None,
+    handshake_timeout: Annotated[float, typer.Option(help="Seconds a client has for the TLS handshake.")] = 10.0,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Server data (the TLS certificate). Default: ~/.local/share/csce513msg.")
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
     quiet: Annotated[bool, typer.Option(help="Only warnings and errors (same as --log-level warning).")] = False,
 ) -> None:
@@ -75,12 +89,45 @@ def serve(
     if problem:
         _fail(problem)
     _raise_fd_limit()
-    engine = Engine(MemoryStore(), hub_config, wall_offset=time.time() - time.monotonic())
+    engine: EngineAPI = Engine(MemoryStore(), hub_config, wall_offset=time.time() - time.monotonic())
+    if tls or tls_cert:
+        engine = _with_tls(engine, tls_cert, tls_key, data_dir or default_data_dir(), handshake_timeout)
+    elif not ipaddress.ip_address(_resolve(host)).is_loopback:
+        typer.echo(
+            f"WARNING: no TLS on {host}: everything, later passwords too, crosses the network in clear (use --tls)",
+            err=True,
+        )
     try:
         module.serve(engine, backend_config, hub_config)
     except OSError as exc:  # e.g. the port is taken
         _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
     logging.getLogger("csce513msg").info("stopped")
+
+
+def _with_tls(engine: EngineAPI, cert: Path | None, key: Path | None, data_dir: Path, timeout: float) -> EngineAPI:
+    """Wrap the engine in TLS, making the certificate on first start."""
+    if cert is None:
+        cert, key, created = ensure_certificate(data_dir / "tls")
+        origin = f"self-signed, {'created now' if created else 'made earlier'} in {cert.parent}"
+    elif key is None:
+        _fail("--tls-cert needs --tls-key")
+        raise AssertionError  # unreachable: _fail exits
+    else:
+        origin = str(cert)
+    try:
+        context = server_context(str(cert), str(key))
+    except (OSError, ssl.SSLError) as exc:
+        _fail(f"cannot load the TLS certificate: {exc}")
+    print(f"tls: TLS 1.3 only; certificate {origin}", flush=True)
+    print(f"tls: SHA-256 fingerprint {fingerprint_of_pem(cert)}", flush=True)
+    return TlsEngine(engine, context, timeout)
+
+
+def _resolve(host: str) -> str:
+    try:
+        return str(socket.getaddrinfo(host, None)[0][4][0])
+    except OSError:
+        return host
 
 
 def _fail(message: str) -> None:

@@ -13,13 +13,16 @@ that wait for a reply take it out by request id and leave the rest in order.
 from __future__ import annotations
 
 import socket
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 from ..protocol import Csce513Error, Deliver, Error, ErrorCode, LoginOk, Message, Receipt, WhoReply
 from .session import ClientSession, ClientState
+from .tls import wrap as wrap_tls
 
 M = TypeVar("M", bound=Message)
 
@@ -59,17 +62,31 @@ class Client:
 
     @classmethod
     def connect(
-        cls, host: str, port: int, *, user: str | None = None, presence: bool = False, timeout: float = 10.0
+        cls,
+        host: str,
+        port: int,
+        *,
+        user: str | None = None,
+        presence: bool = False,
+        timeout: float = 10.0,
+        tls: bool = False,
+        fingerprint: str | None = None,
+        ca: Path | None = None,
+        known_servers: Path | None = None,
     ) -> Client:
         """Connect, wait for the Welcome (the server's acknowledgement) and, if
-        ``user`` is given, log in.
+        ``user`` is given, log in. With ``tls``, check the server's certificate
+        first (see ``client.tls.wrap``: a fingerprint, a CA, or the pin on file).
 
         Raises:
             ServerError: the login was refused.
+            client.tls.TrustError: the certificate is not the one we trust.
             ConnectionClosed, OSError: the connection failed.
         """
         sock = socket.create_connection((host, port), timeout=timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls:
+            sock, _note = wrap_tls(sock, host, port, expected=fingerprint, ca=ca, known_servers=known_servers)
         client = cls(sock, ClientSession(presence=presence), timeout)
         client._wait(lambda: client.session.state is not ClientState.AWAIT_WELCOME, timeout)
         if user is not None:
@@ -176,8 +193,10 @@ class Client:
             self.sock.settimeout(remaining)
             try:
                 data = self.sock.recv(65536)
-            except TimeoutError:
+            except (TimeoutError, ssl.SSLWantReadError):
                 continue
+            except ssl.SSLError as exc:
+                raise ConnectionClosed(f"TLS error: {exc.reason or exc}") from None
             if not data:
                 raise ConnectionClosed("the server closed the connection")
             self.inbox.extend(self.session.receive_data(data))

@@ -21,10 +21,13 @@ from __future__ import annotations
 import json
 import os
 import socket
+import ssl
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import TextIO
 
 from ..protocol import (
@@ -42,6 +45,8 @@ from ..protocol import (
 )
 from .mux import MUXES, Mux
 from .session import ClientSession, ClientState
+from .tls import TrustError
+from .tls import wrap as wrap_tls
 
 HELP = """commands:
   /msg USER TEXT   send TEXT to USER (later plain lines go to USER too)
@@ -187,19 +192,41 @@ class ChatClient:
         return ready and self.input_done and not self.commands and not self.session.pending
 
 
-def run(host: str, port: int, user: str, mux_name: str, as_json: bool, out: TextIO = sys.stdout) -> int:
+@dataclass(frozen=True)
+class TlsOptions:
+    """``msg --tls``: how to trust the server (see ``client.tls``)."""
+
+    fingerprint: str | None = None
+    ca: Path | None = None
+
+
+def run(
+    host: str,
+    port: int,
+    user: str,
+    mux_name: str,
+    as_json: bool,
+    tls: TlsOptions | None = None,
+    out: TextIO = sys.stdout,
+) -> int:
     """Run the client until /quit or end of input; return the exit status."""
     term = Terminal(out, as_json)
     try:
         sock = socket.create_connection((host, port), timeout=10)  # create a socket, connect
+        if tls is not None:
+            sock, note = wrap_tls(sock, host, port, expected=tls.fingerprint, ca=tls.ca)
+            term.show(f"tls: {note}", event="tls", message=note)
+    except TrustError as exc:
+        term.show(f"! REFUSED: {exc.args[0]}", event="error", code="untrusted", message=str(exc.args[0]), request=0)
+        return 1
+    except ssl.SSLError as exc:
+        hint = " (is the server started with --tls?)"
+        text = f"TLS handshake with {host}:{port} failed: {exc.reason or exc}{hint}"
+        term.show(f"! {text}", event="error", code="tls", message=text, request=0)
+        return 1
     except OSError as exc:
-        term.show(
-            f"! cannot connect to {host}:{port}: {exc.strerror or exc}",
-            event="error",
-            code="connect",
-            message=str(exc),
-            request=0,
-        )
+        text = f"cannot connect to {host}:{port}: {exc.strerror or exc}"
+        term.show(f"! {text}", event="error", code="connect", message=text, request=0)
         return 1
     sock.setblocking(False)
     session = ClientSession(user, presence=True, client="msg")
@@ -250,7 +277,9 @@ def _receive(chat: ChatClient) -> bool:
     """Read from the server and print what came; False when the connection is over."""
     try:
         data = chat.sock.recv(65536)
-    except BlockingIOError:
+        while isinstance(chat.sock, ssl.SSLSocket) and chat.sock.pending():
+            data += chat.sock.recv(65536)  # decrypted bytes select() cannot see
+    except (BlockingIOError, ssl.SSLWantReadError):
         return True
     except OSError as exc:
         chat.term.show(

@@ -2,6 +2,7 @@
 
 from .actions import Abort, Action, Close, ConnId, Submit, Write
 from .config import HubConfig
+from .contract import EngineAPI
 from .engine import NAME_RULE, TRANSITIONS, Engine, State, direct_stream
 
 __all__ = [
@@ -12,6 +13,7 @@ __all__ = [
     "Close",
     "ConnId",
     "Engine",
+    "EngineAPI",
     "HubConfig",
     "State",
     "Submit",
