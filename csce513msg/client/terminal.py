@@ -288,7 +288,10 @@ def _receive(chat: ChatClient) -> bool:
         chat.failures += 1
         return False
     if not data:
-        chat.term.show("! the server closed the connection", event="closed", message="closed by server")
+        text = "the server closed the connection"
+        if chat.session.state is ClientState.AWAIT_WELCOME:
+            text += " before its Welcome (does it expect TLS? try --tls)"
+        chat.term.show(f"! {text}", event="closed", message=text)
         if chat.session.state is not ClientState.READY or chat.session.pending or not chat.input_done:
             chat.failures += 1
         return False

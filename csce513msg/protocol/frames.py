@@ -112,9 +112,10 @@ class FrameDecoder:
 
     def _check(self, length: int, hlen: int) -> None:
         if length > self.max_frame:
+            hint = " (a TLS client on a plaintext port?)" if length >> 16 == 0x1603 else ""
             self._error = RemoteProtocolError(
                 ErrorCode.FRAME_TOO_LARGE,
-                f"frame of {length} bytes is over the limit of {self.max_frame}",
+                f"frame of {length} bytes is over the limit of {self.max_frame}{hint}",
                 fatal=True,
             )
         elif hlen > length:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import ssl
 import time
 
 from csce513msg.client import Client
@@ -52,8 +53,8 @@ class RawConn:
             self.sock.settimeout(max(0.01, deadline - time.monotonic()))
             try:
                 data = self.sock.recv(65536)
-            except ConnectionResetError:
-                data = b""
+            except (ConnectionResetError, ssl.SSLEOFError, ssl.SSLZeroReturnError):
+                data = b""  # the server closed (abruptly, or without TLS's close_notify)
             if not data:
                 self.eof = True
                 continue

@@ -98,3 +98,17 @@ def test_msgsrv_help_lists_every_backend() -> None:
     out = subprocess.run([*MSGSRV, "--help"], capture_output=True, text=True, timeout=30).stdout
     for name in ("threads", "select", "poll", "epoll", "asyncio", "uvloop"):
         assert name in out
+
+
+def test_tls_client_to_a_plaintext_port_fails_clearly(server: object, names: object) -> None:
+    done = subprocess.run(
+        [*msg_cmd(server, names("alice"), "--tls")],  # type: ignore[operator]
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "MSG_CONFIG_DIR": "/nonexistent-not-needed"},
+    )
+    assert done.returncode == 1
+    assert "TLS handshake" in done.stdout and "--tls" in done.stdout
+    server.wait_log("a TLS client on a plaintext port?")  # type: ignore[attr-defined]
