@@ -16,20 +16,21 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from csce513msg.client import Client
-from csce513msg.protocol import Deliver, Error, FrameDecoder, Hello, Login, Receipt, Send, decode, encode
+from csce513msg.protocol import Deliver, Error, FrameDecoder, Hello, Login, Receipt, Send, encode
 
 TICK = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
 
 
 def rss_kib(pid: int) -> int:
-    for line in open(f"/proc/{pid}/status"):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
@@ -102,7 +103,7 @@ def main() -> None:
     parser.add_argument("--conns", type=int, default=2000)
     parser.add_argument("--messages", type=int, default=20000)
     args = parser.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     print(f"{'backend':8} {'µs CPU/msg':>10} {'msgs/s':>8} {'RSS 0':>8} {'RSS n':>8} {'B/conn':>7}  (n={args.conns})")
     for backend in args.backends.split(","):

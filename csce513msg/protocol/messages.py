@@ -18,6 +18,7 @@ everything the server sends has the high bit set::
 from __future__ import annotations
 
 import enum
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
@@ -83,6 +84,7 @@ class _Spec:
     codec: HeaderCodec
     names: tuple[str, ...]
     has_body: bool
+    fields_of: Callable[[Any], tuple[Any, ...]]  #: the header fields' values, in order
 
 
 _BY_TYPE: dict[int, _Spec] = {}
@@ -95,7 +97,9 @@ def _message(msg_type: MsgType, kinds: str) -> Callable[[type[M]], type[M]]:
         names = tuple(f.name for f in fields(cls) if f.name not in ("body", "request_id"))  # type: ignore[arg-type]
         assert len(names) == len(kinds), f"{cls.__name__}: {names} vs {kinds!r}"
         has_body = "body" in {f.name for f in fields(cls)}  # type: ignore[arg-type]
-        spec = _Spec(msg_type, cls, HeaderCodec(kinds), names, has_body)
+        getter = operator.attrgetter(*names) if len(names) > 1 else None
+        fields_of = getter if getter else (lambda m, n=names: tuple(getattr(m, x) for x in n))
+        spec = _Spec(msg_type, cls, HeaderCodec(kinds), names, has_body, fields_of)
         _BY_TYPE[msg_type] = _BY_CLASS[cls] = spec
         cls.TYPE = msg_type  # type: ignore[attr-defined]
         return cls
@@ -277,7 +281,7 @@ REQUEST_TYPES = frozenset(t for t in MsgType if t < 0x80)
 def encode(msg: Message) -> bytes:
     """Return the wire bytes of ``msg``."""
     spec = _BY_CLASS[type(msg)]
-    header = spec.codec.encode([getattr(msg, name) for name in spec.names])
+    header = spec.codec.encode(spec.fields_of(msg))
     body: bytes = msg.body if spec.has_body else b""  # type: ignore[union-attr]
     return encode_frame(spec.msg_type, msg.request_id, header, body)
 
