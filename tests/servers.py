@@ -25,6 +25,9 @@ class ServerProcess:
         self.backend = backend
         self.log_path = Path(tempfile.mkstemp(prefix=f"msgsrv-{backend}-", suffix=".log")[1])
         self._log = self.log_path.open("w")
+        if "--data-dir" not in flags:  # a fresh database for every server, never the user's own
+            self.data_dir = tempfile.mkdtemp(prefix=f"msgsrv-{backend}-data-")
+            flags = (*flags, "--data-dir", self.data_dir)
         cmd = [sys.executable, "-m", "csce513msg.cli.msgsrv", "serve", "--backend", backend, "--port", "0", *flags]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, text=True)
         assert self.proc.stdout is not None

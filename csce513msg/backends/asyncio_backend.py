@@ -33,8 +33,9 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..hub import Abort, Action, Close, EngineAPI, HubConfig, Write
+from ..hub import Abort, Action, Close, EngineAPI, HubConfig, Submit, Write
 from .common import BackendConfig, banner, guarded, listen, peer_name, tune
+from .jobs import JobRunner
 
 NAME = "asyncio"
 log = logging.getLogger("csce513msg.backend")
@@ -95,6 +96,11 @@ class AsyncServer:
         self.timer_at: float | None = None
         self.stopping = False
         self.done = loop.create_future()
+        self.jobs = JobRunner(self.job_finished)
+
+    def job_finished(self, job_id: int, result: object) -> None:
+        """In a worker thread: hop onto the loop's thread, then tell the engine."""
+        self.loop.call_soon_threadsafe(self.call, None, self.engine.job_done, job_id, result)
 
     def call(self, proto: ChatProtocol | None, fn: Callable[..., list[Action]], *args: object) -> None:
         """Call the engine now; perform its actions; flush once, later in this wake-up."""
@@ -117,7 +123,10 @@ class AsyncServer:
 
     def perform(self, actions: Iterable[Action], now: float) -> None:
         for action in actions:
-            proto = self.conns.get(getattr(action, "conn", 0))
+            if isinstance(action, Submit):
+                self.jobs.submit(action.job_id, action.job, action.lane)
+                continue
+            proto = self.conns.get(action.conn)
             if proto is None or proto.transport is None:
                 continue
             if isinstance(action, Write):
@@ -203,6 +212,7 @@ async def main(engine: EngineAPI, config: BackendConfig, hub_config: HubConfig, 
     server.call(None, engine.shutdown)
     server.maybe_done()
     await server.done
+    await asyncio.to_thread(server.jobs.close)  # queued storage batches still commit
 
 
 def serve(

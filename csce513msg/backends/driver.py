@@ -30,8 +30,9 @@ import socket
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from ..hub import Abort, Action, Close, EngineAPI, Write
+from ..hub import Abort, Action, Close, EngineAPI, Submit, Write
 from .common import BackendConfig, Outbound, guarded, peer_name, tune
+from .jobs import Inbox, JobRunner
 
 log = logging.getLogger("csce513msg.backend")
 _ids = itertools.count(1)
@@ -73,6 +74,8 @@ class Driver:
         self.dirty: set[Conn] = set()  # connections with output to send this pass
         self.closing: set[Conn] = set()
         self._doomed: list[tuple[Conn, str]] = []
+        self.inbox = Inbox()  # finished jobs; the strategy watches inbox.fileno() for reading
+        self.jobs = JobRunner(self.inbox.put)
 
     # ---- events from the strategy ----------------------------------------------------
 
@@ -101,6 +104,11 @@ class Driver:
             return  # lingering close: discard whatever the peer still sends
         self._engine(conn, now, self.engine.data_received, conn.id, data, now)
 
+    def jobs_done(self, now: float) -> None:
+        """The inbox socket is readable: hand each finished job's result to the engine."""
+        for job_id, result in self.inbox.take():
+            self.perform(guarded(self.engine.job_done, job_id, result, now) or [], now)
+
     def writable(self, conn: Conn) -> None:
         """The kernel has room again: send in this pass's write_pass."""
         self.dirty.add(conn)
@@ -113,7 +121,10 @@ class Driver:
         while batches:
             touched: set[Conn] = set()
             for action in batches.pop():
-                conn = self.by_id.get(getattr(action, "conn", 0))
+                if isinstance(action, Submit):
+                    self.jobs.submit(action.job_id, action.job, action.lane)
+                    continue
+                conn = self.by_id.get(action.conn)
                 if conn is None or conn.dead:
                     continue  # already gone: connection_lost is on its way or done
                 if isinstance(action, Write):

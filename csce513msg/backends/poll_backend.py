@@ -63,9 +63,9 @@ def serve(engine: EngineAPI, config: BackendConfig, hub_config: HubConfig) -> No
     strategy = PollStrategy()
     driver = Driver(engine, config, strategy)
     wake = SignalWakeup()
-    listen_fd, wake_fd = listener.fileno(), wake.fileno()
-    strategy.watch(listen_fd, True, False)
-    strategy.watch(wake_fd, True, False)
+    listen_fd, wake_fd, jobs_fd = listener.fileno(), wake.fileno(), driver.inbox.fileno()
+    for fd in (listen_fd, wake_fd, jobs_fd):
+        strategy.watch(fd, True, False)
     banner(NAME, listener, config, hub_config)
     accepting = True
     while accepting or driver.conns:
@@ -81,6 +81,8 @@ def serve(engine: EngineAPI, config: BackendConfig, hub_config: HubConfig) -> No
                     accepting = False
                     stop_accepting(listener, strategy, wake)
                     driver.shutdown(now)  # goodbyes and closes; the loop drains them
+            elif fd == jobs_fd:
+                driver.jobs_done(now)  # storage batches, password hashes: finished off the loop
             elif (conn := driver.conns.get(fd)) is not None:
                 if mask & (select.POLLIN | select.POLLHUP | select.POLLERR):
                     on_readable(driver, conn, now)
@@ -88,6 +90,7 @@ def serve(engine: EngineAPI, config: BackendConfig, hub_config: HubConfig) -> No
                     on_writable(driver, conn)
         driver.timers(now)
         driver.flush(now)  # the engine's batch, then one send per connection
+    driver.jobs.close()
     wake.close()
 
 

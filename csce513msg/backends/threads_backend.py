@@ -37,8 +37,9 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
-from ..hub import Abort, Action, Close, EngineAPI, HubConfig, Write
+from ..hub import Abort, Action, Close, EngineAPI, HubConfig, Submit, Write
 from .common import BackendConfig, Outbound, SignalWakeup, banner, guarded, peer_name, tune
+from .jobs import JobRunner
 
 NAME = "threads"
 log = logging.getLogger("csce513msg.backend")
@@ -69,6 +70,8 @@ class Hub:
         self.conns: dict[int, TConn] = {}
         self.bell, self._ringer = socket.socketpair()  # wakes the main thread for an earlier deadline
         self.sleeping_until: float | None = None  # the deadline the main thread sleeps towards
+        # a finished job enters the engine from its worker thread, under the mutex like any call
+        self.jobs = JobRunner(lambda job_id, result: self.call(None, self.engine.job_done, job_id, result))
 
     def call(self, conn: TConn | None, fn: Callable[..., list[Action]], *args: object) -> None:
         """Call the engine under the mutex, perform its actions, then flush."""
@@ -88,7 +91,10 @@ class Hub:
         """Queue writes and wake writers; never blocks (the mutex is held)."""
         touched: set[TConn] = set()
         for action in actions:
-            conn = self.conns.get(getattr(action, "conn", 0))
+            if isinstance(action, Submit):
+                self.jobs.submit(action.job_id, action.job, action.lane)
+                continue
+            conn = self.conns.get(action.conn)
             if conn is None or conn.dead:
                 continue
             if isinstance(action, Write):
@@ -228,6 +234,7 @@ def serve(engine: EngineAPI, config: BackendConfig, hub_config: HubConfig) -> No
             hub.call(None, engine.shutdown)
         timers(hub)
     acceptor.join()
+    hub.jobs.close()
     wake.close()
 
 

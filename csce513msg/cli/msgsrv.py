@@ -11,11 +11,12 @@ import ipaddress
 import logging
 import resource
 import socket
+import sqlite3
 import ssl
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -25,7 +26,8 @@ from ..backends.tls import TlsEngine, server_context
 from ..crypto.certs import ensure_certificate, fingerprint_of_pem
 from ..hub import Engine, EngineAPI, HubConfig
 from ..paths import default_data_dir
-from ..store import MemoryStore
+from ..store import MemoryStore, Store
+from ..store.sqlite import SqliteStore
 
 DEFAULT_PORT = 5130
 _BACKEND_HELP = "I/O strategy: " + "; ".join(f"{name}: {DESCRIPTIONS[name]}" for name in BACKENDS)
@@ -67,8 +69,13 @@ def serve(
     tls_key: Annotated[Path | None, typer.Option(help="PEM private key for --tls-cert.")] = None,
     handshake_timeout: Annotated[float, typer.Option(help="Seconds a client has for the TLS handshake.")] = 10.0,
     data_dir: Annotated[
-        Path | None, typer.Option(help="Server data (the TLS certificate). Default: ~/.local/share/csce513msg.")
+        Path | None, typer.Option(help="Server data: database, TLS certificate. Default: ~/.local/share/csce513msg.")
     ] = None,
+    durability: Annotated[
+        str, typer.Option(help="full: fsync every commit; normal: survives a crash; memory: nothing on disk.")
+    ] = "normal",
+    checkpoint_interval: Annotated[float, typer.Option(help="Seconds between WAL checkpoints; 0: off.")] = 5.0,
+    new_device_history: Annotated[int, typer.Option(help="Messages per stream a new device starts back.")] = 100,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
     quiet: Annotated[bool, typer.Option(help="Only warnings and errors (same as --log-level warning).")] = False,
 ) -> None:
@@ -81,7 +88,7 @@ def serve(
         module = load(backend)
     except BackendUnavailable as exc:
         _fail(str(exc))
-    hub_config = HubConfig(name, max_frame, max_text, window, idle_timeout, rate, burst)
+    hub_config = HubConfig(name, max_frame, max_text, window, idle_timeout, rate, burst, new_device_history)
     backend_config = BackendConfig(
         host, port, high_water, low_water, hard_limit, sndbuf, close_timeout, backlog, recv_size
     )
@@ -89,9 +96,12 @@ def serve(
     if problem:
         _fail(problem)
     _raise_fd_limit()
-    engine: EngineAPI = Engine(MemoryStore(), hub_config, wall_offset=time.time() - time.monotonic())
+    data_dir = data_dir or default_data_dir()
+    store = _open_store(data_dir, durability, checkpoint_interval)
+    wall_offset = time.time() - time.monotonic()
+    engine: EngineAPI = Engine(store, hub_config, wall_offset, known_users=store.load_users())
     if tls or tls_cert:
-        engine = _with_tls(engine, tls_cert, tls_key, data_dir or default_data_dir(), handshake_timeout)
+        engine = _with_tls(engine, tls_cert, tls_key, data_dir, handshake_timeout)
     elif not ipaddress.ip_address(_resolve(host)).is_loopback:
         typer.echo(
             f"WARNING: no TLS on {host}: everything, later passwords too, crosses the network in clear (use --tls)",
@@ -102,6 +112,23 @@ def serve(
     except OSError as exc:  # e.g. the port is taken
         _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
     logging.getLogger("csce513msg").info("stopped")
+
+
+def _open_store(data_dir: Path, durability: str, checkpoint_interval: float) -> Store:
+    """The embedded default: SQLite in the data directory, created on first start."""
+    if durability == "memory":
+        print("store: in memory (--durability memory): nothing survives a restart", flush=True)
+        return MemoryStore()
+    if durability not in ("full", "normal"):
+        _fail(f"unknown durability {durability!r}: choose full, normal or memory")
+    path = data_dir / "csce513msg.db"
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        store = SqliteStore(path, durability, checkpoint_interval)
+    except (OSError, sqlite3.Error) as exc:
+        _fail(f"cannot open the database {path}: {exc}")
+    print(f"store: {path} (durability {durability})", flush=True)
+    return store
 
 
 def _with_tls(engine: EngineAPI, cert: Path | None, key: Path | None, data_dir: Path, timeout: float) -> EngineAPI:
@@ -130,7 +157,7 @@ def _resolve(host: str) -> str:
         return host
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     typer.echo(f"msgsrv: {message}", err=True)
     raise typer.Exit(2)
 

@@ -73,6 +73,8 @@ class Client:
         fingerprint: str | None = None,
         ca: Path | None = None,
         known_servers: Path | None = None,
+        device_id: str = "",
+        rcvbuf: int = 0,
     ) -> Client:
         """Connect, wait for the Welcome (the server's acknowledgement) and, if
         ``user`` is given, log in. With ``tls``, check the server's certificate
@@ -83,11 +85,16 @@ class Client:
             client.tls.TrustError: the certificate is not the one we trust.
             ConnectionClosed, OSError: the connection failed.
         """
-        sock = socket.create_connection((host, port), timeout=timeout)
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        if rcvbuf:  # a small receive window (before connect): a slow reader, for tests
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.settimeout(timeout)
+        sock.connect((host, port))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if tls:
             sock, _note = wrap_tls(sock, host, port, expected=fingerprint, ca=ca, known_servers=known_servers)
-        client = cls(sock, ClientSession(presence=presence), timeout)
+        session = ClientSession(presence=presence, device_id=device_id, client_msg_seed=time.time_ns() // 1000)
+        client = cls(sock, session, timeout)
         client._wait(lambda: client.session.state is not ClientState.AWAIT_WELCOME, timeout)
         if user is not None:
             client.login(user)

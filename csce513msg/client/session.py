@@ -64,10 +64,23 @@ class ClientSession:
         client: the client program's name, sent in Hello.
     """
 
-    def __init__(self, user: str | None = None, *, presence: bool = False, client: str = "csce513msg") -> None:
+    def __init__(
+        self,
+        user: str | None = None,
+        *,
+        presence: bool = False,
+        client: str = "csce513msg",
+        device_id: str = "",
+        client_msg_seed: int = 0,
+    ) -> None:
         self.user = user
         self.presence = presence
         self.client = client
+        self.device_id = device_id
+        # with a device id, each Send carries a new client message id, so the server can tell a
+        # resend from a new message; the driver seeds it (e.g. with the time in µs) so it grows
+        # across restarts of the client too
+        self._next_client_msg_id = client_msg_seed if device_id else 0
         self.state = ClientState.AWAIT_WELCOME
         self.welcome: Welcome | None = None
         self.pending: dict[int, Message] = {}  #: request id -> request awaiting its reply
@@ -126,12 +139,16 @@ class ClientSession:
 
     def login(self, user: str, password: str = "") -> int:
         """Queue a Login; return its request id."""
-        return self.request(Login(user, password))
+        return self.request(Login(user, password, self.device_id))
 
     def send_text(self, target: str, text: str) -> int:
         """Queue a direct message to ``target``; return its request id."""
         body = text.encode()
-        return self.request(Send(TargetKind.USER, ContentType.TEXT, 0, target, body))
+        client_msg_id = 0
+        if self.device_id:
+            self._next_client_msg_id += 1
+            client_msg_id = self._next_client_msg_id
+        return self.request(Send(TargetKind.USER, ContentType.TEXT, client_msg_id, target, body))
 
     def who(self) -> int:
         """Queue a Who; return its request id."""

@@ -25,11 +25,13 @@ import ssl
 import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
+from ..paths import client_config_dir
 from ..protocol import (
     Deliver,
     Error,
@@ -118,11 +120,13 @@ class ChatClient:
             state = (
                 ReceiptState(msg.state).name.lower() if msg.state in ReceiptState._value2member_map_ else str(msg.state)
             )
+            shown = f"{state} ({msg.detail})" if msg.detail else state
             t.show(
-                f"[{_clock(msg.time_us)}] you -> {to}: {text}  [{state}]",
+                f"[{_clock(msg.time_us)}] you -> {to}: {text}  [{shown}]",
                 event="receipt",
                 to=to,
                 state=state,
+                detail=msg.detail,
                 id=msg.message_id,
                 request=msg.request_id,
                 position=msg.position,
@@ -229,7 +233,8 @@ def run(
         term.show(f"! {text}", event="error", code="connect", message=text, request=0)
         return 1
     sock.setblocking(False)
-    session = ClientSession(user, presence=True, client="msg")
+    device = device_id(user.lower())
+    session = ClientSession(user, presence=True, client="msg", device_id=device, client_msg_seed=time.time_ns() // 1000)
     chat = ChatClient(sock, session, term)
     mux: Mux = MUXES[mux_name]()
     mux.register(sock.fileno())
@@ -262,6 +267,23 @@ def run(
             chat.finished = True
     sock.close()
     return 0 if chat.finished and chat.failures == 0 else 1
+
+
+def device_id(user: str) -> str:
+    """This machine's device id for ``user``: made once, kept in the client config directory."""
+    path = client_config_dir() / "devices.json"
+    try:
+        devices = json.loads(path.read_text())
+    except (OSError, ValueError):
+        devices = {}
+    if user not in devices:
+        devices[user] = uuid.uuid4().hex
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(devices, indent=2, sort_keys=True) + "\n")
+        except OSError:
+            pass  # a read-only home: this run is a new device each time
+    return str(devices[user])
 
 
 def _timeout(chat: ChatClient, stdin_always_ready: bool) -> float | None:

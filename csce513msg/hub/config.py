@@ -16,3 +16,4 @@ class HubConfig:
     idle_timeout: float = 90.0  #: seconds of silence before a connection is closed
     rate: float = 500.0  #: requests per second per connection, sustained
     burst: int = 1000  #: requests a connection may send at once before the rate applies
+    new_device_history: int = 100  #: a device's first catch-up starts this many messages back per stream

@@ -26,6 +26,8 @@ an error: nothing is dropped silently.
 from __future__ import annotations
 
 import enum
+import functools
+import itertools
 import logging
 import re
 from collections.abc import Callable
@@ -59,8 +61,8 @@ from ..protocol import (
     decode,
     encode,
 )
-from ..store import MemoryStore
-from .actions import Action, Close, ConnId, Write
+from ..store import Batch, BatchResult, Fetch, NewMessage, Store, StoredMessage
+from .actions import Action, Close, ConnId, Submit, Write
 from .config import HubConfig
 
 log = logging.getLogger("csce513msg.hub")
@@ -93,8 +95,16 @@ class Session:
     presence: bool = False  #: subscribed to presence events
     paused: bool = False  #: the backend's outbound queue is past its high-water mark
     closing: bool = False  #: a Close was issued; ignore further input
+    device: str = ""  #: the client's device id ("" : one anonymous device per user)
+    live: bool = False  #: caught up: new messages are delivered as they are stored
+    fetching: bool = False  #: a catch-up read is queued or in flight
     acked: dict[str, int] = field(default_factory=dict)  #: stream -> acknowledged position
     delivered: dict[str, int] = field(default_factory=dict)  #: stream -> last delivered
+    unacked: dict[str, list[int]] = field(default_factory=dict)  #: stream -> positions delivered, not acked
+
+    def inflight(self) -> int:
+        """Deliveries sent and not yet acknowledged: the window counts these."""
+        return sum(len(p) for p in self.unacked.values())
 
 
 Handler = Callable[..., None]  # (engine, session, message, now)
@@ -114,14 +124,21 @@ class Engine:
         wall_offset: ``time.time() - time.monotonic()``, measured once at start.
     """
 
-    def __init__(self, store: MemoryStore, config: HubConfig, wall_offset: float) -> None:
+    def __init__(
+        self, store: Store, config: HubConfig, wall_offset: float, known_users: set[str] | None = None
+    ) -> None:
         self.store = store
         self.config = config
         self.wall_offset = wall_offset
         self.sessions: dict[ConnId, Session] = {}
         self.online: dict[str, Session] = {}  # user -> their session
-        self.known_users: set[str] = set()  # logged in at least once since start
+        self.known_users: set[str] = set(known_users or ())  # from the store, plus new logins
         self.subscribers: set[Session] = set()  # sessions that asked for presence
+        self._batch = Batch()  # what the store must do next: one job per loop pass
+        self._senders: list[tuple[ConnId, int]] = []  # (conn, request id) of each batch message
+        self._fetchers: dict[int, tuple[ConnId, int]] = {}  # fetch key -> (session, limit asked)
+        self._in_flight: tuple[int, list[tuple[ConnId, int]], dict[int, tuple[ConnId, int]]] | None = None
+        self._ids = itertools.count(1)
         self._out: list[Action] = []
         self._next_sweep: float | None = None
         self._welcome = encode(
@@ -178,22 +195,51 @@ class Engine:
         return self._take()
 
     def pause_writing(self, conn: ConnId, now: float) -> list[Action]:
-        """The connection's outbound queue passed its high-water mark."""
-        self.sessions[conn].paused = True
+        """The outbound queue passed its high-water mark: stop live delivery, so a
+        recipient who does not read is paced (it catches up later), not aborted."""
+        session = self.sessions[conn]
+        session.paused = True
+        session.live = False
         return []
 
     def resume_writing(self, conn: ConnId, now: float) -> list[Action]:
-        """The connection's outbound queue drained below its low-water mark."""
-        self.sessions[conn].paused = False
+        """The outbound queue drained below its low-water mark: catch up again."""
+        session = self.sessions[conn]
+        session.paused = False
+        self._maybe_fetch(session)
         return []
 
     def job_done(self, job_id: int, result: object, now: float) -> list[Action]:
-        """Blocking work finished off the loop. The foundation submits none."""
-        raise NotImplementedError("the foundation engine submits no jobs")
+        """A storage batch finished: receipts and deliveries, now that it is committed."""
+        assert self._in_flight is not None and self._in_flight[0] == job_id, "one batch in flight"
+        _, senders, fetchers = self._in_flight
+        self._in_flight = None
+        if not isinstance(result, BatchResult):  # the store raised: a bug or a broken disk
+            result = BatchResult(error=f"storage failed: {result!r}")
+        if result.error:
+            log.warning("%s (%d messages not stored)", result.error, len(senders))
+        for (conn, rid), stored in itertools.zip_longest(senders, result.stored):
+            session = self.sessions.get(conn)
+            if stored is None:
+                if session is not None:
+                    self._error(session, ErrorCode.STORE_FAILED, "the message was not stored; send it again", rid)
+            else:
+                self._stored(session, rid, stored)
+        for key, (conn, limit) in fetchers.items():
+            session = self.sessions.get(conn)
+            if session is not None:
+                self._caught_up(session, result.fetched.get(key), limit)
+        return self._take()
 
     def flush(self, now: float) -> list[Action]:
-        """End of a loop pass: hand over batched work (nothing is batched yet)."""
-        return []
+        """End of a loop pass: if no batch is in flight, submit what accumulated (group commit)."""
+        if self._in_flight is not None or not self._batch:
+            return []
+        job_id = next(self._ids)
+        batch, self._batch = self._batch, Batch()
+        self._in_flight = (job_id, self._senders, self._fetchers)
+        self._senders, self._fetchers = [], {}
+        return [Submit(job_id, functools.partial(self.store.apply, batch), "store")]
 
     def next_deadline(self) -> float | None:
         """When ``handle_timer`` must next run (monotonic seconds), or None."""
@@ -258,13 +304,17 @@ class Engine:
             log.info("refused login %s (#%d): name taken", user, session.conn)
             raise RemoteProtocolError(ErrorCode.NAME_TAKEN, f"{user} is online already", request_id=msg.request_id)
         session.user = user
+        session.device = msg.device_id
         self.online[user] = session
-        self.known_users.add(user)
+        if user not in self.known_users:  # without accounts, a first login makes the user
+            self.known_users.add(user)
+            self._batch.users.append((user, self._wall_us(now)))
         log.info("login %s (#%d from %s)", user, session.conn, session.peer)
         self._write(session, LoginOk(self._wall_us(now), user, msg.request_id))
         self._broadcast_presence(user, 1, now, skip=session)
         if session.presence:
             self.subscribers.add(session)
+        self._maybe_fetch(session)  # what arrived while this device was away
 
     def _on_send(self, session: Session, msg: Send, now: float) -> None:
         rid = msg.request_id
@@ -277,24 +327,17 @@ class Engine:
                 request_id=rid,
             )
         target = msg.target.lower()
-        peer = self.online.get(target)
-        if peer is None:
-            code = ErrorCode.USER_OFFLINE if target in self.known_users else ErrorCode.USER_NOT_FOUND
-            text = f"{target} is offline" if code is ErrorCode.USER_OFFLINE else f"no user {target!r}"
-            raise RemoteProtocolError(code, text, request_id=rid)
+        if target not in self.known_users:
+            raise RemoteProtocolError(ErrorCode.USER_NOT_FOUND, f"no user {target!r}", request_id=rid)
         sender = session.user
         assert sender is not None  # READY implies a user
+        members = tuple(sorted({sender, target}))
         stream = direct_stream(sender, target)
         wall_us = self._wall_us(now)
-        message_id, position = self.store.append(stream, wall_us)
-        self._write(session, Receipt(ReceiptState.ACCEPTED, message_id, wall_us, position, stream, "", rid))
-        deliver = Deliver(
-            TargetKind.USER, msg.content_type, message_id, wall_us, position, sender, target, stream, msg.body
-        )
-        self._write(peer, deliver)
-        peer.delivered[stream] = position
-        if log.isEnabledFor(logging.INFO):
-            log.info("message %s -> %s, %d bytes, id %d", sender, target, len(msg.body), message_id)
+        new = NewMessage(stream, members, sender, session.device, msg.client_msg_id, TargetKind.USER, target,
+                         msg.content_type, wall_us, msg.body)  # fmt: skip
+        self._batch.messages.append(new)
+        self._senders.append((session.conn, rid))  # the receipt waits for the commit
 
     def _on_ack(self, session: Session, msg: Ack, now: float) -> None:
         delivered = session.delivered.get(msg.stream)
@@ -306,6 +349,61 @@ class Engine:
             )
         if msg.position > session.acked.get(msg.stream, 0):
             session.acked[msg.stream] = msg.position
+            pending = session.unacked.get(msg.stream, [])
+            session.unacked[msg.stream] = [p for p in pending if p > msg.position]
+            assert session.user is not None
+            self._batch.cursors[(session.user, session.device, msg.stream)] = msg.position
+        self._maybe_fetch(session)
+
+    # ---- store and forward ----------------------------------------------------------
+
+    def _stored(self, sender: Session | None, rid: int, m: StoredMessage) -> None:
+        """A message is committed: receipt to its sender, delivery to live recipients."""
+        recipient = self.online.get(m.target)
+        if sender is not None:
+            detail = "" if recipient is not None else f"{m.target} is offline"
+            self._write(
+                sender, Receipt(ReceiptState.STORED, m.message_id, m.time_us, m.position, m.stream, detail, rid)
+            )
+        if m.duplicate:
+            return  # a resend of a stored message: it was delivered (or is queued) already
+        if recipient is not None and recipient.live:
+            if recipient.inflight() < self.config.window:
+                self._deliver(recipient, m)
+            else:  # a full window: it catches up from the store as it acknowledges
+                recipient.live = False
+        if log.isEnabledFor(logging.INFO):
+            log.info("message %s -> %s, %d bytes, id %d", m.sender, m.target, len(m.body), m.message_id)
+
+    def _deliver(self, session: Session, m: StoredMessage) -> None:
+        if m.position <= session.delivered.get(m.stream, 0):
+            return  # already on its way to this session (a live delivery met a catch-up)
+        self._write(session, Deliver(m.target_kind, m.content_type, m.message_id, m.time_us, m.position,
+                                     m.sender, m.target, m.stream, m.body))  # fmt: skip
+        session.delivered[m.stream] = m.position
+        session.unacked.setdefault(m.stream, []).append(m.position)
+
+    def _maybe_fetch(self, session: Session) -> None:
+        """Catch-up, paced: once everything delivered is acknowledged (so the stored cursor is
+        where this session stands), ask the store for the next window of messages."""
+        room = self.config.window
+        if session.live or session.fetching or session.paused or session.user is None or session.inflight():
+            return
+        key = next(self._ids)
+        session.fetching = True
+        self._fetchers[key] = (session.conn, room)
+        self._batch.fetches.append(Fetch(key, session.user, session.device, room, self.config.new_device_history))
+
+    def _caught_up(self, session: Session, found: list[StoredMessage] | None, limit: int) -> None:
+        session.fetching = False
+        if found is None:
+            return  # the read failed; the next ack or resume tries again
+        for m in found:
+            self._deliver(session, m)
+        if len(found) < limit and not session.paused:
+            session.live = True  # nothing older is left: from now on, deliver as stored
+        else:
+            self._maybe_fetch(session)
 
     def _on_who(self, session: Session, msg: Who, now: float) -> None:
         self._write(session, WhoReply(tuple(sorted(self.online)), msg.request_id))

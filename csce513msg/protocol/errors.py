@@ -40,6 +40,7 @@ class ErrorCode(enum.IntEnum):
     SERVER_FULL = 16  # the server cannot take another connection; it closes
     ALREADY_LOGGED_IN = 17  # this connection is logged in already
     INTERNAL = 18  # a bug in the server; the connection closes
+    STORE_FAILED = 19  # the server could not store the message: it was not accepted; retry
 
 
 class Csce513Error(Exception):

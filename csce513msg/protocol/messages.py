@@ -27,7 +27,7 @@ from .errors import ErrorCode, RemoteProtocolError
 from .frames import Frame, HeaderCodec, encode_frame
 
 VERSION_MAJOR = 1
-VERSION_MINOR = 0
+VERSION_MINOR = 1  # 1.1: stored receipts, offline delivery, device and client message ids
 
 
 class MsgType(enum.IntEnum):

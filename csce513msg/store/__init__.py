@@ -1,9 +1,10 @@
-"""What the hub keeps between messages.
+"""What the server keeps: users, message streams, each device's cursors.
 
-The foundation keeps it in memory (``MemoryStore``); the accounts issue adds an
-SQLite store behind the same small interface, run on a storage thread.
+``interface`` defines the batch the hub hands over once per loop pass; ``memory``
+and ``sqlite`` implement it (docs/storage.md).
 """
 
+from .interface import Batch, BatchResult, Fetch, NewMessage, Store, StoredMessage
 from .memory import MemoryStore
 
-__all__ = ["MemoryStore"]
+__all__ = ["Batch", "BatchResult", "Fetch", "MemoryStore", "NewMessage", "Store", "StoredMessage"]

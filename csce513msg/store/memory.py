@@ -1,32 +1,62 @@
-"""An in-memory store: stream positions and message ids, lost on restart.
+"""An in-memory store: the same rules as SQLite, nothing survives a restart.
 
-Message ids are microseconds of server wall time, bumped on collision, so they
-also grow across a restart (unless the clock steps back); the durable store of
-the accounts issue takes this over.
+Used by the hub's tests and by ``msgsrv --durability memory`` (benchmarks, demos).
+Message ids are microseconds of server wall time, bumped on collision.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
+from .interface import Batch, BatchResult, Fetch, NewMessage, StoredMessage
+
 
 class MemoryStore:
-    """Assigns positions in streams and message ids."""
+    """Streams, cursors and users in dictionaries."""
 
     def __init__(self) -> None:
-        self._positions: dict[str, int] = {}
-        self._last_id = 0
+        self.users: set[str] = set()
+        self.streams: dict[str, list[StoredMessage]] = {}  # position p is at index p - 1
+        self.members: dict[str, set[str]] = {}  # user -> streams
+        self.cursors: dict[tuple[str, str, str], int] = {}
+        self.keys: dict[tuple[str, str, int], StoredMessage] = {}  # (sender, device, client id)
+        self.last_id = 0
 
-    def append(self, stream: str, wall_us: int) -> tuple[int, int]:
-        """Place one message in ``stream``; return ``(message_id, position)``.
+    def load_users(self) -> set[str]:
+        return set(self.users)
 
-        Args:
-            stream: the conversation's stream name.
-            wall_us: server wall time in microseconds (the id's starting point).
-        """
-        position = self._positions.get(stream, 0) + 1
-        self._positions[stream] = position
-        self._last_id = max(self._last_id + 1, wall_us)
-        return self._last_id, position
+    def apply(self, batch: Batch) -> BatchResult:
+        self.users.update(name for name, _ in batch.users)
+        stored = [self._append(m) for m in batch.messages]
+        for key, position in batch.cursors.items():
+            self.cursors[key] = max(self.cursors.get(key, 0), position)
+        return BatchResult(stored, {f.key: self._fetch(f) for f in batch.fetches})
 
-    def position(self, stream: str) -> int:
-        """Return the last position assigned in ``stream`` (0 if none)."""
-        return self._positions.get(stream, 0)
+    def _append(self, m: NewMessage) -> StoredMessage:
+        key = (m.sender, m.device, m.client_msg_id)
+        if m.client_msg_id and key in self.keys:
+            old = self.keys[key]
+            return dataclasses.replace(old, duplicate=True)
+        stream = self.streams.setdefault(m.stream, [])
+        for user in m.members:
+            self.members.setdefault(user, set()).add(m.stream)
+        self.last_id = max(self.last_id + 1, m.time_us)
+        msg = StoredMessage(
+            self.last_id, m.stream, len(stream) + 1, m.sender, m.device, m.target_kind, m.target,
+            m.content_type, m.time_us, m.body,
+        )  # fmt: skip
+        stream.append(msg)
+        if m.client_msg_id:
+            self.keys[key] = msg
+        return msg
+
+    def _fetch(self, f: Fetch) -> list[StoredMessage]:
+        found: list[StoredMessage] = []
+        for name in sorted(self.members.get(f.user, ())):
+            stream = self.streams[name]
+            start = self.cursors.get((f.user, f.device, name))
+            if start is None:
+                start = max(0, len(stream) - f.new_device_history)
+            found += [m for m in stream[start:] if not (m.sender == f.user and m.device == f.device)]
+        found.sort(key=lambda m: m.message_id)
+        return found[: f.limit]

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from csce513msg.client import ServerError
+from csce513msg.client import Client, ServerError
 from csce513msg.protocol import (
     Ack,
     Deliver,
@@ -16,7 +16,9 @@ from csce513msg.protocol import (
     LoginOk,
     Ping,
     Presence,
+    Receipt,
     ReceiptState,
+    Send,
     TargetKind,
 )
 from tests.conformance.wire import RawConn, connect
@@ -96,7 +98,7 @@ def test_direct_messages_both_ways_with_receipts_and_positions(server: object, n
     r3 = a.send_text(bob.upper(), "third")
     d3 = b.next_message(Deliver)
     for receipt in (r1, r2, r3):
-        assert receipt.state == ReceiptState.ACCEPTED
+        assert receipt.state == ReceiptState.STORED
     stream = r1.stream
     assert stream == r2.stream == r3.stream == d1.stream == d2.stream == d3.stream  # type: ignore[union-attr]
     assert [r1.position, r2.position, r3.position] == [1, 2, 3]
@@ -146,22 +148,55 @@ def test_acks_are_cumulative_and_checked(server: object, names: object) -> None:
     conn.close()
 
 
-def test_unknown_and_offline_recipients_get_clear_errors(server: object, names: object) -> None:
+def test_unknown_recipient_is_refused_and_nothing_is_stored(server: object, names: object) -> None:
+    a = connect(server, names("alice"))  # type: ignore[operator]
+    nobody = names("nobody")  # type: ignore[operator]
+    with pytest.raises(ServerError) as err:
+        a.send_text(nobody, "hello?")
+    assert err.value.code == ErrorCode.USER_NOT_FOUND and nobody in err.value.error.message
+    late = connect(server, nobody)  # the name now exists, and nothing was kept for it
+    late.call(Ping())
+    assert not [m for m in late.inbox if isinstance(m, Deliver)]
+    late.close()
+    a.close()
+
+
+def test_offline_messages_are_stored_and_delivered_in_order_on_return(server: object, names: object) -> None:
     alice, bob = names("alice"), names("bob")  # type: ignore[operator]
     a = connect(server, alice)
-    with pytest.raises(ServerError) as err:
-        a.send_text(names("nobody"), "hello?")  # type: ignore[operator]
-    assert err.value.code == ErrorCode.USER_NOT_FOUND
-    b = connect(server, bob)
-    b.close()
+    connect(server, bob).close()  # bob exists, then leaves
     deadline = time.monotonic() + 10
     while bob in a.who() and time.monotonic() < deadline:
         time.sleep(0.02)
-    with pytest.raises(ServerError) as err:
-        a.send_text(bob, "are you there?")
-    assert err.value.code == ErrorCode.USER_OFFLINE
-    assert bob in err.value.error.message
+    receipts = [a.send_text(bob, f"while you were out {i}") for i in range(5)]
+    assert all(r.state == ReceiptState.STORED and r.detail == f"{bob} is offline" for r in receipts)
+    b = connect(server, bob)
+    got = b.deliveries(5)
+    assert [d.body.decode() for d in got] == [f"while you were out {i}" for i in range(5)]
+    assert [d.time_us for d in got] == [r.time_us for r in receipts]  # the original times
+    assert [d.message_id for d in got] == [r.message_id for r in receipts]
+    b.call(Ping())  # acknowledged (the client acks as it reads); nothing comes twice
+    b.close()
+    again = connect(server, bob)
+    again.call(Ping())
+    assert not [m for m in again.inbox if isinstance(m, Deliver)]
+    again.close()
     a.close()
+
+
+def test_a_resend_gets_the_original_message_and_no_second_delivery(server: object, names: object) -> None:
+    alice, bob = names("alice"), names("bob")  # type: ignore[operator]
+    a = Client.connect(server.host, server.port, user=alice, device_id="laptop-1")  # type: ignore[attr-defined]
+    b = connect(server, bob)
+    first = a.call(Send(TargetKind.USER, 0, 4242, bob, b"only once"))
+    again = a.call(Send(TargetKind.USER, 0, 4242, bob, b"only once"))
+    assert isinstance(first, Receipt) and isinstance(again, Receipt)
+    assert (again.message_id, again.position) == (first.message_id, first.position)
+    assert b.next_message(Deliver).body == b"only once"  # type: ignore[union-attr]
+    b.call(Ping())
+    assert not [m for m in b.inbox if isinstance(m, Deliver)]
+    a.close()
+    b.close()
 
 
 def test_text_over_the_limit_is_refused(server: object, names: object) -> None:
@@ -171,7 +206,7 @@ def test_text_over_the_limit_is_refused(server: object, names: object) -> None:
     with pytest.raises(ServerError) as err:
         a.send_text(bob, "x" * (max_text + 1))
     assert err.value.code == ErrorCode.TEXT_TOO_LONG
-    assert a.send_text(bob, "y" * max_text).state == ReceiptState.ACCEPTED
+    assert a.send_text(bob, "y" * max_text).state == ReceiptState.STORED
     assert len(b.next_message(Deliver).body) == max_text  # type: ignore[union-attr]
     a.close()
     b.close()
@@ -205,7 +240,7 @@ def test_200_concurrent_clients_each_message_delivered_exactly_once(server: obje
         got = c.deliveries(len(expected[users[i]]), timeout=30)
         assert sorted((d.sender, d.body.decode()) for d in got) == sorted(expected[users[i]])
         receipts = [c.next_message(lambda m: type(m).__name__ == "Receipt", timeout=30) for _ in range(per_client)]
-        assert all(r.state == ReceiptState.ACCEPTED for r in receipts)  # type: ignore[union-attr]
+        assert all(r.state == ReceiptState.STORED for r in receipts)  # type: ignore[union-attr]
     for c in clients:  # nothing extra: a ping round trip flushes anything in flight
         c.call(Ping())
         assert not [m for m in c.inbox if isinstance(m, Deliver)], "a message was delivered twice"

@@ -30,8 +30,10 @@ class Peer:
 class Harness:
     """Runs the engine the way a backend would, without sockets or threads."""
 
-    def __init__(self, **config: object) -> None:
-        self.engine = Engine(MemoryStore(), HubConfig(**config), WALL_OFFSET)  # type: ignore[arg-type]
+    def __init__(self, store: object = None, auto_jobs: bool = True, **config: object) -> None:
+        self.store = store or MemoryStore()
+        self.engine = Engine(self.store, HubConfig(**config), WALL_OFFSET)  # type: ignore[arg-type]
+        self.auto_jobs = auto_jobs  # False: jobs wait for run_jobs(), to test every ordering
         self.now = 1000.0
         self.peers: dict[int, Peer] = {}
         self.jobs: list[Submit] = []
@@ -61,16 +63,26 @@ class Harness:
                 self.jobs.append(action)
 
     def pump(self) -> None:
-        """Move bytes both ways until nothing is left to send."""
-        busy = True
-        while busy:
+        """Move bytes both ways, flush and (with auto_jobs) run jobs, until all is quiet."""
+        while True:
             busy = False
             for peer in list(self.peers.values()):
                 data = peer.session.data_to_send()
                 if data and peer.closed is None:
                     busy = True
                     self.apply(self.engine.data_received(peer.conn, data, self.now))
-        self.apply(self.engine.flush(self.now))
+            self.apply(self.engine.flush(self.now))  # the end of a loop pass
+            if self.auto_jobs and self.jobs:
+                self.run_jobs()
+                continue
+            if not busy:
+                return
+
+    def run_jobs(self) -> None:
+        """Run the submitted jobs now, as a backend's worker would, and report them."""
+        jobs, self.jobs = self.jobs, []
+        for job in jobs:
+            self.apply(self.engine.job_done(job.job_id, job.job(), self.now))
 
     def send_raw(self, peer: Peer, data: bytes) -> None:
         self.apply(self.engine.data_received(peer.conn, data, self.now))

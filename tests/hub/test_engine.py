@@ -27,7 +27,7 @@ from csce513msg.protocol import (
     encode,
     encode_frame,
 )
-from csce513msg.store import MemoryStore
+from csce513msg.store import Batch, MemoryStore, NewMessage
 from tests.hub.harness import WALL_OFFSET, Harness
 
 
@@ -53,7 +53,7 @@ def test_direct_message_receipt_delivery_and_ack() -> None:
     h.pump()
     (receipt,) = alice.of(Receipt)
     (deliver,) = bob.of(Deliver)
-    assert receipt.state == ReceiptState.ACCEPTED and receipt.stream == direct_stream("alice", "bob")
+    assert receipt.state == ReceiptState.STORED and receipt.stream == direct_stream("alice", "bob")
     assert (deliver.sender, deliver.target, deliver.body, deliver.position) == ("alice", "bob", b"hello", 1)
     assert deliver.message_id == receipt.message_id
     # the client acknowledged automatically, cumulatively
@@ -73,15 +73,16 @@ def test_stream_is_shared_by_both_directions() -> None:
     assert len(set(ids)) == 3
 
 
-def test_offline_and_unknown_recipients() -> None:
+def test_offline_recipient_is_stored_and_unknown_is_refused() -> None:
     h = Harness()
     alice, bob = h.connect("alice"), h.connect("bob")
     h.drop(bob)
     alice.session.send_text("bob", "are you there")
     alice.session.send_text("zed", "who are you")
     h.pump()
-    assert codes(alice) == [ErrorCode.USER_OFFLINE, ErrorCode.USER_NOT_FOUND]
-    assert not alice.of(Receipt)
+    assert codes(alice) == [ErrorCode.USER_NOT_FOUND]
+    (receipt,) = alice.of(Receipt)
+    assert receipt.state == ReceiptState.STORED and receipt.detail == "bob is offline"
 
 
 def test_name_rules_and_name_taken() -> None:
@@ -244,8 +245,12 @@ def test_pause_and_resume_are_recorded() -> None:
 
 def test_message_ids_grow_even_when_the_clock_does_not() -> None:
     store = MemoryStore()
-    ids = [store.append("s", 1000)[0] for _ in range(3)] + [store.append("s", 10)[0]]
-    assert ids == [1000, 1001, 1002, 1003]
+
+    def one(time_us: int) -> int:
+        msg = NewMessage("s", ("a", "b"), "a", "", 0, 1, "b", 0, time_us, b"")
+        return store.apply(Batch(messages=[msg])).stored[0].message_id
+
+    assert [one(1000), one(1000), one(1000), one(10)] == [1000, 1001, 1002, 1003]
 
 
 REQUESTS = [

@@ -72,7 +72,7 @@ def test_two_cli_processes_chat(server: object, names: object) -> None:
         assert done.returncode == 0, done.stdout + done.stderr
         alice_events = [json.loads(line) for line in done.stdout.splitlines()]
         receipts = [e for e in alice_events if e["event"] == "receipt"]
-        assert receipts and receipts[0]["state"] == "accepted" and receipts[0]["to"] == bob
+        assert receipts and receipts[0]["state"] == "stored" and receipts[0]["to"] == bob
         (who,) = [e for e in alice_events if e["event"] == "who"]
         assert alice in who["users"] and bob in who["users"]  # type: ignore[operator]
         events = read_events(bob_proc, "deliver")

@@ -27,8 +27,8 @@ def test_script_exit_status_and_human_output(server: object, names: object) -> N
             timeout=30,
         )
         assert done.returncode == 0, done.stdout
-        assert f"you -> {bob}: one  [accepted]" in done.stdout
-        assert f"you -> {bob}: two  [accepted]" in done.stdout  # a plain line went to the last partner
+        assert f"you -> {bob}: one  [stored]" in done.stdout
+        assert f"you -> {bob}: two  [stored]" in done.stdout  # a plain line went to the last partner
         assert "online: " in done.stdout
         texts = [read_events(bob_proc, "deliver")[-1]["text"] for _ in range(2)]
         assert texts == ["one", "two"]

@@ -11,8 +11,8 @@ import socket
 import struct
 import time
 
-from csce513msg.client import Client, ServerError
-from csce513msg.protocol import Deliver, ErrorCode, Login, LoginOk, Presence
+from csce513msg.client import Client
+from csce513msg.protocol import Deliver, ErrorCode, Ping, Presence, ReceiptState, encode
 from tests.conformance.wire import RawConn, connect
 from tests.servers import start
 
@@ -23,42 +23,45 @@ SERVER_FLAGS = (
 )  # fmt: skip
 
 
-def small_reader(server: object, user: str) -> RawConn:
-    """A logged-in client with a tiny receive buffer that will never read again."""
-    raw = RawConn(server, rcvbuf=2048)
-    raw.handshake()
-    raw.send(Login(user, request_id=2))
-    assert isinstance(raw.recv(), LoginOk)
-    return raw
-
-
-def test_never_reading_recipient_is_aborted_and_others_keep_chatting(server: object, names: object) -> None:
-    reader_name, flooder_name = names("reader"), names("flooder")  # type: ignore[operator]
-    reader = small_reader(server, reader_name)
-    flooder = connect(server, flooder_name)
+def test_a_client_that_never_reads_its_replies_is_aborted(server: object, names: object) -> None:
+    """Requests whose replies pile up: past the hard limit the server lets go of it."""
     carol, dave = connect(server, names("carol")), connect(server, names("dave"))  # type: ignore[operator]
-    text = "x" * 1000
-    sent, aborted = 0, False
-    deadline = time.monotonic() + 30
-    while sent < 2000 and time.monotonic() < deadline:  # bounded in count and time
-        try:
-            flooder.send_text(reader_name, text)
-        except ServerError as err:
-            assert err.code == ErrorCode.USER_OFFLINE  # the reader is gone: it was aborted
-            aborted = True
-            break
-        sent += 1
-        if sent % 10 == 0:  # the rest of the class still chats while the reader's queue fills
-            carol.send_text(dave.session.user, f"still here {sent}")  # type: ignore[arg-type]
-            assert dave.next_message(Deliver).body == f"still here {sent}".encode()  # type: ignore[union-attr]
-    assert aborted, f"the reader was never aborted after {sent} messages of 1000 bytes"
-    assert sent * 1000 < 1_000_000, "the limit should trip within about 16 KiB plus kernel buffers"
+    greedy = RawConn(server, rcvbuf=2048)
+    greedy.welcome()
+    ping = encode(Ping(b"x" * 1000, request_id=1))
+    sent, deadline = 0, time.monotonic() + 30
+    try:
+        while sent < 5000 and time.monotonic() < deadline:  # bounded: about 5 MB at most
+            greedy.sock.sendall(ping * 10)
+            sent += 10
+            if sent % 200 == 0:  # everyone else is served meanwhile
+                carol.send_text(dave.session.user, f"still here {sent}")  # type: ignore[arg-type]
+                assert dave.next_message(Deliver).body == f"still here {sent}".encode()  # type: ignore[union-attr]
+    except OSError:
+        pass  # reset: the server aborted us
     server.wait_log("outbound limit")  # type: ignore[attr-defined]
     carol.send_text(dave.session.user, "after the abort")  # type: ignore[arg-type]
     assert dave.next_message(Deliver).body == b"after the abort"  # type: ignore[union-attr]
-    for c in (flooder, carol, dave):
+    for c in (carol, dave, greedy):
         c.close()
+
+
+def test_a_recipient_that_never_reads_is_paced_then_gets_everything(server: object, names: object) -> None:
+    """A slow reader is held back, not aborted: it gets every message once it reads."""
+    reader_name = names("reader")  # type: ignore[operator]
+    log_before = len(server.log())  # type: ignore[attr-defined]
+    reader = Client.connect(server.host, server.port, user=reader_name, rcvbuf=2048)  # type: ignore[attr-defined]
+    flooder = connect(server, names("flooder"))  # type: ignore[operator]
+    count = 300  # 300 kB: many times the outbound limit of 16 kB and the kernel buffers
+    for i in range(count):
+        receipt = flooder.send_text(reader_name, f"{i:04d}" + "x" * 996)
+        assert receipt.state == ReceiptState.STORED
+    assert reader_name in flooder.who()  # still connected: paced, not aborted
+    got = reader.deliveries(count, timeout=60)  # now it reads (and acknowledges as it goes)
+    assert [d.body[:4].decode() for d in got] == [f"{i:04d}" for i in range(count)]
+    assert "outbound limit" not in server.log()[log_before:]  # type: ignore[attr-defined]
     reader.close()
+    flooder.close()
 
 
 def test_abrupt_reset_frees_the_user_and_tells_subscribers(server: object, names: object) -> None:

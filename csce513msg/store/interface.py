@@ -1,0 +1,102 @@
+"""The storage interface: what the hub asks of a store, as plain data.
+
+The hub never calls a store while it serves: it gathers what it needs into one
+``Batch`` per loop pass and hands ``store.apply(batch)`` to the backend as a job in
+the ``store`` lane (one storage thread, at most one batch in flight: group commit).
+The result comes back through ``engine.job_done``. A batch is applied in order:
+users, then messages, then cursors, all in ONE transaction; then the fetches read
+what is committed. So every store (SQLite now, PostgreSQL later) implements just
+``load`` and ``apply``.
+
+Terms:
+
+- a *stream* is a conversation (``dm:alice,bob``); each message has a position in
+  it, from 1, without gaps, and a message id that is unique and never reused;
+- a *cursor* is how far one device of a user has acknowledged one stream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A message to store once, in its stream."""
+
+    stream: str
+    members: tuple[str, ...]  #: the users of the stream (both ends of a direct message)
+    sender: str
+    device: str  #: the sender's device id
+    client_msg_id: int  #: the sender's counter; with (sender, device) it identifies a resend; 0: none
+    target_kind: int
+    target: str
+    content_type: int
+    time_us: int  #: server wall time at arrival
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """A message as stored: what a receipt and a delivery need."""
+
+    message_id: int
+    stream: str
+    position: int
+    sender: str
+    device: str
+    target_kind: int
+    target: str
+    content_type: int
+    time_us: int
+    body: bytes
+    duplicate: bool = False  #: a resend: this is the copy stored earlier
+
+
+@dataclass(frozen=True, slots=True)
+class Fetch:
+    """Read what one device of ``user`` has not acknowledged, at most ``limit`` messages."""
+
+    key: int  #: the caller's token, echoed in the result
+    user: str
+    device: str
+    limit: int
+    new_device_history: int  #: a device with no cursor on a stream starts this many back
+
+
+@dataclass(slots=True)
+class Batch:
+    """Everything one loop pass needs from the store."""
+
+    users: list[tuple[str, int]] = field(default_factory=list)  #: (name, time_us) of users to create
+    messages: list[NewMessage] = field(default_factory=list)
+    cursors: dict[tuple[str, str, str], int] = field(default_factory=dict)  #: (user, device, stream) -> pos
+    fetches: list[Fetch] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.users or self.messages or self.cursors or self.fetches)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """What ``apply`` did: one entry per message, in order, and each fetch's messages.
+
+    ``error`` is set when the transaction failed: nothing of the batch was stored.
+    """
+
+    stored: list[StoredMessage] = field(default_factory=list)
+    fetched: dict[int, list[StoredMessage]] = field(default_factory=dict)
+    error: str | None = None
+
+
+class Store(Protocol):
+    """A store the hub can use. ``apply`` runs on the storage thread only."""
+
+    def load_users(self) -> set[str]:
+        """Every known user; called once, before the server serves."""
+        ...
+
+    def apply(self, batch: Batch) -> BatchResult:
+        """Apply ``batch`` in one transaction, then run its fetches."""
+        ...

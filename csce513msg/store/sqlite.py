@@ -1,0 +1,172 @@
+"""The embedded default store: SQLite in WAL mode, one writer on the storage thread.
+
+One ``apply`` is one transaction (group commit: a loop pass's messages, cursors and
+users together), so durability costs one commit per pass, not one per message.
+
+Durability (``--durability``): ``full`` syncs the WAL on every commit (survives
+power loss); ``normal`` (default) syncs at checkpoints only (survives a crash of the
+process or the OS... of the process; the last commits may be lost on power loss);
+``memory`` does not use SQLite at all (``MemoryStore``).
+
+Checkpoints stay off the commit path: the writer's automatic checkpoint is off and a
+second connection checkpoints (PASSIVE) every ``checkpoint_interval`` seconds from
+its own thread; measured in the accounts issue, an automatic checkpoint inside a
+commit pushed p99 delivery latency from 0.14 ms to 2.5-3 ms at 20k messages/s.
+
+The schema version is kept in ``PRAGMA user_version`` and migrated on open
+(``MIGRATIONS``: one list of statements per version, applied in order).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+import threading
+from pathlib import Path
+
+from .interface import Batch, BatchResult, Fetch, NewMessage, StoredMessage
+
+MIGRATIONS: list[list[str]] = [
+    [  # version 1
+        "CREATE TABLE users (name TEXT PRIMARY KEY, created_us INTEGER NOT NULL)",
+        "CREATE TABLE streams (name TEXT PRIMARY KEY, last_position INTEGER NOT NULL)",
+        "CREATE TABLE members (user TEXT NOT NULL, stream TEXT NOT NULL, PRIMARY KEY (user, stream))",
+        """CREATE TABLE messages (
+            id INTEGER PRIMARY KEY, stream TEXT NOT NULL, position INTEGER NOT NULL,
+            sender TEXT NOT NULL, device TEXT NOT NULL, client_msg_id INTEGER NOT NULL,
+            target_kind INTEGER NOT NULL, target TEXT NOT NULL, content_type INTEGER NOT NULL,
+            time_us INTEGER NOT NULL, body BLOB NOT NULL, UNIQUE (stream, position))""",
+        """CREATE UNIQUE INDEX messages_client_key ON messages (sender, device, client_msg_id)
+            WHERE client_msg_id != 0""",
+        """CREATE TABLE cursors (user TEXT NOT NULL, device TEXT NOT NULL, stream TEXT NOT NULL,
+            position INTEGER NOT NULL, PRIMARY KEY (user, device, stream))""",
+    ],
+]
+_COLUMNS = "id, stream, position, sender, device, target_kind, target, content_type, time_us, body"
+SYNC = {"full": "FULL", "normal": "NORMAL"}
+
+
+class SqliteStore:
+    """Messages, cursors and users in one SQLite file.
+
+    Args:
+        path: the database file (created if missing), or a ``file:`` URI.
+        durability: "full" or "normal".
+        checkpoint_interval: seconds between PASSIVE checkpoints; 0 turns them off.
+    """
+
+    def __init__(self, path: Path | str, durability: str = "normal", checkpoint_interval: float = 5.0) -> None:
+        self.path = str(path)
+        self.db = self._connect()  # the writer: used only by the storage thread after open
+        self.db.execute(f"PRAGMA synchronous={SYNC[durability]}")
+        self.db.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints happen elsewhere (see above)
+        self._migrate()
+        self.last_id = self.db.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()[0]
+        self._stop = threading.Event()
+        if checkpoint_interval > 0:
+            threading.Thread(target=self._checkpoints, args=(checkpoint_interval,), daemon=True).start()
+
+    def _connect(self) -> sqlite3.Connection:
+        uri = self.path.startswith("file:")
+        db = sqlite3.connect(self.path, uri=uri, timeout=30, isolation_level=None, check_same_thread=False)
+        if not uri or "mode=ro" not in self.path:
+            db.execute("PRAGMA journal_mode=WAL")
+        return db
+
+    def _migrate(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
+            self.db.execute("BEGIN IMMEDIATE")
+            for statement in statements:
+                self.db.execute(statement)
+            self.db.execute(f"PRAGMA user_version={number}")
+            self.db.execute("COMMIT")
+
+    def close(self) -> None:
+        self._stop.set()
+        self.db.close()
+
+    # ---- the storage interface ------------------------------------------------------
+
+    def load_users(self) -> set[str]:
+        return {name for (name,) in self.db.execute("SELECT name FROM users")}
+
+    def apply(self, batch: Batch) -> BatchResult:
+        db = self.db
+        last_id = self.last_id
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(
+                "INSERT OR IGNORE INTO users (name, created_us) VALUES (?, ?)",
+                batch.users,
+            )
+            stored = [self._append(m) for m in batch.messages]
+            db.executemany(
+                """INSERT INTO cursors (user, device, stream, position) VALUES (?, ?, ?, ?)
+                   ON CONFLICT DO UPDATE SET position = max(position, excluded.position)""",
+                [(*key, pos) for key, pos in batch.cursors.items()],
+            )
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            self.last_id = last_id
+            return BatchResult(error=f"storage error: {exc}")
+        try:
+            fetched = {f.key: self._fetch(f) for f in batch.fetches}
+        except sqlite3.Error as exc:
+            return BatchResult(stored, error=f"storage error: {exc}")
+        return BatchResult(stored, fetched)
+
+    def _append(self, m: NewMessage) -> StoredMessage:
+        db = self.db
+        if m.client_msg_id:
+            row = db.execute(
+                f"SELECT {_COLUMNS} FROM messages WHERE sender = ? AND device = ? AND client_msg_id = ?",
+                (m.sender, m.device, m.client_msg_id),
+            ).fetchone()
+            if row:
+                return dataclasses.replace(StoredMessage(*row), duplicate=True)
+        row = db.execute("SELECT last_position FROM streams WHERE name = ?", (m.stream,)).fetchone()
+        position = (row[0] if row else 0) + 1
+        db.execute(
+            "INSERT INTO streams (name, last_position) VALUES (?, ?) "
+            "ON CONFLICT DO UPDATE SET last_position = excluded.last_position",
+            (m.stream, position),
+        )
+        if position == 1:
+            db.executemany("INSERT OR IGNORE INTO members VALUES (?, ?)", [(u, m.stream) for u in m.members])
+        self.last_id = max(self.last_id + 1, m.time_us)
+        db.execute(
+            "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (self.last_id, m.stream, position, m.sender, m.device, m.client_msg_id, m.target_kind, m.target,
+             m.content_type, m.time_us, m.body),
+        )  # fmt: skip
+        return StoredMessage(
+            self.last_id, m.stream, position, m.sender, m.device, m.target_kind, m.target, m.content_type,
+            m.time_us, m.body,
+        )  # fmt: skip
+
+    def _fetch(self, f: Fetch) -> list[StoredMessage]:
+        rows = self.db.execute(
+            f"""SELECT {", ".join("m." + c.strip() for c in _COLUMNS.split(","))}
+                FROM members AS s JOIN streams AS t ON t.name = s.stream
+                JOIN messages AS m ON m.stream = s.stream
+                LEFT JOIN cursors AS c ON c.user = s.user AND c.device = ? AND c.stream = s.stream
+                WHERE s.user = ?
+                  AND m.position > coalesce(c.position, max(0, t.last_position - ?))
+                  AND NOT (m.sender = s.user AND m.device = ?)
+                ORDER BY m.id LIMIT ?""",
+            (f.device, f.user, f.new_device_history, f.device, f.limit),
+        ).fetchall()
+        return [StoredMessage(*row) for row in rows]
+
+    def _checkpoints(self, interval: float) -> None:
+        """A second connection moves the WAL into the database, off the commit path."""
+        db = self._connect()
+        while not self._stop.wait(interval):
+            try:
+                db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error:
+                pass  # busy or read-only: try again at the next interval
+        db.close()

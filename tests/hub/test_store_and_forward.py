@@ -1,0 +1,142 @@
+"""Hub scenarios of store and forward: commits before receipts, offline catch-up,
+pacing by the window, resends, storage failures. Jobs run when the test says."""
+
+from __future__ import annotations
+
+from csce513msg.hub import Submit
+from csce513msg.protocol import Deliver, Error, ErrorCode, Receipt, ReceiptState, Send, TargetKind
+from csce513msg.store import BatchResult, MemoryStore
+from tests.hub.harness import Harness
+
+
+def test_receipt_and_delivery_wait_for_the_commit() -> None:
+    h = Harness(auto_jobs=False)
+    alice, bob = h.connect("alice", raw=False), h.connect("bob")
+    h.run_jobs()
+    h.pump()
+    h.run_jobs()  # logins done: both are live
+    h.pump()
+    alice.session.send_text("bob", "one")
+    h.pump()
+    assert not alice.of(Receipt) and not bob.of(Deliver)  # submitted, not committed
+    assert [type(j) for j in h.jobs] == [Submit] and h.jobs[0].lane == "store"
+    h.run_jobs()
+    h.pump()
+    assert alice.of(Receipt)[0].state == ReceiptState.STORED  # type: ignore[attr-defined]
+    assert bob.of(Deliver)[0].body == b"one"  # type: ignore[attr-defined]
+
+
+def test_one_batch_in_flight_and_the_rest_waits_for_the_next() -> None:
+    h = Harness(auto_jobs=False)
+    alice, _bob = h.connect("alice"), h.connect("bob")
+    h.run_jobs()
+    h.pump()
+    h.run_jobs()
+    h.pump()
+    alice.session.send_text("bob", "1")
+    h.pump()
+    alice.session.send_text("bob", "2")
+    alice.session.send_text("bob", "3")
+    h.pump()
+    assert len(h.jobs) == 1  # "2" and "3" wait: group commit
+    h.run_jobs()
+    h.pump()
+    assert len(h.jobs) == 1  # now they go, together
+    batch = h.jobs[0].job.args[0]  # type: ignore[attr-defined]
+    assert [m.body for m in batch.messages] == [b"2", b"3"]
+
+
+def test_offline_messages_arrive_on_login_in_order_with_original_times() -> None:
+    h = Harness()
+    alice, bob = h.connect("alice"), h.connect("bob")
+    h.drop(bob)
+    for i in range(5):
+        alice.session.send_text("bob", f"m{i}")
+        h.pump()
+        h.now += 1.0
+    bob = h.connect("bob")
+    got = bob.of(Deliver)
+    assert [d.body for d in got] == [f"m{i}".encode() for i in range(5)]  # type: ignore[attr-defined]
+    sent_times = [r.time_us for r in alice.of(Receipt)]  # type: ignore[attr-defined]
+    assert [d.time_us for d in got] == sent_times  # type: ignore[attr-defined]
+    h.drop(bob)
+    again = h.connect("bob")  # acknowledged: nothing twice
+    assert not again.of(Deliver)
+
+
+def test_catch_up_is_paced_by_the_window() -> None:
+    h = Harness(window=4)
+    alice, bob = h.connect("alice"), h.connect("bob")
+    h.drop(bob)
+    for i in range(10):
+        alice.session.send_text("bob", str(i))
+    h.pump()
+    bob = h.connect("bob", raw=True)  # a raw peer does not acknowledge by itself
+    h.send_raw(bob, b"")
+    from csce513msg.protocol import Hello, Login, encode
+
+    h.send_raw(bob, encode(Hello(request_id=1)) + encode(Login("bob", request_id=2)))
+    assert len(bob.of(Deliver)) == 4  # the window, then it waits
+    from csce513msg.protocol import Ack
+
+    h.send_raw(bob, encode(Ack(4, "dm:alice,bob")))
+    assert len(bob.of(Deliver)) == 8
+    h.send_raw(bob, encode(Ack(8, "dm:alice,bob")))
+    assert [d.body for d in bob.of(Deliver)] == [str(i).encode() for i in range(10)]  # type: ignore[attr-defined]
+
+
+def test_a_paused_recipient_is_paced_then_catches_up() -> None:
+    h = Harness()
+    alice, bob = h.connect("alice"), h.connect("bob")
+    h.apply(h.engine.pause_writing(bob.conn, h.now))
+    for i in range(3):
+        alice.session.send_text("bob", str(i))
+    h.pump()
+    assert not bob.of(Deliver) and len(alice.of(Receipt)) == 3  # stored, held back
+    h.apply(h.engine.resume_writing(bob.conn, h.now))
+    h.pump()
+    assert [d.body for d in bob.of(Deliver)] == [b"0", b"1", b"2"]  # type: ignore[attr-defined]
+
+
+def test_a_resend_gets_the_original_id_and_is_not_delivered_twice() -> None:
+    h = Harness()
+    alice, bob = h.connect("alice"), h.connect("bob")
+    for _ in range(2):
+        alice.session.request(Send(TargetKind.USER, 0, 77, "bob", b"once"))
+        h.pump()
+    first, second = alice.of(Receipt)
+    assert first.message_id == second.message_id  # type: ignore[attr-defined]
+    assert len(bob.of(Deliver)) == 1
+
+
+def test_storage_failure_reaches_the_sender_and_nothing_is_delivered() -> None:
+    class BrokenStore(MemoryStore):
+        def apply(self, batch):  # type: ignore[no-untyped-def]
+            if batch.messages:
+                return BatchResult(error="storage error: disk full")
+            return super().apply(batch)
+
+    h = Harness(store=BrokenStore())
+    alice, bob = h.connect("alice"), h.connect("bob")
+    alice.session.send_text("bob", "lost?")
+    h.pump()
+    (error,) = alice.of(Error)
+    assert error.code == ErrorCode.STORE_FAILED and not alice.of(Receipt)  # type: ignore[attr-defined]
+    assert not bob.of(Deliver)
+
+
+def test_acks_one_at_a_time_still_fetch_everything() -> None:
+    """A small fetch that comes back full means more may wait: fetch again, don't go live."""
+    h = Harness(window=2)
+    from csce513msg.protocol import Ack, Hello, Login, encode
+
+    reader = h.connect(raw=True)
+    h.send_raw(reader, encode(Hello(request_id=1)) + encode(Login("reader", request_id=2)))
+    flooder = h.connect("flooder")
+    for i in range(8):
+        flooder.session.send_text("reader", str(i))
+        h.pump()
+    stream = "dm:flooder,reader"
+    for position in range(1, 9):  # one ack per delivery, each opening room for one more
+        h.send_raw(reader, encode(Ack(position, stream)))
+    assert [d.body for d in reader.of(Deliver)] == [str(i).encode() for i in range(8)]  # type: ignore[attr-defined]
