@@ -306,6 +306,7 @@ class Engine:
         session.user = user
         session.device = msg.device_id
         self.online[user] = session
+        self._batch.devices.append((user, msg.device_id))  # its first login marks where it starts
         if user not in self.known_users:  # without accounts, a first login makes the user
             self.known_users.add(user)
             self._batch.users.append((user, self._wall_us(now)))

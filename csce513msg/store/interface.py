@@ -62,7 +62,9 @@ class Fetch:
     user: str
     device: str
     limit: int
-    new_device_history: int  #: a device with no cursor on a stream starts this many back
+    #: a device with no cursor on a stream gets what came after its first login, and at
+    #: least this many messages back (so a new device shows recent history)
+    new_device_history: int
 
 
 @dataclass(slots=True)
@@ -70,12 +72,14 @@ class Batch:
     """Everything one loop pass needs from the store."""
 
     users: list[tuple[str, int]] = field(default_factory=list)  #: (name, time_us) of users to create
+    #: (user, device) pairs seen logging in: a device's first login marks where it starts
+    devices: list[tuple[str, str]] = field(default_factory=list)
     messages: list[NewMessage] = field(default_factory=list)
     cursors: dict[tuple[str, str, str], int] = field(default_factory=dict)  #: (user, device, stream) -> pos
     fetches: list[Fetch] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.users or self.messages or self.cursors or self.fetches)
+        return bool(self.users or self.devices or self.messages or self.cursors or self.fetches)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ class MemoryStore:
         self.members: dict[str, set[str]] = {}  # user -> streams
         self.cursors: dict[tuple[str, str, str], int] = {}
         self.keys: dict[tuple[str, str, int], StoredMessage] = {}  # (sender, device, client id)
+        self.devices: dict[tuple[str, str], int] = {}  # (user, device) -> last message id at first login
         self.last_id = 0
 
     def load_users(self) -> set[str]:
@@ -27,6 +28,8 @@ class MemoryStore:
 
     def apply(self, batch: Batch) -> BatchResult:
         self.users.update(name for name, _ in batch.users)
+        for key in batch.devices:
+            self.devices.setdefault(key, self.last_id)
         stored = [self._append(m) for m in batch.messages]
         for key, position in batch.cursors.items():
             self.cursors[key] = max(self.cursors.get(key, 0), position)
@@ -54,9 +57,17 @@ class MemoryStore:
         found: list[StoredMessage] = []
         for name in sorted(self.members.get(f.user, ())):
             stream = self.streams[name]
-            start = self.cursors.get((f.user, f.device, name))
-            if start is None:
-                start = max(0, len(stream) - f.new_device_history)
-            found += [m for m in stream[start:] if not (m.sender == f.user and m.device == f.device)]
+            cursor = self.cursors.get((f.user, f.device, name))
+            since = self.devices.get((f.user, f.device), self.last_id)
+            found += [
+                m
+                for m in stream
+                if not (m.sender == f.user and m.device == f.device)
+                and (
+                    m.position > cursor
+                    if cursor is not None
+                    else (m.message_id > since or m.position > len(stream) - f.new_device_history)
+                )
+            ]
         found.sort(key=lambda m: m.message_id)
         return found[: f.limit]

@@ -40,6 +40,8 @@ MIGRATIONS: list[list[str]] = [
             WHERE client_msg_id != 0""",
         """CREATE TABLE cursors (user TEXT NOT NULL, device TEXT NOT NULL, stream TEXT NOT NULL,
             position INTEGER NOT NULL, PRIMARY KEY (user, device, stream))""",
+        """CREATE TABLE devices (user TEXT NOT NULL, device TEXT NOT NULL, since INTEGER NOT NULL,
+            PRIMARY KEY (user, device))""",
     ],
 ]
 _COLUMNS = "id, stream, position, sender, device, target_kind, target, content_type, time_us, body"
@@ -100,6 +102,10 @@ class SqliteStore:
                 "INSERT OR IGNORE INTO users (name, created_us) VALUES (?, ?)",
                 batch.users,
             )
+            db.executemany(
+                "INSERT OR IGNORE INTO devices (user, device, since) VALUES (?, ?, ?)",
+                [(user, device, self.last_id) for user, device in batch.devices],
+            )
             stored = [self._append(m) for m in batch.messages]
             db.executemany(
                 """INSERT INTO cursors (user, device, stream, position) VALUES (?, ?, ?, ?)
@@ -148,16 +154,20 @@ class SqliteStore:
         )  # fmt: skip
 
     def _fetch(self, f: Fetch) -> list[StoredMessage]:
+        # After the device's cursor; without one (a stream new to this device), whatever came
+        # after the device's first login, and at least the last few for a new device.
         rows = self.db.execute(
             f"""SELECT {", ".join("m." + c.strip() for c in _COLUMNS.split(","))}
                 FROM members AS s JOIN streams AS t ON t.name = s.stream
                 JOIN messages AS m ON m.stream = s.stream
                 LEFT JOIN cursors AS c ON c.user = s.user AND c.device = ? AND c.stream = s.stream
+                LEFT JOIN devices AS d ON d.user = s.user AND d.device = ?
                 WHERE s.user = ?
-                  AND m.position > coalesce(c.position, max(0, t.last_position - ?))
+                  AND CASE WHEN c.position IS NOT NULL THEN m.position > c.position
+                      ELSE m.id > coalesce(d.since, ?) OR m.position > t.last_position - ? END
                   AND NOT (m.sender = s.user AND m.device = ?)
                 ORDER BY m.id LIMIT ?""",
-            (f.device, f.user, f.new_device_history, f.device, f.limit),
+            (f.device, f.device, f.user, self.last_id, f.new_device_history, f.device, f.limit),
         ).fetchall()
         return [StoredMessage(*row) for row in rows]
 

@@ -1,0 +1,79 @@
+"""The SQLite store on its own (one backend is enough: no sockets here)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from csce513msg.store import Batch, Fetch, MemoryStore, NewMessage
+from csce513msg.store.sqlite import MIGRATIONS, SqliteStore
+
+
+def msg(
+    sender: str, target: str, body: bytes, client_id: int = 0, device: str = "d", time_us: int = 1000
+) -> NewMessage:
+    stream = "dm:" + ",".join(sorted((sender, target)))
+    return NewMessage(stream, tuple(sorted((sender, target))), sender, device, client_id, 1, target, 0, time_us, body)
+
+
+def test_messages_survive_a_reopen_and_ids_are_never_reused(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    store = SqliteStore(path, "full", checkpoint_interval=0)
+    first = store.apply(Batch(users=[("alice", 1), ("bob", 1)], messages=[msg("alice", "bob", b"1")])).stored[0]
+    store.close()
+    store = SqliteStore(path, "normal", checkpoint_interval=0)
+    assert store.load_users() == {"alice", "bob"}
+    second = store.apply(Batch(messages=[msg("bob", "alice", b"2", time_us=5)])).stored[0]  # clock went back
+    assert second.message_id > first.message_id and second.position == 2
+    fetched = store.apply(Batch(fetches=[Fetch(1, "bob", "phone", 10, 100)])).fetched[1]
+    assert [m.body for m in fetched] == [b"1", b"2"]  # what bob sent from device "d" is news to his phone
+    store.close()
+
+
+def test_same_rules_as_the_memory_store(tmp_path: Path) -> None:
+    """One scenario against both stores: resends, cursors, own-device filter, limits."""
+    for store in (MemoryStore(), SqliteStore(tmp_path / "db", checkpoint_interval=0)):
+        batch = Batch(
+            users=[("a", 1), ("b", 1)],
+            messages=[msg("a", "b", b"x", 7), msg("a", "b", b"x", 7), msg("b", "a", b"y", device="bd")]
+            + [msg("a", "b", bytes([i])) for i in range(5)],
+        )
+        stored = store.apply(batch).stored
+        assert [m.duplicate for m in stored[:3]] == [False, True, False]
+        assert stored[0].message_id == stored[1].message_id
+        assert [m.position for m in stored] == [1, 1, 2, 3, 4, 5, 6, 7]
+        result = store.apply(Batch(cursors={("b", "bd", "dm:a,b"): 2}, fetches=[Fetch(9, "b", "bd", 3, 100)]))
+        assert [m.position for m in result.fetched[9]] == [3, 4, 5]  # after the cursor, limited
+        new_device = store.apply(Batch(fetches=[Fetch(1, "b", "new", 100, 2)])).fetched[1]
+        assert [m.position for m in new_device] == [6, 7]  # a new device starts 2 back
+
+
+def test_migrates_an_older_schema_version(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    old = sqlite3.connect(path)
+    old.execute("PRAGMA user_version=0")  # an empty database of "version 0"
+    old.close()
+    SqliteStore(path, checkpoint_interval=0).close()
+    check = sqlite3.connect(path)
+    assert check.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    tables = {r[0] for r in check.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"users", "streams", "members", "messages", "cursors"} <= tables
+
+
+def test_a_read_only_database_gives_a_clear_error_and_stores_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    SqliteStore(path, checkpoint_interval=0).close()
+    store = SqliteStore(f"file:{path}?mode=ro", checkpoint_interval=0)
+    result = store.apply(Batch(users=[("a", 1)], messages=[msg("a", "b", b"lost")]))
+    assert result.error and "readonly" in result.error.replace(" ", "").lower() and not result.stored
+
+
+def test_a_full_disk_rolls_the_batch_back(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "db", checkpoint_interval=0)
+    pages = store.db.execute("PRAGMA page_count").fetchone()[0]
+    store.db.execute(f"PRAGMA max_page_count={pages + 2}")  # SQLite's own "disk full"
+    result = store.apply(Batch(messages=[msg("a", "b", b"x" * 4000, i + 1) for i in range(20)]))
+    assert result.error and "full" in result.error and not result.stored
+    store.db.execute("PRAGMA max_page_count=1000000")
+    ok = store.apply(Batch(messages=[msg("a", "b", b"small", 99)]))
+    assert ok.error is None and ok.stored[0].position == 1  # the failed batch left no trace

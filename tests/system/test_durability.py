@@ -1,0 +1,78 @@
+"""Durability on every backend: SIGKILL and restart on the same data directory, resends,
+and a returning client's backlog many times the outbound limit."""
+
+from __future__ import annotations
+
+import signal
+import tempfile
+
+from csce513msg.client import Client
+from csce513msg.protocol import Deliver, Receipt, Send
+from tests.servers import start
+
+TIGHT = (
+    "--max-frame", "4096", "--max-text", "1024", "--window", "8",
+    "--high-water", "4096", "--low-water", "1024", "--hard-limit", "40960", "--sndbuf", "4096",
+    "--rate", "100000", "--burst", "100000", "--close-timeout", "1",
+)  # fmt: skip
+
+
+def test_sigkill_restart_and_resend_lose_nothing_and_duplicate_nothing(backend: str, names: object) -> None:
+    data_dir = tempfile.mkdtemp(prefix="msgsrv-kill-")
+    alice, bob = names("alice"), names("bob")  # type: ignore[operator]
+    server = start(backend, "--data-dir", data_dir, *TIGHT)
+    try:
+        Client.connect(server.host, server.port, user=bob, device_id="bob-laptop").close()  # bob exists, offline
+        a = Client.connect(server.host, server.port, user=alice, device_id="alice-laptop")
+        count = 200
+        for i in range(count):
+            a.session.send_text(bob, f"message {i:03d}")
+        a.flush()  # all 200 on their way; the server dies after the first receipts
+        acknowledged = [a.next_message(Receipt, timeout=30) for _ in range(20)]
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait(10)
+        unsent = [m for m in a.session.pending.values() if isinstance(m, Send)]
+        a.close()
+    finally:
+        server.stop()
+    server = start(backend, "--data-dir", data_dir, *TIGHT)  # same data directory, new port
+    try:
+        again = Client.connect(server.host, server.port, user=alice, device_id="alice-laptop")
+        for send in unsent:  # the client resends what was not acknowledged, same client ids
+            reply = again.call(Send(send.target_kind, send.content_type, send.client_msg_id, send.target, send.body))
+            assert isinstance(reply, Receipt)
+        b = Client.connect(server.host, server.port, user=bob, device_id="bob-laptop")
+        got = b.deliveries(count, timeout=60)
+        bodies = [d.body.decode() for d in got]
+        assert sorted(bodies) == [f"message {i:03d}" for i in range(count)]  # each exactly once
+        assert len({d.message_id for d in got}) == count
+        assert {r.message_id for r in acknowledged} <= {d.message_id for d in got}  # acknowledged = kept
+        assert [d.position for d in got] == sorted(d.position for d in got)  # in stream order
+        b.call(Send(1, 0, 0, alice, b"thanks"))  # a round trip: nothing more was on its way
+        assert not [m for m in b.inbox if isinstance(m, Deliver)]
+        again.close()
+        b.close()
+    finally:
+        server.stop()
+
+
+def test_a_backlog_many_times_the_outbound_limit_reaches_a_returning_client(backend: str, names: object) -> None:
+    server = start(backend, *TIGHT)
+    try:
+        alice, bob = names("alice"), names("bob")  # type: ignore[operator]
+        Client.connect(server.host, server.port, user=bob).close()
+        a = Client.connect(server.host, server.port, user=alice)
+        count = 400  # 400 kB waiting: ten times the 40 kB hard limit
+        for i in range(count):
+            a.session.send_text(bob, f"{i:04d}" + "y" * 996)
+        a.flush()
+        for _ in range(count):
+            a.next_message(Receipt, timeout=30)
+        b = Client.connect(server.host, server.port, user=bob, rcvbuf=4096)
+        got = b.deliveries(count, timeout=60)
+        assert [d.body[:4].decode() for d in got] == [f"{i:04d}" for i in range(count)]
+        assert "outbound limit" not in server.log()
+        a.close()
+        b.close()
+    finally:
+        server.stop()
