@@ -28,11 +28,11 @@ class MemoryStore:
 
     def apply(self, batch: Batch) -> BatchResult:
         self.users.update(name for name, _ in batch.users)
-        for key in batch.devices:
-            self.devices.setdefault(key, self.last_id)
+        for device in batch.devices:
+            self.devices.setdefault(device, self.last_id)
         stored = [self._append(m) for m in batch.messages]
-        for key, position in batch.cursors.items():
-            self.cursors[key] = max(self.cursors.get(key, 0), position)
+        for cursor, position in batch.cursors.items():
+            self.cursors[cursor] = max(self.cursors.get(cursor, 0), position)
         return BatchResult(stored, {f.key: self._fetch(f) for f in batch.fetches})
 
     def _append(self, m: NewMessage) -> StoredMessage:
