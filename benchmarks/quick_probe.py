@@ -1,6 +1,7 @@
 """A quick probe of each backend: memory per idle connection and CPU per message.
 
     python -m benchmarks.quick_probe [--backends epoll,threads] [--conns 2000] [--messages 20000]
+    python -m benchmarks.quick_probe --backends epoll --durability full,normal,memory
 
 Not the benchmark suite (that is ``nox -s bench``, a later issue): one run, one
 process of clients, figures from /proc. Loopback only; every loop is bounded.
@@ -15,6 +16,7 @@ import selectors
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,12 +38,16 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def start(backend: str) -> tuple[subprocess.Popen[str], int]:
+def start(backend: str, *flags: str) -> tuple[subprocess.Popen[str], int]:
+    data_dir = tempfile.mkdtemp(prefix="probe-")
     cmd = [sys.executable, "-m", "csce513msg.cli.msgsrv", "--backend", backend, "--port", "0", "--quiet"]
+    cmd += ["--data-dir", data_dir, *flags]
     cmd += ["--rate", "1e9", "--burst", "1000000000"]  # measure routing, not the flood guard
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
-    port = int(proc.stdout.readline().split("listening on ")[1].split(",")[0].rsplit(":", 1)[1])
+    while "listening on " not in (line := proc.stdout.readline()):
+        assert line, "the server did not start"
+    port = int(line.split("listening on ")[1].split(",")[0].rsplit(":", 1)[1])
     proc.stdout.readline()
     return proc, port
 
@@ -102,9 +108,22 @@ def main() -> None:
     parser.add_argument("--backends", default="threads,select,poll,epoll,asyncio,uvloop")
     parser.add_argument("--conns", type=int, default=2000)
     parser.add_argument("--messages", type=int, default=20000)
+    parser.add_argument("--durability", default="", help="e.g. full,normal,memory: compare these on one backend")
     args = parser.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if args.durability:
+        backend = args.backends.split(",")[0]
+        print(f"{'durability':10} {'µs CPU/msg':>10} {'msgs/s':>8}   (backend {backend}, window 64, 60-byte bodies)")
+        for mode in args.durability.split(","):
+            proc, port = start(backend, "--durability", mode)
+            try:
+                us, rate = message_cpu(port, proc.pid, args.messages)
+                print(f"{mode:10} {us:10.1f} {rate:8.0f}")
+            finally:
+                proc.terminate()
+                proc.wait(30)
+        return
     print(f"{'backend':8} {'µs CPU/msg':>10} {'msgs/s':>8} {'RSS 0':>8} {'RSS n':>8} {'B/conn':>7}  (n={args.conns})")
     for backend in args.backends.split(","):
         proc, port = start(backend)
