@@ -20,7 +20,8 @@ limit, so the hard limit is our check after each write pass; its water marks com
 from ``set_write_buffer_limits`` with our flags.
 
 Helpers: ``common`` (``BackendConfig``, ``listen``, ``banner``, ``guarded``, ``tune``,
-``peer_name``).
+``peer_name``) and ``jobs.JobRunner`` (storage batches off the loop; results come back
+with ``call_soon_threadsafe``).
 """
 
 from __future__ import annotations

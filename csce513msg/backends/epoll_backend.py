@@ -22,7 +22,8 @@ Where it stops. One thread uses one core; the file descriptor limit (``ulimit
 -n``) caps connections. epoll is Linux-only (kqueue on BSD/macOS is the cousin).
 The benchmark's connection-scaling figure shows its flat memory and idle CPU.
 
-Helpers: ``driver.Driver`` (actions, output, closing, timers) and ``common``
+Helpers: ``driver.Driver`` (actions, output, closing, timers, and the job runner
+whose ``Inbox`` socket the loop watches: storage batches finish there) and ``common``
 (``listen``, ``SignalWakeup``, ``banner``).
 """
 

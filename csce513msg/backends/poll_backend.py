@@ -22,7 +22,8 @@ traffic, the walk costs more than the work. It is POSIX, so it runs on macOS too
 The benchmark's connection-scaling figure shows poll's idle cost rising with n
 while epoll's stays flat.
 
-Helpers: ``driver.Driver`` (actions, output, closing, timers) and ``common``
+Helpers: ``driver.Driver`` (actions, output, closing, timers, and the job runner
+whose ``Inbox`` socket the loop watches: storage batches finish there) and ``common``
 (``listen``, ``SignalWakeup``, ``banner``).
 """
 

@@ -23,7 +23,8 @@ and a few more hold the low numbers) ``accept`` refuses new connections with a
 ``server full`` error and a log line, instead of crashing. The benchmark's
 connection-scaling figure shows select stopping there.
 
-Helpers: ``driver.Driver`` (actions, output, closing, timers) and ``common``
+Helpers: ``driver.Driver`` (actions, output, closing, timers, and the job runner
+whose ``Inbox`` socket the loop watches: storage batches finish there) and ``common``
 (``listen``, ``SignalWakeup``, ``banner``).
 """
 

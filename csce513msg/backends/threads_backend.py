@@ -23,7 +23,8 @@ threads, and every message wakes at least two of them. The benchmark shows the
 highest CPU per message and memory per connection of all six.
 
 Helpers: ``common`` (``BackendConfig``, ``Outbound``, ``SignalWakeup``, ``banner``,
-``guarded``, ``tune``, ``peer_name``).
+``guarded``, ``tune``, ``peer_name``) and ``jobs.JobRunner`` (storage batches on their
+own thread; a result enters the engine under the mutex, like any call).
 """
 
 from __future__ import annotations
