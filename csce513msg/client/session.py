@@ -10,6 +10,7 @@ acknowledges deliveries: one cumulative Ack per stream for each batch of bytes.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import enum
 
@@ -43,6 +44,8 @@ from ..protocol import (
 #: The client accepts frames up to this size from the server (a delivery is at
 #: most the server's text limit plus its header).
 CLIENT_MAX_FRAME = 16 * 1024 * 1024
+#: How many recent message ids a session remembers to drop repeated deliveries.
+SEEN_LIMIT = 10_000
 #: Reply types that end a request (an Error with a request id does too).
 _REPLIES = (LoginOk, Receipt, WhoReply, Pong, Error)
 
@@ -87,6 +90,8 @@ class ClientSession:
         self._decoder = FrameDecoder(CLIENT_MAX_FRAME)
         self._out: list[bytes] = []
         self._next_id = 0
+        self._seen: set[int] = set()  # message ids delivered lately, to drop a repeat
+        self._seen_order: collections.deque[int] = collections.deque()
 
     # ---- input --------------------------------------------------------------------
 
@@ -105,6 +110,9 @@ class ClientSession:
                 self._on_welcome(msg)
             elif isinstance(msg, Deliver):
                 acks[msg.stream] = max(acks.get(msg.stream, 0), msg.position)
+                if msg.message_id in self._seen:
+                    continue  # shown before (its ack was lost to a reconnect): acknowledge, don't repeat
+                self._remember(msg.message_id)
             elif isinstance(msg, LoginOk):
                 self.state = ClientState.READY
                 self.user = msg.user
@@ -114,6 +122,12 @@ class ClientSession:
         for stream, position in acks.items():  # acknowledgements coalesce per batch
             self._out.append(encode(Ack(position, stream)))
         return events
+
+    def _remember(self, message_id: int) -> None:
+        self._seen.add(message_id)
+        self._seen_order.append(message_id)
+        if len(self._seen_order) > SEEN_LIMIT:
+            self._seen.discard(self._seen_order.popleft())
 
     def _on_welcome(self, msg: Welcome) -> None:
         if msg.version_major != VERSION_MAJOR:

@@ -65,3 +65,15 @@ def test_deliveries_are_acknowledged_once_per_stream_per_batch() -> None:
     session.receive_data(deliver("dm:a,b", 1) + deliver("dm:a,b", 2) + deliver("dm:a,c", 7) + deliver("dm:a,b", 3))
     acks = sent(session)
     assert sorted((a.stream, a.position) for a in acks if isinstance(a, Ack)) == [("dm:a,b", 3), ("dm:a,c", 7)]
+
+
+def test_a_repeated_delivery_is_acknowledged_but_not_shown_twice() -> None:
+    session = ClientSession()
+    session.receive_data(encode(WELCOME))
+    session.data_to_send()
+    deliver = encode(Deliver(1, 0, 99, 0, 1, "x", "y", "dm:x,y", b"once"))
+    assert len(session.receive_data(deliver)) == 1
+    session.data_to_send()
+    assert session.receive_data(deliver) == []  # e.g. re-sent after a lost Ack
+    (ack,) = sent(session)
+    assert isinstance(ack, Ack) and ack.position == 1
