@@ -75,6 +75,7 @@ class Client:
         known_servers: Path | None = None,
         device_id: str = "",
         rcvbuf: int = 0,
+        drop_repeats: bool = True,
     ) -> Client:
         """Connect, wait for the Welcome (the server's acknowledgement) and, if
         ``user`` is given, log in. With ``tls``, check the server's certificate
@@ -93,7 +94,8 @@ class Client:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if tls:
             sock, _note = wrap_tls(sock, host, port, expected=fingerprint, ca=ca, known_servers=known_servers)
-        session = ClientSession(presence=presence, device_id=device_id, client_msg_seed=time.time_ns() // 1000)
+        seed = time.time_ns() // 1000
+        session = ClientSession(presence=presence, device_id=device_id, client_msg_seed=seed, drop_repeats=drop_repeats)
         client = cls(sock, session, timeout)
         client._wait(lambda: client.session.state is not ClientState.AWAIT_WELCOME, timeout)
         if user is not None:

@@ -21,8 +21,9 @@ from csce513msg.protocol import (
 
 
 def connect(server: object, user: str | None = None, presence: bool = False) -> Client:
-    """A logged-in (if ``user``) client of ``server``."""
-    return Client.connect(server.host, server.port, user=user, presence=presence)  # type: ignore[attr-defined]
+    """A logged-in (if ``user``) client of ``server``; it shows repeated deliveries, so a
+    server that delivers something twice is caught."""
+    return Client.connect(server.host, server.port, user=user, presence=presence, drop_repeats=False)  # type: ignore[attr-defined]
 
 
 class RawConn:

@@ -41,7 +41,7 @@ def test_sigkill_restart_and_resend_lose_nothing_and_duplicate_nothing(backend: 
         for send in unsent:  # the client resends what was not acknowledged, same client ids
             reply = again.call(Send(send.target_kind, send.content_type, send.client_msg_id, send.target, send.body))
             assert isinstance(reply, Receipt)
-        b = Client.connect(server.host, server.port, user=bob, device_id="bob-laptop")
+        b = Client.connect(server.host, server.port, user=bob, device_id="bob-laptop", drop_repeats=False)
         got = b.deliveries(count, timeout=60)
         bodies = [d.body.decode() for d in got]
         assert sorted(bodies) == [f"message {i:03d}" for i in range(count)]  # each exactly once
@@ -68,7 +68,7 @@ def test_a_backlog_many_times_the_outbound_limit_reaches_a_returning_client(back
         a.flush()
         for _ in range(count):
             a.next_message(Receipt, timeout=30)
-        b = Client.connect(server.host, server.port, user=bob, rcvbuf=4096)
+        b = Client.connect(server.host, server.port, user=bob, rcvbuf=4096, drop_repeats=False)
         got = b.deliveries(count, timeout=60)
         assert [d.body[:4].decode() for d in got] == [f"{i:04d}" for i in range(count)]
         assert "outbound limit" not in server.log()
