@@ -64,6 +64,7 @@ class SqliteStore:
         self.db.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints happen elsewhere (see above)
         self._migrate()
         self.last_id = self.db.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()[0]
+        self.positions: dict[str, int] = {}  # stream -> last position: a cache the writer owns
         self._stop = threading.Event()
         if checkpoint_interval > 0:
             threading.Thread(target=self._checkpoints, args=(checkpoint_interval,), daemon=True).start()
@@ -95,18 +96,21 @@ class SqliteStore:
 
     def apply(self, batch: Batch) -> BatchResult:
         db = self.db
-        last_id = self.last_id
+        last_id = self.last_id  # what to restore if the transaction fails, with the positions
+        touched: dict[str, int] = {}  # stream -> last position before this batch
         try:
             db.execute("BEGIN IMMEDIATE")
-            db.executemany(
-                "INSERT OR IGNORE INTO users (name, created_us) VALUES (?, ?)",
-                batch.users,
-            )
+            db.executemany("INSERT OR IGNORE INTO users (name, created_us) VALUES (?, ?)", batch.users)
             db.executemany(
                 "INSERT OR IGNORE INTO devices (user, device, since) VALUES (?, ?, ?)",
                 [(user, device, self.last_id) for user, device in batch.devices],
             )
-            stored = [self._append(m) for m in batch.messages]
+            stored = [self._append(m, touched) for m in batch.messages]
+            db.executemany(  # one row per stream the batch touched, not one per message
+                "INSERT INTO streams (name, last_position) VALUES (?, ?) "
+                "ON CONFLICT DO UPDATE SET last_position = excluded.last_position",
+                [(stream, self.positions[stream]) for stream in touched],
+            )
             db.executemany(
                 """INSERT INTO cursors (user, device, stream, position) VALUES (?, ?, ?, ?)
                    ON CONFLICT DO UPDATE SET position = max(position, excluded.position)""",
@@ -117,6 +121,7 @@ class SqliteStore:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             self.last_id = last_id
+            self.positions.update(touched)  # as before the batch
             return BatchResult(error=f"storage error: {exc}")
         try:
             fetched = {f.key: self._fetch(f) for f in batch.fetches}
@@ -124,32 +129,35 @@ class SqliteStore:
             return BatchResult(stored, error=f"storage error: {exc}")
         return BatchResult(stored, fetched)
 
-    def _append(self, m: NewMessage) -> StoredMessage:
+    def _append(self, m: NewMessage, touched: dict[str, int]) -> StoredMessage:
+        """Insert one message: one statement, unless it is a resend (then a lookup)."""
         db = self.db
-        if m.client_msg_id:
+        if m.stream not in self.positions:
+            row = db.execute("SELECT last_position FROM streams WHERE name = ?", (m.stream,)).fetchone()
+            self.positions[m.stream] = row[0] if row else 0
+        position = self.positions[m.stream] + 1
+        message_id = max(self.last_id + 1, m.time_us)
+        try:
+            db.execute(
+                "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (message_id, m.stream, position, m.sender, m.device, m.client_msg_id, m.target_kind, m.target,
+                 m.content_type, m.time_us, m.body),
+            )  # fmt: skip
+        except sqlite3.IntegrityError:  # (sender, device, client_msg_id) exists: a resend
             row = db.execute(
                 f"SELECT {_COLUMNS} FROM messages WHERE sender = ? AND device = ? AND client_msg_id = ?",
                 (m.sender, m.device, m.client_msg_id),
             ).fetchone()
-            if row:
-                return dataclasses.replace(StoredMessage(*row), duplicate=True)
-        row = db.execute("SELECT last_position FROM streams WHERE name = ?", (m.stream,)).fetchone()
-        position = (row[0] if row else 0) + 1
-        db.execute(
-            "INSERT INTO streams (name, last_position) VALUES (?, ?) "
-            "ON CONFLICT DO UPDATE SET last_position = excluded.last_position",
-            (m.stream, position),
-        )
+            if row is None:
+                raise
+            return dataclasses.replace(StoredMessage(*row), duplicate=True)
+        touched.setdefault(m.stream, self.positions[m.stream])
+        self.positions[m.stream] = position
+        self.last_id = message_id
         if position == 1:
             db.executemany("INSERT OR IGNORE INTO members VALUES (?, ?)", [(u, m.stream) for u in m.members])
-        self.last_id = max(self.last_id + 1, m.time_us)
-        db.execute(
-            "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (self.last_id, m.stream, position, m.sender, m.device, m.client_msg_id, m.target_kind, m.target,
-             m.content_type, m.time_us, m.body),
-        )  # fmt: skip
         return StoredMessage(
-            self.last_id, m.stream, position, m.sender, m.device, m.target_kind, m.target, m.content_type,
+            message_id, m.stream, position, m.sender, m.device, m.target_kind, m.target, m.content_type,
             m.time_us, m.body,
         )  # fmt: skip
 
