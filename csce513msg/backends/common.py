@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import socket
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,10 @@ from typing import Any
 from ..hub import Action, HubConfig
 
 log = logging.getLogger("csce513msg.backend")
+#: SO_LINGER on, 0 seconds: close() resets the connection (RST) at once. An abort uses it,
+#: so a peer blocked writing to us learns at once that we are gone, instead of waiting
+#: on a closed window.
+LINGER_RESET = struct.pack("ii", 1, 0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,11 +31,12 @@ from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from ..hub import Abort, Action, Close, EngineAPI, Submit, Write
-from .common import BackendConfig, Outbound, guarded, peer_name, tune
+from .common import LINGER_RESET, BackendConfig, Outbound, guarded, peer_name, tune
 from .jobs import Inbox, JobRunner
 
 log = logging.getLogger("csce513msg.backend")
 _ids = itertools.count(1)
+ABORTS = ("outbound limit", "close timeout", "engine error")  # reasons that reset, not close
 
 
 class Strategy(Protocol):
@@ -168,11 +169,16 @@ class Driver:
             return []
         conn.dead = True
         self.strategy.forget(conn.fd)
+        if reason in ABORTS:
+            try:
+                conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
+            except OSError:
+                pass
         conn.sock.close()
         del self.conns[conn.fd], self.by_id[conn.id]
         self.dirty.discard(conn)
         self.closing.discard(conn)
-        if reason in ("outbound limit", "close timeout", "engine error"):
+        if reason in ABORTS:
             log.warning("abort #%d: %s (%d bytes queued)", conn.id, reason, conn.out.size)
         else:
             log.debug("lost #%d: %s", conn.id, reason)

@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from ..hub import Abort, Action, Close, EngineAPI, HubConfig, Submit, Write
-from .common import BackendConfig, Outbound, SignalWakeup, banner, guarded, peer_name, tune
+from .common import LINGER_RESET, BackendConfig, Outbound, SignalWakeup, banner, guarded, peer_name, tune
 from .jobs import JobRunner
 
 NAME = "threads"
@@ -125,6 +125,7 @@ class Hub:
             conn.reason = reason
             log.warning("abort #%d: %s (%d bytes queued)", conn.id, reason, conn.out.size)
         try:
+            conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)  # close() will send RST
             conn.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass  # already shut down
