@@ -16,11 +16,17 @@ Each connection has a session that moves through three states::
 anything missing from it is refused with an error (``_refusal``), and the
 connection stays open unless framing itself is lost.
 
-Routing a direct message: the sender gets a ``Receipt`` (state ACCEPTED) and the
-recipient a ``Deliver`` stamped with sender, time, message id, and its place in
-the conversation's stream (``dm:alice,bob``), which the recipient acknowledges
-with a cumulative ``Ack``. A recipient who is offline or unknown gets the sender
-an error: nothing is dropped silently.
+Store and forward. A Send is not answered at once: it joins the loop pass's
+storage ``Batch``. At ``flush`` (the end of the pass) the engine hands the batch to
+the backend as one job in the ``store`` lane, at most one in flight (group commit).
+In ``job_done``, with the batch committed, the sender gets a ``Receipt`` (STORED)
+and a live recipient a ``Deliver`` stamped with sender, time, message id, and its
+place in the conversation's stream (``dm:alice,bob``), which the recipient
+acknowledges with a cumulative ``Ack``. A recipient who is offline, slow (a full
+window, or output backed up), or just logged in is "catching up": the engine asks
+the store for the next window of messages after the device's cursor each time all
+it delivered is acknowledged. An unknown recipient gets an error; nothing is
+dropped silently.
 """
 
 from __future__ import annotations
@@ -436,6 +442,8 @@ class Engine:
         self._out.append(Close(session.conn, reason))
 
     def _write(self, session: Session, msg: Message) -> None:
+        if session.closing:
+            return  # e.g. a receipt whose commit came after the connection was told to close
         self._out.append(Write(session.conn, encode(msg)))
 
     def _take(self) -> list[Action]:

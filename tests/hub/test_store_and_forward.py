@@ -140,3 +140,21 @@ def test_acks_one_at_a_time_still_fetch_everything() -> None:
     for position in range(1, 9):  # one ack per delivery, each opening room for one more
         h.send_raw(reader, encode(Ack(position, stream)))
     assert [d.body for d in reader.of(Deliver)] == [str(i).encode() for i in range(8)]  # type: ignore[attr-defined]
+
+
+def test_nothing_is_written_to_a_connection_after_its_close() -> None:
+    """A Send and then a broken frame in one read: the commit comes after the Close."""
+    from csce513msg.protocol import Hello, Login, encode, encode_frame
+
+    h = Harness(auto_jobs=False)
+    h.connect("bob")
+    peer = h.connect(raw=True)
+    h.send_raw(peer, encode(Hello(request_id=1)) + encode(Login("alice", request_id=2)))
+    h.run_jobs()
+    h.pump()
+    send = encode(Send(TargetKind.USER, 0, 0, "bob", b"hi", request_id=3))
+    h.send_raw(peer, send + encode_frame(0x02, 4, b"\x00\x09ab"))  # then a malformed Login
+    assert peer.closed == "bad_frame"
+    h.run_jobs()  # the message commits after the Close: no receipt may follow it (Harness asserts)
+    h.pump()
+    assert not peer.of(Receipt)
