@@ -21,6 +21,7 @@ class Mux(Protocol):
     """What the client's loop needs from a multiplexer."""
 
     def register(self, fd: int) -> bool: ...
+    def unregister(self, fd: int) -> None: ...
     def wait(self, timeout: float | None) -> list[int]: ...
 
 
@@ -33,6 +34,9 @@ class SelectMux:
     def register(self, fd: int) -> bool:
         self.fds.append(fd)
         return True
+
+    def unregister(self, fd: int) -> None:
+        self.fds.remove(fd)
 
     def wait(self, timeout: float | None) -> list[int]:
         readable, _, _ = select.select(self.fds, [], [], timeout)
@@ -48,6 +52,9 @@ class PollMux:
     def register(self, fd: int) -> bool:
         self.p.register(fd, select.POLLIN)
         return True
+
+    def unregister(self, fd: int) -> None:
+        self.p.unregister(fd)
 
     def wait(self, timeout: float | None) -> list[int]:
         ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
@@ -66,6 +73,9 @@ class EpollMux:
         except PermissionError:  # a regular file or /dev/null: always readable
             return False
         return True
+
+    def unregister(self, fd: int) -> None:
+        self.ep.unregister(fd)  # before the socket is closed
 
     def wait(self, timeout: float | None) -> list[int]:
         return [fd for fd, _ in self.ep.poll(-1 if timeout is None else timeout)]

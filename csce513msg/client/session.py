@@ -174,6 +174,11 @@ class ClientSession:
         """Queue a Ping (keep-alive); return its request id."""
         return self.request(Ping())
 
+    @property
+    def next_client_msg_id(self) -> int:
+        """The counter's value: a new session of this device continues from here."""
+        return self._next_client_msg_id
+
     def keepalive_interval(self) -> float | None:
         """Seconds of client silence after which to ping (a third of the idle timeout)."""
         if self.welcome is None:

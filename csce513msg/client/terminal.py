@@ -12,12 +12,16 @@ The client's steps: create a socket and connect; wait for the server's Welcome
 Nothing busy-waits: between events the process sleeps in the kernel. stdin may be
 a terminal, a pipe or a file; at end of input the client waits until the server
 has answered every request it sent, then exits (status 0 only if all succeeded).
+A lost connection is retried (backing off to every 5 s); after a reconnect and
+login, the sends the server never confirmed go again with their client message
+ids, so the server stores each once.
 On Windows, where select() takes only sockets, one reader thread copying stdin
 into a socket pair is the documented exception.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -42,6 +46,7 @@ from ..protocol import (
     Receipt,
     ReceiptState,
     RemoteProtocolError,
+    Send,
     Welcome,
     WhoReply,
 )
@@ -49,6 +54,8 @@ from .mux import MUXES, Mux
 from .session import ClientSession, ClientState
 from .tls import TrustError
 from .tls import wrap as wrap_tls
+
+RECONNECT_FOR = 30.0  #: after end of input, seconds to keep trying to reconnect before giving up
 
 HELP = """commands:
   /msg USER TEXT   send TEXT to USER (later plain lines go to USER too)
@@ -96,6 +103,24 @@ class ChatClient:
         self.input_done = False
         self.finished = False
         self.last_send = time.monotonic()
+        self.online = True  # False between a lost connection and the next one
+        self.ever_ready = False  # logged in once: a lost connection is worth reconnecting
+        self.retry_at = 0.0  # when to try to reconnect
+        self.lost_at = 0.0  # when the connection was lost (0: it is up)
+        self.backoff = 0.5  # seconds between reconnection attempts, doubling up to 5
+        self.resend: list[Send] = []  # unacknowledged sends of the last connection
+
+    def unacknowledged(self) -> list[Send]:
+        """Sends the server has not answered: they go again, with the same client ids."""
+        return [m for m in self.session.pending.values() if isinstance(m, Send)]
+
+    def resend_unacknowledged(self) -> None:
+        """After a reconnect and login: the server recognises what it had already stored."""
+        for send in self.resend:
+            target_text = self.sent.pop(send.request_id, (send.target, send.body.decode(errors="replace")))
+            rid = self.session.request(dataclasses.replace(send, request_id=0))
+            self.sent[rid] = target_text
+        self.resend = []
 
     # ---- from the server --------------------------------------------------------
 
@@ -204,6 +229,25 @@ class TlsOptions:
     ca: Path | None = None
 
 
+@dataclass
+class Connector:
+    """How to (re)connect: the address, and TLS trust if any."""
+
+    host: str
+    port: int
+    tls: TlsOptions | None
+    term: Terminal
+
+    def open(self) -> socket.socket:
+        """Create a socket and connect (TLS handshake included); raises OSError or TrustError."""
+        sock = socket.create_connection((self.host, self.port), timeout=10)
+        if self.tls is not None:
+            sock, note = wrap_tls(sock, self.host, self.port, expected=self.tls.fingerprint, ca=self.tls.ca)
+            self.term.show(f"tls: {note}", event="tls", message=note)
+        sock.setblocking(False)
+        return sock
+
+
 def run(
     host: str,
     port: int,
@@ -215,11 +259,9 @@ def run(
 ) -> int:
     """Run the client until /quit or end of input; return the exit status."""
     term = Terminal(out, as_json)
+    connector = Connector(host, port, tls, term)
     try:
-        sock = socket.create_connection((host, port), timeout=10)  # create a socket, connect
-        if tls is not None:
-            sock, note = wrap_tls(sock, host, port, expected=tls.fingerprint, ca=tls.ca)
-            term.show(f"tls: {note}", event="tls", message=note)
+        sock = connector.open()  # create a socket, connect
     except TrustError as exc:
         term.show(f"! REFUSED: {exc.args[0]}", event="error", code="untrusted", message=str(exc.args[0]), request=0)
         return 1
@@ -232,7 +274,6 @@ def run(
         text = f"cannot connect to {host}:{port}: {exc.strerror or exc}"
         term.show(f"! {text}", event="error", code="connect", message=text, request=0)
         return 1
-    sock.setblocking(False)
     device = device_id(user.lower())
     session = ClientSession(user, presence=True, client="msg", device_id=device, client_msg_seed=time.time_ns() // 1000)
     chat = ChatClient(sock, session, term)
@@ -244,8 +285,12 @@ def run(
     while not chat.finished:
         timeout = _timeout(chat, stdin_always_ready)
         ready = mux.wait(timeout)  # the one place we block
-        if sock.fileno() in ready and not _receive(chat):
-            break
+        if chat.online and chat.sock.fileno() in ready:
+            outcome = _receive(chat)
+            if outcome == "fatal":
+                break
+            if outcome == "lost":
+                _lost(chat, mux)
         if (stdin_fd in ready or stdin_always_ready) and not chat.input_done:
             data = os.read(stdin_fd, 65536)
             if not data:
@@ -254,19 +299,66 @@ def run(
             *lines, buffered = (buffered + data).split(b"\n")
             for raw in lines:
                 chat.on_line(raw.decode(errors="replace"))
-        if session.state is ClientState.READY:
+        if not chat.online:
+            if not _reconnect(chat, connector, mux):
+                break
+            continue
+        if chat.session.state is ClientState.READY:
+            chat.resend_unacknowledged()
             pending, chat.commands = chat.commands, []
             for line in pending:
                 chat.on_line(line)
-            interval = session.keepalive_interval()
+            interval = chat.session.keepalive_interval()
             if interval and time.monotonic() - chat.last_send > interval:
-                session.ping()
+                chat.session.ping()
         if not _transmit(chat):
-            break
-        if chat.ready_to_exit():
+            _lost(chat, mux)
+        elif chat.ready_to_exit():
             chat.finished = True
-    sock.close()
+    if chat.online:
+        chat.sock.close()
     return 0 if chat.finished and chat.failures == 0 else 1
+
+
+def _lost(chat: ChatClient, mux: Mux) -> None:
+    """The connection broke: keep what was not acknowledged, and try again soon."""
+    mux.unregister(chat.sock.fileno())
+    chat.sock.close()
+    chat.online = False
+    chat.retry_at = time.monotonic()
+    chat.lost_at = chat.lost_at or time.monotonic()
+    unacked = len(chat.unacknowledged())
+    text = "connection lost: reconnecting" + (f" ({unacked} messages to resend)" if unacked else "")
+    chat.term.show(f"! {text}", event="reconnecting", message=text)
+
+
+def _reconnect(chat: ChatClient, connector: Connector, mux: Mux) -> bool:
+    """Try once when due; False when it is time to give up (see RECONNECT_FOR)."""
+    now = time.monotonic()
+    if now < chat.retry_at:
+        return True
+    if chat.input_done and now - chat.lost_at > RECONNECT_FOR:
+        chat.local_error(f"no connection for {RECONNECT_FOR} s: giving up")
+        return False
+    try:
+        sock = connector.open()
+    except TrustError as exc:
+        chat.term.show(f"! REFUSED: {exc.args[0]}", event="error", code="untrusted", message=str(exc.args[0]))
+        chat.failures += 1
+        return False
+    except OSError:  # still down (ssl.SSLError included): try again later, a little later each time
+        chat.backoff = min(5.0, chat.backoff * 2)
+        chat.retry_at = now + chat.backoff
+        return True
+    old = chat.session
+    chat.resend = chat.unacknowledged()
+    chat.session = ClientSession(
+        old.user, presence=True, client="msg", device_id=old.device_id, client_msg_seed=old.next_client_msg_id
+    )
+    chat.sock, chat.online, chat.lost_at, chat.backoff = sock, True, 0.0, 0.5
+    mux.register(sock.fileno())
+    chat.term.show("reconnected", event="reconnected", message="reconnected")
+    return True
 
 
 def device_id(user: str) -> str:
@@ -287,6 +379,8 @@ def device_id(user: str) -> str:
 
 
 def _timeout(chat: ChatClient, stdin_always_ready: bool) -> float | None:
+    if not chat.online:
+        return max(0.0, chat.retry_at - time.monotonic())
     if stdin_always_ready and not chat.input_done and chat.session.state is ClientState.READY:
         return 0.0  # a file has more lines now
     interval = chat.session.keepalive_interval()
@@ -295,39 +389,40 @@ def _timeout(chat: ChatClient, stdin_always_ready: bool) -> float | None:
     return max(0.0, chat.last_send + interval - time.monotonic())
 
 
-def _receive(chat: ChatClient) -> bool:
-    """Read from the server and print what came; False when the connection is over."""
+def _receive(chat: ChatClient) -> str:
+    """Read from the server and print what came: "ok", "lost" (reconnect) or "fatal"."""
     try:
         data = chat.sock.recv(65536)
         while isinstance(chat.sock, ssl.SSLSocket) and chat.sock.pending():
             data += chat.sock.recv(65536)  # decrypted bytes select() cannot see
     except (BlockingIOError, ssl.SSLWantReadError):
-        return True
+        return "ok"
     except OSError as exc:
-        chat.term.show(
-            f"! connection lost: {exc.strerror}", event="error", code="connection", message=str(exc), request=0
-        )
-        chat.failures += 1
-        return False
+        text = f"connection lost: {exc.strerror or exc}"
+        chat.term.show(f"! {text}", event="closed", message=text)
+        return "lost" if chat.ever_ready else "fatal"
     if not data:
         text = "the server closed the connection"
         if chat.session.state is ClientState.AWAIT_WELCOME:
             text += " before its Welcome (does it expect TLS? try --tls)"
         chat.term.show(f"! {text}", event="closed", message=text)
-        if chat.session.state is not ClientState.READY or chat.session.pending or not chat.input_done:
+        if not chat.ever_ready:
             chat.failures += 1
-        return False
+            return "fatal"  # never got in: nothing to come back to
+        return "lost"
     try:
         events = chat.session.receive_data(data)
     except RemoteProtocolError as exc:
         chat.term.show(f"! {exc.message}", event="error", code=exc.code.name.lower(), message=exc.message, request=0)
         chat.failures += 1
-        return False
+        return "fatal"
     for msg in events:
         chat.on_message(msg)
         if isinstance(msg, Error) and chat.session.state is not ClientState.READY:
-            return False  # the login was refused: nothing more to do
-    return True
+            return "fatal"  # the login was refused: nothing more to do
+        if isinstance(msg, LoginOk):
+            chat.ever_ready = True
+    return "ok"
 
 
 def _transmit(chat: ChatClient) -> bool:

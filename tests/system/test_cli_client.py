@@ -4,6 +4,7 @@ server's I/O strategy, so it runs against one backend (the default), not six."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from pathlib import Path
 
@@ -112,3 +113,42 @@ def test_tls_client_to_a_plaintext_port_fails_clearly(server: object, names: obj
     assert done.returncode == 1
     assert "TLS handshake" in done.stdout and "--tls" in done.stdout
     server.wait_log("a TLS client on a plaintext port?")  # type: ignore[attr-defined]
+
+
+def test_msg_reconnects_and_resends_what_was_not_acknowledged(names: object, tmp_path: Path) -> None:
+    """The server restarts (same port, same data): both clients come back by themselves, and
+    a message typed while it was down is sent once it is up, and delivered once."""
+    from tests.servers import start
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    flags = ("--port", str(port), "--data-dir", str(tmp_path))
+    first = start(BACKENDS[0], *flags)
+    alice, bob = names("alice"), names("bob")  # type: ignore[operator]
+    bob_proc, alice_proc = listener(first, bob), listener(first, alice)
+    try:
+        assert first.terminate() == 0
+        read_events(alice_proc, "reconnecting")
+        read_events(bob_proc, "reconnecting")
+        assert alice_proc.stdin is not None
+        alice_proc.stdin.write(f"/msg {bob} sent while the server was down\n")
+        alice_proc.stdin.flush()
+        second = start(BACKENDS[0], *flags)
+        try:
+            read_events(alice_proc, "reconnected", timeout=30)
+            receipt = read_events(alice_proc, "receipt", timeout=30)[-1]
+            assert receipt["state"] == "stored"
+            delivered = read_events(bob_proc, "deliver", timeout=30)[-1]
+            assert delivered["text"] == "sent while the server was down"
+        finally:
+            for proc in (alice_proc, bob_proc):
+                assert proc.stdin is not None
+                proc.stdin.close()
+            assert alice_proc.wait(timeout=30) == 0 and bob_proc.wait(timeout=30) == 0
+            second.stop()
+    finally:
+        for proc in (alice_proc, bob_proc):
+            if proc.poll() is None:
+                proc.kill()
+        first.stop()
