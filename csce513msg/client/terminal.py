@@ -98,6 +98,7 @@ class ChatClient:
         self.term = term
         self.partner: str | None = None  # where a plain line goes
         self.sent: dict[int, tuple[str, str]] = {}  # request id -> (recipient, text)
+        self.shown: dict[int, tuple[str, str]] = {}  # message id -> (recipient, text), lately sent
         self.commands: list[str] = []  # lines read before the login finished
         self.failures = 0
         self.input_done = False
@@ -141,7 +142,13 @@ class ChatClient:
                 position=msg.position,
             )
         elif isinstance(msg, Receipt):
-            to, text = self.sent.pop(msg.request_id, ("?", ""))
+            if msg.request_id:
+                to, text = self.sent.pop(msg.request_id, ("?", ""))
+                self.shown[msg.message_id] = (to, text)  # a later "delivered" names it
+                if len(self.shown) > 10_000:
+                    self.shown.pop(next(iter(self.shown)))
+            else:  # a later state of a message sent before (perhaps by an earlier run)
+                to, text = self.shown.get(msg.message_id, (msg.stream, f"message #{msg.message_id}"))
             state = (
                 ReceiptState(msg.state).name.lower() if msg.state in ReceiptState._value2member_map_ else str(msg.state)
             )

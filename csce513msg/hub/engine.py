@@ -67,7 +67,7 @@ from ..protocol import (
     decode,
     encode,
 )
-from ..store import Batch, BatchResult, Fetch, NewMessage, Store, StoredMessage
+from ..store import Batch, BatchResult, DeliveredNote, Fetch, NewMessage, Store, StoredMessage
 from .actions import Action, Close, ConnId, Submit, Write
 from .config import HubConfig
 
@@ -143,7 +143,8 @@ class Engine:
         self._batch = Batch()  # what the store must do next: one job per loop pass
         self._senders: list[tuple[ConnId, int]] = []  # (conn, request id) of each batch message
         self._fetchers: dict[int, tuple[ConnId, int]] = {}  # fetch key -> (session, limit asked)
-        self._in_flight: tuple[int, list[tuple[ConnId, int]], dict[int, tuple[ConnId, int]]] | None = None
+        self._receipt_waiters: dict[int, ConnId] = {}  # receipt fetch key -> the session logging in
+        self._in_flight: tuple[int, list[tuple[ConnId, int]]] | None = None  # (job id, its senders)
         self._ids = itertools.count(1)
         self._out: list[Action] = []
         self._next_sweep: float | None = None
@@ -218,7 +219,7 @@ class Engine:
     def job_done(self, job_id: int, result: object, now: float) -> list[Action]:
         """A storage batch finished: receipts and deliveries, now that it is committed."""
         assert self._in_flight is not None and self._in_flight[0] == job_id, "one batch in flight"
-        _, senders, fetchers = self._in_flight
+        _, senders = self._in_flight
         self._in_flight = None
         if not isinstance(result, BatchResult):  # the store raised: a bug or a broken disk
             result = BatchResult(error=f"storage failed: {result!r}")
@@ -231,10 +232,22 @@ class Engine:
                     self._error(session, ErrorCode.STORE_FAILED, "the message was not stored; send it again", rid)
             else:
                 self._stored(session, rid, stored)
-        for key, (conn, limit) in fetchers.items():
-            session = self.sessions.get(conn)
-            if session is not None:
-                self._caught_up(session, result.fetched.get(key), limit)
+        for key, found in result.fetched.items():
+            conn, limit = self._fetchers.pop(key)
+            if (session := self.sessions.get(conn)) is not None:
+                self._caught_up(session, found, limit)
+        for note in result.newly_delivered:  # acknowledged by a device of the recipient
+            if (sender := self.online.get(note.sender)) is not None:
+                self._delivered_receipt(sender, note)
+        for key, notes in result.receipts.items():  # for a device that was away
+            if (session := self.sessions.get(self._receipt_waiters.pop(key))) is not None:
+                for note in notes:
+                    self._delivered_receipt(session, note)
+        if result.error:  # the reads of a failed batch never ran: let their sessions retry
+            for key in [k for k, (c, _) in self._fetchers.items() if k not in result.fetched]:
+                conn, _ = self._fetchers.pop(key)
+                if (session := self.sessions.get(conn)) is not None:
+                    session.fetching = False
         return self._take()
 
     def flush(self, now: float) -> list[Action]:
@@ -243,8 +256,8 @@ class Engine:
             return []
         job_id = next(self._ids)
         batch, self._batch = self._batch, Batch()
-        self._in_flight = (job_id, self._senders, self._fetchers)
-        self._senders, self._fetchers = [], {}
+        self._in_flight = (job_id, self._senders)
+        self._senders = []
         return [Submit(job_id, functools.partial(self.store.apply, batch), "store")]
 
     def next_deadline(self) -> float | None:
@@ -322,6 +335,9 @@ class Engine:
         if session.presence:
             self.subscribers.add(session)
         self._maybe_fetch(session)  # what arrived while this device was away
+        key = next(self._ids)  # and the delivered receipts it missed
+        self._receipt_waiters[key] = session.conn
+        self._batch.receipt_fetches[key] = (user, msg.device_id)
 
     def _on_send(self, session: Session, msg: Send, now: float) -> None:
         rid = msg.request_id
@@ -360,6 +376,8 @@ class Engine:
             session.unacked[msg.stream] = [p for p in pending if p > msg.position]
             assert session.user is not None
             self._batch.cursors[(session.user, session.device, msg.stream)] = msg.position
+            key = (msg.stream, session.user)  # and so, for the senders: delivered
+            self._batch.delivered[key] = max(self._batch.delivered.get(key, 0), msg.position)
         self._maybe_fetch(session)
 
     # ---- store and forward ----------------------------------------------------------
@@ -381,6 +399,12 @@ class Engine:
                 recipient.live = False
         if log.isEnabledFor(logging.INFO):
             log.info("message %s -> %s, %d bytes, id %d", m.sender, m.target, len(m.body), m.message_id)
+
+    def _delivered_receipt(self, session: Session, note: DeliveredNote) -> None:
+        state = ReceiptState.DELIVERED
+        self._write(session, Receipt(state, note.message_id, note.time_us, note.position, note.stream, "", 0))
+        key = (note.sender, session.device, note.stream)  # this device has been told
+        self._batch.notified[key] = max(self._batch.notified.get(key, 0), note.position)
 
     def _deliver(self, session: Session, m: StoredMessage) -> None:
         if m.position <= session.delivered.get(m.stream, 0):

@@ -4,7 +4,7 @@
 and ``sqlite`` implement it (docs/storage.md).
 """
 
-from .interface import Batch, BatchResult, Fetch, NewMessage, Store, StoredMessage
+from .interface import Batch, BatchResult, DeliveredNote, Fetch, NewMessage, Store, StoredMessage
 from .memory import MemoryStore
 
-__all__ = ["Batch", "BatchResult", "Fetch", "MemoryStore", "NewMessage", "Store", "StoredMessage"]
+__all__ = ["Batch", "BatchResult", "DeliveredNote", "Fetch", "MemoryStore", "NewMessage", "Store", "StoredMessage"]

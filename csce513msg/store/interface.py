@@ -67,6 +67,17 @@ class Fetch:
     new_device_history: int
 
 
+@dataclass(frozen=True, slots=True)
+class DeliveredNote:
+    """A message a device of its recipient acknowledged: its sender gets a DELIVERED receipt."""
+
+    sender: str
+    message_id: int
+    stream: str
+    position: int
+    time_us: int
+
+
 @dataclass(slots=True)
 class Batch:
     """Everything one loop pass needs from the store."""
@@ -76,10 +87,19 @@ class Batch:
     devices: list[tuple[str, str]] = field(default_factory=list)
     messages: list[NewMessage] = field(default_factory=list)
     cursors: dict[tuple[str, str, str], int] = field(default_factory=dict)  #: (user, device, stream) -> pos
+    #: (stream, recipient) -> position acknowledged: messages up to it, from others, are delivered
+    delivered: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: (sender, device, stream) -> position: delivered receipts this device has been sent
+    notified: dict[tuple[str, str, str], int] = field(default_factory=dict)
     fetches: list[Fetch] = field(default_factory=list)
+    #: key -> (user, device): delivered receipts this device has not been sent yet (on login)
+    receipt_fetches: dict[int, tuple[str, str]] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
-        return bool(self.users or self.devices or self.messages or self.cursors or self.fetches)
+        return bool(
+            self.users or self.devices or self.messages or self.cursors or self.delivered or self.notified
+            or self.fetches or self.receipt_fetches
+        )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +112,8 @@ class BatchResult:
     stored: list[StoredMessage] = field(default_factory=list)
     fetched: dict[int, list[StoredMessage]] = field(default_factory=dict)
     error: str | None = None
+    newly_delivered: list[DeliveredNote] = field(default_factory=list)  #: from this batch's acks
+    receipts: dict[int, list[DeliveredNote]] = field(default_factory=dict)  #: per receipt fetch
 
 
 class Store(Protocol):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .interface import Batch, BatchResult, Fetch, NewMessage, StoredMessage
+from .interface import Batch, BatchResult, DeliveredNote, Fetch, NewMessage, StoredMessage
 
 
 class MemoryStore:
@@ -21,6 +21,8 @@ class MemoryStore:
         self.cursors: dict[tuple[str, str, str], int] = {}
         self.keys: dict[tuple[str, str, int], StoredMessage] = {}  # (sender, device, client id)
         self.devices: dict[tuple[str, str], int] = {}  # (user, device) -> last message id at first login
+        self.delivered: dict[tuple[str, str], int] = {}  # (stream, recipient) -> acknowledged position
+        self.notified: dict[tuple[str, str, str], int] = {}  # (sender, device, stream) -> receipts sent
         self.last_id = 0
 
     def load_users(self) -> set[str]:
@@ -33,7 +35,29 @@ class MemoryStore:
         stored = [self._append(m) for m in batch.messages]
         for cursor, position in batch.cursors.items():
             self.cursors[cursor] = max(self.cursors.get(cursor, 0), position)
-        return BatchResult(stored, {f.key: self._fetch(f) for f in batch.fetches})
+        newly: list[DeliveredNote] = []
+        for (stream, user), position in batch.delivered.items():
+            old = self.delivered.get((stream, user), 0)
+            if position > old:
+                self.delivered[(stream, user)] = position
+                newly += [_note(m) for m in self.streams.get(stream, [])[old:position] if m.sender != user]
+        for key, position in batch.notified.items():
+            self.notified[key] = max(self.notified.get(key, 0), position)
+        receipts = {key: self._receipts(user, device) for key, (user, device) in batch.receipt_fetches.items()}
+        fetched = {f.key: self._fetch(f) for f in batch.fetches}
+        return BatchResult(stored, fetched, newly_delivered=newly, receipts=receipts)
+
+    def _receipts(self, user: str, device: str) -> list[DeliveredNote]:
+        """Delivered receipts this device of ``user`` has not had; marks them sent."""
+        since = self.devices.get((user, device), self.last_id)
+        notes: list[DeliveredNote] = []
+        for name in self.members.get(user, ()):
+            delivered = max((p for (s, u), p in self.delivered.items() if s == name and u != user), default=0)
+            sent = self.notified.get((user, device, name), 0)
+            stream = self.streams[name][sent:delivered]
+            notes += [_note(m) for m in stream if m.sender == user and m.message_id > since]
+            self.notified[(user, device, name)] = max(sent, delivered)
+        return sorted(notes, key=lambda n: n.message_id)
 
     def _append(self, m: NewMessage) -> StoredMessage:
         key = (m.sender, m.device, m.client_msg_id)
@@ -71,3 +95,7 @@ class MemoryStore:
             ]
         found.sort(key=lambda m: m.message_id)
         return found[: f.limit]
+
+
+def _note(m: StoredMessage) -> DeliveredNote:
+    return DeliveredNote(m.sender, m.message_id, m.stream, m.position, m.time_us)

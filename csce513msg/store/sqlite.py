@@ -24,7 +24,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from .interface import Batch, BatchResult, Fetch, NewMessage, StoredMessage
+from .interface import Batch, BatchResult, DeliveredNote, Fetch, NewMessage, StoredMessage
 
 MIGRATIONS: list[list[str]] = [
     [  # version 1
@@ -42,6 +42,10 @@ MIGRATIONS: list[list[str]] = [
             position INTEGER NOT NULL, PRIMARY KEY (user, device, stream))""",
         """CREATE TABLE devices (user TEXT NOT NULL, device TEXT NOT NULL, since INTEGER NOT NULL,
             PRIMARY KEY (user, device))""",
+        """CREATE TABLE delivered (stream TEXT NOT NULL, user TEXT NOT NULL, position INTEGER NOT NULL,
+            PRIMARY KEY (stream, user))""",
+        """CREATE TABLE notified (user TEXT NOT NULL, device TEXT NOT NULL, stream TEXT NOT NULL,
+            position INTEGER NOT NULL, PRIMARY KEY (user, device, stream))""",
     ],
 ]
 _COLUMNS = "id, stream, position, sender, device, target_kind, target, content_type, time_us, body"
@@ -116,6 +120,13 @@ class SqliteStore:
                    ON CONFLICT DO UPDATE SET position = max(position, excluded.position)""",
                 [(*key, pos) for key, pos in batch.cursors.items()],
             )
+            newly = [note for key, pos in batch.delivered.items() for note in self._delivered(*key, pos)]
+            db.executemany(
+                """INSERT INTO notified (user, device, stream, position) VALUES (?, ?, ?, ?)
+                   ON CONFLICT DO UPDATE SET position = max(position, excluded.position)""",
+                [(*key, pos) for key, pos in batch.notified.items()],
+            )
+            receipts = {key: self._receipts(*who) for key, who in batch.receipt_fetches.items()}
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             if db.in_transaction:
@@ -127,7 +138,48 @@ class SqliteStore:
             fetched = {f.key: self._fetch(f) for f in batch.fetches}
         except sqlite3.Error as exc:
             return BatchResult(stored, error=f"storage error: {exc}")
-        return BatchResult(stored, fetched)
+        return BatchResult(stored, fetched, newly_delivered=newly, receipts=receipts)
+
+    def _delivered(self, stream: str, user: str, position: int) -> list[DeliveredNote]:
+        """``user`` acknowledged ``stream`` up to ``position``: the others' messages newly delivered."""
+        row = self.db.execute("SELECT position FROM delivered WHERE stream = ? AND user = ?", (stream, user)).fetchone()
+        old = row[0] if row else 0
+        if position <= old:
+            return []
+        self.db.execute(
+            "INSERT INTO delivered VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET position = excluded.position",
+            (stream, user, position),
+        )
+        rows = self.db.execute(
+            "SELECT sender, id, stream, position, time_us FROM messages "
+            "WHERE stream = ? AND position > ? AND position <= ? AND sender != ? ORDER BY position",
+            (stream, old, position, user),
+        )
+        return [DeliveredNote(*r) for r in rows]
+
+    def _receipts(self, user: str, device: str) -> list[DeliveredNote]:
+        """Delivered receipts this device of ``user`` has not had yet; marks them sent."""
+        rows = self.db.execute(
+            """SELECT m.sender, m.id, m.stream, m.position, m.time_us FROM members AS s
+               JOIN messages AS m ON m.stream = s.stream AND m.sender = s.user
+               LEFT JOIN notified AS n ON n.user = s.user AND n.device = ? AND n.stream = s.stream
+               WHERE s.user = ? AND m.position > coalesce(n.position, 0)
+                 AND m.id > coalesce((SELECT since FROM devices WHERE user = s.user AND device = ?), ?)
+                 AND m.position <= (SELECT coalesce(max(d.position), 0) FROM delivered AS d
+                                    WHERE d.stream = s.stream AND d.user != s.user)
+               ORDER BY m.id""",
+            (device, user, device, self.last_id),
+        ).fetchall()
+        notes = [DeliveredNote(*r) for r in rows]
+        top: dict[str, int] = {}
+        for note in notes:
+            top[note.stream] = max(top.get(note.stream, 0), note.position)
+        self.db.executemany(
+            """INSERT INTO notified (user, device, stream, position) VALUES (?, ?, ?, ?)
+               ON CONFLICT DO UPDATE SET position = max(position, excluded.position)""",
+            [(user, device, stream, pos) for stream, pos in top.items()],
+        )
+        return notes
 
     def _append(self, m: NewMessage, touched: dict[str, int]) -> StoredMessage:
         """Insert one message: one statement, unless it is a resend (then a lookup)."""

@@ -184,6 +184,18 @@ def test_offline_messages_are_stored_and_delivered_in_order_on_return(server: ob
     a.close()
 
 
+def test_delivered_receipt_follows_when_the_recipient_acknowledges(server: object, names: object) -> None:
+    alice, bob = names("alice"), names("bob")  # type: ignore[operator]
+    a, b = connect(server, alice), connect(server, bob)
+    stored = a.send_text(bob, "did you get this?")
+    b.next_message(Deliver)  # reading it acknowledges it
+    delivered = a.next_message(lambda m: isinstance(m, Receipt) and m.state == ReceiptState.DELIVERED)
+    assert delivered.message_id == stored.message_id and delivered.request_id == 0  # type: ignore[union-attr]
+    assert (delivered.stream, delivered.position) == (stored.stream, stored.position)  # type: ignore[union-attr]
+    a.close()
+    b.close()
+
+
 def test_a_resend_gets_the_original_message_and_no_second_delivery(server: object, names: object) -> None:
     alice, bob = names("alice"), names("bob")  # type: ignore[operator]
     a = Client.connect(server.host, server.port, user=alice, device_id="laptop-1")  # type: ignore[attr-defined]
@@ -239,7 +251,9 @@ def test_200_concurrent_clients_each_message_delivered_exactly_once(server: obje
     for i, c in enumerate(clients):
         got = c.deliveries(len(expected[users[i]]), timeout=30)
         assert sorted((d.sender, d.body.decode()) for d in got) == sorted(expected[users[i]])
-        receipts = [c.next_message(lambda m: type(m).__name__ == "Receipt", timeout=30) for _ in range(per_client)]
+        receipts = [
+            c.next_message(lambda m: isinstance(m, Receipt) and m.request_id, timeout=30) for _ in range(per_client)
+        ]
         assert all(r.state == ReceiptState.STORED for r in receipts)  # type: ignore[union-attr]
     for c in clients:  # nothing extra: a ping round trip flushes anything in flight
         c.call(Ping())

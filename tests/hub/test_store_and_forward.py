@@ -57,7 +57,7 @@ def test_offline_messages_arrive_on_login_in_order_with_original_times() -> None
     bob = h.connect("bob")
     got = bob.of(Deliver)
     assert [d.body for d in got] == [f"m{i}".encode() for i in range(5)]  # type: ignore[attr-defined]
-    sent_times = [r.time_us for r in alice.of(Receipt)]  # type: ignore[attr-defined]
+    sent_times = [r.time_us for r in alice.of(Receipt) if r.state == ReceiptState.STORED]  # type: ignore[attr-defined]
     assert [d.time_us for d in got] == sent_times  # type: ignore[attr-defined]
     h.drop(bob)
     again = h.connect("bob")  # acknowledged: nothing twice
@@ -104,7 +104,7 @@ def test_a_resend_gets_the_original_id_and_is_not_delivered_twice() -> None:
     for _ in range(2):
         alice.session.request(Send(TargetKind.USER, 0, 77, "bob", b"once"))
         h.pump()
-    first, second = alice.of(Receipt)
+    first, second = [r for r in alice.of(Receipt) if r.state == ReceiptState.STORED]  # type: ignore[attr-defined]
     assert first.message_id == second.message_id  # type: ignore[attr-defined]
     assert len(bob.of(Deliver)) == 1
 
@@ -158,3 +158,24 @@ def test_nothing_is_written_to_a_connection_after_its_close() -> None:
     h.run_jobs()  # the message commits after the Close: no receipt may follow it (Harness asserts)
     h.pump()
     assert not peer.of(Receipt)
+
+
+def test_delivered_receipts_reach_the_sender_live_and_after_being_away() -> None:
+    h = Harness()
+    alice = h.connect("alice")
+    bob = h.connect("bob")
+    alice.session.send_text("bob", "live")
+    h.pump()
+    assert [r.state for r in alice.of(Receipt)] == [ReceiptState.STORED, ReceiptState.DELIVERED]  # type: ignore[attr-defined]
+    h.drop(bob)
+    alice.session.send_text("bob", "later")
+    h.pump()
+    h.drop(alice)  # alice leaves before bob reads it
+    bob = h.connect("bob")  # bob catches up and acknowledges
+    assert [d.body for d in bob.of(Deliver)] == [b"later"]  # type: ignore[attr-defined]
+    alice = h.connect("alice")
+    (late,) = alice.of(Receipt)  # on alice's next login
+    assert late.state == ReceiptState.DELIVERED and late.position == 2  # type: ignore[attr-defined]
+    h.drop(alice)
+    again = h.connect("alice")
+    assert not again.of(Receipt)  # told once per device

@@ -28,7 +28,7 @@ def test_sigkill_restart_and_resend_lose_nothing_and_duplicate_nothing(backend: 
         for i in range(count):
             a.session.send_text(bob, f"message {i:03d}")
         a.flush()  # all 200 on their way; the server dies after the first receipts
-        acknowledged = [a.next_message(Receipt, timeout=30) for _ in range(20)]
+        acknowledged = [a.next_message(lambda m: isinstance(m, Receipt) and m.request_id, 30) for _ in range(20)]
         server.proc.send_signal(signal.SIGKILL)
         server.proc.wait(10)
         unsent = [m for m in a.session.pending.values() if isinstance(m, Send)]
