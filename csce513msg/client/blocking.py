@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from ..protocol import Csce513Error, Deliver, Error, ErrorCode, LoginOk, Message, Receipt, WhoReply
+from ..protocol import Csce513Error, Deliver, Error, ErrorCode, HistoryEnd, LoginOk, Message, Receipt, WhoReply
 from .session import ClientSession, ClientState
 from .tls import wrap as wrap_tls
 
@@ -136,6 +136,19 @@ class Client:
         if isinstance(reply, Error):
             raise ServerError(reply)
         return reply
+
+    def history(self, target: str, limit: int = 20, before: int = 0) -> tuple[list[Deliver], HistoryEnd]:
+        """A page of the conversation with ``target``, oldest first, and its HistoryEnd."""
+        rid = self.session.history(target, limit, before)
+        self.flush()
+        reply = self.next_message(lambda m: m.request_id == rid and isinstance(m, (HistoryEnd, Error)))
+        if isinstance(reply, Error):
+            raise ServerError(reply)
+        end = reply
+        page = []
+        while any(isinstance(m, Deliver) and m.request_id == rid for m in self.inbox):
+            page.append(self.next_message(lambda m: isinstance(m, Deliver) and m.request_id == rid))
+        return page, end  # type: ignore[return-value]
 
     def send_raw(self, data: bytes) -> None:
         """Send bytes as they are (for tests of malformed input)."""

@@ -24,6 +24,8 @@ from ..protocol import (
     Feature,
     FrameDecoder,
     Hello,
+    History,
+    HistoryEnd,
     LocalProtocolError,
     Login,
     LoginOk,
@@ -47,7 +49,7 @@ CLIENT_MAX_FRAME = 16 * 1024 * 1024
 #: How many recent message ids a session remembers to drop repeated deliveries.
 SEEN_LIMIT = 10_000
 #: Reply types that end a request (an Error with a request id does too).
-_REPLIES = (LoginOk, Receipt, WhoReply, Pong, Error)
+_REPLIES = (LoginOk, Receipt, WhoReply, Pong, Error, HistoryEnd)
 
 
 class ClientState(enum.Enum):
@@ -110,6 +112,8 @@ class ClientSession:
             msg = decode(frame)
             if isinstance(msg, Welcome):
                 self._on_welcome(msg)
+            elif isinstance(msg, Deliver) and msg.request_id:
+                pass  # a page of history: shown, never acknowledged
             elif isinstance(msg, Deliver):
                 acks[msg.stream] = max(acks.get(msg.stream, 0), msg.position)
                 if self.drop_repeats and msg.message_id in self._seen:
@@ -169,6 +173,10 @@ class ClientSession:
     def who(self) -> int:
         """Queue a Who; return its request id."""
         return self.request(Who())
+
+    def history(self, target: str, limit: int = 20, before: int = 0) -> int:
+        """Queue a History request (a page of the conversation with ``target``)."""
+        return self.request(History(before, limit, TargetKind.USER, target))
 
     def ping(self) -> int:
         """Queue a Ping (keep-alive); return its request id."""

@@ -40,6 +40,7 @@ from ..protocol import (
     Deliver,
     Error,
     ErrorCode,
+    HistoryEnd,
     LoginOk,
     Message,
     Presence,
@@ -60,6 +61,7 @@ RECONNECT_FOR = 30.0  #: after end of input, seconds to keep trying to reconnect
 HELP = """commands:
   /msg USER TEXT   send TEXT to USER (later plain lines go to USER too)
   /who             list who is online
+  /history USER [N] the last N messages with USER (default 20)
   /help            this help
   /quit            leave (after the server has answered what you sent)
   TEXT             send to your last conversation partner"""
@@ -127,9 +129,13 @@ class ChatClient:
 
     def on_message(self, msg: Message) -> None:
         t = self.term
-        if isinstance(msg, Deliver):
+        if isinstance(msg, HistoryEnd):
+            note = f"({msg.count} earlier messages" + (f", from #{msg.first})" if msg.count else ")")
+            t.show(f"  {note}", event="history_end", stream=msg.stream, count=msg.count, first=msg.first)
+        elif isinstance(msg, Deliver):
             text = msg.body.decode(errors="replace")
-            self.partner = msg.sender
+            if not msg.request_id:  # new mail, not a page of history
+                self.partner = msg.sender
             t.show(
                 f"[{_clock(msg.time_us)}] {msg.sender}: {text}",
                 event="deliver",
@@ -140,6 +146,7 @@ class ChatClient:
                 time_us=msg.time_us,
                 stream=msg.stream,
                 position=msg.position,
+                history=bool(msg.request_id),
             )
         elif isinstance(msg, Receipt):
             if msg.request_id:
@@ -202,6 +209,11 @@ class ChatClient:
                 self.send(to, text.strip())
             elif cmd == "/who":
                 self.session.who()
+            elif cmd == "/history":
+                who, _, count = rest.strip().partition(" ")
+                if not who or (count and not count.strip().isdigit()):
+                    return self.local_error("usage: /history USER [N]")
+                self.session.history(who, int(count) if count.strip() else 20)
             elif cmd == "/help":
                 self.term.show(HELP, event="help", text=HELP)
             elif cmd == "/quit":

@@ -49,6 +49,8 @@ from ..protocol import (
     Feature,
     FrameDecoder,
     Hello,
+    History,
+    HistoryEnd,
     Login,
     LoginOk,
     Message,
@@ -75,6 +77,7 @@ log = logging.getLogger("csce513msg.hub")
 
 #: User names: 1-32 characters, letters, digits, "_", "." and "-", not starting with
 #: "." or "-". Names are case-insensitive: the hub folds them to lower case.
+HISTORY_PAGE = 100  #: the most messages one History request returns
 NAME_RULE = re.compile(r"[a-z0-9_][a-z0-9_.-]{0,31}")
 
 
@@ -144,7 +147,9 @@ class Engine:
         self._senders: list[tuple[ConnId, int]] = []  # (conn, request id) of each batch message
         self._fetchers: dict[int, tuple[ConnId, int]] = {}  # fetch key -> (session, limit asked)
         self._receipt_waiters: dict[int, ConnId] = {}  # receipt fetch key -> the session logging in
-        self._in_flight: tuple[int, list[tuple[ConnId, int]]] | None = None  # (job id, its senders)
+        self._history_waiters: dict[int, tuple[ConnId, int, str]] = {}  # key -> (session, request id, stream)
+        #: the batch the store is working on: (job id, the batch, (conn, request id) of its messages)
+        self._in_flight: tuple[int, Batch, list[tuple[ConnId, int]]] | None = None
         self._ids = itertools.count(1)
         self._out: list[Action] = []
         self._next_sweep: float | None = None
@@ -219,7 +224,7 @@ class Engine:
     def job_done(self, job_id: int, result: object, now: float) -> list[Action]:
         """A storage batch finished: receipts and deliveries, now that it is committed."""
         assert self._in_flight is not None and self._in_flight[0] == job_id, "one batch in flight"
-        _, senders = self._in_flight
+        _, batch, senders = self._in_flight
         self._in_flight = None
         if not isinstance(result, BatchResult):  # the store raised: a bug or a broken disk
             result = BatchResult(error=f"storage failed: {result!r}")
@@ -243,12 +248,28 @@ class Engine:
             if (session := self.sessions.get(self._receipt_waiters.pop(key))) is not None:
                 for note in notes:
                     self._delivered_receipt(session, note)
-        if result.error:  # the reads of a failed batch never ran: let their sessions retry
-            for key in [k for k, (c, _) in self._fetchers.items() if k not in result.fetched]:
-                conn, _ = self._fetchers.pop(key)
-                if (session := self.sessions.get(conn)) is not None:
-                    session.fetching = False
+        for key, page in result.history.items():
+            conn, rid, stream = self._history_waiters.pop(key)
+            if (session := self.sessions.get(conn)) is not None:
+                for m in page:  # carrying the request id: history, not new mail (no ack)
+                    self._write(session, _deliver_of(m, rid))
+                self._write(session, HistoryEnd(page[0].position if page else 0, len(page), stream, rid))
+        self._reads_failed(batch, result)
         return self._take()
+
+    def _reads_failed(self, batch: Batch, result: BatchResult) -> None:
+        """The reads of a failed batch never ran: answer or release whoever waits for them."""
+        for key in batch.history.keys() - result.history.keys():
+            conn, rid, _ = self._history_waiters.pop(key)
+            if (session := self.sessions.get(conn)) is not None:
+                self._error(session, ErrorCode.STORE_FAILED, "history could not be read; try again", rid)
+        for fetch in batch.fetches:
+            if fetch.key not in result.fetched:
+                conn, _ = self._fetchers.pop(fetch.key)
+                if (session := self.sessions.get(conn)) is not None:
+                    session.fetching = False  # the next ack or resume tries again
+        for key in batch.receipt_fetches.keys() - result.receipts.keys():
+            self._receipt_waiters.pop(key)
 
     def flush(self, now: float) -> list[Action]:
         """End of a loop pass: if no batch is in flight, submit what accumulated (group commit)."""
@@ -256,7 +277,7 @@ class Engine:
             return []
         job_id = next(self._ids)
         batch, self._batch = self._batch, Batch()
-        self._in_flight = (job_id, self._senders)
+        self._in_flight = (job_id, batch, self._senders)
         self._senders = []
         return [Submit(job_id, functools.partial(self.store.apply, batch), "store")]
 
@@ -409,8 +430,7 @@ class Engine:
     def _deliver(self, session: Session, m: StoredMessage) -> None:
         if m.position <= session.delivered.get(m.stream, 0):
             return  # already on its way to this session (a live delivery met a catch-up)
-        self._write(session, Deliver(m.target_kind, m.content_type, m.message_id, m.time_us, m.position,
-                                     m.sender, m.target, m.stream, m.body))  # fmt: skip
+        self._write(session, _deliver_of(m, 0))
         session.delivered[m.stream] = m.position
         session.unacked.setdefault(m.stream, []).append(m.position)
 
@@ -435,6 +455,19 @@ class Engine:
             session.live = True  # nothing older is left: from now on, deliver as stored
         else:
             self._maybe_fetch(session)
+
+    def _on_history(self, session: Session, msg: History, now: float) -> None:
+        rid = msg.request_id
+        if msg.target_kind != TargetKind.USER:
+            raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "only user targets exist in v1", request_id=rid)
+        target = msg.target.lower()
+        if target not in self.known_users:
+            raise RemoteProtocolError(ErrorCode.USER_NOT_FOUND, f"no user {target!r}", request_id=rid)
+        assert session.user is not None
+        stream = direct_stream(session.user, target)
+        key = next(self._ids)
+        self._history_waiters[key] = (session.conn, rid, stream)
+        self._batch.history[key] = (stream, msg.before, max(1, min(msg.limit, HISTORY_PAGE)))
 
     def _on_who(self, session: Session, msg: Who, now: float) -> None:
         self._write(session, WhoReply(tuple(sorted(self.online)), msg.request_id))
@@ -491,6 +524,11 @@ class Engine:
         return int((now + self.wall_offset) * 1_000_000)
 
 
+def _deliver_of(m: StoredMessage, request_id: int) -> Deliver:
+    return Deliver(m.target_kind, m.content_type, m.message_id, m.time_us, m.position, m.sender, m.target,
+                   m.stream, m.body, request_id)  # fmt: skip
+
+
 def _refusal(state: State, msg: Message) -> ProtocolError:
     """The error for a message that ``TRANSITIONS`` does not allow in ``state``."""
     rid = msg.request_id
@@ -517,5 +555,6 @@ TRANSITIONS: dict[tuple[State, type], tuple[Handler, State]] = {
     (State.READY, Send): (Engine._on_send, State.READY),
     (State.READY, Ack): (Engine._on_ack, State.READY),
     (State.READY, Who): (Engine._on_who, State.READY),
+    (State.READY, History): (Engine._on_history, State.READY),
     (State.READY, Ping): (Engine._on_ping, State.READY),
 }

@@ -39,6 +39,7 @@ class MsgType(enum.IntEnum):
     ACK = 0x04
     WHO = 0x05
     PING = 0x06
+    HISTORY = 0x07
     WELCOME = 0x81
     LOGIN_OK = 0x82
     RECEIPT = 0x83
@@ -47,6 +48,7 @@ class MsgType(enum.IntEnum):
     PRESENCE = 0x86
     PONG = 0x87
     ERROR = 0x88
+    HISTORY_END = 0x89
 
 
 class TargetKind(enum.IntEnum):
@@ -173,6 +175,21 @@ class Ping:
     request_id: int = 0
 
 
+@_message(MsgType.HISTORY, "QIBs")
+@dataclass(frozen=True, slots=True)
+class History:
+    """Page back through a conversation: up to ``limit`` messages before ``before``.
+
+    Answered by Deliver frames carrying this request's id (oldest first; not to be
+    acknowledged), then a HistoryEnd."""
+
+    before: int  #: a position in the stream; 0: from the newest
+    limit: int
+    target_kind: int
+    target: str  #: the other user of the direct conversation
+    request_id: int = 0
+
+
 # ---- server to client -------------------------------------------------------------
 
 
@@ -272,8 +289,34 @@ class Error:
     request_id: int = 0
 
 
+@_message(MsgType.HISTORY_END, "QIs")
+@dataclass(frozen=True, slots=True)
+class HistoryEnd:
+    """The last frame of a History answer: ``count`` messages, from position ``first``."""
+
+    first: int  #: the oldest position sent (0 if none): ask again with ``before=first``
+    count: int
+    stream: str
+    request_id: int = 0
+
+
 Message = (
-    Hello | Login | Send | Ack | Who | Ping | Welcome | LoginOk | Receipt | Deliver | WhoReply | Presence | Pong | Error
+    Hello
+    | Login
+    | Send
+    | Ack
+    | Who
+    | Ping
+    | History
+    | Welcome
+    | LoginOk
+    | Receipt
+    | Deliver
+    | WhoReply
+    | Presence
+    | Pong
+    | Error
+    | HistoryEnd
 )
 REQUEST_TYPES = frozenset(t for t in MsgType if t < 0x80)
 

@@ -94,11 +94,13 @@ class Batch:
     fetches: list[Fetch] = field(default_factory=list)
     #: key -> (user, device): delivered receipts this device has not been sent yet (on login)
     receipt_fetches: dict[int, tuple[str, str]] = field(default_factory=dict)
+    #: key -> (stream, before, limit): a page of history, positions below ``before`` (0: newest)
+    history: dict[int, tuple[str, int, int]] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(
             self.users or self.devices or self.messages or self.cursors or self.delivered or self.notified
-            or self.fetches or self.receipt_fetches
+            or self.fetches or self.receipt_fetches or self.history
         )  # fmt: skip
 
 
@@ -114,6 +116,7 @@ class BatchResult:
     error: str | None = None
     newly_delivered: list[DeliveredNote] = field(default_factory=list)  #: from this batch's acks
     receipts: dict[int, list[DeliveredNote]] = field(default_factory=dict)  #: per receipt fetch
+    history: dict[int, list[StoredMessage]] = field(default_factory=dict)  #: per history page, oldest first
 
 
 class Store(Protocol):

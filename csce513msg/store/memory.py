@@ -45,7 +45,13 @@ class MemoryStore:
             self.notified[key] = max(self.notified.get(key, 0), position)
         receipts = {key: self._receipts(user, device) for key, (user, device) in batch.receipt_fetches.items()}
         fetched = {f.key: self._fetch(f) for f in batch.fetches}
-        return BatchResult(stored, fetched, newly_delivered=newly, receipts=receipts)
+        history = {key: self._page(*page) for key, page in batch.history.items()}
+        return BatchResult(stored, fetched, newly_delivered=newly, receipts=receipts, history=history)
+
+    def _page(self, name: str, before: int, limit: int) -> list[StoredMessage]:
+        stream = self.streams.get(name, [])
+        end = min(before - 1, len(stream)) if before else len(stream)
+        return stream[max(0, end - limit) : max(0, end)]
 
     def _receipts(self, user: str, device: str) -> list[DeliveredNote]:
         """Delivered receipts this device of ``user`` has not had; marks them sent."""

@@ -136,9 +136,17 @@ class SqliteStore:
             return BatchResult(error=f"storage error: {exc}")
         try:
             fetched = {f.key: self._fetch(f) for f in batch.fetches}
+            history = {key: self._page(*page) for key, page in batch.history.items()}
         except sqlite3.Error as exc:
             return BatchResult(stored, error=f"storage error: {exc}")
-        return BatchResult(stored, fetched, newly_delivered=newly, receipts=receipts)
+        return BatchResult(stored, fetched, newly_delivered=newly, receipts=receipts, history=history)
+
+    def _page(self, stream: str, before: int, limit: int) -> list[StoredMessage]:
+        rows = self.db.execute(
+            f"SELECT {_COLUMNS} FROM messages WHERE stream = ? AND position < ? ORDER BY position DESC LIMIT ?",
+            (stream, before or 2**62, limit),
+        ).fetchall()
+        return [StoredMessage(*row) for row in reversed(rows)]
 
     def _delivered(self, stream: str, user: str, position: int) -> list[DeliveredNote]:
         """``user`` acknowledged ``stream`` up to ``position``: the others' messages newly delivered."""

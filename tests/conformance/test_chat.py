@@ -196,6 +196,20 @@ def test_delivered_receipt_follows_when_the_recipient_acknowledges(server: objec
     b.close()
 
 
+def test_history_pages_back_through_a_conversation(server: object, names: object) -> None:
+    alice, bob = names("alice"), names("bob")  # type: ignore[operator]
+    a, b = connect(server, alice), connect(server, bob)
+    for i in range(5):
+        (a if i % 2 == 0 else b).send_text(bob if i % 2 == 0 else alice, f"h{i}")
+    newest, end = a.history(bob, limit=3)
+    assert [d.body for d in newest] == [b"h2", b"h3", b"h4"] and end.count == 3
+    assert all(d.request_id and d.stream == end.stream for d in newest)
+    older, end = a.history(bob, limit=3, before=end.first)
+    assert [d.body for d in older] == [b"h0", b"h1"] and end.count == 2 and end.first == 1
+    a.close()
+    b.close()
+
+
 def test_a_resend_gets_the_original_message_and_no_second_delivery(server: object, names: object) -> None:
     alice, bob = names("alice"), names("bob")  # type: ignore[operator]
     a = Client.connect(server.host, server.port, user=alice, device_id="laptop-1")  # type: ignore[attr-defined]

@@ -179,3 +179,29 @@ def test_delivered_receipts_reach_the_sender_live_and_after_being_away() -> None
     h.drop(alice)
     again = h.connect("alice")
     assert not again.of(Receipt)  # told once per device
+
+
+def test_history_pages_back_without_gaps_or_duplicates() -> None:
+    h = Harness()
+    alice, bob = h.connect("alice"), h.connect("bob")
+    for i in range(7):
+        (alice if i % 2 else bob).session.send_text("bob" if i % 2 else "alice", f"m{i}")
+        h.pump()
+    from csce513msg.protocol import History, HistoryEnd
+
+    seen: list[bytes] = []
+    before = 0
+    while True:
+        alice.events.clear()
+        alice.session.request(History(before, 3, TargetKind.USER, "bob"))
+        h.pump()
+        page = [e for e in alice.events if isinstance(e, Deliver) and e.request_id]
+        (end,) = alice.of(HistoryEnd)
+        seen = [d.body for d in page] + seen  # type: ignore[attr-defined]
+        if end.count < 3:  # type: ignore[attr-defined]
+            break
+        before = end.first  # type: ignore[attr-defined]
+    assert seen == [f"m{i}".encode() for i in range(7)]
+    alice.session.request(History(0, 3, TargetKind.USER, "nobody"))
+    h.pump()
+    assert alice.of(Error)[-1].code == ErrorCode.USER_NOT_FOUND  # type: ignore[attr-defined]

@@ -3,6 +3,7 @@ server's I/O strategy, so it runs against one backend (the default), not six."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -152,3 +153,22 @@ def test_msg_reconnects_and_resends_what_was_not_acknowledged(names: object, tmp
             if proc.poll() is None:
                 proc.kill()
         first.stop()
+
+
+def test_history_command_shows_the_conversation(server: object, names: object) -> None:
+    alice, bob = names("alice"), names("bob")  # type: ignore[operator]
+    bob_proc = listener(server, bob)
+    try:
+        script = f"/msg {bob} first\n/msg {bob} second\n/history {bob} 5\n"
+        done = subprocess.run(
+            msg_cmd(server, alice, "--json"), input=script, capture_output=True, text=True, timeout=30
+        )
+        assert done.returncode == 0, done.stdout
+        events = [json.loads(line) for line in done.stdout.splitlines()]
+        page = [e["text"] for e in events if e["event"] == "deliver" and e["history"]]
+        assert page[-2:] == ["first", "second"]
+        assert next(e for e in events if e["event"] == "history_end")["count"] == len(page)
+    finally:
+        assert bob_proc.stdin is not None
+        bob_proc.stdin.close()
+        bob_proc.wait(timeout=15)
