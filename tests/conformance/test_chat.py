@@ -21,7 +21,7 @@ from csce513msg.protocol import (
     Send,
     TargetKind,
 )
-from tests.conformance.wire import RawConn, connect
+from tests.conformance.wire import RawConn, connect, wait_gone
 
 SERVER_FLAGS = ("--max-text", "4096", "--max-frame", "8192")
 
@@ -165,9 +165,7 @@ def test_offline_messages_are_stored_and_delivered_in_order_on_return(server: ob
     alice, bob = names("alice"), names("bob")  # type: ignore[operator]
     a = connect(server, alice)
     connect(server, bob).close()  # bob exists, then leaves
-    deadline = time.monotonic() + 10
-    while bob in a.who() and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_gone(a, bob)
     receipts = [a.send_text(bob, f"while you were out {i}") for i in range(5)]
     assert all(r.state == ReceiptState.STORED and r.detail == f"{bob} is offline" for r in receipts)
     b = connect(server, bob)
@@ -177,6 +175,7 @@ def test_offline_messages_are_stored_and_delivered_in_order_on_return(server: ob
     assert [d.message_id for d in got] == [r.message_id for r in receipts]
     b.call(Ping())  # acknowledged (the client acks as it reads); nothing comes twice
     b.close()
+    wait_gone(a, bob)  # else the new login may race the old connection's close (NAME_TAKEN)
     again = connect(server, bob)
     again.call(Ping())
     assert not [m for m in again.inbox if isinstance(m, Deliver)]

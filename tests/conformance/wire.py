@@ -26,6 +26,14 @@ def connect(server: object, user: str | None = None, presence: bool = False) -> 
     return Client.connect(server.host, server.port, user=user, presence=presence, drop_repeats=False)  # type: ignore[attr-defined]
 
 
+def wait_gone(watcher: Client, user: str, timeout: float = 10.0) -> None:
+    """Wait until ``user`` is no longer online (the server has processed their close)."""
+    deadline = time.monotonic() + timeout
+    while user in watcher.who():
+        assert time.monotonic() < deadline, f"{user} still online after {timeout} s"
+        time.sleep(0.02)
+
+
 class RawConn:
     """A bare socket that speaks frames, for tests of the handshake and bad input."""
 

@@ -8,6 +8,7 @@ import tempfile
 
 from csce513msg.client import Client
 from csce513msg.protocol import Deliver, Receipt, Send
+from tests.conformance.wire import wait_gone
 from tests.servers import start
 
 TIGHT = (
@@ -62,6 +63,7 @@ def test_a_backlog_many_times_the_outbound_limit_reaches_a_returning_client(back
         alice, bob = names("alice"), names("bob")  # type: ignore[operator]
         Client.connect(server.host, server.port, user=bob).close()
         a = Client.connect(server.host, server.port, user=alice)
+        wait_gone(a, bob)
         count = 400  # 400 kB waiting: ten times the 40 kB hard limit
         for i in range(count):
             a.session.send_text(bob, f"{i:04d}" + "y" * 996)
