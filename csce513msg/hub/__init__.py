@@ -3,7 +3,8 @@
 from .actions import Abort, Action, Close, ConnId, Submit, Write
 from .config import HubConfig
 from .contract import EngineAPI
-from .engine import NAME_RULE, TRANSITIONS, Engine, State, direct_stream
+from .engine import NAME_RULE, TRANSITIONS, Engine
+from .session import State, direct_stream
 
 __all__ = [
     "NAME_RULE",

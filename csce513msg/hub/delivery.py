@@ -1,0 +1,182 @@
+"""Store and forward: the half of the engine that talks to the store.
+
+A Send is not answered at once: it joins the loop pass's storage ``Batch``. At
+``flush`` (the end of the pass) the batch goes to the backend as ONE job in the
+``store`` lane, at most one in flight (group commit). In ``job_done``, with the batch
+committed, the sender gets ``Receipt{stored}`` and a live recipient the ``Deliver``.
+A recipient who is offline, slow (a full window, or output backed up) or just
+logged in is *catching up*: each time everything delivered to it is acknowledged,
+the next window of messages after its device's cursor is read from the store. An
+Ack also marks the others' messages *delivered*, which their senders hear of (at
+once, or at their next login). History pages are reads of the same batch.
+
+``Mailroom`` is a mixin of ``Engine``: it holds the batch and the output helpers.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+
+from ..protocol import Deliver, Error, ErrorCode, HistoryEnd, Message, Receipt, ReceiptState, encode
+from ..store import Batch, BatchResult, DeliveredNote, Fetch, Store, StoredMessage
+from .actions import Action, ConnId, Submit, Write
+from .config import HubConfig
+from .session import Session
+
+log = logging.getLogger("csce513msg.hub")
+
+
+class Mailroom:
+    """Batches for the store, and what their results turn into."""
+
+    store: Store
+    config: HubConfig
+    sessions: dict[ConnId, Session]
+    online: dict[str, Session]
+
+    def __init__(self) -> None:
+        self._out: list[Action] = []  # actions gathered during one engine call
+        self._batch = Batch()  # what the store must do next: one job per loop pass
+        self._senders: list[tuple[ConnId, int]] = []  # (conn, request id) of each batch message
+        self._fetchers: dict[int, tuple[ConnId, int]] = {}  # fetch key -> (session, limit asked)
+        self._receipt_waiters: dict[int, ConnId] = {}  # receipt fetch key -> the session logging in
+        self._history_waiters: dict[int, tuple[ConnId, int, str]] = {}  # key -> (session, request id, stream)
+        #: the batch the store is working on: (job id, the batch, (conn, request id) of its messages)
+        self._in_flight: tuple[int, Batch, list[tuple[ConnId, int]]] | None = None
+        self._ids = itertools.count(1)
+
+    def job_done(self, job_id: int, result: object, now: float) -> list[Action]:
+        """A storage batch finished: receipts and deliveries, now that it is committed."""
+        assert self._in_flight is not None and self._in_flight[0] == job_id, "one batch in flight"
+        _, batch, senders = self._in_flight
+        self._in_flight = None
+        if not isinstance(result, BatchResult):  # the store raised: a bug or a broken disk
+            result = BatchResult(error=f"storage failed: {result!r}")
+        if result.error:
+            log.warning("%s (%d messages not stored)", result.error, len(senders))
+        for (conn, rid), stored in itertools.zip_longest(senders, result.stored):
+            session = self.sessions.get(conn)
+            if stored is None:
+                if session is not None:
+                    self._error(session, ErrorCode.STORE_FAILED, "the message was not stored; send it again", rid)
+            else:
+                self._stored(session, rid, stored)
+        for key, found in result.fetched.items():
+            conn, limit = self._fetchers.pop(key)
+            if (session := self.sessions.get(conn)) is not None:
+                self._caught_up(session, found, limit)
+        for note in result.newly_delivered:  # acknowledged by a device of the recipient
+            if (sender := self.online.get(note.sender)) is not None:
+                self._delivered_receipt(sender, note)
+        for key, notes in result.receipts.items():  # for a device that was away
+            if (session := self.sessions.get(self._receipt_waiters.pop(key))) is not None:
+                for note in notes:
+                    self._delivered_receipt(session, note)
+        for key, page in result.history.items():
+            conn, rid, stream = self._history_waiters.pop(key)
+            if (session := self.sessions.get(conn)) is not None:
+                for m in page:  # carrying the request id: history, not new mail (no ack)
+                    self._write(session, _deliver_of(m, rid))
+                self._write(session, HistoryEnd(page[0].position if page else 0, len(page), stream, rid))
+        self._reads_failed(batch, result)
+        return self._take()
+
+    def _reads_failed(self, batch: Batch, result: BatchResult) -> None:
+        """The reads of a failed batch never ran: answer or release whoever waits for them."""
+        for key in batch.history.keys() - result.history.keys():
+            conn, rid, _ = self._history_waiters.pop(key)
+            if (session := self.sessions.get(conn)) is not None:
+                self._error(session, ErrorCode.STORE_FAILED, "history could not be read; try again", rid)
+        for fetch in batch.fetches:
+            if fetch.key not in result.fetched:
+                conn, _ = self._fetchers.pop(fetch.key)
+                if (session := self.sessions.get(conn)) is not None:
+                    session.fetching = False  # the next ack or resume tries again
+        for key in batch.receipt_fetches.keys() - result.receipts.keys():
+            self._receipt_waiters.pop(key)
+
+    def flush(self, now: float) -> list[Action]:
+        """End of a loop pass: if no batch is in flight, submit what accumulated (group commit)."""
+        if self._in_flight is not None or not self._batch:
+            return []
+        job_id = next(self._ids)
+        batch, self._batch = self._batch, Batch()
+        self._in_flight = (job_id, batch, self._senders)
+        self._senders = []
+        return [Submit(job_id, functools.partial(self.store.apply, batch), "store")]
+
+    # ---- store and forward ----------------------------------------------------------
+
+    def _stored(self, sender: Session | None, rid: int, m: StoredMessage) -> None:
+        """A message is committed: receipt to its sender, delivery to live recipients."""
+        recipient = self.online.get(m.target)
+        if sender is not None:
+            detail = "" if recipient is not None else f"{m.target} is offline"
+            self._write(
+                sender, Receipt(ReceiptState.STORED, m.message_id, m.time_us, m.position, m.stream, detail, rid)
+            )
+        if m.duplicate:
+            return  # a resend of a stored message: it was delivered (or is queued) already
+        if recipient is not None and recipient.live:
+            if recipient.inflight() < self.config.window:
+                self._deliver(recipient, m)
+            else:  # a full window: it catches up from the store as it acknowledges
+                recipient.live = False
+        if log.isEnabledFor(logging.INFO):
+            log.info("message %s -> %s, %d bytes, id %d", m.sender, m.target, len(m.body), m.message_id)
+
+    def _delivered_receipt(self, session: Session, note: DeliveredNote) -> None:
+        state = ReceiptState.DELIVERED
+        self._write(session, Receipt(state, note.message_id, note.time_us, note.position, note.stream, "", 0))
+        key = (note.sender, session.device, note.stream)  # this device has been told
+        self._batch.notified[key] = max(self._batch.notified.get(key, 0), note.position)
+
+    def _deliver(self, session: Session, m: StoredMessage) -> None:
+        if m.position <= session.delivered.get(m.stream, 0):
+            return  # already on its way to this session (a live delivery met a catch-up)
+        self._write(session, _deliver_of(m, 0))
+        session.delivered[m.stream] = m.position
+        session.unacked.setdefault(m.stream, []).append(m.position)
+
+    def _maybe_fetch(self, session: Session) -> None:
+        """Catch-up, paced: once everything delivered is acknowledged (so the stored cursor is
+        where this session stands), ask the store for the next window of messages."""
+        room = self.config.window
+        if session.live or session.fetching or session.paused or session.user is None or session.inflight():
+            return
+        key = next(self._ids)
+        session.fetching = True
+        self._fetchers[key] = (session.conn, room)
+        self._batch.fetches.append(Fetch(key, session.user, session.device, room, self.config.new_device_history))
+
+    def _caught_up(self, session: Session, found: list[StoredMessage] | None, limit: int) -> None:
+        session.fetching = False
+        if found is None:
+            return  # the read failed; the next ack or resume tries again
+        for m in found:
+            self._deliver(session, m)
+        if len(found) < limit and not session.paused:
+            session.live = True  # nothing older is left: from now on, deliver as stored
+        else:
+            self._maybe_fetch(session)
+
+    # ---- output ---------------------------------------------------------------------
+
+    def _error(self, session: Session, code: ErrorCode, message: str, request_id: int) -> None:
+        self._write(session, Error(code, message, request_id))
+
+    def _write(self, session: Session, msg: Message) -> None:
+        if session.closing:
+            return  # e.g. a receipt whose commit came after the connection was told to close
+        self._out.append(Write(session.conn, encode(msg)))
+
+    def _take(self) -> list[Action]:
+        out, self._out = self._out, []
+        return out
+
+
+def _deliver_of(m: StoredMessage, request_id: int) -> Deliver:
+    return Deliver(m.target_kind, m.content_type, m.message_id, m.time_us, m.position, m.sender, m.target,
+                   m.stream, m.body, request_id)  # fmt: skip

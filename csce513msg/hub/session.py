@@ -1,0 +1,55 @@
+"""What the hub knows of one connection: its state in the handshake and its delivery
+bookkeeping. Plain data: the engine (``engine.py``) and the store-and-forward half
+(``delivery.py``) both read and change it."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..protocol import FrameDecoder
+from .actions import ConnId
+
+
+class State(enum.Enum):
+    """Where a session is in the handshake."""
+
+    AWAIT_HELLO = "await-hello"
+    AWAIT_LOGIN = "await-login"
+    READY = "ready"
+
+
+@dataclass(slots=True, eq=False)
+class Session:
+    """What the hub knows of one connection."""
+
+    conn: ConnId
+    peer: str
+    decoder: FrameDecoder
+    last_seen: float  #: monotonic time of the last bytes received
+    tokens: float  #: rate limiter: requests this connection may still send now
+    last_token: float  #: when ``tokens`` was last topped up
+    state: State = State.AWAIT_HELLO
+    user: str | None = None
+    presence: bool = False  #: subscribed to presence events
+    paused: bool = False  #: the backend's outbound queue is past its high-water mark
+    closing: bool = False  #: a Close was issued; ignore further input
+    device: str = ""  #: the client's device id ("" : one anonymous device per user)
+    live: bool = False  #: caught up: new messages are delivered as they are stored
+    fetching: bool = False  #: a catch-up read is queued or in flight
+    acked: dict[str, int] = field(default_factory=dict)  #: stream -> acknowledged position
+    delivered: dict[str, int] = field(default_factory=dict)  #: stream -> last delivered
+    unacked: dict[str, list[int]] = field(default_factory=dict)  #: stream -> positions delivered, not acked
+
+    def inflight(self) -> int:
+        """Deliveries sent and not yet acknowledged: the window counts these."""
+        return sum(len(p) for p in self.unacked.values())
+
+
+Handler = Callable[..., None]  # (engine, session, message, now)
+
+
+def direct_stream(a: str, b: str) -> str:
+    """Return the stream name of the direct conversation between users a and b."""
+    return "dm:" + ",".join(sorted((a, b)))
