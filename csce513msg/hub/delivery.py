@@ -40,7 +40,7 @@ class Mailroom:
         self._out: list[Action] = []  # actions gathered during one engine call
         self._batch = Batch()  # what the store must do next: one job per loop pass
         self._senders: list[tuple[ConnId, int]] = []  # (conn, request id) of each batch message
-        self._fetchers: dict[int, tuple[ConnId, int]] = {}  # fetch key -> (session, limit asked)
+        self._fetchers: dict[int, ConnId] = {}  # catch-up fetch key -> the session waiting for it
         self._receipt_waiters: dict[int, ConnId] = {}  # receipt fetch key -> the session logging in
         self._history_waiters: dict[int, tuple[ConnId, int, str]] = {}  # key -> (session, request id, stream)
         #: the batch the store is working on: (job id, the batch, (conn, request id) of its messages)
@@ -64,9 +64,8 @@ class Mailroom:
             else:
                 self._stored(session, rid, stored)
         for key, found in result.fetched.items():
-            conn, limit = self._fetchers.pop(key)
-            if (session := self.sessions.get(conn)) is not None:
-                self._caught_up(session, found, limit)
+            if (session := self.sessions.get(self._fetchers.pop(key))) is not None:
+                self._caught_up(session, found)
         for note in result.newly_delivered:  # acknowledged by a device of the recipient
             if (sender := self.online.get(note.sender)) is not None:
                 self._delivered_receipt(sender, note)
@@ -89,11 +88,9 @@ class Mailroom:
             conn, rid, _ = self._history_waiters.pop(key)
             if (session := self.sessions.get(conn)) is not None:
                 self._error(session, ErrorCode.STORE_FAILED, "history could not be read; try again", rid)
-        for fetch in batch.fetches:
-            if fetch.key not in result.fetched:
-                conn, _ = self._fetchers.pop(fetch.key)
-                if (session := self.sessions.get(conn)) is not None:
-                    session.fetching = False  # the next ack or resume tries again
+        for key in {f.key for f in batch.fetches} - result.fetched.keys():
+            if (session := self.sessions.get(self._fetchers.pop(key))) is not None:
+                session.fetching = False  # the next ack or resume tries again
         for key in batch.receipt_fetches.keys() - result.receipts.keys():
             self._receipt_waiters.pop(key)
 
@@ -143,21 +140,19 @@ class Mailroom:
     def _maybe_fetch(self, session: Session) -> None:
         """Catch-up, paced: once everything delivered is acknowledged (so the stored cursor is
         where this session stands), ask the store for the next window of messages."""
-        room = self.config.window
         if session.live or session.fetching or session.paused or session.user is None or session.inflight():
             return
         key = next(self._ids)
         session.fetching = True
-        self._fetchers[key] = (session.conn, room)
-        self._batch.fetches.append(Fetch(key, session.user, session.device, room, self.config.new_device_history))
+        self._fetchers[key] = session.conn
+        window, history = self.config.window, self.config.new_device_history
+        self._batch.fetches.append(Fetch(key, session.user, session.device, window, history))
 
-    def _caught_up(self, session: Session, found: list[StoredMessage] | None, limit: int) -> None:
+    def _caught_up(self, session: Session, found: list[StoredMessage]) -> None:
         session.fetching = False
-        if found is None:
-            return  # the read failed; the next ack or resume tries again
         for m in found:
             self._deliver(session, m)
-        if len(found) < limit and not session.paused:
+        if len(found) < self.config.window and not session.paused:  # a full window: maybe more
             session.live = True  # nothing older is left: from now on, deliver as stored
         else:
             self._maybe_fetch(session)

@@ -34,10 +34,7 @@ def test_login_and_who(server: object, names: object) -> None:
     assert {alice, bob} <= set(online)
     assert online == sorted(online)
     b.close()
-    deadline = time.monotonic() + 10
-    while bob in a.who() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert bob not in a.who()
+    wait_gone(a, bob)  # the server notices the close and forgets bob
     a.close()
 
 
