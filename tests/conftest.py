@@ -10,11 +10,13 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import HealthCheck, settings
 
+from tests.conformance.wire import PASSWORD
 from tests.servers import ALL_BACKENDS, ServerProcess, start
 
 # Never touch the user's own client config or server data from a test.
 os.environ.setdefault("MSG_CONFIG_DIR", tempfile.mkdtemp(prefix="msg-config-"))
 os.environ.setdefault("MSGSRV_DATA_DIR", tempfile.mkdtemp(prefix="msgsrv-data-"))
+os.environ["MSG_PASSWORD"] = PASSWORD  # the `msg` processes log in with the suite's password
 
 settings.register_profile(
     "ci", deadline=None, max_examples=200, suppress_health_check=[HealthCheck.too_slow], derandomize=True

@@ -18,6 +18,13 @@ from csce513msg.backends import BACKENDS, BackendUnavailable, load
 BANNER = re.compile(r"listening on (\S+):(\d+), pid (\d+)")
 
 
+def fingerprint_of(server: object) -> str:
+    """The certificate fingerprint a ``--tls`` server printed in its banner."""
+    match = re.search(r"fingerprint ([0-9A-F:]{95})", server.banner)  # type: ignore[attr-defined]
+    assert match, server.banner  # type: ignore[attr-defined]
+    return match.group(1)
+
+
 class ServerProcess:
     """One ``msgsrv`` process; its log (stderr) goes to a file the test can read."""
 
@@ -25,6 +32,10 @@ class ServerProcess:
         self.backend = backend
         self.log_path = Path(tempfile.mkstemp(prefix=f"msgsrv-{backend}-", suffix=".log")[1])
         self._log = self.log_path.open("w")
+        if "--kdf-cost" not in flags:  # tests log in many clients: hashes that take microseconds
+            flags = (*flags, "--kdf-cost", "test")
+        if "--no-self-register" not in flags and "--self-register" not in flags:  # tests register over the wire
+            flags = (*flags, "--self-register")
         if "--data-dir" not in flags:  # a fresh database for every server, never the user's own
             self.data_dir = tempfile.mkdtemp(prefix=f"msgsrv-{backend}-data-")
             flags = (*flags, "--data-dir", self.data_dir)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import getpass
+import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -27,10 +30,15 @@ def main(
     ca: Annotated[
         Path | None, typer.Option(help="Verify the server's certificate with this CA (implies --tls).")
     ] = None,
+    register: Annotated[
+        bool, typer.Option("--register", help="Create the account first (if the server allows it).")
+    ] = False,
 ) -> None:
     """Chat from the terminal: type /help once connected. Reads commands from a pipe or
     file too, and exits at end of input once the server answered everything
-    (status 0 only if every request succeeded)."""
+    (status 0 only if every request succeeded).
+
+    The password is asked for on the terminal; scripts set MSG_PASSWORD."""
     if mux not in MUXES:
         typer.echo(f"msg: unknown --mux {mux!r}; choose select, poll or epoll", err=True)
         raise typer.Exit(2)
@@ -39,7 +47,25 @@ def main(
         typer.echo(f"msg: --server must be HOST:PORT, not {server!r}", err=True)
         raise typer.Exit(2)
     tls_options = TlsOptions(fingerprint, ca) if (tls or fingerprint or ca) else None
-    raise typer.Exit(run_terminal(host.strip("[]") or "127.0.0.1", int(port), user, mux, json, tls_options))
+    password = _password(user, register)
+    status = run_terminal(
+        host.strip("[]") or "127.0.0.1", int(port), user, password, mux, json, tls_options, register=register
+    )
+    raise typer.Exit(status)
+
+
+def _password(user: str, register: bool) -> str:
+    """MSG_PASSWORD if set, else asked on the terminal (twice for a new account)."""
+    if (password := os.environ.get("MSG_PASSWORD")) is not None:
+        return password
+    if not sys.stdin.isatty():
+        typer.echo("msg: no terminal to ask for the password: set MSG_PASSWORD", err=True)
+        raise typer.Exit(2)
+    password = getpass.getpass(f"password for {user}: ")
+    if register and getpass.getpass("again: ") != password:
+        typer.echo("msg: the passwords differ", err=True)
+        raise typer.Exit(2)
+    return password
 
 
 def run() -> None:

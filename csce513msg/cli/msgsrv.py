@@ -1,8 +1,9 @@
 """``msgsrv``: the server's command line.
 
 ``msgsrv [serve] --backend NAME ...`` runs the server; ``serve`` is the default
-command, so ``msgsrv --backend epoll`` works too (admin commands sit beside it
-later). Every limit is a flag; defaults are documented in ``--help`` and README.
+command, so ``msgsrv --backend epoll`` works too. ``msgsrv user ...`` manages
+accounts (``cli/users.py``), beside a running server too. Every limit is a flag;
+defaults are documented in ``--help`` and README.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ from ..backends import BACKENDS, DESCRIPTIONS, BackendUnavailable, default_backe
 from ..backends.common import BackendConfig, check_limits
 from ..backends.tls import TlsEngine, server_context
 from ..crypto.certs import ensure_certificate, fingerprint_of_pem
+from ..crypto.passwords import COSTS, Scrypt
 from ..hub import Engine, EngineAPI, HubConfig
 from ..paths import default_data_dir
 from ..store import MemoryStore, Store
 from ..store.sqlite import SqliteStore
+from .users import user_app
 
 DEFAULT_PORT = 5130
 _BACKEND_HELP = "I/O strategy: " + "; ".join(f"{name}: {DESCRIPTIONS[name]}" for name in BACKENDS)
@@ -36,6 +39,9 @@ app = typer.Typer(
     add_completion=False,
     help="csce513Msg server. Backends: " + ", ".join(BACKENDS) + f" (default {default_backend()}).",
 )
+
+
+app.add_typer(user_app, name="user")
 
 
 @app.callback()
@@ -76,6 +82,18 @@ def serve(
     ] = "normal",
     checkpoint_interval: Annotated[float, typer.Option(help="Seconds between WAL checkpoints; 0: off.")] = 5.0,
     new_device_history: Annotated[int, typer.Option(help="Messages per stream a new device starts back.")] = 100,
+    self_register: Annotated[
+        bool, typer.Option(help="Let anyone create a student account over the wire (else: msgsrv user add).")
+    ] = False,
+    kdf_cost: Annotated[
+        str, typer.Option(help="production (scrypt N=2^14, ~50 ms) or test (no protection; loopback only).")
+    ] = "production",
+    login_failures_per_account: Annotated[int, typer.Option(help="Failed logins per window per account.")] = 5,
+    login_failures_per_address: Annotated[
+        int, typer.Option(help="Failed logins per window per address (a class behind NAT shares one).")
+    ] = 50,
+    login_failure_window: Annotated[float, typer.Option(help="Seconds a failed login counts.")] = 60.0,
+    account_poll: Annotated[float, typer.Option(help="Seconds between checks for `msgsrv user` changes.")] = 2.0,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
     quiet: Annotated[bool, typer.Option(help="Only warnings and errors (same as --log-level warning).")] = False,
 ) -> None:
@@ -88,30 +106,50 @@ def serve(
         module = load(backend)
     except BackendUnavailable as exc:
         _fail(str(exc))
-    hub_config = HubConfig(name, max_frame, max_text, window, idle_timeout, rate, burst, new_device_history)
+    hub_config = HubConfig(
+        name, max_frame, max_text, window, idle_timeout, rate, burst, new_device_history, self_register,
+        login_failures_per_account, login_failures_per_address, login_failure_window,
+        account_poll=account_poll,
+    )  # fmt: skip
     backend_config = BackendConfig(
         host, port, high_water, low_water, hard_limit, sndbuf, close_timeout, backlog, recv_size
     )
     problem = check_limits(backend_config, hub_config)
     if problem:
         _fail(problem)
+    loopback = ipaddress.ip_address(_resolve(host)).is_loopback
+    passwords = _passwords(kdf_cost, loopback)
     _raise_fd_limit()
     data_dir = data_dir or default_data_dir()
     store = _open_store(data_dir, durability, checkpoint_interval)
     wall_offset = time.time() - time.monotonic()
-    engine: EngineAPI = Engine(store, hub_config, wall_offset, known_users=store.load_users())
+    accounts = store.load_accounts()
+    print(
+        f"accounts: {len(accounts)}; registration over the wire {'on' if self_register else 'off'}; kdf {kdf_cost}",
+        flush=True,
+    )
+    engine: EngineAPI = Engine(store, hub_config, wall_offset, passwords, accounts)
     if tls or tls_cert:
         engine = _with_tls(engine, tls_cert, tls_key, data_dir, handshake_timeout)
-    elif not ipaddress.ip_address(_resolve(host)).is_loopback:
+    elif not loopback:
         typer.echo(
-            f"WARNING: no TLS on {host}: everything, later passwords too, crosses the network in clear (use --tls)",
-            err=True,
+            f"WARNING: no TLS on {host}: passwords and messages cross the network in clear (use --tls)", err=True
         )
     try:
         module.serve(engine, backend_config, hub_config)
     except OSError as exc:  # e.g. the port is taken
         _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
     logging.getLogger("csce513msg").info("stopped")
+
+
+def _passwords(kdf_cost: str, loopback: bool) -> Scrypt:
+    if kdf_cost not in COSTS:
+        _fail(f"unknown kdf cost {kdf_cost!r}: choose {' or '.join(COSTS)}")
+    if kdf_cost == "test":
+        if not loopback:
+            _fail("--kdf-cost test protects no password: it is refused on a non-loopback address")
+        typer.echo("WARNING: --kdf-cost test: password hashes are trivial to crack; for tests only", err=True)
+    return Scrypt(COSTS[kdf_cost])
 
 
 def _open_store(data_dir: Path, durability: str, checkpoint_interval: float) -> Store:
@@ -172,7 +210,7 @@ def _raise_fd_limit() -> None:
 def run() -> None:
     """Console script: ``serve`` is the default command."""
     args = sys.argv[1:]
-    if not args or args[0] not in ("serve", "--help", "-h"):
+    if not args or args[0] not in ("serve", "user", "--help", "-h"):
         sys.argv[1:1] = ["serve"]
     app()
 

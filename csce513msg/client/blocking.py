@@ -4,7 +4,7 @@ It is the pure ``ClientSession`` under the simplest possible driver: a blocking
 socket with a timeout. Every message the server sends lands in an inbox; calls
 that wait for a reply take it out by request id and leave the rest in order.
 
-    with Client.connect("127.0.0.1", 5130, user="alice") as alice:
+    with Client.connect("127.0.0.1", 5130, user="alice", password=pw) as alice:
         receipt = alice.send_text("bob", "hello")      # waits for the Receipt
         print(alice.who())                             # ['alice', 'bob']
         msg = alice.next_message(Deliver, timeout=5)   # a message for alice
@@ -59,6 +59,7 @@ class Client:
         self.timeout = timeout
         self.inbox: deque[Message] = deque()
         self.closed = False
+        self.login_reply: LoginOk | None = None  #: the server's answer to our login (role, waiting)
 
     @classmethod
     def connect(
@@ -67,6 +68,8 @@ class Client:
         port: int,
         *,
         user: str | None = None,
+        password: str = "",
+        register: bool = False,
         presence: bool = False,
         timeout: float = 10.0,
         tls: bool = False,
@@ -78,11 +81,12 @@ class Client:
         drop_repeats: bool = True,
     ) -> Client:
         """Connect, wait for the Welcome (the server's acknowledgement) and, if
-        ``user`` is given, log in. With ``tls``, check the server's certificate
-        first (see ``client.tls.wrap``: a fingerprint, a CA, or the pin on file).
+        ``user`` is given, log in with ``password`` (or, with ``register``, create
+        the account). With ``tls``, check the server's certificate first (see
+        ``client.tls.wrap``: a fingerprint, a CA, or the pin on file).
 
         Raises:
-            ServerError: the login was refused.
+            ServerError: the login was refused (AUTH_FAILED, NAME_TAKEN, ...).
             client.tls.TrustError: the certificate is not the one we trust.
             ConnectionClosed, OSError: the connection failed.
         """
@@ -99,7 +103,11 @@ class Client:
         client = cls(sock, session, timeout)
         client._wait(lambda: client.session.state is not ClientState.AWAIT_WELCOME, timeout)
         if user is not None:
-            client.login(user)
+            try:
+                client.login(user, password, register=register)
+            except BaseException:
+                client.close()
+                raise
         return client
 
     def __enter__(self) -> Client:
@@ -116,9 +124,11 @@ class Client:
 
     # ---- requests ------------------------------------------------------------------
 
-    def login(self, user: str) -> LoginOk:
-        """Log in as ``user``; raise ServerError if refused."""
-        return self.request(self.session.login(user), LoginOk)
+    def login(self, user: str, password: str, register: bool = False) -> LoginOk:
+        """Log in as ``user`` (with ``register``: create the account first); raise ServerError if refused."""
+        rid = self.session.register(user, password) if register else self.session.login(user, password)
+        self.login_reply = self.request(rid, LoginOk)
+        return self.login_reply
 
     def send_text(self, target: str, text: str) -> Receipt:
         """Send a direct message and wait for its Receipt; raise ServerError if refused."""
@@ -126,7 +136,11 @@ class Client:
 
     def who(self) -> list[str]:
         """Return the users online."""
-        return list(self.request(self.session.who(), WhoReply).users)
+        return list(self.who_reply().users)
+
+    def who_reply(self) -> WhoReply:
+        """Return the users online with their session counts and roles."""
+        return self.request(self.session.who(), WhoReply)
 
     def call(self, msg: Message, timeout: float | None = None) -> Message:
         """Send any request and return its reply; raise ServerError on an Error."""

@@ -33,6 +33,7 @@ from ..protocol import (
     Ping,
     Pong,
     Receipt,
+    Register,
     RemoteProtocolError,
     Send,
     TargetKind,
@@ -65,6 +66,8 @@ class ClientSession:
 
     Args:
         user: log in as this user right after the handshake (None: call ``login``).
+        password: ``user``'s password.
+        register: create the account ``user`` (Register) instead of logging in.
         presence: ask the server for presence events.
         client: the client program's name, sent in Hello.
     """
@@ -73,6 +76,8 @@ class ClientSession:
         self,
         user: str | None = None,
         *,
+        password: str = "",
+        register: bool = False,
         presence: bool = False,
         client: str = "csce513msg",
         device_id: str = "",
@@ -80,6 +85,8 @@ class ClientSession:
         drop_repeats: bool = True,
     ) -> None:
         self.user = user
+        self.password = password
+        self.register_first = register
         self.presence = presence
         self.client = client
         self.device_id = device_id
@@ -148,7 +155,10 @@ class ClientSession:
         self.request(Hello(features=features, client=self.client))
         self.pending.pop(self._next_id)  # Hello has no reply: only an Error if refused
         if self.user is not None:
-            self.login(self.user)
+            if self.register_first:
+                self.register(self.user, self.password)
+            else:
+                self.login(self.user, self.password)
 
     # ---- output -------------------------------------------------------------------
 
@@ -157,9 +167,13 @@ class ClientSession:
         out, self._out = self._out, []
         return b"".join(out)
 
-    def login(self, user: str, password: str = "") -> int:
+    def login(self, user: str, password: str) -> int:
         """Queue a Login; return its request id."""
         return self.request(Login(user, password, self.device_id))
+
+    def register(self, user: str, password: str) -> int:
+        """Queue a Register (create the account and log in); return its request id."""
+        return self.request(Register(user, password, self.device_id))
 
     def send_text(self, target: str, text: str) -> int:
         """Queue a direct message to ``target``; return its request id."""

@@ -22,6 +22,7 @@ into a socket pair is the documented exception.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import socket
@@ -180,9 +181,15 @@ class ChatClient:
             what = "is online" if msg.online else "went offline"
             t.show(f"* {msg.user} {what}", event="presence", user=msg.user, online=bool(msg.online))
         elif isinstance(msg, WhoReply):
-            t.show("online: " + ", ".join(msg.users), event="who", users=list(msg.users))
+            names = [_who_entry(u, n, r) for u, n, r in itertools.zip_longest(msg.users, msg.sessions, msg.roles)]
+            sessions = dict(zip(msg.users, msg.sessions, strict=False))
+            t.show("online: " + ", ".join(names), event="who", users=list(msg.users), sessions=sessions)
         elif isinstance(msg, LoginOk):
-            t.show(f"logged in as {msg.user}; /help for commands", event="login", user=msg.user)
+            away = f"; {msg.waiting} messages arrived while you were away" if msg.waiting else ""
+            t.show(
+                f"logged in as {msg.user} ({msg.role or 'student'}){away}; /help for commands",
+                event="login", user=msg.user, role=msg.role, waiting=msg.waiting,
+            )  # fmt: skip
         elif isinstance(msg, Welcome):
             t.show(
                 f"connected to {msg.server} (protocol {msg.version_major}.{msg.version_minor})",
@@ -271,10 +278,12 @@ def run(
     host: str,
     port: int,
     user: str,
+    password: str,
     mux_name: str,
     as_json: bool,
     tls: TlsOptions | None = None,
     out: TextIO = sys.stdout,
+    register: bool = False,
 ) -> int:
     """Run the client until /quit or end of input; return the exit status."""
     term = Terminal(out, as_json)
@@ -294,7 +303,10 @@ def run(
         term.show(f"! {text}", event="error", code="connect", message=text, request=0)
         return 1
     device = device_id(user.lower())
-    session = ClientSession(user, presence=True, client="msg", device_id=device, client_msg_seed=time.time_ns() // 1000)
+    session = ClientSession(
+        user, password=password, register=register, presence=True, client="msg", device_id=device,
+        client_msg_seed=time.time_ns() // 1000,
+    )  # fmt: skip
     chat = ChatClient(sock, session, term)
     mux: Mux = MUXES[mux_name]()
     mux.register(sock.fileno())
@@ -371,13 +383,20 @@ def _reconnect(chat: ChatClient, connector: Connector, mux: Mux) -> bool:
         return True
     old = chat.session
     chat.resend = chat.unacknowledged()
-    chat.session = ClientSession(
-        old.user, presence=True, client="msg", device_id=old.device_id, client_msg_seed=old.next_client_msg_id
-    )
+    chat.session = ClientSession(  # registered already, if that was asked: now a login
+        old.user, password=old.password, presence=True, client="msg", device_id=old.device_id,
+        client_msg_seed=old.next_client_msg_id,
+    )  # fmt: skip
     chat.sock, chat.online, chat.lost_at, chat.backoff = sock, True, 0.0, 0.5
     mux.register(sock.fileno())
     chat.term.show("reconnected", event="reconnected", message="reconnected")
     return True
+
+
+def _who_entry(user: str, sessions: int | None, role: str | None) -> str:
+    extra = [f"{sessions} sessions"] if sessions and sessions > 1 else []
+    extra += [role] if role == "instructor" else []
+    return f"{user} ({', '.join(extra)})" if extra else user
 
 
 def device_id(user: str) -> str:
@@ -439,6 +458,8 @@ def _receive(chat: ChatClient) -> str:
         chat.on_message(msg)
         if isinstance(msg, Error) and chat.session.state is not ClientState.READY:
             return "fatal"  # the login was refused: nothing more to do
+        if isinstance(msg, Error) and msg.code == ErrorCode.ACCOUNT_CHANGED:
+            chat.ever_ready = False  # the password changed or the account is gone: do not log in again
         if isinstance(msg, LoginOk):
             chat.ever_ready = True
     return "ok"

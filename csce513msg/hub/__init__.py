@@ -3,7 +3,8 @@
 from .actions import Abort, Action, Close, ConnId, Submit, Write
 from .config import HubConfig
 from .contract import EngineAPI
-from .engine import NAME_RULE, TRANSITIONS, Engine
+from .engine import TRANSITIONS, Engine
+from .gate import NAME_RULE, Passwords, Throttle
 from .session import State, direct_stream
 
 __all__ = [
@@ -16,8 +17,10 @@ __all__ = [
     "Engine",
     "EngineAPI",
     "HubConfig",
+    "Passwords",
     "State",
     "Submit",
+    "Throttle",
     "Write",
     "direct_stream",
 ]

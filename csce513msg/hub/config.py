@@ -17,3 +17,9 @@ class HubConfig:
     rate: float = 500.0  #: requests per second per connection, sustained
     burst: int = 1000  #: requests a connection may send at once before the rate applies
     new_device_history: int = 100  #: a device's first catch-up starts this many messages back per stream
+    self_register: bool = False  #: accept Register over the wire (else accounts come from `msgsrv user add`)
+    login_failures_per_account: int = 5  #: failed logins per window before an account is throttled
+    login_failures_per_address: int = 50  #: ... before an address is (a class behind NAT shares one)
+    login_failure_window: float = 60.0  #: seconds a failed login counts
+    max_pending_logins: int = 64  #: logins being hashed at once, server-wide; more get RATE_LIMITED
+    account_poll: float = 2.0  #: seconds between checks for accounts changed by `msgsrv user`

@@ -34,20 +34,19 @@ class Mailroom:
     store: Store
     config: HubConfig
     sessions: dict[ConnId, Session]
-    online: dict[str, Session]
+    online: dict[str, list[Session]]  #: user -> their sessions (one per client logged in)
 
     def __init__(self) -> None:
         self._out: list[Action] = []  # actions gathered during one engine call
         self._batch = Batch()  # what the store must do next: one job per loop pass
         self._senders: list[tuple[ConnId, int]] = []  # (conn, request id) of each batch message
         self._fetchers: dict[int, ConnId] = {}  # catch-up fetch key -> the session waiting for it
-        self._receipt_waiters: dict[int, ConnId] = {}  # receipt fetch key -> the session logging in
         self._history_waiters: dict[int, tuple[ConnId, int, str]] = {}  # key -> (session, request id, stream)
         #: the batch the store is working on: (job id, the batch, (conn, request id) of its messages)
         self._in_flight: tuple[int, Batch, list[tuple[ConnId, int]]] | None = None
         self._ids = itertools.count(1)
 
-    def job_done(self, job_id: int, result: object, now: float) -> list[Action]:
+    def _batch_done(self, job_id: int, result: object) -> tuple[Batch, BatchResult]:
         """A storage batch finished: receipts and deliveries, now that it is committed."""
         assert self._in_flight is not None and self._in_flight[0] == job_id, "one batch in flight"
         _, batch, senders = self._in_flight
@@ -67,12 +66,8 @@ class Mailroom:
             if (session := self.sessions.get(self._fetchers.pop(key))) is not None:
                 self._caught_up(session, found)
         for note in result.newly_delivered:  # acknowledged by a device of the recipient
-            if (sender := self.online.get(note.sender)) is not None:
+            for sender in self.online.get(note.sender, ()):
                 self._delivered_receipt(sender, note)
-        for key, notes in result.receipts.items():  # for a device that was away
-            if (session := self.sessions.get(self._receipt_waiters.pop(key))) is not None:
-                for note in notes:
-                    self._delivered_receipt(session, note)
         for key, page in result.history.items():
             conn, rid, stream = self._history_waiters.pop(key)
             if (session := self.sessions.get(conn)) is not None:
@@ -80,7 +75,7 @@ class Mailroom:
                     self._write(session, _deliver_of(m, rid))
                 self._write(session, HistoryEnd(page[0].position if page else 0, len(page), stream, rid))
         self._reads_failed(batch, result)
-        return self._take()
+        return batch, result
 
     def _reads_failed(self, batch: Batch, result: BatchResult) -> None:
         """The reads of a failed batch never ran: answer or release whoever waits for them."""
@@ -91,14 +86,12 @@ class Mailroom:
         for key in {f.key for f in batch.fetches} - result.fetched.keys():
             if (session := self.sessions.get(self._fetchers.pop(key))) is not None:
                 session.fetching = False  # the next ack or resume tries again
-        for key in batch.receipt_fetches.keys() - result.receipts.keys():
-            self._receipt_waiters.pop(key)
 
     def flush(self, now: float) -> list[Action]:
         """End of a loop pass: if no batch is in flight, submit what accumulated (group commit)."""
         if self._in_flight is not None or not self._batch:
             return []
-        job_id = next(self._ids)
+        job_id = self._new_id()
         batch, self._batch = self._batch, Batch()
         self._in_flight = (job_id, batch, self._senders)
         self._senders = []
@@ -107,20 +100,24 @@ class Mailroom:
     # ---- store and forward ----------------------------------------------------------
 
     def _stored(self, sender: Session | None, rid: int, m: StoredMessage) -> None:
-        """A message is committed: receipt to its sender, delivery to live recipients."""
-        recipient = self.online.get(m.target)
+        """A message is committed: receipt to its sender, delivery to the live sessions of
+        the recipient, and of the sender on its other devices (alice's GUI sees what she
+        typed on her laptop)."""
+        recipients = self.online.get(m.target, ())
         if sender is not None:
-            detail = "" if recipient is not None else f"{m.target} is offline"
+            detail = "" if recipients else f"{m.target} is offline"
             self._write(
                 sender, Receipt(ReceiptState.STORED, m.message_id, m.time_us, m.position, m.stream, detail, rid)
             )
         if m.duplicate:
             return  # a resend of a stored message: it was delivered (or is queued) already
-        if recipient is not None and recipient.live:
-            if recipient.inflight() < self.config.window:
-                self._deliver(recipient, m)
+        for session in (*recipients, *self.online.get(m.sender, ())) if m.sender != m.target else recipients:
+            if not session.live or (session.user == m.sender and session.device == m.device):
+                continue  # catching up (it will read this from the store), or the device that sent it
+            if session.inflight() < self.config.window:
+                self._deliver(session, m)
             else:  # a full window: it catches up from the store as it acknowledges
-                recipient.live = False
+                session.live = False
         if log.isEnabledFor(logging.INFO):
             log.info("message %s -> %s, %d bytes, id %d", m.sender, m.target, len(m.body), m.message_id)
 
@@ -142,7 +139,7 @@ class Mailroom:
         where this session stands), ask the store for the next window of messages."""
         if session.live or session.fetching or session.paused or session.user is None or session.inflight():
             return
-        key = next(self._ids)
+        key = self._new_id()
         session.fetching = True
         self._fetchers[key] = session.conn
         window, history = self.config.window, self.config.new_device_history
@@ -166,6 +163,10 @@ class Mailroom:
         if session.closing:
             return  # e.g. a receipt whose commit came after the connection was told to close
         self._out.append(Write(session.conn, encode(msg)))
+
+    def _new_id(self) -> int:
+        """A fresh key for a job or a read."""
+        return next(self._ids)
 
     def _take(self) -> list[Action]:
         out, self._out = self._out, []

@@ -14,7 +14,10 @@ def mermaid() -> str:
     lines = ["stateDiagram-v2", "    [*] --> AWAIT_HELLO: connect / Welcome"]
     for (state, msg_type), (_handler, target) in TRANSITIONS.items():
         lines.append(f"    {state.name} --> {target.name}: {msg_type.__name__}")
-    lines.append("    READY --> [*]: close, reset, idle timeout, shutdown")
+    # AUTHENTICATING ends with a job's answer, not a request (gate.py: _hash_done, _logins_done)
+    lines.append("    AUTHENTICATING --> READY: password ok, login recorded / LoginOk")
+    lines.append("    AUTHENTICATING --> AWAIT_LOGIN: refused / AUTH_FAILED, NAME_TAKEN")
+    lines.append("    READY --> [*]: close, reset, idle timeout, shutdown, account changed")
     return "\n".join(lines)
 
 

@@ -7,24 +7,24 @@ clock: time comes in as ``now`` (monotonic seconds) and wall time for humans is
 ``now + wall_offset``. So the same engine runs under every backend, and the tests
 drive it directly with a fixed clock.
 
-Each connection has a session that moves through three states::
+Each connection has a session that moves through these states::
 
-    AWAIT_HELLO --Hello--> AWAIT_LOGIN --Login--> READY
-         (the Welcome is sent on connect; Ping is allowed in every state)
+    AWAIT_HELLO --Hello--> AWAIT_LOGIN --Login/Register--> AUTHENTICATING --ok--> READY
+         (the Welcome is sent on connect; Ping is allowed in every state;
+          a failed login goes back to AWAIT_LOGIN)
 
 ``TRANSITIONS`` below is the whole table of what a client may send in each state;
 anything missing from it is refused with an error (``_refusal``), and the
 connection stays open unless framing itself is lost.
 
-Store and forward (receipts after the commit, offline catch-up, delivered
-receipts, history) is the other half of the engine, in ``delivery.py``; session
-state is in ``session.py``.
+Logging in and registering (the password hash runs in the ``hash`` lane) are in
+``gate.py``; store and forward (receipts after the commit, offline catch-up,
+delivered receipts, history) in ``delivery.py``; session state in ``session.py``.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 
 from ..protocol import (
     VERSION_MAJOR,
@@ -37,12 +37,12 @@ from ..protocol import (
     Hello,
     History,
     Login,
-    LoginOk,
     Message,
     Ping,
     Pong,
     Presence,
     ProtocolError,
+    Register,
     RemoteProtocolError,
     Send,
     TargetKind,
@@ -52,41 +52,43 @@ from ..protocol import (
     decode,
     encode,
 )
-from ..store import NewMessage, Store
+from ..store import Account, NewMessage, Store
 from .actions import Action, Close, ConnId, Write
 from .config import HubConfig
 from .delivery import Mailroom
+from .gate import Gate, Passwords
 from .session import Handler, Session, State, direct_stream
 
 log = logging.getLogger("csce513msg.hub")
 
-#: User names: 1-32 characters, letters, digits, "_", "." and "-", not starting with
-#: "." or "-". Names are case-insensitive: the hub folds them to lower case.
 HISTORY_PAGE = 100  #: the most messages one History request returns
-NAME_RULE = re.compile(r"[a-z0-9_][a-z0-9_.-]{0,31}")
 
 
-class Engine(Mailroom):
+class Engine(Gate, Mailroom):
     """The pure chat core behind the engine contract (see shared/STYLE.md).
 
     Args:
-        store: keeps stream positions and assigns message ids.
+        store: keeps accounts, streams and cursors.
         config: the hub's limits.
         wall_offset: ``time.time() - time.monotonic()``, measured once at start.
+        passwords: hashes and checks passwords (run in the ``hash`` lane, never here).
+        accounts: every account, from ``store.load_accounts()``.
     """
 
     def __init__(
-        self, store: Store, config: HubConfig, wall_offset: float, known_users: set[str] | None = None
-    ) -> None:
+        self, store: Store, config: HubConfig, wall_offset: float, passwords: Passwords,
+        accounts: dict[str, Account] | None = None,
+    ) -> None:  # fmt: skip
         self.store = store
         self.config = config
         self.wall_offset = wall_offset
         self.sessions: dict[ConnId, Session] = {}
-        self.online: dict[str, Session] = {}  # user -> their session
-        self.known_users: set[str] = set(known_users or ())  # from the store, plus new logins
+        self.online: dict[str, list[Session]] = {}  # user -> their logged-in sessions
         self.subscribers: set[Session] = set()  # sessions that asked for presence
         Mailroom.__init__(self)  # the storage batch and the output
+        Gate.__init__(self, passwords, dict(accounts or {}))  # logins and accounts
         self._next_sweep: float | None = None
+        self._next_poll: float | None = None  # when to ask the store for accounts changed by an admin
         self._welcome = encode(
             Welcome(
                 VERSION_MAJOR,
@@ -109,6 +111,9 @@ class Engine(Mailroom):
         log.info("connect #%d from %s", conn, peer)
         if self._next_sweep is None:
             self._next_sweep = now + self._sweep_interval()
+        if self._next_poll is None:  # accounts may have changed while nobody was connected: look now
+            self._batch.poll_accounts = True
+            self._next_poll = now + self.config.account_poll
         return [Write(conn, self._welcome)]
 
     def data_received(self, conn: ConnId, data: bytes, now: float) -> list[Action]:
@@ -133,10 +138,13 @@ class Engine(Mailroom):
         """The connection is gone (closed, reset, aborted): forget it, tell subscribers."""
         session = self.sessions.pop(conn)
         self.subscribers.discard(session)
-        if session.user is not None and self.online.get(session.user) is session:
-            del self.online[session.user]
-            log.info("logout %s (#%d)", session.user, conn)
-            self._broadcast_presence(session.user, 0, now)
+        sessions = self.online.get(session.user or "", [])
+        if session in sessions:
+            sessions.remove(session)
+            log.info("logout %s (#%d), %d sessions left", session.user, conn, len(sessions))
+            if not sessions:
+                del self.online[session.user]  # type: ignore[arg-type]
+                self._broadcast_presence(session.user, 0, now)  # type: ignore[arg-type]
         log.info("disconnect #%d", conn)
         return self._take()
 
@@ -157,12 +165,18 @@ class Engine(Mailroom):
 
     def next_deadline(self) -> float | None:
         """When ``handle_timer`` must next run (monotonic seconds), or None."""
-        return self._next_sweep
+        deadlines = [d for d in (self._next_sweep, self._next_poll) if d is not None]
+        return min(deadlines) if deadlines else None
 
     def handle_timer(self, now: float) -> list[Action]:
-        """Close connections silent for longer than the idle timeout."""
+        """Close connections silent for longer than the idle timeout; poll for account changes."""
+        if self._next_poll is not None and now >= self._next_poll:
+            self._batch.poll_accounts = True
+            self._next_poll = now + self.config.account_poll if self.sessions else None
+            self.account_throttle.sweep(now)
+            self.address_throttle.sweep(now)
         if self._next_sweep is None or now < self._next_sweep:
-            return []
+            return self._take()
         limit = now - self.config.idle_timeout
         for session in list(self.sessions.values()):
             if session.last_seen < limit and not session.closing:
@@ -180,6 +194,24 @@ class Engine(Mailroom):
                 self._close(session, "shutdown")
         return self._take()
 
+    def job_done(self, job_id: int, result: object, now: float) -> list[Action]:
+        """A job finished: a password hash (``gate.py``) or a storage batch (``delivery.py``)."""
+        if job_id in self._hashing:
+            self._hash_done(job_id, result, now)
+        else:
+            batch, stored = self._batch_done(job_id, result)
+            self._logins_done(batch, stored, now)
+            self._accounts_changed(stored.accounts, now)
+            self._polled(now)  # logins that waited for this batch's news of accounts
+        return self._take()
+
+    def flush(self, now: float) -> list[Action]:
+        """End of a loop pass: submit the storage batch (``delivery.py``), if none is in flight."""
+        actions = Mailroom.flush(self, now)
+        if actions:  # the batch left, with its accounts poll: the logins queued so far wait for it
+            self._polling, self._unpolled = self._unpolled, []
+        return actions
+
     def server_full(self) -> bytes:
         """The bytes for a connection the backend cannot take (it then closes it)."""
         return encode(Error(ErrorCode.SERVER_FULL, "server full: no room for another connection"))
@@ -187,6 +219,8 @@ class Engine(Mailroom):
     # ---- requests ---------------------------------------------------------------
 
     def _dispatch(self, session: Session, msg: Message, now: float) -> None:
+        if session.state is State.AUTHENTICATING:
+            return self._hold(session, msg)  # handled in order once the login is answered
         rule = TRANSITIONS.get((session.state, type(msg)))
         if rule is None:
             raise _refusal(session.state, msg)
@@ -206,34 +240,6 @@ class Engine(Mailroom):
             )
         session.presence = Feature.PRESENCE.value in msg.features
 
-    def _on_login(self, session: Session, msg: Login, now: float) -> None:
-        user = msg.user.lower()
-        if not NAME_RULE.fullmatch(user):
-            raise RemoteProtocolError(
-                ErrorCode.INVALID_NAME,
-                f"invalid name {msg.user!r}: use 1-32 letters, digits, '_', '.', '-'",
-                request_id=msg.request_id,
-            )
-        if user in self.online:
-            log.info("refused login %s (#%d): name taken", user, session.conn)
-            raise RemoteProtocolError(ErrorCode.NAME_TAKEN, f"{user} is online already", request_id=msg.request_id)
-        session.user = user
-        session.device = msg.device_id
-        self.online[user] = session
-        self._batch.devices.append((user, msg.device_id))  # its first login marks where it starts
-        if user not in self.known_users:  # without accounts, a first login makes the user
-            self.known_users.add(user)
-            self._batch.users.append((user, self._wall_us(now)))
-        log.info("login %s (#%d from %s)", user, session.conn, session.peer)
-        self._write(session, LoginOk(self._wall_us(now), user, msg.request_id))
-        self._broadcast_presence(user, 1, now, skip=session)
-        if session.presence:
-            self.subscribers.add(session)
-        self._maybe_fetch(session)  # what arrived while this device was away
-        key = next(self._ids)  # and the delivered receipts it missed
-        self._receipt_waiters[key] = session.conn
-        self._batch.receipt_fetches[key] = (user, msg.device_id)
-
     def _on_send(self, session: Session, msg: Send, now: float) -> None:
         rid = msg.request_id
         if msg.target_kind != TargetKind.USER:
@@ -245,7 +251,7 @@ class Engine(Mailroom):
                 request_id=rid,
             )
         target = msg.target.lower()
-        if target not in self.known_users:
+        if target not in self.accounts:
             raise RemoteProtocolError(ErrorCode.USER_NOT_FOUND, f"no user {target!r}", request_id=rid)
         sender = session.user
         assert sender is not None  # READY implies a user
@@ -280,16 +286,19 @@ class Engine(Mailroom):
         if msg.target_kind != TargetKind.USER:
             raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "only user targets exist in v1", request_id=rid)
         target = msg.target.lower()
-        if target not in self.known_users:
+        if target not in self.accounts:
             raise RemoteProtocolError(ErrorCode.USER_NOT_FOUND, f"no user {target!r}", request_id=rid)
         assert session.user is not None
         stream = direct_stream(session.user, target)
-        key = next(self._ids)
+        key = self._new_id()
         self._history_waiters[key] = (session.conn, rid, stream)
         self._batch.history[key] = (stream, msg.before, max(1, min(msg.limit, HISTORY_PAGE)))
 
     def _on_who(self, session: Session, msg: Who, now: float) -> None:
-        self._write(session, WhoReply(tuple(sorted(self.online)), msg.request_id))
+        users = sorted(self.online)
+        counts = tuple(len(self.online[u]) for u in users)
+        roles = tuple(self.accounts[u].role if u in self.accounts else "" for u in users)
+        self._write(session, WhoReply(tuple(users), counts, roles, msg.request_id))
 
     def _on_ping(self, session: Session, msg: Ping, now: float) -> None:
         self._write(session, Pong(msg.body, msg.request_id))
@@ -339,7 +348,7 @@ def _refusal(state: State, msg: Message) -> ProtocolError:
         return RemoteProtocolError(ErrorCode.UNSUPPORTED, f"{name} is not a request", request_id=rid)
     if state is State.AWAIT_HELLO:
         return RemoteProtocolError(ErrorCode.BAD_STATE, f"send Hello before {name}", request_id=rid)
-    if isinstance(msg, Login):
+    if isinstance(msg, (Login, Register)):
         return RemoteProtocolError(ErrorCode.ALREADY_LOGGED_IN, "this connection is logged in", request_id=rid)
     if state is State.AWAIT_LOGIN and not isinstance(msg, Hello):
         return RemoteProtocolError(ErrorCode.NOT_LOGGED_IN, f"log in before {name}", request_id=rid)
@@ -352,7 +361,8 @@ def _refusal(state: State, msg: Message) -> ProtocolError:
 TRANSITIONS: dict[tuple[State, type], tuple[Handler, State]] = {
     (State.AWAIT_HELLO, Hello): (Engine._on_hello, State.AWAIT_LOGIN),
     (State.AWAIT_HELLO, Ping): (Engine._on_ping, State.AWAIT_HELLO),
-    (State.AWAIT_LOGIN, Login): (Engine._on_login, State.READY),
+    (State.AWAIT_LOGIN, Login): (Engine._on_login, State.AUTHENTICATING),
+    (State.AWAIT_LOGIN, Register): (Engine._on_register, State.AUTHENTICATING),
     (State.AWAIT_LOGIN, Ping): (Engine._on_ping, State.AWAIT_LOGIN),
     (State.READY, Send): (Engine._on_send, State.READY),
     (State.READY, Ack): (Engine._on_ack, State.READY),

@@ -8,7 +8,7 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..protocol import FrameDecoder
+from ..protocol import FrameDecoder, Message
 from .actions import ConnId
 
 
@@ -17,6 +17,7 @@ class State(enum.Enum):
 
     AWAIT_HELLO = "await-hello"
     AWAIT_LOGIN = "await-login"
+    AUTHENTICATING = "authenticating"  #: a Login or Register is being checked; other requests wait
     READY = "ready"
 
 
@@ -41,6 +42,7 @@ class Session:
     acked: dict[str, int] = field(default_factory=dict)  #: stream -> acknowledged position
     delivered: dict[str, int] = field(default_factory=dict)  #: stream -> last delivered
     unacked: dict[str, list[int]] = field(default_factory=dict)  #: stream -> positions delivered, not acked
+    held: list[Message] = field(default_factory=list)  #: requests that arrived while AUTHENTICATING
 
     def inflight(self) -> int:
         """Deliveries sent and not yet acknowledged: the window counts these."""

@@ -27,7 +27,7 @@ class ErrorCode(enum.IntEnum):
     UNSUPPORTED = 3  # a frame type the server does not know (or not a request)
     BAD_STATE = 4  # a request that is not allowed in this state (e.g. before hello)
     NOT_LOGGED_IN = 5  # the request needs a login first
-    NAME_TAKEN = 6  # that user name is online already
+    NAME_TAKEN = 6  # registration: that user name exists already
     INVALID_NAME = 7  # the name breaks the naming rule
     USER_NOT_FOUND = 8  # no such user
     USER_OFFLINE = 9  # the user exists but is not online
@@ -41,6 +41,10 @@ class ErrorCode(enum.IntEnum):
     ALREADY_LOGGED_IN = 17  # this connection is logged in already
     INTERNAL = 18  # a bug in the server; the connection closes
     STORE_FAILED = 19  # the server could not store the message: it was not accepted; retry
+    AUTH_FAILED = 20  # wrong user name or password (the same reply for both)
+    AUTH_THROTTLED = 21  # too many failed logins for this account or address; wait
+    REGISTRATION_CLOSED = 22  # the server does not take registrations over the wire
+    ACCOUNT_CHANGED = 23  # the password changed or the account was removed; the session ends
 
 
 class Csce513Error(Exception):

@@ -39,7 +39,7 @@ PREFIX = struct.Struct("!IBBHI")
 PREFIX_SIZE = PREFIX.size  # 12
 _U16 = struct.Struct("!H")
 _FIXED_KINDS = "BHIQ"  # u8, u16, u32, u64
-_DEFAULTS: dict[str, Any] = {"B": 0, "H": 0, "I": 0, "Q": 0, "s": "", "L": ()}
+_DEFAULTS: dict[str, Any] = {"B": 0, "H": 0, "I": 0, "Q": 0, "s": "", "L": (), "N": ()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +130,7 @@ class HeaderCodec:
     """Encode and decode one message type's header from its field kinds.
 
     ``kinds`` is one letter per field: ``B`` u8, ``H`` u16, ``I`` u32, ``Q`` u64,
-    ``s`` string, ``L`` list of strings. Runs of fixed-width fields are packed with
+    ``s`` string, ``L`` list of strings, ``N`` list of u32. Runs of fixed-width fields are packed with
     one precompiled ``struct`` each.
     """
 
@@ -157,6 +157,9 @@ class HeaderCodec:
                 parts.append(st.pack(*values[i : i + n]))
             elif kind == "s":
                 parts.append(_pack_str(values[i]))
+            elif kind == "N":
+                numbers = values[i]
+                parts.append(struct.pack(f"!H{len(numbers)}I", len(numbers), *numbers))
             else:
                 items = values[i]
                 parts.append(_U16.pack(len(items)))
@@ -184,6 +187,10 @@ class HeaderCodec:
                 elif kind == "s":
                     text, off = _unpack_str(header, off, end)
                     values.append(text)
+                elif kind == "N":
+                    (count,) = _U16.unpack_from(header, off)
+                    values.append(struct.unpack_from(f"!{count}I", header, off + 2))
+                    off += 2 + 4 * count
                 else:
                     if off + 2 > end:
                         raise ValueError("list count cut short")

@@ -27,7 +27,7 @@ from .errors import ErrorCode, RemoteProtocolError
 from .frames import Frame, HeaderCodec, encode_frame
 
 VERSION_MAJOR = 1
-VERSION_MINOR = 1  # 1.1: stored receipts, offline delivery, device and client message ids
+VERSION_MINOR = 2  # 1.1: stored receipts, offline delivery, device and client message ids; 1.2: accounts
 
 
 class MsgType(enum.IntEnum):
@@ -40,6 +40,7 @@ class MsgType(enum.IntEnum):
     WHO = 0x05
     PING = 0x06
     HISTORY = 0x07
+    REGISTER = 0x08
     WELCOME = 0x81
     LOGIN_OK = 0x82
     RECEIPT = 0x83
@@ -127,10 +128,23 @@ class Hello:
 @_message(MsgType.LOGIN, "sss")
 @dataclass(frozen=True, slots=True)
 class Login:
-    """Log in as ``user``. ``password`` and ``device_id`` are unused in v1 (send "")."""
+    """Log in as ``user`` with ``password``, from the client's device (an id it generates
+    once and keeps: the server keeps each device's place in every conversation)."""
 
     user: str
     password: str = ""
+    device_id: str = ""
+    request_id: int = 0
+
+
+@_message(MsgType.REGISTER, "sss")
+@dataclass(frozen=True, slots=True)
+class Register:
+    """Create the account ``user`` (a student) and log in, as Login does; only on a server
+    started with ``--self-register``. A name that exists gets NAME_TAKEN."""
+
+    user: str
+    password: str
     device_id: str = ""
     request_id: int = 0
 
@@ -209,13 +223,15 @@ class Welcome:
     request_id: int = 0
 
 
-@_message(MsgType.LOGIN_OK, "Qs")
+@_message(MsgType.LOGIN_OK, "QssI")
 @dataclass(frozen=True, slots=True)
 class LoginOk:
-    """The login succeeded."""
+    """The login (or registration) succeeded; the catch-up deliveries follow."""
 
     time_us: int  #: server wall time, microseconds since the Unix epoch
     user: str
+    role: str = ""  #: "student" or "instructor" (1.2)
+    waiting: int = 0  #: messages that arrived for this device while it was away (1.2)
     request_id: int = 0
 
 
@@ -250,12 +266,14 @@ class Deliver:
     request_id: int = 0
 
 
-@_message(MsgType.WHO_REPLY, "L")
+@_message(MsgType.WHO_REPLY, "LNL")
 @dataclass(frozen=True, slots=True)
 class WhoReply:
-    """The users online, sorted by name."""
+    """The users online, sorted by name, each with their number of sessions and role."""
 
     users: tuple[str, ...]
+    sessions: tuple[int, ...] = ()  #: one per user: how many clients they are logged in from (1.2)
+    roles: tuple[str, ...] = ()  #: one per user (1.2)
     request_id: int = 0
 
 
@@ -308,6 +326,7 @@ Message = (
     | Who
     | Ping
     | History
+    | Register
     | Welcome
     | LoginOk
     | Receipt

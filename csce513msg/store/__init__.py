@@ -4,7 +4,32 @@
 and ``sqlite`` implement it (docs/storage.md).
 """
 
-from .interface import Batch, BatchResult, DeliveredNote, Fetch, NewMessage, Store, StoredMessage
+from .interface import (
+    ROLES,
+    Account,
+    Batch,
+    BatchResult,
+    DeliveredNote,
+    Fetch,
+    LoginInfo,
+    LoginRead,
+    NewMessage,
+    Store,
+    StoredMessage,
+)
 from .memory import MemoryStore
 
-__all__ = ["Batch", "BatchResult", "DeliveredNote", "Fetch", "MemoryStore", "NewMessage", "Store", "StoredMessage"]
+__all__ = [
+    "ROLES",
+    "Account",
+    "LoginInfo",
+    "LoginRead",
+    "Batch",
+    "BatchResult",
+    "DeliveredNote",
+    "Fetch",
+    "MemoryStore",
+    "NewMessage",
+    "Store",
+    "StoredMessage",
+]

@@ -4,9 +4,9 @@ The hub never calls a store while it serves: it gathers what it needs into one
 ``Batch`` per loop pass and hands ``store.apply(batch)`` to the backend as a job in
 the ``store`` lane (one storage thread, at most one batch in flight: group commit).
 The result comes back through ``engine.job_done``. A batch is applied in order:
-users, then messages, then cursors, all in ONE transaction; then the fetches read
-what is committed. So every store (SQLite now, PostgreSQL later) implements just
-``load`` and ``apply``.
+accounts, logins, messages, then cursors, all in ONE transaction; then the fetches
+read what is committed. So every store (SQLite now, PostgreSQL later) implements
+just ``load_accounts`` and ``apply``.
 
 Terms:
 
@@ -19,6 +19,37 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Protocol
+
+ROLES = ("student", "instructor")
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """A user who may log in."""
+
+    name: str
+    role: str  #: one of ``ROLES``
+    password_hash: str  #: see ``crypto.passwords``; "" : no password set, no login
+    created_us: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class LoginRead:
+    """A device logs in: record it (its first login marks where it starts), count the
+    messages waiting for it, and read the delivered receipts it missed."""
+
+    key: int
+    user: str
+    device: str
+    new_device_history: int  #: as in ``Fetch``
+
+
+@dataclass(frozen=True, slots=True)
+class LoginInfo:
+    """What the store knows of a device that logs in."""
+
+    waiting: int  #: messages its catch-up will deliver
+    receipts: list[DeliveredNote]  #: delivered receipts it has not been sent yet
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,9 +113,8 @@ class DeliveredNote:
 class Batch:
     """Everything one loop pass needs from the store."""
 
-    users: list[tuple[str, int]] = field(default_factory=list)  #: (name, time_us) of users to create
-    #: (user, device) pairs seen logging in: a device's first login marks where it starts
-    devices: list[tuple[str, str]] = field(default_factory=list)
+    accounts: list[Account] = field(default_factory=list)  #: to create (registration over the wire)
+    logins: list[LoginRead] = field(default_factory=list)
     messages: list[NewMessage] = field(default_factory=list)
     cursors: dict[tuple[str, str, str], int] = field(default_factory=dict)  #: (user, device, stream) -> pos
     #: (stream, recipient) -> position acknowledged: messages up to it, from others, are delivered
@@ -92,15 +122,14 @@ class Batch:
     #: (sender, device, stream) -> position: delivered receipts this device has been sent
     notified: dict[tuple[str, str, str], int] = field(default_factory=dict)
     fetches: list[Fetch] = field(default_factory=list)
-    #: key -> (user, device): delivered receipts this device has not been sent yet (on login)
-    receipt_fetches: dict[int, tuple[str, str]] = field(default_factory=dict)
     #: key -> (stream, before, limit): a page of history, positions below ``before`` (0: newest)
     history: dict[int, tuple[str, int, int]] = field(default_factory=dict)
+    poll_accounts: bool = False  #: report accounts changed by others (``msgsrv user``) since the last poll
 
     def __bool__(self) -> bool:
         return bool(
-            self.users or self.devices or self.messages or self.cursors or self.delivered or self.notified
-            or self.fetches or self.receipt_fetches or self.history
+            self.accounts or self.logins or self.messages or self.cursors or self.delivered or self.notified
+            or self.fetches or self.history or self.poll_accounts
         )  # fmt: skip
 
 
@@ -115,15 +144,17 @@ class BatchResult:
     fetched: dict[int, list[StoredMessage]] = field(default_factory=dict)
     error: str | None = None
     newly_delivered: list[DeliveredNote] = field(default_factory=list)  #: from this batch's acks
-    receipts: dict[int, list[DeliveredNote]] = field(default_factory=dict)  #: per receipt fetch
+    logins: dict[int, LoginInfo] = field(default_factory=dict)  #: per login
     history: dict[int, list[StoredMessage]] = field(default_factory=dict)  #: per history page, oldest first
+    #: accounts that others created, changed (their hash or role) or removed (None) since the last poll
+    accounts: dict[str, Account | None] = field(default_factory=dict)
 
 
 class Store(Protocol):
     """A store the hub can use. ``apply`` runs on the storage thread only."""
 
-    def load_users(self) -> set[str]:
-        """Every known user; called once, before the server serves."""
+    def load_accounts(self) -> dict[str, Account]:
+        """Every account, by name; called once, before the server serves."""
         ...
 
     def apply(self, batch: Batch) -> BatchResult:

@@ -8,14 +8,24 @@ from __future__ import annotations
 
 import dataclasses
 
-from .interface import Batch, BatchResult, DeliveredNote, Fetch, NewMessage, StoredMessage
+from .interface import (
+    Account,
+    Batch,
+    BatchResult,
+    DeliveredNote,
+    Fetch,
+    LoginInfo,
+    LoginRead,
+    NewMessage,
+    StoredMessage,
+)
 
 
 class MemoryStore:
-    """Streams, cursors and users in dictionaries."""
+    """Streams, cursors and accounts in dictionaries."""
 
-    def __init__(self) -> None:
-        self.users: set[str] = set()
+    def __init__(self, accounts: list[Account] | None = None) -> None:
+        self.accounts: dict[str, Account] = {a.name: a for a in accounts or ()}
         self.streams: dict[str, list[StoredMessage]] = {}  # position p is at index p - 1
         self.members: dict[str, set[str]] = {}  # user -> streams
         self.cursors: dict[tuple[str, str, str], int] = {}
@@ -25,13 +35,13 @@ class MemoryStore:
         self.notified: dict[tuple[str, str, str], int] = {}  # (sender, device, stream) -> receipts sent
         self.last_id = 0
 
-    def load_users(self) -> set[str]:
-        return set(self.users)
+    def load_accounts(self) -> dict[str, Account]:
+        return dict(self.accounts)
 
     def apply(self, batch: Batch) -> BatchResult:
-        self.users.update(name for name, _ in batch.users)
-        for device in batch.devices:
-            self.devices.setdefault(device, self.last_id)
+        for account in batch.accounts:
+            self.accounts.setdefault(account.name, account)
+        logins = {login.key: self._login(login) for login in batch.logins}
         stored = [self._append(m) for m in batch.messages]
         for cursor, position in batch.cursors.items():
             self.cursors[cursor] = max(self.cursors.get(cursor, 0), position)
@@ -43,10 +53,14 @@ class MemoryStore:
                 newly += [_note(m) for m in self.streams.get(stream, [])[old:position] if m.sender != user]
         for key, position in batch.notified.items():
             self.notified[key] = max(self.notified.get(key, 0), position)
-        receipts = {key: self._receipts(user, device) for key, (user, device) in batch.receipt_fetches.items()}
         fetched = {f.key: self._fetch(f) for f in batch.fetches}
         history = {key: self._page(*page) for key, page in batch.history.items()}
-        return BatchResult(stored, fetched, newly_delivered=newly, receipts=receipts, history=history)
+        return BatchResult(stored, fetched, newly_delivered=newly, logins=logins, history=history)
+
+    def _login(self, login: LoginRead) -> LoginInfo:
+        self.devices.setdefault((login.user, login.device), self.last_id)
+        waiting = len(self._fetch(Fetch(0, login.user, login.device, 2**62, login.new_device_history)))
+        return LoginInfo(waiting, self._receipts(login.user, login.device))
 
     def _page(self, name: str, before: int, limit: int) -> list[StoredMessage]:
         stream = self.streams.get(name, [])

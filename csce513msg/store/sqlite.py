@@ -24,7 +24,17 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from .interface import Batch, BatchResult, DeliveredNote, Fetch, NewMessage, StoredMessage
+from .interface import (
+    Account,
+    Batch,
+    BatchResult,
+    DeliveredNote,
+    Fetch,
+    LoginInfo,
+    LoginRead,
+    NewMessage,
+    StoredMessage,
+)
 
 MIGRATIONS: list[list[str]] = [
     [  # version 1
@@ -47,6 +57,10 @@ MIGRATIONS: list[list[str]] = [
         """CREATE TABLE notified (user TEXT NOT NULL, device TEXT NOT NULL, stream TEXT NOT NULL,
             position INTEGER NOT NULL, PRIMARY KEY (user, device, stream))""",
     ],
+    [  # version 2: accounts. Users made by a version-1 login have no password until `msgsrv user passwd`.
+        "ALTER TABLE users ADD COLUMN role TEXT NOT NULL DEFAULT 'student'",
+        "ALTER TABLE users ADD COLUMN password TEXT NOT NULL DEFAULT ''",
+    ],
 ]
 _COLUMNS = "id, stream, position, sender, device, target_kind, target, content_type, time_us, body"
 SYNC = {"full": "FULL", "normal": "NORMAL"}
@@ -63,31 +77,17 @@ class SqliteStore:
 
     def __init__(self, path: Path | str, durability: str = "normal", checkpoint_interval: float = 5.0) -> None:
         self.path = str(path)
-        self.db = self._connect()  # the writer: used only by the storage thread after open
+        self.db = connect(self.path)  # the writer: used only by the storage thread after open
         self.db.execute(f"PRAGMA synchronous={SYNC[durability]}")
         self.db.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints happen elsewhere (see above)
-        self._migrate()
+        migrate(self.db)
+        self._accounts: dict[str, Account] = {}  # as of the last poll, plus our own registrations
+        self._data_version = -1
         self.last_id = self.db.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()[0]
         self.positions: dict[str, int] = {}  # stream -> last position: a cache the writer owns
         self._stop = threading.Event()
         if checkpoint_interval > 0:
             threading.Thread(target=self._checkpoints, args=(checkpoint_interval,), daemon=True).start()
-
-    def _connect(self) -> sqlite3.Connection:
-        uri = self.path.startswith("file:")
-        db = sqlite3.connect(self.path, uri=uri, timeout=30, isolation_level=None, check_same_thread=False)
-        if not uri or "mode=ro" not in self.path:
-            db.execute("PRAGMA journal_mode=WAL")
-        return db
-
-    def _migrate(self) -> None:
-        version = self.db.execute("PRAGMA user_version").fetchone()[0]
-        for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
-            self.db.execute("BEGIN IMMEDIATE")
-            for statement in statements:
-                self.db.execute(statement)
-            self.db.execute(f"PRAGMA user_version={number}")
-            self.db.execute("COMMIT")
 
     def close(self) -> None:
         self._stop.set()
@@ -95,8 +95,22 @@ class SqliteStore:
 
     # ---- the storage interface ------------------------------------------------------
 
-    def load_users(self) -> set[str]:
-        return {name for (name,) in self.db.execute("SELECT name FROM users")}
+    def load_accounts(self) -> dict[str, Account]:
+        self._data_version = self.db.execute("PRAGMA data_version").fetchone()[0]
+        self._accounts = read_accounts(self.db)
+        return dict(self._accounts)
+
+    def _poll_accounts(self) -> dict[str, Account | None]:
+        """Accounts that another process (``msgsrv user``) changed since the last poll.
+        ``data_version`` moves only when another connection commits, so a quiet poll is cheap."""
+        version = self.db.execute("PRAGMA data_version").fetchone()[0]
+        if version == self._data_version:
+            return {}
+        self._data_version = version
+        old, self._accounts = self._accounts, read_accounts(self.db)
+        changed: dict[str, Account | None] = {n: a for n, a in self._accounts.items() if old.get(n) != a}
+        changed.update((name, None) for name in old.keys() - self._accounts.keys())
+        return changed
 
     def apply(self, batch: Batch) -> BatchResult:
         db = self.db
@@ -104,11 +118,11 @@ class SqliteStore:
         touched: dict[str, int] = {}  # stream -> last position before this batch
         try:
             db.execute("BEGIN IMMEDIATE")
-            db.executemany("INSERT OR IGNORE INTO users (name, created_us) VALUES (?, ?)", batch.users)
             db.executemany(
-                "INSERT OR IGNORE INTO devices (user, device, since) VALUES (?, ?, ?)",
-                [(user, device, self.last_id) for user, device in batch.devices],
-            )
+                "INSERT INTO users (name, created_us, role, password) VALUES (?, ?, ?, ?)",
+                [(a.name, a.created_us, a.role, a.password_hash) for a in batch.accounts],
+            )  # a name taken meanwhile by `msgsrv user add` fails the batch: the hub checked its own list
+            logins = {login.key: self._login(login) for login in batch.logins}
             stored = [self._append(m, touched) for m in batch.messages]
             db.executemany(  # one row per stream the batch touched, not one per message
                 "INSERT INTO streams (name, last_position) VALUES (?, ?) "
@@ -126,7 +140,6 @@ class SqliteStore:
                    ON CONFLICT DO UPDATE SET position = max(position, excluded.position)""",
                 [(*key, pos) for key, pos in batch.notified.items()],
             )
-            receipts = {key: self._receipts(*who) for key, who in batch.receipt_fetches.items()}
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             if db.in_transaction:
@@ -134,12 +147,23 @@ class SqliteStore:
             self.last_id = last_id
             self.positions.update(touched)  # as before the batch
             return BatchResult(error=f"storage error: {exc}")
+        self._accounts.update((a.name, a) for a in batch.accounts)
         try:
             fetched = {f.key: self._fetch(f) for f in batch.fetches}
             history = {key: self._page(*page) for key, page in batch.history.items()}
+            accounts = self._poll_accounts() if batch.poll_accounts else {}
         except sqlite3.Error as exc:
-            return BatchResult(stored, error=f"storage error: {exc}")
-        return BatchResult(stored, fetched, newly_delivered=newly, receipts=receipts, history=history)
+            return BatchResult(stored, error=f"storage error: {exc}", logins=logins)
+        return BatchResult(stored, fetched, None, newly, logins, history, accounts)
+
+    def _login(self, login: LoginRead) -> LoginInfo:
+        self.db.execute(
+            "INSERT OR IGNORE INTO devices (user, device, since) VALUES (?, ?, ?)",
+            (login.user, login.device, self.last_id),
+        )
+        fetch = Fetch(0, login.user, login.device, -1, login.new_device_history)  # LIMIT -1: no limit
+        (waiting,) = self.db.execute(*self._pending("count(*)", fetch)).fetchone()
+        return LoginInfo(waiting, self._receipts(login.user, login.device))
 
     def _page(self, stream: str, before: int, limit: int) -> list[StoredMessage]:
         rows = self.db.execute(
@@ -222,10 +246,15 @@ class SqliteStore:
         )  # fmt: skip
 
     def _fetch(self, f: Fetch) -> list[StoredMessage]:
-        # After the device's cursor; without one (a stream new to this device), whatever came
-        # after the device's first login, and at least the last few for a new device.
-        rows = self.db.execute(
-            f"""SELECT {", ".join("m." + c.strip() for c in _COLUMNS.split(","))}
+        columns = ", ".join("m." + c.strip() for c in _COLUMNS.split(","))
+        return [StoredMessage(*row) for row in self.db.execute(*self._pending(columns, f))]
+
+    def _pending(self, columns: str, f: Fetch) -> tuple[str, tuple[object, ...]]:
+        """The query for what device ``f.device`` of ``f.user`` has not acknowledged: after the
+        device's cursor; without one (a stream new to this device), whatever came after the
+        device's first login, and at least the last few for a new device."""
+        return (
+            f"""SELECT {columns}
                 FROM members AS s JOIN streams AS t ON t.name = s.stream
                 JOIN messages AS m ON m.stream = s.stream
                 LEFT JOIN cursors AS c ON c.user = s.user AND c.device = ? AND c.stream = s.stream
@@ -236,15 +265,39 @@ class SqliteStore:
                   AND NOT (m.sender = s.user AND m.device = ?)
                 ORDER BY m.id LIMIT ?""",
             (f.device, f.device, f.user, self.last_id, f.new_device_history, f.device, f.limit),
-        ).fetchall()
-        return [StoredMessage(*row) for row in rows]
+        )
 
     def _checkpoints(self, interval: float) -> None:
         """A second connection moves the WAL into the database, off the commit path."""
-        db = self._connect()
+        db = connect(self.path)
         while not self._stop.wait(interval):
             try:
                 db.execute("PRAGMA wal_checkpoint(PASSIVE)")
             except sqlite3.Error:
                 pass  # busy or read-only: try again at the next interval
         db.close()
+
+
+def connect(path: str) -> sqlite3.Connection:
+    """Open the database (in WAL mode unless read-only); a busy database is waited on for 30 s."""
+    uri = path.startswith("file:")
+    db = sqlite3.connect(path, uri=uri, timeout=30, isolation_level=None, check_same_thread=False)
+    if not uri or "mode=ro" not in path:
+        db.execute("PRAGMA journal_mode=WAL")
+    return db
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """Bring the schema to the newest version, one transaction per version."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
+        db.execute("BEGIN IMMEDIATE")
+        for statement in statements:
+            db.execute(statement)
+        db.execute(f"PRAGMA user_version={number}")
+        db.execute("COMMIT")
+
+
+def read_accounts(db: sqlite3.Connection) -> dict[str, Account]:
+    rows = db.execute("SELECT name, role, password, created_us FROM users")
+    return {name: Account(name, role, password, created) for name, role, password, created in rows}

@@ -18,10 +18,11 @@ from csce513msg.protocol import (
     Presence,
     Receipt,
     ReceiptState,
+    Register,
     Send,
     TargetKind,
 )
-from tests.conformance.wire import RawConn, connect, wait_gone
+from tests.conformance.wire import PASSWORD, RawConn, connect, wait_gone
 
 SERVER_FLAGS = ("--max-text", "4096", "--max-frame", "8192")
 
@@ -48,20 +49,23 @@ def test_invalid_names_are_refused(server: object, bad: str) -> None:
     conn.close()
 
 
-def test_name_taken_and_case_folding(server: object, names: object) -> None:
+def test_a_taken_name_cannot_be_registered_again_in_any_case(server: object, names: object) -> None:
     name = names("carol")  # type: ignore[operator]
     first = connect(server, name)
+    again = Client.connect(server.host, server.port)  # type: ignore[attr-defined]
     with pytest.raises(ServerError) as err:
-        connect(server, name.upper())
+        again.login(name.upper(), PASSWORD, register=True)
     assert err.value.code == ErrorCode.NAME_TAKEN
+    assert again.login(name.upper(), PASSWORD).user == name  # logging in is fine: a second session
     first.close()
+    again.close()
 
 
 def test_login_reply_names_the_user_in_lower_case(server: object, names: object) -> None:
     conn = RawConn(server)
     conn.handshake()
     name = names("Dave")  # type: ignore[operator]
-    conn.send(Login(name, request_id=2))
+    conn.send(Register(name, PASSWORD, request_id=2))
     ok = conn.recv()
     assert isinstance(ok, LoginOk) and ok.user == name.lower() and ok.request_id == 2
     assert abs(ok.time_us / 1e6 - time.time()) < 60
@@ -128,7 +132,7 @@ def test_acks_are_cumulative_and_checked(server: object, names: object) -> None:
     a = connect(server, alice)
     conn = RawConn(server)
     conn.handshake()
-    conn.send(Login(bob, request_id=2))
+    conn.send(Register(bob, PASSWORD, request_id=2))
     conn.recv()
     for i in range(3):
         a.send_text(bob, f"m{i}")
@@ -172,7 +176,7 @@ def test_offline_messages_are_stored_and_delivered_in_order_on_return(server: ob
     assert [d.message_id for d in got] == [r.message_id for r in receipts]
     b.call(Ping())  # acknowledged (the client acks as it reads); nothing comes twice
     b.close()
-    wait_gone(a, bob)  # else the new login may race the old connection's close (NAME_TAKEN)
+    wait_gone(a, bob)  # the acks reached the server before the close
     again = connect(server, bob)
     again.call(Ping())
     assert not [m for m in again.inbox if isinstance(m, Deliver)]
@@ -208,7 +212,7 @@ def test_history_pages_back_through_a_conversation(server: object, names: object
 
 def test_a_resend_gets_the_original_message_and_no_second_delivery(server: object, names: object) -> None:
     alice, bob = names("alice"), names("bob")  # type: ignore[operator]
-    a = Client.connect(server.host, server.port, user=alice, device_id="laptop-1")  # type: ignore[attr-defined]
+    a = connect(server, alice, device_id="laptop-1")  # type: ignore[attr-defined]
     b = connect(server, bob)
     first = a.call(Send(TargetKind.USER, 0, 4242, bob, b"only once"))
     again = a.call(Send(TargetKind.USER, 0, 4242, bob, b"only once"))

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import time
 
-from csce513msg.protocol import Error, ErrorCode, Login, LoginOk, Ping, Pong
-from tests.conformance.wire import RawConn
+from csce513msg.protocol import Error, ErrorCode, LoginOk, Ping, Pong, Register
+from tests.conformance.wire import PASSWORD, RawConn
 
 SERVER_FLAGS = ("--idle-timeout", "0.6", "--rate", "10", "--burst", "5")
 
@@ -18,7 +18,7 @@ def test_silent_connection_is_closed_after_the_idle_timeout(server: object, name
     conn = RawConn(server)
     welcome = conn.handshake()
     assert welcome.idle_timeout_ms == 600
-    conn.send(Login(names("sleepy"), request_id=2))  # type: ignore[operator]
+    conn.send(Register(names("sleepy"), PASSWORD, request_id=2))  # type: ignore[operator]
     assert isinstance(conn.recv(), LoginOk)
     started = time.monotonic()
     conn.expect_error(ErrorCode.IDLE_TIMEOUT, request_id=0)

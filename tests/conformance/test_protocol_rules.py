@@ -18,12 +18,13 @@ from csce513msg.protocol import (
     LoginOk,
     Ping,
     Pong,
+    Register,
     Send,
     Welcome,
     Who,
     encode_frame,
 )
-from tests.conformance.wire import RawConn, connect
+from tests.conformance.wire import PASSWORD, RawConn, connect
 
 SERVER_FLAGS = ("--max-frame", "8192", "--max-text", "4096", "--window", "8", "--idle-timeout", "60")
 
@@ -52,7 +53,7 @@ def test_newer_minor_version_is_accepted(server: object, names: object) -> None:
     conn = RawConn(server)
     conn.welcome()
     conn.send(Hello(version_minor=99, features=("some-future-feature",), request_id=1))
-    conn.send(Login(names("minor"), request_id=2))  # type: ignore[operator]
+    conn.send(Register(names("minor"), PASSWORD, request_id=2))  # type: ignore[operator]
     assert isinstance(conn.recv(), LoginOk)
     conn.close()
 
@@ -60,10 +61,10 @@ def test_newer_minor_version_is_accepted(server: object, names: object) -> None:
 def test_requests_before_hello_are_refused_but_the_connection_stays(server: object, names: object) -> None:
     conn = RawConn(server)
     conn.welcome()
-    conn.send(Login(names("early"), request_id=3))  # type: ignore[operator]
+    conn.send(Register(names("early"), PASSWORD, request_id=3))  # type: ignore[operator]
     conn.expect_error(ErrorCode.BAD_STATE, request_id=3)
     conn.alive()  # ping is allowed in every state
-    conn.send(Hello(request_id=4), Login(names("late"), request_id=5))  # type: ignore[operator]
+    conn.send(Hello(request_id=4), Register(names("late"), PASSWORD, request_id=5))  # type: ignore[operator]
     assert isinstance(conn.recv(), LoginOk)
     conn.close()
 
@@ -82,7 +83,7 @@ def test_chat_requests_need_a_login(server: object) -> None:
 def test_second_login_on_a_connection_is_refused(server: object, names: object) -> None:
     conn = RawConn(server)
     conn.handshake()
-    conn.send(Login(names("twice"), request_id=2))  # type: ignore[operator]
+    conn.send(Register(names("twice"), PASSWORD, request_id=2))  # type: ignore[operator]
     assert isinstance(conn.recv(), LoginOk)
     conn.send(Login(names("again"), request_id=3))  # type: ignore[operator]
     conn.expect_error(ErrorCode.ALREADY_LOGGED_IN, request_id=3)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import socket
 import ssl
 import time
+from typing import Any
 
-from csce513msg.client import Client
+from csce513msg.client import Client, ServerError
 from csce513msg.protocol import (
     Error,
+    ErrorCode,
     FrameDecoder,
     Hello,
     Message,
@@ -19,11 +21,44 @@ from csce513msg.protocol import (
     encode,
 )
 
+#: Every account the suite makes has this password; the servers run with --self-register.
+PASSWORD = "conformance password"
+_registered: set[tuple[str, int, str]] = set()
 
-def connect(server: object, user: str | None = None, presence: bool = False) -> Client:
-    """A logged-in (if ``user``) client of ``server``; it shows repeated deliveries, so a
-    server that delivers something twice is caught."""
-    return Client.connect(server.host, server.port, user=user, presence=presence, drop_repeats=False)  # type: ignore[attr-defined]
+
+def connect(
+    server: object, user: str | None = None, presence: bool = False, *, password: str = PASSWORD, **options: Any
+) -> Client:
+    """A client of ``server``, logged in as ``user`` if given: the first time a name is
+    used it is registered over the wire (a taken name, e.g. after a restart on the same
+    data directory, logs in). It shows repeated deliveries, so a server that delivers
+    something twice is caught. ``options`` go to ``Client.connect`` (device_id, tls...)."""
+    options.setdefault("drop_repeats", False)
+    host, port = server.host, server.port  # type: ignore[attr-defined]
+    client = Client.connect(host, port, presence=presence, **options)
+    if user is None:
+        return client
+    key = (host, port, user.lower())
+    try:
+        if key in _registered:
+            client.login(user, password)
+        else:
+            try:
+                client.login(user, password, register=True)
+            except ServerError as exc:
+                if exc.code != ErrorCode.NAME_TAKEN:
+                    raise
+                client.login(user, password)
+            _registered.add(key)
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+def register(server: object, user: str, password: str = PASSWORD, **options: Any) -> None:
+    """Make the account ``user`` over the wire (if it is new), and leave."""
+    connect(server, user, password=password, **options).close()
 
 
 def wait_gone(watcher: Client, user: str, timeout: float = 10.0) -> None:

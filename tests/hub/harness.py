@@ -5,11 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from csce513msg.client import ClientSession
+from csce513msg.crypto.passwords import COSTS, Scrypt
 from csce513msg.hub import Abort, Action, Close, Engine, HubConfig, Submit, Write
 from csce513msg.protocol import FrameDecoder, Message, decode
-from csce513msg.store import MemoryStore
+from csce513msg.store import Account, MemoryStore
 
 WALL_OFFSET = 1_700_000_000.0
+PASSWORD = "correct horse"  #: every harness account's password
+PASSWORDS = Scrypt(COSTS["test"])  # real scrypt, at the cost that takes microseconds
 
 
 @dataclass
@@ -32,18 +35,32 @@ class Harness:
 
     def __init__(self, store: object = None, auto_jobs: bool = True, **config: object) -> None:
         self.store = store or MemoryStore()
-        self.engine = Engine(self.store, HubConfig(**config), WALL_OFFSET)  # type: ignore[arg-type]
+        accounts = self.store.load_accounts()  # type: ignore[attr-defined]
+        self.engine = Engine(self.store, HubConfig(**config), WALL_OFFSET, PASSWORDS, accounts)  # type: ignore[arg-type]
         self.auto_jobs = auto_jobs  # False: jobs wait for run_jobs(), to test every ordering
         self.now = 1000.0
         self.peers: dict[int, Peer] = {}
         self.jobs: list[Submit] = []
         self._next = 0
 
-    def connect(self, user: str | None = None, presence: bool = False, raw: bool = False) -> Peer:
+    def account(self, name: str, role: str = "student") -> Account:
+        """Make an account (as `msgsrv user add` would, with the server not running)."""
+        account = Account(name, role, PASSWORDS.hash(PASSWORD))
+        self.engine.accounts[name] = account
+        self.store.accounts[name] = account  # type: ignore[attr-defined]
+        return account
+
+    def connect(
+        self, user: str | None = None, presence: bool = False, raw: bool = False, password: str = PASSWORD,
+        host: str | None = None, device: str = "",
+    ) -> Peer:  # fmt: skip
+        """A connection that logs in as ``user`` (made an account first if it has none)."""
+        if user is not None and user.lower() not in self.engine.accounts:
+            self.account(user.lower())
         self._next += 1
-        peer = Peer(self._next, ClientSession(user, presence=presence), raw=raw)
+        peer = Peer(self._next, ClientSession(user, password=password, presence=presence, device_id=device), raw=raw)
         self.peers[peer.conn] = peer
-        self.apply(self.engine.connection_made(peer.conn, f"10.0.0.{peer.conn}:5000", self.now))
+        self.apply(self.engine.connection_made(peer.conn, f"{host or f'10.0.0.{peer.conn}'}:5000", self.now))
         self.pump()
         return peer
 
@@ -83,6 +100,12 @@ class Harness:
         jobs, self.jobs = self.jobs, []
         for job in jobs:
             self.apply(self.engine.job_done(job.job_id, job.job(), self.now))
+
+    def settle(self) -> None:
+        """Run jobs (and what they lead to) until none is left: e.g. logins, hash then store."""
+        while self.jobs:
+            self.run_jobs()
+            self.pump()
 
     def send_raw(self, peer: Peer, data: bytes) -> None:
         self.apply(self.engine.data_received(peer.conn, data, self.now))

@@ -6,16 +6,13 @@ from __future__ import annotations
 from csce513msg.hub import Submit
 from csce513msg.protocol import Deliver, Error, ErrorCode, Receipt, ReceiptState, Send, TargetKind
 from csce513msg.store import BatchResult, MemoryStore
-from tests.hub.harness import Harness
+from tests.hub.harness import PASSWORD, Harness
 
 
 def test_receipt_and_delivery_wait_for_the_commit() -> None:
     h = Harness(auto_jobs=False)
     alice, bob = h.connect("alice", raw=False), h.connect("bob")
-    h.run_jobs()
-    h.pump()
-    h.run_jobs()  # logins done: both are live
-    h.pump()
+    h.settle()  # logins done: both are live
     alice.session.send_text("bob", "one")
     h.pump()
     assert not alice.of(Receipt) and not bob.of(Deliver)  # submitted, not committed
@@ -29,10 +26,7 @@ def test_receipt_and_delivery_wait_for_the_commit() -> None:
 def test_one_batch_in_flight_and_the_rest_waits_for_the_next() -> None:
     h = Harness(auto_jobs=False)
     alice, _bob = h.connect("alice"), h.connect("bob")
-    h.run_jobs()
-    h.pump()
-    h.run_jobs()
-    h.pump()
+    h.settle()
     alice.session.send_text("bob", "1")
     h.pump()
     alice.session.send_text("bob", "2")
@@ -75,7 +69,7 @@ def test_catch_up_is_paced_by_the_window() -> None:
     h.send_raw(bob, b"")
     from csce513msg.protocol import Hello, Login, encode
 
-    h.send_raw(bob, encode(Hello(request_id=1)) + encode(Login("bob", request_id=2)))
+    h.send_raw(bob, encode(Hello(request_id=1)) + encode(Login("bob", PASSWORD, request_id=2)))
     assert len(bob.of(Deliver)) == 4  # the window, then it waits
     from csce513msg.protocol import Ack
 
@@ -131,7 +125,8 @@ def test_acks_one_at_a_time_still_fetch_everything() -> None:
     from csce513msg.protocol import Ack, Hello, Login, encode
 
     reader = h.connect(raw=True)
-    h.send_raw(reader, encode(Hello(request_id=1)) + encode(Login("reader", request_id=2)))
+    h.account("reader")
+    h.send_raw(reader, encode(Hello(request_id=1)) + encode(Login("reader", PASSWORD, request_id=2)))
     flooder = h.connect("flooder")
     for i in range(8):
         flooder.session.send_text("reader", str(i))
@@ -149,9 +144,9 @@ def test_nothing_is_written_to_a_connection_after_its_close() -> None:
     h = Harness(auto_jobs=False)
     h.connect("bob")
     peer = h.connect(raw=True)
-    h.send_raw(peer, encode(Hello(request_id=1)) + encode(Login("alice", request_id=2)))
-    h.run_jobs()
-    h.pump()
+    h.account("alice")
+    h.send_raw(peer, encode(Hello(request_id=1)) + encode(Login("alice", PASSWORD, request_id=2)))
+    h.settle()
     send = encode(Send(TargetKind.USER, 0, 0, "bob", b"hi", request_id=3))
     h.send_raw(peer, send + encode_frame(0x02, 4, b"\x00\x09ab"))  # then a malformed Login
     assert peer.closed == "bad_frame"

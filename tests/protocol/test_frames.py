@@ -30,6 +30,7 @@ from csce513msg.protocol import (
     Presence,
     ProtocolError,
     Receipt,
+    Register,
     RemoteProtocolError,
     Send,
     Welcome,
@@ -57,8 +58,20 @@ CASES: list[tuple[Message, bytes]] = [
         bytes.fromhex("000000068800000600000009000800026e6f"),
     ),
     (
-        WhoReply(("a", "bc"), request_id=4),
-        bytes.fromhex("000000098500000900000004000200016100026263"),
+        WhoReply(("a", "bc"), request_id=4),  # an empty N list is its count: 0000
+        bytes.fromhex("0000000d8500000d0000000400020001610002626300000000"),
+    ),
+    (
+        WhoReply(("a",), (2,), ("instructor",), request_id=4),  # N: u16 count, then u32 each
+        bytes.fromhex("00000019850000190000000400010001610001000000020001000a" + b"instructor".hex()),
+    ),
+    (
+        LoginOk(1, "al", "student", 3, request_id=2),
+        bytes.fromhex("00000019820000190000000200000000000000010002616c0007" + b"student".hex() + "00000003"),
+    ),
+    (
+        Register("al", "pw", "d", request_id=2),
+        bytes.fromhex("0000000b0800000b000000020002616c00027077000164"),
     ),
 ]
 MORE: list[Message] = [
@@ -162,7 +175,15 @@ messages = st.one_of(
     st.builds(Deliver, st.integers(0, 255), st.integers(0, 255), u64, u64, u64, names, names, names, bodies, u32),
     st.builds(Receipt, st.integers(0, 255), u64, u64, u64, names, names, u32),
     st.builds(Hello, st.integers(0, 255), st.integers(0, 255), st.lists(names, max_size=4).map(tuple), names, u32),
-    st.builds(WhoReply, st.lists(names, max_size=20).map(tuple), u32),
+    st.builds(
+        WhoReply,
+        st.lists(names, max_size=20).map(tuple),
+        st.lists(u32, max_size=20).map(tuple),
+        st.lists(names, max_size=20).map(tuple),
+        u32,
+    ),
+    st.builds(LoginOk, u64, names, names, u32, u32),
+    st.builds(Register, names, names, names, u32),
     st.builds(Error, st.integers(0, 65535), names, u32),
     st.builds(Ack, u64, names, u32),
     st.builds(Ping, bodies, u32),

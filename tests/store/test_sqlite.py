@@ -5,8 +5,13 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from csce513msg.store import Batch, Fetch, MemoryStore, NewMessage
+from csce513msg.store import Account, Batch, Fetch, LoginRead, MemoryStore, NewMessage
+from csce513msg.store.accounts import AccountBook
 from csce513msg.store.sqlite import MIGRATIONS, SqliteStore
+
+
+def accounts(*names: str) -> list[Account]:
+    return [Account(name, "student", "scrypt$1$1$1$c2FsdA$a2V5", 1) for name in names]
 
 
 def msg(
@@ -19,10 +24,10 @@ def msg(
 def test_messages_survive_a_reopen_and_ids_are_never_reused(tmp_path: Path) -> None:
     path = tmp_path / "db"
     store = SqliteStore(path, "full", checkpoint_interval=0)
-    first = store.apply(Batch(users=[("alice", 1), ("bob", 1)], messages=[msg("alice", "bob", b"1")])).stored[0]
+    first = store.apply(Batch(accounts=accounts("alice", "bob"), messages=[msg("alice", "bob", b"1")])).stored[0]
     store.close()
     store = SqliteStore(path, "normal", checkpoint_interval=0)
-    assert store.load_users() == {"alice", "bob"}
+    assert store.load_accounts() == {a.name: a for a in accounts("alice", "bob")}
     second = store.apply(Batch(messages=[msg("bob", "alice", b"2", time_us=5)])).stored[0]  # clock went back
     assert second.message_id > first.message_id and second.position == 2
     fetched = store.apply(Batch(fetches=[Fetch(1, "bob", "phone", 10, 100)])).fetched[1]
@@ -34,7 +39,7 @@ def test_same_rules_as_the_memory_store(tmp_path: Path) -> None:
     """One scenario against both stores: resends, cursors, own-device filter, limits."""
     for store in (MemoryStore(), SqliteStore(tmp_path / "db", checkpoint_interval=0)):
         batch = Batch(
-            users=[("a", 1), ("b", 1)],
+            accounts=accounts("a", "b"),
             messages=[msg("a", "b", b"x", 7), msg("a", "b", b"x", 7), msg("b", "a", b"y", device="bd")]
             + [msg("a", "b", bytes([i])) for i in range(5)],
         )
@@ -46,6 +51,9 @@ def test_same_rules_as_the_memory_store(tmp_path: Path) -> None:
         assert [m.position for m in result.fetched[9]] == [3, 4, 5]  # after the cursor, limited
         new_device = store.apply(Batch(fetches=[Fetch(1, "b", "new", 100, 2)])).fetched[1]
         assert [m.position for m in new_device] == [6, 7]  # a new device starts 2 back
+        logins = store.apply(Batch(logins=[LoginRead(4, "b", "bd", 100), LoginRead(5, "a", "new", 3)])).logins
+        assert logins[4].waiting == 5  # positions 3-7, as the fetch would deliver them
+        assert logins[5].waiting == 3  # a new device of a: the last 3, though a sent them (from device "d")
 
 
 def test_migrates_an_older_schema_version(tmp_path: Path) -> None:
@@ -64,7 +72,7 @@ def test_a_read_only_database_gives_a_clear_error_and_stores_nothing(tmp_path: P
     path = tmp_path / "db"
     SqliteStore(path, checkpoint_interval=0).close()
     store = SqliteStore(f"file:{path}?mode=ro", checkpoint_interval=0)
-    result = store.apply(Batch(users=[("a", 1)], messages=[msg("a", "b", b"lost")]))
+    result = store.apply(Batch(accounts=accounts("a"), messages=[msg("a", "b", b"lost")]))
     assert result.error and "readonly" in result.error.replace(" ", "").lower() and not result.stored
 
 
@@ -77,3 +85,35 @@ def test_a_full_disk_rolls_the_batch_back(tmp_path: Path) -> None:
     store.db.execute("PRAGMA max_page_count=1000000")
     ok = store.apply(Batch(messages=[msg("a", "b", b"small", 99)]))
     assert ok.error is None and ok.stored[0].position == 1  # the failed batch left no trace
+
+
+def test_version_1_users_keep_their_name_without_a_password(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    old = sqlite3.connect(path)
+    for statement in MIGRATIONS[0]:
+        old.execute(statement)
+    old.execute("INSERT INTO users VALUES ('zoe', 5)")
+    old.execute("PRAGMA user_version=1")
+    old.commit()
+    old.close()
+    store = SqliteStore(path, checkpoint_interval=0)
+    assert store.load_accounts() == {"zoe": Account("zoe", "student", "", 5)}  # no login until `user passwd`
+
+
+def test_the_poll_reports_what_another_process_changed(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    store = SqliteStore(path, checkpoint_interval=0)
+    store.load_accounts()
+    store.apply(Batch(accounts=accounts("own")))  # our own registration is no news
+    assert store.apply(Batch(poll_accounts=True)).accounts == {}
+    book = AccountBook(path)
+    book.add("ann", "h1", "instructor")
+    book.add("ben", "h2")
+    changed = store.apply(Batch(poll_accounts=True)).accounts
+    assert sorted(changed) == ["ann", "ben"] and changed["ann"].role == "instructor"  # type: ignore[union-attr]
+    assert store.apply(Batch(poll_accounts=True)).accounts == {}  # nothing new since
+    book.set_password("ann", "h3")
+    book.remove("ben")
+    changed = store.apply(Batch(poll_accounts=True)).accounts
+    assert changed == {"ann": Account("ann", "instructor", "h3", changed["ann"].created_us), "ben": None}  # type: ignore[union-attr]
+    book.close()

@@ -9,11 +9,19 @@ import sys
 import threading
 import time
 
+from tests.conformance.wire import register
+from tests.servers import fingerprint_of
+
 MSG = [sys.executable, "-m", "csce513msg.cli.msg"]
 MSGSRV = [sys.executable, "-m", "csce513msg.cli.msgsrv"]
 
 
-def msg_cmd(server: object, user: str, *extra: str) -> list[str]:
+def msg_cmd(server: object, user: str, *extra: str, account: bool = True) -> list[str]:
+    """``msg`` logging in as ``user`` (its password in MSG_PASSWORD, see conftest); with
+    ``account``, the account is registered over the wire first, if it is new."""
+    if account:
+        tls = "tls:" in getattr(server, "banner", "")
+        register(server, user, **({"tls": True, "fingerprint": fingerprint_of(server)} if tls else {}))
     return [*MSG, "--server", f"{server.host}:{server.port}", "--user", user, *extra]  # type: ignore[attr-defined]
 
 

@@ -74,8 +74,30 @@ def test_bad_commands_and_login_refusal(server: object, names: object) -> None:
     assert "! unknown command /nope" in done.stdout
     assert "! no conversation yet" in done.stdout
     assert "! usage: /msg USER TEXT" in done.stdout
-    bad = subprocess.run(msg_cmd(server, "bad name!"), input="", capture_output=True, text=True, timeout=30)
+    bad = subprocess.run(
+        msg_cmd(server, "bad name!", account=False), input="", capture_output=True, text=True, timeout=30
+    )
     assert bad.returncode == 1 and "invalid_name" in bad.stdout
+    wrong = subprocess.run(
+        msg_cmd(server, alice), input="", capture_output=True, text=True, timeout=30,
+        env={**os.environ, "MSG_PASSWORD": "not the password"},
+    )  # fmt: skip
+    assert wrong.returncode == 1 and "auth_failed: auth failed" in wrong.stdout
+
+
+def test_msg_register_then_login_and_the_password_from_the_environment(server: object, names: object) -> None:
+    carol = names("carol")  # type: ignore[operator]
+    new = subprocess.run(
+        msg_cmd(server, carol, "--register", account=False), input="/who\n", capture_output=True, text=True, timeout=30
+    )
+    assert new.returncode == 0 and f"logged in as {carol} (student)" in new.stdout, new.stdout
+    taken = subprocess.run(
+        msg_cmd(server, carol, "--register", account=False), input="", capture_output=True, text=True, timeout=30
+    )
+    assert taken.returncode == 1 and "name_taken" in taken.stdout
+    env = {k: v for k, v in os.environ.items() if k != "MSG_PASSWORD"}
+    no_password = subprocess.run(msg_cmd(server, carol), input="", capture_output=True, text=True, timeout=30, env=env)
+    assert no_password.returncode == 2 and "MSG_PASSWORD" in no_password.stderr  # no terminal to ask on
 
 
 def test_cli_reports_an_unreachable_server(names: object) -> None:

@@ -6,9 +6,8 @@ from __future__ import annotations
 import signal
 import tempfile
 
-from csce513msg.client import Client
 from csce513msg.protocol import Deliver, Receipt, Send
-from tests.conformance.wire import wait_gone
+from tests.conformance.wire import connect, wait_gone
 from tests.servers import start
 
 TIGHT = (
@@ -23,8 +22,8 @@ def test_sigkill_restart_and_resend_lose_nothing_and_duplicate_nothing(backend: 
     alice, bob = names("alice"), names("bob")  # type: ignore[operator]
     server = start(backend, "--data-dir", data_dir, *TIGHT)
     try:
-        Client.connect(server.host, server.port, user=bob, device_id="bob-laptop").close()  # bob exists, offline
-        a = Client.connect(server.host, server.port, user=alice, device_id="alice-laptop")
+        connect(server, bob, device_id="bob-laptop").close()  # bob exists, offline
+        a = connect(server, alice, device_id="alice-laptop")
         count = 200
         for i in range(count):
             a.session.send_text(bob, f"message {i:03d}")
@@ -38,11 +37,11 @@ def test_sigkill_restart_and_resend_lose_nothing_and_duplicate_nothing(backend: 
         server.stop()
     server = start(backend, "--data-dir", data_dir, *TIGHT)  # same data directory, new port
     try:
-        again = Client.connect(server.host, server.port, user=alice, device_id="alice-laptop")
+        again = connect(server, alice, device_id="alice-laptop")
         for send in unsent:  # the client resends what was not acknowledged, same client ids
             reply = again.call(Send(send.target_kind, send.content_type, send.client_msg_id, send.target, send.body))
             assert isinstance(reply, Receipt)
-        b = Client.connect(server.host, server.port, user=bob, device_id="bob-laptop", drop_repeats=False)
+        b = connect(server, bob, device_id="bob-laptop", drop_repeats=False)
         got = b.deliveries(count, timeout=60)
         bodies = [d.body.decode() for d in got]
         assert sorted(bodies) == [f"message {i:03d}" for i in range(count)]  # each exactly once
@@ -61,8 +60,8 @@ def test_a_backlog_many_times_the_outbound_limit_reaches_a_returning_client(back
     server = start(backend, *TIGHT)
     try:
         alice, bob = names("alice"), names("bob")  # type: ignore[operator]
-        Client.connect(server.host, server.port, user=bob).close()
-        a = Client.connect(server.host, server.port, user=alice)
+        connect(server, bob).close()
+        a = connect(server, alice)
         wait_gone(a, bob)
         count = 400  # 400 kB waiting: ten times the 40 kB hard limit
         for i in range(count):
@@ -70,7 +69,7 @@ def test_a_backlog_many_times_the_outbound_limit_reaches_a_returning_client(back
         a.flush()
         for _ in range(count):
             a.next_message(Receipt, timeout=30)
-        b = Client.connect(server.host, server.port, user=bob, rcvbuf=4096, drop_repeats=False)
+        b = connect(server, bob, rcvbuf=4096, drop_repeats=False)
         got = b.deliveries(count, timeout=60)
         assert [d.body[:4].decode() for d in got] == [f"{i:04d}" for i in range(count)]
         assert "outbound limit" not in server.log()

@@ -11,7 +11,6 @@ import socket
 import struct
 import time
 
-from csce513msg.client import Client
 from csce513msg.protocol import Deliver, ErrorCode, Ping, Presence, ReceiptState, encode
 from tests.conformance.wire import RawConn, connect
 from tests.servers import start
@@ -50,7 +49,7 @@ def test_a_recipient_that_never_reads_is_paced_then_gets_everything(server: obje
     """A slow reader is held back, not aborted: it gets every message once it reads."""
     reader_name = names("reader")  # type: ignore[operator]
     log_before = len(server.log())  # type: ignore[attr-defined]
-    reader = Client.connect(server.host, server.port, user=reader_name, rcvbuf=2048, drop_repeats=False)  # type: ignore[attr-defined]
+    reader = connect(server, reader_name, rcvbuf=2048, drop_repeats=False)  # type: ignore[attr-defined]
     flooder = connect(server, names("flooder"))  # type: ignore[operator]
     count = 300  # 300 kB: many times the outbound limit of 16 kB and the kernel buffers
     for i in range(count):
@@ -92,7 +91,7 @@ def test_reset_mid_frame_does_not_disturb_others(server: object, names: object) 
 def test_sigterm_says_goodbye_and_exits_zero(backend: str, names: object) -> None:
     proc = start(backend, "--close-timeout", "1")
     try:
-        a = Client.connect(proc.host, proc.port, user=names("alice"))  # type: ignore[operator]
+        a = connect(proc, names("alice"))  # type: ignore[operator]
         b = RawConn(proc)
         b.welcome()  # mid-handshake clients get the goodbye too
         status = proc.terminate(timeout=20)

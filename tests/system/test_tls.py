@@ -9,7 +9,6 @@ plaintext to the TLS port closed with a logged reason.
 from __future__ import annotations
 
 import json
-import re
 import socket
 import ssl
 import struct
@@ -22,8 +21,8 @@ import pytest
 from csce513msg.client import Client
 from csce513msg.client.tls import TrustError, client_context
 from csce513msg.protocol import Deliver, ErrorCode, Ping, ReceiptState, encode
-from tests.conformance.wire import RawConn
-from tests.servers import ServerProcess, start
+from tests.conformance.wire import RawConn, connect
+from tests.servers import ServerProcess, fingerprint_of, start
 
 DATA_DIR = tempfile.mkdtemp(prefix="msgsrv-tls-")
 SERVER_FLAGS = (
@@ -34,21 +33,9 @@ SERVER_FLAGS = (
 )  # fmt: skip
 
 
-def fingerprint_of(server: object) -> str:
-    match = re.search(r"fingerprint ([0-9A-F:]{95})", server.banner)  # type: ignore[attr-defined]
-    assert match, server.banner  # type: ignore[attr-defined]
-    return match.group(1)
-
-
 def tls_client(server: object, user: str | None, **kw: object) -> Client:
-    return Client.connect(
-        server.host,  # type: ignore[attr-defined]
-        server.port,  # type: ignore[attr-defined]
-        user=user,
-        tls=True,
-        fingerprint=fingerprint_of(server),
-        **kw,  # type: ignore[arg-type]
-    )
+    """A client over TLS (logged in, its account registered over the wire, if ``user``)."""
+    return connect(server, user, tls=True, fingerprint=fingerprint_of(server), drop_repeats=True, **kw)
 
 
 def tls_raw(server: object, rcvbuf: int = 0) -> RawConn:

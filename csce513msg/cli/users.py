@@ -1,0 +1,141 @@
+"""``msgsrv user``: manage accounts on a data directory, while the server runs or not.
+
+Each command is one short SQLite transaction that waits for the server's writer
+(up to 30 s) instead of failing. A running server notices within ``--account-poll``
+seconds (2 by default): a new account can log in, a removed one, or one whose
+password changed, has its sessions ended.
+
+Passwords are read from the terminal (twice, not echoed) or, when standard input
+is not a terminal, from its first line: ``echo "$PW" | msgsrv user add alice``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import getpass
+import sqlite3
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+from ..crypto.passwords import COSTS, KdfCost, hash_password, password_problem
+from ..hub import NAME_RULE
+from ..paths import default_data_dir
+from ..store.accounts import AccountBook, AccountError
+
+user_app = typer.Typer(add_completion=False, help="Manage accounts: add, list, passwd, role, remove.")
+
+DataDir = Annotated[Path | None, typer.Option(help="The server's data directory (default as for serve).")]
+CostOption = Annotated[str, typer.Option(help="production, or test (for test servers only).")]
+
+
+@user_app.command("add")
+def add(
+    name: str,
+    instructor: Annotated[bool, typer.Option(help="An instructor (default: a student).")] = False,
+    data_dir: DataDir = None,
+    kdf_cost: CostOption = "production",
+) -> None:
+    """Create an account; asks for its password."""
+    user = _name(name)
+    stored = hash_password(_read_password(f"password for {user}: "), _cost(kdf_cost))
+    role = "instructor" if instructor else "student"
+    with _book(data_dir) as book:
+        book.add(user, stored, role)
+    typer.echo(f"added {user} ({role})")
+
+
+@user_app.command("passwd")
+def passwd(name: str, data_dir: DataDir = None, kdf_cost: CostOption = "production") -> None:
+    """Set a new password; the user's sessions end."""
+    user = _name(name)
+    stored = hash_password(_read_password(f"new password for {user}: "), _cost(kdf_cost))
+    with _book(data_dir) as book:
+        book.set_password(user, stored)
+    typer.echo(f"password of {user} changed")
+
+
+@user_app.command("role")
+def role(
+    name: str, role: Annotated[str, typer.Argument(help="student or instructor")], data_dir: DataDir = None
+) -> None:
+    """Make a user a student or an instructor."""
+    user = _name(name)
+    with _book(data_dir) as book:
+        book.set_role(user, role)
+    typer.echo(f"{user} is now {role}")
+
+
+@user_app.command("remove")
+def remove(name: str, data_dir: DataDir = None) -> None:
+    """Remove an account (their messages stay in the others' history); their sessions end."""
+    user = _name(name)
+    with _book(data_dir) as book:
+        book.remove(user)
+    typer.echo(f"removed {user}")
+
+
+@user_app.command("list")
+def list_users(data_dir: DataDir = None) -> None:
+    """List the accounts."""
+    with _book(data_dir) as book:
+        accounts = book.list()
+    for a in accounts:
+        created = datetime.datetime.fromtimestamp(a.created_us / 1e6).strftime("%Y-%m-%d %H:%M")
+        note = "" if a.password_hash else "  (no password: msgsrv user passwd)"
+        typer.echo(f"{a.name:<32} {a.role:<10} {created}{note}")
+    typer.echo(f"{len(accounts)} accounts")
+
+
+class _book:
+    """An AccountBook for the data directory, turning its errors into messages and status 1."""
+
+    def __init__(self, data_dir: Path | None) -> None:
+        path = (data_dir or default_data_dir()) / "csce513msg.db"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.book = AccountBook(path)
+        except (OSError, sqlite3.Error) as exc:
+            _fail(f"cannot open the database {path}: {exc}", 2)
+
+    def __enter__(self) -> AccountBook:
+        return self.book
+
+    def __exit__(self, kind: object, exc: object, tb: object) -> None:
+        self.book.close()
+        if isinstance(exc, AccountError):
+            _fail(str(exc), 1)
+        if isinstance(exc, sqlite3.Error):
+            _fail(f"database error: {exc}", 1)
+
+
+def _name(name: str) -> str:
+    user = name.lower()
+    if not NAME_RULE.fullmatch(user):
+        _fail(f"invalid name {name!r}: use 1-32 letters, digits, '_', '.', '-'", 2)
+    return user
+
+
+def _cost(kdf_cost: str) -> KdfCost:
+    if kdf_cost not in COSTS:
+        _fail(f"unknown kdf cost {kdf_cost!r}: choose {' or '.join(COSTS)}", 2)
+    return COSTS[kdf_cost]
+
+
+def _read_password(prompt: str) -> str:
+    if sys.stdin.isatty():
+        password = getpass.getpass(prompt)
+        if getpass.getpass("again: ") != password:
+            _fail("the passwords differ", 1)
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    if problem := password_problem(password):
+        _fail(problem, 1)
+    return password
+
+
+def _fail(message: str, status: int) -> NoReturn:
+    typer.echo(f"msgsrv user: {message}", err=True)
+    raise typer.Exit(status)
