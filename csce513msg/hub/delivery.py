@@ -20,7 +20,7 @@ import itertools
 import logging
 
 from ..protocol import Deliver, Error, ErrorCode, HistoryEnd, Message, Receipt, ReceiptState, encode
-from ..store import Batch, BatchResult, DeliveredNote, Fetch, Store, StoredMessage
+from ..store import Batch, BatchResult, DeliveredNote, Fetch, Refused, Store, StoredMessage
 from .actions import Action, ConnId, Submit, Write
 from .config import HubConfig
 from .session import Session
@@ -60,6 +60,9 @@ class Mailroom:
             if stored is None:
                 if session is not None:
                     self._error(session, ErrorCode.STORE_FAILED, "the message was not stored; send it again", rid)
+            elif isinstance(stored, Refused):
+                if session is not None:
+                    self._error(session, ErrorCode.RESEND_TOO_OLD, stored.reason, rid)
             else:
                 self._stored(session, rid, stored)
         for key, found in result.fetched.items():

@@ -62,6 +62,7 @@ from .session import Handler, Session, State, direct_stream
 log = logging.getLogger("csce513msg.hub")
 
 HISTORY_PAGE = 100  #: the most messages one History request returns
+EXPIRY_INTERVAL = 600.0  #: seconds between deletions of messages past the retention period
 
 
 class Engine(Gate, Mailroom):
@@ -89,6 +90,7 @@ class Engine(Gate, Mailroom):
         Gate.__init__(self, passwords, dict(accounts or {}))  # logins and accounts
         self._next_sweep: float | None = None
         self._next_poll: float | None = None  # when to ask the store for accounts changed by an admin
+        self._next_expiry = 0.0  # when to delete messages past the retention period next
         self._welcome = encode(
             Welcome(
                 VERSION_MAJOR,
@@ -172,6 +174,9 @@ class Engine(Gate, Mailroom):
         """Close connections silent for longer than the idle timeout; poll for account changes."""
         if self._next_poll is not None and now >= self._next_poll:
             self._batch.poll_accounts = True
+            if self.config.retention_days and now >= self._next_expiry:  # retention, at most every 10 min
+                self._batch.expire_before_us = self._wall_us(now - self.config.retention_days * 86400)
+                self._next_expiry = now + EXPIRY_INTERVAL
             self._next_poll = now + self.config.account_poll if self.sessions else None
             self.account_throttle.sweep(now)
             self.address_throttle.sweep(now)

@@ -45,6 +45,7 @@ class ErrorCode(enum.IntEnum):
     AUTH_THROTTLED = 21  # too many failed logins for this account or address; wait
     REGISTRATION_CLOSED = 22  # the server does not take registrations over the wire
     ACCOUNT_CHANGED = 23  # the password changed or the account was removed; the session ends
+    RESEND_TOO_OLD = 24  # a resend of a message older than the history the server keeps: not stored again
 
 
 class Csce513Error(Exception):

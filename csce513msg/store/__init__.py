@@ -14,6 +14,7 @@ from .interface import (
     LoginInfo,
     LoginRead,
     NewMessage,
+    Refused,
     Store,
     StoredMessage,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "LoginInfo",
     "LoginRead",
     "Batch",
+    "Refused",
     "BatchResult",
     "DeliveredNote",
     "Fetch",

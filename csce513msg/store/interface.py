@@ -86,6 +86,13 @@ class StoredMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class Refused:
+    """A message the store would not take: a resend of one older than history is kept."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Fetch:
     """Read what one device of ``user`` has not acknowledged, at most ``limit`` messages."""
 
@@ -125,11 +132,14 @@ class Batch:
     #: key -> (stream, before, limit): a page of history, positions below ``before`` (0: newest)
     history: dict[int, tuple[str, int, int]] = field(default_factory=dict)
     poll_accounts: bool = False  #: report accounts changed by others (``msgsrv user``) since the last poll
+    #: retention: delete messages older than this (µs of wall time; 0: keep all). Each device's
+    #: highest client message id among them is kept, so a resend of one is refused, not stored again
+    expire_before_us: int = 0
 
     def __bool__(self) -> bool:
         return bool(
             self.accounts or self.logins or self.messages or self.cursors or self.delivered or self.notified
-            or self.fetches or self.history or self.poll_accounts
+            or self.fetches or self.history or self.poll_accounts or self.expire_before_us
         )  # fmt: skip
 
 
@@ -140,7 +150,7 @@ class BatchResult:
     ``error`` is set when the transaction failed: nothing of the batch was stored.
     """
 
-    stored: list[StoredMessage] = field(default_factory=list)
+    stored: list[StoredMessage | Refused] = field(default_factory=list)
     fetched: dict[int, list[StoredMessage]] = field(default_factory=dict)
     error: str | None = None
     newly_delivered: list[DeliveredNote] = field(default_factory=list)  #: from this batch's acks

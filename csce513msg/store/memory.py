@@ -17,6 +17,7 @@ from .interface import (
     LoginInfo,
     LoginRead,
     NewMessage,
+    Refused,
     StoredMessage,
 )
 
@@ -33,6 +34,8 @@ class MemoryStore:
         self.devices: dict[tuple[str, str], int] = {}  # (user, device) -> last message id at first login
         self.delivered: dict[tuple[str, str], int] = {}  # (stream, recipient) -> acknowledged position
         self.notified: dict[tuple[str, str, str], int] = {}  # (sender, device, stream) -> receipts sent
+        self.expired: dict[str, int] = {}  # stream -> positions up to this one were deleted (retention)
+        self.floors: dict[tuple[str, str], int] = {}  # (sender, device) -> highest client id deleted
         self.last_id = 0
 
     def load_accounts(self) -> dict[str, Account]:
@@ -42,6 +45,8 @@ class MemoryStore:
         for account in batch.accounts:
             self.accounts.setdefault(account.name, account)
         logins = {login.key: self._login(login) for login in batch.logins}
+        if batch.expire_before_us:
+            self._expire(batch.expire_before_us)
         stored = [self._append(m) for m in batch.messages]
         for cursor, position in batch.cursors.items():
             self.cursors[cursor] = max(self.cursors.get(cursor, 0), position)
@@ -62,10 +67,19 @@ class MemoryStore:
         waiting = len(self._fetch(Fetch(0, login.user, login.device, 2**62, login.new_device_history)))
         return LoginInfo(waiting, self._receipts(login.user, login.device))
 
+    def _expire(self, before_us: int) -> None:
+        for key, m in list(self.keys.items()):
+            if m.message_id < before_us:
+                sender, device, client_id = key
+                self.floors[(sender, device)] = max(self.floors.get((sender, device), 0), client_id)
+                del self.keys[key]
+        for name, stream in self.streams.items():
+            self.expired[name] = sum(1 for m in stream if m.message_id < before_us)  # ids grow with position
+
     def _page(self, name: str, before: int, limit: int) -> list[StoredMessage]:
         stream = self.streams.get(name, [])
         end = min(before - 1, len(stream)) if before else len(stream)
-        return stream[max(0, end - limit) : max(0, end)]
+        return stream[max(self.expired.get(name, 0), end - limit) : max(0, end)]
 
     def _receipts(self, user: str, device: str) -> list[DeliveredNote]:
         """Delivered receipts this device of ``user`` has not had; marks them sent."""
@@ -79,8 +93,10 @@ class MemoryStore:
             self.notified[(user, device, name)] = max(sent, delivered)
         return sorted(notes, key=lambda n: n.message_id)
 
-    def _append(self, m: NewMessage) -> StoredMessage:
+    def _append(self, m: NewMessage) -> StoredMessage | Refused:
         key = (m.sender, m.device, m.client_msg_id)
+        if m.client_msg_id and m.client_msg_id <= self.floors.get((m.sender, m.device), 0):
+            return Refused("a resend of a message older than the history this server keeps")
         if m.client_msg_id and key in self.keys:
             old = self.keys[key]
             return dataclasses.replace(old, duplicate=True)
@@ -105,7 +121,7 @@ class MemoryStore:
             since = self.devices.get((f.user, f.device), self.last_id)
             found += [
                 m
-                for m in stream
+                for m in stream[self.expired.get(name, 0) :]
                 if not (m.sender == f.user and m.device == f.device)
                 and (
                     m.position > cursor

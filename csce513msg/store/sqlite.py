@@ -33,6 +33,7 @@ from .interface import (
     LoginInfo,
     LoginRead,
     NewMessage,
+    Refused,
     StoredMessage,
 )
 
@@ -61,6 +62,9 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE users ADD COLUMN role TEXT NOT NULL DEFAULT 'student'",
         "ALTER TABLE users ADD COLUMN password TEXT NOT NULL DEFAULT ''",
     ],
+    [  # version 3: retention. The highest client message id of each device among deleted messages
+        "ALTER TABLE devices ADD COLUMN keys_floor INTEGER NOT NULL DEFAULT 0",
+    ],
 ]
 _COLUMNS = "id, stream, position, sender, device, target_kind, target, content_type, time_us, body"
 SYNC = {"full": "FULL", "normal": "NORMAL"}
@@ -85,6 +89,7 @@ class SqliteStore:
         self._data_version = -1
         self.last_id = self.db.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()[0]
         self.positions: dict[str, int] = {}  # stream -> last position: a cache the writer owns
+        self.floors: dict[tuple[str, str], int] = {}  # (sender, device) -> client ids at or below: expired
         self._stop = threading.Event()
         if checkpoint_interval > 0:
             threading.Thread(target=self._checkpoints, args=(checkpoint_interval,), daemon=True).start()
@@ -123,6 +128,8 @@ class SqliteStore:
                 [(a.name, a.created_us, a.role, a.password_hash) for a in batch.accounts],
             )  # a name taken meanwhile by `msgsrv user add` fails the batch: the hub checked its own list
             logins = {login.key: self._login(login) for login in batch.logins}
+            if batch.expire_before_us:
+                self._expire(batch.expire_before_us)
             stored = [self._append(m, touched) for m in batch.messages]
             db.executemany(  # one row per stream the batch touched, not one per message
                 "INSERT INTO streams (name, last_position) VALUES (?, ?) "
@@ -213,9 +220,31 @@ class SqliteStore:
         )
         return notes
 
-    def _append(self, m: NewMessage, touched: dict[str, int]) -> StoredMessage:
+    def _expire(self, before_us: int) -> None:
+        """Retention: delete messages older than ``before_us`` (ids are µs of wall time, so a
+        range of the primary key), keeping each device's highest client id among them."""
+        self.db.execute(
+            """INSERT INTO devices (user, device, since, keys_floor)
+               SELECT sender, device, 0, max(client_msg_id) FROM messages
+               WHERE id < ? AND client_msg_id != 0 GROUP BY sender, device
+               ON CONFLICT DO UPDATE SET keys_floor = max(keys_floor, excluded.keys_floor)""",
+            (before_us,),
+        )
+        self.db.execute("DELETE FROM messages WHERE id < ?", (before_us,))
+        self.floors.clear()
+
+    def _floor(self, sender: str, device: str) -> int:
+        key = (sender, device)
+        if key not in self.floors:
+            row = self.db.execute("SELECT keys_floor FROM devices WHERE user = ? AND device = ?", key).fetchone()
+            self.floors[key] = row[0] if row else 0
+        return self.floors[key]
+
+    def _append(self, m: NewMessage, touched: dict[str, int]) -> StoredMessage | Refused:
         """Insert one message: one statement, unless it is a resend (then a lookup)."""
         db = self.db
+        if m.client_msg_id and m.client_msg_id <= self._floor(m.sender, m.device):
+            return Refused("a resend of a message older than the history this server keeps")
         if m.stream not in self.positions:
             row = db.execute("SELECT last_position FROM streams WHERE name = ?", (m.stream,)).fetchone()
             self.positions[m.stream] = row[0] if row else 0

@@ -200,3 +200,21 @@ def test_history_pages_back_without_gaps_or_duplicates() -> None:
     alice.session.request(History(0, 3, TargetKind.USER, "nobody"))
     h.pump()
     assert alice.of(Error)[-1].code == ErrorCode.USER_NOT_FOUND  # type: ignore[attr-defined]
+
+
+def test_retention_deletes_old_messages_and_refuses_their_resends() -> None:
+    from csce513msg.protocol import ErrorCode, HistoryEnd
+
+    h = Harness(retention_days=10 / 86400, idle_timeout=3600)  # ten seconds of history
+    alice, bob = h.connect("alice", device="laptop"), h.connect("bob")
+    old = Send(TargetKind.USER, 0, 7, "bob", b"old news", request_id=0)
+    alice.session.request(old)
+    h.pump()
+    h.advance(700)  # expiry runs with the account poll, at most every EXPIRY_INTERVAL (600 s)
+    alice.session.request(Send(TargetKind.USER, 0, 8, "bob", b"fresh", request_id=0))
+    alice.session.request(old)  # the same client id as the expired message: a resend, refused
+    bob.session.history("alice", 10)
+    h.pump()
+    assert [e.code for e in alice.of(Error)] == [ErrorCode.RESEND_TOO_OLD]  # type: ignore[attr-defined]
+    assert [d.body for d in bob.of(Deliver) if d.request_id] == [b"fresh"]  # type: ignore[attr-defined]
+    assert bob.of(HistoryEnd)[0].first == 2  # type: ignore[attr-defined]  # positions are never reused

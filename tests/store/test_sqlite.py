@@ -117,3 +117,19 @@ def test_the_poll_reports_what_another_process_changed(tmp_path: Path) -> None:
     changed = store.apply(Batch(poll_accounts=True)).accounts
     assert changed == {"ann": Account("ann", "instructor", "h3", changed["ann"].created_us), "ben": None}  # type: ignore[union-attr]
     book.close()
+
+
+def test_retention_expires_the_same_way_in_both_stores(tmp_path: Path) -> None:
+    from csce513msg.store import Refused
+
+    for store in (MemoryStore(), SqliteStore(tmp_path / "db", checkpoint_interval=0)):
+        old = [msg("a", "b", bytes([i]), client_id=i + 1, time_us=1000 + i) for i in range(3)]
+        store.apply(Batch(logins=[LoginRead(1, "a", "d", 100)], messages=old))
+        new = msg("a", "b", b"new", client_id=10, time_us=5000)
+        result = store.apply(Batch(expire_before_us=2000, messages=[new, old[1]]))
+        assert result.stored[0].position == 4  # type: ignore[union-attr]  # positions are never reused
+        assert isinstance(result.stored[1], Refused)  # a resend of an expired message
+        page = store.apply(Batch(history={1: ("dm:a,b", 0, 10)})).history[1]
+        assert [m.body for m in page] == [b"new"]
+        fetched = store.apply(Batch(fetches=[Fetch(2, "b", "phone", 10, 100)])).fetched[2]
+        assert [m.body for m in fetched] == [b"new"]
