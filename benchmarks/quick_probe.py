@@ -21,9 +21,10 @@ import time
 from pathlib import Path
 
 from csce513msg.client import Client
-from csce513msg.protocol import Deliver, Error, FrameDecoder, Hello, Login, Receipt, Send, encode
+from csce513msg.protocol import Deliver, Error, FrameDecoder, Hello, Receipt, Register, Send, encode
 
 TICK = os.sysconf("SC_CLK_TCK")
+PASSWORD = "probe password"  # accounts are registered over the wire, at --kdf-cost test
 
 
 def cpu_seconds(pid: int) -> float:
@@ -41,7 +42,7 @@ def rss_kib(pid: int) -> int:
 def start(backend: str, *flags: str) -> tuple[subprocess.Popen[str], int]:
     data_dir = tempfile.mkdtemp(prefix="probe-")
     cmd = [sys.executable, "-m", "csce513msg.cli.msgsrv", "--backend", backend, "--port", "0", "--quiet"]
-    cmd += ["--data-dir", data_dir, *flags]
+    cmd += ["--data-dir", data_dir, "--kdf-cost", "test", "--self-register", *flags]
     cmd += ["--rate", "1e9", "--burst", "1000000000"]  # measure routing, not the flood guard
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
@@ -57,7 +58,7 @@ def idle_connections(port: int, count: int) -> list[socket.socket]:
     socks = []
     for i in range(count):
         s = socket.create_connection(("127.0.0.1", port))
-        s.sendall(encode(Hello()) + encode(Login(f"idle{i}", request_id=1)))
+        s.sendall(encode(Hello()) + encode(Register(f"idle{i}", PASSWORD, request_id=1)))
         socks.append(s)
     for s in socks:  # wait for each Welcome + LoginOk
         dec, got = FrameDecoder(1 << 20), 0
@@ -69,7 +70,8 @@ def idle_connections(port: int, count: int) -> list[socket.socket]:
 
 def message_cpu(port: int, pid: int, messages: int, window: int = 64) -> tuple[float, float]:
     """alice sends ``messages`` to bob, ``window`` in flight; returns (µs CPU/msg, msgs/s)."""
-    alice, bob = Client.connect("127.0.0.1", port, user="alice"), Client.connect("127.0.0.1", port, user="bob")
+    alice = Client.connect("127.0.0.1", port, user="alice", password=PASSWORD, register=True)
+    bob = Client.connect("127.0.0.1", port, user="bob", password=PASSWORD, register=True)
     body = b"x" * 60
     frame = encode(Send(1, 0, 0, "bob", body, request_id=1))
     sel = selectors.DefaultSelector()

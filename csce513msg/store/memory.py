@@ -119,9 +119,10 @@ class MemoryStore:
             stream = self.streams[name]
             cursor = self.cursors.get((f.user, f.device, name))
             since = self.devices.get((f.user, f.device), self.last_id)
+            start = max(cursor or 0, self.expired.get(name, 0))  # position p is at index p - 1
             found += [
                 m
-                for m in stream[self.expired.get(name, 0) :]
+                for m in stream[start:]
                 if not (m.sender == f.user and m.device == f.device)
                 and (
                     m.position > cursor

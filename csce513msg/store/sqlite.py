@@ -281,19 +281,23 @@ class SqliteStore:
     def _pending(self, columns: str, f: Fetch) -> tuple[str, tuple[object, ...]]:
         """The query for what device ``f.device`` of ``f.user`` has not acknowledged: after the
         device's cursor; without one (a stream new to this device), whatever came after the
-        device's first login, and at least the last few for a new device."""
+        device's first login, and at least the last few for a new device.
+
+        First one position per stream (``low``), then a range of the (stream, position) index
+        from it: a fetch costs what it returns, not the length of the conversation."""
         return (
-            f"""SELECT {columns}
-                FROM members AS s JOIN streams AS t ON t.name = s.stream
-                JOIN messages AS m ON m.stream = s.stream
-                LEFT JOIN cursors AS c ON c.user = s.user AND c.device = ? AND c.stream = s.stream
-                LEFT JOIN devices AS d ON d.user = s.user AND d.device = ?
-                WHERE s.user = ?
-                  AND CASE WHEN c.position IS NOT NULL THEN m.position > c.position
-                      ELSE m.id > coalesce(d.since, ?) OR m.position > t.last_position - ? END
-                  AND NOT (m.sender = s.user AND m.device = ?)
+            f"""WITH b AS (
+                  SELECT s.stream AS stream, CASE WHEN c.position IS NOT NULL THEN c.position
+                    ELSE min(t.last_position - ?, coalesce((SELECT max(x.position) FROM messages AS x
+                             WHERE x.stream = s.stream AND x.id <= coalesce(d.since, ?)), 0)) END AS low
+                  FROM members AS s JOIN streams AS t ON t.name = s.stream
+                  LEFT JOIN cursors AS c ON c.user = s.user AND c.device = ? AND c.stream = s.stream
+                  LEFT JOIN devices AS d ON d.user = s.user AND d.device = ?
+                  WHERE s.user = ?)
+                SELECT {columns} FROM b JOIN messages AS m ON m.stream = b.stream AND m.position > b.low
+                WHERE NOT (m.sender = ? AND m.device = ?)
                 ORDER BY m.id LIMIT ?""",
-            (f.device, f.device, f.user, self.last_id, f.new_device_history, f.device, f.limit),
+            (f.new_device_history, self.last_id, f.device, f.device, f.user, f.user, f.device, f.limit),
         )
 
     def _checkpoints(self, interval: float) -> None:
