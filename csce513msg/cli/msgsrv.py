@@ -95,6 +95,9 @@ def serve(
     login_failure_window: Annotated[float, typer.Option(help="Seconds a failed login counts.")] = 60.0,
     account_poll: Annotated[float, typer.Option(help="Seconds between checks for `msgsrv user` changes.")] = 2.0,
     retention_days: Annotated[float, typer.Option(help="Days messages are kept as history; 0: forever.")] = 365.0,
+    ack_delay: Annotated[
+        float, typer.Option(help="Seconds acknowledgements may wait to be stored with other work.")
+    ] = 0.05,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
     quiet: Annotated[bool, typer.Option(help="Only warnings and errors (same as --log-level warning).")] = False,
 ) -> None:
@@ -110,7 +113,7 @@ def serve(
     hub_config = HubConfig(
         name, max_frame, max_text, window, idle_timeout, rate, burst, new_device_history, self_register,
         login_failures_per_account, login_failures_per_address, login_failure_window,
-        account_poll=account_poll, retention_days=retention_days,
+        account_poll=account_poll, retention_days=retention_days, ack_delay=ack_delay,
     )  # fmt: skip
     backend_config = BackendConfig(
         host, port, high_water, low_water, hard_limit, sndbuf, close_timeout, backlog, recv_size

@@ -24,3 +24,4 @@ class HubConfig:
     max_pending_logins: int = 64  #: logins being hashed at once, server-wide; more get RATE_LIMITED
     account_poll: float = 2.0  #: seconds between checks for accounts changed by `msgsrv user`
     retention_days: float = 365.0  #: messages older than this are deleted (0: kept forever)
+    ack_delay: float = 0.05  #: seconds acknowledgements may wait to be stored with other work

@@ -167,7 +167,7 @@ class Engine(Gate, Mailroom):
 
     def next_deadline(self) -> float | None:
         """When ``handle_timer`` must next run (monotonic seconds), or None."""
-        deadlines = [d for d in (self._next_sweep, self._next_poll) if d is not None]
+        deadlines = [d for d in (self._next_sweep, self._next_poll, self._acks_due) if d is not None]
         return min(deadlines) if deadlines else None
 
     def handle_timer(self, now: float) -> list[Action]:

@@ -136,6 +136,14 @@ class Batch:
     #: highest client message id among them is kept, so a resend of one is refused, not stored again
     expire_before_us: int = 0
 
+    def can_wait(self) -> bool:
+        """Only acknowledgements' bookkeeping (cursors, delivered, notified): nobody waits for
+        it, so it may ride with the next batch instead of costing a commit of its own."""
+        return not (
+            self.accounts or self.logins or self.messages or self.fetches or self.history
+            or self.poll_accounts or self.expire_before_us
+        )  # fmt: skip
+
     def __bool__(self) -> bool:
         return bool(
             self.accounts or self.logins or self.messages or self.cursors or self.delivered or self.notified

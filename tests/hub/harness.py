@@ -34,6 +34,7 @@ class Harness:
     """Runs the engine the way a backend would, without sockets or threads."""
 
     def __init__(self, store: object = None, auto_jobs: bool = True, **config: object) -> None:
+        config.setdefault("ack_delay", 0.0)  # acks commit at once here, unless a test asks otherwise
         self.store = store or MemoryStore()
         accounts = self.store.load_accounts()  # type: ignore[attr-defined]
         self.engine = Engine(self.store, HubConfig(**config), WALL_OFFSET, PASSWORDS, accounts)  # type: ignore[arg-type]
@@ -123,5 +124,6 @@ class Harness:
         while (deadline := self.engine.next_deadline()) is not None and deadline <= end:
             self.now = max(self.now, deadline)
             self.apply(self.engine.handle_timer(self.now))
+            self.pump()  # a backend flushes after the timer, as after any event
         self.now = end
         self.pump()

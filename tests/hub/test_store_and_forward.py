@@ -218,3 +218,19 @@ def test_retention_deletes_old_messages_and_refuses_their_resends() -> None:
     assert [e.code for e in alice.of(Error)] == [ErrorCode.RESEND_TOO_OLD]  # type: ignore[attr-defined]
     assert [d.body for d in bob.of(Deliver) if d.request_id] == [b"fresh"]  # type: ignore[attr-defined]
     assert bob.of(HistoryEnd)[0].first == 2  # type: ignore[attr-defined]  # positions are never reused
+
+
+def test_acknowledgements_alone_wait_for_company_up_to_the_ack_delay() -> None:
+    h = Harness(ack_delay=0.05, auto_jobs=False)
+    alice, bob = h.connect("alice"), h.connect("bob")
+    h.settle()
+    alice.session.send_text("bob", "one")
+    h.pump()
+    h.run_jobs()  # the message's batch: receipt and delivery; bob acknowledges it
+    h.pump()
+    assert bob.of(Deliver) and not h.jobs  # the ack alone is not worth a commit yet
+    assert h.engine.next_deadline() == h.now + 0.05
+    h.advance(0.05)  # the timer pass flushes it
+    assert len(h.jobs) == 1 and h.jobs[0].job.args[0].cursors  # type: ignore[attr-defined]
+    h.settle()
+    assert [r.state for r in alice.of(Receipt)] == [ReceiptState.STORED, ReceiptState.DELIVERED]  # type: ignore[attr-defined]
