@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from csce513msg.crypto.passwords import COSTS, Scrypt
 from csce513msg.hub import Engine, HubConfig, Submit, Write
 from csce513msg.protocol import Deliver, FrameDecoder, Hello, Login, Send, decode, encode
-from csce513msg.store import MemoryStore
+from csce513msg.store import Account, MemoryStore
 
 SEND = Send(1, 0, 0, "bob", b"x" * 60, request_id=7)
 DELIVER = Deliver(1, 0, 1795503896466795, 1795503896466795, 12, "alice", "bob", "dm:alice,bob", b"x" * 60)
@@ -33,10 +34,14 @@ def test_decode_send_frame(benchmark: Any) -> None:
 
 def test_hub_routes_one_direct_message(benchmark: Any) -> None:
     """Bytes of one Send in; its batch stored (in memory); Receipt and Deliver out."""
-    engine = Engine(MemoryStore(), HubConfig(rate=1e12, burst=10**12, window=10**9), 0.0)
+    passwords = Scrypt(COSTS["test"])
+    accounts = [Account(user, "student", passwords.hash("bench password")) for user in ("alice", "bob")]
+    store = MemoryStore(accounts)
+    config = HubConfig(rate=1e12, burst=10**12, window=10**9)
+    engine = Engine(store, config, 0.0, passwords, store.load_accounts())
     for conn, user in ((1, "alice"), (2, "bob")):
         engine.connection_made(conn, "bench", 0.0)
-        engine.data_received(conn, encode(Hello()) + encode(Login(user)), 0.0)
+        engine.data_received(conn, encode(Hello()) + encode(Login(user, "bench password")), 0.0)
         run_jobs(engine)
     wire = encode(SEND)
 
@@ -49,9 +54,14 @@ def test_hub_routes_one_direct_message(benchmark: Any) -> None:
 
 
 def run_jobs(engine: Engine) -> list[Any]:
-    """What a backend does at the end of a pass: flush, run the job, hand back its result."""
+    """What a backend does at the end of a pass: flush, run each job (and the jobs its result
+    leads to, as a login's), hand back the results; returns the other actions."""
     out: list[Any] = []
-    for job in engine.flush(1.0):
-        assert isinstance(job, Submit)
-        out += engine.job_done(job.job_id, job.job(), 1.0)
+    pending = engine.flush(1.0)
+    while pending:
+        action = pending.pop(0)
+        if isinstance(action, Submit):
+            pending += engine.job_done(action.job_id, action.job(), 1.0) + engine.flush(1.0)
+        else:
+            out.append(action)
     return out
