@@ -42,7 +42,8 @@ def rss_kib(pid: int) -> int:
 def start(backend: str, *flags: str) -> tuple[subprocess.Popen[str], int]:
     data_dir = tempfile.mkdtemp(prefix="probe-")
     cmd = [sys.executable, "-m", "csce513msg.cli.msgsrv", "--backend", backend, "--port", "0", "--quiet"]
-    cmd += ["--data-dir", data_dir, "--kdf-cost", "test", "--self-register", *flags]
+    cmd += ["--data-dir", data_dir, "--kdf-cost", "test", "--self-register", "--registrations-per-address", "1000000"]
+    cmd += flags
     cmd += ["--rate", "1e9", "--burst", "1000000000"]  # measure routing, not the flood guard
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None

@@ -35,7 +35,7 @@ class ServerProcess:
         if "--kdf-cost" not in flags:  # tests log in many clients: hashes that take microseconds
             flags = (*flags, "--kdf-cost", "test")
         if "--no-self-register" not in flags and "--self-register" not in flags:  # tests register over the wire
-            flags = (*flags, "--self-register")
+            flags = (*flags, "--self-register", "--registrations-per-address", "1000000")
         if "--data-dir" not in flags:  # a fresh database for every server, never the user's own
             self.data_dir = tempfile.mkdtemp(prefix=f"msgsrv-{backend}-data-")
             flags = (*flags, "--data-dir", self.data_dir)

@@ -93,6 +93,9 @@ def serve(
         int, typer.Option(help="Failed logins per window per address (a class behind NAT shares one).")
     ] = 50,
     login_failure_window: Annotated[float, typer.Option(help="Seconds a failed login counts.")] = 60.0,
+    registrations_per_address: Annotated[
+        int, typer.Option(help="Accounts one address may register an hour (--self-register).")
+    ] = 200,
     account_poll: Annotated[float, typer.Option(help="Seconds between checks for `msgsrv user` changes.")] = 2.0,
     retention_days: Annotated[float, typer.Option(help="Days messages are kept as history; 0: forever.")] = 365.0,
     ack_delay: Annotated[
@@ -111,9 +114,11 @@ def serve(
     except BackendUnavailable as exc:
         _fail(str(exc))
     hub_config = HubConfig(
-        name, max_frame, max_text, window, idle_timeout, rate, burst, new_device_history, self_register,
-        login_failures_per_account, login_failures_per_address, login_failure_window,
-        account_poll=account_poll, retention_days=retention_days, ack_delay=ack_delay,
+        name, max_frame, max_text, window, idle_timeout, rate, burst, new_device_history,
+        self_register=self_register, login_failures_per_account=login_failures_per_account,
+        login_failures_per_address=login_failures_per_address, login_failure_window=login_failure_window,
+        registrations_per_address=registrations_per_address, account_poll=account_poll,
+        retention_days=retention_days, ack_delay=ack_delay,
     )  # fmt: skip
     backend_config = BackendConfig(
         host, port, high_water, low_water, hard_limit, sndbuf, close_timeout, backlog, recv_size

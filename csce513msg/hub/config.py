@@ -21,6 +21,7 @@ class HubConfig:
     login_failures_per_account: int = 5  #: failed logins per window before an account is throttled
     login_failures_per_address: int = 50  #: ... before an address is (a class behind NAT shares one)
     login_failure_window: float = 60.0  #: seconds a failed login counts
+    registrations_per_address: int = 200  #: accounts one address may register an hour (a class behind NAT)
     max_pending_logins: int = 64  #: logins being hashed at once, server-wide; more get RATE_LIMITED
     account_poll: float = 2.0  #: seconds between checks for accounts changed by `msgsrv user`
     retention_days: float = 365.0  #: messages older than this are deleted (0: kept forever)

@@ -180,6 +180,7 @@ class Engine(Gate, Mailroom):
             self._next_poll = now + self.config.account_poll if self.sessions else None
             self.account_throttle.sweep(now)
             self.address_throttle.sweep(now)
+            self.registrations.sweep(now)
         if self._next_sweep is None or now < self._next_sweep:
             return self._take()
         limit = now - self.config.idle_timeout

@@ -95,6 +95,7 @@ class Gate:
         cfg = self.config
         self.account_throttle = Throttle(cfg.login_failures_per_account, cfg.login_failure_window)
         self.address_throttle = Throttle(cfg.login_failures_per_address, cfg.login_failure_window)
+        self.registrations = Throttle(cfg.registrations_per_address, 3600.0)  # accounts made per address an hour
         #: hash job id -> (conn, user, device, request id, the stored hash it was checked against or
         #: "" for a registration)
         self._hashing: dict[int, tuple[ConnId, str, str, int, str]] = {}
@@ -123,6 +124,12 @@ class Gate:
         if problem := self.passwords.problem(msg.password):
             raise RemoteProtocolError(ErrorCode.BAD_REQUEST, problem, request_id=rid)
         self._check_throttles(session, user, rid, now)  # an address that keeps failing cannot register either
+        if wait := self.registrations.wait(_host(session.peer), now):
+            log.warning("registration throttled: %s from %s", user, session.peer)
+            raise RemoteProtocolError(
+                ErrorCode.AUTH_THROTTLED, f"too many new accounts from your address: try again in {wait:.0f} s",
+                request_id=rid,
+            )  # fmt: skip
         self._after_poll(session, msg)
         self._registering.add(user)
 
@@ -198,6 +205,7 @@ class Gate:
         elif isinstance(result, str):  # a registration
             if user in self.accounts:  # `msgsrv user add` took the name meanwhile
                 return self._not_logged_in(session, ErrorCode.NAME_TAKEN, f"the name {user!r} is taken", rid, now)
+            self.registrations.fail(_host(session.peer), now)  # counted like a failure: per address
             account = Account(user, "student", result, self._wall_us(now))
             self.accounts[user] = account
             self._batch.accounts.append(account)

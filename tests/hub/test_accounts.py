@@ -179,3 +179,14 @@ def test_admin_changes_reach_the_running_hub(tmp_path: Path) -> None:
     h.send_raw(bob, encode(Send(TargetKind.USER, 0, 0, "alice", b"still there?", request_id=9)))
     assert codes(bob) == [ErrorCode.USER_NOT_FOUND]
     book.close()
+
+
+def test_registrations_are_limited_per_address() -> None:
+    h = Harness(self_register=True, registrations_per_address=2)
+    for i in range(3):
+        peer = h.connect(raw=True, host="10.7.7.7")
+        h.send_raw(peer, encode(Hello(request_id=1)) + encode(Register(f"bot{i}", PASSWORD, request_id=2)))
+        assert codes(peer) == ([] if i < 2 else [ErrorCode.AUTH_THROTTLED])
+    elsewhere = h.connect(raw=True, host="10.6.6.6")
+    h.send_raw(elsewhere, encode(Hello(request_id=1)) + encode(Register("human", PASSWORD, request_id=2)))
+    assert elsewhere.of(LoginOk)
