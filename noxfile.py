@@ -1,10 +1,10 @@
-"""Developer sessions. Plain ``nox`` runs the gating ones: lint, typecheck, tests."""
+"""Developer sessions. Plain ``nox`` runs the gating ones: lint, typecheck, tests, bench_quick."""
 
 from __future__ import annotations
 
 import nox
 
-nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.sessions = ["lint", "typecheck", "tests", "bench_quick"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
@@ -29,3 +29,17 @@ def tests(session: nox.Session) -> None:
     """The whole test suite on every backend (pass pytest arguments after --)."""
     session.install("-e", ".[fast,dev]")
     session.run("pytest", "--durations=15", *session.posargs)
+
+
+@nox.session
+def bench_quick(session: nox.Session) -> None:
+    """The quick benchmark (under 2 minutes), gating: it checks what must hold, not speed."""
+    session.install("-e", ".[fast]")
+    session.run("python", "-m", "benchmarks", "--quick", "--check", "--out", "bench-results", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """The benchmark suite with plots: `nox -s bench -- --backends epoll,uvloop`."""
+    session.install("-e", ".[fast]", "matplotlib")
+    session.run("python", "-m", "benchmarks", "--out", "bench-results", *session.posargs)

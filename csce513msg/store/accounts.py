@@ -48,6 +48,14 @@ class AccountBook:
             )
         return account
 
+    def add_many(self, accounts: list[Account]) -> None:
+        """Create many accounts in one transaction (a class roster, a benchmark's users)."""
+        with self._transaction():
+            self.db.executemany(
+                "INSERT INTO users (name, created_us, role, password) VALUES (?, ?, ?, ?)",
+                [(a.name, a.created_us, a.role, a.password_hash) for a in accounts],
+            )
+
     def set_password(self, name: str, password_hash: str) -> None:
         with self._transaction():
             if not self.db.execute("UPDATE users SET password = ? WHERE name = ?", (password_hash, name)).rowcount:

@@ -1,0 +1,242 @@
+"""The load generator: a process of its own (pinned to the core the server is not on).
+
+    python -m benchmarks.loadgen dm --port P --clients 100 --rate 5000 --seconds 3
+    python -m benchmarks.loadgen idle --port P --connections 1000
+
+It speaks over stdin/stdout with the orchestrator (``benchmarks/suite.py``): it logs
+its clients in, prints ``{"ready": ...}``, waits for ``go`` (so the orchestrator reads
+the server's /proc figures around exactly the measured part), runs, prints its
+result as one JSON line, and waits for ``quit`` before closing its sockets.
+
+Direct messages are an open loop: message k is due at ``t0 + k / rate``, from client
+``k % clients`` to a random other client, and carries its due time, so latency = the
+recipient's read time - the due time, on this process's one monotonic clock: a
+stalled sender (a full window, a slow loop) cannot hide latency. Each sender keeps at
+most ``--window`` messages without a receipt, as a real client would. Every loop is
+bounded: the run stops at ``--seconds``, the drain ``--drain`` seconds after it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import selectors
+import socket
+import struct
+import sys
+import time
+
+from csce513msg.protocol import Ack, Deliver, FrameDecoder, Hello, Login, MsgType, Send, decode, encode
+
+STAMP = struct.Struct("!dII")  # due time, sender index, sequence number (per sender)
+BODY = 60  #: bytes of each message body, as in the reference figures
+PASSWORD = "bench password"
+LOGIN_WAVE = 50  #: logins in flight at once (the server refuses more than 64 being checked)
+
+
+def user(i: int) -> str:
+    return f"u{i}"
+
+
+class Conn:
+    """One client connection of the generator."""
+
+    def __init__(self, index: int, sock: socket.socket) -> None:
+        self.index = index
+        self.sock = sock
+        self.decoder = FrameDecoder(1 << 24)
+        self.out: list[bytes] = []
+        self.in_flight = 0  # sends without a receipt
+        self.backlog: list[bytes] = []  # due, but the window was full
+        self.seq = 0
+
+
+def connect_all(port: int, count: int, relay: bool) -> tuple[list[Conn], int]:
+    """``count`` logged-in connections (relay: announced); returns them and how many were refused."""
+    conns: list[Conn] = []
+    refused = 0
+    for start in range(0, count, LOGIN_WAVE):
+        wave = []
+        for i in range(start, min(count, start + LOGIN_WAVE)):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = Conn(i, sock)
+            if relay:
+                sock.sendall(struct.pack("!IBBHI", 0, 0x01, 0, 0, i))
+                conns.append(conn)
+                continue
+            sock.sendall(encode(Hello()) + encode(Login(user(i), PASSWORD, f"bench-{i}", request_id=1)))
+            wave.append(conn)
+        for conn in wave:  # Welcome, then LoginOk (or an error: e.g. select's SERVER_FULL)
+            ok = None
+            while ok is None:
+                data = conn.sock.recv(65536)
+                if not data:
+                    ok = False
+                for frame in conn.decoder.feed(data):
+                    if frame.type == MsgType.LOGIN_OK:
+                        ok = True
+                    elif frame.type == MsgType.ERROR:
+                        ok = False
+            if ok:
+                conns.append(conn)
+            else:
+                refused += 1
+                conn.sock.close()
+    for conn in conns:
+        conn.sock.setblocking(False)
+    return conns, refused
+
+
+def percentiles(samples: list[float]) -> dict[str, float | None]:
+    ordered = sorted(samples)
+
+    def at(q: float) -> float | None:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3, 4) if ordered else None
+
+    result = {"p50_ms": at(0.50), "p90_ms": at(0.90), "p99_ms": at(0.99)}
+    result["p999_ms"] = at(0.999) if len(ordered) >= 10_000 else None  # only with enough samples
+    return result
+
+
+def run_dm(conns: list[Conn], rate: float, seconds: float, window: int, drain: float, relay: bool, seed: int) -> dict:
+    """The direct-message workload over ``conns``; returns what happened."""
+    rng = random.Random(seed)
+    n = len(conns)
+    sel = selectors.DefaultSelector()
+    for conn in conns:
+        sel.register(conn.sock, selectors.EVENT_READ, conn)
+    pad = b"x" * (BODY - STAMP.size)
+    latencies: list[float] = []
+    seen_ids: set[int] = set()
+    duplicates = order_violations = errors = delivered = sent = 0
+    last_seq: dict[tuple[int, int], int] = {}  # (sender, recipient) -> last seq delivered
+    cpu0, t0 = time.process_time(), time.monotonic() + 0.05
+    total = int(rate * seconds)
+    due_count = 0
+    end = t0 + seconds
+    deadline = end + drain
+    while time.monotonic() < deadline and (due_count < total or delivered < sent or any(c.backlog for c in conns)):
+        now = time.monotonic()
+        target = min(total, int((now - t0) * rate) + 1) if now >= t0 else 0
+        while due_count < target:  # messages now due: stamped with their due time, not the send time
+            k = due_count
+            sender = conns[k % n]
+            peer = rng.randrange(n - 1)
+            peer += peer >= sender.index
+            sender.seq += 1
+            body = STAMP.pack(t0 + k / rate, sender.index, sender.seq) + pad
+            if relay:
+                frame = struct.pack("!IBBHI", len(body), 0x03, 0, 0, peer) + body
+            else:
+                frame = encode(Send(1, 0, 0, user(peer), body, request_id=1))
+            sender.backlog.append(frame)
+            due_count += 1
+        for conn in conns:
+            if conn.backlog and (relay or conn.in_flight < window):
+                room = len(conn.backlog) if relay else window - conn.in_flight
+                batch, conn.backlog = conn.backlog[:room], conn.backlog[room:]
+                conn.in_flight += 0 if relay else len(batch)
+                conn.out += batch
+                sent += len(batch)
+            if conn.out:
+                data, conn.out = b"".join(conn.out), []
+                conn.sock.setblocking(True)
+                conn.sock.sendall(data)
+                conn.sock.setblocking(False)
+        wait = 0.0 if due_count < target else max(0.0, min(0.001, t0 + due_count / rate - time.monotonic()))
+        for key, _ in sel.select(wait):
+            conn = key.data
+            try:
+                data = conn.sock.recv(1 << 20)
+            except BlockingIOError:
+                continue
+            if not data:
+                errors += 1
+                sel.unregister(conn.sock)
+                continue
+            read_at = time.monotonic()
+            acks: dict[str, int] = {}
+            for frame in conn.decoder.feed(data):
+                if frame.type in (MsgType.RECEIPT, MsgType.ERROR):
+                    if frame.request_id:  # the answer to a Send: room in the window
+                        conn.in_flight -= 1
+                    errors += frame.type == MsgType.ERROR
+                    continue
+                if relay and frame.type == 0x03:
+                    body = frame.body
+                elif frame.type == MsgType.DELIVER:
+                    msg = decode(frame)
+                    assert isinstance(msg, Deliver)
+                    if msg.message_id in seen_ids:
+                        duplicates += 1
+                    seen_ids.add(msg.message_id)
+                    acks[msg.stream] = max(acks.get(msg.stream, 0), msg.position)
+                    body = msg.body
+                else:
+                    continue
+                due, sender_index, seq = STAMP.unpack_from(body)
+                latencies.append(read_at - due)
+                delivered += 1
+                pair = (sender_index, conn.index)
+                order_violations += seq <= last_seq.get(pair, 0)
+                last_seq[pair] = seq
+            if acks:
+                conn.out.append(b"".join(encode(Ack(p, s)) for s, p in acks.items()))
+    elapsed = time.monotonic() - t0
+    return {
+        "sent": sent,
+        "delivered": delivered,
+        "duplicates": duplicates,
+        "order_violations": order_violations,
+        "errors": errors,
+        "latency_samples": len(latencies),
+        "latency": percentiles(latencies),
+        "elapsed_s": round(elapsed, 3),
+        "delivered_per_s": round(delivered / elapsed, 1),
+        "generator_cpu_utilisation": round((time.process_time() - cpu0) / elapsed, 3),
+    }
+
+
+def run_probe(conns: list[Conn], count: int, rate: float) -> dict:
+    """Latency of a few messages between two connections among many idle ones."""
+    return run_dm(conns[:2], rate, count / rate, 8, 5.0, False, seed=1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mode", choices=["dm", "idle"])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--relay", action="store_true", help="the target is benchmarks.relay")
+    parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument("--rate", type=float, default=5000.0)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--window", type=int, default=8)
+    parser.add_argument("--drain", type=float, default=10.0)
+    parser.add_argument("--connections", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=513)
+    args = parser.parse_args()
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    count = args.clients if args.mode == "dm" else args.connections
+    conns, refused = connect_all(args.port, count, args.relay)
+    print(json.dumps({"ready": len(conns), "refused": refused}), flush=True)
+    if sys.stdin.readline().strip() != "go":
+        return
+    if args.mode == "dm":
+        result = run_dm(conns, args.rate, args.seconds, args.window, args.drain, args.relay, args.seed)
+    else:
+        result = run_probe(conns, 200, 100.0) if len(conns) >= 2 else {}
+    result.update(connected=len(conns), refused=refused)
+    print(json.dumps(result), flush=True)
+    sys.stdin.readline()  # "quit": the orchestrator has read the server's figures
+    for conn in conns:
+        conn.sock.close()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    main()

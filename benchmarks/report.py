@@ -1,0 +1,83 @@
+"""The report: a table in the terminal (rich) and PNG plots (matplotlib, if installed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def table(report: dict[str, Any]) -> None:
+    console = Console()
+    relay = report["relay"]
+    t = Table(title=f"Direct messages: {relay['clients']} clients, {relay['offered_rate']:.0f}/s offered, "
+                    f"{report['settings']['message_body_bytes']}-byte bodies ({report['mode']} run)")  # fmt: skip
+    for column in ("backend", "µs CPU/msg", "vs relay", "msgs/s", "p50 ms", "p99 ms", "server CPU", "generator CPU"):
+        t.add_column(column, justify="left" if column == "backend" else "right")
+    for p in [relay, *report["throughput"]]:
+        rate = "(generator-bound)" if p["generator_limited"] else f"{p['delivered_per_s']:.0f}"
+        ratio = p.get("vs_relay")
+        t.add_row(
+            p["backend"] + (" (baseline)" if p["backend"] == "relay" else ""),
+            f"{p['server_cpu_us_per_message']:.1f}",
+            "-" if p["backend"] == "relay" else ("withheld" if ratio is None else f"{ratio:.1f}x"),
+            rate,
+            _ms(p["latency"]["p50_ms"]),
+            _ms(p["latency"]["p99_ms"]),
+            f"{p['server_cpu_utilisation']:.0%}",
+            f"{p['generator_cpu_utilisation']:.0%}",
+        )
+    console.print(t)
+    console.print(f"relay: {relay['server_cpu_us_per_message']:.2f} µs/message here; "
+                  f"reference {report['relay_reference_us']} µs (ratios withheld above 3.2)")  # fmt: skip
+    c = Table(title="Idle logged-in connections (no presence subscriptions)")
+    for column in ("backend", "asked", "held", "bytes RSS/conn", "idle CPU", "threads", "probe p50 ms", "probe p99 ms"):
+        c.add_column(column, justify="left" if column == "backend" else "right")
+    for p in report["connections"]:
+        held = str(p["held"]) + (f" ({p['refused']} refused)" if p["refused"] else "")
+        c.add_row(p["backend"], str(p["asked"]), held, str(p["rss_per_connection_bytes"]),
+                  f"{p['idle_cpu_utilisation']:.1%}", str(p["server_threads"]),
+                  _ms(p["probe_latency"].get("p50_ms")), _ms(p["probe_latency"].get("p99_ms")))  # fmt: skip
+    console.print(c)
+    console.print("group fan-out: n/a: no groups yet")
+
+
+def plots(report: dict[str, Any], out: Path) -> list[Path]:
+    """Throughput cost and memory per connection by backend, as PNGs; [] without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    made = []
+    points = [report["relay"], *report["throughput"]]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.bar([p["backend"] for p in points], [p["server_cpu_us_per_message"] for p in points], color="#4c72b0")
+    ax.set_ylabel("server CPU µs per delivered message")
+    ax.set_title(f"Direct messages, {points[0]['offered_rate']:.0f}/s offered ({report['mode']} run)")
+    fig.tight_layout()
+    made.append(out / f"cpu-per-message-{report['mode']}.png")
+    fig.savefig(made[-1], dpi=120)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for backend in dict.fromkeys(p["backend"] for p in report["connections"]):
+        rows = [p for p in report["connections"] if p["backend"] == backend and p["held"]]
+        ax.plot([p["held"] for p in rows], [p["rss_per_connection_bytes"] / 1024 for p in rows], marker="o",
+                label=backend)  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel("idle logged-in connections")
+    ax.set_ylabel("server RSS per connection, kB")
+    ax.legend()
+    fig.tight_layout()
+    made.append(out / f"memory-per-connection-{report['mode']}.png")
+    fig.savefig(made[-1], dpi=120)
+    plt.close(fig)
+    return made
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"

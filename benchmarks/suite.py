@@ -1,0 +1,292 @@
+"""The benchmark suite: every backend as a real ``msgsrv``, side by side.
+
+    python -m benchmarks [--backends epoll,uvloop] [--quick] [--out DIR] [--check]
+
+Each backend runs as its own process on 127.0.0.1 pinned to core 0; the load
+generator (``benchmarks/loadgen.py``) runs pinned to core 1. The server is measured
+as shipped: default client behaviour (acks, receipts), ``--durability normal``, log
+level ``warning``, clients logged in (accounts made with ``--kdf-cost test`` hashes),
+every guarantee on. Server CPU is user + system time of the whole process from
+/proc, around exactly the measured part.
+
+Workloads in this version (the rest of the benchmark issue is listed in
+docs/benchmarks.md):
+
+1. direct-message throughput: C clients paced at a total rate, each to random peers,
+   at most 8 without a receipt each; and the same load through the minimal relay
+   (``benchmarks/relay.py``), measured in the same run, as the baseline;
+4. connection scaling: N logged-in idle connections (not subscribed to presence):
+   server memory per connection, CPU while idle, and the latency of messages between
+   two of them.
+
+``--quick`` (the gating ``nox -s bench_quick``): workload 1 with 100 clients at 5,000
+messages/s and workload 4 with 1,000 connections, one 3-second run each, every
+backend; ``--check`` then asserts what must hold (never speed) and exits 1 if not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks import proc
+from benchmarks.loadgen import PASSWORD, user
+from csce513msg.crypto.passwords import COSTS, hash_password
+from csce513msg.store import Account
+from csce513msg.store.accounts import AccountBook
+
+ALL_BACKENDS = ["threads", "select", "poll", "epoll", "asyncio", "uvloop"]
+RELAY_REFERENCE_US = 2.5  #: the issue's reference: a batched epoll relay, µs of CPU per message
+RELAY_TRUSTED_US = 3.2  #: above this the relay itself is off: ratios are withheld
+GENERATOR_LIMIT = 0.90  #: above this the generator, not the server, set the pace
+SCALING_BACKENDS = ["epoll", "uvloop", "select", "threads"]  #: connection scaling in the full run
+
+
+def pinned(core: int, cmd: list[str]) -> list[str]:
+    """Run ``cmd`` on one core, where there are two to share out."""
+    can_pin = (os.cpu_count() or 1) >= 2 and shutil.which("taskset")
+    return ["taskset", "-c", str(core), *cmd] if can_pin else cmd
+
+
+class Server:
+    """A ``msgsrv`` (or the relay) process for one measurement, with accounts u0..uN."""
+
+    def __init__(self, backend: str, users: int, *flags: str) -> None:
+        self.data_dir = tempfile.mkdtemp(prefix=f"bench-{backend}-")
+        if backend == "relay":
+            cmd = [sys.executable, "-m", "benchmarks.relay", "--port", "0"]
+        else:
+            stored = hash_password(PASSWORD, COSTS["test"])
+            book = AccountBook(Path(self.data_dir) / "csce513msg.db")
+            book.add_many([Account(user(i), "student", stored) for i in range(users)])
+            book.close()
+            cmd = [sys.executable, "-m", "csce513msg.cli.msgsrv", "--backend", backend, "--port", "0"]
+            cmd += ["--data-dir", self.data_dir, "--log-level", "warning", "--kdf-cost", "test", *flags]
+        self.proc = subprocess.Popen(pinned(0, cmd), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        assert self.proc.stdout is not None
+        while "listening on " not in (line := self.proc.stdout.readline()):
+            if not line:
+                raise RuntimeError(f"{backend} did not start")
+        self.port = int(line.split("listening on ")[1].split(",")[0].split()[0].rsplit(":", 1)[1])
+        self.pid = self.proc.pid
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class Generator:
+    """The load generator process, driven line by line (see loadgen.py)."""
+
+    def __init__(self, port: int, *args: str) -> None:
+        cmd = [sys.executable, "-m", "benchmarks.loadgen", *args, "--port", str(port)]
+        self.proc = subprocess.Popen(pinned(1, cmd), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def read(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the load generator stopped")
+        return dict(json.loads(line))
+
+    def say(self, word: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(word + "\n")
+        self.proc.stdin.flush()
+
+    def finish(self) -> None:
+        self.say("quit")
+        self.proc.wait(60)
+
+
+def throughput(backend: str, clients: int, rate: float, seconds: float) -> dict[str, Any]:
+    """Workload 1 on one backend (or the relay)."""
+    server = Server(backend, clients)
+    try:
+        gen = Generator(server.port, "dm", "--clients", str(clients), "--rate", str(rate), "--seconds", str(seconds),
+                        *(["--relay"] if backend == "relay" else []))  # fmt: skip
+        ready = gen.read()
+        before, t0 = proc.sample(server.pid), time.monotonic()
+        gen.say("go")
+        result = gen.read()
+        after, wall = proc.sample(server.pid), time.monotonic() - t0
+        gen.finish()
+    finally:
+        server.stop()
+    cpu = after.cpu - before.cpu
+    delivered = max(1, result["delivered"])
+    result.update(
+        backend=backend, clients=clients, offered_rate=rate, ready=ready,
+        server_cpu_us_per_message=round(cpu / delivered * 1e6, 2),
+        server_cpu_utilisation=round(cpu / wall, 3),
+        server_cpu_s=round(cpu, 3),
+        server_threads=after.threads,
+        server_context_switches={"voluntary": after.voluntary - before.voluntary,
+                                 "involuntary": after.involuntary - before.involuntary},
+        server_peak_rss_kib=after.hwm_kib,
+        generator_limited=result["generator_cpu_utilisation"] > GENERATOR_LIMIT,
+    )  # fmt: skip
+    return result
+
+
+def connections(backend: str, count: int, idle_seconds: float = 2.0) -> dict[str, Any]:
+    """Workload 4: ``count`` idle logged-in connections on one backend."""
+    server = Server(backend, count)
+    try:
+        time.sleep(0.2)
+        base = proc.sample(server.pid)
+        gen = Generator(server.port, "idle", "--connections", str(count))
+        ready = gen.read()
+        time.sleep(0.5)  # let the logins' work settle
+        loaded = proc.sample(server.pid)
+        time.sleep(idle_seconds)
+        idle = proc.sample(server.pid)
+        gen.say("go")
+        probe = gen.read()
+        gen.finish()
+    finally:
+        server.stop()
+    held = max(1, ready["ready"])
+    return {
+        "backend": backend,
+        "asked": count,
+        "held": ready["ready"],
+        "refused": ready["refused"],
+        "rss_base_kib": base.rss_kib,
+        "rss_loaded_kib": loaded.rss_kib,
+        "rss_per_connection_bytes": round((loaded.rss_kib - base.rss_kib) * 1024 / held),
+        "idle_cpu_utilisation": round((idle.cpu - loaded.cpu) / idle_seconds, 4),
+        "server_threads": loaded.threads,
+        "probe_latency": probe.get("latency", {}),
+        "probe_delivered": probe.get("delivered", 0),
+        "probe_sent": probe.get("sent", 0),
+    }
+
+
+def run(backends: list[str], quick: bool) -> dict[str, Any]:
+    clients, rate, seconds = 100, 5000.0, 3.0
+    conn_counts = [1000] if quick else [100, 1000, 5000, 10000]
+    report: dict[str, Any] = {
+        "schema": "csce513msg-bench/1",
+        "mode": "quick" if quick else "full",
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": proc.machine(),
+        "settings": {
+            "server": "msgsrv --durability normal --log-level warning --kdf-cost test, pinned to core 0",
+            "generator": "benchmarks.loadgen, one process pinned to core 1",
+            "message_body_bytes": 60,
+            "window_per_sender": 8,
+            "presence": "not subscribed",
+        },
+        "relay_reference_us": RELAY_REFERENCE_US,
+        "throughput": [],
+        "connections": [],
+        "not_run": {"group fan-out": "n/a: no groups yet"},
+    }
+    relay = throughput("relay", clients, rate, seconds)
+    report["relay"] = relay
+    trusted = relay["server_cpu_us_per_message"] <= RELAY_TRUSTED_US
+    for backend in backends:
+        point = throughput(backend, clients, rate, seconds)
+        point["vs_relay"] = (
+            round(point["server_cpu_us_per_message"] / relay["server_cpu_us_per_message"], 2) if trusted else None
+        )
+        report["throughput"].append(point)
+        if quick or backend in SCALING_BACKENDS:
+            for count in conn_counts:
+                report["connections"].append(connections(backend, count))
+    return report
+
+
+def check(report: dict[str, Any]) -> list[str]:
+    """What must hold in any run, whatever the speed: [] if all is well."""
+    problems = []
+    for point in [report["relay"], *report["throughput"]]:
+        name = point["backend"]
+        if point["delivered"] != point["sent"] or point["sent"] == 0:
+            problems.append(f"{name}: delivered {point['delivered']} of {point['sent']}")
+        if point["order_violations"]:
+            problems.append(f"{name}: {point['order_violations']} messages out of order")
+        if point["duplicates"]:
+            problems.append(f"{name}: {point['duplicates']} duplicate message ids")
+        if point["latency_samples"] != point["delivered"]:
+            problems.append(f"{name}: {point['latency_samples']} latency samples for {point['delivered']} deliveries")
+        if point["server_cpu_s"] <= 0:
+            problems.append(f"{name}: no server CPU read from /proc")
+        if point.get("errors"):
+            problems.append(f"{name}: {point['errors']} errors")
+    for point in report["connections"]:
+        name = f"{point['backend']} x{point['asked']}"
+        if point["held"] + point["refused"] != point["asked"]:
+            problems.append(f"{name}: {point['held']} held + {point['refused']} refused != {point['asked']}")
+        if point["refused"] and point["backend"] != "select":
+            problems.append(f"{name}: {point['refused']} connections refused")
+        if point["probe_delivered"] != point["probe_sent"]:
+            problems.append(f"{name}: probe delivered {point['probe_delivered']} of {point['probe_sent']}")
+    problems += validate(report)
+    return problems
+
+
+def validate(report: dict[str, Any]) -> list[str]:
+    """The report against benchmarks/schema.json (required keys and types; no extra package)."""
+    schema = json.loads((Path(__file__).parent / "schema.json").read_text())
+    return _validate(report, schema, "report")
+
+
+def _validate(value: Any, schema: dict[str, Any], where: str) -> list[str]:
+    kinds = {"object": dict, "array": list, "string": str, "number": (int, float), "integer": int, "boolean": bool,
+             "null": type(None)}  # fmt: skip
+    expected = schema.get("type")
+    if expected:
+        allowed = expected if isinstance(expected, list) else [expected]
+        if not any(isinstance(value, kinds[k]) and not (k in ("number", "integer") and isinstance(value, bool))
+                   for k in allowed):  # fmt: skip
+            return [f"{where}: {type(value).__name__}, expected {expected}"]
+    problems = []
+    if isinstance(value, dict):
+        problems += [f"{where}: missing {key!r}" for key in schema.get("required", []) if key not in value]
+        for key, sub in schema.get("properties", {}).items():
+            if key in value:
+                problems += _validate(value[key], sub, f"{where}.{key}")
+    if isinstance(value, list) and "items" in schema:
+        for i, item in enumerate(value):
+            problems += _validate(item, schema["items"], f"{where}[{i}]")
+    return problems
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Compare the backends side by side.")
+    parser.add_argument("--backends", default=",".join(ALL_BACKENDS))
+    parser.add_argument("--quick", action="store_true", help="the short gating run (under 2 minutes)")
+    parser.add_argument("--out", type=Path, default=Path("bench-results"))
+    parser.add_argument("--check", action="store_true", help="exit 1 if an invariant is broken")
+    args = parser.parse_args()
+    report = run(args.backends.split(","), args.quick)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"bench-{report['mode']}.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    from benchmarks.report import plots, table
+
+    table(report)
+    for png in plots(report, args.out):
+        print(f"plot: {png}")
+    print(f"report: {path}")
+    if args.check:
+        problems = check(report)
+        for problem in problems:
+            print(f"CHECK FAILED: {problem}")
+        if problems:
+            raise SystemExit(1)
+        print("checks: delivered = sent, order kept, no duplicates, one latency sample each, CPU read, schema ok")
