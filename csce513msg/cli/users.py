@@ -81,7 +81,7 @@ def remove(name: str, data_dir: DataDir = None) -> None:
 def list_users(data_dir: DataDir = None) -> None:
     """List the accounts."""
     with _book(data_dir) as book:
-        accounts = book.list()
+        accounts = book.accounts()
     for a in accounts:
         created = datetime.datetime.fromtimestamp(a.created_us / 1e6).strftime("%Y-%m-%d %H:%M")
         note = "" if a.password_hash else "  (no password: msgsrv user passwd)"

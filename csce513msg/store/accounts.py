@@ -32,7 +32,7 @@ class AccountBook:
     def close(self) -> None:
         self.db.close()
 
-    def list(self) -> list[Account]:
+    def accounts(self) -> list[Account]:
         return sorted(read_accounts(self.db).values(), key=lambda a: a.name)
 
     def add(self, name: str, password_hash: str, role: str = "student") -> Account:
