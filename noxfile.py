@@ -1,10 +1,10 @@
-"""Developer sessions. Plain ``nox`` runs the gating ones: lint, typecheck, tests, bench_quick."""
+"""Developer sessions. Plain ``nox`` runs the gating ones: lint, typecheck, bench_quick, tests."""
 
 from __future__ import annotations
 
 import nox
 
-nox.options.sessions = ["lint", "typecheck", "tests", "bench_quick"]
+nox.options.sessions = ["lint", "typecheck", "bench_quick", "tests"]  # tests last: its summary closes the log
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
