@@ -137,6 +137,11 @@ def serve(
         f"accounts: {len(accounts)}; registration over the wire {'on' if self_register else 'off'}; kdf {kdf_cost}",
         flush=True,
     )
+    if not accounts and not self_register:  # a first start: say how people get in
+        data_flag = f" --data-dir {data_dir}" if data_dir != default_data_dir() else ""
+        print(
+            f"accounts: none yet: add them with `msgsrv user add NAME{data_flag}` (or use --self-register)", flush=True
+        )
     engine: EngineAPI = Engine(store, hub_config, wall_offset, passwords, accounts)
     if tls or tls_cert:
         engine = _with_tls(engine, tls_cert, tls_key, data_dir, handshake_timeout)
