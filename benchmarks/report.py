@@ -32,6 +32,17 @@ def table(report: dict[str, Any]) -> None:
     console.print(t)
     console.print(f"relay: {relay['server_cpu_us_per_message']:.2f} µs/message here; "
                   f"reference {report['relay_reference_us']} µs (ratios withheld above 3.2)")  # fmt: skip
+    if report["latency_by_load"]:
+        lat = Table(title=f"Latency at a fixed offered load ({relay['clients']} clients; median of "
+                          f"{report['repeats']} runs by p99)")  # fmt: skip
+        for column in ("backend", "offered/s", "delivered/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "server CPU"):
+            lat.add_column(column, justify="left" if column == "backend" else "right")
+        for p in report["latency_by_load"]:
+            got = f"{p['delivered_per_s']:.0f}" + ("" if p["sustained"] else " (not sustained)")
+            lat.add_row(p["backend"], f"{p['offered_rate']:.0f}", got, _ms(p["latency"]["p50_ms"]),
+                        _ms(p["latency"]["p90_ms"]), _ms(p["latency"]["p99_ms"]), _ms(p["latency"]["p999_ms"]),
+                        f"{p['server_cpu_utilisation']:.0%}")  # fmt: skip
+        console.print(lat)
     c = Table(title="Idle logged-in connections (no presence subscriptions)")
     for column in ("backend", "asked", "held", "bytes RSS/conn", "idle CPU", "threads", "probe p50 ms", "probe p99 ms"):
         c.add_column(column, justify="left" if column == "backend" else "right")
@@ -63,6 +74,21 @@ def plots(report: dict[str, Any], out: Path) -> list[Path]:
     made.append(out / f"cpu-per-message-{report['mode']}.png")
     fig.savefig(made[-1], dpi=120)
     plt.close(fig)
+    if report["latency_by_load"]:
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        for backend in dict.fromkeys(p["backend"] for p in report["latency_by_load"]):
+            rows = [p for p in report["latency_by_load"] if p["backend"] == backend]
+            ax.plot([p["offered_rate"] for p in rows], [p["latency"]["p99_ms"] for p in rows], marker="o",
+                    label=f"{backend} p99")  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("offered direct messages/s")
+        ax.set_ylabel("latency, ms")
+        ax.legend(fontsize="small")
+        fig.tight_layout()
+        made.append(out / f"latency-by-load-{report['mode']}.png")
+        fig.savefig(made[-1], dpi=120)
+        plt.close(fig)
     fig, ax = plt.subplots(figsize=(7, 3.5))
     for backend in dict.fromkeys(p["backend"] for p in report["connections"]):
         rows = [p for p in report["connections"] if p["backend"] == backend and p["held"]]
