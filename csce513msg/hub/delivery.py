@@ -145,6 +145,7 @@ class Mailroom:
         self._write(session, _deliver_of(m, 0))
         session.delivered[m.stream] = m.position
         session.unacked.setdefault(m.stream, []).append(m.position)
+        session.in_flight += 1
 
     def _maybe_fetch(self, session: Session) -> None:
         """Catch-up, paced: once everything delivered is acknowledged (so the stored cursor is

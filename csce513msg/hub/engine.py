@@ -280,7 +280,9 @@ class Engine(Gate, Mailroom):
         if msg.position > session.acked.get(msg.stream, 0):
             session.acked[msg.stream] = msg.position
             pending = session.unacked.get(msg.stream, [])
-            session.unacked[msg.stream] = [p for p in pending if p > msg.position]
+            left = [p for p in pending if p > msg.position]
+            session.unacked[msg.stream] = left
+            session.in_flight -= len(pending) - len(left)
             assert session.user is not None
             self._batch.cursors[(session.user, session.device, msg.stream)] = msg.position
             key = (msg.stream, session.user)  # and so, for the senders: delivered

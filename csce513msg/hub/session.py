@@ -42,11 +42,12 @@ class Session:
     acked: dict[str, int] = field(default_factory=dict)  #: stream -> acknowledged position
     delivered: dict[str, int] = field(default_factory=dict)  #: stream -> last delivered
     unacked: dict[str, list[int]] = field(default_factory=dict)  #: stream -> positions delivered, not acked
+    in_flight: int = 0  #: the sum of len(unacked[s]) over streams, kept as deliveries and acks happen
     held: list[Message] = field(default_factory=list)  #: requests that arrived while AUTHENTICATING
 
     def inflight(self) -> int:
         """Deliveries sent and not yet acknowledged: the window counts these."""
-        return sum(len(p) for p in self.unacked.values())
+        return self.in_flight
 
 
 Handler = Callable[..., None]  # (engine, session, message, now)
