@@ -30,6 +30,7 @@ from ..hub import Engine, EngineAPI, HubConfig
 from ..paths import default_data_dir
 from ..store import MemoryStore, Store
 from ..store.sqlite import SqliteStore
+from . import stats as live_stats
 from .users import user_app
 
 DEFAULT_PORT = 5130
@@ -101,6 +102,10 @@ def serve(
     ack_delay: Annotated[
         float, typer.Option(help="Seconds acknowledgements may wait to be stored with other work.")
     ] = 0.05,
+    stats: Annotated[
+        bool, typer.Option(help="A live line in the server window: connections, msg/s, CPU, RSS.")
+    ] = False,
+    stats_interval: Annotated[float, typer.Option(help="Seconds between --stats lines.")] = 1.0,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
     quiet: Annotated[bool, typer.Option(help="Only warnings and errors (same as --log-level warning).")] = False,
 ) -> None:
@@ -142,13 +147,16 @@ def serve(
         print(
             f"accounts: none yet: add them with `msgsrv user add NAME{data_flag}` (or use --self-register)", flush=True
         )
-    engine: EngineAPI = Engine(store, hub_config, wall_offset, passwords, accounts)
+    chat = Engine(store, hub_config, wall_offset, passwords, accounts)
+    engine: EngineAPI = chat
     if tls or tls_cert:
         engine = _with_tls(engine, tls_cert, tls_key, data_dir, handshake_timeout)
     elif not loopback:
         typer.echo(
             f"WARNING: no TLS on {host}: passwords and messages cross the network in clear (use --tls)", err=True
         )
+    if stats:
+        live_stats.start(chat, backend, stats_interval)
     try:
         module.serve(engine, backend_config, hub_config)
     except OSError as exc:  # e.g. the port is taken

@@ -45,6 +45,8 @@ class Mailroom:
         #: the batch the store is working on: (job id, the batch, (conn, request id) of its messages)
         self._in_flight: tuple[int, Batch, list[tuple[ConnId, int]]] | None = None
         self._ids = itertools.count(1)
+        #: totals since start, for `msgsrv --stats` (read from another thread: plain ints)
+        self.counters = {"stored": 0, "delivered": 0}
         self._acks_due: float | None = None  # when a batch of acknowledgements only must be written
 
     def _batch_done(self, job_id: int, result: object) -> tuple[Batch, BatchResult]:
@@ -123,6 +125,7 @@ class Mailroom:
             )
         if m.duplicate:
             return  # a resend of a stored message: it was delivered (or is queued) already
+        self.counters["stored"] += 1
         for session in (*recipients, *self.online.get(m.sender, ())) if m.sender != m.target else recipients:
             if not session.live or (session.user == m.sender and session.device == m.device):
                 continue  # catching up (it will read this from the store), or the device that sent it
@@ -143,6 +146,7 @@ class Mailroom:
         if m.position <= session.delivered.get(m.stream, 0):
             return  # already on its way to this session (a live delivery met a catch-up)
         self._write(session, _deliver_of(m, 0))
+        self.counters["delivered"] += 1
         session.delivered[m.stream] = m.position
         session.unacked.setdefault(m.stream, []).append(m.position)
         session.in_flight += 1
