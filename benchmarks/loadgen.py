@@ -29,7 +29,7 @@ import struct
 import sys
 import time
 
-from csce513msg.protocol import Ack, Deliver, FrameDecoder, Hello, Login, MsgType, Send, decode, encode
+from csce513msg.protocol import Ack, Deliver, FrameDecoder, Hello, Login, MsgType, Register, Send, decode, encode
 
 STAMP = struct.Struct("!dII")  # due time, sender index, sequence number (per sender)
 BODY = 60  #: bytes of each message body, as in the reference figures
@@ -54,7 +54,7 @@ class Conn:
         self.seq = 0
 
 
-def connect_all(port: int, count: int, relay: bool) -> tuple[list[Conn], int]:
+def connect_all(port: int, count: int, relay: bool, register: bool = False) -> tuple[list[Conn], int]:
     """``count`` logged-in connections (relay: announced); returns them and how many were refused."""
     conns: list[Conn] = []
     refused = 0
@@ -68,7 +68,8 @@ def connect_all(port: int, count: int, relay: bool) -> tuple[list[Conn], int]:
                 sock.sendall(struct.pack("!IBBHI", 0, 0x01, 0, 0, i))
                 conns.append(conn)
                 continue
-            sock.sendall(encode(Hello()) + encode(Login(user(i), PASSWORD, f"bench-{i}", request_id=1)))
+            kind = Register if register else Login  # Register: a server without accounts (durability memory)
+            sock.sendall(encode(Hello()) + encode(kind(user(i), PASSWORD, f"bench-{i}", request_id=1)))
             wave.append(conn)
         for conn in wave:  # Welcome, then LoginOk (or an error: e.g. select's SERVER_FULL)
             ok = None
@@ -218,11 +219,12 @@ def main() -> None:
     parser.add_argument("--drain", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=513)
+    parser.add_argument("--register", action="store_true", help="register the clients instead of logging in")
     args = parser.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     count = args.clients if args.mode == "dm" else args.connections
-    conns, refused = connect_all(args.port, count, args.relay)
+    conns, refused = connect_all(args.port, count, args.relay, args.register)
     print(json.dumps({"ready": len(conns), "refused": refused}), flush=True)
     if sys.stdin.readline().strip() != "go":
         return

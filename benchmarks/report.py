@@ -43,6 +43,24 @@ def table(report: dict[str, Any]) -> None:
                         _ms(p["latency"]["p90_ms"]), _ms(p["latency"]["p99_ms"]), _ms(p["latency"]["p999_ms"]),
                         f"{p['server_cpu_utilisation']:.0%}")  # fmt: skip
         console.print(lat)
+    if report.get("durability"):
+        d = Table(title="Durability: the same paced load with --durability full, normal, memory")
+        for column in ("backend", "durability", "µs CPU/msg", "p50 ms", "p99 ms", "server CPU"):
+            d.add_column(column, justify="left" if column in ("backend", "durability") else "right")
+        for p in report["durability"]:
+            cpu, share = f"{p['server_cpu_us_per_message']:.1f}", f"{p['server_cpu_utilisation']:.0%}"
+            d.add_row(
+                p["backend"], p["durability"], cpu, _ms(p["latency"]["p50_ms"]), _ms(p["latency"]["p99_ms"]), share
+            )
+        console.print(d)
+    if report.get("login_burst"):
+        b = Table(title="Chat latency during a login burst (production KDF)")
+        for column in ("backend", "chat msg/s", "p99 before ms", "p99 during ms", "ratio", "login median ms"):
+            b.add_column(column, justify="left" if column == "backend" else "right")
+        for p in report["login_burst"]:
+            b.add_row(p["backend"], f"{p['rate']:.0f}", f"{p['before']['p99_ms']:.2f}", f"{p['during']['p99_ms']:.2f}",
+                      f"{p['p99_ratio']:.2f}", f"{p['logins']['median_ms']:.0f}")  # fmt: skip
+        console.print(b)
     c = Table(title="Idle logged-in connections (no presence subscriptions)")
     for column in ("backend", "asked", "held", "bytes RSS/conn", "idle CPU", "threads", "probe p50 ms", "probe p99 ms"):
         c.add_column(column, justify="left" if column == "backend" else "right")

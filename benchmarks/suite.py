@@ -18,7 +18,11 @@ docs/benchmarks.md):
 2. (full run) latency at fixed offered loads: 1k, 10k and 20k messages/s;
 4. connection scaling: N logged-in idle connections (not subscribed to presence):
    server memory per connection, CPU while idle, and the latency of messages between
-   two of them.
+   two of them;
+5. (full run) durability: workload 1's load with ``--durability full``, ``normal``
+   and ``memory``;
+6. (full run) chat latency during a burst of logins at the production KDF cost
+   (``benchmarks/login_burst.py``).
 
 ``--quick`` (the gating ``nox -s bench_quick``): workload 1 with 100 clients at 5,000
 messages/s and workload 4 with 1,000 connections, one 3-second run each, every
@@ -63,6 +67,9 @@ class Server:
 
     def __init__(self, backend: str, users: int, *flags: str) -> None:
         self.data_dir = tempfile.mkdtemp(prefix=f"bench-{backend}-")
+        self.register = "memory" in flags  # no database to hold accounts: clients register
+        if self.register:
+            flags = (*flags, "--self-register", "--registrations-per-address", "1000000")
         if backend == "relay":
             cmd = [sys.executable, "-m", "benchmarks.relay", "--port", "0"]
         else:
@@ -113,12 +120,13 @@ class Generator:
         self.proc.wait(60)
 
 
-def throughput(backend: str, clients: int, rate: float, seconds: float) -> dict[str, Any]:
-    """Workload 1 on one backend (or the relay)."""
-    server = Server(backend, clients)
+def throughput(backend: str, clients: int, rate: float, seconds: float, *flags: str) -> dict[str, Any]:
+    """Workload 1 on one backend (or the relay); ``flags`` go to the server."""
+    server = Server(backend, clients, *flags)
     try:
+        extra = ["--relay"] if backend == "relay" else ["--register"] if server.register else []
         gen = Generator(server.port, "dm", "--clients", str(clients), "--rate", str(rate), "--seconds", str(seconds),
-                        *(["--relay"] if backend == "relay" else []))  # fmt: skip
+                        *extra)  # fmt: skip
         ready = gen.read()
         before, t0 = proc.sample(server.pid), time.monotonic()
         gen.say("go")
@@ -214,6 +222,8 @@ def run(backends: list[str], quick: bool, repeats: int = 3, seconds: float = 10.
         "throughput": [],
         "latency_by_load": [],
         "connections": [],
+        "durability": [],
+        "login_burst": [],
         "not_run": {"group fan-out": "n/a: no groups yet"},
     }
     relay = median_of(
@@ -236,13 +246,25 @@ def run(backends: list[str], quick: bool, repeats: int = 3, seconds: float = 10.
         if quick or backend in SCALING_BACKENDS:
             for count in conn_counts:
                 report["connections"].append(connections(backend, count))
+        if not quick and backend in SCALING_BACKENDS:  # workloads 5 and 6, one repeat each
+            for mode in ("full", "normal", "memory"):
+                point = throughput(backend, clients, rate, seconds, "--durability", mode)
+                report["durability"].append({**point, "durability": mode})
+            report["login_burst"].append(login_burst(backend))
     return report
+
+
+def login_burst(backend: str) -> dict[str, Any]:
+    """Workload 6: ``benchmarks/login_burst.py`` as its own process (it pins itself)."""
+    cmd = [sys.executable, "-m", "benchmarks.login_burst", "--backend", backend]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    return dict(json.loads(done.stdout))
 
 
 def check(report: dict[str, Any]) -> list[str]:
     """What must hold in any run, whatever the speed: [] if all is well."""
     problems = []
-    for point in [report["relay"], *report["throughput"], *report["latency_by_load"]]:
+    for point in [report["relay"], *report["throughput"], *report["latency_by_load"], *report["durability"]]:
         name = f"{point['backend']} at {point['offered_rate']:.0f}/s"
         if point["delivered"] != point["sent"] or point["sent"] == 0:
             problems.append(f"{name}: delivered {point['delivered']} of {point['sent']}")
