@@ -116,31 +116,42 @@ def run_dm(conns: list[Conn], rate: float, seconds: float, window: int, drain: f
     duplicates = order_violations = errors = delivered = sent = 0
     last_seq: dict[tuple[int, int], int] = {}  # (sender, recipient) -> last seq delivered
     cpu0, t0 = time.process_time(), time.monotonic() + 0.05
-    total = int(rate * seconds)
+    closed = rate <= 0  # closed loop: every client keeps `window` messages in flight, as fast as it can
+    total = 0 if closed else int(rate * seconds)
     due_count = 0
     end = t0 + seconds
     deadline = end + drain
-    while time.monotonic() < deadline and (due_count < total or delivered < sent or any(c.backlog for c in conns)):
+
+    def make(sender: Conn, due: float) -> None:
+        peer = rng.randrange(n - 1)
+        peer += peer >= sender.index
+        sender.seq += 1
+        body = STAMP.pack(due, sender.index, sender.seq) + pad
+        if relay:
+            frame = struct.pack("!IBBHI", len(body), 0x03, 0, 0, peer) + body
+        else:
+            frame = encode(Send(1, 0, 0, user(peer), body, request_id=1))
+        sender.backlog.append(frame)
+
+    by_index = {c.index: c for c in conns}
+    paced_relay = relay and not closed  # a paced relay client sends when due (there are no receipts)
+    while time.monotonic() < deadline and (
+        (closed and time.monotonic() < end) or due_count < total or delivered < sent or any(c.backlog for c in conns)
+    ):
         now = time.monotonic()
-        target = min(total, int((now - t0) * rate) + 1) if now >= t0 else 0
+        target = min(total, int((now - t0) * rate) + 1) if now >= t0 and not closed else 0
         while due_count < target:  # messages now due: stamped with their due time, not the send time
-            k = due_count
-            sender = conns[k % n]
-            peer = rng.randrange(n - 1)
-            peer += peer >= sender.index
-            sender.seq += 1
-            body = STAMP.pack(t0 + k / rate, sender.index, sender.seq) + pad
-            if relay:
-                frame = struct.pack("!IBBHI", len(body), 0x03, 0, 0, peer) + body
-            else:
-                frame = encode(Send(1, 0, 0, user(peer), body, request_id=1))
-            sender.backlog.append(frame)
+            make(conns[due_count % n], t0 + due_count / rate)
             due_count += 1
+        if closed and t0 <= now < end:
+            for conn in conns:
+                while conn.in_flight + len(conn.backlog) < window:
+                    make(conn, now)
         for conn in conns:
-            if conn.backlog and (relay or conn.in_flight < window):
-                room = len(conn.backlog) if relay else window - conn.in_flight
+            if conn.backlog and (paced_relay or conn.in_flight < window):
+                room = len(conn.backlog) if paced_relay else window - conn.in_flight
                 batch, conn.backlog = conn.backlog[:room], conn.backlog[room:]
-                conn.in_flight += 0 if relay else len(batch)
+                conn.in_flight += 0 if paced_relay else len(batch)
                 conn.out += batch
                 sent += len(batch)
             if conn.out:
@@ -148,7 +159,13 @@ def run_dm(conns: list[Conn], rate: float, seconds: float, window: int, drain: f
                 conn.sock.setblocking(True)
                 conn.sock.sendall(data)
                 conn.sock.setblocking(False)
-        wait = 0.0 if due_count < target else max(0.0, min(0.001, t0 + due_count / rate - time.monotonic()))
+        wait = (
+            0.001
+            if closed
+            else 0.0
+            if due_count < target
+            else max(0.0, min(0.001, t0 + due_count / rate - time.monotonic()))
+        )
         for key, _ in sel.select(wait):
             conn = key.data
             try:
@@ -182,6 +199,8 @@ def run_dm(conns: list[Conn], rate: float, seconds: float, window: int, drain: f
                 due, sender_index, seq = STAMP.unpack_from(body)
                 latencies.append(read_at - due)
                 delivered += 1
+                if relay and closed:  # no receipts from a relay: a delivery frees its sender's window
+                    by_index[sender_index].in_flight -= 1
                 pair = (sender_index, conn.index)
                 order_violations += seq <= last_seq.get(pair, 0)
                 last_seq[pair] = seq

@@ -12,15 +12,17 @@ from rich.table import Table
 def table(report: dict[str, Any]) -> None:
     console = Console()
     relay = report["relay"]
-    t = Table(title=f"Direct messages: {relay['clients']} clients, {relay['offered_rate']:.0f}/s offered, "
+    load = "as fast as 8 in flight per client allow" if not relay["offered_rate"] else f"{relay['offered_rate']:.0f}/s"
+    t = Table(title=f"Direct messages to random peers, {load}, "
                     f"{report['settings']['message_body_bytes']}-byte bodies ({report['mode']} run)")  # fmt: skip
-    for column in ("backend", "µs CPU/msg", "vs relay", "msgs/s", "p50 ms", "p99 ms", "server CPU", "generator CPU"):
+    for column in ("backend", "clients", "µs CPU/msg", "vs relay", "msgs/s", "p50 ms", "p99 ms", "server", "generator"):
         t.add_column(column, justify="left" if column == "backend" else "right")
     for p in [relay, *report["throughput"]]:
         rate = "(generator-bound)" if p["generator_limited"] else f"{p['delivered_per_s']:.0f}"
         ratio = p.get("vs_relay")
         t.add_row(
             p["backend"] + (" (baseline)" if p["backend"] == "relay" else ""),
+            str(p["clients"]),
             f"{p['server_cpu_us_per_message']:.1f}",
             "-" if p["backend"] == "relay" else ("withheld" if ratio is None else f"{ratio:.1f}x"),
             rate,
@@ -85,9 +87,11 @@ def plots(report: dict[str, Any], out: Path) -> list[Path]:
     made = []
     points = [report["relay"], *report["throughput"]]
     fig, ax = plt.subplots(figsize=(7, 3.5))
+    points = [p for p in points if p["clients"] == points[0]["clients"]]
     ax.bar([p["backend"] for p in points], [p["server_cpu_us_per_message"] for p in points], color="#4c72b0")
     ax.set_ylabel("server CPU µs per delivered message")
-    ax.set_title(f"Direct messages, {points[0]['offered_rate']:.0f}/s offered ({report['mode']} run)")
+    load = f"{points[0]['offered_rate']:.0f}/s offered" if points[0]["offered_rate"] else "closed loop"
+    ax.set_title(f"Direct messages, {points[0]['clients']} clients, {load} ({report['mode']} run)")
     fig.tight_layout()
     made.append(out / f"cpu-per-message-{report['mode']}.png")
     fig.savefig(made[-1], dpi=120)
