@@ -59,6 +59,7 @@ class Throttle:
     def __init__(self, limit: int, window: float) -> None:
         self.limit, self.window = limit, window
         self.failures: dict[str, collections.deque[float]] = {}
+        self.reported: dict[str, float] = {}  # key -> end of the blocked stretch already logged
 
     def wait(self, key: str, now: float) -> float:
         """Seconds until ``key`` may try again (0: now)."""
@@ -74,11 +75,21 @@ class Throttle:
     def clear(self, key: str) -> None:
         self.failures.pop(key, None)
 
+    def first_refusal(self, key: str, now: float, wait: float) -> bool:
+        """True once per blocked stretch of ``key``: the refusal worth a line in the log (an
+        attacker hammering a throttled account must not fill the server window)."""
+        if self.reported.get(key, 0.0) > now:
+            return False
+        self.reported[key] = now + wait
+        return True
+
     def sweep(self, now: float) -> None:
         """Forget keys whose failures are all older than the window."""
         old = now - self.window
         for key in [k for k, times in self.failures.items() if times[-1] < old]:
             del self.failures[key]
+        for key in [k for k, until in self.reported.items() if until < now]:
+            del self.reported[key]
 
 
 class Gate:
@@ -170,9 +181,14 @@ class Gate:
             self._out.append(Submit(job_id, job, "hash"))
 
     def _check_throttles(self, session: Session, user: str, rid: int, now: float) -> None:
-        wait = max(self.account_throttle.wait(user, now), self.address_throttle.wait(_host(session.peer), now))
+        host = _host(session.peer)
+        by_account, by_address = self.account_throttle.wait(user, now), self.address_throttle.wait(host, now)
+        wait = max(by_account, by_address)
         if wait > 0:
-            log.warning("login throttled: %s from %s (%.0f s)", user, session.peer, wait)
+            first = by_account > 0 and self.account_throttle.first_refusal(user, now, by_account)
+            first |= by_address > 0 and self.address_throttle.first_refusal(host, now, by_address)
+            if first:
+                log.warning("login throttled: %s from %s (%.0f s; more refusals not logged)", user, session.peer, wait)
             raise RemoteProtocolError(
                 ErrorCode.AUTH_THROTTLED, f"too many failed logins: try again in {wait:.0f} s", request_id=rid
             )

@@ -190,3 +190,17 @@ def test_registrations_are_limited_per_address() -> None:
     elsewhere = h.connect(raw=True, host="10.6.6.6")
     h.send_raw(elsewhere, encode(Hello(request_id=1)) + encode(Register("human", PASSWORD, request_id=2)))
     assert elsewhere.of(LoginOk)
+
+
+def test_a_throttled_account_is_logged_once_not_per_attempt(caplog: object) -> None:
+    import logging
+
+    h = Harness(login_failures_per_account=2)
+    h.account("alice")
+    for _ in range(2):
+        login_raw(h, "alice", "guess")
+    with caplog.at_level(logging.WARNING, logger="csce513msg.hub"):  # type: ignore[attr-defined]
+        for _ in range(20):
+            assert codes(login_raw(h, "alice", "guess")) == [ErrorCode.AUTH_THROTTLED]
+    lines = [r for r in caplog.records if "login throttled" in r.getMessage()]  # type: ignore[attr-defined]
+    assert len(lines) == 1
