@@ -314,7 +314,7 @@ class Gate:
                     log.warning("account %s is now %s", name, account.role)
 
     def _end_sessions(self, user: str, why: str) -> None:
-        for session in list(self.online.get(user, ())) + [s for s in self.sessions.values() if s.user == user]:
+        for session in [s for s in self.sessions.values() if s.user == user]:  # online, or logging in
             if not session.closing:
                 self._error(session, ErrorCode.ACCOUNT_CHANGED, why, 0)
                 self._close(session, "account changed")
