@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import sqlite3
 import threading
+from collections import deque
 from pathlib import Path
 
 from .interface import (
@@ -75,6 +76,7 @@ MIGRATIONS: list[list[str]] = [
     ],
 ]
 TAIL_EVERY = 64  #: batches between the writer's own checkpoints of the WAL's tail
+RECENT = 32  #: per stream, the newest messages the writer keeps in memory for delivered receipts
 _COLUMNS = "id, stream, position, sender, device, target_kind, target, content_type, time_us, body"
 SYNC = {"full": "FULL", "normal": "NORMAL"}
 
@@ -101,6 +103,9 @@ class SqliteStore:
         self.last_id = self.db.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()[0]
         self.positions: dict[str, int] = {}  # stream -> last position: a cache the writer owns
         self.floors: dict[tuple[str, str], int] = {}  # (sender, device) -> client ids at or below: expired
+        # Delivered receipts from memory (an ack would otherwise cost two SELECTs): caches the writer owns
+        self._acked: dict[tuple[str, str], int] = {}  # (stream, user) -> acknowledged position
+        self._recent: dict[str, _Recent] = {}  # stream -> its newest messages, as receipts to be
         self._stop = threading.Event()
         if checkpoint_interval > 0:
             threading.Thread(target=self._checkpoints, args=(checkpoint_interval,), daemon=True).start()
@@ -152,7 +157,12 @@ class SqliteStore:
                    ON CONFLICT DO UPDATE SET position = max(position, excluded.position)""",
                 [(*key, pos) for key, pos in batch.cursors.items()],
             )
-            newly = [note for key, pos in batch.delivered.items() for note in self._delivered(*key, pos)]
+            acked: list[tuple[str, str, int]] = []  # (stream, user, position) rows for `delivered`
+            newly = [note for key, pos in batch.delivered.items() for note in self._delivered(*key, pos, acked)]
+            db.executemany(
+                "INSERT INTO delivered VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET position = excluded.position",
+                acked,
+            )
             db.executemany(
                 """INSERT INTO notified (user, device, stream, position) VALUES (?, ?, ?, ?)
                    ON CONFLICT DO UPDATE SET position = max(position, excluded.position)""",
@@ -167,6 +177,8 @@ class SqliteStore:
                 db.execute("ROLLBACK")
             self.last_id = last_id
             self.positions.update(touched)  # as before the batch
+            self._acked.clear()  # the caches may hold what was rolled back: read again when needed
+            self._recent.clear()
             return BatchResult(error=f"storage error: {exc}")
         self._accounts.update((a.name, a) for a in batch.accounts)
         try:
@@ -193,22 +205,32 @@ class SqliteStore:
         ).fetchall()
         return [StoredMessage(*row) for row in reversed(rows)]
 
-    def _delivered(self, stream: str, user: str, position: int) -> list[DeliveredNote]:
-        """``user`` acknowledged ``stream`` up to ``position``: the others' messages newly delivered."""
-        row = self.db.execute("SELECT position FROM delivered WHERE stream = ? AND user = ?", (stream, user)).fetchone()
-        old = row[0] if row else 0
+    def _delivered(
+        self, stream: str, user: str, position: int, rows: list[tuple[str, str, int]]
+    ) -> list[DeliveredNote]:
+        """``user`` acknowledged ``stream`` up to ``position``: the others' messages newly delivered.
+        Adds the row for ``delivered`` to ``rows``. From memory when the stream's recent messages
+        cover the range (the common case: an ack of what was just delivered), else a SELECT."""
+        key = (stream, user)
+        if key not in self._acked:
+            row = self.db.execute("SELECT position FROM delivered WHERE stream = ? AND user = ?", key).fetchone()
+            self._acked[key] = row[0] if row else 0
+        old = self._acked[key]
         if position <= old:
             return []
-        self.db.execute(
-            "INSERT INTO delivered VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET position = excluded.position",
-            (stream, user, position),
-        )
-        rows = self.db.execute(
+        self._acked[key] = position
+        rows.append((stream, user, position))
+        recent = self._recent.get(stream)
+        if recent is not None and recent.since <= old + 1:
+            notes = [n for n in recent.notes if old < n.position <= position and n.sender != user]
+            recent.prune(self._acked)
+            return notes
+        found = self.db.execute(
             "SELECT sender, id, stream, position, time_us FROM messages "
             "WHERE stream = ? AND position > ? AND position <= ? AND sender != ? ORDER BY position",
             (stream, old, position, user),
         )
-        return [DeliveredNote(*r) for r in rows]
+        return [DeliveredNote(*r) for r in found]
 
     def _receipts(self, user: str, device: str) -> list[DeliveredNote]:
         """Delivered receipts this device of ``user`` has not had yet; marks them sent."""
@@ -246,6 +268,7 @@ class SqliteStore:
         )
         self.db.execute("DELETE FROM messages WHERE id < ?", (before_us,))
         self.floors.clear()
+        self._recent.clear()
 
     def _floor(self, sender: str, device: str) -> int:
         key = (sender, device)
@@ -281,6 +304,9 @@ class SqliteStore:
         touched.setdefault(m.stream, self.positions[m.stream])
         self.positions[m.stream] = position
         self.last_id = message_id
+        if (recent := self._recent.get(m.stream)) is None:
+            recent = self._recent[m.stream] = _Recent(position, m.members)
+        recent.add(DeliveredNote(m.sender, message_id, m.stream, position, m.time_us))
         if position == 1:
             db.executemany("INSERT OR IGNORE INTO members VALUES (?, ?)", [(u, m.stream) for u in m.members])
         return StoredMessage(
@@ -323,6 +349,34 @@ class SqliteStore:
             except sqlite3.Error:
                 pass  # busy or read-only: try again at the next interval
         db.close()
+
+
+class _Recent:
+    """A stream's newest messages, as the delivered receipts they will become.
+
+    Complete from position ``since`` on, except for notes nobody needs any more: a note is
+    dropped once every member but its sender has acknowledged it. At most ``RECENT`` are
+    kept (e.g. for a member who is offline); then ``since`` moves up.
+    """
+
+    __slots__ = ("members", "notes", "since")
+
+    def __init__(self, since: int, members: tuple[str, ...]) -> None:
+        self.since = since
+        self.members = members
+        self.notes: deque[DeliveredNote] = deque()
+
+    def add(self, note: DeliveredNote) -> None:
+        if len(self.notes) >= RECENT:
+            self.since = self.notes.popleft().position + 1
+        self.notes.append(note)
+
+    def prune(self, acked: dict[tuple[str, str], int]) -> None:
+        notes = self.notes
+        while notes and all(
+            acked.get((notes[0].stream, u), 0) >= notes[0].position for u in self.members if u != notes[0].sender
+        ):
+            notes.popleft()
 
 
 def connect(path: str) -> sqlite3.Connection:

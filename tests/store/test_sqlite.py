@@ -149,3 +149,30 @@ def test_the_wal_stays_bounded_under_sustained_writes(tmp_path: Path) -> None:
             sizes.append(wal.stat().st_size)
     assert sizes[-1] < 3 * sizes[0]  # it starts over: about one round of frames (11 times that without)
     store.close()
+
+
+def test_delivered_receipts_from_memory_match_the_database(tmp_path: Path) -> None:
+    """The writer answers most acks from its recent messages (no SELECT); what it answers
+    must be what the database says: two-way traffic, partial and repeated acks, more
+    messages than it keeps in memory (RECENT), and a reopened store (nothing in memory)."""
+    from csce513msg.store.sqlite import RECENT
+
+    def positions(store: MemoryStore | SqliteStore, acks: dict[tuple[str, str], int]) -> list[tuple[str, int]]:
+        return [(n.sender, n.position) for n in store.apply(Batch(delivered=acks)).newly_delivered]
+
+    path = tmp_path / "db"
+    for store in (MemoryStore(), SqliteStore(path, checkpoint_interval=0)):
+        store.apply(Batch(messages=[msg("a", "b", b"1"), msg("b", "a", b"2"), msg("a", "b", b"3")]))
+        assert positions(store, {("dm:a,b", "b"): 2}) == [("a", 1)]  # b's own message is not news to b
+        assert positions(store, {("dm:a,b", "b"): 2}) == []  # a repeated ack
+        assert positions(store, {("dm:a,b", "b"): 3, ("dm:a,b", "a"): 3}) == [("a", 3), ("b", 2)]
+        assert positions(store, {("dm:a,b", "b"): 1}) == []  # an ack going back
+        store.apply(Batch(messages=[msg("a", "b", bytes([i])) for i in range(RECENT + 5)]))  # b is away
+        expected = [("a", p) for p in range(4, RECENT + 9)]
+        assert positions(store, {("dm:a,b", "b"): RECENT + 8}) == expected  # older than memory holds
+    store.close()
+    store = SqliteStore(path, checkpoint_interval=0)  # reopened: every answer from the database
+    store.apply(Batch(messages=[msg("a", "b", b"late")]))
+    assert positions(store, {("dm:a,b", "b"): RECENT + 9}) == [("a", RECENT + 9)]
+    assert positions(store, {("dm:a,b", "a"): RECENT + 9}) == []  # everything after 3 was a's own
+    store.close()
