@@ -46,6 +46,17 @@ from .interface import (
     StoredMessage,
 )
 
+
+def _without_rowid(table: str, columns: str) -> list[str]:
+    """Statements that rebuild ``table`` as a WITHOUT ROWID table, keeping its rows."""
+    return [
+        f"CREATE TABLE {table}_v4 ({columns}) WITHOUT ROWID",
+        f"INSERT INTO {table}_v4 SELECT * FROM {table}",
+        f"DROP TABLE {table}",
+        f"ALTER TABLE {table}_v4 RENAME TO {table}",
+    ]
+
+
 MIGRATIONS: list[list[str]] = [
     [  # version 1
         "CREATE TABLE users (name TEXT PRIMARY KEY, created_us INTEGER NOT NULL)",
@@ -73,6 +84,29 @@ MIGRATIONS: list[list[str]] = [
     ],
     [  # version 3: retention. The highest client message id of each device among deleted messages
         "ALTER TABLE devices ADD COLUMN keys_floor INTEGER NOT NULL DEFAULT 0",
+    ],
+    [  # version 4: the tables keyed by names are WITHOUT ROWID, so an upsert writes one B-tree, not two
+        *_without_rowid("streams", "name TEXT PRIMARY KEY, last_position INTEGER NOT NULL"),
+        *_without_rowid("members", "user TEXT NOT NULL, stream TEXT NOT NULL, PRIMARY KEY (user, stream)"),
+        *_without_rowid(
+            "cursors",
+            "user TEXT NOT NULL, device TEXT NOT NULL, stream TEXT NOT NULL, position INTEGER NOT NULL, "
+            "PRIMARY KEY (user, device, stream)",
+        ),
+        *_without_rowid(
+            "devices",
+            "user TEXT NOT NULL, device TEXT NOT NULL, since INTEGER NOT NULL, keys_floor INTEGER NOT NULL DEFAULT 0, "
+            "PRIMARY KEY (user, device)",
+        ),
+        *_without_rowid(
+            "delivered",
+            "stream TEXT NOT NULL, user TEXT NOT NULL, position INTEGER NOT NULL, PRIMARY KEY (stream, user)",
+        ),
+        *_without_rowid(
+            "notified",
+            "user TEXT NOT NULL, device TEXT NOT NULL, stream TEXT NOT NULL, position INTEGER NOT NULL, "
+            "PRIMARY KEY (user, device, stream)",
+        ),
     ],
 ]
 TAIL_EVERY = 64  #: batches between the writer's own checkpoints of the WAL's tail

@@ -100,6 +100,39 @@ def test_version_1_users_keep_their_name_without_a_password(tmp_path: Path) -> N
     assert store.load_accounts() == {"zoe": Account("zoe", "student", "", 5)}  # no login until `user passwd`
 
 
+def test_version_3_data_survives_the_rebuild_without_rowid(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    old = sqlite3.connect(path)
+    for statement in [s for version in MIGRATIONS[:3] for s in version]:
+        old.execute(statement)
+    store_v3 = [
+        "INSERT INTO users VALUES ('a', 1, 'student', ''), ('b', 1, 'student', '')",
+        "INSERT INTO streams VALUES ('dm:a,b', 2)",
+        "INSERT INTO members VALUES ('a', 'dm:a,b'), ('b', 'dm:a,b')",
+        "INSERT INTO messages VALUES (10, 'dm:a,b', 1, 'a', 'd', 0, 1, 'b', 0, 10, x'31')",
+        "INSERT INTO messages VALUES (11, 'dm:a,b', 2, 'a', 'd', 0, 1, 'b', 0, 11, x'32')",
+        "INSERT INTO devices VALUES ('b', 'bd', 0, 7)",
+        "INSERT INTO cursors VALUES ('b', 'bd', 'dm:a,b', 1)",
+        "INSERT INTO delivered VALUES ('dm:a,b', 'b', 1)",
+        "INSERT INTO notified VALUES ('a', 'd', 'dm:a,b', 1)",
+        "PRAGMA user_version=3",
+    ]
+    for statement in store_v3:
+        old.execute(statement)
+    old.commit()
+    old.close()
+    store = SqliteStore(path, checkpoint_interval=0)
+    tables = dict(store.db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'").fetchall())
+    assert all("WITHOUT ROWID" in tables[t] for t in ("streams", "members", "cursors", "devices", "notified"))
+    assert store.db.execute("SELECT keys_floor FROM devices").fetchall() == [(7,)]
+    fetched = store.apply(Batch(fetches=[Fetch(1, "b", "bd", 10, 100)])).fetched[1]
+    assert [m.body for m in fetched] == [b"2"]  # after b's cursor
+    assert store.apply(Batch(messages=[msg("a", "b", b"3")])).stored[0].position == 3  # type: ignore[union-attr]
+    notes = store.apply(Batch(delivered={("dm:a,b", "b"): 3})).newly_delivered
+    assert [n.position for n in notes] == [2, 3]  # after what was delivered before the rebuild
+    store.close()
+
+
 def test_the_poll_reports_what_another_process_changed(tmp_path: Path) -> None:
     path = tmp_path / "db"
     store = SqliteStore(path, checkpoint_interval=0)
