@@ -2,6 +2,8 @@
 
     python -m benchmarks.loadgen dm --port P --clients 100 --rate 5000 --seconds 3
     python -m benchmarks.loadgen idle --port P --connections 1000
+    python -m benchmarks.loadgen dm --port P --relay    # the baselines: the minimal relay,
+    python -m benchmarks.loadgen dm --port P --redis    # and Redis pub/sub
 
 It speaks over stdin/stdout with the orchestrator (``benchmarks/suite.py``): it logs
 its clients in, prints ``{"ready": ...}``, waits for ``go`` (so the orchestrator reads
@@ -14,6 +16,12 @@ recipient's read time - the due time, on this process's one monotonic clock: a
 stalled sender (a full window, a slow loop) cannot hide latency. Each sender keeps at
 most ``--window`` messages without a receipt, as a real client would. Every loop is
 bounded: the run stops at ``--seconds``, the drain ``--drain`` seconds after it.
+
+The same workload runs against the baselines. The relay (``relay.py``) forwards frames
+and sends no receipts: in a closed loop a delivery frees its sender's window. Redis:
+each client subscribes to its own channel over RESP3 (``resp.py``), so one connection
+both publishes and receives as ours does; a send is ``PUBLISH u<peer> <body>``, and its
+reply (the count of subscribers reached) is the receipt that frees the window.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import struct
 import sys
 import time
 
+from benchmarks.resp import RespDecoder, RespError, command
 from csce513msg.protocol import Ack, Deliver, FrameDecoder, Hello, Login, MsgType, Register, Send, decode, encode
 
 STAMP = struct.Struct("!dII")  # due time, sender index, sequence number (per sender)
@@ -44,18 +53,19 @@ def user(i: int) -> str:
 class Conn:
     """One client connection of the generator."""
 
-    def __init__(self, index: int, sock: socket.socket) -> None:
+    def __init__(self, index: int, sock: socket.socket, redis: bool = False) -> None:
         self.index = index
         self.sock = sock
-        self.decoder = FrameDecoder(1 << 24)
+        self.decoder: FrameDecoder | RespDecoder = RespDecoder() if redis else FrameDecoder(1 << 24)
         self.out: list[bytes] = []
         self.in_flight = 0  # sends without a receipt
         self.backlog: list[bytes] = []  # due, but the window was full
         self.seq = 0
 
 
-def connect_all(port: int, count: int, relay: bool, register: bool = False) -> tuple[list[Conn], int]:
-    """``count`` logged-in connections (relay: announced); returns them and how many were refused."""
+def connect_all(port: int, count: int, target: str, register: bool = False) -> tuple[list[Conn], int]:
+    """``count`` logged-in connections (relay: announced; Redis: subscribed to their channel);
+    returns them and how many were refused. ``target``: "chat", "relay" or "redis"."""
     conns: list[Conn] = []
     refused = 0
     for start in range(0, count, LOGIN_WAVE):
@@ -63,10 +73,14 @@ def connect_all(port: int, count: int, relay: bool, register: bool = False) -> t
         for i in range(start, min(count, start + LOGIN_WAVE)):
             sock = socket.create_connection(("127.0.0.1", port), timeout=30)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = Conn(i, sock)
-            if relay:
+            conn = Conn(i, sock, target == "redis")
+            if target == "relay":
                 sock.sendall(struct.pack("!IBBHI", 0, 0x01, 0, 0, i))
                 conns.append(conn)
+                continue
+            if target == "redis":
+                sock.sendall(command(b"HELLO", b"3") + command(b"SUBSCRIBE", user(i).encode()))
+                wave.append(conn)
                 continue
             kind = Register if register else Login  # Register: a server without accounts (durability memory)
             sock.sendall(encode(Hello()) + encode(kind(user(i), PASSWORD, f"bench-{i}", request_id=1)))
@@ -77,7 +91,12 @@ def connect_all(port: int, count: int, relay: bool, register: bool = False) -> t
                 data = conn.sock.recv(65536)
                 if not data:
                     ok = False
-                for frame in conn.decoder.feed(data):
+                if isinstance(conn.decoder, RespDecoder):  # HELLO's map, then the subscribe push
+                    replies = conn.decoder.feed(data)
+                    ok = False if any(isinstance(r, RespError) for r in replies) else None
+                    ok = True if any(isinstance(r, list) and r[:1] == [b"subscribe"] for r in replies) else ok
+                    continue
+                for frame in conn.decoder.feed(data):  # type: ignore[union-attr]
                     if frame.type == MsgType.LOGIN_OK:
                         ok = True
                     elif frame.type == MsgType.ERROR:
@@ -103,8 +122,8 @@ def percentiles(samples: list[float]) -> dict[str, float | None]:
     return result
 
 
-def run_dm(conns: list[Conn], rate: float, seconds: float, window: int, drain: float, relay: bool, seed: int) -> dict:
-    """The direct-message workload over ``conns``; returns what happened."""
+def run_dm(conns: list[Conn], rate: float, seconds: float, window: int, drain: float, target: str, seed: int) -> dict:
+    """The direct-message workload over ``conns`` (``target``: "chat", "relay", "redis")."""
     rng = random.Random(seed)
     n = len(conns)
     sel = selectors.DefaultSelector()
@@ -127,20 +146,22 @@ def run_dm(conns: list[Conn], rate: float, seconds: float, window: int, drain: f
         peer += peer >= sender.index
         sender.seq += 1
         body = STAMP.pack(due, sender.index, sender.seq) + pad
-        if relay:
+        if target == "relay":
             frame = struct.pack("!IBBHI", len(body), 0x03, 0, 0, peer) + body
+        elif target == "redis":
+            frame = command(b"PUBLISH", user(peer).encode(), body)
         else:
             frame = encode(Send(1, 0, 0, user(peer), body, request_id=1))
         sender.backlog.append(frame)
 
     by_index = {c.index: c for c in conns}
-    paced_relay = relay and not closed  # a paced relay client sends when due (there are no receipts)
+    paced_relay = target == "relay" and not closed  # a paced relay client sends when due (there are no receipts)
     while time.monotonic() < deadline and (
         (closed and time.monotonic() < end) or due_count < total or delivered < sent or any(c.backlog for c in conns)
     ):
         now = time.monotonic()
-        target = min(total, int((now - t0) * rate) + 1) if now >= t0 and not closed else 0
-        while due_count < target:  # messages now due: stamped with their due time, not the send time
+        now_due = min(total, int((now - t0) * rate) + 1) if now >= t0 and not closed else 0
+        while due_count < now_due:  # messages now due: stamped with their due time, not the send time
             make(conns[due_count % n], t0 + due_count / rate)
             due_count += 1
         if closed and t0 <= now < end:
@@ -163,7 +184,7 @@ def run_dm(conns: list[Conn], rate: float, seconds: float, window: int, drain: f
             0.001
             if closed
             else 0.0
-            if due_count < target
+            if due_count < now_due
             else max(0.0, min(0.001, t0 + due_count / rate - time.monotonic()))
         )
         for key, _ in sel.select(wait):
@@ -177,35 +198,18 @@ def run_dm(conns: list[Conn], rate: float, seconds: float, window: int, drain: f
                 sel.unregister(conn.sock)
                 continue
             read_at = time.monotonic()
-            acks: dict[str, int] = {}
-            for frame in conn.decoder.feed(data):
-                if frame.type in (MsgType.RECEIPT, MsgType.ERROR):
-                    if frame.request_id:  # the answer to a Send: room in the window
-                        conn.in_flight -= 1
-                    errors += frame.type == MsgType.ERROR
-                    continue
-                if relay and frame.type == 0x03:
-                    body = frame.body
-                elif frame.type == MsgType.DELIVER:
-                    msg = decode(frame)
-                    assert isinstance(msg, Deliver)
-                    if msg.message_id in seen_ids:
-                        duplicates += 1
-                    seen_ids.add(msg.message_id)
-                    acks[msg.stream] = max(acks.get(msg.stream, 0), msg.position)
-                    body = msg.body
-                else:
-                    continue
+            bodies, failed, repeated = read_bodies(conn, data, target, seen_ids)
+            errors += failed
+            duplicates += repeated
+            for body in bodies:
                 due, sender_index, seq = STAMP.unpack_from(body)
                 latencies.append(read_at - due)
                 delivered += 1
-                if relay and closed:  # no receipts from a relay: a delivery frees its sender's window
+                if target == "relay" and closed:  # no receipts from a relay: a delivery frees the window
                     by_index[sender_index].in_flight -= 1
                 pair = (sender_index, conn.index)
                 order_violations += seq <= last_seq.get(pair, 0)
                 last_seq[pair] = seq
-            if acks:
-                conn.out.append(b"".join(encode(Ack(p, s)) for s, p in acks.items()))
     elapsed = time.monotonic() - t0
     return {
         "sent": sent,
@@ -221,9 +225,43 @@ def run_dm(conns: list[Conn], rate: float, seconds: float, window: int, drain: f
     }
 
 
+def read_bodies(conn: Conn, data: bytes, target: str, seen_ids: set[int]) -> tuple[list[bytes], int, int]:
+    """What ``data`` brings ``conn``: the bodies delivered, errors and duplicate message ids.
+    An answer to a send (a receipt, PUBLISH's count, an error) makes room in the window;
+    deliveries are acknowledged, as the shipped client does."""
+    bodies: list[bytes] = []
+    errors = duplicates = 0
+    if isinstance(conn.decoder, RespDecoder):
+        for reply in conn.decoder.feed(data):
+            if isinstance(reply, list) and reply[:1] == [b"message"]:
+                bodies.append(reply[2])
+            elif isinstance(reply, (int, RespError)):  # PUBLISH's count of subscribers reached
+                conn.in_flight -= 1
+                errors += isinstance(reply, RespError)
+        return bodies, errors, duplicates
+    acks: dict[str, int] = {}
+    for frame in conn.decoder.feed(data):
+        if frame.type in (MsgType.RECEIPT, MsgType.ERROR):
+            if frame.request_id:  # the answer to a Send: room in the window
+                conn.in_flight -= 1
+            errors += frame.type == MsgType.ERROR
+        elif target == "relay" and frame.type == 0x03:
+            bodies.append(frame.body)
+        elif frame.type == MsgType.DELIVER:
+            msg = decode(frame)
+            assert isinstance(msg, Deliver)
+            duplicates += msg.message_id in seen_ids
+            seen_ids.add(msg.message_id)
+            acks[msg.stream] = max(acks.get(msg.stream, 0), msg.position)
+            bodies.append(msg.body)
+    if acks:
+        conn.out.append(b"".join(encode(Ack(p, s)) for s, p in acks.items()))
+    return bodies, errors, duplicates
+
+
 def run_probe(conns: list[Conn], count: int, rate: float) -> dict:
     """Latency of a few messages between two connections among many idle ones."""
-    return run_dm(conns[:2], rate, count / rate, 8, 5.0, False, seed=1)
+    return run_dm(conns[:2], rate, count / rate, 8, 5.0, "chat", seed=1)
 
 
 def main() -> None:
@@ -231,6 +269,7 @@ def main() -> None:
     parser.add_argument("mode", choices=["dm", "idle"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--relay", action="store_true", help="the target is benchmarks.relay")
+    parser.add_argument("--redis", action="store_true", help="the target is redis-server (pub/sub)")
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--rate", type=float, default=5000.0)
     parser.add_argument("--seconds", type=float, default=3.0)
@@ -243,12 +282,13 @@ def main() -> None:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     count = args.clients if args.mode == "dm" else args.connections
-    conns, refused = connect_all(args.port, count, args.relay, args.register)
+    target = "relay" if args.relay else "redis" if args.redis else "chat"
+    conns, refused = connect_all(args.port, count, target, args.register)
     print(json.dumps({"ready": len(conns), "refused": refused}), flush=True)
     if sys.stdin.readline().strip() != "go":
         return
     if args.mode == "dm":
-        result = run_dm(conns, args.rate, args.seconds, args.window, args.drain, args.relay, args.seed)
+        result = run_dm(conns, args.rate, args.seconds, args.window, args.drain, target, args.seed)
     else:
         result = run_probe(conns, 200, 100.0) if len(conns) >= 2 else {}
     result.update(connected=len(conns), refused=refused)

@@ -17,14 +17,15 @@ def table(report: dict[str, Any]) -> None:
                     f"{report['settings']['message_body_bytes']}-byte bodies ({report['mode']} run)")  # fmt: skip
     for column in ("backend", "clients", "µs CPU/msg", "vs relay", "msgs/s", "p50 ms", "p99 ms", "server", "generator"):
         t.add_column(column, justify="left" if column == "backend" else "right")
-    for p in [relay, *report["throughput"]]:
+    baselines = {"relay": " (baseline)", "redis": " (baseline, C)"}
+    for p in [relay, *([report["redis"]] if "redis" in report else []), *report["throughput"]]:
         rate = "(generator-bound)" if p["generator_limited"] else f"{p['delivered_per_s']:.0f}"
         ratio = p.get("vs_relay")
         t.add_row(
-            p["backend"] + (" (baseline)" if p["backend"] == "relay" else ""),
+            p["backend"] + baselines.get(p["backend"], ""),
             str(p["clients"]),
             f"{p['server_cpu_us_per_message']:.1f}",
-            "-" if p["backend"] == "relay" else ("withheld" if ratio is None else f"{ratio:.1f}x"),
+            "-" if p["backend"] in baselines else ("withheld" if ratio is None else f"{ratio:.1f}x"),
             rate,
             _ms(p["latency"]["p50_ms"]),
             _ms(p["latency"]["p99_ms"]),
@@ -45,6 +46,17 @@ def table(report: dict[str, Any]) -> None:
                         _ms(p["latency"]["p90_ms"]), _ms(p["latency"]["p99_ms"]), _ms(p["latency"]["p999_ms"]),
                         f"{p['server_cpu_utilisation']:.0%}")  # fmt: skip
         console.print(lat)
+    if report.get("highest_sustained"):
+        h = Table(title="The highest paced load each backend sustains (100 clients; 90 % of its closed loop, "
+                        "then 20 % less until sustained)")  # fmt: skip
+        for column in ("backend", "sustained/s", "p50 ms", "p99 ms", "µs CPU/msg", "server CPU", "tried"):
+            h.add_column(column, justify="left" if column in ("backend", "tried") else "right")
+        for p in report["highest_sustained"]:
+            tried = ", ".join(f"{t['offered_rate']:.0f}" + ("" if t["sustained"] else " no") for t in p["tried"])
+            got = f"{p['offered_rate']:.0f}" if p["sustained"] else "none tried"
+            h.add_row(p["backend"], got, _ms(p["latency"]["p50_ms"]), _ms(p["latency"]["p99_ms"]),
+                      f"{p['server_cpu_us_per_message']:.1f}", f"{p['server_cpu_utilisation']:.0%}", tried)  # fmt: skip
+        console.print(h)
     if report.get("durability"):
         d = Table(title="Durability: the same paced load with --durability full, normal, memory")
         for column in ("backend", "durability", "µs CPU/msg", "p50 ms", "p99 ms", "server CPU"):
@@ -72,7 +84,9 @@ def table(report: dict[str, Any]) -> None:
                   f"{p['idle_cpu_utilisation']:.1%}", str(p["server_threads"]),
                   _ms(p["probe_latency"].get("p50_ms")), _ms(p["probe_latency"].get("p99_ms")))  # fmt: skip
     console.print(c)
-    console.print("group fan-out: n/a: no groups yet")
+    for name, why in report["not_run"].items():
+        console.print(f"{name}: {why}")
+    console.print("wall time by workload: " + ", ".join(f"{k} {v:.0f} s" for k, v in report["timings_s"].items()))
 
 
 def plots(report: dict[str, Any], out: Path) -> list[Path]:
@@ -85,7 +99,7 @@ def plots(report: dict[str, Any], out: Path) -> list[Path]:
     except ImportError:
         return []
     made = []
-    points = [report["relay"], *report["throughput"]]
+    points = [report["relay"], *([report["redis"]] if "redis" in report else []), *report["throughput"]]
     fig, ax = plt.subplots(figsize=(7, 3.5))
     points = [p for p in points if p["clients"] == points[0]["clients"]]
     ax.bar([p["backend"] for p in points], [p["server_cpu_us_per_message"] for p in points], color="#4c72b0")
@@ -98,8 +112,10 @@ def plots(report: dict[str, Any], out: Path) -> list[Path]:
     plt.close(fig)
     if report["latency_by_load"]:
         fig, ax = plt.subplots(figsize=(7, 3.5))
+        found = [p for p in report.get("highest_sustained", []) if p["sustained"]]
         for backend in dict.fromkeys(p["backend"] for p in report["latency_by_load"]):
-            rows = [p for p in report["latency_by_load"] if p["backend"] == backend]
+            rows = [p for p in [*report["latency_by_load"], *found] if p["backend"] == backend]
+            rows.sort(key=lambda p: p["offered_rate"])
             ax.plot([p["offered_rate"] for p in rows], [p["latency"]["p99_ms"] for p in rows], marker="o",
                     label=f"{backend} p99")  # fmt: skip
         ax.set_xscale("log")

@@ -16,7 +16,10 @@ docs/benchmarks.md):
    as fast as a window of 8 unanswered messages allows (closed loop; ``--quick``: 100
    clients paced at 5,000/s); and the same load from 100 clients through the minimal
    relay (``benchmarks/relay.py``), measured in the same run, as the baseline;
-2. (full run) latency at fixed offered loads: 1k, 10k and 20k messages/s;
+   Where ``redis-server`` is installed, Redis pub/sub runs the same load as a second
+   baseline (a C server);
+2. (full run) latency at fixed offered loads: 1k, 10k and 20k messages/s, and at the
+   highest load each backend sustains (searched from its closed-loop throughput);
 4. connection scaling: N logged-in idle connections (not subscribed to presence):
    server memory per connection, CPU while idle, and the latency of messages between
    two of them;
@@ -33,13 +36,16 @@ backend; ``--check`` then asserts what must hold (never speed) and exits 1 if no
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +62,7 @@ GENERATOR_LIMIT = 0.90  #: above this the generator, not the server, set the pac
 SCALING_BACKENDS = ["epoll", "uvloop", "select", "threads"]  #: connection scaling in the full run
 PACED_LOAD = 5000.0  #: messages/s: workload 1 in --quick, workload 5
 LATENCY_LOADS = [1000.0, 10000.0, 20000.0]  #: workload 2's offered loads, messages/s (full run)
+SEARCH_START, SEARCH_STEP, SEARCH_TRIES = 0.9, 0.8, 3  #: the highest sustained load (see highest_sustained)
 
 
 def pinned(core: int, cmd: list[str]) -> list[str]:
@@ -72,8 +79,13 @@ class Server:
         self.register = "memory" in flags  # no database to hold accounts: clients register
         if self.register:
             flags = (*flags, "--self-register", "--registrations-per-address", "1000000")
+        ready = "listening on "
         if backend == "relay":
             cmd = [sys.executable, "-m", "benchmarks.relay", "--port", "0"]
+        elif backend == "redis":  # no persistence: pub/sub keeps nothing anyway
+            self.port = free_port()
+            cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+            ready = "Ready to accept connections"
         else:
             stored = hash_password(PASSWORD, COSTS["test"])
             book = AccountBook(Path(self.data_dir) / "csce513msg.db")
@@ -83,10 +95,11 @@ class Server:
             cmd += ["--data-dir", self.data_dir, "--log-level", "warning", "--kdf-cost", "test", *flags]
         self.proc = subprocess.Popen(pinned(0, cmd), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         assert self.proc.stdout is not None
-        while "listening on " not in (line := self.proc.stdout.readline()):
+        while ready not in (line := self.proc.stdout.readline()):
             if not line:
                 raise RuntimeError(f"{backend} did not start")
-        self.port = int(line.split("listening on ")[1].split(",")[0].split()[0].rsplit(":", 1)[1])
+        if backend != "redis":
+            self.port = int(line.split("listening on ")[1].split(",")[0].split()[0].rsplit(":", 1)[1])
         self.pid = self.proc.pid
 
     def stop(self) -> None:
@@ -96,6 +109,13 @@ class Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 nobody listens on now (for a server that cannot be given port 0)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 class Generator:
@@ -126,7 +146,8 @@ def throughput(backend: str, clients: int, rate: float, seconds: float, *flags: 
     """Workload 1 on one backend (or the relay); ``flags`` go to the server."""
     server = Server(backend, clients, *flags)
     try:
-        extra = ["--relay"] if backend == "relay" else ["--register"] if server.register else []
+        extra = ["--relay"] if backend == "relay" else ["--redis"] if backend == "redis" else []
+        extra += ["--register"] if server.register else []
         gen = Generator(server.port, "dm", "--clients", str(clients), "--rate", str(rate), "--seconds", str(seconds),
                         *extra)  # fmt: skip
         ready = gen.read()
@@ -151,6 +172,30 @@ def throughput(backend: str, clients: int, rate: float, seconds: float, *flags: 
         generator_limited=result["generator_cpu_utilisation"] > GENERATOR_LIMIT,
     )  # fmt: skip
     return result
+
+
+def sustained(point: dict[str, Any]) -> bool:
+    """The server kept up: it delivered 95 % of the offered load over the run and its drain
+    (a queue that grew shows as a long drain), and the generator was not the limit."""
+    return bool(point["delivered_per_s"] >= 0.95 * point["offered_rate"] and not point["generator_limited"])
+
+
+def highest_sustained(backend: str, clients: int, closed_loop_rate: float, seconds: float) -> dict[str, Any]:
+    """Workload 2's last point: the highest paced load ``backend`` sustains, to within 20 %.
+    Offered first at 90 % of what the closed loop delivered, then 20 % less each time, at
+    most three runs (one repeat each: the search is bounded in time). The point returned is
+    the first load sustained (or the last tried), with every load tried beside it."""
+    offered, tried = SEARCH_START * closed_loop_rate, []
+    for _ in range(SEARCH_TRIES):
+        point = throughput(backend, clients, float(round(offered, -2)), seconds)
+        point["sustained"] = sustained(point)
+        tried.append({"offered_rate": point["offered_rate"], "delivered_per_s": point["delivered_per_s"],
+                      "p99_ms": point["latency"]["p99_ms"], "sustained": point["sustained"]})  # fmt: skip
+        if point["sustained"]:
+            break
+        offered *= SEARCH_STEP
+    point["tried"] = tried
+    return point
 
 
 def connections(backend: str, count: int, idle_seconds: float = 2.0) -> dict[str, Any]:
@@ -225,38 +270,62 @@ def run(backends: list[str], quick: bool, repeats: int = 3, seconds: float = 10.
         "seconds_per_run": seconds,
         "throughput": [],
         "latency_by_load": [],
+        "highest_sustained": [],
         "connections": [],
         "durability": [],
         "login_burst": [],
         "not_run": {"group fan-out": "n/a: no groups yet"},
+        "timings_s": {},
     }
     rate = direct[0][1]
-    relay = median_of(
-        [throughput("relay", clients, rate, seconds) for _ in range(repeats)], "server_cpu_us_per_message"
-    )
-    report["relay"] = relay
+    timings = report["timings_s"]
+    with timed(timings, "baselines"):
+        runs = [throughput("relay", clients, rate, seconds) for _ in range(repeats)]
+        relay = report["relay"] = median_of(runs, "server_cpu_us_per_message")
+        if shutil.which("redis-server"):  # a C server on the same workload, as a reference point
+            runs = [throughput("redis", clients, rate, seconds) for _ in range(repeats)]
+            report["redis"] = median_of(runs, "server_cpu_us_per_message")
+        else:
+            report["not_run"]["Redis baseline"] = "redis-server is not installed (apt-get install redis-server)"
     trusted = relay["server_cpu_us_per_message"] <= RELAY_TRUSTED_US
     for backend in backends:
-        for count, offered in direct:
-            runs = [throughput(backend, count, offered, seconds) for _ in range(repeats)]
-            point = median_of(runs, "server_cpu_us_per_message")
-            ratio = point["server_cpu_us_per_message"] / relay["server_cpu_us_per_message"]
-            point["vs_relay"] = round(ratio, 2) if trusted else None
-            report["throughput"].append(point)
-        for offered in [] if quick else LATENCY_LOADS:  # workload 2: latency at a fixed offered load
-            runs = [throughput(backend, clients, offered, seconds) for _ in range(repeats)]
-            load = median_of(runs, "latency.p99_ms")
-            load["sustained"] = load["delivered_per_s"] >= 0.95 * offered and not load["generator_limited"]
-            report["latency_by_load"].append(load)
-        if quick or backend in SCALING_BACKENDS:
-            for count in conn_counts:
-                report["connections"].append(connections(backend, count))
+        with timed(timings, "1 throughput"):
+            for count, offered in direct:
+                runs = [throughput(backend, count, offered, seconds) for _ in range(repeats)]
+                point = median_of(runs, "server_cpu_us_per_message")
+                ratio = point["server_cpu_us_per_message"] / relay["server_cpu_us_per_message"]
+                point["vs_relay"] = round(ratio, 2) if trusted else None
+                report["throughput"].append(point)
+        with timed(timings, "2 latency"):
+            for offered in [] if quick else LATENCY_LOADS:  # latency at a fixed offered load
+                runs = [throughput(backend, clients, offered, seconds) for _ in range(repeats)]
+                load = median_of(runs, "latency.p99_ms")
+                load["sustained"] = sustained(load)
+                report["latency_by_load"].append(load)
+            if not quick:  # and at the highest load it sustains, found from its closed-loop throughput
+                closed = next(p for p in report["throughput"] if p["backend"] == backend and p["clients"] == clients)
+                highest = highest_sustained(backend, clients, closed["delivered_per_s"], seconds)
+                report["highest_sustained"].append(highest)
+        with timed(timings, "4 connections"):
+            if quick or backend in SCALING_BACKENDS:
+                for count in conn_counts:
+                    report["connections"].append(connections(backend, count))
         if not quick and backend in SCALING_BACKENDS:  # workloads 5 and 6, one repeat each
-            for mode in ("full", "normal", "memory"):  # at one paced load, so latency means something
-                point = throughput(backend, clients, PACED_LOAD, seconds, "--durability", mode)
-                report["durability"].append({**point, "durability": mode})
-            report["login_burst"].append(login_burst(backend))
+            with timed(timings, "5 durability"):
+                for mode in ("full", "normal", "memory"):  # at one paced load, so latency means something
+                    point = throughput(backend, clients, PACED_LOAD, seconds, "--durability", mode)
+                    report["durability"].append({**point, "durability": mode})
+            with timed(timings, "6 login burst"):
+                report["login_burst"].append(login_burst(backend))
     return report
+
+
+@contextlib.contextmanager
+def timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    """Add the wall time of the block to ``timings[name]`` (the full run must stay under 30 min)."""
+    start = time.monotonic()
+    yield
+    timings[name] = round(timings.get(name, 0.0) + time.monotonic() - start, 1)
 
 
 def login_burst(backend: str) -> dict[str, Any]:
@@ -269,7 +338,9 @@ def login_burst(backend: str) -> dict[str, Any]:
 def check(report: dict[str, Any]) -> list[str]:
     """What must hold in any run, whatever the speed: [] if all is well."""
     problems = []
-    for point in [report["relay"], *report["throughput"], *report["latency_by_load"], *report["durability"]]:
+    baselines = [report["relay"], *([report["redis"]] if "redis" in report else [])]
+    measured = [*report["throughput"], *report["latency_by_load"], *report["highest_sustained"], *report["durability"]]
+    for point in [*baselines, *measured]:
         name = f"{point['backend']} at {point['offered_rate']:.0f}/s"
         if point["delivered"] != point["sent"] or point["sent"] == 0:
             problems.append(f"{name}: delivered {point['delivered']} of {point['sent']}")
