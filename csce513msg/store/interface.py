@@ -124,7 +124,8 @@ class Batch:
     logins: list[LoginRead] = field(default_factory=list)
     messages: list[NewMessage] = field(default_factory=list)
     cursors: dict[tuple[str, str, str], int] = field(default_factory=dict)  #: (user, device, stream) -> pos
-    #: (stream, recipient) -> position acknowledged: messages up to it, from others, are delivered
+    #: (stream, recipient) -> position acknowledged: messages up to it, from others, are delivered.
+    #: The same ack's cursor comes in ``cursors`` (SQLite keeps only the cursors, and derives this)
     delivered: dict[tuple[str, str], int] = field(default_factory=dict)
     #: (sender, device, stream) -> position: delivered receipts this device has been sent
     notified: dict[tuple[str, str, str], int] = field(default_factory=dict)

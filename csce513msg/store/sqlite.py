@@ -85,13 +85,14 @@ MIGRATIONS: list[list[str]] = [
     [  # version 3: retention. The highest client message id of each device among deleted messages
         "ALTER TABLE devices ADD COLUMN keys_floor INTEGER NOT NULL DEFAULT 0",
     ],
-    [  # version 4: the tables keyed by names are WITHOUT ROWID, so an upsert writes one B-tree, not two
+    [  # version 4: fewer rows written per message (docs/storage.md, "Version 4")
         *_without_rowid("streams", "name TEXT PRIMARY KEY, last_position INTEGER NOT NULL"),
         *_without_rowid("members", "user TEXT NOT NULL, stream TEXT NOT NULL, PRIMARY KEY (user, stream)"),
+        "CREATE INDEX members_by_stream ON members (stream)",
         *_without_rowid(
             "cursors",
             "user TEXT NOT NULL, device TEXT NOT NULL, stream TEXT NOT NULL, position INTEGER NOT NULL, "
-            "PRIMARY KEY (user, device, stream)",
+            "PRIMARY KEY (user, stream, device)",
         ),
         *_without_rowid(
             "devices",
@@ -99,14 +100,11 @@ MIGRATIONS: list[list[str]] = [
             "PRIMARY KEY (user, device)",
         ),
         *_without_rowid(
-            "delivered",
-            "stream TEXT NOT NULL, user TEXT NOT NULL, position INTEGER NOT NULL, PRIMARY KEY (stream, user)",
-        ),
-        *_without_rowid(
             "notified",
             "user TEXT NOT NULL, device TEXT NOT NULL, stream TEXT NOT NULL, position INTEGER NOT NULL, "
             "PRIMARY KEY (user, device, stream)",
         ),
+        "DROP TABLE delivered",  # always the highest of the user's cursors on the stream: kept once, there
     ],
 ]
 TAIL_EVERY = 64  #: batches between the writer's own checkpoints of the WAL's tail
@@ -181,21 +179,11 @@ class SqliteStore:
             if batch.expire_before_us:
                 self._expire(batch.expire_before_us)
             stored = [self._append(m, touched) for m in batch.messages]
-            db.executemany(  # one row per stream the batch touched, not one per message
-                "INSERT INTO streams (name, last_position) VALUES (?, ?) "
-                "ON CONFLICT DO UPDATE SET last_position = excluded.last_position",
-                [(stream, self.positions[stream]) for stream in touched],
-            )
-            db.executemany(
+            newly = [note for key, pos in batch.delivered.items() for note in self._delivered(*key, pos)]
+            db.executemany(  # after _delivered, which may read the cursors as they were
                 """INSERT INTO cursors (user, device, stream, position) VALUES (?, ?, ?, ?)
                    ON CONFLICT DO UPDATE SET position = max(position, excluded.position)""",
                 [(*key, pos) for key, pos in batch.cursors.items()],
-            )
-            acked: list[tuple[str, str, int]] = []  # (stream, user, position) rows for `delivered`
-            newly = [note for key, pos in batch.delivered.items() for note in self._delivered(*key, pos, acked)]
-            db.executemany(
-                "INSERT INTO delivered VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET position = excluded.position",
-                acked,
             )
             db.executemany(
                 """INSERT INTO notified (user, device, stream, position) VALUES (?, ?, ?, ?)
@@ -239,21 +227,21 @@ class SqliteStore:
         ).fetchall()
         return [StoredMessage(*row) for row in reversed(rows)]
 
-    def _delivered(
-        self, stream: str, user: str, position: int, rows: list[tuple[str, str, int]]
-    ) -> list[DeliveredNote]:
+    def _delivered(self, stream: str, user: str, position: int) -> list[DeliveredNote]:
         """``user`` acknowledged ``stream`` up to ``position``: the others' messages newly delivered.
-        Adds the row for ``delivered`` to ``rows``. From memory when the stream's recent messages
-        cover the range (the common case: an ack of what was just delivered), else a SELECT."""
+        What was delivered before is the highest of the user's cursors on the stream (any
+        device). From memory when the stream's recent messages cover the range (the common
+        case: an ack of what was just delivered), else a SELECT."""
         key = (stream, user)
         if key not in self._acked:
-            row = self.db.execute("SELECT position FROM delivered WHERE stream = ? AND user = ?", key).fetchone()
-            self._acked[key] = row[0] if row else 0
+            row = self.db.execute(
+                "SELECT coalesce(max(position), 0) FROM cursors WHERE user = ? AND stream = ?", (user, stream)
+            ).fetchone()
+            self._acked[key] = row[0]
         old = self._acked[key]
         if position <= old:
             return []
         self._acked[key] = position
-        rows.append((stream, user, position))
         recent = self._recent.get(stream)
         if recent is not None and recent.since <= old + 1:
             notes = [n for n in recent.notes if old < n.position <= position and n.sender != user]
@@ -274,8 +262,9 @@ class SqliteStore:
                LEFT JOIN notified AS n ON n.user = s.user AND n.device = ? AND n.stream = s.stream
                WHERE s.user = ? AND m.position > coalesce(n.position, 0)
                  AND m.id > coalesce((SELECT since FROM devices WHERE user = s.user AND device = ?), ?)
-                 AND m.position <= (SELECT coalesce(max(d.position), 0) FROM delivered AS d
-                                    WHERE d.stream = s.stream AND d.user != s.user)
+                 AND m.position <= (SELECT coalesce(max(c.position), 0) FROM members AS o
+                                    JOIN cursors AS c ON c.user = o.user AND c.stream = o.stream
+                                    WHERE o.stream = s.stream AND o.user != s.user)
                ORDER BY m.id""",
             (device, user, device, self.last_id),
         ).fetchall()
@@ -292,7 +281,14 @@ class SqliteStore:
 
     def _expire(self, before_us: int) -> None:
         """Retention: delete messages older than ``before_us`` (ids are µs of wall time, so a
-        range of the primary key), keeping each device's highest client id among them."""
+        range of the primary key), keeping each device's highest client id among them, and
+        each stream's highest position (so positions are never reused)."""
+        self.db.execute(
+            """INSERT INTO streams (name, last_position)
+               SELECT stream, max(position) FROM messages WHERE id < ? GROUP BY stream
+               ON CONFLICT DO UPDATE SET last_position = max(last_position, excluded.last_position)""",
+            (before_us,),
+        )
         self.db.execute(
             """INSERT INTO devices (user, device, since, keys_floor)
                SELECT sender, device, 0, max(client_msg_id) FROM messages
@@ -317,8 +313,12 @@ class SqliteStore:
         if m.client_msg_id and m.client_msg_id <= self._floor(m.sender, m.device):
             return Refused("a resend of a message older than the history this server keeps")
         if m.stream not in self.positions:
-            row = db.execute("SELECT last_position FROM streams WHERE name = ?", (m.stream,)).fetchone()
-            self.positions[m.stream] = row[0] if row else 0
+            row = db.execute(  # the newest message's, or where expired messages left it
+                """SELECT max(coalesce((SELECT last_position FROM streams WHERE name = ?1), 0),
+                              coalesce((SELECT max(position) FROM messages WHERE stream = ?1), 0))""",
+                (m.stream,),
+            ).fetchone()
+            self.positions[m.stream] = row[0]
         position = self.positions[m.stream] + 1
         message_id = max(self.last_id + 1, m.time_us)
         try:
@@ -362,9 +362,10 @@ class SqliteStore:
         return (
             f"""WITH b AS (
                   SELECT s.stream AS stream, CASE WHEN c.position IS NOT NULL THEN c.position
-                    ELSE min(t.last_position - ?, coalesce((SELECT max(x.position) FROM messages AS x
+                    ELSE min((SELECT max(t.position) FROM messages AS t WHERE t.stream = s.stream) - ?,
+                             coalesce((SELECT max(x.position) FROM messages AS x
                              WHERE x.stream = s.stream AND x.id <= coalesce(d.since, ?)), 0)) END AS low
-                  FROM members AS s JOIN streams AS t ON t.name = s.stream
+                  FROM members AS s
                   LEFT JOIN cursors AS c ON c.user = s.user AND c.device = ? AND c.stream = s.stream
                   LEFT JOIN devices AS d ON d.user = s.user AND d.device = ?
                   WHERE s.user = ?)

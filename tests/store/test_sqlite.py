@@ -124,11 +124,12 @@ def test_version_3_data_survives_the_rebuild_without_rowid(tmp_path: Path) -> No
     store = SqliteStore(path, checkpoint_interval=0)
     tables = dict(store.db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'").fetchall())
     assert all("WITHOUT ROWID" in tables[t] for t in ("streams", "members", "cursors", "devices", "notified"))
+    assert "delivered" not in tables  # derived from the cursors now
     assert store.db.execute("SELECT keys_floor FROM devices").fetchall() == [(7,)]
     fetched = store.apply(Batch(fetches=[Fetch(1, "b", "bd", 10, 100)])).fetched[1]
     assert [m.body for m in fetched] == [b"2"]  # after b's cursor
     assert store.apply(Batch(messages=[msg("a", "b", b"3")])).stored[0].position == 3  # type: ignore[union-attr]
-    notes = store.apply(Batch(delivered={("dm:a,b", "b"): 3})).newly_delivered
+    notes = store.apply(Batch(cursors={("b", "bd", "dm:a,b"): 3}, delivered={("dm:a,b", "b"): 3})).newly_delivered
     assert [n.position for n in notes] == [2, 3]  # after what was delivered before the rebuild
     store.close()
 
@@ -191,7 +192,8 @@ def test_delivered_receipts_from_memory_match_the_database(tmp_path: Path) -> No
     from csce513msg.store.sqlite import RECENT
 
     def positions(store: MemoryStore | SqliteStore, acks: dict[tuple[str, str], int]) -> list[tuple[str, int]]:
-        return [(n.sender, n.position) for n in store.apply(Batch(delivered=acks)).newly_delivered]
+        cursors = {(user, "dev", stream): pos for (stream, user), pos in acks.items()}  # as the hub sends them
+        return [(n.sender, n.position) for n in store.apply(Batch(cursors=cursors, delivered=acks)).newly_delivered]
 
     path = tmp_path / "db"
     for store in (MemoryStore(), SqliteStore(path, checkpoint_interval=0)):
@@ -208,4 +210,34 @@ def test_delivered_receipts_from_memory_match_the_database(tmp_path: Path) -> No
     store.apply(Batch(messages=[msg("a", "b", b"late")]))
     assert positions(store, {("dm:a,b", "b"): RECENT + 9}) == [("a", RECENT + 9)]
     assert positions(store, {("dm:a,b", "a"): RECENT + 9}) == []  # everything after 3 was a's own
+    store.close()
+
+
+def test_positions_are_never_reused_after_every_message_expired(tmp_path: Path) -> None:
+    """A stream's last position lives in its newest message; retention keeps it in `streams`
+    before deleting, so a reopened store (nothing in memory) carries on from it."""
+    path = tmp_path / "db"
+    store = SqliteStore(path, checkpoint_interval=0)
+    store.apply(Batch(messages=[msg("a", "b", bytes([i]), time_us=1000 + i) for i in range(3)]))
+    store.apply(Batch(expire_before_us=10**9))  # everything
+    assert store.db.execute("SELECT count(*) FROM messages").fetchone() == (0,)
+    store.close()
+    for expected in (4, 5):
+        store = SqliteStore(path, checkpoint_interval=0)
+        stored = store.apply(Batch(messages=[msg("b", "a", b"after", time_us=2 * 10**9)])).stored[0]
+        assert stored.position == expected  # type: ignore[union-attr]
+        store.close()
+
+
+def test_missed_delivered_receipts_come_at_login_from_the_other_members_cursors(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "db", checkpoint_interval=0)
+    store.apply(Batch(logins=[LoginRead(1, "a", "laptop", 100)]))
+    store.apply(Batch(messages=[msg("a", "b", b"1", device="laptop"), msg("a", "b", b"2", device="laptop")]))
+    store.apply(Batch(cursors={("b", "phone", "dm:a,b"): 1}, delivered={("dm:a,b", "b"): 1}))
+    store.apply(Batch(cursors={("a", "laptop", "dm:a,b"): 2}))  # a's own cursor is not b's delivery
+    first = store.apply(Batch(logins=[LoginRead(2, "a", "laptop", 100)])).logins[2]
+    assert [(n.sender, n.position) for n in first.receipts] == [("a", 1)]
+    store.apply(Batch(cursors={("b", "tablet", "dm:a,b"): 2}, delivered={("dm:a,b", "b"): 2}))
+    again = store.apply(Batch(logins=[LoginRead(3, "a", "laptop", 100)])).logins[3]
+    assert [n.position for n in again.receipts] == [2]  # 1 was told already (notified)
     store.close()
