@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import random
 import resource
@@ -35,7 +36,9 @@ import selectors
 import socket
 import struct
 import sys
+import threading
 import time
+from typing import Any
 
 from benchmarks.resp import RespDecoder, RespError, command
 from csce513msg.protocol import Ack, Deliver, FrameDecoder, Hello, Login, MsgType, Register, Send, decode, encode
@@ -96,7 +99,7 @@ def connect_all(port: int, count: int, target: str, register: bool = False) -> t
                     ok = False if any(isinstance(r, RespError) for r in replies) else None
                     ok = True if any(isinstance(r, list) and r[:1] == [b"subscribe"] for r in replies) else ok
                     continue
-                for frame in conn.decoder.feed(data):  # type: ignore[union-attr]
+                for frame in conn.decoder.feed(data):
                     if frame.type == MsgType.LOGIN_OK:
                         ok = True
                     elif frame.type == MsgType.ERROR:
@@ -122,8 +125,13 @@ def percentiles(samples: list[float]) -> dict[str, float | None]:
     return result
 
 
-def run_dm(conns: list[Conn], rate: float, seconds: float, window: int, drain: float, target: str, seed: int) -> dict:
-    """The direct-message workload over ``conns`` (``target``: "chat", "relay", "redis")."""
+def run_dm(
+    conns: list[Conn], rate: float, seconds: float, window: int, drain: float, target: str, seed: int,
+    burst: Burst | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """The direct-message workload over ``conns`` (``target``: "chat", "relay", "redis"); with
+    ``burst``, a burst of logins starts halfway (after a second of warm-up), and latency is
+    also given for the half before it and the half with it."""
     rng = random.Random(seed)
     n = len(conns)
     sel = selectors.DefaultSelector()
@@ -131,6 +139,7 @@ def run_dm(conns: list[Conn], rate: float, seconds: float, window: int, drain: f
         sel.register(conn.sock, selectors.EVENT_READ, conn)
     pad = b"x" * (BODY - STAMP.size)
     latencies: list[float] = []
+    dues: list[float] = []  # each sample's due time, from t0 (to split the run into windows)
     seen_ids: set[int] = set()
     duplicates = order_violations = errors = delivered = sent = 0
     last_seq: dict[tuple[int, int], int] = {}  # (sender, recipient) -> last seq delivered
@@ -160,6 +169,8 @@ def run_dm(conns: list[Conn], rate: float, seconds: float, window: int, drain: f
         (closed and time.monotonic() < end) or due_count < total or delivered < sent or any(c.backlog for c in conns)
     ):
         now = time.monotonic()
+        if burst is not None and not burst.started and now >= t0 + (seconds + 1) / 2:
+            burst.start()
         now_due = min(total, int((now - t0) * rate) + 1) if now >= t0 and not closed else 0
         while due_count < now_due:  # messages now due: stamped with their due time, not the send time
             make(conns[due_count % n], t0 + due_count / rate)
@@ -204,6 +215,7 @@ def run_dm(conns: list[Conn], rate: float, seconds: float, window: int, drain: f
             for body in bodies:
                 due, sender_index, seq = STAMP.unpack_from(body)
                 latencies.append(read_at - due)
+                dues.append(due - t0)
                 delivered += 1
                 if target == "relay" and closed:  # no receipts from a relay: a delivery frees the window
                     by_index[sender_index].in_flight -= 1
@@ -211,7 +223,16 @@ def run_dm(conns: list[Conn], rate: float, seconds: float, window: int, drain: f
                 order_violations += seq <= last_seq.get(pair, 0)
                 last_seq[pair] = seq
     elapsed = time.monotonic() - t0
+    if burst is not None:  # after a second of warm-up, two windows: before the burst, and with it
+        half = (seconds + 1) / 2
+        windows = {"before": (1.0, half), "during": (half, seconds)}
+        burst_result: dict[str, Any] = {
+            name: percentiles([lat for lat, due in zip(latencies, dues, strict=True) if lo <= due < hi])
+            for name, (lo, hi) in windows.items()
+        }
+        burst_result["logins"] = burst.result()
     return {
+        **({"burst": burst_result} if burst is not None else {}),
         "sent": sent,
         "delivered": delivered,
         "duplicates": duplicates,
@@ -259,7 +280,57 @@ def read_bodies(conn: Conn, data: bytes, target: str, seen_ids: set[int]) -> tup
     return bodies, errors, duplicates
 
 
-def run_probe(conns: list[Conn], count: int, rate: float) -> dict:
+class Burst:
+    """A burst of logins, from a process of its own (so the generator's loop is not slowed):
+    ``count`` logins at ``per_second``, each on a new connection, as users burst0..burstN."""
+
+    def __init__(self, port: int, count: int, per_second: float) -> None:
+        self.results: multiprocessing.Queue[list[float]] = multiprocessing.Queue()
+        self.process = multiprocessing.Process(target=_logins, args=(port, count, per_second, self.results))
+        self.started = False
+        self.count = count
+
+    def start(self) -> None:
+        self.process.start()
+        self.started = True
+
+    def result(self) -> dict[str, Any]:
+        """Each login's time to LoginOk, summarised (waits at most 60 s for the process)."""
+        times = sorted(self.results.get(timeout=60)) if self.started else []
+        self.process.join(30)
+        median = times[len(times) // 2] if times else None
+        return {"asked": self.count, "completed": len(times), "median_ms": median and round(median * 1e3, 1),
+                "max_ms": times and round(times[-1] * 1e3, 1)}  # fmt: skip
+
+
+def _logins(port: int, count: int, per_second: float, out: multiprocessing.Queue[list[float]]) -> None:
+    times: list[float] = []
+
+    def one(i: int) -> None:
+        started = time.monotonic()
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(encode(Hello()) + encode(Login(f"burst{i}", PASSWORD, f"burst-{i}", request_id=1)))
+            decoder = FrameDecoder(1 << 20)
+            while data := sock.recv(65536):
+                types = [frame.type for frame in decoder.feed(data)]
+                if MsgType.LOGIN_OK in types:
+                    times.append(time.monotonic() - started)
+                    return
+                if MsgType.ERROR in types:
+                    return  # not completed: counted as such
+
+    threads = []
+    t0 = time.monotonic()
+    for i in range(count):
+        time.sleep(max(0.0, t0 + i / per_second - time.monotonic()))
+        threads.append(threading.Thread(target=one, args=(i,), daemon=True))
+        threads[-1].start()
+    for thread in threads:
+        thread.join(30)
+    out.put(times)
+
+
+def run_probe(conns: list[Conn], count: int, rate: float) -> dict[str, Any]:
     """Latency of a few messages between two connections among many idle ones."""
     return run_dm(conns[:2], rate, count / rate, 8, 5.0, "chat", seed=1)
 
@@ -278,6 +349,8 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=513)
     parser.add_argument("--register", action="store_true", help="register the clients instead of logging in")
+    parser.add_argument("--burst", type=int, default=0, help="logins (users burst0..) to start halfway")
+    parser.add_argument("--burst-rate", type=float, default=12.0, help="logins per second in the burst")
     args = parser.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -288,7 +361,8 @@ def main() -> None:
     if sys.stdin.readline().strip() != "go":
         return
     if args.mode == "dm":
-        result = run_dm(conns, args.rate, args.seconds, args.window, args.drain, target, args.seed)
+        burst = Burst(args.port, args.burst, args.burst_rate) if args.burst else None
+        result = run_dm(conns, args.rate, args.seconds, args.window, args.drain, target, args.seed, burst)
     else:
         result = run_probe(conns, 200, 100.0) if len(conns) >= 2 else {}
     result.update(connected=len(conns), refused=refused)
