@@ -101,7 +101,11 @@ class AsyncServer:
 
     def job_finished(self, job_id: int, result: object) -> None:
         """In a worker thread: hop onto the loop's thread, then tell the engine."""
-        self.loop.call_soon_threadsafe(self.call, None, self.engine.job_done, job_id, result)
+        self.loop.call_soon_threadsafe(self.job_result, job_id, result)
+
+    def job_result(self, job_id: int, result: object) -> None:
+        self.call(None, self.engine.job_done, job_id, result)
+        self.jobs.finished()
 
     def call(self, proto: ChatProtocol | None, fn: Callable[..., list[Action]], *args: object) -> None:
         """Call the engine now; perform its actions; flush once, later in this wake-up."""
@@ -162,6 +166,7 @@ class AsyncServer:
                 call = self.engine.pause_writing if paused else self.engine.resume_writing
                 self.perform(guarded(call, proto.id, now) or [], now)
         self.schedule_timer()
+        self.maybe_done()
 
     def abort(self, proto: ChatProtocol, reason: str) -> None:
         assert proto.transport is not None
@@ -189,7 +194,8 @@ class AsyncServer:
         self.call(None, self.engine.handle_timer)
 
     def maybe_done(self) -> None:
-        if self.stopping and not self.conns and not self.done.done():
+        """Stopping, everyone gone, and the last storage batches back: serve() may return."""
+        if self.stopping and not self.conns and not self.jobs.pending and not self.done.done():
             self.done.set_result(None)
 
 

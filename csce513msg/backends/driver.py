@@ -109,6 +109,7 @@ class Driver:
         """The inbox socket is readable: hand each finished job's result to the engine."""
         for job_id, result in self.inbox.take():
             self.perform(guarded(self.engine.job_done, job_id, result, now) or [], now)
+            self.jobs.finished()
 
     def writable(self, conn: Conn) -> None:
         """The kernel has room again: send in this pass's write_pass."""

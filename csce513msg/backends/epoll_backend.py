@@ -74,7 +74,7 @@ def serve(engine: EngineAPI, config: BackendConfig, hub_config: HubConfig) -> No
         strategy.watch(fd, True, False)
     banner(NAME, listener, config, hub_config)
     accepting = True
-    while accepting or driver.conns:
+    while accepting or driver.conns or driver.jobs.pending:  # stopping: the last batches commit first
         timeout = driver.timeout(time.monotonic())
         events = strategy.ep.poll(-1 if timeout is None else timeout)  # the one place we block
         now = time.monotonic()

@@ -38,12 +38,23 @@ class JobRunner:
         self.deliver = deliver
         self.queues: dict[str, queue.SimpleQueue[tuple[int, Callable[[], Any]] | None]] = {}
         self.threads: list[threading.Thread] = []
+        #: jobs submitted whose results the engine has not had yet: a stopping server waits
+        #: for them, since a result may lead to one more job (the storage batch queued behind)
+        self.pending = 0
+        self._counting = threading.Lock()  # submit and finished may run on different threads
 
     def submit(self, job_id: int, job: Callable[[], Any], lane: str) -> None:
         """Queue ``job``; never blocks."""
+        with self._counting:
+            self.pending += 1
         if lane not in self.queues:
             self._start(lane)
         self.queues[lane].put((job_id, job))
+
+    def finished(self) -> None:
+        """The engine has had a job's result (the backend calls this after ``job_done``)."""
+        with self._counting:
+            self.pending -= 1
 
     def close(self) -> None:
         """Let queued jobs finish, then stop the threads (storage batches get committed)."""

@@ -69,7 +69,7 @@ def serve(engine: EngineAPI, config: BackendConfig, hub_config: HubConfig) -> No
         strategy.watch(fd, True, False)
     banner(NAME, listener, config, hub_config)
     accepting = True
-    while accepting or driver.conns:
+    while accepting or driver.conns or driver.jobs.pending:  # stopping: the last batches commit first
         timeout = driver.timeout(time.monotonic())
         events = strategy.p.poll(None if timeout is None else math.ceil(timeout * 1000))  # milliseconds; we block here
         now = time.monotonic()

@@ -75,7 +75,7 @@ def serve(engine: EngineAPI, config: BackendConfig, hub_config: HubConfig) -> No
         strategy.watch(fd, True, False)
     banner(NAME, listener, config, hub_config)
     accepting = True
-    while accepting or driver.conns:
+    while accepting or driver.conns or driver.jobs.pending:  # stopping: the last batches commit first
         timeout = driver.timeout(time.monotonic())
         readable, writable, _ = select.select(strategy.readers, strategy.writers, [], timeout)  # we block here
         now = time.monotonic()

@@ -72,7 +72,15 @@ class Hub:
         self.bell, self._ringer = socket.socketpair()  # wakes the main thread for an earlier deadline
         self.sleeping_until: float | None = None  # the deadline the main thread sleeps towards
         # a finished job enters the engine from its worker thread, under the mutex like any call
-        self.jobs = JobRunner(lambda job_id, result: self.call(None, self.engine.job_done, job_id, result))
+        self.jobs = JobRunner(self.job_result)
+        self.stopping = False
+
+    def job_result(self, job_id: int, result: object) -> None:
+        """In the worker thread that ran the job."""
+        self.call(None, self.engine.job_done, job_id, result)
+        self.jobs.finished()
+        if self.stopping:
+            self._ringer.send(b"!")  # the main thread waits for the last batches
 
     def call(self, conn: TConn | None, fn: Callable[..., list[Action]], *args: object) -> None:
         """Call the engine under the mutex, perform its actions, then flush."""
@@ -215,7 +223,7 @@ def serve(engine: EngineAPI, config: BackendConfig, hub_config: HubConfig) -> No
     acceptor.start()
     banner(NAME, server.socket, config, hub_config)
     stopping = False
-    while not stopping or hub.conns:
+    while not stopping or hub.conns or hub.jobs.pending:  # stopping: the last batches commit first
         with hub.lock:
             now = time.monotonic()
             deadlines = [c.deadline for c in hub.conns.values() if c.closing and not c.reason]
@@ -229,7 +237,7 @@ def serve(engine: EngineAPI, config: BackendConfig, hub_config: HubConfig) -> No
         if wake.reader in ready:
             wake.drain()
         if wake.signalled and not stopping:
-            stopping = True
+            stopping = hub.stopping = True
             log.info("shutting down (signal %s)", wake.signalled)
             server.shutdown()  # stop the acceptor; new clients are refused once the socket closes
             server.server_close()

@@ -48,6 +48,7 @@ class Mailroom:
         #: totals since start, for `msgsrv --stats` (read from another thread: plain ints)
         self.counters = {"stored": 0, "delivered": 0}
         self._acks_due: float | None = None  # when a batch of acknowledgements only must be written
+        self.stopping = False  # set by Engine.shutdown
 
     def _batch_done(self, job_id: int, result: object) -> tuple[Batch, BatchResult]:
         """A storage batch finished: receipts and deliveries, now that it is committed."""
@@ -99,7 +100,7 @@ class Mailroom:
         steady load that halves the commits (one per message, not one per message and ack)."""
         if self._in_flight is not None or not self._batch:
             return []
-        if self._batch.can_wait():
+        if self._batch.can_wait() and not self.stopping:
             if self._acks_due is None:
                 self._acks_due = now + self.config.ack_delay
             if now < self._acks_due:

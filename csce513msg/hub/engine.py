@@ -193,7 +193,9 @@ class Engine(Gate, Mailroom):
         return self._take()
 
     def shutdown(self, now: float) -> list[Action]:
-        """The server is stopping: say goodbye to everyone, then close."""
+        """The server is stopping: say goodbye to everyone, then close. From now on a batch
+        never waits (``ack_delay``): the backend stops once the last one is committed."""
+        self.stopping = True
         for session in self.sessions.values():
             if not session.closing:
                 self._error(session, ErrorCode.SHUTTING_DOWN, "the server is shutting down", 0)

@@ -220,6 +220,22 @@ def test_retention_deletes_old_messages_and_refuses_their_resends() -> None:
     assert bob.of(HistoryEnd)[0].first == 2  # type: ignore[attr-defined]  # positions are never reused
 
 
+def test_once_stopping_a_batch_of_acknowledgements_goes_at_once() -> None:
+    """A backend stops once the last batches are committed: none may wait for the ack delay."""
+    h = Harness(ack_delay=30.0, auto_jobs=False)
+    alice, bob = h.connect("alice"), h.connect("bob")
+    h.settle()
+    alice.session.send_text("bob", "one")
+    h.pump()
+    h.run_jobs()
+    h.pump()  # bob's ack is in the next batch, waiting up to 30 s for company
+    assert bob.of(Deliver) and not h.jobs
+    h.apply(h.engine.shutdown(h.now))
+    for peer in (alice, bob):
+        h.drop(peer)
+    assert len(h.jobs) == 1 and h.jobs[0].job.args[0].cursors  # type: ignore[attr-defined]
+
+
 def test_acknowledgements_alone_wait_for_company_up_to_the_ack_delay() -> None:
     h = Harness(ack_delay=0.05, auto_jobs=False)
     alice, bob = h.connect("alice"), h.connect("bob")

@@ -4,7 +4,10 @@ and a returning client's backlog many times the outbound limit."""
 from __future__ import annotations
 
 import signal
+import sqlite3
 import tempfile
+import time
+from pathlib import Path
 
 from csce513msg.protocol import Deliver, Receipt, Send
 from tests.conformance.wire import connect, wait_gone
@@ -75,5 +78,72 @@ def test_a_backlog_many_times_the_outbound_limit_reaches_a_returning_client(back
         assert "outbound limit" not in server.log()
         a.close()
         b.close()
+    finally:
+        server.stop()
+
+
+def test_a_graceful_stop_commits_the_last_acknowledgements(backend: str, names: object) -> None:
+    """SIGTERM while an acknowledgement waits to be stored (here --ack-delay 30 s, so it would
+    wait the whole time): the server stores it before it exits, so the message is not
+    delivered again after the restart; nor is a Send that arrived just before the signal lost."""
+    data_dir = tempfile.mkdtemp(prefix="msgsrv-stop-")
+    alice, bob = names("alice"), names("bob")  # type: ignore[operator]
+    server = start(backend, "--data-dir", data_dir, "--ack-delay", "30", "--close-timeout", "1")
+    try:
+        a = connect(server, alice, device_id="alice-laptop")
+        b = connect(server, bob, device_id="bob-laptop")
+        a.send_text(bob, "read before the restart")
+        assert [d.body for d in b.deliveries(1, timeout=10)] == [b"read before the restart"]
+        b.who()  # a round trip: the server has read bob's Ack, which now waits for company
+        assert server.terminate(timeout=20) == 0
+        a.close()
+        b.close()
+    finally:
+        server.stop()
+    server = start(backend, "--data-dir", data_dir)
+    try:
+        again = connect(server, bob, device_id="bob-laptop")
+        assert again.login_reply is not None and again.login_reply.waiting == 0
+        again.call(Send(1, 0, 0, alice, b"a round trip"))
+        assert not [m for m in again.inbox if isinstance(m, Deliver)]  # nothing delivered twice
+        again.close()
+    finally:
+        server.stop()
+
+
+def test_a_graceful_stop_waits_for_the_batch_queued_behind_a_slow_one(backend: str, names: object) -> None:
+    """The database is locked (as a long commit would hold it) while a batch is in flight;
+    bob's acknowledgement waits in the next batch, behind it. SIGTERM, everyone leaves, the
+    lock goes: the server must hear the first batch's result, then store the second, and
+    only then exit. Else "one", acknowledged, would come to bob again after the restart."""
+    data_dir = tempfile.mkdtemp(prefix="msgsrv-stop-")
+    alice, bob = names("alice"), names("bob")  # type: ignore[operator]
+    server = start(backend, "--data-dir", data_dir, "--close-timeout", "1")
+    try:
+        a = connect(server, alice, device_id="alice-laptop")
+        b = connect(server, bob, device_id="bob-laptop")
+        a.send_text(bob, "one")  # stored and sent to bob, who has not read it yet
+        lock = sqlite3.connect(Path(data_dir) / "csce513msg.db", isolation_level=None, check_same_thread=False)
+        lock.execute("BEGIN IMMEDIATE")
+        a.session.send_text(bob, "two")
+        a.flush()
+        a.who()  # its reply follows the pass that submitted "two": that batch now waits for the lock
+        assert [d.body for d in b.deliveries(1, timeout=10)] == [b"one"]
+        b.who()  # bob's Ack of "one" is in the server's next batch, behind the locked one
+        server.proc.send_signal(signal.SIGTERM)
+        a.close()
+        b.close()
+        time.sleep(1.5)  # everyone is gone; the batches still wait
+        lock.execute("COMMIT")
+        lock.close()
+        assert server.proc.wait(30) == 0
+    finally:
+        server.stop()
+    server = start(backend, "--data-dir", data_dir)
+    try:
+        again = connect(server, bob, device_id="bob-laptop")
+        assert again.login_reply is not None and again.login_reply.waiting == 1
+        assert [d.body for d in again.deliveries(1, timeout=10)] == [b"two"]  # and not "one" again
+        again.close()
     finally:
         server.stop()
