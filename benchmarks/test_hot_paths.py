@@ -1,4 +1,5 @@
-"""Micro-benchmarks of the per-message hot paths (pytest-benchmark).
+"""Micro-benchmarks of the per-message hot paths (pytest-benchmark): frame encode and
+decode, the engine routing one message, the SQLite store's group commit.
 
     pytest benchmarks --benchmark-columns=median,iqr,ops
 
@@ -7,12 +8,16 @@ Compare medians within one run: the machine is shared and noisy.
 
 from __future__ import annotations
 
+import itertools
+from pathlib import Path
 from typing import Any
 
 from csce513msg.crypto.passwords import COSTS, Scrypt
 from csce513msg.hub import Engine, HubConfig, Submit, Write
+from csce513msg.hub.session import direct_stream
 from csce513msg.protocol import Deliver, FrameDecoder, Hello, Login, Send, decode, encode
-from csce513msg.store import Account, MemoryStore
+from csce513msg.store import Account, Batch, BatchResult, MemoryStore, NewMessage
+from csce513msg.store.sqlite import SqliteStore
 
 SEND = Send(1, 0, 0, "bob", b"x" * 60, request_id=7)
 DELIVER = Deliver(1, 0, 1795503896466795, 1795503896466795, 12, "alice", "bob", "dm:alice,bob", b"x" * 60)
@@ -51,6 +56,26 @@ def test_hub_routes_one_direct_message(benchmark: Any) -> None:
 
     actions = benchmark(run)
     assert [type(a) for a in actions] == [Write, Write]
+
+
+def test_sqlite_stores_a_batch_of_ten(benchmark: Any, tmp_path: Path) -> None:
+    """One group commit as a loaded server makes them: 10 messages to 10 streams, and the
+    acknowledgements of 10 earlier ones (cursors, delivered receipts), `--durability normal`."""
+    store = SqliteStore(tmp_path / "bench.db", "normal", checkpoint_interval=0)
+    peers = [f"u{i}" for i in range(10)]
+    rounds = itertools.count()
+
+    def batch() -> BatchResult:
+        n = next(rounds)
+        messages = [NewMessage(direct_stream("alice", p), tuple(sorted(("alice", p))), "alice", "d", 0, 1, p, 0,
+                               n, b"x" * 60) for p in peers]  # fmt: skip
+        cursors = {(p, "d", direct_stream("alice", p)): n for p in peers if n}
+        delivered = {(direct_stream("alice", p), p): n for p in peers if n}
+        return store.apply(Batch(messages=messages, cursors=cursors, delivered=delivered))
+
+    result = benchmark(batch)
+    assert result.error is None and len(result.stored) == 10
+    store.close()
 
 
 def run_jobs(engine: Engine) -> list[Any]:
