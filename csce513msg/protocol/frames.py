@@ -42,9 +42,10 @@ _FIXED_KINDS = "BHIQ"  # u8, u16, u32, u64
 _DEFAULTS: dict[str, Any] = {"B": 0, "H": 0, "I": 0, "Q": 0, "s": "", "L": (), "N": ()}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Frame:
-    """One frame as it crossed the wire, header not yet decoded."""
+    """One frame as it crossed the wire, header not yet decoded. Not frozen, though
+    nothing changes it: one is made for every frame read (see store/interface.py)."""
 
     type: int  #: the message type byte
     flags: int  #: reserved flags byte
