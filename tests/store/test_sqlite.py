@@ -5,6 +5,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from csce513msg.store import Account, Batch, Fetch, LoginRead, MemoryStore, NewMessage
 from csce513msg.store.accounts import AccountBook
 from csce513msg.store.sqlite import MIGRATIONS, SqliteStore
@@ -241,3 +243,28 @@ def test_missed_delivered_receipts_come_at_login_from_the_other_members_cursors(
     again = store.apply(Batch(logins=[LoginRead(3, "a", "laptop", 100)])).logins[3]
     assert [n.position for n in again.receipts] == [2]  # 1 was told already (notified)
     store.close()
+
+
+def test_the_writer_s_caches_start_over_past_their_bound_and_answers_stay_right(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CACHED_STREAMS bounds the memory of delivered receipts; past it the caches are
+    emptied and the next answers come from the database: the same answers."""
+    from csce513msg.store import sqlite as module
+
+    monkeypatch.setattr(module, "CACHED_STREAMS", 2)  # five streams: the caches start over every round
+    peers = [f"p{i}" for i in range(5)]
+    answers = []
+    for store in (MemoryStore(), SqliteStore(tmp_path / "db", checkpoint_interval=0)):
+        got, last = [], dict.fromkeys(peers, 0)  # peer -> last position of the stream a-peer
+        for round_ in range(3):
+            store.apply(Batch(messages=[msg("a", p, bytes([round_])) for p in peers]))
+            store.apply(Batch(messages=[msg(p, "a", bytes([round_])) for p in peers[:2]]))
+            last = {p: last[p] + 1 + (p in peers[:2]) for p in peers}
+            acks = {(f"dm:a,{p}", p): last[p] for p in peers} | {(f"dm:a,{p}", "a"): last[p] for p in peers[:2]}
+            cursors = {(user, "dev", stream): pos for (stream, user), pos in acks.items()}
+            result = store.apply(Batch(cursors=cursors, delivered=acks))
+            got.append(sorted((n.sender, n.stream, n.position) for n in result.newly_delivered))
+        answers.append(got)
+    assert answers[0] == answers[1]
+    assert [len(notes) for notes in answers[0]] == [7, 7, 7]  # a's 5 messages, and the 2 replies
