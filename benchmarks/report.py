@@ -93,7 +93,8 @@ def table(report: dict[str, Any]) -> None:
 
 
 def plots(report: dict[str, Any], out: Path) -> list[Path]:
-    """Throughput cost and memory per connection by backend, as PNGs; [] without matplotlib."""
+    """CPU per message by backend, latency (p50, p99) by offered load, memory and idle CPU by
+    connection count, as PNGs; [] without matplotlib."""
     try:
         import matplotlib
 
@@ -114,30 +115,36 @@ def plots(report: dict[str, Any], out: Path) -> list[Path]:
     fig.savefig(made[-1], dpi=120)
     plt.close(fig)
     if report["latency_by_load"]:
-        fig, ax = plt.subplots(figsize=(7, 3.5))
+        fig, ax = plt.subplots(figsize=(9.5, 3.8))
         found = [p for p in report.get("highest_sustained", []) if p["sustained"]]
         for backend in dict.fromkeys(p["backend"] for p in report["latency_by_load"]):
             rows = [p for p in [*report["latency_by_load"], *found] if p["backend"] == backend]
             rows.sort(key=lambda p: p["offered_rate"])
-            ax.plot([p["offered_rate"] for p in rows], [p["latency"]["p99_ms"] for p in rows], marker="o",
-                    label=f"{backend} p99")  # fmt: skip
+            line = ax.plot([p["offered_rate"] for p in rows], [p["latency"]["p99_ms"] for p in rows], marker="o",
+                           label=f"{backend} p99")  # fmt: skip
+            ax.plot([p["offered_rate"] for p in rows], [p["latency"]["p50_ms"] for p in rows], linestyle="--",
+                    marker=".", color=line[0].get_color(), label=f"{backend} p50")  # fmt: skip
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("offered direct messages/s")
         ax.set_ylabel("latency, ms")
-        ax.legend(fontsize="small")
+        ax.legend(fontsize="small", ncol=2, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         fig.tight_layout()
         made.append(out / f"latency-by-load-{report['mode']}.png")
         fig.savefig(made[-1], dpi=120)
         plt.close(fig)
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, (ax, cpu) = plt.subplots(1, 2, figsize=(10, 3.5))
     for backend in dict.fromkeys(p["backend"] for p in report["connections"]):
         rows = [p for p in report["connections"] if p["backend"] == backend and p["held"]]
         ax.plot([p["held"] for p in rows], [p["rss_per_connection_bytes"] / 1024 for p in rows], marker="o",
                 label=backend)  # fmt: skip
-    ax.set_xscale("log")
-    ax.set_xlabel("idle logged-in connections")
+        cpu.plot([p["held"] for p in rows], [p["idle_cpu_utilisation"] * 100 for p in rows], marker="o",
+                 label=backend)  # fmt: skip
+    for axis in (ax, cpu):
+        axis.set_xscale("log")
+        axis.set_xlabel("idle logged-in connections")
     ax.set_ylabel("server RSS per connection, kB")
+    cpu.set_ylabel("server CPU while idle, %")
     ax.legend()
     fig.tight_layout()
     made.append(out / f"memory-per-connection-{report['mode']}.png")
