@@ -222,8 +222,7 @@ def serve(engine: EngineAPI, config: BackendConfig, hub_config: HubConfig) -> No
     acceptor = threading.Thread(target=server.serve_forever, name="acceptor")
     acceptor.start()
     banner(NAME, server.socket, config, hub_config)
-    stopping = False
-    while not stopping or hub.conns or hub.jobs.pending:  # stopping: the last batches commit first
+    while not hub.stopping or hub.conns or hub.jobs.pending:  # stopping: the last batches commit first
         with hub.lock:
             now = time.monotonic()
             deadlines = [c.deadline for c in hub.conns.values() if c.closing and not c.reason]
@@ -236,8 +235,8 @@ def serve(engine: EngineAPI, config: BackendConfig, hub_config: HubConfig) -> No
             hub.bell.recv(4096)
         if wake.reader in ready:
             wake.drain()
-        if wake.signalled and not stopping:
-            stopping = hub.stopping = True
+        if wake.signalled and not hub.stopping:
+            hub.stopping = True
             log.info("shutting down (signal %s)", wake.signalled)
             server.shutdown()  # stop the acceptor; new clients are refused once the socket closes
             server.server_close()

@@ -85,7 +85,7 @@ def test_a_backlog_many_times_the_outbound_limit_reaches_a_returning_client(back
 def test_a_graceful_stop_commits_the_last_acknowledgements(backend: str, names: object) -> None:
     """SIGTERM while an acknowledgement waits to be stored (here --ack-delay 30 s, so it would
     wait the whole time): the server stores it before it exits, so the message is not
-    delivered again after the restart; nor is a Send that arrived just before the signal lost."""
+    delivered again after the restart."""
     data_dir = tempfile.mkdtemp(prefix="msgsrv-stop-")
     alice, bob = names("alice"), names("bob")  # type: ignore[operator]
     # no account poll meanwhile: it would take the acknowledgement along in its batch
