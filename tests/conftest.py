@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import itertools
 import os
+import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -79,3 +81,24 @@ def server(request: pytest.FixtureRequest, backend: str) -> Iterator[ServerProce
     proc = start(backend, *flags)
     yield proc
     proc.stop()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """``small_disk("4m")``: a directory on a size-limited file system (tmpfs) made by the
+    test, so a full disk is a real one. It needs root (CI runs as root): where it cannot be
+    made, the test fails instead of skipping, so a disk-full case is never silently untested."""
+    mounted: list[Path] = []
+
+    def make(size: str) -> Path:
+        where = tmp_path / f"disk{len(mounted)}"
+        where.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True)
+        if done.returncode:
+            pytest.fail(f"cannot make a {size} file system (mount -t tmpfs needs root): {done.stderr.decode()}")
+        mounted.append(where)
+        return where
+
+    yield make
+    for where in mounted:
+        subprocess.run(["umount", "-l", str(where)], check=False)

@@ -13,6 +13,7 @@ from .errors import (
 )
 from .frames import PREFIX_SIZE, Frame, FrameDecoder, HeaderCodec, encode_frame
 from .messages import (
+    MAX_REQUEST_U64,
     REQUEST_TYPES,
     VERSION_MAJOR,
     VERSION_MINOR,
@@ -44,6 +45,7 @@ from .messages import (
 )
 
 __all__ = [
+    "MAX_REQUEST_U64",
     "PREFIX_SIZE",
     "REQUEST_TYPES",
     "VERSION_MAJOR",

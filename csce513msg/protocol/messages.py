@@ -28,6 +28,9 @@ from .frames import Frame, HeaderCodec, encode_frame
 
 VERSION_MAJOR = 1
 VERSION_MINOR = 2  # 1.1: stored receipts, offline delivery, device and client message ids; 1.2: accounts
+#: the largest value of a u64 field a client may send: every store keeps them as signed
+#: 64-bit integers (SQLite's INTEGER), so 2^63 and above are refused with BAD_REQUEST
+MAX_REQUEST_U64 = 2**63 - 1
 
 
 class MsgType(enum.IntEnum):
@@ -88,6 +91,8 @@ class _Spec:
     names: tuple[str, ...]
     has_body: bool
     fields_of: Callable[[Any], tuple[Any, ...]]  #: the header fields' values, in order
+    #: a request's u64 fields, (index, name): each must be below 2^63 (see ``decode``)
+    u64: tuple[tuple[int, str], ...]
 
 
 _BY_TYPE: dict[int, _Spec] = {}
@@ -102,7 +107,8 @@ def _message(msg_type: MsgType, kinds: str) -> Callable[[type[M]], type[M]]:
         has_body = "body" in {f.name for f in fields(cls)}  # type: ignore[arg-type]
         getter = operator.attrgetter(*names) if len(names) > 1 else None
         fields_of = getter if getter else (lambda m, n=names: tuple(getattr(m, x) for x in n))
-        spec = _Spec(msg_type, cls, HeaderCodec(kinds), names, has_body, fields_of)
+        u64 = tuple((i, n) for i, (n, k) in enumerate(zip(names, kinds, strict=True)) if k == "Q" and msg_type < 0x80)
+        spec = _Spec(msg_type, cls, HeaderCodec(kinds), names, has_body, fields_of, u64)
         _BY_TYPE[msg_type] = _BY_CLASS[cls] = spec
         cls.TYPE = msg_type  # type: ignore[attr-defined]
         return cls
@@ -353,7 +359,9 @@ def decode(frame: Frame) -> Message:
 
     Raises:
         RemoteProtocolError: UNSUPPORTED (not fatal) for a type this version does not
-            know; BAD_FRAME (fatal) for a header that cannot be decoded.
+            know; BAD_FRAME (fatal) for a header that cannot be decoded; BAD_REQUEST
+            (not fatal: a bad value, not a broken frame) for a request's u64 field at or
+            over 2^63, which storage (SQLite's signed 64-bit integers) cannot hold.
     """
     spec = _BY_TYPE.get(frame.type)
     if spec is None:
@@ -363,6 +371,13 @@ def decode(frame: Frame) -> Message:
             request_id=frame.request_id,
         )
     values: list[Any] = spec.codec.decode(frame.header)
+    for i, name in spec.u64:
+        if values[i] > MAX_REQUEST_U64:
+            raise RemoteProtocolError(
+                ErrorCode.BAD_REQUEST,
+                f"{spec.cls.__name__}: {name} {values[i]} is over 2^63 - 1, the largest a request may carry",
+                request_id=frame.request_id,
+            )
     if spec.has_body:
         values.append(frame.body)
     values.append(frame.request_id)

@@ -28,9 +28,12 @@ The schema version is kept in ``PRAGMA user_version`` and migrated on open
 from __future__ import annotations
 
 import dataclasses
+import logging
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from .interface import (
     Account,
@@ -111,6 +114,8 @@ RECENT = 32  #: per stream, the newest messages the writer keeps in memory for d
 CACHED_STREAMS = 50_000  #: streams those caches hold at most (then they start over)
 _COLUMNS = "id, stream, position, sender, device, target_kind, target, content_type, time_us, body"
 SYNC = {"full": "FULL", "normal": "NORMAL"}
+log = logging.getLogger("csce513msg.store")
+T = TypeVar("T")
 
 
 class SqliteStore:
@@ -129,6 +134,7 @@ class SqliteStore:
         self.db.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints happen elsewhere (see above)
         self.db.execute("PRAGMA journal_size_limit=67108864")  # a WAL started over is cut back to 64 MiB
         self._batches = 0
+        self._before = 0  # the last message id before the batch being written
         migrate(self.db)
         self._accounts: dict[str, Account] = {}  # as of the last poll, plus our own registrations
         self._data_version = -1
@@ -159,57 +165,93 @@ class SqliteStore:
         version = self.db.execute("PRAGMA data_version").fetchone()[0]
         if version == self._data_version:
             return {}
-        self._data_version = version
         old, self._accounts = self._accounts, read_accounts(self.db)
+        self._data_version = version  # only now: a failed read is tried again at the next poll
         changed: dict[str, Account | None] = {n: a for n, a in self._accounts.items() if old.get(n) != a}
         changed.update((name, None) for name in old.keys() - self._accounts.keys())
         return changed
 
     def apply(self, batch: Batch) -> BatchResult:
-        db = self.db
-        last_id = self.last_id  # what to restore if the transaction fails, with the positions
-        touched: dict[str, int] = {}  # stream -> last position before this batch
+        """One transaction for the batch's writes, then its reads (see the module docstring).
+
+        Any exception inside the transaction, of any type, rolls the whole batch back and
+        leaves the store as it was before it, ready for the next batch: a value SQLite
+        cannot take (an ``OverflowError``) must not leave a transaction open behind it.
+        Once COMMIT has returned, the writes are reported as done whatever follows: a
+        failed checkpoint or read costs only itself."""
         try:
-            db.execute("BEGIN IMMEDIATE")
-            db.executemany(
-                "INSERT INTO users (name, created_us, role, password) VALUES (?, ?, ?, ?)",
-                [(a.name, a.created_us, a.role, a.password_hash) for a in batch.accounts],
-            )  # a name taken meanwhile by `msgsrv user add` fails the batch: the hub checked its own list
-            logins = {login.key: self._login(login) for login in batch.logins}
-            if batch.expire_before_us:
-                self._expire(batch.expire_before_us)
-            stored = [self._append(m, touched) for m in batch.messages]
-            newly = [note for key, pos in batch.delivered.items() for note in self._delivered(*key, pos)]
-            db.executemany(  # after _delivered, which may read the cursors as they were
-                """INSERT INTO cursors (user, device, stream, position) VALUES (?, ?, ?, ?)
-                   ON CONFLICT DO UPDATE SET position = max(position, excluded.position)""",
-                [(*key, pos) for key, pos in batch.cursors.items()],
-            )
-            db.executemany(
-                """INSERT INTO notified (user, device, stream, position) VALUES (?, ?, ?, ?)
-                   ON CONFLICT DO UPDATE SET position = max(position, excluded.position)""",
-                [(*key, pos) for key, pos in batch.notified.items()],
-            )
-            db.execute("COMMIT")
-            self._batches += 1
-            if self._batches % TAIL_EVERY == 0:
-                db.execute("PRAGMA wal_checkpoint(PASSIVE)")  # the tail: then the WAL can start over
-        except sqlite3.Error as exc:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            self.last_id = last_id
-            self.positions.update(touched)  # as before the batch
-            self._acked.clear()  # the caches may hold what was rolled back: read again when needed
-            self._recent.clear()
-            return BatchResult(error=f"storage error: {exc}")
+            stored, newly, logins = self._write(batch)
+        except Exception as exc:  # any failure, of any type: roll back, and say so
+            self._rolled_back()
+            return BatchResult(error=f"storage error: {exc!r}")
         self._accounts.update((a.name, a) for a in batch.accounts)
-        try:
-            fetched = {f.key: self._fetch(f) for f in batch.fetches}
-            history = {key: self._page(*page) for key, page in batch.history.items()}
-            accounts = self._poll_accounts() if batch.poll_accounts else {}
-        except sqlite3.Error as exc:
-            return BatchResult(stored, error=f"storage error: {exc}", logins=logins)
+        self._batches += 1
+        if self._batches % TAIL_EVERY == 0:
+            self._checkpoint_tail()
+        fetched = {f.key: found for f in batch.fetches if (found := self._read(self._fetch, f)) is not None}
+        history = {
+            key: page for key, args in batch.history.items() if (page := self._read(self._page, *args)) is not None
+        }
+        accounts = (self._read(self._poll_accounts) or {}) if batch.poll_accounts else {}
         return BatchResult(stored, fetched, None, newly, logins, history, accounts)
+
+    def _write(self, batch: Batch) -> tuple[list[StoredMessage | Refused], list[DeliveredNote], dict[int, LoginInfo]]:
+        """The batch's writes, in one transaction; raises if any of them fails."""
+        db = self.db
+        self._before = self.last_id
+        db.execute("BEGIN IMMEDIATE")
+        db.executemany(
+            "INSERT INTO users (name, created_us, role, password) VALUES (?, ?, ?, ?)",
+            [(a.name, a.created_us, a.role, a.password_hash) for a in batch.accounts],
+        )  # a name taken meanwhile by `msgsrv user add` fails the batch: the hub checked its own list
+        logins = {login.key: self._login(login) for login in batch.logins}
+        if batch.expire_before_us:
+            self._expire(batch.expire_before_us)
+        stored = [self._append(m) for m in batch.messages]
+        newly = [note for key, pos in batch.delivered.items() for note in self._delivered(*key, pos)]
+        db.executemany(  # after _delivered, which may read the cursors as they were
+            """INSERT INTO cursors (user, device, stream, position) VALUES (?, ?, ?, ?)
+               ON CONFLICT DO UPDATE SET position = max(position, excluded.position)""",
+            [(*key, pos) for key, pos in batch.cursors.items()],
+        )
+        db.executemany(
+            """INSERT INTO notified (user, device, stream, position) VALUES (?, ?, ?, ?)
+               ON CONFLICT DO UPDATE SET position = max(position, excluded.position)""",
+            [(*key, pos) for key, pos in batch.notified.items()],
+        )
+        db.execute("COMMIT")
+        return stored, newly, logins
+
+    def _rolled_back(self) -> None:
+        """Undo a failed batch: the transaction, and every cache that may hold its writes
+        (they are read again from the database when next needed)."""
+        if self.db.in_transaction:
+            try:
+                self.db.execute("ROLLBACK")
+            except sqlite3.Error:
+                log.exception("ROLLBACK failed")  # SQLite rolls back by itself after such errors
+        self.last_id = self._before
+        self.positions.clear()
+        self.floors.clear()
+        self._acked.clear()
+        self._recent.clear()
+
+    def _checkpoint_tail(self) -> None:
+        """The writer's own checkpoint of the WAL's tail, between two transactions. The
+        batch before it is committed: a failure here (a full disk) is logged, never
+        reported as the batch's, and the next checkpoint tries again."""
+        try:
+            self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as exc:
+            log.warning("WAL checkpoint failed (the commits before it stand): %s", exc)
+
+    def _read(self, read: Callable[..., T], *args: Any) -> T | None:
+        """One read after the commit; None if it failed (its requester hears STORE_FAILED)."""
+        try:
+            return read(*args)
+        except Exception as exc:  # one failed read costs only itself
+            log.warning("storage read failed: %r", exc)
+            return None
 
     def _login(self, login: LoginRead) -> LoginInfo:
         self.db.execute(
@@ -309,7 +351,7 @@ class SqliteStore:
             self.floors[key] = row[0] if row else 0
         return self.floors[key]
 
-    def _append(self, m: NewMessage, touched: dict[str, int]) -> StoredMessage | Refused:
+    def _append(self, m: NewMessage) -> StoredMessage | Refused:
         """Insert one message: one statement, unless it is a resend (then a lookup)."""
         db = self.db
         if m.client_msg_id and m.client_msg_id <= self._floor(m.sender, m.device):
@@ -337,7 +379,6 @@ class SqliteStore:
             if row is None:
                 raise
             return dataclasses.replace(StoredMessage(*row), duplicate=True)
-        touched.setdefault(m.stream, self.positions[m.stream])
         self.positions[m.stream] = position
         self.last_id = message_id
         if (recent := self._recent.get(m.stream)) is None:

@@ -12,12 +12,16 @@ import pytest
 
 from csce513msg.protocol import (
     VERSION_MAJOR,
+    Ack,
+    Deliver,
     ErrorCode,
     Hello,
+    History,
     Login,
     LoginOk,
     Ping,
     Pong,
+    Receipt,
     Register,
     Send,
     Welcome,
@@ -170,3 +174,31 @@ def test_ping_echoes_its_body(server: object) -> None:
     pong = conn.recv()
     assert isinstance(pong, Pong) and pong.body == b"\x00\x01binary\xff" and pong.request_id == 6
     conn.close()
+
+
+def test_a_u64_over_2_63_is_a_bad_request_and_the_conversation_goes_on(server: object, names: object) -> None:
+    """A client_msg_id or a History ``before`` of 2^63 or more (stores keep signed 64-bit
+    integers) once broke the storage batch and lost other people's messages. It is a bad
+    value, not a broken frame: BAD_REQUEST naming the request, and the connection stays."""
+    alice, bob = names("alice"), names("bob")  # type: ignore[operator]
+    receiver = connect(server, bob)
+    conn = RawConn(server)
+    conn.handshake()
+    conn.send(Register(alice, PASSWORD, request_id=2))
+    assert isinstance(conn.recv(), LoginOk)
+    conn.send(
+        Send(1, 0, 2**63, bob, b"lost?", request_id=3),
+        History(2**64 - 1, 10, 1, bob, request_id=4),
+        Ack(2**63, f"dm:{min(alice, bob)},{max(alice, bob)}", request_id=5),
+        Send(1, 0, 7, bob, b"kept", request_id=6),
+    )
+    for rid in (3, 4, 5):
+        error = conn.expect_error(ErrorCode.BAD_REQUEST, request_id=rid)
+        assert "2^63" in error.message
+    receipt = conn.recv()
+    assert isinstance(receipt, Receipt) and receipt.request_id == 6 and receipt.position == 1, receipt
+    delivered = receiver.next_message(Deliver, timeout=10)
+    assert delivered.body == b"kept" and delivered.position == 1
+    conn.alive()
+    conn.close()
+    receiver.close()

@@ -7,6 +7,7 @@ re-chunking, and that garbage only ever raises ProtocolError.
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 
 import pytest
@@ -14,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from csce513msg.protocol import (
+    MAX_REQUEST_U64,
     Ack,
     Deliver,
     Error,
@@ -22,6 +24,7 @@ from csce513msg.protocol import (
     FrameDecoder,
     HeaderCodec,
     Hello,
+    History,
     Login,
     LoginOk,
     Message,
@@ -164,14 +167,39 @@ def test_flags_are_ignored_on_receipt() -> None:
     assert decode(next(iter(FrameDecoder(64).feed(bytes(wire))))) == Who(request_id=3)
 
 
+@pytest.mark.parametrize(
+    "req",
+    [
+        Send(1, 0, 2**63, "bob", b"hi", request_id=4),
+        Ack(2**64 - 1, "dm:a,b", request_id=4),
+        History(2**63, 10, 1, "bob", request_id=4),
+    ],
+)
+def test_a_request_u64_at_or_over_2_63_is_a_bad_request_naming_it(req: Message) -> None:
+    """Stores keep u64s as signed 64-bit integers: a larger value is a bad value (the
+    connection stays open), refused by name before it can reach storage."""
+    frame = next(iter(FrameDecoder(1024).feed(encode(req))))
+    with pytest.raises(RemoteProtocolError) as caught:
+        decode(frame)
+    assert caught.value.code == ErrorCode.BAD_REQUEST and not caught.value.fatal
+    assert caught.value.request_id == 4 and type(req).__name__ in caught.value.message
+    largest = dataclasses.replace(req, **{_u64_field(req): MAX_REQUEST_U64})  # type: ignore[type-var]
+    assert decode(next(iter(FrameDecoder(1024).feed(encode(largest))))) == largest
+
+
+def _u64_field(request: Message) -> str:
+    return {"Send": "client_msg_id", "Ack": "position", "History": "before"}[type(request).__name__]
+
+
 # ---- properties --------------------------------------------------------------------------
 
 names = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40)
 u64 = st.integers(0, 2**64 - 1)
+u63 = st.integers(0, MAX_REQUEST_U64)  # what a request may carry
 u32 = st.integers(0, 2**32 - 1)
 bodies = st.binary(max_size=300)
 messages = st.one_of(
-    st.builds(Send, st.integers(0, 255), st.integers(0, 255), u64, names, bodies, u32),
+    st.builds(Send, st.integers(0, 255), st.integers(0, 255), u63, names, bodies, u32),
     st.builds(Deliver, st.integers(0, 255), st.integers(0, 255), u64, u64, u64, names, names, names, bodies, u32),
     st.builds(Receipt, st.integers(0, 255), u64, u64, u64, names, names, u32),
     st.builds(Hello, st.integers(0, 255), st.integers(0, 255), st.lists(names, max_size=4).map(tuple), names, u32),
@@ -185,7 +213,8 @@ messages = st.one_of(
     st.builds(LoginOk, u64, names, names, u32, u32),
     st.builds(Register, names, names, names, u32),
     st.builds(Error, st.integers(0, 65535), names, u32),
-    st.builds(Ack, u64, names, u32),
+    st.builds(Ack, u63, names, u32),
+    st.builds(History, u63, u32, st.integers(0, 255), names, u32),
     st.builds(Ping, bodies, u32),
 )
 
