@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
+from collections import deque
 
 from ..protocol import Deliver, Error, ErrorCode, HistoryEnd, Message, Receipt, ReceiptState, encode
 from ..store import Batch, BatchResult, DeliveredNote, Fetch, Refused, Store, StoredMessage
@@ -26,6 +27,10 @@ from .config import HubConfig
 from .session import Session
 
 log = logging.getLogger("csce513msg.hub")
+HISTORY_PAGE = 100  #: the most messages one History request returns
+HISTORY_QUEUE = 16  #: History requests a connection may have waiting behind the one being read
+READS_PER_BATCH = 32  #: catch-up fetches and History pages one storage batch reads, at most
+Read = Fetch | tuple[int, tuple[str, int, int]]  #: a catch-up, or (key, (stream, before, limit)) of a page
 
 
 class Mailroom:
@@ -42,6 +47,7 @@ class Mailroom:
         self._senders: list[tuple[ConnId, int]] = []  # (conn, request id) of each batch message
         self._fetchers: dict[int, ConnId] = {}  # catch-up fetch key -> the session waiting for it
         self._history_waiters: dict[int, tuple[ConnId, int, str]] = {}  # key -> (session, request id, stream)
+        self._reads: deque[Read] = deque()  # reads waiting for a batch with room (READS_PER_BATCH)
         #: the batch the store is working on: (job id, the batch, (conn, request id) of its messages)
         self._in_flight: tuple[int, Batch, list[tuple[ConnId, int]]] | None = None
         self._ids = itertools.count(1)
@@ -81,6 +87,8 @@ class Mailroom:
                 for m in page:  # carrying the request id: history, not new mail (no ack)
                     self._write(session, _deliver_of(m, rid))
                 self._write(session, HistoryEnd(page[0].position if page else 0, len(page), stream, rid))
+                session.reading_history = False
+                self._next_history(session)
         self._reads_failed(batch, result)
         return batch, result
 
@@ -90,6 +98,8 @@ class Mailroom:
             conn, rid, _ = self._history_waiters.pop(key)
             if (session := self.sessions.get(conn)) is not None:
                 self._error(session, ErrorCode.STORE_FAILED, "history could not be read; try again", rid)
+                session.reading_history = False
+                self._next_history(session)
         for key in {f.key for f in batch.fetches} - result.fetched.keys():
             if (session := self.sessions.get(self._fetchers.pop(key))) is not None:
                 session.fetching = False  # the next ack or resume tries again
@@ -98,8 +108,11 @@ class Mailroom:
         """End of a loop pass: if no batch is in flight, submit what accumulated (group commit).
         A batch of acknowledgements only waits up to ``ack_delay`` for company: at a light,
         steady load that halves the commits (one per message, not one per message and ack)."""
-        if self._in_flight is not None or not self._batch:
+        if self._in_flight is not None or not (self._batch or self._reads):
             return []
+        self._take_reads(self._batch)
+        if not self._batch:
+            return []  # the reads were of connections gone meanwhile
         if self._batch.can_wait() and not self.stopping:
             if self._acks_due is None:
                 self._acks_due = now + self.config.ack_delay
@@ -111,6 +124,35 @@ class Mailroom:
         self._in_flight = (job_id, batch, self._senders)
         self._senders = []
         return [Submit(job_id, functools.partial(self.store.apply, batch), "store")]
+
+    def _take_reads(self, batch: Batch) -> None:
+        """Move waiting reads into ``batch``, at most READS_PER_BATCH in all, oldest first;
+        a read whose session has gone is dropped on the way."""
+        room = READS_PER_BATCH - len(batch.fetches) - len(batch.history)
+        while room > 0 and self._reads:
+            read = self._reads.popleft()
+            if isinstance(read, Fetch):
+                if read.key in self._fetchers and self._fetchers[read.key] in self.sessions:
+                    batch.fetches.append(read)
+                    room -= 1
+                else:
+                    self._fetchers.pop(read.key, None)
+            elif self._history_waiters[read[0]][0] in self.sessions:
+                batch.history[read[0]] = read[1]
+                room -= 1
+            else:
+                del self._history_waiters[read[0]]
+
+    def _next_history(self, session: Session) -> None:
+        """Read the session's next History page: one at a time, and only while its output is
+        below the high-water mark (so what a page adds stays within the hard limit)."""
+        if session.reading_history or session.paused or not session.histories or session.closing:
+            return
+        rid, stream, before, limit = session.histories.popleft()
+        key = self._new_id()
+        session.reading_history = True
+        self._history_waiters[key] = (session.conn, rid, stream)
+        self._reads.append((key, (stream, before, max(1, min(limit, HISTORY_PAGE)))))
 
     # ---- store and forward ----------------------------------------------------------
 
@@ -161,7 +203,7 @@ class Mailroom:
         session.fetching = True
         self._fetchers[key] = session.conn
         window, history = self.config.window, self.config.new_device_history
-        self._batch.fetches.append(Fetch(key, session.user, session.device, window, history))
+        self._reads.append(Fetch(key, session.user, session.device, window, history))
 
     def _caught_up(self, session: Session, found: list[StoredMessage]) -> None:
         session.fetching = False

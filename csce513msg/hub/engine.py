@@ -55,13 +55,12 @@ from ..protocol import (
 from ..store import Account, NewMessage, Store
 from .actions import Action, Close, ConnId, Write
 from .config import HubConfig
-from .delivery import Mailroom
+from .delivery import HISTORY_QUEUE, Mailroom
 from .gate import Gate, Passwords
 from .session import Handler, Session, State, direct_stream
 
 log = logging.getLogger("csce513msg.hub")
 
-HISTORY_PAGE = 100  #: the most messages one History request returns
 EXPIRY_INTERVAL = 600.0  #: seconds between deletions of messages past the retention period
 
 
@@ -163,6 +162,7 @@ class Engine(Gate, Mailroom):
         session = self.sessions[conn]
         session.paused = False
         self._maybe_fetch(session)
+        self._next_history(session)
         return []
 
     def next_deadline(self) -> float | None:
@@ -299,10 +299,13 @@ class Engine(Gate, Mailroom):
         if target not in self.accounts:
             raise RemoteProtocolError(ErrorCode.USER_NOT_FOUND, f"no user {target!r}", request_id=rid)
         assert session.user is not None
-        stream = direct_stream(session.user, target)
-        key = self._new_id()
-        self._history_waiters[key] = (session.conn, rid, stream)
-        self._batch.history[key] = (stream, msg.before, max(1, min(msg.limit, HISTORY_PAGE)))
+        if len(session.histories) >= HISTORY_QUEUE:
+            raise RemoteProtocolError(
+                ErrorCode.RATE_LIMITED, f"over {HISTORY_QUEUE} History requests wait already: read their answers",
+                request_id=rid,
+            )  # fmt: skip
+        session.histories.append((rid, direct_stream(session.user, target), msg.before, msg.limit))
+        self._next_history(session)
 
     def _on_who(self, session: Session, msg: Who, now: float) -> None:
         users = sorted(self.online)

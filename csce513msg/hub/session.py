@@ -5,6 +5,7 @@ bookkeeping. Plain data: the engine (``engine.py``) and the store-and-forward ha
 from __future__ import annotations
 
 import enum
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -44,6 +45,9 @@ class Session:
     unacked: dict[str, list[int]] = field(default_factory=dict)  #: stream -> positions delivered, not acked
     in_flight: int = 0  #: the sum of len(unacked[s]) over streams, kept as deliveries and acks happen
     held: list[Message] = field(default_factory=list)  #: requests that arrived while AUTHENTICATING
+    #: History requests waiting to be read, (request id, stream, before, limit): one is read at a time
+    histories: deque[tuple[int, str, int, int]] = field(default_factory=deque)
+    reading_history: bool = False  #: a History page of this session is waiting for or in a batch
 
     def inflight(self) -> int:
         """Deliveries sent and not yet acknowledged: the window counts these."""
