@@ -51,8 +51,9 @@ class ServerProcess:
             self.banner += line
             match = match or BANNER.search(line)
         if not match:
+            log = self.log()  # before stop(), which closes it
             self.stop()
-            raise RuntimeError(f"msgsrv --backend {backend} did not start: {self.banner!r}\n{self.log()}")
+            raise RuntimeError(f"msgsrv --backend {backend} did not start: {self.banner!r}\n{log}")
         self.host, self.port = "127.0.0.1", int(match.group(2))
 
     @property

@@ -60,6 +60,8 @@ def serve(
     max_text: Annotated[int, typer.Option(help="Largest message body, bytes.")] = 16384,
     window: Annotated[int, typer.Option(help="Unacknowledged deliveries per client (advertised).")] = 64,
     idle_timeout: Annotated[float, typer.Option(help="Seconds of silence before a connection is closed.")] = 90.0,
+    login_timeout: Annotated[float, typer.Option(help="Seconds a connection has to log in.")] = 60.0,
+    frame_timeout: Annotated[float, typer.Option(help="Seconds a frame may take from first to last byte.")] = 30.0,
     rate: Annotated[float, typer.Option(help="Requests per second per connection.")] = 500.0,
     burst: Annotated[int, typer.Option(help="Requests a connection may send at once.")] = 1000,
     high_water: Annotated[int, typer.Option(help="Outbound bytes queued before pause_writing.")] = 256 * 1024,
@@ -123,7 +125,8 @@ def serve(
         self_register=self_register, login_failures_per_account=login_failures_per_account,
         login_failures_per_address=login_failures_per_address, login_failure_window=login_failure_window,
         registrations_per_address=registrations_per_address, account_poll=account_poll,
-        retention_days=retention_days, ack_delay=ack_delay,
+        retention_days=retention_days, ack_delay=ack_delay, login_timeout=login_timeout,
+        frame_timeout=frame_timeout,
     )  # fmt: skip
     backend_config = BackendConfig(
         host, port, high_water, low_water, hard_limit, sndbuf, close_timeout, backlog, recv_size

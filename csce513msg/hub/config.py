@@ -26,3 +26,5 @@ class HubConfig:
     account_poll: float = 2.0  #: seconds between checks for accounts changed by `msgsrv user`
     retention_days: float = 365.0  #: messages older than this are deleted (0: kept forever)
     ack_delay: float = 0.05  #: seconds acknowledgements may wait to be stored with other work
+    login_timeout: float = 60.0  #: seconds from connect to a successful login (Hello included)
+    frame_timeout: float = 30.0  #: seconds a frame may take from its first byte to its last

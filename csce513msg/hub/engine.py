@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 
 from ..protocol import (
+    PRE_LOGIN_MAX_FRAME,
     VERSION_MAJOR,
     VERSION_MINOR,
     Ack,
@@ -90,6 +91,7 @@ class Engine(Gate, Mailroom):
         self._next_sweep: float | None = None
         self._next_poll: float | None = None  # when to ask the store for accounts changed by an admin
         self._next_expiry = 0.0  # when to delete messages past the retention period next
+        self._pre_login_frame = min(PRE_LOGIN_MAX_FRAME, config.max_frame)
         self._welcome = encode(
             Welcome(
                 VERSION_MAJOR,
@@ -107,7 +109,8 @@ class Engine(Gate, Mailroom):
 
     def connection_made(self, conn: ConnId, peer: str, now: float) -> list[Action]:
         """A connection was accepted: greet it with the Welcome (the handshake)."""
-        session = Session(conn, peer, FrameDecoder(self.config.max_frame), now, float(self.config.burst), now)
+        decoder = FrameDecoder(self._pre_login_frame)  # the Welcome's max_frame from the Login on
+        session = Session(conn, peer, decoder, now, now, float(self.config.burst), now)
         self.sessions[conn] = session
         log.info("connect #%d from %s", conn, peer)
         if self._next_sweep is None:
@@ -123,8 +126,10 @@ class Engine(Gate, Mailroom):
         if session.closing:
             return []
         session.last_seen = now
+        complete = False
         try:
             for frame in session.decoder.feed(data):
+                complete = True
                 try:
                     self._dispatch(session, decode(frame), now)
                 except RemoteProtocolError as exc:
@@ -133,6 +138,10 @@ class Engine(Gate, Mailroom):
                     break
         except RemoteProtocolError as exc:  # the stream itself is broken
             self._refuse(session, exc)
+        if not session.decoder.buffered:
+            session.partial_since = None
+        elif complete or session.partial_since is None:  # a new frame began in these bytes
+            session.partial_since = now
         return self._take()
 
     def connection_lost(self, conn: ConnId, now: float) -> list[Action]:
@@ -183,12 +192,12 @@ class Engine(Gate, Mailroom):
             self.registrations.sweep(now)
         if self._next_sweep is None or now < self._next_sweep:
             return self._take()
-        limit = now - self.config.idle_timeout
         for session in list(self.sessions.values()):
-            if session.last_seen < limit and not session.closing:
-                log.info("idle timeout #%d (%s)", session.conn, session.user or session.peer)
-                self._error(session, ErrorCode.IDLE_TIMEOUT, "no data for the idle timeout", 0)
-                self._close(session, "idle timeout")  # a vanished peer never drains: the close timeout aborts it
+            if not session.closing and (overdue := self._overdue(session, now)):
+                reason, message = overdue
+                log.info("%s #%d (%s)", reason, session.conn, session.user or session.peer)
+                self._error(session, ErrorCode.IDLE_TIMEOUT, message, 0)
+                self._close(session, reason)  # a vanished peer never drains: the close timeout aborts it
         self._next_sweep = now + self._sweep_interval() if self.sessions else None
         return self._take()
 
@@ -346,8 +355,21 @@ class Engine(Gate, Mailroom):
         session.tokens -= 1.0
         return True
 
+    def _overdue(self, session: Session, now: float) -> tuple[str, str] | None:
+        """(reason, message) if ``session`` has run out of time: silence, no login yet, or a
+        frame begun and never finished (each holds memory a client could keep for ever)."""
+        cfg = self.config
+        if session.last_seen < now - cfg.idle_timeout:
+            return "idle timeout", "no data for the idle timeout"
+        if session.state is not State.READY and session.connected < now - cfg.login_timeout:
+            return "login timeout", f"not logged in within {cfg.login_timeout:g} s of connecting"
+        if session.partial_since is not None and session.partial_since < now - cfg.frame_timeout:
+            return "frame timeout", f"a frame was left unfinished for {cfg.frame_timeout:g} s"
+        return None
+
     def _sweep_interval(self) -> float:
-        return min(1.0, max(0.05, self.config.idle_timeout / 4))
+        cfg = self.config
+        return min(1.0, max(0.05, min(cfg.idle_timeout, cfg.login_timeout, cfg.frame_timeout) / 4))
 
     def _wall_us(self, now: float) -> int:
         return int((now + self.wall_offset) * 1_000_000)

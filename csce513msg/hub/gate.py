@@ -27,7 +27,7 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
-from ..protocol import ErrorCode, Login, LoginOk, Message, Register, RemoteProtocolError
+from ..protocol import PRE_LOGIN_MAX_FRAME, ErrorCode, Login, LoginOk, Message, Register, RemoteProtocolError
 from ..store import Account, Batch, BatchResult, DeliveredNote, LoginRead
 from .actions import Action, ConnId, Submit
 from .config import HubConfig
@@ -154,6 +154,7 @@ class Gate:
             )
         self._unpolled.append((session.conn, msg))
         self._batch.poll_accounts = True
+        session.decoder.max_frame = self.config.max_frame  # requests pipelined behind it may be large
 
     def _polled(self, now: float) -> None:
         """The batch with the accounts' poll is back: hash what waited for it."""
@@ -273,6 +274,7 @@ class Gate:
     def _not_logged_in(self, session: Session, code: ErrorCode, message: str, rid: int, now: float) -> None:
         session.user = None
         session.state = State.AWAIT_LOGIN
+        session.decoder.max_frame = min(PRE_LOGIN_MAX_FRAME, self.config.max_frame)
         self._error(session, code, message, rid)
         self._release_held(session, now)
 

@@ -30,6 +30,7 @@ class Session:
     peer: str
     decoder: FrameDecoder
     last_seen: float  #: monotonic time of the last bytes received
+    connected: float  #: monotonic time of the connect (the login deadline counts from it)
     tokens: float  #: rate limiter: requests this connection may still send now
     last_token: float  #: when ``tokens`` was last topped up
     state: State = State.AWAIT_HELLO
@@ -43,6 +44,7 @@ class Session:
     acked: dict[str, int] = field(default_factory=dict)  #: stream -> acknowledged position
     delivered: dict[str, int] = field(default_factory=dict)  #: stream -> last delivered
     unacked: dict[str, list[int]] = field(default_factory=dict)  #: stream -> positions delivered, not acked
+    partial_since: float | None = None  #: when the frame now half-received began (frame deadline)
     in_flight: int = 0  #: the sum of len(unacked[s]) over streams, kept as deliveries and acks happen
     held: list[Message] = field(default_factory=list)  #: requests that arrived while AUTHENTICATING
     #: History requests waiting to be read, (request id, stream, before, limit): one is read at a time

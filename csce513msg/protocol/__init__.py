@@ -14,6 +14,7 @@ from .errors import (
 from .frames import PREFIX_SIZE, Frame, FrameDecoder, HeaderCodec, encode_frame
 from .messages import (
     MAX_REQUEST_U64,
+    PRE_LOGIN_MAX_FRAME,
     REQUEST_TYPES,
     VERSION_MAJOR,
     VERSION_MINOR,
@@ -46,6 +47,7 @@ from .messages import (
 
 __all__ = [
     "MAX_REQUEST_U64",
+    "PRE_LOGIN_MAX_FRAME",
     "PREFIX_SIZE",
     "REQUEST_TYPES",
     "VERSION_MAJOR",

@@ -31,6 +31,10 @@ VERSION_MINOR = 2  # 1.1: stored receipts, offline delivery, device and client m
 #: the largest value of a u64 field a client may send: every store keeps them as signed
 #: 64-bit integers (SQLite's INTEGER), so 2^63 and above are refused with BAD_REQUEST
 MAX_REQUEST_U64 = 2**63 - 1
+#: the largest frame a client may send before its Login or Register is taken (Hello,
+#: Login, Register and Ping need far less): a connection nobody has vouched for cannot
+#: make the server hold ``max_frame`` bytes of a half-sent frame
+PRE_LOGIN_MAX_FRAME = 4096
 
 
 class MsgType(enum.IntEnum):
