@@ -26,7 +26,7 @@ from ..backends.common import BackendConfig, check_limits
 from ..backends.tls import TlsEngine, server_context
 from ..crypto.certs import ensure_certificate, fingerprint_of_pem
 from ..crypto.passwords import COSTS, Scrypt
-from ..hub import Engine, EngineAPI, HubConfig
+from ..hub import Engine, EngineAPI, HubConfig, Visibility
 from ..paths import default_data_dir
 from ..store import MemoryStore, Store
 from ..store.sqlite import SqliteStore
@@ -104,6 +104,10 @@ def serve(
     ack_delay: Annotated[
         float, typer.Option(help="Seconds acknowledgements may wait to be stored with other work.")
     ] = 0.05,
+    visibility: Annotated[
+        Visibility,
+        typer.Option(help="Who sees whom online: class (everyone) or instructors (students see only them)."),
+    ] = Visibility.CLASS,
     stats: Annotated[
         bool, typer.Option(help="A live line in the server window: connections, msg/s, CPU, RSS.")
     ] = False,
@@ -126,7 +130,7 @@ def serve(
         login_failures_per_address=login_failures_per_address, login_failure_window=login_failure_window,
         registrations_per_address=registrations_per_address, account_poll=account_poll,
         retention_days=retention_days, ack_delay=ack_delay, login_timeout=login_timeout,
-        frame_timeout=frame_timeout,
+        frame_timeout=frame_timeout, visibility=visibility,
     )  # fmt: skip
     backend_config = BackendConfig(
         host, port, high_water, low_water, hard_limit, sndbuf, close_timeout, backlog, recv_size

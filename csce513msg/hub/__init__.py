@@ -1,7 +1,7 @@
 """The chat core: a pure state machine behind the engine contract (shared/STYLE.md)."""
 
 from .actions import Abort, Action, Close, ConnId, Submit, Write
-from .config import HubConfig
+from .config import HubConfig, Visibility
 from .contract import EngineAPI
 from .engine import TRANSITIONS, Engine
 from .gate import NAME_RULE, Passwords, Throttle
@@ -21,6 +21,7 @@ __all__ = [
     "State",
     "Submit",
     "Throttle",
+    "Visibility",
     "Write",
     "direct_stream",
 ]

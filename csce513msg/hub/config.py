@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
+
+
+class Visibility(enum.Enum):
+    """Who sees whom online (``Who`` and presence events): a server's choice."""
+
+    CLASS = "class"  #: everyone sees everyone online (a class room)
+    INSTRUCTORS = "instructors"  #: students see only the instructors online; instructors see all
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,3 +36,4 @@ class HubConfig:
     ack_delay: float = 0.05  #: seconds acknowledgements may wait to be stored with other work
     login_timeout: float = 60.0  #: seconds from connect to a successful login (Hello included)
     frame_timeout: float = 30.0  #: seconds a frame may take from its first byte to its last
+    visibility: Visibility = Visibility.CLASS  #: who sees whom online

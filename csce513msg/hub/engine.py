@@ -55,7 +55,7 @@ from ..protocol import (
 )
 from ..store import Account, NewMessage, Store
 from .actions import Action, Close, ConnId, Write
-from .config import HubConfig
+from .config import HubConfig, Visibility
 from .delivery import HISTORY_QUEUE, Mailroom
 from .gate import Gate, Passwords
 from .session import Handler, Session, State, direct_stream
@@ -317,7 +317,7 @@ class Engine(Gate, Mailroom):
         self._next_history(session)
 
     def _on_who(self, session: Session, msg: Who, now: float) -> None:
-        users = sorted(self.online)
+        users = sorted(u for u in self.online if self._sees(session, u))
         counts = tuple(len(self.online[u]) for u in users)
         roles = tuple(self.accounts[u].role if u in self.accounts else "" for u in users)
         self._write(session, WhoReply(tuple(users), counts, roles, msg.request_id))
@@ -332,8 +332,14 @@ class Engine(Gate, Mailroom):
             return
         data = encode(Presence(online, self._wall_us(now), user))
         for sub in self.subscribers:
-            if sub is not skip and not sub.closing:
+            if sub is not skip and not sub.closing and self._sees(sub, user):
                 self._out.append(Write(sub.conn, data))
+
+    def _sees(self, session: Session, user: str) -> bool:
+        """Whether ``session`` may see that ``user`` is online (``--visibility``)."""
+        if self.config.visibility is Visibility.CLASS or user == session.user:
+            return True
+        return _role(self.accounts, user) == "instructor" or _role(self.accounts, session.user) == "instructor"
 
     def _refuse(self, session: Session, exc: RemoteProtocolError) -> None:
         log.info("refused #%d (%s): %s %s", session.conn, session.user or session.peer, exc.code.name, exc)
@@ -373,6 +379,11 @@ class Engine(Gate, Mailroom):
 
     def _wall_us(self, now: float) -> int:
         return int((now + self.wall_offset) * 1_000_000)
+
+
+def _role(accounts: dict[str, Account], user: str | None) -> str:
+    account = accounts.get(user or "")
+    return account.role if account is not None else ""
 
 
 def _refusal(state: State, msg: Message) -> ProtocolError:

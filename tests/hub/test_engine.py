@@ -286,3 +286,28 @@ def test_every_request_in_every_state_is_handled_or_refused(state: State, msg: o
         assert [type(r) for r in replies] == [Error]
     else:
         assert all(not isinstance(r, Error) or r.code != ErrorCode.BAD_STATE for r in replies)
+
+
+def test_visibility_instructors_shows_students_only_the_instructors() -> None:
+    """--visibility instructors: a student sees (Who, presence) only instructors and
+    themself; an instructor sees everyone. The default, class, shows everyone to everyone."""
+    from csce513msg.hub import Visibility
+
+    for visibility, student_sees in (
+        (Visibility.CLASS, ["ann", "ben", "prof"]),
+        (Visibility.INSTRUCTORS, ["ann", "prof"]),
+    ):
+        h = Harness(visibility=visibility)
+        h.account("prof", "instructor")
+        ann = h.connect("ann", presence=True)
+        prof = h.connect("prof", presence=True)
+        ben = h.connect("ben", presence=True)
+        for peer in (ann, prof):
+            peer.session.who()
+        h.pump()
+        assert list(ann.of(WhoReply)[-1].users) == student_sees  # type: ignore[attr-defined]
+        assert list(prof.of(WhoReply)[-1].users) == ["ann", "ben", "prof"]  # type: ignore[attr-defined]
+        heard = [p.user for p in ann.of(Presence)]  # type: ignore[attr-defined]
+        assert heard == [u for u in ("prof", "ben") if u in student_sees]
+        assert [p.user for p in prof.of(Presence)] == ["ben"]  # type: ignore[attr-defined]
+        assert [p.user for p in ben.of(Presence)] == []  # type: ignore[attr-defined]
