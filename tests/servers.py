@@ -40,7 +40,10 @@ class ServerProcess:
             self.data_dir = tempfile.mkdtemp(prefix=f"msgsrv-{backend}-data-")
             flags = (*flags, "--data-dir", self.data_dir)
         cmd = [sys.executable, "-m", "csce513msg.cli.msgsrv", "serve", "--backend", backend, "--port", "0", *flags]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, text=True)
+        # MSGSRV_TREE=DIR runs the servers from another source tree (e.g. a worktree of the commit
+        # before a fix), to see a test fail there: the tests and clients stay this tree's
+        tree = os.environ.get("MSGSRV_TREE") or None
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, text=True, cwd=tree)
         assert self.proc.stdout is not None
         self.banner = ""
         match = None

@@ -99,6 +99,9 @@ def serve(
     registrations_per_address: Annotated[
         int, typer.Option(help="Accounts one address may register an hour (--self-register).")
     ] = 200,
+    max_pending_logins: Annotated[
+        int, typer.Option(help="Logins waiting for their password check, server-wide (then the busiest address waits).")
+    ] = 1024,
     account_poll: Annotated[float, typer.Option(help="Seconds between checks for `msgsrv user` changes.")] = 2.0,
     retention_days: Annotated[float, typer.Option(help="Days messages are kept as history; 0: forever.")] = 365.0,
     ack_delay: Annotated[
@@ -130,7 +133,7 @@ def serve(
         login_failures_per_address=login_failures_per_address, login_failure_window=login_failure_window,
         registrations_per_address=registrations_per_address, account_poll=account_poll,
         retention_days=retention_days, ack_delay=ack_delay, login_timeout=login_timeout,
-        frame_timeout=frame_timeout, visibility=visibility,
+        frame_timeout=frame_timeout, visibility=visibility, max_pending_logins=max_pending_logins,
     )  # fmt: skip
     backend_config = BackendConfig(
         host, port, high_water, low_water, hard_limit, sndbuf, close_timeout, backlog, recv_size
@@ -154,7 +157,7 @@ def serve(
         print(
             f"accounts: none yet: add them with `msgsrv user add NAME{data_flag}` (or use --self-register)", flush=True
         )
-    chat = Engine(store, hub_config, wall_offset, passwords, accounts)
+    chat = Engine(store, hub_config, wall_offset, passwords, accounts, store.load_device_tokens())
     engine: EngineAPI = chat
     if tls or tls_cert:
         engine = _with_tls(engine, tls_cert, tls_key, data_dir, handshake_timeout)

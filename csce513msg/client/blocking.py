@@ -12,6 +12,7 @@ that wait for a reply take it out by request id and leave the rest in order.
 
 from __future__ import annotations
 
+import random
 import socket
 import ssl
 import time
@@ -25,6 +26,8 @@ from .session import ClientSession, ClientState
 from .tls import wrap as wrap_tls
 
 M = TypeVar("M", bound=Message)
+RETRY_FIRST = 0.2  #: seconds: the first pause before a login refused as RATE_LIMITED is tried again
+RETRY_MOST = 5.0  #: ... doubling up to this
 
 
 class ServerError(Csce513Error):
@@ -77,6 +80,7 @@ class Client:
         ca: Path | None = None,
         known_servers: Path | None = None,
         device_id: str = "",
+        device_token: str = "",
         rcvbuf: int = 0,
         drop_repeats: bool = True,
     ) -> Client:
@@ -99,7 +103,10 @@ class Client:
         if tls:
             sock, _note = wrap_tls(sock, host, port, expected=fingerprint, ca=ca, known_servers=known_servers)
         seed = time.time_ns() // 1000
-        session = ClientSession(presence=presence, device_id=device_id, client_msg_seed=seed, drop_repeats=drop_repeats)
+        session = ClientSession(
+            presence=presence, device_id=device_id, device_token=device_token, client_msg_seed=seed,
+            drop_repeats=drop_repeats,
+        )  # fmt: skip
         client = cls(sock, session, timeout)
         client._wait(lambda: client.session.state is not ClientState.AWAIT_WELCOME, timeout)
         if user is not None:
@@ -125,10 +132,23 @@ class Client:
     # ---- requests ------------------------------------------------------------------
 
     def login(self, user: str, password: str, register: bool = False) -> LoginOk:
-        """Log in as ``user`` (with ``register``: create the account first); raise ServerError if refused."""
-        rid = self.session.register(user, password) if register else self.session.login(user, password)
-        self.login_reply = self.request(rid, LoginOk)
-        return self.login_reply
+        """Log in as ``user`` (with ``register``: create the account first); raise ServerError
+        if refused. A busy server's RATE_LIMITED (logins wait their turn for a password hash)
+        is tried again after a random, growing pause ("full jitter", so many clients refused
+        together do not come back together), for up to the client's timeout. The LoginOk's
+        device token is in ``session.device_token``: keep it for the next ``connect``."""
+        deadline = time.monotonic() + self.timeout
+        pause = RETRY_FIRST
+        while True:
+            rid = self.session.register(user, password) if register else self.session.login(user, password)
+            try:
+                self.login_reply = self.request(rid, LoginOk)
+                return self.login_reply
+            except ServerError as exc:
+                if exc.code != ErrorCode.RATE_LIMITED or time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(random.uniform(0, pause))
+            pause = min(pause * 2, RETRY_MOST)
 
     def send_text(self, target: str, text: str) -> Receipt:
         """Send a direct message and wait for its Receipt; raise ServerError if refused."""

@@ -70,6 +70,8 @@ class ClientSession:
         register: create the account ``user`` (Register) instead of logging in.
         presence: ask the server for presence events.
         client: the client program's name, sent in Hello.
+        device_id: this installation's id (kept by the driver; "" : one anonymous device).
+        device_token: the token an earlier LoginOk gave this device for ``user``.
     """
 
     def __init__(
@@ -81,6 +83,7 @@ class ClientSession:
         presence: bool = False,
         client: str = "csce513msg",
         device_id: str = "",
+        device_token: str = "",
         client_msg_seed: int = 0,
         drop_repeats: bool = True,
     ) -> None:
@@ -90,6 +93,10 @@ class ClientSession:
         self.presence = presence
         self.client = client
         self.device_id = device_id
+        #: the device token for ``user`` from an earlier LoginOk (kept by the driver, privately):
+        #: with it, this device's logins are throttled apart from others' guesses. A LoginOk
+        #: replaces it; the driver should save the new one.
+        self.device_token = device_token
         # with a device id, each Send carries a new client message id, so the server can tell a
         # resend from a new message; the driver seeds it (e.g. with the time in µs) so it grows
         # across restarts of the client too
@@ -129,6 +136,7 @@ class ClientSession:
             elif isinstance(msg, LoginOk):
                 self.state = ClientState.READY
                 self.user = msg.user
+                self.device_token = msg.device_token or self.device_token
             if isinstance(msg, _REPLIES) and msg.request_id:
                 self.pending.pop(msg.request_id, None)
             events.append(msg)
@@ -169,7 +177,7 @@ class ClientSession:
 
     def login(self, user: str, password: str) -> int:
         """Queue a Login; return its request id."""
-        return self.request(Login(user, password, self.device_id))
+        return self.request(Login(user, password, self.device_id, self.device_token))
 
     def register(self, user: str, password: str) -> int:
         """Queue a Register (create the account and log in); return its request id."""

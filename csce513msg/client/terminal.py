@@ -12,9 +12,14 @@ The client's steps: create a socket and connect; wait for the server's Welcome
 Nothing busy-waits: between events the process sleeps in the kernel. stdin may be
 a terminal, a pipe or a file; at end of input the client waits until the server
 has answered every request it sent, then exits (status 0 only if all succeeded).
-A lost connection is retried (backing off to every 5 s); after a reconnect and
-login, the sends the server never confirmed go again with their client message
-ids, so the server stores each once.
+A lost connection is retried (backing off to every 5 s, each wait drawn at random
+up to the current step, so a class whose server restarted does not come back all
+at once); so is a login the server is too busy to take (RATE_LIMITED, SERVER_FULL),
+and whatever was typed meanwhile waits. After a reconnect and login, the sends the
+server never confirmed go again with their client message ids, so the server stores
+each once. The device token each LoginOk brings is kept (``tokens.json``, mode 0600)
+and shown with the next logins: this device's logins are then throttled apart from
+anyone guessing the account's password.
 On Windows, where select() takes only sockets, one reader thread copying stdin
 into a socket pair is the documented exception.
 """
@@ -25,6 +30,7 @@ import dataclasses
 import itertools
 import json
 import os
+import random
 import socket
 import ssl
 import sys
@@ -58,6 +64,7 @@ from .tls import TrustError
 from .tls import wrap as wrap_tls
 
 RECONNECT_FOR = 30.0  #: after end of input, seconds to keep trying to reconnect before giving up
+BUSY = (ErrorCode.RATE_LIMITED, ErrorCode.SERVER_FULL)  #: refusals of a login worth trying again later
 
 HELP = """commands:
   /msg USER TEXT   send TEXT to USER (later plain lines go to USER too)
@@ -111,8 +118,9 @@ class ChatClient:
         self.ever_ready = False  # logged in once: a lost connection is worth reconnecting
         self.retry_at = 0.0  # when to try to reconnect
         self.lost_at = 0.0  # when the connection was lost (0: it is up)
-        self.backoff = 0.5  # seconds between reconnection attempts, doubling up to 5
+        self.backoff = 0.5  # the longest wait before the next attempt (drawn at random), doubling up to 5
         self.resend: list[Send] = []  # unacknowledged sends of the last connection
+        self.server_key = ""  # "host:port", under which the device token is kept
 
     def unacknowledged(self) -> list[Send]:
         """Sends the server has not answered: they go again, with the same client ids."""
@@ -303,11 +311,13 @@ def run(
         term.show(f"! {text}", event="error", code="connect", message=text, request=0)
         return 1
     device = device_id(user.lower())
+    server_key = f"{host}:{port}"
     session = ClientSession(
         user, password=password, register=register, presence=True, client="msg", device_id=device,
-        client_msg_seed=time.time_ns() // 1000,
+        device_token=load_token(server_key, user.lower()), client_msg_seed=time.time_ns() // 1000,
     )  # fmt: skip
     chat = ChatClient(sock, session, term)
+    chat.server_key = server_key
     mux: Mux = MUXES[mux_name]()
     mux.register(sock.fileno())
     stdin_fd = _stdin_fd()
@@ -356,7 +366,8 @@ def _lost(chat: ChatClient, mux: Mux) -> None:
     mux.unregister(chat.sock.fileno())
     chat.sock.close()
     chat.online = False
-    chat.retry_at = time.monotonic()
+    chat.retry_at = time.monotonic() + random.uniform(0, chat.backoff)  # jitter: not all at once
+    chat.backoff = min(5.0, chat.backoff * 2)  # back to 0.5 s at the next LoginOk
     chat.lost_at = chat.lost_at or time.monotonic()
     unacked = len(chat.unacknowledged())
     text = "connection lost: reconnecting" + (f" ({unacked} messages to resend)" if unacked else "")
@@ -378,16 +389,17 @@ def _reconnect(chat: ChatClient, connector: Connector, mux: Mux) -> bool:
         chat.failures += 1
         return False
     except OSError:  # still down (ssl.SSLError included): try again later, a little later each time
+        chat.retry_at = now + random.uniform(0, chat.backoff)
         chat.backoff = min(5.0, chat.backoff * 2)
-        chat.retry_at = now + chat.backoff
         return True
     old = chat.session
     chat.resend = chat.unacknowledged()
+    registered = chat.ever_ready or not old.register_first  # a busy server may have refused the Register
     chat.session = ClientSession(  # registered already, if that was asked: now a login
-        old.user, password=old.password, presence=True, client="msg", device_id=old.device_id,
-        client_msg_seed=old.next_client_msg_id,
+        old.user, password=old.password, register=not registered, presence=True, client="msg",
+        device_id=old.device_id, device_token=old.device_token, client_msg_seed=old.next_client_msg_id,
     )  # fmt: skip
-    chat.sock, chat.online, chat.lost_at, chat.backoff = sock, True, 0.0, 0.5
+    chat.sock, chat.online, chat.lost_at = sock, True, 0.0
     mux.register(sock.fileno())
     chat.term.show("reconnected", event="reconnected", message="reconnected")
     return True
@@ -414,6 +426,38 @@ def device_id(user: str) -> str:
         except OSError:
             pass  # a read-only home: this run is a new device each time
     return str(devices[user])
+
+
+def load_token(server: str, user: str) -> str:
+    """The device token this machine keeps for ``user`` on ``server`` ("" if none yet)."""
+    try:
+        tokens = json.loads((client_config_dir() / "tokens.json").read_text())
+        return str(tokens.get(server, {}).get(user, ""))
+    except (OSError, ValueError, AttributeError):
+        return ""
+
+
+def save_token(server: str, user: str, token: str) -> None:
+    """Keep ``token`` for the next logins, readable by this user only (mode 0600): with it,
+    this device logs in even while others' wrong guesses throttle the account."""
+    path = client_config_dir() / "tokens.json"
+    try:
+        tokens = json.loads(path.read_text())
+    except (OSError, ValueError):
+        tokens = {}
+    if not isinstance(tokens.get(server), dict):
+        tokens[server] = {}
+    if tokens[server].get(user) == token:
+        return
+    tokens[server][user] = token
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # a file made earlier with looser bits, too
+        with os.fdopen(fd, "w") as out:
+            out.write(json.dumps(tokens, indent=2, sort_keys=True) + "\n")
+    except OSError:
+        pass  # a read-only home: the next login is an ordinary one
 
 
 def _timeout(chat: ChatClient, stdin_always_ready: bool) -> float | None:
@@ -455,6 +499,10 @@ def _receive(chat: ChatClient) -> str:
         chat.failures += 1
         return "fatal"
     for msg in events:
+        if isinstance(msg, Error) and msg.code in BUSY and chat.session.state is not ClientState.READY:
+            text = f"the server is busy ({_code_name(msg.code)}): trying again shortly"
+            chat.term.show(f"! {text}", event="busy", message=text)
+            return "lost"  # not a failure: reconnect and log in again, later (with jitter)
         chat.on_message(msg)
         if isinstance(msg, Error) and chat.session.state is not ClientState.READY:
             return "fatal"  # the login was refused: nothing more to do
@@ -462,6 +510,9 @@ def _receive(chat: ChatClient) -> str:
             chat.ever_ready = False  # the password changed or the account is gone: do not log in again
         if isinstance(msg, LoginOk):
             chat.ever_ready = True
+            chat.backoff = 0.5
+            if msg.device_token and chat.server_key:
+                save_token(chat.server_key, msg.user, msg.device_token)
     return "ok"
 
 

@@ -1,10 +1,11 @@
 """The chat core: a pure state machine behind the engine contract (shared/STYLE.md)."""
 
 from .actions import Abort, Action, Close, ConnId, Submit, Write
+from .admission import Throttle
 from .config import HubConfig, Visibility
 from .contract import EngineAPI
 from .engine import TRANSITIONS, Engine
-from .gate import NAME_RULE, Passwords, Throttle
+from .gate import NAME_RULE, Passwords
 from .session import State, direct_stream
 
 __all__ = [

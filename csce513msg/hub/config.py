@@ -30,7 +30,9 @@ class HubConfig:
     login_failures_per_address: int = 50  #: ... before an address is (a class behind NAT shares one)
     login_failure_window: float = 60.0  #: seconds a failed login counts
     registrations_per_address: int = 200  #: accounts one address may register an hour (a class behind NAT)
-    max_pending_logins: int = 64  #: logins being hashed at once, server-wide; more get RATE_LIMITED
+    #: logins waiting for their password hash, server-wide (hub/admission.py); when full, the
+    #: address with the most waiting gives one up (RATE_LIMITED: its client tries again later)
+    max_pending_logins: int = 1024
     account_poll: float = 2.0  #: seconds between checks for accounts changed by `msgsrv user`
     retention_days: float = 365.0  #: messages older than this are deleted (0: kept forever)
     ack_delay: float = 0.05  #: seconds acknowledgements may wait to be stored with other work

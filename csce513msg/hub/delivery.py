@@ -54,6 +54,8 @@ class Mailroom:
         #: totals since start, for `msgsrv --stats` (read from another thread: plain ints)
         self.counters = {"stored": 0, "delivered": 0}
         self._acks_due: float | None = None  # when a batch of acknowledgements only must be written
+        self._polls_submitted = 0  # batches that carried an accounts poll, submitted so far
+        self._polls_done = 0  # ... and back (logins wait for the first poll after they arrived)
         self.stopping = False  # set by Engine.shutdown
 
     def _batch_done(self, job_id: int, result: object) -> tuple[Batch, BatchResult]:
@@ -61,6 +63,7 @@ class Mailroom:
         assert self._in_flight is not None and self._in_flight[0] == job_id, "one batch in flight"
         _, batch, senders = self._in_flight
         self._in_flight = None
+        self._polls_done += batch.poll_accounts
         if not isinstance(result, BatchResult):  # the store raised: a bug or a broken disk
             result = BatchResult(error=f"storage failed: {result!r}")
         if result.error:
@@ -123,6 +126,7 @@ class Mailroom:
         batch, self._batch = self._batch, Batch()
         self._in_flight = (job_id, batch, self._senders)
         self._senders = []
+        self._polls_submitted += batch.poll_accounts
         return [Submit(job_id, functools.partial(self.store.apply, batch), "store")]
 
     def _take_reads(self, batch: Batch) -> None:
@@ -223,6 +227,10 @@ class Mailroom:
         if session.closing:
             return  # e.g. a receipt whose commit came after the connection was told to close
         self._out.append(Write(session.conn, encode(msg)))
+
+    def _polls_due(self) -> int:
+        """The number of the next accounts poll to be submitted (the current batch's)."""
+        return self._polls_submitted + 1
 
     def _new_id(self) -> int:
         """A fresh key for a job or a read."""

@@ -53,7 +53,7 @@ from ..protocol import (
     decode,
     encode,
 )
-from ..store import Account, NewMessage, Store
+from ..store import Account, DeviceToken, NewMessage, Store
 from .actions import Action, Close, ConnId, Write
 from .config import HubConfig, Visibility
 from .delivery import HISTORY_QUEUE, Mailroom
@@ -74,11 +74,12 @@ class Engine(Gate, Mailroom):
         wall_offset: ``time.time() - time.monotonic()``, measured once at start.
         passwords: hashes and checks passwords (run in the ``hash`` lane, never here).
         accounts: every account, from ``store.load_accounts()``.
+        tokens: the device tokens in force, by digest, from ``store.load_device_tokens()``.
     """
 
     def __init__(
         self, store: Store, config: HubConfig, wall_offset: float, passwords: Passwords,
-        accounts: dict[str, Account] | None = None,
+        accounts: dict[str, Account] | None = None, tokens: dict[str, DeviceToken] | None = None,
     ) -> None:  # fmt: skip
         self.store = store
         self.config = config
@@ -87,7 +88,7 @@ class Engine(Gate, Mailroom):
         self.online: dict[str, list[Session]] = {}  # user -> their logged-in sessions
         self.subscribers: set[Session] = set()  # sessions that asked for presence
         Mailroom.__init__(self)  # the storage batch and the output
-        Gate.__init__(self, passwords, dict(accounts or {}))  # logins and accounts
+        Gate.__init__(self, passwords, dict(accounts or {}), dict(tokens or {}))  # logins and accounts
         self._next_sweep: float | None = None
         self._next_poll: float | None = None  # when to ask the store for accounts changed by an admin
         self._next_expiry = 0.0  # when to delete messages past the retention period next
@@ -219,15 +220,8 @@ class Engine(Gate, Mailroom):
             batch, stored = self._batch_done(job_id, result)
             self._logins_done(batch, stored, now)
             self._accounts_changed(stored.accounts, now)
-            self._polled(now)  # logins that waited for this batch's news of accounts
+            self._admit(now)  # logins that waited for this batch's news of accounts
         return self._take()
-
-    def flush(self, now: float) -> list[Action]:
-        """End of a loop pass: submit the storage batch (``delivery.py``), if none is in flight."""
-        actions = Mailroom.flush(self, now)
-        if actions:  # the batch left, with its accounts poll: the logins queued so far wait for it
-            self._polling, self._unpolled = self._unpolled, []
-        return actions
 
     def server_full(self) -> bytes:
         """The bytes for a connection the backend cannot take (it then closes it)."""

@@ -9,27 +9,35 @@ and which delivered receipts it missed (``LoginRead``); LoginOk follows the comm
 
 ::
 
-    Login ──hash lane──> verified? ──store lane──> LoginOk (READY) ──> catch-up
+    Login ──accounts poll──> queue (admission.py) ──hash lane──> verified?
+        ──store lane──> LoginOk (READY, with a device token) ──> catch-up
                  └── no: AUTH_FAILED (AWAIT_LOGIN), counted by the throttles
 
-Failed logins are throttled per account and per address (``Throttle``): past the
-limit, a login is refused at once, without hashing. Accounts changed by ``msgsrv
+Logins wait for a hash in a fair, bounded queue (``admission.LoginQueue``: devices that
+logged in before first, then the addresses in turn). Failed logins are throttled per
+account and per address, counted as each attempt is admitted to hashing
+(``admission.Throttle``): past the limit, a login is refused at once, without hashing.
+A login that carries a valid device token for its account (LoginOk hands one to every
+device) is throttled in a bucket of that token alone, so guesses against an account
+or from an address never lock out its own devices. Accounts changed by ``msgsrv
 user`` in another process reach the hub through the store's poll
 (``_accounts_changed``); a removed account or a new password ends its sessions.
 """
 
 from __future__ import annotations
 
-import collections
 import functools
+import hashlib
 import logging
 import re
+import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from ..protocol import PRE_LOGIN_MAX_FRAME, ErrorCode, Login, LoginOk, Message, Register, RemoteProtocolError
-from ..store import Account, Batch, BatchResult, DeliveredNote, LoginRead
+from ..store import Account, Batch, BatchResult, DeliveredNote, DeviceToken, LoginRead
 from .actions import Action, ConnId, Submit
+from .admission import HASH_SLOTS, LoginQueue, Pending, Throttle
 from .config import HubConfig
 from .session import Session, State
 
@@ -38,6 +46,7 @@ MAX_HELD = 64  #: requests a client may pipeline behind a Login still being chec
 #: User names: 1-32 characters, letters, digits, "_", "." and "-", not starting with
 #: "." or "-". Names are case-insensitive: the hub folds them to lower case.
 NAME_RULE = re.compile(r"[a-z0-9_][a-z0-9_.-]{0,31}")
+TOKEN_LIFETIME_US = 180 * 86400 * 1_000_000  #: a device token is valid for 180 days from its making
 
 
 class Passwords(Protocol):
@@ -53,45 +62,6 @@ class Passwords(Protocol):
     def problem(self, password: str) -> str | None: ...
 
 
-class Throttle:
-    """Failed logins per key (an account, an address) in a sliding window of ``window`` s."""
-
-    def __init__(self, limit: int, window: float) -> None:
-        self.limit, self.window = limit, window
-        self.failures: dict[str, collections.deque[float]] = {}
-        self.reported: dict[str, float] = {}  # key -> end of the blocked stretch already logged
-
-    def wait(self, key: str, now: float) -> float:
-        """Seconds until ``key`` may try again (0: now)."""
-        times = self.failures.get(key)
-        if not times or len(times) < self.limit:
-            return 0.0
-        return max(0.0, times[-self.limit] + self.window - now)
-
-    def fail(self, key: str, now: float) -> None:
-        times = self.failures.setdefault(key, collections.deque(maxlen=self.limit))
-        times.append(now)
-
-    def clear(self, key: str) -> None:
-        self.failures.pop(key, None)
-
-    def first_refusal(self, key: str, now: float, wait: float) -> bool:
-        """True once per blocked stretch of ``key``: the refusal worth a line in the log (an
-        attacker hammering a throttled account must not fill the server window)."""
-        if self.reported.get(key, 0.0) > now:
-            return False
-        self.reported[key] = now + wait
-        return True
-
-    def sweep(self, now: float) -> None:
-        """Forget keys whose failures are all older than the window."""
-        old = now - self.window
-        for key in [k for k, times in self.failures.items() if times[-1] < old]:
-            del self.failures[key]
-        for key in [k for k, until in self.reported.items() if until < now]:
-            del self.reported[key]
-
-
 class Gate:
     """Login, registration and accounts, for ``Engine``."""
 
@@ -99,28 +69,34 @@ class Gate:
     sessions: dict[ConnId, Session]
     online: dict[str, list[Session]]
 
-    def __init__(self, passwords: Passwords, accounts: dict[str, Account]) -> None:
+    def __init__(
+        self, passwords: Passwords, accounts: dict[str, Account], tokens: dict[str, DeviceToken]
+    ) -> None:  # fmt: skip
         self.passwords = passwords
         self.accounts = accounts
+        self.tokens = tokens  #: device token digest -> the token's record (valid for its user)
         self._decoy = passwords.decoy()  # an unknown user's password is checked against this
         cfg = self.config
         self.account_throttle = Throttle(cfg.login_failures_per_account, cfg.login_failure_window)
         self.address_throttle = Throttle(cfg.login_failures_per_address, cfg.login_failure_window)
+        self.token_throttle = Throttle(cfg.login_failures_per_account, cfg.login_failure_window)
         self.registrations = Throttle(cfg.registrations_per_address, 3600.0)  # accounts made per address an hour
-        #: hash job id -> (conn, user, device, request id, the stored hash it was checked against or
-        #: "" for a registration)
-        self._hashing: dict[int, tuple[ConnId, str, str, int, str]] = {}
+        self._queue = LoginQueue(cfg.max_pending_logins)  # waiting for their hash
+        self._hashing: dict[int, tuple[Pending, str]] = {}  # hash job id -> (login, hash checked; "": register)
         self._registering: set[str] = set()  # names whose registration is under way
-        self._unpolled: list[tuple[ConnId, Login | Register]] = []  # logins for the next batch's poll
-        self._polling: list[tuple[ConnId, Login | Register]] = []  # logins in the batch in flight
-        self._login_reads: dict[int, tuple[ConnId, int]] = {}  # LoginRead key -> (conn, request id)
+        self._login_reads: dict[int, tuple[ConnId, int, str]] = {}  # LoginRead key -> (conn, request id, token)
 
     # ---- the requests ----------------------------------------------------------------
 
     def _on_login(self, session: Session, msg: Login, now: float) -> None:
         user = self._valid_name(msg.user, msg.request_id)
-        self._check_throttles(session, user, msg.request_id, now)
-        self._after_poll(session, msg)
+        token = _digest(msg.device_token) if msg.device_token else ""
+        record = self.tokens.get(token)
+        if record is None or record.user != user or record.created_us < self._wall_us(now) - TOKEN_LIFETIME_US:
+            token = ""  # unknown, another account's, or expired: an ordinary login
+        login = Pending(session.conn, msg, user, _host(session.peer), token, self._polls_due())
+        self._check_throttles(session, login, now)
+        self._enqueue(session, login, now)
 
     def _on_register(self, session: Session, msg: Register, now: float) -> None:
         rid = msg.request_id
@@ -134,65 +110,99 @@ class Gate:
             raise RemoteProtocolError(ErrorCode.NAME_TAKEN, f"the name {user!r} is taken", request_id=rid)
         if problem := self.passwords.problem(msg.password):
             raise RemoteProtocolError(ErrorCode.BAD_REQUEST, problem, request_id=rid)
-        self._check_throttles(session, user, rid, now)  # an address that keeps failing cannot register either
+        login = Pending(session.conn, msg, user, _host(session.peer), "", self._polls_due())
+        self._check_throttles(session, login, now)  # an address that keeps failing cannot register either
         if wait := self.registrations.wait(_host(session.peer), now):
             log.warning("registration throttled: %s from %s", user, session.peer)
             raise RemoteProtocolError(
                 ErrorCode.AUTH_THROTTLED, f"too many new accounts from your address: try again in {wait:.0f} s",
                 request_id=rid,
             )  # fmt: skip
-        self._after_poll(session, msg)
+        self._enqueue(session, login, now)
         self._registering.add(user)
 
-    def _after_poll(self, session: Session, msg: Login | Register) -> None:
-        """First, the store's news of accounts (one cheap check when nothing changed), so a
-        login never misses an account `msgsrv user` has just added, changed or removed."""
-        busy = len(self._hashing) + len(self._unpolled) + len(self._polling)
-        if busy >= self.config.max_pending_logins:
+    def _enqueue(self, session: Session, login: Pending, now: float) -> None:
+        """Wait for a hash in the fair queue, after the store's next news of accounts (one
+        cheap check when nothing changed), so a login never misses an account `msgsrv
+        user` has just added, changed or removed."""
+        if (dropped := self._queue.push(login)) is login:
             raise RemoteProtocolError(
-                ErrorCode.RATE_LIMITED, "too many logins at once: try again", request_id=msg.request_id
-            )
-        self._unpolled.append((session.conn, msg))
+                ErrorCode.RATE_LIMITED, "too many logins from your address wait already: try again in a few seconds",
+                request_id=login.msg.request_id,
+            )  # fmt: skip
         self._batch.poll_accounts = True
         session.decoder.max_frame = self.config.max_frame  # requests pipelined behind it may be large
+        if dropped is not None and (other := self.sessions.get(dropped.conn)) is not None:
+            self._registering.discard(dropped.user if isinstance(dropped.msg, Register) else "")
+            busy = "too many logins wait: try again in a few seconds"
+            self._not_logged_in(other, ErrorCode.RATE_LIMITED, busy, dropped.msg.request_id, now)
 
-    def _polled(self, now: float) -> None:
-        """The batch with the accounts' poll is back: hash what waited for it."""
-        waiting, self._polling = self._polling, []
-        for conn, msg in waiting:
-            user = msg.user.lower()
-            session = self.sessions.get(conn)
-            if isinstance(msg, Register):
-                if session is None or session.closing or user in self.accounts:
-                    self._registering.discard(user)
-                    if session is not None:  # `msgsrv user add` took the name meanwhile
-                        taken = f"the name {user!r} is taken"
-                        self._not_logged_in(session, ErrorCode.NAME_TAKEN, taken, msg.request_id, now)
+    def _admit(self, now: float) -> None:
+        """Hash the next logins in turn while slots are free: each one's accounts poll is
+        back and its throttle buckets have room (else it waits; a blocked bucket refuses)."""
+        polled = self._polls_done
+        while len(self._hashing) < HASH_SLOTS:
+            login = self._queue.take(lambda p: p.after <= polled and not self._full(p, now))
+            if login is None:
+                return
+            session = self.sessions.get(login.conn)
+            if session is None or session.closing:
+                if isinstance(login.msg, Register):
+                    self._registering.discard(login.user)
+                continue  # gone while it waited
+            if isinstance(login.msg, Register):
+                if login.user in self.accounts:  # `msgsrv user add` took the name meanwhile
+                    self._registering.discard(login.user)
+                    taken = f"the name {login.user!r} is taken"
+                    self._not_logged_in(session, ErrorCode.NAME_TAKEN, taken, login.msg.request_id, now)
                     continue
-                job: Callable[[], object] = functools.partial(self.passwords.hash, msg.password)
+                job: Callable[[], object] = functools.partial(self.passwords.hash, login.msg.password)
                 checked = ""
-            elif session is None or session.closing:
-                continue
             else:
-                account = self.accounts.get(user)
+                try:  # the failures may have reached the limit while it waited
+                    self._check_throttles(session, login, now)
+                except RemoteProtocolError as exc:
+                    self._not_logged_in(session, exc.code, exc.message, login.msg.request_id, now)
+                    continue
+                account = self.accounts.get(login.user)
                 checked = account.password_hash if account is not None else self._decoy  # the same work either way
-                job = functools.partial(self.passwords.verify, msg.password, checked)
+                job = functools.partial(self.passwords.verify, login.msg.password, checked)
+            for throttle, key in self._buckets(login):
+                throttle.start(key)  # counted from now, not when the hash is done
             job_id = self._new_id()
-            self._hashing[job_id] = (conn, user, msg.device_id, msg.request_id, checked)
+            self._hashing[job_id] = (login, checked)
             self._out.append(Submit(job_id, job, "hash"))
 
-    def _check_throttles(self, session: Session, user: str, rid: int, now: float) -> None:
-        host = _host(session.peer)
-        by_account, by_address = self.account_throttle.wait(user, now), self.address_throttle.wait(host, now)
-        wait = max(by_account, by_address)
+    def _buckets(self, login: Pending) -> list[tuple[Throttle, str]]:
+        """The throttles an attempt counts in: its device token's alone, if it has a valid
+        one (so guesses by others never lock a device out), else its account's and address's."""
+        if login.token:
+            return [(self.token_throttle, login.token)]
+        return [(self.account_throttle, login.user), (self.address_throttle, login.host)]
+
+    def _full(self, login: Pending, now: float) -> bool:
+        """Its buckets have no room for one more attempt now (blocked ones do: to refuse it)."""
+        buckets = self._buckets(login)
+        if any(throttle.wait(key, now) for throttle, key in buckets):
+            return False  # blocked: taken, to be refused at once
+        return any(throttle.full(key, now) for throttle, key in buckets)
+
+    def _check_throttles(self, session: Session, login: Pending, now: float) -> None:
+        """Refuse at once, without a hash, a login whose buckets are blocked."""
+        waits = [(throttle, key, throttle.wait(key, now)) for throttle, key in self._buckets(login)]
+        wait = max(w for _, _, w in waits)
         if wait > 0:
-            first = by_account > 0 and self.account_throttle.first_refusal(user, now, by_account)
-            first |= by_address > 0 and self.address_throttle.first_refusal(host, now, by_address)
+            first = False
+            for throttle, key, w in waits:
+                first |= w > 0 and throttle.first_refusal(key, now, w)
             if first:
-                log.warning("login throttled: %s from %s (%.0f s; more refusals not logged)", user, session.peer, wait)
+                log.warning(
+                    "login throttled: %s from %s (%.0f s; more refusals not logged)", login.user, session.peer, wait
+                )
             raise RemoteProtocolError(
-                ErrorCode.AUTH_THROTTLED, f"too many failed logins: try again in {wait:.0f} s", request_id=rid
-            )
+                ErrorCode.AUTH_THROTTLED, f"too many failed logins: try again in {wait:.0f} s",
+                request_id=login.msg.request_id,
+            )  # fmt: skip
 
     def _valid_name(self, name: str, rid: int) -> str:
         user = name.lower()
@@ -207,43 +217,50 @@ class Gate:
 
     def _hash_done(self, job_id: int, result: object, now: float) -> None:
         """The KDF finished: a login is verified (True/False), a registration hashed (str)."""
-        conn, user, device, rid, checked = self._hashing.pop(job_id)
+        login, checked = self._hashing.pop(job_id)
+        user, rid = login.user, login.msg.request_id
         if not checked:
             self._registering.discard(user)
-        session = self.sessions.get(conn)
+        session = self.sessions.get(login.conn)
+        ok = checked and result is True and (account := self.accounts.get(user)) is not None
+        ok = bool(ok) and account.password_hash == checked  # type: ignore[union-attr]
+        for throttle, bucket in self._buckets(login):
+            throttle.finish(bucket, failed=bool(checked) and not ok, now=now)
+        self._admit(now)  # a slot is free
         if session is None or session.closing:
             return  # gone while we hashed
         if checked:  # a login
-            account = self.accounts.get(user)
-            ok = result is True and account is not None and account.password_hash == checked
             if not ok:
-                return self._auth_failed(session, user, rid, now)
-            self.account_throttle.clear(user)
+                log.warning("auth failed: %s from %s", user, session.peer)
+                return self._not_logged_in(
+                    session, ErrorCode.AUTH_FAILED, "auth failed: wrong user name or password", rid, now
+                )  # fmt: skip
+            self.token_throttle.clear(login.token) if login.token else self.account_throttle.clear(user)
         elif isinstance(result, str):  # a registration
             if user in self.accounts:  # `msgsrv user add` took the name meanwhile
                 return self._not_logged_in(session, ErrorCode.NAME_TAKEN, f"the name {user!r} is taken", rid, now)
-            self.registrations.fail(_host(session.peer), now)  # counted like a failure: per address
+            self.registrations.finish(login.host, failed=True, now=now)  # counted per address, like a failure
             account = Account(user, "student", result, self._wall_us(now))
             self.accounts[user] = account
             self._batch.accounts.append(account)
             log.info("registered %s from %s", user, session.peer)
         else:  # the hash lane raised: a bug
             return self._not_logged_in(session, ErrorCode.INTERNAL, "the login could not be checked", rid, now)
+        token = login.msg.device_token if login.token and isinstance(login.msg, Login) else ""
+        if not token:  # a device new to this account: its token, stored with the login
+            token = secrets.token_hex(16)
+            self._batch.device_tokens.append(DeviceToken(_digest(token), user, self._wall_us(now)))
         key = self._new_id()
-        self._login_reads[key] = (conn, rid)
-        session.user, session.device = user, device  # not online until LoginOk
-        self._batch.logins.append(LoginRead(key, user, device, self.config.new_device_history))
-
-    def _auth_failed(self, session: Session, user: str, rid: int, now: float) -> None:
-        self.account_throttle.fail(user, now)
-        self.address_throttle.fail(_host(session.peer), now)
-        log.warning("auth failed: %s from %s", user, session.peer)
-        self._not_logged_in(session, ErrorCode.AUTH_FAILED, "auth failed: wrong user name or password", rid, now)
+        self._login_reads[key] = (login.conn, rid, token)
+        session.user, session.device = user, login.msg.device_id  # not online until LoginOk
+        self._batch.logins.append(LoginRead(key, user, login.msg.device_id, self.config.new_device_history))
 
     def _logins_done(self, batch: Batch, result: BatchResult, now: float) -> None:
         """The login reads of a batch are back (or failed with it): answer each login."""
+        if result.error is None:
+            self.tokens.update((t.digest, t) for t in batch.device_tokens)
         for login in batch.logins:
-            conn, rid = self._login_reads.pop(login.key)
+            conn, rid, token = self._login_reads.pop(login.key)
             session = self.sessions.get(conn)
             info = result.logins.get(login.key)
             if info is None:  # the batch failed, a registration in it too
@@ -253,17 +270,17 @@ class Gate:
                     session.user = None
                     self._not_logged_in(session, ErrorCode.STORE_FAILED, "the login could not be recorded", rid, now)
             elif session is not None and not session.closing:
-                self._logged_in(session, login.user, info.waiting, rid, now)
+                self._logged_in(session, login.user, info.waiting, rid, token, now)
                 for note in info.receipts:
                     self._delivered_receipt(session, note)
 
-    def _logged_in(self, session: Session, user: str, waiting: int, rid: int, now: float) -> None:
+    def _logged_in(self, session: Session, user: str, waiting: int, rid: int, token: str, now: float) -> None:
         account = self.accounts[user]
         sessions = self.online.setdefault(user, [])
         sessions.append(session)
         session.state = State.READY
         log.info("login %s (#%d from %s, session %d)", user, session.conn, session.peer, len(sessions))
-        self._write(session, LoginOk(self._wall_us(now), user, account.role, waiting, rid))
+        self._write(session, LoginOk(self._wall_us(now), user, account.role, waiting, token, rid))
         if len(sessions) == 1:
             self._broadcast_presence(user, 1, now, skip=session)
         if session.presence:
@@ -304,6 +321,7 @@ class Gate:
             if account is None:
                 self.accounts.pop(name, None)
                 log.warning("account %s removed", name)
+                self._forget_tokens(name)
                 self._end_sessions(name, "your account was removed")
             else:
                 self.accounts[name] = account
@@ -311,9 +329,14 @@ class Gate:
                     log.warning("account %s added (%s)", name, account.role)
                 elif old.password_hash != account.password_hash:
                     log.warning("account %s: password changed", name)
+                    self._forget_tokens(name)  # `msgsrv user passwd` deleted them from the database
                     self._end_sessions(name, "your password was changed: log in again")
                 elif old.role != account.role:
                     log.warning("account %s is now %s", name, account.role)
+
+    def _forget_tokens(self, user: str) -> None:
+        for digest in [d for d, t in self.tokens.items() if t.user == user]:
+            del self.tokens[digest]
 
     def _end_sessions(self, user: str, why: str) -> None:
         for session in [s for s in self.sessions.values() if s.user == user]:  # online, or logging in
@@ -324,8 +347,10 @@ class Gate:
     if TYPE_CHECKING:  # the engine's, used above
         _batch: Batch
         _out: list[Action]
+        _polls_done: int
         subscribers: set[Session]
 
+        def _polls_due(self) -> int: ...
         def _new_id(self) -> int: ...
         def _wall_us(self, now: float) -> int: ...
         def _write(self, session: Session, msg: Message) -> None: ...
@@ -336,6 +361,11 @@ class Gate:
         def _maybe_fetch(self, session: Session) -> None: ...
         def _delivered_receipt(self, session: Session, note: DeliveredNote) -> None: ...
         def _broadcast_presence(self, user: str, online: int, now: float, skip: Session | None = None) -> None: ...
+
+
+def _digest(token: str) -> str:
+    """What the server keeps of a device token: its SHA-256 (a stolen database holds no token)."""
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def _host(peer: str) -> str:

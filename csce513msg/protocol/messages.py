@@ -27,7 +27,9 @@ from .errors import ErrorCode, RemoteProtocolError
 from .frames import Frame, HeaderCodec, encode_frame
 
 VERSION_MAJOR = 1
-VERSION_MINOR = 2  # 1.1: stored receipts, offline delivery, device and client message ids; 1.2: accounts
+#: 1.1: stored receipts, offline delivery, device and client message ids; 1.2: accounts;
+#: 1.3: device tokens, the login and frame deadlines, u64 requests below 2^63
+VERSION_MINOR = 3
 #: the largest value of a u64 field a client may send: every store keeps them as signed
 #: 64-bit integers (SQLite's INTEGER), so 2^63 and above are refused with BAD_REQUEST
 MAX_REQUEST_U64 = 2**63 - 1
@@ -135,7 +137,7 @@ class Hello:
     request_id: int = 0
 
 
-@_message(MsgType.LOGIN, "sss")
+@_message(MsgType.LOGIN, "ssss")
 @dataclass(frozen=True, slots=True)
 class Login:
     """Log in as ``user`` with ``password``, from the client's device (an id it generates
@@ -144,6 +146,7 @@ class Login:
     user: str
     password: str = ""
     device_id: str = ""
+    device_token: str = ""  #: the token an earlier LoginOk gave this device for ``user`` (1.3)
     request_id: int = 0
 
 
@@ -233,7 +236,7 @@ class Welcome:
     request_id: int = 0
 
 
-@_message(MsgType.LOGIN_OK, "QssI")
+@_message(MsgType.LOGIN_OK, "QssIs")
 @dataclass(frozen=True, slots=True)
 class LoginOk:
     """The login (or registration) succeeded; the catch-up deliveries follow."""
@@ -242,6 +245,8 @@ class LoginOk:
     user: str
     role: str = ""  #: "student" or "instructor" (1.2)
     waiting: int = 0  #: messages that arrived for this device while it was away (1.2)
+    #: this device's token for ``user``: keep it (privately) and send it with the next Logins (1.3)
+    device_token: str = ""
     request_id: int = 0
 
 

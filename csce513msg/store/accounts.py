@@ -60,6 +60,7 @@ class AccountBook:
         with self._transaction():
             if not self.db.execute("UPDATE users SET password = ? WHERE name = ?", (password_hash, name)).rowcount:
                 raise AccountError(f"no user {name!r}")
+            self.db.execute("DELETE FROM device_tokens WHERE user = ?", (name,))  # a new password: new devices
 
     def set_role(self, name: str, role: str) -> None:
         if role not in ROLES:
@@ -73,6 +74,7 @@ class AccountBook:
         with self._transaction():
             if not self.db.execute("DELETE FROM users WHERE name = ?", (name,)).rowcount:
                 raise AccountError(f"no user {name!r}")
+            self.db.execute("DELETE FROM device_tokens WHERE user = ?", (name,))
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:

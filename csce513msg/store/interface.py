@@ -41,6 +41,16 @@ class Account:
 
 
 @dataclass(frozen=True, slots=True)
+class DeviceToken:
+    """A device token handed out at a login (OWASP's device cookies): a login presenting it
+    is throttled apart from guesses against the account. Only its digest is kept."""
+
+    digest: str  #: SHA-256 of the token, hex
+    user: str
+    created_us: int  #: wall time it was made; it is valid for a set time from then
+
+
+@dataclass(frozen=True, slots=True)
 class LoginRead:
     """A device logs in: record it (its first login marks where it starts), count the
     messages waiting for it, and read the delivered receipts it missed."""
@@ -128,6 +138,7 @@ class Batch:
     """Everything one loop pass needs from the store."""
 
     accounts: list[Account] = field(default_factory=list)  #: to create (registration over the wire)
+    device_tokens: list[DeviceToken] = field(default_factory=list)  #: made at this batch's logins
     logins: list[LoginRead] = field(default_factory=list)
     messages: list[NewMessage] = field(default_factory=list)
     cursors: dict[tuple[str, str, str], int] = field(default_factory=dict)  #: (user, device, stream) -> pos
@@ -148,14 +159,14 @@ class Batch:
         """Only acknowledgements' bookkeeping (cursors, delivered, notified): nobody waits for
         it, so it may ride with the next batch instead of costing a commit of its own."""
         return not (
-            self.accounts or self.logins or self.messages or self.fetches or self.history
+            self.accounts or self.device_tokens or self.logins or self.messages or self.fetches or self.history
             or self.poll_accounts or self.expire_before_us
         )  # fmt: skip
 
     def __bool__(self) -> bool:
         return bool(
-            self.accounts or self.logins or self.messages or self.cursors or self.delivered or self.notified
-            or self.fetches or self.history or self.poll_accounts or self.expire_before_us
+            self.accounts or self.device_tokens or self.logins or self.messages or self.cursors or self.delivered
+            or self.notified or self.fetches or self.history or self.poll_accounts or self.expire_before_us
         )  # fmt: skip
 
 
@@ -181,6 +192,10 @@ class Store(Protocol):
 
     def load_accounts(self) -> dict[str, Account]:
         """Every account, by name; called once, before the server serves."""
+        ...
+
+    def load_device_tokens(self) -> dict[str, DeviceToken]:
+        """Every device token in force, by digest; called once, before the server serves."""
         ...
 
     def apply(self, batch: Batch) -> BatchResult:

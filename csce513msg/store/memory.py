@@ -13,6 +13,7 @@ from .interface import (
     Batch,
     BatchResult,
     DeliveredNote,
+    DeviceToken,
     Fetch,
     LoginInfo,
     LoginRead,
@@ -36,14 +37,19 @@ class MemoryStore:
         self.notified: dict[tuple[str, str, str], int] = {}  # (sender, device, stream) -> receipts sent
         self.expired: dict[str, int] = {}  # stream -> positions up to this one were deleted (retention)
         self.floors: dict[tuple[str, str], int] = {}  # (sender, device) -> highest client id deleted
+        self.tokens: dict[str, DeviceToken] = {}  # digest -> token
         self.last_id = 0
 
     def load_accounts(self) -> dict[str, Account]:
         return dict(self.accounts)
 
+    def load_device_tokens(self) -> dict[str, DeviceToken]:
+        return dict(self.tokens)
+
     def apply(self, batch: Batch) -> BatchResult:
         for account in batch.accounts:
             self.accounts.setdefault(account.name, account)
+        self.tokens.update((t.digest, t) for t in batch.device_tokens)
         logins = {login.key: self._login(login) for login in batch.logins}
         if batch.expire_before_us:
             self._expire(batch.expire_before_us)

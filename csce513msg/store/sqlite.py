@@ -40,6 +40,7 @@ from .interface import (
     Batch,
     BatchResult,
     DeliveredNote,
+    DeviceToken,
     Fetch,
     LoginInfo,
     LoginRead,
@@ -108,6 +109,11 @@ MIGRATIONS: list[list[str]] = [
         ),
         "DROP TABLE delivered",  # always the highest of the user's cursors on the stream: kept once, there
     ],
+    [  # version 5: device tokens (the SHA-256 of each), so a device's logins are throttled apart
+        """CREATE TABLE device_tokens (digest TEXT PRIMARY KEY, user TEXT NOT NULL, created_us INTEGER NOT NULL)
+            WITHOUT ROWID""",
+        "CREATE INDEX device_tokens_by_user ON device_tokens (user)",
+    ],
 ]
 TAIL_EVERY = 64  #: batches between the writer's own checkpoints of the WAL's tail
 RECENT = 32  #: per stream, the newest messages the writer keeps in memory for delivered receipts
@@ -159,6 +165,10 @@ class SqliteStore:
         self._accounts = read_accounts(self.db)
         return dict(self._accounts)
 
+    def load_device_tokens(self) -> dict[str, DeviceToken]:
+        rows = self.db.execute("SELECT digest, user, created_us FROM device_tokens")
+        return {digest: DeviceToken(digest, user, created) for digest, user, created in rows}
+
     def _poll_accounts(self) -> dict[str, Account | None]:
         """Accounts that another process (``msgsrv user``) changed since the last poll.
         ``data_version`` moves only when another connection commits, so a quiet poll is cheap."""
@@ -204,6 +214,10 @@ class SqliteStore:
             "INSERT INTO users (name, created_us, role, password) VALUES (?, ?, ?, ?)",
             [(a.name, a.created_us, a.role, a.password_hash) for a in batch.accounts],
         )  # a name taken meanwhile by `msgsrv user add` fails the batch: the hub checked its own list
+        db.executemany(
+            "INSERT OR REPLACE INTO device_tokens (digest, user, created_us) VALUES (?, ?, ?)",
+            [(t.digest, t.user, t.created_us) for t in batch.device_tokens],
+        )
         logins = {login.key: self._login(login) for login in batch.logins}
         if batch.expire_before_us:
             self._expire(batch.expire_before_us)

@@ -37,7 +37,8 @@ class Harness:
         config.setdefault("ack_delay", 0.0)  # acks commit at once here, unless a test asks otherwise
         self.store = store or MemoryStore()
         accounts = self.store.load_accounts()  # type: ignore[attr-defined]
-        self.engine = Engine(self.store, HubConfig(**config), WALL_OFFSET, PASSWORDS, accounts)  # type: ignore[arg-type]
+        tokens = self.store.load_device_tokens()  # type: ignore[attr-defined]
+        self.engine = Engine(self.store, HubConfig(**config), WALL_OFFSET, PASSWORDS, accounts, tokens)  # type: ignore[arg-type]
         self.auto_jobs = auto_jobs  # False: jobs wait for run_jobs(), to test every ordering
         self.now = 1000.0
         self.peers: dict[int, Peer] = {}

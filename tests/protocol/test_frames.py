@@ -69,8 +69,14 @@ CASES: list[tuple[Message, bytes]] = [
         bytes.fromhex("00000019850000190000000400010001610001000000020001000a" + b"instructor".hex()),
     ),
     (
-        LoginOk(1, "al", "student", 3, request_id=2),
-        bytes.fromhex("00000019820000190000000200000000000000010002616c0007" + b"student".hex() + "00000003"),
+        LoginOk(1, "al", "student", 3, "t0", request_id=2),  # 1.3: the device token at the end
+        bytes.fromhex(
+            "0000001d8200001d0000000200000000000000010002616c0007" + b"student".hex() + "000000030002" + b"t0".hex()
+        ),
+    ),
+    (
+        Login("al", "pw", "d", "t0", request_id=2),
+        bytes.fromhex("0000000f0200000f000000020002616c000270770001640002" + b"t0".hex()),
     ),
     (
         Register("al", "pw", "d", request_id=2),
@@ -210,8 +216,9 @@ messages = st.one_of(
         st.lists(names, max_size=20).map(tuple),
         u32,
     ),
-    st.builds(LoginOk, u64, names, names, u32, u32),
+    st.builds(LoginOk, u64, names, names, u32, names, u32),
     st.builds(Register, names, names, names, u32),
+    st.builds(Login, names, names, names, names, u32),
     st.builds(Error, st.integers(0, 65535), names, u32),
     st.builds(Ack, u63, names, u32),
     st.builds(History, u63, u32, st.integers(0, 255), names, u32),

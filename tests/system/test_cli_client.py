@@ -194,3 +194,33 @@ def test_history_command_shows_the_conversation(server: object, names: object) -
         assert bob_proc.stdin is not None
         bob_proc.stdin.close()
         bob_proc.wait(timeout=15)
+
+
+def test_msg_keeps_its_device_token_and_logs_in_while_guesses_lock_the_account(
+    server: object, names: object, tmp_path: Path
+) -> None:
+    """Five wrong guesses a minute used to lock the real user out for good; msg now keeps the
+    device token of its first LoginOk (mode 0600) and its logins are throttled apart."""
+    from csce513msg.client import Client, ServerError
+    from csce513msg.protocol import ErrorCode
+    from tests.conformance.wire import PASSWORD
+
+    alice = names("alice")  # type: ignore[operator]
+    env = {**os.environ, "MSG_CONFIG_DIR": str(tmp_path)}
+    first = subprocess.run(msg_cmd(server, alice), input="/who\n", capture_output=True, text=True, timeout=30, env=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    tokens = tmp_path / "tokens.json"
+    assert tokens.stat().st_mode & 0o777 == 0o600
+    (token,) = json.loads(tokens.read_text())[f"{server.host}:{server.port}"].values()  # type: ignore[attr-defined]
+    assert len(token) == 32 and int(token, 16) >= 0
+    for i in range(5):  # someone guesses alice's password
+        with pytest.raises(ServerError):
+            Client.connect(server.host, server.port, user=alice, password=f"guess {i}")  # type: ignore[attr-defined]
+    with pytest.raises(ServerError) as locked:
+        Client.connect(server.host, server.port, user=alice, password=PASSWORD)  # type: ignore[attr-defined]
+    assert locked.value.code == ErrorCode.AUTH_THROTTLED  # without the token: locked out
+    again = subprocess.run(
+        msg_cmd(server, alice, account=False), input="/who\n", capture_output=True, text=True, timeout=30, env=env
+    )
+    assert again.returncode == 0 and "logged in as" in again.stdout, again.stdout + again.stderr
+    assert json.loads(tokens.read_text())[f"{server.host}:{server.port}"][alice] == token  # type: ignore[attr-defined]
