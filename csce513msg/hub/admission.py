@@ -84,7 +84,11 @@ class Throttle:
         if self.hashing[key] <= 0:
             del self.hashing[key]
         if failed:
-            self.failures.setdefault(key, collections.deque(maxlen=self.limit)).append(now)
+            self.record(key, now)
+
+    def record(self, key: str, now: float) -> None:
+        """Count one event against ``key`` (a failure; for registrations, an account made)."""
+        self.failures.setdefault(key, collections.deque(maxlen=self.limit)).append(now)
 
     def clear(self, key: str) -> None:
         self.failures.pop(key, None)

@@ -82,7 +82,7 @@ class Gate:
         self.token_throttle = Throttle(cfg.login_failures_per_account, cfg.login_failure_window)
         self.registrations = Throttle(cfg.registrations_per_address, 3600.0)  # accounts made per address an hour
         self._queue = LoginQueue(cfg.max_pending_logins)  # waiting for their hash
-        self._hashing: dict[int, tuple[Pending, str]] = {}  # hash job id -> (login, hash checked; "": register)
+        self._hashing: dict[int, tuple[Pending, str]] = {}  # hash job id -> (login, the hash it is checked against)
         self._registering: set[str] = set()  # names whose registration is under way
         self._login_reads: dict[int, tuple[ConnId, int, str]] = {}  # LoginRead key -> (conn, request id, token)
 
@@ -219,17 +219,18 @@ class Gate:
         """The KDF finished: a login is verified (True/False), a registration hashed (str)."""
         login, checked = self._hashing.pop(job_id)
         user, rid = login.user, login.msg.request_id
-        if not checked:
+        registering = isinstance(login.msg, Register)
+        if registering:
             self._registering.discard(user)
         session = self.sessions.get(login.conn)
-        ok = checked and result is True and (account := self.accounts.get(user)) is not None
-        ok = bool(ok) and account.password_hash == checked  # type: ignore[union-attr]
+        account = self.accounts.get(user)  # checked against an empty hash (no password set): never ok
+        ok = not registering and result is True and account is not None and account.password_hash == checked
         for throttle, bucket in self._buckets(login):
-            throttle.finish(bucket, failed=bool(checked) and not ok, now=now)
+            throttle.finish(bucket, failed=not registering and not ok, now=now)
         self._admit(now)  # a slot is free
         if session is None or session.closing:
             return  # gone while we hashed
-        if checked:  # a login
+        if not registering:
             if not ok:
                 log.warning("auth failed: %s from %s", user, session.peer)
                 return self._not_logged_in(
@@ -239,7 +240,7 @@ class Gate:
         elif isinstance(result, str):  # a registration
             if user in self.accounts:  # `msgsrv user add` took the name meanwhile
                 return self._not_logged_in(session, ErrorCode.NAME_TAKEN, f"the name {user!r} is taken", rid, now)
-            self.registrations.finish(login.host, failed=True, now=now)  # counted per address, like a failure
+            self.registrations.record(login.host, now)  # accounts made per address
             account = Account(user, "student", result, self._wall_us(now))
             self.accounts[user] = account
             self._batch.accounts.append(account)

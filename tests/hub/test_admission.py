@@ -4,6 +4,7 @@ longest line pay. Jobs run when the test says, so every ordering can be reached.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from csce513msg.hub.admission import HASH_SLOTS
@@ -148,3 +149,15 @@ def test_tokens_survive_a_restart_and_a_new_password_revokes_them(tmp_path: Path
     attempt(again, "alice", "guess", "10.2.0.2")
     again.settle()
     assert codes(attempt(again, "alice", PASSWORD, "10.0.0.9", token)) == [ErrorCode.AUTH_THROTTLED]
+
+
+def test_an_account_without_a_password_is_an_auth_failure_not_a_bug() -> None:
+    """A version-1 user has no password until `msgsrv user passwd`: an empty hash, which
+    once made the check look like a registration and answer INTERNAL (telling an attacker
+    the account exists)."""
+    h = Harness()
+    h.account("old")
+    h.engine.accounts["old"] = dataclasses.replace(h.engine.accounts["old"], password_hash="")
+    peer = attempt(h, "old", "anything", "10.0.0.1")
+    h.settle()
+    assert codes(peer) == codes(attempt(h, "nobody", "anything", "10.0.0.2")) == [ErrorCode.AUTH_FAILED]
