@@ -27,7 +27,7 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
-from ..protocol import ErrorCode, Login, LoginOk, Message, Register, RemoteProtocolError
+from ..protocol import WAITING_CAP, ErrorCode, Login, LoginOk, Message, Register, RemoteProtocolError
 from ..store import Account, Batch, BatchResult, DeliveredNote, LoginRead
 from .actions import Action, ConnId, Submit
 from .config import HubConfig
@@ -231,7 +231,7 @@ class Gate:
         key = self._new_id()
         self._login_reads[key] = (conn, rid)
         session.user, session.device = user, device  # not online until LoginOk
-        self._batch.logins.append(LoginRead(key, user, device, self.config.new_device_history))
+        self._batch.logins.append(LoginRead(key, user, device, self.config.new_device_history, WAITING_CAP))
 
     def _auth_failed(self, session: Session, user: str, rid: int, now: float) -> None:
         self.account_throttle.fail(user, now)

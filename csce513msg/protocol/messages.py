@@ -28,6 +28,9 @@ from .frames import Frame, HeaderCodec, encode_frame
 
 VERSION_MAJOR = 1
 VERSION_MINOR = 2  # 1.1: stored receipts, offline delivery, device and client message ids; 1.2: accounts
+#: LoginOk.waiting counts up to this: the value means "this many or more" (show "1000+").
+#: Counting further would cost the server a read of the whole backlog at every login.
+WAITING_CAP = 1000
 
 
 class MsgType(enum.IntEnum):
@@ -231,7 +234,7 @@ class LoginOk:
     time_us: int  #: server wall time, microseconds since the Unix epoch
     user: str
     role: str = ""  #: "student" or "instructor" (1.2)
-    waiting: int = 0  #: messages that arrived for this device while it was away (1.2)
+    waiting: int = 0  #: messages that arrived for this device while it was away, up to WAITING_CAP (1.2)
     request_id: int = 0
 
 
