@@ -34,3 +34,10 @@ def test_protocol_doc_lists_every_error_code() -> None:
     doc = (ROOT / "docs" / "protocol.md").read_text()
     for code in ErrorCode:
         assert f"| {code.value} | `{code.name}` |" in doc
+
+
+def test_protocol_doc_states_the_cap_on_the_waiting_count() -> None:
+    from csce513msg.protocol import WAITING_CAP
+
+    doc = (ROOT / "docs" / "protocol.md").read_text()
+    assert f"counts\n  no further than **{WAITING_CAP}**" in doc

@@ -27,9 +27,9 @@ from ..backends.tls import TlsEngine, server_context
 from ..crypto.certs import ensure_certificate, fingerprint_of_pem
 from ..crypto.passwords import COSTS, Scrypt
 from ..hub import Engine, EngineAPI, HubConfig, Visibility
-from ..paths import default_data_dir
+from ..paths import DATABASE, default_data_dir, private_data_dir
 from ..store import MemoryStore, Store
-from ..store.sqlite import SqliteStore
+from ..store.sqlite import SqliteStore, database_problem
 from . import stats as live_stats
 from .users import user_app
 
@@ -185,15 +185,22 @@ def _passwords(kdf_cost: str, loopback: bool) -> Scrypt:
 
 
 def _open_store(data_dir: Path, durability: str, checkpoint_interval: float) -> Store:
-    """The embedded default: SQLite in the data directory, created on first start."""
+    """The embedded default: SQLite in the data directory, created on first start.
+
+    The directory and its files become the owner's only (umask 077 from here on: the
+    TLS files made after this too). A database that is damaged, empty, or beside a WAL
+    not its own is refused here, before serving, with what to do (exit status 2)."""
     if durability == "memory":
         print("store: in memory (--durability memory): nothing survives a restart", flush=True)
         return MemoryStore()
     if durability not in ("full", "normal"):
         _fail(f"unknown durability {durability!r}: choose full, normal or memory")
-    path = data_dir / "csce513msg.db"
+    path = data_dir / DATABASE
     try:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        for note in private_data_dir(data_dir):
+            logging.getLogger("csce513msg").warning("data directory: %s", note)
+        if problem := database_problem(path):
+            _fail(f"will not start on this database: {problem}")
         store = SqliteStore(path, durability, checkpoint_interval)
     except (OSError, sqlite3.Error) as exc:
         _fail(f"cannot open the database {path}: {exc}")

@@ -22,8 +22,9 @@ import typer
 
 from ..crypto.passwords import COSTS, KdfCost, hash_password, password_problem
 from ..hub import NAME_RULE
-from ..paths import default_data_dir
+from ..paths import DATABASE, default_data_dir, private_data_dir
 from ..store.accounts import AccountBook, AccountError
+from ..store.sqlite import database_problem
 
 user_app = typer.Typer(add_completion=False, help="Manage accounts: add, list, passwd, role, remove.")
 
@@ -93,9 +94,12 @@ class _book:
     """An AccountBook for the data directory, turning its errors into messages and status 1."""
 
     def __init__(self, data_dir: Path | None) -> None:
-        path = (data_dir or default_data_dir()) / "csce513msg.db"
+        path = (data_dir or default_data_dir()) / DATABASE
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            for note in private_data_dir(path.parent):  # as the server does: this may create the database
+                typer.echo(f"msgsrv user: {note}", err=True)
+            if problem := database_problem(path):
+                _fail(problem, 2)
             self.book = AccountBook(path)
         except (OSError, sqlite3.Error) as exc:
             _fail(f"cannot open the database {path}: {exc}", 2)

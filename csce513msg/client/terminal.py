@@ -44,6 +44,7 @@ from typing import TextIO
 
 from ..paths import client_config_dir
 from ..protocol import (
+    WAITING_CAP,
     Deliver,
     Error,
     ErrorCode,
@@ -90,6 +91,14 @@ class Terminal:
 
 def _clock(time_us: int) -> str:
     return datetime.fromtimestamp(time_us / 1e6).strftime("%H:%M:%S")
+
+
+def _count_waiting(waiting: int) -> str:
+    """LoginOk.waiting in words: the server counts no further than WAITING_CAP, so that
+    value means "that many or more" (docs/protocol.md, LoginOk)."""
+    if waiting >= WAITING_CAP:
+        return f"{WAITING_CAP}+ messages"
+    return f"{waiting} message" + ("" if waiting == 1 else "s")
 
 
 def _code_name(code: int) -> str:
@@ -193,10 +202,11 @@ class ChatClient:
             sessions = dict(zip(msg.users, msg.sessions, strict=False))
             t.show("online: " + ", ".join(names), event="who", users=list(msg.users), sessions=sessions)
         elif isinstance(msg, LoginOk):
-            away = f"; {msg.waiting} messages arrived while you were away" if msg.waiting else ""
+            away = f"; {_count_waiting(msg.waiting)} arrived while you were away" if msg.waiting else ""
             t.show(
                 f"logged in as {msg.user} ({msg.role or 'student'}){away}; /help for commands",
                 event="login", user=msg.user, role=msg.role, waiting=msg.waiting,
+                waiting_or_more=msg.waiting >= WAITING_CAP,
             )  # fmt: skip
         elif isinstance(msg, Welcome):
             t.show(

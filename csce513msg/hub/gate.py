@@ -34,7 +34,16 @@ import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
-from ..protocol import PRE_LOGIN_MAX_FRAME, ErrorCode, Login, LoginOk, Message, Register, RemoteProtocolError
+from ..protocol import (
+    PRE_LOGIN_MAX_FRAME,
+    WAITING_CAP,
+    ErrorCode,
+    Login,
+    LoginOk,
+    Message,
+    Register,
+    RemoteProtocolError,
+)
 from ..store import Account, Batch, BatchResult, DeliveredNote, DeviceToken, LoginRead
 from .actions import Action, ConnId, Submit
 from .admission import HASH_SLOTS, LoginQueue, Pending, Throttle
@@ -254,7 +263,9 @@ class Gate:
         key = self._new_id()
         self._login_reads[key] = (login.conn, rid, token)
         session.user, session.device = user, login.msg.device_id  # not online until LoginOk
-        self._batch.logins.append(LoginRead(key, user, login.msg.device_id, self.config.new_device_history))
+        self._batch.logins.append(
+            LoginRead(key, user, login.msg.device_id, self.config.new_device_history, WAITING_CAP)
+        )
 
     def _logins_done(self, batch: Batch, result: BatchResult, now: float) -> None:
         """The login reads of a batch are back (or failed with it): answer each login."""

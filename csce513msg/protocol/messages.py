@@ -37,6 +37,9 @@ MAX_REQUEST_U64 = 2**63 - 1
 #: Login, Register and Ping need far less): a connection nobody has vouched for cannot
 #: make the server hold ``max_frame`` bytes of a half-sent frame
 PRE_LOGIN_MAX_FRAME = 4096
+#: LoginOk.waiting counts up to this: the value means "this many or more" (show "1000+").
+#: Counting further would cost the server a read of the whole backlog at every login.
+WAITING_CAP = 1000
 
 
 class MsgType(enum.IntEnum):
@@ -244,7 +247,7 @@ class LoginOk:
     time_us: int  #: server wall time, microseconds since the Unix epoch
     user: str
     role: str = ""  #: "student" or "instructor" (1.2)
-    waiting: int = 0  #: messages that arrived for this device while it was away (1.2)
+    waiting: int = 0  #: messages that arrived for this device while it was away, up to WAITING_CAP (1.2)
     #: this device's token for ``user``: keep it (privately) and send it with the next Logins (1.3)
     device_token: str = ""
     request_id: int = 0

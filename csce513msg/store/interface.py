@@ -53,19 +53,22 @@ class DeviceToken:
 @dataclass(frozen=True, slots=True)
 class LoginRead:
     """A device logs in: record it (its first login marks where it starts), count the
-    messages waiting for it, and read the delivered receipts it missed."""
+    messages waiting for it (up to ``count_up_to``), and read the delivered receipts it missed."""
 
     key: int
     user: str
     device: str
     new_device_history: int  #: as in ``Fetch``
+    #: count no further (the protocol's cap on LoginOk.waiting): a login costs what it
+    #: reports, not the length of a backlog
+    count_up_to: int
 
 
 @dataclass(frozen=True, slots=True)
 class LoginInfo:
     """What the store knows of a device that logs in."""
 
-    waiting: int  #: messages its catch-up will deliver
+    waiting: int  #: messages its catch-up will deliver, at most ``LoginRead.count_up_to``
     receipts: list[DeliveredNote]  #: delivered receipts it has not been sent yet
 
 

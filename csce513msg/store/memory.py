@@ -6,7 +6,10 @@ Message ids are microseconds of server wall time, bumped on collision.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
+import heapq
+import itertools
 
 from .interface import (
     Account,
@@ -70,8 +73,8 @@ class MemoryStore:
 
     def _login(self, login: LoginRead) -> LoginInfo:
         self.devices.setdefault((login.user, login.device), self.last_id)
-        waiting = len(self._fetch(Fetch(0, login.user, login.device, 2**62, login.new_device_history)))
-        return LoginInfo(waiting, self._receipts(login.user, login.device))
+        fetch = Fetch(0, login.user, login.device, login.count_up_to, login.new_device_history)
+        return LoginInfo(len(self._fetch(fetch)), self._receipts(login.user, login.device))
 
     def _expire(self, before_us: int) -> None:
         for key, m in list(self.keys.items()):
@@ -120,24 +123,21 @@ class MemoryStore:
         return msg
 
     def _fetch(self, f: Fetch) -> list[StoredMessage]:
-        found: list[StoredMessage] = []
-        for name in sorted(self.members.get(f.user, ())):
+        """As SQLite does it: each stream from where the device stands, lazily, merged by id."""
+        since = self.devices.get((f.user, f.device), self.last_id)
+        ranges = []
+        for name in self.members.get(f.user, ()):
             stream = self.streams[name]
-            cursor = self.cursors.get((f.user, f.device, name))
-            since = self.devices.get((f.user, f.device), self.last_id)
-            start = max(cursor or 0, self.expired.get(name, 0))  # position p is at index p - 1
-            found += [
-                m
-                for m in stream[start:]
-                if not (m.sender == f.user and m.device == f.device)
-                and (
-                    m.position > cursor
-                    if cursor is not None
-                    else (m.message_id > since or m.position > len(stream) - f.new_device_history)
-                )
-            ]
-        found.sort(key=lambda m: m.message_id)
-        return found[: f.limit]
+            start = self.cursors.get((f.user, f.device, name))  # position p is at index p - 1
+            if start is None:  # new to this device: after its first login, and at least the last few
+                seen = bisect.bisect_right(stream, since, key=lambda m: m.message_id)  # ids grow with positions
+                start = min(len(stream) - f.new_device_history, seen)
+            start = max(start, self.expired.get(name, 0))
+            ranges.append(map(stream.__getitem__, range(start, len(stream))))
+        found = (
+            m for m in heapq.merge(*ranges, key=lambda m: m.message_id) if (m.sender, m.device) != (f.user, f.device)
+        )
+        return list(itertools.islice(found, f.limit))
 
 
 def _note(m: StoredMessage) -> DeliveredNote:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from csce513msg.protocol import (
+    WAITING_CAP,
     Deliver,
     Error,
     ErrorCode,
@@ -147,6 +148,20 @@ def test_login_ok_counts_the_messages_that_waited() -> None:
     h.pump()
     bob = h.connect("bob")
     assert bob.of(LoginOk)[0].waiting == 3 and len(bob.of(Deliver)) == 3  # type: ignore[attr-defined]
+
+
+def test_login_ok_counts_the_waiting_messages_up_to_the_cap() -> None:
+    """A count costs what it counts (issue 9): past WAITING_CAP, LoginOk says "that many
+    or more", and the catch-up still delivers everything."""
+    h = Harness(rate=1e6, burst=10**6)
+    h.drop(h.connect("bob"))  # bob's device was here before: everything after is news to it
+    alice = h.connect("alice")
+    for i in range(WAITING_CAP + 5):
+        alice.session.send_text("bob", str(i))
+    h.pump()
+    bob = h.connect("bob")
+    assert bob.of(LoginOk)[0].waiting == WAITING_CAP  # type: ignore[attr-defined]
+    assert len(bob.of(Deliver)) == WAITING_CAP + 5  # the session acknowledges each window as it comes
 
 
 def test_a_connection_gone_while_its_password_is_hashed() -> None:

@@ -53,7 +53,8 @@ def test_same_rules_as_the_memory_store(tmp_path: Path) -> None:
         assert [m.position for m in result.fetched[9]] == [3, 4, 5]  # after the cursor, limited
         new_device = store.apply(Batch(fetches=[Fetch(1, "b", "new", 100, 2)])).fetched[1]
         assert [m.position for m in new_device] == [6, 7]  # a new device starts 2 back
-        logins = store.apply(Batch(logins=[LoginRead(4, "b", "bd", 100), LoginRead(5, "a", "new", 3)])).logins
+        reads = [LoginRead(4, "b", "bd", 100, 1000), LoginRead(5, "a", "new", 3, 1000)]
+        logins = store.apply(Batch(logins=reads)).logins
         assert logins[4].waiting == 5  # positions 3-7, as the fetch would deliver them
         assert logins[5].waiting == 3  # a new device of a: the last 3, though a sent them (from device "d")
 
@@ -160,7 +161,7 @@ def test_retention_expires_the_same_way_in_both_stores(tmp_path: Path) -> None:
 
     for store in (MemoryStore(), SqliteStore(tmp_path / "db", checkpoint_interval=0)):
         old = [msg("a", "b", bytes([i]), client_id=i + 1, time_us=1000 + i) for i in range(3)]
-        store.apply(Batch(logins=[LoginRead(1, "a", "d", 100)], messages=old))
+        store.apply(Batch(logins=[LoginRead(1, "a", "d", 100, 1000)], messages=old))
         new = msg("a", "b", b"new", client_id=10, time_us=5000)
         result = store.apply(Batch(expire_before_us=2000, messages=[new, old[1]]))
         assert result.stored[0].position == 4  # type: ignore[union-attr]  # positions are never reused
@@ -233,14 +234,14 @@ def test_positions_are_never_reused_after_every_message_expired(tmp_path: Path) 
 
 def test_missed_delivered_receipts_come_at_login_from_the_other_members_cursors(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "db", checkpoint_interval=0)
-    store.apply(Batch(logins=[LoginRead(1, "a", "laptop", 100)]))
+    store.apply(Batch(logins=[LoginRead(1, "a", "laptop", 100, 1000)]))
     store.apply(Batch(messages=[msg("a", "b", b"1", device="laptop"), msg("a", "b", b"2", device="laptop")]))
     store.apply(Batch(cursors={("b", "phone", "dm:a,b"): 1}, delivered={("dm:a,b", "b"): 1}))
     store.apply(Batch(cursors={("a", "laptop", "dm:a,b"): 2}))  # a's own cursor is not b's delivery
-    first = store.apply(Batch(logins=[LoginRead(2, "a", "laptop", 100)])).logins[2]
+    first = store.apply(Batch(logins=[LoginRead(2, "a", "laptop", 100, 1000)])).logins[2]
     assert [(n.sender, n.position) for n in first.receipts] == [("a", 1)]
     store.apply(Batch(cursors={("b", "tablet", "dm:a,b"): 2}, delivered={("dm:a,b", "b"): 2}))
-    again = store.apply(Batch(logins=[LoginRead(3, "a", "laptop", 100)])).logins[3]
+    again = store.apply(Batch(logins=[LoginRead(3, "a", "laptop", 100, 1000)])).logins[3]
     assert [n.position for n in again.receipts] == [2]  # 1 was told already (notified)
     store.close()
 
@@ -268,3 +269,81 @@ def test_the_writer_s_caches_start_over_past_their_bound_and_answers_stay_right(
         answers.append(got)
     assert answers[0] == answers[1]
     assert [len(notes) for notes in answers[0]] == [7, 7, 7]  # a's 5 messages, and the 2 replies
+
+
+def test_catch_up_is_the_same_in_both_stores_across_streams_and_devices(tmp_path: Path) -> None:
+    """Catch-up reads each stream from where the device stands and merges the streams by
+    id: a cursor, no cursor (after the device's first login, which here falls inside a
+    stream), the own-device filter, a new device's history, and the cap on the count."""
+    answers = []
+    for store in (MemoryStore(), SqliteStore(tmp_path / "db", checkpoint_interval=0)):
+        t = iter(range(1000, 2000))
+        store.apply(Batch(messages=[msg("a", "b", b"ab1", time_us=next(t)), msg("c", "b", b"cb1", time_us=next(t))]))
+        store.apply(Batch(logins=[LoginRead(1, "b", "old", 100, 1000)]))  # "old" starts here
+        later = [msg(s, "b", f"{s}b{i}".encode(), time_us=next(t)) for i in (2, 3) for s in ("a", "c")]
+        later.append(msg("b", "a", b"ba", device="old", time_us=next(t)))  # from "old" itself
+        store.apply(Batch(messages=later, cursors={("b", "acked", "dm:a,b"): 2}))
+        got = []
+        for device, limit, history in [("old", 10, 0), ("old", 2, 0), ("acked", 10, 2), ("new", 10, 1)]:
+            fetched = store.apply(Batch(fetches=[Fetch(1, "b", device, limit, history)])).fetched[1]
+            got.append([m.body for m in fetched])
+        counts = store.apply(Batch(logins=[LoginRead(2, "b", "old", 100, 3), LoginRead(3, "b", "new", 1, 1000)]))
+        got.append([counts.logins[2].waiting, counts.logins[3].waiting])
+        answers.append(got)
+    assert answers[0] == answers[1]
+    assert answers[0] == [
+        [b"ab2", b"cb2", b"ab3", b"cb3"],  # after its first login, both streams by id, not its own "ba"
+        [b"ab2", b"cb2"],
+        [b"cb2", b"ab3", b"cb3", b"ba"],  # a-b after the cursor; c-b (no cursor) its last 2
+        [b"cb3", b"ba"],  # a new device: the last message of each stream
+        [3, 2],  # "old" has 4 waiting: counted up to 3
+    ]
+
+
+def _vm_steps(store: SqliteStore, batch: Batch) -> int:
+    """SQLite virtual machine steps (in hundreds) to apply ``batch``: the work, not the time."""
+    steps = 0
+
+    def tick() -> int:
+        nonlocal steps
+        steps += 1
+        return 0  # go on
+
+    store.db.set_progress_handler(tick, 100)
+    try:
+        store.apply(batch)
+    finally:
+        store.db.set_progress_handler(None, 100)
+    return steps
+
+
+def test_a_login_and_a_catch_up_cost_what_they_return_not_the_backlog(tmp_path: Path) -> None:
+    """Issue 9: a user with 50,000 unacknowledged messages logging in over and over raised
+    everyone's latency 172x: the count of waiting messages and the catch-up read (and
+    sorted) the whole backlog, on the storage thread everyone shares. Now a backlog ten
+    times longer costs the same work, counted in SQLite VM steps (not in time): bob's
+    phone (no cursor on the stream) and tablet (a cursor), their logins and fetches. His
+    missed delivered receipts (alice's phone read all she sent) are looked for once."""
+    stream = "dm:alice,bob"
+    costs, answers = {}, {}
+    for backlog in (5_000, 50_000):
+        store = SqliteStore(tmp_path / f"{backlog}.db", checkpoint_interval=0)
+        store.apply(Batch(logins=[LoginRead(1, "bob", "phone", 100, 1000), LoginRead(2, "bob", "tablet", 100, 1000)]))
+        for start in range(0, backlog, 1000):
+            store.apply(Batch(messages=[msg("alice", "bob", b"x" * 100, time_us=start + i) for i in range(1000)]))
+        store.apply(Batch(cursors={("bob", "tablet", stream): 1, ("alice", "phone", stream): backlog}))
+        store.apply(Batch(logins=[LoginRead(3, "bob", "phone", 100, 1000), LoginRead(4, "bob", "tablet", 100, 1000)]))
+        logins = [LoginRead(5, "bob", "phone", 100, 1000), LoginRead(6, "bob", "tablet", 100, 1000)]
+        costs[backlog] = {
+            "login, no cursor": _vm_steps(store, Batch(logins=logins[:1])),
+            "login, cursor": _vm_steps(store, Batch(logins=logins[1:])),
+            "fetch, no cursor": _vm_steps(store, Batch(fetches=[Fetch(8, "bob", "phone", 64, 100)])),
+            "fetch, cursor": _vm_steps(store, Batch(fetches=[Fetch(9, "bob", "tablet", 64, 100)])),
+        }
+        waiting = [info.waiting for info in store.apply(Batch(logins=logins)).logins.values()]
+        fetched = store.apply(Batch(fetches=[Fetch(7, "bob", "tablet", 64, 100)])).fetched[7]
+        answers[backlog] = (waiting, [m.position for m in fetched])
+        store.close()
+    for what, small in costs[5_000].items():
+        assert costs[50_000][what] <= small * 1.25 + 2, costs  # was 10x: 1,052 -> 10,502 for a login
+    assert answers[5_000] == answers[50_000] == ([1000, 1000], list(range(2, 66)))  # the count is capped
