@@ -110,7 +110,7 @@ def _counts(answers: list[Message | None]) -> dict[str, int]:
 
 @probe("u64")
 def u64(tree: Path | None, backend: str) -> dict[str, Any]:
-    """a u64 of 2^63 in a Send or History, amid 10 conversations: messages lost"""
+    """a u64 of 2^63 in a Send or History, amid 15 conversations: messages lost"""
     server = Server(tree, backend, "--rate", "100000", "--burst", "100000")
     try:
         senders = [Conn(server.port) for _ in range(10)]
@@ -118,20 +118,27 @@ def u64(tree: Path | None, backend: str) -> dict[str, Any]:
         for i, (s, r) in enumerate(zip(senders, receivers, strict=True)):
             r.login(f"b{i}", register=True, device="rd")
             s.login(f"a{i}", register=True, device="sd")
+        for i in range(5):  # offline recipients of conversations that start beside the bad value
+            Conn(server.port).login(f"d{i}", register=True, device="dd")
+        starters = [Conn(server.port) for _ in range(5)]
+        for i, c in enumerate(starters):
+            c.login(f"c{i}", register=True, device="cd")
         mallory = Conn(server.port)
         mallory.login("mallory", register=True, device="md")
+        bad = [Send(1, 0, 2**63, "b0", b"big id", request_id=3), History(2**64 - 1, 10, 1, "b1", request_id=4)]
         for round_ in range(6):
             for i, s in enumerate(senders):
                 s.send(*[Send(1, 0, round_ * 100 + k + 1, f"b{i}", b"m%d" % k, request_id=10 + k) for k in range(5)])
+            if round_ >= 2:
+                for i, c in enumerate(starters):
+                    c.send(Send(1, 0, round_ + 1, f"d{i}", b"to an offline user", request_id=20))
             if round_ == 2:
-                mallory.send(
-                    Send(1, 0, 2**63, "b0", b"big id", request_id=3), History(2**64 - 1, 10, 1, "b1", request_id=4)
-                )
+                mallory.send(*bad)
             time.sleep(0.05)
         stored: set[int] = set()
         refused = 0
-        for s in senders:
-            for _ in range(30):
+        for s in [*senders, *starters]:
+            for _ in range(30 if s in senders else 4):
                 reply = s.recv(timeout=10)
                 if isinstance(reply, Receipt):
                     stored.add(reply.message_id)
@@ -142,15 +149,16 @@ def u64(tree: Path | None, backend: str) -> dict[str, Any]:
         for r in receivers:
             r.close()
         delivered: set[int] = set()
-        for i in range(10):  # each receiver comes back: the catch-up brings what was not live
+        returning = [(f"b{i}", "rd") for i in range(10)] + [(f"d{i}", "dd") for i in range(5)]
+        for name, device in returning:  # each recipient comes back: the catch-up brings what was not live
             back = Conn(server.port)
-            back.login(f"b{i}", device="rd")
+            back.login(name, device=device)
             while (m := back.recv(timeout=1.0)) is not None:
                 if isinstance(m, Deliver):
                     delivered.add(m.message_id)
             back.close()
         return {
-            "sent": 300, "stored": len(stored), "refused": refused, "lost": len(stored - delivered),
+            "sent": 320, "stored": len(stored), "refused": refused, "lost": len(stored - delivered),
             "mallory": mallory_replies,
         }  # fmt: skip
     finally:
