@@ -66,19 +66,22 @@ class FrameDecoder:
     Call ``feed(data)`` with whatever arrived and iterate over what it returns.
     A malformed prefix or a declared length over ``max_frame`` raises a fatal
     ``RemoteProtocolError`` at the point in the stream where it occurs, after the
-    good frames before it; the decoder is then broken and raises again on reuse.
+    good frames before it; the decoder is then broken, raises again on reuse, and
+    holds nothing: what was buffered is dropped, and the error it raises again is a
+    new one (a stored exception would keep the traceback of the first raise, and with
+    it the bytes that caused it, as long as the connection takes to close).
     """
 
     def __init__(self, max_frame: int) -> None:
         """Args: max_frame: the largest ``length`` (header + body) accepted."""
         self.max_frame = max_frame
         self._buf = bytearray()
-        self._error: RemoteProtocolError | None = None
+        self._error: tuple[ErrorCode, str] | None = None  # (code, message) once broken
 
     def feed(self, data: bytes) -> Iterator[Frame]:
         """Take bytes from the stream; return an iterator over the complete frames."""
         if self._error is not None:
-            raise self._error
+            raise RemoteProtocolError(*self._error, fatal=True)
         self._buf += data
         return self._frames()
 
@@ -114,17 +117,15 @@ class FrameDecoder:
     def _check(self, length: int, hlen: int) -> None:
         if length > self.max_frame:
             hint = " (a TLS client on a plaintext port?)" if length >> 16 == 0x1603 else ""
-            self._error = RemoteProtocolError(
+            self._error = (
                 ErrorCode.FRAME_TOO_LARGE,
                 f"frame of {length} bytes is over the limit of {self.max_frame}{hint}",
-                fatal=True,
             )
         elif hlen > length:
-            self._error = RemoteProtocolError(
-                ErrorCode.BAD_FRAME, f"header length {hlen} exceeds frame length {length}", fatal=True
-            )
+            self._error = ErrorCode.BAD_FRAME, f"header length {hlen} exceeds frame length {length}"
         if self._error is not None:
-            raise self._error
+            self._buf.clear()  # the stream is broken: nothing after this will be decoded
+            raise RemoteProtocolError(*self._error, fatal=True)
 
 
 class HeaderCodec:
