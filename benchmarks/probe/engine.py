@@ -326,19 +326,19 @@ def partial_frames(tree: Path | None, backend: str) -> dict[str, Any]:
             conns.append(sock)
         time.sleep(3)
         peak = server.sample()
-        for sock in conns:
-            sock.settimeout(0.5)
+        for sock in conns:  # what each has been told by now, without waiting
+            sock.setblocking(False)
+            data = b""
             try:
-                data = b""
                 while chunk := sock.recv(65536):
                     data += chunk
-                refused += b"over the limit" in data or not chunk
-            except (TimeoutError, ConnectionResetError):
+            except (BlockingIOError, ConnectionResetError):
                 pass
+            refused += b"over the limit" in data
         return {
             "rss_before_mib": round(base.rss_kib / 1024, 1),
             "rss_growth_mib": round((peak.rss_kib - base.rss_kib) / 1024, 1),
-            "closed_by_server": refused,
+            "refused_frame_too_large": refused,
         }
     finally:
         for sock in conns:
