@@ -188,8 +188,8 @@ class Engine(Gate, Mailroom):
                 self._batch.expire_before_us = self._wall_us(now - self.config.retention_days * 86400)
                 self._next_expiry = now + EXPIRY_INTERVAL
             self._next_poll = now + self.config.account_poll if self.sessions else None
-            self.account_throttle.sweep(now)
-            self.address_throttle.sweep(now)
+            for throttle in (self.account_throttle, self.address_throttle, self.token_throttle):
+                throttle.sweep(now)
             self.registrations.sweep(now)
         if self._next_sweep is None or now < self._next_sweep:
             return self._take()

@@ -141,8 +141,11 @@ class Gate:
             )  # fmt: skip
         self._batch.poll_accounts = True
         session.decoder.max_frame = self.config.max_frame  # requests pipelined behind it may be large
-        if dropped is not None and (other := self.sessions.get(dropped.conn)) is not None:
-            self._registering.discard(dropped.user if isinstance(dropped.msg, Register) else "")
+        if dropped is None:
+            return
+        if isinstance(dropped.msg, Register):
+            self._registering.discard(dropped.user)
+        if (other := self.sessions.get(dropped.conn)) is not None:  # it lost its place: it tries again later
             busy = "too many logins wait: try again in a few seconds"
             self._not_logged_in(other, ErrorCode.RATE_LIMITED, busy, dropped.msg.request_id, now)
 
@@ -245,7 +248,10 @@ class Gate:
                 return self._not_logged_in(
                     session, ErrorCode.AUTH_FAILED, "auth failed: wrong user name or password", rid, now
                 )  # fmt: skip
-            self.token_throttle.clear(login.token) if login.token else self.account_throttle.clear(user)
+            if login.token:
+                self.token_throttle.clear(login.token)
+            else:
+                self.account_throttle.clear(user)
         elif isinstance(result, str):  # a registration
             if user in self.accounts:  # `msgsrv user add` took the name meanwhile
                 return self._not_logged_in(session, ErrorCode.NAME_TAKEN, f"the name {user!r} is taken", rid, now)
