@@ -184,8 +184,10 @@ class Engine(Gate, Mailroom):
         """Close connections silent for longer than the idle timeout; poll for account changes."""
         if self._next_poll is not None and now >= self._next_poll:
             self._batch.poll_accounts = True
-            if self.config.retention_days and now >= self._next_expiry:  # retention, at most every 10 min
-                self._batch.expire_before_us = self._wall_us(now - self.config.retention_days * 86400)
+            if now >= self._next_expiry:  # retention, at most every 10 min
+                if self.config.retention_days:
+                    self._batch.expire_before_us = self._wall_us(now - self.config.retention_days * 86400)
+                self._batch.expire_tokens_before_us = self._expire_tokens(now)
                 self._next_expiry = now + EXPIRY_INTERVAL
             self._next_poll = now + self.config.account_poll if self.sessions else None
             for throttle in (self.account_throttle, self.address_throttle, self.token_throttle):

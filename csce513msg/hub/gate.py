@@ -352,6 +352,14 @@ class Gate:
                 elif old.role != account.role:
                     log.warning("account %s is now %s", name, account.role)
 
+    def _expire_tokens(self, now: float) -> int:
+        """Forget the device tokens past their lifetime; return the time (µs) before which
+        the store deletes them too."""
+        before = self._wall_us(now) - TOKEN_LIFETIME_US
+        for digest in [d for d, t in self.tokens.items() if t.created_us < before]:
+            del self.tokens[digest]
+        return before
+
     def _forget_tokens(self, user: str) -> None:
         for digest in [d for d, t in self.tokens.items() if t.user == user]:
             del self.tokens[digest]

@@ -157,19 +157,21 @@ class Batch:
     #: retention: delete messages older than this (µs of wall time; 0: keep all). Each device's
     #: highest client message id among them is kept, so a resend of one is refused, not stored again
     expire_before_us: int = 0
+    expire_tokens_before_us: int = 0  #: delete device tokens made before this (µs of wall time; 0: none)
 
     def can_wait(self) -> bool:
         """Only acknowledgements' bookkeeping (cursors, delivered, notified): nobody waits for
         it, so it may ride with the next batch instead of costing a commit of its own."""
         return not (
             self.accounts or self.device_tokens or self.logins or self.messages or self.fetches or self.history
-            or self.poll_accounts or self.expire_before_us
+            or self.poll_accounts or self.expire_before_us or self.expire_tokens_before_us
         )  # fmt: skip
 
     def __bool__(self) -> bool:
         return bool(
             self.accounts or self.device_tokens or self.logins or self.messages or self.cursors or self.delivered
             or self.notified or self.fetches or self.history or self.poll_accounts or self.expire_before_us
+            or self.expire_tokens_before_us
         )  # fmt: skip
 
 

@@ -56,6 +56,8 @@ class MemoryStore:
         logins = {login.key: self._login(login) for login in batch.logins}
         if batch.expire_before_us:
             self._expire(batch.expire_before_us)
+        if batch.expire_tokens_before_us:
+            self.tokens = {d: t for d, t in self.tokens.items() if t.created_us >= batch.expire_tokens_before_us}
         stored = [self._append(m) for m in batch.messages]
         for cursor, position in batch.cursors.items():
             self.cursors[cursor] = max(self.cursors.get(cursor, 0), position)

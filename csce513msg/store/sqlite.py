@@ -224,6 +224,8 @@ class SqliteStore:
         logins = {login.key: self._login(login) for login in batch.logins}
         if batch.expire_before_us:
             self._expire(batch.expire_before_us)
+        if batch.expire_tokens_before_us:
+            db.execute("DELETE FROM device_tokens WHERE created_us < ?", (batch.expire_tokens_before_us,))
         stored = [self._append(m) for m in batch.messages]
         newly = [note for key, pos in batch.delivered.items() for note in self._delivered(*key, pos)]
         db.executemany(  # after _delivered, which may read the cursors as they were

@@ -161,3 +161,19 @@ def test_an_account_without_a_password_is_an_auth_failure_not_a_bug() -> None:
     peer = attempt(h, "old", "anything", "10.0.0.1")
     h.settle()
     assert codes(peer) == codes(attempt(h, "nobody", "anything", "10.0.0.2")) == [ErrorCode.AUTH_FAILED]
+
+
+def test_expired_tokens_are_forgotten_by_the_hub_and_deleted_by_the_store(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite"
+    book = AccountBook(path)
+    book.add("alice", PASSWORDS.hash(PASSWORD))
+    book.add("bob", PASSWORDS.hash(PASSWORD))
+    book.close()
+    store = SqliteStore(path, checkpoint_interval=0)
+    h = Harness(store=store)
+    token_of(h, "alice")
+    assert len(h.engine.tokens) == 1 and store.load_device_tokens()
+    h.connect("bob")  # someone online: the timers run
+    h.now += TOKEN_LIFETIME_US / 1e6 + 1  # past the lifetime (and the next 10-minute expiry)
+    h.advance(1)
+    assert not h.engine.tokens and not store.load_device_tokens()
