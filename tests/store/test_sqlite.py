@@ -347,3 +347,17 @@ def test_a_login_and_a_catch_up_cost_what_they_return_not_the_backlog(tmp_path: 
     for what, small in costs[5_000].items():
         assert costs[50_000][what] <= small * 1.25 + 2, costs  # was 10x: 1,052 -> 10,502 for a login
     assert answers[5_000] == answers[50_000] == ([1000, 1000], list(range(2, 66)))  # the count is capped
+
+
+def test_version_4_data_survives_the_device_tokens_migration(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    old = sqlite3.connect(path)
+    for statement in [s for version in MIGRATIONS[:4] for s in version]:
+        old.execute(statement)
+    old.execute("INSERT INTO users VALUES ('a', 1, 'student', 'scrypt$1$1$1$c2FsdA$a2V5')")
+    old.execute("PRAGMA user_version=4")
+    old.commit()
+    old.close()
+    store = SqliteStore(path, checkpoint_interval=0)
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 5
+    assert list(store.load_accounts()) == ["a"] and store.load_device_tokens() == {}
