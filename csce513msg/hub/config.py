@@ -39,3 +39,10 @@ class HubConfig:
     login_timeout: float = 60.0  #: seconds from connect to a successful login (Hello included)
     frame_timeout: float = 30.0  #: seconds a frame may take from its first byte to its last
     visibility: Visibility = Visibility.CLASS  #: who sees whom online
+    #: logins whose password is checked at once: the hash lane's two threads and one waiting
+    #: behind each (backends/jobs.py), so the lane is never idle while logins wait
+    hash_slots: int = 4
+    #: the most bytes of message bodies one History page carries (at least one message):
+    #: msgsrv sets it to the room its outbound hard limit leaves above the high-water mark
+    #: and a full window, so a page never takes a reader past the hard limit
+    page_bytes: int = 1 << 20

@@ -19,6 +19,8 @@ import functools
 import itertools
 import logging
 from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..protocol import Deliver, Error, ErrorCode, HistoryEnd, Message, Receipt, ReceiptState, encode
 from ..store import Batch, BatchResult, DeliveredNote, Fetch, Refused, Store, StoredMessage
@@ -30,7 +32,14 @@ log = logging.getLogger("csce513msg.hub")
 HISTORY_PAGE = 100  #: the most messages one History request returns
 HISTORY_QUEUE = 16  #: History requests a connection may have waiting behind the one being read
 READS_PER_BATCH = 32  #: catch-up fetches and History pages one storage batch reads, at most
-Read = Fetch | tuple[int, tuple[str, int, int]]  #: a catch-up, or (key, (stream, before, limit)) of a page
+
+
+@dataclass(slots=True)
+class PageRead:
+    """A History page waiting for a batch with room."""
+
+    key: int  #: its key in the batch, and in ``_history_waiters``
+    page: tuple[str, int, int, int]  #: (stream, before, limit, max_bytes), as ``Batch.history`` takes it
 
 
 class Mailroom:
@@ -47,7 +56,7 @@ class Mailroom:
         self._senders: list[tuple[ConnId, int]] = []  # (conn, request id) of each batch message
         self._fetchers: dict[int, ConnId] = {}  # catch-up fetch key -> the session waiting for it
         self._history_waiters: dict[int, tuple[ConnId, int, str]] = {}  # key -> (session, request id, stream)
-        self._reads: deque[Read] = deque()  # reads waiting for a batch with room (READS_PER_BATCH)
+        self._reads: deque[Fetch | PageRead] = deque()  # reads waiting for a batch with room (READS_PER_BATCH)
         #: the batch the store is working on: (job id, the batch, (conn, request id) of its messages)
         self._in_flight: tuple[int, Batch, list[tuple[ConnId, int]]] | None = None
         self._ids = itertools.count(1)
@@ -130,9 +139,11 @@ class Mailroom:
         return [Submit(job_id, functools.partial(self.store.apply, batch), "store")]
 
     def _take_reads(self, batch: Batch) -> None:
-        """Move waiting reads into ``batch``, at most READS_PER_BATCH in all, oldest first;
-        a read whose session has gone is dropped on the way."""
+        """Move waiting reads into ``batch``, at most READS_PER_BATCH in all, oldest first.
+        A read whose session has gone is dropped; a page for a session whose output is
+        backed up (paused since it was asked for) waits in its place."""
         room = READS_PER_BATCH - len(batch.fetches) - len(batch.history)
+        waiting: list[Fetch | PageRead] = []
         while room > 0 and self._reads:
             read = self._reads.popleft()
             if isinstance(read, Fetch):
@@ -141,22 +152,28 @@ class Mailroom:
                     room -= 1
                 else:
                     self._fetchers.pop(read.key, None)
-            elif self._history_waiters[read[0]][0] in self.sessions:
-                batch.history[read[0]] = read[1]
-                room -= 1
+                continue
+            session = self.sessions.get(self._history_waiters[read.key][0])
+            if session is None:
+                del self._history_waiters[read.key]
+            elif session.paused:
+                waiting.append(read)
             else:
-                del self._history_waiters[read[0]]
+                batch.history[read.key] = read.page
+                room -= 1
+        self._reads.extendleft(reversed(waiting))
 
     def _next_history(self, session: Session) -> None:
         """Read the session's next History page: one at a time, and only while its output is
-        below the high-water mark (so what a page adds stays within the hard limit)."""
+        below the high-water mark; a page's bodies add up to at most ``page_bytes``, which the
+        server sets to what its hard limit has room for above that mark (``check_limits``)."""
         if session.reading_history or session.paused or not session.histories or session.closing:
             return
         rid, stream, before, limit = session.histories.popleft()
         key = self._new_id()
         session.reading_history = True
         self._history_waiters[key] = (session.conn, rid, stream)
-        self._reads.append((key, (stream, before, max(1, min(limit, HISTORY_PAGE)))))
+        self._reads.append(PageRead(key, (stream, before, max(1, min(limit, HISTORY_PAGE)), self.config.page_bytes)))
 
     # ---- store and forward ----------------------------------------------------------
 
@@ -166,7 +183,8 @@ class Mailroom:
         typed on her laptop)."""
         recipients = self.online.get(m.target, ())
         if sender is not None:
-            detail = "" if recipients else f"{m.target} is offline"
+            offline = not recipients and self._sees(sender, m.target)  # --visibility: no hint otherwise
+            detail = f"{m.target} is offline" if offline else ""
             self._write(
                 sender, Receipt(ReceiptState.STORED, m.message_id, m.time_us, m.position, m.stream, detail, rid)
             )
@@ -231,6 +249,10 @@ class Mailroom:
     def _polls_due(self) -> int:
         """The number of the next accounts poll to be submitted (the current batch's)."""
         return self._polls_submitted + 1
+
+    if TYPE_CHECKING:  # the engine's
+
+        def _sees(self, session: Session | None, user: str, role: str | None = None) -> bool: ...
 
     def _new_id(self) -> int:
         """A fresh key for a job or a read."""

@@ -16,8 +16,13 @@ def mermaid() -> str:
         lines.append(f"    {state.name} --> {target.name}: {msg_type.__name__}")
     # AUTHENTICATING ends with a job's answer, not a request (gate.py: _hash_done, _logins_done)
     lines.append("    AUTHENTICATING --> READY: password ok, login recorded / LoginOk")
-    lines.append("    AUTHENTICATING --> AWAIT_LOGIN: refused / AUTH_FAILED, NAME_TAKEN")
-    lines.append("    READY --> [*]: close, reset, idle timeout, shutdown, account changed")
+    lines.append(
+        "    AUTHENTICATING --> AWAIT_LOGIN: refused / AUTH_FAILED, AUTH_THROTTLED, NAME_TAKEN, RATE_LIMITED,"
+        " STORE_FAILED"
+    )
+    for name in ("AWAIT_HELLO", "AWAIT_LOGIN", "AUTHENTICATING"):  # the sweep's deadlines (engine._overdue)
+        lines.append(f"    {name} --> [*]: close, reset, login or frame timeout, shutdown")
+    lines.append("    READY --> [*]: close, reset, idle or frame timeout, shutdown, account changed")
     return "\n".join(lines)
 
 

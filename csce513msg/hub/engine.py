@@ -88,7 +88,8 @@ class Engine(Gate, Mailroom):
         self.online: dict[str, list[Session]] = {}  # user -> their logged-in sessions
         self.subscribers: set[Session] = set()  # sessions that asked for presence
         Mailroom.__init__(self)  # the storage batch and the output
-        Gate.__init__(self, passwords, dict(accounts or {}), dict(tokens or {}))  # logins and accounts
+        Gate.__init__(self, passwords, dict(accounts or {}), dict(tokens or {}))  # logins, accounts, device tokens
+        self._shown_role: dict[str, str] = {}  # user online -> its role when presence announced it
         self._next_sweep: float | None = None
         self._next_poll: float | None = None  # when to ask the store for accounts changed by an admin
         self._next_expiry = 0.0  # when to delete messages past the retention period next
@@ -149,6 +150,7 @@ class Engine(Gate, Mailroom):
         """The connection is gone (closed, reset, aborted): forget it, tell subscribers."""
         session = self.sessions.pop(conn)
         self.subscribers.discard(session)
+        self._login_gone(conn)
         sessions = self.online.get(session.user or "", [])
         if session in sessions:
             sessions.remove(session)
@@ -216,8 +218,9 @@ class Engine(Gate, Mailroom):
 
     def job_done(self, job_id: int, result: object, now: float) -> list[Action]:
         """A job finished: a password hash (``gate.py``) or a storage batch (``delivery.py``)."""
-        if job_id in self._hashing:
+        if job_id in self._checking:
             self._hash_done(job_id, result, now)
+            self._admit(now)  # a slot is free (after the answer: a good login clears its account's count)
         else:
             batch, stored = self._batch_done(job_id, result)
             self._logins_done(batch, stored, now)
@@ -231,14 +234,15 @@ class Engine(Gate, Mailroom):
 
     # ---- requests ---------------------------------------------------------------
 
-    def _dispatch(self, session: Session, msg: Message, now: float) -> None:
+    def _dispatch(self, session: Session, msg: Message, now: float, charged: bool = False) -> None:
+        """Handle one request (``charged``: its rate token was taken when it was held)."""
+        if not charged and not self._take_token(session, now):  # every request, refused ones too
+            raise RemoteProtocolError(ErrorCode.RATE_LIMITED, "too many requests: slow down", request_id=msg.request_id)
         if session.state is State.AUTHENTICATING:
             return self._hold(session, msg)  # handled in order once the login is answered
         rule = TRANSITIONS.get((session.state, type(msg)))
         if rule is None:
             raise _refusal(session.state, msg)
-        if not self._take_token(session, now):
-            raise RemoteProtocolError(ErrorCode.RATE_LIMITED, "too many requests: slow down", request_id=msg.request_id)
         handler, next_state = rule
         handler(self, session, msg, now)  # raises RemoteProtocolError to refuse: the state stays
         session.state = next_state
@@ -324,18 +328,24 @@ class Engine(Gate, Mailroom):
     # ---- helpers ------------------------------------------------------------------
 
     def _broadcast_presence(self, user: str, online: int, now: float, skip: Session | None = None) -> None:
+        # who heard that ``user`` came online hears that it left, whatever its role is by then
+        role = self._shown_role.pop(user, None) if not online else _role(self.accounts, user)
+        if online:
+            self._shown_role[user] = role or ""
         if not self.subscribers:
             return
         data = encode(Presence(online, self._wall_us(now), user))
         for sub in self.subscribers:
-            if sub is not skip and not sub.closing and self._sees(sub, user):
+            if sub is not skip and not sub.closing and self._sees(sub, user, role):
                 self._out.append(Write(sub.conn, data))
 
-    def _sees(self, session: Session, user: str) -> bool:
-        """Whether ``session`` may see that ``user`` is online (``--visibility``)."""
-        if self.config.visibility is Visibility.CLASS or user == session.user:
+    def _sees(self, session: Session | None, user: str, role: str | None = None) -> bool:
+        """Whether ``session`` may see that ``user`` is online (``--visibility``); ``role``:
+        the role ``user`` had when it came online, if not its role now."""
+        if self.config.visibility is Visibility.CLASS or session is None or user == session.user:
             return True
-        return _role(self.accounts, user) == "instructor" or _role(self.accounts, session.user) == "instructor"
+        role = _role(self.accounts, user) if role is None else role
+        return role == "instructor" or _role(self.accounts, session.user) == "instructor"
 
     def _refuse(self, session: Session, exc: RemoteProtocolError) -> None:
         log.info("refused #%d (%s): %s %s", session.conn, session.user or session.peer, exc.code.name, exc)

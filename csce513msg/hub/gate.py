@@ -26,8 +26,10 @@ user`` in another process reach the hub through the store's poll
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
+import ipaddress
 import logging
 import re
 import secrets
@@ -44,9 +46,9 @@ from ..protocol import (
     Register,
     RemoteProtocolError,
 )
-from ..store import Account, Batch, BatchResult, DeliveredNote, DeviceToken, LoginRead
+from ..store import TOKENS_PER_USER, Account, Batch, BatchResult, DeliveredNote, DeviceToken, LoginRead
 from .actions import Action, ConnId, Submit
-from .admission import HASH_SLOTS, LoginQueue, Pending, Throttle
+from .admission import LoginQueue, Pending, QueueFull, Throttle
 from .config import HubConfig
 from .session import Session, State
 
@@ -79,19 +81,20 @@ class Gate:
     online: dict[str, list[Session]]
 
     def __init__(
-        self, passwords: Passwords, accounts: dict[str, Account], tokens: dict[str, DeviceToken]
+        self, passwords: Passwords, accounts: dict[str, Account], device_tokens: dict[str, DeviceToken]
     ) -> None:  # fmt: skip
         self.passwords = passwords
         self.accounts = accounts
-        self.tokens = tokens  #: device token digest -> the token's record (valid for its user)
+        self.device_tokens = device_tokens  #: digest -> the device token's record, valid for its user
         self._decoy = passwords.decoy()  # an unknown user's password is checked against this
         cfg = self.config
         self.account_throttle = Throttle(cfg.login_failures_per_account, cfg.login_failure_window)
         self.address_throttle = Throttle(cfg.login_failures_per_address, cfg.login_failure_window)
         self.token_throttle = Throttle(cfg.login_failures_per_account, cfg.login_failure_window)
         self.registrations = Throttle(cfg.registrations_per_address, 3600.0)  # accounts made per address an hour
-        self._queue = LoginQueue(cfg.max_pending_logins)  # waiting for their hash
-        self._hashing: dict[int, tuple[Pending, str]] = {}  # hash job id -> (login, the hash it is checked against)
+        self._queue = LoginQueue(cfg.max_pending_logins)  # waiting for their check
+        self._checking: dict[int, tuple[Pending, str]] = {}  # hash job id -> (login, the hash it is checked against)
+        self._trusted: set[str] = set()  # accounts with a login in the trusted lane, waiting or being checked
         self._registering: set[str] = set()  # names whose registration is under way
         self._login_reads: dict[int, tuple[ConnId, int, str]] = {}  # LoginRead key -> (conn, request id, token)
 
@@ -99,13 +102,15 @@ class Gate:
 
     def _on_login(self, session: Session, msg: Login, now: float) -> None:
         user = self._valid_name(msg.user, msg.request_id)
-        token = _digest(msg.device_token) if msg.device_token else ""
-        record = self.tokens.get(token)
-        if record is None or record.user != user or record.created_us < self._wall_us(now) - TOKEN_LIFETIME_US:
-            token = ""  # unknown, another account's, or expired: an ordinary login
-        login = Pending(session.conn, msg, user, _host(session.peer), token, self._polls_due())
+        digest = _digest(msg.device_token) if msg.device_token else ""
+        if not self._valid_token(digest, user, now):
+            digest = ""  # unknown, another account's, revoked or expired: an ordinary login
+        trusted = bool(digest) and user not in self._trusted  # one at a time per account goes first
+        login = Pending(session.conn, msg, user, _host(session.peer), digest, trusted, self._polls_due())
         self._check_throttles(session, login, now)
         self._enqueue(session, login, now)
+        if trusted:
+            self._trusted.add(user)
 
     def _on_register(self, session: Session, msg: Register, now: float) -> None:
         rid = msg.request_id
@@ -119,84 +124,96 @@ class Gate:
             raise RemoteProtocolError(ErrorCode.NAME_TAKEN, f"the name {user!r} is taken", request_id=rid)
         if problem := self.passwords.problem(msg.password):
             raise RemoteProtocolError(ErrorCode.BAD_REQUEST, problem, request_id=rid)
-        login = Pending(session.conn, msg, user, _host(session.peer), "", self._polls_due())
+        login = Pending(session.conn, msg, user, _host(session.peer), "", False, self._polls_due())
         self._check_throttles(session, login, now)  # an address that keeps failing cannot register either
-        if wait := self.registrations.wait(_host(session.peer), now):
-            log.warning("registration throttled: %s from %s", user, session.peer)
-            raise RemoteProtocolError(
-                ErrorCode.AUTH_THROTTLED, f"too many new accounts from your address: try again in {wait:.0f} s",
-                request_id=rid,
-            )  # fmt: skip
         self._enqueue(session, login, now)
         self._registering.add(user)
 
     def _enqueue(self, session: Session, login: Pending, now: float) -> None:
-        """Wait for a hash in the fair queue, after the store's next news of accounts (one
+        """Wait for the check in the fair queue, after the store's next news of accounts (one
         cheap check when nothing changed), so a login never misses an account `msgsrv
-        user` has just added, changed or removed."""
-        if (dropped := self._queue.push(login)) is login:
+        user` has just added, changed or removed. The frame limit stays small until LoginOk:
+        a Login, right or wrong, vouches for nothing."""
+        try:
+            dropped = self._queue.push(login)
+        except QueueFull:
             raise RemoteProtocolError(
-                ErrorCode.RATE_LIMITED, "too many logins from your address wait already: try again in a few seconds",
+                ErrorCode.RATE_LIMITED,
+                "too many logins from your address wait already: try again in a few seconds",
                 request_id=login.msg.request_id,
-            )  # fmt: skip
+            ) from None
         self._batch.poll_accounts = True
-        session.decoder.max_frame = self.config.max_frame  # requests pipelined behind it may be large
         if dropped is None:
             return
-        if isinstance(dropped.msg, Register):
-            self._registering.discard(dropped.user)
+        self._gone_from_queue(dropped)
         if (other := self.sessions.get(dropped.conn)) is not None:  # it lost its place: it tries again later
             busy = "too many logins wait: try again in a few seconds"
+            # (this cannot come back here: what ``other`` held is dispatched in AWAIT_LOGIN, where a
+            # held Login is a new attempt that takes a place or is refused, never evicts ``other``)
             self._not_logged_in(other, ErrorCode.RATE_LIMITED, busy, dropped.msg.request_id, now)
 
+    def _gone_from_queue(self, login: Pending) -> None:
+        """A login left the queue without a check (evicted, or its connection closed)."""
+        if isinstance(login.msg, Register):
+            self._registering.discard(login.user)
+        if login.trusted:
+            self._trusted.discard(login.user)
+
     def _admit(self, now: float) -> None:
-        """Hash the next logins in turn while slots are free: each one's accounts poll is
+        """Check the next logins in turn while slots are free: each one's accounts poll is
         back and its throttle buckets have room (else it waits; a blocked bucket refuses)."""
         polled = self._polls_done
-        while len(self._hashing) < HASH_SLOTS:
-            login = self._queue.take(lambda p: p.after <= polled and not self._full(p, now))
+        while len(self._checking) < self.config.hash_slots:
+            login = self._queue.take(lambda p: p.poll_needed <= polled and not self._must_wait(p, now))
             if login is None:
                 return
             session = self.sessions.get(login.conn)
             if session is None or session.closing:
-                if isinstance(login.msg, Register):
-                    self._registering.discard(login.user)
-                continue  # gone while it waited
+                self._gone_from_queue(login)
+                continue
+            if login.token_digest and not self._valid_token(login.token_digest, login.user, now):
+                login.token_digest = ""  # revoked while it waited (a new password): an ordinary login
+            try:  # the events may have reached the limit while it waited
+                self._check_throttles(session, login, now)
+            except RemoteProtocolError as exc:
+                self._gone_from_queue(login)
+                self._not_logged_in(session, exc.code, exc.message, login.msg.request_id, now)
+                continue
             if isinstance(login.msg, Register):
                 if login.user in self.accounts:  # `msgsrv user add` took the name meanwhile
-                    self._registering.discard(login.user)
+                    self._gone_from_queue(login)
                     taken = f"the name {login.user!r} is taken"
                     self._not_logged_in(session, ErrorCode.NAME_TAKEN, taken, login.msg.request_id, now)
                     continue
                 job: Callable[[], object] = functools.partial(self.passwords.hash, login.msg.password)
                 checked = ""
             else:
-                try:  # the failures may have reached the limit while it waited
-                    self._check_throttles(session, login, now)
-                except RemoteProtocolError as exc:
-                    self._not_logged_in(session, exc.code, exc.message, login.msg.request_id, now)
-                    continue
                 account = self.accounts.get(login.user)
                 checked = account.password_hash if account is not None else self._decoy  # the same work either way
                 job = functools.partial(self.passwords.verify, login.msg.password, checked)
             for throttle, key in self._buckets(login):
-                throttle.start(key)  # counted from now, not when the hash is done
+                throttle.start(key)  # counted from now, not when the answer comes
             job_id = self._new_id()
-            self._hashing[job_id] = (login, checked)
+            self._checking[job_id] = (login, checked)
             self._out.append(Submit(job_id, job, "hash"))
 
     def _buckets(self, login: Pending) -> list[tuple[Throttle, str]]:
         """The throttles an attempt counts in: its device token's alone, if it has a valid
-        one (so guesses by others never lock a device out), else its account's and address's."""
-        if login.token:
-            return [(self.token_throttle, login.token)]
-        return [(self.account_throttle, login.user), (self.address_throttle, login.host)]
+        one (so guesses by others never lock a device out), else its account's and its
+        address's; a registration also in its address's registrations."""
+        if login.token_digest:
+            return [(self.token_throttle, login.token_digest)]
+        buckets = [(self.account_throttle, login.user), (self.address_throttle, login.host)]
+        if isinstance(login.msg, Register):
+            buckets.append((self.registrations, login.host))
+        return buckets
 
-    def _full(self, login: Pending, now: float) -> bool:
-        """Its buckets have no room for one more attempt now (blocked ones do: to refuse it)."""
+    def _must_wait(self, login: Pending, now: float) -> bool:
+        """A bucket of it has no room for one more attempt now. A blocked bucket is another
+        matter: its login goes now, to be refused at once, without a hash."""
         buckets = self._buckets(login)
         if any(throttle.wait(key, now) for throttle, key in buckets):
-            return False  # blocked: taken, to be refused at once
+            return False
         return any(throttle.full(key, now) for throttle, key in buckets)
 
     def _check_throttles(self, session: Session, login: Pending, now: float) -> None:
@@ -211,10 +228,12 @@ class Gate:
                 log.warning(
                     "login throttled: %s from %s (%.0f s; more refusals not logged)", login.user, session.peer, wait
                 )
-            raise RemoteProtocolError(
-                ErrorCode.AUTH_THROTTLED, f"too many failed logins: try again in {wait:.0f} s",
-                request_id=login.msg.request_id,
+            what = "new accounts" if isinstance(login.msg, Register) and self.registrations.wait(login.host, now) else (
+                "failed logins"
             )  # fmt: skip
+            raise RemoteProtocolError(
+                ErrorCode.AUTH_THROTTLED, f"too many {what}: try again in {wait:.0f} s", request_id=login.msg.request_id
+            )
 
     def _valid_name(self, name: str, rid: int) -> str:
         user = name.lower()
@@ -225,58 +244,85 @@ class Gate:
             )  # fmt: skip
         return user
 
+    def _valid_token(self, digest: str, user: str, now: float) -> bool:
+        record = self.device_tokens.get(digest)
+        return (
+            record is not None and record.user == user and record.created_us >= self._wall_us(now) - TOKEN_LIFETIME_US
+        )
+
     # ---- answers from the lanes ------------------------------------------------------------
 
     def _hash_done(self, job_id: int, result: object, now: float) -> None:
-        """The KDF finished: a login is verified (True/False), a registration hashed (str)."""
-        login, checked = self._hashing.pop(job_id)
-        user, rid = login.user, login.msg.request_id
-        registering = isinstance(login.msg, Register)
-        if registering:
-            self._registering.discard(user)
+        """The check finished: a login is verified (True/False), a registration hashed (str).
+        (The engine admits the next logins after this.)"""
+        login, checked = self._checking.pop(job_id)
+        if login.trusted:
+            self._trusted.discard(login.user)
+        registered = isinstance(login.msg, Register) and isinstance(result, str)
+        ok = self._settle(login, checked, result, registered, now)
         session = self.sessions.get(login.conn)
-        account = self.accounts.get(user)  # checked against an empty hash (no password set): never ok
-        ok = not registering and result is True and account is not None and account.password_hash == checked
-        for throttle, bucket in self._buckets(login):
-            throttle.finish(bucket, failed=not registering and not ok, now=now)
-        self._admit(now)  # a slot is free
+        if isinstance(login.msg, Register):
+            self._registering.discard(login.user)
         if session is None or session.closing:
-            return  # gone while we hashed
-        if not registering:
-            if not ok:
-                log.warning("auth failed: %s from %s", user, session.peer)
-                return self._not_logged_in(
-                    session, ErrorCode.AUTH_FAILED, "auth failed: wrong user name or password", rid, now
-                )  # fmt: skip
-            if login.token:
-                self.token_throttle.clear(login.token)
-            else:
-                self.account_throttle.clear(user)
-        elif isinstance(result, str):  # a registration
-            if user in self.accounts:  # `msgsrv user add` took the name meanwhile
-                return self._not_logged_in(session, ErrorCode.NAME_TAKEN, f"the name {user!r} is taken", rid, now)
-            self.registrations.record(login.host, now)  # accounts made per address
-            account = Account(user, "student", result, self._wall_us(now))
-            self.accounts[user] = account
+            return  # gone while we checked
+        rid = login.msg.request_id
+        if isinstance(login.msg, Register):
+            if not registered:  # the hash lane raised: a bug
+                return self._not_logged_in(session, ErrorCode.INTERNAL, "the login could not be checked", rid, now)
+            if login.user in self.accounts:  # `msgsrv user add` took the name meanwhile
+                taken = f"the name {login.user!r} is taken"
+                return self._not_logged_in(session, ErrorCode.NAME_TAKEN, taken, rid, now)
+            account = Account(login.user, "student", str(result), self._wall_us(now))
+            self.accounts[login.user] = account
             self._batch.accounts.append(account)
-            log.info("registered %s from %s", user, session.peer)
-        else:  # the hash lane raised: a bug
-            return self._not_logged_in(session, ErrorCode.INTERNAL, "the login could not be checked", rid, now)
-        token = login.msg.device_token if login.token and isinstance(login.msg, Login) else ""
-        if not token:  # a device new to this account: its token, stored with the login
-            token = secrets.token_hex(16)
-            self._batch.device_tokens.append(DeviceToken(_digest(token), user, self._wall_us(now)))
+            log.info("registered %s from %s", login.user, session.peer)
+        elif not ok:
+            log.warning("auth failed: %s from %s", login.user, session.peer)
+            failed = "auth failed: wrong user name or password"
+            return self._not_logged_in(session, ErrorCode.AUTH_FAILED, failed, rid, now)
+        self._log_in(session, login, checked or str(result), now)
+
+    def _settle(self, login: Pending, checked: str, result: object, registered: bool, now: float) -> bool:
+        """The throttles' side of an answered attempt; return whether the login succeeded.
+        A failure counts in its buckets; one that blocks its device token revokes it (a
+        stolen laptop gets a few guesses with it, then is an ordinary stranger)."""
+        account = self.accounts.get(login.user)  # checked against an empty hash (no password set): never ok
+        ok = not isinstance(login.msg, Register) and result is True
+        ok = ok and account is not None and account.password_hash == checked
+        failed = not isinstance(login.msg, Register) and not ok
+        for throttle, key in self._buckets(login):
+            throttle.finish(key, failed if throttle is not self.registrations else registered, now)
+        if ok:
+            (self.token_throttle if login.token_digest else self.account_throttle).clear(
+                login.token_digest or login.user
+            )
+        elif login.token_digest and self.token_throttle.wait(login.token_digest, now):
+            log.warning("device token of %s revoked after %d failed logins", login.user, self.token_throttle.limit)
+            del self.device_tokens[login.token_digest]
+            self._batch.revoked_tokens.append(login.token_digest)
+        return ok
+
+    def _log_in(self, session: Session, login: Pending, password_hash: str, now: float) -> None:
+        """The password is right: record the device (and give it a device token, or a fresh
+        one for a token half-way through its life) in the next batch; LoginOk follows it."""
+        msg = login.msg
+        token = msg.device_token if isinstance(msg, Login) and login.token_digest else ""
+        record = self.device_tokens.get(login.token_digest)
+        if not token or record is None or record.created_us < self._wall_us(now) - TOKEN_LIFETIME_US // 2:
+            token = secrets.token_hex(16)  # 128 random bits
+            new = DeviceToken(_digest(token), login.user, msg.device_id, self._wall_us(now), password_hash)
+            self._batch.device_tokens.append(new)
         key = self._new_id()
-        self._login_reads[key] = (login.conn, rid, token)
-        session.user, session.device = user, login.msg.device_id  # not online until LoginOk
-        self._batch.logins.append(
-            LoginRead(key, user, login.msg.device_id, self.config.new_device_history, WAITING_CAP)
-        )
+        self._login_reads[key] = (login.conn, msg.request_id, token)
+        session.user, session.device = login.user, msg.device_id  # not online until LoginOk
+        history = self.config.new_device_history
+        self._batch.logins.append(LoginRead(key, login.user, msg.device_id, history, WAITING_CAP))
 
     def _logins_done(self, batch: Batch, result: BatchResult, now: float) -> None:
         """The login reads of a batch are back (or failed with it): answer each login."""
         if result.error is None:
-            self.tokens.update((t.digest, t) for t in batch.device_tokens)
+            for new in batch.device_tokens:
+                self._keep_token(new)
         for login in batch.logins:
             conn, rid, token = self._login_reads.pop(login.key)
             session = self.sessions.get(conn)
@@ -292,11 +338,26 @@ class Gate:
                 for note in info.receipts:
                     self._delivered_receipt(session, note)
 
+    def _keep_token(self, new: DeviceToken) -> None:
+        """Remember a token the store kept: the store did what is done here (docs/storage.md)."""
+        account = self.accounts.get(new.user)
+        if account is None or account.password_hash != new.password_hash:
+            return  # the password changed while this login was checked: the store did not keep it
+        mine = [t for t in self.device_tokens.values() if t.user == new.user]
+        for old in mine:
+            if old.device == new.device:
+                del self.device_tokens[old.digest]  # one token per device
+        self.device_tokens[new.digest] = dataclasses.replace(new, password_hash="")  # used, not kept
+        mine = sorted((t for t in self.device_tokens.values() if t.user == new.user), key=lambda t: t.created_us)
+        for old in mine[:-TOKENS_PER_USER]:
+            del self.device_tokens[old.digest]
+
     def _logged_in(self, session: Session, user: str, waiting: int, rid: int, token: str, now: float) -> None:
         account = self.accounts[user]
         sessions = self.online.setdefault(user, [])
         sessions.append(session)
         session.state = State.READY
+        session.decoder.max_frame = self.config.max_frame
         log.info("login %s (#%d from %s, session %d)", user, session.conn, session.peer, len(sessions))
         self._write(session, LoginOk(self._wall_us(now), user, account.role, waiting, token, rid))
         if len(sessions) == 1:
@@ -327,7 +388,7 @@ class Gate:
             if session.closing:
                 return
             try:
-                self._dispatch(session, msg, now)
+                self._dispatch(session, msg, now, charged=True)
             except RemoteProtocolError as exc:
                 self._refuse(session, exc)
 
@@ -356,13 +417,18 @@ class Gate:
         """Forget the device tokens past their lifetime; return the time (µs) before which
         the store deletes them too."""
         before = self._wall_us(now) - TOKEN_LIFETIME_US
-        for digest in [d for d, t in self.tokens.items() if t.created_us < before]:
-            del self.tokens[digest]
+        for digest in [d for d, t in self.device_tokens.items() if t.created_us < before]:
+            del self.device_tokens[digest]
         return before
 
     def _forget_tokens(self, user: str) -> None:
-        for digest in [d for d, t in self.tokens.items() if t.user == user]:
-            del self.tokens[digest]
+        for digest in [d for d, t in self.device_tokens.items() if t.user == user]:
+            del self.device_tokens[digest]
+
+    def _login_gone(self, conn: ConnId) -> None:
+        """A connection closed: its login, if one waits in the queue, leaves it (with its password)."""
+        if (login := self._queue.remove(conn)) is not None:
+            self._gone_from_queue(login)
 
     def _end_sessions(self, user: str, why: str) -> None:
         for session in [s for s in self.sessions.values() if s.user == user]:  # online, or logging in
@@ -382,7 +448,7 @@ class Gate:
         def _write(self, session: Session, msg: Message) -> None: ...
         def _error(self, session: Session, code: ErrorCode, message: str, request_id: int) -> None: ...
         def _close(self, session: Session, reason: str) -> None: ...
-        def _dispatch(self, session: Session, msg: Message, now: float) -> None: ...
+        def _dispatch(self, session: Session, msg: Message, now: float, charged: bool = False) -> None: ...
         def _refuse(self, session: Session, exc: RemoteProtocolError) -> None: ...
         def _maybe_fetch(self, session: Session) -> None: ...
         def _delivered_receipt(self, session: Session, note: DeliveredNote) -> None: ...
@@ -395,5 +461,15 @@ def _digest(token: str) -> str:
 
 
 def _host(peer: str) -> str:
-    """The address part of "host:port" (IPv6 too): failures are counted per address."""
-    return peer.rsplit(":", 1)[0]
+    """The address of "host:port" or "[v6]:port", as logins are throttled and queued: per
+    IPv4 address, and per IPv6 /64 (one host's share of a network: it has 2^64 of them)."""
+    host = peer.rsplit(":", 1)[0].strip("[]")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)

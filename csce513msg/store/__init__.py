@@ -6,6 +6,7 @@ and ``sqlite`` implement it (docs/storage.md).
 
 from .interface import (
     ROLES,
+    TOKENS_PER_USER,
     Account,
     Batch,
     BatchResult,
@@ -23,6 +24,7 @@ from .memory import MemoryStore
 
 __all__ = [
     "ROLES",
+    "TOKENS_PER_USER",
     "Account",
     "LoginInfo",
     "LoginRead",

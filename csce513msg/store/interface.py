@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 ROLES = ("student", "instructor")
+TOKENS_PER_USER = 32  #: device tokens kept per account (one per device: the newest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +48,11 @@ class DeviceToken:
 
     digest: str  #: SHA-256 of the token, hex
     user: str
+    device: str  #: the device id it was given to: one token per (user, device)
     created_us: int  #: wall time it was made; it is valid for a set time from then
+    #: the password hash the login was checked against: kept only if it is still the
+    #: account's (a password changed meanwhile revokes every token); not stored
+    password_hash: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +146,10 @@ class Batch:
     """Everything one loop pass needs from the store."""
 
     accounts: list[Account] = field(default_factory=list)  #: to create (registration over the wire)
-    device_tokens: list[DeviceToken] = field(default_factory=list)  #: made at this batch's logins
+    #: made at this batch's logins: each replaces its device's older token, at most
+    #: ``TOKENS_PER_USER`` per account are kept (the newest)
+    device_tokens: list[DeviceToken] = field(default_factory=list)
+    revoked_tokens: list[str] = field(default_factory=list)  #: digests of device tokens to delete
     logins: list[LoginRead] = field(default_factory=list)
     messages: list[NewMessage] = field(default_factory=list)
     cursors: dict[tuple[str, str, str], int] = field(default_factory=dict)  #: (user, device, stream) -> pos
@@ -151,8 +159,10 @@ class Batch:
     #: (sender, device, stream) -> position: delivered receipts this device has been sent
     notified: dict[tuple[str, str, str], int] = field(default_factory=dict)
     fetches: list[Fetch] = field(default_factory=list)
-    #: key -> (stream, before, limit): a page of history, positions below ``before`` (0: newest)
-    history: dict[int, tuple[str, int, int]] = field(default_factory=dict)
+    #: key -> (stream, before, limit, max_bytes): a page of history, positions below ``before``
+    #: (0: from the newest), at most ``limit`` messages whose bodies add up to at most
+    #: ``max_bytes`` (but at least one message)
+    history: dict[int, tuple[str, int, int, int]] = field(default_factory=dict)
     poll_accounts: bool = False  #: report accounts changed by others (``msgsrv user``) since the last poll
     #: retention: delete messages older than this (µs of wall time; 0: keep all). Each device's
     #: highest client message id among them is kept, so a resend of one is refused, not stored again
@@ -163,16 +173,13 @@ class Batch:
         """Only acknowledgements' bookkeeping (cursors, delivered, notified): nobody waits for
         it, so it may ride with the next batch instead of costing a commit of its own."""
         return not (
-            self.accounts or self.device_tokens or self.logins or self.messages or self.fetches or self.history
-            or self.poll_accounts or self.expire_before_us or self.expire_tokens_before_us
+            self.accounts or self.device_tokens or self.revoked_tokens or self.logins or self.messages
+            or self.fetches or self.history or self.poll_accounts or self.expire_before_us
+            or self.expire_tokens_before_us
         )  # fmt: skip
 
     def __bool__(self) -> bool:
-        return bool(
-            self.accounts or self.device_tokens or self.logins or self.messages or self.cursors or self.delivered
-            or self.notified or self.fetches or self.history or self.poll_accounts or self.expire_before_us
-            or self.expire_tokens_before_us
-        )  # fmt: skip
+        return bool(self.cursors or self.delivered or self.notified or not self.can_wait())
 
 
 @dataclass(frozen=True, slots=True)

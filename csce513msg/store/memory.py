@@ -12,6 +12,7 @@ import heapq
 import itertools
 
 from .interface import (
+    TOKENS_PER_USER,
     Account,
     Batch,
     BatchResult,
@@ -52,7 +53,10 @@ class MemoryStore:
     def apply(self, batch: Batch) -> BatchResult:
         for account in batch.accounts:
             self.accounts.setdefault(account.name, account)
-        self.tokens.update((t.digest, t) for t in batch.device_tokens)
+        for token in batch.device_tokens:
+            self._keep_token(token)
+        for digest in batch.revoked_tokens:
+            self.tokens.pop(digest, None)
         logins = {login.key: self._login(login) for login in batch.logins}
         if batch.expire_before_us:
             self._expire(batch.expire_before_us)
@@ -73,6 +77,17 @@ class MemoryStore:
         history = {key: self._page(*page) for key, page in batch.history.items()}
         return BatchResult(stored, fetched, newly_delivered=newly, logins=logins, history=history)
 
+    def _keep_token(self, t: DeviceToken) -> None:
+        """As SQLite does: only if the password is still the one checked; one per device; the newest few."""
+        account = self.accounts.get(t.user)
+        if account is None or account.password_hash != t.password_hash:
+            return
+        self.tokens = {d: old for d, old in self.tokens.items() if (old.user, old.device) != (t.user, t.device)}
+        self.tokens[t.digest] = dataclasses.replace(t, password_hash="")
+        mine = sorted((old for old in self.tokens.values() if old.user == t.user), key=lambda old: old.created_us)
+        for old in mine[:-TOKENS_PER_USER]:
+            del self.tokens[old.digest]
+
     def _login(self, login: LoginRead) -> LoginInfo:
         self.devices.setdefault((login.user, login.device), self.last_id)
         fetch = Fetch(0, login.user, login.device, login.count_up_to, login.new_device_history)
@@ -87,10 +102,18 @@ class MemoryStore:
         for name, stream in self.streams.items():
             self.expired[name] = sum(1 for m in stream if m.message_id < before_us)  # ids grow with position
 
-    def _page(self, name: str, before: int, limit: int) -> list[StoredMessage]:
+    def _page(self, name: str, before: int, limit: int, max_bytes: int) -> list[StoredMessage]:
         stream = self.streams.get(name, [])
         end = min(before - 1, len(stream)) if before else len(stream)
-        return stream[max(self.expired.get(name, 0), end - limit) : max(0, end)]
+        newest_first = stream[max(self.expired.get(name, 0), end - limit) : max(0, end)][::-1]
+        page: list[StoredMessage] = []
+        total = 0
+        for m in newest_first:  # as SQLite's _within: the bodies within max_bytes, at least one
+            total += len(m.body)
+            if page and total > max_bytes:
+                break
+            page.append(m)
+        return page[::-1]
 
     def _receipts(self, user: str, device: str) -> list[DeliveredNote]:
         """Delivered receipts this device of ``user`` has not had; marks them sent."""

@@ -34,11 +34,12 @@ import itertools
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from .interface import (
+    TOKENS_PER_USER,
     Account,
     Batch,
     BatchResult,
@@ -113,9 +114,9 @@ MIGRATIONS: list[list[str]] = [
         "DROP TABLE delivered",  # always the highest of the user's cursors on the stream: kept once, there
     ],
     [  # version 5: device tokens (the SHA-256 of each), so a device's logins are throttled apart
-        """CREATE TABLE device_tokens (digest TEXT PRIMARY KEY, user TEXT NOT NULL, created_us INTEGER NOT NULL)
-            WITHOUT ROWID""",
-        "CREATE INDEX device_tokens_by_user ON device_tokens (user)",
+        """CREATE TABLE device_tokens (digest TEXT PRIMARY KEY, user TEXT NOT NULL, device TEXT NOT NULL,
+            created_us INTEGER NOT NULL) WITHOUT ROWID""",
+        "CREATE INDEX device_tokens_by_user ON device_tokens (user, device)",
     ],
 ]
 TAIL_EVERY = 64  #: batches between the writer's own checkpoints of the WAL's tail
@@ -169,8 +170,8 @@ class SqliteStore:
         return dict(self._accounts)
 
     def load_device_tokens(self) -> dict[str, DeviceToken]:
-        rows = self.db.execute("SELECT digest, user, created_us FROM device_tokens")
-        return {digest: DeviceToken(digest, user, created) for digest, user, created in rows}
+        rows = self.db.execute("SELECT digest, user, device, created_us FROM device_tokens")
+        return {digest: DeviceToken(digest, user, device, created) for digest, user, device, created in rows}
 
     def _poll_accounts(self) -> dict[str, Account | None]:
         """Accounts that another process (``msgsrv user``) changed since the last poll.
@@ -217,10 +218,9 @@ class SqliteStore:
             "INSERT INTO users (name, created_us, role, password) VALUES (?, ?, ?, ?)",
             [(a.name, a.created_us, a.role, a.password_hash) for a in batch.accounts],
         )  # a name taken meanwhile by `msgsrv user add` fails the batch: the hub checked its own list
-        db.executemany(
-            "INSERT OR REPLACE INTO device_tokens (digest, user, created_us) VALUES (?, ?, ?)",
-            [(t.digest, t.user, t.created_us) for t in batch.device_tokens],
-        )
+        for token in batch.device_tokens:
+            self._keep_token(token)
+        db.executemany("DELETE FROM device_tokens WHERE digest = ?", [(d,) for d in batch.revoked_tokens])
         logins = {login.key: self._login(login) for login in batch.logins}
         if batch.expire_before_us:
             self._expire(batch.expire_before_us)
@@ -272,6 +272,24 @@ class SqliteStore:
             log.warning("storage read failed: %r", exc)
             return None
 
+    def _keep_token(self, t: DeviceToken) -> None:
+        """Keep a device token, in place of its device's older one, if the account's password
+        is still the one the login was checked against (a ``msgsrv user passwd`` that ran
+        while it was checked deleted the account's tokens: this one must not come back);
+        then only the account's newest ``TOKENS_PER_USER``."""
+        db = self.db
+        if not db.execute(
+            "SELECT 1 FROM users WHERE name = ? AND password = ?", (t.user, t.password_hash)
+        ).fetchone():  # fmt: skip
+            return
+        db.execute("DELETE FROM device_tokens WHERE user = ? AND device = ?", (t.user, t.device))
+        db.execute("INSERT INTO device_tokens VALUES (?, ?, ?, ?)", (t.digest, t.user, t.device, t.created_us))
+        db.execute(
+            """DELETE FROM device_tokens WHERE user = ?1 AND digest NOT IN
+               (SELECT digest FROM device_tokens WHERE user = ?1 ORDER BY created_us DESC LIMIT ?2)""",
+            (t.user, TOKENS_PER_USER),
+        )
+
     def _login(self, login: LoginRead) -> LoginInfo:
         """Record the device (its first login marks where it starts) and count what waits for
         it, up to ``login.count_up_to``: a login costs that much, not the length of a backlog."""
@@ -291,12 +309,12 @@ class SqliteStore:
             waiting += found
         return LoginInfo(waiting, self._receipts(login.user, login.device))
 
-    def _page(self, stream: str, before: int, limit: int) -> list[StoredMessage]:
+    def _page(self, stream: str, before: int, limit: int, max_bytes: int) -> list[StoredMessage]:
         rows = self.db.execute(
             f"SELECT {_COLUMNS} FROM messages WHERE stream = ? AND position < ? ORDER BY position DESC LIMIT ?",
             (stream, before or 2**62, limit),
-        ).fetchall()
-        return [StoredMessage(*row) for row in reversed(rows)]
+        )
+        return _within((StoredMessage(*row) for row in rows), max_bytes)[::-1]
 
     def _delivered(self, stream: str, user: str, position: int) -> list[DeliveredNote]:
         """``user`` acknowledged ``stream`` up to ``position``: the others' messages newly delivered.
@@ -532,6 +550,19 @@ class _Recent:
                 break
             done += 1
         del self.notes[:done]
+
+
+def _within(newest_first: Iterable[StoredMessage], max_bytes: int) -> list[StoredMessage]:
+    """A History page from its newest message back, while the bodies fit ``max_bytes``
+    (at least one): what a page adds to a connection's output stays within its limit."""
+    page: list[StoredMessage] = []
+    total = 0
+    for m in newest_first:
+        total += len(m.body)
+        if page and total > max_bytes:
+            break
+        page.append(m)
+    return page
 
 
 def connect(path: str) -> sqlite3.Connection:

@@ -30,19 +30,23 @@ def half_a_frame(length: int) -> bytes:
     return encode(Ping(b"x" * length, request_id=5))[: length // 2]
 
 
-def test_before_the_login_a_frame_may_be_only_a_few_kilobytes() -> None:
+def test_until_login_ok_a_frame_may_be_only_a_few_kilobytes() -> None:
     h = Harness()  # max_frame 65536
     stranger = h.connect(raw=True)
     h.send_raw(stranger, half_a_frame(PRE_LOGIN_MAX_FRAME + 1))  # refused on its prefix alone
     assert codes(stranger) == [ErrorCode.FRAME_TOO_LARGE] and stranger.closed == "frame_too_large"
     h.account("alice")
+    guesser = h.connect(raw=True)  # a Login, right or wrong, vouches for nothing until it is answered
+    big = encode(Send(TargetKind.USER, 0, 0, "alice", b"b" * 10_000, request_id=3))
+    h.send_raw(guesser, encode(Hello(request_id=1)) + encode(Login("alice", "wrong", request_id=2)) + big)
+    assert codes(guesser) == [ErrorCode.FRAME_TOO_LARGE] and guesser.closed == "frame_too_large"
     alice = h.connect(raw=True)
-    big = encode(Send(TargetKind.USER, 0, 0, "alice", b"b" * 10_000, request_id=3))  # pipelined behind the Login
-    h.send_raw(alice, encode(Hello(request_id=1)) + encode(Login("alice", PASSWORD, request_id=2)) + big)
+    h.send_raw(alice, encode(Hello(request_id=1)) + encode(Login("alice", PASSWORD, request_id=2)))
     h.settle()
-    assert alice.of(LoginOk) and alice.of(Receipt) and alice.closed is None  # a Login vouches for what follows
-    h.send_raw(alice, encode(Ping(b"p" * 20_000, request_id=4)))
-    assert alice.of(Pong)
+    assert alice.of(LoginOk) and alice.closed is None
+    h.send_raw(alice, big + encode(Ping(b"p" * 20_000, request_id=4)))  # logged in: the Welcome's limit
+    h.settle()
+    assert alice.of(Receipt) and alice.of(Pong)
 
 
 def test_a_failed_login_brings_the_small_limit_back() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -311,3 +313,21 @@ def test_visibility_instructors_shows_students_only_the_instructors() -> None:
         assert heard == [u for u in ("prof", "ben") if u in student_sees]
         assert [p.user for p in prof.of(Presence)] == ["ben"]  # type: ignore[attr-defined]
         assert [p.user for p in ben.of(Presence)] == []  # type: ignore[attr-defined]
+
+
+def test_visibility_instructors_leaks_no_presence_through_receipts_or_a_role_change() -> None:
+    from csce513msg.hub import Visibility
+
+    h = Harness(visibility=Visibility.INSTRUCTORS)
+    h.account("prof", "instructor")
+    h.account("ben")  # a student, offline
+    ann = h.connect("ann", presence=True)
+    prof = h.connect("prof")
+    ann.session.send_text("ben", "hi")
+    prof.session.send_text("ben", "hi")
+    h.pump()
+    assert [r.detail for r in ann.of(Receipt)] == [""]  # type: ignore[attr-defined]  # no hint for a student
+    assert [r.detail for r in prof.of(Receipt)] == ["ben is offline"]  # type: ignore[attr-defined]
+    h.engine.accounts["prof"] = dataclasses.replace(h.engine.accounts["prof"], role="student")  # demoted
+    h.drop(prof)
+    assert [(p.user, p.online) for p in ann.of(Presence)] == [("prof", 1), ("prof", 0)]  # type: ignore[attr-defined]

@@ -100,3 +100,22 @@ def test_reads_of_a_connection_gone_are_dropped_not_run() -> None:
     assert sum(pages_in(h)) == 0  # alice's pages were never read
     h.settle()
     assert not h.engine._history_waiters and not h.engine._reads
+
+
+def test_a_page_waits_if_the_output_backs_up_after_it_was_asked_for() -> None:
+    """The next page is queued as soon as a page is written; the backend's pause_writing
+    comes after it performed that write. The queued page must then wait, not be read."""
+    h = Harness(auto_jobs=False)
+    alice, _ = conversation(h)
+    ask(alice, 2)
+    h.pump()
+    h.run_jobs()  # page 1 read and written; page 2 queued for the next batch
+    h.apply(h.engine.pause_writing(alice.conn, h.now))  # ... which backed alice's output up
+    h.pump()
+    assert sum(pages_in(h)) == 0
+    h.run_jobs()
+    h.apply(h.engine.resume_writing(alice.conn, h.now))
+    h.pump()
+    assert pages_in(h) == [1]
+    h.settle()
+    assert len(alice.of(HistoryEnd)) == 2

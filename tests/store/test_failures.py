@@ -51,7 +51,7 @@ def test_a_read_that_fails_after_the_commit_costs_only_itself(tmp_path: Path) ->
         Batch(
             accounts=accounts("a", "b"),
             messages=[msg("a", "b", b"stored")],
-            history={1: ("dm:a,b", 2**64 - 1, 10), 2: ("dm:a,b", 0, 10)},
+            history={1: ("dm:a,b", 2**64 - 1, 10, 1 << 20), 2: ("dm:a,b", 0, 10, 1 << 20)},
         )
     )
     assert result.error is None and result.stored[0].position == 1  # type: ignore[union-attr]

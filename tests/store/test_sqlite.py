@@ -166,7 +166,7 @@ def test_retention_expires_the_same_way_in_both_stores(tmp_path: Path) -> None:
         result = store.apply(Batch(expire_before_us=2000, messages=[new, old[1]]))
         assert result.stored[0].position == 4  # type: ignore[union-attr]  # positions are never reused
         assert isinstance(result.stored[1], Refused)  # a resend of an expired message
-        page = store.apply(Batch(history={1: ("dm:a,b", 0, 10)})).history[1]
+        page = store.apply(Batch(history={1: ("dm:a,b", 0, 10, 1 << 20)})).history[1]
         assert [m.body for m in page] == [b"new"]
         fetched = store.apply(Batch(fetches=[Fetch(2, "b", "phone", 10, 100)])).fetched[2]
         assert [m.body for m in fetched] == [b"new"]
@@ -361,3 +361,14 @@ def test_version_4_data_survives_the_device_tokens_migration(tmp_path: Path) -> 
     store = SqliteStore(path, checkpoint_interval=0)
     assert store.db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 5
     assert list(store.load_accounts()) == ["a"] and store.load_device_tokens() == {}
+
+
+def test_a_history_page_stops_at_its_byte_budget_in_both_stores(tmp_path: Path) -> None:
+    """A page carries at most ``max_bytes`` of bodies, the newest first, and at least one
+    message: what it adds to a reader's output is bounded whatever the message sizes."""
+    for store in (MemoryStore(), SqliteStore(tmp_path / "db", checkpoint_interval=0)):
+        store.apply(Batch(accounts=accounts("a", "b"), messages=[msg("a", "b", bytes([i]) * 1000) for i in range(10)]))
+        page = store.apply(Batch(history={1: ("dm:a,b", 0, 100, 3500)})).history[1]
+        assert [m.position for m in page] == [8, 9, 10]  # three fit in 3,500 bytes, oldest first
+        tiny = store.apply(Batch(history={1: ("dm:a,b", 8, 100, 10)})).history[1]
+        assert [m.position for m in tiny] == [7]  # one, even over the budget: paging goes on
