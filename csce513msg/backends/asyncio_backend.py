@@ -17,7 +17,10 @@ uvloop runs the same code on libuv, in C, which takes most of that overhead away
 
 Where it stops. One thread, one core, like epoll. The transport buffers without
 limit, so the hard limit is our check after each write pass; its water marks come
-from ``set_write_buffer_limits`` with our flags.
+from ``set_write_buffer_limits`` with our flags. A transport call in the write pass
+can raise (``write_eof`` shuts the socket down, which fails with ENOTCONN if the peer
+reset meanwhile): that costs its connection only, never the pass, or everyone else's
+output from it would wait for their next write.
 
 Helpers: ``common`` (``BackendConfig``, ``listen``, ``banner``, ``guarded``, ``tune``,
 ``peer_name``) and ``jobs.JobRunner`` (storage batches off the loop; results come back
@@ -154,13 +157,17 @@ class AsyncServer:
             transport = proto.transport
             if transport is None or transport.is_closing():
                 continue
-            if proto.pending:
-                data, proto.pending = b"".join(proto.pending), []
-                transport.write(data)  # may call pause_writing before it returns
-            if transport.get_write_buffer_size() > self.config.hard_limit:
-                self.abort(proto, "outbound limit")
-            elif proto.closing and transport.can_write_eof():
-                transport.write_eof()  # FIN after the buffer drains; we read until theirs
+            try:
+                if proto.pending:
+                    data, proto.pending = b"".join(proto.pending), []
+                    transport.write(data)  # may call pause_writing before it returns
+                if transport.get_write_buffer_size() > self.config.hard_limit:
+                    self.abort(proto, "outbound limit")
+                elif proto.closing and transport.can_write_eof():
+                    transport.write_eof()  # FIN after the buffer drains; we read until theirs
+            except OSError as exc:  # e.g. write_eof's shutdown(): ENOTCONN, the peer reset meanwhile
+                self.abort(proto, f"output failed ({exc.strerror})")  # this one only: the pass goes on
+                continue
             if proto.pause_flag is not None:
                 paused, proto.pause_flag = proto.pause_flag, None
                 call = self.engine.pause_writing if paused else self.engine.resume_writing
@@ -173,6 +180,8 @@ class AsyncServer:
         if reason in ("outbound limit", "close timeout", "engine error"):
             size = proto.transport.get_write_buffer_size()
             log.warning("abort #%d: %s (%d bytes queued)", proto.id, reason, size)
+        else:
+            log.debug("abort #%d: %s", proto.id, reason)
         proto.transport.abort()  # connection_lost follows on the next loop pass
 
     def close_timeout(self, proto: ChatProtocol) -> None:
