@@ -16,7 +16,10 @@ loop and its system calls:
 - closing: drain the queue, ``shutdown(SHUT_WR)``, then read and discard until the
   peer closes too (so our last bytes are not destroyed by a reset), all bounded by
   the close timeout;
-- timers: the engine's deadline and the close deadlines become the poll timeout.
+- admission (``common.Admission``): the connection cap, and accept's pause when the
+  process is out of descriptors; a lost connection ends the pause;
+- timers: the engine's deadline, the close deadlines and the end of an accept pause
+  become the poll timeout.
 
 The strategy gives the driver two calls: ``watch(fd, read, write)`` to change what
 it waits for on a socket, and ``forget(fd)`` before the socket is closed.
@@ -31,7 +34,7 @@ from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from ..hub import Abort, Action, Close, EngineAPI, Submit, Write
-from .common import LINGER_RESET, BackendConfig, Outbound, guarded, peer_name, tune
+from .common import LINGER_RESET, Admission, BackendConfig, Outbound, connection_cap, guarded, peer_name, tune
 from .jobs import Inbox, JobRunner
 
 log = logging.getLogger("csce513msg.backend")
@@ -74,6 +77,7 @@ class Driver:
         self.by_id: dict[int, Conn] = {}  # engine's id -> connection
         self.dirty: set[Conn] = set()  # connections with output to send this pass
         self.closing: set[Conn] = set()
+        self.admission = Admission(connection_cap(config))
         self._doomed: list[tuple[Conn, str]] = []
         self.inbox = Inbox()  # finished jobs; the strategy watches inbox.fileno() for reading
         self.jobs = JobRunner(self.inbox.put)
@@ -179,6 +183,7 @@ class Driver:
         del self.conns[conn.fd], self.by_id[conn.id]
         self.dirty.discard(conn)
         self.closing.discard(conn)
+        self.admission.freed()  # a descriptor is free: if accept was paused, try again
         if reason in ABORTS:
             log.warning("abort #%d: %s (%d bytes queued)", conn.id, reason, conn.out.size)
         else:
@@ -192,11 +197,11 @@ class Driver:
     # ---- time ------------------------------------------------------------------------------
 
     def timeout(self, now: float) -> float | None:
-        """Seconds the strategy may block: until the next engine or close deadline."""
+        """Seconds the strategy may block: until the next engine, close or accept deadline."""
         deadlines = [c.deadline for c in self.closing]
-        engine_deadline = self.engine.next_deadline()
-        if engine_deadline is not None:
-            deadlines.append(engine_deadline)
+        for deadline in (self.engine.next_deadline(), self.admission.paused_until):
+            if deadline is not None:
+                deadlines.append(deadline)
         return max(0.0, min(deadlines) - now) if deadlines else None
 
     def timers(self, now: float) -> None:

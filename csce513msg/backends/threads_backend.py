@@ -8,9 +8,10 @@ into it holds one mutex (as the websockets library's threaded driver does); the
 main thread waits for signals and the engine's timer::
 
     acceptor thread:  accept() -> start a reader thread                (step 4)
+                      (at the cap: SERVER_FULL; EMFILE: wait, then retry)
     reader thread:    recv() -> [mutex] engine.data_received -> queue  (step 6)
     writer thread:    wait for output -> sendall() -> [mutex] resume   (steps 5, 7)
-    main thread:      select([wake-up socket], timeout) -> timers, shutdown
+    main thread:      select([wake-up socket, bell], timeout) -> timers, shutdown
 
 What it costs. Code reads top to bottom, like the assignment's steps. But each
 connection costs two threads: two stacks (we ask for 256 KiB each instead of the
@@ -22,9 +23,15 @@ Where it stops. Memory and scheduling: thousands of connections mean thousands o
 threads, and every message wakes at least two of them. The benchmark shows the
 highest CPU per message and memory per connection of all six.
 
-Helpers: ``common`` (``BackendConfig``, ``Outbound``, ``SignalWakeup``, ``banner``,
-``guarded``, ``tune``, ``peer_name``) and ``jobs.JobRunner`` (storage batches on their
-own thread; a result enters the engine under the mutex, like any call).
+The door. ``verify_request``, socketserver's hook between accept and the new
+thread, applies the cap (``--max-connections``): over it, SERVER_FULL and close.
+If ``accept`` fails (EMFILE: out of descriptors), the connection stays queued and
+the listener readable, so ``serve_forever`` would call ``accept`` again at once,
+forever; our ``get_request`` first waits for a connection to end, or half a second.
+
+Helpers: ``common`` (``BackendConfig``, ``Outbound``, ``Admission``, ``SignalWakeup``,
+``banner``, ``guarded``, ``tune``, ``peer_name``) and ``jobs.JobRunner`` (storage
+batches on their own thread; a result enters the engine under the mutex, like any call).
 """
 
 from __future__ import annotations
@@ -37,9 +44,23 @@ import socketserver
 import threading
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from ..hub import Abort, Action, Close, EngineAPI, HubConfig, Submit, Write
-from .common import LINGER_RESET, BackendConfig, Outbound, SignalWakeup, banner, guarded, peer_name, tune
+from .common import (
+    ACCEPT_PAUSE,
+    LINGER_RESET,
+    Admission,
+    BackendConfig,
+    Outbound,
+    SignalWakeup,
+    banner,
+    connection_cap,
+    guarded,
+    peer_name,
+    refuse,
+    tune,
+)
 from .jobs import JobRunner
 
 NAME = "threads"
@@ -69,6 +90,9 @@ class Hub:
         self.config = config
         self.lock = threading.Lock()  # held for every engine call and queue change
         self.conns: dict[int, TConn] = {}
+        self.admission = Admission(connection_cap(config))
+        self.admitted = 0  # connections counted against the cap: from verify_request to Handler.finish
+        self.freed = threading.Event()  # a connection ended: an acceptor waiting out EMFILE tries again
         self.bell, self._ringer = socket.socketpair()  # wakes the main thread for an earlier deadline
         self.sleeping_until: float | None = None  # the deadline the main thread sleeps towards
         # a finished job enters the engine from its worker thread, under the mutex like any call
@@ -173,6 +197,10 @@ class Handler(socketserver.BaseRequestHandler):
         hub.call(None, hub.engine.connection_lost, conn.id)  # exactly once, last
         # socketserver closes the socket when handle() returns
 
+    def finish(self) -> None:
+        """After handle(), whatever happened: the connection no longer counts against the cap."""
+        self.server.release()
+
 
 def write_loop(hub: Hub, conn: TConn) -> None:
     """The writer thread: send whatever is queued, in as few sendall calls as possible."""
@@ -211,6 +239,48 @@ class Server(socketserver.ThreadingTCPServer):
         self.address_family = family
         # create, bind and listen (steps 1-3) happen inside socketserver's constructor
         super().__init__((hub.config.host, hub.config.port), Handler)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        """accept(), called by serve_forever when the listener is readable (step 4).
+
+        If it fails for want of descriptors, the connection stays queued and the
+        listener readable: serve_forever would call again at once, forever. So we wait
+        here first, until a connection ends (``freed``) or ``ACCEPT_PAUSE`` passes."""
+        try:
+            return super().get_request()
+        except OSError as exc:
+            with self.hub.lock:
+                pause = self.hub.admission.failed(exc, time.monotonic())
+            if pause:
+                self.hub.freed.clear()
+                self.hub.freed.wait(ACCEPT_PAUSE)
+            raise  # serve_forever gives up on this round and selects again
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """socketserver's hook after accept: True to serve the connection; at the cap,
+        send SERVER_FULL and return False (socketserver then closes it)."""
+        hub = self.hub
+        with hub.lock:
+            if hub.admission.admit(hub.admitted, time.monotonic()):
+                hub.admitted += 1
+                return True
+            goodbye = hub.engine.server_full()
+        refuse(request, goodbye)
+        return False
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Start the connection's reader thread (ThreadingMixIn)."""
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.release()  # no thread, so no Handler.finish: it never counted
+            raise
+
+    def release(self) -> None:
+        """A connection admitted by verify_request is over."""
+        with self.hub.lock:
+            self.hub.admitted -= 1
+        self.hub.freed.set()
 
 
 def serve(engine: EngineAPI, config: BackendConfig, hub_config: HubConfig) -> None:
