@@ -7,6 +7,8 @@
   blocked in select/poll/epoll wakes up for them (``signal.set_wakeup_fd``).
 - ``Admission``: who may come in: the connection cap (``SERVER_FULL``), and what to
   do when ``accept`` fails for want of descriptors (back off, log once).
+- ``DeadlineQueue``: connections in deadline order (closes, TLS handshakes), so a
+  loop's timer work is proportional to what is due, not to how many connections there are.
 - ``banner``: the start-up lines of the server window.
 - ``guarded``: calls into the engine, where any exception is a bug that costs
   one connection, never the server.
@@ -21,9 +23,10 @@ import resource
 import signal
 import socket
 import struct
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from ..hub import Action, HubConfig
 
@@ -264,6 +267,51 @@ def refuse(sock: socket.socket, goodbye: bytes) -> None:
     except OSError:
         pass
     sock.close()
+
+
+T = TypeVar("T", bound=Hashable)
+
+
+class DeadlineQueue(Generic[T]):
+    """Connections with a deadline, earliest first: closes (the close timeout), TLS
+    handshakes (the handshake timeout).
+
+    Every entry gets the same length of time from a monotonic clock, so deadlines come
+    due in the order they were added: a first-in, first-out queue is a timer queue here.
+    The next deadline is the first entry and the overdue ones are a prefix, so a loop
+    pays for what is due, never for a walk over every connection (with 10,000 of them,
+    a walk on each wake-up of a loop costs more than the work). ``OrderedDict`` keeps the
+    order and removes an entry that is done early in O(1).
+    """
+
+    def __init__(self) -> None:
+        self._queue: OrderedDict[T, float] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def add(self, conn: T, deadline: float) -> None:
+        """``conn`` is due at ``deadline`` (never earlier than the last one added)."""
+        self._queue.setdefault(conn, deadline)
+
+    def discard(self, conn: T) -> None:
+        """``conn`` is done (or gone): it needs no deadline any more."""
+        self._queue.pop(conn, None)
+
+    def next_deadline(self) -> float | None:
+        """The earliest deadline, or None."""
+        return next(iter(self._queue.values()), None)
+
+    def due(self, now: float) -> list[T]:
+        """Remove and return the connections whose deadline has passed, oldest first."""
+        out = []
+        while self._queue:
+            conn, deadline = next(iter(self._queue.items()))
+            if deadline > now:
+                break
+            del self._queue[conn]
+            out.append(conn)
+        return out
 
 
 class SignalWakeup:

@@ -21,7 +21,10 @@ one thread run Python at all, so more cores do not help.
 
 Where it stops. Memory and scheduling: thousands of connections mean thousands of
 threads, and every message wakes at least two of them. The benchmark shows the
-highest CPU per message and memory per connection of all six.
+highest CPU per message and memory per connection of all six. The main thread's
+work must not grow with them: it keeps closing connections in deadline order
+(``DeadlineQueue``) and touches only the overdue ones, and another thread rings it
+only when its next deadline moves earlier.
 
 The door. ``verify_request``, socketserver's hook between accept and the new
 thread, applies the cap (``--max-connections``): over it, SERVER_FULL and close.
@@ -29,9 +32,10 @@ If ``accept`` fails (EMFILE: out of descriptors), the connection stays queued an
 the listener readable, so ``serve_forever`` would call ``accept`` again at once,
 forever; our ``get_request`` first waits for a connection to end, or half a second.
 
-Helpers: ``common`` (``BackendConfig``, ``Outbound``, ``Admission``, ``SignalWakeup``,
-``banner``, ``guarded``, ``tune``, ``peer_name``) and ``jobs.JobRunner`` (storage
-batches on their own thread; a result enters the engine under the mutex, like any call).
+Helpers: ``common`` (``BackendConfig``, ``Outbound``, ``Admission``, ``DeadlineQueue``,
+``SignalWakeup``, ``banner``, ``guarded``, ``tune``, ``peer_name``) and
+``jobs.JobRunner`` (storage batches on their own thread; a result enters the engine
+under the mutex, like any call).
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from .common import (
     LINGER_RESET,
     Admission,
     BackendConfig,
+    DeadlineQueue,
     Outbound,
     SignalWakeup,
     banner,
@@ -77,7 +82,6 @@ class TConn:
         self.out = Outbound()
         self.wakeup = threading.Condition(lock)  # the writer waits here for output
         self.closing = False  # drain, then shut the write side
-        self.deadline = 0.0
         self.reason = ""  # why we aborted it, for the log
         self.dead = False
 
@@ -90,10 +94,12 @@ class Hub:
         self.config = config
         self.lock = threading.Lock()  # held for every engine call and queue change
         self.conns: dict[int, TConn] = {}
+        self.closing: DeadlineQueue[TConn] = DeadlineQueue()  # closes under way, by deadline
         self.admission = Admission(connection_cap(config))
         self.admitted = 0  # connections counted against the cap: from verify_request to Handler.finish
         self.freed = threading.Event()  # a connection ended: an acceptor waiting out EMFILE tries again
         self.bell, self._ringer = socket.socketpair()  # wakes the main thread for an earlier deadline
+        self._ringer.setblocking(False)  # never block while holding the mutex: one byte pending is enough
         self.sleeping_until: float | None = None  # the deadline the main thread sleeps towards
         # a finished job enters the engine from its worker thread, under the mutex like any call
         self.jobs = JobRunner(self.job_result)
@@ -103,8 +109,8 @@ class Hub:
         """In the worker thread that ran the job."""
         self.call(None, self.engine.job_done, job_id, result)
         self.jobs.finished()
-        if self.stopping:
-            self._ringer.send(b"!")  # the main thread waits for the last batches
+        if self.stopping and not self.jobs.pending:
+            self.ring()  # the main thread was waiting for the last batch
 
     def call(self, conn: TConn | None, fn: Callable[..., list[Action]], *args: object) -> None:
         """Call the engine under the mutex, perform its actions, then flush."""
@@ -115,10 +121,23 @@ class Hub:
                 actions = [Abort(conn.id, "engine error")]
             self.perform(actions or [], now)
             self.perform(guarded(self.engine.flush, now) or [], now)
-            deadline = self.engine.next_deadline()
+            deadline = self.next_deadline()
             if deadline is not None and (self.sleeping_until is None or deadline < self.sleeping_until):
                 self.sleeping_until = deadline
-                self._ringer.send(b"!")  # the main thread must wake sooner than it planned
+                self.ring()  # the main thread must wake sooner than it planned
+
+    def next_deadline(self) -> float | None:
+        """When the main thread must next wake (mutex held): the engine's timer or the
+        first close deadline. O(1): never a walk over the connections."""
+        deadlines = [d for d in (self.engine.next_deadline(), self.closing.next_deadline()) if d is not None]
+        return min(deadlines) if deadlines else None
+
+    def ring(self) -> None:
+        """Wake the main thread (any thread may ring)."""
+        try:
+            self._ringer.send(b"!")
+        except BlockingIOError:
+            pass  # the bell is ringing already
 
     def perform(self, actions: Iterable[Action], now: float) -> None:
         """Queue writes and wake writers; never blocks (the mutex is held)."""
@@ -135,7 +154,7 @@ class Hub:
                 touched.add(conn)
             elif isinstance(action, Close) and not conn.closing:
                 conn.closing = True
-                conn.deadline = now + self.config.close_timeout
+                self.closing.add(conn, now + self.config.close_timeout)  # past it, the main thread aborts
             elif isinstance(action, Abort):
                 self.abort(conn, action.reason)
             conn.wakeup.notify()
@@ -190,11 +209,14 @@ class Handler(socketserver.BaseRequestHandler):
             pass  # reset by the peer
         with hub.lock:
             conn.dead = True
+            hub.closing.discard(conn)
             conn.wakeup.notify()
         writer.join()
         with hub.lock:
             del hub.conns[conn.id]
         hub.call(None, hub.engine.connection_lost, conn.id)  # exactly once, last
+        if hub.stopping and not hub.conns:
+            hub.ring()  # the last one: the main thread can finish
         # socketserver closes the socket when handle() returns
 
     def finish(self) -> None:
@@ -295,11 +317,8 @@ def serve(engine: EngineAPI, config: BackendConfig, hub_config: HubConfig) -> No
     while not hub.stopping or hub.conns or hub.jobs.pending:  # stopping: the last batches commit first
         with hub.lock:
             now = time.monotonic()
-            deadlines = [c.deadline for c in hub.conns.values() if c.closing and not c.reason]
-            if (engine_deadline := engine.next_deadline()) is not None:
-                deadlines.append(engine_deadline)
-            hub.sleeping_until = min(deadlines) if deadlines else None
-        timeout = max(0.0, min(deadlines) - now) if deadlines else None
+            hub.sleeping_until = deadline = hub.next_deadline()
+        timeout = None if deadline is None else max(0.0, deadline - now)
         ready, _, _ = select.select([wake.reader, hub.bell], [], [], timeout)  # main thread: timers, signals
         if hub.bell in ready:
             hub.bell.recv(4096)
@@ -321,8 +340,8 @@ def timers(hub: Hub) -> None:
     """Run the engine's timer and abort closes that overran their timeout."""
     with hub.lock:
         now = time.monotonic()
-        for conn in hub.conns.values():
-            if conn.closing and conn.deadline <= now and not conn.dead and not conn.reason:
+        for conn in hub.closing.due(now):  # only the overdue ones, oldest first
+            if not conn.dead and not conn.reason:
                 hub.abort(conn, "close timeout")
         deadline = hub.engine.next_deadline()
     if deadline is not None and deadline <= now:
