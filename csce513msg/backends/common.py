@@ -54,6 +54,9 @@ ONE_CONNECTION = frozenset(
     if hasattr(errno, name)
 )  # fmt: skip
 ACCEPT_PAUSE = 0.5  #: seconds a loop stops accepting after such an error (less if a connection closes)
+#: a connection admitted this soon after a failed accept does not end the stretch of
+#: failures: asyncio admits the ones it accepted just before running out only then
+ACCEPT_QUIET = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,12 +204,12 @@ class Admission:
         self.paused_until: float | None = None  #: not accepting until then (None: accepting)
         self._refused = 0  # connections refused in this stretch at the cap
         self._failures = 0  # accept() failures in this stretch
-        self._failing_since = 0.0
+        self._failing_since = self._last_failure = 0.0
 
     def admit(self, count: int, now: float) -> bool:
         """``accept`` returned a connection while ``count`` are served: True to serve it;
         False at the cap (the caller sends ``SERVER_FULL`` and closes it)."""
-        if self._failures:
+        if self._failures and now - self._last_failure >= ACCEPT_QUIET:
             log.warning(
                 "accepting again after %d failed accepts over %.1f s", self._failures, now - self._failing_since
             )
@@ -237,6 +240,7 @@ class Admission:
             self._failing_since = now
             log.warning("accept failed (%s): not accepting for a while; a line follows when it works", exc.strerror)
         self._failures += 1
+        self._last_failure = now
         self.paused_until = now + ACCEPT_PAUSE
         return True
 
