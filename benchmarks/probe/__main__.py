@@ -1,4 +1,4 @@
-"""``python -m benchmarks.probe NAME [--tree DIR] [--backend B]``: run one reproduction
+"""``python -m benchmarks.probe NAME [--tree DIR] [--backend B] [-p NAME=VALUE]``: run one reproduction
 and print its figures as JSON (see ``benchmarks/probe/__init__.py``)."""
 
 from __future__ import annotations

@@ -1,14 +1,17 @@
 """Probes of the I/O backends (issue 9, defects 4, 5 and 8).
 
 - ``asyncio-reset``: clients pinging while one client after another sends a bad frame
-  and goes away; the figure is the longest any pinger waited for its Pong. (Run it with
-  ``--backend asyncio`` or ``uvloop``; it runs on any backend.)
-- ``emfile``: the server out of file descriptors (its RLIMIT_NOFILE lowered) with
-  clients waiting in the backlog; the figures are its CPU and how fast its log grows.
-  ``--backend all`` runs the six in turn.
-- ``threads-10k``: SIGTERM with N idle logged-in connections; the figure is the time
-  the server takes to exit. The connections come from a child process with its own
-  raised RLIMIT_NOFILE (``-p connections=N``; default 10,000).
+  and goes away; the figure is the longest any pinger waited for its Pong (capped at
+  ``cap`` s). Run it with ``--backend asyncio`` or ``uvloop``; it runs on any backend.
+- ``emfile``: the server out of file descriptors (its RLIMIT_NOFILE lowered to
+  ``limit``; a server that has ``--max-connections`` gets it far above the limit, so
+  accept fails first) with clients waiting in the backlog; the figures are its CPU and
+  how fast its log grows. ``--backend all`` runs the six in turn.
+- ``threads-10k``: SIGTERM with N idle logged-in connections (``-p connections=N``,
+  default 10,000), held by a child process with its own raised RLIMIT_NOFILE; the
+  figures are the time the server takes to exit, its CPU and context switches during
+  the shutdown, and when the first and last close-timeout abort and the last
+  disconnect happened. ``-p hogs=N`` adds busy processes during the shutdown.
 
 The clients never answer the server's goodbye: the close timeout (5 s by default) is
 part of every exit time.
