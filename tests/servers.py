@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,9 +27,10 @@ def fingerprint_of(server: object) -> str:
 
 
 class ServerProcess:
-    """One ``msgsrv`` process; its log (stderr) goes to a file the test can read."""
+    """One ``msgsrv`` process; its log (stderr) goes to a file the test can read.
+    ``preexec`` runs in the child before exec (e.g. to lower RLIMIT_NOFILE)."""
 
-    def __init__(self, backend: str, *flags: str) -> None:
+    def __init__(self, backend: str, *flags: str, preexec: Callable[[], None] | None = None) -> None:
         self.backend = backend
         self.log_path = Path(tempfile.mkstemp(prefix=f"msgsrv-{backend}-", suffix=".log")[1])
         self._log = self.log_path.open("w")
@@ -43,7 +45,9 @@ class ServerProcess:
         # MSGSRV_TREE=DIR runs the servers from another source tree (e.g. a worktree of the commit
         # before a fix), to see a test fail there: the tests and clients stay this tree's
         tree = os.environ.get("MSGSRV_TREE") or None
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, text=True, cwd=tree)
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=self._log, text=True, cwd=tree, preexec_fn=preexec
+        )
         assert self.proc.stdout is not None
         self.banner = ""
         match = None
@@ -57,7 +61,7 @@ class ServerProcess:
             log = self.log()  # before stop(), which closes it
             self.stop()
             raise RuntimeError(f"msgsrv --backend {backend} did not start: {self.banner!r}\n{log}")
-        self.host, self.port = "127.0.0.1", int(match.group(2))
+        self.host, self.port, self.pid = "127.0.0.1", int(match.group(2)), self.proc.pid
 
     @property
     def address(self) -> tuple[str, int]:
@@ -111,9 +115,9 @@ def require_backend(name: str) -> None:
         pytest.skip(str(exc))
 
 
-def start(backend: str, *flags: str) -> ServerProcess:
+def start(backend: str, *flags: str, preexec: Callable[[], None] | None = None) -> ServerProcess:
     require_backend(backend)
-    return ServerProcess(backend, *flags)
+    return ServerProcess(backend, *flags, preexec=preexec)
 
 
 ALL_BACKENDS = list(BACKENDS)

@@ -1,4 +1,4 @@
-"""``python -m benchmarks.probe NAME [--tree DIR] [--backend B]``: run one reproduction
+"""``python -m benchmarks.probe NAME [--tree DIR] [--backend B] [-p NAME=VALUE]``: run one reproduction
 and print its figures as JSON (see ``benchmarks/probe/__init__.py``)."""
 
 from __future__ import annotations
@@ -20,6 +20,11 @@ parser = argparse.ArgumentParser(prog="python -m benchmarks.probe", description=
 parser.add_argument("name", choices=sorted(PROBES), help="; ".join(f"{n}: {d}" for n, (_, d) in sorted(PROBES.items())))
 parser.add_argument("--tree", type=Path, default=None, help="run the server from this source tree")
 parser.add_argument("--backend", default="epoll")
+parser.add_argument(
+    "-p", "--param", action="append", default=[], metavar="NAME=VALUE", help="a probe's own parameter (a number)"
+)
 args = parser.parse_args()
+params = {name: float(value) if "." in value else int(value) for name, value in (p.split("=", 1) for p in args.param)}
 fn, _ = PROBES[args.name]
-print(json.dumps({"probe": args.name, "backend": args.backend, **fn(tree=args.tree, backend=args.backend)}, indent=2))
+figures = fn(tree=args.tree, backend=args.backend, **params)
+print(json.dumps({"probe": args.name, "backend": args.backend, **params, **figures}, indent=2))

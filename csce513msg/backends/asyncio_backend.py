@@ -6,6 +6,7 @@ buffers writes itself, and calls a ``Protocol`` object per connection. The engin
 contract was named after ``asyncio.Protocol``, so the glue is nearly one to one::
 
     loop: epoll_wait -> accept       -> ChatProtocol.connection_made -> engine  (steps 4-5)
+                                        (at the cap: SERVER_FULL, close)
                      -> readable     -> ChatProtocol.data_received   -> engine  (step 6)
                      -> buffer drains/fills -> resume_writing / pause_writing
           call_soon(flush_pass): engine.flush, then ONE transport.write per
@@ -17,10 +18,23 @@ uvloop runs the same code on libuv, in C, which takes most of that overhead away
 
 Where it stops. One thread, one core, like epoll. The transport buffers without
 limit, so the hard limit is our check after each write pass; its water marks come
-from ``set_write_buffer_limits`` with our flags.
+from ``set_write_buffer_limits`` with our flags. A transport call in the write pass
+can raise (``write_eof`` shuts the socket down, which fails with ENOTCONN if the peer
+reset meanwhile): that costs its connection only, never the pass, or everyone else's
+output from it would wait for their next write.
 
-Helpers: ``common`` (``BackendConfig``, ``listen``, ``banner``, ``guarded``, ``tune``,
-``peer_name``) and ``jobs.JobRunner`` (storage batches off the loop; results come back
+The door. The loop accepts on its own; the cap (``--max-connections``, by default
+the open-file limit less a reserve) is checked in ``connection_made``, which answers
+SERVER_FULL and closes. If ``accept`` fails anyway (EMFILE), asyncio's loop stops
+watching the listener for a second, and reports each failure to the exception
+handler, with a traceback; ours counts them and logs once per stretch (CPython 3.11
+even tries ``backlog`` times in that one pass, python/cpython#151615). uvloop's
+libuv keeps a spare descriptor for this: it closes it, accepts and closes every
+queued connection (they see the connection end, with no SERVER_FULL), and reopens
+it; no spin, nothing logged.
+
+Helpers: ``common`` (``BackendConfig``, ``Admission``, ``listen``, ``banner``, ``guarded``,
+``tune``, ``peer_name``) and ``jobs.JobRunner`` (storage batches off the loop; results come back
 with ``call_soon_threadsafe``).
 """
 
@@ -35,7 +49,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..hub import Abort, Action, Close, EngineAPI, HubConfig, Submit, Write
-from .common import BackendConfig, banner, guarded, listen, peer_name, tune
+from .common import EXHAUSTED, Admission, BackendConfig, banner, connection_cap, guarded, listen, peer_name, tune
 from .jobs import JobRunner
 
 NAME = "asyncio"
@@ -50,12 +64,18 @@ class ChatProtocol(asyncio.Protocol):
         self.server = server
         self.id = next(_ids)
         self.pending: list[bytes] = []  # this pass's writes, sent together by flush_pass
+        self.refused = False  # over the cap: told SERVER_FULL, never seen by the engine
         self.closing = False
         self.pause_flag: bool | None = None  # set mid-write by the transport, forwarded after
         self.transport: Any = None  # asyncio.Transport, or uvloop's (not a subclass)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
+        if not self.server.admission.admit(len(self.server.conns), time.monotonic()):
+            self.refused = True
+            self.transport.write(self.server.engine.server_full())  # at the cap: say so,
+            self.transport.close()  # and close once it is sent
+            return
         sock = transport.get_extra_info("socket")
         tune(sock, self.server.config)
         self.transport.set_write_buffer_limits(high=self.server.config.high_water, low=self.server.config.low_water)
@@ -63,7 +83,7 @@ class ChatProtocol(asyncio.Protocol):
         self.server.call(self, self.server.engine.connection_made, self.id, peer_name(sock))  # Welcome
 
     def data_received(self, data: bytes) -> None:
-        if not self.closing:  # a closing connection's input is read and discarded
+        if not self.closing and not self.refused:  # a closing connection's input is read and discarded
             self.server.call(self, self.server.engine.data_received, self.id, data)
 
     def eof_received(self) -> bool:
@@ -78,6 +98,8 @@ class ChatProtocol(asyncio.Protocol):
         self.server.mark(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.refused:
+            return  # the engine never heard of it
         self.server.conns.pop(self.id, None)
         self.server.call(None, self.server.engine.connection_lost, self.id)  # exactly once, last
         self.server.maybe_done()
@@ -98,6 +120,7 @@ class AsyncServer:
         self.stopping = False
         self.done = loop.create_future()
         self.jobs = JobRunner(self.job_finished)
+        self.admission = Admission(connection_cap(config))
 
     def job_finished(self, job_id: int, result: object) -> None:
         """In a worker thread: hop onto the loop's thread, then tell the engine."""
@@ -154,13 +177,17 @@ class AsyncServer:
             transport = proto.transport
             if transport is None or transport.is_closing():
                 continue
-            if proto.pending:
-                data, proto.pending = b"".join(proto.pending), []
-                transport.write(data)  # may call pause_writing before it returns
-            if transport.get_write_buffer_size() > self.config.hard_limit:
-                self.abort(proto, "outbound limit")
-            elif proto.closing and transport.can_write_eof():
-                transport.write_eof()  # FIN after the buffer drains; we read until theirs
+            try:
+                if proto.pending:
+                    data, proto.pending = b"".join(proto.pending), []
+                    transport.write(data)  # may call pause_writing before it returns
+                if transport.get_write_buffer_size() > self.config.hard_limit:
+                    self.abort(proto, "outbound limit")
+                elif proto.closing and transport.can_write_eof():
+                    transport.write_eof()  # FIN after the buffer drains; we read until theirs
+            except OSError as exc:  # e.g. write_eof's shutdown(): ENOTCONN, the peer reset meanwhile
+                self.abort(proto, f"output failed ({exc.strerror})")  # this one only: the pass goes on
+                continue
             if proto.pause_flag is not None:
                 paused, proto.pause_flag = proto.pause_flag, None
                 call = self.engine.pause_writing if paused else self.engine.resume_writing
@@ -173,6 +200,8 @@ class AsyncServer:
         if reason in ("outbound limit", "close timeout", "engine error"):
             size = proto.transport.get_write_buffer_size()
             log.warning("abort #%d: %s (%d bytes queued)", proto.id, reason, size)
+        else:
+            log.debug("abort #%d: %s", proto.id, reason)
         proto.transport.abort()  # connection_lost follows on the next loop pass
 
     def close_timeout(self, proto: ChatProtocol) -> None:
@@ -193,6 +222,15 @@ class AsyncServer:
         self.timer = self.timer_at = None
         self.call(None, self.engine.handle_timer)
 
+    def loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """The loop's exception handler: accept() out of descriptors is expected, and
+        counted (``Admission.failed``: a line per stretch), not logged with a traceback."""
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and exc.errno in EXHAUSTED and "accept" in context.get("message", ""):
+            self.admission.failed(exc, time.monotonic())  # the loop itself tries again in a second
+            return
+        loop.default_exception_handler(context)
+
     def maybe_done(self) -> None:
         """Stopping, everyone gone, and the last storage batches back: serve() may return."""
         if self.stopping and not self.conns and not self.jobs.pending and not self.done.done():
@@ -202,6 +240,7 @@ class AsyncServer:
 async def main(engine: EngineAPI, config: BackendConfig, hub_config: HubConfig, name: str) -> None:
     loop = asyncio.get_running_loop()
     server = AsyncServer(engine, config, loop)
+    loop.set_exception_handler(server.loop_error)
     sock = listen(config)  # steps 1-3; the loop accepts on it (step 4)
     listener = await loop.create_server(lambda: ChatProtocol(server), sock=sock)
     stop: asyncio.Future[int] = loop.create_future()

@@ -15,8 +15,12 @@ loop and its system calls:
   not take waits for the socket to become writable;
 - closing: drain the queue, ``shutdown(SHUT_WR)``, then read and discard until the
   peer closes too (so our last bytes are not destroyed by a reset), all bounded by
-  the close timeout;
-- timers: the engine's deadline and the close deadlines become the poll timeout.
+  the close timeout (``DeadlineQueue``: the earliest deadline first, so a pass pays only
+  for the overdue ones);
+- admission (``common.Admission``): the connection cap, and accept's pause when the
+  process is out of descriptors; a lost connection ends the pause;
+- timers: the engine's deadline, the first close deadline and the end of an accept
+  pause become the poll timeout.
 
 The strategy gives the driver two calls: ``watch(fd, read, write)`` to change what
 it waits for on a socket, and ``forget(fd)`` before the socket is closed.
@@ -31,7 +35,17 @@ from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from ..hub import Abort, Action, Close, EngineAPI, Submit, Write
-from .common import LINGER_RESET, BackendConfig, Outbound, guarded, peer_name, tune
+from .common import (
+    LINGER_RESET,
+    Admission,
+    BackendConfig,
+    DeadlineQueue,
+    Outbound,
+    connection_cap,
+    guarded,
+    peer_name,
+    tune,
+)
 from .jobs import Inbox, JobRunner
 
 log = logging.getLogger("csce513msg.backend")
@@ -49,7 +63,7 @@ class Strategy(Protocol):
 class Conn:
     """One accepted connection."""
 
-    __slots__ = ("closing", "dead", "deadline", "fd", "id", "interest", "lingering", "out", "sock")
+    __slots__ = ("closing", "dead", "fd", "id", "interest", "lingering", "out", "sock")
 
     def __init__(self, sock: socket.socket) -> None:
         self.id = next(_ids)
@@ -58,7 +72,6 @@ class Conn:
         self.out = Outbound()
         self.interest = (True, False)  # (read, write) as registered with the strategy
         self.closing = False  # Close received: no more input for the engine
-        self.deadline = 0.0  # when a closing connection gets aborted
         self.lingering = False  # write side shut down; reading until the peer closes
         self.dead = False  # closed and reported lost
 
@@ -73,7 +86,8 @@ class Driver:
         self.conns: dict[int, Conn] = {}  # fd -> connection
         self.by_id: dict[int, Conn] = {}  # engine's id -> connection
         self.dirty: set[Conn] = set()  # connections with output to send this pass
-        self.closing: set[Conn] = set()
+        self.closing: DeadlineQueue[Conn] = DeadlineQueue()  # closes under way, by deadline
+        self.admission = Admission(connection_cap(config))
         self._doomed: list[tuple[Conn, str]] = []
         self.inbox = Inbox()  # finished jobs; the strategy watches inbox.fileno() for reading
         self.jobs = JobRunner(self.inbox.put)
@@ -179,6 +193,7 @@ class Driver:
         del self.conns[conn.fd], self.by_id[conn.id]
         self.dirty.discard(conn)
         self.closing.discard(conn)
+        self.admission.freed()  # a descriptor is free: if accept was paused, try again
         if reason in ABORTS:
             log.warning("abort #%d: %s (%d bytes queued)", conn.id, reason, conn.out.size)
         else:
@@ -192,11 +207,9 @@ class Driver:
     # ---- time ------------------------------------------------------------------------------
 
     def timeout(self, now: float) -> float | None:
-        """Seconds the strategy may block: until the next engine or close deadline."""
-        deadlines = [c.deadline for c in self.closing]
-        engine_deadline = self.engine.next_deadline()
-        if engine_deadline is not None:
-            deadlines.append(engine_deadline)
+        """Seconds the strategy may block: until the next engine, close or accept deadline."""
+        candidates = (self.engine.next_deadline(), self.closing.next_deadline(), self.admission.paused_until)
+        deadlines = [d for d in candidates if d is not None]
         return max(0.0, min(deadlines) - now) if deadlines else None
 
     def timers(self, now: float) -> None:
@@ -204,7 +217,7 @@ class Driver:
         deadline = self.engine.next_deadline()
         if deadline is not None and deadline <= now:
             self.perform(guarded(self.engine.handle_timer, now) or [], now)
-        for conn in [c for c in self.closing if c.deadline <= now]:
+        for conn in self.closing.due(now):  # only the overdue ones, oldest first
             self.lose(conn, "close timeout", now)
 
     def flush(self, now: float) -> None:
@@ -237,8 +250,7 @@ class Driver:
             return
         log.debug("close #%d: %s", conn.id, reason)
         conn.closing = True
-        conn.deadline = now + self.config.close_timeout
-        self.closing.add(conn)
+        self.closing.add(conn, now + self.config.close_timeout)  # past it, the close becomes an abort
         self.dirty.add(conn)  # the write pass drains, then shuts the write side
 
     def _shut_write(self, conn: Conn, now: float) -> None:

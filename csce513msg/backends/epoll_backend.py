@@ -7,6 +7,7 @@ the sockets that are ready::
 
         +--> ep.poll(timeout) ---- blocks until a socket is ready or a deadline ---+
         |      listener ready  -> accept() until EAGAIN, register each new socket  |
+        |                         (at the cap: SERVER_FULL; EMFILE: stop watching) |
         |      socket readable -> recv() once, engine.data_received -> actions     |
         |      socket writable -> send the rest of its queue                       |
         |      wake-up socket  -> SIGINT/SIGTERM: stop accepting, engine.shutdown  |
@@ -19,12 +20,17 @@ Per connection the kernel keeps a small entry (about 160 bytes) and we keep a
 code is the limit, not the system call.
 
 Where it stops. One thread uses one core; the file descriptor limit (``ulimit
--n``) caps connections. epoll is Linux-only (kqueue on BSD/macOS is the cousin).
-The benchmark's connection-scaling figure shows its flat memory and idle CPU.
+-n``) caps connections: ``--max-connections`` (by default that limit minus what the
+server keeps for itself) turns the rest away with SERVER_FULL. Should ``accept`` fail
+anyway (EMFILE), the connection stays in the backlog and the listener stays readable:
+a level-triggered loop would wake for it at once, forever, so we unregister the
+listener until a connection closes or half a second passes. epoll is Linux-only
+(kqueue on BSD/macOS is the cousin). The benchmark's connection-scaling figure shows
+its flat memory and idle CPU.
 
-Helpers: ``driver.Driver`` (actions, output, closing, timers, and the job runner
-whose ``Inbox`` socket the loop watches: storage batches finish there) and ``common``
-(``listen``, ``SignalWakeup``, ``banner``).
+Helpers: ``driver.Driver`` (actions, output, closing, timers, the ``Admission`` at
+the door, and the job runner whose ``Inbox`` socket the loop watches: storage batches
+finish there) and ``common`` (``listen``, ``refuse``, ``SignalWakeup``, ``banner``).
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ import socket
 import time
 
 from ..hub import EngineAPI, HubConfig
-from .common import BackendConfig, SignalWakeup, banner, listen
+from .common import BackendConfig, SignalWakeup, banner, listen, refuse
 from .driver import Conn, Driver
 
 NAME = "epoll"
@@ -80,12 +86,13 @@ def serve(engine: EngineAPI, config: BackendConfig, hub_config: HubConfig) -> No
         now = time.monotonic()
         for fd, mask in events:
             if fd == listen_fd:
-                accept(listener, driver, now)
+                if not accept(listener, driver, now):  # out of descriptors: the listener stays readable,
+                    strategy.forget(listen_fd)  # so stop watching it for a while, or we would spin
             elif fd == wake_fd:
                 wake.drain()
                 if accepting:
                     accepting = False
-                    stop_accepting(listener, strategy, wake)
+                    stop_accepting(listener, strategy, wake, watched=not driver.admission.paused)
                     driver.shutdown(now)  # goodbyes and closes; the loop drains them
             elif fd == jobs_fd:
                 driver.jobs_done(now)  # storage batches, password hashes: finished off the loop
@@ -95,22 +102,29 @@ def serve(engine: EngineAPI, config: BackendConfig, hub_config: HubConfig) -> No
                 if mask & select.EPOLLOUT and not conn.dead:
                     on_writable(driver, conn)
         driver.timers(now)
+        if driver.admission.resume(now) and accepting:  # the pause is over, or a connection closed
+            strategy.watch(listen_fd, True, False)
         driver.flush(now)  # the engine's batch, then one send per connection
     driver.jobs.close()
     wake.close()
     strategy.ep.close()
 
 
-def accept(listener: socket.socket, driver: Driver, now: float) -> None:
-    """Accept every pending connection: the kernel finished their handshakes."""
+def accept(listener: socket.socket, driver: Driver, now: float) -> bool:
+    """Accept every pending connection: the kernel finished their handshakes.
+    Returns False if the loop must stop watching the listener for a while."""
     while True:
         try:
             sock, _ = listener.accept()  # step 4: accept
         except BlockingIOError:
-            return  # no more waiting
-        except OSError as exc:  # EMFILE: out of file descriptors; they wait in the backlog
-            log.warning("accept failed: %s", exc)
-            return
+            return True  # no more waiting
+        except OSError as exc:  # EMFILE: out of descriptors; the rest wait in the backlog
+            if driver.admission.failed(exc, now):
+                return False
+            continue  # only that connection failed (reset while it waited): take the next
+        if not driver.admission.admit(len(driver.conns), now):
+            refuse(sock, driver.engine.server_full())  # at the cap: say so, and close
+            continue
         driver.accepted(sock, now)  # the engine sends the Welcome: step 5, the acknowledgement
 
 
@@ -124,8 +138,9 @@ def on_writable(driver: Driver, conn: Conn) -> None:
     driver.writable(conn)
 
 
-def stop_accepting(listener: socket.socket, strategy: EpollStrategy, wake: SignalWakeup) -> None:
+def stop_accepting(listener: socket.socket, strategy: EpollStrategy, wake: SignalWakeup, watched: bool) -> None:
     """Close the listener, so new clients are refused while we drain."""
-    strategy.forget(listener.fileno())
+    if watched:  # (not while accept is paused)
+        strategy.forget(listener.fileno())
     listener.close()
     log.info("shutting down (signal %s)", wake.signalled)

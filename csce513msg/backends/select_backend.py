@@ -7,6 +7,7 @@ Python scans the bitmaps back into lists. We keep the two sets ourselves::
 
         +--> select(r, w, timeout) - blocks until a socket is ready or a deadline -+
         |      listener ready  -> accept() until EAGAIN, register each new socket  |
+        |                         (at the cap: SERVER_FULL; EMFILE: stop watching) |
         |      socket readable -> recv() once, engine.data_received -> actions     |
         |      socket writable -> send the rest of its queue                       |
         |      wake-up socket  -> SIGINT/SIGTERM: stop accepting, engine.shutdown  |
@@ -18,14 +19,15 @@ most portable call (every Unix, and Windows for sockets).
 
 Where it stops. An ``fd_set`` is a fixed bitmap of FD_SETSIZE = 1024 bits: a
 descriptor numbered 1024 or more cannot be watched at all (Python raises
-ValueError). So at about 1,016 clients (the listener, the wake-up socket, stdio
-and a few more hold the low numbers) ``accept`` refuses new connections with a
-``server full`` error and a log line, instead of crashing. The benchmark's
-connection-scaling figure shows select stopping there.
+ValueError). So at about 1,010 clients (the listener, the wake-up socket, stdio,
+the database and a few more hold the low numbers) ``accept`` refuses new
+connections with a ``server full`` error, instead of crashing, as it does at the
+``--max-connections`` cap; the log says so once per stretch of refusals. The
+benchmark's connection-scaling figure shows select stopping there.
 
-Helpers: ``driver.Driver`` (actions, output, closing, timers, and the job runner
-whose ``Inbox`` socket the loop watches: storage batches finish there) and ``common``
-(``listen``, ``SignalWakeup``, ``banner``).
+Helpers: ``driver.Driver`` (actions, output, closing, timers, the ``Admission`` at
+the door, and the job runner whose ``Inbox`` socket the loop watches: storage batches
+finish there) and ``common`` (``listen``, ``refuse``, ``SignalWakeup``, ``banner``).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import socket
 import time
 
 from ..hub import EngineAPI, HubConfig
-from .common import BackendConfig, SignalWakeup, banner, listen
+from .common import BackendConfig, SignalWakeup, banner, listen, refuse
 from .driver import Conn, Driver
 
 NAME = "select"
@@ -82,12 +84,13 @@ def serve(engine: EngineAPI, config: BackendConfig, hub_config: HubConfig) -> No
         events = [(fd, 1) for fd in readable] + [(fd, 4) for fd in writable]  # 1: read, 4: write
         for fd, mask in events:
             if fd == listen_fd:
-                accept(listener, driver, now)
+                if not accept(listener, driver, now):  # out of descriptors: the listener stays readable,
+                    strategy.forget(listen_fd)  # so stop watching it for a while, or we would spin
             elif fd == wake_fd:
                 wake.drain()
                 if accepting:
                     accepting = False
-                    stop_accepting(listener, strategy, wake)
+                    stop_accepting(listener, strategy, wake, watched=not driver.admission.paused)
                     driver.shutdown(now)  # goodbyes and closes; the loop drains them
             elif fd == jobs_fd:
                 driver.jobs_done(now)  # storage batches, password hashes: finished off the loop
@@ -97,36 +100,33 @@ def serve(engine: EngineAPI, config: BackendConfig, hub_config: HubConfig) -> No
                 elif not conn.dead:
                     on_writable(driver, conn)
         driver.timers(now)
+        if driver.admission.resume(now) and accepting:  # the pause is over, or a connection closed
+            strategy.watch(listen_fd, True, False)
         driver.flush(now)  # the engine's batch, then one send per connection
     driver.jobs.close()
     wake.close()
 
 
-def accept(listener: socket.socket, driver: Driver, now: float) -> None:
-    """Accept every pending connection: the kernel finished their handshakes."""
+def accept(listener: socket.socket, driver: Driver, now: float) -> bool:
+    """Accept every pending connection: the kernel finished their handshakes.
+    Returns False if the loop must stop watching the listener for a while."""
     while True:
         try:
             sock, _ = listener.accept()  # step 4: accept
         except BlockingIOError:
-            return  # no more waiting
-        except OSError as exc:  # EMFILE: out of file descriptors; they wait in the backlog
-            log.warning("accept failed: %s", exc)
-            return
+            return True  # no more waiting
+        except OSError as exc:  # EMFILE: out of descriptors; the rest wait in the backlog
+            if driver.admission.failed(exc, now):
+                return False
+            continue  # only that connection failed (reset while it waited): take the next
         if sock.fileno() >= FD_SETSIZE:  # select could never watch it: refuse, politely
-            refuse_full(sock, driver.engine.server_full())
+            driver.admission.refused(f"descriptor {sock.fileno()} is over select's FD_SETSIZE ({FD_SETSIZE})")
+            refuse(sock, driver.engine.server_full())
+            continue
+        if not driver.admission.admit(len(driver.conns), now):
+            refuse(sock, driver.engine.server_full())  # at the cap: say so, and close
             continue
         driver.accepted(sock, now)  # the engine sends the Welcome: step 5, the acknowledgement
-
-
-def refuse_full(sock: socket.socket, goodbye: bytes) -> None:
-    """Tell a client we are at select's ceiling, then close (best effort, no wait)."""
-    log.warning("refused connection: descriptor %d is over select's FD_SETSIZE (%d)", sock.fileno(), FD_SETSIZE)
-    try:
-        sock.setblocking(False)
-        sock.send(goodbye)  # the engine's "server full" error; it may not fit: then just close
-    except OSError:
-        pass
-    sock.close()
 
 
 def on_readable(driver: Driver, conn: Conn, now: float) -> None:
@@ -139,8 +139,9 @@ def on_writable(driver: Driver, conn: Conn) -> None:
     driver.writable(conn)
 
 
-def stop_accepting(listener: socket.socket, strategy: SelectStrategy, wake: SignalWakeup) -> None:
+def stop_accepting(listener: socket.socket, strategy: SelectStrategy, wake: SignalWakeup, watched: bool) -> None:
     """Close the listener, so new clients are refused while we drain."""
-    strategy.forget(listener.fileno())
+    if watched:  # (not while accept is paused)
+        strategy.forget(listener.fileno())
     listener.close()
     log.info("shutting down (signal %s)", wake.signalled)

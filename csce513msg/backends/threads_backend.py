@@ -8,9 +8,10 @@ into it holds one mutex (as the websockets library's threaded driver does); the
 main thread waits for signals and the engine's timer::
 
     acceptor thread:  accept() -> start a reader thread                (step 4)
+                      (at the cap: SERVER_FULL; EMFILE: wait, then retry)
     reader thread:    recv() -> [mutex] engine.data_received -> queue  (step 6)
     writer thread:    wait for output -> sendall() -> [mutex] resume   (steps 5, 7)
-    main thread:      select([wake-up socket], timeout) -> timers, shutdown
+    main thread:      select([wake-up socket, bell], timeout) -> timers, shutdown
 
 What it costs. Code reads top to bottom, like the assignment's steps. But each
 connection costs two threads: two stacks (we ask for 256 KiB each instead of the
@@ -20,11 +21,21 @@ one thread run Python at all, so more cores do not help.
 
 Where it stops. Memory and scheduling: thousands of connections mean thousands of
 threads, and every message wakes at least two of them. The benchmark shows the
-highest CPU per message and memory per connection of all six.
+highest CPU per message and memory per connection of all six. The main thread's
+work must not grow with them: it keeps closing connections in deadline order
+(``DeadlineQueue``) and touches only the overdue ones, and another thread rings it
+only when its next deadline moves earlier.
 
-Helpers: ``common`` (``BackendConfig``, ``Outbound``, ``SignalWakeup``, ``banner``,
-``guarded``, ``tune``, ``peer_name``) and ``jobs.JobRunner`` (storage batches on their
-own thread; a result enters the engine under the mutex, like any call).
+The door. ``verify_request``, socketserver's hook between accept and the new
+thread, applies the cap (``--max-connections``): over it, SERVER_FULL and close.
+If ``accept`` fails (EMFILE: out of descriptors), the connection stays queued and
+the listener readable, so ``serve_forever`` would call ``accept`` again at once,
+forever; our ``get_request`` first waits for a connection to end, or half a second.
+
+Helpers: ``common`` (``BackendConfig``, ``Outbound``, ``Admission``, ``DeadlineQueue``,
+``SignalWakeup``, ``banner``, ``guarded``, ``tune``, ``peer_name``) and
+``jobs.JobRunner`` (storage batches on their own thread; a result enters the engine
+under the mutex, like any call).
 """
 
 from __future__ import annotations
@@ -37,9 +48,24 @@ import socketserver
 import threading
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from ..hub import Abort, Action, Close, EngineAPI, HubConfig, Submit, Write
-from .common import LINGER_RESET, BackendConfig, Outbound, SignalWakeup, banner, guarded, peer_name, tune
+from .common import (
+    ACCEPT_PAUSE,
+    LINGER_RESET,
+    Admission,
+    BackendConfig,
+    DeadlineQueue,
+    Outbound,
+    SignalWakeup,
+    banner,
+    connection_cap,
+    guarded,
+    peer_name,
+    refuse,
+    tune,
+)
 from .jobs import JobRunner
 
 NAME = "threads"
@@ -56,7 +82,6 @@ class TConn:
         self.out = Outbound()
         self.wakeup = threading.Condition(lock)  # the writer waits here for output
         self.closing = False  # drain, then shut the write side
-        self.deadline = 0.0
         self.reason = ""  # why we aborted it, for the log
         self.dead = False
 
@@ -69,7 +94,12 @@ class Hub:
         self.config = config
         self.lock = threading.Lock()  # held for every engine call and queue change
         self.conns: dict[int, TConn] = {}
+        self.closing: DeadlineQueue[TConn] = DeadlineQueue()  # closes under way, by deadline
+        self.admission = Admission(connection_cap(config))
+        self.admitted = 0  # connections counted against the cap: from verify_request to Handler.finish
+        self.freed = threading.Event()  # a connection ended: an acceptor waiting out EMFILE tries again
         self.bell, self._ringer = socket.socketpair()  # wakes the main thread for an earlier deadline
+        self._ringer.setblocking(False)  # never block while holding the mutex: one byte pending is enough
         self.sleeping_until: float | None = None  # the deadline the main thread sleeps towards
         # a finished job enters the engine from its worker thread, under the mutex like any call
         self.jobs = JobRunner(self.job_result)
@@ -79,8 +109,8 @@ class Hub:
         """In the worker thread that ran the job."""
         self.call(None, self.engine.job_done, job_id, result)
         self.jobs.finished()
-        if self.stopping:
-            self._ringer.send(b"!")  # the main thread waits for the last batches
+        if self.stopping and not self.jobs.pending:
+            self.ring()  # the main thread was waiting for the last batch
 
     def call(self, conn: TConn | None, fn: Callable[..., list[Action]], *args: object) -> None:
         """Call the engine under the mutex, perform its actions, then flush."""
@@ -91,10 +121,23 @@ class Hub:
                 actions = [Abort(conn.id, "engine error")]
             self.perform(actions or [], now)
             self.perform(guarded(self.engine.flush, now) or [], now)
-            deadline = self.engine.next_deadline()
+            deadline = self.next_deadline()
             if deadline is not None and (self.sleeping_until is None or deadline < self.sleeping_until):
                 self.sleeping_until = deadline
-                self._ringer.send(b"!")  # the main thread must wake sooner than it planned
+                self.ring()  # the main thread must wake sooner than it planned
+
+    def next_deadline(self) -> float | None:
+        """When the main thread must next wake (mutex held): the engine's timer or the
+        first close deadline. O(1): never a walk over the connections."""
+        deadlines = [d for d in (self.engine.next_deadline(), self.closing.next_deadline()) if d is not None]
+        return min(deadlines) if deadlines else None
+
+    def ring(self) -> None:
+        """Wake the main thread (any thread may ring)."""
+        try:
+            self._ringer.send(b"!")
+        except BlockingIOError:
+            pass  # the bell is ringing already
 
     def perform(self, actions: Iterable[Action], now: float) -> None:
         """Queue writes and wake writers; never blocks (the mutex is held)."""
@@ -111,7 +154,7 @@ class Hub:
                 touched.add(conn)
             elif isinstance(action, Close) and not conn.closing:
                 conn.closing = True
-                conn.deadline = now + self.config.close_timeout
+                self.closing.add(conn, now + self.config.close_timeout)  # past it, the main thread aborts
             elif isinstance(action, Abort):
                 self.abort(conn, action.reason)
             conn.wakeup.notify()
@@ -166,12 +209,19 @@ class Handler(socketserver.BaseRequestHandler):
             pass  # reset by the peer
         with hub.lock:
             conn.dead = True
+            hub.closing.discard(conn)
             conn.wakeup.notify()
         writer.join()
         with hub.lock:
             del hub.conns[conn.id]
         hub.call(None, hub.engine.connection_lost, conn.id)  # exactly once, last
+        if hub.stopping and not hub.conns:
+            hub.ring()  # the last one: the main thread can finish
         # socketserver closes the socket when handle() returns
+
+    def finish(self) -> None:
+        """After handle(), whatever happened: the connection no longer counts against the cap."""
+        self.server.release()
 
 
 def write_loop(hub: Hub, conn: TConn) -> None:
@@ -212,6 +262,48 @@ class Server(socketserver.ThreadingTCPServer):
         # create, bind and listen (steps 1-3) happen inside socketserver's constructor
         super().__init__((hub.config.host, hub.config.port), Handler)
 
+    def get_request(self) -> tuple[socket.socket, Any]:
+        """accept(), called by serve_forever when the listener is readable (step 4).
+
+        If it fails for want of descriptors, the connection stays queued and the
+        listener readable: serve_forever would call again at once, forever. So we wait
+        here first, until a connection ends (``freed``) or ``ACCEPT_PAUSE`` passes."""
+        try:
+            return super().get_request()
+        except OSError as exc:
+            with self.hub.lock:
+                pause = self.hub.admission.failed(exc, time.monotonic())
+            if pause:
+                self.hub.freed.clear()
+                self.hub.freed.wait(ACCEPT_PAUSE)
+            raise  # serve_forever gives up on this round and selects again
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """socketserver's hook after accept: True to serve the connection; at the cap,
+        send SERVER_FULL and return False (socketserver then closes it)."""
+        hub = self.hub
+        with hub.lock:
+            if hub.admission.admit(hub.admitted, time.monotonic()):
+                hub.admitted += 1
+                return True
+            goodbye = hub.engine.server_full()
+        refuse(request, goodbye)
+        return False
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Start the connection's reader thread (ThreadingMixIn)."""
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.release()  # no thread, so no Handler.finish: it never counted
+            raise
+
+    def release(self) -> None:
+        """A connection admitted by verify_request is over."""
+        with self.hub.lock:
+            self.hub.admitted -= 1
+        self.hub.freed.set()
+
 
 def serve(engine: EngineAPI, config: BackendConfig, hub_config: HubConfig) -> None:
     """Run the server until SIGINT or SIGTERM, then say goodbye and return."""
@@ -225,11 +317,8 @@ def serve(engine: EngineAPI, config: BackendConfig, hub_config: HubConfig) -> No
     while not hub.stopping or hub.conns or hub.jobs.pending:  # stopping: the last batches commit first
         with hub.lock:
             now = time.monotonic()
-            deadlines = [c.deadline for c in hub.conns.values() if c.closing and not c.reason]
-            if (engine_deadline := engine.next_deadline()) is not None:
-                deadlines.append(engine_deadline)
-            hub.sleeping_until = min(deadlines) if deadlines else None
-        timeout = max(0.0, min(deadlines) - now) if deadlines else None
+            hub.sleeping_until = deadline = hub.next_deadline()
+        timeout = None if deadline is None else max(0.0, deadline - now)
         ready, _, _ = select.select([wake.reader, hub.bell], [], [], timeout)  # main thread: timers, signals
         if hub.bell in ready:
             hub.bell.recv(4096)
@@ -251,8 +340,8 @@ def timers(hub: Hub) -> None:
     """Run the engine's timer and abort closes that overran their timeout."""
     with hub.lock:
         now = time.monotonic()
-        for conn in hub.conns.values():
-            if conn.closing and conn.deadline <= now and not conn.dead and not conn.reason:
+        for conn in hub.closing.due(now):  # only the overdue ones, oldest first
+            if not conn.dead and not conn.reason:
                 hub.abort(conn, "close timeout")
         deadline = hub.engine.next_deadline()
     if deadline is not None and deadline <= now:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 from ..hub import Abort, Action, Close, ConnId, Write
 from ..hub.contract import EngineAPI
+from .common import DeadlineQueue
 
 log = logging.getLogger("csce513msg.tls")
 
@@ -52,7 +53,6 @@ class TlsConn:
     obj: ssl.SSLObject
     incoming: ssl.MemoryBIO
     outgoing: ssl.MemoryBIO
-    deadline: float  #: handshake deadline
     established: bool = False  #: handshake done; the inner engine knows this connection
     closed: bool = False  #: we sent Close or Abort
     pending: list[bytes] = field(default_factory=list)
@@ -72,13 +72,15 @@ class TlsEngine:
         self.context = context
         self.handshake_timeout = handshake_timeout
         self.conns: dict[ConnId, TlsConn] = {}
+        self.handshakes: DeadlineQueue[ConnId] = DeadlineQueue()  # under way, by deadline: O(1) per timer
 
     # ---- the engine contract -----------------------------------------------------
 
     def connection_made(self, conn: ConnId, peer: str, now: float) -> list[Action]:
         incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         obj = self.context.wrap_bio(incoming, outgoing, server_side=True)
-        self.conns[conn] = TlsConn(peer, obj, incoming, outgoing, now + self.handshake_timeout)
+        self.conns[conn] = TlsConn(peer, obj, incoming, outgoing)
+        self.handshakes.add(conn, now + self.handshake_timeout)
         return []  # the client speaks first (ClientHello)
 
     def data_received(self, conn: ConnId, data: bytes, now: float) -> list[Action]:
@@ -95,6 +97,7 @@ class TlsEngine:
             except ssl.SSLError as exc:
                 return self._fail(conn, tls, f"TLS handshake failed: {exc.reason or exc}")
             tls.established = True
+            self.handshakes.discard(conn)
             log.debug("TLS #%d: %s, %s", conn, tls.obj.version(), tls.obj.cipher())
             out += self.inner.connection_made(conn, tls.peer, now)
         plaintext, closing = self._read(conn, tls)
@@ -106,6 +109,7 @@ class TlsEngine:
 
     def connection_lost(self, conn: ConnId, now: float) -> list[Action]:
         tls = self.conns.pop(conn)
+        self.handshakes.discard(conn)
         if not tls.established:
             return []
         return self._seal(self.inner.connection_lost(conn, now))
@@ -123,16 +127,14 @@ class TlsEngine:
         return self._seal(self.inner.flush(now))
 
     def next_deadline(self) -> float | None:
-        deadlines = [t.deadline for t in self.conns.values() if not t.established and not t.closed]
-        inner = self.inner.next_deadline()
-        if inner is not None:
-            deadlines.append(inner)
+        deadlines = [d for d in (self.handshakes.next_deadline(), self.inner.next_deadline()) if d is not None]
         return min(deadlines) if deadlines else None
 
     def handle_timer(self, now: float) -> list[Action]:
         out: list[Action] = []
-        for conn, tls in list(self.conns.items()):
-            if not tls.established and not tls.closed and tls.deadline <= now:
+        for conn in self.handshakes.due(now):  # only the overdue handshakes, never every connection
+            tls = self.conns[conn]
+            if not tls.closed:
                 out += self._fail(conn, tls, "TLS handshake timeout")
         inner = self.inner.next_deadline()
         if inner is not None and inner <= now:

@@ -12,6 +12,12 @@ an extra dependency (``pip install csce513msg[fast]``), Linux and macOS only.
 Where it stops. One thread, one core, like epoll and asyncio. The benchmark shows
 how much of asyncio's cost was the loop (the gap to asyncio) and how much is ours
 (the gap that stays to the bare relay).
+
+Where it differs. Out of descriptors, libuv does not spin or log: it keeps one spare
+descriptor, and on EMFILE closes it, accepts and closes every queued connection, and
+opens it again (those clients see the connection end with no SERVER_FULL; our cap,
+below the limit, normally answers first). Its ``write_eof`` queues the shutdown and
+reports a failure through a callback, so it never raises in our write pass.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from ..backends import BACKENDS, DESCRIPTIONS, BackendUnavailable, default_backend, load
-from ..backends.common import BackendConfig, check_limits
+from ..backends.common import FD_RESERVE, BackendConfig, check_limits
 from ..backends.tls import TlsEngine, server_context
 from ..crypto.certs import ensure_certificate, fingerprint_of_pem
 from ..crypto.passwords import COSTS, Scrypt
@@ -73,6 +73,12 @@ def serve(
     close_timeout: Annotated[float, typer.Option(help="Seconds a closing connection may take to drain.")] = 5.0,
     backlog: Annotated[int, typer.Option(help="listen() backlog.")] = 1024,
     recv_size: Annotated[int, typer.Option(help="Bytes asked of each recv() call.")] = 65536,
+    max_connections: Annotated[
+        int,
+        typer.Option(
+            help=f"Connections served at once; more are told SERVER_FULL. 0: the open-file limit - {FD_RESERVE}."
+        ),
+    ] = 0,
     tls: Annotated[bool, typer.Option(help="TLS 1.3 only; makes a self-signed certificate on first start.")] = False,
     tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate (chain) to use instead.")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="PEM private key for --tls-cert.")] = None,
@@ -135,15 +141,17 @@ def serve(
         retention_days=retention_days, ack_delay=ack_delay, login_timeout=login_timeout,
         frame_timeout=frame_timeout, visibility=visibility, max_pending_logins=max_pending_logins,
     )  # fmt: skip
+    if max_connections < 0:
+        _fail("--max-connections must be 0 (the open-file limit decides) or more")
     backend_config = BackendConfig(
-        host, port, high_water, low_water, hard_limit, sndbuf, close_timeout, backlog, recv_size
+        host, port, high_water, low_water, hard_limit, sndbuf, close_timeout, backlog, recv_size, max_connections
     )
     problem = check_limits(backend_config, hub_config)
     if problem:
         _fail(problem)
     loopback = ipaddress.ip_address(_resolve(host)).is_loopback
     passwords = _passwords(kdf_cost, loopback)
-    _raise_fd_limit()
+    _raise_fd_limit()  # the default --max-connections is the limit after this, less FD_RESERVE
     data_dir = data_dir or default_data_dir()
     store = _open_store(data_dir, durability, checkpoint_interval)
     wall_offset = time.time() - time.monotonic()
@@ -243,7 +251,10 @@ def _raise_fd_limit() -> None:
     """Allow as many connections as the hard limit of open files permits."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):  # macOS: an unlimited hard limit, but soft stops at OPEN_MAX
+            pass
 
 
 def run() -> None:

@@ -11,7 +11,9 @@ import socket
 import struct
 import time
 
-from csce513msg.protocol import Deliver, ErrorCode, Ping, Presence, ReceiptState, encode
+import pytest
+
+from csce513msg.protocol import Deliver, ErrorCode, Ping, Pong, Presence, ReceiptState, encode
 from tests.conformance.wire import RawConn, connect
 from tests.servers import start
 
@@ -86,6 +88,33 @@ def test_reset_mid_frame_does_not_disturb_others(server: object, names: object) 
     raw.close()  # ...and gone
     assert bystander.session.user in bystander.who()
     bystander.close()
+
+
+def test_a_client_reset_while_its_error_goes_out_costs_the_others_nothing(server: object) -> None:
+    """A client sends a bad frame and goes: the error reply meets a closed socket, and the
+    kernel resets the connection between our write and our half-close (asyncio's
+    ``write_eof`` then raises ENOTCONN). Other clients' replies from the same loop pass
+    must still go out; before the fix they waited for their next write (an idle timeout)."""
+    log_before = len(server.log())  # type: ignore[attr-defined]
+    bystanders = [RawConn(server) for _ in range(8)]
+    for b in bystanders:
+        b.welcome()
+    for round_ in range(1, 16):  # bounded; each round, the pings and the bad frame arrive together
+        bad = RawConn(server)
+        bad.welcome()
+        for b in bystanders:
+            b.send(Ping(b"still there?", request_id=round_))
+        bad.send_raw(b"\xff\xff\xff\xff" + bytes(8))  # declares a 4 GiB frame: FRAME_TOO_LARGE, close
+        bad.close()  # FIN; the reply then draws a reset
+        for b in bystanders:
+            try:
+                reply = b.recv(timeout=5)  # generous: it comes at once, or not before the idle timeout
+            except TimeoutError:
+                pytest.fail(f"round {round_}: a bystander's Pong never came (lost with the bad client's pass)")
+            assert isinstance(reply, Pong) and reply.request_id == round_, reply
+    for b in bystanders:
+        b.close()
+    assert "Traceback" not in server.log()[log_before:]  # type: ignore[attr-defined]
 
 
 def test_sigterm_says_goodbye_and_exits_zero(backend: str, names: object) -> None:
