@@ -28,7 +28,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from ..hub import Action, HubConfig
+from ..hub import HISTORY_PAGE, Action, HubConfig
 
 log = logging.getLogger("csce513msg.backend")
 #: SO_LINGER on, 0 seconds: close() resets the connection (RST) at once. An abort uses it,
@@ -81,15 +81,30 @@ def check_limits(backend: BackendConfig, hub: HubConfig) -> str | None:
     """Return why these limits cannot work together, or None if they can."""
     if not 0 < backend.low_water <= backend.high_water:
         return "the low-water mark must be positive and at most the high-water mark"
-    need = backend.high_water + hub.window * hub.max_frame
+    # below the high-water mark a connection may be sent a full window of deliveries and,
+    # on top, one History page (at least one message: see page_room)
+    need = backend.high_water + (hub.window + 1) * hub.max_frame
     if backend.hard_limit < need:
         return (
             f"the outbound hard limit ({backend.hard_limit}) is below the high-water mark plus "
-            f"window x max frame ({need}): a client honouring the window would be aborted"
+            f"(window + 1) x max frame ({need}): a client honouring the window would be aborted"
         )
     if hub.max_text + 1024 > hub.max_frame:
         return "the max frame must exceed the text limit by at least 1024 bytes (the header)"
+    for name, value in (("login timeout", hub.login_timeout), ("frame timeout", hub.frame_timeout)):
+        if value <= 0:
+            return f"the {name} must be more than 0 seconds"
+    if hub.max_pending_logins < 1:
+        return "--max-pending-logins must be 1 or more"
     return None
+
+
+def page_room(backend: BackendConfig, hub: HubConfig) -> int:
+    """The bytes of message bodies a History page may carry: what the hard limit has room
+    for above the high-water mark and a full window (a page is read only below the mark),
+    at most 1 MiB. Every page still carries one message, which ``check_limits`` made room for."""
+    room = backend.hard_limit - backend.high_water - hub.window * hub.max_frame
+    return max(hub.max_text, min(1 << 20, room - 1024 * HISTORY_PAGE))
 
 
 def open_file_limit() -> int:

@@ -8,6 +8,7 @@ defaults are documented in ``--help`` and README.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 import resource
@@ -22,7 +23,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from ..backends import BACKENDS, DESCRIPTIONS, BackendUnavailable, default_backend, load
-from ..backends.common import FD_RESERVE, BackendConfig, check_limits
+from ..backends.common import FD_RESERVE, BackendConfig, check_limits, page_room
 from ..backends.tls import TlsEngine, server_context
 from ..crypto.certs import ensure_certificate, fingerprint_of_pem
 from ..crypto.passwords import COSTS, Scrypt
@@ -149,6 +150,7 @@ def serve(
     problem = check_limits(backend_config, hub_config)
     if problem:
         _fail(problem)
+    hub_config = dataclasses.replace(hub_config, page_bytes=page_room(backend_config, hub_config))
     loopback = ipaddress.ip_address(_resolve(host)).is_loopback
     passwords = _passwords(kdf_cost, loopback)
     _raise_fd_limit()  # the default --max-connections is the limit after this, less FD_RESERVE

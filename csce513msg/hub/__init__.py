@@ -4,11 +4,13 @@ from .actions import Abort, Action, Close, ConnId, Submit, Write
 from .admission import Throttle
 from .config import HubConfig, Visibility
 from .contract import EngineAPI
+from .delivery import HISTORY_PAGE
 from .engine import TRANSITIONS, Engine
 from .gate import NAME_RULE, Passwords
 from .session import State, direct_stream
 
 __all__ = [
+    "HISTORY_PAGE",
     "NAME_RULE",
     "TRANSITIONS",
     "Abort",

@@ -224,3 +224,33 @@ def test_msg_keeps_its_device_token_and_logs_in_while_guesses_lock_the_account(
     )
     assert again.returncode == 0 and "logged in as" in again.stdout, again.stdout + again.stderr
     assert json.loads(tokens.read_text())[f"{server.host}:{server.port}"][alice] == token  # type: ignore[attr-defined]
+
+
+def test_msg_waits_for_a_full_server_and_keeps_what_was_typed(names: object) -> None:
+    """A server at its connection cap answers SERVER_FULL (a busy one, RATE_LIMITED to a
+    login): msg tries again after a random, growing pause instead of exiting, and the
+    line typed meanwhile is sent once it is in."""
+    from tests.conformance.wire import RawConn, register
+    from tests.servers import start
+
+    server = start(BACKENDS[0], "--max-connections", "1")
+    alice, bob = names("alice"), names("bob")  # type: ignore[operator]
+    try:
+        register(server, alice)
+        register(server, bob)
+        holder = RawConn(server)  # takes the one place
+        holder.welcome()
+        proc = subprocess.Popen(
+            msg_cmd(server, alice, "--json", account=False), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert proc.stdin is not None
+        proc.stdin.write(f"/msg {bob} typed while the server was full\n")
+        proc.stdin.flush()
+        read_events(proc, "busy")
+        holder.close()  # a place frees up
+        receipt = read_events(proc, "receipt", timeout=30)[-1]
+        assert receipt["state"] == "stored"
+        proc.stdin.close()
+        assert proc.wait(timeout=30) == 0  # the refusals were not failures
+    finally:
+        server.stop()
