@@ -169,7 +169,7 @@ class Mailroom:
         server sets to what its hard limit has room for above that mark (``check_limits``)."""
         if session.reading_history or session.paused or not session.histories or session.closing:
             return
-        rid, stream, before, limit = session.histories.popleft()
+        rid, stream, before, limit = session.histories.pop(0)
         key = self._new_id()
         session.reading_history = True
         self._history_waiters[key] = (session.conn, rid, stream)
