@@ -10,8 +10,9 @@
   another client's ping then takes;
 - ``login-flood``: at the production KDF cost, a guessing flood from 100 addresses (3
   guesses each at unknown users: a decoy hash each), then 20 real logins from another
-  address: how many were refused, and how long they took; then 100 clients at once
-  (a class reconnecting after a restart): how many were refused;
+  address, first from devices new to the server, then (another flood) from devices
+  that logged in before and show their device tokens: how many were refused, and how
+  long they took; then 100 clients at once (a class reconnecting after a restart);
 - ``guesses``: 64 concurrent wrong-password logins at one account (limit 5 a minute):
   how many were checked; then whether its owner, with a device token from an earlier
   login, gets in while the account is locked;
@@ -245,36 +246,48 @@ def _class_server(tree: Path | None, backend: str, students: int) -> Server:
 
 @probe("login-flood")
 def login_flood(tree: Path | None, backend: str) -> dict[str, Any]:
-    """a guessing flood from 100 addresses, then real logins; then 100 at once"""
+    """a guessing flood from 100 addresses, then 20 real logins (new devices, then devices
+    that logged in before, with their device tokens); then 100 logins at once"""
     server = _class_server(tree, backend, 100)
     try:
-        flood = [Conn(server.port, f"127.0.{1 + a // 250}.{1 + a % 250}") for a in range(100) for _ in range(3)]
-        for i, c in enumerate(flood):
-            c.send(Hello(request_id=1), Login(f"ghost{i}", "guess", "", request_id=2))
-        time.sleep(0.2)
-        start = time.monotonic()
-        real = [Conn(server.port, "127.0.9.1") for _ in range(20)]
-        for i, c in enumerate(real):
-            c.send(Hello(request_id=1), Login(f"s{i}", PASSWORD, "", request_id=2))
-        answers, took = [], []
-        for c in real:
-            answers.append(c.recv(timeout=120))
-            took.append(time.monotonic() - start)
-        flood_answers = [c.recv(timeout=120) for c in flood]
-        for c in flood + real:
+        tokens = []
+        for i in range(20):  # each student's device logged in once before: a device token (1.3)
+            c = Conn(server.port, "127.0.9.1")
+            ok = c.login(f"s{i}", device=f"d{i}")
+            tokens.append(getattr(ok, "device_token", ""))
             c.close()
-        time.sleep(1)
+        out: dict[str, Any] = {}
+        for phase, use_tokens in (("new_devices", False), ("known_devices", True)):
+            flood = [Conn(server.port, f"127.0.{1 + a // 250}.{1 + a % 250}") for a in range(100) for _ in range(3)]
+            for i, c in enumerate(flood):
+                c.send(Hello(request_id=1), Login(f"ghost{i}", "guess", "", request_id=2))
+            time.sleep(0.2)
+            start = time.monotonic()
+            real = [Conn(server.port, "127.0.9.1") for _ in range(20)]
+            for i, c in enumerate(real):
+                token = tokens[i] if use_tokens else ""
+                c.send(
+                    Hello(request_id=1), Login(f"s{i}", PASSWORD, f"d{i}" if use_tokens else "", token, request_id=2)
+                )
+            answers, took = [], []
+            for c in real:
+                answers.append(c.recv(timeout=120))
+                took.append(time.monotonic() - start)
+            flood_answers = [c.recv(timeout=120) for c in flood]
+            for c in flood + real:
+                c.close()
+            out[phase] = {
+                "real_logins": _counts(answers),
+                "real_login_s_median": round(statistics.median(took), 2),
+                "real_login_s_max": round(max(took), 2),
+                "flood": _counts(flood_answers),
+            }
+            time.sleep(1)
         burst = [Conn(server.port) for _ in range(100)]
         for i, c in enumerate(burst):
             c.send(Hello(request_id=1), Login(f"s{i}", PASSWORD, "", request_id=2))
-        burst_answers = [c.recv(timeout=120) for c in burst]
-        return {
-            "real_logins": _counts(answers),
-            "real_login_s_median": round(statistics.median(took), 2),
-            "real_login_s_max": round(max(took), 2),
-            "flood": _counts(flood_answers),
-            "hundred_at_once": _counts(burst_answers),
-        }
+        out["hundred_at_once"] = _counts([c.recv(timeout=120) for c in burst])
+        return out
     finally:
         server.stop()
 
