@@ -30,6 +30,7 @@ from .session import Session
 
 log = logging.getLogger("csce513msg.hub")
 HISTORY_PAGE = 100  #: the most messages one History request returns
+HISTORY_DEFAULT = 20  #: the messages a History request with ``limit`` 0 (or none) returns
 HISTORY_QUEUE = 16  #: History requests a connection may have waiting behind the one being read
 READS_PER_BATCH = 32  #: catch-up fetches and History pages one storage batch reads, at most
 
@@ -84,7 +85,8 @@ class Mailroom:
                     self._error(session, ErrorCode.STORE_FAILED, "the message was not stored; send it again", rid)
             elif isinstance(stored, Refused):
                 if session is not None:
-                    self._error(session, ErrorCode.RESEND_TOO_OLD, stored.reason, rid)
+                    code = ErrorCode.BAD_REQUEST if stored.reused else ErrorCode.RESEND_TOO_OLD
+                    self._error(session, code, stored.reason, rid)
             else:
                 self._stored(session, rid, stored)
         for key, found in result.fetched.items():
@@ -173,7 +175,8 @@ class Mailroom:
         key = self._new_id()
         session.reading_history = True
         self._history_waiters[key] = (session.conn, rid, stream)
-        self._reads.append(PageRead(key, (stream, before, max(1, min(limit, HISTORY_PAGE)), self.config.page_bytes)))
+        page = (stream, before, min(limit or HISTORY_DEFAULT, HISTORY_PAGE), self.config.page_bytes)
+        self._reads.append(PageRead(key, page))
 
     # ---- store and forward ----------------------------------------------------------
 
@@ -244,7 +247,7 @@ class Mailroom:
     def _write(self, session: Session, msg: Message) -> None:
         if session.closing:
             return  # e.g. a receipt whose commit came after the connection was told to close
-        self._out.append(Write(session.conn, encode(msg)))
+        self._out.append(Write(session.conn, encode(msg, session.minor)))  # the fields its version knows
 
     def _polls_due(self) -> int:
         """The number of the next accounts poll to be submitted (the current batch's)."""

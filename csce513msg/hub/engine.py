@@ -256,6 +256,7 @@ class Engine(Gate, Mailroom):
                 fatal=True,
             )
         session.presence = Feature.PRESENCE.value in msg.features
+        session.minor = msg.version_minor  # what it is sent: the frames and fields of its version
 
     def _on_send(self, session: Session, msg: Send, now: float) -> None:
         rid = msg.request_id
@@ -267,7 +268,7 @@ class Engine(Gate, Mailroom):
                 f"message of {len(msg.body)} bytes is over the limit of {self.config.max_text}",
                 request_id=rid,
             )
-        target = msg.target.lower()
+        target = self._valid_name(msg.target, rid)  # a malformed name is INVALID_NAME, not "no user"
         if target not in self.accounts:
             raise RemoteProtocolError(ErrorCode.USER_NOT_FOUND, f"no user {target!r}", request_id=rid)
         sender = session.user
@@ -304,7 +305,7 @@ class Engine(Gate, Mailroom):
         rid = msg.request_id
         if msg.target_kind != TargetKind.USER:
             raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "only user targets exist in v1", request_id=rid)
-        target = msg.target.lower()
+        target = self._valid_name(msg.target, rid)
         if target not in self.accounts:
             raise RemoteProtocolError(ErrorCode.USER_NOT_FOUND, f"no user {target!r}", request_id=rid)
         assert session.user is not None

@@ -54,6 +54,7 @@ from .session import Session, State
 
 log = logging.getLogger("csce513msg.hub")
 MAX_HELD = 64  #: requests a client may pipeline behind a Login still being checked
+MAX_DEVICE_ID = 64  #: bytes of a Login's or Register's device_id (kept with every cursor)
 #: User names: 1-32 characters, letters, digits, "_", "." and "-", not starting with
 #: "." or "-". Names are case-insensitive: the hub folds them to lower case.
 NAME_RULE = re.compile(r"[a-z0-9_][a-z0-9_.-]{0,31}")
@@ -102,6 +103,7 @@ class Gate:
 
     def _on_login(self, session: Session, msg: Login, now: float) -> None:
         user = self._valid_name(msg.user, msg.request_id)
+        _check_device_id(msg.device_id, msg.request_id)
         digest = _digest(msg.device_token) if msg.device_token else ""
         if not self._valid_token(digest, user, now):
             digest = ""  # unknown, another account's, revoked or expired: an ordinary login
@@ -120,6 +122,7 @@ class Gate:
                 request_id=rid,
             )  # fmt: skip
         user = self._valid_name(msg.user, rid)
+        _check_device_id(msg.device_id, rid)
         if user in self.accounts or user in self._registering:
             raise RemoteProtocolError(ErrorCode.NAME_TAKEN, f"the name {user!r} is taken", request_id=rid)
         if problem := self.passwords.problem(msg.password):
@@ -236,7 +239,9 @@ class Gate:
             )
 
     def _valid_name(self, name: str, rid: int) -> str:
-        user = name.lower()
+        """``name`` folded to lower case, if it follows the rule; ASCII only, so no other
+        character folds into a letter of the rule (the Kelvin sign would become ``k``)."""
+        user = name.lower() if name.isascii() else name
         if not NAME_RULE.fullmatch(user):
             raise RemoteProtocolError(
                 ErrorCode.INVALID_NAME, f"invalid name {name!r}: use 1-32 letters, digits, '_', '.', '-'",
@@ -266,9 +271,9 @@ class Gate:
         if session is None or session.closing:
             return  # gone while we checked
         rid = login.msg.request_id
+        if isinstance(result, BaseException):  # the hash lane raised: a bug, not a wrong password
+            return self._not_logged_in(session, ErrorCode.INTERNAL, "the login could not be checked", rid, now)
         if isinstance(login.msg, Register):
-            if not registered:  # the hash lane raised: a bug
-                return self._not_logged_in(session, ErrorCode.INTERNAL, "the login could not be checked", rid, now)
             if login.user in self.accounts:  # `msgsrv user add` took the name meanwhile
                 taken = f"the name {login.user!r} is taken"
                 return self._not_logged_in(session, ErrorCode.NAME_TAKEN, taken, rid, now)
@@ -289,7 +294,7 @@ class Gate:
         account = self.accounts.get(login.user)  # checked against an empty hash (no password set): never ok
         ok = not isinstance(login.msg, Register) and result is True
         ok = ok and account is not None and account.password_hash == checked
-        failed = not isinstance(login.msg, Register) and not ok
+        failed = not isinstance(login.msg, Register) and not ok and not isinstance(result, BaseException)
         for throttle, key in self._buckets(login):
             throttle.finish(key, failed if throttle is not self.registrations else registered, now)
         if ok:
@@ -453,6 +458,13 @@ class Gate:
         def _maybe_fetch(self, session: Session) -> None: ...
         def _delivered_receipt(self, session: Session, note: DeliveredNote) -> None: ...
         def _broadcast_presence(self, user: str, online: int, now: float, skip: Session | None = None) -> None: ...
+
+
+def _check_device_id(device_id: str, rid: int) -> None:
+    if len(device_id.encode()) > MAX_DEVICE_ID:
+        raise RemoteProtocolError(
+            ErrorCode.BAD_REQUEST, f"device_id is over {MAX_DEVICE_ID} bytes (a UUID is 36)", request_id=rid
+        )
 
 
 def _digest(token: str) -> str:

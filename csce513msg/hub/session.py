@@ -8,7 +8,7 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..protocol import FrameDecoder, Message
+from ..protocol import VERSION_MINOR, FrameDecoder, Message
 from .actions import ConnId
 
 
@@ -35,6 +35,7 @@ class Session:
     state: State = State.AWAIT_HELLO
     user: str | None = None
     presence: bool = False  #: subscribed to presence events
+    minor: int = VERSION_MINOR  #: the protocol minor version its Hello announced (the newest until then)
     paused: bool = False  #: the backend's outbound queue is past its high-water mark
     closing: bool = False  #: a Close was issued; ignore further input
     device: str = ""  #: the client's device id ("" : one anonymous device per user)

@@ -35,11 +35,11 @@ class ErrorCode(enum.IntEnum):
     TEXT_TOO_LONG = 11  # the message body is over the text limit
     VERSION_MISMATCH = 12  # another major protocol version; the connection closes
     BAD_REQUEST = 13  # a field has a value the server cannot accept
-    IDLE_TIMEOUT = 14  # nothing was received for the idle timeout; the connection closes
+    IDLE_TIMEOUT = 14  # silent for the idle timeout, not logged in or a frame unfinished in time; closes
     SHUTTING_DOWN = 15  # the server is stopping; the connection closes
     SERVER_FULL = 16  # the server cannot take another connection; it closes
     ALREADY_LOGGED_IN = 17  # this connection is logged in already
-    INTERNAL = 18  # a bug in the server; the connection closes
+    INTERNAL = 18  # a bug in the server failed this request; the connection stays (1.3)
     STORE_FAILED = 19  # the server could not store the message: it was not accepted; retry
     AUTH_FAILED = 20  # wrong user name or password (the same reply for both)
     AUTH_THROTTLED = 21  # too many failed logins for this account or address; wait

@@ -138,14 +138,14 @@ class HeaderCodec:
 
     def __init__(self, kinds: str) -> None:
         self.kinds = kinds
-        self._steps: list[tuple[struct.Struct | None, str, int]] = []  # (struct, kind, n fields)
+        self._steps: list[tuple[struct.Struct | None, str, int]] = []  # (struct, kind or run, n fields)
         run = ""
         for kind in kinds + "$":
             if kind in _FIXED_KINDS:
                 run += kind
                 continue
             if run:
-                self._steps.append((struct.Struct("!" + run), "", len(run)))
+                self._steps.append((struct.Struct("!" + run), run, len(run)))
                 run = ""
             if kind != "$":
                 self._steps.append((None, kind, 1))
@@ -182,8 +182,9 @@ class HeaderCodec:
                 if off >= end:
                     break  # an older peer: the remaining fields take defaults
                 if st is not None:
-                    if off + st.size > end:
-                        raise ValueError("fixed fields cut short")
+                    if off + st.size > end:  # an older peer may stop after any field of a run
+                        off = _fixed_one_by_one(kind, header, off, end, values)
+                        break
                     values.extend(st.unpack_from(header, off))
                     off += st.size
                 elif kind == "s":
@@ -208,6 +209,21 @@ class HeaderCodec:
         if len(values) < len(self.kinds):
             values.extend(_DEFAULTS[k] for k in self.kinds[len(values) :])
         return values
+
+
+def _fixed_one_by_one(run: str, header: bytes, off: int, end: int, values: list[Any]) -> int:
+    """Decode the whole fields of a run of fixed-width fields that the header cuts short
+    (rule 3: a field missing at the end takes its default); a field cut in its middle is
+    malformed. Returns the offset after the last whole field."""
+    for kind in run:
+        size = struct.calcsize("!" + kind)
+        if off == end:
+            break
+        if off + size > end:
+            raise ValueError("a fixed-width field cut short")
+        values.extend(struct.unpack_from("!" + kind, header, off))
+        off += size
+    return off
 
 
 def _pack_str(text: str) -> bytes:

@@ -1,4 +1,4 @@
-"""Typed messages of protocol v1 and their encoding to frames.
+"""Typed messages of protocol 1.x and their encoding to frames.
 
 Each message is a frozen dataclass registered with its type byte and the kinds
 of its header fields (see ``frames.HeaderCodec``), in field order. Messages with
@@ -9,10 +9,14 @@ Wire messages are nouns. Requests (client to server) have types below 0x80,
 everything the server sends has the high bit set::
 
     0x01 Hello    0x02 Login    0x03 Send    0x04 Ack    0x05 Who    0x06 Ping
+    0x07 History  0x08 Register
     0x81 Welcome  0x82 LoginOk  0x83 Receipt 0x84 Deliver 0x85 WhoReply
-    0x86 Presence 0x87 Pong     0x88 Error
+    0x86 Presence 0x87 Pong     0x88 Error   0x89 HistoryEnd
 
-``docs/protocol.md`` is the normative description of every field.
+(``tests/protocol/test_frames.py`` keeps this table equal to ``MsgType``.) A field a later
+minor version appended says so (``since`` in ``_message``), and ``encode`` leaves it out
+for a peer of an older minor. ``docs/protocol.md`` is the normative description of every
+field, and section 10 there is the plan for the numbers later versions take.
 """
 
 from __future__ import annotations
@@ -75,15 +79,17 @@ class ContentType(enum.IntEnum):
     """How to read a message body; the server forwards every kind unread."""
 
     TEXT = 0  # UTF-8 text
-    # later: 1 end-to-end ciphertext, 2 file chunk, ...
+    # kept for (docs/protocol.md, section 10): 1 file offer (1.6), 2 end-to-end envelope
+    # (1.7), 3 group event (1.4)
 
 
 class ReceiptState(enum.IntEnum):
-    """How far a sent message got. v1 sends ACCEPTED; later versions add the rest."""
+    """How far a sent message got. A 1.0 server sent ACCEPTED; since 1.1, STORED answers a
+    Send and DELIVERED follows."""
 
-    ACCEPTED = 1  # the server took it and forwarded it
-    STORED = 2  # durably stored (accounts issue)
-    DELIVERED = 3  # a session of the recipient acknowledged it (accounts issue)
+    ACCEPTED = 1  # the server took it and forwarded it (1.0 only)
+    STORED = 2  # committed to the server's storage (1.1)
+    DELIVERED = 3  # a device of the recipient acknowledged it (1.1)
 
 
 class Feature(enum.StrEnum):
@@ -102,6 +108,9 @@ class _Spec:
     fields_of: Callable[[Any], tuple[Any, ...]]  #: the header fields' values, in order
     #: a request's u64 fields, (index, name): each must be below 2^63 (see ``decode``)
     u64: tuple[tuple[int, str], ...]
+    #: minor version -> the codec of the fields that version has, for a peer that announced
+    #: an older minor than the newest field (fields are only ever appended: rule 1)
+    older: dict[int, tuple[int, HeaderCodec]]
 
 
 _BY_TYPE: dict[int, _Spec] = {}
@@ -109,7 +118,10 @@ _BY_CLASS: dict[type, _Spec] = {}
 M = TypeVar("M")
 
 
-def _message(msg_type: MsgType, kinds: str) -> Callable[[type[M]], type[M]]:
+def _message(msg_type: MsgType, kinds: str, since: dict[str, int] | None = None) -> Callable[[type[M]], type[M]]:
+    """Register a message class: its type byte, its header fields' kinds in order, and the
+    minor version that appended each later field (``since``; the others are from 1.0)."""
+
     def register(cls: type[M]) -> type[M]:
         names = tuple(f.name for f in fields(cls) if f.name not in ("body", "request_id"))  # type: ignore[arg-type]
         assert len(names) == len(kinds), f"{cls.__name__}: {names} vs {kinds!r}"
@@ -117,7 +129,13 @@ def _message(msg_type: MsgType, kinds: str) -> Callable[[type[M]], type[M]]:
         getter = operator.attrgetter(*names) if len(names) > 1 else None
         fields_of = getter if getter else (lambda m, n=names: tuple(getattr(m, x) for x in n))
         u64 = tuple((i, n) for i, (n, k) in enumerate(zip(names, kinds, strict=True)) if k == "Q" and msg_type < 0x80)
-        spec = _Spec(msg_type, cls, HeaderCodec(kinds), names, has_body, fields_of, u64)
+        added = [(since or {}).get(n, 0) for n in names]
+        assert added == sorted(added), f"{cls.__name__}: a newer field before an older one"
+        older = {}
+        for minor in range(max(added, default=0)):
+            count = sum(1 for a in added if a <= minor)
+            older[minor] = (count, HeaderCodec(kinds[:count]))
+        spec = _Spec(msg_type, cls, HeaderCodec(kinds), names, has_body, fields_of, u64, older)
         _BY_TYPE[msg_type] = _BY_CLASS[cls] = spec
         cls.TYPE = msg_type  # type: ignore[attr-defined]
         return cls
@@ -140,7 +158,7 @@ class Hello:
     request_id: int = 0
 
 
-@_message(MsgType.LOGIN, "ssss")
+@_message(MsgType.LOGIN, "ssss", since={"device_token": 3})
 @dataclass(frozen=True, slots=True)
 class Login:
     """Log in as ``user`` with ``password``, from the client's device (an id it generates
@@ -239,7 +257,7 @@ class Welcome:
     request_id: int = 0
 
 
-@_message(MsgType.LOGIN_OK, "QssIs")
+@_message(MsgType.LOGIN_OK, "QssIs", since={"role": 2, "waiting": 2, "device_token": 3})
 @dataclass(frozen=True, slots=True)
 class LoginOk:
     """The login (or registration) succeeded; the catch-up deliveries follow."""
@@ -284,7 +302,7 @@ class Deliver:
     request_id: int = 0
 
 
-@_message(MsgType.WHO_REPLY, "LNL")
+@_message(MsgType.WHO_REPLY, "LNL", since={"sessions": 2, "roles": 2})
 @dataclass(frozen=True, slots=True)
 class WhoReply:
     """The users online, sorted by name, each with their number of sessions and role."""
@@ -358,10 +376,16 @@ Message = (
 REQUEST_TYPES = frozenset(t for t in MsgType if t < 0x80)
 
 
-def encode(msg: Message) -> bytes:
-    """Return the wire bytes of ``msg``."""
+def encode(msg: Message, minor: int = VERSION_MINOR) -> bytes:
+    """Return the wire bytes of ``msg`` for a peer of protocol 1.``minor``: without the
+    fields a later minor version appended (the peer would skip them anyway; it is not
+    sent what it did not ask for)."""
     spec = _BY_CLASS[type(msg)]
-    header = spec.codec.encode(spec.fields_of(msg))
+    if minor in spec.older:
+        count, codec = spec.older[minor]
+        header = codec.encode(spec.fields_of(msg)[:count])
+    else:
+        header = spec.codec.encode(spec.fields_of(msg))
     body: bytes = msg.body if spec.has_body else b""  # type: ignore[union-attr]
     return encode_frame(spec.msg_type, msg.request_id, header, body)
 
@@ -382,7 +406,11 @@ def decode(frame: Frame) -> Message:
             f"frame type 0x{frame.type:02x} is not supported",
             request_id=frame.request_id,
         )
-    values: list[Any] = spec.codec.decode(frame.header)
+    try:
+        values: list[Any] = spec.codec.decode(frame.header)
+    except RemoteProtocolError as exc:  # the prefix was read: the error names its request
+        exc.request_id = frame.request_id
+        raise
     for i, name in spec.u64:
         if values[i] > MAX_REQUEST_U64:
             raise RemoteProtocolError(

@@ -112,9 +112,11 @@ class StoredMessage:
 
 @dataclass(frozen=True, slots=True)
 class Refused:
-    """A message the store would not take: a resend of one older than history is kept."""
+    """A message the store would not take: a resend of one older than history is kept, or
+    (``reused``) a client message id the device used before for another message."""
 
     reason: str
+    reused: bool = False
 
 
 @dataclass(frozen=True, slots=True)

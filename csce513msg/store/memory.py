@@ -133,6 +133,10 @@ class MemoryStore:
             return Refused("a resend of a message older than the history this server keeps")
         if m.client_msg_id and key in self.keys:
             old = self.keys[key]
+            if (old.target_kind, old.target, old.content_type, old.body) != (
+                m.target_kind, m.target, m.content_type, m.body
+            ):  # fmt: skip
+                return Refused(f"client_msg_id {m.client_msg_id} was used for another message: use a new one", True)
             return dataclasses.replace(old, duplicate=True)
         stream = self.streams.setdefault(m.stream, [])
         for user in m.members:

@@ -435,7 +435,7 @@ class SqliteStore:
             ).fetchone()
             if row is None:
                 raise
-            return dataclasses.replace(StoredMessage(*row), duplicate=True)
+            return _resent(m, StoredMessage(*row))
         self.positions[m.stream] = position
         self.last_id = message_id
         if (recent := self._recent.get(m.stream)) is None:
@@ -550,6 +550,15 @@ class _Recent:
                 break
             done += 1
         del self.notes[:done]
+
+
+def _resent(m: NewMessage, old: StoredMessage) -> StoredMessage | Refused:
+    """A Send whose (sender, device, client id) is stored already: a resend of it gets the
+    stored copy; another message under a used id is refused (a client bug: answering it
+    with the old receipt would say that a message never stored was)."""
+    if (old.target_kind, old.target, old.content_type, old.body) != (m.target_kind, m.target, m.content_type, m.body):
+        return Refused(f"client_msg_id {m.client_msg_id} was used for another message: use a new one", reused=True)
+    return dataclasses.replace(old, duplicate=True)
 
 
 def _within(newest_first: Iterable[StoredMessage], max_bytes: int) -> list[StoredMessage]:

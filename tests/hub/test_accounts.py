@@ -219,3 +219,21 @@ def test_a_throttled_account_is_logged_once_not_per_attempt(caplog: object) -> N
             assert codes(login_raw(h, "alice", "guess")) == [ErrorCode.AUTH_THROTTLED]
     lines = [r for r in caplog.records if "login throttled" in r.getMessage()]  # type: ignore[attr-defined]
     assert len(lines) == 1
+
+
+def test_a_bug_in_the_hash_lane_is_internal_and_the_connection_stays() -> None:
+    """INTERNAL answers the one request a server bug failed; the connection goes on (the
+    job runner hands the engine the exception a job raised, as here)."""
+    h = Harness(auto_jobs=False)
+    h.account("alice")
+    peer = login_raw(h, "alice", PASSWORD)
+    while not (hashes := [j for j in h.jobs if j.lane == "hash"]):
+        h.run_jobs()
+        h.pump()
+    h.jobs.remove(hashes[0])
+    h.apply(h.engine.job_done(hashes[0].job_id, RuntimeError("the KDF broke"), h.now))
+    h.pump()
+    assert codes(peer) == [ErrorCode.INTERNAL] and peer.closed is None
+    h.send_raw(peer, encode(Login("alice", PASSWORD, "dev", request_id=3)))  # and may try again
+    h.settle()
+    assert peer.of(LoginOk)

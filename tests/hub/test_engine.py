@@ -331,3 +331,19 @@ def test_visibility_instructors_leaks_no_presence_through_receipts_or_a_role_cha
     h.engine.accounts["prof"] = dataclasses.replace(h.engine.accounts["prof"], role="student")  # demoted
     h.drop(prof)
     assert [(p.user, p.online) for p in ann.of(Presence)] == [("prof", 1), ("prof", 0)]  # type: ignore[attr-defined]
+
+
+def test_a_client_is_sent_only_the_fields_of_the_version_it_announced() -> None:
+    """LoginOk grew role and waiting in 1.2 and device_token in 1.3: a client that says
+    Hello as 1.1 gets the 1.1 LoginOk (its missing fields decode as defaults), a 1.3
+    client all of it."""
+    h = Harness()
+    got = {}
+    for user, minor in (("old", 1), ("new", 3)):
+        h.account(user)
+        peer = h.connect(raw=True)
+        h.send_raw(peer, encode(Hello(version_minor=minor, request_id=1)) + encode(Login(user, PASSWORD, request_id=2)))
+        h.settle()
+        (got[minor],) = peer.of(LoginOk)
+    assert (got[1].role, got[1].waiting, got[1].device_token) == ("", 0, "")  # type: ignore[attr-defined]
+    assert got[3].role == "student" and len(got[3].device_token) == 32  # type: ignore[attr-defined]

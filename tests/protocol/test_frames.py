@@ -278,3 +278,46 @@ def test_a_broken_decoder_holds_nothing() -> None:
     with pytest.raises(RemoteProtocolError) as two:
         list(decoder.feed(b"more"))
     assert two.value is not one.value and two.value.code == one.value.code and decoder.buffered == 0
+
+
+@pytest.mark.parametrize(
+    ("msg_type", "header", "expected"),
+    [
+        (0x07, struct.pack("!Q", 9), History(9, 0, 0, "", request_id=5)),  # only `before`
+        (0x07, struct.pack("!QI", 9, 3), History(9, 3, 0, "", request_id=5)),
+        (0x01, struct.pack("!B", 1), Hello(1, 0, (), "", request_id=5)),  # only version_major
+        (0x03, struct.pack("!BB", 1, 0), Send(1, 0, 0, "", b"", request_id=5)),
+    ],
+)
+def test_a_header_cut_at_a_field_boundary_takes_defaults(msg_type: int, header: bytes, expected: Message) -> None:
+    """Section 3, rule 3: a field missing at the end (an older peer) takes its default, also
+    inside a run of fixed-width fields, which are packed together."""
+    frame = next(iter(FrameDecoder(1024).feed(encode_frame(msg_type, 5, header))))
+    assert decode(frame) == expected
+
+
+def test_a_field_cut_in_its_middle_is_a_bad_frame() -> None:
+    frame = next(iter(FrameDecoder(1024).feed(encode_frame(0x07, 5, struct.pack("!Q", 9) + b"\x00\x00"))))
+    with pytest.raises(RemoteProtocolError) as caught:
+        decode(frame)
+    assert caught.value.code == ErrorCode.BAD_FRAME and caught.value.fatal
+
+
+def test_encode_for_an_older_minor_leaves_out_the_fields_added_since() -> None:
+    ok = LoginOk(1, "al", "student", 3, "tok", request_id=2)
+    sizes = {minor: len(encode(ok, minor)) for minor in (1, 2, 3, 9)}
+    assert sizes[1] < sizes[2] < sizes[3] == sizes[9]  # 1.1: no role/waiting; 1.2: no token
+    old = decode(next(iter(FrameDecoder(1024).feed(encode(ok, 2)))))
+    assert old == LoginOk(1, "al", "student", 3, "", request_id=2)
+    who = WhoReply(("a",), (2,), ("instructor",), request_id=4)
+    assert decode(next(iter(FrameDecoder(1024).feed(encode(who, 1))))) == WhoReply(("a",), request_id=4)
+
+
+def test_the_module_s_table_of_types_lists_every_msg_type() -> None:
+    """The type table in messages.py's docstring drifted once (0x07, 0x08, 0x89 were missing)."""
+    import re
+
+    from csce513msg.protocol import MsgType, messages
+
+    listed = {int(code, 16): name for code, name in re.findall(r"0x([0-9a-f]{2}) (\w+)", messages.__doc__ or "")}
+    assert listed == {t.value: messages._BY_TYPE[t].cls.__name__ for t in MsgType}
