@@ -186,7 +186,7 @@ class AsyncServer:
                 elif proto.closing and transport.can_write_eof():
                     transport.write_eof()  # FIN after the buffer drains; we read until theirs
             except OSError as exc:  # e.g. write_eof's shutdown(): ENOTCONN, the peer reset meanwhile
-                self.abort(proto, f"output failed ({exc.strerror})")  # this one only: the pass goes on
+                self.abort(proto, f"output failed ({exc.strerror})", quiet=True)  # this one only: the pass goes on
                 continue
             if proto.pause_flag is not None:
                 paused, proto.pause_flag = proto.pause_flag, None
@@ -195,13 +195,15 @@ class AsyncServer:
         self.schedule_timer()
         self.maybe_done()
 
-    def abort(self, proto: ChatProtocol, reason: str) -> None:
+    def abort(self, proto: ChatProtocol, reason: str, quiet: bool = False) -> None:
+        """Reset the connection: past a limit or a timeout, or an engine bug (a warning), or
+        its socket failed already (``quiet``: the peer is gone; a debug line)."""
         assert proto.transport is not None
-        if reason in ("outbound limit", "close timeout", "engine error"):
+        if quiet:
+            log.debug("abort #%d: %s", proto.id, reason)
+        else:
             size = proto.transport.get_write_buffer_size()
             log.warning("abort #%d: %s (%d bytes queued)", proto.id, reason, size)
-        else:
-            log.debug("abort #%d: %s", proto.id, reason)
         proto.transport.abort()  # connection_lost follows on the next loop pass
 
     def close_timeout(self, proto: ChatProtocol) -> None:

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import enum
 import errno
 import logging
 import os
@@ -144,11 +145,18 @@ def peer_name(sock: socket.socket) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+class Water(enum.Enum):
+    """What an outbound queue's size crossed (``Outbound.crossing``)."""
+
+    ABORT = "abort"  #: past the hard limit: the connection is aborted
+    PAUSE = "pause"  #: up past the high-water mark: engine.pause_writing
+    RESUME = "resume"  #: down below the low-water mark again: engine.resume_writing
+
+
 class Outbound:
     """One connection's queue of bytes to send, written once per loop pass.
 
-    ``level`` tells the backend what crossing the marks means: ``"abort"`` past the
-    hard limit, ``"pause"`` past the high-water mark, ``"resume"`` below the low one.
+    ``crossing`` tells the backend which water mark the queue's size crossed, if any.
     """
 
     __slots__ = ("chunks", "paused", "size")
@@ -179,16 +187,17 @@ class Outbound:
             self.chunks[0:1] = [rest] if rest else []
             self.size -= n
 
-    def level(self, config: BackendConfig) -> str | None:
-        """Return "abort", "pause", "resume" or None for the queue's current size."""
+    def crossing(self, config: BackendConfig) -> Water | None:
+        """The mark the queue's size crossed since the last call, if any. It remembers
+        being past the high-water mark (``paused``), so each crossing is told once."""
         if self.size > config.hard_limit:
-            return "abort"
+            return Water.ABORT
         if not self.paused and self.size > config.high_water:
             self.paused = True
-            return "pause"
+            return Water.PAUSE
         if self.paused and self.size < config.low_water:
             self.paused = False
-            return "resume"
+            return Water.RESUME
         return None
 
 

@@ -41,6 +41,7 @@ from .common import (
     BackendConfig,
     DeadlineQueue,
     Outbound,
+    Water,
     connection_cap,
     guarded,
     peer_name,
@@ -50,7 +51,6 @@ from .jobs import Inbox, JobRunner
 
 log = logging.getLogger("csce513msg.backend")
 _ids = itertools.count(1)
-ABORTS = ("outbound limit", "close timeout", "engine error")  # reasons that reset, not close
 
 
 class Strategy(Protocol):
@@ -155,7 +155,7 @@ class Driver:
                 batches.append(self._water(conn, now))
             while self._doomed:
                 conn, reason = self._doomed.pop()
-                batches.append(self.lose(conn, reason, now, report=False))
+                batches.append(self.lose(conn, reason, now, report=False, reset=True))
 
     def write_pass(self, now: float) -> None:
         """Once per loop pass: one send per connection that has output."""
@@ -178,13 +178,14 @@ class Driver:
             self._set_interest(conn, not conn.closing or conn.lingering, conn.out.size > 0)
             self.perform(self._water(conn, now), now)
 
-    def lose(self, conn: Conn, reason: str, now: float, report: bool = True) -> list[Action]:
-        """Close the socket and tell the engine, exactly once per connection."""
+    def lose(self, conn: Conn, reason: str, now: float, report: bool = True, reset: bool = False) -> list[Action]:
+        """Close the socket and tell the engine, exactly once per connection. ``reset``: an
+        abort (past the outbound limit or the close timeout, an engine bug), which resets."""
         if conn.dead:
             return []
         conn.dead = True
         self.strategy.forget(conn.fd)
-        if reason in ABORTS:
+        if reset:
             try:
                 conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
             except OSError:
@@ -194,7 +195,7 @@ class Driver:
         self.dirty.discard(conn)
         self.closing.discard(conn)
         self.admission.freed()  # a descriptor is free: if accept was paused, try again
-        if reason in ABORTS:
+        if reset:
             log.warning("abort #%d: %s (%d bytes queued)", conn.id, reason, conn.out.size)
         else:
             log.debug("lost #%d: %s", conn.id, reason)
@@ -218,7 +219,7 @@ class Driver:
         if deadline is not None and deadline <= now:
             self.perform(guarded(self.engine.handle_timer, now) or [], now)
         for conn in self.closing.due(now):  # only the overdue ones, oldest first
-            self.lose(conn, "close timeout", now)
+            self.lose(conn, "close timeout", now, reset=True)
 
     def flush(self, now: float) -> None:
         """End of a loop pass: the engine's batched work, then this pass's output."""
@@ -236,12 +237,12 @@ class Driver:
         self.perform([Abort(conn.id, "engine error")] if actions is None else actions, now)
 
     def _water(self, conn: Conn, now: float) -> list[Action]:
-        level = conn.out.level(self.config)
-        if level == "abort":
+        crossed = conn.out.crossing(self.config)
+        if crossed is Water.ABORT:
             self._doomed.append((conn, "outbound limit"))
-        elif level == "pause":
+        elif crossed is Water.PAUSE:
             return guarded(self.engine.pause_writing, conn.id, now) or []
-        elif level == "resume":
+        elif crossed is Water.RESUME:
             return guarded(self.engine.resume_writing, conn.id, now) or []
         return []
 

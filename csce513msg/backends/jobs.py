@@ -24,6 +24,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+from ..hub import Lane
+
 log = logging.getLogger("csce513msg.backend")
 Deliver = Callable[[int, object], None]
 
@@ -32,18 +34,18 @@ class JobRunner:
     """Worker threads per lane, started on first use."""
 
     #: lane -> (threads, idle priority)
-    LANES: ClassVar[dict[str, tuple[int, bool]]] = {"store": (1, False), "hash": (2, True)}
+    LANES: ClassVar[dict[Lane, tuple[int, bool]]] = {Lane.STORE: (1, False), Lane.HASH: (2, True)}
 
     def __init__(self, deliver: Deliver) -> None:
         self.deliver = deliver
-        self.queues: dict[str, queue.SimpleQueue[tuple[int, Callable[[], Any]] | None]] = {}
+        self.queues: dict[Lane, queue.SimpleQueue[tuple[int, Callable[[], Any]] | None]] = {}
         self.threads: list[threading.Thread] = []
         #: jobs submitted whose results the engine has not had yet: a stopping server waits
         #: for them, since a result may lead to one more job (the storage batch queued behind)
         self.pending = 0
         self._counting = threading.Lock()  # submit and finished may run on different threads
 
-    def submit(self, job_id: int, job: Callable[[], Any], lane: str) -> None:
+    def submit(self, job_id: int, job: Callable[[], Any], lane: Lane) -> None:
         """Queue ``job``; never blocks."""
         with self._counting:
             self.pending += 1
@@ -64,15 +66,15 @@ class JobRunner:
         for thread in self.threads:
             thread.join(timeout=30)
 
-    def _start(self, lane: str) -> None:
+    def _start(self, lane: Lane) -> None:
         count, idle = self.LANES[lane]
         self.queues[lane] = queue.SimpleQueue()
         for i in range(count):
-            thread = threading.Thread(target=self._work, args=(lane, idle), name=f"{lane}-{i}", daemon=True)
+            thread = threading.Thread(target=self._work, args=(lane, idle), name=f"{lane.value}-{i}", daemon=True)
             thread.start()
             self.threads.append(thread)
 
-    def _work(self, lane: str, idle: bool) -> None:
+    def _work(self, lane: Lane, idle: bool) -> None:
         if idle and hasattr(os, "SCHED_IDLE"):
             try:
                 os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # 0: this thread, on Linux
@@ -84,7 +86,7 @@ class JobRunner:
             try:
                 result: object = job()
             except Exception as exc:  # a failed job is a result the engine must hear of
-                log.exception("job %d in lane %s failed", job_id, lane)
+                log.exception("job %d in lane %s failed", job_id, lane.value)
                 result = exc
             self.deliver(job_id, result)
 

@@ -59,6 +59,7 @@ from .common import (
     DeadlineQueue,
     Outbound,
     SignalWakeup,
+    Water,
     banner,
     connection_cap,
     guarded,
@@ -86,7 +87,7 @@ class TConn:
         self.dead = False
 
 
-class Hub:
+class Shared:
     """The engine behind one mutex, and what every thread shares."""
 
     def __init__(self, engine: EngineAPI, config: BackendConfig) -> None:
@@ -163,11 +164,11 @@ class Hub:
 
     def water(self, conn: TConn, now: float) -> None:
         """Check the marks (mutex held): abort past the hard limit, else pause/resume."""
-        level = conn.out.level(self.config)
-        if level == "abort":
+        crossed = conn.out.crossing(self.config)
+        if crossed is Water.ABORT:
             self.abort(conn, "outbound limit")
-        elif level is not None:
-            call = self.engine.pause_writing if level == "pause" else self.engine.resume_writing
+        elif crossed is not None:
+            call = self.engine.pause_writing if crossed is Water.PAUSE else self.engine.resume_writing
             self.perform(guarded(call, conn.id, now) or [], now)
 
     def abort(self, conn: TConn, reason: str) -> None:
@@ -189,34 +190,34 @@ class Handler(socketserver.BaseRequestHandler):
     server: Server
 
     def handle(self) -> None:
-        hub = self.server.hub
+        shared = self.server.shared
         sock: socket.socket = self.request
-        tune(sock, hub.config)
-        conn = TConn(sock, hub.lock)
-        with hub.lock:
-            hub.conns[conn.id] = conn
-        writer = threading.Thread(target=write_loop, args=(hub, conn), name=f"writer-{conn.id}")
+        tune(sock, shared.config)
+        conn = TConn(sock, shared.lock)
+        with shared.lock:
+            shared.conns[conn.id] = conn
+        writer = threading.Thread(target=write_loop, args=(shared, conn), name=f"writer-{conn.id}")
         writer.start()
-        hub.call(conn, hub.engine.connection_made, conn.id, peer_name(sock))  # queues the Welcome
+        shared.call(conn, shared.engine.connection_made, conn.id, peer_name(sock))  # queues the Welcome
         try:
             while True:
-                data = sock.recv(hub.config.recv_size)  # blocks this thread only
+                data = sock.recv(shared.config.recv_size)  # blocks this thread only
                 if not data:
                     break  # the peer closed, or we shut the socket down to abort it
                 if not conn.closing:
-                    hub.call(conn, hub.engine.data_received, conn.id, data)
+                    shared.call(conn, shared.engine.data_received, conn.id, data)
         except OSError:
             pass  # reset by the peer
-        with hub.lock:
+        with shared.lock:
             conn.dead = True
-            hub.closing.discard(conn)
+            shared.closing.discard(conn)
             conn.wakeup.notify()
         writer.join()
-        with hub.lock:
-            del hub.conns[conn.id]
-        hub.call(None, hub.engine.connection_lost, conn.id)  # exactly once, last
-        if hub.stopping and not hub.conns:
-            hub.ring()  # the last one: the main thread can finish
+        with shared.lock:
+            del shared.conns[conn.id]
+        shared.call(None, shared.engine.connection_lost, conn.id)  # exactly once, last
+        if shared.stopping and not shared.conns:
+            shared.ring()  # the last one: the main thread can finish
         # socketserver closes the socket when handle() returns
 
     def finish(self) -> None:
@@ -224,10 +225,10 @@ class Handler(socketserver.BaseRequestHandler):
         self.server.release()
 
 
-def write_loop(hub: Hub, conn: TConn) -> None:
+def write_loop(shared: Shared, conn: TConn) -> None:
     """The writer thread: send whatever is queued, in as few sendall calls as possible."""
     while True:
-        with hub.lock:
+        with shared.lock:
             while not conn.out.size and not conn.closing and not conn.dead:
                 conn.wakeup.wait()
             if conn.dead or conn.reason:
@@ -239,9 +240,9 @@ def write_loop(hub: Hub, conn: TConn) -> None:
             conn.sock.sendall(data)  # blocks this writer only, never the mutex
         except OSError:
             return  # the reader sees the failure too and reports the loss
-        with hub.lock:
+        with shared.lock:
             conn.out.sent(len(data))
-            hub.water(conn, time.monotonic())
+            shared.water(conn, time.monotonic())
     try:
         conn.sock.shutdown(socket.SHUT_WR)  # FIN after our last byte; the reader waits for theirs
     except OSError:
@@ -254,13 +255,13 @@ class Server(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     daemon_threads = True
 
-    def __init__(self, hub: Hub) -> None:
-        self.hub = hub
-        self.request_queue_size = hub.config.backlog
-        family = socket.AF_INET6 if ":" in hub.config.host else socket.AF_INET
+    def __init__(self, shared: Shared) -> None:
+        self.shared = shared
+        self.request_queue_size = shared.config.backlog
+        family = socket.AF_INET6 if ":" in shared.config.host else socket.AF_INET
         self.address_family = family
         # create, bind and listen (steps 1-3) happen inside socketserver's constructor
-        super().__init__((hub.config.host, hub.config.port), Handler)
+        super().__init__((shared.config.host, shared.config.port), Handler)
 
     def get_request(self) -> tuple[socket.socket, Any]:
         """accept(), called by serve_forever when the listener is readable (step 4).
@@ -271,22 +272,22 @@ class Server(socketserver.ThreadingTCPServer):
         try:
             return super().get_request()
         except OSError as exc:
-            with self.hub.lock:
-                pause = self.hub.admission.failed(exc, time.monotonic())
+            with self.shared.lock:
+                pause = self.shared.admission.failed(exc, time.monotonic())
             if pause:
-                self.hub.freed.clear()
-                self.hub.freed.wait(ACCEPT_PAUSE)
+                self.shared.freed.clear()
+                self.shared.freed.wait(ACCEPT_PAUSE)
             raise  # serve_forever gives up on this round and selects again
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         """socketserver's hook after accept: True to serve the connection; at the cap,
         send SERVER_FULL and return False (socketserver then closes it)."""
-        hub = self.hub
-        with hub.lock:
-            if hub.admission.admit(hub.admitted, time.monotonic()):
-                hub.admitted += 1
+        shared = self.shared
+        with shared.lock:
+            if shared.admission.admit(shared.admitted, time.monotonic()):
+                shared.admitted += 1
                 return True
-            goodbye = hub.engine.server_full()
+            goodbye = shared.engine.server_full()
         refuse(request, goodbye)
         return False
 
@@ -300,49 +301,49 @@ class Server(socketserver.ThreadingTCPServer):
 
     def release(self) -> None:
         """A connection admitted by verify_request is over."""
-        with self.hub.lock:
-            self.hub.admitted -= 1
-        self.hub.freed.set()
+        with self.shared.lock:
+            self.shared.admitted -= 1
+        self.shared.freed.set()
 
 
 def serve(engine: EngineAPI, config: BackendConfig, hub_config: HubConfig) -> None:
     """Run the server until SIGINT or SIGTERM, then say goodbye and return."""
     threading.stack_size(256 * 1024)
-    hub = Hub(engine, config)
-    server = Server(hub)
+    shared = Shared(engine, config)
+    server = Server(shared)
     wake = SignalWakeup()
     acceptor = threading.Thread(target=server.serve_forever, name="acceptor")
     acceptor.start()
     banner(NAME, server.socket, config, hub_config)
-    while not hub.stopping or hub.conns or hub.jobs.pending:  # stopping: the last batches commit first
-        with hub.lock:
+    while not shared.stopping or shared.conns or shared.jobs.pending:  # stopping: the last batches commit first
+        with shared.lock:
             now = time.monotonic()
-            hub.sleeping_until = deadline = hub.next_deadline()
+            shared.sleeping_until = deadline = shared.next_deadline()
         timeout = None if deadline is None else max(0.0, deadline - now)
-        ready, _, _ = select.select([wake.reader, hub.bell], [], [], timeout)  # main thread: timers, signals
-        if hub.bell in ready:
-            hub.bell.recv(4096)
+        ready, _, _ = select.select([wake.reader, shared.bell], [], [], timeout)  # main thread: timers, signals
+        if shared.bell in ready:
+            shared.bell.recv(4096)
         if wake.reader in ready:
             wake.drain()
-        if wake.signalled and not hub.stopping:
-            hub.stopping = True
+        if wake.signalled and not shared.stopping:
+            shared.stopping = True
             log.info("shutting down (signal %s)", wake.signalled)
             server.shutdown()  # stop the acceptor; new clients are refused once the socket closes
             server.server_close()
-            hub.call(None, engine.shutdown)
-        timers(hub)
+            shared.call(None, engine.shutdown)
+        timers(shared)
     acceptor.join()
-    hub.jobs.close()
+    shared.jobs.close()
     wake.close()
 
 
-def timers(hub: Hub) -> None:
+def timers(shared: Shared) -> None:
     """Run the engine's timer and abort closes that overran their timeout."""
-    with hub.lock:
+    with shared.lock:
         now = time.monotonic()
-        for conn in hub.closing.due(now):  # only the overdue ones, oldest first
+        for conn in shared.closing.due(now):  # only the overdue ones, oldest first
             if not conn.dead and not conn.reason:
-                hub.abort(conn, "close timeout")
-        deadline = hub.engine.next_deadline()
+                shared.abort(conn, "close timeout")
+        deadline = shared.engine.next_deadline()
     if deadline is not None and deadline <= now:
-        hub.call(None, hub.engine.handle_timer)
+        shared.call(None, shared.engine.handle_timer)

@@ -4,7 +4,9 @@ Every ``interval`` seconds a daemon thread prints, to the server window::
 
     stats: epoll | 212 connections, 180 users online | 4,980 msg/s, 4,975 deliveries/s | CPU 88% | RSS 61.3 MB
 
-It reads the engine's plain counters and the process's own /proc figures (CPU is
+It reads the snapshot the engine publishes at flush (``Engine.snapshot``: one immutable
+object, never the engine's own state, which only the loop may touch) and the process's
+own /proc figures (CPU is
 user + system time of every thread, as the benchmarks measure it). Reading a few
 ints and lengths from another thread is safe in CPython; a line may be a pass stale.
 """
@@ -30,22 +32,22 @@ def start(engine: Engine, backend: str, interval: float) -> threading.Thread:
 
 
 def _loop(engine: Engine, backend: str, interval: float) -> None:
-    last = (time.monotonic(), _cpu(), dict(engine.counters))
+    last = (time.monotonic(), _cpu(), engine.snapshot)
     while True:
         time.sleep(interval)
-        now, cpu, counters = time.monotonic(), _cpu(), dict(engine.counters)
+        now, cpu, snap = time.monotonic(), _cpu(), engine.snapshot
         elapsed = now - last[0]
-        stored = (counters["stored"] - last[2]["stored"]) / elapsed
-        delivered = (counters["delivered"] - last[2]["delivered"]) / elapsed
+        stored = (snap.stored - last[2].stored) / elapsed
+        delivered = (snap.delivered - last[2].delivered) / elapsed
         cpu_share = (cpu - last[1]) / elapsed if cpu is not None and last[1] is not None else None
         cpu_text = f"CPU {cpu_share:.0%}" if cpu_share is not None else "CPU ?"
         print(
-            f"stats: {backend} | {len(engine.sessions)} connections, {len(engine.online)} users online"
+            f"stats: {backend} | {snap.connections} connections, {snap.users_online} users online"
             f" | {stored:,.0f} msg/s, {delivered:,.0f} deliveries/s | {cpu_text} | RSS {_rss_mb()}",
             file=sys.stderr,
             flush=True,
         )
-        last = (now, cpu, counters)
+        last = (now, cpu, snap)
 
 
 def _cpu() -> float | None:

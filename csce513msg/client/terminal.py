@@ -27,6 +27,7 @@ into a socket pair is the documented exception.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import itertools
 import json
 import os
@@ -74,6 +75,14 @@ HELP = """commands:
   /help            this help
   /quit            leave (after the server has answered what you sent)
   TEXT             send to your last conversation partner"""
+
+
+class Outcome(enum.Enum):
+    """What reading from the server means for the run."""
+
+    OK = "ok"  #: go on
+    LOST = "lost"  #: the connection is gone, or the server too busy to log in: reconnect later
+    FATAL = "fatal"  #: nothing more to do (never got in, a refused login, a broken stream): exit
 
 
 class Terminal:
@@ -338,9 +347,9 @@ def run(
         ready = mux.wait(timeout)  # the one place we block
         if chat.online and chat.sock.fileno() in ready:
             outcome = _receive(chat)
-            if outcome == "fatal":
+            if outcome is Outcome.FATAL:
                 break
-            if outcome == "lost":
+            if outcome is Outcome.LOST:
                 _lost(chat, mux)
         if (stdin_fd in ready or stdin_always_ready) and not chat.input_done:
             data = os.read(stdin_fd, 65536)
@@ -481,18 +490,18 @@ def _timeout(chat: ChatClient, stdin_always_ready: bool) -> float | None:
     return max(0.0, chat.last_send + interval - time.monotonic())
 
 
-def _receive(chat: ChatClient) -> str:
-    """Read from the server and print what came: "ok", "lost" (reconnect) or "fatal"."""
+def _receive(chat: ChatClient) -> Outcome:
+    """Read from the server and print what came; say how the run goes on."""
     try:
         data = chat.sock.recv(65536)
         while isinstance(chat.sock, ssl.SSLSocket) and chat.sock.pending():
             data += chat.sock.recv(65536)  # decrypted bytes select() cannot see
     except (BlockingIOError, ssl.SSLWantReadError):
-        return "ok"
+        return Outcome.OK
     except OSError as exc:
         text = f"connection lost: {exc.strerror or exc}"
         chat.term.show(f"! {text}", event="closed", message=text)
-        return "lost" if chat.ever_ready else "fatal"
+        return Outcome.LOST if chat.ever_ready else Outcome.FATAL
     if not data:
         text = "the server closed the connection"
         if chat.session.state is ClientState.AWAIT_WELCOME:
@@ -500,22 +509,22 @@ def _receive(chat: ChatClient) -> str:
         chat.term.show(f"! {text}", event="closed", message=text)
         if not chat.ever_ready:
             chat.failures += 1
-            return "fatal"  # never got in: nothing to come back to
-        return "lost"
+            return Outcome.FATAL  # never got in: nothing to come back to
+        return Outcome.LOST
     try:
         events = chat.session.receive_data(data)
     except RemoteProtocolError as exc:
         chat.term.show(f"! {exc.message}", event="error", code=exc.code.name.lower(), message=exc.message, request=0)
         chat.failures += 1
-        return "fatal"
+        return Outcome.FATAL
     for msg in events:
         if isinstance(msg, Error) and msg.code in BUSY and chat.session.state is not ClientState.READY:
             text = f"the server is busy ({_code_name(msg.code)}): trying again shortly"
             chat.term.show(f"! {text}", event="busy", message=text)
-            return "lost"  # not a failure: reconnect and log in again, later (with jitter)
+            return Outcome.LOST  # not a failure: reconnect and log in again, later (with jitter)
         chat.on_message(msg)
         if isinstance(msg, Error) and chat.session.state is not ClientState.READY:
-            return "fatal"  # the login was refused: nothing more to do
+            return Outcome.FATAL  # the login was refused: nothing more to do
         if isinstance(msg, Error) and msg.code == ErrorCode.ACCOUNT_CHANGED:
             chat.ever_ready = False  # the password changed or the account is gone: do not log in again
         if isinstance(msg, LoginOk):
@@ -523,7 +532,7 @@ def _receive(chat: ChatClient) -> str:
             chat.backoff = 0.5
             if msg.device_token and chat.server_key:
                 save_token(chat.server_key, msg.user, msg.device_token)
-    return "ok"
+    return Outcome.OK
 
 
 def _transmit(chat: ChatClient) -> bool:

@@ -1,6 +1,6 @@
 """The chat core: a pure state machine behind the engine contract (shared/STYLE.md)."""
 
-from .actions import Abort, Action, Close, ConnId, Submit, Write
+from .actions import Abort, Action, Close, ConnId, Lane, Submit, Write
 from .admission import Throttle
 from .config import HubConfig, Visibility
 from .contract import EngineAPI
@@ -20,6 +20,7 @@ __all__ = [
     "Engine",
     "EngineAPI",
     "HubConfig",
+    "Lane",
     "Passwords",
     "State",
     "Submit",

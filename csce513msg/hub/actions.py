@@ -6,6 +6,7 @@ the engine (see the engine contract in shared/STYLE.md).
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -37,15 +38,22 @@ class Abort:
     reason: str  #: for the server log
 
 
+class Lane(enum.Enum):
+    """Where a backend runs a job off its loop."""
+
+    STORE = "store"  #: one thread that owns the database: storage batches, one at a time, in order
+    HASH = "hash"  #: a small pool at the lowest priority: password checks
+
+
 @dataclass(frozen=True, slots=True)
 class Submit:
-    """Run ``job`` off the loop in ``lane`` ("store" or "hash"); its result comes
-    back through ``engine.job_done(job_id, result, now)``. Reserved: the accounts
-    issue is its first user."""
+    """Run ``job`` off the loop in ``lane``; its result comes
+    back through ``engine.job_done(job_id, result, now)``: a storage batch in the
+    ``store`` lane, a password check in the ``hash`` lane."""
 
     job_id: int
     job: Callable[[], Any]
-    lane: str
+    lane: Lane
 
 
 Action = Write | Close | Abort | Submit

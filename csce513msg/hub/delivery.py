@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from ..protocol import Deliver, Error, ErrorCode, HistoryEnd, Message, Receipt, ReceiptState, encode
 from ..store import Batch, BatchResult, DeliveredNote, Fetch, Refused, Store, StoredMessage
-from .actions import Action, ConnId, Submit, Write
+from .actions import Action, ConnId, Lane, Submit, Write
 from .config import HubConfig
 from .session import Session
 
@@ -33,6 +33,19 @@ HISTORY_PAGE = 100  #: the most messages one History request returns
 HISTORY_DEFAULT = 20  #: the messages a History request with ``limit`` 0 (or none) returns
 HISTORY_QUEUE = 16  #: History requests a connection may have waiting behind the one being read
 READS_PER_BATCH = 32  #: catch-up fetches and History pages one storage batch reads, at most
+
+
+SNAPSHOT_EVERY = 0.25  #: seconds between the snapshots flush publishes
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The engine's figures at one flush, for a reader on another thread (``msgsrv --stats``)."""
+
+    connections: int
+    users_online: int
+    stored: int  #: messages stored since start
+    delivered: int  #: deliveries written since start
 
 
 @dataclass(slots=True)
@@ -61,8 +74,12 @@ class Mailroom:
         #: the batch the store is working on: (job id, the batch, (conn, request id) of its messages)
         self._in_flight: tuple[int, Batch, list[tuple[ConnId, int]]] | None = None
         self._ids = itertools.count(1)
-        #: totals since start, for `msgsrv --stats` (read from another thread: plain ints)
-        self.counters = {"stored": 0, "delivered": 0}
+        self.stored_count = 0  # messages stored since start
+        self.delivered_count = 0  # deliveries written since start
+        #: published at flush, at most every SNAPSHOT_EVERY seconds, for another thread to read
+        #: (`msgsrv --stats`): one immutable object, replaced whole, never the engine's own state
+        self.snapshot = Snapshot(0, 0, 0, 0)
+        self._next_snapshot = 0.0
         self._acks_due: float | None = None  # when a batch of acknowledgements only must be written
         self._polls_submitted = 0  # batches that carried an accounts poll, submitted so far
         self._polls_done = 0  # ... and back (logins wait for the first poll after they arrived)
@@ -122,6 +139,9 @@ class Mailroom:
         """End of a loop pass: if no batch is in flight, submit what accumulated (group commit).
         A batch of acknowledgements only waits up to ``ack_delay`` for company: at a light,
         steady load that halves the commits (one per message, not one per message and ack)."""
+        if now >= self._next_snapshot:
+            self.snapshot = Snapshot(len(self.sessions), len(self.online), self.stored_count, self.delivered_count)
+            self._next_snapshot = now + SNAPSHOT_EVERY
         if self._in_flight is not None or not (self._batch or self._reads):
             return []
         self._take_reads(self._batch)
@@ -138,7 +158,7 @@ class Mailroom:
         self._in_flight = (job_id, batch, self._senders)
         self._senders = []
         self._polls_submitted += batch.poll_accounts
-        return [Submit(job_id, functools.partial(self.store.apply, batch), "store")]
+        return [Submit(job_id, functools.partial(self.store.apply, batch), Lane.STORE)]
 
     def _take_reads(self, batch: Batch) -> None:
         """Move waiting reads into ``batch``, at most READS_PER_BATCH in all, oldest first.
@@ -193,7 +213,7 @@ class Mailroom:
             )
         if m.duplicate:
             return  # a resend of a stored message: it was delivered (or is queued) already
-        self.counters["stored"] += 1
+        self.stored_count += 1
         for session in (*recipients, *self.online.get(m.sender, ())) if m.sender != m.target else recipients:
             if not session.live or (session.user == m.sender and session.device == m.device):
                 continue  # catching up (it will read this from the store), or the device that sent it
@@ -214,7 +234,7 @@ class Mailroom:
         if m.position <= session.delivered.get(m.stream, 0):
             return  # already on its way to this session (a live delivery met a catch-up)
         self._write(session, _deliver_of(m, 0))
-        self.counters["delivered"] += 1
+        self.delivered_count += 1
         session.delivered[m.stream] = m.position
         session.unacked.setdefault(m.stream, []).append(m.position)
         session.in_flight += 1

@@ -261,7 +261,7 @@ class Engine(Gate, Mailroom):
     def _on_send(self, session: Session, msg: Send, now: float) -> None:
         rid = msg.request_id
         if msg.target_kind != TargetKind.USER:
-            raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "only user targets exist in v1", request_id=rid)
+            raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "only user targets exist before 1.4", request_id=rid)
         if len(msg.body) > self.config.max_text:
             raise RemoteProtocolError(
                 ErrorCode.TEXT_TOO_LONG,
@@ -304,7 +304,7 @@ class Engine(Gate, Mailroom):
     def _on_history(self, session: Session, msg: History, now: float) -> None:
         rid = msg.request_id
         if msg.target_kind != TargetKind.USER:
-            raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "only user targets exist in v1", request_id=rid)
+            raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "only user targets exist before 1.4", request_id=rid)
         target = self._valid_name(msg.target, rid)
         if target not in self.accounts:
             raise RemoteProtocolError(ErrorCode.USER_NOT_FOUND, f"no user {target!r}", request_id=rid)

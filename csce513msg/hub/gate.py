@@ -47,7 +47,7 @@ from ..protocol import (
     RemoteProtocolError,
 )
 from ..store import TOKENS_PER_USER, Account, Batch, BatchResult, DeliveredNote, DeviceToken, LoginRead
-from .actions import Action, ConnId, Submit
+from .actions import Action, ConnId, Lane, Submit
 from .admission import LoginQueue, Pending, QueueFull, Throttle
 from .config import HubConfig
 from .session import Session, State
@@ -198,7 +198,7 @@ class Gate:
                 throttle.start(key)  # counted from now, not when the answer comes
             job_id = self._new_id()
             self._checking[job_id] = (login, checked)
-            self._out.append(Submit(job_id, job, "hash"))
+            self._out.append(Submit(job_id, job, Lane.HASH))
 
     def _buckets(self, login: Pending) -> list[tuple[Throttle, str]]:
         """The throttles an attempt counts in: its device token's alone, if it has a valid

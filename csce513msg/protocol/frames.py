@@ -5,7 +5,7 @@ Every frame is a fixed 12-byte prefix, then a header, then a body::
     offset  size  field
     0       4     length      bytes after the prefix (header + body), big-endian u32
     4       1     type        message type (see messages.MsgType)
-    5       1     flags       reserved in v1: sent as 0, ignored on receipt
+    5       1     flags       reserved: sent as 0, ignored on receipt
     6       2     hlen        header length, u16 (the body is length - hlen bytes)
     8       4     request_id  chosen by the client; 0 for what the server sends unasked
     12      hlen  header      the message's fields, in order (see ``HeaderCodec``)

@@ -5,7 +5,7 @@ users together), so durability costs one commit per pass, not one per message.
 
 Durability (``--durability``): ``full`` syncs the WAL on every commit (survives
 power loss); ``normal`` (default) syncs at checkpoints only (survives a crash of the
-process or the OS... of the process; the last commits may be lost on power loss);
+server process; the last commits may be lost if the machine loses power or crashes);
 ``memory`` does not use SQLite at all (``MemoryStore``).
 
 Checkpoints stay off the commit path: the writer's automatic checkpoint is off and a
@@ -153,7 +153,7 @@ class SqliteStore:
         self.floors: dict[tuple[str, str], int] = {}  # (sender, device) -> client ids at or below: expired
         # Delivered receipts from memory (an ack would otherwise cost two SELECTs): caches the writer owns
         self._acked: dict[tuple[str, str], int] = {}  # (stream, user) -> acknowledged position
-        self._recent: dict[str, _Recent] = {}  # stream -> its newest messages, as receipts to be
+        self._recent: dict[str, _Recent] = {}  # stream -> its newest messages, as the receipts they become
         self._stop = threading.Event()
         if checkpoint_interval > 0:
             threading.Thread(target=self._checkpoints, args=(checkpoint_interval,), daemon=True).start()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from csce513msg.hub import Lane
 from csce513msg.protocol import (
     WAITING_CAP,
     Deliver,
@@ -62,7 +63,7 @@ def test_the_password_is_checked_in_the_hash_lane_and_requests_behind_it_wait() 
         lanes += [j.lane for j in h.jobs]
         h.run_jobs()
         h.pump()
-    assert lanes[-3:] == ["store", "hash", "store"]  # (before them, the first connection's poll)
+    assert lanes[-3:] == [Lane.STORE, Lane.HASH, Lane.STORE]  # (before them, the first connection's poll)
     h.settle()
     assert [type(m) for m in peer.events[1:]] == [LoginOk, Receipt]  # in order, once the login is through
 
@@ -227,7 +228,7 @@ def test_a_bug_in_the_hash_lane_is_internal_and_the_connection_stays() -> None:
     h = Harness(auto_jobs=False)
     h.account("alice")
     peer = login_raw(h, "alice", PASSWORD)
-    while not (hashes := [j for j in h.jobs if j.lane == "hash"]):
+    while not (hashes := [j for j in h.jobs if j.lane is Lane.HASH]):
         h.run_jobs()
         h.pump()
     h.jobs.remove(hashes[0])

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from csce513msg.hub import HubConfig
+from csce513msg.hub import HubConfig, Lane
 from csce513msg.hub.gate import TOKEN_LIFETIME_US, _digest, _host
 from csce513msg.protocol import Error, ErrorCode, Hello, Login, LoginOk, Ping, Pong, Register, encode
 from csce513msg.store import TOKENS_PER_USER
@@ -28,14 +28,14 @@ def attempt(h: Harness, user: str, password: str, host: str, token: str = "") ->
 
 
 def hashes(h: Harness) -> int:
-    return sum(job.lane == "hash" for job in h.jobs)
+    return sum(job.lane is Lane.HASH for job in h.jobs)
 
 
 def run_stores(h: Harness) -> None:
     """Run storage batches (the accounts polls the logins wait for) until none is left;
     leave the hashes waiting."""
-    while stores := [job for job in h.jobs if job.lane == "store"]:
-        h.jobs = [job for job in h.jobs if job.lane != "store"]
+    while stores := [job for job in h.jobs if job.lane is Lane.STORE]:
+        h.jobs = [job for job in h.jobs if job.lane is not Lane.STORE]
         for job in stores:
             h.apply(h.engine.job_done(job.job_id, job.job(), h.now))
         h.pump()
@@ -105,7 +105,7 @@ def test_addresses_take_turns_so_a_flood_cannot_starve_a_real_login() -> None:
     run_stores(h)
     order: list[str] = []
     while not student.of(LoginOk) and len(order) < 30:
-        job = next(j for j in h.jobs if j.lane == "hash")
+        job = next(j for j in h.jobs if j.lane is Lane.HASH)
         h.jobs.remove(job)
         login = h.engine._checking[job.job_id][0]
         order.append(login.host)

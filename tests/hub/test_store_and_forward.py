@@ -3,7 +3,7 @@ pacing by the window, resends, storage failures. Jobs run when the test says."""
 
 from __future__ import annotations
 
-from csce513msg.hub import Submit
+from csce513msg.hub import Lane, Submit
 from csce513msg.protocol import Deliver, Error, ErrorCode, Receipt, ReceiptState, Send, TargetKind
 from csce513msg.store import BatchResult, MemoryStore
 from tests.hub.harness import PASSWORD, Harness
@@ -16,7 +16,7 @@ def test_receipt_and_delivery_wait_for_the_commit() -> None:
     alice.session.send_text("bob", "one")
     h.pump()
     assert not alice.of(Receipt) and not bob.of(Deliver)  # submitted, not committed
-    assert [type(j) for j in h.jobs] == [Submit] and h.jobs[0].lane == "store"
+    assert [type(j) for j in h.jobs] == [Submit] and h.jobs[0].lane is Lane.STORE
     h.run_jobs()
     h.pump()
     assert alice.of(Receipt)[0].state == ReceiptState.STORED  # type: ignore[attr-defined]
