@@ -1,28 +1,29 @@
 """Draw the session state machine from ``TRANSITIONS`` (a Mermaid diagram).
 
 ``python -m csce513msg.hub.diagram`` prints it; docs/protocol.md embeds the output,
-and a test checks the two still agree.
+and a test checks the two still agree. Every edge comes from the engine's tables:
+``INITIAL``, ``TRANSITIONS`` (requests, and a login's answers) and ``CLOSES``.
 """
 
 from __future__ import annotations
 
-from .engine import TRANSITIONS
+from .engine import CLOSES, INITIAL, TRANSITIONS
+from .session import AnyRequest, LoginAccepted, LoginRefused
+
+#: How an event that is not a request reads on an edge
+LABELS: dict[type, str] = {
+    AnyRequest: "any request / held until the login is answered",
+    LoginAccepted: "password right, login recorded / LoginOk",
+    LoginRefused: "refused / AUTH_FAILED, AUTH_THROTTLED, NAME_TAKEN, RATE_LIMITED, STORE_FAILED, INTERNAL",
+}
 
 
 def mermaid() -> str:
     """Return the state diagram as Mermaid source."""
-    lines = ["stateDiagram-v2", "    [*] --> AWAIT_HELLO: connect / Welcome"]
-    for (state, msg_type), (_handler, target) in TRANSITIONS.items():
-        lines.append(f"    {state.name} --> {target.name}: {msg_type.__name__}")
-    # AUTHENTICATING ends with a job's answer, not a request (gate.py: _hash_done, _logins_done)
-    lines.append("    AUTHENTICATING --> READY: password ok, login recorded / LoginOk")
-    lines.append(
-        "    AUTHENTICATING --> AWAIT_LOGIN: refused / AUTH_FAILED, AUTH_THROTTLED, NAME_TAKEN, RATE_LIMITED,"
-        " STORE_FAILED"
-    )
-    for name in ("AWAIT_HELLO", "AWAIT_LOGIN", "AUTHENTICATING"):  # the sweep's deadlines (engine._overdue)
-        lines.append(f"    {name} --> [*]: close, reset, login or frame timeout, shutdown")
-    lines.append("    READY --> [*]: close, reset, idle or frame timeout, shutdown, account changed")
+    lines = ["stateDiagram-v2", f"    [*] --> {INITIAL.name}: connect / Welcome"]
+    for (state, event), (_handler, target) in TRANSITIONS.items():
+        lines.append(f"    {state.name} --> {target.name}: {LABELS.get(event, event.__name__)}")
+    lines += [f"    {state.name} --> [*]: {how}" for state, how in CLOSES.items()]
     return "\n".join(lines)
 
 

@@ -9,13 +9,14 @@ drive it directly with a fixed clock.
 
 Each connection has a session that moves through these states::
 
-    AWAIT_HELLO --Hello--> AWAIT_LOGIN --Login/Register--> AUTHENTICATING --ok--> READY
-         (the Welcome is sent on connect; Ping is allowed in every state;
-          a failed login goes back to AWAIT_LOGIN)
+    AWAIT_HELLO --Hello--> AWAIT_LOGIN --Login/Register--> AUTHENTICATING --LoginAccepted--> READY
+         (the Welcome is sent on connect; Ping is allowed before the login; while
+          AUTHENTICATING every request is held; LoginRefused goes back to AWAIT_LOGIN)
 
-``TRANSITIONS`` below is the whole table of what a client may send in each state;
-anything missing from it is refused with an error (``_refusal``), and the
-connection stays open unless framing itself is lost.
+``TRANSITIONS`` below is the whole table: what a client may send in each state, and
+the login's answers; ``_move`` is the one place a state changes. A request missing
+from it is refused with an error (``_refusal``), and the connection stays open unless
+framing itself is lost.
 
 Logging in and registering (the password hash runs in the ``hash`` lane) are in
 ``gate.py``; store and forward (receipts after the commit, offline catch-up,
@@ -58,7 +59,7 @@ from .actions import Action, Close, ConnId, Write
 from .config import HubConfig, Visibility
 from .delivery import HISTORY_QUEUE, Mailroom
 from .gate import Gate, Passwords
-from .session import Handler, Session, State, direct_stream
+from .session import AnyRequest, Handler, LoginAccepted, LoginRefused, Session, State, direct_stream
 
 log = logging.getLogger("csce513msg.hub")
 
@@ -238,14 +239,19 @@ class Engine(Gate, Mailroom):
         """Handle one request (``charged``: its rate token was taken when it was held)."""
         if not charged and not self._take_token(session, now):  # every request, refused ones too
             raise RemoteProtocolError(ErrorCode.RATE_LIMITED, "too many requests: slow down", request_id=msg.request_id)
-        if session.state is State.AUTHENTICATING:
-            return self._hold(session, msg)  # handled in order once the login is answered
-        rule = TRANSITIONS.get((session.state, type(msg)))
-        if rule is None:
+        event: type = type(msg)
+        if (session.state, event) not in TRANSITIONS:
+            event = AnyRequest  # (only AUTHENTICATING takes any request: it holds them)
+        handler, _ = TRANSITIONS.get((session.state, event), (None, session.state))
+        if handler is None:
             raise _refusal(session.state, msg)
-        handler, next_state = rule
         handler(self, session, msg, now)  # raises RemoteProtocolError to refuse: the state stays
-        session.state = next_state
+        self._move(session, event)
+
+    def _move(self, session: Session, event: type) -> None:
+        """The one place a session changes state: as ``TRANSITIONS`` says for ``event`` (a
+        request's type, or a login's answer). A pair missing from the table is a bug."""
+        session.state = TRANSITIONS[(session.state, event)][1]
 
     def _on_hello(self, session: Session, msg: Hello, now: float) -> None:
         if msg.version_major != VERSION_MAJOR:
@@ -408,10 +414,14 @@ def _refusal(state: State, msg: Message) -> ProtocolError:
     return RemoteProtocolError(ErrorCode.BAD_STATE, f"{name} is not allowed now", request_id=rid)
 
 
-#: What a client may send in each state: who handles it, and the state after it
-#: succeeds. Anything else is refused by ``_refusal`` with an error naming the
-#: request. docs/protocol.md draws this table (``python -m csce513msg.hub.diagram``).
-TRANSITIONS: dict[tuple[State, type], tuple[Handler, State]] = {
+#: Every state change of a session: (state, event) -> (who handles it, the state after
+#: it). An event is a request's type (what a client may send in that state; anything
+#: else is refused by ``_refusal`` with an error naming the request, and the state
+#: stays), ``AnyRequest`` (every request), or a login's answer (no handler: the gate
+#: calls ``_move``). ``Engine._move`` is the only place ``session.state`` changes (a
+#: test checks), and ``hub/diagram.py`` draws this table, ``CLOSES`` and ``INITIAL``
+#: for docs/protocol.md (``python -m csce513msg.hub.diagram``).
+TRANSITIONS: dict[tuple[State, type], tuple[Handler | None, State]] = {
     (State.AWAIT_HELLO, Hello): (Engine._on_hello, State.AWAIT_LOGIN),
     (State.AWAIT_HELLO, Ping): (Engine._on_ping, State.AWAIT_HELLO),
     (State.AWAIT_LOGIN, Login): (Engine._on_login, State.AUTHENTICATING),
@@ -422,4 +432,15 @@ TRANSITIONS: dict[tuple[State, type], tuple[Handler, State]] = {
     (State.READY, Who): (Engine._on_who, State.READY),
     (State.READY, History): (Engine._on_history, State.READY),
     (State.READY, Ping): (Engine._on_ping, State.READY),
+    (State.AUTHENTICATING, AnyRequest): (Engine._hold, State.AUTHENTICATING),  # handled once answered
+    (State.AUTHENTICATING, LoginAccepted): (None, State.READY),
+    (State.AUTHENTICATING, LoginRefused): (None, State.AWAIT_LOGIN),
+}
+INITIAL = State.AWAIT_HELLO  #: a new connection's state; the Welcome is sent at once
+#: How a connection ends in each state (it then leaves the table: no state, no session)
+CLOSES: dict[State, str] = {
+    State.AWAIT_HELLO: "close, reset, login or frame timeout, shutdown",
+    State.AWAIT_LOGIN: "close, reset, login or frame timeout, shutdown",
+    State.AUTHENTICATING: "close, reset, login or frame timeout, shutdown",
+    State.READY: "close, reset, idle or frame timeout, shutdown, account changed",
 }

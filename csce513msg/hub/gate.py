@@ -50,7 +50,7 @@ from ..store import TOKENS_PER_USER, Account, Batch, BatchResult, DeliveredNote,
 from .actions import Action, ConnId, Lane, Submit
 from .admission import LoginQueue, Pending, QueueFull, Throttle
 from .config import HubConfig
-from .session import Session, State
+from .session import LoginAccepted, LoginRefused, Session
 
 log = logging.getLogger("csce513msg.hub")
 MAX_HELD = 64  #: requests a client may pipeline behind a Login still being checked
@@ -361,7 +361,7 @@ class Gate:
         account = self.accounts[user]
         sessions = self.online.setdefault(user, [])
         sessions.append(session)
-        session.state = State.READY
+        self._move(session, LoginAccepted)
         session.decoder.max_frame = self.config.max_frame
         log.info("login %s (#%d from %s, session %d)", user, session.conn, session.peer, len(sessions))
         self._write(session, LoginOk(self._wall_us(now), user, account.role, waiting, token, rid))
@@ -374,12 +374,12 @@ class Gate:
 
     def _not_logged_in(self, session: Session, code: ErrorCode, message: str, rid: int, now: float) -> None:
         session.user = None
-        session.state = State.AWAIT_LOGIN
+        self._move(session, LoginRefused)
         session.decoder.max_frame = min(PRE_LOGIN_MAX_FRAME, self.config.max_frame)
         self._error(session, code, message, rid)
         self._release_held(session, now)
 
-    def _hold(self, session: Session, msg: Message) -> None:
+    def _hold(self, session: Session, msg: Message, now: float) -> None:
         """A request behind a Login still being checked: keep it for later, in order."""
         if len(session.held) >= MAX_HELD:
             raise RemoteProtocolError(
@@ -454,6 +454,7 @@ class Gate:
         def _error(self, session: Session, code: ErrorCode, message: str, request_id: int) -> None: ...
         def _close(self, session: Session, reason: str) -> None: ...
         def _dispatch(self, session: Session, msg: Message, now: float, charged: bool = False) -> None: ...
+        def _move(self, session: Session, event: type) -> None: ...
         def _refuse(self, session: Session, exc: RemoteProtocolError) -> None: ...
         def _maybe_fetch(self, session: Session) -> None: ...
         def _delivered_receipt(self, session: Session, note: DeliveredNote) -> None: ...

@@ -60,6 +60,22 @@ class Session:
 Handler = Callable[..., None]  # (engine, session, message, now)
 
 
+# Events of the state table besides the requests (past-tense facts, as the hub's inputs are):
+
+
+class AnyRequest:
+    """Any request: what AUTHENTICATING does with every request while the login is checked."""
+
+
+class LoginAccepted:
+    """The login's answer came back right and its record is stored: LoginOk is sent."""
+
+
+class LoginRefused:
+    """The login (or registration) was refused after it was taken: a wrong password, a
+    throttle, a taken name, a busy server or a storage failure (the Error says which)."""
+
+
 def direct_stream(a: str, b: str) -> str:
     """Return the stream name of the direct conversation between users a and b."""
     return "dm:" + ",".join(sorted((a, b)))
