@@ -10,7 +10,9 @@ the next window of messages after its device's cursor is read from the store. An
 Ack also marks the others' messages *delivered*, which their senders hear of (at
 once, or at their next login). History pages are reads of the same batch.
 
-``Mailroom`` is a mixin of ``Engine``: it holds the batch and the output helpers.
+``Mailroom`` is a part of ``Engine``: it owns the batch, the reads and the deliveries;
+it is given the sessions, the users online, the outbox it writes to, and the engine's
+rule of who sees whom (``sees``: a receipt's "offline" hint obeys ``--visibility``).
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ import functools
 import itertools
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from ..protocol import Deliver, Error, ErrorCode, HistoryEnd, Message, Receipt, ReceiptState, encode
-from ..store import Batch, BatchResult, DeliveredNote, Fetch, Refused, Store, StoredMessage
-from .actions import Action, ConnId, Lane, Submit, Write
+from ..protocol import Ack, Deliver, ErrorCode, HistoryEnd, Receipt, ReceiptState, RemoteProtocolError
+from ..store import Batch, BatchResult, DeliveredNote, Fetch, NewMessage, Refused, Store, StoredMessage
+from .actions import ConnId, Lane
 from .config import HubConfig
+from .outbox import Outbox
 from .session import Session
 
 log = logging.getLogger("csce513msg.hub")
@@ -57,40 +60,96 @@ class PageRead:
 
 
 class Mailroom:
-    """Batches for the store, and what their results turn into."""
+    """Batches for the store, and what their results turn into.
 
-    store: Store
-    config: HubConfig
-    sessions: dict[ConnId, Session]
-    online: dict[str, list[Session]]  #: user -> their sessions (one per client logged in)
+    Args:
+        store: what ``apply`` runs on (in the ``store`` lane, never here).
+        config: the hub's limits.
+        sessions: every connection's session, by id (the engine's).
+        online: user -> their logged-in sessions (the engine's).
+        outbox: where everything to send goes.
+        sees: whether a session may see that a user is online (``--visibility``).
+    """
 
-    def __init__(self) -> None:
-        self._out: list[Action] = []  # actions gathered during one engine call
-        self._batch = Batch()  # what the store must do next: one job per loop pass
+    def __init__(
+        self, store: Store, config: HubConfig, sessions: dict[ConnId, Session], online: dict[str, list[Session]],
+        outbox: Outbox, sees: Callable[[Session, str], bool],
+    ) -> None:  # fmt: skip
+        self.store, self.config, self.sessions, self.online = store, config, sessions, online
+        self.out = outbox
+        self._sees = sees
+        self.batch = Batch()  # what the store must do next: one job per loop pass
         self._senders: list[tuple[ConnId, int]] = []  # (conn, request id) of each batch message
         self._fetchers: dict[int, ConnId] = {}  # catch-up fetch key -> the session waiting for it
         self._history_waiters: dict[int, tuple[ConnId, int, str]] = {}  # key -> (session, request id, stream)
         self._reads: deque[Fetch | PageRead] = deque()  # reads waiting for a batch with room (READS_PER_BATCH)
         #: the batch the store is working on: (job id, the batch, (conn, request id) of its messages)
         self._in_flight: tuple[int, Batch, list[tuple[ConnId, int]]] | None = None
-        self._ids = itertools.count(1)
         self.stored_count = 0  # messages stored since start
         self.delivered_count = 0  # deliveries written since start
         #: published at flush, at most every SNAPSHOT_EVERY seconds, for another thread to read
         #: (`msgsrv --stats`): one immutable object, replaced whole, never the engine's own state
         self.snapshot = Snapshot(0, 0, 0, 0)
         self._next_snapshot = 0.0
-        self._acks_due: float | None = None  # when a batch of acknowledgements only must be written
+        self.acks_due: float | None = None  # when a batch of acknowledgements only must be written
         self._polls_submitted = 0  # batches that carried an accounts poll, submitted so far
-        self._polls_done = 0  # ... and back (logins wait for the first poll after they arrived)
-        self.stopping = False  # set by Engine.shutdown
+        self.polls_done = 0  # ... and back (logins wait for the first poll after they arrived)
+        self.stopping = False  # set by Engine.shutdown: no batch waits any more
 
-    def _batch_done(self, job_id: int, result: object) -> tuple[Batch, BatchResult]:
+    # ---- what the requests ask for ----------------------------------------------------
+
+    def store_message(self, session: Session, new: NewMessage, rid: int) -> None:
+        """A Send, checked: stored in the next batch; the receipt waits for the commit."""
+        self.batch.messages.append(new)
+        self._senders.append((session.conn, rid))
+
+    def acknowledged(self, session: Session, msg: Ack) -> None:
+        """An Ack: the device's cursor moves, the senders learn what was delivered, and a
+        session catching up reads its next window once everything sent is acknowledged.
+
+        Raises:
+            RemoteProtocolError: BAD_REQUEST for a position beyond what was delivered.
+        """
+        delivered = session.delivered.get(msg.stream)
+        if delivered is None or msg.position > delivered:
+            raise RemoteProtocolError(
+                ErrorCode.BAD_REQUEST, f"ack of {msg.stream}:{msg.position} is beyond what was delivered",
+                request_id=msg.request_id,
+            )  # fmt: skip
+        if msg.position > session.acked.get(msg.stream, 0):
+            session.acked[msg.stream] = msg.position
+            pending = session.unacked.get(msg.stream, [])
+            left = [p for p in pending if p > msg.position]
+            session.unacked[msg.stream] = left
+            session.in_flight -= len(pending) - len(left)
+            assert session.user is not None
+            self.batch.cursors[(session.user, session.device, msg.stream)] = msg.position
+            key = (msg.stream, session.user)  # and so, for the senders: delivered
+            self.batch.delivered[key] = max(self.batch.delivered.get(key, 0), msg.position)
+        self.maybe_fetch(session)
+
+    def ask_history(self, session: Session, rid: int, stream: str, before: int, limit: int) -> None:
+        """A History request, checked: it waits its turn behind the session's others.
+
+        Raises:
+            RemoteProtocolError: RATE_LIMITED past ``HISTORY_QUEUE`` waiting.
+        """
+        if len(session.histories) >= HISTORY_QUEUE:
+            raise RemoteProtocolError(
+                ErrorCode.RATE_LIMITED, f"over {HISTORY_QUEUE} History requests wait already: read their answers",
+                request_id=rid,
+            )  # fmt: skip
+        session.histories.append((rid, stream, before, limit))
+        self.next_history(session)
+
+    # ---- the store's answers ------------------------------------------------------------
+
+    def batch_done(self, job_id: int, result: object) -> tuple[Batch, BatchResult]:
         """A storage batch finished: receipts and deliveries, now that it is committed."""
         assert self._in_flight is not None and self._in_flight[0] == job_id, "one batch in flight"
         _, batch, senders = self._in_flight
         self._in_flight = None
-        self._polls_done += batch.poll_accounts
+        self.polls_done += batch.poll_accounts
         if not isinstance(result, BatchResult):  # the store raised: a bug or a broken disk
             result = BatchResult(error=f"storage failed: {result!r}")
         if result.error:
@@ -99,11 +158,11 @@ class Mailroom:
             session = self.sessions.get(conn)
             if stored is None:
                 if session is not None:
-                    self._error(session, ErrorCode.STORE_FAILED, "the message was not stored; send it again", rid)
+                    self.out.error(session, ErrorCode.STORE_FAILED, "the message was not stored; send it again", rid)
             elif isinstance(stored, Refused):
                 if session is not None:
                     code = ErrorCode.BAD_REQUEST if stored.reused else ErrorCode.RESEND_TOO_OLD
-                    self._error(session, code, stored.reason, rid)
+                    self.out.error(session, code, stored.reason, rid)
             else:
                 self._stored(session, rid, stored)
         for key, found in result.fetched.items():
@@ -111,15 +170,15 @@ class Mailroom:
                 self._caught_up(session, found)
         for note in result.newly_delivered:  # acknowledged by a device of the recipient
             for sender in self.online.get(note.sender, ()):
-                self._delivered_receipt(sender, note)
+                self.delivered_receipt(sender, note)
         for key, page in result.history.items():
             conn, rid, stream = self._history_waiters.pop(key)
             if (session := self.sessions.get(conn)) is not None:
                 for m in page:  # carrying the request id: history, not new mail (no ack)
-                    self._write(session, _deliver_of(m, rid))
-                self._write(session, HistoryEnd(page[0].position if page else 0, len(page), stream, rid))
+                    self.out.write(session, _deliver_of(m, rid))
+                self.out.write(session, HistoryEnd(page[0].position if page else 0, len(page), stream, rid))
                 session.reading_history = False
-                self._next_history(session)
+                self.next_history(session)
         self._reads_failed(batch, result)
         return batch, result
 
@@ -128,37 +187,37 @@ class Mailroom:
         for key in batch.history.keys() - result.history.keys():
             conn, rid, _ = self._history_waiters.pop(key)
             if (session := self.sessions.get(conn)) is not None:
-                self._error(session, ErrorCode.STORE_FAILED, "history could not be read; try again", rid)
+                self.out.error(session, ErrorCode.STORE_FAILED, "history could not be read; try again", rid)
                 session.reading_history = False
-                self._next_history(session)
+                self.next_history(session)
         for key in {f.key for f in batch.fetches} - result.fetched.keys():
             if (session := self.sessions.get(self._fetchers.pop(key))) is not None:
                 session.fetching = False  # the next ack or resume tries again
 
-    def flush(self, now: float) -> list[Action]:
+    def flush(self, now: float) -> None:
         """End of a loop pass: if no batch is in flight, submit what accumulated (group commit).
         A batch of acknowledgements only waits up to ``ack_delay`` for company: at a light,
         steady load that halves the commits (one per message, not one per message and ack)."""
         if now >= self._next_snapshot:
             self.snapshot = Snapshot(len(self.sessions), len(self.online), self.stored_count, self.delivered_count)
             self._next_snapshot = now + SNAPSHOT_EVERY
-        if self._in_flight is not None or not (self._batch or self._reads):
-            return []
-        self._take_reads(self._batch)
-        if not self._batch:
-            return []  # the reads were of connections gone meanwhile
-        if self._batch.can_wait() and not self.stopping:
-            if self._acks_due is None:
-                self._acks_due = now + self.config.ack_delay
-            if now < self._acks_due:
-                return []  # next_deadline() brings a pass at _acks_due
-        self._acks_due = None
-        job_id = self._new_id()
-        batch, self._batch = self._batch, Batch()
+        if self._in_flight is not None or not (self.batch or self._reads):
+            return
+        self._take_reads(self.batch)
+        if not self.batch:
+            return  # the reads were of connections gone meanwhile
+        if self.batch.can_wait() and not self.stopping:
+            if self.acks_due is None:
+                self.acks_due = now + self.config.ack_delay
+            if now < self.acks_due:
+                return  # the engine's next_deadline() brings a pass at acks_due
+        self.acks_due = None
+        job_id = self.out.new_id()
+        batch, self.batch = self.batch, Batch()
         self._in_flight = (job_id, batch, self._senders)
         self._senders = []
         self._polls_submitted += batch.poll_accounts
-        return [Submit(job_id, functools.partial(self.store.apply, batch), Lane.STORE)]
+        self.out.submit(job_id, functools.partial(self.store.apply, batch), Lane.STORE)
 
     def _take_reads(self, batch: Batch) -> None:
         """Move waiting reads into ``batch``, at most READS_PER_BATCH in all, oldest first.
@@ -185,14 +244,14 @@ class Mailroom:
                 room -= 1
         self._reads.extendleft(reversed(waiting))
 
-    def _next_history(self, session: Session) -> None:
+    def next_history(self, session: Session) -> None:
         """Read the session's next History page: one at a time, and only while its output is
         below the high-water mark; a page's bodies add up to at most ``page_bytes``, which the
         server sets to what its hard limit has room for above that mark (``check_limits``)."""
         if session.reading_history or session.paused or not session.histories or session.closing:
             return
         rid, stream, before, limit = session.histories.pop(0)
-        key = self._new_id()
+        key = self.out.new_id()
         session.reading_history = True
         self._history_waiters[key] = (session.conn, rid, stream)
         page = (stream, before, min(limit or HISTORY_DEFAULT, HISTORY_PAGE), self.config.page_bytes)
@@ -208,7 +267,7 @@ class Mailroom:
         if sender is not None:
             offline = not recipients and self._sees(sender, m.target)  # --visibility: no hint otherwise
             detail = f"{m.target} is offline" if offline else ""
-            self._write(
+            self.out.write(
                 sender, Receipt(ReceiptState.STORED, m.message_id, m.time_us, m.position, m.stream, detail, rid)
             )
         if m.duplicate:
@@ -224,27 +283,28 @@ class Mailroom:
         if log.isEnabledFor(logging.INFO):
             log.info("message %s -> %s, %d bytes, id %d", m.sender, m.target, len(m.body), m.message_id)
 
-    def _delivered_receipt(self, session: Session, note: DeliveredNote) -> None:
+    def delivered_receipt(self, session: Session, note: DeliveredNote) -> None:
+        """Tell ``session`` (a device of the sender) that ``note``'s message was delivered."""
         state = ReceiptState.DELIVERED
-        self._write(session, Receipt(state, note.message_id, note.time_us, note.position, note.stream, "", 0))
+        self.out.write(session, Receipt(state, note.message_id, note.time_us, note.position, note.stream, "", 0))
         key = (note.sender, session.device, note.stream)  # this device has been told
-        self._batch.notified[key] = max(self._batch.notified.get(key, 0), note.position)
+        self.batch.notified[key] = max(self.batch.notified.get(key, 0), note.position)
 
     def _deliver(self, session: Session, m: StoredMessage) -> None:
         if m.position <= session.delivered.get(m.stream, 0):
             return  # already on its way to this session (a live delivery met a catch-up)
-        self._write(session, _deliver_of(m, 0))
+        self.out.write(session, _deliver_of(m, 0))
         self.delivered_count += 1
         session.delivered[m.stream] = m.position
         session.unacked.setdefault(m.stream, []).append(m.position)
         session.in_flight += 1
 
-    def _maybe_fetch(self, session: Session) -> None:
+    def maybe_fetch(self, session: Session) -> None:
         """Catch-up, paced: once everything delivered is acknowledged (so the stored cursor is
         where this session stands), ask the store for the next window of messages."""
         if session.live or session.fetching or session.paused or session.user is None or session.inflight():
             return
-        key = self._new_id()
+        key = self.out.new_id()
         session.fetching = True
         self._fetchers[key] = session.conn
         window, history = self.config.window, self.config.new_device_history
@@ -257,33 +317,11 @@ class Mailroom:
         if len(found) < self.config.window and not session.paused:  # a full window: maybe more
             session.live = True  # nothing older is left: from now on, deliver as stored
         else:
-            self._maybe_fetch(session)
+            self.maybe_fetch(session)
 
-    # ---- output ---------------------------------------------------------------------
-
-    def _error(self, session: Session, code: ErrorCode, message: str, request_id: int) -> None:
-        self._write(session, Error(code, message, request_id))
-
-    def _write(self, session: Session, msg: Message) -> None:
-        if session.closing:
-            return  # e.g. a receipt whose commit came after the connection was told to close
-        self._out.append(Write(session.conn, encode(msg, session.minor)))  # the fields its version knows
-
-    def _polls_due(self) -> int:
+    def polls_due(self) -> int:
         """The number of the next accounts poll to be submitted (the current batch's)."""
         return self._polls_submitted + 1
-
-    if TYPE_CHECKING:  # the engine's
-
-        def _sees(self, session: Session | None, user: str, role: str | None = None) -> bool: ...
-
-    def _new_id(self) -> int:
-        """A fresh key for a job or a read."""
-        return next(self._ids)
-
-    def _take(self) -> list[Action]:
-        out, self._out = self._out, []
-        return out
 
 
 def _deliver_of(m: StoredMessage, request_id: int) -> Deliver:

@@ -14,13 +14,20 @@ Each connection has a session that moves through these states::
           AUTHENTICATING every request is held; LoginRefused goes back to AWAIT_LOGIN)
 
 ``TRANSITIONS`` below is the whole table: what a client may send in each state, and
-the login's answers; ``_move`` is the one place a state changes. A request missing
+the login's answers; ``move`` is the one place a state changes. A request missing
 from it is refused with an error (``_refusal``), and the connection stays open unless
 framing itself is lost.
 
-Logging in and registering (the password hash runs in the ``hash`` lane) are in
-``gate.py``; store and forward (receipts after the commit, offline catch-up,
-delivered receipts, history) in ``delivery.py``; session state in ``session.py``.
+The engine is made of parts, each given what it needs and nothing more::
+
+    Engine ── sessions, presence, timers, the state table, the requests' checks
+      ├── Outbox    (outbox.py)   what one call has to say: every part writes there
+      ├── Mailroom  (delivery.py) the storage batch, receipts, deliveries, catch-up, history
+      └── Gate      (gate.py)     logins, registration, accounts, device tokens, throttles
+
+The Gate reaches back only through ``gate.Front`` (dispatch a held request, move a
+state, a user came online, the wall time); the Mailroom only through ``sees`` (who may
+see whom online). Session state is in ``session.py``.
 """
 
 from __future__ import annotations
@@ -55,10 +62,11 @@ from ..protocol import (
     encode,
 )
 from ..store import Account, DeviceToken, NewMessage, Store
-from .actions import Action, Close, ConnId, Write
+from .actions import Action, ConnId, Write
 from .config import HubConfig, Visibility
-from .delivery import HISTORY_QUEUE, Mailroom
+from .delivery import Mailroom, Snapshot
 from .gate import Gate, Passwords
+from .outbox import Outbox
 from .session import AnyRequest, Handler, LoginAccepted, LoginRefused, Session, State, direct_stream
 
 log = logging.getLogger("csce513msg.hub")
@@ -66,7 +74,7 @@ log = logging.getLogger("csce513msg.hub")
 EXPIRY_INTERVAL = 600.0  #: seconds between deletions of messages past the retention period
 
 
-class Engine(Gate, Mailroom):
+class Engine:
     """The pure chat core behind the engine contract (see shared/STYLE.md).
 
     Args:
@@ -88,8 +96,11 @@ class Engine(Gate, Mailroom):
         self.sessions: dict[ConnId, Session] = {}
         self.online: dict[str, list[Session]] = {}  # user -> their logged-in sessions
         self.subscribers: set[Session] = set()  # sessions that asked for presence
-        Mailroom.__init__(self)  # the storage batch and the output
-        Gate.__init__(self, passwords, dict(accounts or {}), dict(tokens or {}))  # logins, accounts, device tokens
+        self.out = Outbox()
+        self.mail = Mailroom(store, config, self.sessions, self.online, self.out, self._sees)
+        self.gate = Gate(
+            config, passwords, dict(accounts or {}), dict(tokens or {}), self.sessions, self.out, self.mail, self
+        )  # fmt: skip
         self._shown_role: dict[str, str] = {}  # user online -> its role when presence announced it
         self._next_sweep: float | None = None
         self._next_poll: float | None = None  # when to ask the store for accounts changed by an admin
@@ -119,7 +130,7 @@ class Engine(Gate, Mailroom):
         if self._next_sweep is None:
             self._next_sweep = now + self._sweep_interval()
         if self._next_poll is None:  # accounts may have changed while nobody was connected: look now
-            self._batch.poll_accounts = True
+            self.mail.batch.poll_accounts = True
             self._next_poll = now + self.config.account_poll
         return [Write(conn, self._welcome)]
 
@@ -134,24 +145,24 @@ class Engine(Gate, Mailroom):
             for frame in session.decoder.feed(data):
                 complete = True
                 try:
-                    self._dispatch(session, decode(frame), now)
+                    self.dispatch(session, decode(frame), now)
                 except RemoteProtocolError as exc:
-                    self._refuse(session, exc)
+                    self.refuse(session, exc)
                 if session.closing:
                     break
         except RemoteProtocolError as exc:  # the stream itself is broken
-            self._refuse(session, exc)
+            self.refuse(session, exc)
         if not session.decoder.buffered:
             session.partial_since = None
         elif complete or session.partial_since is None:  # a new frame began in these bytes
             session.partial_since = now
-        return self._take()
+        return self.out.take()
 
     def connection_lost(self, conn: ConnId, now: float) -> list[Action]:
         """The connection is gone (closed, reset, aborted): forget it, tell subscribers."""
         session = self.sessions.pop(conn)
         self.subscribers.discard(session)
-        self._login_gone(conn)
+        self.gate.login_gone(conn)
         sessions = self.online.get(session.user or "", [])
         if session in sessions:
             sessions.remove(session)
@@ -160,7 +171,7 @@ class Engine(Gate, Mailroom):
                 del self.online[session.user]  # type: ignore[arg-type]
                 self._broadcast_presence(session.user, 0, now)  # type: ignore[arg-type]
         log.info("disconnect #%d", conn)
-        return self._take()
+        return self.out.take()
 
     def pause_writing(self, conn: ConnId, now: float) -> list[Action]:
         """The outbound queue passed its high-water mark: stop live delivery, so a
@@ -174,69 +185,82 @@ class Engine(Gate, Mailroom):
         """The outbound queue drained below its low-water mark: catch up again."""
         session = self.sessions[conn]
         session.paused = False
-        self._maybe_fetch(session)
-        self._next_history(session)
+        self.mail.maybe_fetch(session)
+        self.mail.next_history(session)
         return []
 
     def next_deadline(self) -> float | None:
         """When ``handle_timer`` must next run (monotonic seconds), or None."""
-        deadlines = [d for d in (self._next_sweep, self._next_poll, self._acks_due) if d is not None]
+        deadlines = [d for d in (self._next_sweep, self._next_poll, self.mail.acks_due) if d is not None]
         return min(deadlines) if deadlines else None
 
     def handle_timer(self, now: float) -> list[Action]:
         """Close connections silent for longer than the idle timeout; poll for account changes."""
         if self._next_poll is not None and now >= self._next_poll:
-            self._batch.poll_accounts = True
+            batch = self.mail.batch
+            batch.poll_accounts = True
             if now >= self._next_expiry:  # retention, at most every 10 min
                 if self.config.retention_days:
-                    self._batch.expire_before_us = self._wall_us(now - self.config.retention_days * 86400)
-                self._batch.expire_tokens_before_us = self._expire_tokens(now)
+                    batch.expire_before_us = self.wall_us(now - self.config.retention_days * 86400)
+                batch.expire_tokens_before_us = self.gate.expire_tokens(now)
                 self._next_expiry = now + EXPIRY_INTERVAL
             self._next_poll = now + self.config.account_poll if self.sessions else None
-            for throttle in (self.account_throttle, self.address_throttle, self.token_throttle):
-                throttle.sweep(now)
-            self.registrations.sweep(now)
+            self.gate.sweep(now)
         if self._next_sweep is None or now < self._next_sweep:
-            return self._take()
+            return self.out.take()
         for session in list(self.sessions.values()):
             if not session.closing and (overdue := self._overdue(session, now)):
                 reason, message = overdue
                 log.info("%s #%d (%s)", reason, session.conn, session.user or session.peer)
-                self._error(session, ErrorCode.IDLE_TIMEOUT, message, 0)
-                self._close(session, reason)  # a vanished peer never drains: the close timeout aborts it
+                self.out.error(session, ErrorCode.IDLE_TIMEOUT, message, 0)
+                self.out.close(session, reason)  # a vanished peer never drains: the close timeout aborts it
         self._next_sweep = now + self._sweep_interval() if self.sessions else None
-        return self._take()
+        return self.out.take()
 
     def shutdown(self, now: float) -> list[Action]:
         """The server is stopping: say goodbye to everyone, then close. From now on a batch
         never waits (``ack_delay``): the backend stops once the last one is committed."""
-        self.stopping = True
+        self.mail.stopping = True
         for session in self.sessions.values():
             if not session.closing:
-                self._error(session, ErrorCode.SHUTTING_DOWN, "the server is shutting down", 0)
-                self._close(session, "shutdown")
-        return self._take()
+                self.out.error(session, ErrorCode.SHUTTING_DOWN, "the server is shutting down", 0)
+                self.out.close(session, "shutdown")
+        return self.out.take()
 
     def job_done(self, job_id: int, result: object, now: float) -> list[Action]:
         """A job finished: a password hash (``gate.py``) or a storage batch (``delivery.py``)."""
-        if job_id in self._checking:
-            self._hash_done(job_id, result, now)
-            self._admit(now)  # a slot is free (after the answer: a good login clears its account's count)
+        if job_id in self.gate.checking:
+            self.gate.hash_done(job_id, result, now)
+            self.gate.admit(now)  # a slot is free (after the answer: a good login clears its account's count)
         else:
-            batch, stored = self._batch_done(job_id, result)
-            self._logins_done(batch, stored, now)
-            self._accounts_changed(stored.accounts, now)
-            self._admit(now)  # logins that waited for this batch's news of accounts
-        return self._take()
+            batch, stored = self.mail.batch_done(job_id, result)
+            self.gate.logins_done(batch, stored, now)
+            self.gate.accounts_changed(stored.accounts, now)
+            self.gate.admit(now)  # logins that waited for this batch's news of accounts
+        return self.out.take()
 
     def server_full(self) -> bytes:
         """The bytes for a connection the backend cannot take (it then closes it)."""
         return encode(Error(ErrorCode.SERVER_FULL, "server full: no room for another connection"))
 
-    # ---- requests ---------------------------------------------------------------
+    def flush(self, now: float) -> list[Action]:
+        """End of a loop pass: the mailroom submits the storage batch, if none is in flight."""
+        self.mail.flush(now)
+        return self.out.take()
 
-    def _dispatch(self, session: Session, msg: Message, now: float, charged: bool = False) -> None:
-        """Handle one request (``charged``: its rate token was taken when it was held)."""
+    @property
+    def snapshot(self) -> Snapshot:
+        """The figures published at the last flush, safe to read from another thread."""
+        return self.mail.snapshot
+
+    # ---- for the parts (gate.Front) ----------------------------------------------
+
+    def dispatch(self, session: Session, msg: Message, now: float, charged: bool = False) -> None:
+        """Handle one request (``charged``: its rate token was taken when it was held).
+
+        Raises:
+            RemoteProtocolError: the request is refused (the state stays as it was).
+        """
         if not charged and not self._take_token(session, now):  # every request, refused ones too
             raise RemoteProtocolError(ErrorCode.RATE_LIMITED, "too many requests: slow down", request_id=msg.request_id)
         event: type = type(msg)
@@ -246,12 +270,38 @@ class Engine(Gate, Mailroom):
         if handler is None:
             raise _refusal(session.state, msg)
         handler(self, session, msg, now)  # raises RemoteProtocolError to refuse: the state stays
-        self._move(session, event)
+        self.move(session, event)
 
-    def _move(self, session: Session, event: type) -> None:
+    def move(self, session: Session, event: type) -> None:
         """The one place a session changes state: as ``TRANSITIONS`` says for ``event`` (a
         request's type, or a login's answer). A pair missing from the table is a bug."""
         session.state = TRANSITIONS[(session.state, event)][1]
+
+    def refuse(self, session: Session, exc: RemoteProtocolError) -> None:
+        """Answer a refused request with its error; a fatal one closes the connection."""
+        log.info("refused #%d (%s): %s %s", session.conn, session.user or session.peer, exc.code.name, exc)
+        self.out.error(session, exc.code, exc.message, exc.request_id)
+        if exc.fatal:
+            self.out.close(session, exc.code.name.lower())
+
+    def came_online(self, session: Session, now: float) -> None:
+        """``session`` logged in as ``session.user``: it is online, and if it is the user's
+        first session, the subscribers hear so; it hears presence if its Hello asked."""
+        user = session.user
+        assert user is not None
+        sessions = self.online.setdefault(user, [])
+        sessions.append(session)
+        log.info("login %s (#%d from %s, session %d)", user, session.conn, session.peer, len(sessions))
+        if len(sessions) == 1:
+            self._broadcast_presence(user, 1, now, skip=session)
+        if session.presence:
+            self.subscribers.add(session)
+
+    def wall_us(self, now: float) -> int:
+        """Wall time in µs since the epoch for monotonic ``now`` (the engine reads no clock)."""
+        return int((now + self.wall_offset) * 1_000_000)
+
+    # ---- requests ---------------------------------------------------------------
 
     def _on_hello(self, session: Session, msg: Hello, now: float) -> None:
         if msg.version_major != VERSION_MAJOR:
@@ -264,6 +314,15 @@ class Engine(Gate, Mailroom):
         session.presence = Feature.PRESENCE.value in msg.features
         session.minor = msg.version_minor  # what it is sent: the frames and fields of its version
 
+    def _on_login(self, session: Session, msg: Login, now: float) -> None:
+        self.gate.on_login(session, msg, now)
+
+    def _on_register(self, session: Session, msg: Register, now: float) -> None:
+        self.gate.on_register(session, msg, now)
+
+    def _hold(self, session: Session, msg: Message, now: float) -> None:
+        self.gate.hold(session, msg, now)
+
     def _on_send(self, session: Session, msg: Send, now: float) -> None:
         rid = msg.request_id
         if msg.target_kind != TargetKind.USER:
@@ -274,95 +333,64 @@ class Engine(Gate, Mailroom):
                 f"message of {len(msg.body)} bytes is over the limit of {self.config.max_text}",
                 request_id=rid,
             )
-        target = self._valid_name(msg.target, rid)  # a malformed name is INVALID_NAME, not "no user"
-        if target not in self.accounts:
-            raise RemoteProtocolError(ErrorCode.USER_NOT_FOUND, f"no user {target!r}", request_id=rid)
+        target = self._known_user(msg.target, rid)
         sender = session.user
         assert sender is not None  # READY implies a user
         members = tuple(sorted({sender, target}))
-        stream = direct_stream(sender, target)
-        wall_us = self._wall_us(now)
-        new = NewMessage(stream, members, sender, session.device, msg.client_msg_id, TargetKind.USER, target,
-                         msg.content_type, wall_us, msg.body)  # fmt: skip
-        self._batch.messages.append(new)
-        self._senders.append((session.conn, rid))  # the receipt waits for the commit
+        new = NewMessage(direct_stream(sender, target), members, sender, session.device, msg.client_msg_id,
+                         TargetKind.USER, target, msg.content_type, self.wall_us(now), msg.body)  # fmt: skip
+        self.mail.store_message(session, new, rid)  # the receipt waits for the commit
 
     def _on_ack(self, session: Session, msg: Ack, now: float) -> None:
-        delivered = session.delivered.get(msg.stream)
-        if delivered is None or msg.position > delivered:
-            raise RemoteProtocolError(
-                ErrorCode.BAD_REQUEST,
-                f"ack of {msg.stream}:{msg.position} is beyond what was delivered",
-                request_id=msg.request_id,
-            )
-        if msg.position > session.acked.get(msg.stream, 0):
-            session.acked[msg.stream] = msg.position
-            pending = session.unacked.get(msg.stream, [])
-            left = [p for p in pending if p > msg.position]
-            session.unacked[msg.stream] = left
-            session.in_flight -= len(pending) - len(left)
-            assert session.user is not None
-            self._batch.cursors[(session.user, session.device, msg.stream)] = msg.position
-            key = (msg.stream, session.user)  # and so, for the senders: delivered
-            self._batch.delivered[key] = max(self._batch.delivered.get(key, 0), msg.position)
-        self._maybe_fetch(session)
+        self.mail.acknowledged(session, msg)
 
     def _on_history(self, session: Session, msg: History, now: float) -> None:
         rid = msg.request_id
         if msg.target_kind != TargetKind.USER:
             raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "only user targets exist before 1.4", request_id=rid)
-        target = self._valid_name(msg.target, rid)
-        if target not in self.accounts:
-            raise RemoteProtocolError(ErrorCode.USER_NOT_FOUND, f"no user {target!r}", request_id=rid)
+        target = self._known_user(msg.target, rid)
         assert session.user is not None
-        if len(session.histories) >= HISTORY_QUEUE:
-            raise RemoteProtocolError(
-                ErrorCode.RATE_LIMITED, f"over {HISTORY_QUEUE} History requests wait already: read their answers",
-                request_id=rid,
-            )  # fmt: skip
-        session.histories.append((rid, direct_stream(session.user, target), msg.before, msg.limit))
-        self._next_history(session)
+        self.mail.ask_history(session, rid, direct_stream(session.user, target), msg.before, msg.limit)
 
     def _on_who(self, session: Session, msg: Who, now: float) -> None:
         users = sorted(u for u in self.online if self._sees(session, u))
         counts = tuple(len(self.online[u]) for u in users)
-        roles = tuple(self.accounts[u].role if u in self.accounts else "" for u in users)
-        self._write(session, WhoReply(tuple(users), counts, roles, msg.request_id))
+        roles = tuple(_role(self.gate.accounts, u) for u in users)
+        self.out.write(session, WhoReply(tuple(users), counts, roles, msg.request_id))
 
     def _on_ping(self, session: Session, msg: Ping, now: float) -> None:
-        self._write(session, Pong(msg.body, msg.request_id))
+        self.out.write(session, Pong(msg.body, msg.request_id))
 
     # ---- helpers ------------------------------------------------------------------
 
+    def _known_user(self, name: str, rid: int) -> str:
+        """A Send's or History's target, folded: a malformed name is INVALID_NAME, one with
+        no account USER_NOT_FOUND."""
+        target = self.gate.valid_name(name, rid)
+        if target not in self.gate.accounts:
+            raise RemoteProtocolError(ErrorCode.USER_NOT_FOUND, f"no user {target!r}", request_id=rid)
+        return target
+
     def _broadcast_presence(self, user: str, online: int, now: float, skip: Session | None = None) -> None:
         # who heard that ``user`` came online hears that it left, whatever its role is by then
-        role = self._shown_role.pop(user, None) if not online else _role(self.accounts, user)
+        role = self._shown_role.pop(user, None) if not online else _role(self.gate.accounts, user)
         if online:
             self._shown_role[user] = role or ""
         if not self.subscribers:
             return
-        data = encode(Presence(online, self._wall_us(now), user))
+        data = encode(Presence(online, self.wall_us(now), user))
         for sub in self.subscribers:
             if sub is not skip and not sub.closing and self._sees(sub, user, role):
-                self._out.append(Write(sub.conn, data))
+                self.out.write_bytes(sub.conn, data)
 
     def _sees(self, session: Session | None, user: str, role: str | None = None) -> bool:
         """Whether ``session`` may see that ``user`` is online (``--visibility``); ``role``:
         the role ``user`` had when it came online, if not its role now."""
         if self.config.visibility is Visibility.CLASS or session is None or user == session.user:
             return True
-        role = _role(self.accounts, user) if role is None else role
-        return role == "instructor" or _role(self.accounts, session.user) == "instructor"
-
-    def _refuse(self, session: Session, exc: RemoteProtocolError) -> None:
-        log.info("refused #%d (%s): %s %s", session.conn, session.user or session.peer, exc.code.name, exc)
-        self._error(session, exc.code, exc.message, exc.request_id)
-        if exc.fatal:
-            self._close(session, exc.code.name.lower())
-
-    def _close(self, session: Session, reason: str) -> None:
-        session.closing = True
-        self._out.append(Close(session.conn, reason))
+        accounts = self.gate.accounts
+        role = _role(accounts, user) if role is None else role
+        return role == "instructor" or _role(accounts, session.user) == "instructor"
 
     def _take_token(self, session: Session, now: float) -> bool:
         """Token bucket: ``rate`` tokens a second, at most ``burst`` saved up."""
@@ -390,9 +418,6 @@ class Engine(Gate, Mailroom):
         cfg = self.config
         return min(1.0, max(0.05, min(cfg.idle_timeout, cfg.login_timeout, cfg.frame_timeout) / 4))
 
-    def _wall_us(self, now: float) -> int:
-        return int((now + self.wall_offset) * 1_000_000)
-
 
 def _role(accounts: dict[str, Account], user: str | None) -> str:
     account = accounts.get(user or "")
@@ -418,7 +443,7 @@ def _refusal(state: State, msg: Message) -> ProtocolError:
 #: it). An event is a request's type (what a client may send in that state; anything
 #: else is refused by ``_refusal`` with an error naming the request, and the state
 #: stays), ``AnyRequest`` (every request), or a login's answer (no handler: the gate
-#: calls ``_move``). ``Engine._move`` is the only place ``session.state`` changes (a
+#: calls ``move``). ``Engine.move`` is the only place ``session.state`` changes (a
 #: test checks), and ``hub/diagram.py`` draws this table, ``CLOSES`` and ``INITIAL``
 #: for docs/protocol.md (``python -m csce513msg.hub.diagram``).
 TRANSITIONS: dict[tuple[State, type], tuple[Handler | None, State]] = {

@@ -1,4 +1,4 @@
-"""Logging in and registering: the engine's front door, a mixin of ``Engine``.
+"""Logging in and registering: the engine's front door, a part of ``Engine``.
 
 A password hash costs tens of milliseconds by design, so it never runs on the loop:
 Login (or Register) submits the KDF as a job in the ``hash`` lane and the session
@@ -21,7 +21,7 @@ A login that carries a valid device token for its account (LoginOk hands one to 
 device) is throttled in a bucket of that token alone, so guesses against an account
 or from an address never lock out its own devices. Accounts changed by ``msgsrv
 user`` in another process reach the hub through the store's poll
-(``_accounts_changed``); a removed account or a new password ends its sessions.
+(``accounts_changed``); a removed account or a new password ends its sessions.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import logging
 import re
 import secrets
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from ..protocol import (
     PRE_LOGIN_MAX_FRAME,
@@ -46,10 +46,12 @@ from ..protocol import (
     Register,
     RemoteProtocolError,
 )
-from ..store import TOKENS_PER_USER, Account, Batch, BatchResult, DeliveredNote, DeviceToken, LoginRead
-from .actions import Action, ConnId, Lane, Submit
+from ..store import TOKENS_PER_USER, Account, Batch, BatchResult, DeviceToken, LoginRead
+from .actions import ConnId, Lane
 from .admission import LoginQueue, Pending, QueueFull, Throttle
 from .config import HubConfig
+from .delivery import Mailroom
+from .outbox import Outbox
 from .session import LoginAccepted, LoginRefused, Session
 
 log = logging.getLogger("csce513msg.hub")
@@ -74,16 +76,45 @@ class Passwords(Protocol):
     def problem(self, password: str) -> str | None: ...
 
 
-class Gate:
-    """Login, registration and accounts, for ``Engine``."""
+class Front(Protocol):
+    """What the gate asks of the engine it is a part of."""
 
-    config: HubConfig
-    sessions: dict[ConnId, Session]
-    online: dict[str, list[Session]]
+    def dispatch(self, session: Session, msg: Message, now: float, charged: bool = False) -> None:
+        """Handle a request (one held behind a login, once it is answered)."""
+
+    def move(self, session: Session, event: type) -> None:
+        """Change the session's state, as the state table says for ``event``."""
+
+    def refuse(self, session: Session, exc: RemoteProtocolError) -> None:
+        """Answer a refused request with its error (and close, if it is fatal)."""
+
+    def came_online(self, session: Session, now: float) -> None:
+        """The session logged in as ``session.user``: online, presence, subscriptions."""
+
+    def wall_us(self, now: float) -> int:
+        """Wall time, in µs since the epoch, for monotonic ``now``."""
+
+
+class Gate:
+    """Login, registration, accounts and device tokens.
+
+    Args:
+        config: the hub's limits.
+        passwords: hashes and checks passwords (in the ``hash`` lane, never here).
+        accounts: every account, by name (the gate keeps it current).
+        device_tokens: the device tokens in force, by digest.
+        sessions: every connection's session, by id (the engine's).
+        outbox: where everything to send goes.
+        mail: the mailroom, whose batch records logins and whose polls they wait for.
+        front: the engine, for what a login changes beyond the gate.
+    """
 
     def __init__(
-        self, passwords: Passwords, accounts: dict[str, Account], device_tokens: dict[str, DeviceToken]
+        self, config: HubConfig, passwords: Passwords, accounts: dict[str, Account],
+        device_tokens: dict[str, DeviceToken], sessions: dict[ConnId, Session], outbox: Outbox, mail: Mailroom,
+        front: Front,
     ) -> None:  # fmt: skip
+        self.config, self.sessions, self.out, self.mail, self.front = config, sessions, outbox, mail, front
         self.passwords = passwords
         self.accounts = accounts
         self.device_tokens = device_tokens  #: digest -> the device token's record, valid for its user
@@ -93,41 +124,41 @@ class Gate:
         self.address_throttle = Throttle(cfg.login_failures_per_address, cfg.login_failure_window)
         self.token_throttle = Throttle(cfg.login_failures_per_account, cfg.login_failure_window)
         self.registrations = Throttle(cfg.registrations_per_address, 3600.0)  # accounts made per address an hour
-        self._queue = LoginQueue(cfg.max_pending_logins)  # waiting for their check
-        self._checking: dict[int, tuple[Pending, str]] = {}  # hash job id -> (login, the hash it is checked against)
+        self.queue = LoginQueue(cfg.max_pending_logins)  # waiting for their check
+        self.checking: dict[int, tuple[Pending, str]] = {}  # hash job id -> (login, the hash it is checked against)
         self._trusted: set[str] = set()  # accounts with a login in the trusted lane, waiting or being checked
         self._registering: set[str] = set()  # names whose registration is under way
         self._login_reads: dict[int, tuple[ConnId, int, str]] = {}  # LoginRead key -> (conn, request id, token)
 
     # ---- the requests ----------------------------------------------------------------
 
-    def _on_login(self, session: Session, msg: Login, now: float) -> None:
-        user = self._valid_name(msg.user, msg.request_id)
+    def on_login(self, session: Session, msg: Login, now: float) -> None:
+        user = self.valid_name(msg.user, msg.request_id)
         _check_device_id(msg.device_id, msg.request_id)
         digest = _digest(msg.device_token) if msg.device_token else ""
         if not self._valid_token(digest, user, now):
             digest = ""  # unknown, another account's, revoked or expired: an ordinary login
         trusted = bool(digest) and user not in self._trusted  # one at a time per account goes first
-        login = Pending(session.conn, msg, user, _host(session.peer), digest, trusted, self._polls_due())
+        login = Pending(session.conn, msg, user, _host(session.peer), digest, trusted, self.mail.polls_due())
         self._check_throttles(session, login, now)
         self._enqueue(session, login, now)
         if trusted:
             self._trusted.add(user)
 
-    def _on_register(self, session: Session, msg: Register, now: float) -> None:
+    def on_register(self, session: Session, msg: Register, now: float) -> None:
         rid = msg.request_id
         if not self.config.self_register:
             raise RemoteProtocolError(
                 ErrorCode.REGISTRATION_CLOSED, "this server does not take registrations: ask your instructor",
                 request_id=rid,
             )  # fmt: skip
-        user = self._valid_name(msg.user, rid)
+        user = self.valid_name(msg.user, rid)
         _check_device_id(msg.device_id, rid)
         if user in self.accounts or user in self._registering:
             raise RemoteProtocolError(ErrorCode.NAME_TAKEN, f"the name {user!r} is taken", request_id=rid)
         if problem := self.passwords.problem(msg.password):
             raise RemoteProtocolError(ErrorCode.BAD_REQUEST, problem, request_id=rid)
-        login = Pending(session.conn, msg, user, _host(session.peer), "", False, self._polls_due())
+        login = Pending(session.conn, msg, user, _host(session.peer), "", False, self.mail.polls_due())
         self._check_throttles(session, login, now)  # an address that keeps failing cannot register either
         self._enqueue(session, login, now)
         self._registering.add(user)
@@ -138,14 +169,14 @@ class Gate:
         user` has just added, changed or removed. The frame limit stays small until LoginOk:
         a Login, right or wrong, vouches for nothing."""
         try:
-            dropped = self._queue.push(login)
+            dropped = self.queue.push(login)
         except QueueFull:
             raise RemoteProtocolError(
                 ErrorCode.RATE_LIMITED,
                 "too many logins from your address wait already: try again in a few seconds",
                 request_id=login.msg.request_id,
             ) from None
-        self._batch.poll_accounts = True
+        self.mail.batch.poll_accounts = True
         if dropped is None:
             return
         self._gone_from_queue(dropped)
@@ -162,12 +193,12 @@ class Gate:
         if login.trusted:
             self._trusted.discard(login.user)
 
-    def _admit(self, now: float) -> None:
+    def admit(self, now: float) -> None:
         """Check the next logins in turn while slots are free: each one's accounts poll is
         back and its throttle buckets have room (else it waits; a blocked bucket refuses)."""
-        polled = self._polls_done
-        while len(self._checking) < self.config.hash_slots:
-            login = self._queue.take(lambda p: p.poll_needed <= polled and not self._must_wait(p, now))
+        polled = self.mail.polls_done
+        while len(self.checking) < self.config.hash_slots:
+            login = self.queue.take(lambda p: p.poll_needed <= polled and not self._must_wait(p, now))
             if login is None:
                 return
             session = self.sessions.get(login.conn)
@@ -196,9 +227,9 @@ class Gate:
                 job = functools.partial(self.passwords.verify, login.msg.password, checked)
             for throttle, key in self._buckets(login):
                 throttle.start(key)  # counted from now, not when the answer comes
-            job_id = self._new_id()
-            self._checking[job_id] = (login, checked)
-            self._out.append(Submit(job_id, job, Lane.HASH))
+            job_id = self.out.new_id()
+            self.checking[job_id] = (login, checked)
+            self.out.submit(job_id, job, Lane.HASH)
 
     def _buckets(self, login: Pending) -> list[tuple[Throttle, str]]:
         """The throttles an attempt counts in: its device token's alone, if it has a valid
@@ -219,6 +250,11 @@ class Gate:
             return False
         return any(throttle.full(key, now) for throttle, key in buckets)
 
+    def sweep(self, now: float) -> None:
+        """Forget the throttles' events older than their windows (from the engine's timer)."""
+        for throttle in (self.account_throttle, self.address_throttle, self.token_throttle, self.registrations):
+            throttle.sweep(now)
+
     def _check_throttles(self, session: Session, login: Pending, now: float) -> None:
         """Refuse at once, without a hash, a login whose buckets are blocked."""
         waits = [(throttle, key, throttle.wait(key, now)) for throttle, key in self._buckets(login)]
@@ -238,7 +274,7 @@ class Gate:
                 ErrorCode.AUTH_THROTTLED, f"too many {what}: try again in {wait:.0f} s", request_id=login.msg.request_id
             )
 
-    def _valid_name(self, name: str, rid: int) -> str:
+    def valid_name(self, name: str, rid: int) -> str:
         """``name`` folded to lower case, if it follows the rule; ASCII only, so no other
         character folds into a letter of the rule (the Kelvin sign would become ``k``)."""
         user = name.lower() if name.isascii() else name
@@ -251,16 +287,15 @@ class Gate:
 
     def _valid_token(self, digest: str, user: str, now: float) -> bool:
         record = self.device_tokens.get(digest)
-        return (
-            record is not None and record.user == user and record.created_us >= self._wall_us(now) - TOKEN_LIFETIME_US
-        )
+        oldest = self.front.wall_us(now) - TOKEN_LIFETIME_US
+        return record is not None and record.user == user and record.created_us >= oldest
 
     # ---- answers from the lanes ------------------------------------------------------------
 
-    def _hash_done(self, job_id: int, result: object, now: float) -> None:
+    def hash_done(self, job_id: int, result: object, now: float) -> None:
         """The check finished: a login is verified (True/False), a registration hashed (str).
         (The engine admits the next logins after this.)"""
-        login, checked = self._checking.pop(job_id)
+        login, checked = self.checking.pop(job_id)
         if login.trusted:
             self._trusted.discard(login.user)
         registered = isinstance(login.msg, Register) and isinstance(result, str)
@@ -277,9 +312,9 @@ class Gate:
             if login.user in self.accounts:  # `msgsrv user add` took the name meanwhile
                 taken = f"the name {login.user!r} is taken"
                 return self._not_logged_in(session, ErrorCode.NAME_TAKEN, taken, rid, now)
-            account = Account(login.user, "student", str(result), self._wall_us(now))
+            account = Account(login.user, "student", str(result), self.front.wall_us(now))
             self.accounts[login.user] = account
-            self._batch.accounts.append(account)
+            self.mail.batch.accounts.append(account)
             log.info("registered %s from %s", login.user, session.peer)
         elif not ok:
             log.warning("auth failed: %s from %s", login.user, session.peer)
@@ -304,7 +339,7 @@ class Gate:
         elif login.token_digest and self.token_throttle.wait(login.token_digest, now):
             log.warning("device token of %s revoked after %d failed logins", login.user, self.token_throttle.limit)
             del self.device_tokens[login.token_digest]
-            self._batch.revoked_tokens.append(login.token_digest)
+            self.mail.batch.revoked_tokens.append(login.token_digest)
         return ok
 
     def _log_in(self, session: Session, login: Pending, password_hash: str, now: float) -> None:
@@ -313,17 +348,17 @@ class Gate:
         msg = login.msg
         token = msg.device_token if isinstance(msg, Login) and login.token_digest else ""
         record = self.device_tokens.get(login.token_digest)
-        if not token or record is None or record.created_us < self._wall_us(now) - TOKEN_LIFETIME_US // 2:
+        if not token or record is None or record.created_us < self.front.wall_us(now) - TOKEN_LIFETIME_US // 2:
             token = secrets.token_hex(16)  # 128 random bits
-            new = DeviceToken(_digest(token), login.user, msg.device_id, self._wall_us(now), password_hash)
-            self._batch.device_tokens.append(new)
-        key = self._new_id()
+            new = DeviceToken(_digest(token), login.user, msg.device_id, self.front.wall_us(now), password_hash)
+            self.mail.batch.device_tokens.append(new)
+        key = self.out.new_id()
         self._login_reads[key] = (login.conn, msg.request_id, token)
         session.user, session.device = login.user, msg.device_id  # not online until LoginOk
         history = self.config.new_device_history
-        self._batch.logins.append(LoginRead(key, login.user, msg.device_id, history, WAITING_CAP))
+        self.mail.batch.logins.append(LoginRead(key, login.user, msg.device_id, history, WAITING_CAP))
 
-    def _logins_done(self, batch: Batch, result: BatchResult, now: float) -> None:
+    def logins_done(self, batch: Batch, result: BatchResult, now: float) -> None:
         """The login reads of a batch are back (or failed with it): answer each login."""
         if result.error is None:
             for new in batch.device_tokens:
@@ -341,7 +376,7 @@ class Gate:
             elif session is not None and not session.closing:
                 self._logged_in(session, login.user, info.waiting, rid, token, now)
                 for note in info.receipts:
-                    self._delivered_receipt(session, note)
+                    self.mail.delivered_receipt(session, note)
 
     def _keep_token(self, new: DeviceToken) -> None:
         """Remember a token the store kept: the store did what is done here (docs/storage.md)."""
@@ -358,28 +393,21 @@ class Gate:
             del self.device_tokens[old.digest]
 
     def _logged_in(self, session: Session, user: str, waiting: int, rid: int, token: str, now: float) -> None:
-        account = self.accounts[user]
-        sessions = self.online.setdefault(user, [])
-        sessions.append(session)
-        self._move(session, LoginAccepted)
+        self.front.move(session, LoginAccepted)
         session.decoder.max_frame = self.config.max_frame
-        log.info("login %s (#%d from %s, session %d)", user, session.conn, session.peer, len(sessions))
-        self._write(session, LoginOk(self._wall_us(now), user, account.role, waiting, token, rid))
-        if len(sessions) == 1:
-            self._broadcast_presence(user, 1, now, skip=session)
-        if session.presence:
-            self.subscribers.add(session)
-        self._maybe_fetch(session)  # what arrived while this device was away
+        self.out.write(session, LoginOk(self.front.wall_us(now), user, self.accounts[user].role, waiting, token, rid))
+        self.front.came_online(session, now)
+        self.mail.maybe_fetch(session)  # what arrived while this device was away
         self._release_held(session, now)
 
     def _not_logged_in(self, session: Session, code: ErrorCode, message: str, rid: int, now: float) -> None:
         session.user = None
-        self._move(session, LoginRefused)
+        self.front.move(session, LoginRefused)
         session.decoder.max_frame = min(PRE_LOGIN_MAX_FRAME, self.config.max_frame)
-        self._error(session, code, message, rid)
+        self.out.error(session, code, message, rid)
         self._release_held(session, now)
 
-    def _hold(self, session: Session, msg: Message, now: float) -> None:
+    def hold(self, session: Session, msg: Message, now: float) -> None:
         """A request behind a Login still being checked: keep it for later, in order."""
         if len(session.held) >= MAX_HELD:
             raise RemoteProtocolError(
@@ -393,19 +421,19 @@ class Gate:
             if session.closing:
                 return
             try:
-                self._dispatch(session, msg, now, charged=True)
+                self.front.dispatch(session, msg, now, charged=True)
             except RemoteProtocolError as exc:
-                self._refuse(session, exc)
+                self.front.refuse(session, exc)
 
     # ---- accounts changed by an admin --------------------------------------------------------
 
-    def _accounts_changed(self, changes: dict[str, Account | None], now: float) -> None:
+    def accounts_changed(self, changes: dict[str, Account | None], now: float) -> None:
         for name, account in changes.items():
             old = self.accounts.get(name)
             if account is None:
                 self.accounts.pop(name, None)
                 log.warning("account %s removed", name)
-                self._forget_tokens(name)
+                self.forget_tokens(name)
                 self._end_sessions(name, "your account was removed")
             else:
                 self.accounts[name] = account
@@ -413,52 +441,33 @@ class Gate:
                     log.warning("account %s added (%s)", name, account.role)
                 elif old.password_hash != account.password_hash:
                     log.warning("account %s: password changed", name)
-                    self._forget_tokens(name)  # `msgsrv user passwd` deleted them from the database
+                    self.forget_tokens(name)  # `msgsrv user passwd` deleted them from the database
                     self._end_sessions(name, "your password was changed: log in again")
                 elif old.role != account.role:
                     log.warning("account %s is now %s", name, account.role)
 
-    def _expire_tokens(self, now: float) -> int:
+    def expire_tokens(self, now: float) -> int:
         """Forget the device tokens past their lifetime; return the time (µs) before which
         the store deletes them too."""
-        before = self._wall_us(now) - TOKEN_LIFETIME_US
+        before = self.front.wall_us(now) - TOKEN_LIFETIME_US
         for digest in [d for d, t in self.device_tokens.items() if t.created_us < before]:
             del self.device_tokens[digest]
         return before
 
-    def _forget_tokens(self, user: str) -> None:
+    def forget_tokens(self, user: str) -> None:
         for digest in [d for d, t in self.device_tokens.items() if t.user == user]:
             del self.device_tokens[digest]
 
-    def _login_gone(self, conn: ConnId) -> None:
+    def login_gone(self, conn: ConnId) -> None:
         """A connection closed: its login, if one waits in the queue, leaves it (with its password)."""
-        if (login := self._queue.remove(conn)) is not None:
+        if (login := self.queue.remove(conn)) is not None:
             self._gone_from_queue(login)
 
     def _end_sessions(self, user: str, why: str) -> None:
         for session in [s for s in self.sessions.values() if s.user == user]:  # online, or logging in
             if not session.closing:
-                self._error(session, ErrorCode.ACCOUNT_CHANGED, why, 0)
-                self._close(session, "account changed")
-
-    if TYPE_CHECKING:  # the engine's, used above
-        _batch: Batch
-        _out: list[Action]
-        _polls_done: int
-        subscribers: set[Session]
-
-        def _polls_due(self) -> int: ...
-        def _new_id(self) -> int: ...
-        def _wall_us(self, now: float) -> int: ...
-        def _write(self, session: Session, msg: Message) -> None: ...
-        def _error(self, session: Session, code: ErrorCode, message: str, request_id: int) -> None: ...
-        def _close(self, session: Session, reason: str) -> None: ...
-        def _dispatch(self, session: Session, msg: Message, now: float, charged: bool = False) -> None: ...
-        def _move(self, session: Session, event: type) -> None: ...
-        def _refuse(self, session: Session, exc: RemoteProtocolError) -> None: ...
-        def _maybe_fetch(self, session: Session) -> None: ...
-        def _delivered_receipt(self, session: Session, note: DeliveredNote) -> None: ...
-        def _broadcast_presence(self, user: str, online: int, now: float, skip: Session | None = None) -> None: ...
+                self.out.error(session, ErrorCode.ACCOUNT_CHANGED, why, 0)
+                self.out.close(session, "account changed")
 
 
 def _check_device_id(device_id: str, rid: int) -> None:

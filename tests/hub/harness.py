@@ -48,7 +48,7 @@ class Harness:
     def account(self, name: str, role: str = "student") -> Account:
         """Make an account (as `msgsrv user add` would, with the server not running)."""
         account = Account(name, role, PASSWORDS.hash(PASSWORD))
-        self.engine.accounts[name] = account
+        self.engine.gate.accounts[name] = account
         self.store.accounts[name] = account  # type: ignore[attr-defined]
         return account
 
@@ -57,7 +57,7 @@ class Harness:
         host: str | None = None, device: str = "",
     ) -> Peer:  # fmt: skip
         """A connection that logs in as ``user`` (made an account first if it has none)."""
-        if user is not None and user.lower() not in self.engine.accounts:
+        if user is not None and user.lower() not in self.engine.gate.accounts:
             self.account(user.lower())
         self._next += 1
         peer = Peer(self._next, ClientSession(user, password=password, presence=presence, device_id=device), raw=raw)

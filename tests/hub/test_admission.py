@@ -107,7 +107,7 @@ def test_addresses_take_turns_so_a_flood_cannot_starve_a_real_login() -> None:
     while not student.of(LoginOk) and len(order) < 30:
         job = next(j for j in h.jobs if j.lane is Lane.HASH)
         h.jobs.remove(job)
-        login = h.engine._checking[job.job_id][0]
+        login = h.engine.gate.checking[job.job_id][0]
         order.append(login.host)
         h.apply(h.engine.job_done(job.job_id, job.job(), h.now))
         h.pump()
@@ -146,7 +146,7 @@ def test_tokens_survive_a_restart_and_a_new_password_revokes_them(tmp_path: Path
     book.close()
     again.advance(3)  # the accounts poll sees it
     third = Harness(store=SqliteStore(path, checkpoint_interval=0), login_failures_per_account=1)
-    assert not third.engine.device_tokens  # gone from the database too
+    assert not third.engine.gate.device_tokens  # gone from the database too
     attempt(again, "alice", "guess", "10.2.0.2")
     again.settle()
     assert codes(attempt(again, "alice", PASSWORD, "10.0.0.9", token)) == [ErrorCode.AUTH_THROTTLED]
@@ -158,7 +158,7 @@ def test_an_account_without_a_password_is_an_auth_failure_not_a_bug() -> None:
     the account exists)."""
     h = Harness()
     h.account("old")
-    h.engine.accounts["old"] = dataclasses.replace(h.engine.accounts["old"], password_hash="")
+    h.engine.gate.accounts["old"] = dataclasses.replace(h.engine.gate.accounts["old"], password_hash="")
     peer = attempt(h, "old", "anything", "10.0.0.1")
     h.settle()
     assert codes(peer) == codes(attempt(h, "nobody", "anything", "10.0.0.2")) == [ErrorCode.AUTH_FAILED]
@@ -173,11 +173,11 @@ def test_expired_tokens_are_forgotten_by_the_hub_and_deleted_by_the_store(tmp_pa
     store = SqliteStore(path, checkpoint_interval=0)
     h = Harness(store=store)
     token_of(h, "alice")
-    assert len(h.engine.device_tokens) == 1 and store.load_device_tokens()
+    assert len(h.engine.gate.device_tokens) == 1 and store.load_device_tokens()
     h.connect("bob")  # someone online: the timers run
     h.now += TOKEN_LIFETIME_US / 1e6 + 1  # past the lifetime (and the next 10-minute expiry)
     h.advance(1)
-    assert not h.engine.device_tokens and not store.load_device_tokens()
+    assert not h.engine.gate.device_tokens and not store.load_device_tokens()
 
 
 def test_a_password_changed_while_a_login_was_checked_keeps_no_token(tmp_path: Path) -> None:
@@ -198,7 +198,7 @@ def test_a_password_changed_while_a_login_was_checked_keeps_no_token(tmp_path: P
     assert not SqliteStore(path, checkpoint_interval=0).load_device_tokens()  # not stored: not after a restart
     h.auto_jobs = True
     h.advance(3)  # the poll: the new password ends the session and the hub forgets the account's tokens
-    assert not h.engine.device_tokens and peer.closed == "account changed"
+    assert not h.engine.gate.device_tokens and peer.closed == "account changed"
 
 
 def test_a_token_revoked_while_its_login_waits_makes_an_ordinary_login() -> None:
@@ -208,10 +208,10 @@ def test_a_token_revoked_while_its_login_waits_makes_an_ordinary_login() -> None
     token = token_of(h, "alice")
     h.auto_jobs = False
     peer = attempt(h, "alice", PASSWORD, "10.0.0.9", token)
-    h.engine._forget_tokens("alice")  # as a new password would, while it waits
+    h.engine.gate.forget_tokens("alice")  # as a new password would, while it waits
     h.settle()
     (ok,) = peer.of(LoginOk)
-    assert ok.device_token != token and len(h.engine.device_tokens) == 1  # type: ignore[attr-defined]
+    assert ok.device_token != token and len(h.engine.gate.device_tokens) == 1  # type: ignore[attr-defined]
 
 
 def test_registrations_sent_together_are_counted_as_admitted() -> None:
@@ -231,23 +231,23 @@ def test_one_token_per_device_and_a_few_per_account() -> None:
     h.account("alice")
     first = token_of(h, "alice")
     again = token_of(h, "alice")  # the same device, no token shown: a new one replaces the first
-    assert first != again and set(h.engine.device_tokens) == {_digest(again)}
+    assert first != again and set(h.engine.gate.device_tokens) == {_digest(again)}
     for i in range(TOKENS_PER_USER + 5):  # many devices: the newest few are kept
         peer = h.connect(raw=True, host="10.0.0.9")
         h.send_raw(peer, encode(Hello(request_id=1)) + encode(Login("alice", PASSWORD, f"dev{i}", request_id=2)))
         h.settle()
         h.drop(peer)
-    assert len(h.engine.device_tokens) == TOKENS_PER_USER
-    assert set(h.engine.device_tokens) == set(h.store.load_device_tokens())  # type: ignore[attr-defined]
+    assert len(h.engine.gate.device_tokens) == TOKENS_PER_USER
+    assert set(h.engine.gate.device_tokens) == set(h.store.load_device_tokens())  # type: ignore[attr-defined]
 
 
 def test_a_connection_gone_while_its_login_waits_leaves_the_queue() -> None:
     h = Harness(auto_jobs=False, self_register=True)
     peer = h.connect(raw=True, host="10.0.0.1")
     h.send_raw(peer, encode(Hello(request_id=1)) + encode(Register("carol", PASSWORD, request_id=2)))
-    assert len(h.engine._queue) == 1
+    assert len(h.engine.gate.queue) == 1
     h.drop(peer)
-    assert len(h.engine._queue) == 0  # its password is not kept
+    assert len(h.engine.gate.queue) == 0  # its password is not kept
     other = h.connect(raw=True, host="10.0.0.2")
     h.send_raw(other, encode(Hello(request_id=1)) + encode(Register("carol", PASSWORD, request_id=2)))
     h.settle()
@@ -264,7 +264,7 @@ def test_a_replayed_token_goes_first_only_once_and_evicts_no_single_login() -> N
     replays = [attempt(h, "alice", PASSWORD, "10.9.9.9", token) for _ in range(6)]
     assert not any(codes(s) for s in students)  # two addresses with one login each: nobody takes their place
     assert sum(codes(r) == [ErrorCode.RATE_LIMITED] for r in replays) == 4
-    assert sum(login.trusted for login in h.engine._queue.by_conn.values()) == 1
+    assert sum(login.trusted for login in h.engine.gate.queue.by_conn.values()) == 1
     h.settle()
     assert all(s.of(LoginOk) for s in students)
 
@@ -276,7 +276,7 @@ def test_a_token_used_for_too_many_wrong_passwords_is_revoked() -> None:
     for i in range(3):  # a stolen laptop, and guesses
         attempt(h, "alice", f"guess{i}", "10.6.0.1", token)
     h.settle()
-    assert not h.engine.device_tokens and not h.store.load_device_tokens()  # type: ignore[attr-defined]
+    assert not h.engine.gate.device_tokens and not h.store.load_device_tokens()  # type: ignore[attr-defined]
 
 
 def test_a_token_past_half_its_life_is_renewed() -> None:
@@ -285,7 +285,7 @@ def test_a_token_past_half_its_life_is_renewed() -> None:
     token = token_of(h, "alice")
     h.now += TOKEN_LIFETIME_US / 2e6 + 1
     renewed = token_of(h, "alice", token=token)
-    assert renewed != token and set(h.engine.device_tokens) == {_digest(renewed)}
+    assert renewed != token and set(h.engine.gate.device_tokens) == {_digest(renewed)}
 
 
 def test_a_token_just_before_its_expiry_still_works() -> None:

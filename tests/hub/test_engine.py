@@ -328,7 +328,7 @@ def test_visibility_instructors_leaks_no_presence_through_receipts_or_a_role_cha
     h.pump()
     assert [r.detail for r in ann.of(Receipt)] == [""]  # type: ignore[attr-defined]  # no hint for a student
     assert [r.detail for r in prof.of(Receipt)] == ["ben is offline"]  # type: ignore[attr-defined]
-    h.engine.accounts["prof"] = dataclasses.replace(h.engine.accounts["prof"], role="student")  # demoted
+    h.engine.gate.accounts["prof"] = dataclasses.replace(h.engine.gate.accounts["prof"], role="student")  # demoted
     h.drop(prof)
     assert [(p.user, p.online) for p in ann.of(Presence)] == [("prof", 1), ("prof", 0)]  # type: ignore[attr-defined]
 

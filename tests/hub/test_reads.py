@@ -99,7 +99,7 @@ def test_reads_of_a_connection_gone_are_dropped_not_run() -> None:
     h.pump()
     assert sum(pages_in(h)) == 0  # alice's pages were never read
     h.settle()
-    assert not h.engine._history_waiters and not h.engine._reads
+    assert not h.engine.mail._history_waiters and not h.engine.mail._reads
 
 
 def test_a_page_waits_if_the_output_backs_up_after_it_was_asked_for() -> None:

@@ -1,5 +1,5 @@
 """The state table is the single source of truth: every change of ``session.state``
-goes through ``Engine._move``, which reads ``TRANSITIONS``; the diagram is drawn from it."""
+goes through ``Engine.move``, which reads ``TRANSITIONS``; the diagram is drawn from it."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def test_only_move_assigns_a_session_state() -> None:
     for path in HUB.glob("*.py"):
         tree = ast.parse(path.read_text())
         for func in ast.walk(tree):
-            if not isinstance(func, ast.FunctionDef | ast.AsyncFunctionDef) or func.name == "_move":
+            if not isinstance(func, ast.FunctionDef | ast.AsyncFunctionDef) or func.name == "move":
                 continue
             for node in ast.walk(func):
                 targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]

@@ -1,0 +1,55 @@
+"""What one engine call has to say: every part of the engine writes here.
+
+The engine's parts (the gate, the mailroom, the engine itself) never return actions
+to each other; each puts them in the one ``Outbox`` it was given, and the engine
+hands them all to the backend at the end of the call (``take``). The outbox also
+numbers jobs and reads, so a key is unique whichever part made it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+from ..protocol import Error, ErrorCode, Message, encode
+from .actions import Action, Close, ConnId, Lane, Submit, Write
+from .session import Session
+
+
+class Outbox:
+    """The actions of one engine call, in order."""
+
+    def __init__(self) -> None:
+        self.actions: list[Action] = []
+        self._ids = itertools.count(1)
+
+    def write(self, session: Session, msg: Message) -> None:
+        """Send ``msg`` to ``session``, with the fields of the version its Hello announced."""
+        if session.closing:
+            return  # e.g. a receipt whose commit came after the connection was told to close
+        self.actions.append(Write(session.conn, encode(msg, session.minor)))
+
+    def error(self, session: Session, code: ErrorCode, message: str, request_id: int) -> None:
+        self.write(session, Error(code, message, request_id))
+
+    def write_bytes(self, conn: ConnId, data: bytes) -> None:
+        """Send bytes encoded once for many connections (a presence event)."""
+        self.actions.append(Write(conn, data))
+
+    def close(self, session: Session, reason: str) -> None:
+        """Close the connection after what is queued; nothing more is read from it."""
+        session.closing = True
+        self.actions.append(Close(session.conn, reason))
+
+    def submit(self, job_id: int, job: Callable[[], Any], lane: Lane) -> None:
+        self.actions.append(Submit(job_id, job, lane))
+
+    def new_id(self) -> int:
+        """A fresh key for a job or a read."""
+        return next(self._ids)
+
+    def take(self) -> list[Action]:
+        """Everything said since the last take (the engine returns it to the backend)."""
+        out, self.actions = self.actions, []
+        return out
