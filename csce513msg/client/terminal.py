@@ -139,6 +139,7 @@ class ChatClient:
         self.backoff = 0.5  # the longest wait before the next attempt (drawn at random), doubling up to 5
         self.resend: list[Send] = []  # unacknowledged sends of the last connection
         self.server_key = ""  # "host:port", under which the device token is kept
+        self.busy = False  # the server refused the login as busy: retrying quietly until a LoginOk
 
     def unacknowledged(self) -> list[Send]:
         """Sends the server has not answered: they go again, with the same client ids."""
@@ -388,6 +389,8 @@ def _lost(chat: ChatClient, mux: Mux) -> None:
     chat.retry_at = time.monotonic() + random.uniform(0, chat.backoff)  # jitter: not all at once
     chat.backoff = min(5.0, chat.backoff * 2)  # back to 0.5 s at the next LoginOk
     chat.lost_at = chat.lost_at or time.monotonic()
+    if chat.busy:
+        return  # said once already: "the server is busy"
     unacked = len(chat.unacknowledged())
     text = "connection lost: reconnecting" + (f" ({unacked} messages to resend)" if unacked else "")
     chat.term.show(f"! {text}", event="reconnecting", message=text)
@@ -420,7 +423,8 @@ def _reconnect(chat: ChatClient, connector: Connector, mux: Mux) -> bool:
     )  # fmt: skip
     chat.sock, chat.online, chat.lost_at = sock, True, 0.0
     mux.register(sock.fileno())
-    chat.term.show("reconnected", event="reconnected", message="reconnected")
+    if not chat.busy:
+        chat.term.show("reconnected", event="reconnected", message="reconnected")
     return True
 
 
@@ -519,8 +523,10 @@ def _receive(chat: ChatClient) -> Outcome:
         return Outcome.FATAL
     for msg in events:
         if isinstance(msg, Error) and msg.code in BUSY and chat.session.state is not ClientState.READY:
-            text = f"the server is busy ({_code_name(msg.code)}): trying again shortly"
-            chat.term.show(f"! {text}", event="busy", message=text)
+            if not chat.busy:  # once per stretch of refusals, not once per attempt
+                text = f"the server is busy ({_code_name(msg.code)}): trying again shortly"
+                chat.term.show(f"! {text}", event="busy", message=text)
+                chat.busy = True
             return Outcome.LOST  # not a failure: reconnect and log in again, later (with jitter)
         chat.on_message(msg)
         if isinstance(msg, Error) and chat.session.state is not ClientState.READY:
@@ -529,6 +535,7 @@ def _receive(chat: ChatClient) -> Outcome:
             chat.ever_ready = False  # the password changed or the account is gone: do not log in again
         if isinstance(msg, LoginOk):
             chat.ever_ready = True
+            chat.busy = False
             chat.backoff = 0.5
             if msg.device_token and chat.server_key:
                 save_token(chat.server_key, msg.user, msg.device_token)

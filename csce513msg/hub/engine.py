@@ -264,11 +264,14 @@ class Engine:
         if not charged and not self._take_token(session, now):  # every request, refused ones too
             raise RemoteProtocolError(ErrorCode.RATE_LIMITED, "too many requests: slow down", request_id=msg.request_id)
         event: type = type(msg)
-        if (session.state, event) not in TRANSITIONS:
-            event = AnyRequest  # (only AUTHENTICATING takes any request: it holds them)
-        handler, _ = TRANSITIONS.get((session.state, event), (None, session.state))
-        if handler is None:
+        rule = TRANSITIONS.get((session.state, event))
+        if rule is None:  # only AUTHENTICATING takes any request: it holds them
+            event = AnyRequest
+            rule = TRANSITIONS.get((session.state, event))
+        if rule is None:
             raise _refusal(session.state, msg)
+        handler = rule[0]
+        assert handler is not None  # a request's rule has a handler
         handler(self, session, msg, now)  # raises RemoteProtocolError to refuse: the state stays
         self.move(session, event)
 

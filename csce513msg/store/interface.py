@@ -24,6 +24,8 @@ and for ``Frame`` took workload 1 (epoll) from 64 to 56 µs per message
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -199,6 +201,28 @@ class BatchResult:
     history: dict[int, list[StoredMessage]] = field(default_factory=dict)  #: per history page, oldest first
     #: accounts that others created, changed (their hash or role) or removed (None) since the last poll
     accounts: dict[str, Account | None] = field(default_factory=dict)
+
+
+def resent(m: NewMessage, old: StoredMessage) -> StoredMessage | Refused:
+    """What the store answers a Send whose (sender, device, client id) it has: a resend gets the
+    stored copy; another message under a used id is refused (a client bug: answering it
+    with the old receipt would say that a message never stored was)."""
+    if (old.target_kind, old.target, old.content_type, old.body) != (m.target_kind, m.target, m.content_type, m.body):
+        return Refused(f"client_msg_id {m.client_msg_id} was used for another message: use a new one", reused=True)
+    return dataclasses.replace(old, duplicate=True)
+
+
+def page_within(newest_first: Iterable[StoredMessage], max_bytes: int) -> list[StoredMessage]:
+    """A History page (both stores): from its newest message back, while the bodies fit ``max_bytes``
+    (at least one): what a page adds to a connection's output stays within its limit."""
+    page: list[StoredMessage] = []
+    total = 0
+    for m in newest_first:
+        total += len(m.body)
+        if page and total > max_bytes:
+            break
+        page.append(m)
+    return page
 
 
 class Store(Protocol):

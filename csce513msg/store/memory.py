@@ -24,6 +24,8 @@ from .interface import (
     NewMessage,
     Refused,
     StoredMessage,
+    page_within,
+    resent,
 )
 
 
@@ -106,14 +108,7 @@ class MemoryStore:
         stream = self.streams.get(name, [])
         end = min(before - 1, len(stream)) if before else len(stream)
         newest_first = stream[max(self.expired.get(name, 0), end - limit) : max(0, end)][::-1]
-        page: list[StoredMessage] = []
-        total = 0
-        for m in newest_first:  # as SQLite's _within: the bodies within max_bytes, at least one
-            total += len(m.body)
-            if page and total > max_bytes:
-                break
-            page.append(m)
-        return page[::-1]
+        return page_within(newest_first, max_bytes)[::-1]
 
     def _receipts(self, user: str, device: str) -> list[DeliveredNote]:
         """Delivered receipts this device of ``user`` has not had; marks them sent."""
@@ -132,12 +127,7 @@ class MemoryStore:
         if m.client_msg_id and m.client_msg_id <= self.floors.get((m.sender, m.device), 0):
             return Refused("a resend of a message older than the history this server keeps")
         if m.client_msg_id and key in self.keys:
-            old = self.keys[key]
-            if (old.target_kind, old.target, old.content_type, old.body) != (
-                m.target_kind, m.target, m.content_type, m.body
-            ):  # fmt: skip
-                return Refused(f"client_msg_id {m.client_msg_id} was used for another message: use a new one", True)
-            return dataclasses.replace(old, duplicate=True)
+            return resent(m, self.keys[key])
         stream = self.streams.setdefault(m.stream, [])
         for user in m.members:
             self.members.setdefault(user, set()).add(m.stream)

@@ -28,13 +28,12 @@ The schema version is kept in ``PRAGMA user_version`` and migrated on open
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import heapq
 import itertools
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -51,6 +50,8 @@ from .interface import (
     NewMessage,
     Refused,
     StoredMessage,
+    page_within,
+    resent,
 )
 
 
@@ -314,7 +315,7 @@ class SqliteStore:
             f"SELECT {_COLUMNS} FROM messages WHERE stream = ? AND position < ? ORDER BY position DESC LIMIT ?",
             (stream, before or 2**62, limit),
         )
-        return _within((StoredMessage(*row) for row in rows), max_bytes)[::-1]
+        return page_within((StoredMessage(*row) for row in rows), max_bytes)[::-1]
 
     def _delivered(self, stream: str, user: str, position: int) -> list[DeliveredNote]:
         """``user`` acknowledged ``stream`` up to ``position``: the others' messages newly delivered.
@@ -435,7 +436,7 @@ class SqliteStore:
             ).fetchone()
             if row is None:
                 raise
-            return _resent(m, StoredMessage(*row))
+            return resent(m, StoredMessage(*row))
         self.positions[m.stream] = position
         self.last_id = message_id
         if (recent := self._recent.get(m.stream)) is None:
@@ -550,28 +551,6 @@ class _Recent:
                 break
             done += 1
         del self.notes[:done]
-
-
-def _resent(m: NewMessage, old: StoredMessage) -> StoredMessage | Refused:
-    """A Send whose (sender, device, client id) is stored already: a resend of it gets the
-    stored copy; another message under a used id is refused (a client bug: answering it
-    with the old receipt would say that a message never stored was)."""
-    if (old.target_kind, old.target, old.content_type, old.body) != (m.target_kind, m.target, m.content_type, m.body):
-        return Refused(f"client_msg_id {m.client_msg_id} was used for another message: use a new one", reused=True)
-    return dataclasses.replace(old, duplicate=True)
-
-
-def _within(newest_first: Iterable[StoredMessage], max_bytes: int) -> list[StoredMessage]:
-    """A History page from its newest message back, while the bodies fit ``max_bytes``
-    (at least one): what a page adds to a connection's output stays within its limit."""
-    page: list[StoredMessage] = []
-    total = 0
-    for m in newest_first:
-        total += len(m.body)
-        if page and total > max_bytes:
-            break
-        page.append(m)
-    return page
 
 
 def connect(path: str) -> sqlite3.Connection:

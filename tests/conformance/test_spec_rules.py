@@ -10,7 +10,6 @@ from csce513msg.client import ServerError
 from csce513msg.protocol import (
     Ack,
     Deliver,
-    Error,
     ErrorCode,
     Hello,
     Login,
@@ -32,8 +31,7 @@ def logged_in(server: object, user: str, device: str = "") -> RawConn:
     conn = RawConn(server)
     conn.handshake()
     conn.send(Login(user, PASSWORD, device, request_id=2))
-    while not isinstance(msg := conn.recv(), LoginOk):
-        assert not isinstance(msg, Error), msg
+    conn.login_ok()
     return conn
 
 
@@ -47,8 +45,7 @@ def test_missing_trailing_fields_take_their_defaults(server: object, names: obje
     conn.welcome()
     conn.send_raw(encode_frame(0x01, 1, struct.pack("!B", 1)))  # Hello: version_major only
     conn.send(Login(alice, PASSWORD, request_id=2))
-    while not isinstance(msg := conn.recv(), LoginOk):
-        assert not isinstance(msg, Error), msg
+    conn.login_ok()
     conn.send_raw(encode_frame(0x07, 3, struct.pack("!Q", 0)))  # History: before only
     conn.expect_error(ErrorCode.BAD_REQUEST, request_id=3)
     conn.alive()
@@ -139,8 +136,7 @@ def test_a_long_device_id_is_a_bad_request(server: object, names: object) -> Non
     conn.send(Login(alice, PASSWORD, "d" * 65, request_id=2))
     conn.expect_error(ErrorCode.BAD_REQUEST, request_id=2)
     conn.send(Login(alice, PASSWORD, "d" * 64, request_id=3))  # the limit itself is fine
-    while not isinstance(msg := conn.recv(), LoginOk):
-        assert not isinstance(msg, Error), msg
+    conn.login_ok()
     conn.close()
 
 

@@ -13,6 +13,7 @@ from csce513msg.protocol import (
     ErrorCode,
     FrameDecoder,
     Hello,
+    LoginOk,
     Message,
     Ping,
     Pong,
@@ -114,6 +115,12 @@ class RawConn:
         welcome = self.welcome()
         self.send(Hello(features=("presence",) if presence else (), request_id=1))
         return welcome
+
+    def login_ok(self) -> LoginOk:
+        """Wait for the LoginOk of a Login sent (skipping what comes before it); an Error fails."""
+        while not isinstance(msg := self.recv(), LoginOk):
+            assert not isinstance(msg, Error), msg
+        return msg
 
     def expect_error(self, code: int, request_id: int | None = None) -> Error:
         msg = self.recv()

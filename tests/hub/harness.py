@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from csce513msg.client import ClientSession
 from csce513msg.crypto.passwords import COSTS, Scrypt
 from csce513msg.hub import Abort, Action, Close, Engine, HubConfig, Submit, Write
-from csce513msg.protocol import FrameDecoder, Message, decode
+from csce513msg.protocol import Error, FrameDecoder, Message, decode
 from csce513msg.store import Account, MemoryStore
 
 WALL_OFFSET = 1_700_000_000.0
@@ -28,6 +28,11 @@ class Peer:
 
     def of(self, kind: type) -> list[Message]:
         return [e for e in self.events if isinstance(e, kind)]
+
+
+def codes(peer: Peer) -> list[int]:
+    """The error codes ``peer`` was sent, in order."""
+    return [e.code for e in peer.of(Error)]  # type: ignore[attr-defined]
 
 
 class Harness:

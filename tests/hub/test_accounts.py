@@ -25,11 +25,7 @@ from csce513msg.protocol import (
 )
 from csce513msg.store.accounts import AccountBook
 from csce513msg.store.sqlite import SqliteStore
-from tests.hub.harness import PASSWORD, PASSWORDS, Harness, Peer
-
-
-def codes(peer: Peer) -> list[int]:
-    return [e.code for e in peer.of(Error)]  # type: ignore[attr-defined]
+from tests.hub.harness import PASSWORD, PASSWORDS, Harness, Peer, codes
 
 
 def login_raw(h: Harness, user: str, password: str, rid: int = 2, host: str | None = None) -> Peer:

@@ -9,15 +9,11 @@ from pathlib import Path
 
 from csce513msg.hub import HubConfig, Lane
 from csce513msg.hub.gate import TOKEN_LIFETIME_US, _digest, _host
-from csce513msg.protocol import Error, ErrorCode, Hello, Login, LoginOk, Ping, Pong, Register, encode
+from csce513msg.protocol import ErrorCode, Hello, Login, LoginOk, Ping, Pong, Register, encode
 from csce513msg.store import TOKENS_PER_USER
 from csce513msg.store.accounts import AccountBook
 from csce513msg.store.sqlite import SqliteStore
-from tests.hub.harness import PASSWORD, PASSWORDS, Harness, Peer
-
-
-def codes(peer: Peer) -> list[int]:
-    return [e.code for e in peer.of(Error)]  # type: ignore[attr-defined]
+from tests.hub.harness import PASSWORD, PASSWORDS, Harness, Peer, codes
 
 
 def attempt(h: Harness, user: str, password: str, host: str, token: str = "") -> Peer:

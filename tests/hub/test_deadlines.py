@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from csce513msg.protocol import (
     PRE_LOGIN_MAX_FRAME,
-    Error,
     ErrorCode,
     Hello,
     Login,
@@ -18,11 +17,7 @@ from csce513msg.protocol import (
     TargetKind,
     encode,
 )
-from tests.hub.harness import PASSWORD, Harness
-
-
-def codes(peer: object) -> list[int]:
-    return [e.code for e in peer.of(Error)]  # type: ignore[attr-defined]
+from tests.hub.harness import PASSWORD, Harness, codes
 
 
 def half_a_frame(length: int) -> bytes:

@@ -30,11 +30,7 @@ from csce513msg.protocol import (
     encode_frame,
 )
 from csce513msg.store import Batch, MemoryStore, NewMessage
-from tests.hub.harness import PASSWORD, WALL_OFFSET, Harness
-
-
-def codes(peer: object) -> list[int]:
-    return [e.code for e in peer.of(Error)]  # type: ignore[attr-defined]
+from tests.hub.harness import PASSWORD, WALL_OFFSET, Harness, codes
 
 
 def test_welcome_then_hello_then_login() -> None:
