@@ -74,3 +74,32 @@ def test_the_checker_catches_a_violation(tmp_path: Path) -> None:
             test_module_respects_its_layer(bad)
     finally:
         bad.unlink()
+
+
+# ---- the readiness backends read as lessons --------------------------------------------
+
+STRATEGIES = {"select_backend": "select", "poll_backend": "poll", "epoll_backend": "poll"}
+
+
+def calls_in(path: Path) -> set[str]:
+    """The names of the methods and functions ``path`` calls (``sock.recv(...)``: recv)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call):
+            func = node.func
+            names.add(func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", ""))
+    return names
+
+
+@pytest.mark.parametrize("module", sorted(STRATEGIES))
+def test_each_strategy_module_shows_its_whole_cycle_of_system_calls(module: str) -> None:
+    """A student reading one strategy module sees the wait, accept, recv, send with its
+    partial write, and the change of interest that follows: none of it hides in driver.py."""
+    calls = calls_in(PACKAGE / "backends" / f"{module}.py")
+    cycle = {STRATEGIES[module], "accept", "recv", "send", "sent", "watch"}
+    assert cycle <= calls, f"{module} lacks {sorted(cycle - calls)}"
+
+
+def test_the_driver_keeps_books_and_moves_no_data() -> None:
+    calls = calls_in(PACKAGE / "backends" / "driver.py")
+    assert not calls & {"recv", "send", "sendall", "accept", "select", "poll", "register", "modify"}

@@ -49,7 +49,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..hub import Abort, Action, Close, EngineAPI, HubConfig, Submit, Write
-from .common import EXHAUSTED, Admission, BackendConfig, banner, connection_cap, guarded, listen, peer_name, tune
+from .common import BackendConfig, banner, connection_cap, guarded, listen, peer_name, tune
+from .door import EXHAUSTED, Admission
 from .jobs import JobRunner
 
 NAME = "asyncio"

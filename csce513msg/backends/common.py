@@ -2,32 +2,30 @@
 
 - ``BackendConfig``: the backend's limits (every one a server flag).
 - ``listen``: the first three steps of any TCP server: socket, bind, listen.
-- ``Outbound``: a connection's outbound queue with its water marks and hard limit.
+- ``tune``, ``peer_name``: an accepted socket's options, and its peer for the log.
+- ``connection_cap``: how many connections are served at once (``door.py`` enforces it).
 - ``SignalWakeup``: SIGINT/SIGTERM turned into a readable socket, so a loop that is
   blocked in select/poll/epoll wakes up for them (``signal.set_wakeup_fd``).
-- ``Admission``: who may come in: the connection cap (``SERVER_FULL``), and what to
-  do when ``accept`` fails for want of descriptors (back off, log once).
-- ``DeadlineQueue``: connections in deadline order (closes, TLS handshakes), so a
-  loop's timer work is proportional to what is due, not to how many connections there are.
 - ``banner``: the start-up lines of the server window.
 - ``guarded``: calls into the engine, where any exception is a bug that costs
   one connection, never the server.
+
+Beside it: ``door.py`` (admission at ``accept``), ``queues.py`` (the outbound queue with
+its water marks, and the deadline queue), ``jobs.py`` (blocking work off the loop) and
+``driver.py`` (the bookkeeping of the select, poll and epoll loops).
 """
 
 from __future__ import annotations
 
-import enum
-import errno
 import logging
 import os
 import resource
 import signal
 import socket
 import struct
-from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from ..hub import HISTORY_PAGE, Action, HubConfig
 
@@ -42,22 +40,6 @@ LINGER_RESET = struct.pack("ii", 1, 0)
 #: object; uvloop a few more); the rest is room for SQLite's temporary files, reading the
 #: TLS certificate and ``--stats``' reads of /proc.
 FD_RESERVE = 64
-#: accept() errors that say the process or the system is out of something (descriptors,
-#: socket buffers, memory). The connection stays queued in the backlog, so the listener
-#: stays readable: retrying at once fails again, forever, at 100 % CPU.
-EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-#: accept() errors that concern only the connection being accepted (it was reset while
-#: queued, or a network error passed on, as accept(2) says for Linux): take the next one.
-ONE_CONNECTION = frozenset(
-    getattr(errno, name)
-    for name in ("ECONNABORTED", "EPROTO", "EPERM", "ENETDOWN", "ENOPROTOOPT", "EHOSTDOWN", "ENONET",
-                 "EHOSTUNREACH", "EOPNOTSUPP", "ENETUNREACH")
-    if hasattr(errno, name)
-)  # fmt: skip
-ACCEPT_PAUSE = 0.5  #: seconds a loop stops accepting after such an error (less if a connection closes)
-#: a connection admitted this soon after a failed accept does not end the stretch of
-#: failures: asyncio admits the ones it accepted just before running out only then
-ACCEPT_QUIET = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,203 +125,6 @@ def peer_name(sock: socket.socket) -> str:
     except OSError:
         return "?"
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-class Water(enum.Enum):
-    """What an outbound queue's size crossed (``Outbound.crossing``)."""
-
-    ABORT = "abort"  #: past the hard limit: the connection is aborted
-    PAUSE = "pause"  #: up past the high-water mark: engine.pause_writing
-    RESUME = "resume"  #: down below the low-water mark again: engine.resume_writing
-
-
-class Outbound:
-    """One connection's queue of bytes to send, written once per loop pass.
-
-    ``crossing`` tells the backend which water mark the queue's size crossed, if any.
-    """
-
-    __slots__ = ("chunks", "paused", "size")
-
-    def __init__(self) -> None:
-        self.chunks: list[bytes] = []
-        self.size = 0
-        self.paused = False
-
-    def append(self, data: bytes) -> None:
-        """Queue ``data``; never blocks."""
-        self.chunks.append(data)
-        self.size += len(data)
-
-    def take(self) -> bytes:
-        """Return everything queued as one buffer (one send call for many writes).
-
-        The bytes stay queued until ``sent`` says the kernel took them; what is
-        appended meanwhile queues behind them."""
-        data = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
-        self.chunks = [data]
-        return data
-
-    def sent(self, n: int) -> None:
-        """Forget the first ``n`` bytes of what ``take`` returned (the kernel has them)."""
-        if n:
-            rest = self.chunks[0][n:]
-            self.chunks[0:1] = [rest] if rest else []
-            self.size -= n
-
-    def crossing(self, config: BackendConfig) -> Water | None:
-        """The mark the queue's size crossed since the last call, if any. It remembers
-        being past the high-water mark (``paused``), so each crossing is told once."""
-        if self.size > config.hard_limit:
-            return Water.ABORT
-        if not self.paused and self.size > config.high_water:
-            self.paused = True
-            return Water.PAUSE
-        if self.paused and self.size < config.low_water:
-            self.paused = False
-            return Water.RESUME
-        return None
-
-
-class Admission:
-    """Who may come in: the connection cap, and what to do when accept() fails.
-
-    Two limits meet at ``accept``. The cap (``--max-connections``) is ours, set below the
-    descriptor limit: a connection over it is accepted, told ``SERVER_FULL`` and closed,
-    so the client learns why. The descriptor limit is the kernel's: past it ``accept``
-    fails with EMFILE and the connection stays in the backlog, so the listener stays
-    readable and a loop that just tries again spins at 100 % CPU, logging each failure.
-    On EMFILE and its kin (``EXHAUSTED``; and on any error that is not about the one
-    connection) a loop therefore stops accepting until ``paused_until``: ``ACCEPT_PAUSE``
-    seconds, or until a connection closes and frees a descriptor (``freed``), whichever
-    comes first.
-
-    How often either happens is up to the network, so the log gets one line when a
-    stretch of refusals (or of failed accepts) begins and one when it ends, with a count,
-    never one per connection.
-
-    A backend calls ``admit`` after each successful ``accept``, ``failed`` when
-    ``accept`` raises, ``freed`` when a connection is gone, and ``resume`` once per loop
-    pass while paused.
-    """
-
-    def __init__(self, cap: int) -> None:
-        self.cap = cap
-        self.paused_until: float | None = None  #: not accepting until then (None: accepting)
-        self._refused = 0  # connections refused in this stretch at the cap
-        self._failures = 0  # accept() failures in this stretch
-        self._failing_since = self._last_failure = 0.0
-
-    def admit(self, count: int, now: float) -> bool:
-        """``accept`` returned a connection while ``count`` are served: True to serve it;
-        False at the cap (the caller sends ``SERVER_FULL`` and closes it)."""
-        if self._failures and now - self._last_failure >= ACCEPT_QUIET:
-            log.warning(
-                "accepting again after %d failed accepts over %.1f s", self._failures, now - self._failing_since
-            )
-            self._failures = 0
-        if count < self.cap:
-            if self._refused:
-                log.warning("below the cap again: %d connections were refused with SERVER_FULL", self._refused)
-                self._refused = 0
-            return True
-        self.refused(f"{count} connections, the cap (--max-connections {self.cap})")
-        return False
-
-    def refused(self, why: str) -> None:
-        """Count one refusal; the first of a stretch is logged with ``why``."""
-        if not self._refused:
-            log.warning("server full: %s; refusing new connections with SERVER_FULL", why)
-        self._refused += 1
-
-    def failed(self, exc: OSError, now: float) -> bool:
-        """``accept`` raised ``exc``: False if only that one connection failed
-        (``ONE_CONNECTION``), so the loop takes the next one; True if the loop must stop
-        accepting for a while (``EXHAUSTED``, or anything unexpected: trying again at
-        once could spin)."""
-        if exc.errno in ONE_CONNECTION:
-            log.debug("accept failed: %s", exc)
-            return False
-        if not self._failures:
-            self._failing_since = now
-            log.warning("accept failed (%s): not accepting for a while; a line follows when it works", exc.strerror)
-        self._failures += 1
-        self._last_failure = now
-        self.paused_until = now + ACCEPT_PAUSE
-        return True
-
-    @property
-    def paused(self) -> bool:
-        """Whether accepting is paused (the loop is not watching the listener)."""
-        return self.paused_until is not None
-
-    def freed(self) -> None:
-        """A connection is gone and its descriptor free: a pause may end now."""
-        if self.paused_until is not None:
-            self.paused_until = 0.0
-
-    def resume(self, now: float) -> bool:
-        """True once, when a pause is over: the loop watches the listener again (if it
-        still accepts at all)."""
-        if self.paused_until is not None and self.paused_until <= now:
-            self.paused_until = None
-            return True
-        return False
-
-
-def refuse(sock: socket.socket, goodbye: bytes) -> None:
-    """Send ``goodbye`` (the engine's SERVER_FULL) and close: best effort, never waits."""
-    try:
-        sock.setblocking(False)
-        sock.send(goodbye)  # a fresh socket's buffer is empty: it fits, unless the peer is gone
-    except OSError:
-        pass
-    sock.close()
-
-
-T = TypeVar("T", bound=Hashable)
-
-
-class DeadlineQueue(Generic[T]):
-    """Connections with a deadline, earliest first: closes (the close timeout), TLS
-    handshakes (the handshake timeout).
-
-    Every entry gets the same length of time from a monotonic clock, so deadlines come
-    due in the order they were added: a first-in, first-out queue is a timer queue here.
-    The next deadline is the first entry and the overdue ones are a prefix, so a loop
-    pays for what is due, never for a walk over every connection (with 10,000 of them,
-    a walk on each wake-up of a loop costs more than the work). ``OrderedDict`` keeps the
-    order and removes an entry that is done early in O(1).
-    """
-
-    def __init__(self) -> None:
-        self._queue: OrderedDict[T, float] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._queue)
-
-    def add(self, conn: T, deadline: float) -> None:
-        """``conn`` is due at ``deadline`` (never earlier than the last one added)."""
-        self._queue.setdefault(conn, deadline)
-
-    def discard(self, conn: T) -> None:
-        """``conn`` is done (or gone): it needs no deadline any more."""
-        self._queue.pop(conn, None)
-
-    def next_deadline(self) -> float | None:
-        """The earliest deadline, or None."""
-        return next(iter(self._queue.values()), None)
-
-    def due(self, now: float) -> list[T]:
-        """Remove and return the connections whose deadline has passed, oldest first."""
-        out = []
-        while self._queue:
-            conn, deadline = next(iter(self._queue.items()))
-            if deadline > now:
-                break
-            del self._queue[conn]
-            out.append(conn)
-        return out
 
 
 class SignalWakeup:

@@ -1,29 +1,29 @@
 """The bookkeeping shared by the readiness strategies (select, poll, epoll).
 
 A readiness strategy asks the kernel "which of these sockets can I read or write
-without blocking?" and then does exactly that. Everything around that question is
-the same for all three and lives here, so each strategy module holds only its
-loop and its system calls:
+without blocking?" and then does exactly that. The system calls of that cycle
+(``accept``, ``recv``, ``send`` and its partial writes, the change of what we wait
+for) are in each strategy's own module, where a reader sees them in order. What is
+left is the same for all three, is not a system call on the data path, and lives here:
 
-- the connection table, and the calls into the engine (``accepted``, ``readable``),
+- the connection table, and the calls into the engine (``received``, ``greet``),
   each guarded so an engine bug costs one connection, not the server;
 - ``perform``: the engine's actions (Write queues, Close drains, Abort drops), then
   the water marks (pause/resume/abort past the hard limit), then the losses, in
   that order, so performing an action never calls back into the engine;
-- ``write_pass``: once per loop pass, one ``send`` per connection with output, so a
-  burst of messages costs one system call, not one each; what the kernel would
-  not take waits for the socket to become writable;
-- closing: drain the queue, ``shutdown(SHUT_WR)``, then read and discard until the
-  peer closes too (so our last bytes are not destroyed by a reset), all bounded by
-  the close timeout (``DeadlineQueue``: the earliest deadline first, so a pass pays only
-  for the overdue ones);
-- admission (``common.Admission``): the connection cap, and accept's pause when the
+- the connections with output this pass (``take_dirty``), and what follows a send
+  (``sent``): the water marks, and for a closing connection whose queue is empty
+  ``shutdown(SHUT_WR)``, then reading and discarding until the peer closes too (so
+  our last bytes are not destroyed by a reset), all bounded by the close timeout
+  (``DeadlineQueue``: the earliest deadline first, so a pass pays only for the
+  overdue ones);
+- ``lose``: close a socket and tell the engine, exactly once;
+- admission (``door.Admission``): the connection cap, and accept's pause when the
   process is out of descriptors; a lost connection ends the pause;
 - timers: the engine's deadline, the first close deadline and the end of an accept
-  pause become the poll timeout.
+  pause become the strategy's timeout.
 
-The strategy gives the driver two calls: ``watch(fd, read, write)`` to change what
-it waits for on a socket, and ``forget(fd)`` before the socket is closed.
+The driver calls one method of the strategy: ``forget(fd)``, before it closes a socket.
 """
 
 from __future__ import annotations
@@ -35,19 +35,10 @@ from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from ..hub import Abort, Action, Close, EngineAPI, Submit, Write
-from .common import (
-    LINGER_RESET,
-    Admission,
-    BackendConfig,
-    DeadlineQueue,
-    Outbound,
-    Water,
-    connection_cap,
-    guarded,
-    peer_name,
-    tune,
-)
+from .common import LINGER_RESET, BackendConfig, connection_cap, guarded, peer_name, tune
+from .door import Admission
 from .jobs import Inbox, JobRunner
+from .queues import DeadlineQueue, Outbound, Water
 
 log = logging.getLogger("csce513msg.backend")
 _ids = itertools.count(1)
@@ -56,7 +47,6 @@ _ids = itertools.count(1)
 class Strategy(Protocol):
     """What the driver needs from a readiness strategy."""
 
-    def watch(self, fd: int, read: bool, write: bool) -> None: ...
     def forget(self, fd: int) -> None: ...
 
 
@@ -94,30 +84,24 @@ class Driver:
 
     # ---- events from the strategy ----------------------------------------------------
 
-    def accepted(self, sock: socket.socket, now: float) -> None:
-        """A new connection: register it and let the engine greet it (Welcome)."""
+    def add(self, sock: socket.socket) -> Conn:
+        """A new connection from ``accept``: non-blocking, tuned, in the table."""
         sock.setblocking(False)
         tune(sock, self.config)
         conn = Conn(sock)
         self.conns[conn.fd] = self.by_id[conn.id] = conn
-        self.strategy.watch(conn.fd, True, False)
-        self._engine(conn, now, self.engine.connection_made, conn.id, peer_name(sock), now)
+        return conn
 
-    def readable(self, conn: Conn, now: float) -> None:
-        """The kernel says a recv will not block: read once, hand the bytes over."""
-        try:
-            data = conn.sock.recv(self.config.recv_size)
-        except BlockingIOError:
-            return
-        except OSError as exc:  # e.g. ECONNRESET: the peer vanished abruptly
-            self.lose(conn, f"reset ({exc.strerror})", now)
-            return
+    def greet(self, conn: Conn, now: float) -> None:
+        """Once the strategy watches it: the engine greets it (the Welcome)."""
+        self._engine(conn, now, self.engine.connection_made, conn.id, peer_name(conn.sock), now)
+
+    def received(self, conn: Conn, data: bytes, now: float) -> None:
+        """``recv`` returned ``data``: hand it to the engine; ``b""`` means the peer closed."""
         if not data:  # end of stream: the peer closed its side
             self.lose(conn, "closed by peer", now)
-            return
-        if conn.closing:
-            return  # lingering close: discard whatever the peer still sends
-        self._engine(conn, now, self.engine.data_received, conn.id, data, now)
+        elif not conn.closing:  # (a lingering close discards what the peer still sends)
+            self._engine(conn, now, self.engine.data_received, conn.id, data, now)
 
     def jobs_done(self, now: float) -> None:
         """The inbox socket is readable: hand each finished job's result to the engine."""
@@ -126,7 +110,7 @@ class Driver:
             self.jobs.finished()
 
     def writable(self, conn: Conn) -> None:
-        """The kernel has room again: send in this pass's write_pass."""
+        """The kernel has room again: send in this pass's send pass."""
         self.dirty.add(conn)
 
     # ---- actions -----------------------------------------------------------------------
@@ -157,26 +141,22 @@ class Driver:
                 conn, reason = self._doomed.pop()
                 batches.append(self.lose(conn, reason, now, report=False, reset=True))
 
-    def write_pass(self, now: float) -> None:
-        """Once per loop pass: one send per connection that has output."""
+    def take_dirty(self) -> set[Conn]:
+        """The connections that have output (or a close to finish) this pass."""
         dirty, self.dirty = self.dirty, set()
-        for conn in dirty:
+        return {conn for conn in dirty if not conn.dead}
+
+    def sent(self, conn: Conn, now: float) -> tuple[bool, bool] | None:
+        """After the pass's send: finish a close whose queue is empty (FIN), check the
+        water marks, and return what to wait for next, (read, write); None if it is gone."""
+        if conn.closing and not conn.out.size and not conn.lingering:
+            self._shut_write(conn, now)
             if conn.dead:
-                continue
-            if conn.out.size:
-                try:
-                    conn.out.sent(conn.sock.send(conn.out.take()))
-                except BlockingIOError:
-                    pass
-                except OSError as exc:
-                    self.lose(conn, f"send failed ({exc.strerror})", now)
-                    continue
-            if conn.closing and not conn.out.size and not conn.lingering:
-                self._shut_write(conn, now)
-                if conn.dead:
-                    continue
-            self._set_interest(conn, not conn.closing or conn.lingering, conn.out.size > 0)
-            self.perform(self._water(conn, now), now)
+                return None
+        self.perform(self._water(conn, now), now)
+        if conn.dead:
+            return None
+        return (not conn.closing or conn.lingering, conn.out.size > 0)
 
     def lose(self, conn: Conn, reason: str, now: float, report: bool = True, reset: bool = False) -> list[Action]:
         """Close the socket and tell the engine, exactly once per connection. ``reset``: an
@@ -222,9 +202,8 @@ class Driver:
             self.lose(conn, "close timeout", now, reset=True)
 
     def flush(self, now: float) -> None:
-        """End of a loop pass: the engine's batched work, then this pass's output."""
+        """End of a loop pass: the engine's batched work (the strategy then sends)."""
         self.perform(guarded(self.engine.flush, now) or [], now)
-        self.write_pass(now)
 
     def shutdown(self, now: float) -> None:
         """Stop: the engine says goodbye and closes everyone; the loop drains them."""
@@ -261,9 +240,3 @@ class Driver:
             self.lose(conn, "closed", now)
             return
         conn.lingering = True
-
-    def _set_interest(self, conn: Conn, read: bool, write: bool) -> None:
-        if conn.dead or conn.interest == (read, write):
-            return
-        conn.interest = (read, write)
-        self.strategy.watch(conn.fd, read, write)

@@ -12,6 +12,20 @@ the sockets that are ready::
         |      socket writable -> send the rest of its queue                       |
         |      wake-up socket  -> SIGINT/SIGTERM: stop accepting, engine.shutdown  |
         +--- timers, engine.flush, then ONE send per connection with output <-----+
+             (what the kernel does not take: modify(EPOLLOUT) until it has room)
+
+Level-triggered, the default. ``poll`` reports a socket for as long as it is ready:
+bytes we leave unread are reported again next time, so ``receive`` calls ``recv`` once
+per wake-up and a client that floods us cannot starve the others. Edge-triggered
+(``EPOLLET``) reports a socket only when it *becomes* ready: the loop must then read
+until EAGAIN, or the rest waits for bytes that may never come; it saves wake-ups, and
+costs that care. ``EPOLLONESHOT`` disables a socket after one report until ``modify``
+re-arms it: it is for several threads waiting on one epoll, so that two never serve the
+same socket at once. One thread needs neither.
+
+The same rule is why ``EPOLLOUT`` is asked for only while output is stuck: a socket
+with room in its send buffer is always writable, so watching it for writing all the
+time would wake the loop on every pass, for nothing.
 
 What it costs. A poll call costs in proportion to the number of *ready* sockets,
 not watched ones, so 10,000 idle connections cost nothing while they stay idle.
@@ -28,9 +42,10 @@ listener until a connection closes or half a second passes. epoll is Linux-only
 (kqueue on BSD/macOS is the cousin). The benchmark's connection-scaling figure shows
 its flat memory and idle CPU.
 
-Helpers: ``driver.Driver`` (actions, output, closing, timers, the ``Admission`` at
-the door, and the job runner whose ``Inbox`` socket the loop watches: storage batches
-finish there) and ``common`` (``listen``, ``refuse``, ``SignalWakeup``, ``banner``).
+Helpers: ``driver.Driver`` (the connection table, the engine's actions, water marks,
+closing, timers, the ``Admission`` at the door, and the job runner whose ``Inbox``
+socket the loop watches: storage batches finish there), ``common`` (``listen``,
+``SignalWakeup``, ``banner``) and ``door.refuse``.
 """
 
 from __future__ import annotations
@@ -41,7 +56,8 @@ import socket
 import time
 
 from ..hub import EngineAPI, HubConfig
-from .common import BackendConfig, SignalWakeup, banner, listen, refuse
+from .common import BackendConfig, SignalWakeup, banner, listen
+from .door import refuse
 from .driver import Conn, Driver
 
 NAME = "epoll"
@@ -58,9 +74,9 @@ class EpollStrategy:
     def watch(self, fd: int, read: bool, write: bool) -> None:
         mask = (select.EPOLLIN if read else 0) | (select.EPOLLOUT if write else 0)
         if fd in self.registered:
-            self.ep.modify(fd, mask)  # one system call, only when interest changes
+            self.ep.modify(fd, mask)  # epoll_ctl(EPOLL_CTL_MOD): a system call, so only on a change
         else:
-            self.ep.register(fd, mask)
+            self.ep.register(fd, mask)  # epoll_ctl(EPOLL_CTL_ADD): once per socket
             self.registered.add(fd)
 
     def forget(self, fd: int) -> None:
@@ -82,11 +98,11 @@ def serve(engine: EngineAPI, config: BackendConfig, hub_config: HubConfig) -> No
     accepting = True
     while accepting or driver.conns or driver.jobs.pending:  # stopping: the last batches commit first
         timeout = driver.timeout(time.monotonic())
-        events = strategy.ep.poll(-1 if timeout is None else timeout)  # the one place we block
+        events = strategy.ep.poll(-1 if timeout is None else timeout)  # we block (rounded up to ms)
         now = time.monotonic()
         for fd, mask in events:
             if fd == listen_fd:
-                if not accept(listener, driver, now):  # out of descriptors: the listener stays readable,
+                if not accept(listener, driver, strategy, now):  # out of descriptors: the listener stays readable,
                     strategy.forget(listen_fd)  # so stop watching it for a while, or we would spin
             elif fd == wake_fd:
                 wake.drain()
@@ -97,20 +113,21 @@ def serve(engine: EngineAPI, config: BackendConfig, hub_config: HubConfig) -> No
             elif fd == jobs_fd:
                 driver.jobs_done(now)  # storage batches, password hashes: finished off the loop
             elif (conn := driver.conns.get(fd)) is not None:
-                if mask & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
-                    on_readable(driver, conn, now)
+                if mask & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):  # (recv reports HUP, ERR)
+                    receive(driver, conn, now)
                 if mask & select.EPOLLOUT and not conn.dead:
-                    on_writable(driver, conn)
+                    driver.writable(conn)  # room again: the send pass below sends the rest
         driver.timers(now)
         if driver.admission.resume(now) and accepting:  # the pause is over, or a connection closed
             strategy.watch(listen_fd, True, False)
-        driver.flush(now)  # the engine's batch, then one send per connection
+        driver.flush(now)  # the engine's batched work (a storage batch goes out)
+        send_pass(driver, strategy, now)  # then ONE send per connection with output
     driver.jobs.close()
     wake.close()
     strategy.ep.close()
 
 
-def accept(listener: socket.socket, driver: Driver, now: float) -> bool:
+def accept(listener: socket.socket, driver: Driver, strategy: EpollStrategy, now: float) -> bool:
     """Accept every pending connection: the kernel finished their handshakes.
     Returns False if the loop must stop watching the listener for a while."""
     while True:
@@ -125,17 +142,40 @@ def accept(listener: socket.socket, driver: Driver, now: float) -> bool:
         if not driver.admission.admit(len(driver.conns), now):
             refuse(sock, driver.engine.server_full())  # at the cap: say so, and close
             continue
-        driver.accepted(sock, now)  # the engine sends the Welcome: step 5, the acknowledgement
+        conn = driver.add(sock)  # non-blocking, in the table
+        strategy.watch(conn.fd, True, False)  # register it: EPOLLIN, for its first bytes
+        driver.greet(conn, now)  # the engine queues the Welcome: step 5, the acknowledgement
 
 
-def on_readable(driver: Driver, conn: Conn, now: float) -> None:
-    """Level-triggered: if we leave bytes unread, the next poll reports them again."""
-    driver.readable(conn, now)  # step 6: receive; the engine's answer is queued (step 7)
+def receive(driver: Driver, conn: Conn, now: float) -> None:
+    """The socket is readable: ONE recv (level-triggered: the rest is reported again)."""
+    try:
+        data = conn.sock.recv(driver.config.recv_size)  # step 6: receive; it will not block
+    except BlockingIOError:
+        return  # a spurious wake-up: nothing to read after all
+    except OSError as exc:  # ECONNRESET: the peer vanished abruptly
+        driver.lose(conn, f"reset ({exc.strerror})", now)
+        return
+    driver.received(conn, data, now)  # to the engine, whose answer is queued (step 7)
 
 
-def on_writable(driver: Driver, conn: Conn) -> None:
-    """The socket's send buffer has room: the write pass sends the rest."""
-    driver.writable(conn)
+def send_pass(driver: Driver, strategy: EpollStrategy, now: float) -> None:
+    """End of a pass: one send per connection with output, so a burst of messages costs
+    one system call, not one each (step 7: reply)."""
+    for conn in driver.take_dirty():
+        if conn.out.size:
+            try:
+                sent = conn.sock.send(conn.out.take())  # may take only part: the buffer is full
+            except BlockingIOError:
+                sent = 0  # not a byte: the client reads slower than we write
+            except OSError as exc:  # EPIPE, ECONNRESET
+                driver.lose(conn, f"send failed ({exc.strerror})", now)
+                continue
+            conn.out.sent(sent)  # the rest stays queued, in order
+        interest = driver.sent(conn, now)  # water marks; a drained close sends its FIN
+        if interest is not None and interest != conn.interest:
+            conn.interest = interest  # output stuck: EPOLLOUT on; drained: off again
+            strategy.watch(conn.fd, *interest)
 
 
 def stop_accepting(listener: socket.socket, strategy: EpollStrategy, wake: SignalWakeup, watched: bool) -> None:

@@ -12,6 +12,15 @@ the ready ones; Python then returns just those::
         |      socket writable -> send the rest of its queue                       |
         |      wake-up socket  -> SIGINT/SIGTERM: stop accepting, engine.shutdown  |
         +--- timers, engine.flush, then ONE send per connection with output <-----+
+             (what the kernel does not take: POLLOUT on, until it has room)
+
+Level-triggered: poll reports a socket for as long as it is ready, so ``receive``
+calls ``recv`` once per wake-up (what is left is reported again) and POLLOUT is asked
+for only while output is stuck (a socket with room is always writable: watched all
+the time, it would wake every pass for nothing). The timeout is in whole milliseconds
+and we round it *up*: rounded down, the loop would wake just before a deadline, find
+nothing due, and call ``poll(0)`` again and again until it is, a busy spin of up to a
+millisecond at every deadline (``selectors.PollSelector`` rounds up for the same reason).
 
 What it costs. Every call costs in proportion to the number of *watched* sockets,
 ready or not: with 10,000 mostly idle connections, each wake-up walks 10,000
@@ -26,9 +35,10 @@ poll would report it readable at once, forever. It is POSIX, so it runs on macOS
 too. The benchmark's connection-scaling figure shows poll's idle cost rising with n
 while epoll's stays flat.
 
-Helpers: ``driver.Driver`` (actions, output, closing, timers, the ``Admission`` at
-the door, and the job runner whose ``Inbox`` socket the loop watches: storage batches
-finish there) and ``common`` (``listen``, ``refuse``, ``SignalWakeup``, ``banner``).
+Helpers: ``driver.Driver`` (the connection table, the engine's actions, water marks,
+closing, timers, the ``Admission`` at the door, and the job runner whose ``Inbox``
+socket the loop watches: storage batches finish there), ``common`` (``listen``,
+``SignalWakeup``, ``banner``) and ``door.refuse``.
 """
 
 from __future__ import annotations
@@ -40,7 +50,8 @@ import socket
 import time
 
 from ..hub import EngineAPI, HubConfig
-from .common import BackendConfig, SignalWakeup, banner, listen, refuse
+from .common import BackendConfig, SignalWakeup, banner, listen
+from .door import refuse
 from .driver import Conn, Driver
 
 NAME = "poll"
@@ -75,11 +86,11 @@ def serve(engine: EngineAPI, config: BackendConfig, hub_config: HubConfig) -> No
     accepting = True
     while accepting or driver.conns or driver.jobs.pending:  # stopping: the last batches commit first
         timeout = driver.timeout(time.monotonic())
-        events = strategy.p.poll(None if timeout is None else math.ceil(timeout * 1000))  # milliseconds; we block here
+        events = strategy.p.poll(None if timeout is None else math.ceil(timeout * 1000))  # ms, rounded up; we block
         now = time.monotonic()
         for fd, mask in events:
             if fd == listen_fd:
-                if not accept(listener, driver, now):  # out of descriptors: the listener stays readable,
+                if not accept(listener, driver, strategy, now):  # out of descriptors: the listener stays readable,
                     strategy.forget(listen_fd)  # so stop watching it for a while, or we would spin
             elif fd == wake_fd:
                 wake.drain()
@@ -90,19 +101,20 @@ def serve(engine: EngineAPI, config: BackendConfig, hub_config: HubConfig) -> No
             elif fd == jobs_fd:
                 driver.jobs_done(now)  # storage batches, password hashes: finished off the loop
             elif (conn := driver.conns.get(fd)) is not None:
-                if mask & (select.POLLIN | select.POLLHUP | select.POLLERR):
-                    on_readable(driver, conn, now)
+                if mask & (select.POLLIN | select.POLLHUP | select.POLLERR):  # (recv reports HUP, ERR)
+                    receive(driver, conn, now)
                 if mask & select.POLLOUT and not conn.dead:
-                    on_writable(driver, conn)
+                    driver.writable(conn)  # room again: the send pass below sends the rest
         driver.timers(now)
         if driver.admission.resume(now) and accepting:  # the pause is over, or a connection closed
             strategy.watch(listen_fd, True, False)
-        driver.flush(now)  # the engine's batch, then one send per connection
+        driver.flush(now)  # the engine's batched work (a storage batch goes out)
+        send_pass(driver, strategy, now)  # then ONE send per connection with output
     driver.jobs.close()
     wake.close()
 
 
-def accept(listener: socket.socket, driver: Driver, now: float) -> bool:
+def accept(listener: socket.socket, driver: Driver, strategy: PollStrategy, now: float) -> bool:
     """Accept every pending connection: the kernel finished their handshakes.
     Returns False if the loop must stop watching the listener for a while."""
     while True:
@@ -117,17 +129,40 @@ def accept(listener: socket.socket, driver: Driver, now: float) -> bool:
         if not driver.admission.admit(len(driver.conns), now):
             refuse(sock, driver.engine.server_full())  # at the cap: say so, and close
             continue
-        driver.accepted(sock, now)  # the engine sends the Welcome: step 5, the acknowledgement
+        conn = driver.add(sock)  # non-blocking, in the table
+        strategy.watch(conn.fd, True, False)  # register it: POLLIN, for its first bytes
+        driver.greet(conn, now)  # the engine queues the Welcome: step 5, the acknowledgement
 
 
-def on_readable(driver: Driver, conn: Conn, now: float) -> None:
-    """Level-triggered: if we leave bytes unread, the next poll reports them again."""
-    driver.readable(conn, now)  # step 6: receive; the engine's answer is queued (step 7)
+def receive(driver: Driver, conn: Conn, now: float) -> None:
+    """The socket is readable: ONE recv (poll is level-triggered: the rest is reported again)."""
+    try:
+        data = conn.sock.recv(driver.config.recv_size)  # step 6: receive; it will not block
+    except BlockingIOError:
+        return  # a spurious wake-up: nothing to read after all
+    except OSError as exc:  # ECONNRESET: the peer vanished abruptly
+        driver.lose(conn, f"reset ({exc.strerror})", now)
+        return
+    driver.received(conn, data, now)  # to the engine, whose answer is queued (step 7)
 
 
-def on_writable(driver: Driver, conn: Conn) -> None:
-    """The socket's send buffer has room: the write pass sends the rest."""
-    driver.writable(conn)
+def send_pass(driver: Driver, strategy: PollStrategy, now: float) -> None:
+    """End of a pass: one send per connection with output, so a burst of messages costs
+    one system call, not one each (step 7: reply)."""
+    for conn in driver.take_dirty():
+        if conn.out.size:
+            try:
+                sent = conn.sock.send(conn.out.take())  # may take only part: the buffer is full
+            except BlockingIOError:
+                sent = 0  # not a byte: the client reads slower than we write
+            except OSError as exc:  # EPIPE, ECONNRESET
+                driver.lose(conn, f"send failed ({exc.strerror})", now)
+                continue
+            conn.out.sent(sent)  # the rest stays queued, in order
+        interest = driver.sent(conn, now)  # water marks; a drained close sends its FIN
+        if interest is not None and interest != conn.interest:
+            conn.interest = interest  # output stuck: POLLOUT on; drained: off again
+            strategy.watch(conn.fd, *interest)  # no system call: the next poll() sends the list
 
 
 def stop_accepting(listener: socket.socket, strategy: PollStrategy, wake: SignalWakeup, watched: bool) -> None:

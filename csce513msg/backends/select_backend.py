@@ -12,6 +12,12 @@ Python scans the bitmaps back into lists. We keep the two sets ourselves::
         |      socket writable -> send the rest of its queue                       |
         |      wake-up socket  -> SIGINT/SIGTERM: stop accepting, engine.shutdown  |
         +--- timers, engine.flush, then ONE send per connection with output <-----+
+             (what the kernel does not take: into the write set, until it has room)
+
+Level-triggered, like poll: a socket is reported for as long as it is ready, so
+``receive`` calls ``recv`` once per wake-up (what is left is reported again), and a
+socket is in the write set only while its output is stuck (one with room is always
+writable: left there, it would wake every pass for nothing).
 
 What it costs. Like poll, O(n) per call in the watched descriptors, plus the
 building and scanning of the lists in Python on every call. It is the oldest and
@@ -25,9 +31,10 @@ connections with a ``server full`` error, instead of crashing, as it does at the
 ``--max-connections`` cap; the log says so once per stretch of refusals. The
 benchmark's connection-scaling figure shows select stopping there.
 
-Helpers: ``driver.Driver`` (actions, output, closing, timers, the ``Admission`` at
-the door, and the job runner whose ``Inbox`` socket the loop watches: storage batches
-finish there) and ``common`` (``listen``, ``refuse``, ``SignalWakeup``, ``banner``).
+Helpers: ``driver.Driver`` (the connection table, the engine's actions, water marks,
+closing, timers, the ``Admission`` at the door, and the job runner whose ``Inbox``
+socket the loop watches: storage batches finish there), ``common`` (``listen``,
+``SignalWakeup``, ``banner``) and ``door.refuse``.
 """
 
 from __future__ import annotations
@@ -38,7 +45,8 @@ import socket
 import time
 
 from ..hub import EngineAPI, HubConfig
-from .common import BackendConfig, SignalWakeup, banner, listen, refuse
+from .common import BackendConfig, SignalWakeup, banner, listen
+from .door import refuse
 from .driver import Conn, Driver
 
 NAME = "select"
@@ -84,7 +92,7 @@ def serve(engine: EngineAPI, config: BackendConfig, hub_config: HubConfig) -> No
         events = [(fd, 1) for fd in readable] + [(fd, 4) for fd in writable]  # 1: read, 4: write
         for fd, mask in events:
             if fd == listen_fd:
-                if not accept(listener, driver, now):  # out of descriptors: the listener stays readable,
+                if not accept(listener, driver, strategy, now):  # out of descriptors: the listener stays readable,
                     strategy.forget(listen_fd)  # so stop watching it for a while, or we would spin
             elif fd == wake_fd:
                 wake.drain()
@@ -96,18 +104,19 @@ def serve(engine: EngineAPI, config: BackendConfig, hub_config: HubConfig) -> No
                 driver.jobs_done(now)  # storage batches, password hashes: finished off the loop
             elif (conn := driver.conns.get(fd)) is not None:
                 if mask == 1:
-                    on_readable(driver, conn, now)
+                    receive(driver, conn, now)
                 elif not conn.dead:
-                    on_writable(driver, conn)
+                    driver.writable(conn)  # room again: the send pass below sends the rest
         driver.timers(now)
         if driver.admission.resume(now) and accepting:  # the pause is over, or a connection closed
             strategy.watch(listen_fd, True, False)
-        driver.flush(now)  # the engine's batch, then one send per connection
+        driver.flush(now)  # the engine's batched work (a storage batch goes out)
+        send_pass(driver, strategy, now)  # then ONE send per connection with output
     driver.jobs.close()
     wake.close()
 
 
-def accept(listener: socket.socket, driver: Driver, now: float) -> bool:
+def accept(listener: socket.socket, driver: Driver, strategy: SelectStrategy, now: float) -> bool:
     """Accept every pending connection: the kernel finished their handshakes.
     Returns False if the loop must stop watching the listener for a while."""
     while True:
@@ -126,17 +135,40 @@ def accept(listener: socket.socket, driver: Driver, now: float) -> bool:
         if not driver.admission.admit(len(driver.conns), now):
             refuse(sock, driver.engine.server_full())  # at the cap: say so, and close
             continue
-        driver.accepted(sock, now)  # the engine sends the Welcome: step 5, the acknowledgement
+        conn = driver.add(sock)  # non-blocking, in the table
+        strategy.watch(conn.fd, True, False)  # watch it: in the read set, for its first bytes
+        driver.greet(conn, now)  # the engine queues the Welcome: step 5, the acknowledgement
 
 
-def on_readable(driver: Driver, conn: Conn, now: float) -> None:
-    """Level-triggered: if we leave bytes unread, the next poll reports them again."""
-    driver.readable(conn, now)  # step 6: receive; the engine's answer is queued (step 7)
+def receive(driver: Driver, conn: Conn, now: float) -> None:
+    """The socket is readable: ONE recv (select is level-triggered: the rest is reported again)."""
+    try:
+        data = conn.sock.recv(driver.config.recv_size)  # step 6: receive; it will not block
+    except BlockingIOError:
+        return  # a spurious wake-up: nothing to read after all
+    except OSError as exc:  # ECONNRESET: the peer vanished abruptly
+        driver.lose(conn, f"reset ({exc.strerror})", now)
+        return
+    driver.received(conn, data, now)  # to the engine, whose answer is queued (step 7)
 
 
-def on_writable(driver: Driver, conn: Conn) -> None:
-    """The socket's send buffer has room: the write pass sends the rest."""
-    driver.writable(conn)
+def send_pass(driver: Driver, strategy: SelectStrategy, now: float) -> None:
+    """End of a pass: one send per connection with output, so a burst of messages costs
+    one system call, not one each (step 7: reply)."""
+    for conn in driver.take_dirty():
+        if conn.out.size:
+            try:
+                sent = conn.sock.send(conn.out.take())  # may take only part: the buffer is full
+            except BlockingIOError:
+                sent = 0  # not a byte: the client reads slower than we write
+            except OSError as exc:  # EPIPE, ECONNRESET
+                driver.lose(conn, f"send failed ({exc.strerror})", now)
+                continue
+            conn.out.sent(sent)  # the rest stays queued, in order
+        interest = driver.sent(conn, now)  # water marks; a drained close sends its FIN
+        if interest is not None and interest != conn.interest:
+            conn.interest = interest  # output stuck: the write set on; drained: off again
+            strategy.watch(conn.fd, *interest)  # no system call: the next select() sends the sets
 
 
 def stop_accepting(listener: socket.socket, strategy: SelectStrategy, wake: SignalWakeup, watched: bool) -> None:

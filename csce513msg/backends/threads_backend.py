@@ -26,14 +26,21 @@ work must not grow with them: it keeps closing connections in deadline order
 (``DeadlineQueue``) and touches only the overdue ones, and another thread rings it
 only when its next deadline moves earlier.
 
+Stopping. ``serve_forever`` waits for the listener with a 0.5 s timeout
+(``poll_interval``) only to look at its stop flag twice a second: ``shutdown()`` sets the
+flag and waits, so stopping the acceptor takes up to half a second. A blocked ``accept``
+could not be interrupted from another thread at all; a timeout is the simple way out
+(the readiness loops use a wake-up socket for the same job).
+
 The door. ``verify_request``, socketserver's hook between accept and the new
 thread, applies the cap (``--max-connections``): over it, SERVER_FULL and close.
 If ``accept`` fails (EMFILE: out of descriptors), the connection stays queued and
 the listener readable, so ``serve_forever`` would call ``accept`` again at once,
 forever; our ``get_request`` first waits for a connection to end, or half a second.
 
-Helpers: ``common`` (``BackendConfig``, ``Outbound``, ``Admission``, ``DeadlineQueue``,
-``SignalWakeup``, ``banner``, ``guarded``, ``tune``, ``peer_name``) and
+Helpers: ``common`` (``BackendConfig``, ``SignalWakeup``, ``banner``, ``guarded``,
+``tune``, ``peer_name``), ``door`` (``Admission``, ``refuse``), ``queues`` (``Outbound``,
+``DeadlineQueue``) and
 ``jobs.JobRunner`` (storage batches on their own thread; a result enters the engine
 under the mutex, like any call).
 """
@@ -51,23 +58,10 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..hub import Abort, Action, Close, EngineAPI, HubConfig, Submit, Write
-from .common import (
-    ACCEPT_PAUSE,
-    LINGER_RESET,
-    Admission,
-    BackendConfig,
-    DeadlineQueue,
-    Outbound,
-    SignalWakeup,
-    Water,
-    banner,
-    connection_cap,
-    guarded,
-    peer_name,
-    refuse,
-    tune,
-)
+from .common import LINGER_RESET, BackendConfig, SignalWakeup, banner, connection_cap, guarded, peer_name, tune
+from .door import ACCEPT_PAUSE, Admission, refuse
 from .jobs import JobRunner
+from .queues import DeadlineQueue, Outbound, Water
 
 NAME = "threads"
 log = logging.getLogger("csce513msg.backend")

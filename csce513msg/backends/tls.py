@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 from ..hub import Abort, Action, Close, ConnId, Write
 from ..hub.contract import EngineAPI
-from .common import DeadlineQueue
+from .queues import DeadlineQueue
 
 log = logging.getLogger("csce513msg.tls")
 
