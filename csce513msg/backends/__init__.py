@@ -1,7 +1,8 @@
 """Six interchangeable I/O strategies behind one engine (see docs/backends.md).
 
 ``BACKENDS`` names them in teaching order; ``load(name)`` returns a module with
-``serve(engine, config, hub_config)`` or raises ``BackendUnavailable`` with the
+``serve(engine, config, announce)`` (``announce(name, listener)`` prints the
+banner once the server listens) or raises ``BackendUnavailable`` with the
 reason (the CLI exits with status 2 and prints it).
 """
 

@@ -33,7 +33,7 @@ libuv keeps a spare descriptor for this: it closes it, accepts and closes every
 queued connection (they see the connection end, with no SERVER_FULL), and reopens
 it; no spin, nothing logged.
 
-Helpers: ``common`` (``BackendConfig``, ``Admission``, ``listen``, ``banner``, ``guarded``,
+Helpers: ``common`` (``BackendConfig``, ``Admission``, ``listen``, ``guarded``,
 ``tune``, ``peer_name``) and ``jobs.JobRunner`` (storage batches off the loop; results come back
 with ``call_soon_threadsafe``).
 """
@@ -48,8 +48,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..hub import Abort, Action, Close, EngineAPI, HubConfig, Submit, Write
-from .common import BackendConfig, banner, connection_cap, guarded, listen, peer_name, tune
+from ..hub import Abort, Action, Close, EngineAPI, Submit, Write
+from .common import Announce, BackendConfig, connection_cap, guarded, listen, peer_name, tune
 from .door import EXHAUSTED, Admission
 from .jobs import JobRunner
 
@@ -240,7 +240,7 @@ class AsyncServer:
             self.done.set_result(None)
 
 
-async def main(engine: EngineAPI, config: BackendConfig, hub_config: HubConfig, name: str) -> None:
+async def main(engine: EngineAPI, config: BackendConfig, announce: Announce, name: str) -> None:
     loop = asyncio.get_running_loop()
     server = AsyncServer(engine, config, loop)
     loop.set_exception_handler(server.loop_error)
@@ -254,7 +254,7 @@ async def main(engine: EngineAPI, config: BackendConfig, hub_config: HubConfig, 
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, int(sig))
-    banner(name, sock, config, hub_config)
+    announce(name, sock)  # the banner: where we listen, our limits
     log.info("shutting down (signal %s)", await stop)
     listener.close()  # stop accepting
     server.stopping = True
@@ -265,8 +265,8 @@ async def main(engine: EngineAPI, config: BackendConfig, hub_config: HubConfig, 
 
 
 def serve(
-    engine: EngineAPI, config: BackendConfig, hub_config: HubConfig, *, loop_factory: Any = None, name: str = NAME
+    engine: EngineAPI, config: BackendConfig, announce: Announce, *, loop_factory: Any = None, name: str = NAME
 ) -> None:
     """Run the server until SIGINT or SIGTERM, then say goodbye and return."""
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(main(engine, config, hub_config, name))
+        runner.run(main(engine, config, announce, name))

@@ -6,7 +6,7 @@
 - ``connection_cap``: how many connections are served at once (``door.py`` enforces it).
 - ``SignalWakeup``: SIGINT/SIGTERM turned into a readable socket, so a loop that is
   blocked in select/poll/epoll wakes up for them (``signal.set_wakeup_fd``).
-- ``banner``: the start-up lines of the server window.
+- ``Announce``: what a backend calls once it listens (the CLI prints the banner).
 - ``guarded``: calls into the engine, where any exception is a bug that costs
   one connection, never the server.
 
@@ -18,7 +18,6 @@ its water marks, and the deadline queue), ``jobs.py`` (blocking work off the loo
 from __future__ import annotations
 
 import logging
-import os
 import resource
 import signal
 import socket
@@ -30,6 +29,9 @@ from typing import Any
 from ..hub import HISTORY_PAGE, Action, HubConfig
 
 log = logging.getLogger("csce513msg.backend")
+#: Called once by a backend when it listens, with its name and the listening socket
+#: (``cli/banner.py`` prints where it listens, the limits and how clients connect).
+Announce = Callable[[str, socket.socket], None]
 #: SO_LINGER on, 0 seconds: close() resets the connection (RST) at once. An abort uses it,
 #: so a peer blocked writing to us learns at once that we are gone, instead of waiting
 #: on a closed window.
@@ -161,25 +163,6 @@ class SignalWakeup:
         signal.set_wakeup_fd(-1)
         self.reader.close()
         self._writer.close()
-
-
-def banner(backend: str, sock: socket.socket, backend_cfg: BackendConfig, hub_cfg: HubConfig) -> None:
-    """Print the server window's start-up lines (stdout: tests read the port here)."""
-    host, port = sock.getsockname()[:2]
-    print(f"csce513msg server: backend {backend}, listening on {host}:{port}, pid {os.getpid()}", flush=True)
-    cap, files = connection_cap(backend_cfg), open_file_limit()
-    origin = "--max-connections" if backend_cfg.max_connections else f"open files {files} - {FD_RESERVE} kept"
-    print(f"connections: at most {cap} ({origin}); past that, SERVER_FULL", flush=True)
-    if cap > files - FD_RESERVE:
-        print(f"connections: {cap} is within {FD_RESERVE} of the open-file limit ({files}): accept may fail "
-              "(EMFILE) before the cap is reached", flush=True)  # fmt: skip
-    print(
-        f"limits: frame {hub_cfg.max_frame} B, text {hub_cfg.max_text} B, window {hub_cfg.window}, "
-        f"idle {hub_cfg.idle_timeout:g} s, rate {hub_cfg.rate:g}/s (burst {hub_cfg.burst}), "
-        f"outbound high/low/hard {backend_cfg.high_water}/{backend_cfg.low_water}/{backend_cfg.hard_limit} B, "
-        f"close {backend_cfg.close_timeout:g} s",
-        flush=True,
-    )
 
 
 def guarded(call: Callable[..., list[Action]], *args: Any) -> list[Action] | None:

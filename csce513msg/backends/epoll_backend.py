@@ -45,7 +45,7 @@ its flat memory and idle CPU.
 Helpers: ``driver.Driver`` (the connection table, the engine's actions, water marks,
 closing, timers, the ``Admission`` at the door, and the job runner whose ``Inbox``
 socket the loop watches: storage batches finish there), ``common`` (``listen``,
-``SignalWakeup``, ``banner``) and ``door.refuse``.
+``SignalWakeup``) and ``door.refuse``.
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ import select
 import socket
 import time
 
-from ..hub import EngineAPI, HubConfig
-from .common import BackendConfig, SignalWakeup, banner, listen
+from ..hub import EngineAPI
+from .common import Announce, BackendConfig, SignalWakeup, listen
 from .door import refuse
 from .driver import Conn, Driver
 
@@ -84,7 +84,7 @@ class EpollStrategy:
         self.ep.unregister(fd)  # before close(): a closed fd cannot be unregistered
 
 
-def serve(engine: EngineAPI, config: BackendConfig, hub_config: HubConfig) -> None:
+def serve(engine: EngineAPI, config: BackendConfig, announce: Announce) -> None:
     """Run the server until SIGINT or SIGTERM, then say goodbye and return."""
     listener = listen(config)
     listener.setblocking(False)
@@ -94,7 +94,7 @@ def serve(engine: EngineAPI, config: BackendConfig, hub_config: HubConfig) -> No
     listen_fd, wake_fd, jobs_fd = listener.fileno(), wake.fileno(), driver.inbox.fileno()
     for fd in (listen_fd, wake_fd, jobs_fd):
         strategy.watch(fd, True, False)
-    banner(NAME, listener, config, hub_config)
+    announce(NAME, listener)  # the banner: where we listen, our limits
     accepting = True
     while accepting or driver.conns or driver.jobs.pending:  # stopping: the last batches commit first
         timeout = driver.timeout(time.monotonic())

@@ -38,7 +38,7 @@ If ``accept`` fails (EMFILE: out of descriptors), the connection stays queued an
 the listener readable, so ``serve_forever`` would call ``accept`` again at once,
 forever; our ``get_request`` first waits for a connection to end, or half a second.
 
-Helpers: ``common`` (``BackendConfig``, ``SignalWakeup``, ``banner``, ``guarded``,
+Helpers: ``common`` (``BackendConfig``, ``SignalWakeup``, ``guarded``,
 ``tune``, ``peer_name``), ``door`` (``Admission``, ``refuse``), ``queues`` (``Outbound``,
 ``DeadlineQueue``) and
 ``jobs.JobRunner`` (storage batches on their own thread; a result enters the engine
@@ -57,8 +57,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..hub import Abort, Action, Close, EngineAPI, HubConfig, Submit, Write
-from .common import LINGER_RESET, BackendConfig, SignalWakeup, banner, connection_cap, guarded, peer_name, tune
+from ..hub import Abort, Action, Close, EngineAPI, Submit, Write
+from .common import LINGER_RESET, Announce, BackendConfig, SignalWakeup, connection_cap, guarded, peer_name, tune
 from .door import ACCEPT_PAUSE, Admission, refuse
 from .jobs import JobRunner
 from .queues import DeadlineQueue, Outbound, Water
@@ -300,7 +300,7 @@ class Server(socketserver.ThreadingTCPServer):
         self.shared.freed.set()
 
 
-def serve(engine: EngineAPI, config: BackendConfig, hub_config: HubConfig) -> None:
+def serve(engine: EngineAPI, config: BackendConfig, announce: Announce) -> None:
     """Run the server until SIGINT or SIGTERM, then say goodbye and return."""
     threading.stack_size(256 * 1024)
     shared = Shared(engine, config)
@@ -308,7 +308,7 @@ def serve(engine: EngineAPI, config: BackendConfig, hub_config: HubConfig) -> No
     wake = SignalWakeup()
     acceptor = threading.Thread(target=server.serve_forever, name="acceptor")
     acceptor.start()
-    banner(NAME, server.socket, config, hub_config)
+    announce(NAME, server.socket)  # the banner: where we listen, our limits
     while not shared.stopping or shared.conns or shared.jobs.pending:  # stopping: the last batches commit first
         with shared.lock:
             now = time.monotonic()

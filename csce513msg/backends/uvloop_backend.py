@@ -22,9 +22,9 @@ reports a failure through a callback, so it never raises in our write pass.
 
 from __future__ import annotations
 
-from ..hub import EngineAPI, HubConfig
+from ..hub import EngineAPI
 from . import asyncio_backend
-from .common import BackendConfig
+from .common import Announce, BackendConfig
 
 NAME = "uvloop"
 
@@ -38,8 +38,8 @@ def available() -> str | None:
     return None
 
 
-def serve(engine: EngineAPI, config: BackendConfig, hub_config: HubConfig) -> None:
+def serve(engine: EngineAPI, config: BackendConfig, announce: Announce) -> None:
     """Run the asyncio backend on a uvloop loop."""
     import uvloop
 
-    asyncio_backend.serve(engine, config, hub_config, loop_factory=uvloop.new_event_loop, name=NAME)
+    asyncio_backend.serve(engine, config, announce, loop_factory=uvloop.new_event_loop, name=NAME)

@@ -1,37 +1,108 @@
 """``msgsrv --stats``: a live line in the server window, for a class to watch.
 
-Every ``interval`` seconds a daemon thread prints, to the server window::
+Every ``interval`` seconds a daemon thread shows::
 
     stats: epoll | 212 connections, 180 users online | 4,980 msg/s, 4,975 deliveries/s | CPU 88% | RSS 61.3 MB
 
+On a terminal it is one line at the bottom of the window, rewritten in place
+(``LiveLine``): the log lines scroll above it. Piped to a file, each update is a
+plain line of its own, so a log keeps the history.
+
 It reads the snapshot the engine publishes at flush (``Engine.snapshot``: one immutable
 object, never the engine's own state, which only the loop may touch) and the process's
-own /proc figures (CPU is
-user + system time of every thread, as the benchmarks measure it). Reading a few
-ints and lengths from another thread is safe in CPython; a line may be a pass stale.
+own /proc figures (CPU is user + system time of every thread, as the benchmarks
+measure it). A line may be a pass stale.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import TextIO
 
 from ..hub import Engine
 
 TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+CLEAR = "\r\x1b[K"  #: back to the start of the line, and erase it
 
 
-def start(engine: Engine, backend: str, interval: float) -> threading.Thread:
-    """Print a stats line every ``interval`` seconds until the process exits."""
-    thread = threading.Thread(target=_loop, args=(engine, backend, interval), name="stats", daemon=True)
+class LiveLine:
+    """One line kept at the bottom of a terminal while other lines print above it.
+
+    ``sys.stdout`` and ``sys.stderr`` are replaced by proxies that erase the live line,
+    write, and draw it again after a complete line, under one lock: a log line from the
+    loop and an update from the stats thread never interleave."""
+
+    def __init__(self, terminal: TextIO) -> None:
+        self.terminal = terminal
+        self.text = ""
+        self.lock = threading.Lock()
+
+    @classmethod
+    def on_terminal(cls) -> LiveLine | None:
+        """A live line on stderr if it is a terminal (and install the proxies), else None."""
+        if not sys.stderr.isatty():
+            return None
+        live = cls(sys.stderr)
+        sys.stdout = _Above(sys.stdout, live)
+        sys.stderr = _Above(sys.stderr, live)
+        atexit.register(live.end)
+        return live
+
+    def show(self, text: str) -> None:
+        try:
+            width = os.get_terminal_size(self.terminal.fileno()).columns or 200  # 0: a terminal of unknown size
+        except OSError:
+            width = 200
+        with self.lock:
+            self.text = text[: max(10, width - 1)]  # longer than the window, it would wrap and not be erased
+            self.terminal.write(CLEAR + self.text)
+            self.terminal.flush()
+
+    def end(self) -> None:
+        with self.lock:
+            if self.text:
+                self.terminal.write("\n")
+                self.text = ""
+            self.terminal.flush()
+
+
+class _Above:
+    """A stream whose lines print above the live line."""
+
+    def __init__(self, stream: TextIO, live: LiveLine) -> None:
+        self.stream = stream
+        self.live = live
+
+    def write(self, text: str) -> int:
+        with self.live.lock:
+            if self.live.text:
+                self.live.terminal.write(CLEAR)
+                self.live.terminal.flush()
+            self.stream.write(text)
+            self.stream.flush()
+            if self.live.text and text.endswith("\n"):
+                self.live.terminal.write(self.live.text)
+                self.live.terminal.flush()
+        return len(text)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.stream, name)
+
+
+def start(engine: Engine, backend: str, interval: float, live: LiveLine | None) -> threading.Thread:
+    """Show a stats line every ``interval`` seconds until the process exits: in place
+    on ``live``, else as plain lines on stderr."""
+    thread = threading.Thread(target=_loop, args=(engine, backend, interval, live), name="stats", daemon=True)
     thread.start()
     return thread
 
 
-def _loop(engine: Engine, backend: str, interval: float) -> None:
+def _loop(engine: Engine, backend: str, interval: float, live: LiveLine | None) -> None:
     last = (time.monotonic(), _cpu(), engine.snapshot)
     while True:
         time.sleep(interval)
@@ -41,12 +112,14 @@ def _loop(engine: Engine, backend: str, interval: float) -> None:
         delivered = (snap.delivered - last[2].delivered) / elapsed
         cpu_share = (cpu - last[1]) / elapsed if cpu is not None and last[1] is not None else None
         cpu_text = f"CPU {cpu_share:.0%}" if cpu_share is not None else "CPU ?"
-        print(
+        line = (
             f"stats: {backend} | {snap.connections} connections, {snap.users_online} users online"
-            f" | {stored:,.0f} msg/s, {delivered:,.0f} deliveries/s | {cpu_text} | RSS {_rss_mb()}",
-            file=sys.stderr,
-            flush=True,
+            f" | {stored:,.0f} msg/s, {delivered:,.0f} deliveries/s | {cpu_text} | RSS {_rss_mb()}"
         )
+        if live is not None:
+            live.show(line)
+        else:
+            print(line, file=sys.stderr, flush=True)
         last = (now, cpu, snap)
 
 

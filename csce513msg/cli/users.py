@@ -20,16 +20,21 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from ..crypto.passwords import COSTS, KdfCost, hash_password, password_problem
-from ..hub import NAME_RULE
+from ..crypto.passwords import COSTS, hash_password, password_problem
+from ..hub import fold_name
 from ..paths import DATABASE, default_data_dir, private_data_dir
 from ..store.accounts import AccountBook, AccountError
 from ..store.sqlite import database_problem
+from .options import KdfChoice, RoleChoice
 
-user_app = typer.Typer(add_completion=False, help="Manage accounts: add, list, passwd, role, remove.")
+user_app = typer.Typer(
+    help="Manage accounts: add, list, passwd, role, remove.", context_settings={"help_option_names": ["-h", "--help"]}
+)
 
-DataDir = Annotated[Path | None, typer.Option(help="The server's data directory (default as for serve).")]
-CostOption = Annotated[str, typer.Option(help="production, or test (for test servers only).")]
+DataDir = Annotated[
+    Path | None, typer.Option(help="The server's data directory (default as for the server).", envvar="MSGSRV_DATA_DIR")
+]
+CostOption = Annotated[KdfChoice, typer.Option(help="production, or test (for test servers only).")]
 
 
 @user_app.command("add")
@@ -37,11 +42,14 @@ def add(
     name: str,
     instructor: Annotated[bool, typer.Option(help="An instructor (default: a student).")] = False,
     data_dir: DataDir = None,
-    kdf_cost: CostOption = "production",
+    kdf_cost: CostOption = KdfChoice.production,
 ) -> None:
     """Create an account; asks for its password."""
     user = _name(name)
-    stored = hash_password(_read_password(f"password for {user}: "), _cost(kdf_cost))
+    with _book(data_dir) as book:  # the name first: no password typed for nothing
+        if book.exists(user):
+            _fail(f"user {user!r} exists already", 1)
+    stored = hash_password(_read_password(f"password for {user}: "), COSTS[kdf_cost.value])
     role = "instructor" if instructor else "student"
     with _book(data_dir) as book:
         book.add(user, stored, role)
@@ -49,10 +57,13 @@ def add(
 
 
 @user_app.command("passwd")
-def passwd(name: str, data_dir: DataDir = None, kdf_cost: CostOption = "production") -> None:
+def passwd(name: str, data_dir: DataDir = None, kdf_cost: CostOption = KdfChoice.production) -> None:
     """Set a new password; the user's sessions end."""
     user = _name(name)
-    stored = hash_password(_read_password(f"new password for {user}: "), _cost(kdf_cost))
+    with _book(data_dir) as book:
+        if not book.exists(user):
+            _fail(f"no user {user!r}", 1)
+    stored = hash_password(_read_password(f"new password for {user}: "), COSTS[kdf_cost.value])
     with _book(data_dir) as book:
         book.set_password(user, stored)
     typer.echo(f"password of {user} changed")
@@ -60,12 +71,12 @@ def passwd(name: str, data_dir: DataDir = None, kdf_cost: CostOption = "producti
 
 @user_app.command("role")
 def role(
-    name: str, role: Annotated[str, typer.Argument(help="student or instructor")], data_dir: DataDir = None
+    name: str, role: Annotated[RoleChoice, typer.Argument(case_sensitive=False)], data_dir: DataDir = None
 ) -> None:
     """Make a user a student or an instructor."""
     user = _name(name)
     with _book(data_dir) as book:
-        book.set_role(user, role)
+        book.set_role(user, role.value)
     typer.echo(f"{user} is now {role}")
 
 
@@ -116,25 +127,23 @@ class _book:
 
 
 def _name(name: str) -> str:
-    user = name.lower()
-    if not NAME_RULE.fullmatch(user):
-        _fail(f"invalid name {name!r}: use 1-32 letters, digits, '_', '.', '-'", 2)
+    """The name as the server folds it (``hub.fold_name``), or exit 2."""
+    user = fold_name(name)
+    if user is None:
+        _fail(f"invalid name {name!r}: use 1-32 letters, digits, '_', '.', '-' (ASCII)", 2)
     return user
 
 
-def _cost(kdf_cost: str) -> KdfCost:
-    if kdf_cost not in COSTS:
-        _fail(f"unknown kdf cost {kdf_cost!r}: choose {' or '.join(COSTS)}", 2)
-    return COSTS[kdf_cost]
-
-
 def _read_password(prompt: str) -> str:
-    if sys.stdin.isatty():
+    """From the terminal (checked, then typed again) or standard input's first line."""
+    if not sys.stdin.isatty():
+        password = sys.stdin.readline().rstrip("\n")
+    else:
         password = getpass.getpass(prompt)
+        if problem := password_problem(password):
+            _fail(problem, 1)  # before asking for it again
         if getpass.getpass("again: ") != password:
             _fail("the passwords differ", 1)
-    else:
-        password = sys.stdin.readline().rstrip("\n")
     if problem := password_problem(password):
         _fail(problem, 1)
     return password

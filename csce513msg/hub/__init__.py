@@ -6,12 +6,13 @@ from .config import HubConfig, Visibility
 from .contract import EngineAPI
 from .delivery import HISTORY_PAGE
 from .engine import TRANSITIONS, Engine
-from .gate import NAME_RULE, Passwords
+from .gate import NAME_RULE, Passwords, fold_name
 from .session import State, direct_stream
 
 __all__ = [
     "HISTORY_PAGE",
     "NAME_RULE",
+    "fold_name",
     "TRANSITIONS",
     "Abort",
     "Action",

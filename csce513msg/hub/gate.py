@@ -60,6 +60,16 @@ MAX_DEVICE_ID = 64  #: bytes of a Login's or Register's device_id (kept with eve
 #: User names: 1-32 characters, letters, digits, "_", "." and "-", not starting with
 #: "." or "-". Names are case-insensitive: the hub folds them to lower case.
 NAME_RULE = re.compile(r"[a-z0-9_][a-z0-9_.-]{0,31}")
+
+
+def fold_name(name: str) -> str | None:
+    """``name`` folded to lower case if it follows ``NAME_RULE``, else None. ASCII only,
+    so no other character folds into a letter of the rule (the Kelvin sign would become
+    ``k``, and ``msgsrv user add`` and a Login would disagree)."""
+    user = name.lower() if name.isascii() else name
+    return user if NAME_RULE.fullmatch(user) else None
+
+
 TOKEN_LIFETIME_US = 180 * 86400 * 1_000_000  #: a device token is valid for 180 days from its making
 
 
@@ -277,8 +287,8 @@ class Gate:
     def valid_name(self, name: str, rid: int) -> str:
         """``name`` folded to lower case, if it follows the rule; ASCII only, so no other
         character folds into a letter of the rule (the Kelvin sign would become ``k``)."""
-        user = name.lower() if name.isascii() else name
-        if not NAME_RULE.fullmatch(user):
+        user = fold_name(name)
+        if user is None:
             raise RemoteProtocolError(
                 ErrorCode.INVALID_NAME, f"invalid name {name!r}: use 1-32 letters, digits, '_', '.', '-'",
                 request_id=rid,

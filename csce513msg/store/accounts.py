@@ -35,6 +35,9 @@ class AccountBook:
     def accounts(self) -> list[Account]:
         return sorted(read_accounts(self.db).values(), key=lambda a: a.name)
 
+    def exists(self, name: str) -> bool:
+        return self.db.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone() is not None
+
     def add(self, name: str, password_hash: str, role: str = "student") -> Account:
         if role not in ROLES:
             raise AccountError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")

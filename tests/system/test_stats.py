@@ -3,8 +3,16 @@ counters and /proc; nothing in it depends on the I/O strategy, so one backend)."
 
 from __future__ import annotations
 
+import os
+import pty
 import re
+import select
+import signal
+import socket
+import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 from tests.conformance.wire import connect
 from tests.servers import IS_LINUX
@@ -29,3 +37,36 @@ def test_the_stats_line_follows_connections_and_messages(server: object, names: 
     assert re.search(r"stats: \w+ \| 2 connections.*CPU \d+% \| RSS [\d.]+ MB", server.log())  # type: ignore[attr-defined]
     a.close()
     b.close()
+
+
+def test_on_a_terminal_the_stats_line_updates_in_place_below_the_log(tmp_path: Path) -> None:
+    """On a terminal: one line rewritten in place (carriage return, erase line), and a log
+    line printed while it shows erases it, prints on a line of its own, and redraws it."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the server, on the terminal
+        flags = ["--port", "0", "--stats", "--stats-interval", "0.2", "--durability", "memory", "--kdf-cost", "test"]
+        os.execv(sys.executable, [sys.executable, "-m", "csce513msg.cli.msgsrv", *flags])
+    output = b""
+    try:
+        output = _read_pty(fd, output, lambda out: b"\x1b[Kstats:" in out)
+        port = int(re.search(rb"listening on 127\.0\.0\.1:(\d+)", output).group(1))  # type: ignore[union-attr]
+        with socket.create_connection(("127.0.0.1", port)):
+            output = _read_pty(fd, output, lambda out: b"connect #1" in out and out.count(b"\x1b[Kstats:") >= 4)
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        os.waitpid(pid, 0)
+        os.close(fd)
+    live = output[output.index(b"\x1b[Kstats:") :]
+    assert not re.search(rb"stats: [^\r]*\n", live)  # the live line never ends a line: it is erased
+    log_line = re.search(rb"\r\x1b\[K([^\r\n]*connect #1[^\r\n]*)\r?\n(stats: [^\r]*)", live)
+    assert log_line, live[-1500:]  # erased, the log line, then the live line drawn again
+    assert log_line.group(2).startswith(b"stats: epoll | ")
+
+
+def _read_pty(fd: int, output: bytes, done: Callable[[bytes], bool], timeout: float = 20.0) -> bytes:
+    deadline = time.monotonic() + timeout
+    while not done(output) and time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.5)[0]:
+            output += os.read(fd, 65536)
+    assert done(output), output[-1500:]
+    return output
