@@ -1,4 +1,8 @@
-"""Developer sessions. Plain ``nox`` runs the gating ones: lint, typecheck, bench_quick, tests."""
+"""Developer sessions. Plain ``nox`` runs the gating ones: lint, typecheck, bench_quick, tests.
+
+Every install goes through ``constraints.txt``, which pins every package's version, so a
+new release of ruff, mypy or pytest cannot break CI on a day nothing changed.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,14 @@ nox.options.sessions = ["lint", "typecheck", "bench_quick", "tests"]  # tests la
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
+PINS = ("-c", "constraints.txt")
+PYTHONS = ["3.11", "3.12", "3.13"]
+
 
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check."""
-    session.install("ruff>=0.5")
+    session.install(*PINS, "ruff")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
 
@@ -20,26 +27,33 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """mypy: strict on protocol/ and hub/ (see pyproject.toml)."""
-    session.install("-e", ".[fast]", "mypy>=1.10")
+    session.install(*PINS, "-e", ".[fast]", "mypy")
     session.run("mypy", "csce513msg")
 
 
 @nox.session
 def tests(session: nox.Session) -> None:
     """The whole test suite on every backend (pass pytest arguments after --)."""
-    session.install("-e", ".[fast,dev]")
+    session.install(*PINS, "-e", ".[fast,dev]")
     session.run("pytest", "--durations=15", *session.posargs)
+
+
+@nox.session(python=PYTHONS)
+def tests_pythons(session: nox.Session) -> None:
+    """The suite on each supported Python (not gating: three times the time)."""
+    session.install(*PINS, "-e", ".[fast,dev]")
+    session.run("pytest", "-q", *session.posargs)
 
 
 @nox.session
 def bench_quick(session: nox.Session) -> None:
     """The quick benchmark (under 2 minutes), gating: it checks what must hold, not speed."""
-    session.install("-e", ".[fast]")
+    session.install(*PINS, "-e", ".[fast]")
     session.run("python", "-m", "benchmarks", "--quick", "--check", "--out", "bench-results", *session.posargs)
 
 
 @nox.session
 def bench(session: nox.Session) -> None:
     """The benchmark suite with plots: `nox -s bench -- --backends epoll,uvloop`."""
-    session.install("-e", ".[fast]", "matplotlib")
+    session.install(*PINS, "-e", ".[fast,bench]")
     session.run("python", "-m", "benchmarks", "--out", "bench-results", *session.posargs)
