@@ -61,6 +61,7 @@ from ..protocol import (
     WhoReply,
 )
 from .mux import MUXES, Mux
+from .sanitize import inert, inert_name
 from .session import ClientSession, ClientState
 from .tls import TrustError
 from .tls import wrap as wrap_tls
@@ -165,7 +166,7 @@ class ChatClient:
             if not msg.request_id:  # new mail, not a page of history
                 self.partner = msg.sender
             t.show(
-                f"[{_clock(msg.time_us)}] {msg.sender}: {text}",
+                f"[{_clock(msg.time_us)}] {inert_name(msg.sender)}: {inert(text)}",
                 event="deliver",
                 sender=msg.sender,
                 to=msg.target,
@@ -189,7 +190,7 @@ class ChatClient:
             )
             shown = f"{state} ({msg.detail})" if msg.detail else state
             t.show(
-                f"[{_clock(msg.time_us)}] you -> {to}: {text}  [{shown}]",
+                f"[{_clock(msg.time_us)}] you -> {inert_name(to)}: {inert(text)}  [{inert(shown)}]",
                 event="receipt",
                 to=to,
                 state=state,
@@ -203,24 +204,25 @@ class ChatClient:
             self.sent.pop(msg.request_id, None)
             if msg.request_id or msg.code != ErrorCode.SHUTTING_DOWN:
                 self.failures += 1
-            t.show(f"! {name}: {msg.message}", event="error", code=name, message=msg.message, request=msg.request_id)
+            human = f"! {name}: {inert(msg.message)}"
+            t.show(human, event="error", code=name, message=msg.message, request=msg.request_id)
         elif isinstance(msg, Presence):
             what = "is online" if msg.online else "went offline"
-            t.show(f"* {msg.user} {what}", event="presence", user=msg.user, online=bool(msg.online))
+            t.show(f"* {inert_name(msg.user)} {what}", event="presence", user=msg.user, online=bool(msg.online))
         elif isinstance(msg, WhoReply):
             names = [_who_entry(u, n, r) for u, n, r in itertools.zip_longest(msg.users, msg.sessions, msg.roles)]
             sessions = dict(zip(msg.users, msg.sessions, strict=False))
-            t.show("online: " + ", ".join(names), event="who", users=list(msg.users), sessions=sessions)
+            t.show("online: " + inert_name(", ".join(names)), event="who", users=list(msg.users), sessions=sessions)
         elif isinstance(msg, LoginOk):
             away = f"; {_count_waiting(msg.waiting)} arrived while you were away" if msg.waiting else ""
             t.show(
-                f"logged in as {msg.user} ({msg.role or 'student'}){away}; /help for commands",
+                f"logged in as {inert_name(msg.user)} ({inert_name(msg.role or 'student')}){away}; /help for commands",
                 event="login", user=msg.user, role=msg.role, waiting=msg.waiting,
                 waiting_or_more=msg.waiting >= WAITING_CAP,
             )  # fmt: skip
         elif isinstance(msg, Welcome):
             t.show(
-                f"connected to {msg.server} (protocol {msg.version_major}.{msg.version_minor})",
+                f"connected to {inert_name(msg.server)} (protocol {msg.version_major}.{msg.version_minor})",
                 event="welcome",
                 server=msg.server,
                 version=f"{msg.version_major}.{msg.version_minor}",
