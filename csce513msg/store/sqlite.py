@@ -35,7 +35,7 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar, TypeVarTuple
 
 from .interface import (
     TOKENS_PER_USER,
@@ -127,6 +127,7 @@ _COLUMNS = "id, stream, position, sender, device, target_kind, target, content_t
 SYNC = {"full": "FULL", "normal": "NORMAL"}
 log = logging.getLogger("csce513msg.store")
 T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 
 class SqliteStore:
@@ -265,7 +266,7 @@ class SqliteStore:
         except sqlite3.Error as exc:
             log.warning("WAL checkpoint failed (the commits before it stand): %s", exc)
 
-    def _read(self, read: Callable[..., T], *args: Any) -> T | None:
+    def _read(self, read: Callable[[*Ts], T], *args: *Ts) -> T | None:
         """One read after the commit; None if it failed (its requester hears STORE_FAILED)."""
         try:
             return read(*args)
