@@ -43,7 +43,7 @@ class ServerError(Csce513Error):
         self.error = error
 
 
-class ConnectionClosed(Csce513Error):
+class ConnectionClosed(Csce513Error):  # noqa: N818 - an event, named as websockets' ConnectionClosed; public API
     """The server closed the connection."""
 
 

@@ -197,7 +197,7 @@ class SqliteStore:
         failed checkpoint or read costs only itself."""
         try:
             stored, newly, logins = self._write(batch)
-        except Exception as exc:  # any failure, of any type: roll back, and say so
+        except Exception as exc:  # noqa: BLE001 - any failure, of any type (OverflowError too): roll back, and say so
             self._rolled_back()
             return BatchResult(error=f"storage error: {exc!r}")
         self._accounts.update((a.name, a) for a in batch.accounts)
@@ -270,7 +270,7 @@ class SqliteStore:
         """One read after the commit; None if it failed (its requester hears STORE_FAILED)."""
         try:
             return read(*args)
-        except Exception as exc:  # one failed read costs only itself
+        except Exception as exc:  # noqa: BLE001 - one failed read, of any type, costs only its requester
             log.warning("storage read failed: %r", exc)
             return None
 
