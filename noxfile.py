@@ -26,7 +26,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    """mypy: strict on protocol/ and hub/ (see pyproject.toml)."""
+    """mypy, strict on the whole package (see pyproject.toml)."""
     session.install(*PINS, "-e", ".[fast]", "mypy")
     session.run("mypy", "csce513msg")
 

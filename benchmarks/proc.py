@@ -7,6 +7,7 @@ Server CPU is user + system time of the whole process (every thread), read from
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import platform
 import subprocess
@@ -57,8 +58,8 @@ def machine() -> dict[str, object]:
     versions = {}
     for package in ("cryptography", "uvloop", "typer"):
         try:
-            versions[package] = __import__("importlib.metadata").metadata.version(package)
-        except Exception:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:  # not installed here (uvloop on Windows)
             versions[package] = None
     return {
         "cpu_model": model,

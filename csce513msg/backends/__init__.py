@@ -24,7 +24,7 @@ DESCRIPTIONS = {
 }
 
 
-class BackendUnavailable(Exception):
+class BackendUnavailable(Exception):  # noqa: N818 - a condition of the machine, not a fault; public (CLI, tests)
     """The backend cannot run on this machine; the message says why."""
 
 

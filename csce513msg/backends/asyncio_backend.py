@@ -46,7 +46,7 @@ import logging
 import signal
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeVarTuple, cast
 
 from ..hub import Abort, Action, Close, EngineAPI, Submit, Write
 from .common import Announce, BackendConfig, connection_cap, guarded, listen, peer_name, tune
@@ -55,6 +55,7 @@ from .jobs import JobRunner
 
 NAME = "asyncio"
 log = logging.getLogger("csce513msg.backend")
+Ts = TypeVarTuple("Ts")
 _ids = itertools.count(1)
 
 
@@ -68,10 +69,11 @@ class ChatProtocol(asyncio.Protocol):
         self.refused = False  # over the cap: told SERVER_FULL, never seen by the engine
         self.closing = False
         self.pause_flag: bool | None = None  # set mid-write by the transport, forwarded after
-        self.transport: Any = None  # asyncio.Transport, or uvloop's (not a subclass)
+        self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
+        # a stream's transport: asyncio's Transport, or uvloop's, which has its methods but is not a subclass
+        self.transport = cast(asyncio.Transport, transport)
         if not self.server.admission.admit(len(self.server.conns), time.monotonic()):
             self.refused = True
             self.transport.write(self.server.engine.server_full())  # at the cap: say so,
@@ -131,7 +133,7 @@ class AsyncServer:
         self.call(None, self.engine.job_done, job_id, result)
         self.jobs.finished()
 
-    def call(self, proto: ChatProtocol | None, fn: Callable[..., list[Action]], *args: object) -> None:
+    def call(self, proto: ChatProtocol | None, fn: Callable[[*Ts, float], list[Action]], *args: *Ts) -> None:
         """Call the engine now; perform its actions; flush once, later in this wake-up."""
         now = time.monotonic()
         actions = guarded(fn, *args, now)
@@ -265,7 +267,12 @@ async def main(engine: EngineAPI, config: BackendConfig, announce: Announce, nam
 
 
 def serve(
-    engine: EngineAPI, config: BackendConfig, announce: Announce, *, loop_factory: Any = None, name: str = NAME
+    engine: EngineAPI,
+    config: BackendConfig,
+    announce: Announce,
+    *,
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+    name: str = NAME,
 ) -> None:
     """Run the server until SIGINT or SIGTERM, then say goodbye and return."""
     with asyncio.Runner(loop_factory=loop_factory) as runner:

@@ -24,11 +24,13 @@ import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from types import FrameType
+from typing import TypeVarTuple
 
 from ..hub import HISTORY_PAGE, Action, HubConfig
 
 log = logging.getLogger("csce513msg.backend")
+Ts = TypeVarTuple("Ts")
 #: Called once by a backend when it listens, with its name and the listening socket
 #: (``cli/banner.py`` prints where it listens, the limits and how clients connect).
 Announce = Callable[[str, socket.socket], None]
@@ -145,7 +147,7 @@ class SignalWakeup:
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, self._record)
 
-    def _record(self, signum: int, frame: Any) -> None:
+    def _record(self, signum: int, frame: FrameType | None) -> None:
         self.signalled = signum
 
     def fileno(self) -> int:
@@ -165,11 +167,12 @@ class SignalWakeup:
         self._writer.close()
 
 
-def guarded(call: Callable[..., list[Action]], *args: Any) -> list[Action] | None:
+def guarded(call: Callable[[*Ts], list[Action]], *args: *Ts) -> list[Action] | None:
     """Call the engine; on an exception (a bug) log the traceback and return None,
     so the caller aborts that one connection and keeps serving everyone else."""
     try:
         return call(*args)
-    except Exception:
-        log.exception("engine bug in %s%r", call.__name__, args[:1])
+    except Exception:  # any exception in the engine is a bug that costs one connection, never the server
+        shown: tuple[object, ...] = args  # for the log: the first argument (a connection's id) is enough
+        log.exception("engine bug in %s%r", call.__name__, shown[:1])
         return None

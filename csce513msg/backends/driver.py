@@ -32,7 +32,7 @@ import itertools
 import logging
 import socket
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from typing import Protocol, TypeVarTuple
 
 from ..hub import Abort, Action, Close, EngineAPI, Submit, Write
 from .common import LINGER_RESET, BackendConfig, connection_cap, guarded, peer_name, tune
@@ -41,6 +41,7 @@ from .jobs import Inbox, JobRunner
 from .queues import DeadlineQueue, Outbound, Water
 
 log = logging.getLogger("csce513msg.backend")
+Ts = TypeVarTuple("Ts")
 _ids = itertools.count(1)
 
 
@@ -211,7 +212,7 @@ class Driver:
 
     # ---- helpers ------------------------------------------------------------------------------
 
-    def _engine(self, conn: Conn, now: float, call: Callable[..., list[Action]], *args: object) -> None:
+    def _engine(self, conn: Conn, now: float, call: Callable[[*Ts], list[Action]], *args: *Ts) -> None:
         actions = guarded(call, *args)
         self.perform([Abort(conn.id, "engine error")] if actions is None else actions, now)
 

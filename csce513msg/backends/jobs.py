@@ -22,7 +22,7 @@ import socket
 import threading
 from collections import deque
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from ..hub import Lane
 
@@ -38,14 +38,14 @@ class JobRunner:
 
     def __init__(self, deliver: Deliver) -> None:
         self.deliver = deliver
-        self.queues: dict[Lane, queue.SimpleQueue[tuple[int, Callable[[], Any]] | None]] = {}
+        self.queues: dict[Lane, queue.SimpleQueue[tuple[int, Callable[[], object]] | None]] = {}
         self.threads: list[threading.Thread] = []
         #: jobs submitted whose results the engine has not had yet: a stopping server waits
         #: for them, since a result may lead to one more job (the storage batch queued behind)
         self.pending = 0
         self._counting = threading.Lock()  # submit and finished may run on different threads
 
-    def submit(self, job_id: int, job: Callable[[], Any], lane: Lane) -> None:
+    def submit(self, job_id: int, job: Callable[[], object], lane: Lane) -> None:
         """Queue ``job``; never blocks."""
         with self._counting:
             self.pending += 1

@@ -55,7 +55,7 @@ import socketserver
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeVarTuple
 
 from ..hub import Abort, Action, Close, EngineAPI, Submit, Write
 from .common import LINGER_RESET, Announce, BackendConfig, SignalWakeup, connection_cap, guarded, peer_name, tune
@@ -65,6 +65,7 @@ from .queues import DeadlineQueue, Outbound, Water
 
 NAME = "threads"
 log = logging.getLogger("csce513msg.backend")
+Ts = TypeVarTuple("Ts")
 _ids = itertools.count(1)
 
 
@@ -107,7 +108,7 @@ class Shared:
         if self.stopping and not self.jobs.pending:
             self.ring()  # the main thread was waiting for the last batch
 
-    def call(self, conn: TConn | None, fn: Callable[..., list[Action]], *args: object) -> None:
+    def call(self, conn: TConn | None, fn: Callable[[*Ts, float], list[Action]], *args: *Ts) -> None:
         """Call the engine under the mutex, perform its actions, then flush."""
         with self.lock:
             now = time.monotonic()

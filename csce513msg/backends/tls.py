@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ..hub import Abort, Action, Close, ConnId, Write
@@ -215,8 +215,8 @@ class TlsEngine:
         tls.closed = True
         return [*self._records(conn, tls), Close(conn, reason)]  # the alert, if OpenSSL made one
 
-    def _forward(self, conn: ConnId, call: object, now: float) -> list[Action]:
+    def _forward(self, conn: ConnId, call: Callable[[ConnId, float], list[Action]], now: float) -> list[Action]:
         tls = self.conns.get(conn)
         if tls is None or not tls.established:
             return []
-        return self._seal(call(conn, now))  # type: ignore[operator]
+        return self._seal(call(conn, now))

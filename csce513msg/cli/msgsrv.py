@@ -22,7 +22,7 @@ import ssl
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import typer
 from rich.markup import escape
@@ -41,6 +41,7 @@ from . import stats as live_stats
 from .banner import make_announce
 from .users import user_app
 
+C = TypeVar("C", BackendConfig, HubConfig)  #: a config that ``_configs`` fills from the options
 app = typer.Typer(
     help="csce513Msg chat server: one protocol, six I/O strategies. Runs the server; `msgsrv user` manages accounts.",
     epilog=escape("Backends: " + "; ".join(f"{name}: {DESCRIPTIONS[name]}" for name in BACKENDS) + "."),
@@ -146,11 +147,11 @@ app.command("serve", help="Run the server: the same as `msgsrv` with no command.
 def _configs(params: dict[str, Any]) -> tuple[BackendConfig, HubConfig]:
     """Both configs, each field from the option of the same name; exit 2 if they cannot work together."""
 
-    def fill(kind: type[Any]) -> Any:
+    def fill(kind: type[C]) -> C:
         return kind(**{f.name: params[f.name] for f in dataclasses.fields(kind) if f.name in params})
 
-    backend_config: BackendConfig = fill(BackendConfig)
-    hub_config: HubConfig = fill(HubConfig)
+    backend_config = fill(BackendConfig)
+    hub_config = fill(HubConfig)
     if problem := check_limits(backend_config, hub_config):
         _fail(problem)
     return backend_config, dataclasses.replace(hub_config, page_bytes=page_room(backend_config, hub_config))

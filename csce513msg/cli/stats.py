@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, cast
 
 from ..hub import Engine
 
@@ -48,8 +48,10 @@ class LiveLine:
         if not sys.stderr.isatty():
             return None
         live = cls(sys.stderr)
-        sys.stdout = _Above(sys.stdout, live)
-        sys.stderr = _Above(sys.stderr, live)
+        # a proxy is a TextIO by delegation (_Above.__getattr__); typeshed types sys.stdout
+        # as TextIO | Any, so only the cast makes mypy see what is assigned
+        sys.stdout = cast(TextIO, _Above(sys.stdout, live))
+        sys.stderr = cast(TextIO, _Above(sys.stderr, live))
         atexit.register(live.end)
         return live
 

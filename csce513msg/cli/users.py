@@ -46,12 +46,12 @@ def add(
 ) -> None:
     """Create an account; asks for its password."""
     user = _name(name)
-    with _book(data_dir) as book:  # the name first: no password typed for nothing
+    with _Book(data_dir) as book:  # the name first: no password typed for nothing
         if book.exists(user):
             _fail(f"user {user!r} exists already", 1)
     stored = hash_password(_read_password(f"password for {user}: "), COSTS[kdf_cost.value])
     role = "instructor" if instructor else "student"
-    with _book(data_dir) as book:
+    with _Book(data_dir) as book:
         book.add(user, stored, role)
     typer.echo(f"added {user} ({role})")
 
@@ -60,11 +60,11 @@ def add(
 def passwd(name: str, data_dir: DataDir = None, kdf_cost: CostOption = KdfChoice.production) -> None:
     """Set a new password; the user's sessions end."""
     user = _name(name)
-    with _book(data_dir) as book:
+    with _Book(data_dir) as book:
         if not book.exists(user):
             _fail(f"no user {user!r}", 1)
     stored = hash_password(_read_password(f"new password for {user}: "), COSTS[kdf_cost.value])
-    with _book(data_dir) as book:
+    with _Book(data_dir) as book:
         book.set_password(user, stored)
     typer.echo(f"password of {user} changed")
 
@@ -75,7 +75,7 @@ def role(
 ) -> None:
     """Make a user a student or an instructor."""
     user = _name(name)
-    with _book(data_dir) as book:
+    with _Book(data_dir) as book:
         book.set_role(user, role.value)
     typer.echo(f"{user} is now {role}")
 
@@ -84,7 +84,7 @@ def role(
 def remove(name: str, data_dir: DataDir = None) -> None:
     """Remove an account (their messages stay in the others' history); their sessions end."""
     user = _name(name)
-    with _book(data_dir) as book:
+    with _Book(data_dir) as book:
         book.remove(user)
     typer.echo(f"removed {user}")
 
@@ -92,7 +92,7 @@ def remove(name: str, data_dir: DataDir = None) -> None:
 @user_app.command("list")
 def list_users(data_dir: DataDir = None) -> None:
     """List the accounts."""
-    with _book(data_dir) as book:
+    with _Book(data_dir) as book:
         accounts = book.accounts()
     for a in accounts:
         created = datetime.datetime.fromtimestamp(a.created_us / 1e6).strftime("%Y-%m-%d %H:%M")
@@ -101,7 +101,7 @@ def list_users(data_dir: DataDir = None) -> None:
     typer.echo(f"{len(accounts)} accounts")
 
 
-class _book:
+class _Book:
     """An AccountBook for the data directory, turning its errors into messages and status 1."""
 
     def __init__(self, data_dir: Path | None) -> None:

@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, overload
 
 from ..protocol import Csce513Error, Deliver, Error, ErrorCode, HistoryEnd, LoginOk, Message, Receipt, WhoReply
 from .session import ClientSession, ClientState
@@ -43,7 +43,7 @@ class ServerError(Csce513Error):
         self.error = error
 
 
-class ConnectionClosed(Csce513Error):
+class ConnectionClosed(Csce513Error):  # noqa: N818 - an event, named as websockets' ConnectionClosed; public API
     """The server closed the connection."""
 
 
@@ -178,11 +178,12 @@ class Client:
         reply = self.next_message(lambda m: m.request_id == rid and isinstance(m, (HistoryEnd, Error)))
         if isinstance(reply, Error):
             raise ServerError(reply)
-        end = reply
-        page = []
-        while any(isinstance(m, Deliver) and m.request_id == rid for m in self.inbox):
-            page.append(self.next_message(lambda m: isinstance(m, Deliver) and m.request_id == rid))
-        return page, end  # type: ignore[return-value]
+        if not isinstance(reply, HistoryEnd):  # cannot be: the test above took only these two
+            raise Csce513Error(f"expected HistoryEnd, got {reply!r}")
+        page = [m for m in self.inbox if isinstance(m, Deliver) and m.request_id == rid]  # they came before it
+        for msg in page:
+            self.inbox.remove(msg)
+        return page, reply
 
     def send_raw(self, data: bytes) -> None:
         """Send bytes as they are (for tests of malformed input)."""
@@ -205,6 +206,12 @@ class Client:
             self.sock.sendall(data)
 
     # ---- waiting ---------------------------------------------------------------------
+
+    @overload
+    def next_message(self, match: type[M], timeout: float | None = None) -> M: ...
+
+    @overload
+    def next_message(self, match: Callable[[Message], bool] | None = None, timeout: float | None = None) -> Message: ...
 
     def next_message(
         self, match: type[M] | Callable[[Message], bool] | None = None, timeout: float | None = None
@@ -238,7 +245,7 @@ class Client:
 
     def deliveries(self, count: int, timeout: float | None = None) -> list[Deliver]:
         """Wait for ``count`` deliveries and return them in arrival order."""
-        return [self.next_message(Deliver, timeout) for _ in range(count)]  # type: ignore[misc]
+        return [self.next_message(Deliver, timeout) for _ in range(count)]
 
     def _wait(self, done: Callable[[], bool], timeout: float) -> None:
         deadline = time.monotonic() + timeout

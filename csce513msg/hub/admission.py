@@ -47,7 +47,7 @@ class Pending:
     poll_needed: int  #: the accounts poll it waits for (a login never misses an account just added)
 
 
-class QueueFull(Exception):
+class QueueFull(Exception):  # noqa: N818 - flow control, not a fault: named as asyncio.QueueFull and queue.Full
     """No place can be made for this login: its client should try again later."""
 
 

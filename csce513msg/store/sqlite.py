@@ -35,7 +35,7 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar, TypeVarTuple
 
 from .interface import (
     TOKENS_PER_USER,
@@ -127,6 +127,7 @@ _COLUMNS = "id, stream, position, sender, device, target_kind, target, content_t
 SYNC = {"full": "FULL", "normal": "NORMAL"}
 log = logging.getLogger("csce513msg.store")
 T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 
 class SqliteStore:
@@ -196,7 +197,7 @@ class SqliteStore:
         failed checkpoint or read costs only itself."""
         try:
             stored, newly, logins = self._write(batch)
-        except Exception as exc:  # any failure, of any type: roll back, and say so
+        except Exception as exc:  # noqa: BLE001 - any failure, of any type (OverflowError too): roll back, and say so
             self._rolled_back()
             return BatchResult(error=f"storage error: {exc!r}")
         self._accounts.update((a.name, a) for a in batch.accounts)
@@ -265,11 +266,11 @@ class SqliteStore:
         except sqlite3.Error as exc:
             log.warning("WAL checkpoint failed (the commits before it stand): %s", exc)
 
-    def _read(self, read: Callable[..., T], *args: Any) -> T | None:
+    def _read(self, read: Callable[[*Ts], T], *args: *Ts) -> T | None:
         """One read after the commit; None if it failed (its requester hears STORE_FAILED)."""
         try:
             return read(*args)
-        except Exception as exc:  # one failed read costs only itself
+        except Exception as exc:  # noqa: BLE001 - one failed read, of any type, costs only its requester
             log.warning("storage read failed: %r", exc)
             return None
 
