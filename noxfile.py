@@ -19,9 +19,9 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    """mypy: strict on protocol/ and hub/ (see pyproject.toml)."""
-    session.install("-e", ".[fast]", "mypy>=1.10")
-    session.run("mypy", "csce513msg")
+    """mypy: strict on protocol/, hub/ and tests/ (see pyproject.toml)."""
+    session.install("-e", ".[fast,dev]")  # dev: mypy, and pytest and hypothesis, which the tests import
+    session.run("mypy", "csce513msg", "tests", "benchmarks")
 
 
 @nox.session

@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, overload
 
 from ..protocol import Csce513Error, Deliver, Error, ErrorCode, HistoryEnd, LoginOk, Message, Receipt, WhoReply
 from .session import ClientSession, ClientState
@@ -206,6 +206,12 @@ class Client:
 
     # ---- waiting ---------------------------------------------------------------------
 
+    @overload
+    def next_message(self, match: type[M], timeout: float | None = None) -> M: ...
+
+    @overload
+    def next_message(self, match: Callable[[Message], bool] | None = None, timeout: float | None = None) -> Message: ...
+
     def next_message(
         self, match: type[M] | Callable[[Message], bool] | None = None, timeout: float | None = None
     ) -> Message:
@@ -238,7 +244,7 @@ class Client:
 
     def deliveries(self, count: int, timeout: float | None = None) -> list[Deliver]:
         """Wait for ``count`` deliveries and return them in arrival order."""
-        return [self.next_message(Deliver, timeout) for _ in range(count)]  # type: ignore[misc]
+        return [self.next_message(Deliver, timeout) for _ in range(count)]
 
     def _wait(self, done: Callable[[], bool], timeout: float) -> None:
         deadline = time.monotonic() + timeout
