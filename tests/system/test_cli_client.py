@@ -112,13 +112,14 @@ def test_cli_reports_an_unreachable_server(names: Names) -> None:
 
 def test_msgsrv_refuses_bad_choices_with_status_2() -> None:
     env = dict(os.environ)
-    for args, reason in [
-        (["--backend", "carrier-pigeon"], "unknown backend"),
+    for args, reason in [  # typer checks the choices (in a box it wraps: compared without the box)
+        (["--backend", "carrier-pigeon"], "'carrier-pigeon' is not one of 'threads', 'select'"),
         (["--hard-limit", "100"], "hard limit"),
-        (["--log-level", "loud"], "unknown log level"),
+        (["--log-level", "loud"], "'loud' is not one of 'debug', 'info'"),
     ]:
         done = subprocess.run([*MSGSRV, *args, "--port", "0"], capture_output=True, text=True, timeout=30, env=env)
-        assert done.returncode == 2 and reason in done.stderr, (args, done.stderr)
+        said = " ".join(done.stderr.replace("│", " ").split())
+        assert done.returncode == 2 and reason in said, (args, done.stderr)
 
 
 def test_msgsrv_help_lists_every_backend() -> None:
