@@ -55,7 +55,7 @@ def machine() -> dict[str, object]:
                 break
     except OSError:
         pass
-    versions = {}
+    versions: dict[str, str | None] = {}
     for package in ("cryptography", "uvloop", "typer"):
         try:
             versions[package] = importlib.metadata.version(package)

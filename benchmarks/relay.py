@@ -78,13 +78,13 @@ def serve(port: int) -> None:
                 off = end
             inbuf[fd] = buf[off:]
         for fd in dirty:  # one send per connection per pass
-            sock = conns.get(fd)
-            if sock is None:
+            peer = conns.get(fd)
+            if peer is None:
                 continue
             data = b"".join(out.pop(fd))
-            sock.setblocking(True)  # the baseline keeps it simple: loopback, small bursts
-            sock.sendall(data)
-            sock.setblocking(False)
+            peer.setblocking(True)  # the baseline keeps it simple: loopback, small bursts
+            peer.sendall(data)
+            peer.setblocking(False)
     for sock in conns.values():
         sock.close()
 

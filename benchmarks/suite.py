@@ -383,8 +383,8 @@ def validate(report: dict[str, Any]) -> list[str]:
 
 
 def _validate(value: Any, schema: dict[str, Any], where: str) -> list[str]:
-    kinds = {"object": dict, "array": list, "string": str, "number": (int, float), "integer": int, "boolean": bool,
-             "null": type(None)}  # fmt: skip
+    kinds: dict[str, type | tuple[type, ...]] = {"object": dict, "array": list, "string": str,
+             "number": (int, float), "integer": int, "boolean": bool, "null": type(None)}  # fmt: skip
     expected = schema.get("type")
     if expected:
         allowed = expected if isinstance(expected, list) else [expected]

@@ -6,14 +6,15 @@ import itertools
 import os
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
 
 from tests.conformance.wire import PASSWORD
-from tests.servers import ALL_BACKENDS, ServerProcess, start
+from tests.fixtures import Names, Server, SmallDisk
+from tests.servers import ALL_BACKENDS, External, start
 
 # Never touch the user's own client config or server data from a test.
 os.environ.setdefault("MSG_CONFIG_DIR", tempfile.mkdtemp(prefix="msg-config-"))
@@ -52,39 +53,30 @@ _names = itertools.count(1)
 
 
 @pytest.fixture
-def names() -> Iterator[object]:
+def names() -> Names:
     """Fresh user names for each test: names("alice") -> "alice7"."""
 
     def make(base: str) -> str:
         return f"{base}{next(_names)}"
 
-    yield make
-
-
-class External:
-    """A server someone else runs (``--server HOST:PORT``)."""
-
-    def __init__(self, address: str) -> None:
-        host, _, port = address.rpartition(":")
-        self.host, self.port = host, int(port)
-        self.backend = "external"
+    return make
 
 
 @pytest.fixture(scope="module")
-def server(request: pytest.FixtureRequest, backend: str) -> Iterator[ServerProcess | External]:
+def server(request: pytest.FixtureRequest, backend: str) -> Iterator[Server]:
     """The conformance server for this module and backend, with the module's flags."""
-    external = request.config.getoption("--server")
+    external: str | None = request.config.getoption("--server")
     if external:
         yield External(external)
         return
-    flags = getattr(request.module, "SERVER_FLAGS", ())
+    flags: tuple[str, ...] = getattr(request.module, "SERVER_FLAGS", ())
     proc = start(backend, *flags)
     yield proc
     proc.stop()
 
 
 @pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
     """``small_disk("4m")``: a directory on a size-limited file system (tmpfs) made by the
     test, so a full disk is a real one. It needs root (CI runs as root): where it cannot be
     made, the test fails instead of skipping, so a disk-full case is never silently untested."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -19,10 +20,10 @@ from csce513msg.backends import BACKENDS, BackendUnavailable, load
 BANNER = re.compile(r"listening on (\S+):(\d+), pid (\d+)")
 
 
-def fingerprint_of(server: object) -> str:
+def fingerprint_of(server: ServerProcess) -> str:
     """The certificate fingerprint a ``--tls`` server printed in its banner."""
-    match = re.search(r"fingerprint ([0-9A-F:]{95})", server.banner)  # type: ignore[attr-defined]
-    assert match, server.banner  # type: ignore[attr-defined]
+    match = re.search(r"fingerprint ([0-9A-F:]{95})", server.banner)
+    assert match, server.banner
     return match.group(1)
 
 
@@ -79,7 +80,23 @@ class ServerProcess:
             if text in log:
                 return log
             time.sleep(0.05)
-        raise AssertionError(f"{text!r} not in the {self.backend} server log:\n{self.log()[-3000:]}")
+        raise AssertionError(f"{text!r} not in the {self.backend} log:\n{self.log()[-3000:]}")
+
+    def wait_line(self, pattern: str, timeout: float = 10.0) -> re.Match[str]:
+        """Wait until a line of the server log matches the regular expression ``pattern``
+        (``^`` and ``$`` are a line's ends); return the first match."""
+        deadline = time.monotonic() + timeout
+        while not (match := re.search(pattern, self.log(), re.MULTILINE)):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no line matches {pattern!r} in the {self.backend} log:\n{self.log()[-3000:]}")
+            time.sleep(0.05)
+        return match
+
+    def connection_number(self, sock: socket.socket, timeout: float = 10.0) -> int:
+        """The server's number for our connection ``sock`` (the N its log says "#N" for),
+        read from its line "connect #N from HOST:PORT", our socket's address."""
+        host, port = sock.getsockname()[:2]
+        return int(self.wait_line(rf"connect #(\d+) from {re.escape(host)}:{port}$", timeout).group(1))
 
     def terminate(self, timeout: float = 15.0) -> int:
         """SIGTERM, then wait for the exit status."""
@@ -103,6 +120,15 @@ class ServerProcess:
             self.proc.stdout.close()
         self._log.close()
         self.log_path.unlink(missing_ok=True)
+
+
+class External:
+    """A server someone else runs (``--server HOST:PORT``): only its address is known."""
+
+    def __init__(self, address: str) -> None:
+        host, _, port = address.rpartition(":")
+        self.host, self.port = host, int(port)
+        self.backend = "external"
 
 
 def require_backend(name: str) -> None:

@@ -126,7 +126,10 @@ def u64(tree: Path | None, backend: str) -> dict[str, Any]:
             c.login(f"c{i}", register=True, device="cd")
         mallory = Conn(server.port)
         mallory.login("mallory", register=True, device="md")
-        bad = [Send(1, 0, 2**63, "b0", b"big id", request_id=3), History(2**64 - 1, 10, 1, "b1", request_id=4)]
+        bad: list[Message] = [
+            Send(1, 0, 2**63, "b0", b"big id", request_id=3),
+            History(2**64 - 1, 10, 1, "b1", request_id=4),
+        ]
         for round_ in range(6):
             for i, s in enumerate(senders):
                 s.send(*[Send(1, 0, round_ * 100 + k + 1, f"b{i}", b"m%d" % k, request_id=10 + k) for k in range(5)])

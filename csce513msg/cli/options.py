@@ -161,7 +161,7 @@ MaxPendingLoginsFlag = Annotated[
     int,
     opt("Logins waiting for their password check, server-wide (then the busiest address waits).", LOGINS, min=1),
 ]
-AccountPollFlag = Annotated[float, opt("Seconds between checks for `msgsrv user` changes.", LOGINS, min=0.01)]
+AccountPollFlag = Annotated[float, opt("Seconds between checks for `msgsrv user` changes.", LOGINS, min=0.001)]
 LogLevelFlag = Annotated[
     LogLevel, opt("Server window verbosity.", OUTPUT, envvar="MSGSRV_LOG_LEVEL", case_sensitive=False)
 ]

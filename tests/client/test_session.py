@@ -14,6 +14,7 @@ from csce513msg.protocol import (
     LocalProtocolError,
     Login,
     LoginOk,
+    Message,
     RemoteProtocolError,
     Welcome,
     decode,
@@ -23,7 +24,7 @@ from csce513msg.protocol import (
 WELCOME = Welcome(1, 3, 65536, 16384, 64, 90000, ("presence",), "test")
 
 
-def sent(session: ClientSession) -> list[object]:
+def sent(session: ClientSession) -> list[Message]:
     return [decode(f) for f in FrameDecoder(1 << 20).feed(session.data_to_send())]
 
 

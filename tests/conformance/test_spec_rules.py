@@ -23,10 +23,11 @@ from csce513msg.protocol import (
     Send,
     encode_frame,
 )
-from tests.conformance.wire import PASSWORD, RawConn, connect, register, wait_gone
+from tests.conformance.wire import PASSWORD, RawConn, connect, next_of, register, wait_gone
+from tests.fixtures import Names, Server
 
 
-def logged_in(server: object, user: str, device: str = "") -> RawConn:
+def logged_in(server: Server, user: str, device: str = "") -> RawConn:
     """A raw connection logged in as ``user`` (registered already)."""
     conn = RawConn(server)
     conn.handshake()
@@ -35,11 +36,11 @@ def logged_in(server: object, user: str, device: str = "") -> RawConn:
     return conn
 
 
-def test_missing_trailing_fields_take_their_defaults(server: object, names: object) -> None:
+def test_missing_trailing_fields_take_their_defaults(server: Server, names: Names) -> None:
     """Rule 3 of section 3, also inside a run of fixed-width fields: a Hello of its major
     version alone is a Hello; a History of its ``before`` alone is a History (of target
     kind 0: refused as a bad value, the connection stays)."""
-    alice = names("alice")  # type: ignore[operator]
+    alice = names("alice")
     register(server, alice)
     conn = RawConn(server)
     conn.welcome()
@@ -52,8 +53,8 @@ def test_missing_trailing_fields_take_their_defaults(server: object, names: obje
     conn.close()
 
 
-def test_history_limit_0_is_a_page_of_20_and_paging_ends_with_count_0(server: object, names: object) -> None:
-    alice, bob = names("alice"), names("bob")  # type: ignore[operator]
+def test_history_limit_0_is_a_page_of_20_and_paging_ends_with_count_0(server: Server, names: Names) -> None:
+    alice, bob = names("alice"), names("bob")
     register(server, bob)
     a = connect(server, alice)
     for i in range(25):
@@ -67,7 +68,7 @@ def test_history_limit_0_is_a_page_of_20_and_paging_ends_with_count_0(server: ob
     a.close()
 
 
-def test_an_error_that_closes_names_the_frame_s_request_if_it_was_read(server: object) -> None:
+def test_an_error_that_closes_names_the_frame_s_request_if_it_was_read(server: Server) -> None:
     conn = RawConn(server)
     conn.welcome()
     conn.send_raw(encode_frame(0x01, 7, b"\x01"))  # a Hello of its major version alone: fine
@@ -82,7 +83,7 @@ def test_an_error_that_closes_names_the_frame_s_request_if_it_was_read(server: o
     big.expect_closed()
 
 
-def test_an_unknown_type_is_unsupported_in_every_state(server: object) -> None:
+def test_an_unknown_type_is_unsupported_in_every_state(server: Server) -> None:
     conn = RawConn(server)
     conn.welcome()
     conn.send_raw(encode_frame(0x7E, 4, b""))  # before Hello: the type is checked first
@@ -91,15 +92,15 @@ def test_an_unknown_type_is_unsupported_in_every_state(server: object) -> None:
     conn.close()
 
 
-def test_a_short_password_is_a_bad_request(server: object, names: object) -> None:
+def test_a_short_password_is_a_bad_request(server: Server, names: Names) -> None:
     conn = RawConn(server)
     conn.handshake()
-    conn.send(Register(names("shorty"), "short", request_id=2))  # type: ignore[operator]
+    conn.send(Register(names("shorty"), "short", request_id=2))
     assert "8" in conn.expect_error(ErrorCode.BAD_REQUEST, request_id=2).message
     conn.close()
 
 
-def test_a_request_id_of_0_is_answered_with_0(server: object) -> None:
+def test_a_request_id_of_0_is_answered_with_0(server: Server) -> None:
     conn = RawConn(server)
     conn.welcome()
     conn.send(Ping(b"zero", request_id=0))
@@ -108,16 +109,16 @@ def test_a_request_id_of_0_is_answered_with_0(server: object) -> None:
     conn.close()
 
 
-def test_names_are_ascii_folded_and_a_malformed_target_is_invalid_name(server: object, names: object) -> None:
-    alice = names("alice")  # type: ignore[operator]
+def test_names_are_ascii_folded_and_a_malformed_target_is_invalid_name(server: Server, names: Names) -> None:
+    alice = names("alice")
     a = connect(server, alice)
-    kelvin = "\u212a" + names("elvin")  # type: ignore[operator]  # the Kelvin sign folds to k in Unicode
+    kelvin = "\u212a" + names("elvin")  # the Kelvin sign folds to k in Unicode
     conn = RawConn(server)
     conn.handshake()
     conn.send(Register(kelvin, PASSWORD, request_id=2))
     conn.expect_error(ErrorCode.INVALID_NAME, request_id=2)
     for target, code in ((".dot", ErrorCode.INVALID_NAME), ("x" * 33, ErrorCode.INVALID_NAME),
-                         (names("nobody"), ErrorCode.USER_NOT_FOUND)):  # type: ignore[operator]  # fmt: skip
+                         (names("nobody"), ErrorCode.USER_NOT_FOUND)):  # fmt: skip
         try:
             a.send_text(target, "hi")
             raise AssertionError(f"{target!r} accepted")
@@ -128,8 +129,8 @@ def test_names_are_ascii_folded_and_a_malformed_target_is_invalid_name(server: o
     a.close()
 
 
-def test_a_long_device_id_is_a_bad_request(server: object, names: object) -> None:
-    alice = names("alice")  # type: ignore[operator]
+def test_a_long_device_id_is_a_bad_request(server: Server, names: Names) -> None:
+    alice = names("alice")
     register(server, alice)
     conn = RawConn(server)
     conn.handshake()
@@ -140,8 +141,8 @@ def test_a_long_device_id_is_a_bad_request(server: object, names: object) -> Non
     conn.close()
 
 
-def test_own_sends_reach_the_user_s_other_devices_and_sending_to_yourself(server: object, names: object) -> None:
-    alice, bob = names("alice"), names("bob")  # type: ignore[operator]
+def test_own_sends_reach_the_user_s_other_devices_and_sending_to_yourself(server: Server, names: Names) -> None:
+    alice, bob = names("alice"), names("bob")
     register(server, bob)
     laptop = connect(server, alice, device_id="laptop")
     phone = connect(server, alice, device_id="phone")
@@ -157,8 +158,8 @@ def test_own_sends_reach_the_user_s_other_devices_and_sending_to_yourself(server
     phone.close()
 
 
-def test_a_reused_client_id_for_another_message_is_refused(server: object, names: object) -> None:
-    alice, bob = names("alice"), names("bob")  # type: ignore[operator]
+def test_a_reused_client_id_for_another_message_is_refused(server: Server, names: Names) -> None:
+    alice, bob = names("alice"), names("bob")
     register(server, bob)
     a = connect(server, alice, device_id="d1")
     first = a.call(Send(1, 0, 77, bob, b"first"))
@@ -173,25 +174,23 @@ def test_a_reused_client_id_for_another_message_is_refused(server: object, names
     a.close()
 
 
-def test_one_delivered_receipt_per_message_with_its_own_time(server: object, names: object) -> None:
-    alice, bob = names("alice"), names("bob")  # type: ignore[operator]
+def test_one_delivered_receipt_per_message_with_its_own_time(server: Server, names: Names) -> None:
+    alice, bob = names("alice"), names("bob")
     register(server, bob)
     a = connect(server, alice)
     sent = [a.send_text(bob, f"m{i}") for i in range(3)]
     b = logged_in(server, bob)
-    got = [b.recv() for _ in range(3)]
-    assert all(isinstance(d, Deliver) for d in got)
-    b.send(Ack(got[-1].position, got[-1].stream))  # type: ignore[union-attr]  # one cumulative ack
-    receipts = [a.next_message(lambda m: isinstance(m, Receipt) and m.state == ReceiptState.DELIVERED, 10)
-                for _ in range(3)]  # fmt: skip
-    assert [r.message_id for r in receipts] == [s.message_id for s in sent]  # type: ignore[attr-defined]
-    assert [r.time_us for r in receipts] == [s.time_us for s in sent]  # type: ignore[attr-defined]
+    got = [b.expect(Deliver) for _ in range(3)]
+    b.send(Ack(got[-1].position, got[-1].stream))  # one cumulative ack
+    receipts = [next_of(a, Receipt, lambda m: m.state == ReceiptState.DELIVERED, 10) for _ in range(3)]
+    assert [r.message_id for r in receipts] == [s.message_id for s in sent]
+    assert [r.time_us for r in receipts] == [s.time_us for s in sent]
     a.close()
     b.close()
 
 
-def test_presence_on_a_user_s_first_login_and_last_logout_only(server: object, names: object) -> None:
-    watcher, alice = names("watcher"), names("alice")  # type: ignore[operator]
+def test_presence_on_a_user_s_first_login_and_last_logout_only(server: Server, names: Names) -> None:
+    watcher, alice = names("watcher"), names("alice")
     register(server, alice)
     w = connect(server, watcher, presence=True)
     one = connect(server, alice, device_id="one")
@@ -205,7 +204,7 @@ def test_presence_on_a_user_s_first_login_and_last_logout_only(server: object, n
     w.close()
 
 
-def test_a_frame_over_4_kib_before_login_ok_is_refused(server: object) -> None:
+def test_a_frame_over_4_kib_before_login_ok_is_refused(server: Server) -> None:
     conn = RawConn(server)
     conn.handshake()
     conn.send_raw(struct.pack("!IBBHI", 5000, 0x06, 0, 0, 3) + b"x" * 100)
@@ -213,10 +212,10 @@ def test_a_frame_over_4_kib_before_login_ok_is_refused(server: object) -> None:
     conn.expect_closed()
 
 
-def test_an_older_client_is_sent_only_the_fields_of_its_version(server: object, names: object) -> None:
+def test_an_older_client_is_sent_only_the_fields_of_its_version(server: Server, names: Names) -> None:
     """A client that says Hello as 1.1 gets a LoginOk without 1.2's role and waiting and
     1.3's device token (it would skip them; it is not sent what it did not ask for)."""
-    alice = names("alice")  # type: ignore[operator]
+    alice = names("alice")
     register(server, alice)
     conn = RawConn(server)
     conn.welcome()

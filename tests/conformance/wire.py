@@ -5,7 +5,8 @@ from __future__ import annotations
 import socket
 import ssl
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 from csce513msg.client import Client, ServerError
 from csce513msg.protocol import (
@@ -25,17 +26,28 @@ from csce513msg.protocol import (
 #: Every account the suite makes has this password; the servers run with --self-register.
 PASSWORD = "conformance password"
 _registered: set[tuple[str, int, str]] = set()
+M = TypeVar("M", bound=Message)
+
+
+class Endpoint(Protocol):
+    """Where a server listens: a test server (``tests.servers``) or anything with an address."""
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
 
 
 def connect(
-    server: object, user: str | None = None, presence: bool = False, *, password: str = PASSWORD, **options: Any
+    server: Endpoint, user: str | None = None, presence: bool = False, *, password: str = PASSWORD, **options: Any
 ) -> Client:
     """A client of ``server``, logged in as ``user`` if given: the first time a name is
     used it is registered over the wire (a taken name, e.g. after a restart on the same
     data directory, logs in). It shows repeated deliveries, so a server that delivers
     something twice is caught. ``options`` go to ``Client.connect`` (device_id, tls...)."""
     options.setdefault("drop_repeats", False)
-    host, port = server.host, server.port  # type: ignore[attr-defined]
+    host, port = server.host, server.port
     client = Client.connect(host, port, presence=presence, **options)
     if user is None:
         return client
@@ -57,9 +69,19 @@ def connect(
     return client
 
 
-def register(server: object, user: str, password: str = PASSWORD, **options: Any) -> None:
+def register(server: Endpoint, user: str, password: str = PASSWORD, **options: Any) -> None:
     """Make the account ``user`` over the wire (if it is new), and leave."""
     connect(server, user, password=password, **options).close()
+
+
+def next_of(
+    client: Client, kind: type[M], where: Callable[[M], bool] = lambda m: True, timeout: float | None = None
+) -> M:
+    """The first message of type ``kind`` that ``where`` accepts, waiting for it: a
+    ``client.next_message`` whose answer is typed (``next_of(c, Presence, lambda p: p.online)``)."""
+    found = client.next_message(lambda m: isinstance(m, kind) and where(m), timeout)
+    assert isinstance(found, kind), found  # next_message kept to the predicate
+    return found
 
 
 def wait_gone(watcher: Client, user: str, timeout: float = 10.0) -> None:
@@ -73,12 +95,12 @@ def wait_gone(watcher: Client, user: str, timeout: float = 10.0) -> None:
 class RawConn:
     """A bare socket that speaks frames, for tests of the handshake and bad input."""
 
-    def __init__(self, server: object, timeout: float = 10.0, rcvbuf: int = 0) -> None:
+    def __init__(self, server: Endpoint, timeout: float = 10.0, rcvbuf: int = 0) -> None:
         self.sock = socket.socket()
         if rcvbuf:  # before connect, so the advertised TCP window stays small
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.sock.settimeout(timeout)
-        self.sock.connect((server.host, server.port))  # type: ignore[attr-defined]
+        self.sock.connect((server.host, server.port))
         self.decoder = FrameDecoder(1 << 24)
         self.inbox: list[Message] = []
         self.eof = False
@@ -106,10 +128,14 @@ class RawConn:
             self.inbox.extend(decode(f) for f in self.decoder.feed(data))
         return self.inbox.pop(0)
 
-    def welcome(self) -> Welcome:
-        msg = self.recv()
-        assert isinstance(msg, Welcome), msg
+    def expect(self, kind: type[M], timeout: float = 10.0) -> M:
+        """The next message, which must be a ``kind``."""
+        msg = self.recv(timeout)
+        assert isinstance(msg, kind), msg
         return msg
+
+    def welcome(self) -> Welcome:
+        return self.expect(Welcome)
 
     def handshake(self, presence: bool = False) -> Welcome:
         welcome = self.welcome()
@@ -123,8 +149,7 @@ class RawConn:
         return msg
 
     def expect_error(self, code: int, request_id: int | None = None) -> Error:
-        msg = self.recv()
-        assert isinstance(msg, Error), msg
+        msg = self.expect(Error)
         assert msg.code == code, (msg, code)
         if request_id is not None:
             assert msg.request_id == request_id

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from csce513msg.client import ClientSession
 from csce513msg.crypto.passwords import COSTS, Scrypt
-from csce513msg.hub import Abort, Action, Close, Engine, HubConfig, Submit, Write
+from csce513msg.hub import Abort, Action, Close, Engine, HubConfig, Lane, Submit, Write
 from csce513msg.protocol import Error, FrameDecoder, Message, decode
-from csce513msg.store import Account, MemoryStore
+from csce513msg.store import Account, Batch, MemoryStore, Store
 
 WALL_OFFSET = 1_700_000_000.0
 PASSWORD = "correct horse"  #: every harness account's password
 PASSWORDS = Scrypt(COSTS["test"])  # real scrypt, at the cost that takes microseconds
+
+M = TypeVar("M", bound=Message)
 
 
 @dataclass
@@ -26,24 +30,34 @@ class Peer:
     raw: bool = False  # a raw peer decodes frames itself (no session logic)
     decoder: FrameDecoder = field(default_factory=lambda: FrameDecoder(1 << 24))
 
-    def of(self, kind: type) -> list[Message]:
+    def of(self, kind: type[M]) -> list[M]:
+        """The events of type ``kind``, in order."""
         return [e for e in self.events if isinstance(e, kind)]
 
 
 def codes(peer: Peer) -> list[int]:
     """The error codes ``peer`` was sent, in order."""
-    return [e.code for e in peer.of(Error)]  # type: ignore[attr-defined]
+    return [e.code for e in peer.of(Error)]
+
+
+def batch_of(job: Submit) -> Batch:
+    """The storage batch a job of the store lane would apply (its job is ``store.apply`` bound to it)."""
+    assert job.lane is Lane.STORE and isinstance(job.job, functools.partial), job
+    batch = job.job.args[0]
+    assert isinstance(batch, Batch), batch
+    return batch
 
 
 class Harness:
     """Runs the engine the way a backend would, without sockets or threads."""
 
-    def __init__(self, store: object = None, auto_jobs: bool = True, **config: object) -> None:
+    def __init__(self, store: Store | None = None, auto_jobs: bool = True, **config: Any) -> None:
+        """``config``: HubConfig's fields (``window=4``, ``idle_timeout=30.0``...)."""
         config.setdefault("ack_delay", 0.0)  # acks commit at once here, unless a test asks otherwise
-        self.store = store or MemoryStore()
-        accounts = self.store.load_accounts()  # type: ignore[attr-defined]
-        tokens = self.store.load_device_tokens()  # type: ignore[attr-defined]
-        self.engine = Engine(self.store, HubConfig(**config), WALL_OFFSET, PASSWORDS, accounts, tokens)  # type: ignore[arg-type]
+        self.store: Store = store or MemoryStore()
+        accounts = self.store.load_accounts()
+        tokens = self.store.load_device_tokens()
+        self.engine = Engine(self.store, HubConfig(**config), WALL_OFFSET, PASSWORDS, accounts, tokens)
         self.auto_jobs = auto_jobs  # False: jobs wait for run_jobs(), to test every ordering
         self.now = 1000.0
         self.peers: dict[int, Peer] = {}
@@ -54,7 +68,8 @@ class Harness:
         """Make an account (as `msgsrv user add` would, with the server not running)."""
         account = Account(name, role, PASSWORDS.hash(PASSWORD))
         self.engine.gate.accounts[name] = account
-        self.store.accounts[name] = account  # type: ignore[attr-defined]
+        assert isinstance(self.store, MemoryStore), "accounts are made this way in a MemoryStore only"
+        self.store.accounts[name] = account
         return account
 
     def connect(

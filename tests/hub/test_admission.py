@@ -42,7 +42,7 @@ def token_of(h: Harness, user: str, host: str = "10.0.0.9", token: str = "") -> 
     h.settle()
     (ok,) = peer.of(LoginOk)
     h.drop(peer)
-    return ok.device_token  # type: ignore[attr-defined]
+    return ok.device_token
 
 
 def test_concurrent_guesses_are_counted_when_admitted_not_when_hashed() -> None:
@@ -71,7 +71,7 @@ def test_a_device_token_gets_its_owner_past_a_locked_account() -> None:
     assert codes(attempt(h, "alice", PASSWORD, "10.0.0.9")) == [ErrorCode.AUTH_THROTTLED]  # no token: locked
     owner = attempt(h, "alice", PASSWORD, "10.0.0.9", token)
     h.settle()
-    assert owner.of(LoginOk)[0].device_token == token  # type: ignore[attr-defined]  # kept, not replaced
+    assert owner.of(LoginOk)[0].device_token == token  # kept, not replaced
     bobs = token_of(h, "bob")
     assert codes(attempt(h, "alice", PASSWORD, "10.0.0.9", bobs)) == [ErrorCode.AUTH_THROTTLED]  # bob's: no help
     for i in range(3):  # a stolen token gets its own few guesses, and no more
@@ -207,7 +207,7 @@ def test_a_token_revoked_while_its_login_waits_makes_an_ordinary_login() -> None
     h.engine.gate.forget_tokens("alice")  # as a new password would, while it waits
     h.settle()
     (ok,) = peer.of(LoginOk)
-    assert ok.device_token != token and len(h.engine.gate.device_tokens) == 1  # type: ignore[attr-defined]
+    assert ok.device_token != token and len(h.engine.gate.device_tokens) == 1
 
 
 def test_registrations_sent_together_are_counted_as_admitted() -> None:
@@ -234,7 +234,7 @@ def test_one_token_per_device_and_a_few_per_account() -> None:
         h.settle()
         h.drop(peer)
     assert len(h.engine.gate.device_tokens) == TOKENS_PER_USER
-    assert set(h.engine.gate.device_tokens) == set(h.store.load_device_tokens())  # type: ignore[attr-defined]
+    assert set(h.engine.gate.device_tokens) == set(h.store.load_device_tokens())
 
 
 def test_a_connection_gone_while_its_login_waits_leaves_the_queue() -> None:
@@ -272,7 +272,7 @@ def test_a_token_used_for_too_many_wrong_passwords_is_revoked() -> None:
     for i in range(3):  # a stolen laptop, and guesses
         attempt(h, "alice", f"guess{i}", "10.6.0.1", token)
     h.settle()
-    assert not h.engine.gate.device_tokens and not h.store.load_device_tokens()  # type: ignore[attr-defined]
+    assert not h.engine.gate.device_tokens and not h.store.load_device_tokens()
 
 
 def test_a_token_past_half_its_life_is_renewed() -> None:

@@ -17,6 +17,7 @@ from csce513msg.protocol import (
     Hello,
     Login,
     LoginOk,
+    Message,
     Ping,
     Pong,
     Presence,
@@ -29,7 +30,7 @@ from csce513msg.protocol import (
     encode,
     encode_frame,
 )
-from csce513msg.store import Batch, MemoryStore, NewMessage
+from csce513msg.store import Batch, MemoryStore, NewMessage, StoredMessage
 from tests.hub.harness import PASSWORD, WALL_OFFSET, Harness, codes
 
 
@@ -51,8 +52,8 @@ def test_direct_message_receipt_delivery_and_ack() -> None:
     h.pump()
     receipt, delivered = alice.of(Receipt)  # stored, then delivered once bob acknowledged
     (deliver,) = bob.of(Deliver)
-    assert delivered.state == ReceiptState.DELIVERED and delivered.message_id == receipt.message_id  # type: ignore[attr-defined]
-    assert delivered.request_id == 0  # type: ignore[attr-defined]
+    assert delivered.state == ReceiptState.DELIVERED and delivered.message_id == receipt.message_id
+    assert delivered.request_id == 0
     assert receipt.state == ReceiptState.STORED and receipt.stream == direct_stream("alice", "bob")
     assert (deliver.sender, deliver.target, deliver.body, deliver.position) == ("alice", "bob", b"hello", 1)
     assert deliver.message_id == receipt.message_id
@@ -67,10 +68,10 @@ def test_stream_is_shared_by_both_directions() -> None:
     bob.session.send_text("alice", "2")
     alice.session.send_text("bob", "3")
     h.pump()
-    stored = [r for r in alice.of(Receipt) + bob.of(Receipt) if r.state == ReceiptState.STORED]  # type: ignore[attr-defined]
-    positions = sorted(r.position for r in stored)  # type: ignore[attr-defined]
+    stored = [r for r in alice.of(Receipt) + bob.of(Receipt) if r.state == ReceiptState.STORED]
+    positions = sorted(r.position for r in stored)
     assert positions == [1, 2, 3]
-    ids = [r.message_id for r in stored]  # type: ignore[attr-defined]
+    ids = [r.message_id for r in stored]
     assert len(set(ids)) == 3
 
 
@@ -90,7 +91,7 @@ def test_name_rules_and_a_second_session_of_one_user() -> None:
     h = Harness()
     h.connect("alice")
     again = h.connect("ALICE")  # names fold to lower case: a second session of alice
-    assert codes(again) == [] and again.of(LoginOk)[0].user == "alice"  # type: ignore[attr-defined]
+    assert codes(again) == [] and again.of(LoginOk)[0].user == "alice"
     bad = h.connect("no spaces")
     assert codes(bad) == [ErrorCode.INVALID_NAME]
     assert not bad.closed  # it may try again
@@ -108,7 +109,7 @@ def test_presence_only_to_subscribers_and_not_to_oneself() -> None:
     quiet = h.connect("quiet")
     bob = h.connect("bob", presence=True)
     h.drop(bob)
-    seen = [(p.user, p.online) for p in watcher.of(Presence)]  # type: ignore[attr-defined]
+    seen = [(p.user, p.online) for p in watcher.of(Presence)]
     assert seen == [("quiet", 1), ("bob", 1), ("bob", 0)]
     assert not quiet.of(Presence)
 
@@ -184,7 +185,7 @@ def test_refusals_by_state() -> None:
     h.account("x")
     h.send_raw(peer, encode(Login("x", PASSWORD, request_id=5)) + encode(Login("y", request_id=6)))  # 6 waits for 5
     h.send_raw(peer, encode(Receipt(1, 1, 1, 1, "s", request_id=7)))  # not a request
-    errors = [(e.request_id, e.code) for e in peer.of(Error)]  # type: ignore[attr-defined]
+    errors = [(e.request_id, e.code) for e in peer.of(Error)]
     assert errors == [
         (1, ErrorCode.BAD_STATE),
         (3, ErrorCode.NOT_LOGGED_IN),
@@ -250,7 +251,9 @@ def test_message_ids_grow_even_when_the_clock_does_not() -> None:
 
     def one(time_us: int) -> int:
         msg = NewMessage("s", ("a", "b"), "a", "", 0, 1, "b", 0, time_us, b"")
-        return store.apply(Batch(messages=[msg])).stored[0].message_id
+        (stored,) = store.apply(Batch(messages=[msg])).stored
+        assert isinstance(stored, StoredMessage), stored
+        return stored.message_id
 
     assert [one(1000), one(1000), one(1000), one(10)] == [1000, 1001, 1002, 1003]
 
@@ -267,7 +270,7 @@ REQUESTS = [
 
 @pytest.mark.parametrize("state", list(State))
 @pytest.mark.parametrize("msg", REQUESTS, ids=lambda m: type(m).__name__)
-def test_every_request_in_every_state_is_handled_or_refused(state: State, msg: object) -> None:
+def test_every_request_in_every_state_is_handled_or_refused(state: State, msg: Message) -> None:
     h = Harness()
     peer = h.connect(raw=True)
     session = h.engine.sessions[peer.conn]
@@ -275,7 +278,7 @@ def test_every_request_in_every_state_is_handled_or_refused(state: State, msg: o
     if state is State.READY:
         session.user = "yan"
         h.engine.online["yan"] = [session]
-    h.send_raw(peer, encode(msg))  # type: ignore[arg-type]
+    h.send_raw(peer, encode(msg))
     handled = (state, type(msg)) in TRANSITIONS
     replies = peer.events[1:]
     if state is State.AUTHENTICATING:  # a login is being checked: everything waits for its answer
@@ -303,12 +306,12 @@ def test_visibility_instructors_shows_students_only_the_instructors() -> None:
         for peer in (ann, prof):
             peer.session.who()
         h.pump()
-        assert list(ann.of(WhoReply)[-1].users) == student_sees  # type: ignore[attr-defined]
-        assert list(prof.of(WhoReply)[-1].users) == ["ann", "ben", "prof"]  # type: ignore[attr-defined]
-        heard = [p.user for p in ann.of(Presence)]  # type: ignore[attr-defined]
+        assert list(ann.of(WhoReply)[-1].users) == student_sees
+        assert list(prof.of(WhoReply)[-1].users) == ["ann", "ben", "prof"]
+        heard = [p.user for p in ann.of(Presence)]
         assert heard == [u for u in ("prof", "ben") if u in student_sees]
-        assert [p.user for p in prof.of(Presence)] == ["ben"]  # type: ignore[attr-defined]
-        assert [p.user for p in ben.of(Presence)] == []  # type: ignore[attr-defined]
+        assert [p.user for p in prof.of(Presence)] == ["ben"]
+        assert [p.user for p in ben.of(Presence)] == []
 
 
 def test_visibility_instructors_leaks_no_presence_through_receipts_or_a_role_change() -> None:
@@ -322,11 +325,11 @@ def test_visibility_instructors_leaks_no_presence_through_receipts_or_a_role_cha
     ann.session.send_text("ben", "hi")
     prof.session.send_text("ben", "hi")
     h.pump()
-    assert [r.detail for r in ann.of(Receipt)] == [""]  # type: ignore[attr-defined]  # no hint for a student
-    assert [r.detail for r in prof.of(Receipt)] == ["ben is offline"]  # type: ignore[attr-defined]
+    assert [r.detail for r in ann.of(Receipt)] == [""]  # no hint for a student
+    assert [r.detail for r in prof.of(Receipt)] == ["ben is offline"]
     h.engine.gate.accounts["prof"] = dataclasses.replace(h.engine.gate.accounts["prof"], role="student")  # demoted
     h.drop(prof)
-    assert [(p.user, p.online) for p in ann.of(Presence)] == [("prof", 1), ("prof", 0)]  # type: ignore[attr-defined]
+    assert [(p.user, p.online) for p in ann.of(Presence)] == [("prof", 1), ("prof", 0)]
 
 
 def test_a_client_is_sent_only_the_fields_of_the_version_it_announced() -> None:
@@ -341,5 +344,5 @@ def test_a_client_is_sent_only_the_fields_of_the_version_it_announced() -> None:
         h.send_raw(peer, encode(Hello(version_minor=minor, request_id=1)) + encode(Login(user, PASSWORD, request_id=2)))
         h.settle()
         (got[minor],) = peer.of(LoginOk)
-    assert (got[1].role, got[1].waiting, got[1].device_token) == ("", 0, "")  # type: ignore[attr-defined]
-    assert got[3].role == "student" and len(got[3].device_token) == 32  # type: ignore[attr-defined]
+    assert (got[1].role, got[1].waiting, got[1].device_token) == ("", 0, "")
+    assert got[3].role == "student" and len(got[3].device_token) == 32

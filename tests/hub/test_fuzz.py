@@ -71,28 +71,27 @@ def _run(h: Harness, store: SqliteStore, ops: list[tuple[object, ...]]) -> None:
     h.settle()
     history: list[Peer] = []  # the peers replaced by a reconnect, for what they saw
     for op in ops:
-        kind = op[0]
-        if kind == "send":
-            _, a, b, cid, body = op
-            peers[USERS[a]].session.request(Send(TargetKind.USER, ContentType.TEXT, cid, USERS[b], body))  # type: ignore[arg-type, index]
-        elif kind == "history":
-            _, a, b, before, limit = op
-            peers[USERS[a]].session.request(History(before, limit, TargetKind.USER, USERS[b]))  # type: ignore[arg-type, index]
-        elif kind == "ack":
-            _, a, b, position = op
-            stream = "dm:" + ",".join(sorted({USERS[a], USERS[b]}))  # type: ignore[index]
-            peers[USERS[a]].session.request(Ack(position, stream))  # type: ignore[arg-type, index]
-        elif kind == "reconnect":
-            name = USERS[op[1]]  # type: ignore[index]
-            history.append(peers[name])
-            h.drop(peers[name])
-            peers[name] = h.connect(name, device="d1")
-        else:
-            h.run_jobs()
+        match op:
+            case ("send", int(a), int(b), int(cid), bytes(body)):
+                peers[USERS[a]].session.request(Send(TargetKind.USER, ContentType.TEXT, cid, USERS[b], body))
+            case ("history", int(a), int(b), int(before), int(limit)):
+                peers[USERS[a]].session.request(History(before, limit, TargetKind.USER, USERS[b]))
+            case ("ack", int(a), int(b), int(position)):
+                stream = "dm:" + ",".join(sorted({USERS[a], USERS[b]}))
+                peers[USERS[a]].session.request(Ack(position, stream))
+            case ("reconnect", int(a)):
+                name = USERS[a]
+                history.append(peers[name])
+                h.drop(peers[name])
+                peers[name] = h.connect(name, device="d1")
+            case ("jobs",):
+                h.run_jobs()
+            case _:
+                raise AssertionError(f"an operation OPS does not make: {op!r}")
         h.pump()
     h.settle()
     for peer in [*history, *peers.values()]:
-        errors = [e.code for e in peer.of(Error)]  # type: ignore[attr-defined]
+        errors = [e.code for e in peer.of(Error)]
         assert ErrorCode.STORE_FAILED not in errors and ErrorCode.INTERNAL not in errors, errors
         assert peer.closed is None, peer.closed  # nothing here is a reason to close
     history.extend(peers.values())
@@ -111,18 +110,13 @@ def _check_store(store: SqliteStore, peers: list[Peer]) -> None:
         assert (low, high) == (1, count), f"{stream}: positions {low}..{high} for {count} messages"
         members = {u for (u,) in db.execute("SELECT user FROM members WHERE stream = ?", (stream,))}
         assert members == set(stream[3:].split(",")), (stream, members)
-    stored = {
-        r.message_id
-        for p in peers
-        for r in p.of(Receipt)
-        if r.state == ReceiptState.STORED  # type: ignore[attr-defined]
-    }
+    stored = {r.message_id for p in peers for r in p.of(Receipt) if r.state == ReceiptState.STORED}
     in_db = {mid: (sender, target) for mid, sender, target in db.execute("SELECT id, sender, target FROM messages")}
     assert stored <= in_db.keys()  # a receipt promises the message is stored
     seen: dict[str, set[int]] = {}
     for p in peers:
         user = p.session.user or ""
-        seen.setdefault(user, set()).update(d.message_id for d in p.of(Deliver) if not d.request_id)  # type: ignore[attr-defined]
+        seen.setdefault(user, set()).update(d.message_id for d in p.of(Deliver) if not d.request_id)
     for mid, (sender, target) in in_db.items():
         if sender != target:  # to oneself from one's only device: nothing to deliver
             assert mid in seen.get(target, set()), f"message {mid} from {sender} never reached {target}"

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from csce513msg.hub.delivery import HISTORY_QUEUE, READS_PER_BATCH
 from csce513msg.protocol import Error, ErrorCode, History, HistoryEnd, TargetKind
-from tests.hub.harness import Harness, Peer
+from tests.hub.harness import Harness, Peer, batch_of
 
 
 def pages_in(h: Harness) -> list[int]:
     """How many History pages each submitted storage batch reads."""
-    return [len(job.job.args[0].history) for job in h.jobs]  # type: ignore[attr-defined]
+    return [len(batch_of(job).history) for job in h.jobs]
 
 
 def ask(peer: Peer, count: int) -> list[int]:
@@ -41,7 +41,7 @@ def test_pipelined_history_requests_are_read_one_at_a_time_in_order() -> None:
         h.pump()
         answered = [e.request_id for e in alice.of(HistoryEnd)]
     assert answered == rids  # every one answered, in the order asked
-    assert all(e.count == 5 for e in alice.of(HistoryEnd))  # type: ignore[attr-defined]
+    assert all(e.count == 5 for e in alice.of(HistoryEnd))
 
 
 def test_a_connection_may_queue_only_so_many_history_requests() -> None:
@@ -49,7 +49,7 @@ def test_a_connection_may_queue_only_so_many_history_requests() -> None:
     alice, _ = conversation(h)
     rids = ask(alice, HISTORY_QUEUE + 5)
     h.pump()
-    refused = [e.request_id for e in alice.of(Error) if e.code == ErrorCode.RATE_LIMITED]  # type: ignore[attr-defined]
+    refused = [e.request_id for e in alice.of(Error) if e.code == ErrorCode.RATE_LIMITED]
     assert refused == rids[HISTORY_QUEUE + 1 :]  # one being read, HISTORY_QUEUE waiting
     h.settle()
     assert [e.request_id for e in alice.of(HistoryEnd)] == rids[: HISTORY_QUEUE + 1]

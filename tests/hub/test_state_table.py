@@ -25,7 +25,7 @@ def test_only_move_assigns_a_session_state() -> None:
                 targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
                 for target in targets:
                     if isinstance(target, ast.Attribute) and target.attr == "state":
-                        offenders.append(f"{path.name}:{node.lineno} in {func.name}")
+                        offenders.append(f"{path.name}:{getattr(node, 'lineno', '?')} in {func.name}")
     assert offenders == []
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from csce513msg.hub import Lane, Submit
 from csce513msg.protocol import Deliver, Error, ErrorCode, Receipt, ReceiptState, Send, TargetKind
-from csce513msg.store import BatchResult, MemoryStore
-from tests.hub.harness import PASSWORD, Harness
+from csce513msg.store import Batch, BatchResult, MemoryStore
+from tests.hub.harness import PASSWORD, Harness, batch_of
 
 
 def test_receipt_and_delivery_wait_for_the_commit() -> None:
@@ -19,8 +19,8 @@ def test_receipt_and_delivery_wait_for_the_commit() -> None:
     assert [type(j) for j in h.jobs] == [Submit] and h.jobs[0].lane is Lane.STORE
     h.run_jobs()
     h.pump()
-    assert alice.of(Receipt)[0].state == ReceiptState.STORED  # type: ignore[attr-defined]
-    assert bob.of(Deliver)[0].body == b"one"  # type: ignore[attr-defined]
+    assert alice.of(Receipt)[0].state == ReceiptState.STORED
+    assert bob.of(Deliver)[0].body == b"one"
 
 
 def test_one_batch_in_flight_and_the_rest_waits_for_the_next() -> None:
@@ -36,7 +36,7 @@ def test_one_batch_in_flight_and_the_rest_waits_for_the_next() -> None:
     h.run_jobs()
     h.pump()
     assert len(h.jobs) == 1  # now they go, together
-    batch = h.jobs[0].job.args[0]  # type: ignore[attr-defined]
+    batch = batch_of(h.jobs[0])
     assert [m.body for m in batch.messages] == [b"2", b"3"]
 
 
@@ -50,9 +50,9 @@ def test_offline_messages_arrive_on_login_in_order_with_original_times() -> None
         h.now += 1.0
     bob = h.connect("bob")
     got = bob.of(Deliver)
-    assert [d.body for d in got] == [f"m{i}".encode() for i in range(5)]  # type: ignore[attr-defined]
-    sent_times = [r.time_us for r in alice.of(Receipt) if r.state == ReceiptState.STORED]  # type: ignore[attr-defined]
-    assert [d.time_us for d in got] == sent_times  # type: ignore[attr-defined]
+    assert [d.body for d in got] == [f"m{i}".encode() for i in range(5)]
+    sent_times = [r.time_us for r in alice.of(Receipt) if r.state == ReceiptState.STORED]
+    assert [d.time_us for d in got] == sent_times
     h.drop(bob)
     again = h.connect("bob")  # acknowledged: nothing twice
     assert not again.of(Deliver)
@@ -76,7 +76,7 @@ def test_catch_up_is_paced_by_the_window() -> None:
     h.send_raw(bob, encode(Ack(4, "dm:alice,bob")))
     assert len(bob.of(Deliver)) == 8
     h.send_raw(bob, encode(Ack(8, "dm:alice,bob")))
-    assert [d.body for d in bob.of(Deliver)] == [str(i).encode() for i in range(10)]  # type: ignore[attr-defined]
+    assert [d.body for d in bob.of(Deliver)] == [str(i).encode() for i in range(10)]
 
 
 def test_a_paused_recipient_is_paced_then_catches_up() -> None:
@@ -89,7 +89,7 @@ def test_a_paused_recipient_is_paced_then_catches_up() -> None:
     assert not bob.of(Deliver) and len(alice.of(Receipt)) == 3  # stored, held back
     h.apply(h.engine.resume_writing(bob.conn, h.now))
     h.pump()
-    assert [d.body for d in bob.of(Deliver)] == [b"0", b"1", b"2"]  # type: ignore[attr-defined]
+    assert [d.body for d in bob.of(Deliver)] == [b"0", b"1", b"2"]
 
 
 def test_a_resend_gets_the_original_id_and_is_not_delivered_twice() -> None:
@@ -98,14 +98,14 @@ def test_a_resend_gets_the_original_id_and_is_not_delivered_twice() -> None:
     for _ in range(2):
         alice.session.request(Send(TargetKind.USER, 0, 77, "bob", b"once"))
         h.pump()
-    first, second = [r for r in alice.of(Receipt) if r.state == ReceiptState.STORED]  # type: ignore[attr-defined]
-    assert first.message_id == second.message_id  # type: ignore[attr-defined]
+    first, second = [r for r in alice.of(Receipt) if r.state == ReceiptState.STORED]
+    assert first.message_id == second.message_id
     assert len(bob.of(Deliver)) == 1
 
 
 def test_storage_failure_reaches_the_sender_and_nothing_is_delivered() -> None:
     class BrokenStore(MemoryStore):
-        def apply(self, batch):  # type: ignore[no-untyped-def]
+        def apply(self, batch: Batch) -> BatchResult:
             if batch.messages:
                 return BatchResult(error="storage error: disk full")
             return super().apply(batch)
@@ -115,7 +115,7 @@ def test_storage_failure_reaches_the_sender_and_nothing_is_delivered() -> None:
     alice.session.send_text("bob", "lost?")
     h.pump()
     (error,) = alice.of(Error)
-    assert error.code == ErrorCode.STORE_FAILED and not alice.of(Receipt)  # type: ignore[attr-defined]
+    assert error.code == ErrorCode.STORE_FAILED and not alice.of(Receipt)
     assert not bob.of(Deliver)
 
 
@@ -134,7 +134,7 @@ def test_acks_one_at_a_time_still_fetch_everything() -> None:
     stream = "dm:flooder,reader"
     for position in range(1, 9):  # one ack per delivery, each opening room for one more
         h.send_raw(reader, encode(Ack(position, stream)))
-    assert [d.body for d in reader.of(Deliver)] == [str(i).encode() for i in range(8)]  # type: ignore[attr-defined]
+    assert [d.body for d in reader.of(Deliver)] == [str(i).encode() for i in range(8)]
 
 
 def test_nothing_is_written_to_a_connection_after_its_close() -> None:
@@ -161,16 +161,16 @@ def test_delivered_receipts_reach_the_sender_live_and_after_being_away() -> None
     bob = h.connect("bob")
     alice.session.send_text("bob", "live")
     h.pump()
-    assert [r.state for r in alice.of(Receipt)] == [ReceiptState.STORED, ReceiptState.DELIVERED]  # type: ignore[attr-defined]
+    assert [r.state for r in alice.of(Receipt)] == [ReceiptState.STORED, ReceiptState.DELIVERED]
     h.drop(bob)
     alice.session.send_text("bob", "later")
     h.pump()
     h.drop(alice)  # alice leaves before bob reads it
     bob = h.connect("bob")  # bob catches up and acknowledges
-    assert [d.body for d in bob.of(Deliver)] == [b"later"]  # type: ignore[attr-defined]
+    assert [d.body for d in bob.of(Deliver)] == [b"later"]
     alice = h.connect("alice")
     (late,) = alice.of(Receipt)  # on alice's next login
-    assert late.state == ReceiptState.DELIVERED and late.position == 2  # type: ignore[attr-defined]
+    assert late.state == ReceiptState.DELIVERED and late.position == 2
     h.drop(alice)
     again = h.connect("alice")
     assert not again.of(Receipt)  # told once per device
@@ -192,14 +192,14 @@ def test_history_pages_back_without_gaps_or_duplicates() -> None:
         h.pump()
         page = [e for e in alice.events if isinstance(e, Deliver) and e.request_id]
         (end,) = alice.of(HistoryEnd)
-        seen = [d.body for d in page] + seen  # type: ignore[attr-defined]
-        if end.count < 3:  # type: ignore[attr-defined]
+        seen = [d.body for d in page] + seen
+        if end.count < 3:
             break
-        before = end.first  # type: ignore[attr-defined]
+        before = end.first
     assert seen == [f"m{i}".encode() for i in range(7)]
     alice.session.request(History(0, 3, TargetKind.USER, "nobody"))
     h.pump()
-    assert alice.of(Error)[-1].code == ErrorCode.USER_NOT_FOUND  # type: ignore[attr-defined]
+    assert alice.of(Error)[-1].code == ErrorCode.USER_NOT_FOUND
 
 
 def test_retention_deletes_old_messages_and_refuses_their_resends() -> None:
@@ -215,9 +215,9 @@ def test_retention_deletes_old_messages_and_refuses_their_resends() -> None:
     alice.session.request(old)  # the same client id as the expired message: a resend, refused
     bob.session.history("alice", 10)
     h.pump()
-    assert [e.code for e in alice.of(Error)] == [ErrorCode.RESEND_TOO_OLD]  # type: ignore[attr-defined]
-    assert [d.body for d in bob.of(Deliver) if d.request_id] == [b"fresh"]  # type: ignore[attr-defined]
-    assert bob.of(HistoryEnd)[0].first == 2  # type: ignore[attr-defined]  # positions are never reused
+    assert [e.code for e in alice.of(Error)] == [ErrorCode.RESEND_TOO_OLD]
+    assert [d.body for d in bob.of(Deliver) if d.request_id] == [b"fresh"]
+    assert bob.of(HistoryEnd)[0].first == 2  # positions are never reused
 
 
 def test_once_stopping_a_batch_of_acknowledgements_goes_at_once() -> None:
@@ -233,7 +233,7 @@ def test_once_stopping_a_batch_of_acknowledgements_goes_at_once() -> None:
     h.apply(h.engine.shutdown(h.now))
     for peer in (alice, bob):
         h.drop(peer)
-    assert len(h.jobs) == 1 and h.jobs[0].job.args[0].cursors  # type: ignore[attr-defined]
+    assert len(h.jobs) == 1 and batch_of(h.jobs[0]).cursors
 
 
 def test_acknowledgements_alone_wait_for_company_up_to_the_ack_delay() -> None:
@@ -247,6 +247,6 @@ def test_acknowledgements_alone_wait_for_company_up_to_the_ack_delay() -> None:
     assert bob.of(Deliver) and not h.jobs  # the ack alone is not worth a commit yet
     assert h.engine.next_deadline() == h.now + 0.05
     h.advance(0.05)  # the timer pass flushes it
-    assert len(h.jobs) == 1 and h.jobs[0].job.args[0].cursors  # type: ignore[attr-defined]
+    assert len(h.jobs) == 1 and batch_of(h.jobs[0]).cursors
     h.settle()
-    assert [r.state for r in alice.of(Receipt)] == [ReceiptState.STORED, ReceiptState.DELIVERED]  # type: ignore[attr-defined]
+    assert [r.state for r in alice.of(Receipt)] == [ReceiptState.STORED, ReceiptState.DELIVERED]

@@ -5,7 +5,6 @@ is all or nothing, its result says which, and the store serves the next batch.""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,8 @@ import pytest
 import csce513msg.store.sqlite as sqlite_store
 from csce513msg.store import Batch, Fetch
 from csce513msg.store.sqlite import SqliteStore
-from tests.store.test_sqlite import accounts, msg
+from tests.fixtures import SmallDisk
+from tests.store.test_sqlite import accounts, kept, msg
 
 
 def dense(store: SqliteStore) -> dict[str, int]:
@@ -36,7 +36,7 @@ def test_any_exception_in_a_batch_rolls_it_back_and_the_next_batch_works(tmp_pat
     assert failed.error and "OverflowError" in failed.error and not failed.stored
     assert not store.db.in_transaction
     ok = store.apply(Batch(messages=[msg("a", "b", b"again", 1), msg("b", "a", b"reply")]))
-    assert ok.error is None and [m.position for m in ok.stored] == [1, 2]  # type: ignore[union-attr]
+    assert ok.error is None and [m.position for m in kept(ok)] == [1, 2]
     members = set(store.db.execute("SELECT user, stream FROM members"))
     assert members == {("a", "dm:a,b"), ("b", "dm:a,b")}  # written with the stream's first message
     fetched = store.apply(Batch(fetches=[Fetch(1, "b", "bd", 10, 100)])).fetched[1]
@@ -54,12 +54,12 @@ def test_a_read_that_fails_after_the_commit_costs_only_itself(tmp_path: Path) ->
             history={1: ("dm:a,b", 2**64 - 1, 10, 1 << 20), 2: ("dm:a,b", 0, 10, 1 << 20)},
         )
     )
-    assert result.error is None and result.stored[0].position == 1  # type: ignore[union-attr]
+    assert result.error is None and kept(result)[0].position == 1
     assert 1 not in result.history and [m.body for m in result.history[2]] == [b"stored"]
 
 
 def test_a_failed_checkpoint_after_the_commit_leaves_the_batch_stored(
-    small_disk: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+    small_disk: SmallDisk, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A real full disk (tmpfs): the WAL still has room for commits, but the checkpoint after
     them cannot grow the database file. A checkpoint inside the batch's ``try`` reported the

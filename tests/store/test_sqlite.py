@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from csce513msg.store import Account, Batch, Fetch, LoginRead, MemoryStore, NewMessage
+from csce513msg.store import Account, Batch, BatchResult, Fetch, LoginRead, MemoryStore, NewMessage, StoredMessage
 from csce513msg.store.accounts import AccountBook
 from csce513msg.store.sqlite import MIGRATIONS, SqliteStore
 
@@ -23,14 +23,21 @@ def msg(
     return NewMessage(stream, tuple(sorted((sender, target))), sender, device, client_id, 1, target, 0, time_us, body)
 
 
+def kept(result: BatchResult) -> list[StoredMessage]:
+    """The batch's messages, each of which the store must have taken (none Refused)."""
+    stored = [m for m in result.stored if isinstance(m, StoredMessage)]
+    assert len(stored) == len(result.stored), result.stored
+    return stored
+
+
 def test_messages_survive_a_reopen_and_ids_are_never_reused(tmp_path: Path) -> None:
     path = tmp_path / "db"
     store = SqliteStore(path, "full", checkpoint_interval=0)
-    first = store.apply(Batch(accounts=accounts("alice", "bob"), messages=[msg("alice", "bob", b"1")])).stored[0]
+    (first,) = kept(store.apply(Batch(accounts=accounts("alice", "bob"), messages=[msg("alice", "bob", b"1")])))
     store.close()
     store = SqliteStore(path, "normal", checkpoint_interval=0)
     assert store.load_accounts() == {a.name: a for a in accounts("alice", "bob")}
-    second = store.apply(Batch(messages=[msg("bob", "alice", b"2", time_us=5)])).stored[0]  # clock went back
+    (second,) = kept(store.apply(Batch(messages=[msg("bob", "alice", b"2", time_us=5)])))  # clock went back
     assert second.message_id > first.message_id and second.position == 2
     fetched = store.apply(Batch(fetches=[Fetch(1, "bob", "phone", 10, 100)])).fetched[1]
     assert [m.body for m in fetched] == [b"1", b"2"]  # what bob sent from device "d" is news to his phone
@@ -45,7 +52,7 @@ def test_same_rules_as_the_memory_store(tmp_path: Path) -> None:
             messages=[msg("a", "b", b"x", 7), msg("a", "b", b"x", 7), msg("b", "a", b"y", device="bd")]
             + [msg("a", "b", bytes([i])) for i in range(5)],
         )
-        stored = store.apply(batch).stored
+        stored = kept(store.apply(batch))
         assert [m.duplicate for m in stored[:3]] == [False, True, False]
         assert stored[0].message_id == stored[1].message_id
         assert [m.position for m in stored] == [1, 1, 2, 3, 4, 5, 6, 7]
@@ -87,7 +94,7 @@ def test_a_full_disk_rolls_the_batch_back(tmp_path: Path) -> None:
     assert result.error and "full" in result.error and not result.stored
     store.db.execute("PRAGMA max_page_count=1000000")
     ok = store.apply(Batch(messages=[msg("a", "b", b"small", 99)]))
-    assert ok.error is None and ok.stored[0].position == 1  # the failed batch left no trace
+    assert ok.error is None and kept(ok)[0].position == 1  # the failed batch left no trace
 
 
 def test_version_1_users_keep_their_name_without_a_password(tmp_path: Path) -> None:
@@ -131,7 +138,7 @@ def test_version_3_data_survives_the_rebuild_without_rowid(tmp_path: Path) -> No
     assert store.db.execute("SELECT keys_floor FROM devices").fetchall() == [(7,)]
     fetched = store.apply(Batch(fetches=[Fetch(1, "b", "bd", 10, 100)])).fetched[1]
     assert [m.body for m in fetched] == [b"2"]  # after b's cursor
-    assert store.apply(Batch(messages=[msg("a", "b", b"3")])).stored[0].position == 3  # type: ignore[union-attr]
+    assert kept(store.apply(Batch(messages=[msg("a", "b", b"3")])))[0].position == 3
     notes = store.apply(Batch(cursors={("b", "bd", "dm:a,b"): 3}, delivered={("dm:a,b", "b"): 3})).newly_delivered
     assert [n.position for n in notes] == [2, 3]  # after what was delivered before the rebuild
     store.close()
@@ -147,12 +154,14 @@ def test_the_poll_reports_what_another_process_changed(tmp_path: Path) -> None:
     book.add("ann", "h1", "instructor")
     book.add("ben", "h2")
     changed = store.apply(Batch(poll_accounts=True)).accounts
-    assert sorted(changed) == ["ann", "ben"] and changed["ann"].role == "instructor"  # type: ignore[union-attr]
+    ann = changed["ann"]
+    assert sorted(changed) == ["ann", "ben"] and ann is not None and ann.role == "instructor"
     assert store.apply(Batch(poll_accounts=True)).accounts == {}  # nothing new since
     book.set_password("ann", "h3")
     book.remove("ben")
     changed = store.apply(Batch(poll_accounts=True)).accounts
-    assert changed == {"ann": Account("ann", "instructor", "h3", changed["ann"].created_us), "ben": None}  # type: ignore[union-attr]
+    ann = changed["ann"]
+    assert ann is not None and changed == {"ann": Account("ann", "instructor", "h3", ann.created_us), "ben": None}
     book.close()
 
 
@@ -164,8 +173,9 @@ def test_retention_expires_the_same_way_in_both_stores(tmp_path: Path) -> None:
         store.apply(Batch(logins=[LoginRead(1, "a", "d", 100, 1000)], messages=old))
         new = msg("a", "b", b"new", client_id=10, time_us=5000)
         result = store.apply(Batch(expire_before_us=2000, messages=[new, old[1]]))
-        assert result.stored[0].position == 4  # type: ignore[union-attr]  # positions are never reused
-        assert isinstance(result.stored[1], Refused)  # a resend of an expired message
+        first, resent = result.stored
+        assert isinstance(first, StoredMessage) and first.position == 4  # positions are never reused
+        assert isinstance(resent, Refused)  # a resend of an expired message
         page = store.apply(Batch(history={1: ("dm:a,b", 0, 10, 1 << 20)})).history[1]
         assert [m.body for m in page] == [b"new"]
         fetched = store.apply(Batch(fetches=[Fetch(2, "b", "phone", 10, 100)])).fetched[2]
@@ -199,7 +209,8 @@ def test_delivered_receipts_from_memory_match_the_database(tmp_path: Path) -> No
         return [(n.sender, n.position) for n in store.apply(Batch(cursors=cursors, delivered=acks)).newly_delivered]
 
     path = tmp_path / "db"
-    for store in (MemoryStore(), SqliteStore(path, checkpoint_interval=0)):
+    sqlite = SqliteStore(path, checkpoint_interval=0)
+    for store in (MemoryStore(), sqlite):
         store.apply(Batch(messages=[msg("a", "b", b"1"), msg("b", "a", b"2"), msg("a", "b", b"3")]))
         assert positions(store, {("dm:a,b", "b"): 2}) == [("a", 1)]  # b's own message is not news to b
         assert positions(store, {("dm:a,b", "b"): 2}) == []  # a repeated ack
@@ -208,7 +219,7 @@ def test_delivered_receipts_from_memory_match_the_database(tmp_path: Path) -> No
         store.apply(Batch(messages=[msg("a", "b", bytes([i])) for i in range(RECENT + 5)]))  # b is away
         expected = [("a", p) for p in range(4, RECENT + 9)]
         assert positions(store, {("dm:a,b", "b"): RECENT + 8}) == expected  # older than memory holds
-    store.close()
+    sqlite.close()
     store = SqliteStore(path, checkpoint_interval=0)  # reopened: every answer from the database
     store.apply(Batch(messages=[msg("a", "b", b"late")]))
     assert positions(store, {("dm:a,b", "b"): RECENT + 9}) == [("a", RECENT + 9)]
@@ -227,8 +238,8 @@ def test_positions_are_never_reused_after_every_message_expired(tmp_path: Path) 
     store.close()
     for expected in (4, 5):
         store = SqliteStore(path, checkpoint_interval=0)
-        stored = store.apply(Batch(messages=[msg("b", "a", b"after", time_us=2 * 10**9)])).stored[0]
-        assert stored.position == expected  # type: ignore[union-attr]
+        (stored,) = kept(store.apply(Batch(messages=[msg("b", "a", b"after", time_us=2 * 10**9)])))
+        assert stored.position == expected
         store.close()
 
 
@@ -283,7 +294,7 @@ def test_catch_up_is_the_same_in_both_stores_across_streams_and_devices(tmp_path
         later = [msg(s, "b", f"{s}b{i}".encode(), time_us=next(t)) for i in (2, 3) for s in ("a", "c")]
         later.append(msg("b", "a", b"ba", device="old", time_us=next(t)))  # from "old" itself
         store.apply(Batch(messages=later, cursors={("b", "acked", "dm:a,b"): 2}))
-        got = []
+        got: list[list[bytes] | list[int]] = []
         for device, limit, history in [("old", 10, 0), ("old", 2, 0), ("acked", 10, 2), ("new", 10, 1)]:
             fetched = store.apply(Batch(fetches=[Fetch(1, "b", device, limit, history)])).fetched[1]
             got.append([m.body for m in fetched])

@@ -17,7 +17,8 @@ import pytest
 from csce513msg.client import Client, ConnectionClosed, ServerError
 from csce513msg.protocol import Deliver, Error, ErrorCode
 from tests.conformance.wire import PASSWORD
-from tests.servers import start
+from tests.fixtures import Names
+from tests.servers import ServerProcess, start
 
 MSGSRV = [sys.executable, "-m", "csce513msg.cli.msgsrv"]
 
@@ -30,21 +31,21 @@ def user_cmd(data_dir: str, *args: str, password: str | None = None) -> subproce
     return subprocess.run(cmd, input=(password or "") + "\n", capture_output=True, text=True, timeout=60)
 
 
-def login(server: object, user: str, password: str = PASSWORD) -> Client:
-    return Client.connect(server.host, server.port, user=user, password=password)  # type: ignore[attr-defined]
+def login(server: ServerProcess, user: str, password: str = PASSWORD) -> Client:
+    return Client.connect(server.host, server.port, user=user, password=password)
 
 
-def refused(server: object, user: str, password: str = PASSWORD) -> int:
+def refused(server: ServerProcess, user: str, password: str = PASSWORD) -> int:
     with pytest.raises(ServerError) as err:
         login(server, user, password)
     return err.value.code
 
 
-def test_admin_commands_against_a_running_server(backend: str, names: object) -> None:
+def test_admin_commands_against_a_running_server(backend: str, names: Names) -> None:
     data_dir = tempfile.mkdtemp(prefix="msgsrv-admin-")
     server = start(backend, "--no-self-register", "--account-poll", "0.3", "--data-dir", data_dir)
     try:
-        carol, prof = names("carol"), names("prof")  # type: ignore[operator]
+        carol, prof = names("carol"), names("prof")
         assert user_cmd(data_dir, "add", carol, password=PASSWORD).returncode == 0
         assert user_cmd(data_dir, "add", prof, "--instructor", password=PASSWORD).returncode == 0
         c, p = login(server, carol), login(server, prof)  # each login asks the store for news first
@@ -60,7 +61,7 @@ def test_admin_commands_against_a_running_server(backend: str, names: object) ->
 
         assert user_cmd(data_dir, "passwd", carol, password="a brand new one").returncode == 0
         ended = c.next_message(Error, timeout=10)  # the live session ends within the poll interval
-        assert ended.code == ErrorCode.ACCOUNT_CHANGED and "password" in ended.message  # type: ignore[union-attr]
+        assert ended.code == ErrorCode.ACCOUNT_CHANGED and "password" in ended.message
         with pytest.raises(ConnectionClosed):  # and the server closes it
             c.next_message(Deliver, timeout=10)
         c.close()
@@ -68,24 +69,24 @@ def test_admin_commands_against_a_running_server(backend: str, names: object) ->
         c = login(server, carol, "a brand new one")
 
         assert user_cmd(data_dir, "remove", carol).returncode == 0
-        assert c.next_message(Error, timeout=10).code == ErrorCode.ACCOUNT_CHANGED  # type: ignore[union-attr]
+        assert c.next_message(Error, timeout=10).code == ErrorCode.ACCOUNT_CHANGED
         c.close()
         assert refused(server, carol, "a brand new one") == ErrorCode.AUTH_FAILED
         with pytest.raises(ServerError) as err:
             p.send_text(carol, "are you there?")
         assert err.value.code == ErrorCode.USER_NOT_FOUND
         with Client.connect(server.host, server.port) as m, pytest.raises(ServerError) as err:
-            m.login(names("mallory"), PASSWORD, register=True)  # type: ignore[operator]
+            m.login(names("mallory"), PASSWORD, register=True)
         assert err.value.code == ErrorCode.REGISTRATION_CLOSED  # registration is off on this server
         p.close()
     finally:
         server.stop()
 
 
-def test_failed_logins_are_throttled_per_account_then_per_address(backend: str, names: object) -> None:
+def test_failed_logins_are_throttled_per_account_then_per_address(backend: str, names: Names) -> None:
     server = start(backend, "--login-failures-per-account", "3", "--login-failures-per-address", "6")
     try:
-        dora = names("dora")  # type: ignore[operator]
+        dora = names("dora")
         Client.connect(server.host, server.port, user=dora, password=PASSWORD, register=True).close()
         for _ in range(3):
             assert refused(server, dora, "guess") == ErrorCode.AUTH_FAILED
@@ -94,7 +95,7 @@ def test_failed_logins_are_throttled_per_account_then_per_address(backend: str, 
         assert log.count(f"auth failed: {dora}") == 3 and f"login throttled: {dora}" in log
         for i in range(3):  # three more failures from this address, on other names: 6 in all
             assert refused(server, f"{dora}x{i}", "guess") == ErrorCode.AUTH_FAILED
-        assert refused(server, names("erin"), "guess") == ErrorCode.AUTH_THROTTLED  # type: ignore[operator]
+        assert refused(server, names("erin"), "guess") == ErrorCode.AUTH_THROTTLED
     finally:
         server.stop()
 

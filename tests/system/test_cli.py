@@ -10,22 +10,25 @@ import threading
 import time
 
 from tests.conformance.wire import register
-from tests.servers import fingerprint_of
+from tests.fixtures import Names
+from tests.servers import ServerProcess, fingerprint_of
 
 MSG = [sys.executable, "-m", "csce513msg.cli.msg"]
 MSGSRV = [sys.executable, "-m", "csce513msg.cli.msgsrv"]
 
 
-def msg_cmd(server: object, user: str, *extra: str, account: bool = True) -> list[str]:
+def msg_cmd(server: ServerProcess, user: str, *extra: str, account: bool = True) -> list[str]:
     """``msg`` logging in as ``user`` (its password in MSG_PASSWORD, see conftest); with
     ``account``, the account is registered over the wire first, if it is new."""
     if account:
-        tls = "tls:" in getattr(server, "banner", "")
-        register(server, user, **({"tls": True, "fingerprint": fingerprint_of(server)} if tls else {}))
-    return [*MSG, "--server", f"{server.host}:{server.port}", "--user", user, *extra]  # type: ignore[attr-defined]
+        if "tls:" in server.banner:
+            register(server, user, tls=True, fingerprint=fingerprint_of(server))
+        else:
+            register(server, user)
+    return [*MSG, "--server", f"{server.host}:{server.port}", "--user", user, *extra]
 
 
-def listener(server: object, user: str) -> subprocess.Popen[str]:
+def listener(server: ServerProcess, user: str) -> subprocess.Popen[str]:
     """A ``msg --json`` process logged in as ``user``, its stdin a pipe kept open."""
     proc = subprocess.Popen(msg_cmd(server, user, "--json"), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     read_events(proc, "login")
@@ -69,8 +72,8 @@ def _line_queue(proc: subprocess.Popen[str]) -> queue.Queue[str | None]:
     return _queues[proc.pid]
 
 
-def test_two_cli_processes_chat(server: object, names: object) -> None:
-    alice, bob = names("alice"), names("bob")  # type: ignore[operator]
+def test_two_cli_processes_chat(server: ServerProcess, names: Names) -> None:
+    alice, bob = names("alice"), names("bob")
     bob_proc = listener(server, bob)
     try:
         script = f"/msg {bob} hello from alice\n/who\n"
@@ -82,7 +85,7 @@ def test_two_cli_processes_chat(server: object, names: object) -> None:
         receipts = [e for e in alice_events if e["event"] == "receipt"]
         assert receipts and receipts[0]["state"] == "stored" and receipts[0]["to"] == bob
         (who,) = [e for e in alice_events if e["event"] == "who"]
-        assert alice in who["users"] and bob in who["users"]  # type: ignore[operator]
+        assert alice in who["users"] and bob in who["users"]
         events = read_events(bob_proc, "deliver")
         assert (events[-1]["sender"], events[-1]["text"]) == (alice, "hello from alice")
     finally:
@@ -92,11 +95,11 @@ def test_two_cli_processes_chat(server: object, names: object) -> None:
     assert status == 0  # end of input with nothing pending
 
 
-def test_unknown_recipient_prints_a_clear_error_and_fails(server: object, names: object) -> None:
-    alice = names("alice")  # type: ignore[operator]
+def test_unknown_recipient_prints_a_clear_error_and_fails(server: ServerProcess, names: Names) -> None:
+    alice = names("alice")
     done = subprocess.run(
         msg_cmd(server, alice),
-        input=f"/msg {names('ghost')} boo\n",  # type: ignore[operator]
+        input=f"/msg {names('ghost')} boo\n",
         capture_output=True,
         text=True,
         timeout=30,

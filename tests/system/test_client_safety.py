@@ -8,15 +8,16 @@ import select
 import subprocess
 import time
 
-from tests.servers import IS_LINUX
+from tests.fixtures import Names
+from tests.servers import IS_LINUX, ServerProcess
 from tests.system.test_cli import listener, msg_cmd, read_events
 
 BACKENDS = ["epoll" if IS_LINUX else "select"]
 ATTACK = "\033[1;31mRED\033]0;pwned\007\033[2J\033[H\u202eevil"
 
 
-def test_escape_sequences_from_a_peer_are_printed_as_visible_text(server: object, names: object) -> None:
-    alice, bob = names("alice"), names("bob")  # type: ignore[operator]
+def test_escape_sequences_from_a_peer_are_printed_as_visible_text(server: ServerProcess, names: Names) -> None:
+    alice, bob = names("alice"), names("bob")
     alice_json = listener(server, alice)  # registers alice, and shows what --json gets
     alice_proc = subprocess.Popen(
         msg_cmd(server, alice), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from csce513msg.protocol import PRE_LOGIN_MAX_FRAME, ErrorCode, Login, LoginOk, Ping, encode
 from tests.conformance.wire import PASSWORD, RawConn, connect, register
+from tests.fixtures import Names
 from tests.servers import start
 
 
-def test_strangers_and_half_sent_frames_are_let_go(backend: str, names: object) -> None:
-    alice, bob = names("alice"), names("bob")  # type: ignore[operator]
+def test_strangers_and_half_sent_frames_are_let_go(backend: str, names: Names) -> None:
+    alice, bob = names("alice"), names("bob")
     server = start(backend, "--login-timeout", "3", "--frame-timeout", "1")  # room for two logins on a busy machine
     try:
         register(server, bob)

@@ -9,23 +9,21 @@ strategy: one backend.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 from csce513msg.client import ServerError
 from csce513msg.protocol import Deliver, ErrorCode, Receipt, Send
 from tests.conformance.wire import connect
+from tests.fixtures import Names, SmallDisk
 from tests.servers import start
 
 BACKENDS = ["epoll"]
 
 
-def test_a_conversation_goes_on_after_the_disk_was_full(
-    backend: str, names: object, small_disk: Callable[[str], Path]
-) -> None:
+def test_a_conversation_goes_on_after_the_disk_was_full(backend: str, names: Names, small_disk: SmallDisk) -> None:
     disk = small_disk("8m")
     filler = disk / "filler"
-    alice, bob = names("alice"), names("bob")  # type: ignore[operator]
+    alice, bob = names("alice"), names("bob")
     server = start(backend, "--data-dir", str(disk), "--checkpoint-interval", "0.2")
     try:
         b = connect(server, bob, device_id="bob-1", drop_repeats=False)
@@ -47,8 +45,10 @@ def test_a_conversation_goes_on_after_the_disk_was_full(
         assert refused == 5, "the disk never filled"
         assert a.who()  # everyone is still served
         filler.unlink()  # space comes back
-        after = [a.call(Send(1, 0, 10_000 + i, bob, b"after %d" % i), timeout=30) for i in range(10)]
-        stored += after  # type: ignore[arg-type]
+        for i in range(10):
+            after = a.call(Send(1, 0, 10_000 + i, bob, b"after %d" % i), timeout=30)
+            assert isinstance(after, Receipt), after
+            stored.append(after)
         positions = [r.position for r in stored]
         assert positions == list(range(1, len(stored) + 1))  # dense: nothing reported failed took a place
         got = b.deliveries(len(stored), timeout=60)

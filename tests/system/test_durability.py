@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 from csce513msg.protocol import Deliver, Receipt, Send
-from tests.conformance.wire import connect, wait_gone
+from tests.conformance.wire import connect, next_of, wait_gone
+from tests.fixtures import Names
 from tests.servers import start
 
 TIGHT = (
@@ -20,9 +21,9 @@ TIGHT = (
 )  # fmt: skip
 
 
-def test_sigkill_restart_and_resend_lose_nothing_and_duplicate_nothing(backend: str, names: object) -> None:
+def test_sigkill_restart_and_resend_lose_nothing_and_duplicate_nothing(backend: str, names: Names) -> None:
     data_dir = tempfile.mkdtemp(prefix="msgsrv-kill-")
-    alice, bob = names("alice"), names("bob")  # type: ignore[operator]
+    alice, bob = names("alice"), names("bob")
     server = start(backend, "--data-dir", data_dir, *TIGHT)
     try:
         connect(server, bob, device_id="bob-laptop").close()  # bob exists, offline
@@ -31,7 +32,7 @@ def test_sigkill_restart_and_resend_lose_nothing_and_duplicate_nothing(backend: 
         for i in range(count):
             a.session.send_text(bob, f"message {i:03d}")
         a.flush()  # all 200 on their way; the server dies after the first receipts
-        acknowledged = [a.next_message(lambda m: isinstance(m, Receipt) and m.request_id, 30) for _ in range(20)]
+        acknowledged = [next_of(a, Receipt, lambda m: m.request_id != 0, 30) for _ in range(20)]
         server.proc.send_signal(signal.SIGKILL)
         server.proc.wait(10)
         unsent = [m for m in a.session.pending.values() if isinstance(m, Send)]
@@ -59,10 +60,10 @@ def test_sigkill_restart_and_resend_lose_nothing_and_duplicate_nothing(backend: 
         server.stop()
 
 
-def test_a_backlog_many_times_the_outbound_limit_reaches_a_returning_client(backend: str, names: object) -> None:
+def test_a_backlog_many_times_the_outbound_limit_reaches_a_returning_client(backend: str, names: Names) -> None:
     server = start(backend, *TIGHT)
     try:
-        alice, bob = names("alice"), names("bob")  # type: ignore[operator]
+        alice, bob = names("alice"), names("bob")
         connect(server, bob).close()
         a = connect(server, alice)
         wait_gone(a, bob)
@@ -82,12 +83,12 @@ def test_a_backlog_many_times_the_outbound_limit_reaches_a_returning_client(back
         server.stop()
 
 
-def test_a_graceful_stop_commits_the_last_acknowledgements(backend: str, names: object) -> None:
+def test_a_graceful_stop_commits_the_last_acknowledgements(backend: str, names: Names) -> None:
     """SIGTERM while an acknowledgement waits to be stored (here --ack-delay 30 s, so it would
     wait the whole time): the server stores it before it exits, so the message is not
     delivered again after the restart."""
     data_dir = tempfile.mkdtemp(prefix="msgsrv-stop-")
-    alice, bob = names("alice"), names("bob")  # type: ignore[operator]
+    alice, bob = names("alice"), names("bob")
     # no account poll meanwhile: it would take the acknowledgement along in its batch
     flags = ("--ack-delay", "30", "--close-timeout", "1", "--account-poll", "3600")
     server = start(backend, "--data-dir", data_dir, *flags)
@@ -113,17 +114,18 @@ def test_a_graceful_stop_commits_the_last_acknowledgements(backend: str, names: 
         server.stop()
 
 
-def test_a_graceful_stop_waits_for_the_batch_queued_behind_a_slow_one(backend: str, names: object) -> None:
+def test_a_graceful_stop_waits_for_the_batch_queued_behind_a_slow_one(backend: str, names: Names) -> None:
     """The database is locked (as a long commit would hold it) while a batch is in flight;
     bob's acknowledgement waits in the next batch, behind it. SIGTERM, everyone leaves, the
     lock goes: the server must hear the first batch's result, then store the second, and
     only then exit. Else "one", acknowledged, would come to bob again after the restart."""
     data_dir = tempfile.mkdtemp(prefix="msgsrv-stop-")
-    alice, bob = names("alice"), names("bob")  # type: ignore[operator]
+    alice, bob = names("alice"), names("bob")
     server = start(backend, "--data-dir", data_dir, "--close-timeout", "1")
     try:
         a = connect(server, alice, device_id="alice-laptop")
         b = connect(server, bob, device_id="bob-laptop")
+        numbers = [server.connection_number(c.sock) for c in (a, b)]
         a.send_text(bob, "one")  # stored and sent to bob, who has not read it yet
         lock = sqlite3.connect(Path(data_dir) / "csce513msg.db", isolation_level=None, check_same_thread=False)
         lock.execute("BEGIN IMMEDIATE")
@@ -135,7 +137,10 @@ def test_a_graceful_stop_waits_for_the_batch_queued_behind_a_slow_one(backend: s
         server.proc.send_signal(signal.SIGTERM)
         a.close()
         b.close()
-        time.sleep(1.5)  # everyone is gone; the batches still wait
+        deadline = time.monotonic() + 20  # well within the 30 s the server waits for a locked database
+        for line in ("shutting down", *(rf"disconnect #{n}$" for n in numbers)):  # everyone is gone...
+            server.wait_line(line, timeout=deadline - time.monotonic())
+        assert server.proc.poll() is None, "the server exited with a batch still to store"  # ...the batches wait
         lock.execute("COMMIT")
         lock.close()
         assert server.proc.wait(30) == 0

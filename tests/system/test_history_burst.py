@@ -8,14 +8,15 @@ from __future__ import annotations
 from benchmarks import proc
 from csce513msg.protocol import Error, ErrorCode, History, HistoryEnd, Login, LoginOk, Receipt, TargetKind
 from tests.conformance.wire import PASSWORD, RawConn, connect
+from tests.fixtures import Names
 from tests.servers import start
 
 BODY = b"h" * 16_000  # near the default text limit: a page of 100 is 1.6 MB
 REQUESTS = 1000
 
 
-def test_a_history_burst_stays_within_bounds_and_others_are_served(backend: str, names: object) -> None:
-    alice, bob, carol = names("alice"), names("bob"), names("carol")  # type: ignore[operator]
+def test_a_history_burst_stays_within_bounds_and_others_are_served(backend: str, names: Names) -> None:
+    alice, bob, carol = names("alice"), names("bob"), names("carol")
     server = start(backend, "--rate", "100000", "--burst", "100000", "--sndbuf", "4096")
     try:
         connect(server, bob).close()

@@ -5,13 +5,15 @@ from __future__ import annotations
 import resource
 import socket
 
-from csce513msg.protocol import Error, ErrorCode, FrameDecoder, Welcome, decode
+from csce513msg.protocol import Error, ErrorCode, FrameDecoder, Message, Welcome, decode
 from tests.conformance.wire import connect
+from tests.fixtures import Names
+from tests.servers import ServerProcess
 
 BACKENDS = ["select"]
 
 
-def first_message(sock: socket.socket) -> object:
+def first_message(sock: socket.socket) -> Message | None:
     decoder = FrameDecoder(1 << 16)
     sock.settimeout(10)
     while True:
@@ -23,7 +25,7 @@ def first_message(sock: socket.socket) -> object:
             return decode(frames[0])
 
 
-def test_select_refuses_past_fd_setsize_and_keeps_serving(server: object, names: object) -> None:
+def test_select_refuses_past_fd_setsize_and_keeps_serving(server: ServerProcess, names: Names) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard < 2400:
         import pytest
@@ -33,18 +35,18 @@ def test_select_refuses_past_fd_setsize_and_keeps_serving(server: object, names:
     socks: list[socket.socket] = []
     try:
         for _ in range(1100):  # bounded: just past the ceiling
-            socks.append(socket.create_connection((server.host, server.port)))  # type: ignore[attr-defined]
+            socks.append(socket.create_connection((server.host, server.port)))
         first = [first_message(s) for s in socks]
         welcomed = sum(isinstance(m, Welcome) for m in first)
         refused = [m for m in first if isinstance(m, Error)]
         assert 1000 <= welcomed < 1024
         assert refused and all(m.code == ErrorCode.SERVER_FULL for m in refused)
         assert welcomed + len(refused) == 1100
-        server.wait_log("FD_SETSIZE")  # type: ignore[attr-defined]
+        server.wait_log("FD_SETSIZE")
     finally:
         for s in socks:
             s.close()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    alice = connect(server, names("alice"))  # type: ignore[operator]
+    alice = connect(server, names("alice"))
     assert alice.who()
     alice.close()

@@ -15,26 +15,27 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.conformance.wire import connect
-from tests.servers import IS_LINUX
+from tests.fixtures import Names
+from tests.servers import IS_LINUX, ServerProcess
 
 BACKENDS = ["epoll" if IS_LINUX else "select"]
 SERVER_FLAGS = ("--stats", "--stats-interval", "0.2")
 
 
-def test_the_stats_line_follows_connections_and_messages(server: object, names: object) -> None:
-    alice, bob = names("alice"), names("bob")  # type: ignore[operator]
+def test_the_stats_line_follows_connections_and_messages(server: ServerProcess, names: Names) -> None:
+    alice, bob = names("alice"), names("bob")
     a, b = connect(server, alice), connect(server, bob)
-    server.wait_log("2 connections, 2 users online")  # type: ignore[attr-defined]
+    server.wait_log("2 connections, 2 users online")
     for i in range(50):
         a.send_text(bob, f"m{i}")
     b.deliveries(50)
     deadline = time.monotonic() + 10
     rates: list[float] = []
     while time.monotonic() < deadline and not any(rates):
-        rates = [float(r.replace(",", "")) for r in re.findall(r"\| ([\d,.]+) msg/s", server.log())]  # type: ignore[attr-defined]
+        rates = [float(r.replace(",", "")) for r in re.findall(r"\| ([\d,.]+) msg/s", server.log())]
         time.sleep(0.1)
-    assert any(rate > 0 for rate in rates), server.log()[-2000:]  # type: ignore[attr-defined]
-    assert re.search(r"stats: \w+ \| 2 connections.*CPU \d+% \| RSS [\d.]+ MB", server.log())  # type: ignore[attr-defined]
+    assert any(rate > 0 for rate in rates), server.log()[-2000:]
+    assert re.search(r"stats: \w+ \| 2 connections.*CPU \d+% \| RSS [\d.]+ MB", server.log())
     a.close()
     b.close()
 
@@ -49,7 +50,9 @@ def test_on_a_terminal_the_stats_line_updates_in_place_below_the_log(tmp_path: P
     output = b""
     try:
         output = _read_pty(fd, output, lambda out: b"\x1b[Kstats:" in out)
-        port = int(re.search(rb"listening on 127\.0\.0\.1:(\d+)", output).group(1))  # type: ignore[union-attr]
+        listening = re.search(rb"listening on 127\.0\.0\.1:(\d+)", output)
+        assert listening, output[-1500:]
+        port = int(listening.group(1))
         with socket.create_connection(("127.0.0.1", port)):
             output = _read_pty(fd, output, lambda out: b"connect #1" in out and out.count(b"\x1b[Kstats:") >= 4)
     finally:

@@ -15,6 +15,7 @@ import struct
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,6 +23,7 @@ from csce513msg.client import Client
 from csce513msg.client.tls import TrustError, client_context
 from csce513msg.protocol import Deliver, ErrorCode, Ping, ReceiptState, encode
 from tests.conformance.wire import RawConn, connect
+from tests.fixtures import Names
 from tests.servers import ServerProcess, fingerprint_of, start
 
 DATA_DIR = tempfile.mkdtemp(prefix="msgsrv-tls-")
@@ -33,12 +35,12 @@ SERVER_FLAGS = (
 )  # fmt: skip
 
 
-def tls_client(server: object, user: str | None, **kw: object) -> Client:
+def tls_client(server: ServerProcess, user: str | None, **kw: Any) -> Client:
     """A client over TLS (logged in, its account registered over the wire, if ``user``)."""
     return connect(server, user, tls=True, fingerprint=fingerprint_of(server), drop_repeats=True, **kw)
 
 
-def tls_raw(server: object, rcvbuf: int = 0) -> RawConn:
+def tls_raw(server: ServerProcess, rcvbuf: int = 0) -> RawConn:
     conn = RawConn(server, rcvbuf=rcvbuf)
     conn.sock = client_context().wrap_socket(conn.sock)
     return conn
@@ -50,19 +52,19 @@ def test_banner_prints_the_certificate_fingerprint(server: ServerProcess) -> Non
     assert (Path(DATA_DIR) / "tls" / "key.pem").stat().st_mode & 0o077 == 0
 
 
-def test_login_and_direct_message_over_tls(server: object, names: object) -> None:
-    alice, bob = names("alice"), names("bob")  # type: ignore[operator]
+def test_login_and_direct_message_over_tls(server: ServerProcess, names: Names) -> None:
+    alice, bob = names("alice"), names("bob")
     a, b = tls_client(server, alice), tls_client(server, bob)
     assert isinstance(a.sock, ssl.SSLSocket) and a.sock.version() == "TLSv1.3"
     receipt = a.send_text(bob, "over tls")
     assert receipt.state == ReceiptState.STORED
     deliver = b.next_message(Deliver)
-    assert deliver.body == b"over tls" and deliver.message_id == receipt.message_id  # type: ignore[union-attr]
+    assert deliver.body == b"over tls" and deliver.message_id == receipt.message_id
     a.close()
     b.close()
 
 
-def test_bad_frame_over_tls_gets_an_error_then_a_close(server: object) -> None:
+def test_bad_frame_over_tls_gets_an_error_then_a_close(server: ServerProcess) -> None:
     conn = tls_raw(server)
     conn.handshake()
     conn.send_raw(struct.pack("!IBBHI", 4, 0x06, 0, 10, 1) + b"abcd")
@@ -85,18 +87,18 @@ def test_never_reading_tls_client_is_aborted(server: ServerProcess) -> None:
     greedy.close()
 
 
-def test_pinning_on_first_use_and_a_changed_certificate_is_refused(server: object, tmp_path: Path) -> None:
+def test_pinning_on_first_use_and_a_changed_certificate_is_refused(server: ServerProcess, tmp_path: Path) -> None:
     pins = tmp_path / "known_servers.json"
-    first = Client.connect(server.host, server.port, tls=True, known_servers=pins)  # type: ignore[attr-defined]
+    first = Client.connect(server.host, server.port, tls=True, known_servers=pins)
     first.close()
-    address = f"{server.host}:{server.port}"  # type: ignore[attr-defined]
+    address = f"{server.host}:{server.port}"
     assert json.loads(pins.read_text()) == {address: fingerprint_of(server)}
-    Client.connect(server.host, server.port, tls=True, known_servers=pins).close()  # type: ignore[attr-defined]
+    Client.connect(server.host, server.port, tls=True, known_servers=pins).close()
     pins.write_text(json.dumps({address: "00:" * 31 + "00"}))  # as if the server's certificate changed
     with pytest.raises(TrustError, match="CHANGED"):
-        Client.connect(server.host, server.port, tls=True, known_servers=pins)  # type: ignore[attr-defined]
+        Client.connect(server.host, server.port, tls=True, known_servers=pins)
     with pytest.raises(TrustError, match="not the expected"):
-        Client.connect(server.host, server.port, tls=True, fingerprint="AB:CD")  # type: ignore[attr-defined]
+        Client.connect(server.host, server.port, tls=True, fingerprint="AB:CD")
 
 
 def test_tls_1_2_is_refused(server: ServerProcess) -> None:
@@ -124,10 +126,10 @@ def test_a_silent_plaintext_client_is_closed_at_the_handshake_timeout(server: Se
     server.wait_log("TLS handshake timeout")
 
 
-def test_sigterm_goodbye_over_tls(backend: str, names: object, tmp_path: Path) -> None:
+def test_sigterm_goodbye_over_tls(backend: str, names: Names, tmp_path: Path) -> None:
     proc = start(backend, "--tls", "--data-dir", str(tmp_path), "--close-timeout", "1")
     try:
-        a = tls_client(proc, names("alice"))  # type: ignore[operator]
+        a = tls_client(proc, names("alice"))
         assert proc.terminate(timeout=20) == 0
         goodbye = a.next_message(lambda m: getattr(m, "code", None) == ErrorCode.SHUTTING_DOWN, timeout=10)
         assert goodbye.request_id == 0
