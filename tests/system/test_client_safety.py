@@ -17,23 +17,22 @@ ATTACK = "\033[1;31mRED\033]0;pwned\007\033[2J\033[H\u202eevil"
 
 
 def test_escape_sequences_from_a_peer_are_printed_as_visible_text(server: ServerProcess, names: Names) -> None:
-    alice, bob = names("alice"), names("bob")
-    alice_json = listener(server, alice)  # registers alice, and shows what --json gets
-    alice_proc = subprocess.Popen(
-        msg_cmd(server, alice), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
+    alice, bob, carol = names("alice"), names("bob"), names("carol")
+    carol_json = listener(server, carol)  # shows what --json gets
+    alice_proc = subprocess.Popen(msg_cmd(server, alice), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
-        done = subprocess.run(msg_cmd(server, bob), input=f"/msg {alice} {ATTACK}\n", text=True, capture_output=True,
-                              timeout=30)  # fmt: skip
+        _read_until(alice_proc, b"logged in as")  # online: the message is delivered live
+        script = f"/msg {alice} {ATTACK}\n/msg {carol} {ATTACK}\n"
+        done = subprocess.run(msg_cmd(server, bob), input=script, text=True, capture_output=True, timeout=30)
         assert done.returncode == 0, done.stdout + done.stderr
-        assert b"\x1b" not in done.stdout.encode()  # the sender's own echo is inert too
+        assert "\x1b" not in done.stdout  # the sender's own echo is inert too
         seen = _read_until(alice_proc, b"evil")
         assert b"\x1b" not in seen and b"\x07" not in seen and "\u202e".encode() not in seen
         assert b"\\x1b[1;31mRED\\x1b]0;pwned\\x07\\x1b[2J\\x1b[H\\u202eevil" in seen
-        (deliver,) = [e for e in read_events(alice_json, "deliver") if e["event"] == "deliver"]
+        (deliver,) = [e for e in read_events(carol_json, "deliver") if e["event"] == "deliver"]
         assert deliver["text"] == ATTACK  # --json keeps the exact text (JSON-escaped on the wire)
     finally:
-        for proc in (alice_proc, alice_json):
+        for proc in (alice_proc, carol_json):
             assert proc.stdin is not None
             proc.stdin.close()
             proc.wait(timeout=15)
