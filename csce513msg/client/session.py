@@ -185,12 +185,15 @@ class ClientSession:
 
     def send_text(self, target: str, text: str) -> int:
         """Queue a direct message to ``target``; return its request id."""
-        body = text.encode()
-        client_msg_id = 0
-        if self.device_id:
-            self._next_client_msg_id += 1
-            client_msg_id = self._next_client_msg_id
-        return self.request(Send(TargetKind.USER, ContentType.TEXT, client_msg_id, target, body))
+        return self.request(Send(TargetKind.USER, ContentType.TEXT, self.new_client_msg_id(), target, text.encode()))
+
+    def new_client_msg_id(self) -> int:
+        """A fresh client message id (one per message, also for one queued to send later);
+        0 without a device id."""
+        if not self.device_id:
+            return 0
+        self._next_client_msg_id += 1
+        return self._next_client_msg_id
 
     def who(self) -> int:
         """Queue a Who; return its request id."""

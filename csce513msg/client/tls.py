@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..crypto.certs import fingerprint
 from ..paths import client_config_dir
+from .files import write_private
 
 
 class TrustError(ssl.SSLError):
@@ -69,8 +70,7 @@ def wrap(
     address = f"{host}:{port}"
     if address not in pins:
         pins[address] = actual
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(pins, indent=2, sort_keys=True) + "\n")
+        write_private(path, json.dumps(pins, indent=2, sort_keys=True) + "\n")  # 0600 in a 0700 directory
         return tls, f"first connection to {address}: pinned certificate {actual} in {path}"
     if _norm(pins[address]) != _norm(actual):
         tls.close()

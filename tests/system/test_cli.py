@@ -105,4 +105,5 @@ def test_unknown_recipient_prints_a_clear_error_and_fails(server: ServerProcess,
         timeout=30,
     )
     assert done.returncode == 1
-    assert "! user_not_found: no user" in done.stdout
+    assert "! user_not_found: no user" in done.stderr  # errors on stderr, the conversation on stdout
+    assert "user_not_found" not in done.stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 from pathlib import Path
@@ -30,8 +31,8 @@ def test_script_exit_status_and_human_output(server: ServerProcess, names: Names
             timeout=30,
         )
         assert done.returncode == 0, done.stdout
-        assert f"you -> {bob}: one  [stored]" in done.stdout
-        assert f"you -> {bob}: two  [stored]" in done.stdout  # a plain line went to the last partner
+        assert re.search(rf"^ ✓ \[\d\d:\d\d\] you -> {bob}: one$", done.stdout, re.M)  # one line, when stored
+        assert re.search(rf"^ ✓ \[\d\d:\d\d\] you -> {bob}: two$", done.stdout, re.M)  # to the conversation
         assert "online: " in done.stdout
         texts = [read_events(bob_proc, "deliver")[-1]["text"] for _ in range(2)]
         assert texts == ["one", "two"]
@@ -74,18 +75,18 @@ def test_bad_commands_and_login_refusal(server: ServerProcess, names: Names) -> 
         msg_cmd(server, alice), input="/nope\nhello nobody\n/msg\n", capture_output=True, text=True, timeout=30
     )
     assert done.returncode == 1
-    assert "! unknown command /nope" in done.stdout
-    assert "! no conversation yet" in done.stdout
-    assert "! usage: /msg USER TEXT" in done.stdout
+    assert "! unknown command /nope" in done.stderr
+    assert "! no conversation yet" in done.stderr
+    assert "! usage: /msg USER TEXT" in done.stderr
     bad = subprocess.run(
         msg_cmd(server, "bad name!", account=False), input="", capture_output=True, text=True, timeout=30
     )
-    assert bad.returncode == 1 and "invalid_name" in bad.stdout
+    assert bad.returncode == 2 and "invalid user name 'bad name!'" in bad.stderr  # checked before connecting
     wrong = subprocess.run(
         msg_cmd(server, alice), input="", capture_output=True, text=True, timeout=30,
         env={**os.environ, "MSG_PASSWORD": "not the password"},
     )  # fmt: skip
-    assert wrong.returncode == 1 and "auth_failed: auth failed" in wrong.stdout
+    assert wrong.returncode == 1 and "auth_failed: auth failed" in wrong.stderr
 
 
 def test_msg_register_then_login_and_the_password_from_the_environment(server: ServerProcess, names: Names) -> None:
@@ -97,7 +98,7 @@ def test_msg_register_then_login_and_the_password_from_the_environment(server: S
     taken = subprocess.run(
         msg_cmd(server, carol, "--register", account=False), input="", capture_output=True, text=True, timeout=30
     )
-    assert taken.returncode == 1 and "name_taken" in taken.stdout
+    assert taken.returncode == 1 and "name_taken" in taken.stderr
     env = {k: v for k, v in os.environ.items() if k != "MSG_PASSWORD"}
     no_password = subprocess.run(msg_cmd(server, carol), input="", capture_output=True, text=True, timeout=30, env=env)
     assert no_password.returncode == 2 and "MSG_PASSWORD" in no_password.stderr  # no terminal to ask on
@@ -107,7 +108,7 @@ def test_cli_reports_an_unreachable_server(names: Names) -> None:
     done = subprocess.run(
         [*MSG, "--server", "127.0.0.1:1", "--user", "alice"], input="", capture_output=True, text=True, timeout=30
     )
-    assert done.returncode == 1 and "cannot connect" in done.stdout
+    assert done.returncode == 1 and "cannot connect" in done.stderr
 
 
 def test_msgsrv_refuses_bad_choices_with_status_2() -> None:
@@ -138,7 +139,7 @@ def test_tls_client_to_a_plaintext_port_fails_clearly(server: ServerProcess, nam
         env={**os.environ, "MSG_CONFIG_DIR": "/nonexistent-not-needed"},
     )
     assert done.returncode == 1
-    assert "TLS handshake" in done.stdout and "--tls" in done.stdout
+    assert "TLS handshake" in done.stderr and "--tls" in done.stderr
     server.wait_log("a TLS client on a plaintext port?")
 
 

@@ -41,7 +41,7 @@ def test_msg_tls_pins_on_first_use_and_refuses_a_changed_certificate(
     (tmp_path / "known_servers.json").write_text(json.dumps({address: "11:" * 31 + "11"}))
     changed = run_msg(server, user, tmp_path, "--tls")
     assert changed.returncode == 1
-    assert "REFUSED" in changed.stdout and "CHANGED" in changed.stdout
+    assert "REFUSED" in changed.stderr and "CHANGED" in changed.stderr
     assert "logged in" not in changed.stdout  # nothing was sent to the impostor
     explicit = run_msg(server, user, tmp_path, "--fingerprint", fingerprint)
     assert explicit.returncode == 0 and "matches the given fingerprint" in explicit.stdout

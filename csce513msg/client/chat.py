@@ -1,0 +1,641 @@
+"""What ``msg`` does, whichever loop drives it: conversations, commands, receipts.
+
+``ChatClient`` holds the state of a run and the rules a user sees: where a plain line
+goes, what a receipt means, what a command typed while disconnected answers. It prints
+through a ``View`` and never touches a socket or the keyboard: the teaching loop
+(``client/terminal.py``, select/poll/epoll by hand) and the interactive mode
+(``client/interactive.py``, prompt_toolkit's asyncio loop) both drive it with the same
+steps (``receive``, ``transmit``, ``lost``, ``reconnect``), so the two loops differ only
+in how they wait.
+
+Everything from the network is printed through ``sanitize.inert``: a View receives
+literal, inert text and never runs it through markup.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import itertools
+import json
+import random
+import socket
+import ssl
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol, TextIO
+
+from ..protocol import (
+    WAITING_CAP,
+    ContentType,
+    Deliver,
+    Error,
+    ErrorCode,
+    HistoryEnd,
+    LoginOk,
+    Message,
+    Presence,
+    Receipt,
+    ReceiptState,
+    RemoteProtocolError,
+    Send,
+    TargetKind,
+    Welcome,
+    WhoReply,
+)
+from .files import Outbox, Unsent, save_token
+from .sanitize import inert, inert_name
+from .session import ClientSession, ClientState
+from .tls import TrustError
+from .tls import wrap as wrap_tls
+
+RECONNECT_FOR = 30.0  #: after end of input, seconds to keep trying to reconnect before giving up
+BUSY = (ErrorCode.RATE_LIMITED, ErrorCode.SERVER_FULL)  #: refusals of a login worth trying again later
+HISTORY_PAGE = 20  #: messages per /history and /more
+COMMANDS = ("/msg", "/to", "/who", "/history", "/more", "/help", "/quit")
+
+HELP = """commands:
+  /msg USER TEXT     send TEXT to USER, who becomes your conversation
+  /to USER           talk to USER: plain lines go there
+  TEXT               send to your conversation
+  /who               who is online
+  /history [USER]    the last messages with USER (default: your conversation)
+  /more              earlier messages (after /history)
+  /help              this help
+  /quit              leave (what the server has not stored yet is kept and sent next time)"""
+
+
+class Outcome(enum.Enum):
+    """What reading from the server means for the run."""
+
+    OK = "ok"  #: go on
+    LOST = "lost"  #: the connection is gone, or the server too busy to log in: reconnect later
+    FATAL = "fatal"  #: nothing more to do (never got in, a refused login, a broken stream): exit
+
+
+class Style(enum.Enum):
+    """What kind of line: a View may colour them."""
+
+    SYSTEM = "system"
+    ERROR = "error"
+    SELF = "self"  #: what you sent
+    OTHER = "other"  #: what others sent
+    DATE = "date"
+
+
+class View(Protocol):
+    """Where the client's lines go. ``human`` is literal, inert text (never markup).
+
+    ``key`` names a line that a later ``show`` with the same key replaces (a sent
+    message whose state changes): a View that can rewrite lines does; one that cannot
+    prints the new line only if ``final``."""
+
+    def show(self, human: str, /, *, style: Style = Style.SYSTEM, key: int | None = None, **event: object) -> None: ...
+
+
+class PlainView:
+    """Plain lines: the conversation on stdout, errors on stderr (or one JSON object per
+    event, all on stdout, with ``--json``)."""
+
+    def __init__(self, as_json: bool, out: TextIO | None = None, err: TextIO | None = None) -> None:
+        self.as_json = as_json
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+
+    def show(self, human: str, /, *, style: Style = Style.SYSTEM, key: int | None = None, **event: object) -> None:
+        if self.as_json:
+            if event:
+                self.out.write(json.dumps(event, ensure_ascii=False) + "\n")
+                self.out.flush()
+            return
+        stream = self.err if style is Style.ERROR else self.out
+        stream.write(human + "\n")
+        stream.flush()
+
+
+def clock(time_us: int) -> str:
+    return datetime.fromtimestamp(time_us / 1e6).strftime("%H:%M")
+
+
+def day_of(time_us: int) -> str:
+    return datetime.fromtimestamp(time_us / 1e6).strftime("%A %d %B %Y")
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def count_waiting(waiting: int) -> str:
+    """LoginOk.waiting in words: the server counts no further than WAITING_CAP, so that
+    value means "that many or more" (docs/protocol.md, LoginOk)."""
+    if waiting >= WAITING_CAP:
+        return f"{WAITING_CAP}+ messages"
+    return plural(waiting, "message")
+
+
+def code_name(code: int) -> str:
+    try:
+        return ErrorCode(code).name.lower()
+    except ValueError:
+        return f"error {code}"
+
+
+MARKS = {"sending": " ·", "stored": " ✓", "delivered": "✓✓"}  #: two columns each: a line keeps its width
+
+
+@dataclass(slots=True)
+class Outgoing:
+    """A message you sent, as long as its line may change."""
+
+    to: str
+    text: str
+    time_us: int
+    key: int
+    state: str = "sending"
+
+
+class ChatClient:
+    """The run's state: the session, your conversations, what you sent."""
+
+    def __init__(self, session: ClientSession, view: View, *, live: bool = False, verbose: bool = False) -> None:
+        self.sock: socket.socket | None = None
+        self.session = session
+        self.view = view
+        self.live = live  #: the View rewrites lines: a sent message is one line whose mark changes
+        self.verbose = verbose  #: ids and every state change, even where lines cannot be rewritten
+        self.partner: str | None = None  #: the current conversation: where a plain line goes
+        self.unread: dict[str, int] = {}  #: messages from others than the current conversation
+        self.known: set[str] = set()  #: user names seen (for completion)
+        self.sent: dict[int, Outgoing] = {}  #: request id -> message awaiting its receipt
+        self.by_id: dict[int, Outgoing] = {}  #: message id -> message whose delivery is awaited
+        self.reverts: dict[int, str | None] = {}  #: request id -> the conversation before it
+        self.history_more: tuple[str, int] | None = None  #: (user, first position) for /more
+        self.history_for: dict[int, str] = {}  #: request id -> whose history
+        self.last_day = ""
+        self.commands: list[str] = []  #: lines read before the login finished
+        self.queued: list[Unsent] = []  #: messages typed while disconnected, or left from a run before
+        self.outbox: Outbox | None = None
+        self.failures = 0
+        self.input_done = False
+        self.finished = False
+        self.last_send = time.monotonic()
+        self.online = True  #: False between a lost connection and the next one
+        self.ever_ready = False  #: logged in once: a lost connection is worth reconnecting
+        self.retry_at = 0.0  #: when to try to reconnect
+        self.lost_at = 0.0  #: when the connection was lost (0: it is up)
+        self.backoff = 0.5  #: the longest wait before the next attempt (drawn at random), doubling up to 5
+        self.resend: list[Send] = []  #: unacknowledged sends of the last connection
+        self.server_key = ""  #: "host:port", under which the device token is kept
+        self.busy = False  #: the server refused the login as busy: retrying quietly until a LoginOk
+
+    # ---- what waits to be sent ------------------------------------------------------------
+
+    def unacknowledged(self) -> list[Send]:
+        """Sends the server has not answered: they go again, with the same client ids."""
+        return [m for m in self.session.pending.values() if isinstance(m, Send)]
+
+    def waiting(self) -> list[Unsent]:
+        """Everything the server has not stored yet: sent but unanswered, and queued."""
+        sent = [Unsent(m.target, m.body.decode(errors="replace"), m.client_msg_id) for m in self.unacknowledged()]
+        resend = [Unsent(m.target, m.body.decode(errors="replace"), m.client_msg_id) for m in self.resend]
+        return sent + resend + self.queued
+
+    def keep_waiting(self) -> None:
+        """Save what waits to the outbox on disk (or clear it): the next run sends it."""
+        if self.outbox is not None:
+            self.outbox.save(self.waiting())
+
+    def resend_unacknowledged(self) -> None:
+        """After a login: what the last connection left unanswered, then what was queued.
+        The server recognises what it had already stored by the client message id."""
+        for send in self.resend:
+            old = self.sent.pop(send.request_id, None)
+            rid = self.session.request(dataclasses.replace(send, request_id=0))
+            if old is not None:
+                self.sent[rid] = old
+        self.resend = []
+        queued, self.queued = self.queued, []
+        for unsent in queued:
+            send = Send(TargetKind.USER, ContentType.TEXT, unsent.client_msg_id, unsent.to, unsent.text.encode())
+            rid = self.session.request(send)
+            self.sent[rid] = Outgoing(unsent.to, unsent.text, int(time.time() * 1e6), rid)
+
+    # ---- from the server ----------------------------------------------------------------------
+
+    def on_message(self, msg: Message) -> None:
+        if isinstance(msg, Deliver):
+            self._deliver(msg)
+        elif isinstance(msg, Receipt):
+            self._receipt(msg)
+        elif isinstance(msg, HistoryEnd):
+            self._history_end(msg)
+        elif isinstance(msg, Error):
+            self._error(msg)
+        elif isinstance(msg, Presence):
+            self.known.add(msg.user)
+            what = "is online" if msg.online else "went offline"
+            self.view.show(f"* {inert_name(msg.user)} {what}", event="presence", user=msg.user, online=bool(msg.online))
+        elif isinstance(msg, WhoReply):
+            self.known.update(msg.users)
+            names = [_who_entry(u, n, r) for u, n, r in itertools.zip_longest(msg.users, msg.sessions, msg.roles)]
+            sessions = dict(zip(msg.users, msg.sessions, strict=False))
+            self.view.show("online: " + inert_name(", ".join(names)), event="who", users=list(msg.users),
+                           sessions=sessions)  # fmt: skip
+        elif isinstance(msg, LoginOk):
+            away = f"; {count_waiting(msg.waiting)} arrived while you were away" if msg.waiting else ""
+            self.view.show(
+                f"logged in as {inert_name(msg.user)} ({inert_name(msg.role or 'student')}){away}; /help for commands",
+                event="login", user=msg.user, role=msg.role, waiting=msg.waiting,
+                waiting_or_more=msg.waiting >= WAITING_CAP,
+            )  # fmt: skip
+        elif isinstance(msg, Welcome):
+            self.view.show(
+                f"connected to {inert_name(msg.server)} (protocol {msg.version_major}.{msg.version_minor})",
+                event="welcome", server=msg.server, version=f"{msg.version_major}.{msg.version_minor}",
+            )  # fmt: skip
+
+    def _date_line(self, time_us: int) -> None:
+        day = day_of(time_us)
+        if day != self.last_day:
+            self.last_day = day
+            self.view.show(f"--- {day} ---", style=Style.DATE)
+
+    def _deliver(self, msg: Deliver) -> None:
+        text = msg.body.decode(errors="replace")
+        history = bool(msg.request_id)
+        self.known.add(msg.sender)
+        self._date_line(msg.time_us)
+        me = self.session.user
+        if msg.sender == me:  # my own message: another of my sessions sent it, or a page of history
+            who = f"you -> {inert_name(msg.target)}"
+            style = Style.SELF
+        else:
+            who = inert_name(msg.sender)
+            style = Style.OTHER
+            if not history:
+                if self.partner is None:
+                    self.partner = msg.sender  # the first to write becomes the conversation
+                elif msg.sender != self.partner:
+                    self.unread[msg.sender] = self.unread.get(msg.sender, 0) + 1
+        prefix = f"[{clock(msg.time_us)}] {who}: "
+        human = prefix + inert(text, indent=" " * len(prefix))
+        if self.verbose:
+            human += f"  (#{msg.message_id}, {msg.stream} @{msg.position})"
+        self.view.show(human, style=style, event="deliver", sender=msg.sender, to=msg.target, text=text,
+                       id=msg.message_id, time_us=msg.time_us, stream=msg.stream, position=msg.position,
+                       history=history)  # fmt: skip
+
+    def _sent_line(self, out: Outgoing) -> str:
+        prefix = f"{MARKS.get(out.state, '  ')} [{clock(out.time_us)}] you -> {inert_name(out.to)}: "
+        return prefix + inert(out.text, indent=" " * len(prefix))
+
+    def _receipt(self, msg: Receipt) -> None:
+        state = ReceiptState(msg.state).name.lower() if msg.state in ReceiptState._value2member_map_ else str(msg.state)
+
+        def emit(human: str, to: str, key: int | None = None) -> None:
+            self.view.show(human, style=Style.SELF, key=key, event="receipt", to=to, state=state, detail=msg.detail,
+                           id=msg.message_id, request=msg.request_id, position=msg.position)  # fmt: skip
+
+        out = self.sent.pop(msg.request_id, None) if msg.request_id else self.by_id.pop(msg.message_id, None)
+        if out is None:  # a later state of a message sent before (by an earlier run, or another session)
+            to = _partner_of(msg.stream, self.session.user)
+            verbose = f"   {state}: an earlier message to {inert_name(to)} (#{msg.message_id})"
+            emit(verbose if self.verbose else "", to)  # a plain View prints nothing for "" (--json does)
+            return
+        self.reverts.pop(msg.request_id, None)
+        first_state = out.state == "sending"
+        out.state = state
+        if state == "stored":
+            self.by_id[msg.message_id] = out  # its delivery comes later
+            if len(self.by_id) > 10_000:
+                self.by_id.pop(next(iter(self.by_id)))
+        human = self._sent_line(out) + (f"  ({inert(msg.detail)})" if msg.detail else "")
+        if self.verbose:
+            human += f"  (#{msg.message_id})"
+        # live: the line's mark changes in place; plain: the line once, when stored (every state with --verbose)
+        emit(human if self.live or first_state or self.verbose else "", out.to, key=out.key)
+
+    def _history_end(self, msg: HistoryEnd) -> None:
+        who = self.history_for.pop(msg.request_id, _partner_of(msg.stream, self.session.user))
+        if msg.count:
+            self.history_more = (who, msg.first)
+            note = f"({plural(msg.count, 'earlier message')} with {inert_name(who)}: /more for more)"
+        else:
+            self.history_more = None
+            note = f"(no earlier messages with {inert_name(who)})"
+        self.view.show(note, event="history_end", stream=msg.stream, count=msg.count, first=msg.first)
+
+    def _error(self, msg: Error) -> None:
+        name = code_name(msg.code)
+        out = self.sent.pop(msg.request_id, None)
+        if msg.request_id in self.reverts:  # a failed send does not move the conversation
+            before = self.reverts.pop(msg.request_id)
+            if out is not None and self.partner == out.to:
+                self.partner = before
+        if msg.request_id or msg.code != ErrorCode.SHUTTING_DOWN:
+            self.failures += 1
+        about = f" (your message to {inert_name(out.to)} was not sent)" if out is not None else ""
+        self.view.show(f"! {name}: {inert(msg.message)}{about}", style=Style.ERROR, event="error", code=name,
+                       message=msg.message, request=msg.request_id)  # fmt: skip
+
+    # ---- from the keyboard ----------------------------------------------------------------------
+
+    def on_line(self, line: str) -> None:
+        """One line (or a multi-line message) typed by the user."""
+        if not line.strip():
+            return
+        if self.session.state is not ClientState.READY and not self.ever_ready:
+            self.commands.append(line)  # run once the first login is through
+            return
+        stripped = line.strip()
+        if stripped.startswith("/"):
+            self._command(stripped)
+        elif self.partner is None:
+            self.local_error("no conversation yet: /to USER, or /msg USER TEXT")
+        else:
+            self.send(self.partner, line.rstrip("\n"))
+
+    def _command(self, line: str) -> None:
+        cmd, _, rest = line.partition(" ")
+        rest = rest.strip()
+        if cmd == "/msg":
+            to, _, text = rest.partition(" ")
+            if not to or not text.strip():
+                return self.local_error("usage: /msg USER TEXT")
+            self.send(to, text.strip())
+        elif cmd == "/to":
+            if not rest or " " in rest:
+                return self.local_error("usage: /to USER")
+            self.partner = rest.lower()
+            self.known.add(self.partner)
+            self.unread.pop(self.partner, None)
+            self.view.show(f"talking to {inert_name(self.partner)}", event="to", user=self.partner)
+        elif cmd == "/who":
+            if self._connected("/who"):
+                self.session.who()
+        elif cmd == "/history":
+            who, _, count = rest.partition(" ")
+            who = who or (self.partner or "")
+            if not who or (count and not count.isdigit()):
+                return self.local_error("usage: /history [USER] [N]")
+            if self._connected("/history"):
+                self.history_for[self.session.history(who, int(count) if count else HISTORY_PAGE)] = who
+        elif cmd == "/more":
+            if self.history_more is None:
+                return self.local_error("nothing more: /history USER first")
+            who, first = self.history_more
+            if self._connected("/more"):
+                self.history_for[self.session.history(who, HISTORY_PAGE, before=first)] = who
+        elif cmd == "/help":
+            self.view.show(HELP, event="help", text=HELP)
+        elif cmd == "/quit":
+            self.input_done = True
+        else:
+            self.local_error(f"unknown command {cmd}: /help lists them")
+
+    def _connected(self, what: str) -> bool:
+        if self.online and self.session.state is ClientState.READY:
+            return True
+        wait = max(0.0, self.retry_at - time.monotonic())
+        self.local_error(f"{what}: not connected; retrying in {wait:.0f} s")
+        return False
+
+    def max_text(self) -> int | None:
+        welcome = self.session.welcome
+        return welcome.max_text if welcome is not None else None
+
+    def send(self, to: str, text: str) -> None:
+        to = to.lower()
+        limit = self.max_text()
+        size = len(text.encode())
+        if limit is not None and size > limit:
+            return self.local_error(f"message too long: {size} bytes; the server takes at most {limit}")
+        now_us = int(time.time() * 1e6)
+        if not (self.online and self.session.state is ClientState.READY):
+            cid = self.session.new_client_msg_id()
+            self.queued.append(Unsent(to, text, cid))
+            self.keep_waiting()
+            self.partner = to
+            self.view.show(f"queued for {inert_name(to)}: sent when the connection is back "
+                           f"({plural(len(self.queued), 'message')} waiting)", event="queued", to=to)  # fmt: skip
+            return
+        rid = self.session.send_text(to, text)
+        self.known.add(to)
+        out = Outgoing(to, text, now_us, rid)
+        self.sent[rid] = out
+        self.reverts[rid] = self.partner
+        self.partner = to
+        self.unread.pop(to, None)
+        if self.live:
+            self.view.show(self._sent_line(out), style=Style.SELF, key=rid)
+
+    def local_error(self, message: str) -> None:
+        self.failures += 1
+        self.view.show(f"! {message}", style=Style.ERROR, event="error", code="local", message=message, request=0)
+
+    def ready_to_exit(self) -> bool:
+        """End of input, and every request answered."""
+        ready = self.session.state is ClientState.READY
+        return ready and self.input_done and not self.commands and not self.session.pending and not self.queued
+
+
+def _who_entry(user: str, sessions: int | None, role: str | None) -> str:
+    extra = [f"{sessions} sessions"] if sessions and sessions > 1 else []
+    extra += [role] if role == "instructor" else []
+    return f"{user} ({', '.join(extra)})" if extra else user
+
+
+def _partner_of(stream: str, me: str | None) -> str:
+    """The other user of a direct stream ``dm:a,b`` (the stream itself if not one)."""
+    if stream.startswith("dm:"):
+        users = stream[3:].split(",")
+        others = [u for u in users if u != me]
+        return others[0] if others else (me or stream)
+    return stream
+
+
+# ---- connecting, and the steps both loops take ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TlsOptions:
+    """``msg --tls``: how to trust the server (see ``client.tls``)."""
+
+    fingerprint: str | None = None
+    ca: Path | None = None
+
+
+@dataclass
+class Connector:
+    """How to (re)connect: the address, and TLS trust if any."""
+
+    host: str
+    port: int
+    tls: TlsOptions | None
+    view: View
+
+    def open(self) -> socket.socket:
+        """Create a socket and connect (TLS handshake included); raises OSError or TrustError."""
+        sock = socket.create_connection((self.host, self.port), timeout=10)
+        if self.tls is not None:
+            sock, note = wrap_tls(sock, self.host, self.port, expected=self.tls.fingerprint, ca=self.tls.ca)
+            self.view.show(f"tls: {note}", event="tls", message=note)
+        sock.setblocking(False)
+        return sock
+
+
+class Watcher(Protocol):
+    """How a loop watches a socket for reading: a mux, or the asyncio loop's add_reader."""
+
+    def register(self, fd: int) -> object: ...
+    def unregister(self, fd: int) -> object: ...
+
+
+def receive(chat: ChatClient) -> Outcome:
+    """The socket is readable: read, hand the bytes to the session, show what came."""
+    assert chat.sock is not None
+    try:
+        data = chat.sock.recv(65536)
+        while isinstance(chat.sock, ssl.SSLSocket) and chat.sock.pending():
+            data += chat.sock.recv(65536)  # decrypted bytes select() cannot see
+    except (BlockingIOError, ssl.SSLWantReadError):
+        return Outcome.OK
+    except OSError as exc:
+        text = f"connection lost: {exc.strerror or exc}"
+        chat.view.show(f"! {text}", style=Style.ERROR, event="closed", message=text)
+        return Outcome.LOST if chat.ever_ready else Outcome.FATAL
+    if not data:
+        text = "the server closed the connection"
+        if chat.session.state is ClientState.AWAIT_WELCOME:
+            text += " before its Welcome (does it expect TLS? try --tls)"
+        chat.view.show(f"! {text}", style=Style.ERROR, event="closed", message=text)
+        if not chat.ever_ready:
+            chat.failures += 1
+            return Outcome.FATAL  # never got in: nothing to come back to
+        return Outcome.LOST
+    try:
+        events = chat.session.receive_data(data)
+    except RemoteProtocolError as exc:
+        chat.view.show(f"! {inert(exc.message)}", style=Style.ERROR, event="error", code=exc.code.name.lower(),
+                       message=exc.message, request=0)  # fmt: skip
+        chat.failures += 1
+        return Outcome.FATAL
+    for msg in events:
+        if isinstance(msg, Error) and msg.code in BUSY and chat.session.state is not ClientState.READY:
+            if not chat.busy:  # once per stretch of refusals, not once per attempt
+                text = f"the server is busy ({code_name(msg.code)}): trying again shortly"
+                chat.view.show(f"! {text}", style=Style.ERROR, event="busy", message=text)
+                chat.busy = True
+            return Outcome.LOST  # not a failure: reconnect and log in again, later (with jitter)
+        chat.on_message(msg)
+        if isinstance(msg, Error) and chat.session.state is not ClientState.READY:
+            return Outcome.FATAL  # the login was refused: nothing more to do
+        if isinstance(msg, Error) and msg.code == ErrorCode.ACCOUNT_CHANGED:
+            chat.ever_ready = False  # the password changed or the account is gone: do not log in again
+        if isinstance(msg, LoginOk):
+            logged_in(chat, msg)
+    return Outcome.OK
+
+
+def logged_in(chat: ChatClient, msg: LoginOk) -> None:
+    chat.ever_ready = True
+    chat.busy = False
+    chat.backoff = 0.5
+    if msg.device_token and chat.server_key:
+        save_token(chat.server_key, msg.user, msg.device_token)
+    if chat.live:
+        chat.session.who()  # who is online: shown, and names for Tab to complete
+    chat.resend_unacknowledged()
+    pending, chat.commands = chat.commands, []
+    for line in pending:
+        chat.on_line(line)
+    chat.keep_waiting()
+
+
+def transmit(chat: ChatClient) -> bool:
+    """Send what the session queued; False if the connection broke."""
+    data = chat.session.data_to_send()
+    if not data or chat.sock is None:
+        return True
+    try:
+        chat.sock.setblocking(True)  # small requests: let the kernel take them whole
+        chat.sock.sendall(data)
+        chat.sock.setblocking(False)
+    except OSError as exc:
+        chat.view.show(f"! send failed: {exc.strerror}", style=Style.ERROR, event="error", code="connection",
+                       message=str(exc), request=0)  # fmt: skip
+        return False
+    chat.last_send = time.monotonic()
+    return True
+
+
+def lost(chat: ChatClient, watcher: Watcher) -> None:
+    """The connection broke: keep what was not acknowledged, and try again soon."""
+    assert chat.sock is not None
+    watcher.unregister(chat.sock.fileno())
+    chat.sock.close()
+    chat.online = False
+    chat.retry_at = time.monotonic() + random.uniform(0, chat.backoff)  # jitter: not all at once
+    chat.backoff = min(5.0, chat.backoff * 2)  # back to 0.5 s at the next LoginOk
+    chat.lost_at = chat.lost_at or time.monotonic()
+    chat.resend = chat.unacknowledged()
+    chat.keep_waiting()
+    if chat.busy:
+        return  # said once already: "the server is busy"
+    unacked = len(chat.resend) + len(chat.queued)
+    text = "connection lost: reconnecting" + (f" ({plural(unacked, 'message')} to send)" if unacked else "")
+    chat.view.show(f"! {text}", style=Style.ERROR, event="reconnecting", message=text)
+
+
+def due_to_reconnect(chat: ChatClient) -> bool | None:
+    """True when a reconnect attempt is due; None when it is time to give up."""
+    now = time.monotonic()
+    if chat.input_done and now - chat.lost_at > RECONNECT_FOR:
+        chat.local_error(f"no connection for {RECONNECT_FOR:.0f} s: giving up")
+        return None
+    return now >= chat.retry_at
+
+
+def reconnected(chat: ChatClient, sock: socket.socket | BaseException, watcher: Watcher) -> bool:
+    """The result of a reconnect attempt (a socket, or why it failed); False to give up."""
+    if isinstance(sock, TrustError):
+        chat.view.show(f"! REFUSED: {sock.args[0]}", style=Style.ERROR, event="error", code="untrusted",
+                       message=str(sock.args[0]))  # fmt: skip
+        chat.failures += 1
+        return False
+    if isinstance(sock, BaseException):  # still down (ssl.SSLError included): later, a little later each time
+        chat.retry_at = time.monotonic() + random.uniform(0, chat.backoff)
+        chat.backoff = min(5.0, chat.backoff * 2)
+        return True
+    old = chat.session
+    registered = chat.ever_ready or not old.register_first  # a busy server may have refused the Register
+    chat.session = ClientSession(  # registered already, if that was asked: now a login
+        old.user, password=old.password, register=not registered, presence=True, client="msg",
+        device_id=old.device_id, device_token=old.device_token, client_msg_seed=old.next_client_msg_id,
+    )  # fmt: skip
+    chat.sock, chat.online, chat.lost_at = sock, True, 0.0
+    watcher.register(sock.fileno())
+    if not chat.busy:
+        chat.view.show("reconnected", event="reconnected", message="reconnected")
+    return True
+
+
+def keepalive(chat: ChatClient) -> None:
+    """Ping when the connection has been quiet for a third of the server's idle timeout."""
+    interval = chat.session.keepalive_interval()
+    ready = chat.online and chat.session.state is ClientState.READY
+    if ready and interval and time.monotonic() - chat.last_send > interval:
+        chat.session.ping()
+
+
+def next_timeout(chat: ChatClient) -> float | None:
+    """How long a loop may wait before the client has something to do by itself."""
+    if not chat.online:
+        return max(0.0, chat.retry_at - time.monotonic())
+    interval = chat.session.keepalive_interval()
+    if interval is None:
+        return None
+    return max(0.0, chat.last_send + interval - time.monotonic())

@@ -1,0 +1,99 @@
+"""Starting ``msg``: connect first, then ask for the password, then build the session.
+
+Connecting first means a stopped server or a wrong address costs no typed password.
+A password never goes to a remote server in clear without the user's say-so: over a
+non-loopback address without TLS, ``msg`` asks for confirmation on a terminal and
+refuses otherwise, unless the config file says ``allow_plaintext = true``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .chat import ChatClient, Connector, Style, TlsOptions, View
+from .files import Outbox, device_id, load_token
+from .sanitize import inert
+from .session import ClientSession
+from .tls import TrustError
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What ``msg`` was asked to do (from the command line and the config file)."""
+
+    host: str
+    port: int
+    user: str
+    tls: TlsOptions | None
+    register: bool = False
+    allow_plaintext: bool = False
+    verbose: bool = False
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return all(ipaddress.ip_address(info[4][0]).is_loopback for info in socket.getaddrinfo(host, None))
+    except (OSError, ValueError):
+        return False
+
+
+def start(
+    plan: Plan,
+    view: View,
+    password: Callable[[], str | None],
+    confirm: Callable[[str], bool] | None,
+    *,
+    live: bool = False,
+) -> tuple[ChatClient, Connector] | int:
+    """Connect, get the password, and return the client ready to run; or an exit status."""
+    connector = Connector(plan.host, plan.port, plan.tls, view)
+    where = f"{plan.host}:{plan.port}"
+    try:
+        sock = connector.open()  # create a socket, connect (and the TLS handshake)
+    except TrustError as exc:
+        _fail(view, f"REFUSED: {exc.args[0]}", "untrusted")
+        return 1
+    except ssl.SSLError as exc:
+        _fail(
+            view, f"TLS handshake with {where} failed: {exc.reason or exc} (is the server started with --tls?)", "tls"
+        )
+        return 1
+    except OSError as exc:
+        _fail(view, f"cannot connect to {where}: {exc.strerror or exc}", "connect")
+        return 1
+    if plan.tls is None and not plan.allow_plaintext and not is_loopback(plan.host):
+        question = f"{where} is not this machine and the connection has no TLS: send your password in clear?"
+        if confirm is None or not confirm(question):
+            sock.close()
+            _fail(view, f"refusing to send a password in clear to {where}: use --tls (or allow_plaintext = true "
+                        "in the config file)", "plaintext")  # fmt: skip
+            return 2
+    secret = password()
+    if secret is None:
+        sock.close()
+        return 2
+    user = plan.user.lower()
+    server_key = where
+    session = ClientSession(
+        user, password=secret, register=plan.register, presence=True, client="msg", device_id=device_id(user),
+        device_token=load_token(server_key, user), client_msg_seed=time.time_ns() // 1000,
+    )  # fmt: skip
+    chat = ChatClient(session, view, live=live, verbose=plan.verbose)
+    chat.sock = sock
+    chat.server_key = server_key
+    chat.outbox = Outbox(server_key, user)
+    chat.queued = chat.outbox.load()
+    if chat.queued:
+        count = len(chat.queued)
+        view.show(f"{count} unsent message{'' if count == 1 else 's'} from last time: sending after the login",
+                  event="queued_from_before", count=count)  # fmt: skip
+    return chat, connector
+
+
+def _fail(view: View, text: str, code: str) -> None:
+    view.show(f"! {inert(text)}", style=Style.ERROR, event="error", code=code, message=text, request=0)
