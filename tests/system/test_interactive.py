@@ -27,7 +27,7 @@ from tests.servers import IS_LINUX, ServerProcess
 from tests.system.test_cli import listener, msg_cmd, read_events
 
 BACKENDS = ["epoll" if IS_LINUX else "select"]
-COLUMNS, ROWS = 100, 30
+COLUMNS, ROWS = 160, 30  # wide: an assertion on a line never meets a wrap
 ATTACK = "\033[1;31mRED\033]0;pwned\007\033[2J\033[H\u202eevil"
 
 
