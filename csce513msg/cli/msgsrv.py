@@ -39,6 +39,7 @@ from ..store.sqlite import SqliteStore, database_problem
 from . import options as o
 from . import stats as live_stats
 from .banner import make_announce
+from .invite import invite
 from .users import user_app
 
 C = TypeVar("C", BackendConfig, HubConfig)  #: a config that ``_configs`` fills from the options
@@ -49,6 +50,7 @@ app = typer.Typer(
     rich_markup_mode="rich",  # help panels; texts with brackets go through escape()
 )
 app.add_typer(user_app, name="user")
+app.command("invite")(invite)
 
 
 @app.callback(invoke_without_command=True)
@@ -101,7 +103,7 @@ def main(
 ) -> None:
     """Run the chat server until SIGINT or SIGTERM (Ctrl-C): it says goodbye to every client and exits 0."""
     if ctx.invoked_subcommand is not None:
-        return  # `msgsrv user ...`, or `msgsrv serve ...`, which runs this again as a command
+        return  # `msgsrv user ...`, `msgsrv invite`, or `msgsrv serve ...` (which runs this again)
     live = live_stats.LiveLine.on_terminal() if stats else None  # log lines print above the live line
     logging.basicConfig(
         level=logging.WARNING if quiet else getattr(logging, log_level.value.upper()),

@@ -174,6 +174,7 @@ class ChatClient:
         self.reverts: dict[int, str | None] = {}  #: request id -> the conversation before it
         self.history_more: tuple[str, int] | None = None  #: (user, first position) for /more
         self.history_for: dict[int, str] = {}  #: request id -> whose history
+        self.deferred_more = 0  #: /more typed while a page was on its way
         self.last_day = ""
         self.commands: list[str] = []  #: lines read before the login finished
         self.queued: list[Unsent] = []  #: messages typed while disconnected, or left from a run before
@@ -327,6 +328,9 @@ class ChatClient:
             self.history_more = None
             note = f"(no earlier messages with {inert_name(who)})"
         self.view.show(note, event="history_end", stream=msg.stream, count=msg.count, first=msg.first)
+        if self.deferred_more and not self.history_for:
+            self.deferred_more -= 1
+            self._command("/more")
 
     def _error(self, msg: Error) -> None:
         name = code_name(msg.code)
@@ -384,6 +388,9 @@ class ChatClient:
             if self._connected("/history"):
                 self.history_for[self.session.history(who, int(count) if count else HISTORY_PAGE)] = who
         elif cmd == "/more":
+            if self.history_for:  # a page is on its way: /more follows it (a script types ahead)
+                self.deferred_more += 1
+                return None
             if self.history_more is None:
                 return self.local_error("nothing more: /history USER first")
             who, first = self.history_more
@@ -439,7 +446,8 @@ class ChatClient:
     def ready_to_exit(self) -> bool:
         """End of input, and every request answered."""
         ready = self.session.state is ClientState.READY
-        return ready and self.input_done and not self.commands and not self.session.pending and not self.queued
+        waiting = self.commands or self.session.pending or self.queued or self.deferred_more
+        return ready and self.input_done and not waiting
 
 
 def _who_entry(user: str, sessions: int | None, role: str | None) -> str:

@@ -1,9 +1,9 @@
 """Starting ``msg``: connect first, then ask for the password, then build the session.
 
 Connecting first means a stopped server or a wrong address costs no typed password.
-A password never goes to a remote server in clear without the user's say-so: over a
-non-loopback address without TLS, ``msg`` asks for confirmation on a terminal and
-refuses otherwise, unless the config file says ``allow_plaintext = true``.
+A password never goes to a remote server in clear without the user's say-so: before
+connecting to a non-loopback address without TLS, ``msg`` asks for confirmation on a
+terminal and refuses otherwise, unless the config file says ``allow_plaintext = true``.
 """
 
 from __future__ import annotations
@@ -53,6 +53,12 @@ def start(
     """Connect, get the password, and return the client ready to run; or an exit status."""
     connector = Connector(plan.host, plan.port, plan.tls, view)
     where = f"{plan.host}:{plan.port}"
+    if plan.tls is None and not plan.allow_plaintext and not is_loopback(plan.host):  # asked before connecting
+        question = f"{where} is not this machine and the connection has no TLS: send your password in clear?"
+        if confirm is None or not confirm(question):
+            _fail(view, f"refusing to send a password in clear to {where}: use --tls (or allow_plaintext = true "
+                        "in the config file)", "plaintext")  # fmt: skip
+            return 2
     try:
         sock = connector.open()  # create a socket, connect (and the TLS handshake)
     except TrustError as exc:
@@ -66,13 +72,6 @@ def start(
     except OSError as exc:
         _fail(view, f"cannot connect to {where}: {exc.strerror or exc}", "connect")
         return 1
-    if plan.tls is None and not plan.allow_plaintext and not is_loopback(plan.host):
-        question = f"{where} is not this machine and the connection has no TLS: send your password in clear?"
-        if confirm is None or not confirm(question):
-            sock.close()
-            _fail(view, f"refusing to send a password in clear to {where}: use --tls (or allow_plaintext = true "
-                        "in the config file)", "plaintext")  # fmt: skip
-            return 2
     secret = password()
     if secret is None:
         sock.close()

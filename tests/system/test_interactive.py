@@ -275,3 +275,20 @@ def test_the_config_file_gives_server_and_user(server: ServerProcess, names: Nam
     bad = subprocess.run([sys.executable, "-m", "csce513msg.cli.msg", "--config", str(config)], input="",
                          capture_output=True, text=True, timeout=30)  # fmt: skip
     assert bad.returncode == 2 and "unknown key 'sever'" in bad.stderr
+
+
+def test_unread_counts_show_in_the_status_bar(server: ServerProcess, names: Names, terminals: list[Terminal]) -> None:
+    alice, bob, carol = names("alice"), names("bob"), names("carol")
+    register(server, bob)
+    term = start(terminals, server, alice)
+    term.type(f"/to {bob}\r")
+    term.wait_for(rf"^talking to {bob}$")
+    peer = connect(server, carol)
+    peer.send_text(alice, "psst")
+    peer.send_text(alice, "over here")
+    term.wait_for(rf"unread: {carol} 2")
+    term.type(f"/to {carol}\r")
+    term.wait_for(rf"^{carol}>$")
+    term.pump(1.5)  # the status bar is redrawn at least once a second
+    assert "unread" not in term.text
+    peer.close()
