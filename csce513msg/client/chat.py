@@ -317,6 +317,8 @@ class ChatClient:
         if self.verbose:
             human += f"  (#{msg.message_id})"
         # live: the line's mark changes in place; plain: the line once, when stored (every state with --verbose)
+        if first_state and not self.live:
+            self._date_line(out.time_us)
         emit(human if self.live or first_state or self.verbose else "", out.to, key=out.key)
 
     def _history_end(self, msg: HistoryEnd) -> None:
@@ -437,6 +439,7 @@ class ChatClient:
         self.partner = to
         self.unread.pop(to, None)
         if self.live:
+            self._date_line(now_us)
             self.view.show(self._sent_line(out), style=Style.SELF, key=rid)
 
     def local_error(self, message: str) -> None:
