@@ -139,6 +139,8 @@ def test_line_editing_history_and_completion(server: ServerProcess, names: Names
     term.type("\r")
     term.wait_for(rf"^talking to {bob}$")
     term.wait_for(rf"^{bob}>$")  # the prompt names the conversation
+    history = next((Path(os.environ["MSG_CONFIG_DIR"]) / "history").glob(f"{alice}@*"))
+    assert history.stat().st_mode & 0o777 == 0o600 and f"/msg {bob} hello" in history.read_text()
     bob_json.stdin.close()  # type: ignore[union-attr]
     bob_json.wait(timeout=15)
 
@@ -157,6 +159,9 @@ def test_a_pasted_block_is_one_message_with_its_indentation(
     events = read_events(bob_json, "deliver")
     assert events[-1]["text"] == block + "\n# end"
     term.wait_for(r"^ {0,3}\S* \[\d\d:\d\d\] you -> \S+: def f\(x\):\n\s+    if x:\n\s+        return 1")
+    long_line = "".join(f"{i:05} " for i in range(1000))  # 6,000 bytes: past the tty's 4,095 of canonical mode
+    term.type("\x1b[200~" + long_line + "\x1b[201~\r")
+    assert read_events(bob_json, "deliver")[-1]["text"] == long_line
     bob_json.stdin.close()  # type: ignore[union-attr]
     bob_json.wait(timeout=15)
 
