@@ -199,10 +199,13 @@ class ChatClient:
         return [m for m in self.session.pending.values() if isinstance(m, Send)]
 
     def waiting(self) -> list[Unsent]:
-        """Everything the server has not stored yet: sent but unanswered, and queued."""
-        sent = [Unsent(m.target, m.body.decode(errors="replace"), m.client_msg_id) for m in self.unacknowledged()]
-        resend = [Unsent(m.target, m.body.decode(errors="replace"), m.client_msg_id) for m in self.resend]
-        return sent + resend + self.queued
+        """Everything the server has not stored yet: sent but unanswered (on this connection, or
+        the last one: after a loss the old session's pending and ``resend`` hold the same sends),
+        and queued; each once, in order."""
+        sends = [*self.resend, *self.unacknowledged()]
+        unsent = {m.client_msg_id: Unsent(m.target, m.body.decode(errors="replace"), m.client_msg_id) for m in sends}
+        unsent.update((m.client_msg_id, m) for m in self.queued)
+        return list(unsent.values())
 
     def keep_waiting(self) -> None:
         """Save what waits to the outbox on disk (or clear it): the next run sends it."""
@@ -596,7 +599,7 @@ def lost(chat: ChatClient, watcher: Watcher) -> None:
     chat.keep_waiting()
     if chat.busy:
         return  # said once already: "the server is busy"
-    unacked = len(chat.resend) + len(chat.queued)
+    unacked = len(chat.waiting())
     text = "connection lost: reconnecting" + (f" ({plural(unacked, 'message')} to send)" if unacked else "")
     chat.view.show(f"! {text}", style=Style.ERROR, event="reconnecting", message=text)
 
