@@ -58,6 +58,9 @@ class TlsConn:
     pending: list[bytes] = field(default_factory=list)
 
 
+HANDSHAKE_TIMEOUT = 10.0  #: seconds a client has to finish the TLS handshake (msgsrv --handshake-timeout)
+
+
 class TlsEngine:
     """Wrap ``inner`` so that every connection speaks TLS 1.3.
 
@@ -67,7 +70,7 @@ class TlsEngine:
         handshake_timeout: seconds a client has to finish the TLS handshake.
     """
 
-    def __init__(self, inner: EngineAPI, context: ssl.SSLContext, handshake_timeout: float = 10.0) -> None:
+    def __init__(self, inner: EngineAPI, context: ssl.SSLContext, handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:
         self.inner = inner
         self.context = context
         self.handshake_timeout = handshake_timeout

@@ -32,10 +32,17 @@ def invite(
     ] = None,
     tls_cert: Annotated[Path | None, typer.Option(help="The certificate the server uses, if not its own.")] = None,
     output: Annotated[Path | None, typer.Option(help="Write the config file for students here.")] = None,
+    tls: Annotated[
+        bool | None,
+        typer.Option("--tls/--no-tls", help="Whether the server runs with TLS [default: if it has a certificate]."),
+    ] = None,
 ) -> None:
     """Print the command students use to connect (and write their config file)."""
     cert = tls_cert or (data_dir or default_data_dir()) / "tls" / "cert.pem"
-    fingerprint = fingerprint_of_pem(cert) if cert.exists() else None
+    fingerprint = fingerprint_of_pem(cert) if cert.exists() and tls is not False else None
+    if tls and fingerprint is None:
+        typer.echo(f"msgsrv invite: --tls, but no certificate at {cert}", err=True)
+        raise typer.Exit(2)
     if tls_cert is not None and fingerprint is None:
         typer.echo(f"msgsrv invite: no certificate at {tls_cert}", err=True)
         raise typer.Exit(2)
@@ -43,7 +50,9 @@ def invite(
     command = client_command(address, port, fingerprint).replace(" --user NAME", "")
     typer.echo(f"students connect with:\n  {command}")
     if fingerprint is None:
-        typer.echo("(no TLS certificate found: passwords would cross the network in clear; start msgsrv with --tls)")
+        typer.echo("(no TLS: passwords would cross the network in clear; start msgsrv with --tls)")
+    elif tls is None:
+        typer.echo("(with the fingerprint of the certificate in the data directory: --no-tls if msgsrv runs without)")
     server = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
     text = render(ClientConfig(server=server, fingerprint=fingerprint))
     if output is not None:

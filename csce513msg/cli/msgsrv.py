@@ -1,11 +1,14 @@
 """``msgsrv``: the server's command line.
 
 ``msgsrv [OPTIONS]`` runs the server (``msgsrv serve [OPTIONS]`` is the same);
-``msgsrv user ...`` manages accounts (``cli/users.py``), beside a running server too.
+``msgsrv user ...`` manages accounts (``cli/users.py``), beside a running server too;
+a server option given before a command would be ignored, so it is refused.
 
 Every limit is a flag, and every flag's default comes from one place: the field of
 the same name in ``BackendConfig`` or ``HubConfig``, which the options below read and
-``_configs`` fills by name. The options a deployment sets also come from the
+``_configs`` fills by name (the two that configure other parts, ``--handshake-timeout``
+and ``--checkpoint-interval``, from ``backends.tls`` and ``store.sqlite``). ``msgsrv
+invite`` prints what students need to connect (``cli/invite.py``). The options a deployment sets also come from the
 environment (``MSGSRV_HOST``, ``MSGSRV_PORT``, ``MSGSRV_DATA_DIR``...: ``--help``
 shows each one).
 """
@@ -29,13 +32,13 @@ from rich.markup import escape
 
 from ..backends import BACKENDS, DESCRIPTIONS, BackendUnavailable, default_backend, load
 from ..backends.common import BackendConfig, check_limits, page_room
-from ..backends.tls import TlsEngine, server_context
+from ..backends.tls import HANDSHAKE_TIMEOUT, TlsEngine, server_context
 from ..crypto.certs import ensure_certificate, fingerprint_of_pem
 from ..crypto.passwords import COSTS, Scrypt
 from ..hub import Engine, EngineAPI, HubConfig
 from ..paths import DATABASE, default_data_dir, private_data_dir
 from ..store import MemoryStore, Store
-from ..store.sqlite import SqliteStore, database_problem
+from ..store.sqlite import CHECKPOINT_INTERVAL, SqliteStore, database_problem
 from . import options as o
 from . import stats as live_stats
 from .banner import make_announce
@@ -76,13 +79,13 @@ def main(
     login_timeout: o.LoginTimeoutFlag = o.HUB.login_timeout,
     frame_timeout: o.FrameTimeoutFlag = o.HUB.frame_timeout,
     close_timeout: o.CloseTimeoutFlag = o.NET.close_timeout,
-    handshake_timeout: o.HandshakeTimeoutFlag = 10.0,
+    handshake_timeout: o.HandshakeTimeoutFlag = HANDSHAKE_TIMEOUT,
     tls: o.TlsFlag = False,
     tls_cert: o.TlsCertFlag = None,
     tls_key: o.TlsKeyFlag = None,
     data_dir: o.DataDirFlag = None,
     durability: o.DurabilityFlag = o.Durability.normal,
-    checkpoint_interval: o.CheckpointIntervalFlag = 5.0,
+    checkpoint_interval: o.CheckpointIntervalFlag = CHECKPOINT_INTERVAL,
     retention_days: o.RetentionDaysFlag = o.HUB.retention_days,
     new_device_history: o.NewDeviceHistoryFlag = o.HUB.new_device_history,
     ack_delay: o.AckDelayFlag = o.HUB.ack_delay,
@@ -102,8 +105,12 @@ def main(
     version: o.VersionFlag = False,
 ) -> None:
     """Run the chat server until SIGINT or SIGTERM (Ctrl-C): it says goodbye to every client and exits 0."""
-    if ctx.invoked_subcommand is not None:
-        return  # `msgsrv user ...`, `msgsrv invite`, or `msgsrv serve ...` (which runs this again)
+    if ctx.invoked_subcommand is not None:  # `msgsrv user ...`, `invite`, or `serve ...` (which runs this again)
+        given = [name for name in ctx.params if _from_command_line(ctx, name)]
+        if given:  # they would be ignored: `msgsrv --data-dir X user list` must not read the default one
+            flags = ", ".join("--" + name.replace("_", "-") for name in given)
+            _fail(f"{flags} before `{ctx.invoked_subcommand}` would be ignored: put it after the command")
+        return
     live = live_stats.LiveLine.on_terminal() if stats else None  # log lines print above the live line
     logging.basicConfig(
         level=logging.WARNING if quiet else getattr(logging, log_level.value.upper()),
@@ -144,6 +151,11 @@ def main(
 
 
 app.command("serve", help="Run the server: the same as `msgsrv` with no command.")(main)
+
+
+def _from_command_line(ctx: typer.Context, name: str) -> bool:
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name == "COMMANDLINE"
 
 
 def _configs(params: dict[str, Any]) -> tuple[BackendConfig, HubConfig]:

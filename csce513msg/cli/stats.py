@@ -40,6 +40,8 @@ class LiveLine:
     def __init__(self, terminal: TextIO) -> None:
         self.terminal = terminal
         self.text = ""
+        self.drawn = False  #: the live line is what the cursor's line shows now
+        self.partial = False  #: a line above was begun and not ended (print writes "\n" apart)
         self.lock = threading.Lock()
 
     @classmethod
@@ -62,14 +64,16 @@ class LiveLine:
             width = 200
         with self.lock:
             self.text = text[: max(10, width - 1)]  # longer than the window, it would wrap and not be erased
-            self.terminal.write(CLEAR + self.text)
-            self.terminal.flush()
+            if not self.partial:  # never over half a line: it is drawn when that line ends
+                self.terminal.write(CLEAR + self.text)
+                self.terminal.flush()
+                self.drawn = True
 
     def end(self) -> None:
         with self.lock:
-            if self.text:
+            if self.drawn:
                 self.terminal.write("\n")
-                self.text = ""
+            self.text, self.drawn = "", False
             self.terminal.flush()
 
 
@@ -81,15 +85,20 @@ class _Above:
         self.live = live
 
     def write(self, text: str) -> int:
-        with self.live.lock:
-            if self.live.text:
-                self.live.terminal.write(CLEAR)
-                self.live.terminal.flush()
+        live = self.live
+        with live.lock:
+            if live.drawn and text:  # erase the live line, once, before what goes above it
+                live.terminal.write(CLEAR)
+                live.terminal.flush()
+                live.drawn = False
             self.stream.write(text)
             self.stream.flush()
-            if self.live.text and text.endswith("\n"):
-                self.live.terminal.write(self.live.text)
-                self.live.terminal.flush()
+            if text:
+                live.partial = not text.endswith("\n")
+            if live.text and not live.partial and not live.drawn:
+                live.terminal.write(live.text)
+                live.terminal.flush()
+                live.drawn = True
         return len(text)
 
     def __getattr__(self, name: str) -> object:

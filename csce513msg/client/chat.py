@@ -46,6 +46,7 @@ from ..protocol import (
     Welcome,
     WhoReply,
 )
+from ..protocol.names import fold_name
 from .files import Outbox, Unsent, save_token
 from .sanitize import inert, inert_name
 from .session import ClientSession, ClientState
@@ -55,6 +56,7 @@ from .tls import wrap as wrap_tls
 RECONNECT_FOR = 30.0  #: after end of input, seconds to keep trying to reconnect before giving up
 BUSY = (ErrorCode.RATE_LIMITED, ErrorCode.SERVER_FULL)  #: refusals of a login worth trying again later
 HISTORY_PAGE = 20  #: messages per /history and /more
+HISTORY_MAX = 1000  #: the most /history N asks for (the server sends a page of what fits)
 COMMANDS = ("/msg", "/to", "/who", "/history", "/more", "/help", "/quit")
 
 HELP = """commands:
@@ -62,7 +64,7 @@ HELP = """commands:
   /to USER           talk to USER: plain lines go there
   TEXT               send to your conversation
   /who               who is online
-  /history [USER]    the last messages with USER (default: your conversation)
+  /history [USER] [N] the last N (20) messages with USER (default: your conversation)
   /more              earlier messages (after /history)
   /help              this help
   /quit              leave (what the server has not stored yet is kept and sent next time)"""
@@ -108,9 +110,11 @@ class PlainView:
     def show(self, human: str, /, *, style: Style = Style.SYSTEM, key: int | None = None, **event: object) -> None:
         if self.as_json:
             if event:
-                self.out.write(json.dumps(event, ensure_ascii=False) + "\n")
+                self.out.write(json.dumps(event) + "\n")  # ASCII: no C1 control or bidi character raw
                 self.out.flush()
             return
+        if not human:
+            return  # an event for --json only (a receipt the plain view does not show)
         stream = self.err if style is Style.ERROR else self.out
         stream.write(human + "\n")
         stream.flush()
@@ -172,6 +176,7 @@ class ChatClient:
         self.sent: dict[int, Outgoing] = {}  #: request id -> message awaiting its receipt
         self.by_id: dict[int, Outgoing] = {}  #: message id -> message whose delivery is awaited
         self.reverts: dict[int, str | None] = {}  #: request id -> the conversation before it
+        self._keys = itertools.count(1)  #: a sent message's line, across connections (request ids restart)
         self.history_more: tuple[str, int] | None = None  #: (user, first position) for /more
         self.history_for: dict[int, str] = {}  #: request id -> whose history
         self.deferred_more = 0  #: /more typed while a page was on its way
@@ -203,14 +208,22 @@ class ChatClient:
         the last one: after a loss the old session's pending and ``resend`` hold the same sends),
         and queued; each once, in order."""
         sends = [*self.resend, *self.unacknowledged()]
-        unsent = {m.client_msg_id: Unsent(m.target, m.body.decode(errors="replace"), m.client_msg_id) for m in sends}
-        unsent.update((m.client_msg_id, m) for m in self.queued)
+        unsent: dict[object, Unsent] = {}
+        for m in sends:  # a client message id names one message (0: no device id, every one apart)
+            unsent[m.client_msg_id or object()] = Unsent(m.target, m.body.decode(errors="replace"), m.client_msg_id)
+        for u in self.queued:
+            unsent[u.client_msg_id or object()] = u
         return list(unsent.values())
 
     def keep_waiting(self) -> None:
         """Save what waits to the outbox on disk (or clear it): the next run sends it."""
         if self.outbox is not None:
             self.outbox.save(self.waiting())
+
+    def _settled(self) -> None:
+        """A kept message was stored (or refused): the outbox on disk must not send it again."""
+        if self.outbox is not None and self.outbox.path.exists():
+            self.keep_waiting()
 
     def resend_unacknowledged(self) -> None:
         """After a login: what the last connection left unanswered, then what was queued.
@@ -220,12 +233,18 @@ class ChatClient:
             rid = self.session.request(dataclasses.replace(send, request_id=0))
             if old is not None:
                 self.sent[rid] = old
+            if send.request_id in self.reverts:
+                self.reverts[rid] = self.reverts.pop(send.request_id)
         self.resend = []
         queued, self.queued = self.queued, []
         for unsent in queued:
             send = Send(TargetKind.USER, ContentType.TEXT, unsent.client_msg_id, unsent.to, unsent.text.encode())
-            rid = self.session.request(send)
-            self.sent[rid] = Outgoing(unsent.to, unsent.text, int(time.time() * 1e6), rid)
+            try:
+                rid = self.session.request(send)
+            except ValueError as exc:  # a poisoned outbox (a file edited by hand): drop that one, say so
+                self.local_error(f"a kept message to {inert_name(unsent.to)} cannot be sent: {exc}")
+                continue
+            self.sent[rid] = Outgoing(unsent.to, unsent.text, int(time.time() * 1e6), next(self._keys))
 
     # ---- from the server ----------------------------------------------------------------------
 
@@ -287,7 +306,7 @@ class ChatClient:
         prefix = f"[{clock(msg.time_us)}] {who}: "
         human = prefix + inert(text, indent=" " * len(prefix))
         if self.verbose:
-            human += f"  (#{msg.message_id}, {msg.stream} @{msg.position})"
+            human += f"  (#{msg.message_id}, {inert_name(msg.stream)} @{msg.position})"
         self.view.show(human, style=style, event="deliver", sender=msg.sender, to=msg.target, text=text,
                        id=msg.message_id, time_us=msg.time_us, stream=msg.stream, position=msg.position,
                        history=history)  # fmt: skip
@@ -311,6 +330,8 @@ class ChatClient:
             return
         self.reverts.pop(msg.request_id, None)
         first_state = out.state == "sending"
+        if first_state:
+            self._settled()
         out.state = state
         if state == "stored":
             self.by_id[msg.message_id] = out  # its delivery comes later
@@ -346,6 +367,8 @@ class ChatClient:
                 self.partner = before
         if msg.request_id or msg.code != ErrorCode.SHUTTING_DOWN:
             self.failures += 1
+        if out is not None:
+            self._settled()
         about = f" (your message to {inert_name(out.to)} was not sent)" if out is not None else ""
         self.view.show(f"! {name}: {inert(msg.message)}{about}", style=Style.ERROR, event="error", code=name,
                        message=msg.message, request=msg.request_id)  # fmt: skip
@@ -353,7 +376,14 @@ class ChatClient:
     # ---- from the keyboard ----------------------------------------------------------------------
 
     def on_line(self, line: str) -> None:
-        """One line (or a multi-line message) typed by the user."""
+        """One line (or a multi-line message) typed by the user. Nothing typed can stop the
+        client: a request that cannot be encoded (a field too long) is a local error."""
+        try:
+            self._on_line(line)
+        except ValueError as exc:  # struct.error and LocalProtocolError are ValueErrors too
+            self.local_error(f"cannot send that: {exc}")
+
+    def _on_line(self, line: str) -> None:
         if not line.strip():
             return
         if self.session.state is not ClientState.READY and not self.ever_ready:
@@ -374,11 +404,14 @@ class ChatClient:
             to, _, text = rest.partition(" ")
             if not to or not text.strip():
                 return self.local_error("usage: /msg USER TEXT")
-            self.send(to, text.strip())
+            if self._user(to) is not None:
+                self.send(to, text.strip())
         elif cmd == "/to":
             if not rest or " " in rest:
                 return self.local_error("usage: /to USER")
-            self.partner = rest.lower()
+            if (user := self._user(rest)) is None:
+                return None
+            self.partner = user
             self.known.add(self.partner)
             self.unread.pop(self.partner, None)
             self.view.show(f"talking to {inert_name(self.partner)}", event="to", user=self.partner)
@@ -387,10 +420,12 @@ class ChatClient:
                 self.session.who()
         elif cmd == "/history":
             who, _, count = rest.partition(" ")
+            if who.isdecimal() and not count:  # /history N: your conversation
+                who, count = "", who
             who = who or (self.partner or "")
-            if not who or (count and not count.isdigit()):
-                return self.local_error("usage: /history [USER] [N]")
-            if self._connected("/history"):
+            if not who or (count and not (count.isascii() and count.isdecimal() and 0 < int(count) <= HISTORY_MAX)):
+                return self.local_error(f"usage: /history [USER] [N], N from 1 to {HISTORY_MAX}")
+            if self._user(who) is not None and self._connected("/history"):
                 self.history_for[self.session.history(who, int(count) if count else HISTORY_PAGE)] = who
         elif cmd == "/more":
             if self.history_for:  # a page is on its way: /more follows it (a script types ahead)
@@ -408,6 +443,13 @@ class ChatClient:
         else:
             self.local_error(f"unknown command {cmd}: /help lists them")
 
+    def _user(self, name: str) -> str | None:
+        """``name`` as the server folds it, or None after saying why it cannot be one."""
+        user = fold_name(name)
+        if user is None:
+            self.local_error(f"invalid user name {inert_name(name[:40])!r}: 1-32 letters, digits, '_', '.', '-'")
+        return user
+
     def _connected(self, what: str) -> bool:
         if self.online and self.session.state is ClientState.READY:
             return True
@@ -420,7 +462,7 @@ class ChatClient:
         return welcome.max_text if welcome is not None else None
 
     def send(self, to: str, text: str) -> None:
-        to = to.lower()
+        to = fold_name(to) or to
         limit = self.max_text()
         size = len(text.encode())
         if limit is not None and size > limit:
@@ -436,14 +478,14 @@ class ChatClient:
             return
         rid = self.session.send_text(to, text)
         self.known.add(to)
-        out = Outgoing(to, text, now_us, rid)
+        out = Outgoing(to, text, now_us, next(self._keys))
         self.sent[rid] = out
         self.reverts[rid] = self.partner
         self.partner = to
         self.unread.pop(to, None)
         if self.live:
             self._date_line(now_us)
-            self.view.show(self._sent_line(out), style=Style.SELF, key=rid)
+            self.view.show(self._sent_line(out), style=Style.SELF, key=out.key)
 
     def local_error(self, message: str) -> None:
         self.failures += 1
@@ -491,14 +533,22 @@ class Connector:
     tls: TlsOptions | None
     view: View
 
+    note: str = ""  #: what the last TLS handshake found (shown by ``show_note``)
+
     def open(self) -> socket.socket:
-        """Create a socket and connect (TLS handshake included); raises OSError or TrustError."""
+        """Create a socket and connect (TLS handshake included); raises OSError or TrustError.
+        It may run on another thread (the interactive mode's executor): it shows nothing."""
         sock = socket.create_connection((self.host, self.port), timeout=10)
         if self.tls is not None:
-            sock, note = wrap_tls(sock, self.host, self.port, expected=self.tls.fingerprint, ca=self.tls.ca)
-            self.view.show(f"tls: {note}", event="tls", message=note)
+            sock, self.note = wrap_tls(sock, self.host, self.port, expected=self.tls.fingerprint, ca=self.tls.ca)
         sock.setblocking(False)
         return sock
+
+    def show_note(self) -> None:
+        """Show what the TLS handshake found (on the loop's thread), once."""
+        if self.note:
+            self.view.show(f"tls: {self.note}", event="tls", message=self.note)
+            self.note = ""
 
 
 class Watcher(Protocol):
@@ -595,8 +645,14 @@ def lost(chat: ChatClient, watcher: Watcher) -> None:
     chat.retry_at = time.monotonic() + random.uniform(0, chat.backoff)  # jitter: not all at once
     chat.backoff = min(5.0, chat.backoff * 2)  # back to 0.5 s at the next LoginOk
     chat.lost_at = chat.lost_at or time.monotonic()
-    chat.resend = chat.unacknowledged()
+    seen = {s.client_msg_id for s in chat.resend}  # a loss before the login finished: keep the earlier ones
+    chat.resend += [s for s in chat.unacknowledged() if s.client_msg_id not in seen]
     chat.keep_waiting()
+    if chat.history_for or chat.deferred_more:  # a page the server will never send now
+        chat.history_for.clear()
+        chat.deferred_more = 0
+        chat.view.show("! /history interrupted by the lost connection: ask again", style=Style.ERROR,
+                       event="error", code="local", message="history interrupted", request=0)  # fmt: skip
     if chat.busy:
         return  # said once already: "the server is busy"
     unacked = len(chat.waiting())

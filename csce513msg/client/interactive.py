@@ -32,6 +32,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import socket
 import sys
 import time
@@ -138,11 +139,23 @@ class ChatCompleter(Completer):
                     yield Completion(name + " ", start_position=-len(arg), display=inert_name(name))
 
 
+class Ending:
+    """How the run ends: ``stop(fatal)`` from a socket callback, the timer task or a signal."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.fatal = False  #: a refused login, a broken stream, an untrusted certificate: status 1
+
+    def stop(self, fatal: bool) -> None:
+        self.fatal = self.fatal or fatal
+        self.event.set()
+
+
 class LoopWatcher:
     """``Watcher`` for the asyncio loop: a socket read by ``on_readable`` when ready."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, chat: ChatClient, done: asyncio.Event) -> None:
-        self.loop, self.chat, self.done = loop, chat, done
+    def __init__(self, loop: asyncio.AbstractEventLoop, chat: ChatClient, ending: Ending) -> None:
+        self.loop, self.chat, self.ending = loop, chat, ending
 
     def register(self, fd: int) -> None:
         self.loop.add_reader(fd, self.on_readable)
@@ -154,8 +167,11 @@ class LoopWatcher:
         """Between two keystrokes: the teaching loop's receive step, then send what it queued."""
         outcome = receive(self.chat)
         if outcome is Outcome.FATAL:
-            self.chat.failures += 1
-            self.done.set()
+            assert self.chat.sock is not None
+            self.unregister(self.chat.sock.fileno())
+            self.chat.sock.close()
+            self.chat.online = False
+            self.ending.stop(fatal=True)
         elif outcome is Outcome.LOST or not transmit(self.chat):
             lost(self.chat, self)
 
@@ -168,9 +184,11 @@ def run(chat: ChatClient, connector: Connector) -> int:
 async def _main(chat: ChatClient, connector: Connector) -> int:
     assert chat.sock is not None
     loop = asyncio.get_running_loop()
-    done = asyncio.Event()  # set when the run is over (a refused login, no connection to come back to)
-    watcher = LoopWatcher(loop, chat, done)
+    ending = Ending()
+    watcher = LoopWatcher(loop, chat, ending)
     watcher.register(chat.sock.fileno())
+    for signum in (signal.SIGTERM, signal.SIGHUP):  # a closed window or a kill: leave as /quit does
+        loop.add_signal_handler(signum, ending.stop, False)
     prompt: PromptSession[str] = PromptSession(
         message=lambda: FormattedText([("bold", f"{inert_name(chat.partner)}> " if chat.partner else "> ")]),
         history=FileHistory(str(history_file(chat.server_key, chat.session.user or ""))),
@@ -182,14 +200,18 @@ async def _main(chat: ChatClient, connector: Connector) -> int:
         erase_when_done=True,  # the sent line replaces what was typed
     )
     with patch_stdout(raw=True):
-        ticker = asyncio.create_task(_tick(chat, connector, watcher, done, prompt))
+        ticker = asyncio.create_task(_tick(chat, connector, watcher, ending, prompt))
         typing = asyncio.create_task(_type(chat, prompt, watcher))
-        await asyncio.wait([asyncio.create_task(done.wait()), typing], return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait([asyncio.create_task(ending.event.wait()), typing], return_when=asyncio.FIRST_COMPLETED)
         if prompt.app.is_running:
             prompt.app.exit(result="")
-        await _settle(chat)
+        typing.cancel()  # and wait for it: lines still on their way to the screen (the error
+        await asyncio.gather(typing, return_exceptions=True)  # that ended the run) must get there
+        if not ending.fatal:
+            await _settle(chat)
         ticker.cancel()
-    status = 1 if done.is_set() else 0  # a refused login, a broken stream, an untrusted certificate
+        await asyncio.gather(ticker, return_exceptions=True)
+        await asyncio.sleep(0.3)  # patch_stdout writes every 0.2 s: the last lines go out first
     waiting = chat.waiting()
     chat.keep_waiting()
     if waiting:
@@ -197,7 +219,7 @@ async def _main(chat: ChatClient, connector: Connector) -> int:
               "next connection (msg)", file=sys.stderr)  # fmt: skip
     if chat.online and chat.sock is not None:
         chat.sock.close()
-    return status
+    return 1 if ending.fatal else 0
 
 
 async def _type(chat: ChatClient, prompt: PromptSession[str], watcher: LoopWatcher) -> None:
@@ -215,7 +237,7 @@ async def _type(chat: ChatClient, prompt: PromptSession[str], watcher: LoopWatch
 
 
 async def _tick(
-    chat: ChatClient, connector: Connector, watcher: LoopWatcher, done: asyncio.Event, prompt: PromptSession[str]
+    chat: ChatClient, connector: Connector, watcher: LoopWatcher, ending: Ending, prompt: PromptSession[str]
 ) -> None:
     """What the teaching loop's timeout does: keep-alive, and reconnecting when due."""
     loop = asyncio.get_running_loop()
@@ -228,8 +250,9 @@ async def _tick(
                     sock: socket.socket | OSError = await loop.run_in_executor(None, connector.open)
                 except OSError as exc:
                     sock = exc
+                connector.show_note()  # here, on the loop's thread: the view is not thread-safe
                 if not reconnected(chat, sock, watcher):
-                    done.set()
+                    ending.stop(fatal=True)
         keepalive(chat)
         if chat.online and not transmit(chat):
             lost(chat, watcher)
@@ -261,7 +284,8 @@ def _status(chat: ChatClient) -> FormattedText:
         parts.append(("", " connected "))
     else:
         wait = max(0.0, chat.retry_at - time.monotonic())
-        queued = f", {plural(len(chat.queued), 'message')} queued" if chat.queued else ""
+        waiting = len(chat.waiting())
+        queued = f", {plural(waiting, 'message')} to send" if waiting else ""
         parts.append(("bg:ansired fg:ansiwhite", f" not connected: retrying in {wait:.0f} s{queued} "))
     if chat.unread:
         unread = ", ".join(f"{inert_name(user)} {count}" for user, count in sorted(chat.unread.items()))

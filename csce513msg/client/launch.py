@@ -72,6 +72,7 @@ def start(
     except OSError as exc:
         _fail(view, f"cannot connect to {where}: {exc.strerror or exc}", "connect")
         return 1
+    connector.show_note()
     secret = password()
     if secret is None:
         sock.close()

@@ -225,6 +225,7 @@ class ClientSession:
         self._next_id = self._next_id % 0xFFFFFFFF + 1  # u32, never 0
         rid = self._next_id
         msg = dataclasses.replace(msg, request_id=rid)
+        data = encode(msg)  # first: a request that cannot be encoded (ValueError) is never pending
         self.pending[rid] = msg
-        self._out.append(encode(msg))
+        self._out.append(data)
         return rid

@@ -32,6 +32,7 @@ into a socket pair is the documented exception.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
 import threading
@@ -52,8 +53,31 @@ from .mux import MUXES, Mux
 from .session import ClientState
 
 
+class _StopRequestedError(Exception):
+    """SIGTERM or SIGHUP (the terminal closed): leave as at the end of input."""
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise _StopRequestedError
+
+
 def run(chat: ChatClient, connector: Connector, mux_name: str) -> int:
-    """Run the client until /quit or end of input; return the exit status."""
+    """Run the client until /quit or end of input; return the exit status. Whatever the
+    server has not stored yet is kept on disk for the next run, however the run ends."""
+    before = {signum: signal.signal(signum, _stop) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        return _run(chat, connector, mux_name)
+    except (_StopRequestedError, KeyboardInterrupt):
+        return 1
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+        if chat.online and chat.sock is not None:
+            chat.sock.close()
+        chat.keep_waiting()  # what the server has not stored waits on disk for the next run
+
+
+def _run(chat: ChatClient, connector: Connector, mux_name: str) -> int:
     assert chat.sock is not None
     mux: Mux = MUXES[mux_name]()
     mux.register(chat.sock.fileno())
@@ -76,6 +100,9 @@ def run(chat: ChatClient, connector: Connector, mux_name: str) -> int:
             *lines, buffered = (buffered + data).split(b"\n")
             for raw in lines:
                 chat.on_line(raw.decode(errors="replace"))
+            if chat.input_done and not stdin_always_ready:
+                mux.unregister(stdin_fd)  # at its end (or after /quit) a pipe stays readable: it would spin
+                stdin_always_ready = True  # (and is never read again: input_done)
         if not chat.online:
             due = due_to_reconnect(chat)
             if due is None:
@@ -85,6 +112,7 @@ def run(chat: ChatClient, connector: Connector, mux_name: str) -> int:
                     sock: socket.socket | OSError = connector.open()
                 except OSError as exc:  # ssl.SSLError and TrustError included
                     sock = exc
+                connector.show_note()
                 if not reconnected(chat, sock, mux):
                     break
             continue
@@ -93,9 +121,6 @@ def run(chat: ChatClient, connector: Connector, mux_name: str) -> int:
             lost(chat, mux)
         elif chat.ready_to_exit():
             chat.finished = True
-    if chat.online and chat.sock is not None:
-        chat.sock.close()
-    chat.keep_waiting()  # what the server has not stored waits on disk for the next run
     return 0 if chat.finished and chat.failures == 0 else 1
 
 

@@ -1,12 +1,13 @@
 """The chat core: a pure state machine behind the engine contract (shared/STYLE.md)."""
 
+from ..protocol.names import NAME_RULE, fold_name
 from .actions import Abort, Action, Close, ConnId, Lane, Submit, Write
 from .admission import Throttle
 from .config import HubConfig, Visibility
 from .contract import EngineAPI
 from .delivery import HISTORY_PAGE
 from .engine import TRANSITIONS, Engine
-from .gate import NAME_RULE, Passwords, fold_name
+from .gate import Passwords
 from .session import State, direct_stream
 
 __all__ = [

@@ -31,7 +31,6 @@ import functools
 import hashlib
 import ipaddress
 import logging
-import re
 import secrets
 from collections.abc import Callable
 from typing import Protocol
@@ -46,6 +45,7 @@ from ..protocol import (
     Register,
     RemoteProtocolError,
 )
+from ..protocol.names import fold_name
 from ..store import TOKENS_PER_USER, Account, Batch, BatchResult, DeviceToken, LoginRead
 from .actions import ConnId, Lane
 from .admission import LoginQueue, Pending, QueueFull, Throttle
@@ -57,17 +57,6 @@ from .session import LoginAccepted, LoginRefused, Session
 log = logging.getLogger("csce513msg.hub")
 MAX_HELD = 64  #: requests a client may pipeline behind a Login still being checked
 MAX_DEVICE_ID = 64  #: bytes of a Login's or Register's device_id (kept with every cursor)
-#: User names: 1-32 characters, letters, digits, "_", "." and "-", not starting with
-#: "." or "-". Names are case-insensitive: the hub folds them to lower case.
-NAME_RULE = re.compile(r"[a-z0-9_][a-z0-9_.-]{0,31}")
-
-
-def fold_name(name: str) -> str | None:
-    """``name`` folded to lower case if it follows ``NAME_RULE``, else None. ASCII only,
-    so no other character folds into a letter of the rule (the Kelvin sign would become
-    ``k``, and ``msgsrv user add`` and a Login would disagree)."""
-    user = name.lower() if name.isascii() else name
-    return user if NAME_RULE.fullmatch(user) else None
 
 
 TOKEN_LIFETIME_US = 180 * 86400 * 1_000_000  #: a device token is valid for 180 days from its making

@@ -130,6 +130,9 @@ T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
 
+CHECKPOINT_INTERVAL = 5.0  #: seconds between PASSIVE WAL checkpoints (msgsrv --checkpoint-interval)
+
+
 class SqliteStore:
     """Messages, cursors and users in one SQLite file.
 
@@ -139,7 +142,9 @@ class SqliteStore:
         checkpoint_interval: seconds between PASSIVE checkpoints; 0 turns them off.
     """
 
-    def __init__(self, path: Path | str, durability: str = "normal", checkpoint_interval: float = 5.0) -> None:
+    def __init__(
+        self, path: Path | str, durability: str = "normal", checkpoint_interval: float = CHECKPOINT_INTERVAL
+    ) -> None:
         self.path = str(path)
         self.db = connect(self.path)  # the writer: used only by the storage thread after open
         self.db.execute(f"PRAGMA synchronous={SYNC[durability]}")

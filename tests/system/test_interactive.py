@@ -297,3 +297,12 @@ def test_unread_counts_show_in_the_status_bar(server: ServerProcess, names: Name
     term.pump(1.5)  # the status bar is redrawn at least once a second
     assert "unread" not in term.text
     peer.close()
+
+
+def test_a_refused_login_says_why_and_exits_1(server: ServerProcess, names: Names, terminals: list[Terminal]) -> None:
+    alice = names("alice")
+    register(server, alice)
+    term = Terminal(msg_cmd(server, alice, account=False)[3:], env(MSG_PASSWORD="not the password"))
+    terminals.append(term)
+    assert term.wait_exit() == 1
+    assert "auth_failed" in term.text  # the reason reached the screen before the prompt went away

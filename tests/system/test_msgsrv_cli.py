@@ -207,3 +207,10 @@ def _read_until(proc: subprocess.Popen[str], marker: str, timeout: float = 30.0)
         if line.startswith(marker):
             return lines
     raise AssertionError(f"no {marker!r} line in {lines!r}")
+
+
+def test_a_server_option_before_a_command_is_refused_not_ignored(tmp_path: Path) -> None:
+    done = run("--data-dir", str(tmp_path), "user", "list")
+    assert done.returncode == 2
+    assert "--data-dir before `user` would be ignored" in done.stderr
+    assert not (tmp_path / "csce513msg.db").exists()

@@ -3,6 +3,7 @@ counters and /proc; nothing in it depends on the I/O strategy, so one backend)."
 
 from __future__ import annotations
 
+import io
 import os
 import pty
 import re
@@ -14,6 +15,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pyte
+
+from csce513msg.cli.stats import LiveLine, _Above
 from tests.conformance.wire import connect
 from tests.fixtures import Names
 from tests.servers import IS_LINUX, ServerProcess
@@ -73,3 +77,20 @@ def _read_pty(fd: int, output: bytes, done: Callable[[bytes], bool], timeout: fl
             output += os.read(fd, 65536)
     assert done(output), output[-1500:]
     return output
+
+
+def test_lines_printed_in_pieces_stay_above_the_live_line() -> None:
+    """print() writes its text and its line feed apart: neither may erase the other."""
+    out = io.StringIO()
+    live = LiveLine(out)
+    above = _Above(out, live)
+    live.show("stats: one")
+    above.write("banner line")  # print("banner line") ...
+    above.write("\n")  # ... then its line feed
+    live.show("stats: two")
+    above.write("2026-12-01 INFO log line\n")  # logging writes a whole line at once
+    live.show("stats: three")
+    screen = pyte.Screen(60, 6)
+    pyte.Stream(screen).feed(out.getvalue().replace("\n", "\r\n"))
+    rows = [row.rstrip() for row in screen.display]
+    assert rows[:3] == ["banner line", "2026-12-01 INFO log line", "stats: three"], rows

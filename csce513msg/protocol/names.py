@@ -1,0 +1,21 @@
+"""User names on the wire: what the protocol allows, and how a name is compared.
+
+The server folds a name to lower case before it checks or stores it, and the client
+checks a name the same way before sending it (docs/protocol.md, "Names").
+"""
+
+from __future__ import annotations
+
+import re
+
+#: User names: 1-32 characters, letters, digits, "_", "." and "-", not starting with
+#: "." or "-". Names are case-insensitive: the hub folds them to lower case.
+NAME_RULE = re.compile(r"[a-z0-9_][a-z0-9_.-]{0,31}")
+
+
+def fold_name(name: str) -> str | None:
+    """``name`` folded to lower case if it follows ``NAME_RULE``, else None. ASCII only,
+    so no other character folds into a letter of the rule (the Kelvin sign would become
+    ``k``, and ``msgsrv user add`` and a Login would disagree)."""
+    user = name.lower() if name.isascii() else name
+    return user if NAME_RULE.fullmatch(user) else None
