@@ -145,7 +145,7 @@ class Engine:
             for frame in session.decoder.feed(data):
                 complete = True
                 try:
-                    self.dispatch(session, decode(frame), now)
+                    self.dispatch(session, decode(frame, session.minor), now)
                 except RemoteProtocolError as exc:
                     self.refuse(session, exc)
                 if session.closing:
@@ -315,7 +315,7 @@ class Engine:
                 fatal=True,
             )
         session.presence = Feature.PRESENCE.value in msg.features
-        session.minor = msg.version_minor  # what it is sent: the frames and fields of its version
+        session.minor = min(msg.version_minor, VERSION_MINOR)  # what it is sent: the frames and fields of its version
 
     def _on_login(self, session: Session, msg: Login, now: float) -> None:
         self.gate.on_login(session, msg, now)

@@ -46,6 +46,11 @@ class ErrorCode(enum.IntEnum):
     REGISTRATION_CLOSED = 22  # the server does not take registrations over the wire
     ACCOUNT_CHANGED = 23  # the password changed or the account was removed; the session ends
     RESEND_TOO_OLD = 24  # a resend of a message older than the history the server keeps: not stored again
+    # 1.4, groups (assigned; docs/protocol.md section 10 keeps 29-39 for the rest of 1.4)
+    GROUP_NOT_FOUND = 25  # no group by that name or stream
+    NOT_A_MEMBER = 26  # the request needs you to be a member of the group
+    FORBIDDEN = 27  # your role (or not owning the group) does not allow it
+    GROUP_FULL = 28  # the group has its largest number of members
 
 
 class Csce513Error(Exception):

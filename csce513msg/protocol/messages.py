@@ -10,12 +10,16 @@ everything the server sends has the high bit set::
 
     0x01 Hello    0x02 Login    0x03 Send    0x04 Ack    0x05 Who    0x06 Ping
     0x07 History  0x08 Register
+    0x10 GroupCreate 0x11 GroupJoin 0x12 GroupLeave 0x13 GroupAdd 0x14 GroupRemove
+    0x15 GroupRename 0x16 GroupList 0x17 GroupMembers
     0x81 Welcome  0x82 LoginOk  0x83 Receipt 0x84 Deliver 0x85 WhoReply
     0x86 Presence 0x87 Pong     0x88 Error   0x89 HistoryEnd
+    0x90 GroupInfo 0x91 GroupListReply 0x92 GroupMembersReply
 
 (``tests/protocol/test_frames.py`` keeps this table equal to ``MsgType``.) A field a later
 minor version appended says so (``since`` in ``_message``), and ``encode`` leaves it out
-for a peer of an older minor. ``docs/protocol.md`` is the normative description of every
+for a peer of an older minor; a frame a later minor added says so too (``added``), and
+is neither sent to nor taken from a peer of an older minor. ``docs/protocol.md`` is the normative description of every
 field, and section 10 there is the plan for the numbers later versions take.
 """
 
@@ -27,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
-from .errors import ErrorCode, RemoteProtocolError
+from .errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from .frames import Frame, HeaderCodec, encode_frame
 
 VERSION_MAJOR = 1
@@ -66,10 +70,22 @@ class MsgType(enum.IntEnum):
     PONG = 0x87
     ERROR = 0x88
     HISTORY_END = 0x89
+    # 1.4, groups (assigned; served once the server speaks 1.4: docs/protocol.md section 10)
+    GROUP_CREATE = 0x10
+    GROUP_JOIN = 0x11
+    GROUP_LEAVE = 0x12
+    GROUP_ADD = 0x13
+    GROUP_REMOVE = 0x14
+    GROUP_RENAME = 0x15
+    GROUP_LIST = 0x16
+    GROUP_MEMBERS = 0x17
+    GROUP_INFO = 0x90
+    GROUP_LIST_REPLY = 0x91
+    GROUP_MEMBERS_REPLY = 0x92
 
 
 class TargetKind(enum.IntEnum):
-    """Who a message is for: one user, or (reserved for later) a group."""
+    """Who a message is for: one user, or a group (1.4)."""
 
     USER = 1
     GROUP = 2
@@ -79,8 +95,8 @@ class ContentType(enum.IntEnum):
     """How to read a message body; the server forwards every kind unread."""
 
     TEXT = 0  # UTF-8 text
-    # kept for (docs/protocol.md, section 10): 1 file offer (1.6), 2 end-to-end envelope
-    # (1.7), 3 group event (1.4)
+    GROUP_EVENT = 3  # a group's event, written by the server (1.4): ``protocol.groups.GroupEvent``
+    # kept for (docs/protocol.md, section 10): 1 file offer (1.6), 2 end-to-end envelope (1.7)
 
 
 class ReceiptState(enum.IntEnum):
@@ -96,6 +112,7 @@ class Feature(enum.StrEnum):
     """Feature names exchanged in Welcome and Hello."""
 
     PRESENCE = "presence"  # hello: send me presence events
+    GROUPS = "groups"  # 1.4: the server has groups; a client that asks gets group frames
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +128,7 @@ class _Spec:
     #: minor version -> the codec of the fields that version has, for a peer that announced
     #: an older minor than the newest field (fields are only ever appended: rule 1)
     older: dict[int, tuple[int, HeaderCodec]]
+    added: int  #: the minor version that added this frame type (0: 1.0)
 
 
 _BY_TYPE: dict[int, _Spec] = {}
@@ -118,9 +136,12 @@ _BY_CLASS: dict[type, _Spec] = {}
 M = TypeVar("M")
 
 
-def _message(msg_type: MsgType, kinds: str, since: dict[str, int] | None = None) -> Callable[[type[M]], type[M]]:
-    """Register a message class: its type byte, its header fields' kinds in order, and the
-    minor version that appended each later field (``since``; the others are from 1.0)."""
+def _message(
+    msg_type: MsgType, kinds: str, since: dict[str, int] | None = None, added: int = 0
+) -> Callable[[type[M]], type[M]]:
+    """Register a message class: its type byte, its header fields' kinds in order, the
+    minor version that appended each later field (``since``; the others are from 1.0),
+    and the minor version that added the frame type itself (``added``)."""
 
     def register(cls: type[M]) -> type[M]:
         names = tuple(f.name for f in fields(cls) if f.name not in ("body", "request_id"))  # type: ignore[arg-type]
@@ -129,13 +150,13 @@ def _message(msg_type: MsgType, kinds: str, since: dict[str, int] | None = None)
         getter = operator.attrgetter(*names) if len(names) > 1 else None
         fields_of = getter if getter else (lambda m, n=names: tuple(getattr(m, x) for x in n))
         u64 = tuple((i, n) for i, (n, k) in enumerate(zip(names, kinds, strict=True)) if k == "Q" and msg_type < 0x80)
-        added = [(since or {}).get(n, 0) for n in names]
-        assert added == sorted(added), f"{cls.__name__}: a newer field before an older one"
+        appended = [(since or {}).get(n, 0) for n in names]
+        assert appended == sorted(appended), f"{cls.__name__}: a newer field before an older one"
         older = {}
-        for minor in range(max(added, default=0)):
-            count = sum(1 for a in added if a <= minor)
+        for minor in range(max(appended, default=0)):
+            count = sum(1 for a in appended if a <= minor)
             older[minor] = (count, HeaderCodec(kinds[:count]))
-        spec = _Spec(msg_type, cls, HeaderCodec(kinds), names, has_body, fields_of, u64, older)
+        spec = _Spec(msg_type, cls, HeaderCodec(kinds), names, has_body, fields_of, u64, older, added)
         _BY_TYPE[msg_type] = _BY_CLASS[cls] = spec
         cls.TYPE = msg_type  # type: ignore[attr-defined]
         return cls
@@ -354,6 +375,128 @@ class HistoryEnd:
     request_id: int = 0
 
 
+# ---- 1.4: groups (docs/protocol.md, section 11) -----------------------------------
+# A group is named like a user (``names.NAME_RULE``, its own namespace) and addressed by
+# its name or its stream, ``g:<id>`` (a name has no ":"). Each change is an event in the
+# group's stream (``ContentType.GROUP_EVENT``, ``protocol.groups.GroupEvent``).
+
+
+@_message(MsgType.GROUP_CREATE, "sB", added=4)
+@dataclass(frozen=True, slots=True)
+class GroupCreate:
+    """Create a group, owned by the sender, who is its first member; answered by GroupInfo."""
+
+    name: str
+    invite_only: int = 0  #: 1: members join only when added by the owner or an instructor
+    request_id: int = 0
+
+
+@_message(MsgType.GROUP_JOIN, "s", added=4)
+@dataclass(frozen=True, slots=True)
+class GroupJoin:
+    """Join a public group; answered by GroupInfo (a member already: position 0, no event)."""
+
+    group: str  #: its name, or its stream ``g:<id>``
+    request_id: int = 0
+
+
+@_message(MsgType.GROUP_LEAVE, "s", added=4)
+@dataclass(frozen=True, slots=True)
+class GroupLeave:
+    """Leave a group; answered by GroupInfo. Nothing posted after reaches any session."""
+
+    group: str
+    request_id: int = 0
+
+
+@_message(MsgType.GROUP_ADD, "sL", added=4)
+@dataclass(frozen=True, slots=True)
+class GroupAdd:
+    """Add members (owner, or an instructor); one event for all of them."""
+
+    group: str
+    users: tuple[str, ...]
+    request_id: int = 0
+
+
+@_message(MsgType.GROUP_REMOVE, "sL", added=4)
+@dataclass(frozen=True, slots=True)
+class GroupRemove:
+    """Remove members (owner, or an instructor); one event for all of them."""
+
+    group: str
+    users: tuple[str, ...]
+    request_id: int = 0
+
+
+@_message(MsgType.GROUP_RENAME, "ss", added=4)
+@dataclass(frozen=True, slots=True)
+class GroupRename:
+    """Rename a group (owner, or an instructor); its stream keeps its id."""
+
+    group: str
+    name: str
+    request_id: int = 0
+
+
+@_message(MsgType.GROUP_LIST, "B", added=4)
+@dataclass(frozen=True, slots=True)
+class GroupList:
+    """List groups: your own (``mine`` 1) or every one you may see (0); GroupListReply."""
+
+    mine: int = 1
+    request_id: int = 0
+
+
+@_message(MsgType.GROUP_MEMBERS, "s", added=4)
+@dataclass(frozen=True, slots=True)
+class GroupMembers:
+    """A group's members, with role and sessions; answered by GroupMembersReply."""
+
+    group: str
+    request_id: int = 0
+
+
+@_message(MsgType.GROUP_INFO, "sssBIQB", added=4)
+@dataclass(frozen=True, slots=True)
+class GroupInfo:
+    """A group as it is now: the answer to Create, Join, Leave, Add, Remove and Rename."""
+
+    stream: str  #: ``g:<id>``: the group's stream, which never changes
+    name: str
+    owner: str
+    invite_only: int
+    members: int  #: how many members it has
+    position: int  #: the position of the event the request made (0: it made none)
+    member: int  #: 1 if you are a member now
+    request_id: int = 0
+
+
+@_message(MsgType.GROUP_LIST_REPLY, "LLLNN", added=4)
+@dataclass(frozen=True, slots=True)
+class GroupListReply:
+    """Groups, one entry per list index."""
+
+    streams: tuple[str, ...]
+    names: tuple[str, ...]
+    owners: tuple[str, ...]
+    sizes: tuple[int, ...]  #: members
+    flags: tuple[int, ...]  #: bit 0: invite-only; bit 1: you are a member
+    request_id: int = 0
+
+
+@_message(MsgType.GROUP_MEMBERS_REPLY, "sLLN", added=4)
+@dataclass(frozen=True, slots=True)
+class GroupMembersReply:
+    """A group's members: name, role and online sessions (as ``--visibility`` allows)."""
+
+    stream: str
+    users: tuple[str, ...]
+    roles: tuple[str, ...]
+    sessions: tuple[int, ...]
+    request_id: int = 0
+
+
 Message = (
     Hello
     | Login
@@ -372,6 +515,17 @@ Message = (
     | Pong
     | Error
     | HistoryEnd
+    | GroupCreate
+    | GroupJoin
+    | GroupLeave
+    | GroupAdd
+    | GroupRemove
+    | GroupRename
+    | GroupList
+    | GroupMembers
+    | GroupInfo
+    | GroupListReply
+    | GroupMembersReply
 )
 REQUEST_TYPES = frozenset(t for t in MsgType if t < 0x80)
 
@@ -381,6 +535,8 @@ def encode(msg: Message, minor: int = VERSION_MINOR) -> bytes:
     fields a later minor version appended (the peer would skip them anyway; it is not
     sent what it did not ask for)."""
     spec = _BY_CLASS[type(msg)]
+    if minor < spec.added:
+        raise LocalProtocolError(f"{type(msg).__name__} is protocol 1.{spec.added}; the peer speaks 1.{minor}")
     if minor in spec.older:
         count, codec = spec.older[minor]
         header = codec.encode(spec.fields_of(msg)[:count])
@@ -390,17 +546,18 @@ def encode(msg: Message, minor: int = VERSION_MINOR) -> bytes:
     return encode_frame(spec.msg_type, msg.request_id, header, body)
 
 
-def decode(frame: Frame) -> Message:
-    """Return the typed message of ``frame``.
+def decode(frame: Frame, minor: int = VERSION_MINOR) -> Message:
+    """Return the typed message of ``frame``, from a peer of protocol 1.``minor``.
 
     Raises:
         RemoteProtocolError: UNSUPPORTED (not fatal) for a type this version does not
-            know; BAD_FRAME (fatal) for a header that cannot be decoded; BAD_REQUEST
-            (not fatal: a bad value, not a broken frame) for a request's u64 field at or
-            over 2^63, which storage (SQLite's signed 64-bit integers) cannot hold.
+            know, or one a later minor than the peer's (or this side's) added; BAD_FRAME
+            (fatal) for a header that cannot be decoded; BAD_REQUEST (not fatal: a bad
+            value, not a broken frame) for a request's u64 field at or over 2^63, which
+            storage (SQLite's signed 64-bit integers) cannot hold.
     """
     spec = _BY_TYPE.get(frame.type)
-    if spec is None:
+    if spec is None or spec.added > min(minor, VERSION_MINOR):
         raise RemoteProtocolError(
             ErrorCode.UNSUPPORTED,
             f"frame type 0x{frame.type:02x} is not supported",

@@ -11,6 +11,7 @@ from csce513msg.protocol import (
     Ack,
     Deliver,
     ErrorCode,
+    GroupCreate,
     Hello,
     Login,
     LoginOk,
@@ -21,6 +22,7 @@ from csce513msg.protocol import (
     ReceiptState,
     Register,
     Send,
+    encode,
     encode_frame,
 )
 from tests.conformance.wire import PASSWORD, RawConn, connect, next_of, register, wait_gone
@@ -222,4 +224,19 @@ def test_an_older_client_is_sent_only_the_fields_of_its_version(server: Server, 
     conn.send(Hello(version_minor=1, request_id=1), Login(alice, PASSWORD, request_id=2))
     ok = conn.recv()
     assert isinstance(ok, LoginOk) and (ok.role, ok.device_token) == ("", ""), ok
+    conn.close()
+
+
+def test_a_group_request_from_a_peer_below_1_4_is_unsupported_and_the_connection_stays(
+    server: Server, names: Names
+) -> None:
+    """Section 11: a frame type is added by a minor version; a server that does not serve
+    it to this peer answers UNSUPPORTED with its request id, and keeps serving."""
+    alice = names("alice")
+    register(server, alice)
+    conn = logged_in(server, alice)
+    conn.send_raw(encode(GroupCreate("lab", 0, request_id=41), 4))
+    error = conn.expect_error(ErrorCode.UNSUPPORTED, request_id=41)
+    assert "0x10" in error.message
+    conn.alive()
     conn.close()

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import csce513msg.protocol.messages as wire_messages
 from csce513msg.protocol import (
     MAX_REQUEST_U64,
     Ack,
@@ -22,9 +23,23 @@ from csce513msg.protocol import (
     ErrorCode,
     Frame,
     FrameDecoder,
+    GroupAdd,
+    GroupCreate,
+    GroupEvent,
+    GroupEventKind,
+    GroupInfo,
+    GroupJoin,
+    GroupLeave,
+    GroupList,
+    GroupListReply,
+    GroupMembers,
+    GroupMembersReply,
+    GroupRemove,
+    GroupRename,
     HeaderCodec,
     Hello,
     History,
+    LocalProtocolError,
     Login,
     LoginOk,
     Message,
@@ -329,3 +344,45 @@ def test_the_module_s_table_of_types_lists_every_msg_type() -> None:
 
     listed = {int(code, 16): name for code, name in re.findall(r"0x([0-9a-f]{2}) (\w+)", messages.__doc__ or "")}
     assert listed == {t.value: messages._BY_TYPE[t].cls.__name__ for t in MsgType}
+
+
+# ---- 1.4: group frames, assigned ahead of the server that serves them --------------------
+
+GROUP_FRAMES: list[Message] = [
+    GroupCreate("lab-1", 1),
+    GroupJoin("g:7"),
+    GroupLeave("lab-1"),
+    GroupAdd("lab-1", ("alice", "bob")),
+    GroupRemove("lab-1", ("bob",)),
+    GroupRename("g:7", "lab-2"),
+    GroupList(0),
+    GroupMembers("lab-1"),
+    GroupInfo("g:7", "lab-1", "alice", 0, 2, 41, 1),
+    GroupListReply(("g:7",), ("lab-1",), ("alice",), (2,), (3,)),
+    GroupMembersReply("g:7", ("alice", "bob"), ("instructor", "student"), (1, 0)),
+]
+
+
+@pytest.mark.parametrize("msg", GROUP_FRAMES, ids=lambda m: type(m).__name__)
+def test_a_group_frame_round_trips_for_a_1_4_peer_and_exists_for_no_older_one(
+    msg: Message, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = encode(msg, 4)
+    (frame,) = FrameDecoder(65536).feed(data)
+    with pytest.raises(RemoteProtocolError):
+        decode(frame, 4)  # this side speaks 1.3: it takes no 1.4 frame yet, whatever the peer says
+    monkeypatch.setattr(wire_messages, "VERSION_MINOR", 4)  # as a 1.4 side will
+    assert decode(frame, 4) == msg
+    with pytest.raises(LocalProtocolError):
+        encode(msg, 3)  # never sent to a peer of 1.3
+    with pytest.raises(RemoteProtocolError) as refused:
+        decode(frame, 3)  # nor taken from one
+    assert refused.value.code == ErrorCode.UNSUPPORTED and not refused.value.fatal
+
+
+def test_a_group_event_body_round_trips() -> None:
+    event = GroupEvent(GroupEventKind.ADDED, ("alice", "bob"), "lab-1")
+    assert GroupEvent.decode(event.encode()) == event
+    assert GroupEvent.decode(b"\x06") == GroupEvent(GroupEventKind.RENAMED)  # cut at a field: defaults
+    with pytest.raises(RemoteProtocolError):
+        GroupEvent.decode(event.encode()[:3])  # cut in the middle of a field
