@@ -26,9 +26,11 @@ from ..paths import DATABASE, default_data_dir, private_data_dir
 from ..store.accounts import AccountBook, AccountError
 from ..store.sqlite import database_problem
 from .options import KdfChoice, RoleChoice
+from .roster import accounts, parse, write_passwords
 
 user_app = typer.Typer(
-    help="Manage accounts: add, list, passwd, role, remove.", context_settings={"help_option_names": ["-h", "--help"]}
+    help="Manage accounts: add, import, list, passwd, role, remove.",
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 DataDir = Annotated[
@@ -87,6 +89,42 @@ def remove(name: str, data_dir: DataDir = None) -> None:
     with _Book(data_dir) as book:
         book.remove(user)
     typer.echo(f"removed {user}")
+
+
+@user_app.command("import")
+def import_roster(
+    roster: Annotated[Path, typer.Argument(help="CSV: name,role[,password] per line.")],
+    passwords: Annotated[
+        Path | None, typer.Option(help="Write generated passwords here (0600) instead of printing them.")
+    ] = None,
+    data_dir: DataDir = None,
+    kdf_cost: CostOption = KdfChoice.production,
+) -> None:
+    """Create a class's accounts from a roster, all or nothing; importing again changes nothing."""
+    try:
+        text = roster.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        _fail(f"cannot read {roster}: {exc}", 2)
+    entries, problems = parse(text)
+    if problems:
+        _fail(f"{roster}: nothing imported; fix these lines:\n  " + "\n  ".join(problems), 1)
+    if not entries:
+        _fail(f"{roster}: no accounts in it", 1)
+    made, generated = accounts(entries, COSTS[kdf_cost.value])
+    with _Book(data_dir) as book:
+        done = dict(book.import_roster(made))
+    counts = {what: sum(1 for w in done.values() if w == what) for what in ("added", "role changed", "exists")}
+    typer.echo(f"{roster}: {counts['added']} added, {counts['role changed']} role changed, {counts['exists']} existed")
+    given = {name: pw for name, pw in generated.items() if done.get(name) == "added"}  # a kept account keeps its own
+    if given and passwords is not None:
+        write_passwords(passwords, given)
+        typer.echo(
+            f"{len(given)} generated passwords written to {passwords} (mode 0600): hand them out, then delete it"
+        )
+    elif given:
+        typer.echo("generated passwords (shown once):")
+        for name, password in sorted(given.items()):
+            typer.echo(f"  {name:<32} {password}")
 
 
 @user_app.command("list")

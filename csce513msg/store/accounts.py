@@ -72,6 +72,31 @@ class AccountBook:
             if not self.db.execute("UPDATE users SET role = ? WHERE name = ?", (role, name)).rowcount:
                 raise AccountError(f"no user {name!r}")
 
+    def import_roster(self, accounts: list[Account]) -> list[tuple[str, str]]:
+        """Make the accounts of a class roster, all in one transaction: a new name is
+        created; an existing one keeps its password, and takes the roster's role if it
+        differs. Importing the same roster again changes nothing. Returns, per account,
+        (name, what happened): "added", "role changed" or "exists"."""
+        for account in accounts:
+            if account.role not in ROLES:
+                raise AccountError(f"unknown role {account.role!r}: use one of {', '.join(ROLES)}")
+        done = []
+        with self._transaction():
+            for account in accounts:
+                row = self.db.execute("SELECT role FROM users WHERE name = ?", (account.name,)).fetchone()
+                if row is None:
+                    self.db.execute(
+                        "INSERT INTO users (name, created_us, role, password) VALUES (?, ?, ?, ?)",
+                        (account.name, account.created_us, account.role, account.password_hash),
+                    )
+                    done.append((account.name, "added"))
+                elif row[0] != account.role:
+                    self.db.execute("UPDATE users SET role = ? WHERE name = ?", (account.role, account.name))
+                    done.append((account.name, "role changed"))
+                else:
+                    done.append((account.name, "exists"))
+        return done
+
     def remove(self, name: str) -> None:
         """Remove the account; its messages stay in the others' history."""
         with self._transaction():
