@@ -194,6 +194,7 @@ class ChatClient:
         self.lost_at = 0.0  #: when the connection was lost (0: it is up)
         self.backoff = 0.5  #: the longest wait before the next attempt (drawn at random), doubling up to 5
         self.resend: list[Send] = []  #: unacknowledged sends of the last connection
+        self.backlog = b""  #: bytes the kernel did not take yet (interactive: sent when writable)
         self.server_key = ""  #: "host:port", under which the device token is kept
         self.busy = False  #: the server refused the login as busy: retrying quietly until a LoginOk
 
@@ -619,15 +620,28 @@ def logged_in(chat: ChatClient, msg: LoginOk) -> None:
     chat.keep_waiting()
 
 
-def transmit(chat: ChatClient) -> bool:
-    """Send what the session queued; False if the connection broke."""
-    data = chat.session.data_to_send()
+def transmit(chat: ChatClient, blocking: bool = True) -> bool:
+    """Send what the session queued; False if the connection broke.
+
+    ``blocking``: hand it all to the kernel, waiting if its send buffer is full (the
+    teaching loop: requests are small, and it waits only to read). Else send what the
+    kernel takes now and keep the rest in ``chat.backlog`` for the next call (the
+    interactive mode calls again when the socket is writable: typing never waits)."""
+    data = chat.backlog + chat.session.data_to_send()
+    chat.backlog = b""
     if not data or chat.sock is None:
         return True
     try:
-        chat.sock.setblocking(True)  # small requests: let the kernel take them whole
-        chat.sock.sendall(data)
-        chat.sock.setblocking(False)
+        if blocking:
+            chat.sock.setblocking(True)
+            chat.sock.sendall(data)
+            chat.sock.setblocking(False)
+        else:
+            try:
+                sent = chat.sock.send(data)
+            except (BlockingIOError, ssl.SSLWantWriteError):
+                sent = 0
+            chat.backlog = data[sent:]
     except OSError as exc:
         chat.view.show(f"! send failed: {exc.strerror}", style=Style.ERROR, event="error", code="connection",
                        message=str(exc), request=0)  # fmt: skip
@@ -687,6 +701,7 @@ def reconnected(chat: ChatClient, sock: socket.socket | BaseException, watcher: 
         device_id=old.device_id, device_token=old.device_token, client_msg_seed=old.next_client_msg_id,
     )  # fmt: skip
     chat.sock, chat.online, chat.lost_at = sock, True, 0.0
+    chat.backlog = b""  # the old connection's bytes: what they carried is resent after the login
     watcher.register(sock.fileno())
     if not chat.busy:
         chat.view.show("reconnected", event="reconnected", message="reconnected")

@@ -2,9 +2,10 @@
 
 Three interchangeable implementations of one tiny interface, so a student can
 compare them line by line: ``register(fd)`` once, then ``wait(timeout)`` returns
-the descriptors that are readable. (The client only ever waits to *read*: its
-writes are small and go out at once; a full send buffer just waits in the
-session's queue until the next pass.)
+the descriptors that are readable. (The teaching loop only ever waits to *read*:
+its writes are small requests, handed to the kernel whole with a blocking
+``sendall`` that waits only if the send buffer is full. The interactive mode never
+waits to write: it asks its loop to call back when the socket is writable.)
 
 epoll refuses descriptors that cannot be polled, such as a regular file or
 /dev/null on stdin (``PermissionError``/EPERM): ``register`` returns False for
