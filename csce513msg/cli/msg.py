@@ -23,9 +23,10 @@ import typer
 
 from ..client import config as client_config
 from ..client import interactive, terminal
-from ..client.chat import PlainView, TlsOptions, View
 from ..client.launch import Plan, start
 from ..client.mux import MUXES, best_mux
+from ..client.steps import TlsOptions
+from ..client.view import PlainView, View
 from ..hub import fold_name
 from ..protocol import VERSION_MAJOR, VERSION_MINOR
 

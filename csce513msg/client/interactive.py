@@ -48,22 +48,11 @@ from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from prompt_toolkit.patch_stdout import patch_stdout
 from prompt_toolkit.utils import get_cwidth
 
-from .chat import (
-    COMMANDS,
-    ChatClient,
-    Connector,
-    Outcome,
-    Style,
-    due_to_reconnect,
-    keepalive,
-    lost,
-    plural,
-    receive,
-    reconnected,
-    transmit,
-)
+from .chat import COMMANDS, ChatClient, plural
 from .files import history_file
 from .sanitize import inert_name
+from .steps import Connector, Outcome, due_to_reconnect, keepalive, lost, receive, reconnected, transmit
+from .view import Style
 
 TICK = 0.25  #: seconds between the timer task's rounds (keep-alive, reconnect, status bar)
 QUIT_WAIT = 3.0  #: seconds /quit waits for the server to confirm what was sent

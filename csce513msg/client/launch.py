@@ -15,11 +15,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .chat import ChatClient, Connector, Style, TlsOptions, View
+from .chat import ChatClient
 from .files import Outbox, device_id, load_token
 from .sanitize import inert
 from .session import ClientSession
+from .steps import Connector, TlsOptions
 from .tls import TrustError
+from .view import Style, View
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,20 +37,10 @@ import socket
 import sys
 import threading
 
-from .chat import (
-    ChatClient,
-    Connector,
-    Outcome,
-    due_to_reconnect,
-    keepalive,
-    lost,
-    next_timeout,
-    receive,
-    reconnected,
-    transmit,
-)
+from .chat import ChatClient
 from .mux import MUXES, Mux
 from .session import ClientState
+from .steps import Connector, Outcome, due_to_reconnect, keepalive, lost, next_timeout, receive, reconnected, transmit
 
 
 class _StopRequestedError(Exception):

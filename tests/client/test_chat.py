@@ -7,9 +7,11 @@ import socket
 from pathlib import Path
 
 from csce513msg.client import ClientSession
-from csce513msg.client.chat import ChatClient, PlainView, lost, reconnected
+from csce513msg.client.chat import ChatClient
 from csce513msg.client.files import Outbox
 from csce513msg.client.session import ClientState
+from csce513msg.client.steps import lost, reconnected
+from csce513msg.client.view import PlainView
 from csce513msg.protocol import Error, ErrorCode, Receipt, ReceiptState
 
 

@@ -8,7 +8,8 @@ import json
 import pytest
 
 from csce513msg.client import ClientSession
-from csce513msg.client.chat import ChatClient, PlainView
+from csce513msg.client.chat import ChatClient
+from csce513msg.client.view import PlainView
 from csce513msg.protocol import WAITING_CAP, LoginOk
 
 

@@ -13,8 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from csce513msg.client import ClientSession
-from csce513msg.client.chat import ChatClient, PlainView, View
+from csce513msg.client.chat import ChatClient
 from csce513msg.client.interactive import LiveView
+from csce513msg.client.view import PlainView, View
 from csce513msg.protocol import (
     ContentType,
     Deliver,
