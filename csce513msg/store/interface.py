@@ -6,7 +6,7 @@ the ``store`` lane (one storage thread, at most one batch in flight: group commi
 The result comes back through ``engine.job_done``. A batch is applied in order:
 accounts, logins, messages, then cursors, all in ONE transaction; then the fetches
 read what is committed. So every store (SQLite now, PostgreSQL later) implements
-just ``load_accounts`` and ``apply``.
+the loads at start (``load_accounts``, ``load_device_tokens``, ``load_groups``) and ``apply``.
 
 Terms:
 
