@@ -6,13 +6,16 @@ the ``store`` lane (one storage thread, at most one batch in flight: group commi
 The result comes back through ``engine.job_done``. A batch is applied in order:
 accounts, logins, messages, then cursors, all in ONE transaction; then the fetches
 read what is committed. So every store (SQLite now, PostgreSQL later) implements
-just ``load_accounts`` and ``apply``.
+the loads at start (``load_accounts``, ``load_device_tokens``, ``load_groups``) and ``apply``.
 
 Terms:
 
 - a *stream* is a conversation (``dm:alice,bob``); each message has a position in
   it, from 1, without gaps, and a message id that is unique and never reused;
-- a *cursor* is how far one device of a user has acknowledged one stream.
+- a *cursor* is how far one device of a user has acknowledged one stream;
+- a *group* (schema v6, protocol 1.4; the engine does not serve groups yet) is a stream
+  ``g:<id>`` whose membership changes are messages in it (``GroupChange``): each member
+  has intervals [joined, left] of positions, and reads only inside them.
 
 The records made for every message (``NewMessage``, ``StoredMessage``,
 ``DeliveredNote``) are slotted dataclasses that nobody changes after making them, but
@@ -30,6 +33,20 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 ROLES = ("student", "instructor")
+GROUP_PREFIX = "g:"  #: a group's stream is ``g:<id>``; the store assigns the id at CREATE and never reuses it
+#: A group event's content type and the kinds of ``GroupChange.op``: protocol 1.4's
+#: ``ContentType.GROUP_EVENT`` and ``GroupEventKind``, numbered alike (the store imports no
+#: protocol module; tests/store/test_groups.py checks they agree)
+GROUP_EVENT = 3
+CREATE, JOIN, LEAVE, ADD, REMOVE, RENAME = 1, 2, 3, 4, 5, 6
+MAX_GROUP_MEMBERS = 1000  #: members a group may have at once (``--max-group-members``), unless the batch says
+
+
+def is_group(stream: str) -> bool:
+    """Whether ``stream`` is a group's (``g:<id>``) rather than a direct conversation's."""
+    return stream.startswith(GROUP_PREFIX)
+
+
 TOKENS_PER_USER = 32  #: device tokens kept per account (one per device: the newest)
 
 
@@ -69,6 +86,7 @@ class LoginRead:
     #: count no further (the protocol's cap on LoginOk.waiting): a login costs what it
     #: reports, not the length of a backlog
     count_up_to: int
+    groups: bool = False  #: count group messages and give group receipts too (a 1.4 session with ``groups``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,12 +97,30 @@ class LoginInfo:
     receipts: list[DeliveredNote]  #: delivered receipts it has not been sent yet
 
 
+@dataclass(frozen=True, slots=True)
+class GroupChange:
+    """What a group event does, applied by the store in commit order (``op``: CREATE, JOIN,
+    LEAVE, ADD, REMOVE, RENAME). The event's position opens (CREATE, JOIN, ADD) or closes
+    (LEAVE, REMOVE) the users' membership intervals; both events are inside the interval."""
+
+    op: int
+    users: tuple[str, ...] = ()  #: who joins, leaves, is added or removed (CREATE, JOIN, LEAVE: the sender)
+    name: str = ""  #: CREATE, RENAME: the group's (folded) name after the event
+    invite_only: bool = False  #: CREATE: only members may add others (the engine's rule)
+
+
 @dataclass(slots=True)
 class NewMessage:
-    """A message to store once, in its stream."""
+    """A message to store once, in its stream.
+
+    A group message (``stream`` ``g:<id>``; for a CREATE, ``g:``, and the store assigns the
+    id) is stored only if the rules hold at its turn in the batch: the group exists, the
+    sender is a member now (a CREATE or JOIN: is not), the name is free, the group is not
+    full. Otherwise it is ``Refused`` with ``why`` set: never an exception, which would roll
+    back everyone's batch."""
 
     stream: str
-    members: tuple[str, ...]  #: the users of the stream (both ends of a direct message)
+    members: tuple[str, ...]  #: the users of a direct stream (both ends); () for a group (the store knows them)
     sender: str
     device: str  #: the sender's device id
     client_msg_id: int  #: the sender's counter; with (sender, device) it identifies a resend; 0: none
@@ -93,6 +129,7 @@ class NewMessage:
     content_type: int
     time_us: int  #: server wall time at arrival
     body: bytes
+    change: GroupChange | None = None  #: a group event's effect (its body is the event, encoded by the hub)
 
 
 @dataclass(slots=True)
@@ -110,15 +147,22 @@ class StoredMessage:
     time_us: int
     body: bytes
     duplicate: bool = False  #: a resend: this is the copy stored earlier
+    #: the group change it made, set only in the batch that stored it (the hub's roster applies
+    #: it in commit order); a message read back (catch-up, History) has None
+    change: GroupChange | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Refused:
     """A message the store would not take: a resend of one older than history is kept, or
-    (``reused``) a client message id the device used before for another message."""
+    (``reused``) a client message id the device used before for another message, or (``why``
+    set) a group message that breaks a rule at its turn in commit order."""
 
     reason: str
     reused: bool = False
+    #: a group rule: "no_group", "not_member", "name_taken", "full", or "unchanged" (a JOIN or
+    #: ADD of members only, a REMOVE of non-members only: nothing to store, no event)
+    why: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +176,9 @@ class Fetch:
     #: a device with no cursor on a stream gets what came after its first login, and at
     #: least this many messages back (so a new device shows recent history)
     new_device_history: int
+    #: read group streams too (a 1.4 session with ``groups``): the current membership
+    #: interval only, from its join (an earlier interval is History's)
+    groups: bool = False
 
 
 @dataclass(slots=True)
@@ -167,11 +214,16 @@ class Batch:
     #: (0: from the newest), at most ``limit`` messages whose bodies add up to at most
     #: ``max_bytes`` (but at least one message)
     history: dict[int, tuple[str, int, int, int]] = field(default_factory=dict)
+    #: key -> the user who reads that History page. Of a group stream a page holds only what
+    #: its reader could read: every membership interval it had, newest first, the gaps skipped
+    #: (no reader, or never a member: an empty page; the engine answers NOT_A_MEMBER first)
+    readers: dict[int, str] = field(default_factory=dict)
     poll_accounts: bool = False  #: report accounts changed by others (``msgsrv user``) since the last poll
     #: retention: delete messages older than this (µs of wall time; 0: keep all). Each device's
     #: highest client message id among them is kept, so a resend of one is refused, not stored again
     expire_before_us: int = 0
     expire_tokens_before_us: int = 0  #: delete device tokens made before this (µs of wall time; 0: none)
+    max_group_members: int = MAX_GROUP_MEMBERS  #: a JOIN or ADD past it is refused ("full")
 
     def can_wait(self) -> bool:
         """Only acknowledgements' bookkeeping (cursors, delivered, notified): nobody waits for
@@ -203,11 +255,26 @@ class BatchResult:
     accounts: dict[str, Account | None] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class GroupRecord:
+    """A group as committed, for the engine's roster at start (``Store.load_groups``)."""
+
+    stream: str  #: ``g:<id>``
+    name: str
+    owner: str
+    invite_only: bool
+    created_us: int
+    members: tuple[str, ...]  #: members now, sorted
+    former: tuple[str, ...]  #: users who were members and are not now (they may read their intervals' History)
+
+
 def resent(m: NewMessage, old: StoredMessage) -> StoredMessage | Refused:
     """What the store answers a Send whose (sender, device, client id) it has: a resend gets the
     stored copy; another message under a used id is refused (a client bug: answering it
-    with the old receipt would say that a message never stored was)."""
-    if (old.target_kind, old.target, old.content_type, old.body) != (m.target_kind, m.target, m.content_type, m.body):
+    with the old receipt would say that a message never stored was). A group message is
+    compared by its stream, not its target: a rename between the two changes the name."""
+    where, was = (m.stream, old.stream) if is_group(old.stream) else (m.target, old.target)
+    if (old.target_kind, was, old.content_type, old.body) != (m.target_kind, where, m.content_type, m.body):
         return Refused(f"client_msg_id {m.client_msg_id} was used for another message: use a new one", reused=True)
     return dataclasses.replace(old, duplicate=True)
 
@@ -234,6 +301,10 @@ class Store(Protocol):
 
     def load_device_tokens(self) -> dict[str, DeviceToken]:
         """Every device token in force, by digest; called once, before the server serves."""
+        ...
+
+    def load_groups(self) -> dict[str, GroupRecord]:
+        """Every group not deleted, by stream; called once, before the server serves."""
         ...
 
     def apply(self, batch: Batch) -> BatchResult:

@@ -11,7 +11,12 @@ import dataclasses
 import heapq
 import itertools
 
+from .groupmark import GroupMark, Span, closed, group_id, opened, refusal, wanted
 from .interface import (
+    CREATE,
+    GROUP_EVENT,
+    GROUP_PREFIX,
+    RENAME,
     TOKENS_PER_USER,
     Account,
     Batch,
@@ -19,11 +24,13 @@ from .interface import (
     DeliveredNote,
     DeviceToken,
     Fetch,
+    GroupRecord,
     LoginInfo,
     LoginRead,
     NewMessage,
     Refused,
     StoredMessage,
+    is_group,
     page_within,
     resent,
 )
@@ -35,7 +42,11 @@ class MemoryStore:
     def __init__(self, accounts: list[Account] | None = None) -> None:
         self.accounts: dict[str, Account] = {a.name: a for a in accounts or ()}
         self.streams: dict[str, list[StoredMessage]] = {}  # position p is at index p - 1
-        self.members: dict[str, set[str]] = {}  # user -> streams
+        self.members: dict[str, set[str]] = {}  # user -> the streams the user is a member of now
+        #: (group stream, user) -> the user's membership intervals, oldest first: [joined, left] (None: now)
+        self.intervals: dict[tuple[str, str], list[tuple[int, int | None]]] = {}
+        self.groups: dict[str, GroupRecord] = {}  # group stream -> the group (members and former: not kept here)
+        self.marks: dict[str, GroupMark] = {}  # group stream -> its members and delivered marks (groupmark.py)
         self.cursors: dict[tuple[str, str, str], int] = {}
         self.keys: dict[tuple[str, str, int], StoredMessage] = {}  # (sender, device, client id)
         self.devices: dict[tuple[str, str], int] = {}  # (user, device) -> last message id at first login
@@ -52,6 +63,15 @@ class MemoryStore:
     def load_device_tokens(self) -> dict[str, DeviceToken]:
         return dict(self.tokens)
 
+    def load_groups(self) -> dict[str, GroupRecord]:
+        found = {}
+        for stream, group in self.groups.items():
+            users = {u for (s, u) in self.intervals if s == stream}
+            members = tuple(sorted(self.marks[stream].joined))
+            former = tuple(sorted(users - set(members)))
+            found[stream] = dataclasses.replace(group, members=members, former=former)
+        return found
+
     def apply(self, batch: Batch) -> BatchResult:
         for account in batch.accounts:
             self.accounts.setdefault(account.name, account)
@@ -64,11 +84,15 @@ class MemoryStore:
             self._expire(batch.expire_before_us)
         if batch.expire_tokens_before_us:
             self.tokens = {d: t for d, t in self.tokens.items() if t.created_us >= batch.expire_tokens_before_us}
-        stored = [self._append(m) for m in batch.messages]
+        newly: list[DeliveredNote] = []
+        stored = [self._append(m, batch.max_group_members, newly) for m in batch.messages]
         for cursor, position in batch.cursors.items():
             self.cursors[cursor] = max(self.cursors.get(cursor, 0), position)
-        newly: list[DeliveredNote] = []
         for (stream, user), position in batch.delivered.items():
+            if is_group(stream):
+                if (mark := self.marks.get(stream)) is not None:
+                    newly += self._notes(stream, mark.ack(user, position))
+                continue
             old = self.delivered.get((stream, user), 0)
             if position > old:
                 self.delivered[(stream, user)] = position
@@ -76,7 +100,7 @@ class MemoryStore:
         for key, position in batch.notified.items():
             self.notified[key] = max(self.notified.get(key, 0), position)
         fetched = {f.key: self._fetch(f) for f in batch.fetches}
-        history = {key: self._page(*page) for key, page in batch.history.items()}
+        history = {key: self._page(*page, batch.readers.get(key, "")) for key, page in batch.history.items()}
         return BatchResult(stored, fetched, newly_delivered=newly, logins=logins, history=history)
 
     def _keep_token(self, t: DeviceToken) -> None:
@@ -92,8 +116,8 @@ class MemoryStore:
 
     def _login(self, login: LoginRead) -> LoginInfo:
         self.devices.setdefault((login.user, login.device), self.last_id)
-        fetch = Fetch(0, login.user, login.device, login.count_up_to, login.new_device_history)
-        return LoginInfo(len(self._fetch(fetch)), self._receipts(login.user, login.device))
+        fetch = Fetch(0, login.user, login.device, login.count_up_to, login.new_device_history, login.groups)
+        return LoginInfo(len(self._fetch(fetch)), self._receipts(login.user, login.device, login.groups))
 
     def _expire(self, before_us: int) -> None:
         for key, m in list(self.keys.items()):
@@ -104,54 +128,124 @@ class MemoryStore:
         for name, stream in self.streams.items():
             self.expired[name] = sum(1 for m in stream if m.message_id < before_us)  # ids grow with position
 
-    def _page(self, name: str, before: int, limit: int, max_bytes: int) -> list[StoredMessage]:
+    def _page(self, name: str, before: int, limit: int, max_bytes: int, reader: str) -> list[StoredMessage]:
         stream = self.streams.get(name, [])
-        end = min(before - 1, len(stream)) if before else len(stream)
-        newest_first = stream[max(self.expired.get(name, 0), end - limit) : max(0, end)][::-1]
-        return page_within(newest_first, max_bytes)[::-1]
+        end = min(before - 1, len(stream)) if before else len(stream)  # positions up to end
+        spans = self.intervals.get((name, reader), [])[::-1] if is_group(name) else [(1, None)]
+        newest_first: list[StoredMessage] = []
+        for joined, left in spans:  # each interval [joined, left], newest first
+            high = end if left is None else min(left, end)
+            low = max(joined - 1, self.expired.get(name, 0), high - (limit - len(newest_first)))
+            newest_first += stream[low:high][::-1] if high > low else []
+        return page_within(newest_first[:limit], max_bytes)[::-1]
 
-    def _receipts(self, user: str, device: str) -> list[DeliveredNote]:
+    def _receipts(self, user: str, device: str, groups: bool) -> list[DeliveredNote]:
         """Delivered receipts this device of ``user`` has not had; marks them sent."""
         since = self.devices.get((user, device), self.last_id)
         notes: list[DeliveredNote] = []
         for name in self.members.get(user, ()):
-            delivered = max((p for (s, u), p in self.delivered.items() if s == name and u != user), default=0)
+            if not is_group(name):
+                delivered = max((p for (s, u), p in self.delivered.items() if s == name and u != user), default=0)
+            elif groups:
+                delivered = self.marks[name].delivered_to(user)
+            else:
+                continue
             sent = self.notified.get((user, device, name), 0)
             stream = self.streams[name][sent:delivered]
-            notes += [_note(m) for m in stream if m.sender == user and m.message_id > since]
+            notes += [
+                _note(m) for m in stream
+                if m.sender == user and m.message_id > since and not (is_group(name) and m.content_type == GROUP_EVENT)
+            ]  # fmt: skip
             self.notified[(user, device, name)] = max(sent, delivered)
         return sorted(notes, key=lambda n: n.message_id)
 
-    def _append(self, m: NewMessage) -> StoredMessage | Refused:
+    def _append(self, m: NewMessage, max_members: int, newly: list[DeliveredNote]) -> StoredMessage | Refused:
         key = (m.sender, m.device, m.client_msg_id)
         if m.client_msg_id and m.client_msg_id <= self.floors.get((m.sender, m.device), 0):
             return Refused("a resend of a message older than the history this server keeps")
         if m.client_msg_id and key in self.keys:
             return resent(m, self.keys[key])
-        stream = self.streams.setdefault(m.stream, [])
+        if is_group(m.stream):
+            return self._append_group(m, max_members, newly)
         for user in m.members:
             self.members.setdefault(user, set()).add(m.stream)
+        return self._insert(m, m.stream)
+
+    def _insert(self, m: NewMessage, name: str) -> StoredMessage:
+        stream = self.streams.setdefault(name, [])
         self.last_id = max(self.last_id + 1, m.time_us)
         msg = StoredMessage(
-            self.last_id, m.stream, len(stream) + 1, m.sender, m.device, m.target_kind, m.target,
+            self.last_id, name, len(stream) + 1, m.sender, m.device, m.target_kind, m.target,
             m.content_type, m.time_us, m.body,
         )  # fmt: skip
         stream.append(msg)
         if m.client_msg_id:
-            self.keys[key] = msg
+            self.keys[(m.sender, m.device, m.client_msg_id)] = msg
         return msg
+
+    def _append_group(self, m: NewMessage, max_members: int, newly: list[DeliveredNote]) -> StoredMessage | Refused:
+        """As SQLite does it: the rules at the message's turn, then its change at its position."""
+        change = m.change
+        if change is not None:
+            m = dataclasses.replace(m, client_msg_id=0)  # an event is the server's: no resend key
+        names = {g.name for g in self.groups.values()}
+        if change is not None and change.op == CREATE:
+            if change.name in names:
+                return Refused(f"a group is named {change.name} already", why="name_taken")
+            stream = f"{GROUP_PREFIX}{len(self.groups) + 1}"  # groups are never deleted: ids never reused
+            self.groups[stream] = GroupRecord(stream, change.name, m.sender, change.invite_only, m.time_us, (), ())
+            mark = self.marks[stream] = GroupMark(0, {})
+        else:
+            stream = m.stream
+            if stream not in self.groups or group_id(stream) is None:
+                return Refused(f"refused: no_group ({stream})", why="no_group")
+            mark = self.marks[stream]
+            why = refusal(mark.joined, m.sender, change, max_members)
+            if not why and change is not None and change.op == RENAME and change.name in names:
+                why = "name_taken"
+            if why:
+                return Refused(f"refused: {why} ({stream})", why=why)
+        stored = self._insert(m, stream)
+        if change is None:
+            newly += self._notes(stream, mark.posted(stored.position))
+            return stored
+        stored = dataclasses.replace(stored, change=change)
+        position = stored.position
+        joins, leaves = opened(change, m.sender, mark.joined), closed(change, m.sender, mark.joined)
+        for user in joins:
+            self.intervals.setdefault((stream, user), []).append((position, None))
+            self.members.setdefault(user, set()).add(stream)
+        for user in leaves:
+            spans = self.intervals[(stream, user)]
+            spans[-1] = (spans[-1][0], position)
+            self.members[user].discard(stream)
+        if change.op == RENAME:
+            self.groups[stream] = dataclasses.replace(self.groups[stream], name=change.name)
+        newly += self._notes(stream, mark.change(position, joins, leaves))
+        return stored
+
+    def _notes(self, name: str, spans: list[Span]) -> list[DeliveredNote]:
+        stream = self.streams[name]
+        return [
+            _note(m) for span in spans for m in stream[span[0] : span[1]]
+            if m.content_type != GROUP_EVENT and wanted(span, m.sender, m.position)
+        ]  # fmt: skip
 
     def _fetch(self, f: Fetch) -> list[StoredMessage]:
         """As SQLite does it: each stream from where the device stands, lazily, merged by id."""
         since = self.devices.get((f.user, f.device), self.last_id)
         ranges = []
         for name in self.members.get(f.user, ()):
+            if is_group(name) and not f.groups:
+                continue
             stream = self.streams[name]
             start = self.cursors.get((f.user, f.device, name))  # position p is at index p - 1
             if start is None:  # new to this device: after its first login, and at least the last few
                 seen = bisect.bisect_right(stream, since, key=lambda m: m.message_id)  # ids grow with positions
                 start = min(len(stream) - f.new_device_history, seen)
             start = max(start, self.expired.get(name, 0))
+            if is_group(name):
+                start = max(start, self.intervals[(name, f.user)][-1][0] - 1)  # from the current interval's join
             ranges.append(map(stream.__getitem__, range(start, len(stream))))
         found = (
             m for m in heapq.merge(*ranges, key=lambda m: m.message_id) if (m.sender, m.device) != (f.user, f.device)

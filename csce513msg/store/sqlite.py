@@ -28,16 +28,22 @@ The schema version is kept in ``PRAGMA user_version`` and migrated on open
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import heapq
 import itertools
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar, TypeVarTuple
 
+from .groupmark import GroupMark, Span, closed, group_id, opened, refusal, wanted
 from .interface import (
+    CREATE,
+    GROUP_EVENT,
+    GROUP_PREFIX,
+    RENAME,
     TOKENS_PER_USER,
     Account,
     Batch,
@@ -45,11 +51,13 @@ from .interface import (
     DeliveredNote,
     DeviceToken,
     Fetch,
+    GroupRecord,
     LoginInfo,
     LoginRead,
     NewMessage,
     Refused,
     StoredMessage,
+    is_group,
     page_within,
     resent,
 )
@@ -119,6 +127,21 @@ MIGRATIONS: list[list[str]] = [
             created_us INTEGER NOT NULL) WITHOUT ROWID""",
         "CREATE INDEX device_tokens_by_user ON device_tokens (user, device)",
     ],
+    [  # version 6: groups (docs/storage.md, "Version 6"). Membership has intervals of positions,
+        # [joined_at, left_at] (NULL: a member now); a direct message's is [1, oo). Not
+        # _without_rowid, which copies SELECT *: the new table has two more columns.
+        """CREATE TABLE members_v6 (user TEXT NOT NULL, stream TEXT NOT NULL, joined_at INTEGER NOT NULL,
+            left_at INTEGER, PRIMARY KEY (user, stream, joined_at)) WITHOUT ROWID""",
+        "INSERT INTO members_v6 SELECT user, stream, 1, NULL FROM members",
+        "DROP TABLE members",  # and members_by_stream: members_current serves those reads now
+        "ALTER TABLE members_v6 RENAME TO members",
+        "CREATE UNIQUE INDEX members_current ON members (stream, user) WHERE left_at IS NULL",
+        # never deleted (deleted_us: when, 0 if not), so an id, and the stream g:<id>, is never reused
+        """CREATE TABLE groups (id INTEGER PRIMARY KEY, name TEXT NOT NULL, owner TEXT NOT NULL,
+            invite_only INTEGER NOT NULL DEFAULT 0, created_us INTEGER NOT NULL,
+            deleted_us INTEGER NOT NULL DEFAULT 0)""",
+        "CREATE UNIQUE INDEX groups_by_name ON groups (name) WHERE deleted_us = 0",
+    ],
 ]
 TAIL_EVERY = 64  #: batches between the writer's own checkpoints of the WAL's tail
 RECENT = 32  #: per stream, the newest messages the writer keeps in memory for delivered receipts
@@ -161,6 +184,8 @@ class SqliteStore:
         # Delivered receipts from memory (an ack would otherwise cost two SELECTs): caches the writer owns
         self._acked: dict[tuple[str, str], int] = {}  # (stream, user) -> acknowledged position
         self._recent: dict[str, _Recent] = {}  # stream -> its newest messages, as the receipts they become
+        self._marks: dict[str, GroupMark] = {}  # group stream -> its members and delivered marks (groupmark.py)
+        self._newly: list[DeliveredNote] = []  # delivered by the batch's group events and posts
         self._stop = threading.Event()
         if checkpoint_interval > 0:
             threading.Thread(target=self._checkpoints, args=(checkpoint_interval,), daemon=True).start()
@@ -179,6 +204,23 @@ class SqliteStore:
     def load_device_tokens(self) -> dict[str, DeviceToken]:
         rows = self.db.execute("SELECT digest, user, device, created_us FROM device_tokens")
         return {digest: DeviceToken(digest, user, device, created) for digest, user, device, created in rows}
+
+    def load_groups(self) -> dict[str, GroupRecord]:
+        groups = self.db.execute("SELECT id, name, owner, invite_only, created_us FROM groups WHERE deleted_us = 0")
+        now: dict[str, list[str]] = {}
+        former: dict[str, list[str]] = {}
+        rows = self.db.execute(
+            f"""SELECT stream, user, max(left_at IS NULL) FROM members WHERE substr(stream, 1, 2) = '{GROUP_PREFIX}'
+                GROUP BY stream, user ORDER BY stream, user"""
+        )
+        for stream, user, member in rows:
+            (now if member else former).setdefault(stream, []).append(user)
+        return {
+            (stream := f"{GROUP_PREFIX}{gid}"): GroupRecord(
+                stream, name, owner, bool(invite), created, tuple(now.get(stream, ())), tuple(former.get(stream, ()))
+            )
+            for gid, name, owner, invite, created in groups
+        }
 
     def _poll_accounts(self) -> dict[str, Account | None]:
         """Accounts that another process (``msgsrv user``) changed since the last poll.
@@ -211,7 +253,9 @@ class SqliteStore:
             self._checkpoint_tail()
         fetched = {f.key: found for f in batch.fetches if (found := self._read(self._fetch, f)) is not None}
         history = {
-            key: page for key, args in batch.history.items() if (page := self._read(self._page, *args)) is not None
+            key: page
+            for key, args in batch.history.items()
+            if (page := self._read(self._page, *args, batch.readers.get(key, ""))) is not None
         }
         accounts = (self._read(self._poll_accounts) or {}) if batch.poll_accounts else {}
         return BatchResult(stored, fetched, None, newly, logins, history, accounts)
@@ -233,8 +277,9 @@ class SqliteStore:
             self._expire(batch.expire_before_us)
         if batch.expire_tokens_before_us:
             db.execute("DELETE FROM device_tokens WHERE created_us < ?", (batch.expire_tokens_before_us,))
-        stored = [self._append(m) for m in batch.messages]
-        newly = [note for key, pos in batch.delivered.items() for note in self._delivered(*key, pos)]
+        self._newly = []
+        stored = [self._append(m, batch.max_group_members) for m in batch.messages]
+        newly = self._newly + [note for key, pos in batch.delivered.items() for note in self._delivered(*key, pos)]
         db.executemany(  # after _delivered, which may read the cursors as they were
             """INSERT INTO cursors (user, device, stream, position) VALUES (?, ?, ?, ?)
                ON CONFLICT DO UPDATE SET position = max(position, excluded.position)""",
@@ -261,6 +306,7 @@ class SqliteStore:
         self.floors.clear()
         self._acked.clear()
         self._recent.clear()
+        self._marks.clear()
 
     def _checkpoint_tail(self) -> None:
         """The writer's own checkpoint of the WAL's tail, between two transactions. The
@@ -305,7 +351,7 @@ class SqliteStore:
             (login.user, login.device, self.last_id),
         )
         waiting = 0
-        for stream, low in self._starts(login.user, login.device, login.new_device_history):
+        for stream, low in self._starts(login.user, login.device, login.new_device_history, login.groups):
             if waiting >= login.count_up_to:
                 break
             (found,) = self.db.execute(
@@ -314,20 +360,40 @@ class SqliteStore:
                 (stream, low, login.user, login.device, login.count_up_to - waiting),
             ).fetchone()
             waiting += found
-        return LoginInfo(waiting, self._receipts(login.user, login.device))
+        return LoginInfo(waiting, self._receipts(login.user, login.device, login.groups))
 
-    def _page(self, stream: str, before: int, limit: int, max_bytes: int) -> list[StoredMessage]:
-        rows = self.db.execute(
-            f"SELECT {_COLUMNS} FROM messages WHERE stream = ? AND position < ? ORDER BY position DESC LIMIT ?",
-            (stream, before or 2**62, limit),
-        )
-        return page_within((StoredMessage(*row) for row in rows), max_bytes)[::-1]
+    def _page(self, stream: str, before: int, limit: int, max_bytes: int, reader: str) -> list[StoredMessage]:
+        """A History page: of a group, only inside the reader's membership intervals, newest
+        first (a page may span a gap; the next one starts below its oldest message)."""
+        end = (before or 2**62) - 1
+        if not is_group(stream):
+            spans: list[tuple[int, int | None]] = [(1, None)]
+        else:
+            spans = self.db.execute(
+                "SELECT joined_at, left_at FROM members WHERE user = ? AND stream = ? ORDER BY joined_at DESC",
+                (reader, stream),
+            ).fetchall()
+
+        def newest_first() -> Iterator[StoredMessage]:
+            for joined, left in spans:
+                high = end if left is None else min(left, end)
+                if high >= joined:
+                    yield from (StoredMessage(*row) for row in self.db.execute(
+                        f"""SELECT {_COLUMNS} FROM messages WHERE stream = ? AND position BETWEEN ? AND ?
+                            ORDER BY position DESC LIMIT ?""",
+                        (stream, joined, high, limit),
+                    ))  # fmt: skip
+
+        return page_within(itertools.islice(newest_first(), limit), max_bytes)[::-1]
 
     def _delivered(self, stream: str, user: str, position: int) -> list[DeliveredNote]:
         """``user`` acknowledged ``stream`` up to ``position``: the others' messages newly delivered.
         What was delivered before is the highest of the user's cursors on the stream (any
         device). From memory when the stream's recent messages cover the range (the common
         case: an ack of what was just delivered), else a SELECT."""
+        if is_group(stream):
+            mark = self._mark(stream)
+            return self._notes(stream, mark.ack(user, position)) if mark is not None else []
         key = (stream, user)
         if key not in self._acked:
             row = self.db.execute(
@@ -352,31 +418,42 @@ class SqliteStore:
         )
         return [DeliveredNote(*r) for r in found]
 
-    def _receipts(self, user: str, device: str) -> list[DeliveredNote]:
+    def _receipts(self, user: str, device: str, groups: bool) -> list[DeliveredNote]:
         """Delivered receipts this device of ``user`` has not had yet; marks them sent.
 
         Per stream, the range between what the device was told (``notified``) and what the
         other members acknowledged; the device is then told up to there, receipts or not, so
-        the next login starts from it instead of reading the same range again."""
+        the next login starts from it instead of reading the same range again. With ``groups``,
+        the groups ``user`` is a member of too (``GroupMark.delivered_to``; events get none)."""
         (since,) = self.db.execute("SELECT since FROM devices WHERE user = ? AND device = ?", (user, device)).fetchone()
         ranges = self.db.execute(
-            """SELECT s.stream, coalesce(n.position, 0),
+            f"""SELECT s.stream, coalesce(n.position, 0),
                       (SELECT coalesce(max(c.position), 0) FROM members AS o
                        JOIN cursors AS c ON c.user = o.user AND c.stream = o.stream
-                       WHERE o.stream = s.stream AND o.user != s.user)
+                       WHERE o.stream = s.stream AND o.user != s.user AND o.left_at IS NULL)
                FROM members AS s
                LEFT JOIN notified AS n ON n.user = s.user AND n.device = ? AND n.stream = s.stream
-               WHERE s.user = ?""",
+               WHERE s.user = ? AND s.left_at IS NULL AND substr(s.stream, 1, 2) != '{GROUP_PREFIX}'""",
             (device, user),
         ).fetchall()
+        if groups:
+            for stream, sent in self.db.execute(
+                f"""SELECT s.stream, coalesce(n.position, 0) FROM members AS s
+                    LEFT JOIN notified AS n ON n.user = s.user AND n.device = ? AND n.stream = s.stream
+                    WHERE s.user = ? AND s.left_at IS NULL AND substr(s.stream, 1, 2) = '{GROUP_PREFIX}'""",
+                (device, user),
+            ).fetchall():
+                mark = self._mark(stream)
+                ranges.append((stream, sent, mark.delivered_to(user) if mark is not None else 0))
         notes: list[DeliveredNote] = []
         told = []
         for stream, sent, delivered in ranges:
             if delivered > sent:
                 found = self.db.execute(
                     """SELECT sender, id, stream, position, time_us FROM messages
-                       WHERE stream = ? AND position > ? AND position <= ? AND sender = ? AND id > ?""",
-                    (stream, sent, delivered, user, since),
+                       WHERE stream = ? AND position > ? AND position <= ? AND sender = ? AND id > ?
+                       AND content_type != ?""",
+                    (stream, sent, delivered, user, since, GROUP_EVENT if is_group(stream) else -1),
                 )
                 notes += [DeliveredNote(*r) for r in found]
                 told.append((user, device, stream, delivered))
@@ -415,47 +492,158 @@ class SqliteStore:
             self.floors[key] = row[0] if row else 0
         return self.floors[key]
 
-    def _append(self, m: NewMessage) -> StoredMessage | Refused:
-        """Insert one message: one statement, unless it is a resend (then a lookup)."""
-        db = self.db
-        if m.client_msg_id and m.client_msg_id <= self._floor(m.sender, m.device):
-            return Refused("a resend of a message older than the history this server keeps")
-        if m.stream not in self.positions:
-            row = db.execute(  # the newest message's, or where expired messages left it
+    def _position(self, stream: str) -> int:
+        """The stream's last position (0: none yet), from the writer's cache."""
+        if stream not in self.positions:
+            row = self.db.execute(  # the newest message's, or where expired messages left it
                 """SELECT max(coalesce((SELECT last_position FROM streams WHERE name = ?1), 0),
                               coalesce((SELECT max(position) FROM messages WHERE stream = ?1), 0))""",
-                (m.stream,),
+                (stream,),
             ).fetchone()
-            self.positions[m.stream] = row[0]
-        position = self.positions[m.stream] + 1
+            self.positions[stream] = row[0]
+        return self.positions[stream]
+
+    def _append(self, m: NewMessage, max_members: int) -> StoredMessage | Refused:
+        """Insert one message: one statement, unless it is a resend (then a lookup)."""
+        if m.client_msg_id and m.client_msg_id <= self._floor(m.sender, m.device):
+            return Refused("a resend of a message older than the history this server keeps")
+        if is_group(m.stream):
+            return self._append_group(m, max_members)
+        stored = self._insert(m, m.stream)
+        if isinstance(stored, Refused) or stored.duplicate:
+            return stored
+        if (recent := self._recent.get(m.stream)) is None:
+            if len(self._recent) >= CACHED_STREAMS:
+                self._recent.clear()  # memory stays bounded; acks of the forgotten streams read the database
+            recent = self._recent[m.stream] = _Recent(stored.position, m.members)
+        recent.add(DeliveredNote(m.sender, stored.message_id, m.stream, stored.position, m.time_us))
+        if stored.position == 1:
+            self.db.executemany(
+                "INSERT OR IGNORE INTO members (user, stream, joined_at) VALUES (?, ?, 1)",
+                [(u, m.stream) for u in m.members],
+            )
+        return stored
+
+    def _insert(self, m: NewMessage, stream: str) -> StoredMessage | Refused:
+        """The message's row, at the stream's next position; a resend gets the stored copy."""
+        db = self.db
+        position = self._position(stream) + 1
         message_id = max(self.last_id + 1, m.time_us)
         try:
             db.execute(
                 "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (message_id, m.stream, position, m.sender, m.device, m.client_msg_id, m.target_kind, m.target,
+                (message_id, stream, position, m.sender, m.device, m.client_msg_id, m.target_kind, m.target,
                  m.content_type, m.time_us, m.body),
             )  # fmt: skip
         except sqlite3.IntegrityError:  # (sender, device, client_msg_id) exists: a resend
-            row = db.execute(
-                f"SELECT {_COLUMNS} FROM messages WHERE sender = ? AND device = ? AND client_msg_id = ?",
-                (m.sender, m.device, m.client_msg_id),
-            ).fetchone()
-            if row is None:
+            if (old := self._stored_key(m)) is None:
                 raise
-            return resent(m, StoredMessage(*row))
-        self.positions[m.stream] = position
+            return resent(m, old)
+        self.positions[stream] = position
         self.last_id = message_id
-        if (recent := self._recent.get(m.stream)) is None:
-            if len(self._recent) >= CACHED_STREAMS:
-                self._recent.clear()  # memory stays bounded; acks of the forgotten streams read the database
-            recent = self._recent[m.stream] = _Recent(position, m.members)
-        recent.add(DeliveredNote(m.sender, message_id, m.stream, position, m.time_us))
-        if position == 1:
-            db.executemany("INSERT OR IGNORE INTO members VALUES (?, ?)", [(u, m.stream) for u in m.members])
         return StoredMessage(
-            message_id, m.stream, position, m.sender, m.device, m.target_kind, m.target, m.content_type,
+            message_id, stream, position, m.sender, m.device, m.target_kind, m.target, m.content_type,
             m.time_us, m.body,
         )  # fmt: skip
+
+    def _stored_key(self, m: NewMessage) -> StoredMessage | None:
+        """The message stored under ``m``'s (sender, device, client message id), if any."""
+        row = self.db.execute(
+            f"SELECT {_COLUMNS} FROM messages WHERE sender = ? AND device = ? AND client_msg_id = ?",
+            (m.sender, m.device, m.client_msg_id),
+        ).fetchone()
+        return StoredMessage(*row) if row is not None else None
+
+    def _append_group(self, m: NewMessage, max_members: int) -> StoredMessage | Refused:
+        """A group message, if the rules hold at its turn (``groupmark.refusal``); its event's
+        change is applied at its position: intervals opened or closed, the name changed."""
+        db, change = self.db, m.change
+        if change is not None:
+            m = dataclasses.replace(m, client_msg_id=0)  # an event is the server's: no resend key
+        if change is not None and change.op == CREATE:
+            if self._name_taken(change.name):
+                return Refused(f"a group is named {change.name} already", why="name_taken")
+            cursor = db.execute(
+                "INSERT INTO groups (name, owner, invite_only, created_us) VALUES (?, ?, ?, ?)",
+                (change.name, m.sender, int(change.invite_only), m.time_us),
+            )
+            stream = f"{GROUP_PREFIX}{cursor.lastrowid}"
+            self.positions[stream] = 0
+            mark: GroupMark | None = self._cache_mark(stream, GroupMark(0, {}))
+        else:
+            stream = m.stream
+            mark = self._mark(stream)
+            why = "no_group" if mark is None else refusal(mark.joined, m.sender, change, max_members)
+            if not why and change is not None and change.op == RENAME and self._name_taken(change.name):
+                why = "name_taken"
+            if why:
+                old = self._stored_key(m) if m.client_msg_id else None  # a resend after leaving: its receipt
+                return resent(m, old) if old is not None else Refused(f"refused: {why} ({stream})", why=why)
+        assert mark is not None
+        stored = self._insert(m, stream)
+        if isinstance(stored, Refused) or stored.duplicate:
+            return stored
+        position = stored.position
+        if change is None:
+            self._newly += self._notes(stream, mark.posted(position))
+            return stored
+        stored.change = change
+        joins, leaves = opened(change, m.sender, mark.joined), closed(change, m.sender, mark.joined)
+        db.executemany(
+            "INSERT INTO members (user, stream, joined_at) VALUES (?, ?, ?)", [(u, stream, position) for u in joins]
+        )
+        db.executemany(
+            "UPDATE members SET left_at = ? WHERE stream = ? AND user = ? AND left_at IS NULL",
+            [(position, stream, u) for u in leaves],
+        )
+        if change.op == RENAME:
+            db.execute("UPDATE groups SET name = ? WHERE id = ?", (change.name, group_id(stream)))
+        self._newly += self._notes(stream, mark.change(position, joins, leaves))
+        return stored
+
+    def _name_taken(self, name: str) -> bool:
+        return self.db.execute("SELECT 1 FROM groups WHERE name = ? AND deleted_us = 0", (name,)).fetchone() is not None
+
+    def _mark(self, stream: str) -> GroupMark | None:
+        """The group's ``GroupMark`` (None: no such group), built from the committed state with
+        two queries the first time (before this batch's cursors are written: what was delivered
+        until now was reported by the batches that delivered it)."""
+        if (mark := self._marks.get(stream)) is not None:
+            return mark
+        gid = group_id(stream)
+        live = "SELECT 1 FROM groups WHERE id = ? AND deleted_us = 0"
+        if gid is None or self.db.execute(live, (gid,)).fetchone() is None:
+            return None
+        members = {
+            user: (joined, acked)
+            for user, joined, acked in self.db.execute(
+                """SELECT m.user, m.joined_at, (SELECT coalesce(max(c.position), 0) FROM cursors AS c
+                                                WHERE c.user = m.user AND c.stream = m.stream)
+                   FROM members AS m WHERE m.stream = ? AND m.left_at IS NULL""",
+                (stream,),
+            )
+        }
+        return self._cache_mark(stream, GroupMark(self._position(stream), members))
+
+    def _cache_mark(self, stream: str, mark: GroupMark) -> GroupMark:
+        if len(self._marks) >= CACHED_STREAMS:
+            self._marks.clear()  # memory stays bounded; built again from the database when needed
+        self._marks[stream] = mark
+        return mark
+
+    def _notes(self, stream: str, spans: list[Span]) -> list[DeliveredNote]:
+        """The receipts the spans a ``GroupMark`` gave stand for: one SELECT per span (events get none)."""
+        notes = []
+        for span in spans:
+            after, up_to, only, _ = span
+            rows = self.db.execute(
+                """SELECT sender, id, stream, position, time_us FROM messages
+                   WHERE stream = ?1 AND position > ?2 AND position <= ?3 AND content_type != ?4
+                   AND (?5 IS NULL OR sender = ?5) ORDER BY position""",
+                (stream, after, up_to, GROUP_EVENT, only),
+            )
+            notes += [DeliveredNote(*row) for row in rows if wanted(span, row[0], row[3])]
+        return notes
 
     def _fetch(self, f: Fetch) -> list[StoredMessage]:
         """The next ``f.limit`` messages the device has not acknowledged, oldest first.
@@ -469,7 +657,7 @@ class SqliteStore:
                     AND NOT (sender = ? AND device = ?) ORDER BY position LIMIT ?""",
                 (stream, low, f.user, f.device, f.limit),
             )
-            for stream, low in self._starts(f.user, f.device, f.new_device_history)
+            for stream, low in self._starts(f.user, f.device, f.new_device_history, f.groups)
         ]
         try:
             rows = heapq.merge(*cursors, key=lambda row: row[0])
@@ -478,27 +666,30 @@ class SqliteStore:
             for cursor in cursors:
                 cursor.close()  # an unfinished SELECT would hold a read snapshot open
 
-    def _starts(self, user: str, device: str, history: int) -> list[tuple[str, int]]:
+    def _starts(self, user: str, device: str, history: int, groups: bool) -> list[tuple[str, int]]:
         """(stream, position after which the device has not seen it), for each of ``user``'s
         streams with something after it: after the device's cursor; without one (a stream new
         to this device), after the device's first login, and at least ``history`` back.
-        A few index lookups per stream, whatever the backlog."""
+        A few index lookups per stream, whatever the backlog. Of a group (with ``groups``),
+        the current membership interval only: never before its join (a late joiner, a
+        rejoin, a device away across a leave and a rejoin all start at the join)."""
         row = self.db.execute("SELECT since FROM devices WHERE user = ? AND device = ?", (user, device)).fetchone()
         since = row[0] if row else self.last_id
         streams = self.db.execute(
-            """SELECT s.stream, c.position,
+            f"""SELECT s.stream, s.joined_at, c.position,
                       (SELECT position FROM messages WHERE stream = s.stream ORDER BY position LIMIT 1),
                       (SELECT position FROM messages WHERE stream = s.stream ORDER BY position DESC LIMIT 1)
                FROM members AS s
                LEFT JOIN cursors AS c ON c.user = s.user AND c.stream = s.stream AND c.device = ?
-               WHERE s.user = ?""",
-            (device, user),
+               WHERE s.user = ? AND s.left_at IS NULL AND (? OR substr(s.stream, 1, 2) != '{GROUP_PREFIX}')""",
+            (device, user, groups),
         ).fetchall()
         starts = []
-        for stream, cursor, first, last in streams:
+        for stream, joined, cursor, first, last in streams:
             if last is None:
                 continue  # every message expired
             low = cursor if cursor is not None else min(last - history, self._last_before(stream, first, last, since))
+            low = max(low, joined - 1)  # 0 for a direct stream: [1, oo)
             if low < last:
                 starts.append((stream, low))
         return starts
