@@ -9,7 +9,7 @@ How the socket joins prompt_toolkit's loop. prompt_toolkit runs on asyncio; asyn
 loop is a selector loop (epoll on Linux) like the teaching loop, only someone else's.
 ``loop.add_reader(sock, callback)`` adds our socket to the descriptors it waits on, so
 one thread, one ``epoll_wait``, serves both the keyboard and the server: when the
-socket is readable, ``_on_readable`` runs the same ``chat.receive`` step as the
+socket is readable, ``LoopWatcher.on_readable`` runs the same ``steps.receive`` as the
 teaching loop (``client/terminal.py``), between two keystrokes. A timer task does what
 the teaching loop's timeout does (keep-alive, reconnect). Sending never waits: what
 the kernel does not take goes when the socket is writable (``loop.add_writer``). The

@@ -1,4 +1,4 @@
-"""The hub's limits. Every one is a server flag (see ``msgsrv serve --help``)."""
+"""The hub's limits. Every one is a server flag (see ``msgsrv --help``)."""
 
 from __future__ import annotations
 
