@@ -57,7 +57,8 @@ class Harness:
         self.store: Store = store or MemoryStore()
         accounts = self.store.load_accounts()
         tokens = self.store.load_device_tokens()
-        self.engine = Engine(self.store, HubConfig(**config), WALL_OFFSET, PASSWORDS, accounts, tokens)
+        groups = self.store.load_groups()
+        self.engine = Engine(self.store, HubConfig(**config), WALL_OFFSET, PASSWORDS, accounts, tokens, groups)
         self.auto_jobs = auto_jobs  # False: jobs wait for run_jobs(), to test every ordering
         self.now = 1000.0
         self.peers: dict[int, Peer] = {}
