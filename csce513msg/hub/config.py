@@ -5,6 +5,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from ..protocol import VERSION_MINOR
+from ..store.interface import MAX_GROUP_MEMBERS
+
 
 class Visibility(enum.Enum):
     """Who sees whom online (``Who`` and presence events): a server's choice."""
@@ -46,3 +49,8 @@ class HubConfig:
     #: msgsrv sets it to the room its outbound hard limit leaves above the high-water mark
     #: and a full window, so a page never takes a reader past the hard limit
     page_bytes: int = 1 << 20
+    #: the newest protocol minor this hub serves (Welcome, Hello, the frames it decodes): the
+    #: protocol's ``VERSION_MINOR``. Groups are served from 4 (the tests set it there while the
+    #: protocol module still says 3: docs/groups-plan.md, step 3)
+    max_minor: int = VERSION_MINOR
+    max_group_members: int = MAX_GROUP_MEMBERS  #: members a group may have at once

@@ -11,8 +11,11 @@ Ack also marks the others' messages *delivered*, which their senders hear of (at
 once, or at their next login). History pages are reads of the same batch.
 
 ``Mailroom`` is a part of ``Engine``: it owns the batch, the reads and the deliveries;
-it is given the sessions, the users online, the outbox it writes to, and the engine's
-rule of who sees whom (``sees``: a receipt's "offline" hint obeys ``--visibility``).
+it is given the sessions, the users online, the outbox it writes to, the engine's
+rule of who sees whom (``sees``: a receipt's "offline" hint obeys ``--visibility``), and
+the ``roster`` of groups (``groups.py``): in commit order, it applies each group event,
+answers its requester and names the sessions a group message goes to; the Mailroom
+encodes that Deliver once per minor and writes the same bytes to each of them.
 """
 
 from __future__ import annotations
@@ -21,11 +24,13 @@ import functools
 import itertools
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
-from ..protocol import Ack, Deliver, ErrorCode, HistoryEnd, Receipt, ReceiptState, RemoteProtocolError
+from ..protocol import Ack, Deliver, ErrorCode, HistoryEnd, Receipt, ReceiptState, RemoteProtocolError, encode
 from ..store import Batch, BatchResult, DeliveredNote, Fetch, NewMessage, Refused, Store, StoredMessage
+from ..store.interface import is_group
 from .actions import ConnId, Lane
 from .config import HubConfig
 from .outbox import Outbox
@@ -59,6 +64,22 @@ class PageRead:
     page: tuple[str, int, int, int]  #: (stream, before, limit, max_bytes), as ``Batch.history`` takes it
 
 
+class Roster(Protocol):
+    """What the Mailroom asks of the groups (``groups.Groups``) when a batch is committed."""
+
+    def committed(self, sender: Session | None, rid: int, m: StoredMessage) -> Iterable[Session]:
+        """Apply a committed group message's change; answer an event's requester; who gets it live."""
+        ...
+
+    def refused(self, session: Session, rid: int, new: NewMessage, why: str) -> None:
+        """Answer a group message the store refused (``Refused.why``)."""
+        ...
+
+    def is_member(self, user: str, stream: str) -> bool:
+        """Whether ``user`` is a member of the group ``stream`` now."""
+        ...
+
+
 class Mailroom:
     """Batches for the store, and what their results turn into.
 
@@ -69,16 +90,18 @@ class Mailroom:
         online: user -> their logged-in sessions (the engine's).
         outbox: where everything to send goes.
         sees: whether a session may see that a user is online (``--visibility``).
+        roster: the groups' side of a commit (None: a hub that serves no group).
     """
 
     def __init__(
         self, store: Store, config: HubConfig, sessions: dict[ConnId, Session], online: dict[str, list[Session]],
-        outbox: Outbox, sees: Callable[[Session, str], bool],
+        outbox: Outbox, sees: Callable[[Session, str], bool], roster: Roster | None = None,
     ) -> None:  # fmt: skip
         self.store, self.config, self.sessions, self.online = store, config, sessions, online
         self.out = outbox
         self._sees = sees
-        self.batch = Batch()  # what the store must do next: one job per loop pass
+        self.roster = roster
+        self.batch = self._new_batch()  # what the store must do next: one job per loop pass
         self._senders: list[tuple[ConnId, int]] = []  # (conn, request id) of each batch message
         self._fetchers: dict[int, ConnId] = {}  # catch-up fetch key -> the session waiting for it
         self._history_waiters: dict[int, tuple[ConnId, int, str]] = {}  # key -> (session, request id, stream)
@@ -154,21 +177,33 @@ class Mailroom:
             result = BatchResult(error=f"storage failed: {result!r}")
         if result.error:
             log.warning("%s (%d messages not stored)", result.error, len(senders))
-        for (conn, rid), stored in itertools.zip_longest(senders, result.stored):
+        for i, ((conn, rid), stored) in enumerate(itertools.zip_longest(senders, result.stored)):
             session = self.sessions.get(conn)
             if stored is None:
                 if session is not None:
                     self.out.error(session, ErrorCode.STORE_FAILED, "the message was not stored; send it again", rid)
             elif isinstance(stored, Refused):
-                if session is not None:
+                if session is None:
+                    pass
+                elif stored.why and self.roster is not None:  # a group rule, at the message's turn
+                    self.roster.refused(session, rid, batch.messages[i], stored.why)
+                else:
                     code = ErrorCode.BAD_REQUEST if stored.reused else ErrorCode.RESEND_TOO_OLD
                     self.out.error(session, code, stored.reason, rid)
+            elif is_group(stored.stream):
+                self._stored_in_group(session, rid, stored)
             else:
                 self._stored(session, rid, stored)
         for key, found in result.fetched.items():
             if (session := self.sessions.get(self._fetchers.pop(key))) is not None:
                 self._caught_up(session, found)
         for note in result.newly_delivered:  # acknowledged by a device of the recipient
+            if is_group(note.stream):  # only to sessions that know groups, of a sender still a member
+                if self.roster is not None and self.roster.is_member(note.sender, note.stream):
+                    for sender in self.online.get(note.sender, ()):
+                        if sender.groups:
+                            self.delivered_receipt(sender, note)
+                continue
             for sender in self.online.get(note.sender, ()):
                 self.delivered_receipt(sender, note)
         for key, page in result.history.items():
@@ -213,7 +248,7 @@ class Mailroom:
                 return  # the engine's next_deadline() brings a pass at acks_due
         self.acks_due = None
         job_id = self.out.new_id()
-        batch, self.batch = self.batch, Batch()
+        batch, self.batch = self.batch, self._new_batch()
         self._in_flight = (job_id, batch, self._senders)
         self._senders = []
         self._polls_submitted += batch.poll_accounts
@@ -241,6 +276,8 @@ class Mailroom:
                 waiting.append(read)
             else:
                 batch.history[read.key] = read.page
+                if is_group(read.page[0]) and session.user is not None:
+                    batch.readers[read.key] = session.user  # a group page: only what this reader could read
                 room -= 1
         self._reads.extendleft(reversed(waiting))
 
@@ -308,7 +345,7 @@ class Mailroom:
         session.fetching = True
         self._fetchers[key] = session.conn
         window, history = self.config.window, self.config.new_device_history
-        self._reads.append(Fetch(key, session.user, session.device, window, history))
+        self._reads.append(Fetch(key, session.user, session.device, window, history, session.groups))
 
     def _caught_up(self, session: Session, found: list[StoredMessage]) -> None:
         session.fetching = False
@@ -318,6 +355,44 @@ class Mailroom:
             session.live = True  # nothing older is left: from now on, deliver as stored
         else:
             self.maybe_fetch(session)
+
+    def _stored_in_group(self, sender: Session | None, rid: int, m: StoredMessage) -> None:
+        """A group message is committed: the roster applies its change (an event) and answers
+        it with GroupInfo; a post's sender gets its receipt; then the members' live sessions
+        get the Deliver, encoded once per minor, the same bytes object for each session."""
+        stored = ReceiptState.STORED
+        if m.duplicate:  # a resend of a stored post: its receipt again, delivered already
+            if sender is not None:
+                self.out.write(sender, Receipt(stored, m.message_id, m.time_us, m.position, m.stream, "", rid))
+            return
+        assert self.roster is not None  # a group message was stored: the engine has groups
+        recipients = self.roster.committed(sender, rid, m)
+        if m.change is None and sender is not None:
+            self.out.write(sender, Receipt(stored, m.message_id, m.time_us, m.position, m.stream, "", rid))
+        self.stored_count += 1
+        window = self.config.window
+        encoded: dict[int, bytes] = {}  # minor -> the Deliver's bytes (one minor until 1.5 appends fields)
+        for session in recipients:
+            if not session.live or (session.user == m.sender and session.device == m.device):
+                continue  # catching up (it reads this from the store), or the device that sent it
+            if session.in_flight >= window:
+                session.live = False  # a full window: it catches up from the store as it acknowledges
+                continue
+            if m.position <= session.delivered.get(m.stream, 0):
+                continue  # already on its way (a live delivery met a catch-up)
+            data = encoded.get(session.minor)
+            if data is None:
+                data = encoded[session.minor] = encode(_deliver_of(m, 0), session.minor)
+            self.out.write_encoded(session, data)
+            self.delivered_count += 1
+            session.delivered[m.stream] = m.position
+            session.unacked.setdefault(m.stream, []).append(m.position)
+            session.in_flight += 1
+        if log.isEnabledFor(logging.INFO):
+            log.info("message %s -> %s (%s), %d bytes, id %d", m.sender, m.target, m.stream, len(m.body), m.message_id)
+
+    def _new_batch(self) -> Batch:
+        return Batch(max_group_members=self.config.max_group_members)
 
     def polls_due(self) -> int:
         """The number of the next accounts poll to be submitted (the current batch's)."""

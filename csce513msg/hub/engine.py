@@ -23,11 +23,16 @@ The engine is made of parts, each given what it needs and nothing more::
     Engine ── sessions, presence, timers, the state table, the requests' checks
       ├── Outbox    (outbox.py)   what one call has to say: every part writes there
       ├── Mailroom  (delivery.py) the storage batch, receipts, deliveries, catch-up, history
-      └── Gate      (gate.py)     logins, registration, accounts, device tokens, throttles
+      ├── Gate      (gate.py)     logins, registration, accounts, device tokens, throttles
+      └── Groups    (groups.py)   the committed groups: the requests' checks, who gets a group message
 
 The Gate reaches back only through ``gate.Front`` (dispatch a held request, move a
 state, a user came online, the wall time); the Mailroom only through ``sees`` (who may
-see whom online). Session state is in ``session.py``.
+see whom online) and its ``roster`` (the Groups, at a commit); the Groups not at all
+(what a request should store, they return). Session state is in ``session.py``.
+
+The hub serves protocol 1.``config.max_minor`` (the protocol's ``VERSION_MINOR`` unless a
+test says otherwise); groups from 1.4, to a session whose Hello asked for ``groups``.
 """
 
 from __future__ import annotations
@@ -37,12 +42,20 @@ import logging
 from ..protocol import (
     PRE_LOGIN_MAX_FRAME,
     VERSION_MAJOR,
-    VERSION_MINOR,
     Ack,
+    ContentType,
     Error,
     ErrorCode,
     Feature,
     FrameDecoder,
+    GroupAdd,
+    GroupCreate,
+    GroupJoin,
+    GroupLeave,
+    GroupList,
+    GroupMembers,
+    GroupRemove,
+    GroupRename,
     Hello,
     History,
     Login,
@@ -62,10 +75,12 @@ from ..protocol import (
     encode,
 )
 from ..store import Account, DeviceToken, NewMessage, Store
+from ..store.interface import GroupRecord
 from .actions import Action, ConnId, Write
 from .config import HubConfig, Visibility
 from .delivery import Mailroom, Snapshot
 from .gate import Gate, Passwords
+from .groups import GROUPS_MINOR, GroupRequest, Groups
 from .outbox import Outbox
 from .session import AnyRequest, Handler, LoginAccepted, LoginRefused, Session, State, direct_stream
 
@@ -84,11 +99,13 @@ class Engine:
         passwords: hashes and checks passwords (run in the ``hash`` lane, never here).
         accounts: every account, from ``store.load_accounts()``.
         tokens: the device tokens in force, by digest, from ``store.load_device_tokens()``.
+        groups: every group, by stream, from ``store.load_groups()`` (served from 1.4).
     """
 
     def __init__(
         self, store: Store, config: HubConfig, wall_offset: float, passwords: Passwords,
         accounts: dict[str, Account] | None = None, tokens: dict[str, DeviceToken] | None = None,
+        groups: dict[str, GroupRecord] | None = None,
     ) -> None:  # fmt: skip
         self.store = store
         self.config = config
@@ -97,26 +114,30 @@ class Engine:
         self.online: dict[str, list[Session]] = {}  # user -> their logged-in sessions
         self.subscribers: set[Session] = set()  # sessions that asked for presence
         self.out = Outbox()
-        self.mail = Mailroom(store, config, self.sessions, self.online, self.out, self._sees)
-        self.gate = Gate(
-            config, passwords, dict(accounts or {}), dict(tokens or {}), self.sessions, self.out, self.mail, self
-        )  # fmt: skip
+        known = dict(accounts or {})  # the gate keeps it current; the groups read roles in it
+        self.groups = Groups(config, known, self.online, self.out, self._sees, self.wall_us, groups or {})
+        self.mail = Mailroom(store, config, self.sessions, self.online, self.out, self._sees, self.groups)
+        self.gate = Gate(config, passwords, known, dict(tokens or {}), self.sessions, self.out, self.mail, self)
         self._shown_role: dict[str, str] = {}  # user online -> its role when presence announced it
         self._next_sweep: float | None = None
         self._next_poll: float | None = None  # when to ask the store for accounts changed by an admin
         self._next_expiry = 0.0  # when to delete messages past the retention period next
         self._pre_login_frame = min(PRE_LOGIN_MAX_FRAME, config.max_frame)
+        features: tuple[str, ...] = (Feature.PRESENCE.value,)
+        if config.max_minor >= GROUPS_MINOR:
+            features += (Feature.GROUPS.value,)
         self._welcome = encode(
             Welcome(
                 VERSION_MAJOR,
-                VERSION_MINOR,
+                config.max_minor,
                 config.max_frame,
                 config.max_text,
                 config.window,
                 int(config.idle_timeout * 1000),
-                (Feature.PRESENCE.value,),
+                features,
                 config.server_name,
-            )
+            ),
+            config.max_minor,
         )
 
     # ---- the engine contract ---------------------------------------------------
@@ -124,7 +145,7 @@ class Engine:
     def connection_made(self, conn: ConnId, peer: str, now: float) -> list[Action]:
         """A connection was accepted: greet it with the Welcome (the handshake)."""
         decoder = FrameDecoder(self._pre_login_frame)  # the Welcome's max_frame from the Login on
-        session = Session(conn, peer, decoder, now, now, float(self.config.burst), now)
+        session = Session(conn, peer, decoder, now, now, float(self.config.burst), now, minor=self.config.max_minor)
         self.sessions[conn] = session
         log.info("connect #%d from %s", conn, peer)
         if self._next_sweep is None:
@@ -145,7 +166,7 @@ class Engine:
             for frame in session.decoder.feed(data):
                 complete = True
                 try:
-                    self.dispatch(session, decode(frame, session.minor), now)
+                    self.dispatch(session, decode(frame, session.minor, self.config.max_minor), now)
                 except RemoteProtocolError as exc:
                     self.refuse(session, exc)
                 if session.closing:
@@ -165,6 +186,7 @@ class Engine:
         self.gate.login_gone(conn)
         sessions = self.online.get(session.user or "", [])
         if session in sessions:
+            self.groups.gone(session)
             sessions.remove(session)
             log.info("logout %s (#%d), %d sessions left", session.user, conn, len(sessions))
             if not sessions:
@@ -294,6 +316,7 @@ class Engine:
         assert user is not None
         sessions = self.online.setdefault(user, [])
         sessions.append(session)
+        self.groups.came_online(session)
         log.info("login %s (#%d from %s, session %d)", user, session.conn, session.peer, len(sessions))
         if len(sessions) == 1:
             self._broadcast_presence(user, 1, now, skip=session)
@@ -315,7 +338,8 @@ class Engine:
                 fatal=True,
             )
         session.presence = Feature.PRESENCE.value in msg.features
-        session.minor = min(msg.version_minor, VERSION_MINOR)  # what it is sent: the frames and fields of its version
+        session.minor = min(msg.version_minor, self.config.max_minor)  # it is sent its version's frames and fields
+        session.groups = session.minor >= GROUPS_MINOR and Feature.GROUPS.value in msg.features
 
     def _on_login(self, session: Session, msg: Login, now: float) -> None:
         self.gate.on_login(session, msg, now)
@@ -329,13 +353,20 @@ class Engine:
     def _on_send(self, session: Session, msg: Send, now: float) -> None:
         rid = msg.request_id
         if msg.target_kind != TargetKind.USER:
-            raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "only user targets exist before 1.4", request_id=rid)
+            self._group_target(session, msg.target_kind, rid)
+        if msg.content_type == ContentType.GROUP_EVENT:
+            raise RemoteProtocolError(
+                ErrorCode.BAD_REQUEST, "content type 3 is the server's (group events)", request_id=rid
+            )  # fmt: skip
         if len(msg.body) > self.config.max_text:
             raise RemoteProtocolError(
                 ErrorCode.TEXT_TOO_LONG,
                 f"message of {len(msg.body)} bytes is over the limit of {self.config.max_text}",
                 request_id=rid,
             )
+        if msg.target_kind == TargetKind.GROUP:
+            self.mail.store_message(session, self.groups.post(session, msg, now), rid)  # receipt after the commit
+            return
         target = self._known_user(msg.target, rid)
         sender = session.user
         assert sender is not None  # READY implies a user
@@ -350,10 +381,23 @@ class Engine:
     def _on_history(self, session: Session, msg: History, now: float) -> None:
         rid = msg.request_id
         if msg.target_kind != TargetKind.USER:
-            raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "only user targets exist before 1.4", request_id=rid)
+            self._group_target(session, msg.target_kind, rid)
+            stream = self.groups.readable(session, msg.target, rid)
+            self.mail.ask_history(session, rid, stream, msg.before, msg.limit)
+            return
         target = self._known_user(msg.target, rid)
         assert session.user is not None
         self.mail.ask_history(session, rid, direct_stream(session.user, target), msg.before, msg.limit)
+
+    def _on_group(self, session: Session, msg: GroupRequest, now: float) -> None:
+        if not session.groups:
+            raise RemoteProtocolError(
+                ErrorCode.UNSUPPORTED, f"{type(msg).__name__}: ask for the groups feature in Hello",
+                request_id=msg.request_id,
+            )  # fmt: skip
+        new = self.groups.request(session, msg, now)
+        if new is not None:
+            self.mail.store_message(session, new, msg.request_id)  # GroupInfo after the commit
 
     def _on_who(self, session: Session, msg: Who, now: float) -> None:
         users = sorted(u for u in self.online if self._sees(session, u))
@@ -365,6 +409,16 @@ class Engine:
         self.out.write(session, Pong(msg.body, msg.request_id))
 
     # ---- helpers ------------------------------------------------------------------
+
+    def _group_target(self, session: Session, kind: int, rid: int) -> None:
+        """A Send's or History's target kind, when not a user: a group, for a session that asked."""
+        if kind == TargetKind.GROUP and session.groups:
+            return
+        if not session.groups:
+            why = "only user targets exist before 1.4 (groups: announce 1.4 and the groups feature in Hello)"
+        else:
+            why = f"unknown target kind {kind}"
+        raise RemoteProtocolError(ErrorCode.BAD_REQUEST, why, request_id=rid)
 
     def _known_user(self, name: str, rid: int) -> str:
         """A Send's or History's target, folded: a malformed name is INVALID_NAME, one with
@@ -460,6 +514,14 @@ TRANSITIONS: dict[tuple[State, type], tuple[Handler | None, State]] = {
     (State.READY, Who): (Engine._on_who, State.READY),
     (State.READY, History): (Engine._on_history, State.READY),
     (State.READY, Ping): (Engine._on_ping, State.READY),
+    (State.READY, GroupCreate): (Engine._on_group, State.READY),  # 1.4, to a session that asked for groups
+    (State.READY, GroupJoin): (Engine._on_group, State.READY),
+    (State.READY, GroupLeave): (Engine._on_group, State.READY),
+    (State.READY, GroupAdd): (Engine._on_group, State.READY),
+    (State.READY, GroupRemove): (Engine._on_group, State.READY),
+    (State.READY, GroupRename): (Engine._on_group, State.READY),
+    (State.READY, GroupList): (Engine._on_group, State.READY),
+    (State.READY, GroupMembers): (Engine._on_group, State.READY),
     (State.AUTHENTICATING, AnyRequest): (Engine._hold, State.AUTHENTICATING),  # handled once answered
     (State.AUTHENTICATING, LoginAccepted): (None, State.READY),
     (State.AUTHENTICATING, LoginRefused): (None, State.AWAIT_LOGIN),

@@ -355,7 +355,7 @@ class Gate:
         self._login_reads[key] = (login.conn, msg.request_id, token)
         session.user, session.device = login.user, msg.device_id  # not online until LoginOk
         history = self.config.new_device_history
-        self.mail.batch.logins.append(LoginRead(key, login.user, msg.device_id, history, WAITING_CAP))
+        self.mail.batch.logins.append(LoginRead(key, login.user, msg.device_id, history, WAITING_CAP, session.groups))
 
     def logins_done(self, batch: Batch, result: BatchResult, now: float) -> None:
         """The login reads of a batch are back (or failed with it): answer each login."""

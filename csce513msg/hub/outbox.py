@@ -33,6 +33,12 @@ class Outbox:
     def error(self, session: Session, code: ErrorCode, message: str, request_id: int) -> None:
         self.write(session, Error(code, message, request_id))
 
+    def write_encoded(self, session: Session, data: bytes) -> None:
+        """Send bytes encoded once for many sessions of one minor (a group's Deliver): the same
+        object goes to each, nothing is copied."""
+        if not session.closing:
+            self.actions.append(Write(session.conn, data))
+
     def write_bytes(self, conn: ConnId, data: bytes) -> None:
         """Send bytes encoded once for many connections (a presence event)."""
         self.actions.append(Write(conn, data))

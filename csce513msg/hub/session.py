@@ -35,6 +35,9 @@ class Session:
     state: State = State.AWAIT_HELLO
     user: str | None = None
     presence: bool = False  #: subscribed to presence events
+    #: its Hello announced 1.4 and the ``groups`` feature (and the hub serves 1.4): only such a
+    #: session sends group requests and is sent group frames, events, messages and receipts
+    groups: bool = False
     minor: int = VERSION_MINOR  #: the protocol minor version its Hello announced (the newest until then)
     paused: bool = False  #: the backend's outbound queue is past its high-water mark
     closing: bool = False  #: a Close was issued; ignore further input

@@ -546,8 +546,10 @@ def encode(msg: Message, minor: int = VERSION_MINOR) -> bytes:
     return encode_frame(spec.msg_type, msg.request_id, header, body)
 
 
-def decode(frame: Frame, minor: int = VERSION_MINOR) -> Message:
-    """Return the typed message of ``frame``, from a peer of protocol 1.``minor``.
+def decode(frame: Frame, minor: int = VERSION_MINOR, ours: int | None = None) -> Message:
+    """Return the typed message of ``frame``, from a peer of protocol 1.``minor``, read by a
+    side that speaks 1.``ours`` (None: ``VERSION_MINOR``; the hub passes the minor it serves,
+    ``HubConfig.max_minor``, so its tests can serve 1.4 before this module says 1.4).
 
     Raises:
         RemoteProtocolError: UNSUPPORTED (not fatal) for a type this version does not
@@ -557,7 +559,7 @@ def decode(frame: Frame, minor: int = VERSION_MINOR) -> Message:
             storage (SQLite's signed 64-bit integers) cannot hold.
     """
     spec = _BY_TYPE.get(frame.type)
-    if spec is None or spec.added > min(minor, VERSION_MINOR):
+    if spec is None or spec.added > min(minor, VERSION_MINOR if ours is None else ours):
         raise RemoteProtocolError(
             ErrorCode.UNSUPPORTED,
             f"frame type 0x{frame.type:02x} is not supported",

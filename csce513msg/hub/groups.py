@@ -1,0 +1,394 @@
+"""Groups (protocol 1.4): the engine's third part, and the roster the Mailroom asks.
+
+A group is a stream ``g:<id>`` whose membership changes are messages in it (events,
+content type 3). The store is the authority on membership: it applies each change at
+its turn in commit order and refuses (``Refused.why``) a message that breaks a rule
+then. ``Groups`` keeps the *committed* membership, as the store last reported it:
+
+- for the requests' early checks (a group not found, not a member, the owner or
+  instructor rule, invite-only, the name rules, the member limit), answered at once
+  with a clear Error; what passes becomes a ``NewMessage`` for the next batch, and the
+  store may still refuse it (a removal committed meanwhile): the same codes follow;
+- for the fan-out: per group, ``live`` holds the online member sessions that announced
+  1.4 and ``groups`` (a 1.3 session of a member never hears of the group);
+- as the Mailroom's *roster*: when a batch is committed, ``committed`` applies each
+  event's change in order (a joiner's sessions before its event is delivered, a
+  leaver's after), answers the requester with ``GroupInfo`` and says who the message
+  goes to.
+
+Nothing is applied before the commit, so a failed batch leaves nothing to undo. It is
+given what it needs (config, the accounts, the users online, the outbox, who sees whom,
+the wall clock, the groups the store loaded at start) and reaches nothing else; the
+engine hands what it returns to the Mailroom.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+
+from ..protocol import (
+    ContentType,
+    ErrorCode,
+    GroupAdd,
+    GroupCreate,
+    GroupEvent,
+    GroupInfo,
+    GroupJoin,
+    GroupLeave,
+    GroupList,
+    GroupListReply,
+    GroupMembers,
+    GroupMembersReply,
+    GroupRemove,
+    GroupRename,
+    RemoteProtocolError,
+    Send,
+    TargetKind,
+)
+from ..protocol.names import fold_name
+from ..store import Account, NewMessage, StoredMessage
+from ..store.interface import ADD, CREATE, GROUP_PREFIX, JOIN, LEAVE, REMOVE, RENAME, GroupChange, GroupRecord
+from .config import HubConfig
+from .outbox import Outbox
+from .session import Session
+
+log = logging.getLogger("csce513msg.hub")
+
+GROUPS_MINOR = 4  #: the protocol minor that added groups
+GroupRequest = GroupCreate | GroupJoin | GroupLeave | GroupAdd | GroupRemove | GroupRename | GroupList | GroupMembers
+
+#: the store's reason for refusing a group message (``Refused.why``) -> the error its sender gets
+REFUSALS: dict[str, tuple[ErrorCode, str]] = {
+    "no_group": (ErrorCode.GROUP_NOT_FOUND, "no such group"),
+    "not_member": (ErrorCode.NOT_A_MEMBER, "you are not a member of the group (any more)"),
+    "name_taken": (ErrorCode.NAME_TAKEN, "a group has that name already"),
+    "full": (ErrorCode.GROUP_FULL, "the group has its largest number of members"),
+}
+
+
+class Group:
+    """One group as committed."""
+
+    __slots__ = ("former", "invite_only", "live", "members", "name", "owner", "stream")
+
+    def __init__(
+        self, stream: str, name: str, owner: str, invite_only: bool,
+        members: Iterable[str] = (), former: Iterable[str] = (),
+    ) -> None:  # fmt: skip
+        self.stream = stream  #: ``g:<id>``: never changes, never reused
+        self.name = name
+        self.owner = owner
+        self.invite_only = invite_only
+        self.members: set[str] = set(members)  #: members now
+        self.former: set[str] = set(former)  #: were members, are not now (they may read their History)
+        #: the online sessions of members that announced groups, in the order they came (a
+        #: dict: ordered, O(1) to drop one); the fan-out goes to these
+        self.live: dict[Session, None] = {}
+
+
+class Groups:
+    """The committed groups, the requests' early checks, and the Mailroom's roster.
+
+    Args:
+        config: the hub's limits (``max_group_members``).
+        accounts: every account, by name (the gate's: roles, and who may be added).
+        online: user -> their logged-in sessions (the engine's).
+        outbox: where answers go.
+        sees: whether a session may see that a user is online (``--visibility``).
+        wall_us: the wall time in µs for a monotonic ``now`` (the engine's clock).
+        records: the groups the store loaded at start (``Store.load_groups``).
+    """
+
+    def __init__(
+        self, config: HubConfig, accounts: dict[str, Account], online: dict[str, list[Session]], outbox: Outbox,
+        sees: Callable[[Session, str], bool], wall_us: Callable[[float], int], records: dict[str, GroupRecord],
+    ) -> None:  # fmt: skip
+        self.config, self.accounts, self.online, self.out = config, accounts, online, outbox
+        self._sees, self._wall_us = sees, wall_us
+        self.by_id: dict[str, Group] = {}  #: stream -> group
+        self.by_name: dict[str, Group] = {}  #: name -> group
+        self.of_user: dict[str, set[str]] = {}  #: user -> the streams of the groups it is a member of now
+        for r in records.values():
+            group = Group(r.stream, r.name, r.owner, r.invite_only, r.members, r.former)
+            self.by_id[group.stream] = self.by_name[group.name] = group
+            for user in group.members:
+                self.of_user.setdefault(user, set()).add(group.stream)
+
+    # ---- requests (READY, and the session announced groups: the engine checked) ------------
+
+    def request(self, session: Session, msg: GroupRequest, now: float) -> NewMessage | None:
+        """A group request, checked against the committed membership: the event to store
+        (its GroupInfo follows the commit), or None when it was answered here.
+
+        Raises:
+            RemoteProtocolError: the request breaks a rule (the codes of section 11).
+        """
+        user = session.user
+        assert user is not None  # READY
+        rid = msg.request_id
+        match msg:
+            case GroupCreate(name=name, invite_only=invite_only):
+                folded = self._valid_name(name, rid)
+                self._name_free(folded, rid)
+                change = GroupChange(CREATE, (user,), folded, bool(invite_only))
+                return self._event(session, GROUP_PREFIX, folded, change, GroupEvent(CREATE, (), folded), now)
+            case GroupJoin(group=target):
+                group = self.find(target, rid)
+                if user in group.members:
+                    self._answer(session, group, rid)  # a member already: no event
+                    return None
+                if group.invite_only and not (user == group.owner or self._instructor(user)):
+                    raise RemoteProtocolError(
+                        ErrorCode.FORBIDDEN, f"{group.name} is invite-only: its owner or an instructor adds members",
+                        request_id=rid,
+                    )  # fmt: skip
+                self._room_for(group, 1, rid)
+                return self._event(session, group.stream, group.name, GroupChange(JOIN, (user,)),
+                                   GroupEvent(JOIN, (user,), group.name), now)  # fmt: skip
+            case GroupLeave(group=target):
+                group = self._member_of(target, user, rid)
+                return self._event(session, group.stream, group.name, GroupChange(LEAVE, (user,)),
+                                   GroupEvent(LEAVE, (user,), group.name), now)  # fmt: skip
+            case GroupAdd(group=target, users=users):
+                group = self._managed(target, user, rid)
+                new = tuple(u for u in self._known_users(users, rid) if u not in group.members)
+                if not new:
+                    self._answer(session, group, rid)  # members already: no event
+                    return None
+                self._room_for(group, len(new), rid)
+                return self._event(session, group.stream, group.name, GroupChange(ADD, new),
+                                   GroupEvent(ADD, new, group.name), now)  # fmt: skip
+            case GroupRemove(group=target, users=users):
+                group = self._managed(target, user, rid)
+                gone = tuple(u for u in self._names(users, rid) if u in group.members)
+                if not gone:
+                    self._answer(session, group, rid)  # none of them is a member: no event
+                    return None
+                return self._event(session, group.stream, group.name, GroupChange(REMOVE, gone),
+                                   GroupEvent(REMOVE, gone, group.name), now)  # fmt: skip
+            case GroupRename(group=target, name=name):
+                group = self._managed(target, user, rid)
+                folded = self._valid_name(name, rid)
+                if folded == group.name:
+                    self._answer(session, group, rid)  # its name already: no event
+                    return None
+                self._name_free(folded, rid)
+                return self._event(session, group.stream, group.name, GroupChange(RENAME, (), folded),
+                                   GroupEvent(RENAME, (), folded), now)  # fmt: skip
+            case GroupList(mine=mine):
+                self._list(session, user, bool(mine), rid)
+            case GroupMembers(group=target):
+                self._members(session, self.find(target, rid), user, rid)
+        return None
+
+    def post(self, session: Session, msg: Send, now: float) -> NewMessage:
+        """A Send to a group (its body and content type checked by the engine), from a member.
+
+        Raises:
+            RemoteProtocolError: INVALID_NAME, GROUP_NOT_FOUND, NOT_A_MEMBER.
+        """
+        user = session.user
+        assert user is not None
+        group = self._member_of(msg.target, user, msg.request_id)
+        return NewMessage(group.stream, (), user, session.device, msg.client_msg_id, TargetKind.GROUP, group.name,
+                          msg.content_type, self._wall_us(now), msg.body)  # fmt: skip
+
+    def readable(self, session: Session, target: str, rid: int) -> str:
+        """The stream of a group whose History ``session``'s user may read (a member now, or
+        once: the store gives only its intervals).
+
+        Raises:
+            RemoteProtocolError: INVALID_NAME, GROUP_NOT_FOUND, NOT_A_MEMBER (never one).
+        """
+        group = self.find(target, rid)
+        if session.user not in group.members and session.user not in group.former:
+            raise RemoteProtocolError(
+                ErrorCode.NOT_A_MEMBER, f"you were never a member of {group.name}", request_id=rid
+            )  # fmt: skip
+        return group.stream
+
+    def find(self, target: str, rid: int) -> Group:
+        """The group ``target`` names: its stream ``g:<id>``, or its name (which has no ":").
+
+        Raises:
+            RemoteProtocolError: INVALID_NAME for a malformed name, GROUP_NOT_FOUND.
+        """
+        if target.startswith(GROUP_PREFIX):
+            group = self.by_id.get(target)
+        else:
+            group = self.by_name.get(self._valid_name(target, rid))
+        if group is None:
+            raise RemoteProtocolError(ErrorCode.GROUP_NOT_FOUND, f"no group {target!r}", request_id=rid)
+        return group
+
+    # ---- the roster: sessions come and go, batches commit -----------------------------
+
+    def came_online(self, session: Session) -> None:
+        """``session`` logged in: it joins the live set of each of its user's groups."""
+        if session.groups:
+            for stream in self.of_user.get(session.user or "", ()):
+                self.by_id[stream].live[session] = None
+
+    def gone(self, session: Session) -> None:
+        """``session`` (logged in) is gone: it leaves every live set."""
+        if session.groups:
+            for stream in self.of_user.get(session.user or "", ()):
+                self.by_id[stream].live.pop(session, None)
+
+    def committed(self, sender: Session | None, rid: int, m: StoredMessage) -> Iterable[Session]:
+        """A group message is committed (the store's turn is the truth): apply its change, in
+        commit order, answer an event's requester with GroupInfo, and return the sessions the
+        message goes to live: a joiner's included, a leaver's too (it sees its leaving)."""
+        change = m.change
+        group = self.by_id.get(m.stream)
+        if change is None:  # a post (or an event read back): the members' sessions as they are
+            return group.live if group is not None else ()
+        if change.op == CREATE:
+            group = Group(m.stream, change.name, m.sender, change.invite_only)
+            self.by_id[group.stream] = self.by_name[group.name] = group
+            log.info("group %s (%s) created by %s", group.name, group.stream, m.sender)
+        if group is None:  # the store stored an event of a group this cache never had: a bug
+            log.error("group event for unknown %s (position %d)", m.stream, m.position)
+            return ()
+        if change.op == RENAME:
+            del self.by_name[group.name]
+            group.name = change.name
+            self.by_name[group.name] = group
+        joins = (m.sender,) if change.op in (CREATE, JOIN) else change.users if change.op == ADD else ()
+        for user in joins:
+            if user not in group.members:
+                self._join(group, user)
+        recipients = list(group.live)
+        leaves = (m.sender,) if change.op == LEAVE else change.users if change.op == REMOVE else ()
+        for user in leaves:
+            if user in group.members:
+                self._leave(group, user)
+        if sender is not None:
+            self.out.write(sender, self._info(group, sender.user, m.position, rid))
+        return recipients
+
+    def refused(self, session: Session, rid: int, new: NewMessage, why: str) -> None:
+        """The store refused a group message at its turn (``Refused.why``): the same answer an
+        early check gives (``unchanged``: GroupInfo with position 0)."""
+        group = self.by_id.get(new.stream)
+        if why == "unchanged" and group is not None:
+            self.out.write(session, self._info(group, session.user, 0, rid))
+            return
+        code, text = REFUSALS.get(why, (ErrorCode.BAD_REQUEST, f"the group change was refused ({why})"))
+        self.out.error(session, code, f"{text}: {group.name if group else new.target}", rid)
+
+    def is_member(self, user: str, stream: str) -> bool:
+        """Whether ``user`` is a member of the group ``stream`` now (committed)."""
+        return stream in self.of_user.get(user, ())
+
+    # ---- inside -------------------------------------------------------------------------
+
+    def _event(
+        self, session: Session, stream: str, target: str, change: GroupChange, event: GroupEvent, now: float
+    ) -> NewMessage:
+        """A group event to store: the server's message (no client id), content type 3."""
+        assert session.user is not None
+        return NewMessage(stream, (), session.user, session.device, 0, TargetKind.GROUP, target,
+                          ContentType.GROUP_EVENT, self._wall_us(now), event.encode(), change)  # fmt: skip
+
+    def _answer(self, session: Session, group: Group, rid: int) -> None:
+        """GroupInfo with position 0: the request changed nothing."""
+        self.out.write(session, self._info(group, session.user, 0, rid))
+
+    def _info(self, group: Group, user: str | None, position: int, rid: int) -> GroupInfo:
+        member = int(user in group.members)
+        return GroupInfo(group.stream, group.name, group.owner, int(group.invite_only), len(group.members),
+                         position, member, rid)  # fmt: skip
+
+    def _join(self, group: Group, user: str) -> None:
+        group.members.add(user)
+        group.former.discard(user)
+        self.of_user.setdefault(user, set()).add(group.stream)
+        for session in self.online.get(user, ()):
+            if session.groups:
+                group.live[session] = None
+
+    def _leave(self, group: Group, user: str) -> None:
+        group.members.discard(user)
+        group.former.add(user)
+        mine = self.of_user.get(user, set())
+        mine.discard(group.stream)
+        if not mine:
+            self.of_user.pop(user, None)
+        for session in self.online.get(user, ()):
+            group.live.pop(session, None)
+
+    def _member_of(self, target: str, user: str, rid: int) -> Group:
+        group = self.find(target, rid)
+        if user not in group.members:
+            raise RemoteProtocolError(ErrorCode.NOT_A_MEMBER, f"you are not a member of {group.name}", request_id=rid)
+        return group
+
+    def _managed(self, target: str, user: str, rid: int) -> Group:
+        """A group ``user`` may change (add, remove, rename): a member, and its owner or an instructor."""
+        group = self._member_of(target, user, rid)
+        if user != group.owner and not self._instructor(user):
+            raise RemoteProtocolError(
+                ErrorCode.FORBIDDEN, f"only the owner of {group.name} or an instructor may change it", request_id=rid
+            )  # fmt: skip
+        return group
+
+    def _room_for(self, group: Group, more: int, rid: int) -> None:
+        limit = self.config.max_group_members
+        if len(group.members) + more > limit:
+            raise RemoteProtocolError(
+                ErrorCode.GROUP_FULL, f"{group.name} would have over {limit} members", request_id=rid
+            )  # fmt: skip
+
+    def _name_free(self, name: str, rid: int) -> None:
+        if name in self.by_name:
+            raise RemoteProtocolError(ErrorCode.NAME_TAKEN, f"a group is named {name} already", request_id=rid)
+
+    def _instructor(self, user: str) -> bool:
+        account = self.accounts.get(user)
+        return account is not None and account.role == "instructor"
+
+    def _valid_name(self, name: str, rid: int) -> str:
+        folded = fold_name(name)
+        if folded is None:
+            raise RemoteProtocolError(
+                ErrorCode.INVALID_NAME, f"invalid name {name!r}: use 1-32 letters, digits, '_', '.', '-'",
+                request_id=rid,
+            )  # fmt: skip
+        return folded
+
+    def _names(self, users: Iterable[str], rid: int) -> tuple[str, ...]:
+        """``users`` folded, each once, sorted (an empty list is a BAD_REQUEST)."""
+        names = tuple(sorted({self._valid_name(u, rid) for u in users}))
+        if not names:
+            raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "name at least one user", request_id=rid)
+        return names
+
+    def _known_users(self, users: Iterable[str], rid: int) -> tuple[str, ...]:
+        names = self._names(users, rid)
+        for name in names:
+            if name not in self.accounts:
+                raise RemoteProtocolError(ErrorCode.USER_NOT_FOUND, f"no user {name!r}", request_id=rid)
+        return names
+
+    def _list(self, session: Session, user: str, mine: bool, rid: int) -> None:
+        streams = self.of_user.get(user, set()) if mine else self.by_id.keys()
+        groups = sorted((self.by_id[s] for s in streams), key=lambda g: g.name)
+        self.out.write(
+            session,
+            GroupListReply(
+                tuple(g.stream for g in groups), tuple(g.name for g in groups), tuple(g.owner for g in groups),
+                tuple(len(g.members) for g in groups),
+                tuple(int(g.invite_only) | (user in g.members) << 1 for g in groups), rid,
+            ),
+        )  # fmt: skip
+
+    def _members(self, session: Session, group: Group, user: str, rid: int) -> None:
+        """An invite-only group's members are its members' (and the instructors') business."""
+        if group.invite_only and user not in group.members and not self._instructor(user):
+            raise RemoteProtocolError(ErrorCode.NOT_A_MEMBER, f"you are not a member of {group.name}", request_id=rid)
+        users = sorted(group.members)
+        roles = tuple(a.role if (a := self.accounts.get(u)) is not None else "" for u in users)
+        sessions = tuple(len(self.online.get(u, ())) if self._sees(session, u) else 0 for u in users)
+        self.out.write(session, GroupMembersReply(group.stream, tuple(users), roles, sessions, rid))
