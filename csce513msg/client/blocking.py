@@ -8,6 +8,12 @@ that wait for a reply take it out by request id and leave the rest in order.
         receipt = alice.send_text("bob", "hello")      # waits for the Receipt
         print(alice.who())                             # ['alice', 'bob']
         msg = alice.next_message(Deliver, timeout=5)   # a message for alice
+
+With ``groups=True`` (protocol 1.4) the group calls answer with the typed replies:
+
+        info = alice.group_create("lab-1")             # GroupInfo: stream "g:1", ...
+        alice.group_add("lab-1", ["bob", "carol"])
+        alice.send_text("lab-1", "hi all", kind=TargetKind.GROUP)
 """
 
 from __future__ import annotations
@@ -21,7 +27,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar, overload
 
-from ..protocol import Csce513Error, Deliver, Error, ErrorCode, HistoryEnd, LoginOk, Message, Receipt, WhoReply
+from ..protocol import (
+    VERSION_MINOR,
+    Csce513Error,
+    Deliver,
+    Error,
+    ErrorCode,
+    GroupInfo,
+    GroupListReply,
+    GroupMembersReply,
+    HistoryEnd,
+    LoginOk,
+    Message,
+    Receipt,
+    TargetKind,
+    WhoReply,
+)
 from .session import ClientSession, ClientState
 from .tls import wrap as wrap_tls
 
@@ -83,11 +104,14 @@ class Client:
         device_token: str = "",
         rcvbuf: int = 0,
         drop_repeats: bool = True,
+        groups: bool = False,
+        minor: int = VERSION_MINOR,
     ) -> Client:
         """Connect, wait for the Welcome (the server's acknowledgement) and, if
         ``user`` is given, log in with ``password`` (or, with ``register``, create
         the account). With ``tls``, check the server's certificate first (see
-        ``client.tls.wrap``: a fingerprint, a CA, or the pin on file).
+        ``client.tls.wrap``: a fingerprint, a CA, or the pin on file). With ``groups``, ask
+        for groups (1.4); ``minor`` announces an older protocol (to play an old client).
 
         Raises:
             ServerError: the login was refused (AUTH_FAILED, NAME_TAKEN, ...).
@@ -105,7 +129,7 @@ class Client:
         seed = time.time_ns() // 1000
         session = ClientSession(
             presence=presence, device_id=device_id, device_token=device_token, client_msg_seed=seed,
-            drop_repeats=drop_repeats,
+            drop_repeats=drop_repeats, groups=groups, minor=minor,
         )  # fmt: skip
         client = cls(sock, session, timeout)
         client._wait(lambda: client.session.state is not ClientState.AWAIT_WELCOME, timeout)
@@ -150,9 +174,10 @@ class Client:
             time.sleep(random.uniform(0, pause))
             pause = min(pause * 2, RETRY_MOST)
 
-    def send_text(self, target: str, text: str) -> Receipt:
-        """Send a direct message and wait for its Receipt; raise ServerError if refused."""
-        return self.request(self.session.send_text(target, text), Receipt)
+    def send_text(self, target: str, text: str, kind: TargetKind = TargetKind.USER) -> Receipt:
+        """Send a message (direct; with ``kind`` GROUP, to a group) and wait for its Receipt;
+        raise ServerError if refused."""
+        return self.request(self.session.send_text(target, text, kind), Receipt)
 
     def who(self) -> list[str]:
         """Return the users online."""
@@ -171,9 +196,12 @@ class Client:
             raise ServerError(reply)
         return reply
 
-    def history(self, target: str, limit: int = 20, before: int = 0) -> tuple[list[Deliver], HistoryEnd]:
-        """A page of the conversation with ``target``, oldest first, and its HistoryEnd."""
-        rid = self.session.history(target, limit, before)
+    def history(
+        self, target: str, limit: int = 20, before: int = 0, kind: TargetKind = TargetKind.USER
+    ) -> tuple[list[Deliver], HistoryEnd]:
+        """A page of the conversation with ``target`` (a user; with ``kind`` GROUP, a group),
+        oldest first, and its HistoryEnd."""
+        rid = self.session.history(target, limit, before, kind)
         self.flush()
         reply = self.next_message(lambda m: m.request_id == rid and isinstance(m, (HistoryEnd, Error)))
         if isinstance(reply, Error):
@@ -184,6 +212,40 @@ class Client:
         for msg in page:
             self.inbox.remove(msg)
         return page, reply
+
+    # ---- groups (1.4: connect with groups=True); ServerError if refused ------------------
+
+    def group_create(self, name: str, invite_only: bool = False) -> GroupInfo:
+        """Create the group ``name``, owned by us, its first member."""
+        return self.request(self.session.group_create(name, invite_only), GroupInfo)
+
+    def group_join(self, group: str) -> GroupInfo:
+        """Join ``group`` (its name or ``g:<id>``); a member already: position 0."""
+        return self.request(self.session.group_join(group), GroupInfo)
+
+    def group_leave(self, group: str) -> GroupInfo:
+        """Leave ``group``: nothing posted after it reaches any of our sessions."""
+        return self.request(self.session.group_leave(group), GroupInfo)
+
+    def group_add(self, group: str, users: tuple[str, ...] | list[str]) -> GroupInfo:
+        """Add ``users`` (the owner or an instructor): one event."""
+        return self.request(self.session.group_add(group, users), GroupInfo)
+
+    def group_remove(self, group: str, users: tuple[str, ...] | list[str]) -> GroupInfo:
+        """Remove ``users`` (the owner or an instructor): one event."""
+        return self.request(self.session.group_remove(group, users), GroupInfo)
+
+    def group_rename(self, group: str, name: str) -> GroupInfo:
+        """Rename ``group`` to ``name`` (the owner or an instructor); its stream stays."""
+        return self.request(self.session.group_rename(group, name), GroupInfo)
+
+    def group_list(self, mine: bool = True) -> GroupListReply:
+        """Our groups (``mine``), or every group we may see."""
+        return self.request(self.session.group_list(mine), GroupListReply)
+
+    def group_members(self, group: str) -> GroupMembersReply:
+        """``group``'s members with their roles and online sessions."""
+        return self.request(self.session.group_members(group), GroupMembersReply)
 
     def send_raw(self, data: bytes) -> None:
         """Send bytes as they are (for tests of malformed input)."""

@@ -6,6 +6,11 @@ in the manner of h11 and the websockets library. The session does the handshake
 (it waits for Welcome, refuses another major version, answers with Hello and, if
 a user was given, Login), numbers requests, remembers which are in flight, and
 acknowledges deliveries: one cumulative Ack per stream for each batch of bytes.
+
+It speaks the protocol's newest minor (``VERSION_MINOR``) unless told an older one
+(``minor``, to play an old client), and asks for groups (1.4) with ``groups``: the
+group requests return their request ids like the others, and a Send or History to a
+group is one of ``kind=TargetKind.GROUP``.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import enum
 
 from ..protocol import (
     VERSION_MAJOR,
+    VERSION_MINOR,
     Ack,
     ContentType,
     Deliver,
@@ -23,6 +29,17 @@ from ..protocol import (
     ErrorCode,
     Feature,
     FrameDecoder,
+    GroupAdd,
+    GroupCreate,
+    GroupInfo,
+    GroupJoin,
+    GroupLeave,
+    GroupList,
+    GroupListReply,
+    GroupMembers,
+    GroupMembersReply,
+    GroupRemove,
+    GroupRename,
     Hello,
     History,
     HistoryEnd,
@@ -50,7 +67,7 @@ CLIENT_MAX_FRAME = 16 * 1024 * 1024
 #: How many recent message ids a session remembers to drop repeated deliveries.
 SEEN_LIMIT = 10_000
 #: Reply types that end a request (an Error with a request id does too).
-_REPLIES = (LoginOk, Receipt, WhoReply, Pong, Error, HistoryEnd)
+_REPLIES = (LoginOk, Receipt, WhoReply, Pong, Error, HistoryEnd, GroupInfo, GroupListReply, GroupMembersReply)
 
 
 class ClientState(enum.Enum):
@@ -72,6 +89,8 @@ class ClientSession:
         client: the client program's name, sent in Hello.
         device_id: this installation's id (kept by the driver; "" : one anonymous device).
         device_token: the token an earlier LoginOk gave this device for ``user``.
+        groups: ask the server for groups (the ``groups`` feature, protocol 1.4).
+        minor: the protocol minor to announce (an older one plays an old client).
     """
 
     def __init__(
@@ -86,11 +105,17 @@ class ClientSession:
         device_token: str = "",
         client_msg_seed: int = 0,
         drop_repeats: bool = True,
+        groups: bool = False,
+        minor: int = VERSION_MINOR,
     ) -> None:
+        if not 0 <= minor <= VERSION_MINOR:
+            raise ValueError(f"this client speaks protocol {VERSION_MAJOR}.0 to {VERSION_MAJOR}.{VERSION_MINOR}")
         self.user = user
         self.password = password
         self.register_first = register
         self.presence = presence
+        self.groups = groups
+        self.version_minor = minor  #: the minor this client announces
         self.client = client
         self.device_id = device_id
         #: the device token for ``user`` from an earlier LoginOk (kept by the driver, privately):
@@ -123,7 +148,7 @@ class ClientSession:
         events: list[Message] = []
         acks: dict[str, int] = {}
         for frame in self._decoder.feed(data):
-            msg = decode(frame)
+            msg = decode(frame, self.minor, self.version_minor)
             if isinstance(msg, Welcome):
                 self._on_welcome(msg)
             elif isinstance(msg, Deliver) and msg.request_id:
@@ -141,7 +166,7 @@ class ClientSession:
                 self.pending.pop(msg.request_id, None)
             events.append(msg)
         for stream, position in acks.items():  # acknowledgements coalesce per batch
-            self._out.append(encode(Ack(position, stream)))
+            self._out.append(encode(Ack(position, stream), self.minor))
         return events
 
     def _remember(self, message_id: int) -> None:
@@ -159,14 +184,33 @@ class ClientSession:
             )
         self.welcome = msg
         self.state = ClientState.AWAIT_LOGIN
-        features = (Feature.PRESENCE.value,) if self.presence else ()
-        self.request(Hello(features=features, client=self.client))
+        features: tuple[str, ...] = (Feature.PRESENCE.value,) if self.presence else ()
+        if self.groups:
+            features += (Feature.GROUPS.value,)
+        self.request(Hello(VERSION_MAJOR, self.version_minor, features, self.client))
         self.pending.pop(self._next_id)  # Hello has no reply: only an Error if refused
         if self.user is not None:
             if self.register_first:
                 self.register(self.user, self.password)
             else:
                 self.login(self.user, self.password)
+
+    @property
+    def minor(self) -> int:
+        """The minor this session speaks: the older of the server's (once its Welcome came) and ours."""
+        if self.welcome is None:
+            return self.version_minor
+        return min(self.welcome.version_minor, self.version_minor)
+
+    @property
+    def has_groups(self) -> bool:
+        """The server serves this session groups: both sides speak 1.4, it offered them, we asked."""
+        return (
+            self.groups
+            and self.welcome is not None
+            and self.minor >= 4
+            and Feature.GROUPS.value in self.welcome.features
+        )
 
     # ---- output -------------------------------------------------------------------
 
@@ -183,9 +227,10 @@ class ClientSession:
         """Queue a Register (create the account and log in); return its request id."""
         return self.request(Register(user, password, self.device_id))
 
-    def send_text(self, target: str, text: str) -> int:
-        """Queue a direct message to ``target``; return its request id."""
-        return self.request(Send(TargetKind.USER, ContentType.TEXT, self.new_client_msg_id(), target, text.encode()))
+    def send_text(self, target: str, text: str, kind: TargetKind = TargetKind.USER) -> int:
+        """Queue a message to ``target`` (a user; with ``kind`` GROUP, a group's name or
+        ``g:<id>``); return its request id."""
+        return self.request(Send(kind, ContentType.TEXT, self.new_client_msg_id(), target, text.encode()))
 
     def new_client_msg_id(self) -> int:
         """A fresh client message id (one per message, also for one queued to send later);
@@ -199,9 +244,44 @@ class ClientSession:
         """Queue a Who; return its request id."""
         return self.request(Who())
 
-    def history(self, target: str, limit: int = 20, before: int = 0) -> int:
-        """Queue a History request (a page of the conversation with ``target``)."""
-        return self.request(History(before, limit, TargetKind.USER, target))
+    def history(self, target: str, limit: int = 20, before: int = 0, kind: TargetKind = TargetKind.USER) -> int:
+        """Queue a History request (a page of the conversation with ``target``, a user or,
+        with ``kind`` GROUP, a group)."""
+        return self.request(History(before, limit, kind, target))
+
+    # ---- groups (1.4; answered by GroupInfo unless said otherwise) ----------------
+
+    def group_create(self, name: str, invite_only: bool = False) -> int:
+        """Queue a GroupCreate (we own it and are its first member)."""
+        return self.request(GroupCreate(name, int(invite_only)))
+
+    def group_join(self, group: str) -> int:
+        """Queue a GroupJoin of ``group`` (its name or ``g:<id>``)."""
+        return self.request(GroupJoin(group))
+
+    def group_leave(self, group: str) -> int:
+        """Queue a GroupLeave."""
+        return self.request(GroupLeave(group))
+
+    def group_add(self, group: str, users: tuple[str, ...] | list[str]) -> int:
+        """Queue a GroupAdd of ``users`` (one event for all of them)."""
+        return self.request(GroupAdd(group, tuple(users)))
+
+    def group_remove(self, group: str, users: tuple[str, ...] | list[str]) -> int:
+        """Queue a GroupRemove of ``users``."""
+        return self.request(GroupRemove(group, tuple(users)))
+
+    def group_rename(self, group: str, name: str) -> int:
+        """Queue a GroupRename to ``name``."""
+        return self.request(GroupRename(group, name))
+
+    def group_list(self, mine: bool = True) -> int:
+        """Queue a GroupList (ours, or every group we may see); answered by GroupListReply."""
+        return self.request(GroupList(int(mine)))
+
+    def group_members(self, group: str) -> int:
+        """Queue a GroupMembers; answered by GroupMembersReply."""
+        return self.request(GroupMembers(group))
 
     def ping(self) -> int:
         """Queue a Ping (keep-alive); return its request id."""
@@ -225,7 +305,9 @@ class ClientSession:
         self._next_id = self._next_id % 0xFFFFFFFF + 1  # u32, never 0
         rid = self._next_id
         msg = dataclasses.replace(msg, request_id=rid)
-        data = encode(msg)  # first: a request that cannot be encoded (ValueError) is never pending
+        # first: a request that cannot be encoded (ValueError; LocalProtocolError for a frame newer
+        # than the server speaks) is never pending
+        data = encode(msg, self.minor)
         self.pending[rid] = msg
         self._out.append(data)
         return rid

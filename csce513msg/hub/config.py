@@ -50,7 +50,6 @@ class HubConfig:
     #: and a full window, so a page never takes a reader past the hard limit
     page_bytes: int = 1 << 20
     #: the newest protocol minor this hub serves (Welcome, Hello, the frames it decodes): the
-    #: protocol's ``VERSION_MINOR``. Groups are served from 4 (the tests set it there while the
-    #: protocol module still says 3: docs/groups-plan.md, step 3)
+    #: protocol's ``VERSION_MINOR``. Groups are served from 4; a test sets 3 to play a 1.3 server
     max_minor: int = VERSION_MINOR
     max_group_members: int = MAX_GROUP_MEMBERS  #: members a group may have at once

@@ -36,8 +36,8 @@ from .frames import Frame, HeaderCodec, encode_frame
 
 VERSION_MAJOR = 1
 #: 1.1: stored receipts, offline delivery, device and client message ids; 1.2: accounts;
-#: 1.3: device tokens, the login and frame deadlines, u64 requests below 2^63
-VERSION_MINOR = 3
+#: 1.3: device tokens, the login and frame deadlines, u64 requests below 2^63; 1.4: groups
+VERSION_MINOR = 4
 #: the largest value of a u64 field a client may send: every store keeps them as signed
 #: 64-bit integers (SQLite's INTEGER), so 2^63 and above are refused with BAD_REQUEST
 MAX_REQUEST_U64 = 2**63 - 1
@@ -70,7 +70,7 @@ class MsgType(enum.IntEnum):
     PONG = 0x87
     ERROR = 0x88
     HISTORY_END = 0x89
-    # 1.4, groups (assigned; served once the server speaks 1.4: docs/protocol.md section 10)
+    # 1.4, groups (docs/protocol.md section 11)
     GROUP_CREATE = 0x10
     GROUP_JOIN = 0x11
     GROUP_LEAVE = 0x12

@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from csce513msg.client import ClientSession
-from csce513msg.client.session import ClientState
 from csce513msg.crypto.passwords import COSTS, Scrypt
 from csce513msg.hub import Abort, Action, Close, Engine, HubConfig, Lane, Submit, Write
 from csce513msg.protocol import (
-    VERSION_MAJOR,
-    Ack,
-    Deliver,
+    VERSION_MINOR,
     Error,
-    Feature,
     FrameDecoder,
-    Hello,
-    LoginOk,
     Message,
-    Welcome,
     decode,
-    encode,
 )
 from csce513msg.store import Account, Batch, MemoryStore, Store
 
@@ -48,46 +39,6 @@ class Peer:
     def of(self, kind: type[M]) -> list[M]:
         """The events of type ``kind``, in order."""
         return [e for e in self.events if isinstance(e, kind)]
-
-
-class GroupsClient(ClientSession):
-    """A client of protocol 1.4 that asks for groups, for the engine's tests while the client
-    API and ``VERSION_MINOR`` stay 1.3 (docs/groups-plan.md, step 4): it announces 1.4 and
-    ``groups``, encodes and decodes at 1.4, and acknowledges deliveries as ClientSession does."""
-
-    MINOR = 4
-
-    def receive_data(self, data: bytes) -> list[Message]:
-        events: list[Message] = []
-        acks: dict[str, int] = {}
-        for frame in self._decoder.feed(data):
-            msg = decode(frame, self.MINOR, self.MINOR)
-            if isinstance(msg, Welcome):
-                self.welcome = msg
-                self.state = ClientState.AWAIT_LOGIN
-                features = (Feature.GROUPS.value, *((Feature.PRESENCE.value,) if self.presence else ()))
-                self.request(Hello(VERSION_MAJOR, self.MINOR, features, self.client))
-                self.pending.pop(self._next_id)
-                if self.user is not None:
-                    self.login(self.user, self.password)
-            elif isinstance(msg, Deliver) and not msg.request_id:
-                acks[msg.stream] = max(acks.get(msg.stream, 0), msg.position)
-            elif isinstance(msg, LoginOk):
-                self.state = ClientState.READY
-            if msg.request_id:
-                self.pending.pop(msg.request_id, None)
-            events.append(msg)
-        for stream, position in acks.items():
-            self._out.append(encode(Ack(position, stream), self.MINOR))
-        return events
-
-    def request(self, msg: Message) -> int:
-        self._next_id = self._next_id % 0xFFFFFFFF + 1
-        rid = self._next_id
-        msg = dataclasses.replace(msg, request_id=rid)
-        self._out.append(encode(msg, self.MINOR))
-        self.pending[rid] = msg
-        return rid
 
 
 def codes(peer: Peer) -> list[int]:
@@ -130,15 +81,19 @@ class Harness:
 
     def connect(
         self, user: str | None = None, presence: bool = False, raw: bool = False, password: str = PASSWORD,
-        host: str | None = None, device: str = "", groups: bool = False,
+        host: str | None = None, device: str = "", groups: bool = False, minor: int = VERSION_MINOR,
     ) -> Peer:  # fmt: skip
         """A connection that logs in as ``user`` (made an account first if it has none);
-        ``groups``: a client of 1.4 that asks for groups (``GroupsClient``)."""
+        ``groups``: it asks for groups (1.4, and shows repeated deliveries); ``minor``: the
+        protocol minor it announces (3: a client from before groups)."""
         if user is not None and user.lower() not in self.engine.gate.accounts:
             self.account(user.lower())
         self._next += 1
-        kind = GroupsClient if groups else ClientSession
-        peer = Peer(self._next, kind(user, password=password, presence=presence, device_id=device), raw=raw)
+        session = ClientSession(
+            user, password=password, presence=presence, device_id=device, groups=groups, minor=minor,
+            drop_repeats=not groups,
+        )  # fmt: skip
+        peer = Peer(self._next, session, raw=raw)
         self.peers[peer.conn] = peer
         self.apply(self.engine.connection_made(peer.conn, f"{host or f'10.0.0.{peer.conn}'}:5000", self.now))
         self.pump()

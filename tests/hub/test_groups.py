@@ -1,9 +1,8 @@
 """Groups in the engine (protocol 1.4, docs/groups-plan.md step 3), on both stores.
 
-The server still speaks 1.3 (``VERSION_MINOR``); these tests serve 1.4 through
-``HubConfig.max_minor`` and talk to it with ``GroupsClient`` (harness.py), a client that
-announces 1.4 and ``groups``. The orderings of the plan's "riskiest parts" hold the
-storage jobs (``auto_jobs=False``) to commit them one at a time.
+The peers that ask for groups are ``ClientSession(groups=True)``; a client from before
+groups announces 1.3 (``minor=3``); a server from before them is ``max_minor=3``. The
+orderings of the plan's "riskiest parts" hold the storage jobs (``auto_jobs=False``) to commit them one at a time.
 """
 
 from __future__ import annotations
@@ -55,14 +54,13 @@ Hub = Callable[..., Harness]
 
 @pytest.fixture(params=["memory", "sqlite"])
 def hub(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Hub]:
-    """Makes a Harness serving 1.4 on the parametrized store, with the accounts of ``USERS``.
+    """Makes a Harness on the parametrized store, with the accounts of ``USERS``.
     Every call has the same store: a second call is a restart (SQLite: the file reopened)."""
     accounts = [Account(name, role, PASSWORDS.hash(PASSWORD)) for name, role in USERS.items()]
     memory = MemoryStore(accounts)
     opened: list[SqliteStore] = []
 
     def make(**config: Any) -> Harness:
-        config.setdefault("max_minor", 4)
         if request.param == "memory":
             return Harness(store=memory, **config)
         for old in opened:
@@ -156,7 +154,7 @@ def test_create_join_post_leave(hub: Hub) -> None:
     (deliver,) = [d for d in alice.of(Deliver) if d.content_type == ContentType.TEXT]
     assert (deliver.target_kind, deliver.target, deliver.stream, deliver.sender) == (2, "club", "g:1", "bob")
     assert group_frames(carol) == []  # not a member: nothing
-    # alice acknowledged (GroupsClient does): bob hears "delivered"
+    # alice acknowledged (ClientSession does): bob hears "delivered"
     assert [r.state for r in bob.of(Receipt)] == [ReceiptState.STORED, ReceiptState.DELIVERED]
     alice.session.request(GroupList(1))
     carol.session.request(GroupList(0))
@@ -239,7 +237,7 @@ def test_early_checks_answer_with_the_group_codes(hub: Hub) -> None:
 def test_a_1_3_session_of_a_member_sees_nothing_of_groups(hub: Hub) -> None:
     h = hub()
     peers = club(h, "bob")
-    old = h.connect("bob", device="old")  # the 1.3 client: ClientSession announces VERSION_MINOR, 3
+    old = h.connect("bob", device="old", minor=3)  # a 1.3 client
     h.settle()
     assert not h.engine.sessions[old.conn].groups
     peers["alice"].session.request(GroupAdd("club", ("carol",)))
@@ -254,7 +252,9 @@ def test_a_1_3_session_of_a_member_sees_nothing_of_groups(hub: Hub) -> None:
     h.send_raw(old, encode(Send(TargetKind.GROUP, 0, 0, "club", b"x"), 3))
     h.send_raw(old, encode(History(0, 5, TargetKind.GROUP, "club"), 3))
     assert codes(old) == [ErrorCode.UNSUPPORTED, ErrorCode.BAD_REQUEST, ErrorCode.BAD_REQUEST]
-    fresh = h.connect("bob", device="new-old")  # a new 1.3 device: the DM waits, the group's messages do not count
+    fresh = h.connect(
+        "bob", device="new-old", minor=3
+    )  # a new 1.3 device: the DM waits, the group's messages do not count
     h.settle()
     assert fresh.of(LoginOk)[0].waiting == 1 and group_frames(fresh) == []
     again = h.connect("bob", device="new", groups=True)  # a new 1.4 device: the group's recent messages too
@@ -264,7 +264,7 @@ def test_a_1_3_session_of_a_member_sees_nothing_of_groups(hub: Hub) -> None:
 
 
 def test_a_1_3_server_serves_no_group_to_a_1_4_client() -> None:
-    h = Harness()  # max_minor: the protocol's VERSION_MINOR, 3
+    h = Harness(max_minor=3)  # a server from before groups
     alice = h.connect("alice", groups=True)
     welcome = alice.of(Welcome)[0]
     assert welcome.version_minor == 3 and "groups" not in welcome.features
@@ -280,9 +280,13 @@ def test_group_requests_before_the_login_are_refused_by_the_state_table(hub: Hub
     anonymous = h.connect(None, groups=True)  # Hello, no Login
     h.send_raw(anonymous, encode(GroupJoin("club"), 4))
     assert codes(silent) == [ErrorCode.BAD_STATE] and codes(anonymous) == [ErrorCode.NOT_LOGGED_IN]
-    plain = h.connect("dan")  # 1.4 server, a 1.3 client
+    plain = h.connect("dan", minor=3)  # 1.4 server, a 1.3 client
     h.send_raw(plain, encode(GroupJoin("club"), 4))
+    no_groups = h.connect("carol")  # a 1.4 client that did not ask for groups
+    h.send_raw(no_groups, encode(GroupJoin("club")))
+    h.send_raw(no_groups, encode(Send(TargetKind.GROUP, 0, 0, "club", b"x")))
     assert codes(plain) == [ErrorCode.UNSUPPORTED]
+    assert codes(no_groups) == [ErrorCode.UNSUPPORTED, ErrorCode.BAD_REQUEST]
 
 
 # ---- fan-out ------------------------------------------------------------------------------
