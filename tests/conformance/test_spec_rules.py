@@ -8,6 +8,7 @@ import struct
 
 from csce513msg.client import ServerError
 from csce513msg.protocol import (
+    VERSION_MINOR,
     Ack,
     Deliver,
     ErrorCode,
@@ -29,10 +30,10 @@ from tests.conformance.wire import PASSWORD, RawConn, connect, next_of, register
 from tests.fixtures import Names, Server
 
 
-def logged_in(server: Server, user: str, device: str = "") -> RawConn:
-    """A raw connection logged in as ``user`` (registered already)."""
+def logged_in(server: Server, user: str, device: str = "", minor: int = VERSION_MINOR) -> RawConn:
+    """A raw connection of protocol 1.``minor`` logged in as ``user`` (registered already)."""
     conn = RawConn(server)
-    conn.handshake()
+    conn.handshake(minor=minor)
     conn.send(Login(user, PASSWORD, device, request_id=2))
     conn.login_ok()
     return conn
@@ -234,9 +235,14 @@ def test_a_group_request_from_a_peer_below_1_4_is_unsupported_and_the_connection
     it to this peer answers UNSUPPORTED with its request id, and keeps serving."""
     alice = names("alice")
     register(server, alice)
-    conn = logged_in(server, alice)
+    conn = logged_in(server, alice, minor=3)
     conn.send_raw(encode(GroupCreate("lab", 0, request_id=41), 4))
     error = conn.expect_error(ErrorCode.UNSUPPORTED, request_id=41)
     assert "0x10" in error.message
     conn.alive()
     conn.close()
+    plain = logged_in(server, alice)  # 1.4, without the feature ``groups``: served none either
+    plain.send(GroupCreate("lab", 0, request_id=42))
+    plain.expect_error(ErrorCode.UNSUPPORTED, request_id=42)
+    plain.alive()
+    plain.close()

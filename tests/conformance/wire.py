@@ -10,6 +10,8 @@ from typing import Any, Protocol, TypeVar
 
 from csce513msg.client import Client, ServerError
 from csce513msg.protocol import (
+    VERSION_MAJOR,
+    VERSION_MINOR,
     Error,
     ErrorCode,
     FrameDecoder,
@@ -137,9 +139,11 @@ class RawConn:
     def welcome(self) -> Welcome:
         return self.expect(Welcome)
 
-    def handshake(self, presence: bool = False) -> Welcome:
+    def handshake(self, presence: bool = False, minor: int = VERSION_MINOR, groups: bool = False) -> Welcome:
+        """Wait for the Welcome; send a Hello of protocol 1.``minor`` (asking for groups too, with ``groups``)."""
         welcome = self.welcome()
-        self.send(Hello(features=("presence",) if presence else (), request_id=1))
+        features = ("presence",) if presence else ()
+        self.send(Hello(VERSION_MAJOR, minor, (*features, *(("groups",) if groups else ())), request_id=1))
         return welcome
 
     def login_ok(self) -> LoginOk:
