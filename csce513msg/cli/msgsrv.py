@@ -70,6 +70,7 @@ def main(
     max_frame: o.MaxFrameFlag = o.HUB.max_frame,
     max_text: o.MaxTextFlag = o.HUB.max_text,
     window: o.WindowFlag = o.HUB.window,
+    max_group_members: o.MaxGroupMembersFlag = o.HUB.max_group_members,
     rate: o.RateFlag = o.HUB.rate,
     burst: o.BurstFlag = o.HUB.burst,
     high_water: o.HighWaterFlag = o.NET.high_water,

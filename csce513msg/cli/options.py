@@ -91,6 +91,7 @@ RecvSizeFlag = Annotated[int, opt("Bytes asked of each recv() call.", NETWORK, m
 SndbufFlag = Annotated[int, opt("SO_SNDBUF of accepted sockets; 0: the kernel's default.", NETWORK, min=0)]
 MaxFrameFlag = Annotated[int, opt("Largest frame (header + body) accepted, bytes.", LIMITS, min=4096)]
 MaxTextFlag = Annotated[int, opt("Largest message body, bytes.", LIMITS, min=1)]
+MaxGroupMembersFlag = Annotated[int, opt("Members a group may have at once.", LIMITS, min=1)]
 WindowFlag = Annotated[int, opt("Unacknowledged deliveries per client (advertised).", LIMITS, min=1)]
 RateFlag = Annotated[float, opt("Requests per second per connection.", LIMITS, min=0.001)]
 BurstFlag = Annotated[int, opt("Requests a connection may send at once.", LIMITS, min=1)]
