@@ -10,12 +10,17 @@ from csce513msg.protocol import (
     Deliver,
     ErrorCode,
     FrameDecoder,
+    GroupCreate,
+    GroupInfo,
     Hello,
+    History,
     LocalProtocolError,
     Login,
     LoginOk,
     Message,
     RemoteProtocolError,
+    Send,
+    TargetKind,
     Welcome,
     decode,
     encode,
@@ -78,3 +83,31 @@ def test_a_repeated_delivery_is_acknowledged_but_not_shown_twice() -> None:
     assert session.receive_data(deliver) == []  # e.g. re-sent after a lost Ack
     (ack,) = sent(session)
     assert isinstance(ack, Ack) and ack.position == 1
+
+
+def test_groups_are_asked_for_in_hello_and_sent_only_to_a_server_of_1_4() -> None:
+    session = ClientSession("alice", groups=True)
+    session.receive_data(encode(Welcome(1, 4, 65536, 16384, 64, 90000, ("presence", "groups"), "test")))
+    hello, _login = sent(session)
+    assert isinstance(hello, Hello) and (hello.version_minor, hello.features) == (4, ("groups",))
+    assert session.has_groups and session.minor == 4
+    rid = session.group_create("lab-1", invite_only=True)
+    (create,) = sent(session)
+    assert create == GroupCreate("lab-1", 1, request_id=rid) and rid in session.pending
+    session.receive_data(encode(GroupInfo("g:1", "lab-1", "alice", 1, 1, 1, 1, request_id=rid)))
+    assert rid not in session.pending  # GroupInfo answers it
+    session.send_text("lab-1", "hi", kind=TargetKind.GROUP)
+    session.history("g:1", 5, kind=TargetKind.GROUP)
+    send, history = sent(session)
+    assert isinstance(send, Send) and send.target_kind == TargetKind.GROUP and send.target == "lab-1"
+    assert isinstance(history, History) and (history.target_kind, history.target) == (TargetKind.GROUP, "g:1")
+    old_server = ClientSession("alice", groups=True)
+    old_server.receive_data(encode(WELCOME))  # a server of 1.3: nothing of groups
+    assert old_server.minor == 3 and not old_server.has_groups
+    with pytest.raises(LocalProtocolError):
+        old_server.group_list()
+    assert old_server.pending.keys() == {1 + 1}  # only the Login
+    old_client = ClientSession(minor=3)
+    old_client.receive_data(encode(WELCOME))
+    (hello,) = sent(old_client)
+    assert isinstance(hello, Hello) and hello.version_minor == 3 and hello.features == ()
