@@ -1,5 +1,5 @@
 """Conformance: the rules a client written from docs/protocol.md alone needs settled
-(protocol 1.3): trailing fields, limits, names, ids, and what a server sends whom.
+(protocol 1.3 and on): trailing fields, limits, names, ids, and what a server sends whom.
 Wire-only, so it can test any server (``--server HOST:PORT``)."""
 
 from __future__ import annotations
