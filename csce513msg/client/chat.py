@@ -27,12 +27,18 @@ from ..protocol import (
     Deliver,
     Error,
     ErrorCode,
+    GroupEvent,
+    GroupEventKind,
+    GroupInfo,
+    GroupListReply,
+    GroupMembersReply,
     HistoryEnd,
     LoginOk,
     Message,
     Presence,
     Receipt,
     ReceiptState,
+    RemoteProtocolError,
     Send,
     TargetKind,
     Welcome,
@@ -46,7 +52,10 @@ from .view import Style, View
 
 HISTORY_PAGE = 20  #: messages per /history and /more
 HISTORY_MAX = 1000  #: the most /history N asks for (the server sends a page of what fits)
-COMMANDS = ("/msg", "/to", "/who", "/history", "/more", "/help", "/quit")
+COMMANDS = ("/msg", "/to", "/who", "/history", "/more", "/create", "/join", "/leave", "/groups", "/members", "/add",
+            "/remove", "/help", "/quit")  # fmt: skip
+CHANGES = ("created", "joined", "left", "added", "removed")  #: group requests the lines after them wait for
+GROUP_COMMANDS = ("/to", "/history", "/join", "/leave", "/members", "/add", "/remove")  #: take a #group first
 
 HELP = """commands:
   /msg USER TEXT     send TEXT to USER, who becomes your conversation
@@ -55,6 +64,13 @@ HELP = """commands:
   /who               who is online
   /history [USER] [N] the last N (20) messages with USER (default: your conversation)
   /more              earlier messages (after /history)
+  #GROUP TEXT        send TEXT to the group, which becomes your conversation
+  /to #GROUP         talk to the group: plain lines go there (/history #GROUP pages it)
+  /create NAME [invite] create a group (invite: members join only when added)
+  /join #GROUP       join a group; /leave #GROUP leaves it
+  /groups [all]      your groups (all: every group you may see)
+  /members #GROUP    a group's members
+  /add #GROUP USER...    add users; /remove #GROUP USER... removes them
   /help              this help
   /quit              leave (what the server has not stored yet is kept and sent next time)"""
 
@@ -112,6 +128,8 @@ class ChatClient:
         self.partner: str | None = None  #: the current conversation: where a plain line goes
         self.unread: dict[str, int] = {}  #: messages from others than the current conversation
         self.known: set[str] = set()  #: user names seen (for completion)
+        self.groups: dict[str, str] = {}  #: stream g:<id> -> the group's name, as last seen (for completion)
+        self.group_requests: dict[int, tuple[str, str]] = {}  #: request id -> (what was asked: "created"..., group)
         self.sent: dict[int, Outgoing] = {}  #: request id -> message awaiting its receipt
         self.by_id: dict[int, Outgoing] = {}  #: message id -> message whose delivery is awaited
         self.reverts: dict[int, str | None] = {}  #: request id -> the conversation before it
@@ -150,7 +168,8 @@ class ChatClient:
         sends = [*self.resend, *self.unacknowledged()]
         unsent: dict[object, Unsent] = {}
         for m in sends:  # a client message id names one message (0: no device id, every one apart)
-            unsent[m.client_msg_id or object()] = Unsent(m.target, m.body.decode(errors="replace"), m.client_msg_id)
+            to = "#" + m.target if m.target_kind == TargetKind.GROUP else m.target
+            unsent[m.client_msg_id or object()] = Unsent(to, m.body.decode(errors="replace"), m.client_msg_id)
         for u in self.queued:
             unsent[u.client_msg_id or object()] = u
         return list(unsent.values())
@@ -178,7 +197,8 @@ class ChatClient:
         self.resend = []
         queued, self.queued = self.queued, []
         for unsent in queued:
-            send = Send(TargetKind.USER, ContentType.TEXT, unsent.client_msg_id, unsent.to, unsent.text.encode())
+            kind, target = split_target(unsent.to)
+            send = Send(kind, ContentType.TEXT, unsent.client_msg_id, target, unsent.text.encode())
             try:
                 rid = self.session.request(send)
             except ValueError as exc:  # a poisoned outbox (a file edited by hand): drop that one, say so
@@ -207,6 +227,12 @@ class ChatClient:
             sessions = dict(zip(msg.users, msg.sessions, strict=False))
             self.view.show("online: " + inert_name(", ".join(names)), event="who", users=list(msg.users),
                            sessions=sessions)  # fmt: skip
+        elif isinstance(msg, GroupInfo):
+            self._group_info(msg)
+        elif isinstance(msg, GroupListReply):
+            self._group_list(msg)
+        elif isinstance(msg, GroupMembersReply):
+            self._group_members(msg)
         elif isinstance(msg, LoginOk):
             away = f"; {count_waiting(msg.waiting)} arrived while you were away" if msg.waiting else ""
             self.view.show(
@@ -230,26 +256,114 @@ class ChatClient:
         text = msg.body.decode(errors="replace")
         history = bool(msg.request_id)
         self.known.add(msg.sender)
+        group = msg.target_kind == TargetKind.GROUP
+        if group:
+            self.groups[msg.stream] = msg.target
+        if group and msg.content_type == ContentType.GROUP_EVENT:
+            return self._group_event(msg)
         self._date_line(msg.time_us)
         me = self.session.user
+        conversation = "#" + msg.target if group else msg.sender  # where an answer goes
         if msg.sender == me:  # my own message: another of my sessions sent it, or a page of history
-            who = f"you -> {inert_name(msg.target)}"
+            who = f"you -> {inert_name(conversation if group else msg.target)}"
             style = Style.SELF
         else:
-            who = inert_name(msg.sender)
+            who = (inert_name(conversation) + " " if group else "") + inert_name(msg.sender)
             style = Style.OTHER
             if not history:
                 if self.partner is None:
-                    self.partner = msg.sender  # the first to write becomes the conversation
-                elif msg.sender != self.partner:
-                    self.unread[msg.sender] = self.unread.get(msg.sender, 0) + 1
+                    self.partner = conversation  # the first to write becomes the conversation
+                elif conversation != self.partner:
+                    self.unread[conversation] = self.unread.get(conversation, 0) + 1
         prefix = f"[{clock(msg.time_us)}] {who}: "
         human = prefix + inert(text, indent=" " * len(prefix))
         if self.verbose:
             human += f"  (#{msg.message_id}, {inert_name(msg.stream)} @{msg.position})"
         self.view.show(human, style=style, event="deliver", sender=msg.sender, to=msg.target, text=text,
                        id=msg.message_id, time_us=msg.time_us, stream=msg.stream, position=msg.position,
-                       history=history)  # fmt: skip
+                       history=history, group=group)  # fmt: skip
+        return None
+
+    def _group_event(self, msg: Deliver) -> None:
+        """A group's change, from its stream: ``* alice added bob, carol to #lab``."""
+        try:
+            event = GroupEvent.decode(msg.body)
+        except RemoteProtocolError:
+            event = GroupEvent(0, (), msg.target)
+        before = "#" + msg.target
+        after = "#" + (event.name or msg.target)
+        if event.name:
+            self.groups[msg.stream] = event.name
+        who = "you" if msg.sender == self.session.user else inert_name(msg.sender)
+        users = inert_name(", ".join(event.users))
+        kind = GroupEventKind(event.kind) if event.kind in GroupEventKind._value2member_map_ else None
+        if kind is GroupEventKind.CREATED:
+            what = f"{who} created {inert_name(after)}"
+        elif kind is GroupEventKind.JOINED:
+            what = f"{users or who} joined {inert_name(after)}"
+        elif kind is GroupEventKind.LEFT:
+            what = f"{users or who} left {inert_name(after)}"
+        elif kind is GroupEventKind.ADDED:
+            what = f"{who} added {users} to {inert_name(after)}"
+        elif kind is GroupEventKind.REMOVED:
+            what = f"{who} removed {users} from {inert_name(after)}"
+        elif kind is GroupEventKind.RENAMED:
+            what = f"{who} renamed {inert_name(before)} to {inert_name(after)}"
+        else:
+            what = f"{who} changed {inert_name(after)}"
+        self._date_line(msg.time_us)
+        self.view.show(f"* {what}", event="group_event", group=event.name or msg.target,
+                       stream=msg.stream, kind=kind.name.lower() if kind else str(event.kind), sender=msg.sender,
+                       users=list(event.users), time_us=msg.time_us, position=msg.position,
+                       history=bool(msg.request_id))  # fmt: skip
+
+    def _group_info(self, msg: GroupInfo) -> None:
+        asked, _ = self.group_requests.pop(msg.request_id, ("", ""))
+        self.groups[msg.stream] = msg.name
+        name = inert_name("#" + msg.name)
+        members = plural(msg.members, "member")
+        if asked == "created":
+            human = f"created {name} ({inert_name(msg.stream)})" + (", invite only" if msg.invite_only else "")
+        elif asked == "joined":
+            human = f"joined {name} ({members})"
+        elif asked == "left":
+            human = f"left {name}"
+        elif asked in ("added", "removed"):
+            human = f"{asked}: {name} has {members}"
+        else:
+            human = f"{name}: {members}"
+        if not msg.position and asked:
+            human += " (nothing changed)"
+        self.run_held()
+        self.view.show(human, event="group", asked=asked, group=msg.name, stream=msg.stream, owner=msg.owner,
+                       invite_only=bool(msg.invite_only), members=msg.members, member=bool(msg.member),
+                       position=msg.position)  # fmt: skip
+
+    def _group_list(self, msg: GroupListReply) -> None:
+        asked, _ = self.group_requests.pop(msg.request_id, ("", ""))
+        entries = []
+        for stream, name, owner, size, flags in zip(msg.streams, msg.names, msg.owners, msg.sizes, msg.flags,
+                                                    strict=False):  # fmt: skip
+            self.groups[stream] = name
+            extra = [plural(size, "member"), f"owner {inert_name(owner)}"]
+            extra += ["invite only"] if flags & 1 else []
+            extra += ["member"] if flags & 2 and asked == "all" else []
+            entries.append(f"{inert_name('#' + name)} ({', '.join(extra)})")
+        self.view.show("groups: " + ("; ".join(entries) or "none"), event="groups", groups=list(msg.names),
+                       owners=list(msg.owners), sizes=list(msg.sizes), flags=list(msg.flags))  # fmt: skip
+
+    def _group_members(self, msg: GroupMembersReply) -> None:
+        _, asked_for = self.group_requests.pop(msg.request_id, ("", ""))
+        name = self.groups.get(msg.stream, asked_for or msg.stream)
+        self.known.update(msg.users)
+        entries = []
+        for user, role, sessions in itertools.zip_longest(msg.users, msg.roles, msg.sessions):
+            extra = [inert_name(role)] if role else []
+            extra += [plural(sessions, "session")] if sessions else []
+            entries.append(inert_name(user) + (f" ({', '.join(extra)})" if extra else ""))
+        self.view.show(f"members of {inert_name('#' + name)}: " + ", ".join(entries), event="members", group=name,
+                       stream=msg.stream, users=list(msg.users), roles=list(msg.roles),
+                       sessions=list(msg.sessions))  # fmt: skip
 
     def _sent_line(self, out: Outgoing) -> str:
         prefix = f"{MARKS.get(out.state, '  ')} [{clock(out.time_us)}] you -> {inert_name(out.to)}: "
@@ -264,7 +378,7 @@ class ChatClient:
 
         out = self.sent.pop(msg.request_id, None) if msg.request_id else self.by_id.pop(msg.message_id, None)
         if out is None:  # a later state of a message sent before (by an earlier run, or another session)
-            to = _partner_of(msg.stream, self.session.user)
+            to = self._conversation_of(msg.stream)
             verbose = f"   {state}: an earlier message to {inert_name(to)} (#{msg.message_id})"
             emit(verbose if self.verbose else "", to)  # a plain View prints nothing for "" (--json does)
             return
@@ -286,7 +400,7 @@ class ChatClient:
         emit(human if self.live or first_state or self.verbose else "", out.to, key=out.key)
 
     def _history_end(self, msg: HistoryEnd) -> None:
-        who = self.history_for.pop(msg.request_id, _partner_of(msg.stream, self.session.user))
+        who = self.history_for.pop(msg.request_id, self._conversation_of(msg.stream))
         if msg.count:
             self.history_more = (who, msg.first)
             note = f"({plural(msg.count, 'earlier message')} with {inert_name(who)}: /more for more)"
@@ -298,7 +412,14 @@ class ChatClient:
             self.deferred_more -= 1
             self._command("/more")
 
+    def _conversation_of(self, stream: str) -> str:
+        """Who a stream is with: the other user of ``dm:a,b``, or ``#name`` for a group's ``g:<id>``."""
+        if stream.startswith("g:"):
+            return "#" + self.groups.get(stream, stream)
+        return _partner_of(stream, self.session.user)
+
     def _error(self, msg: Error) -> None:
+        failed_change = self.group_requests.pop(msg.request_id, ("", ""))[0] in CHANGES
         name = code_name(msg.code)
         out = self.sent.pop(msg.request_id, None)
         if msg.request_id in self.reverts:  # a failed send does not move the conversation
@@ -312,6 +433,8 @@ class ChatClient:
         about = f" (your message to {inert_name(out.to)} was not sent)" if out is not None else ""
         self.view.show(f"! {name}: {inert(msg.message)}{about}", style=Style.ERROR, event="error", code=name,
                        message=msg.message, request=msg.request_id)  # fmt: skip
+        if failed_change:
+            self.run_held()
 
     # ---- from the keyboard ----------------------------------------------------------------------
 
@@ -326,12 +449,18 @@ class ChatClient:
     def _on_line(self, line: str) -> None:
         if not line.strip():
             return
-        if self.session.state is not ClientState.READY and not self.ever_ready:
-            self.commands.append(line)  # run once the first login is through
+        if (self.session.state is not ClientState.READY and not self.ever_ready) or self.changing():
+            self.commands.append(line)  # run once the first login is through, or the group change answered
             return
         stripped = line.strip()
         if stripped.startswith("/"):
             self._command(stripped)
+        elif stripped.startswith("#") and not stripped.startswith("# "):  # #GROUP TEXT
+            group, _, text = stripped.partition(" ")
+            if not text.strip():
+                return self.local_error("usage: #GROUP TEXT")
+            if (name := self._group(group)) is not None and self._serves_groups():
+                self.send("#" + name, text.strip())
         elif self.partner is None:
             self.local_error("no conversation yet: /to USER, or /msg USER TEXT")
         else:
@@ -348,11 +477,12 @@ class ChatClient:
                 self.send(to, text.strip())
         elif cmd == "/to":
             if not rest or " " in rest:
-                return self.local_error("usage: /to USER")
-            if (user := self._user(rest)) is None:
+                return self.local_error("usage: /to USER, or /to #GROUP")
+            if (user := self._conversation(rest)) is None:
                 return None
             self.partner = user
-            self.known.add(self.partner)
+            if not user.startswith("#"):
+                self.known.add(user)
             self.unread.pop(self.partner, None)
             self.view.show(f"talking to {inert_name(self.partner)}", event="to", user=self.partner)
         elif cmd == "/who":
@@ -364,9 +494,9 @@ class ChatClient:
                 who, count = "", who
             who = who or (self.partner or "")
             if not who or (count and not (count.isascii() and count.isdecimal() and 0 < int(count) <= HISTORY_MAX)):
-                return self.local_error(f"usage: /history [USER] [N], N from 1 to {HISTORY_MAX}")
-            if self._user(who) is not None and self._connected("/history"):
-                self.history_for[self.session.history(who, int(count) if count else HISTORY_PAGE)] = who
+                return self.local_error(f"usage: /history [USER|#GROUP] [N], N from 1 to {HISTORY_MAX}")
+            if (target := self._conversation(who)) is not None and self._connected("/history"):
+                self.history_for[self._history(target, int(count) if count else HISTORY_PAGE)] = target
         elif cmd == "/more":
             if self.history_for:  # a page is on its way: /more follows it (a script types ahead)
                 self.deferred_more += 1
@@ -375,13 +505,97 @@ class ChatClient:
                 return self.local_error("nothing more: /history USER first")
             who, first = self.history_more
             if self._connected("/more"):
-                self.history_for[self.session.history(who, HISTORY_PAGE, before=first)] = who
+                self.history_for[self._history(who, HISTORY_PAGE, before=first)] = who
+        elif cmd in ("/create", "/join", "/leave", "/groups", "/members", "/add", "/remove"):
+            self._group_command(cmd, rest.split())
         elif cmd == "/help":
             self.view.show(HELP, event="help", text=HELP)
         elif cmd == "/quit":
             self.input_done = True
         else:
             self.local_error(f"unknown command {cmd}: /help lists them")
+
+    def _group_command(self, cmd: str, args: list[str]) -> None:
+        usage = {
+            "/create": "/create NAME [invite]",
+            "/join": "/join #GROUP",
+            "/leave": "/leave #GROUP",
+            "/groups": "/groups [all]",
+            "/members": "/members #GROUP",
+            "/add": "/add #GROUP USER...",
+            "/remove": "/remove #GROUP USER...",
+        }[cmd]
+        if cmd == "/groups":
+            if args not in ([], ["all"]):
+                return self.local_error(f"usage: {usage}")
+            if self._serves_groups() and self._connected(cmd):
+                self.group_requests[self.session.group_list(mine=not args)] = ("all" if args else "mine", "")
+            return None
+        many = cmd in ("/add", "/remove")
+        if not args or (many and len(args) < 2) or (not many and len(args) > (2 if cmd == "/create" else 1)):
+            return self.local_error(f"usage: {usage}")
+        if cmd == "/create" and args[1:] not in ([], ["invite"]):
+            return self.local_error(f"usage: {usage}")
+        if (group := self._group(args[0])) is None:
+            return None
+        users = [self._user(u) for u in args[1:]] if many else []
+        if None in users or not self._serves_groups() or not self._connected(cmd):
+            return None
+        s = self.session
+        if cmd == "/create":
+            rid, asked = s.group_create(group, invite_only=len(args) > 1), "created"
+        elif cmd == "/join":
+            rid, asked = s.group_join(group), "joined"
+        elif cmd == "/leave":
+            rid, asked = s.group_leave(group), "left"
+        elif cmd == "/members":
+            rid, asked = s.group_members(group), "members"
+        elif cmd == "/add":
+            rid, asked = s.group_add(group, [u for u in users if u]), "added"
+        else:
+            rid, asked = s.group_remove(group, [u for u in users if u]), "removed"
+        self.group_requests[rid] = (asked, group)
+        return None
+
+    def _conversation(self, name: str) -> str | None:
+        """A user, or a group written ``#name``, folded; None after saying why it cannot be one."""
+        if not name.startswith("#"):
+            return self._user(name)
+        if (group := self._group(name)) is None or not self._serves_groups():
+            return None
+        return "#" + group
+
+    def changing(self) -> bool:
+        """A group change is on its way: what is typed after it waits for its answer (the server
+        checks a request against what is committed when it arrives: an /add right after a
+        /create would not find the group)."""
+        return any(asked in CHANGES for asked, _ in self.group_requests.values())
+
+    def run_held(self) -> None:
+        """A group change was answered: run the lines typed after it (until the next change)."""
+        if self.changing() or not self.ever_ready:
+            return
+        held, self.commands = self.commands, []
+        for line in held:
+            self.on_line(line)
+
+    def _group(self, name: str) -> str | None:
+        """A group written ``#name`` (or ``name``), folded, or None after saying why it cannot be one."""
+        group = fold_name(name.removeprefix("#"))
+        if group is None:
+            self.local_error(f"invalid group name {inert_name(name[:40])!r}: #, then 1-32 letters, digits, _ . -")
+        return group
+
+    def _serves_groups(self) -> bool:
+        """Groups can be asked for: the server serves them (or the connection is not up to tell)."""
+        if self.session.has_groups or not (self.online and self.session.state is ClientState.READY):
+            return True
+        self.local_error("this server does not serve groups (it needs protocol 1.4)")
+        return False
+
+    def _history(self, who: str, limit: int, before: int = 0) -> int:
+        kind, target = split_target(who)
+        return self.session.history(target, limit, before=before, kind=kind)
 
     def _user(self, name: str) -> str | None:
         """``name`` as the server folds it, or None after saying why it cannot be one."""
@@ -402,7 +616,9 @@ class ChatClient:
         return welcome.max_text if welcome is not None else None
 
     def send(self, to: str, text: str) -> None:
-        to = fold_name(to) or to
+        """Send ``text`` to ``to``: a user, or a group written ``#name``."""
+        if not to.startswith("#"):
+            to = fold_name(to) or to
         limit = self.max_text()
         size = len(text.encode())
         if limit is not None and size > limit:
@@ -416,8 +632,10 @@ class ChatClient:
             self.view.show(f"queued for {inert_name(to)}: sent when the connection is back "
                            f"({plural(len(self.queued), 'message')} waiting)", event="queued", to=to)  # fmt: skip
             return
-        rid = self.session.send_text(to, text)
-        self.known.add(to)
+        kind, target = split_target(to)
+        rid = self.session.send_text(target, text, kind=kind)
+        if kind == TargetKind.USER:
+            self.known.add(to)
         out = Outgoing(to, text, now_us, next(self._keys))
         self.sent[rid] = out
         self.reverts[rid] = self.partner
@@ -436,6 +654,13 @@ class ChatClient:
         ready = self.session.state is ClientState.READY
         waiting = self.commands or self.session.pending or self.queued or self.deferred_more
         return ready and self.input_done and not waiting
+
+
+def split_target(to: str) -> tuple[TargetKind, str]:
+    """A conversation as the protocol names it: ``#lab`` is the group lab, else a user."""
+    if to.startswith("#"):
+        return TargetKind.GROUP, to[1:]
+    return TargetKind.USER, to
 
 
 def _who_entry(user: str, sessions: int | None, role: str | None) -> str:

@@ -48,7 +48,7 @@ from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from prompt_toolkit.patch_stdout import patch_stdout
 from prompt_toolkit.utils import get_cwidth
 
-from .chat import COMMANDS, ChatClient, plural
+from .chat import COMMANDS, GROUP_COMMANDS, ChatClient, plural
 from .files import history_file
 from .sanitize import inert_name
 from .steps import Connector, Outcome, due_to_reconnect, keepalive, lost, receive, reconnected, transmit
@@ -120,23 +120,35 @@ class LiveView:
 
 
 class ChatCompleter(Completer):
-    """Tab: commands, then user names after /msg, /to and /history."""
+    """Tab: commands, then user names after /msg, /to and /history, and ``#group`` names after
+    the group commands, /to and /history, and at the start of a line."""
 
     def __init__(self, chat: ChatClient) -> None:
         self.chat = chat
 
     def get_completions(self, document: Document, complete_event: CompleteEvent) -> Iterable[Completion]:
         text = document.text_before_cursor
+        if text.startswith("#") and " " not in text:  # #GROUP TEXT
+            yield from self._groups(text)
+            return
         if " " not in text:
             for command in COMMANDS:
                 if command.startswith(text):
                     yield Completion(command + " ", start_position=-len(text), display=command)
             return
         command, _, arg = text.partition(" ")
-        if command in ("/msg", "/to", "/history") and " " not in arg:
+        if command in GROUP_COMMANDS and " " not in arg and arg.startswith("#"):
+            yield from self._groups(arg)
+        elif command in ("/msg", "/to", "/history") and " " not in arg:
             for name in sorted(self.chat.known):
                 if name.startswith(arg.lower()) and name != self.chat.session.user:
                     yield Completion(name + " ", start_position=-len(arg), display=inert_name(name))
+
+    def _groups(self, arg: str) -> Iterable[Completion]:
+        """``#group`` names the client has seen (GroupInfo, GroupListReply, deliveries)."""
+        for name in sorted(set(self.chat.groups.values())):
+            if ("#" + name).startswith(arg.lower()):
+                yield Completion("#" + name + " ", start_position=-len(arg), display=inert_name("#" + name))
 
 
 class Ending:

@@ -82,8 +82,8 @@ def start(
     user = plan.user.lower()
     server_key = where
     session = ClientSession(
-        user, password=secret, register=plan.register, presence=True, client="msg", device_id=device_id(user),
-        device_token=load_token(server_key, user), client_msg_seed=time.time_ns() // 1000,
+        user, password=secret, register=plan.register, presence=True, groups=True, client="msg",
+        device_id=device_id(user), device_token=load_token(server_key, user), client_msg_seed=time.time_ns() // 1000,
     )  # fmt: skip
     chat = ChatClient(session, view, live=live, verbose=plan.verbose)
     chat.sock = sock

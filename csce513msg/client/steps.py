@@ -182,6 +182,12 @@ def lost(chat: ChatClient, watcher: Watcher) -> None:
     seen = {s.client_msg_id for s in chat.resend}  # a loss before the login finished: keep the earlier ones
     chat.resend += [s for s in chat.unacknowledged() if s.client_msg_id not in seen]
     chat.keep_waiting()
+    if chat.changing():  # a group change whose answer will never come: run what waited for it after the login
+        chat.view.show("! a group change was interrupted by the lost connection: check it with /groups",
+                       style=Style.ERROR, event="error", code="local", message="group change interrupted",
+                       request=0)  # fmt: skip
+    chat.group_requests.clear()
+    chat.run_held()  # in the order typed: a message queued, a command answered "not connected"
     if chat.history_for or chat.deferred_more:  # a page the server will never send now
         chat.history_for.clear()
         chat.deferred_more = 0
@@ -217,7 +223,7 @@ def reconnected(chat: ChatClient, sock: socket.socket | BaseException, watcher: 
     old = chat.session
     registered = chat.ever_ready or not old.register_first  # a busy server may have refused the Register
     chat.session = ClientSession(  # registered already, if that was asked: now a login
-        old.user, password=old.password, register=not registered, presence=True, client="msg",
+        old.user, password=old.password, register=not registered, presence=True, groups=True, client="msg",
         device_id=old.device_id, device_token=old.device_token, client_msg_seed=old.next_client_msg_id,
     )  # fmt: skip
     chat.sock, chat.online, chat.lost_at = sock, True, 0.0

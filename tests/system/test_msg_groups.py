@@ -1,0 +1,87 @@
+"""``msg``'s group commands in pipe mode: real processes against a real server (the
+client's behaviour, so one backend). The other member is the blocking client."""
+
+from __future__ import annotations
+
+import subprocess
+
+from csce513msg.protocol import ContentType, GroupEvent, GroupEventKind, TargetKind
+from tests.conformance.wire import connect
+from tests.fixtures import Names
+from tests.servers import IS_LINUX, ServerProcess
+from tests.system.test_cli import msg_cmd
+
+BACKENDS = ["epoll" if IS_LINUX else "select"]
+
+
+def run(cmd: list[str], script: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, input=script, capture_output=True, text=True, timeout=60)
+
+
+def test_create_add_post_and_the_member_receives(server: ServerProcess, names: Names) -> None:
+    alice, bob, lab = names("alice"), names("bob"), names("lab")
+    bob_client = connect(server, bob, device_id="bob-device", groups=True)
+    try:
+        # the server checks a request against what is committed when it arrives: msg holds the lines
+        # after a change (/create, /add) until its answer, so the /add finds the group
+        script = (
+            f"/create {lab}\n/add #{lab} {bob}\n#{lab} hello group\n/to #{lab}\nplain line\n/members #{lab}\n/groups\n"
+        )
+        done = run(msg_cmd(server, alice), script)
+        assert done.returncode == 0, done.stderr
+        assert f"created #{lab} (g:" in done.stdout
+        assert f"added: #{lab} has 2 members" in done.stdout
+        assert f"you -> #{lab}: hello group" in done.stdout
+        assert f"talking to #{lab}" in done.stdout
+        assert f"you -> #{lab}: plain line" in done.stdout
+        assert f"members of #{lab}: " in done.stdout and bob in done.stdout.split("members of")[1]
+        assert f"groups: #{lab} (2 members, owner {alice})" in done.stdout
+        got = bob_client.deliveries(3, timeout=15)
+        event = GroupEvent.decode(got[0].body)
+        assert (got[0].content_type, event.kind, event.users, got[0].sender) == (
+            ContentType.GROUP_EVENT, GroupEventKind.ADDED, (bob,), alice
+        )  # fmt: skip
+        assert [(d.target_kind, d.target, d.body) for d in got[1:]] == [
+            (TargetKind.GROUP, lab, b"hello group"),
+            (TargetKind.GROUP, lab, b"plain line"),
+        ]
+        bob_client.send_text(lab, "hi alice", kind=TargetKind.GROUP)
+        history = run(msg_cmd(server, alice), f"/history #{lab}\n")
+        assert history.returncode == 0, history.stderr
+        assert f"* {alice} created #{lab}\n" in history.stdout or f"* you created #{lab}\n" in history.stdout
+        assert f"* you added {bob} to #{lab}\n" in history.stdout
+        assert f"] #{lab} {bob}: hi alice\n" in history.stdout
+        assert f"earlier messages with #{lab}: /more for more)" in history.stdout
+    finally:
+        bob_client.close()
+
+
+def test_a_joiner_sees_the_event_and_live_posts(server: ServerProcess, names: Names) -> None:
+    alice, carol, lab = names("alice"), names("carol"), names("lab")
+    alice_client = connect(server, alice, device_id="alice-device", groups=True)
+    try:
+        alice_client.group_create(lab)
+        carol_msg = subprocess.Popen(msg_cmd(server, carol), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)  # fmt: skip
+        assert carol_msg.stdin is not None
+        carol_msg.stdin.write(f"/join #{lab}\n")
+        carol_msg.stdin.flush()
+        joined = alice_client.deliveries(1, timeout=15)[0]
+        assert GroupEvent.decode(joined.body).kind == GroupEventKind.JOINED
+        alice_client.send_text(lab, "welcome", kind=TargetKind.GROUP)
+        carol_msg.stdin.write("/quit\n")  # after the post has been stored: it is delivered live, or as catch-up
+        out, err = carol_msg.communicate(timeout=30)
+        assert carol_msg.returncode == 0, err
+        assert f"joined #{lab} (2 members)" in out
+        assert f"] #{lab} {alice}: welcome\n" in out
+    finally:
+        alice_client.close()
+
+
+def test_errors_go_to_stderr(server: ServerProcess, names: Names) -> None:
+    alice = names("alice")
+    done = run(msg_cmd(server, alice), "/join #nosuch-group-x\n/add #x\n#bad!name hi\n")
+    assert done.returncode == 1
+    assert "group_not_found" in done.stderr
+    assert "usage: /add #GROUP USER..." in done.stderr
+    assert "invalid group name" in done.stderr
