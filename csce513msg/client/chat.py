@@ -62,7 +62,7 @@ HELP = """commands:
   /to USER           talk to USER: plain lines go there
   TEXT               send to your conversation
   /who               who is online
-  /history [USER] [N] the last N (20) messages with USER (default: your conversation)
+  /history [USER] [N] the last N (20) messages with USER or #GROUP (default: your conversation)
   /more              earlier messages (after /history)
   #GROUP TEXT        send TEXT to the group, which becomes your conversation
   /to #GROUP         talk to the group: plain lines go there (/history #GROUP pages it)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 
 from csce513msg.protocol import ContentType, GroupEvent, GroupEventKind, TargetKind
-from tests.conformance.wire import connect
+from tests.conformance.wire import connect, register
 from tests.fixtures import Names
 from tests.servers import IS_LINUX, ServerProcess
 from tests.system.test_cli import msg_cmd
@@ -85,3 +85,23 @@ def test_errors_go_to_stderr(server: ServerProcess, names: Names) -> None:
     assert "group_not_found" in done.stderr
     assert "usage: /add #GROUP USER..." in done.stderr
     assert "invalid group name" in done.stderr
+
+
+def test_the_prompt_shows_the_group_after_to(server: ServerProcess, names: Names) -> None:
+    """On a terminal (a pty rendered by pyte): Tab completes a #group seen, /to makes it the prompt."""
+    from tests.system.test_interactive import Terminal, env
+
+    alice, lab = names("alice"), names("lab")
+    register(server, alice)
+    term = Terminal(msg_cmd(server, alice, account=False)[3:], env())
+    try:
+        term.wait_for(r"logged in as")
+        term.type(f"/create {lab}\r")
+        term.wait_for(rf"^created #{lab} \(g:\d+\)$")
+        term.type(f"/to #{lab[:2]}\t")  # Tab completes the group's name
+        term.wait_for(rf"> /to #{lab}$")
+        term.type("\r")
+        term.wait_for(rf"^talking to #{lab}$")
+        term.wait_for(rf"^#{lab}>$")
+    finally:
+        term.close()
