@@ -74,6 +74,7 @@ from ..protocol import (
     decode,
     encode,
 )
+from ..protocol.names import checked_name
 from ..store import Account, DeviceToken, NewMessage, Store
 from ..store.interface import GroupRecord
 from .actions import Action, ConnId, Write
@@ -423,7 +424,7 @@ class Engine:
     def _known_user(self, name: str, rid: int) -> str:
         """A Send's or History's target, folded: a malformed name is INVALID_NAME, one with
         no account USER_NOT_FOUND."""
-        target = self.gate.valid_name(name, rid)
+        target = checked_name(name, rid)
         if target not in self.gate.accounts:
             raise RemoteProtocolError(ErrorCode.USER_NOT_FOUND, f"no user {target!r}", request_id=rid)
         return target

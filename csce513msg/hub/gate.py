@@ -45,7 +45,7 @@ from ..protocol import (
     Register,
     RemoteProtocolError,
 )
-from ..protocol.names import fold_name
+from ..protocol.names import checked_name
 from ..store import TOKENS_PER_USER, Account, Batch, BatchResult, DeviceToken, LoginRead
 from .actions import ConnId, Lane
 from .admission import LoginQueue, Pending, QueueFull, Throttle
@@ -132,7 +132,7 @@ class Gate:
     # ---- the requests ----------------------------------------------------------------
 
     def on_login(self, session: Session, msg: Login, now: float) -> None:
-        user = self.valid_name(msg.user, msg.request_id)
+        user = checked_name(msg.user, msg.request_id)
         _check_device_id(msg.device_id, msg.request_id)
         digest = _digest(msg.device_token) if msg.device_token else ""
         if not self._valid_token(digest, user, now):
@@ -151,7 +151,7 @@ class Gate:
                 ErrorCode.REGISTRATION_CLOSED, "this server does not take registrations: ask your instructor",
                 request_id=rid,
             )  # fmt: skip
-        user = self.valid_name(msg.user, rid)
+        user = checked_name(msg.user, rid)
         _check_device_id(msg.device_id, rid)
         if user in self.accounts or user in self._registering:
             raise RemoteProtocolError(ErrorCode.NAME_TAKEN, f"the name {user!r} is taken", request_id=rid)
@@ -272,17 +272,6 @@ class Gate:
             raise RemoteProtocolError(
                 ErrorCode.AUTH_THROTTLED, f"too many {what}: try again in {wait:.0f} s", request_id=login.msg.request_id
             )
-
-    def valid_name(self, name: str, rid: int) -> str:
-        """``name`` folded to lower case, if it follows the rule; ASCII only, so no other
-        character folds into a letter of the rule (the Kelvin sign would become ``k``)."""
-        user = fold_name(name)
-        if user is None:
-            raise RemoteProtocolError(
-                ErrorCode.INVALID_NAME, f"invalid name {name!r}: use 1-32 letters, digits, '_', '.', '-'",
-                request_id=rid,
-            )  # fmt: skip
-        return user
 
     def _valid_token(self, digest: str, user: str, now: float) -> bool:
         record = self.device_tokens.get(digest)

@@ -46,7 +46,7 @@ from ..protocol import (
     Send,
     TargetKind,
 )
-from ..protocol.names import fold_name
+from ..protocol.names import checked_name
 from ..store import Account, NewMessage, StoredMessage
 from ..store.interface import ADD, CREATE, GROUP_PREFIX, JOIN, LEAVE, REMOVE, RENAME, GroupChange, GroupRecord
 from .config import HubConfig
@@ -129,7 +129,7 @@ class Groups:
         rid = msg.request_id
         match msg:
             case GroupCreate(name=name, invite_only=invite_only):
-                folded = self._valid_name(name, rid)
+                folded = checked_name(name, rid)
                 self._name_free(folded, rid)
                 change = GroupChange(CREATE, (user,), folded, bool(invite_only))
                 return self._event(session, GROUP_PREFIX, folded, change, GroupEvent(CREATE, (), folded), now)
@@ -169,7 +169,7 @@ class Groups:
                                    GroupEvent(REMOVE, gone, group.name), now)  # fmt: skip
             case GroupRename(group=target, name=name):
                 group = self._managed(target, user, rid)
-                folded = self._valid_name(name, rid)
+                folded = checked_name(name, rid)
                 if folded == group.name:
                     self._answer(session, group, rid)  # its name already: no event
                     return None
@@ -217,7 +217,7 @@ class Groups:
         if target.startswith(GROUP_PREFIX):
             group = self.by_id.get(target)
         else:
-            group = self.by_name.get(self._valid_name(target, rid))
+            group = self.by_name.get(checked_name(target, rid))
         if group is None:
             raise RemoteProtocolError(ErrorCode.GROUP_NOT_FOUND, f"no group {target!r}", request_id=rid)
         return group
@@ -349,18 +349,9 @@ class Groups:
         account = self.accounts.get(user)
         return account is not None and account.role == "instructor"
 
-    def _valid_name(self, name: str, rid: int) -> str:
-        folded = fold_name(name)
-        if folded is None:
-            raise RemoteProtocolError(
-                ErrorCode.INVALID_NAME, f"invalid name {name!r}: use 1-32 letters, digits, '_', '.', '-'",
-                request_id=rid,
-            )  # fmt: skip
-        return folded
-
     def _names(self, users: Iterable[str], rid: int) -> tuple[str, ...]:
         """``users`` folded, each once, sorted (an empty list is a BAD_REQUEST)."""
-        names = tuple(sorted({self._valid_name(u, rid) for u in users}))
+        names = tuple(sorted({checked_name(u, rid) for u in users}))
         if not names:
             raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "name at least one user", request_id=rid)
         return names

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+from .errors import ErrorCode, RemoteProtocolError
+
 #: User names: 1-32 characters, letters, digits, "_", "." and "-", not starting with
 #: "." or "-". Names are case-insensitive: the hub folds them to lower case.
 NAME_RULE = re.compile(r"[a-z0-9_][a-z0-9_.-]{0,31}")
@@ -19,3 +21,15 @@ def fold_name(name: str) -> str | None:
     ``k``, and ``msgsrv user add`` and a Login would disagree)."""
     user = name.lower() if name.isascii() else name
     return user if NAME_RULE.fullmatch(user) else None
+
+
+def checked_name(name: str, request_id: int) -> str:
+    """``name`` folded (``fold_name``), or RemoteProtocolError INVALID_NAME naming the request:
+    the one check of a user's or a group's name the server makes."""
+    folded = fold_name(name)
+    if folded is None:
+        raise RemoteProtocolError(
+            ErrorCode.INVALID_NAME, f"invalid name {name!r}: use 1-32 letters, digits, '_', '.', '-'",
+            request_id=request_id,
+        )  # fmt: skip
+    return folded
