@@ -142,6 +142,18 @@ MIGRATIONS: list[list[str]] = [
             deleted_us INTEGER NOT NULL DEFAULT 0)""",
         "CREATE UNIQUE INDEX groups_by_name ON groups (name) WHERE deleted_us = 0",
     ],
+    [  # version 7: the classroom's moderation and office hours (docs/storage.md, "Version 7")
+        "ALTER TABLE groups ADD COLUMN slow_s INTEGER NOT NULL DEFAULT 0",  # slow mode: seconds between a student's posts
+        # muted until (µs of wall time); a row whose time has passed is dead and deleted when seen
+        """CREATE TABLE group_mutes (stream TEXT NOT NULL, user TEXT NOT NULL, until_us INTEGER NOT NULL,
+            PRIMARY KEY (stream, user)) WITHOUT ROWID""",
+        # "I have read it": a person's acknowledgment of the announcement at g:0's ``position``
+        """CREATE TABLE confirmations (position INTEGER NOT NULL, user TEXT NOT NULL, time_us INTEGER NOT NULL,
+            PRIMARY KEY (position, user)) WITHOUT ROWID""",
+        # office hours: the raised hands, in the order they were raised (``raised_us``, then ``user``)
+        """CREATE TABLE hands (user TEXT PRIMARY KEY, question TEXT NOT NULL, raised_us INTEGER NOT NULL)
+            WITHOUT ROWID""",
+    ],
 ]
 TAIL_EVERY = 64  #: batches between the writer's own checkpoints of the WAL's tail
 RECENT = 32  #: per stream, the newest messages the writer keeps in memory for delivered receipts
