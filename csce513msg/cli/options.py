@@ -50,6 +50,7 @@ class LogLevel(enum.StrEnum):
 class RoleChoice(enum.StrEnum):
     student = "student"
     instructor = "instructor"
+    assistant = "assistant"
 
 
 class KdfChoice(enum.StrEnum):

@@ -2,7 +2,7 @@
 
 The roster is CSV, one account per line: ``name,role[,password]`` (a first line
 ``name,role,password`` is a header and skipped; blank lines and lines starting with ``#``
-too). ``role`` is ``student`` or ``instructor``. A line without a password gets a
+too). ``role`` is ``student``, ``instructor`` or ``assistant``. A line without a password gets a
 generated one (12 random characters), printed once, or written with ``--passwords FILE``
 (a CSV, mode 0600) for the instructor to hand out.
 
@@ -59,7 +59,7 @@ def parse(text: str) -> tuple[list[Entry], list[str]]:
         elif name in seen:
             problems.append(f"line {number}: {name} is on line {seen[name]} already")
         if role not in ROLES:
-            problems.append(f"line {number}: unknown role {cells[1]!r} (use {' or '.join(ROLES)})")
+            problems.append(f"line {number}: unknown role {cells[1]!r} (use {', '.join(ROLES)})")
         if password and (problem := password_problem(password)):
             problems.append(f"line {number}: {problem}")
         if name is not None and name not in seen:

@@ -42,20 +42,26 @@ CostOption = Annotated[KdfChoice, typer.Option(help="production, or test (for te
 @user_app.command("add")
 def add(
     name: str,
-    instructor: Annotated[bool, typer.Option(help="An instructor (default: a student).")] = False,
+    instructor: Annotated[bool, typer.Option(help="An instructor (the same as --role instructor).")] = False,
+    role: Annotated[
+        RoleChoice | None,
+        typer.Option(case_sensitive=False, help="student (default), instructor or assistant (a teaching assistant)."),
+    ] = None,
     data_dir: DataDir = None,
     kdf_cost: CostOption = KdfChoice.production,
 ) -> None:
     """Create an account; asks for its password."""
     user = _name(name)
+    if instructor and role not in (None, RoleChoice.instructor):
+        _fail(f"--instructor and --role {role.value} disagree", 2)
+    chosen = "instructor" if instructor else role.value if role is not None else "student"
     with _Book(data_dir) as book:  # the name first: no password typed for nothing
         if book.exists(user):
             _fail(f"user {user!r} exists already", 1)
     stored = hash_password(_read_password(f"password for {user}: "), COSTS[kdf_cost.value])
-    role = "instructor" if instructor else "student"
     with _Book(data_dir) as book:
-        book.add(user, stored, role)
-    typer.echo(f"added {user} ({role})")
+        book.add(user, stored, chosen)
+    typer.echo(f"added {user} ({chosen})")
 
 
 @user_app.command("passwd")
@@ -75,7 +81,7 @@ def passwd(name: str, data_dir: DataDir = None, kdf_cost: CostOption = KdfChoice
 def role(
     name: str, role: Annotated[RoleChoice, typer.Argument(case_sensitive=False)], data_dir: DataDir = None
 ) -> None:
-    """Make a user a student or an instructor."""
+    """Make a user a student, an instructor or an assistant."""
     user = _name(name)
     with _Book(data_dir) as book:
         book.set_role(user, role.value)

@@ -13,7 +13,7 @@ class Visibility(enum.Enum):
     """Who sees whom online (``Who`` and presence events): a server's choice."""
 
     CLASS = "class"  #: everyone sees everyone online (a class room)
-    INSTRUCTORS = "instructors"  #: students see only the instructors online; instructors see all
+    INSTRUCTORS = "instructors"  #: students see only the staff (instructors, assistants) online; staff see all
 
 
 @dataclass(frozen=True, slots=True)

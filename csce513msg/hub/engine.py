@@ -76,13 +76,13 @@ from ..protocol import (
 )
 from ..protocol.names import checked_name
 from ..store import Account, DeviceToken, NewMessage, Store
-from ..store.interface import GroupRecord
+from ..store.interface import GroupRecord, is_staff
 from .actions import Action, ConnId, Write
 from .config import HubConfig, Visibility
 from .delivery import Mailroom, Snapshot
 from .gate import Gate, Passwords
 from .groups import GROUPS_MINOR, GroupRequest, Groups
-from .outbox import Outbox
+from .outbox import Outbox, retry_ms
 from .session import AnyRequest, Handler, LoginAccepted, LoginRefused, Session, State, direct_stream
 
 log = logging.getLogger("csce513msg.hub")
@@ -285,7 +285,11 @@ class Engine:
             RemoteProtocolError: the request is refused (the state stays as it was).
         """
         if not charged and not self._take_token(session, now):  # every request, refused ones too
-            raise RemoteProtocolError(ErrorCode.RATE_LIMITED, "too many requests: slow down", request_id=msg.request_id)
+            wait = (1.0 - session.tokens) / self.config.rate if self.config.rate > 0 else 0.0
+            raise RemoteProtocolError(
+                ErrorCode.RATE_LIMITED, "too many requests: slow down", request_id=msg.request_id,
+                retry_after_ms=retry_ms(wait) if wait > 0 else 0,
+            )  # fmt: skip
         event: type = type(msg)
         rule = TRANSITIONS.get((session.state, event))
         if rule is None:  # only AUTHENTICATING takes any request: it holds them
@@ -306,7 +310,7 @@ class Engine:
     def refuse(self, session: Session, exc: RemoteProtocolError) -> None:
         """Answer a refused request with its error; a fatal one closes the connection."""
         log.info("refused #%d (%s): %s %s", session.conn, session.user or session.peer, exc.code.name, exc)
-        self.out.error(session, exc.code, exc.message, exc.request_id)
+        self.out.error(session, exc.code, exc.message, exc.request_id, exc.retry_after_ms)
         if exc.fatal:
             self.out.close(session, exc.code.name.lower())
 
@@ -448,7 +452,7 @@ class Engine:
             return True
         accounts = self.gate.accounts
         role = _role(accounts, user) if role is None else role
-        return role == "instructor" or _role(accounts, session.user) == "instructor"
+        return is_staff(role) or is_staff(_role(accounts, session.user))  # staff: instructors and assistants
 
     def _take_token(self, session: Session, now: float) -> bool:
         """Token bucket: ``rate`` tokens a second, at most ``burst`` saved up."""

@@ -51,7 +51,7 @@ from .actions import ConnId, Lane
 from .admission import LoginQueue, Pending, QueueFull, Throttle
 from .config import HubConfig
 from .delivery import Mailroom
-from .outbox import Outbox
+from .outbox import Outbox, retry_ms
 from .session import LoginAccepted, LoginRefused, Session
 
 log = logging.getLogger("csce513msg.hub")
@@ -210,7 +210,7 @@ class Gate:
                 self._check_throttles(session, login, now)
             except RemoteProtocolError as exc:
                 self._gone_from_queue(login)
-                self._not_logged_in(session, exc.code, exc.message, login.msg.request_id, now)
+                self._not_logged_in(session, exc.code, exc.message, login.msg.request_id, now, exc.retry_after_ms)
                 continue
             if isinstance(login.msg, Register):
                 if login.user in self.accounts:  # `msgsrv user add` took the name meanwhile
@@ -270,8 +270,9 @@ class Gate:
                 "failed logins"
             )  # fmt: skip
             raise RemoteProtocolError(
-                ErrorCode.AUTH_THROTTLED, f"too many {what}: try again in {wait:.0f} s", request_id=login.msg.request_id
-            )
+                ErrorCode.AUTH_THROTTLED, f"too many {what}: try again in {wait:.0f} s",
+                request_id=login.msg.request_id, retry_after_ms=retry_ms(wait),
+            )  # fmt: skip
 
     def _valid_token(self, digest: str, user: str, now: float) -> bool:
         record = self.device_tokens.get(digest)
@@ -388,11 +389,13 @@ class Gate:
         self.mail.maybe_fetch(session)  # what arrived while this device was away
         self._release_held(session, now)
 
-    def _not_logged_in(self, session: Session, code: ErrorCode, message: str, rid: int, now: float) -> None:
+    def _not_logged_in(
+        self, session: Session, code: ErrorCode, message: str, rid: int, now: float, retry_after_ms: int = 0
+    ) -> None:
         session.user = None
         self.front.move(session, LoginRefused)
         session.decoder.max_frame = min(PRE_LOGIN_MAX_FRAME, self.config.max_frame)
-        self.out.error(session, code, message, rid)
+        self.out.error(session, code, message, rid, retry_after_ms)
         self._release_held(session, now)
 
     def hold(self, session: Session, msg: Message, now: float) -> None:

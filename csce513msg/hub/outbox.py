@@ -9,6 +9,7 @@ numbers jobs and reads, so a key is unique whichever part made it.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -30,8 +31,9 @@ class Outbox:
             return  # e.g. a receipt whose commit came after the connection was told to close
         self.actions.append(Write(session.conn, encode(msg, session.minor)))
 
-    def error(self, session: Session, code: ErrorCode, message: str, request_id: int) -> None:
-        self.write(session, Error(code, message, request_id))
+    def error(self, session: Session, code: ErrorCode, message: str, request_id: int, retry_after_ms: int = 0) -> None:
+        """An Error; ``retry_after_ms``: the wait, when known (1.4; left out for older peers)."""
+        self.write(session, Error(code, message, retry_after_ms, request_id))
 
     def write_encoded(self, session: Session, data: bytes) -> None:
         """Send bytes encoded once for many sessions of one minor (a group's Deliver): the same
@@ -59,3 +61,9 @@ class Outbox:
         """Everything said since the last take (the engine returns it to the backend)."""
         out, self.actions = self.actions, []
         return out
+
+
+def retry_ms(seconds: float) -> int:
+    """A wait in seconds as an Error's ``retry_after_ms``: rounded up (at least 1 ms, so a
+    known wait is never read as "not known"), at most the u32's largest."""
+    return min(2**32 - 1, max(1, math.ceil(seconds * 1000)))

@@ -46,11 +46,14 @@ class ErrorCode(enum.IntEnum):
     REGISTRATION_CLOSED = 22  # the server does not take registrations over the wire
     ACCOUNT_CHANGED = 23  # the password changed or the account was removed; the session ends
     RESEND_TOO_OLD = 24  # a resend of a message older than the history the server keeps: not stored again
-    # 1.4, groups (assigned; docs/protocol.md section 10 keeps 29-39 for the rest of 1.4)
+    # 1.4, groups (assigned; docs/protocol.md section 10 keeps 32-39 for the rest of 1.4)
     GROUP_NOT_FOUND = 25  # no group by that name or stream
     NOT_A_MEMBER = 26  # the request needs you to be a member of the group
     FORBIDDEN = 27  # your role (or not owning the group) does not allow it
     GROUP_FULL = 28  # the group has its largest number of members
+    MUTED = 29  # you are muted in this group (retry_after_ms: the time left)
+    SLOW_MODE = 30  # the group is in slow mode: wait (retry_after_ms) before posting again
+    NO_SUCH_MESSAGE = 31  # no message at that position of the group (an event, or removed already)
 
 
 class Csce513Error(Exception):
@@ -73,11 +76,15 @@ class RemoteProtocolError(ProtocolError):
         message: a human sentence naming the problem.
         request_id: the request it answers (0: the connection as a whole).
         fatal: True if the connection cannot go on (framing is lost).
+        retry_after_ms: the wait, when known, before the same request may succeed (1.4).
     """
 
-    def __init__(self, code: ErrorCode, message: str, *, request_id: int = 0, fatal: bool = False) -> None:
+    def __init__(
+        self, code: ErrorCode, message: str, *, request_id: int = 0, fatal: bool = False, retry_after_ms: int = 0
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.request_id = request_id
         self.fatal = fatal
+        self.retry_after_ms = retry_after_ms

@@ -11,7 +11,8 @@ everything the server sends has the high bit set::
     0x01 Hello    0x02 Login    0x03 Send    0x04 Ack    0x05 Who    0x06 Ping
     0x07 History  0x08 Register
     0x10 GroupCreate 0x11 GroupJoin 0x12 GroupLeave 0x13 GroupAdd 0x14 GroupRemove
-    0x15 GroupRename 0x16 GroupList 0x17 GroupMembers
+    0x15 GroupRename 0x16 GroupList 0x17 GroupMembers 0x18 GroupDelete 0x19 GroupMute
+    0x1a GroupSlow 0x1b Redact
     0x81 Welcome  0x82 LoginOk  0x83 Receipt 0x84 Deliver 0x85 WhoReply
     0x86 Presence 0x87 Pong     0x88 Error   0x89 HistoryEnd
     0x90 GroupInfo 0x91 GroupListReply 0x92 GroupMembersReply
@@ -79,6 +80,10 @@ class MsgType(enum.IntEnum):
     GROUP_RENAME = 0x15
     GROUP_LIST = 0x16
     GROUP_MEMBERS = 0x17
+    GROUP_DELETE = 0x18  # the classroom's moderation (docs/groups-plan.md step 6)
+    GROUP_MUTE = 0x19
+    GROUP_SLOW = 0x1A
+    REDACT = 0x1B
     GROUP_INFO = 0x90
     GROUP_LIST_REPLY = 0x91
     GROUP_MEMBERS_REPLY = 0x92
@@ -354,13 +359,16 @@ class Pong:
     request_id: int = 0
 
 
-@_message(MsgType.ERROR, "Hs")
+@_message(MsgType.ERROR, "HsI", since={"retry_after_ms": 4})
 @dataclass(frozen=True, slots=True)
 class Error:
     """A request failed (request_id names it) or, with id 0, the connection did."""
 
     code: int  #: ErrorCode; an unknown code is shown by its message
     message: str
+    #: (1.4) when the wait is known, milliseconds until the same request may succeed (MUTED,
+    #: SLOW_MODE, RATE_LIMITED, AUTH_THROTTLED); 0: not known, or nothing to wait for
+    retry_after_ms: int = 0
     request_id: int = 0
 
 
@@ -457,10 +465,52 @@ class GroupMembers:
     request_id: int = 0
 
 
+@_message(MsgType.GROUP_DELETE, "s", added=4)
+@dataclass(frozen=True, slots=True)
+class GroupDelete:
+    """Delete a group (its owner, or staff); answered by GroupInfo. Its name is free after."""
+
+    group: str
+    request_id: int = 0
+
+
+@_message(MsgType.GROUP_MUTE, "sLI", added=4)
+@dataclass(frozen=True, slots=True)
+class GroupMute:
+    """Mute members for ``seconds`` (0 unmutes) (the owner, or staff); answered by GroupInfo."""
+
+    group: str
+    users: tuple[str, ...]
+    seconds: int  #: u32; 0: unmute
+    request_id: int = 0
+
+
+@_message(MsgType.GROUP_SLOW, "sI", added=4)
+@dataclass(frozen=True, slots=True)
+class GroupSlow:
+    """Slow mode: a student posts at most once per ``seconds`` (0: off) (the owner, or staff)."""
+
+    group: str
+    seconds: int
+    request_id: int = 0
+
+
+@_message(MsgType.REDACT, "sQ", added=4)
+@dataclass(frozen=True, slots=True)
+class Redact:
+    """Remove the message at ``position`` of the group (staff; the owner; its sender): it
+    becomes a tombstone in place. Answered by GroupInfo."""
+
+    group: str
+    position: int
+    request_id: int = 0
+
+
 @_message(MsgType.GROUP_INFO, "sssBIQB", added=4)
 @dataclass(frozen=True, slots=True)
 class GroupInfo:
-    """A group as it is now: the answer to Create, Join, Leave, Add, Remove and Rename."""
+    """A group as it is now: the answer to Create, Join, Leave, Add, Remove, Rename, Delete,
+    Mute, Slow and Redact (after a Delete: ``members`` 0, ``member`` 0)."""
 
     stream: str  #: ``g:<id>``: the group's stream, which never changes
     name: str
@@ -523,6 +573,10 @@ Message = (
     | GroupRename
     | GroupList
     | GroupMembers
+    | GroupDelete
+    | GroupMute
+    | GroupSlow
+    | Redact
     | GroupInfo
     | GroupListReply
     | GroupMembersReply

@@ -32,7 +32,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-ROLES = ("student", "instructor")
+ROLES = ("student", "instructor", "assistant")
+STAFF = frozenset(("instructor", "assistant"))  #: the roles with the classroom's moderation powers
+
+
+def is_staff(role: str | None) -> bool:
+    """Whether ``role`` is staff: an instructor or a teaching assistant (docs/groups-plan.md,
+    step 6: an assistant has the instructor's moderation powers, not accounts or roles)."""
+    return role in STAFF
+
+
 GROUP_PREFIX = "g:"  #: a group's stream is ``g:<id>``; the store assigns the id at CREATE and never reuses it
 #: A group event's content type and the kinds of ``GroupChange.op``: protocol 1.4's
 #: ``ContentType.GROUP_EVENT`` and ``GroupEventKind``, numbered alike (the store imports no

@@ -143,7 +143,8 @@ MIGRATIONS: list[list[str]] = [
         "CREATE UNIQUE INDEX groups_by_name ON groups (name) WHERE deleted_us = 0",
     ],
     [  # version 7: the classroom's moderation and office hours (docs/storage.md, "Version 7")
-        "ALTER TABLE groups ADD COLUMN slow_s INTEGER NOT NULL DEFAULT 0",  # slow mode: seconds between a student's posts
+        # slow mode: seconds between a student's posts
+        "ALTER TABLE groups ADD COLUMN slow_s INTEGER NOT NULL DEFAULT 0",
         # muted until (µs of wall time); a row whose time has passed is dead and deleted when seen
         """CREATE TABLE group_mutes (stream TEXT NOT NULL, user TEXT NOT NULL, until_us INTEGER NOT NULL,
             PRIMARY KEY (stream, user)) WITHOUT ROWID""",

@@ -39,7 +39,7 @@ def test_a_failed_send_does_not_move_the_conversation() -> None:
     chat.on_line("/msg ghost boo")
     assert chat.partner == "ghost"  # until the server answers
     ghost_rid = max(chat.sent)
-    chat.on_message(Error(ErrorCode.USER_NOT_FOUND, "no user 'ghost'", ghost_rid))
+    chat.on_message(Error(ErrorCode.USER_NOT_FOUND, "no user 'ghost'", request_id=ghost_rid))
     assert chat.partner == "bob"
     assert "your message to ghost was not sent" in out.getvalue()
 

@@ -24,6 +24,7 @@ from csce513msg.protocol import (
     FrameDecoder,
     GroupAdd,
     GroupCreate,
+    GroupDelete,
     GroupEvent,
     GroupEventKind,
     GroupInfo,
@@ -33,8 +34,10 @@ from csce513msg.protocol import (
     GroupListReply,
     GroupMembers,
     GroupMembersReply,
+    GroupMute,
     GroupRemove,
     GroupRename,
+    GroupSlow,
     HeaderCodec,
     Hello,
     History,
@@ -47,6 +50,7 @@ from csce513msg.protocol import (
     Presence,
     ProtocolError,
     Receipt,
+    Redact,
     Register,
     RemoteProtocolError,
     Send,
@@ -71,8 +75,12 @@ CASES: list[tuple[Message, bytes]] = [
         bytes.fromhex("00000010040000100000000000000000000000030006" + b"dm:a,b".hex()),
     ),
     (
-        Error(ErrorCode.USER_NOT_FOUND, "no", request_id=9),
-        bytes.fromhex("000000068800000600000009000800026e6f"),
+        Error(ErrorCode.USER_NOT_FOUND, "no", request_id=9),  # 1.4: retry_after_ms (0) at the end
+        bytes.fromhex("0000000a8800000a00000009000800026e6f00000000"),
+    ),
+    (
+        Error(ErrorCode.MUTED, "no", 1500, request_id=9),
+        bytes.fromhex("0000000a8800000a00000009001d00026e6f000005dc"),
     ),
     (
         WhoReply(("a", "bc"), request_id=4),  # an empty N list is its count: 0000
@@ -356,6 +364,10 @@ GROUP_FRAMES: list[Message] = [
     GroupRename("g:7", "lab-2"),
     GroupList(0),
     GroupMembers("lab-1"),
+    GroupDelete("lab-1"),
+    GroupMute("lab-1", ("bob", "carol"), 600),
+    GroupSlow("g:7", 30),
+    Redact("lab-1", 2**63 - 1),
     GroupInfo("g:7", "lab-1", "alice", 0, 2, 41, 1),
     GroupListReply(("g:7",), ("lab-1",), ("alice",), (2,), (3,)),
     GroupMembersReply("g:7", ("alice", "bob"), ("instructor", "student"), (1, 0)),
@@ -382,3 +394,28 @@ def test_a_group_event_body_round_trips() -> None:
     assert GroupEvent.decode(b"\x06") == GroupEvent(GroupEventKind.RENAMED)  # cut at a field: defaults
     with pytest.raises(RemoteProtocolError):
         GroupEvent.decode(event.encode()[:3])  # cut in the middle of a field
+
+
+def test_a_moderation_event_carries_its_value_and_an_older_body_reads_as_value_0() -> None:
+    removed = GroupEvent(GroupEventKind.REMOVED_MESSAGE, ("bob",), "lab-1", 41)
+    assert GroupEvent.decode(removed.encode()) == removed
+    assert removed.encode()[-8:] == (41).to_bytes(8, "big")  # "BLsQ": the value appended
+    three = bytes.fromhex("040002000362" + "6f6200056361726f6c00056c61622d31")  # section 11's "added" body
+    assert GroupEvent.decode(three) == GroupEvent(GroupEventKind.ADDED, ("bob", "carol"), "lab-1", 0)
+    kinds = [(k.name, k.value) for k in GroupEventKind if k.value > 6]
+    assert kinds == [("DELETED", 7), ("MUTED", 8), ("UNMUTED", 9), ("SLOW", 10), ("REMOVED_MESSAGE", 11)]
+
+
+def test_an_error_s_retry_after_is_left_out_for_a_1_3_peer_and_reads_as_0_from_one() -> None:
+    error = Error(ErrorCode.RATE_LIMITED, "slow down", 250, request_id=3)
+    old = encode(error, 3)
+    assert len(old) == len(encode(error, 4)) - 4
+    (frame,) = FrameDecoder(65536).feed(old)
+    assert decode(frame, 3) == Error(ErrorCode.RATE_LIMITED, "slow down", 0, request_id=3)
+    (frame,) = FrameDecoder(65536).feed(encode(error, 4))
+    assert decode(frame, 4) == error
+    assert [(c.name, c.value) for c in ErrorCode if 29 <= c.value <= 31] == [
+        ("MUTED", 29),
+        ("SLOW_MODE", 30),
+        ("NO_SUCH_MESSAGE", 31),
+    ]
