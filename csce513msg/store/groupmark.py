@@ -16,8 +16,9 @@ says which messages it newly delivered as a few position ranges, each read once.
 from __future__ import annotations
 
 import bisect
+import struct
 
-from .interface import ADD, CREATE, JOIN, LEAVE, REMOVE, RENAME, GroupChange
+from .interface import ADD, CREATE, DELETE, JOIN, LEAVE, MUTE, REDACT, REMOVE, RENAME, SLOW, UNMUTE, GroupChange
 
 #: (after, up_to, sender, skip): the messages at positions in (after, up_to], from ``sender``
 #: (None: from anyone), except a sender's at or below ``skip[sender]`` (told already)
@@ -35,15 +36,18 @@ def group_id(stream: str) -> int | None:
 def refusal(members: dict[str, int], sender: str, change: GroupChange | None, max_members: int) -> str:
     """Why a message to a group with these ``members`` (user -> joined at) must be refused
     now ("" if it may be stored); see ``Refused.why``. Permissions (owner, role, invite-only)
-    are the engine's: they do not change while a batch is in flight."""
-    if change is None or change.op == LEAVE or change.op == RENAME:
+    are the engine's: they do not change while a batch is in flight. A post and a LEAVE need
+    a member; the changes the owner or staff make (add, remove, rename, delete, mute, slow
+    mode, redaction) do not: staff moderate without joining (the engine checks that the
+    owner is a member). A REDACT's message is checked where it is read (``tombstone``)."""
+    if change is None or change.op == LEAVE:
         return "" if sender in members else "not_member"
     if change.op == JOIN:
         if sender in members:
             return "unchanged"
         return "full" if len(members) >= max_members else ""
-    if sender not in members:
-        return "not_member"
+    if change.op in (RENAME, DELETE, MUTE, UNMUTE, SLOW, REDACT):
+        return ""
     if change.op == ADD:
         new = {u for u in change.users if u not in members}
         if not new:
@@ -69,7 +73,35 @@ def closed(change: GroupChange, sender: str, members: dict[str, int]) -> list[st
         return [sender]
     if change.op == REMOVE:
         return sorted({u for u in change.users if u in members})
+    if change.op == DELETE:
+        return sorted(members)
     return []
+
+
+_EVENT_HEAD = struct.Struct("!BH")
+
+
+def tombstone(author: str, name: str, position: int) -> bytes:
+    """The body of a removed message and of its event (kind REDACT, 11): the protocol's group
+    event ``"BLsQ"`` (kind, users (the author), the group's name, value: the position),
+    encoded here because the store imports no protocol module (tests/store/test_groups.py
+    checks it equals ``GroupEvent(11, (author,), name, position).encode()``)."""
+    parts = [_EVENT_HEAD.pack(REDACT, 1)]
+    for text in (author, name):
+        data = text.encode()
+        parts += [struct.pack("!H", len(data)), data]
+    parts.append(struct.pack("!Q", position))
+    return b"".join(parts)
+
+
+def redaction_refusal(found: tuple[str, int] | None, sender: str, change: GroupChange, event_type: int) -> str:
+    """Why a REDACT must be refused, given the (author, content type) of the row at its
+    position (None: no message there, or expired): "no_message" for no row, an event or a
+    tombstone (content type ``event_type``), "forbidden" for another's message without
+    ``moderator``; "" if it may be done."""
+    if found is None or found[1] == event_type:
+        return "no_message"
+    return "" if change.moderator or found[0] == sender else "forbidden"
 
 
 class GroupMark:

@@ -13,9 +13,10 @@ Terms:
 - a *stream* is a conversation (``dm:alice,bob``); each message has a position in
   it, from 1, without gaps, and a message id that is unique and never reused;
 - a *cursor* is how far one device of a user has acknowledged one stream;
-- a *group* (schema v6, protocol 1.4; the engine does not serve groups yet) is a stream
-  ``g:<id>`` whose membership changes are messages in it (``GroupChange``): each member
-  has intervals [joined, left] of positions, and reads only inside them.
+- a *group* (schema v6, protocol 1.4) is a stream ``g:<id>`` whose membership changes (and,
+  schema v7, moderation: deletion, mutes, slow mode, redaction) are messages in it
+  (``GroupChange``): each member has intervals [joined, left] of positions, and reads only
+  inside them.
 
 The records made for every message (``NewMessage``, ``StoredMessage``,
 ``DeliveredNote``) are slotted dataclasses that nobody changes after making them, but
@@ -48,6 +49,7 @@ GROUP_PREFIX = "g:"  #: a group's stream is ``g:<id>``; the store assigns the id
 #: protocol module; tests/store/test_groups.py checks they agree)
 GROUP_EVENT = 3
 CREATE, JOIN, LEAVE, ADD, REMOVE, RENAME = 1, 2, 3, 4, 5, 6
+DELETE, MUTE, UNMUTE, SLOW, REDACT = 7, 8, 9, 10, 11  #: the classroom's moderation (docs/groups-plan.md, step 6)
 MAX_GROUP_MEMBERS = 1000  #: members a group may have at once (``--max-group-members``), unless the batch says
 
 
@@ -109,13 +111,23 @@ class LoginInfo:
 @dataclass(frozen=True, slots=True)
 class GroupChange:
     """What a group event does, applied by the store in commit order (``op``: CREATE, JOIN,
-    LEAVE, ADD, REMOVE, RENAME). The event's position opens (CREATE, JOIN, ADD) or closes
-    (LEAVE, REMOVE) the users' membership intervals; both events are inside the interval."""
+    LEAVE, ADD, REMOVE, RENAME, DELETE, MUTE, UNMUTE, SLOW, REDACT). The event's position opens
+    (CREATE, JOIN, ADD) or closes (LEAVE, REMOVE, DELETE: every member's) the users'
+    membership intervals; both events are inside the interval. DELETE also marks the group
+    deleted (its name is free); MUTE and UNMUTE write ``group_mutes`` (until the event's time
+    plus ``seconds``); SLOW writes the group's ``slow_s``; REDACT turns the message at
+    ``position`` into a tombstone in place, and the event's body is the store's (below)."""
 
     op: int
-    users: tuple[str, ...] = ()  #: who joins, leaves, is added or removed (CREATE, JOIN, LEAVE: the sender)
+    #: who joins, leaves, is added, removed, muted or unmuted (CREATE, JOIN, LEAVE: the sender)
+    users: tuple[str, ...] = ()
     name: str = ""  #: CREATE, RENAME: the group's (folded) name after the event
     invite_only: bool = False  #: CREATE: only members may add others (the engine's rule)
+    seconds: int = 0  #: MUTE: for how long; SLOW: between a student's posts (0: off)
+    position: int = 0  #: REDACT: the message to remove
+    #: REDACT: the sender may remove anyone's message (staff, the owner); else only its own
+    #: (refused "forbidden" at its turn: only the store knows a message's author)
+    moderator: bool = False
 
 
 @dataclass(slots=True)
@@ -123,9 +135,11 @@ class NewMessage:
     """A message to store once, in its stream.
 
     A group message (``stream`` ``g:<id>``; for a CREATE, ``g:``, and the store assigns the
-    id) is stored only if the rules hold at its turn in the batch: the group exists, the
-    sender is a member now (a CREATE or JOIN: is not), the name is free, the group is not
-    full. Otherwise it is ``Refused`` with ``why`` set: never an exception, which would roll
+    id) is stored only if the rules hold at its turn in the batch: the group exists (not
+    deleted), the sender of a post or a LEAVE is a member now (of a JOIN: is not; the other
+    changes' permissions are the engine's: staff act without joining), the name is free,
+    the group is not full, a REDACT's message is there. Otherwise it is ``Refused`` with
+    ``why`` set: never an exception, which would roll
     back everyone's batch."""
 
     stream: str
@@ -169,8 +183,10 @@ class Refused:
 
     reason: str
     reused: bool = False
-    #: a group rule: "no_group", "not_member", "name_taken", "full", or "unchanged" (a JOIN or
-    #: ADD of members only, a REMOVE of non-members only: nothing to store, no event)
+    #: a group rule: "no_group", "not_member", "name_taken", "full", "no_message" (a REDACT of a
+    #: position that holds no message of the stream, an event, or a tombstone), "forbidden" (a
+    #: REDACT of another's message without ``moderator``), or "unchanged" (a JOIN or ADD of
+    #: members only, a REMOVE of non-members only: nothing to store, no event)
     why: str = ""
 
 
@@ -275,6 +291,9 @@ class GroupRecord:
     created_us: int
     members: tuple[str, ...]  #: members now, sorted
     former: tuple[str, ...]  #: users who were members and are not now (they may read their intervals' History)
+    slow_s: int = 0  #: slow mode: seconds between a student's posts (0: off)
+    #: (user, muted until: µs of wall time), sorted; a time passed is dead (the engine skips it)
+    mutes: tuple[tuple[str, int], ...] = ()
 
 
 def resent(m: NewMessage, old: StoredMessage) -> StoredMessage | Refused:

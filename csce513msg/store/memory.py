@@ -11,13 +11,18 @@ import dataclasses
 import heapq
 import itertools
 
-from .groupmark import GroupMark, Span, closed, group_id, opened, refusal, wanted
+from .groupmark import GroupMark, Span, closed, group_id, opened, redaction_refusal, refusal, tombstone, wanted
 from .interface import (
     CREATE,
+    DELETE,
     GROUP_EVENT,
     GROUP_PREFIX,
+    MUTE,
+    REDACT,
     RENAME,
+    SLOW,
     TOKENS_PER_USER,
+    UNMUTE,
     Account,
     Batch,
     BatchResult,
@@ -46,6 +51,8 @@ class MemoryStore:
         #: (group stream, user) -> the user's membership intervals, oldest first: [joined, left] (None: now)
         self.intervals: dict[tuple[str, str], list[tuple[int, int | None]]] = {}
         self.groups: dict[str, GroupRecord] = {}  # group stream -> the group (members and former: not kept here)
+        self.deleted: set[str] = set()  # the streams of deleted groups (kept in ``groups``: ids are never reused)
+        self.mutes: dict[str, dict[str, int]] = {}  # group stream -> user -> muted until (µs of wall time)
         self.marks: dict[str, GroupMark] = {}  # group stream -> its members and delivered marks (groupmark.py)
         self.cursors: dict[tuple[str, str, str], int] = {}
         self.keys: dict[tuple[str, str, int], StoredMessage] = {}  # (sender, device, client id)
@@ -66,10 +73,13 @@ class MemoryStore:
     def load_groups(self) -> dict[str, GroupRecord]:
         found = {}
         for stream, group in self.groups.items():
+            if stream in self.deleted:
+                continue
             users = {u for (s, u) in self.intervals if s == stream}
             members = tuple(sorted(self.marks[stream].joined))
             former = tuple(sorted(users - set(members)))
-            found[stream] = dataclasses.replace(group, members=members, former=former)
+            mutes = tuple(sorted(self.mutes.get(stream, {}).items()))
+            found[stream] = dataclasses.replace(group, members=members, former=former, mutes=mutes)
         return found
 
     def apply(self, batch: Batch) -> BatchResult:
@@ -188,7 +198,7 @@ class MemoryStore:
         change = m.change
         if change is not None:
             m = dataclasses.replace(m, client_msg_id=0)  # an event is the server's: no resend key
-        names = {g.name for g in self.groups.values()}
+        names = {g.name for g in self.groups.values() if g.stream not in self.deleted}
         if change is not None and change.op == CREATE:
             if change.name in names:
                 return Refused(f"a group is named {change.name} already", why="name_taken")
@@ -197,12 +207,20 @@ class MemoryStore:
             mark = self.marks[stream] = GroupMark(0, {})
         else:
             stream = m.stream
-            if stream not in self.groups or group_id(stream) is None:
+            if stream not in self.groups or stream in self.deleted or group_id(stream) is None:
                 return Refused(f"refused: no_group ({stream})", why="no_group")
             mark = self.marks[stream]
             why = refusal(mark.joined, m.sender, change, max_members)
             if not why and change is not None and change.op == RENAME and change.name in names:
                 why = "name_taken"
+            if not why and change is not None and change.op == REDACT:
+                messages = self.streams.get(stream, [])
+                at = change.position - 1
+                old = messages[at] if self.expired.get(stream, 0) <= at < len(messages) else None
+                found = (old.sender, old.content_type) if old is not None else None
+                why = redaction_refusal(found, m.sender, change, GROUP_EVENT)
+                if old is not None and not why:  # the event's body names the author, which only the store knows
+                    m = dataclasses.replace(m, body=tombstone(old.sender, self.groups[stream].name, change.position))
             if why:
                 return Refused(f"refused: {why} ({stream})", why=why)
         stored = self._insert(m, stream)
@@ -221,7 +239,24 @@ class MemoryStore:
             self.members[user].discard(stream)
         if change.op == RENAME:
             self.groups[stream] = dataclasses.replace(self.groups[stream], name=change.name)
+        elif change.op == MUTE:
+            self.mutes.setdefault(stream, {}).update((u, m.time_us + change.seconds * 1_000_000) for u in change.users)
+        elif change.op == UNMUTE:
+            for user in change.users:
+                self.mutes.get(stream, {}).pop(user, None)
+        elif change.op == SLOW:
+            self.groups[stream] = dataclasses.replace(self.groups[stream], slow_s=change.seconds)
+        elif change.op == REDACT:  # in place: sender, time and position stay; the text is gone
+            messages = self.streams[stream]
+            old = messages[change.position - 1]
+            messages[change.position - 1] = dataclasses.replace(old, content_type=GROUP_EVENT, body=m.body)
+            for key, kept in list(self.keys.items()):  # the resend index held the text too
+                if kept is old:
+                    self.keys[key] = messages[change.position - 1]
         newly += self._notes(stream, mark.change(position, joins, leaves))
+        if change.op == DELETE:
+            self.deleted.add(stream)
+            self.mutes.pop(stream, None)
         return stored
 
     def _notes(self, name: str, spans: list[Span]) -> list[DeliveredNote]:

@@ -38,13 +38,18 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar, TypeVarTuple
 
-from .groupmark import GroupMark, Span, closed, group_id, opened, refusal, wanted
+from .groupmark import GroupMark, Span, closed, group_id, opened, redaction_refusal, refusal, tombstone, wanted
 from .interface import (
     CREATE,
+    DELETE,
     GROUP_EVENT,
     GROUP_PREFIX,
+    MUTE,
+    REDACT,
     RENAME,
+    SLOW,
     TOKENS_PER_USER,
+    UNMUTE,
     Account,
     Batch,
     BatchResult,
@@ -167,6 +172,8 @@ Ts = TypeVarTuple("Ts")
 
 
 CHECKPOINT_INTERVAL = 5.0  #: seconds between PASSIVE WAL checkpoints (msgsrv --checkpoint-interval)
+BUSY_TIMEOUT_MS = 30_000  #: how long a statement waits for a busy database (``connect``'s timeout)
+TRUNCATE_WAIT_MS = 200  #: how long the truncating checkpoint after a redaction waits for readers
 
 
 class SqliteStore:
@@ -186,6 +193,8 @@ class SqliteStore:
         self.db.execute(f"PRAGMA synchronous={SYNC[durability]}")
         self.db.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints happen elsewhere (see above)
         self.db.execute("PRAGMA journal_size_limit=67108864")  # a WAL started over is cut back to 64 MiB
+        self.db.execute("PRAGMA secure_delete=ON")  # what is deleted or overwritten is zeroed, not left in free space
+        self._scrub = False  # a redaction was committed and the WAL not yet truncated after it
         self._batches = 0
         self._before = 0  # the last message id before the batch being written
         migrate(self.db)
@@ -219,7 +228,12 @@ class SqliteStore:
         return {digest: DeviceToken(digest, user, device, created) for digest, user, device, created in rows}
 
     def load_groups(self) -> dict[str, GroupRecord]:
-        groups = self.db.execute("SELECT id, name, owner, invite_only, created_us FROM groups WHERE deleted_us = 0")
+        groups = self.db.execute(
+            "SELECT id, name, owner, invite_only, created_us, slow_s FROM groups WHERE deleted_us = 0"
+        ).fetchall()
+        mutes: dict[str, list[tuple[str, int]]] = {}
+        for stream, user, until in self.db.execute("SELECT stream, user, until_us FROM group_mutes ORDER BY 1, 2"):
+            mutes.setdefault(stream, []).append((user, until))
         now: dict[str, list[str]] = {}
         former: dict[str, list[str]] = {}
         rows = self.db.execute(
@@ -230,9 +244,17 @@ class SqliteStore:
             (now if member else former).setdefault(stream, []).append(user)
         return {
             (stream := f"{GROUP_PREFIX}{gid}"): GroupRecord(
-                stream, name, owner, bool(invite), created, tuple(now.get(stream, ())), tuple(former.get(stream, ()))
+                stream,
+                name,
+                owner,
+                bool(invite),
+                created,
+                tuple(now.get(stream, ())),
+                tuple(former.get(stream, ())),
+                slow,
+                tuple(mutes.get(stream, ())),
             )
-            for gid, name, owner, invite, created in groups
+            for gid, name, owner, invite, created, slow in groups
         }
 
     def _poll_accounts(self) -> dict[str, Account | None]:
@@ -262,7 +284,9 @@ class SqliteStore:
             return BatchResult(error=f"storage error: {exc!r}")
         self._accounts.update((a.name, a) for a in batch.accounts)
         self._batches += 1
-        if self._batches % TAIL_EVERY == 0:
+        if self._scrub:
+            self._truncate_wal()  # before the reads: an unfinished SELECT would hold a snapshot open
+        elif self._batches % TAIL_EVERY == 0:
             self._checkpoint_tail()
         fetched = {f.key: found for f in batch.fetches if (found := self._read(self._fetch, f)) is not None}
         history = {
@@ -329,6 +353,27 @@ class SqliteStore:
             self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
         except sqlite3.Error as exc:
             log.warning("WAL checkpoint failed (the commits before it stand): %s", exc)
+
+    def _truncate_wal(self) -> None:
+        """After a batch with a redaction: move the whole WAL into the database and cut it to 0
+        bytes, so the removed text is in neither file (``secure_delete`` zeroed it in the
+        database's pages). A reader in another process holding an old snapshot blocks it: it
+        is waited on briefly (not the 30 s of a busy database), and a checkpoint that could
+        not finish is logged and tried again after the next batch; the batch stands."""
+        db = self.db
+        try:
+            db.execute(f"PRAGMA busy_timeout={TRUNCATE_WAIT_MS}")
+            busy, _, _ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            self._scrub = bool(busy)
+            if busy:
+                log.warning("the WAL could not be truncated after a redaction (a reader holds it); tried again next")
+        except sqlite3.Error as exc:
+            log.warning("the WAL could not be truncated after a redaction (tried again next batch): %s", exc)
+        finally:
+            try:
+                db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            except sqlite3.Error:
+                log.exception("busy_timeout could not be restored")
 
     def _read(self, read: Callable[[*Ts], T], *args: *Ts) -> T | None:
         """One read after the commit; None if it failed (its requester hears STORE_FAILED)."""
@@ -589,6 +634,15 @@ class SqliteStore:
             why = "no_group" if mark is None else refusal(mark.joined, m.sender, change, max_members)
             if not why and change is not None and change.op == RENAME and self._name_taken(change.name):
                 why = "name_taken"
+            if not why and change is not None and change.op == REDACT:
+                found = db.execute(
+                    "SELECT sender, content_type FROM messages WHERE stream = ? AND position = ?",
+                    (stream, change.position),
+                ).fetchone()
+                why = redaction_refusal(found, m.sender, change, GROUP_EVENT)
+                if not why:  # the event's body names the author, which only the store knows
+                    (name,) = db.execute("SELECT name FROM groups WHERE id = ?", (group_id(stream),)).fetchone()
+                    m = dataclasses.replace(m, body=tombstone(found[0], name, change.position))
             if why:
                 old = self._stored_key(m) if m.client_msg_id else None  # a resend after leaving: its receipt
                 return resent(m, old) if old is not None else Refused(f"refused: {why} ({stream})", why=why)
@@ -609,9 +663,30 @@ class SqliteStore:
             "UPDATE members SET left_at = ? WHERE stream = ? AND user = ? AND left_at IS NULL",
             [(position, stream, u) for u in leaves],
         )
+        gid = group_id(stream)
         if change.op == RENAME:
-            db.execute("UPDATE groups SET name = ? WHERE id = ?", (change.name, group_id(stream)))
+            db.execute("UPDATE groups SET name = ? WHERE id = ?", (change.name, gid))
+        elif change.op == MUTE:
+            until = m.time_us + change.seconds * 1_000_000
+            db.executemany(
+                "INSERT OR REPLACE INTO group_mutes (stream, user, until_us) VALUES (?, ?, ?)",
+                [(stream, u, until) for u in change.users],
+            )
+        elif change.op == UNMUTE:
+            db.executemany("DELETE FROM group_mutes WHERE stream = ? AND user = ?", [(stream, u) for u in change.users])
+        elif change.op == SLOW:
+            db.execute("UPDATE groups SET slow_s = ? WHERE id = ?", (change.seconds, gid))
+        elif change.op == REDACT:  # in place: sender, time and position stay; the text is overwritten
+            db.execute(
+                "UPDATE messages SET content_type = ?, body = ? WHERE stream = ? AND position = ?",
+                (GROUP_EVENT, m.body, stream, change.position),
+            )
+            self._scrub = True
         self._newly += self._notes(stream, mark.change(position, joins, leaves))
+        if change.op == DELETE:
+            db.execute("UPDATE groups SET deleted_us = ? WHERE id = ?", (max(1, m.time_us), gid))
+            db.execute("DELETE FROM group_mutes WHERE stream = ?", (stream,))
+            self._marks.pop(stream, None)  # not found from now on (``_mark`` skips a deleted group)
         return stored
 
     def _name_taken(self, name: str) -> bool:
@@ -766,7 +841,7 @@ class _Recent:
 def connect(path: str) -> sqlite3.Connection:
     """Open the database (in WAL mode unless read-only); a busy database is waited on for 30 s."""
     uri = path.startswith("file:")
-    db = sqlite3.connect(path, uri=uri, timeout=30, isolation_level=None, check_same_thread=False)
+    db = sqlite3.connect(path, uri=uri, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
     if not uri or "mode=ro" not in path:
         db.execute("PRAGMA journal_mode=WAL")
     return db

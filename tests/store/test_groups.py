@@ -9,22 +9,28 @@ import random
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from csce513msg.protocol import ContentType, GroupEventKind
+from csce513msg.protocol import ContentType, GroupEvent, GroupEventKind
 from csce513msg.store import Batch, Fetch, LoginRead, MemoryStore, NewMessage, Refused, StoredMessage
-from csce513msg.store.groupmark import GroupMark, wanted
+from csce513msg.store.groupmark import GroupMark, tombstone, wanted
 from csce513msg.store.interface import (
     ADD,
     CREATE,
+    DELETE,
     GROUP_EVENT,
     JOIN,
     LEAVE,
+    MUTE,
+    REDACT,
     REMOVE,
     RENAME,
+    SLOW,
+    UNMUTE,
     GroupChange,
     resent,
 )
@@ -174,10 +180,11 @@ def test_add_and_remove_open_and_close_intervals(store: AnyStore) -> None:
     assert fetch(store, "bob", "x") == [2, 3, 4]
     nobody = one(store, event("alice", g, REMOVE, ("carol",)))
     assert isinstance(nobody, Refused) and nobody.why == "unchanged"
-    outsider = one(store, event("dan", g, ADD, ("dan",)))
+    outsider = one(store, event("dan", g, LEAVE))
     assert isinstance(outsider, Refused) and outsider.why == "not_member"
+    stored(store, event("dan", g, ADD, ("dan",)))  # 5: staff add without joining (the engine checks who may)
     groups = store.load_groups()
-    assert (groups[g].members, groups[g].former) == (("alice", "bob"), ("carol",))
+    assert (groups[g].members, groups[g].former) == (("alice", "bob", "dan"), ("carol",))
 
 
 def test_a_bad_request_is_refused_and_never_rolls_back_the_batch(store: AnyStore) -> None:
@@ -495,3 +502,123 @@ def test_a_version_5_database_with_direct_messages_migrates_and_answers_the_same
     indexes = {name for (name,) in migrated.db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert {"members_current", "groups_by_name"} <= indexes
     migrated.close()
+
+
+# ---- the classroom's moderation (schema v7, docs/groups-plan.md step 6) -------------------------
+
+
+def moderation(sender: str, stream: str, op: int, users: tuple[str, ...] = (), **more: Any) -> NewMessage:
+    """A moderation event as the engine writes it (its body opaque here; a REDACT's is the store's)."""
+    change = GroupChange(op, users, **more)
+    return NewMessage(stream, (), sender, "d", 0, 2, "club", GROUP_EVENT, next(_clock), b"event", change)
+
+
+def test_the_moderation_numbers_are_the_protocol_s_and_the_tombstone_is_its_event() -> None:
+    kinds = [GroupEventKind.DELETED, GroupEventKind.MUTED, GroupEventKind.UNMUTED, GroupEventKind.SLOW]
+    assert [*kinds, GroupEventKind.REMOVED_MESSAGE] == [DELETE, MUTE, UNMUTE, SLOW, REDACT]
+    body = tombstone("bøb", "club", 2**63 - 1)
+    assert body == GroupEvent(GroupEventKind.REMOVED_MESSAGE, ("bøb",), "club", 2**63 - 1).encode()
+
+
+def test_delete_closes_every_interval_frees_the_name_and_the_group_is_gone(store: AnyStore) -> None:
+    g = create(store)
+    stored(store, event("bob", g, JOIN))  # 2
+    stored(store, post("bob", g, b"hi"))  # 3
+    gone = stored(store, moderation("dan", g, DELETE))  # 4: staff, not a member
+    assert gone.change is not None and gone.change.op == DELETE
+    assert g not in store.load_groups()
+    assert page(store, g, "bob") == [2, 3, 4]  # History keeps the intervals, up to the deletion
+    assert fetch(store, "bob", "new") == []  # no current interval: nothing to catch up
+    late = one(store, post("alice", g, b"after"))
+    assert isinstance(late, Refused) and late.why == "no_group"
+    assert create(store, "carol", "club") == "g:2"  # the name is free; the stream is not reused
+
+
+def test_mute_unmute_and_slow_mode_are_stored_and_loaded(store: AnyStore) -> None:
+    g = create(store)
+    stored(store, event("alice", g, ADD, ("bob", "carol")))
+    muted = stored(store, moderation("dan", g, MUTE, ("bob", "carol"), seconds=60))
+    stored(store, moderation("alice", g, UNMUTE, ("carol",)))
+    stored(store, moderation("alice", g, SLOW, seconds=30))
+    record = store.load_groups()[g]
+    assert record.mutes == (("bob", muted.time_us + 60_000_000),) and record.slow_s == 30
+    stored(store, moderation("alice", g, SLOW, seconds=0))
+    stored(store, moderation("alice", g, DELETE))
+    create(store, "alice", "club")
+    assert [(r.slow_s, r.mutes) for r in store.load_groups().values()] == [(0, ())]
+
+
+def test_a_redaction_leaves_a_tombstone_in_place_by_the_rules_at_its_turn(store: AnyStore) -> None:
+    g = create(store)
+    stored(store, event("bob", g, JOIN))  # 2
+    hi = stored(store, post("bob", g, b"secret words"))  # 3
+    stored(store, post("alice", g, b"kept"))  # 4
+    for sender, position, moderator, why in [
+        ("carol", 3, False, "forbidden"),  # another's message, no moderator
+        ("bob", 2, False, "no_message"),  # an event
+        ("bob", 9, False, "no_message"),  # nothing there
+        ("bob", 0, True, "no_message"),
+    ]:
+        refused = one(store, moderation(sender, g, REDACT, position=position, moderator=moderator))
+        assert isinstance(refused, Refused) and refused.why == why, (sender, position)
+    own = stored(store, moderation("bob", g, REDACT, position=3))  # 5: its author, who need not moderate
+    body = tombstone("bob", "club", 3)
+    assert own.body == body and own.position == 5
+    again = one(store, moderation("alice", g, REDACT, position=3, moderator=True))
+    assert isinstance(again, Refused) and again.why == "no_message"  # removed already
+    found = store.apply(Batch(history={1: (g, 0, 100, 1 << 20)}, readers={1: "alice"})).history[1]
+    tomb = found[2]
+    assert (tomb.position, tomb.sender, tomb.time_us, tomb.message_id) == (3, "bob", hi.time_us, hi.message_id)
+    assert (tomb.content_type, tomb.body) == (GROUP_EVENT, body)
+    assert [m.body for m in found[3:]] == [b"kept", body]  # the event after it: the same body
+    assert fetch(store, "alice", "new")[-3:] == [3, 4, 5] and b"secret" not in b"".join(m.body for m in found)
+    stored(store, moderation("alice", g, REDACT, position=4, moderator=False))  # the owner's own: as author
+
+
+def test_a_redacted_text_is_gone_from_the_database_and_the_wal_files(tmp_path: Path) -> None:
+    """The bytes on disk: ``secure_delete`` zeroes the old cell, the TRUNCATE checkpoint empties
+    the WAL that held the page as first written; another message's text stays. The long text
+    fills overflow pages, which without ``secure_delete`` would keep it on the free list."""
+    path = tmp_path / "db"
+    store = SqliteStore(path, checkpoint_interval=0)
+    try:
+        store.apply(Batch(accounts=accounts("alice", "bob")))
+        g = create(store)
+        stored(store, event("bob", g, JOIN))
+        stored(store, post("bob", g, b"SECRET-redact-me-0123456789"))  # 3
+        stored(store, post("alice", g, b"KEPT-visible-9876543210"))  # 4
+        stored(store, post("bob", g, b"LONG-SECRET-" * 700))  # 5: 8 KB, in overflow pages
+        store.db.execute("PRAGMA wal_checkpoint(PASSIVE)")  # the text in both files, as in a server that ran a while
+
+        def on_disk() -> bytes:
+            return b"".join(p.read_bytes() for p in (path, tmp_path / "db-wal") if p.exists())
+
+        assert b"SECRET-redact-me" in on_disk() and b"LONG-SECRET-" in on_disk()
+        stored(store, moderation("alice", g, REDACT, position=3, moderator=True))
+        stored(store, moderation("bob", g, REDACT, position=5))
+        assert b"SECRET-redact-me" not in on_disk() and b"LONG-SECRET-" not in on_disk()
+        assert b"KEPT-visible" in on_disk()
+    finally:
+        store.close()
+
+
+def test_a_reader_that_holds_the_wal_delays_its_truncation_without_failing_the_batch(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    store = SqliteStore(path, checkpoint_interval=0)
+    reader = sqlite3.connect(path, isolation_level=None)
+    try:
+        store.apply(Batch(accounts=accounts("alice", "bob")))
+        g = create(store)
+        stored(store, post("alice", g, b"SECRET-held-by-a-reader"))  # 2
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM messages").fetchone()  # a snapshot that needs the WAL
+        stored(store, moderation("alice", g, REDACT, position=2, moderator=True))  # committed all the same
+        assert store._scrub  # to be tried again
+        reader.execute("COMMIT")
+        stored(store, post("alice", g, b"next"))  # the next batch truncates
+        assert not store._scrub
+        wal = tmp_path / "db-wal"
+        assert b"SECRET-held" not in path.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
+    finally:
+        reader.close()
+        store.close()
