@@ -25,6 +25,7 @@ engine hands what it returns to the Mailroom.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable
 
 from ..protocol import (
@@ -32,7 +33,9 @@ from ..protocol import (
     ErrorCode,
     GroupAdd,
     GroupCreate,
+    GroupDelete,
     GroupEvent,
+    GroupEventKind,
     GroupInfo,
     GroupJoin,
     GroupLeave,
@@ -40,23 +43,47 @@ from ..protocol import (
     GroupListReply,
     GroupMembers,
     GroupMembersReply,
+    GroupMute,
     GroupRemove,
     GroupRename,
+    GroupSlow,
+    Redact,
     RemoteProtocolError,
     Send,
     TargetKind,
 )
 from ..protocol.names import checked_name
 from ..store import Account, NewMessage, StoredMessage
-from ..store.interface import ADD, CREATE, GROUP_PREFIX, JOIN, LEAVE, REMOVE, RENAME, GroupChange, GroupRecord
+from ..store.interface import (
+    ADD,
+    CREATE,
+    DELETE,
+    GROUP_PREFIX,
+    JOIN,
+    LEAVE,
+    MUTE,
+    REDACT,
+    REMOVE,
+    RENAME,
+    SLOW,
+    UNMUTE,
+    GroupChange,
+    GroupRecord,
+    is_staff,
+)
 from .config import HubConfig
-from .outbox import Outbox
+from .outbox import Outbox, retry_ms
 from .session import Session
 
 log = logging.getLogger("csce513msg.hub")
 
 GROUPS_MINOR = 4  #: the protocol minor that added groups
-GroupRequest = GroupCreate | GroupJoin | GroupLeave | GroupAdd | GroupRemove | GroupRename | GroupList | GroupMembers
+GroupRequest = (
+    GroupCreate | GroupJoin | GroupLeave | GroupAdd | GroupRemove | GroupRename | GroupList | GroupMembers
+    | GroupDelete | GroupMute | GroupSlow | Redact
+)  # fmt: skip
+MAX_MUTE_S = 30 * 86400  #: the longest mute, seconds (a GroupMute past it: BAD_REQUEST)
+MAX_SLOW_S = 86400  #: the longest slow mode interval, seconds
 
 #: the store's reason for refusing a group message (``Refused.why``) -> the error its sender gets
 REFUSALS: dict[str, tuple[ErrorCode, str]] = {
@@ -64,17 +91,19 @@ REFUSALS: dict[str, tuple[ErrorCode, str]] = {
     "not_member": (ErrorCode.NOT_A_MEMBER, "you are not a member of the group (any more)"),
     "name_taken": (ErrorCode.NAME_TAKEN, "a group has that name already"),
     "full": (ErrorCode.GROUP_FULL, "the group has its largest number of members"),
+    "no_message": (ErrorCode.NO_SUCH_MESSAGE, "no message at that position (an event, or removed already)"),
+    "forbidden": (ErrorCode.FORBIDDEN, "only its sender, the group's owner or staff may remove a message"),
 }
 
 
 class Group:
     """One group as committed."""
 
-    __slots__ = ("former", "invite_only", "live", "members", "name", "owner", "stream")
+    __slots__ = ("former", "invite_only", "last_post", "live", "members", "muted", "name", "owner", "slow_s", "stream")
 
     def __init__(
         self, stream: str, name: str, owner: str, invite_only: bool,
-        members: Iterable[str] = (), former: Iterable[str] = (),
+        members: Iterable[str] = (), former: Iterable[str] = (), slow_s: int = 0, muted: Iterable[tuple[str, int]] = (),
     ) -> None:  # fmt: skip
         self.stream = stream  #: ``g:<id>``: never changes, never reused
         self.name = name
@@ -85,6 +114,11 @@ class Group:
         #: the online sessions of members that announced groups, in the order they came (a
         #: dict: ordered, O(1) to drop one); the fan-out goes to these
         self.live: dict[Session, None] = {}
+        self.slow_s = slow_s  #: slow mode: seconds between a student's posts (0: off)
+        self.muted: dict[str, int] = dict(muted)  #: user -> muted until (µs of wall time; passed: dead)
+        #: slow mode: user -> when (monotonic) the engine last accepted their post; not kept
+        #: across a restart; emptied when slow mode goes off
+        self.last_post: dict[str, float] = {}
 
 
 class Groups:
@@ -110,7 +144,7 @@ class Groups:
         self.by_name: dict[str, Group] = {}  #: name -> group
         self.of_user: dict[str, set[str]] = {}  #: user -> the streams of the groups it is a member of now
         for r in records.values():
-            group = Group(r.stream, r.name, r.owner, r.invite_only, r.members, r.former)
+            group = Group(r.stream, r.name, r.owner, r.invite_only, r.members, r.former, r.slow_s, r.mutes)
             self.by_id[group.stream] = self.by_name[group.name] = group
             for user in group.members:
                 self.of_user.setdefault(user, set()).add(group.stream)
@@ -138,9 +172,9 @@ class Groups:
                 if user in group.members:
                     self._answer(session, group, rid)  # a member already: no event
                     return None
-                if group.invite_only and not (user == group.owner or self._instructor(user)):
+                if group.invite_only and not (user == group.owner or self._staff(user)):
                     raise RemoteProtocolError(
-                        ErrorCode.FORBIDDEN, f"{group.name} is invite-only: its owner or an instructor adds members",
+                        ErrorCode.FORBIDDEN, f"{group.name} is invite-only: its owner or staff add members",
                         request_id=rid,
                     )  # fmt: skip
                 self._room_for(group, 1, rid)
@@ -176,6 +210,37 @@ class Groups:
                 self._name_free(folded, rid)
                 return self._event(session, group.stream, group.name, GroupChange(RENAME, (), folded),
                                    GroupEvent(RENAME, (), folded), now)  # fmt: skip
+            case GroupDelete(group=target):
+                group = self._moderated(target, user, rid, "delete it")
+                return self._event(session, group.stream, group.name, GroupChange(DELETE),
+                                   GroupEvent(GroupEventKind.DELETED, (), group.name), now)  # fmt: skip
+            case GroupMute(group=target, users=users, seconds=seconds):
+                return self._mute(session, target, users, seconds, now, rid)
+            case GroupSlow(group=target, seconds=seconds):
+                group = self._moderated(target, user, rid, "set its slow mode")
+                if seconds > MAX_SLOW_S:
+                    raise RemoteProtocolError(
+                        ErrorCode.BAD_REQUEST, f"slow mode is at most {MAX_SLOW_S} s between posts", request_id=rid
+                    )  # fmt: skip
+                if seconds == group.slow_s:
+                    self._answer(session, group, rid)  # as it is: no event
+                    return None
+                return self._event(session, group.stream, group.name, GroupChange(SLOW, seconds=seconds),
+                                   GroupEvent(GroupEventKind.SLOW, (), group.name, seconds), now)  # fmt: skip
+            case Redact(group=target, position=position):
+                group = self.find(target, rid)
+                moderator = user == group.owner or self._staff(user)
+                if not moderator and user not in group.members:
+                    raise RemoteProtocolError(
+                        ErrorCode.NOT_A_MEMBER, f"you are not a member of {group.name}", request_id=rid
+                    )  # fmt: skip
+                if position == 0:
+                    raise RemoteProtocolError(ErrorCode.NO_SUCH_MESSAGE, "no message at position 0", request_id=rid)
+                # whose message it is, only the store knows at its turn: it refuses another's ("forbidden")
+                # unless the sender moderates, and writes the event's body (kind 11, the author, the position)
+                change = GroupChange(REDACT, position=position, moderator=moderator)
+                placeholder = GroupEvent(GroupEventKind.REMOVED_MESSAGE, (), group.name, position)
+                return self._event(session, group.stream, group.name, change, placeholder, now)
             case GroupList(mine=mine):
                 self._list(session, user, bool(mine), rid)
             case GroupMembers(group=target):
@@ -186,11 +251,15 @@ class Groups:
         """A Send to a group (its body and content type checked by the engine), from a member.
 
         Raises:
-            RemoteProtocolError: INVALID_NAME, GROUP_NOT_FOUND, NOT_A_MEMBER.
+            RemoteProtocolError: INVALID_NAME, GROUP_NOT_FOUND, NOT_A_MEMBER, MUTED, SLOW_MODE
+                (these two with ``retry_after_ms``).
         """
         user = session.user
         assert user is not None
-        group = self._member_of(msg.target, user, msg.request_id)
+        rid = msg.request_id
+        group = self._member_of(msg.target, user, rid)
+        if group.muted or group.slow_s:
+            self._may_post(group, user, now, rid)
         return NewMessage(group.stream, (), user, session.device, msg.client_msg_id, TargetKind.GROUP, group.name,
                           msg.content_type, self._wall_us(now), msg.body)  # fmt: skip
 
@@ -251,10 +320,21 @@ class Groups:
         if group is None:  # the store stored an event of a group this cache never had: a bug
             log.error("group event for unknown %s (position %d)", m.stream, m.position)
             return ()
+        if change.op == DELETE:
+            return self._deleted(group, sender, rid, m)
         if change.op == RENAME:
             del self.by_name[group.name]
             group.name = change.name
             self.by_name[group.name] = group
+        elif change.op == MUTE:
+            group.muted.update((u, m.time_us + change.seconds * 1_000_000) for u in change.users)
+        elif change.op == UNMUTE:
+            for user in change.users:
+                group.muted.pop(user, None)
+        elif change.op == SLOW:
+            group.slow_s = change.seconds
+            if not change.seconds:
+                group.last_post.clear()
         joins = (m.sender,) if change.op in (CREATE, JOIN) else change.users if change.op == ADD else ()
         for user in joins:
             if user not in group.members:
@@ -283,6 +363,85 @@ class Groups:
         return stream in self.of_user.get(user, ())
 
     # ---- inside -------------------------------------------------------------------------
+
+    def _deleted(self, group: Group, sender: Session | None, rid: int, m: StoredMessage) -> list[Session]:
+        """A deletion is committed: every member's session hears it, then the group is gone
+        from every cache (its name is free; its stream is never reused)."""
+        recipients = list(group.live)
+        for user in group.members:
+            mine = self.of_user.get(user)
+            if mine is not None:
+                mine.discard(group.stream)
+                if not mine:
+                    del self.of_user[user]
+        del self.by_id[group.stream]
+        if self.by_name.get(group.name) is group:
+            del self.by_name[group.name]
+        group.members.clear()
+        group.live.clear()
+        log.info("group %s (%s) deleted by %s", group.name, group.stream, m.sender)
+        if sender is not None:
+            self.out.write(sender, self._info(group, sender.user, m.position, rid))
+        return recipients
+
+    def _mute(
+        self, session: Session, target: str, users: Iterable[str], seconds: int, now: float, rid: int
+    ) -> NewMessage | None:
+        """GroupMute: members who are neither staff nor the owner, for ``seconds`` (0: unmute)."""
+        assert session.user is not None
+        group = self._moderated(target, session.user, rid, "mute its members")
+        names = self._known_users(users, rid)
+        for name in names:
+            if name == group.owner or self._staff(name):
+                raise RemoteProtocolError(
+                    ErrorCode.FORBIDDEN, f"{name} is {'the owner' if name == group.owner else 'staff'}: "
+                    "staff and a group's owner cannot be muted", request_id=rid,
+                )  # fmt: skip
+            if name not in group.members and seconds:
+                raise RemoteProtocolError(
+                    ErrorCode.BAD_REQUEST, f"{name} is not a member of {group.name}", request_id=rid
+                )  # fmt: skip
+        if seconds > MAX_MUTE_S:
+            raise RemoteProtocolError(
+                ErrorCode.BAD_REQUEST, f"a mute lasts at most {MAX_MUTE_S} s ({MAX_MUTE_S // 86400} days)",
+                request_id=rid,
+            )  # fmt: skip
+        if seconds:
+            change, event = (
+                GroupChange(MUTE, names, seconds=seconds),
+                GroupEvent(GroupEventKind.MUTED, names, group.name, seconds),
+            )
+            return self._event(session, group.stream, group.name, change, event, now)
+        wall = self._wall_us(now)
+        muted = tuple(u for u in names if group.muted.get(u, 0) > wall)
+        if not muted:
+            self._answer(session, group, rid)  # none of them is muted: no event
+            return None
+        return self._event(session, group.stream, group.name, GroupChange(UNMUTE, muted),
+                           GroupEvent(GroupEventKind.UNMUTED, muted, group.name), now)  # fmt: skip
+
+    def _may_post(self, group: Group, user: str, now: float, rid: int) -> None:
+        """Mute and slow mode, for a member's post (staff and the owner are exempt from both)."""
+        if user == group.owner or self._staff(user):
+            return
+        until = group.muted.get(user)
+        if until is not None:
+            left = until - self._wall_us(now)
+            if left > 0:
+                raise RemoteProtocolError(
+                    ErrorCode.MUTED, f"you are muted in {group.name} for {math.ceil(left / 1e6)} s more",
+                    request_id=rid, retry_after_ms=retry_ms(left / 1e6),
+                )  # fmt: skip
+            del group.muted[user]  # passed: dead
+        if group.slow_s:
+            last = group.last_post.get(user)
+            if last is not None and now < last + group.slow_s:
+                wait = last + group.slow_s - now
+                raise RemoteProtocolError(
+                    ErrorCode.SLOW_MODE, f"{group.name} is in slow mode: one post per {group.slow_s} s; "
+                    f"wait {math.ceil(wait)} s", request_id=rid, retry_after_ms=retry_ms(wait),
+                )  # fmt: skip
+            group.last_post[user] = now  # counted from the post the engine accepted
 
     def _event(
         self, session: Session, stream: str, target: str, change: GroupChange, event: GroupEvent, now: float
@@ -326,11 +485,27 @@ class Groups:
         return group
 
     def _managed(self, target: str, user: str, rid: int) -> Group:
-        """A group ``user`` may change (add, remove, rename): a member, and its owner or an instructor."""
-        group = self._member_of(target, user, rid)
-        if user != group.owner and not self._instructor(user):
+        """A group ``user`` may change (add, remove, rename): its owner, a member; or staff,
+        member or not (docs/groups-plan.md, step 6)."""
+        group = self.find(target, rid)
+        if self._staff(user):
+            return group
+        if user != group.owner:
             raise RemoteProtocolError(
-                ErrorCode.FORBIDDEN, f"only the owner of {group.name} or an instructor may change it", request_id=rid
+                ErrorCode.FORBIDDEN, f"only the owner of {group.name} or staff (instructors, assistants) may "
+                "add, remove or rename", request_id=rid,
+            )  # fmt: skip
+        if user not in group.members:
+            raise RemoteProtocolError(ErrorCode.NOT_A_MEMBER, f"you are not a member of {group.name}", request_id=rid)
+        return group
+
+    def _moderated(self, target: str, user: str, rid: int, action: str) -> Group:
+        """A group ``user`` may moderate (delete, mute, slow mode): its owner, or staff."""
+        group = self.find(target, rid)
+        if user != group.owner and not self._staff(user):
+            raise RemoteProtocolError(
+                ErrorCode.FORBIDDEN, f"only the owner of {group.name} or staff (instructors, assistants) may {action}",
+                request_id=rid,
             )  # fmt: skip
         return group
 
@@ -345,9 +520,10 @@ class Groups:
         if name in self.by_name:
             raise RemoteProtocolError(ErrorCode.NAME_TAKEN, f"a group is named {name} already", request_id=rid)
 
-    def _instructor(self, user: str) -> bool:
+    def _staff(self, user: str) -> bool:
+        """An instructor or an assistant (``store.interface.is_staff``)."""
         account = self.accounts.get(user)
-        return account is not None and account.role == "instructor"
+        return account is not None and is_staff(account.role)
 
     def _names(self, users: Iterable[str], rid: int) -> tuple[str, ...]:
         """``users`` folded, each once, sorted (an empty list is a BAD_REQUEST)."""
@@ -376,8 +552,8 @@ class Groups:
         )  # fmt: skip
 
     def _members(self, session: Session, group: Group, user: str, rid: int) -> None:
-        """An invite-only group's members are its members' (and the instructors') business."""
-        if group.invite_only and user not in group.members and not self._instructor(user):
+        """An invite-only group's members are its members' (and staff's) business."""
+        if group.invite_only and user not in group.members and not self._staff(user):
             raise RemoteProtocolError(ErrorCode.NOT_A_MEMBER, f"you are not a member of {group.name}", request_id=rid)
         users = sorted(group.members)
         roles = tuple(a.role if (a := self.accounts.get(u)) is not None else "" for u in users)

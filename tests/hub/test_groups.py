@@ -18,10 +18,12 @@ from csce513msg.protocol import (
     Ack,
     ContentType,
     Deliver,
+    Error,
     ErrorCode,
     FrameDecoder,
     GroupAdd,
     GroupCreate,
+    GroupDelete,
     GroupEvent,
     GroupEventKind,
     GroupInfo,
@@ -31,13 +33,16 @@ from csce513msg.protocol import (
     GroupListReply,
     GroupMembers,
     GroupMembersReply,
+    GroupMute,
     GroupRemove,
     GroupRename,
+    GroupSlow,
     History,
     HistoryEnd,
     LoginOk,
     Receipt,
     ReceiptState,
+    Redact,
     Send,
     TargetKind,
     Welcome,
@@ -48,7 +53,9 @@ from csce513msg.store import Account, Batch, MemoryStore
 from csce513msg.store.sqlite import SqliteStore
 from tests.hub.harness import PASSWORD, PASSWORDS, Harness, Peer, codes
 
-USERS = {"alice": "student", "bob": "student", "carol": "student", "dan": "student", "teach": "instructor"}
+USERS = {
+    "alice": "student", "bob": "student", "carol": "student", "dan": "student", "teach": "instructor", "ta": "assistant",
+}  # fmt: skip
 Hub = Callable[..., Harness]
 
 
@@ -201,7 +208,7 @@ def test_early_checks_answer_with_the_group_codes(hub: Hub) -> None:
         (bob, GroupAdd("club", ("carol",)), ErrorCode.FORBIDDEN),
         (bob, GroupRemove("club", ("alice",)), ErrorCode.FORBIDDEN),
         (bob, GroupRename("club", "chess"), ErrorCode.FORBIDDEN),
-        (teach, GroupAdd("club", ("carol",)), ErrorCode.NOT_A_MEMBER),  # the store wants a member
+        (teach, GroupAdd("club", ("carol", "dan")), ErrorCode.GROUP_FULL),  # staff need not be members (step 6)
         (alice, GroupAdd("club", ("nobody",)), ErrorCode.USER_NOT_FOUND),
         (alice, GroupAdd("club", ()), ErrorCode.BAD_REQUEST),
         (alice, GroupAdd("club", ("carol", "dan")), ErrorCode.GROUP_FULL),
@@ -227,7 +234,7 @@ def test_early_checks_answer_with_the_group_codes(hub: Hub) -> None:
     teach.session.request(GroupRename("lab", "lab-2"))  # and may change it
     teach.session.request(GroupAdd("lab-2", ("carol",)))  # checked before the rename is committed
     h.pump()
-    assert codes(teach) == [ErrorCode.NOT_A_MEMBER, ErrorCode.GROUP_NOT_FOUND]
+    assert codes(teach) == [ErrorCode.GROUP_FULL, ErrorCode.GROUP_NOT_FOUND]
     teach.session.request(GroupAdd("lab-2", ("carol",)))
     h.pump()
     assert (info(teach).name, info(teach).members) == ("lab-2", 3)
@@ -506,3 +513,201 @@ def test_groups_survive_a_restart(hub: Hub) -> None:
     again.pump()
     assert (info(carol).position, info(carol).members) == (3, 3)
     assert carol.of(GroupMembersReply)[-1].users == ("alice", "bob", "carol")
+
+
+# ---- the classroom's moderation (docs/groups-plan.md step 6) ------------------------------------
+
+
+def error_of(peer: Peer) -> Error:
+    return peer.of(Error)[-1]
+
+
+def removed_positions(peer: Peer) -> list[tuple[int, int, str, tuple[str, ...], int]]:
+    """The moderation events ``peer`` was delivered live: (kind, its position, who acted, users, value)."""
+    found = []
+    for d in peer.of(Deliver):
+        if d.content_type == ContentType.GROUP_EVENT and not d.request_id:
+            e = GroupEvent.decode(d.body)
+            if e.kind >= GroupEventKind.DELETED:
+                found.append((e.kind, d.position, d.sender, e.users, e.value))
+    return found
+
+
+def test_a_student_attempting_each_moderation_action_is_forbidden(hub: Hub) -> None:
+    h = hub()
+    peers = club(h, "bob", "carol")
+    alice, bob = peers["alice"], peers["bob"]
+    post(alice, "club", "alice's")  # 4
+    h.pump()
+    h.settle()
+    for request, rule in [
+        (GroupDelete("club"), "delete it"),
+        (GroupMute("club", ("carol",), 60), "mute its members"),
+        (GroupMute("club", ("carol",), 0), "mute its members"),
+        (GroupSlow("club", 10), "set its slow mode"),
+        (GroupAdd("club", ("dan",)), "add, remove or rename"),
+        (GroupRemove("club", ("carol",)), "add, remove or rename"),
+        (GroupRename("club", "mine"), "add, remove or rename"),
+        (Redact("club", 4), "remove a message"),  # another's: the store refuses it at its turn
+    ]:
+        before = len(codes(bob))
+        bob.session.request(request)
+        h.pump()
+        h.settle()
+        assert codes(bob)[before:] == [ErrorCode.FORBIDDEN], request
+        assert rule in error_of(bob).message and "staff" in error_of(bob).message
+    assert removed_positions(peers["carol"]) == [] and h.engine.groups.by_name["club"].members == {
+        "alice", "bob", "carol"
+    }  # fmt: skip
+
+
+def test_mute_refuses_a_post_with_the_time_left_until_unmuted_or_over(hub: Hub) -> None:
+    h = hub()
+    peers = club(h, "bob", "carol")
+    alice, bob, carol = peers["alice"], peers["bob"], peers["carol"]
+    alice.session.request(GroupMute("club", ("bob",), 60))  # the owner
+    h.pump()
+    h.settle()
+    position = info(alice).position
+    assert removed_positions(carol)[-1] == (GroupEventKind.MUTED, position, "alice", ("bob",), 60)
+    post(bob, "club", "hello?")
+    h.pump()
+    muted = error_of(bob)
+    assert muted.code == ErrorCode.MUTED and 0 < muted.retry_after_ms <= 60_000
+    for who in ("alice", "teach", "ta"):  # the owner and staff cannot be muted
+        alice.session.request(GroupMute("club", (who,), 60))
+        h.pump()
+        assert codes(alice)[-1] == ErrorCode.FORBIDDEN and "cannot be muted" in error_of(alice).message
+    alice.session.request(GroupMute("club", ("dan",), 60))  # not a member
+    h.pump()
+    assert codes(alice)[-1] == ErrorCode.BAD_REQUEST
+    teach = h.connect("teach", groups=True)  # staff, not a member: unmutes
+    teach.session.request(GroupMute("club", ("bob",), 0))
+    h.pump()
+    h.settle()
+    assert removed_positions(carol)[-1][:4] == (GroupEventKind.UNMUTED, info(teach).position, "teach", ("bob",))
+    post(bob, "club", "back")
+    h.pump()
+    h.settle()
+    assert texts(carol)[-1] == "back"
+    teach.session.request(GroupMute("club", ("bob",), 30))
+    h.pump()
+    h.settle()
+    h = hub()  # a restart: the mute was stored and is loaded
+    bob = h.connect("bob", device="b1", groups=True)
+    h.settle()
+    post(bob, "club", "still?")
+    h.pump()
+    assert codes(bob)[-1] == ErrorCode.MUTED
+    h.advance(31)  # over: a post goes through
+    post(bob, "club", "free")
+    h.pump()
+    h.settle()
+    assert bob.of(Receipt)[-1].state == ReceiptState.STORED
+
+
+def test_slow_mode_spaces_a_student_s_posts_and_exempts_staff_and_the_owner(hub: Hub) -> None:
+    h = hub()
+    peers = club(h, "bob", "carol")
+    alice, bob, carol = peers["alice"], peers["bob"], peers["carol"]
+    ta = h.connect("ta", groups=True)
+    ta.session.request(GroupSlow("club", 30))  # an assistant, not a member
+    h.pump()
+    h.settle()
+    assert removed_positions(carol)[-1] == (GroupEventKind.SLOW, info(ta).position, "ta", (), 30)
+    post(bob, "club", "one")
+    h.pump()
+    h.advance(10)
+    post(bob, "club", "two")
+    h.pump()
+    slow = error_of(bob)
+    assert slow.code == ErrorCode.SLOW_MODE and 19_000 <= slow.retry_after_ms <= 20_000
+    post(carol, "club", "carol's first")  # per student
+    post(alice, "club", "owner 1")
+    post(alice, "club", "owner 2")  # the owner is exempt
+    h.pump()
+    h.settle()
+    assert codes(alice) == [] and codes(carol) == []
+    h.advance(20)
+    post(bob, "club", "three")
+    h.pump()
+    h.settle()
+    assert texts(carol)[-1] == "three" and len(codes(bob)) == 1
+    alice.session.request(GroupSlow("club", 0))
+    h.pump()
+    h.settle()
+    post(bob, "club", "four")
+    post(bob, "club", "five")
+    h.pump()
+    h.settle()
+    assert texts(carol)[-2:] == ["four", "five"] and len(codes(bob)) == 1
+
+
+def test_a_redaction_leaves_a_tombstone_that_history_shows(hub: Hub) -> None:
+    h = hub()
+    peers = club(h, "bob", "carol")
+    alice, bob, carol = peers["alice"], peers["bob"], peers["carol"]
+    post(bob, "club", "oops")  # 4
+    post(carol, "club", "carol's")  # 5
+    h.pump()
+    h.settle()
+    bob.session.request(Redact("club", 4))  # its sender
+    h.pump()
+    h.settle()
+    removal = info(bob).position
+    assert removed_positions(carol)[-1] == (GroupEventKind.REMOVED_MESSAGE, removal, "bob", ("bob",), 4)
+    for peer, position, code in [
+        (alice, 4, ErrorCode.NO_SUCH_MESSAGE),  # removed already
+        (alice, 2, ErrorCode.NO_SUCH_MESSAGE),  # an event
+        (alice, 99, ErrorCode.NO_SUCH_MESSAGE),
+        (alice, 0, ErrorCode.NO_SUCH_MESSAGE),
+    ]:
+        peer.session.request(Redact("club", position))
+        h.pump()
+        h.settle()
+        assert codes(peer)[-1] == code, position
+    alice.session.request(Redact("club", 5))  # the owner removes another's
+    h.pump()
+    h.settle()
+    dan = h.connect("dan", groups=True)
+    dan.session.request(Redact("club", 3))
+    h.pump()
+    assert codes(dan) == [ErrorCode.NOT_A_MEMBER]
+    carol.session.request(History(0, 50, TargetKind.GROUP, "club"))
+    h.pump()
+    h.settle()
+    page = {d.position: d for d in carol.of(Deliver) if d.request_id}
+    for position, author in [(4, "bob"), (5, "carol")]:
+        tomb = page[position]
+        assert (tomb.content_type, tomb.sender) == (ContentType.GROUP_EVENT, author)
+        assert GroupEvent.decode(tomb.body) == GroupEvent(GroupEventKind.REMOVED_MESSAGE, (author,), "club", position)
+    assert not any(b"oops" in d.body or b"carol's" in d.body for d in page.values())
+
+
+def test_deleting_a_group_tells_the_members_then_it_is_gone_and_its_name_free(hub: Hub) -> None:
+    h = hub()
+    peers = club(h, "bob")
+    alice, bob = peers["alice"], peers["bob"]
+    teach = h.connect("teach", groups=True)
+    teach.session.request(GroupDelete("club"))  # staff, not a member
+    h.pump()
+    h.settle()
+    assert (info(teach).members, info(teach).member) == (0, 0)
+    assert removed_positions(bob)[-1][:3] == (GroupEventKind.DELETED, info(teach).position, "teach")
+    assert removed_positions(alice)[-1][0] == GroupEventKind.DELETED
+    groups = h.engine.groups
+    assert "club" not in groups.by_name and not groups.by_id and not groups.of_user
+    for request in (Send(TargetKind.GROUP, 0, 0, "club", b"hi"), History(0, 5, TargetKind.GROUP, "club")):
+        bob.session.request(request)
+        h.pump()
+        assert codes(bob)[-1] == ErrorCode.GROUP_NOT_FOUND
+    bob.session.request(GroupCreate("club"))  # the name is free; a new stream
+    h.pump()
+    h.settle()
+    assert info(bob).stream == "g:2" and info(bob).owner == "bob"
+    bob.session.request(GroupDelete("club"))  # the owner
+    h.pump()
+    h.settle()
+    assert info(bob).member == 0
+    h = hub()  # a restart: neither comes back
+    assert not h.engine.groups.by_id
