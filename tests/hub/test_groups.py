@@ -54,7 +54,8 @@ from csce513msg.store.sqlite import SqliteStore
 from tests.hub.harness import PASSWORD, PASSWORDS, Harness, Peer, codes
 
 USERS = {
-    "alice": "student", "bob": "student", "carol": "student", "dan": "student", "teach": "instructor", "ta": "assistant",
+    "alice": "student", "bob": "student", "carol": "student", "dan": "student",
+    "teach": "instructor", "ta": "assistant",
 }  # fmt: skip
 Hub = Callable[..., Harness]
 
@@ -697,7 +698,8 @@ def test_deleting_a_group_tells_the_members_then_it_is_gone_and_its_name_free(hu
     assert removed_positions(alice)[-1][0] == GroupEventKind.DELETED
     groups = h.engine.groups
     assert "club" not in groups.by_name and not groups.by_id and not groups.of_user
-    for request in (Send(TargetKind.GROUP, 0, 0, "club", b"hi"), History(0, 5, TargetKind.GROUP, "club")):
+    gone: list[Send | History] = [Send(TargetKind.GROUP, 0, 0, "club", b"hi"), History(0, 5, TargetKind.GROUP, "club")]
+    for request in gone:
         bob.session.request(request)
         h.pump()
         assert codes(bob)[-1] == ErrorCode.GROUP_NOT_FOUND
