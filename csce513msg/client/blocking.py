@@ -62,6 +62,9 @@ class ServerError(Csce513Error):
         super().__init__(f"{name}: {error.message}")
         self.code = error.code
         self.error = error
+        #: (1.4) milliseconds to wait before the same request may succeed (MUTED, SLOW_MODE,
+        #: RATE_LIMITED, AUTH_THROTTLED); 0: not known
+        self.retry_after_ms = error.retry_after_ms
 
 
 class ConnectionClosed(Csce513Error):  # noqa: N818 - an event, named as websockets' ConnectionClosed; public API
@@ -246,6 +249,22 @@ class Client:
     def group_members(self, group: str) -> GroupMembersReply:
         """``group``'s members with their roles and online sessions."""
         return self.request(self.session.group_members(group), GroupMembersReply)
+
+    def group_delete(self, group: str) -> GroupInfo:
+        """Delete ``group`` (the owner, or staff): its members are told, its name is free."""
+        return self.request(self.session.group_delete(group), GroupInfo)
+
+    def group_mute(self, group: str, users: tuple[str, ...] | list[str], seconds: int) -> GroupInfo:
+        """Mute ``users`` for ``seconds`` (0 unmutes) (the owner, or staff; not staff or the owner)."""
+        return self.request(self.session.group_mute(group, users, seconds), GroupInfo)
+
+    def group_slow(self, group: str, seconds: int) -> GroupInfo:
+        """Slow mode: a student posts at most once per ``seconds`` (0: off) (the owner, or staff)."""
+        return self.request(self.session.group_slow(group, seconds), GroupInfo)
+
+    def redact(self, group: str, position: int) -> GroupInfo:
+        """Remove the message at ``position`` (staff; the owner; its sender): a tombstone in its place."""
+        return self.request(self.session.redact(group, position), GroupInfo)
 
     def send_raw(self, data: bytes) -> None:
         """Send bytes as they are (for tests of malformed input)."""

@@ -31,6 +31,7 @@ from ..protocol import (
     FrameDecoder,
     GroupAdd,
     GroupCreate,
+    GroupDelete,
     GroupInfo,
     GroupJoin,
     GroupLeave,
@@ -38,8 +39,10 @@ from ..protocol import (
     GroupListReply,
     GroupMembers,
     GroupMembersReply,
+    GroupMute,
     GroupRemove,
     GroupRename,
+    GroupSlow,
     Hello,
     History,
     HistoryEnd,
@@ -50,6 +53,7 @@ from ..protocol import (
     Ping,
     Pong,
     Receipt,
+    Redact,
     Register,
     RemoteProtocolError,
     Send,
@@ -282,6 +286,22 @@ class ClientSession:
     def group_members(self, group: str) -> int:
         """Queue a GroupMembers; answered by GroupMembersReply."""
         return self.request(GroupMembers(group))
+
+    def group_delete(self, group: str) -> int:
+        """Queue a GroupDelete (the owner, or staff)."""
+        return self.request(GroupDelete(group))
+
+    def group_mute(self, group: str, users: tuple[str, ...] | list[str], seconds: int) -> int:
+        """Queue a GroupMute of ``users`` for ``seconds`` (0 unmutes) (the owner, or staff)."""
+        return self.request(GroupMute(group, tuple(users), seconds))
+
+    def group_slow(self, group: str, seconds: int) -> int:
+        """Queue a GroupSlow: a student posts at most once per ``seconds`` (0: off)."""
+        return self.request(GroupSlow(group, seconds))
+
+    def redact(self, group: str, position: int) -> int:
+        """Queue a Redact of the message at ``position`` (staff; the owner; its sender)."""
+        return self.request(Redact(group, position))
 
     def ping(self) -> int:
         """Queue a Ping (keep-alive); return its request id."""

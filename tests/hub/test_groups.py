@@ -40,6 +40,7 @@ from csce513msg.protocol import (
     History,
     HistoryEnd,
     LoginOk,
+    Message,
     Receipt,
     ReceiptState,
     Redact,
@@ -541,7 +542,7 @@ def test_a_student_attempting_each_moderation_action_is_forbidden(hub: Hub) -> N
     post(alice, "club", "alice's")  # 4
     h.pump()
     h.settle()
-    for request, rule in [
+    attempts: list[tuple[Message, str]] = [
         (GroupDelete("club"), "delete it"),
         (GroupMute("club", ("carol",), 60), "mute its members"),
         (GroupMute("club", ("carol",), 0), "mute its members"),
@@ -550,7 +551,8 @@ def test_a_student_attempting_each_moderation_action_is_forbidden(hub: Hub) -> N
         (GroupRemove("club", ("carol",)), "add, remove or rename"),
         (GroupRename("club", "mine"), "add, remove or rename"),
         (Redact("club", 4), "remove a message"),  # another's: the store refuses it at its turn
-    ]:
+    ]
+    for request, rule in attempts:
         before = len(codes(bob))
         bob.session.request(request)
         h.pump()
