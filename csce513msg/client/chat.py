@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import socket
 import time
 from dataclasses import dataclass
@@ -309,6 +310,20 @@ class ChatClient:
             what = f"{who} removed {users} from {inert_name(after)}"
         elif kind is GroupEventKind.RENAMED:
             what = f"{who} renamed {inert_name(before)} to {inert_name(after)}"
+        elif kind is GroupEventKind.DELETED:
+            what = f"{who} deleted {inert_name(after)}"
+        elif kind is GroupEventKind.MUTED:
+            what = f"{who} muted {users} in {inert_name(after)} for {_duration(event.value)}"
+        elif kind is GroupEventKind.UNMUTED:
+            what = f"{who} unmuted {users} in {inert_name(after)}"
+        elif kind is GroupEventKind.SLOW:
+            pace = f"one post per {_duration(event.value)}" if event.value else "off"
+            what = f"{who} set slow mode in {inert_name(after)}: {pace}"
+        elif kind is GroupEventKind.REMOVED_MESSAGE:
+            if msg.position == event.value:  # the tombstone itself (History, catch-up): the message's place
+                what = f"[message {event.value} by {users} removed]"
+            else:
+                what = f"{who} removed message {event.value} (by {users}) in {inert_name(after)}"
         else:
             what = f"{who} changed {inert_name(after)}"
         self._date_line(msg.time_us)
@@ -431,6 +446,8 @@ class ChatClient:
         if out is not None:
             self._settled()
         about = f" (your message to {inert_name(out.to)} was not sent)" if out is not None else ""
+        if msg.retry_after_ms:
+            about += f" (try again in {_duration(math.ceil(msg.retry_after_ms / 1000))})"
         self.view.show(f"! {name}: {inert(msg.message)}{about}", style=Style.ERROR, event="error", code=name,
                        message=msg.message, request=msg.request_id)  # fmt: skip
         if failed_change:
@@ -661,6 +678,14 @@ def split_target(to: str) -> tuple[TargetKind, str]:
     if to.startswith("#"):
         return TargetKind.GROUP, to[1:]
     return TargetKind.USER, to
+
+
+def _duration(seconds: int) -> str:
+    """Seconds in words: ``45 s``, ``10 min``, ``2 h 5 min``."""
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes = -(-seconds // 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
 
 
 def _who_entry(user: str, sessions: int | None, role: str | None) -> str:

@@ -16,6 +16,8 @@ from csce513msg.client.view import PlainView
 from csce513msg.protocol import (
     ContentType,
     Deliver,
+    Error,
+    ErrorCode,
     GroupEvent,
     GroupEventKind,
     GroupInfo,
@@ -111,3 +113,27 @@ def test_a_group_name_and_event_text_from_the_network_are_shown_inert() -> None:
         assert raw not in shown
     assert "#lab\\x1b]0;pwned\\x07\\x1b[2J\\u202e bob: text\\x1b" in shown
     assert "added eve\\x1b]0;pwned" in shown
+
+
+def test_moderation_events_tombstones_and_waits_are_readable_lines() -> None:
+    chat, out = group_chat()
+    for kind, users, value, position, line in [
+        (GroupEventKind.MUTED, ("bob",), 600, 6, "* alice muted bob in #lab for 10 min"),
+        (GroupEventKind.UNMUTED, ("bob",), 0, 7, "* alice unmuted bob in #lab"),
+        (GroupEventKind.SLOW, (), 30, 8, "* alice set slow mode in #lab: one post per 30 s"),
+        (GroupEventKind.SLOW, (), 0, 9, "* alice set slow mode in #lab: off"),
+        (GroupEventKind.REMOVED_MESSAGE, ("bob",), 5, 10, "* alice removed message 5 (by bob) in #lab"),
+        (GroupEventKind.REMOVED_MESSAGE, ("bob",), 5, 5, "* [message 5 by bob removed]"),  # the tombstone
+        (GroupEventKind.DELETED, (), 0, 11, "* alice deleted #lab"),
+    ]:
+        body = GroupEvent(kind, users, "lab", value).encode()
+        chat.on_message(Deliver(TargetKind.GROUP, ContentType.GROUP_EVENT, 41, 1764633600000000, position,
+                                "alice", "lab", "g:7", body))  # fmt: skip
+        assert line in out.getvalue(), line
+    hostile = GroupEvent(GroupEventKind.MUTED, (ATTACK,), ATTACK, 60).encode()
+    chat.on_message(deliver(ATTACK, "lab", hostile, ContentType.GROUP_EVENT))
+    chat.on_message(Error(ErrorCode.SLOW_MODE, ATTACK, 29_500, request_id=0))
+    chat.on_message(Error(ErrorCode.MUTED, "muted", 3_600_000, request_id=0))
+    text = out.getvalue()
+    assert "\x1b" not in text and "\u202e" not in text and "\x07" not in text
+    assert "! slow_mode: " in text and "(try again in 30 s)" in text and "(try again in 1 h 0 min)" in text
