@@ -58,6 +58,11 @@ log = logging.getLogger("csce513msg.hub")
 GROUPS_MINOR = 4  #: the protocol minor that added groups
 GroupRequest = GroupCreate | GroupJoin | GroupLeave | GroupAdd | GroupRemove | GroupRename | GroupList | GroupMembers
 
+MAX_HEADER = 0xFFFF  #: the largest header a frame can carry (``hlen`` is a u16)
+LIST_HEADER = 5 * 2  #: a GroupListReply's five list counts
+LIST_ENTRY = 3 * 2 + 2 * 4  #: per group: three string lengths, its size and flags (u32 each)
+CUT = 4  #: GroupListReply flags, on the last entry: the list was cut after it (ask again ``after`` it)
+
 #: the store's reason for refusing a group message (``Refused.why``) -> the error its sender gets
 REFUSALS: dict[str, tuple[ErrorCode, str]] = {
     "no_group": (ErrorCode.GROUP_NOT_FOUND, "no such group"),
@@ -176,8 +181,8 @@ class Groups:
                 self._name_free(folded, rid)
                 return self._event(session, group.stream, group.name, GroupChange(RENAME, (), folded),
                                    GroupEvent(RENAME, (), folded), now)  # fmt: skip
-            case GroupList(mine=mine):
-                self._list(session, user, bool(mine), rid)
+            case GroupList(mine=mine, after=after):
+                self._list(session, user, bool(mine), after, rid)
             case GroupMembers(group=target):
                 self._members(session, self.find(target, rid), user, rid)
         return None
@@ -363,15 +368,26 @@ class Groups:
                 raise RemoteProtocolError(ErrorCode.USER_NOT_FOUND, f"no user {name!r}", request_id=rid)
         return names
 
-    def _list(self, session: Session, user: str, mine: bool, rid: int) -> None:
+    def _list(self, session: Session, user: str, mine: bool, after: str, rid: int) -> None:
+        """The groups by name after ``after``, as many as fit in one header (``hlen`` is a u16:
+        the reply has no body); cut short, the last entry's flags say so (bit 2, ``CUT``)."""
         streams = self.of_user.get(user, set()) if mine else self.by_id.keys()
-        groups = sorted((self.by_id[s] for s in streams), key=lambda g: g.name)
+        groups = sorted((g for s in streams if (g := self.by_id[s]).name > after), key=lambda g: g.name)
+        size, fit = LIST_HEADER, 0
+        for g in groups:  # names are ASCII (NAME_RULE), streams too: a character is a byte
+            size += LIST_ENTRY + len(g.stream) + len(g.name) + len(g.owner)
+            if size > MAX_HEADER:
+                break
+            fit += 1
+        page = groups[:fit]
+        flags = [int(g.invite_only) | (user in g.members) << 1 for g in page]
+        if fit < len(groups):
+            flags[-1] |= CUT
         self.out.write(
             session,
             GroupListReply(
-                tuple(g.stream for g in groups), tuple(g.name for g in groups), tuple(g.owner for g in groups),
-                tuple(len(g.members) for g in groups),
-                tuple(int(g.invite_only) | (user in g.members) << 1 for g in groups), rid,
+                tuple(g.stream for g in page), tuple(g.name for g in page), tuple(g.owner for g in page),
+                tuple(len(g.members) for g in page), tuple(flags), rid,
             ),
         )  # fmt: skip
 
