@@ -48,7 +48,18 @@ from ..protocol import (
 )
 from ..protocol.names import checked_name
 from ..store import Account, NewMessage, StoredMessage
-from ..store.interface import ADD, CREATE, GROUP_PREFIX, JOIN, LEAVE, REMOVE, RENAME, GroupChange, GroupRecord
+from ..store.interface import (
+    ADD,
+    CREATE,
+    GROUP_PREFIX,
+    JOIN,
+    LEAVE,
+    REMOVE,
+    RENAME,
+    GroupChange,
+    GroupRecord,
+    QueuedChange,
+)
 from .config import HubConfig
 from .outbox import Outbox
 from .session import Session
@@ -58,6 +69,7 @@ log = logging.getLogger("csce513msg.hub")
 GROUPS_MINOR = 4  #: the protocol minor that added groups
 GroupRequest = GroupCreate | GroupJoin | GroupLeave | GroupAdd | GroupRemove | GroupRename | GroupList | GroupMembers
 
+QUEUE_DEVICE = "msgsrv"  #: the device of an event a queued change (``msgsrv group``) made
 MAX_HEADER = 0xFFFF  #: the largest header a frame can carry (``hlen`` is a u16)
 LIST_HEADER = 5 * 2  #: a GroupListReply's five list counts
 LIST_ENTRY = 3 * 2 + 2 * 4  #: per group: three string lengths, its size and flags (u32 each)
@@ -186,6 +198,33 @@ class Groups:
             case GroupMembers(group=target):
                 self._members(session, self.find(target, rid), user, rid)
         return None
+
+    def queued(self, change: QueuedChange, now: float) -> NewMessage | str:
+        """A change ``msgsrv group add|remove`` queued (``QueuedChange``): the event its actor's
+        GroupAdd or GroupRemove would store, by the same checks (the actor must be an
+        instructor, and a member, as the store requires of whoever changes a group), from the
+        device ``QUEUE_DEVICE`` (so each of the actor's own sessions hears of it too); or why
+        it is refused, in words."""
+        try:
+            account = self.accounts.get(change.actor)
+            if account is None or account.role != "instructor":
+                return f"refused: {change.actor!r} is not an instructor"
+            group = self._managed(change.group, change.actor, 0)
+            if change.op == ADD:
+                users = tuple(u for u in self._known_users(change.users, 0) if u not in group.members)
+                if users:
+                    self._room_for(group, len(users), 0)
+            elif change.op == REMOVE:
+                users = tuple(u for u in self._names(change.users, 0) if u in group.members)
+            else:
+                return f"refused: unknown operation {change.op}"
+        except RemoteProtocolError as exc:
+            return f"refused: {exc.message}"
+        if not users:
+            return "done: nothing to change"
+        body = GroupEvent(change.op, users, group.name).encode()
+        return NewMessage(group.stream, (), change.actor, QUEUE_DEVICE, 0, TargetKind.GROUP, group.name,
+                          ContentType.GROUP_EVENT, self._wall_us(now), body, GroupChange(change.op, users))  # fmt: skip
 
     def post(self, session: Session, msg: Send, now: float) -> NewMessage:
         """A Send to a group (its body and content type checked by the engine), from a member.

@@ -370,7 +370,7 @@ def test_version_4_data_survives_the_device_tokens_migration(tmp_path: Path) -> 
     old.commit()
     old.close()
     store = SqliteStore(path, checkpoint_interval=0)
-    assert store.db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 6
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 7
     assert list(store.load_accounts()) == ["a"] and store.load_device_tokens() == {}
 
 
