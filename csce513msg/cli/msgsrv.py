@@ -42,6 +42,7 @@ from ..store.sqlite import CHECKPOINT_INTERVAL, SqliteStore, database_problem
 from . import options as o
 from . import stats as live_stats
 from .banner import make_announce
+from .groups import group_app
 from .invite import invite
 from .users import user_app
 
@@ -53,6 +54,7 @@ app = typer.Typer(
     rich_markup_mode="rich",  # help panels; texts with brackets go through escape()
 )
 app.add_typer(user_app, name="user")
+app.add_typer(group_app, name="group")
 app.command("invite")(invite)
 
 

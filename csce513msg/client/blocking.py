@@ -242,9 +242,10 @@ class Client:
         """Rename ``group`` to ``name`` (the owner or an instructor); its stream stays."""
         return self.request(self.session.group_rename(group, name), GroupInfo)
 
-    def group_list(self, mine: bool = True) -> GroupListReply:
-        """Our groups (``mine``), or every group we may see."""
-        return self.request(self.session.group_list(mine), GroupListReply)
+    def group_list(self, mine: bool = True, after: str = "") -> GroupListReply:
+        """Our groups (``mine``), or every group we may see, by name from after ``after``: one
+        reply, which may be cut (its last entry's flags bit 2: ask again after its name)."""
+        return self.request(self.session.group_list(mine, after), GroupListReply)
 
     def group_members(self, group: str) -> GroupMembersReply:
         """``group``'s members with their roles and online sessions."""

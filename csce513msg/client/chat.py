@@ -364,6 +364,8 @@ class ChatClient:
             extra += ["invite only"] if flags & 1 else []
             extra += ["member"] if flags & 2 and asked == "all" else []
             entries.append(f"{inert_name('#' + name)} ({', '.join(extra)})")
+        if msg.flags and msg.flags[-1] & 4:  # the server cut the list: one frame's header holds it
+            entries.append(f"and more after {inert_name('#' + msg.names[-1])}")
         self.view.show("groups: " + ("; ".join(entries) or "none"), event="groups", groups=list(msg.names),
                        owners=list(msg.owners), sizes=list(msg.sizes), flags=list(msg.flags))  # fmt: skip
 

@@ -279,9 +279,10 @@ class ClientSession:
         """Queue a GroupRename to ``name``."""
         return self.request(GroupRename(group, name))
 
-    def group_list(self, mine: bool = True) -> int:
-        """Queue a GroupList (ours, or every group we may see); answered by GroupListReply."""
-        return self.request(GroupList(int(mine)))
+    def group_list(self, mine: bool = True, after: str = "") -> int:
+        """Queue a GroupList (ours, or every group we may see; by name, those after ``after``);
+        answered by GroupListReply (cut short: its last entry's flags have bit 2)."""
+        return self.request(GroupList(int(mine), after))
 
     def group_members(self, group: str) -> int:
         """Queue a GroupMembers; answered by GroupMembersReply."""

@@ -40,6 +40,7 @@ log = logging.getLogger("csce513msg.hub")
 HISTORY_PAGE = 100  #: the most messages one History request returns
 HISTORY_DEFAULT = 20  #: the messages a History request with ``limit`` 0 (or none) returns
 HISTORY_QUEUE = 16  #: History requests a connection may have waiting behind the one being read
+NO_CONN: ConnId = -1  #: the "sender" of a message no connection asked for (a queued group change)
 READS_PER_BATCH = 32  #: catch-up fetches and History pages one storage batch reads, at most
 
 
@@ -125,6 +126,17 @@ class Mailroom:
         """A Send, checked: stored in the next batch; the receipt waits for the commit."""
         self.batch.messages.append(new)
         self._senders.append((session.conn, rid))
+
+    def store_queued(self, new: NewMessage | str, queue_id: int) -> None:
+        """A change ``msgsrv group`` queued: its event stored in the next batch, which closes the
+        queued row in the same transaction (nobody waits for a receipt); or, refused by the
+        engine's checks (``new`` the reason), the row closed with that reason."""
+        if isinstance(new, str):
+            self.batch.queue_outcomes[queue_id] = new
+            return
+        self.batch.queued[len(self.batch.messages)] = queue_id
+        self.batch.messages.append(new)
+        self._senders.append((NO_CONN, 0))
 
     def acknowledged(self, session: Session, msg: Ack) -> None:
         """An Ack: the device's cursor moves, the senders learn what was delivered, and a

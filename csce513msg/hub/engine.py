@@ -261,6 +261,8 @@ class Engine:
             self.gate.admit(now)  # a slot is free (after the answer: a good login clears its account's count)
         else:
             batch, stored = self.mail.batch_done(job_id, result)
+            for change in stored.queued:  # `msgsrv group add|remove`: applied as its actor's request
+                self.mail.store_queued(self.groups.queued(change, now), change.id)
             self.gate.logins_done(batch, stored, now)
             self.gate.accounts_changed(stored.accounts, now)
             self.gate.admit(now)  # logins that waited for this batch's news of accounts

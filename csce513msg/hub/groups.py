@@ -69,6 +69,7 @@ from ..store.interface import (
     UNMUTE,
     GroupChange,
     GroupRecord,
+    QueuedChange,
     is_staff,
 )
 from .config import HubConfig
@@ -84,6 +85,12 @@ GroupRequest = (
 )  # fmt: skip
 MAX_MUTE_S = 30 * 86400  #: the longest mute, seconds (a GroupMute past it: BAD_REQUEST)
 MAX_SLOW_S = 86400  #: the longest slow mode interval, seconds
+
+QUEUE_DEVICE = "msgsrv"  #: the device of an event a queued change (``msgsrv group``) made
+MAX_HEADER = 0xFFFF  #: the largest header a frame can carry (``hlen`` is a u16)
+LIST_HEADER = 5 * 2  #: a GroupListReply's five list counts
+LIST_ENTRY = 3 * 2 + 2 * 4  #: per group: three string lengths, its size and flags (u32 each)
+CUT = 4  #: GroupListReply flags, on the last entry: the list was cut after it (ask again ``after`` it)
 
 #: the store's reason for refusing a group message (``Refused.why``) -> the error its sender gets
 REFUSALS: dict[str, tuple[ErrorCode, str]] = {
@@ -241,11 +248,38 @@ class Groups:
                 change = GroupChange(REDACT, position=position, moderator=moderator)
                 placeholder = GroupEvent(GroupEventKind.REMOVED_MESSAGE, (), group.name, position)
                 return self._event(session, group.stream, group.name, change, placeholder, now)
-            case GroupList(mine=mine):
-                self._list(session, user, bool(mine), rid)
+            case GroupList(mine=mine, after=after):
+                self._list(session, user, bool(mine), after, rid)
             case GroupMembers(group=target):
                 self._members(session, self.find(target, rid), user, rid)
         return None
+
+    def queued(self, change: QueuedChange, now: float) -> NewMessage | str:
+        """A change ``msgsrv group add|remove`` queued (``QueuedChange``): the event its actor's
+        GroupAdd or GroupRemove would store, by the same checks (the actor must be an
+        instructor, and a member, as the store requires of whoever changes a group), from the
+        device ``QUEUE_DEVICE`` (so each of the actor's own sessions hears of it too); or why
+        it is refused, in words."""
+        try:
+            account = self.accounts.get(change.actor)
+            if account is None or account.role != "instructor":
+                return f"refused: {change.actor!r} is not an instructor"
+            group = self._managed(change.group, change.actor, 0)
+            if change.op == ADD:
+                users = tuple(u for u in self._known_users(change.users, 0) if u not in group.members)
+                if users:
+                    self._room_for(group, len(users), 0)
+            elif change.op == REMOVE:
+                users = tuple(u for u in self._names(change.users, 0) if u in group.members)
+            else:
+                return f"refused: unknown operation {change.op}"
+        except RemoteProtocolError as exc:
+            return f"refused: {exc.message}"
+        if not users:
+            return "done: nothing to change"
+        body = GroupEvent(change.op, users, group.name).encode()
+        return NewMessage(group.stream, (), change.actor, QUEUE_DEVICE, 0, TargetKind.GROUP, group.name,
+                          ContentType.GROUP_EVENT, self._wall_us(now), body, GroupChange(change.op, users))  # fmt: skip
 
     def post(self, session: Session, msg: Send, now: float) -> NewMessage:
         """A Send to a group (its body and content type checked by the engine), from a member.
@@ -539,15 +573,26 @@ class Groups:
                 raise RemoteProtocolError(ErrorCode.USER_NOT_FOUND, f"no user {name!r}", request_id=rid)
         return names
 
-    def _list(self, session: Session, user: str, mine: bool, rid: int) -> None:
+    def _list(self, session: Session, user: str, mine: bool, after: str, rid: int) -> None:
+        """The groups by name after ``after``, as many as fit in one header (``hlen`` is a u16:
+        the reply has no body); cut short, the last entry's flags say so (bit 2, ``CUT``)."""
         streams = self.of_user.get(user, set()) if mine else self.by_id.keys()
-        groups = sorted((self.by_id[s] for s in streams), key=lambda g: g.name)
+        groups = sorted((g for s in streams if (g := self.by_id[s]).name > after), key=lambda g: g.name)
+        size, fit = LIST_HEADER, 0
+        for g in groups:  # names are ASCII (NAME_RULE), streams too: a character is a byte
+            size += LIST_ENTRY + len(g.stream) + len(g.name) + len(g.owner)
+            if size > MAX_HEADER:
+                break
+            fit += 1
+        page = groups[:fit]
+        flags = [int(g.invite_only) | (user in g.members) << 1 for g in page]
+        if fit < len(groups):
+            flags[-1] |= CUT
         self.out.write(
             session,
             GroupListReply(
-                tuple(g.stream for g in groups), tuple(g.name for g in groups), tuple(g.owner for g in groups),
-                tuple(len(g.members) for g in groups),
-                tuple(int(g.invite_only) | (user in g.members) << 1 for g in groups), rid,
+                tuple(g.stream for g in page), tuple(g.name for g in page), tuple(g.owner for g in page),
+                tuple(len(g.members) for g in page), tuple(flags), rid,
             ),
         )  # fmt: skip
 

@@ -447,12 +447,17 @@ class GroupRename:
     request_id: int = 0
 
 
-@_message(MsgType.GROUP_LIST, "B", added=4)
+@_message(MsgType.GROUP_LIST, "Bs", added=4)
 @dataclass(frozen=True, slots=True)
 class GroupList:
-    """List groups: your own (``mine`` 1) or every one you may see (0); GroupListReply."""
+    """List groups: your own (``mine`` 1) or every one you may see (0), by name, from the
+    first name after ``after`` ("": from the start); GroupListReply, cut where its header
+    would outgrow the frame's 16-bit header length (the last entry's flags bit 2 then)."""
 
     mine: int = 1
+    #: appended after 1.4 was first served (no ``since``: a 1.4 peer without it sends none, and
+    #: the default "" is the list from its start; a 1.4 server without it ignores it, rule 2)
+    after: str = ""
     request_id: int = 0
 
 
@@ -531,7 +536,9 @@ class GroupListReply:
     names: tuple[str, ...]
     owners: tuple[str, ...]
     sizes: tuple[int, ...]  #: members
-    flags: tuple[int, ...]  #: bit 0: invite-only; bit 1: you are a member
+    #: bit 0: invite-only; bit 1: you are a member; bit 2 (on the last entry only): the list
+    #: was cut after this entry, ask again with ``after`` = its name for the rest
+    flags: tuple[int, ...]
     request_id: int = 0
 
 

@@ -249,6 +249,11 @@ class Batch:
     expire_before_us: int = 0
     expire_tokens_before_us: int = 0  #: delete device tokens made before this (µs of wall time; 0: none)
     max_group_members: int = MAX_GROUP_MEMBERS  #: a JOIN or ADD past it is refused ("full")
+    #: index in ``messages`` -> the id of the queued change (``msgsrv group``) it applies: closed
+    #: in the same transaction with the message's outcome (stored, or refused at its turn)
+    queued: dict[int, int] = field(default_factory=dict)
+    #: queued change id -> why the engine refused it before the store (closed with that outcome)
+    queue_outcomes: dict[int, str] = field(default_factory=dict)
 
     def can_wait(self) -> bool:
         """Only acknowledgements' bookkeeping (cursors, delivered, notified): nobody waits for
@@ -256,7 +261,7 @@ class Batch:
         return not (
             self.accounts or self.device_tokens or self.revoked_tokens or self.logins or self.messages
             or self.fetches or self.history or self.poll_accounts or self.expire_before_us
-            or self.expire_tokens_before_us
+            or self.expire_tokens_before_us or self.queue_outcomes
         )  # fmt: skip
 
     def __bool__(self) -> bool:
@@ -278,6 +283,20 @@ class BatchResult:
     history: dict[int, list[StoredMessage]] = field(default_factory=dict)  #: per history page, oldest first
     #: accounts that others created, changed (their hash or role) or removed (None) since the last poll
     accounts: dict[str, Account | None] = field(default_factory=dict)
+    #: with a poll: the group changes ``msgsrv group`` queued that no batch has closed, oldest first
+    queued: list[QueuedChange] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedChange:
+    """A group change ``msgsrv group add|remove`` queued for the server (schema 7, ``group_queue``):
+    the engine applies it as ``actor``'s GroupAdd or GroupRemove would be."""
+
+    id: int
+    op: int  #: ``ADD`` or ``REMOVE``
+    group: str  #: a name, or the stream ``g:<id>``
+    users: tuple[str, ...]
+    actor: str  #: an instructor, a member of the group
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,6 +34,7 @@ import itertools
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar, TypeVarTuple
@@ -60,6 +61,7 @@ from .interface import (
     LoginInfo,
     LoginRead,
     NewMessage,
+    QueuedChange,
     Refused,
     StoredMessage,
     is_group,
@@ -159,6 +161,14 @@ MIGRATIONS: list[list[str]] = [
         # office hours: the raised hands, in the order they were raised (``raised_us``, then ``user``)
         """CREATE TABLE hands (user TEXT PRIMARY KEY, question TEXT NOT NULL, raised_us INTEGER NOT NULL)
             WITHOUT ROWID""",
+    ],
+    [  # version 8: group changes `msgsrv group add|remove` queues for the running server's writer,
+        # which applies each as the event its actor's request would make (never another process's
+        # insert into messages: the writer caches positions). users: names, space-separated
+        """CREATE TABLE group_queue (id INTEGER PRIMARY KEY, op INTEGER NOT NULL, grp TEXT NOT NULL,
+            users TEXT NOT NULL, actor TEXT NOT NULL, queued_us INTEGER NOT NULL,
+            done_us INTEGER NOT NULL DEFAULT 0, outcome TEXT NOT NULL DEFAULT '')""",
+        "CREATE INDEX group_queue_pending ON group_queue (id) WHERE done_us = 0",
     ],
 ]
 TAIL_EVERY = 64  #: batches between the writer's own checkpoints of the WAL's tail
@@ -295,7 +305,8 @@ class SqliteStore:
             if (page := self._read(self._page, *args, batch.readers.get(key, ""))) is not None
         }
         accounts = (self._read(self._poll_accounts) or {}) if batch.poll_accounts else {}
-        return BatchResult(stored, fetched, None, newly, logins, history, accounts)
+        queued = (self._read(self._queued_changes) or []) if batch.poll_accounts else []
+        return BatchResult(stored, fetched, None, newly, logins, history, accounts, queued)
 
     def _write(self, batch: Batch) -> tuple[list[StoredMessage | Refused], list[DeliveredNote], dict[int, LoginInfo]]:
         """The batch's writes, in one transaction; raises if any of them fails."""
@@ -316,6 +327,8 @@ class SqliteStore:
             db.execute("DELETE FROM device_tokens WHERE created_us < ?", (batch.expire_tokens_before_us,))
         self._newly = []
         stored = [self._append(m, batch.max_group_members) for m in batch.messages]
+        if batch.queued or batch.queue_outcomes:
+            self._queue_done(batch, stored)
         newly = self._newly + [note for key, pos in batch.delivered.items() for note in self._delivered(*key, pos)]
         db.executemany(  # after _delivered, which may read the cursors as they were
             """INSERT INTO cursors (user, device, stream, position) VALUES (?, ?, ?, ?)
@@ -329,6 +342,26 @@ class SqliteStore:
         )
         db.execute("COMMIT")
         return stored, newly, logins
+
+    def _queue_done(self, batch: Batch, stored: list[StoredMessage | Refused]) -> None:
+        """Close the queued group changes (``msgsrv group``) this batch answers, in its
+        transaction: an event stored with it is never applied twice."""
+        outcomes = dict(batch.queue_outcomes)
+        for index, queue_id in batch.queued.items():
+            m = stored[index]
+            outcomes[queue_id] = (
+                f"refused: {m.why or m.reason}" if isinstance(m, Refused) else f"done: {m.stream} position {m.position}"
+            )  # fmt: skip
+        now_us = time.time_ns() // 1000
+        self.db.executemany(
+            "UPDATE group_queue SET done_us = ?, outcome = ? WHERE id = ? AND done_us = 0",
+            [(now_us, text, queue_id) for queue_id, text in outcomes.items()],
+        )
+
+    def _queued_changes(self) -> list[QueuedChange]:
+        """The group changes ``msgsrv group`` queued that no batch has answered, oldest first."""
+        rows = self.db.execute("SELECT id, op, grp, users, actor FROM group_queue WHERE done_us = 0 ORDER BY id")
+        return [QueuedChange(i, op, grp, tuple(users.split()), actor) for i, op, grp, users, actor in rows]
 
     def _rolled_back(self) -> None:
         """Undo a failed batch: the transaction, and every cache that may hold its writes

@@ -11,14 +11,18 @@ stored, so whatever came before the marker has come.
 from __future__ import annotations
 
 import itertools
+import selectors
+import socket
+import time
 from collections.abc import Callable
 
 import pytest
 
-from csce513msg.client import Client, ServerError
+from csce513msg.client import Client, ClientSession, ServerError
 from csce513msg.protocol import (
     ContentType,
     Deliver,
+    Error,
     ErrorCode,
     GroupEvent,
     GroupEventKind,
@@ -26,13 +30,14 @@ from csce513msg.protocol import (
     GroupListReply,
     GroupMembersReply,
     HistoryEnd,
+    LoginOk,
     Message,
     Ping,
     Receipt,
     ReceiptState,
     TargetKind,
 )
-from tests.conformance.wire import connect, next_of
+from tests.conformance.wire import PASSWORD, connect, next_of
 from tests.fixtures import Names, Server
 
 GROUP = TargetKind.GROUP
@@ -325,3 +330,109 @@ def test_group_error_codes(server: Server, names: Names) -> None:
     assert [isinstance(x, GroupInfo) for x in (b.group_leave(club), a.group_add(club, [carol]))] == [True, True]
     for client in (a, b, c):
         client.close()
+
+
+# ---- 500 members ---------------------------------------------------------------------------
+
+CROWD = 500  #: members added by one GroupAdd (the plan's figure; the limit is 1000 a group)
+CROWD_POSTS = 10
+
+
+class _Member:
+    """One member's connection, non-blocking: the pure ``ClientSession`` (which acknowledges
+    what it is delivered) driven by the test's selector instead of a thread of its own."""
+
+    def __init__(self, server: Server, user: str) -> None:
+        self.sock = socket.create_connection((server.host, server.port), timeout=30)
+        self.sock.setblocking(False)
+        self.session = ClientSession(
+            user, password=PASSWORD, register=True, device_id="crowd", groups=True, drop_repeats=False
+        )  # fmt: skip
+        self.out = b""
+        self.got: list[Message] = []
+        self.eof = False
+
+    def received(self) -> None:
+        try:
+            data = self.sock.recv(1 << 16)
+        except BlockingIOError:
+            return
+        if not data:
+            self.eof = True
+            return
+        self.got.extend(self.session.receive_data(data))
+
+    def send(self) -> None:
+        self.out += self.session.data_to_send()
+        if self.out:
+            try:
+                self.out = self.out[self.sock.send(self.out) :]
+            except BlockingIOError:
+                pass
+
+    def logged_in(self) -> bool:
+        return any(isinstance(m, LoginOk) for m in self.got)
+
+    def deliveries(self) -> list[Deliver]:
+        return [m for m in self.got if isinstance(m, Deliver) and m.target_kind == GROUP and not m.request_id]
+
+
+def _drive(crowd: list[_Member], done: Callable[[_Member], bool], what: str, timeout: float = 60.0) -> None:
+    """Move every member's bytes both ways until each is ``done`` (or fail at ``timeout``)."""
+    with selectors.DefaultSelector() as sel:
+        for m in crowd:
+            sel.register(m.sock, selectors.EVENT_READ, m)
+        deadline = time.monotonic() + timeout
+        while True:
+            for m in crowd:
+                m.send()
+            waiting = [m for m in crowd if not done(m) or m.out]
+            if not waiting:
+                return
+            assert time.monotonic() < deadline, f"{len(waiting)} of {len(crowd)} not {what} after {timeout} s"
+            for key, _ in sel.select(timeout=0.2):
+                member_ = key.data
+                assert isinstance(member_, _Member)
+                member_.received()
+            eof = [m.session.user for m in crowd if m.eof]
+            assert not eof, f"the server closed {eof[:5]}..."
+            errors = [e for m in crowd for e in m.got if isinstance(e, Error)]
+            assert not errors, errors[:5]
+
+
+def test_500_members_added_at_once_each_get_every_message_once(server: Server, names: Names) -> None:
+    """The plan's 500: one bulk GroupAdd (one event, ~7 KB), ten posts, each delivered once
+    to each member's session, in order; one "delivered" receipt per message, once all have it.
+    The members are non-blocking sockets on one selector here (the server: 500 connections;
+    on the threads backend 1,000 threads, on select ~510 descriptors, under 1,024)."""
+    owner_name, club = names("host"), names("crowd")
+    users = [names("m") for _ in range(CROWD)]
+    owner = member(server, owner_name, "o1")
+    crowd: list[_Member] = []
+    try:
+        for user in users:
+            crowd.append(_Member(server, user))
+        _drive(crowd, _Member.logged_in, "logged in")
+        made = owner.group_create(club)
+        added = owner.group_add(club, users)
+        assert (added.members, added.position) == (CROWD + 1, 2)
+        sent = [owner.send_text(club, f"to all {i}", kind=GROUP) for i in range(CROWD_POSTS)]
+        assert [r.position for r in sent] == list(range(3, 3 + CROWD_POSTS))
+        _drive(crowd, lambda m: len(m.deliveries()) >= 1 + CROWD_POSTS, "delivered to")
+        want = [(made.stream, 2, ContentType.GROUP_EVENT)] + [(r.stream, r.position, ContentType.TEXT) for r in sent]
+        for m in crowd:  # once each (a repeat would show: drop_repeats is off), in order, nothing else
+            got = m.deliveries()
+            assert [(d.stream, d.position, d.content_type) for d in got] == want, (m.session.user, got)
+            assert [d.message_id for d in got[1:]] == [r.message_id for r in sent]
+        ids = {r.message_id for r in sent}  # every member acknowledged (ClientSession does): delivered
+        delivered = [
+            next_of(owner, Receipt, lambda r: r.state == ReceiptState.DELIVERED and r.message_id in ids, timeout=60)
+            for _ in range(CROWD_POSTS)
+        ]  # fmt: skip
+        assert sorted(r.message_id for r in delivered) == sorted(ids)  # one each
+        owner.call(Ping())  # and no second one before this answer
+        assert not [r for r in owner.inbox if isinstance(r, Receipt) and r.message_id in ids]
+    finally:
+        for m in crowd:
+            m.sock.close()
+        owner.close()

@@ -298,6 +298,39 @@ def test_group_requests_before_the_login_are_refused_by_the_state_table(hub: Hub
     assert codes(no_groups) == [ErrorCode.UNSUPPORTED, ErrorCode.BAD_REQUEST]
 
 
+def test_a_group_list_too_long_for_one_header_is_cut_by_name_and_paged_with_after(hub: Hub) -> None:
+    h = hub(burst=5000)
+    alice = h.connect("alice", device="a1", groups=True)
+    bob = h.connect("bob", device="b1", groups=True)
+    names = [f"{i:04d}-" + "x" * 27 for i in range(1400)]  # 32 characters: ~57 header bytes a group
+    for name in names:
+        alice.session.request(GroupCreate(name))
+    h.pump()
+    h.settle()
+    assert len(alice.of(GroupInfo)) == len(names) and codes(alice) == []
+    bob.session.request(GroupJoin(names[-1]))
+    h.pump()
+    for mine, who, want in ((0, bob, names), (1, alice, names)):
+        pages: list[GroupListReply] = []
+        after = ""
+        for _ in range(len(names)):  # bounded: a page holds at least one group
+            who.session.request(GroupList(mine, after))
+            h.pump()
+            pages.append(who.of(GroupListReply)[-1])
+            if not pages[-1].flags or not pages[-1].flags[-1] & 4:
+                break
+            after = pages[-1].names[-1]
+        assert len(pages) == 2  # 1400 groups of 57 bytes: over 65,535, under twice that
+        assert [n for p in pages for n in p.names] == want  # by name, each once, none missed
+        assert all(len(encode(p)) - 12 <= 0xFFFF for p in pages)  # each header fits its u16 length
+        assert [f & 4 for p in pages for f in p.flags].count(4) == 1  # the cut: the first page's last
+    every = [f for p in bob.of(GroupListReply) for f in p.flags]
+    assert every.count(2) + every.count(6) == 1  # bob is a member of the last one only
+    bob.session.request(GroupList(1))  # bob's own groups: one page, not cut
+    h.pump()
+    assert bob.of(GroupListReply)[-1].names == (names[-1],) and bob.of(GroupListReply)[-1].flags == (2,)
+
+
 # ---- fan-out ------------------------------------------------------------------------------
 
 
