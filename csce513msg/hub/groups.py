@@ -198,16 +198,16 @@ class Groups:
                     self._answer(session, group, rid)  # members already: no event
                     return None
                 self._room_for(group, len(new), rid)
-                return self._event(session, group.stream, group.name, GroupChange(ADD, new),
-                                   GroupEvent(ADD, new, group.name), now)  # fmt: skip
+                change = GroupChange(ADD, new, moderator=self._staff(user))
+                return self._event(session, group.stream, group.name, change, GroupEvent(ADD, new, group.name), now)
             case GroupRemove(group=target, users=users):
                 group = self._managed(target, user, rid)
                 gone = tuple(u for u in self._names(users, rid) if u in group.members)
                 if not gone:
                     self._answer(session, group, rid)  # none of them is a member: no event
                     return None
-                return self._event(session, group.stream, group.name, GroupChange(REMOVE, gone),
-                                   GroupEvent(REMOVE, gone, group.name), now)  # fmt: skip
+                change = GroupChange(REMOVE, gone, moderator=self._staff(user))
+                return self._event(session, group.stream, group.name, change, GroupEvent(REMOVE, gone, group.name), now)
             case GroupRename(group=target, name=name):
                 group = self._managed(target, user, rid)
                 folded = checked_name(name, rid)
@@ -215,8 +215,8 @@ class Groups:
                     self._answer(session, group, rid)  # its name already: no event
                     return None
                 self._name_free(folded, rid)
-                return self._event(session, group.stream, group.name, GroupChange(RENAME, (), folded),
-                                   GroupEvent(RENAME, (), folded), now)  # fmt: skip
+                change = GroupChange(RENAME, (), folded, moderator=self._staff(user))
+                return self._event(session, group.stream, group.name, change, GroupEvent(RENAME, (), folded), now)
             case GroupDelete(group=target):
                 group = self._moderated(target, user, rid, "delete it")
                 return self._event(session, group.stream, group.name, GroupChange(DELETE),
@@ -279,7 +279,8 @@ class Groups:
             return "done: nothing to change"
         body = GroupEvent(change.op, users, group.name).encode()
         return NewMessage(group.stream, (), change.actor, QUEUE_DEVICE, 0, TargetKind.GROUP, group.name,
-                          ContentType.GROUP_EVENT, self._wall_us(now), body, GroupChange(change.op, users))  # fmt: skip
+                          ContentType.GROUP_EVENT, self._wall_us(now), body,
+                          GroupChange(change.op, users, moderator=True))  # fmt: skip
 
     def post(self, session: Session, msg: Send, now: float) -> NewMessage:
         """A Send to a group (its body and content type checked by the engine), from a member.

@@ -37,15 +37,17 @@ def refusal(members: dict[str, int], sender: str, change: GroupChange | None, ma
     """Why a message to a group with these ``members`` (user -> joined at) must be refused
     now ("" if it may be stored); see ``Refused.why``. Permissions (owner, role, invite-only)
     are the engine's: they do not change while a batch is in flight. A post and a LEAVE need
-    a member; the changes the owner or staff make (add, remove, rename, delete, mute, slow
-    mode, redaction) do not: staff moderate without joining (the engine checks that the
-    owner is a member). A REDACT's message is checked where it is read (``tombstone``)."""
+    a member; so do an add, a removal and a rename by the owner (``moderator`` unset); staff
+    (``moderator``) change and moderate without joining, and the owner deletes, mutes, sets
+    slow mode and redacts as a member or not. A REDACT's message is checked where it is read (``tombstone``)."""
     if change is None or change.op == LEAVE:
         return "" if sender in members else "not_member"
     if change.op == JOIN:
         if sender in members:
             return "unchanged"
         return "full" if len(members) >= max_members else ""
+    if change.op in (RENAME, ADD, REMOVE) and sender not in members and not change.moderator:
+        return "not_member"  # the owner left (or was removed) while the change was on its way
     if change.op in (RENAME, DELETE, MUTE, UNMUTE, SLOW, REDACT):
         return ""
     if change.op == ADD:

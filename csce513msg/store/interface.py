@@ -126,7 +126,9 @@ class GroupChange:
     seconds: int = 0  #: MUTE: for how long; SLOW: between a student's posts (0: off)
     position: int = 0  #: REDACT: the message to remove
     #: REDACT: the sender may remove anyone's message (staff, the owner); else only its own
-    #: (refused "forbidden" at its turn: only the store knows a message's author)
+    #: (refused "forbidden" at its turn: only the store knows a message's author).
+    #: ADD, REMOVE, RENAME: the sender is staff and need not be a member (the owner must be
+    #: one at the change's turn, as the sender of a post must)
     moderator: bool = False
 
 

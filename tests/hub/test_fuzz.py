@@ -289,7 +289,8 @@ class _GroupModel:
                 assert sender in members, f"{stream}@{position}: a post from {sender}, not a member"
                 continue
             event = GroupEvent.decode(body)
-            manager = sender in members and (sender == self.owners.get(stream) or sender == "tea")
+            # staff change a group member or not; its owner as a member at the change's turn
+            manager = sender == "tea" or (sender in members and sender == self.owners.get(stream))
             if event.kind == GroupEventKind.CREATED:
                 assert position == 1 and event.name not in self.names.values(), (stream, event)
                 self.names[stream], self.owners[stream] = event.name, sender

@@ -4,6 +4,7 @@ migration from version 5. Both stores where the behaviour is shared (no sockets 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 import sqlite3
@@ -182,7 +183,10 @@ def test_add_and_remove_open_and_close_intervals(store: AnyStore) -> None:
     assert isinstance(nobody, Refused) and nobody.why == "unchanged"
     outsider = one(store, event("dan", g, LEAVE))
     assert isinstance(outsider, Refused) and outsider.why == "not_member"
-    stored(store, event("dan", g, ADD, ("dan",)))  # 5: staff add without joining (the engine checks who may)
+    owner_gone = one(store, event("dan", g, ADD, ("dan",)))  # an owner who left meanwhile: a member's change
+    assert isinstance(owner_gone, Refused) and owner_gone.why == "not_member"
+    staff = dataclasses.replace(event("dan", g, ADD, ("dan",)), change=GroupChange(ADD, ("dan",), moderator=True))
+    stored(store, staff)  # 5: staff add without joining (the engine checks who may)
     groups = store.load_groups()
     assert (groups[g].members, groups[g].former) == (("alice", "bob", "dan"), ("carol",))
 

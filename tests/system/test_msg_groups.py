@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import subprocess
 
-from csce513msg.protocol import ContentType, GroupEvent, GroupEventKind, TargetKind
+from csce513msg.protocol import ContentType, GroupEvent, GroupEventKind, Receipt, ReceiptState, TargetKind
 from tests.conformance.wire import connect, register
 from tests.fixtures import Names
 from tests.servers import IS_LINUX, ServerProcess
@@ -69,7 +69,10 @@ def test_a_joiner_sees_the_event_and_live_posts(server: ServerProcess, names: Na
         joined = alice_client.deliveries(1, timeout=15)[0]
         assert GroupEvent.decode(joined.body).kind == GroupEventKind.JOINED
         alice_client.send_text(lab, "welcome", kind=TargetKind.GROUP)
-        carol_msg.stdin.write("/quit\n")  # after the post has been stored: it is delivered live, or as catch-up
+        # carol's msg has it once alice hears it was delivered: a /quit sooner could end carol's
+        # run before the Deliver was read (input ended and every request of hers was answered)
+        alice_client.next_message(lambda m: isinstance(m, Receipt) and m.state == ReceiptState.DELIVERED, 15)
+        carol_msg.stdin.write("/quit\n")
         out, err = carol_msg.communicate(timeout=30)
         assert carol_msg.returncode == 0, err
         assert f"joined #{lab} (2 members)" in out
