@@ -51,6 +51,9 @@ class ErrorCode(enum.IntEnum):
     NOT_A_MEMBER = 26  # the request needs you to be a member of the group
     FORBIDDEN = 27  # your role (or not owning the group) does not allow it
     GROUP_FULL = 28  # the group has its largest number of members
+    MUTED = 29  # muted in that group: wait (Error.retry_after_ms)
+    SLOW_MODE = 30  # slow mode: wait before posting again (Error.retry_after_ms)
+    NO_SUCH_MESSAGE = 31  # no message at that position (or removed, or not an announcement)
 
 
 class Csce513Error(Exception):
