@@ -48,7 +48,20 @@ from ..protocol import (
 )
 from ..protocol.names import checked_name
 from ..store import Account, NewMessage, StoredMessage
-from ..store.interface import ADD, CREATE, GROUP_PREFIX, JOIN, LEAVE, REMOVE, RENAME, GroupChange, GroupRecord
+from ..store.interface import (
+    ADD,
+    ANNOUNCEMENTS,
+    ASKS_CONFIRMATION,
+    CREATE,
+    GROUP_PREFIX,
+    JOIN,
+    LEAVE,
+    REMOVE,
+    RENAME,
+    GroupChange,
+    GroupRecord,
+)
+from .classroom import is_staff
 from .config import HubConfig
 from .outbox import Outbox
 from .session import Session
@@ -127,6 +140,11 @@ class Groups:
         user = session.user
         assert user is not None  # READY
         rid = msg.request_id
+        changes = (GroupJoin, GroupLeave, GroupAdd, GroupRemove, GroupRename)
+        if isinstance(msg, changes) and self.find(msg.group, rid).stream == ANNOUNCEMENTS:  # always everyone's
+            raise RemoteProtocolError(
+                    ErrorCode.FORBIDDEN, "nobody joins, leaves or changes the announcements", request_id=rid
+                )  # fmt: skip
         match msg:
             case GroupCreate(name=name, invite_only=invite_only):
                 folded = checked_name(name, rid)
@@ -191,6 +209,12 @@ class Groups:
         user = session.user
         assert user is not None
         group = self._member_of(msg.target, user, msg.request_id)
+        if group.stream == ANNOUNCEMENTS and not is_staff(self.accounts, user):
+            raise RemoteProtocolError(ErrorCode.FORBIDDEN, "only staff post announcements", request_id=msg.request_id)
+        if msg.content_type == ASKS_CONFIRMATION and group.stream != ANNOUNCEMENTS:
+            raise RemoteProtocolError(
+                ErrorCode.BAD_REQUEST, "content type 4 is for the announcements only", request_id=msg.request_id
+            )  # fmt: skip
         return NewMessage(group.stream, (), user, session.device, msg.client_msg_id, TargetKind.GROUP, group.name,
                           msg.content_type, self._wall_us(now), msg.body)  # fmt: skip
 
@@ -224,8 +248,23 @@ class Groups:
 
     # ---- the roster: sessions come and go, batches commit -----------------------------
 
+    def accounts_changed(self, changes: dict[str, Account | None]) -> None:
+        """Accounts made or removed (registration, ``msgsrv user``): every account reads the
+        announcements (the store enrolls it by a trigger; this cache follows)."""
+        announcements = self.by_id.get(ANNOUNCEMENTS)
+        if announcements is None:
+            return
+        for user, account in changes.items():
+            if account is not None and user not in announcements.members:
+                self._join(announcements, user)
+            elif account is None and user in announcements.members:
+                self._leave(announcements, user)
+
     def came_online(self, session: Session) -> None:
         """``session`` logged in: it joins the live set of each of its user's groups."""
+        announcements = self.by_id.get(ANNOUNCEMENTS)
+        if announcements is not None and session.user in self.accounts and session.user not in announcements.members:
+            self._join(announcements, session.user)  # an account the cache has not heard of yet: a reader
         if session.groups:
             for stream in self.of_user.get(session.user or "", ()):
                 self.by_id[stream].live[session] = None
