@@ -429,7 +429,7 @@ class ChatClient:
         for stream, name, owner, size, flags in zip(msg.streams, msg.names, msg.owners, msg.sizes, msg.flags,
                                                     strict=False):  # fmt: skip
             self.groups[stream] = name
-            extra = [plural(size, "member"), f"owner {inert_name(owner)}"]
+            extra = [plural(size, "member"), f"owner {inert_name(owner)}" if owner else "the server's"]
             extra += ["invite only"] if flags & 1 else []
             extra += ["member"] if flags & 2 and asked == "all" else []
             entries.append(f"{inert_name('#' + name)} ({', '.join(extra)})")
