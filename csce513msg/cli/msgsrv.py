@@ -136,7 +136,10 @@ def main(
         data_flag = f" --data-dir {data_dir}" if data_dir != default_data_dir() else ""
         _say(f"accounts: none yet: add them with `msgsrv user add NAME{data_flag}` (or use --self-register)")
     wall_offset = time.time() - time.monotonic()
-    chat = Engine(store, hub_config, wall_offset, passwords, accounts, store.load_device_tokens(), store.load_groups())
+    chat = Engine(
+        store, hub_config, wall_offset, passwords, accounts, store.load_device_tokens(), store.load_groups(),
+        store.load_classroom(),
+    )  # fmt: skip
     engine: EngineAPI = chat
     fingerprint = None
     if tls or tls_cert:

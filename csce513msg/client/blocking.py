@@ -29,6 +29,7 @@ from typing import TypeVar, overload
 
 from ..protocol import (
     VERSION_MINOR,
+    Confirmations,
     Csce513Error,
     Deliver,
     Error,
@@ -36,6 +37,8 @@ from ..protocol import (
     GroupInfo,
     GroupListReply,
     GroupMembersReply,
+    HandPlace,
+    HandQueueReply,
     HistoryEnd,
     LoginOk,
     Message,
@@ -266,6 +269,36 @@ class Client:
     def redact(self, group: str, position: int) -> GroupInfo:
         """Remove the message at ``position`` (staff; the owner; its sender): a tombstone in its place."""
         return self.request(self.session.redact(group, position), GroupInfo)
+
+    # ---- the classroom (1.4: connect with groups=True); ServerError if refused ----------
+
+    def announce(self, text: str, confirm: bool = False) -> Receipt:
+        """Post an announcement (staff); with ``confirm``, one that asks to be confirmed."""
+        return self.request(self.session.announce(text, confirm), Receipt)
+
+    def confirm(self, position: int) -> Confirmations:
+        """Confirm the announcement at ``position`` (it must ask): the answer lists only us."""
+        return self.request(self.session.confirm(position), Confirmations)
+
+    def confirmed(self, position: int = 0) -> Confirmations:
+        """Who confirmed the announcement at ``position`` (0: the newest that asks), who has not (staff)."""
+        return self.request(self.session.confirmed(position), Confirmations)
+
+    def raise_hand(self, question: str) -> HandPlace:
+        """Raise a hand (not staff): our place in the queue."""
+        return self.request(self.session.raise_hand(question), HandPlace)
+
+    def lower_hand(self) -> HandPlace:
+        """Lower our hand (place 0)."""
+        return self.request(self.session.lower_hand(), HandPlace)
+
+    def hand_queue(self) -> HandQueueReply:
+        """The queue, first first (staff)."""
+        return self.request(self.session.hand_queue(), HandQueueReply)
+
+    def take_next(self) -> HandQueueReply:
+        """Take the first hand (staff): ``taken`` names the student ("" for an empty queue)."""
+        return self.request(self.session.take_next(), HandQueueReply)
 
     def send_raw(self, data: bytes) -> None:
         """Send bytes as they are (for tests of malformed input)."""

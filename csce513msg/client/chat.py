@@ -23,7 +23,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from ..protocol import (
+    ANNOUNCEMENTS,
     WAITING_CAP,
+    Confirmations,
     ContentType,
     Deliver,
     Error,
@@ -33,6 +35,8 @@ from ..protocol import (
     GroupInfo,
     GroupListReply,
     GroupMembersReply,
+    HandPlace,
+    HandQueueReply,
     HistoryEnd,
     LoginOk,
     Message,
@@ -51,10 +55,13 @@ from .sanitize import inert, inert_name
 from .session import ClientSession, ClientState
 from .view import Style, View
 
+ANNOUNCEMENTS_NAME = "announcements"  #: g:0's name (the receipt of an /announce shows it)
 HISTORY_PAGE = 20  #: messages per /history and /more
 HISTORY_MAX = 1000  #: the most /history N asks for (the server sends a page of what fits)
 COMMANDS = ("/msg", "/to", "/who", "/history", "/more", "/create", "/join", "/leave", "/groups", "/members", "/add",
-            "/remove", "/help", "/quit")  # fmt: skip
+            "/remove", "/announce", "/announce!", "/confirm", "/confirmed", "/raise", "/lower", "/queue", "/next",
+            "/help", "/quit")  # fmt: skip
+STAFF = ("instructor", "assistant")  #: roles that announce and hold office hours
 CHANGES = ("created", "joined", "left", "added", "removed")  #: group requests the lines after them wait for
 GROUP_COMMANDS = ("/to", "/history", "/join", "/leave", "/members", "/add", "/remove")  #: take a #group first
 
@@ -74,6 +81,16 @@ HELP = """commands:
   /add #GROUP USER...    add users; /remove #GROUP USER... removes them
   /help              this help
   /quit              leave (what the server has not stored yet is kept and sent next time)"""
+HELP_STUDENT = """the classroom:
+  /confirm [N]       confirm you read announcement N (default: the newest that asks)
+  /raise QUESTION    raise your hand in office hours (again: a new question, the same place)
+  /lower             lower your hand"""
+HELP_STAFF = """the classroom (staff):
+  /announce TEXT     post an announcement to everyone
+  /announce! TEXT    post one that asks everyone to /confirm it
+  /confirmed [N]     who confirmed announcement N (default: the newest that asks), who has not
+  /queue             the raised hands, first first
+  /next              take the first hand: its student becomes your conversation"""
 
 
 def clock(time_us: int) -> str:
@@ -155,6 +172,9 @@ class ChatClient:
         self.backlog = b""  #: bytes the kernel did not take yet (interactive: sent when writable)
         self.server_key = ""  #: "host:port", under which the device token is kept
         self.busy = False  #: the server refused the login as busy: retrying quietly until a LoginOk
+        self.role = ""  #: this user's role, from LoginOk: /help lists what it may do
+        self.last_ask = 0  #: the position of the newest announcement seen that asks to be confirmed
+        self.classroom: dict[int, str] = {}  #: request id -> the command that asked ("/confirm"...)
 
     # ---- what waits to be sent ------------------------------------------------------------
 
@@ -234,7 +254,14 @@ class ChatClient:
             self._group_list(msg)
         elif isinstance(msg, GroupMembersReply):
             self._group_members(msg)
+        elif isinstance(msg, Confirmations):
+            self._confirmations(msg)
+        elif isinstance(msg, HandPlace):
+            self._hand_place(msg)
+        elif isinstance(msg, HandQueueReply):
+            self._hand_queue(msg)
         elif isinstance(msg, LoginOk):
+            self.role = msg.role
             away = f"; {count_waiting(msg.waiting)} arrived while you were away" if msg.waiting else ""
             self.view.show(
                 f"logged in as {inert_name(msg.user)} ({inert_name(msg.role or 'student')}){away}; /help for commands",
@@ -263,6 +290,8 @@ class ChatClient:
         if group and msg.content_type == ContentType.GROUP_EVENT:
             return self._group_event(msg)
         self._date_line(msg.time_us)
+        if group and msg.stream == ANNOUNCEMENTS:
+            return self._announcement(msg, text)
         me = self.session.user
         conversation = "#" + msg.target if group else msg.sender  # where an answer goes
         if msg.sender == me:  # my own message: another of my sessions sent it, or a page of history
@@ -284,6 +313,61 @@ class ChatClient:
                        id=msg.message_id, time_us=msg.time_us, stream=msg.stream, position=msg.position,
                        history=history, group=group)  # fmt: skip
         return None
+
+    def _announcement(self, msg: Deliver, text: str) -> None:
+        """An announcement (g:0): a line of its own style, ``[10:00] ANNOUNCEMENT from prof: ...``,
+        and for one that asks, the hint to confirm it. Never anyone's conversation."""
+        asks = msg.content_type == ContentType.ASKS_CONFIRMATION
+        if asks:
+            self.last_ask = max(self.last_ask, msg.position)
+        prefix = f"[{clock(msg.time_us)}] ANNOUNCEMENT #{msg.position} from {inert_name(msg.sender)}: "
+        human = prefix + inert(text, indent=" " * len(prefix))
+        if asks and msg.sender != self.session.user:
+            human += f"\n  (please confirm you read it: /confirm {msg.position})"
+        self.view.show(human, style=Style.ANNOUNCEMENT, event="announcement", sender=msg.sender, text=text,
+                       id=msg.message_id, time_us=msg.time_us, position=msg.position, asks=asks,
+                       history=bool(msg.request_id))  # fmt: skip
+
+    def _confirmations(self, msg: Confirmations) -> None:
+        asked = self.classroom.pop(msg.request_id, "")
+        if asked == "/confirm":
+            human = f"you confirmed announcement #{msg.position}"
+        else:
+            done = inert_name(", ".join(msg.confirmed)) or "nobody"
+            human = f"announcement #{msg.position}: confirmed by {done} ({len(msg.confirmed)})"
+            human += f"; not yet: {inert_name(', '.join(msg.pending)) or 'nobody'} ({len(msg.pending)})"
+        self.view.show(human, event="confirmations", position=msg.position, confirmed=list(msg.confirmed),
+                       pending=list(msg.pending))  # fmt: skip
+
+    def _hand_place(self, msg: HandPlace) -> None:
+        """One line per change of place; a taken hand switches to the staff member who took it."""
+        self.classroom.pop(msg.request_id, "")
+        if msg.taken_by:
+            self.partner = msg.taken_by
+            self.known.add(msg.taken_by)
+            human = f"* {inert_name(msg.taken_by)} took your hand: talking to {inert_name(msg.taken_by)}"
+        elif msg.place:
+            human = f"* your hand is up: place {msg.place} of {msg.size}"
+        else:
+            human = "* your hand is down"
+        self.view.show(human, event="hand", place=msg.place, size=msg.size, question=msg.question,
+                       taken_by=msg.taken_by)  # fmt: skip
+
+    def _hand_queue(self, msg: HandQueueReply) -> None:
+        asked = self.classroom.pop(msg.request_id, "")
+        if msg.taken:
+            self.partner = msg.taken
+            self.known.add(msg.taken)
+            self.view.show(f"you took {inert_name(msg.taken)}'s hand: talking to {inert_name(msg.taken)}",
+                           event="taken", user=msg.taken)  # fmt: skip
+        elif asked == "/next":
+            self.view.show("no hand is raised", event="taken", user="")
+        entries = [
+            f"{n}. {inert_name(u)} ({w} s): {inert(q)}"
+            for n, (u, q, w) in enumerate(zip(msg.users, msg.questions, msg.waited, strict=False), start=1)
+        ]
+        self.view.show("queue: " + ("; ".join(entries) or "empty"), event="queue", users=list(msg.users),
+                       questions=list(msg.questions), waited=list(msg.waited))  # fmt: skip
 
     def _group_event(self, msg: Deliver) -> None:
         """A group's change, from its stream: ``* alice added bob, carol to #lab``."""
@@ -360,7 +444,7 @@ class ChatClient:
         for stream, name, owner, size, flags in zip(msg.streams, msg.names, msg.owners, msg.sizes, msg.flags,
                                                     strict=False):  # fmt: skip
             self.groups[stream] = name
-            extra = [plural(size, "member"), f"owner {inert_name(owner)}"]
+            extra = [plural(size, "member"), f"owner {inert_name(owner)}" if owner else "the server's"]
             extra += ["invite only"] if flags & 1 else []
             extra += ["member"] if flags & 2 and asked == "all" else []
             entries.append(f"{inert_name('#' + name)} ({', '.join(extra)})")
@@ -527,8 +611,12 @@ class ChatClient:
                 self.history_for[self._history(who, HISTORY_PAGE, before=first)] = who
         elif cmd in ("/create", "/join", "/leave", "/groups", "/members", "/add", "/remove"):
             self._group_command(cmd, rest.split())
+        elif cmd in ("/announce", "/announce!", "/confirm", "/confirmed", "/raise", "/lower", "/queue", "/next"):
+            self._classroom_command(cmd, rest)
         elif cmd == "/help":
-            self.view.show(HELP, event="help", text=HELP)
+            extra = HELP_STAFF if self.role in STAFF else HELP_STUDENT
+            text = f"{HELP}\n{extra}"
+            self.view.show(text, event="help", text=text)
         elif cmd == "/quit":
             self.input_done = True
         else:
@@ -574,6 +662,41 @@ class ChatClient:
         else:
             rid, asked = s.group_remove(group, [u for u in users if u]), "removed"
         self.group_requests[rid] = (asked, group)
+        return None
+
+    def _classroom_command(self, cmd: str, rest: str) -> None:
+        usage = {"/announce": "/announce TEXT", "/announce!": "/announce! TEXT", "/confirm": "/confirm [N]",
+                 "/confirmed": "/confirmed [N]", "/raise": "/raise QUESTION", "/lower": "/lower",
+                 "/queue": "/queue", "/next": "/next"}[cmd]  # fmt: skip
+        numbered = cmd in ("/confirm", "/confirmed")
+        if (
+            (cmd in ("/announce", "/announce!", "/raise") and not rest)
+            or (numbered and rest and not (rest.isascii() and rest.isdecimal() and 0 < int(rest) < 2**63))
+            or (cmd in ("/lower", "/queue", "/next") and rest)
+        ):
+            return self.local_error(f"usage: {usage}")
+        if cmd == "/confirm" and not rest and not self.last_ask:
+            return self.local_error("no announcement asking to be confirmed has come yet: /confirm N")
+        if not self._serves_groups() or not self._connected(cmd):
+            return None
+        s = self.session
+        if cmd in ("/announce", "/announce!"):
+            rid = s.announce(rest, confirm=cmd == "/announce!")
+            self.sent[rid] = Outgoing("#" + ANNOUNCEMENTS_NAME, rest, int(time.time() * 1e6), next(self._keys))
+            return None
+        if cmd == "/confirm":
+            rid = s.confirm(int(rest) if rest else self.last_ask)
+        elif cmd == "/confirmed":
+            rid = s.confirmed(int(rest) if rest else 0)
+        elif cmd == "/raise":
+            rid = s.raise_hand(rest)
+        elif cmd == "/lower":
+            rid = s.lower_hand()
+        elif cmd == "/queue":
+            rid = s.hand_queue()
+        else:
+            rid = s.take_next()
+        self.classroom[rid] = cmd
         return None
 
     def _conversation(self, name: str) -> str | None:
@@ -692,7 +815,7 @@ def _duration(seconds: int) -> str:
 
 def _who_entry(user: str, sessions: int | None, role: str | None) -> str:
     extra = [f"{sessions} sessions"] if sessions and sessions > 1 else []
-    extra += [role] if role == "instructor" else []
+    extra += [role] if role in STAFF else []
     return f"{user} ({', '.join(extra)})" if extra else user
 
 

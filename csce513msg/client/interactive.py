@@ -61,6 +61,7 @@ SGR = {  # Select Graphic Rendition: our own colours, never the network's
     Style.ERROR: "\x1b[31m",  # red
     Style.SELF: "\x1b[32m",  # green
     Style.OTHER: "",
+    Style.ANNOUNCEMENT: "\x1b[1;33m",  # bold yellow
     Style.DATE: "\x1b[2m",  # dim
 }
 HIGHLIGHT, RESET = "\x1b[1;33m", "\x1b[0m"  # your name in others' messages: bold yellow

@@ -20,9 +20,12 @@ import dataclasses
 import enum
 
 from ..protocol import (
+    ANNOUNCEMENTS,
     VERSION_MAJOR,
     VERSION_MINOR,
     Ack,
+    Confirm,
+    Confirmed,
     ContentType,
     Deliver,
     Error,
@@ -43,6 +46,9 @@ from ..protocol import (
     GroupRemove,
     GroupRename,
     GroupSlow,
+    Hand,
+    HandOp,
+    HandQueue,
     Hello,
     History,
     HistoryEnd,
@@ -52,6 +58,7 @@ from ..protocol import (
     Message,
     Ping,
     Pong,
+    QueueOp,
     Receipt,
     Redact,
     Register,
@@ -303,6 +310,38 @@ class ClientSession:
     def redact(self, group: str, position: int) -> int:
         """Queue a Redact of the message at ``position`` (staff; the owner; its sender)."""
         return self.request(Redact(group, position))
+
+    # ---- the classroom (1.4, with groups): announcements and office hours -----------
+
+    def announce(self, text: str, confirm: bool = False) -> int:
+        """Queue an announcement (staff): a Send to ``g:0``, content type 4 with ``confirm``
+        (it asks to be confirmed), else text; answered by a Receipt."""
+        kind = ContentType.ASKS_CONFIRMATION if confirm else ContentType.TEXT
+        return self.request(Send(TargetKind.GROUP, kind, self.new_client_msg_id(), ANNOUNCEMENTS, text.encode()))
+
+    def confirm(self, position: int) -> int:
+        """Queue a Confirm of the announcement at ``position``; answered by Confirmations."""
+        return self.request(Confirm(position))
+
+    def confirmed(self, position: int = 0) -> int:
+        """Queue a Confirmed (staff; 0: the newest announcement that asks); answered by Confirmations."""
+        return self.request(Confirmed(position))
+
+    def raise_hand(self, question: str) -> int:
+        """Queue a Hand raise (again: a new question, the same place); answered by HandPlace."""
+        return self.request(Hand(HandOp.RAISE, question))
+
+    def lower_hand(self) -> int:
+        """Queue a Hand lower; answered by HandPlace (place 0)."""
+        return self.request(Hand(HandOp.LOWER))
+
+    def hand_queue(self) -> int:
+        """Queue a HandQueue list (staff); answered by HandQueueReply."""
+        return self.request(HandQueue(QueueOp.LIST))
+
+    def take_next(self) -> int:
+        """Queue a HandQueue take (staff): the first hand; HandQueueReply names the student."""
+        return self.request(HandQueue(QueueOp.TAKE))
 
     def ping(self) -> int:
         """Queue a Ping (keep-alive); return its request id."""

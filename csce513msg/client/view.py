@@ -20,6 +20,7 @@ class Style(enum.Enum):
     SELF = "self"  #: what you sent
     OTHER = "other"  #: what others sent
     DATE = "date"
+    ANNOUNCEMENT = "announcement"  #: from the course's staff, to everyone (g:0)
 
 
 class View(Protocol):

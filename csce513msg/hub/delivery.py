@@ -30,7 +30,7 @@ from typing import Protocol
 
 from ..protocol import Ack, Deliver, ErrorCode, HistoryEnd, Receipt, ReceiptState, RemoteProtocolError, encode
 from ..store import Batch, BatchResult, DeliveredNote, Fetch, NewMessage, Refused, Store, StoredMessage
-from ..store.interface import is_group
+from ..store.interface import ANNOUNCEMENTS, ASKS_CONFIRMATION, Note, is_group
 from .actions import ConnId, Lane
 from .config import HubConfig
 from .outbox import Outbox
@@ -81,6 +81,18 @@ class Roster(Protocol):
         ...
 
 
+class Notebook(Protocol):
+    """What the Mailroom tells the classroom (``classroom.Classroom``) when a batch is committed."""
+
+    def noted(self, session: Session | None, rid: int, note: Note, now: float) -> None:
+        """A classroom note is committed: apply it, answer its requester, push to the others."""
+        ...
+
+    def announced(self, position: int) -> None:
+        """An announcement that asks to be confirmed is committed at ``position`` of g:0."""
+        ...
+
+
 class Mailroom:
     """Batches for the store, and what their results turn into.
 
@@ -92,18 +104,23 @@ class Mailroom:
         outbox: where everything to send goes.
         sees: whether a session may see that a user is online (``--visibility``).
         roster: the groups' side of a commit (None: a hub that serves no group).
+        notebook: the classroom's side of a commit (``Batch.notes``; None: no classroom).
     """
 
     def __init__(
         self, store: Store, config: HubConfig, sessions: dict[ConnId, Session], online: dict[str, list[Session]],
         outbox: Outbox, sees: Callable[[Session, str], bool], roster: Roster | None = None,
+        notebook: Notebook | None = None,
     ) -> None:  # fmt: skip
         self.store, self.config, self.sessions, self.online = store, config, sessions, online
         self.out = outbox
         self._sees = sees
         self.roster = roster
+        self.notebook = notebook
         self.batch = self._new_batch()  # what the store must do next: one job per loop pass
         self._senders: list[tuple[ConnId, int]] = []  # (conn, request id) of each batch message
+        self._noters: list[tuple[ConnId, int]] = []  # (conn, request id) of each batch note
+        self._noters_in_flight: list[tuple[ConnId, int]] = []  # ... of the batch in flight
         self._fetchers: dict[int, ConnId] = {}  # catch-up fetch key -> the session waiting for it
         self._history_waiters: dict[int, tuple[ConnId, int, str]] = {}  # key -> (session, request id, stream)
         self._reads: deque[Fetch | PageRead] = deque()  # reads waiting for a batch with room (READS_PER_BATCH)
@@ -137,6 +154,11 @@ class Mailroom:
         self.batch.queued[len(self.batch.messages)] = queue_id
         self.batch.messages.append(new)
         self._senders.append((NO_CONN, 0))
+
+    def take_note(self, session: Session, note: Note, rid: int) -> None:
+        """A classroom request, checked: its note in the next batch; the answer waits for the commit."""
+        self.batch.notes.append(note)
+        self._noters.append((session.conn, rid))
 
     def acknowledged(self, session: Session, msg: Ack) -> None:
         """An Ack: the device's cursor moves, the senders learn what was delivered, and a
@@ -179,8 +201,9 @@ class Mailroom:
 
     # ---- the store's answers ------------------------------------------------------------
 
-    def batch_done(self, job_id: int, result: object) -> tuple[Batch, BatchResult]:
-        """A storage batch finished: receipts and deliveries, now that it is committed."""
+    def batch_done(self, job_id: int, result: object, now: float = 0.0) -> tuple[Batch, BatchResult]:
+        """A storage batch finished: receipts and deliveries, now that it is committed; then
+        the classroom's notes, in order (``now``: for the seconds a hand has waited)."""
         assert self._in_flight is not None and self._in_flight[0] == job_id, "one batch in flight"
         _, batch, senders = self._in_flight
         self._in_flight = None
@@ -206,6 +229,14 @@ class Mailroom:
                 self._stored_in_group(session, rid, stored)
             else:
                 self._stored(session, rid, stored)
+        noters, self._noters_in_flight = self._noters_in_flight, []
+        for (conn, rid), record in zip(noters, batch.notes, strict=True):
+            session = self.sessions.get(conn)
+            if result.error:
+                if session is not None:
+                    self.out.error(session, ErrorCode.STORE_FAILED, "it was not recorded; try again", rid)
+            elif self.notebook is not None:
+                self.notebook.noted(session, rid, record, now)
         for key, found in result.fetched.items():
             if (session := self.sessions.get(self._fetchers.pop(key))) is not None:
                 self._caught_up(session, found)
@@ -263,6 +294,7 @@ class Mailroom:
         batch, self.batch = self.batch, self._new_batch()
         self._in_flight = (job_id, batch, self._senders)
         self._senders = []
+        self._noters_in_flight, self._noters = self._noters, []
         self._polls_submitted += batch.poll_accounts
         self.out.submit(job_id, functools.partial(self.store.apply, batch), Lane.STORE)
 
@@ -379,6 +411,8 @@ class Mailroom:
             return
         assert self.roster is not None  # a group message was stored: the engine has groups
         recipients = self.roster.committed(sender, rid, m)
+        if m.stream == ANNOUNCEMENTS and m.content_type == ASKS_CONFIRMATION and self.notebook is not None:
+            self.notebook.announced(m.position)
         if m.change is None and sender is not None:
             self.out.write(sender, Receipt(stored, m.message_id, m.time_us, m.position, m.stream, "", rid))
         self.stored_count += 1

@@ -24,12 +24,14 @@ The engine is made of parts, each given what it needs and nothing more::
       ├── Outbox    (outbox.py)   what one call has to say: every part writes there
       ├── Mailroom  (delivery.py) the storage batch, receipts, deliveries, catch-up, history
       ├── Gate      (gate.py)     logins, registration, accounts, device tokens, throttles
-      └── Groups    (groups.py)   the committed groups: the requests' checks, who gets a group message
+      ├── Groups    (groups.py)   the committed groups: the requests' checks, who gets a group message
+      └── Classroom (classroom.py) announcements' confirmations, office hours' queue (as committed)
 
 The Gate reaches back only through ``gate.Front`` (dispatch a held request, move a
 state, a user came online, the wall time); the Mailroom only through ``sees`` (who may
-see whom online) and its ``roster`` (the Groups, at a commit); the Groups not at all
-(what a request should store, they return). Session state is in ``session.py``.
+see whom online), its ``roster`` (the Groups, at a commit) and its ``notebook`` (the
+Classroom, at a commit); the Groups and the Classroom not at all (what a request should
+store, they return). Session state is in ``session.py``.
 
 The hub serves protocol 1.``config.max_minor`` (the protocol's ``VERSION_MINOR`` unless a
 test says otherwise); groups from 1.4, to a session whose Hello asked for ``groups``.
@@ -43,6 +45,8 @@ from ..protocol import (
     PRE_LOGIN_MAX_FRAME,
     VERSION_MAJOR,
     Ack,
+    Confirm,
+    Confirmed,
     ContentType,
     Error,
     ErrorCode,
@@ -59,6 +63,8 @@ from ..protocol import (
     GroupRemove,
     GroupRename,
     GroupSlow,
+    Hand,
+    HandQueue,
     Hello,
     History,
     Login,
@@ -80,8 +86,9 @@ from ..protocol import (
 )
 from ..protocol.names import checked_name
 from ..store import Account, DeviceToken, NewMessage, Store
-from ..store.interface import GroupRecord, is_staff
+from ..store.interface import ClassroomRecord, GroupRecord, is_staff
 from .actions import Action, ConnId, Write
+from .classroom import Classroom, ClassroomRequest
 from .config import HubConfig, Visibility
 from .delivery import Mailroom, Snapshot
 from .gate import Gate, Passwords
@@ -105,12 +112,13 @@ class Engine:
         accounts: every account, from ``store.load_accounts()``.
         tokens: the device tokens in force, by digest, from ``store.load_device_tokens()``.
         groups: every group, by stream, from ``store.load_groups()`` (served from 1.4).
+        classroom: the confirmations and raised hands, from ``store.load_classroom()``.
     """
 
     def __init__(
         self, store: Store, config: HubConfig, wall_offset: float, passwords: Passwords,
         accounts: dict[str, Account] | None = None, tokens: dict[str, DeviceToken] | None = None,
-        groups: dict[str, GroupRecord] | None = None,
+        groups: dict[str, GroupRecord] | None = None, classroom: ClassroomRecord | None = None,
     ) -> None:  # fmt: skip
         self.store = store
         self.config = config
@@ -121,7 +129,10 @@ class Engine:
         self.out = Outbox()
         known = dict(accounts or {})  # the gate keeps it current; the groups read roles in it
         self.groups = Groups(config, known, self.online, self.out, self._sees, self.wall_us, groups or {})
-        self.mail = Mailroom(store, config, self.sessions, self.online, self.out, self._sees, self.groups)
+        self.classroom = Classroom(known, self.online, self.out, self.wall_us, classroom)
+        self.mail = Mailroom(
+            store, config, self.sessions, self.online, self.out, self._sees, self.groups, self.classroom
+        )  # fmt: skip
         self.gate = Gate(config, passwords, known, dict(tokens or {}), self.sessions, self.out, self.mail, self)
         self._shown_role: dict[str, str] = {}  # user online -> its role when presence announced it
         self._next_sweep: float | None = None
@@ -260,9 +271,12 @@ class Engine:
             self.gate.hash_done(job_id, result, now)
             self.gate.admit(now)  # a slot is free (after the answer: a good login clears its account's count)
         else:
-            batch, stored = self.mail.batch_done(job_id, result)
+            batch, stored = self.mail.batch_done(job_id, result, now)
             for change in stored.queued:  # `msgsrv group add|remove`: applied as its actor's request
                 self.mail.store_queued(self.groups.queued(change, now), change.id)
+            if stored.error is None:  # accounts made (Register) or changed (`msgsrv user`): g:0's readers
+                self.groups.accounts_changed({a.name: a for a in batch.accounts})
+            self.groups.accounts_changed(stored.accounts)
             self.gate.logins_done(batch, stored, now)
             self.gate.accounts_changed(stored.accounts, now)
             self.gate.admit(now)  # logins that waited for this batch's news of accounts
@@ -369,6 +383,10 @@ class Engine:
             raise RemoteProtocolError(
                 ErrorCode.BAD_REQUEST, "content type 3 is the server's (group events)", request_id=rid
             )  # fmt: skip
+        if msg.content_type == ContentType.ASKS_CONFIRMATION and msg.target_kind != TargetKind.GROUP:
+            raise RemoteProtocolError(
+                ErrorCode.BAD_REQUEST, "content type 4 is for the announcements only", request_id=rid
+            )  # fmt: skip
         if len(msg.body) > self.config.max_text:
             raise RemoteProtocolError(
                 ErrorCode.TEXT_TOO_LONG,
@@ -409,6 +427,16 @@ class Engine:
         new = self.groups.request(session, msg, now)
         if new is not None:
             self.mail.store_message(session, new, msg.request_id)  # GroupInfo after the commit
+
+    def _on_classroom(self, session: Session, msg: ClassroomRequest, now: float) -> None:
+        if not session.groups:
+            raise RemoteProtocolError(
+                ErrorCode.UNSUPPORTED, f"{type(msg).__name__}: ask for the groups feature in Hello",
+                request_id=msg.request_id,
+            )  # fmt: skip
+        note = self.classroom.request(session, msg, now)
+        if note is not None:
+            self.mail.take_note(session, note, msg.request_id)  # answered after the commit
 
     def _on_who(self, session: Session, msg: Who, now: float) -> None:
         users = sorted(u for u in self.online if self._sees(session, u))
@@ -537,6 +565,10 @@ TRANSITIONS: dict[tuple[State, type], tuple[Handler | None, State]] = {
     (State.READY, GroupMute): (Engine._on_group, State.READY),
     (State.READY, GroupSlow): (Engine._on_group, State.READY),
     (State.READY, Redact): (Engine._on_group, State.READY),
+    (State.READY, Confirm): (Engine._on_classroom, State.READY),  # 1.4, the classroom, with groups
+    (State.READY, Confirmed): (Engine._on_classroom, State.READY),
+    (State.READY, Hand): (Engine._on_classroom, State.READY),
+    (State.READY, HandQueue): (Engine._on_classroom, State.READY),
     (State.AUTHENTICATING, AnyRequest): (Engine._hold, State.AUTHENTICATING),  # handled once answered
     (State.AUTHENTICATING, LoginAccepted): (None, State.READY),
     (State.AUTHENTICATING, LoginRefused): (None, State.AWAIT_LOGIN),

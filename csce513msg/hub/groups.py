@@ -56,6 +56,8 @@ from ..protocol.names import checked_name
 from ..store import Account, NewMessage, StoredMessage
 from ..store.interface import (
     ADD,
+    ANNOUNCEMENTS,
+    ASKS_CONFIRMATION,
     CREATE,
     DELETE,
     GROUP_PREFIX,
@@ -168,6 +170,11 @@ class Groups:
         user = session.user
         assert user is not None  # READY
         rid = msg.request_id
+        changes = (GroupJoin, GroupLeave, GroupAdd, GroupRemove, GroupRename)
+        if isinstance(msg, changes) and self.find(msg.group, rid).stream == ANNOUNCEMENTS:  # always everyone's
+            raise RemoteProtocolError(
+                    ErrorCode.FORBIDDEN, "nobody joins, leaves or changes the announcements", request_id=rid
+                )  # fmt: skip
         match msg:
             case GroupCreate(name=name, invite_only=invite_only):
                 folded = checked_name(name, rid)
@@ -293,6 +300,12 @@ class Groups:
         assert user is not None
         rid = msg.request_id
         group = self._member_of(msg.target, user, rid)
+        if group.stream == ANNOUNCEMENTS and not self._staff(user):
+            raise RemoteProtocolError(ErrorCode.FORBIDDEN, "only staff post announcements", request_id=rid)
+        if msg.content_type == ASKS_CONFIRMATION and group.stream != ANNOUNCEMENTS:
+            raise RemoteProtocolError(
+                ErrorCode.BAD_REQUEST, "content type 4 is for the announcements only", request_id=rid
+            )  # fmt: skip
         if group.muted or group.slow_s:
             self._may_post(group, user, now, rid)
         return NewMessage(group.stream, (), user, session.device, msg.client_msg_id, TargetKind.GROUP, group.name,
@@ -328,8 +341,23 @@ class Groups:
 
     # ---- the roster: sessions come and go, batches commit -----------------------------
 
+    def accounts_changed(self, changes: dict[str, Account | None]) -> None:
+        """Accounts made or removed (registration, ``msgsrv user``): every account reads the
+        announcements (the store enrolls it by a trigger; this cache follows)."""
+        announcements = self.by_id.get(ANNOUNCEMENTS)
+        if announcements is None:
+            return
+        for user, account in changes.items():
+            if account is not None and user not in announcements.members:
+                self._join(announcements, user)
+            elif account is None and user in announcements.members:
+                self._leave(announcements, user)
+
     def came_online(self, session: Session) -> None:
         """``session`` logged in: it joins the live set of each of its user's groups."""
+        announcements = self.by_id.get(ANNOUNCEMENTS)
+        if announcements is not None and session.user in self.accounts and session.user not in announcements.members:
+            self._join(announcements, session.user)  # an account the cache has not heard of yet: a reader
         if session.groups:
             for stream in self.of_user.get(session.user or "", ()):
                 self.by_id[stream].live[session] = None

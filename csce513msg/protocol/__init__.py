@@ -14,6 +14,8 @@ from .errors import (
 from .frames import PREFIX_SIZE, Frame, FrameDecoder, HeaderCodec, encode_frame
 from .groups import GroupEvent, GroupEventKind
 from .messages import (
+    ANNOUNCEMENTS,
+    MAX_QUESTION,
     MAX_REQUEST_U64,
     PRE_LOGIN_MAX_FRAME,
     REQUEST_TYPES,
@@ -21,6 +23,9 @@ from .messages import (
     VERSION_MINOR,
     WAITING_CAP,
     Ack,
+    Confirm,
+    Confirmations,
+    Confirmed,
     ContentType,
     Deliver,
     Error,
@@ -39,6 +44,11 @@ from .messages import (
     GroupRemove,
     GroupRename,
     GroupSlow,
+    Hand,
+    HandOp,
+    HandPlace,
+    HandQueue,
+    HandQueueReply,
     Hello,
     History,
     HistoryEnd,
@@ -49,6 +59,7 @@ from .messages import (
     Ping,
     Pong,
     Presence,
+    QueueOp,
     Receipt,
     ReceiptState,
     Redact,
@@ -63,6 +74,17 @@ from .messages import (
 )
 
 __all__ = [
+    "ANNOUNCEMENTS",
+    "MAX_QUESTION",
+    "Confirm",
+    "Confirmations",
+    "Confirmed",
+    "Hand",
+    "HandOp",
+    "HandPlace",
+    "HandQueue",
+    "HandQueueReply",
+    "QueueOp",
     "MAX_REQUEST_U64",
     "PRE_LOGIN_MAX_FRAME",
     "PREFIX_SIZE",

@@ -12,10 +12,11 @@ everything the server sends has the high bit set::
     0x07 History  0x08 Register
     0x10 GroupCreate 0x11 GroupJoin 0x12 GroupLeave 0x13 GroupAdd 0x14 GroupRemove
     0x15 GroupRename 0x16 GroupList 0x17 GroupMembers 0x18 GroupDelete 0x19 GroupMute
-    0x1a GroupSlow 0x1b Redact
+    0x1a GroupSlow 0x1b Redact 0x1c Confirm 0x1d Confirmed 0x1e Hand 0x1f HandQueue
     0x81 Welcome  0x82 LoginOk  0x83 Receipt 0x84 Deliver 0x85 WhoReply
     0x86 Presence 0x87 Pong     0x88 Error   0x89 HistoryEnd
     0x90 GroupInfo 0x91 GroupListReply 0x92 GroupMembersReply
+    0x93 Confirmations 0x94 HandPlace 0x95 HandQueueReply
 
 (``tests/protocol/test_frames.py`` keeps this table equal to ``MsgType``.) A field a later
 minor version appended says so (``since`` in ``_message``), and ``encode`` leaves it out
@@ -87,6 +88,14 @@ class MsgType(enum.IntEnum):
     GROUP_INFO = 0x90
     GROUP_LIST_REPLY = 0x91
     GROUP_MEMBERS_REPLY = 0x92
+    # 1.4, the classroom: announcements and office hours (docs/protocol.md section 11)
+    CONFIRM = 0x1C
+    CONFIRMED = 0x1D
+    HAND = 0x1E
+    HAND_QUEUE = 0x1F
+    CONFIRMATIONS = 0x93
+    HAND_PLACE = 0x94
+    HAND_QUEUE_REPLY = 0x95
 
 
 class TargetKind(enum.IntEnum):
@@ -101,6 +110,7 @@ class ContentType(enum.IntEnum):
 
     TEXT = 0  # UTF-8 text
     GROUP_EVENT = 3  # a group's event, written by the server (1.4): ``protocol.groups.GroupEvent``
+    ASKS_CONFIRMATION = 4  # UTF-8 text: an announcement asking to be confirmed (1.4; only in g:0, from staff)
     # kept for (docs/protocol.md, section 10): 1 file offer (1.6), 2 end-to-end envelope (1.7)
 
 
@@ -554,6 +564,103 @@ class GroupMembersReply:
     request_id: int = 0
 
 
+# ---- 1.4: the classroom (docs/protocol.md, section 11) -----------------------------
+# The announcements are the group ``g:0`` (``ANNOUNCEMENTS``); office hours are one queue of
+# raised hands. *Staff* are instructors and assistants.
+
+ANNOUNCEMENTS = "g:0"  #: the announcements' stream: every account reads it, staff post to it
+MAX_QUESTION = 200  #: the most characters a raised hand's question may have
+
+
+class HandOp(enum.IntEnum):
+    """Hand's ``op``."""
+
+    RAISE = 1  # raise a hand (again: a new question, the same place)
+    LOWER = 2
+
+
+class QueueOp(enum.IntEnum):
+    """HandQueue's ``op``."""
+
+    LIST = 0
+    TAKE = 1  # take the first hand
+
+
+@_message(MsgType.CONFIRM, "Q", added=4)
+@dataclass(frozen=True, slots=True)
+class Confirm:
+    """ "I have read it": of the announcement at ``position`` in ``g:0`` that asks (content
+    type 4); answered by Confirmations listing only the sender."""
+
+    position: int
+    request_id: int = 0
+
+
+@_message(MsgType.CONFIRMED, "Q", added=4)
+@dataclass(frozen=True, slots=True)
+class Confirmed:
+    """Who confirmed the announcement at ``position`` (0: the newest that asks), and which
+    students have not (staff only); answered by Confirmations."""
+
+    position: int = 0
+    request_id: int = 0
+
+
+@_message(MsgType.HAND, "Bs", added=4)
+@dataclass(frozen=True, slots=True)
+class Hand:
+    """Raise or lower a hand in office hours (not staff); answered by HandPlace."""
+
+    op: int  #: HandOp
+    question: str = ""  #: at most MAX_QUESTION characters (raise)
+    request_id: int = 0
+
+
+@_message(MsgType.HAND_QUEUE, "B", added=4)
+@dataclass(frozen=True, slots=True)
+class HandQueue:
+    """The queue (``op`` 0), or take its first hand (1); staff only; answered by HandQueueReply."""
+
+    op: int = 0  #: QueueOp
+    request_id: int = 0
+
+
+@_message(MsgType.CONFIRMATIONS, "QLL", added=4)
+@dataclass(frozen=True, slots=True)
+class Confirmations:
+    """Who confirmed the announcement at ``position``, and the students who have not."""
+
+    position: int
+    confirmed: tuple[str, ...]
+    pending: tuple[str, ...]
+    request_id: int = 0
+
+
+@_message(MsgType.HAND_PLACE, "IIss", added=4)
+@dataclass(frozen=True, slots=True)
+class HandPlace:
+    """Your place in the queue: the answer to Hand, and pushed (request id 0) when it changes."""
+
+    place: int  #: 1: first; 0: not in the queue
+    size: int  #: hands in the queue
+    question: str
+    taken_by: str = ""  #: the staff member who took your hand (place 0), else ""
+    request_id: int = 0
+
+
+@_message(MsgType.HAND_QUEUE_REPLY, "sLLN", added=4)
+@dataclass(frozen=True, slots=True)
+class HandQueueReply:
+    """The queue, first first: the answer to HandQueue, and pushed (request id 0) to staff
+    sessions with ``groups`` whenever it changes."""
+
+    taken: str  #: the user a take took ("" for a list, or an empty queue)
+    users: tuple[str, ...]
+    questions: tuple[str, ...]
+    waited: tuple[int, ...]  #: seconds each has waited since raising
+    request_id: int = 0
+
+
 Message = (
     Hello
     | Login
@@ -587,6 +694,13 @@ Message = (
     | GroupInfo
     | GroupListReply
     | GroupMembersReply
+    | Confirm
+    | Confirmed
+    | Hand
+    | HandQueue
+    | Confirmations
+    | HandPlace
+    | HandQueueReply
 )
 REQUEST_TYPES = frozenset(t for t in MsgType if t < 0x80)
 

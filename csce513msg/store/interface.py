@@ -51,6 +51,20 @@ GROUP_EVENT = 3
 CREATE, JOIN, LEAVE, ADD, REMOVE, RENAME = 1, 2, 3, 4, 5, 6
 DELETE, MUTE, UNMUTE, SLOW, REDACT = 7, 8, 9, 10, 11  #: the classroom's moderation (docs/groups-plan.md, step 6)
 MAX_GROUP_MEMBERS = 1000  #: members a group may have at once (``--max-group-members``), unless the batch says
+#: The announcements (schema v9): the group ``g:0``, owner "" (the server), invite-only, of which
+#: every account is a member from position 1 (a trigger on ``users`` enrolls each new one), so
+#: every account reads every announcement. Only posts are stored there (no event), with no
+#: member limit and no "delivered" receipts; a device with no cursor on it starts at 0.
+ANNOUNCEMENTS = "g:0"
+ANNOUNCEMENTS_NAME = "announcements"
+ASKS_CONFIRMATION = 4  #: the content type of an announcement asking to be confirmed (the protocol's, 1.4)
+#: the kinds of ``Note`` (the classroom's records, applied in a batch's transaction)
+CONFIRM, RAISE, LOWER, TAKE = "confirm", "raise", "lower", "take"
+
+
+def hand_order(hand: Hand) -> tuple[int, str]:
+    """A hand's place in the queue: raised earliest first, then by name (both stores, the engine)."""
+    return (hand.raised_us, hand.user)
 
 
 def is_group(stream: str) -> bool:
@@ -219,6 +233,39 @@ class DeliveredNote:
     time_us: int
 
 
+@dataclass(frozen=True, slots=True)
+class Note:
+    """A classroom record (``Batch.notes``), applied at its turn in the batch's transaction:
+    ``CONFIRM`` (``user`` read the announcement at ``position``), ``RAISE`` (``user`` raises a
+    hand with ``question`` at ``time_us``; a hand raised already keeps its place and takes the
+    new question), ``LOWER`` (``user``'s hand, if raised), ``TAKE`` (``user``, staff, takes the
+    first hand: the earliest ``time_us``, then the name)."""
+
+    op: str  #: CONFIRM, RAISE, LOWER or TAKE
+    user: str
+    position: int = 0
+    question: str = ""
+    time_us: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Hand:
+    """A raised hand, as kept (``ClassroomRecord.hands``)."""
+
+    user: str
+    question: str
+    raised_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClassroomRecord:
+    """The classroom as committed, for the engine at start (``Store.load_classroom``)."""
+
+    confirmations: dict[int, tuple[str, ...]]  #: position in ``g:0`` -> who confirmed it, sorted
+    hands: tuple[Hand, ...]  #: the queue, first first (raised earliest, then by name)
+    asks: tuple[int, ...]  #: the positions of the announcements that ask to be confirmed, ascending
+
+
 @dataclass(slots=True)
 class Batch:
     """Everything one loop pass needs from the store."""
@@ -256,6 +303,7 @@ class Batch:
     queued: dict[int, int] = field(default_factory=dict)
     #: queued change id -> why the engine refused it before the store (closed with that outcome)
     queue_outcomes: dict[int, str] = field(default_factory=dict)
+    notes: list[Note] = field(default_factory=list)  #: the classroom's records, after the messages
 
     def can_wait(self) -> bool:
         """Only acknowledgements' bookkeeping (cursors, delivered, notified): nobody waits for
@@ -263,7 +311,7 @@ class Batch:
         return not (
             self.accounts or self.device_tokens or self.revoked_tokens or self.logins or self.messages
             or self.fetches or self.history or self.poll_accounts or self.expire_before_us
-            or self.expire_tokens_before_us or self.queue_outcomes
+            or self.expire_tokens_before_us or self.queue_outcomes or self.notes
         )  # fmt: skip
 
     def __bool__(self) -> bool:
@@ -354,6 +402,10 @@ class Store(Protocol):
 
     def load_groups(self) -> dict[str, GroupRecord]:
         """Every group not deleted, by stream; called once, before the server serves."""
+        ...
+
+    def load_classroom(self) -> ClassroomRecord:
+        """The confirmations, the raised hands and the announcements that ask; once, at start."""
         ...
 
     def apply(self, batch: Batch) -> BatchResult:

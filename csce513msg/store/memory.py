@@ -13,28 +13,39 @@ import itertools
 
 from .groupmark import GroupMark, Span, closed, group_id, opened, redaction_refusal, refusal, tombstone, wanted
 from .interface import (
+    ANNOUNCEMENTS,
+    ANNOUNCEMENTS_NAME,
+    ASKS_CONFIRMATION,
+    CONFIRM,
     CREATE,
     DELETE,
     GROUP_EVENT,
     GROUP_PREFIX,
+    LOWER,
     MUTE,
+    RAISE,
     REDACT,
     RENAME,
     SLOW,
+    TAKE,
     TOKENS_PER_USER,
     UNMUTE,
     Account,
     Batch,
     BatchResult,
+    ClassroomRecord,
     DeliveredNote,
     DeviceToken,
     Fetch,
     GroupRecord,
+    Hand,
     LoginInfo,
     LoginRead,
     NewMessage,
+    Note,
     Refused,
     StoredMessage,
+    hand_order,
     is_group,
     page_within,
     resent,
@@ -63,6 +74,12 @@ class MemoryStore:
         self.floors: dict[tuple[str, str], int] = {}  # (sender, device) -> highest client id deleted
         self.tokens: dict[str, DeviceToken] = {}  # digest -> token
         self.last_id = 0
+        # the announcements (as schema v9): every account a member from 1, whoever made it (a test
+        # may put one in ``accounts`` directly: membership of g:0 is read from ``accounts``)
+        self.groups[ANNOUNCEMENTS] = GroupRecord(ANNOUNCEMENTS, ANNOUNCEMENTS_NAME, "", True, 0, (), ())
+        self.streams[ANNOUNCEMENTS] = []
+        self.confirmations: dict[int, dict[str, int]] = {}  # position in g:0 -> user -> time_us
+        self.hands: dict[str, Hand] = {}  # user -> its raised hand
 
     def load_accounts(self) -> dict[str, Account]:
         return dict(self.accounts)
@@ -70,10 +87,15 @@ class MemoryStore:
     def load_device_tokens(self) -> dict[str, DeviceToken]:
         return dict(self.tokens)
 
+    def load_classroom(self) -> ClassroomRecord:
+        asks = tuple(m.position for m in self.streams[ANNOUNCEMENTS] if m.content_type == ASKS_CONFIRMATION)
+        confirmations = {p: tuple(sorted(users)) for p, users in self.confirmations.items() if users}
+        return ClassroomRecord(confirmations, tuple(sorted(self.hands.values(), key=hand_order)), asks)
+
     def load_groups(self) -> dict[str, GroupRecord]:
-        found = {}
+        found = {ANNOUNCEMENTS: dataclasses.replace(self.groups[ANNOUNCEMENTS], members=tuple(sorted(self.accounts)))}
         for stream, group in self.groups.items():
-            if stream in self.deleted:
+            if stream in self.deleted or stream == ANNOUNCEMENTS:
                 continue
             users = {u for (s, u) in self.intervals if s == stream}
             members = tuple(sorted(self.marks[stream].joined))
@@ -109,9 +131,31 @@ class MemoryStore:
                 newly += [_note(m) for m in self.streams.get(stream, [])[old:position] if m.sender != user]
         for key, position in batch.notified.items():
             self.notified[key] = max(self.notified.get(key, 0), position)
+        for note in batch.notes:
+            self._note(note)
         fetched = {f.key: self._fetch(f) for f in batch.fetches}
         history = {key: self._page(*page, batch.readers.get(key, "")) for key, page in batch.history.items()}
         return BatchResult(stored, fetched, newly_delivered=newly, logins=logins, history=history)
+
+    def _note(self, note: Note) -> None:
+        """A classroom record, as SQLite applies it."""
+        if note.op == CONFIRM:
+            self.confirmations.setdefault(note.position, {}).setdefault(note.user, note.time_us)
+        elif note.op == RAISE:
+            old = self.hands.get(note.user)
+            self.hands[note.user] = Hand(note.user, note.question, old.raised_us if old else note.time_us)
+        elif note.op == LOWER:
+            self.hands.pop(note.user, None)
+        elif note.op == TAKE:
+            if self.hands:
+                del self.hands[min(self.hands.values(), key=hand_order).user]
+        else:
+            raise ValueError(f"unknown classroom note {note.op!r}")
+
+    def _streams_of(self, user: str) -> set[str] | list[str]:
+        """The streams ``user`` is a member of now: the announcements too, if an account."""
+        mine = self.members.get(user, set())
+        return [*mine, ANNOUNCEMENTS] if user in self.accounts else mine
 
     def _keep_token(self, t: DeviceToken) -> None:
         """As SQLite does: only if the password is still the one checked; one per device; the newest few."""
@@ -141,7 +185,10 @@ class MemoryStore:
     def _page(self, name: str, before: int, limit: int, max_bytes: int, reader: str) -> list[StoredMessage]:
         stream = self.streams.get(name, [])
         end = min(before - 1, len(stream)) if before else len(stream)  # positions up to end
-        spans = self.intervals.get((name, reader), [])[::-1] if is_group(name) else [(1, None)]
+        if name == ANNOUNCEMENTS:
+            spans: list[tuple[int, int | None]] = [(1, None)] if reader in self.accounts else []
+        else:
+            spans = self.intervals.get((name, reader), [])[::-1] if is_group(name) else [(1, None)]
         newest_first: list[StoredMessage] = []
         for joined, left in spans:  # each interval [joined, left], newest first
             high = end if left is None else min(left, end)
@@ -153,7 +200,7 @@ class MemoryStore:
         """Delivered receipts this device of ``user`` has not had; marks them sent."""
         since = self.devices.get((user, device), self.last_id)
         notes: list[DeliveredNote] = []
-        for name in self.members.get(user, ()):
+        for name in self.members.get(user, ()):  # not the announcements: no receipts there
             if not is_group(name):
                 delivered = max((p for (s, u), p in self.delivered.items() if s == name and u != user), default=0)
             elif groups:
@@ -196,13 +243,19 @@ class MemoryStore:
     def _append_group(self, m: NewMessage, max_members: int, newly: list[DeliveredNote]) -> StoredMessage | Refused:
         """As SQLite does it: the rules at the message's turn, then its change at its position."""
         change = m.change
+        if m.stream == ANNOUNCEMENTS:  # only posts, from a reader (an account); no receipts
+            if change is not None:
+                return Refused(f"refused: bad_change ({ANNOUNCEMENTS})", why="bad_change")
+            if m.sender not in self.accounts:
+                return Refused(f"refused: not_member ({ANNOUNCEMENTS})", why="not_member")
+            return self._insert(m, ANNOUNCEMENTS)
         if change is not None:
             m = dataclasses.replace(m, client_msg_id=0)  # an event is the server's: no resend key
         names = {g.name for g in self.groups.values() if g.stream not in self.deleted}
         if change is not None and change.op == CREATE:
             if change.name in names:
                 return Refused(f"a group is named {change.name} already", why="name_taken")
-            stream = f"{GROUP_PREFIX}{len(self.groups) + 1}"  # groups are never deleted: ids never reused
+            stream = f"{GROUP_PREFIX}{len(self.groups)}"  # g:0 and never deleted: ids never reused
             self.groups[stream] = GroupRecord(stream, change.name, m.sender, change.invite_only, m.time_us, (), ())
             mark = self.marks[stream] = GroupMark(0, {})
         else:
@@ -270,16 +323,18 @@ class MemoryStore:
         """As SQLite does it: each stream from where the device stands, lazily, merged by id."""
         since = self.devices.get((f.user, f.device), self.last_id)
         ranges = []
-        for name in self.members.get(f.user, ()):
+        for name in self._streams_of(f.user):
             if is_group(name) and not f.groups:
                 continue
             stream = self.streams[name]
             start = self.cursors.get((f.user, f.device, name))  # position p is at index p - 1
-            if start is None:  # new to this device: after its first login, and at least the last few
+            if start is None and name == ANNOUNCEMENTS:
+                start = 0  # every announcement, whenever the account or the device was made
+            elif start is None:  # new to this device: after its first login, and at least the last few
                 seen = bisect.bisect_right(stream, since, key=lambda m: m.message_id)  # ids grow with positions
                 start = min(len(stream) - f.new_device_history, seen)
             start = max(start, self.expired.get(name, 0))
-            if is_group(name):
+            if is_group(name) and name != ANNOUNCEMENTS:
                 start = max(start, self.intervals[(name, f.user)][-1][0] - 1)  # from the current interval's join
             ranges.append(map(stream.__getitem__, range(start, len(stream))))
         found = (

@@ -41,26 +41,35 @@ from typing import TypeVar, TypeVarTuple
 
 from .groupmark import GroupMark, Span, closed, group_id, opened, redaction_refusal, refusal, tombstone, wanted
 from .interface import (
+    ANNOUNCEMENTS,
+    ASKS_CONFIRMATION,
+    CONFIRM,
     CREATE,
     DELETE,
     GROUP_EVENT,
     GROUP_PREFIX,
+    LOWER,
     MUTE,
+    RAISE,
     REDACT,
     RENAME,
     SLOW,
+    TAKE,
     TOKENS_PER_USER,
     UNMUTE,
     Account,
     Batch,
     BatchResult,
+    ClassroomRecord,
     DeliveredNote,
     DeviceToken,
     Fetch,
     GroupRecord,
+    Hand,
     LoginInfo,
     LoginRead,
     NewMessage,
+    Note,
     QueuedChange,
     Refused,
     StoredMessage,
@@ -170,6 +179,18 @@ MIGRATIONS: list[list[str]] = [
             done_us INTEGER NOT NULL DEFAULT 0, outcome TEXT NOT NULL DEFAULT '')""",
         "CREATE INDEX group_queue_pending ON group_queue (id) WHERE done_us = 0",
     ],
+    [  # version 9: the announcements, g:0 (docs/storage.md, "Version 9"): every account a member from 1
+        "UPDATE groups SET name = name || '-' || id WHERE name = 'announcements' AND deleted_us = 0",
+        "INSERT INTO groups (id, name, owner, invite_only, created_us) VALUES (0, 'announcements', '', 1, 0)",
+        "INSERT INTO members (user, stream, joined_at) SELECT name, 'g:0', 1 FROM users",
+        # whoever makes an account (Register, `msgsrv user add`, the roster import) makes a reader
+        """CREATE TRIGGER users_read_announcements AFTER INSERT ON users BEGIN
+            INSERT OR IGNORE INTO members (user, stream, joined_at) VALUES (NEW.name, 'g:0', 1); END""",
+        # a removed account reads nothing and waits in no queue (a name made again is a reader again)
+        """CREATE TRIGGER users_gone_from_classroom AFTER DELETE ON users BEGIN
+            DELETE FROM members WHERE user = OLD.name AND stream = 'g:0';
+            DELETE FROM hands WHERE user = OLD.name; END""",
+    ],
 ]
 TAIL_EVERY = 64  #: batches between the writer's own checkpoints of the WAL's tail
 RECENT = 32  #: per stream, the newest messages the writer keeps in memory for delivered receipts
@@ -267,6 +288,20 @@ class SqliteStore:
             for gid, name, owner, invite, created, slow in groups
         }
 
+    def load_classroom(self) -> ClassroomRecord:
+        confirmations: dict[int, list[str]] = {}
+        for position, user in self.db.execute("SELECT position, user FROM confirmations ORDER BY position, user"):
+            confirmations.setdefault(position, []).append(user)
+        hands = tuple(
+            Hand(*row)
+            for row in self.db.execute("SELECT user, question, raised_us FROM hands ORDER BY raised_us, user")
+        )
+        asks = self.db.execute(
+            "SELECT position FROM messages WHERE stream = ? AND content_type = ? ORDER BY position",
+            (ANNOUNCEMENTS, ASKS_CONFIRMATION),
+        )
+        return ClassroomRecord({p: tuple(u) for p, u in confirmations.items()}, hands, tuple(p for (p,) in asks))
+
     def _poll_accounts(self) -> dict[str, Account | None]:
         """Accounts that another process (``msgsrv user``) changed since the last poll.
         ``data_version`` moves only when another connection commits, so a quiet poll is cheap."""
@@ -329,6 +364,7 @@ class SqliteStore:
         stored = [self._append(m, batch.max_group_members) for m in batch.messages]
         if batch.queued or batch.queue_outcomes:
             self._queue_done(batch, stored)
+        self._notes_of_classroom(batch.notes)
         newly = self._newly + [note for key, pos in batch.delivered.items() for note in self._delivered(*key, pos)]
         db.executemany(  # after _delivered, which may read the cursors as they were
             """INSERT INTO cursors (user, device, stream, position) VALUES (?, ?, ?, ?)
@@ -362,6 +398,28 @@ class SqliteStore:
         """The group changes ``msgsrv group`` queued that no batch has answered, oldest first."""
         rows = self.db.execute("SELECT id, op, grp, users, actor FROM group_queue WHERE done_us = 0 ORDER BY id")
         return [QueuedChange(i, op, grp, tuple(users.split()), actor) for i, op, grp, users, actor in rows]
+
+    def _notes_of_classroom(self, notes: list[Note]) -> None:
+        """The classroom's records, in order, inside the batch's transaction."""
+        db = self.db
+        for note in notes:
+            if note.op == CONFIRM:
+                db.execute(
+                    "INSERT OR IGNORE INTO confirmations (position, user, time_us) VALUES (?, ?, ?)",
+                    (note.position, note.user, note.time_us),
+                )
+            elif note.op == RAISE:  # raised already: a new question, the same place
+                db.execute(
+                    """INSERT INTO hands (user, question, raised_us) VALUES (?, ?, ?)
+                       ON CONFLICT (user) DO UPDATE SET question = excluded.question""",
+                    (note.user, note.question, note.time_us),
+                )
+            elif note.op == LOWER:
+                db.execute("DELETE FROM hands WHERE user = ?", (note.user,))
+            elif note.op == TAKE:
+                db.execute("DELETE FROM hands WHERE user = (SELECT user FROM hands ORDER BY raised_us, user LIMIT 1)")
+            else:
+                raise ValueError(f"unknown classroom note {note.op!r}")
 
     def _rolled_back(self) -> None:
         """Undo a failed batch: the transaction, and every cache that may hold its writes
@@ -482,6 +540,8 @@ class SqliteStore:
         What was delivered before is the highest of the user's cursors on the stream (any
         device). From memory when the stream's recent messages cover the range (the common
         case: an ack of what was just delivered), else a SELECT."""
+        if stream == ANNOUNCEMENTS:
+            return []  # no "delivered" receipts there: the confirmations are the acknowledgment
         if is_group(stream):
             mark = self._mark(stream)
             return self._notes(stream, mark.ack(user, position)) if mark is not None else []
@@ -531,7 +591,8 @@ class SqliteStore:
             for stream, sent in self.db.execute(
                 f"""SELECT s.stream, coalesce(n.position, 0) FROM members AS s
                     LEFT JOIN notified AS n ON n.user = s.user AND n.device = ? AND n.stream = s.stream
-                    WHERE s.user = ? AND s.left_at IS NULL AND substr(s.stream, 1, 2) = '{GROUP_PREFIX}'""",
+                    WHERE s.user = ? AND s.left_at IS NULL AND substr(s.stream, 1, 2) = '{GROUP_PREFIX}'
+                    AND s.stream != '{ANNOUNCEMENTS}'""",
                 (device, user),
             ).fetchall():
                 mark = self._mark(stream)
@@ -649,6 +710,8 @@ class SqliteStore:
         """A group message, if the rules hold at its turn (``groupmark.refusal``); its event's
         change is applied at its position: intervals opened or closed, the name changed."""
         db, change = self.db, m.change
+        if m.stream == ANNOUNCEMENTS:
+            return self._announce(m)
         if change is not None:
             m = dataclasses.replace(m, client_msg_id=0)  # an event is the server's: no resend key
         if change is not None and change.op == CREATE:
@@ -721,6 +784,16 @@ class SqliteStore:
             db.execute("DELETE FROM group_mutes WHERE stream = ?", (stream,))
             self._marks.pop(stream, None)  # not found from now on (``_mark`` skips a deleted group)
         return stored
+
+    def _announce(self, m: NewMessage) -> StoredMessage | Refused:
+        """A post to the announcements, from a reader of them (every account; who may post is the
+        engine's rule): no event is stored there, no member limit, no receipts."""
+        if m.change is not None:
+            return Refused(f"refused: bad_change ({ANNOUNCEMENTS})", why="bad_change")
+        reader = "SELECT 1 FROM members WHERE stream = ? AND user = ? AND left_at IS NULL"
+        if self.db.execute(reader, (ANNOUNCEMENTS, m.sender)).fetchone() is None:
+            return Refused(f"refused: not_member ({ANNOUNCEMENTS})", why="not_member")
+        return self._insert(m, ANNOUNCEMENTS)
 
     def _name_taken(self, name: str) -> bool:
         return self.db.execute("SELECT 1 FROM groups WHERE name = ? AND deleted_us = 0", (name,)).fetchone() is not None
@@ -809,7 +882,12 @@ class SqliteStore:
         for stream, joined, cursor, first, last in streams:
             if last is None:
                 continue  # every message expired
-            low = cursor if cursor is not None else min(last - history, self._last_before(stream, first, last, since))
+            if cursor is not None:
+                low = cursor
+            elif stream == ANNOUNCEMENTS:
+                low = 0  # every announcement, whenever the account or the device was made
+            else:
+                low = min(last - history, self._last_before(stream, first, last, since))
             low = max(low, joined - 1)  # 0 for a direct stream: [1, oo)
             if low < last:
                 starts.append((stream, low))

@@ -3,6 +3,7 @@ and that a group's name and events from the network reach the screen inert."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 from prompt_toolkit.completion import CompleteEvent
@@ -14,6 +15,9 @@ from csce513msg.client.interactive import ChatCompleter
 from csce513msg.client.session import ClientState
 from csce513msg.client.view import PlainView
 from csce513msg.protocol import (
+    Confirm,
+    Confirmations,
+    Confirmed,
     ContentType,
     Deliver,
     Error,
@@ -25,7 +29,14 @@ from csce513msg.protocol import (
     GroupList,
     GroupListReply,
     GroupMembersReply,
+    Hand,
+    HandOp,
+    HandPlace,
+    HandQueue,
+    HandQueueReply,
     History,
+    LoginOk,
+    QueueOp,
     Send,
     TargetKind,
     Welcome,
@@ -137,3 +148,77 @@ def test_moderation_events_tombstones_and_waits_are_readable_lines() -> None:
     text = out.getvalue()
     assert "\x1b" not in text and "\u202e" not in text and "\x07" not in text
     assert "! slow_mode: " in text and "(try again in 30 s)" in text and "(try again in 1 h 0 min)" in text
+
+
+# ---- the classroom: announcements and office hours ----------------------------------------
+
+
+def bare(requests: list[object]) -> list[object]:
+    """The requests without their request ids."""
+    return [dataclasses.replace(r, request_id=0) for r in requests]  # type: ignore[type-var]  # messages: dataclasses
+
+
+def announcement(body: bytes, position: int, asks: bool = True, sender: str = "prof") -> Deliver:
+    kind = ContentType.ASKS_CONFIRMATION if asks else ContentType.TEXT
+    return Deliver(TargetKind.GROUP, kind, 50 + position, 1764633600000000, position, sender, "announcements", "g:0",
+                   body)  # fmt: skip
+
+
+def test_announcements_show_distinctly_inert_with_the_hint_and_confirm_defaults_to_the_newest() -> None:
+    chat, out = group_chat()
+    chat.on_message(LoginOk(1, "me", "student"))
+    chat.on_message(announcement(f"exam {ATTACK}".encode(), 3))
+    chat.on_message(announcement(b"room change", 4, asks=False))
+    shown = out.getvalue()
+    assert "ANNOUNCEMENT #3 from prof: exam" in shown and "/confirm 3" in shown
+    assert "\x1b" not in shown and "\u202e" not in shown and "\x07" not in shown
+    assert chat.partner is None  # an announcement is nobody's conversation
+    chat.on_line("/confirm")
+    chat.on_line("/confirm 4")
+    chat.on_line("/raise how do I close a socket?")
+    chat.on_line("/lower")
+    chat.on_line("/confirm x")
+    assert bare(sent(chat)) == [
+        Confirm(3),
+        Confirm(4),
+        Hand(HandOp.RAISE, "how do I close a socket?"),
+        Hand(HandOp.LOWER),
+    ]
+    assert "usage: /confirm [N]" in out.getvalue()
+    chat.on_line("/help")
+    assert "/raise QUESTION" in out.getvalue() and "/announce!" not in out.getvalue()
+
+
+def test_hand_places_one_line_each_and_a_take_switches_the_conversation() -> None:
+    chat, out = group_chat()
+    chat.on_message(HandPlace(2, 3, "q"))
+    chat.on_message(HandPlace(1, 2, "q"))
+    chat.on_message(HandPlace(0, 1, "q", "prof" + ATTACK))
+    lines = out.getvalue().splitlines()
+    assert lines[:2] == ["* your hand is up: place 2 of 3", "* your hand is up: place 1 of 2"]
+    assert lines[2].startswith("* prof") and "talking to" in lines[2] and "\x1b" not in lines[2]
+    assert chat.partner == "prof" + ATTACK  # the staff member, as the server named them
+
+
+def test_staff_announce_list_confirmations_and_take_the_next() -> None:
+    chat, out = group_chat()
+    chat.on_message(LoginOk(1, "me", "assistant"))
+    chat.on_line("/announce! read chapter 3")
+    chat.on_line("/announce no class monday")
+    chat.on_line("/confirmed")
+    chat.on_line("/queue")
+    chat.on_line("/next")
+    asked = sent(chat)
+    assert [(m.content_type, m.target, m.body) for m in asked[:2] if isinstance(m, Send)] == [
+        (ContentType.ASKS_CONFIRMATION, "g:0", b"read chapter 3"), (ContentType.TEXT, "g:0", b"no class monday"),
+    ]  # fmt: skip
+    assert bare(asked[2:]) == [Confirmed(0), HandQueue(QueueOp.LIST), HandQueue(QueueOp.TAKE)]
+    rids = list(chat.session.pending)
+    chat.on_message(Confirmations(7, ("ann",), ("ben", "cy"), rids[2]))
+    chat.on_message(HandQueueReply("bob", ("cy",), ("why?",), (12,), rids[4]))
+    shown = out.getvalue()
+    assert "announcement #7: confirmed by ann (1); not yet: ben, cy (2)" in shown
+    assert "you took bob's hand: talking to bob" in shown and "queue: 1. cy (12 s): why?" in shown
+    assert chat.partner == "bob"
+    chat.on_line("/help")
+    assert "/announce! TEXT" in out.getvalue() and "/next" in out.getvalue()

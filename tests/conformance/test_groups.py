@@ -127,8 +127,13 @@ def test_the_membership_life_cycle(server: Server, names: Names) -> None:
     renamed = a.group_rename(club, names("chess"))
     assert renamed.stream == made.stream and renamed.position == 4
     mine = c.group_list()
-    assert isinstance(mine, GroupListReply) and mine.streams == (made.stream,)
-    assert (mine.names, mine.owners, mine.sizes, mine.flags) == ((renamed.name,), (alice,), (3,), (2,))
+    assert isinstance(mine, GroupListReply) and mine.streams[0] == "g:0"  # every account reads the announcements
+    assert mine.streams[1:] == (made.stream,) and (mine.names[0], mine.owners[0], mine.flags[0]) == (
+        "announcements",
+        "",
+        3,
+    )
+    assert (mine.names[1:], mine.owners[1:], mine.sizes[1:], mine.flags[1:]) == ((renamed.name,), (alice,), (3,), (2,))
     everyone = b.group_list(mine=False)
     assert made.stream in everyone.streams
     listed = b.group_members(renamed.name)
@@ -139,7 +144,7 @@ def test_the_membership_life_cycle(server: Server, names: Names) -> None:
     assert (left.members, left.member, left.position) == (2, 0, 5)
     removed = a.group_remove(renamed.name, [carol])
     assert (removed.members, removed.position) == (1, 6)
-    assert c.group_list().streams == () and b.group_list().streams == ()
+    assert c.group_list().streams == ("g:0",) and b.group_list().streams == ("g:0",)  # the announcements only
     kinds = [(kind, users) for kind, _, users in events(until(b, mark(a, bob)))]
     # bob's session that made the join and the leave has their GroupInfo, not their events
     assert kinds == [(GroupEventKind.ADDED, (carol,)), (GroupEventKind.RENAMED, ())]

@@ -64,7 +64,10 @@ class Harness:
         accounts = self.store.load_accounts()
         tokens = self.store.load_device_tokens()
         groups = self.store.load_groups()
-        self.engine = Engine(self.store, HubConfig(**config), WALL_OFFSET, PASSWORDS, accounts, tokens, groups)
+        classroom = self.store.load_classroom()
+        self.engine = Engine(
+            self.store, HubConfig(**config), WALL_OFFSET, PASSWORDS, accounts, tokens, groups, classroom
+        )  # fmt: skip
         self.auto_jobs = auto_jobs  # False: jobs wait for run_jobs(), to test every ordering
         self.now = 1000.0
         self.peers: dict[int, Peer] = {}
@@ -77,6 +80,7 @@ class Harness:
         self.engine.gate.accounts[name] = account
         assert isinstance(self.store, MemoryStore), "accounts are made this way in a MemoryStore only"
         self.store.accounts[name] = account
+        self.engine.groups.accounts_changed({name: account})  # as a poll of `msgsrv user add` tells it
         return account
 
     def connect(

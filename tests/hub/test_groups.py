@@ -170,9 +170,10 @@ def test_create_join_post_leave(hub: Hub) -> None:
     carol.session.request(GroupMembers("g:1"))
     h.pump()
     mine, every = alice.of(GroupListReply)[-1], carol.of(GroupListReply)[-1]
-    assert (mine.streams, mine.names, mine.owners) == (("g:1",), ("club",), ("alice",))
-    assert (mine.sizes, mine.flags) == ((2,), (2,))  # flags: bit 1, a member
-    assert (every.streams, every.sizes, every.flags) == (("g:1",), (2,), (0,))
+    # every account reads the announcements (g:0, the server's, invite-only): the 5 of USERS
+    assert (mine.streams, mine.names, mine.owners) == (("g:0", "g:1"), ("announcements", "club"), ("", "alice"))
+    assert (mine.sizes, mine.flags) == ((5, 2), (3, 2))  # flags: bit 0, invite-only; bit 1, a member
+    assert (every.streams, every.sizes, every.flags) == (("g:0", "g:1"), (5, 2), (3, 0))
     members = carol.of(GroupMembersReply)[-1]
     assert (members.stream, members.users, members.roles, members.sessions) == (
         "g:1", ("alice", "bob"), ("student", "student"), (1, 1),

@@ -17,6 +17,9 @@ from hypothesis import strategies as st
 from csce513msg.protocol import (
     MAX_REQUEST_U64,
     Ack,
+    Confirm,
+    Confirmations,
+    Confirmed,
     Deliver,
     Error,
     ErrorCode,
@@ -38,6 +41,11 @@ from csce513msg.protocol import (
     GroupRemove,
     GroupRename,
     GroupSlow,
+    Hand,
+    HandOp,
+    HandPlace,
+    HandQueue,
+    HandQueueReply,
     HeaderCodec,
     Hello,
     History,
@@ -49,6 +57,7 @@ from csce513msg.protocol import (
     Pong,
     Presence,
     ProtocolError,
+    QueueOp,
     Receipt,
     Redact,
     Register,
@@ -371,6 +380,13 @@ GROUP_FRAMES: list[Message] = [
     GroupInfo("g:7", "lab-1", "alice", 0, 2, 41, 1),
     GroupListReply(("g:7",), ("lab-1",), ("alice",), (2,), (3,)),
     GroupMembersReply("g:7", ("alice", "bob"), ("instructor", "student"), (1, 0)),
+    Confirm(5),
+    Confirmed(0),
+    Hand(HandOp.RAISE, "how do I close a socket?"),
+    HandQueue(QueueOp.TAKE),
+    Confirmations(5, ("alice",), ("bob", "carol")),
+    HandPlace(2, 3, "how do I close a socket?", ""),
+    HandQueueReply("bob", ("carol", "dan"), ("q1", "q2"), (30, 5)),
 ]
 
 

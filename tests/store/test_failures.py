@@ -38,7 +38,8 @@ def test_any_exception_in_a_batch_rolls_it_back_and_the_next_batch_works(tmp_pat
     ok = store.apply(Batch(messages=[msg("a", "b", b"again", 1), msg("b", "a", b"reply")]))
     assert ok.error is None and [m.position for m in kept(ok)] == [1, 2]
     members = set(store.db.execute("SELECT user, stream FROM members"))
-    assert members == {("a", "dm:a,b"), ("b", "dm:a,b")}  # written with the stream's first message
+    direct = {("a", "dm:a,b"), ("b", "dm:a,b")}  # written with the stream's first message
+    assert members == direct | {("a", "g:0"), ("b", "g:0")}  # and each account reads the announcements
     fetched = store.apply(Batch(fetches=[Fetch(1, "b", "bd", 10, 100)])).fetched[1]
     assert [m.body for m in fetched] == [b"again", b"reply"]  # b's own, from another device, too
 

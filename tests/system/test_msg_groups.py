@@ -35,7 +35,8 @@ def test_create_add_post_and_the_member_receives(server: ServerProcess, names: N
         assert f"talking to #{lab}" in done.stdout
         assert f"you -> #{lab}: plain line" in done.stdout
         assert f"members of #{lab}: " in done.stdout and bob in done.stdout.split("members of")[1]
-        assert f"groups: #{lab} (2 members, owner {alice})" in done.stdout
+        assert "groups: #announcements (" in done.stdout  # every account reads them, listed first by name
+        assert f"; #{lab} (2 members, owner {alice})" in done.stdout
         got = bob_client.deliveries(3, timeout=15)
         event = GroupEvent.decode(got[0].body)
         assert (got[0].content_type, event.kind, event.users, got[0].sender) == (

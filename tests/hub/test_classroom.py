@@ -1,0 +1,154 @@
+"""The classroom in the engine (docs/groups-plan.md step 6): the announcements g:0, their
+confirmations, office hours' queue; both stores, through the Harness (no sockets)."""
+
+from __future__ import annotations
+
+from csce513msg.protocol import (
+    Confirm,
+    Confirmations,
+    Confirmed,
+    ContentType,
+    Deliver,
+    ErrorCode,
+    Feature,
+    GroupJoin,
+    GroupLeave,
+    GroupRename,
+    Hand,
+    HandOp,
+    HandPlace,
+    HandQueue,
+    HandQueueReply,
+    Hello,
+    LoginOk,
+    QueueOp,
+    Receipt,
+    Register,
+    Send,
+    TargetKind,
+    encode,
+)
+from csce513msg.store.interface import Hand as StoredHand
+from tests.hub.harness import PASSWORD, Peer, batch_of, codes
+from tests.hub.test_groups import Hub, hub
+
+__all__ = ["hub"]  # the fixture (both stores, the USERS accounts: teach is the instructor)
+
+
+def announce(peer: Peer, text: str, asks: bool = False, target: str = "announcements") -> int:
+    kind = ContentType.ASKS_CONFIRMATION if asks else ContentType.TEXT
+    return peer.session.request(Send(TargetKind.GROUP, kind, 0, target, text.encode()))
+
+
+def announcements(peer: Peer) -> list[tuple[int, str]]:
+    return [(d.content_type, d.body.decode()) for d in peer.of(Deliver) if d.stream == "g:0"]
+
+
+def lists(peer: Peer) -> tuple[int, tuple[str, ...], tuple[str, ...]]:
+    c = peer.of(Confirmations)[-1]
+    return (c.position, c.confirmed, c.pending)
+
+
+def place(peer: Peer) -> tuple[int, int, str, str]:
+    p = peer.of(HandPlace)[-1]
+    return (p.place, p.size, p.question, p.taken_by)
+
+
+def test_staff_announce_everyone_reads_students_may_not_post_or_change_it(hub: Hub) -> None:
+    h = hub(self_register=True)
+    teach, bob = h.connect("teach", groups=True), h.connect("bob", groups=True)
+    announce(teach, "exam friday", asks=True)
+    announce(teach, "room 101")
+    h.pump()
+    assert [r.position for r in teach.of(Receipt)] == [1, 2]
+    assert announcements(bob) == [(4, "exam friday"), (0, "room 101")]
+    announce(bob, "hi all")
+    for request in (GroupJoin("announcements"), GroupLeave("g:0"), GroupRename("g:0", "news")):
+        bob.session.request(request)
+    h.pump()
+    assert codes(bob) == [ErrorCode.FORBIDDEN] * 4
+    announce(teach, "not here", asks=True, target="bob")  # content type 4 to a user: no
+    teach.session.request(Send(TargetKind.USER, ContentType.ASKS_CONFIRMATION, 0, "bob", b"x"))
+    h.pump()
+    assert codes(teach) == [ErrorCode.GROUP_NOT_FOUND, ErrorCode.BAD_REQUEST]  # no group bob; a user: no
+    erin = h.connect(raw=True)  # an account made after them (registered) reads them all at its first login
+    hello = Hello(features=(Feature.GROUPS.value,), request_id=1)
+    h.send_raw(erin, encode(hello) + encode(Register("erin", PASSWORD, "dev", request_id=2)))
+    h.settle()
+    assert erin.of(LoginOk) and announcements(erin) == [(4, "exam friday"), (0, "room 101")]
+    assert "erin" in h.engine.groups.by_id["g:0"].members
+
+
+def test_confirmations_once_each_then_the_staff_list_survives_a_restart(hub: Hub) -> None:
+    h = hub()
+    teach, bob, carol = (h.connect(u, groups=True) for u in ("teach", "bob", "carol"))
+    announce(teach, "read the syllabus", asks=True)
+    h.pump()
+    bob.session.request(Confirm(1))
+    bob.session.request(Confirm(1))  # twice: the same answer, one record
+    carol.session.request(Confirm(2))  # no announcement there
+    carol.session.request(Confirmed(0))  # a student may not see who confirmed
+    h.pump()
+    teach.session.request(Confirmed(0))
+    h.pump()
+    assert [(c.position, c.confirmed, c.pending) for c in bob.of(Confirmations)] == [(1, ("bob",), ())] * 2
+    assert codes(carol) == [ErrorCode.NO_SUCH_MESSAGE, ErrorCode.FORBIDDEN]
+    assert lists(teach) == (1, ("bob",), ("alice", "carol", "dan"))  # pending: not staff (teach)
+    h2 = hub()  # a restart on the same store
+    teach2 = h2.connect("teach", groups=True, device="2")
+    teach2.session.request(Confirmed(1))
+    h2.pump()
+    assert lists(teach2) == (1, ("bob",), ("alice", "carol", "dan"))
+
+
+def test_the_queue_in_raise_order_places_pushed_take_names_the_student(hub: Hub) -> None:
+    h = hub()
+    teach, bob, carol, dan = (h.connect(u, groups=True) for u in ("teach", "bob", "carol", "dan"))
+    bob.session.request(Hand(HandOp.RAISE, "q bob"))
+    h.pump()
+    h.now += 5
+    carol.session.request(Hand(HandOp.RAISE, "q carol"))
+    h.pump()
+    h.now += 5
+    dan.session.request(Hand(HandOp.RAISE, "q dan"))
+    bob.session.request(Hand(HandOp.RAISE, "q bob, better"))  # again: the same place, a new question
+    teach.session.request(Hand(HandOp.RAISE, "staff?"))
+    h.pump()
+    assert codes(teach) == [ErrorCode.FORBIDDEN]
+    assert [(p.place, p.size, p.request_id != 0) for p in carol.of(HandPlace)] == [(2, 2, True)]
+    assert (bob.of(HandPlace)[-1].place, bob.of(HandPlace)[-1].question) == (1, "q bob, better")
+    pushed = teach.of(HandQueueReply)[-1]  # every change, to staff
+    assert (pushed.taken, pushed.users, pushed.questions) == (
+        "",
+        ("bob", "carol", "dan"),
+        ("q bob, better", "q carol", "q dan"),
+    )
+    assert (pushed.waited, pushed.request_id) == ((10, 5, 0), 0)
+    bob.session.request(Hand(HandOp.LOWER))
+    h.pump()
+    assert [(p.place, p.request_id == 0) for p in carol.of(HandPlace)][-1] == (1, True)  # moved up: pushed
+    assert [(p.place, p.request_id == 0) for p in dan.of(HandPlace)][-1] == (2, True)
+    teach.session.request(HandQueue(QueueOp.TAKE))
+    carol.session.request(HandQueue(QueueOp.LIST))  # students may not see the queue
+    h.pump()
+    taken = teach.of(HandQueueReply)[-1]
+    assert (taken.taken, taken.users, taken.request_id != 0) == ("carol", ("dan",), True)
+    assert place(carol) == (0, 1, "q carol", "teach")
+    assert place(dan) == (1, 1, "q dan", "")
+    assert codes(carol) == [ErrorCode.FORBIDDEN]
+    h2 = hub()  # the queue survives a restart
+    assert list(h2.engine.classroom.hands.values()) == [StoredHand("dan", "q dan", h.engine.wall_us(1010.0))]
+
+
+def test_a_failed_batch_answers_store_failed_and_leaves_the_queue(hub: Hub) -> None:
+    h = hub(auto_jobs=False)
+    bob = h.connect("bob", groups=True)
+    h.settle()
+    bob.session.request(Hand(HandOp.RAISE, "q"))
+    h.pump()
+    (job,) = h.jobs
+    h.jobs = []
+    assert [n.op for n in batch_of(job).notes] == ["raise"]
+    h.apply(h.engine.job_done(job.job_id, RuntimeError("disk on fire"), h.now))
+    assert codes(bob) == [ErrorCode.STORE_FAILED]
+    assert h.engine.classroom.hands == {}
