@@ -51,6 +51,7 @@ from csce513msg.protocol import (
     encode,
 )
 from csce513msg.store import Account, Batch, MemoryStore
+from csce513msg.store.interface import ANNOUNCEMENTS
 from csce513msg.store.sqlite import SqliteStore
 from tests.hub.harness import PASSWORD, PASSWORDS, Harness, Peer, codes
 
@@ -170,10 +171,10 @@ def test_create_join_post_leave(hub: Hub) -> None:
     carol.session.request(GroupMembers("g:1"))
     h.pump()
     mine, every = alice.of(GroupListReply)[-1], carol.of(GroupListReply)[-1]
-    # every account reads the announcements (g:0, the server's, invite-only): the 5 of USERS
+    # every account reads the announcements (g:0, the server's, invite-only): all of USERS
     assert (mine.streams, mine.names, mine.owners) == (("g:0", "g:1"), ("announcements", "club"), ("", "alice"))
-    assert (mine.sizes, mine.flags) == ((5, 2), (3, 2))  # flags: bit 0, invite-only; bit 1, a member
-    assert (every.streams, every.sizes, every.flags) == (("g:0", "g:1"), (5, 2), (3, 0))
+    assert (mine.sizes, mine.flags) == ((len(USERS), 2), (3, 2))  # flags: bit 0, invite-only; bit 1, a member
+    assert (every.streams, every.sizes, every.flags) == (("g:0", "g:1"), (len(USERS), 2), (3, 0))
     members = carol.of(GroupMembersReply)[-1]
     assert (members.stream, members.users, members.roles, members.sessions) == (
         "g:1", ("alice", "bob"), ("student", "student"), (1, 1),
@@ -311,7 +312,8 @@ def test_a_group_list_too_long_for_one_header_is_cut_by_name_and_paged_with_afte
     assert len(alice.of(GroupInfo)) == len(names) and codes(alice) == []
     bob.session.request(GroupJoin(names[-1]))
     h.pump()
-    for mine, who, want in ((0, bob, names), (1, alice, names)):
+    want = [*names, "announcements"]  # by name: digits before letters; everyone reads g:0
+    for mine, who in ((0, bob), (1, alice)):
         pages: list[GroupListReply] = []
         after = ""
         for _ in range(len(names)):  # bounded: a page holds at least one group
@@ -329,7 +331,8 @@ def test_a_group_list_too_long_for_one_header_is_cut_by_name_and_paged_with_afte
     assert every.count(2) + every.count(6) == 1  # bob is a member of the last one only
     bob.session.request(GroupList(1))  # bob's own groups: one page, not cut
     h.pump()
-    assert bob.of(GroupListReply)[-1].names == (names[-1],) and bob.of(GroupListReply)[-1].flags == (2,)
+    assert bob.of(GroupListReply)[-1].names == (names[-1], "announcements")
+    assert bob.of(GroupListReply)[-1].flags == (2, 3)  # a member; and of the invite-only announcements
 
 
 # ---- fan-out ------------------------------------------------------------------------------
@@ -733,7 +736,8 @@ def test_deleting_a_group_tells_the_members_then_it_is_gone_and_its_name_free(hu
     assert removed_positions(bob)[-1][:3] == (GroupEventKind.DELETED, info(teach).position, "teach")
     assert removed_positions(alice)[-1][0] == GroupEventKind.DELETED
     groups = h.engine.groups
-    assert "club" not in groups.by_name and not groups.by_id and not groups.of_user
+    assert "club" not in groups.by_name and set(groups.by_id) == {ANNOUNCEMENTS}  # only the server's group
+    assert all(streams == {ANNOUNCEMENTS} for streams in groups.of_user.values())
     gone: list[Send | History] = [Send(TargetKind.GROUP, 0, 0, "club", b"hi"), History(0, 5, TargetKind.GROUP, "club")]
     for request in gone:
         bob.session.request(request)
@@ -747,5 +751,5 @@ def test_deleting_a_group_tells_the_members_then_it_is_gone_and_its_name_free(hu
     h.pump()
     h.settle()
     assert info(bob).member == 0
-    h = hub()  # a restart: neither comes back
-    assert not h.engine.groups.by_id
+    h = hub()  # a restart: neither comes back (the announcements are the server's)
+    assert set(h.engine.groups.by_id) == {ANNOUNCEMENTS}
