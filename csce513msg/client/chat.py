@@ -58,12 +58,31 @@ from .view import Style, View
 ANNOUNCEMENTS_NAME = "announcements"  #: g:0's name (the receipt of an /announce shows it)
 HISTORY_PAGE = 20  #: messages per /history and /more
 HISTORY_MAX = 1000  #: the most /history N asks for (the server sends a page of what fits)
-COMMANDS = ("/msg", "/to", "/who", "/history", "/more", "/create", "/join", "/leave", "/groups", "/members", "/add",
-            "/remove", "/announce", "/announce!", "/confirm", "/confirmed", "/raise", "/lower", "/queue", "/next",
-            "/help", "/quit")  # fmt: skip
+#: the commands that change or moderate a group (``_group_command``), with their usage
+GROUP_USAGE = {
+    "/create": "/create NAME [invite]",
+    "/join": "/join #GROUP",
+    "/leave": "/leave #GROUP",
+    "/groups": "/groups [all]",
+    "/members": "/members #GROUP",
+    "/add": "/add #GROUP USER...",
+    "/remove": "/remove #GROUP USER...",
+    "/rename": "/rename #GROUP NEWNAME",
+    "/delgroup": "/delgroup #GROUP",
+    "/mute": "/mute #GROUP USER [MINUTES] (10 by default)",
+    "/unmute": "/unmute #GROUP USER",
+    "/slow": "/slow #GROUP SECONDS|off",
+    "/delete": "/delete #GROUP/N (N: the number shown beside the message)",
+}
+#: the classroom's commands (``_classroom_command``): announcements and office hours
+CLASSROOM = ("/announce", "/announce!", "/confirm", "/confirmed", "/raise", "/lower", "/queue", "/next")
+COMMANDS = ("/msg", "/to", "/who", "/history", "/more", *GROUP_USAGE, *CLASSROOM, "/help", "/quit")
 STAFF = ("instructor", "assistant")  #: roles that announce and hold office hours
-CHANGES = ("created", "joined", "left", "added", "removed")  #: group requests the lines after them wait for
-GROUP_COMMANDS = ("/to", "/history", "/join", "/leave", "/members", "/add", "/remove")  #: take a #group first
+#: group requests the lines after them wait for (the server checks a request against what is committed)
+CHANGES = ("created", "joined", "left", "added", "removed", "renamed", "deleted")
+GROUP_COMMANDS = ("/to", "/history", *(c for c in GROUP_USAGE if c not in ("/create", "/groups")))  #: take a #group
+MUTE_MINUTES = 10  #: /mute without a time
+MODERATED = ("muted ", "unmuted ", "slow mode", "removed message")  #: how a moderation's answer begins
 
 HELP = """commands:
   /msg USER TEXT     send TEXT to USER, who becomes your conversation
@@ -79,6 +98,11 @@ HELP = """commands:
   /groups [all]      your groups (all: every group you may see)
   /members #GROUP    a group's members
   /add #GROUP USER...    add users; /remove #GROUP USER... removes them
+ group owners and staff (instructor, assistants):
+  /rename #GROUP NEW  rename a group; /delgroup #GROUP deletes it
+  /mute #GROUP USER [MINUTES]  USER cannot post there for MINUTES (10); /unmute #GROUP USER
+  /slow #GROUP SECONDS|off  a student posts there at most once per SECONDS
+  /delete #GROUP/N   remove message N (the number beside it: #lab/5); your own messages too
   /help              this help
   /quit              leave (what the server has not stored yet is kept and sent next time)"""
 HELP_STUDENT = """the classroom:
@@ -132,6 +156,7 @@ class Outgoing:
     time_us: int
     key: int
     state: str = "sending"
+    position: int = 0  #: its place in the stream, once stored (a group message shows it: /delete #lab/5)
 
 
 class ChatClient:
@@ -294,11 +319,12 @@ class ChatClient:
             return self._announcement(msg, text)
         me = self.session.user
         conversation = "#" + msg.target if group else msg.sender  # where an answer goes
+        place = f"{conversation}/{msg.position}"  # how /delete names a group message
         if msg.sender == me:  # my own message: another of my sessions sent it, or a page of history
-            who = f"you -> {inert_name(conversation if group else msg.target)}"
+            who = f"you -> {inert_name(place if group else msg.target)}"
             style = Style.SELF
         else:
-            who = (inert_name(conversation) + " " if group else "") + inert_name(msg.sender)
+            who = (inert_name(place) + " " if group else "") + inert_name(msg.sender)
             style = Style.OTHER
             if not history:
                 if self.partner is None:
@@ -429,6 +455,12 @@ class ChatClient:
             human = f"left {name}"
         elif asked in ("added", "removed"):
             human = f"{asked}: {name} has {members}"
+        elif asked == "renamed":
+            human = f"renamed to {name}"
+        elif asked == "deleted":
+            human = f"deleted {name}"
+        elif asked.startswith(MODERATED):  # "muted bob for 10 min", "slow mode: ...", "removed message 5"
+            human = f"{inert(asked)} in {name}"
         else:
             human = f"{name}: {members}"
         if not msg.position and asked:
@@ -467,7 +499,8 @@ class ChatClient:
                        sessions=list(msg.sessions))  # fmt: skip
 
     def _sent_line(self, out: Outgoing) -> str:
-        prefix = f"{MARKS.get(out.state, '  ')} [{clock(out.time_us)}] you -> {inert_name(out.to)}: "
+        to = f"{out.to}/{out.position}" if out.position and out.to.startswith("#") else out.to
+        prefix = f"{MARKS.get(out.state, '  ')} [{clock(out.time_us)}] you -> {inert_name(to)}: "
         return prefix + inert(out.text, indent=" " * len(prefix))
 
     def _receipt(self, msg: Receipt) -> None:
@@ -488,6 +521,7 @@ class ChatClient:
         if first_state:
             self._settled()
         out.state = state
+        out.position = out.position or msg.position
         if state == "stored":
             self.by_id[msg.message_id] = out  # its delivery comes later
             if len(self.by_id) > 10_000:
@@ -609,9 +643,9 @@ class ChatClient:
             who, first = self.history_more
             if self._connected("/more"):
                 self.history_for[self._history(who, HISTORY_PAGE, before=first)] = who
-        elif cmd in ("/create", "/join", "/leave", "/groups", "/members", "/add", "/remove"):
+        elif cmd in GROUP_USAGE:
             self._group_command(cmd, rest.split())
-        elif cmd in ("/announce", "/announce!", "/confirm", "/confirmed", "/raise", "/lower", "/queue", "/next"):
+        elif cmd in CLASSROOM:
             self._classroom_command(cmd, rest)
         elif cmd == "/help":
             extra = HELP_STAFF if self.role in STAFF else HELP_STUDENT
@@ -623,15 +657,9 @@ class ChatClient:
             self.local_error(f"unknown command {cmd}: /help lists them")
 
     def _group_command(self, cmd: str, args: list[str]) -> None:
-        usage = {
-            "/create": "/create NAME [invite]",
-            "/join": "/join #GROUP",
-            "/leave": "/leave #GROUP",
-            "/groups": "/groups [all]",
-            "/members": "/members #GROUP",
-            "/add": "/add #GROUP USER...",
-            "/remove": "/remove #GROUP USER...",
-        }[cmd]
+        usage = GROUP_USAGE[cmd]
+        if cmd in ("/rename", "/delgroup", "/mute", "/unmute", "/slow", "/delete"):
+            return self._moderate(cmd, args, usage)
         if cmd == "/groups":
             if args not in ([], ["all"]):
                 return self.local_error(f"usage: {usage}")
@@ -697,6 +725,41 @@ class ChatClient:
         else:
             rid = s.take_next()
         self.classroom[rid] = cmd
+
+    def _moderate(self, cmd: str, args: list[str], usage: str) -> None:
+        """The owner's and staff's commands (the server says FORBIDDEN to anyone else)."""
+        if cmd == "/delete" and len(args) == 1 and "/" in args[0]:
+            args = args[0].rsplit("/", 1)  # /delete #lab/5, as the message's line shows it
+        arity = {"/delgroup": (1,), "/unmute": (2,), "/mute": (2, 3)}.get(cmd, (2,))
+        if len(args) not in arity:
+            return self.local_error(f"usage: {usage}")
+        number = args[2] if cmd == "/mute" and len(args) == 3 else args[1] if cmd in ("/slow", "/delete") else "1"
+        if cmd == "/slow" and number == "off":
+            number = "0"
+        if not (number.isascii() and number.isdecimal() and len(number) < 10) or (cmd != "/slow" and int(number) < 1):
+            return self.local_error(f"usage: {usage}")
+        if (group := self._group(args[0])) is None:
+            return None
+        user = self._user(args[1]) if cmd in ("/mute", "/unmute") else ""
+        name = self._group(args[1]) if cmd == "/rename" else ""
+        if user is None or name is None or not self._serves_groups() or not self._connected(cmd):
+            return None
+        s, n = self.session, int(number)
+        if cmd == "/rename":
+            rid, asked = s.group_rename(group, name), "renamed"
+        elif cmd == "/delgroup":
+            rid, asked = s.group_delete(group), "deleted"
+        elif cmd == "/mute":
+            seconds = (n if len(args) == 3 else MUTE_MINUTES) * 60
+            rid, asked = s.group_mute(group, [user], seconds), f"muted {user} for {_duration(seconds)}"
+        elif cmd == "/unmute":
+            rid, asked = s.group_mute(group, [user], 0), f"unmuted {user}"
+        elif cmd == "/slow":
+            pace = f"one post per {_duration(n)} for students" if n else "off"
+            rid, asked = s.group_slow(group, n), f"slow mode: {pace}"
+        else:
+            rid, asked = s.redact(group, n), f"removed message {n}"
+        self.group_requests[rid] = (asked, name if cmd == "/rename" else group)
         return None
 
     def _conversation(self, name: str) -> str | None:

@@ -22,6 +22,7 @@ from csce513msg.protocol import (
     Deliver,
     Error,
     ErrorCode,
+    GroupDelete,
     GroupEvent,
     GroupEventKind,
     GroupInfo,
@@ -29,6 +30,9 @@ from csce513msg.protocol import (
     GroupList,
     GroupListReply,
     GroupMembersReply,
+    GroupMute,
+    GroupRename,
+    GroupSlow,
     Hand,
     HandOp,
     HandPlace,
@@ -37,6 +41,7 @@ from csce513msg.protocol import (
     History,
     LoginOk,
     QueueOp,
+    Redact,
     Send,
     TargetKind,
     Welcome,
@@ -102,7 +107,7 @@ def test_group_lines_show_the_group_the_sender_and_the_events() -> None:
     assert "created #lab (g:7)\n" in shown
     assert "* bob joined #lab\n" in shown
     assert "* you added carol, dave to #lab\n" in shown
-    assert "] #lab bob: hi all\n" in shown
+    assert "] #lab/5 bob: hi all\n" in shown  # its number, for /delete #lab/5
     assert "* bob renamed #lab to #lab2\n" in shown
     assert "groups: #lab2 (3 members, owner me)" in shown
     assert "members of #lab2: bob (student), me (instructor, 2 sessions)" in shown
@@ -122,7 +127,7 @@ def test_a_group_name_and_event_text_from_the_network_are_shown_inert() -> None:
     shown = out.getvalue()
     for raw in ("\x1b", "\x07", "\u202e"):
         assert raw not in shown
-    assert "#lab\\x1b]0;pwned\\x07\\x1b[2J\\u202e bob: text\\x1b" in shown
+    assert "#lab\\x1b]0;pwned\\x07\\x1b[2J\\u202e/5 bob: text\\x1b" in shown
     assert "added eve\\x1b]0;pwned" in shown
 
 
@@ -222,3 +227,29 @@ def test_staff_announce_list_confirmations_and_take_the_next() -> None:
     assert chat.partner == "bob"
     chat.on_line("/help")
     assert "/announce! TEXT" in out.getvalue() and "/next" in out.getvalue()
+
+
+def test_moderation_commands_send_their_requests_and_refuse_bad_arguments() -> None:
+    chat, out = group_chat()
+    for line in ["/rename #lab lab2", "/delgroup #old", "/mute #lab Bob", "/mute #lab bob 3", "/unmute #lab bob",
+                 "/slow #lab 30", "/slow #lab off", "/delete #lab/5", "/delete #lab 6"]:  # fmt: skip
+        chat.on_line(line)
+        if line.startswith(("/rename", "/delgroup")):  # a change: what follows waits for its answer
+            rid = max(chat.session.pending)
+            chat.on_message(GroupInfo("g:7", "lab2" if "rename" in line else "old", "me", 0, 1, 1, 1, request_id=rid))
+    assert [dataclasses.replace(m, request_id=0) for m in sent(chat)] == [  # type: ignore[type-var]
+        GroupRename("lab", "lab2"), GroupDelete("old"),
+        GroupMute("lab", ("bob",), 600), GroupMute("lab", ("bob",), 180),
+        GroupMute("lab", ("bob",), 0), GroupSlow("lab", 30),
+        GroupSlow("lab", 0), Redact("lab", 5), Redact("lab", 6),
+    ]  # fmt: skip
+    shown = out.getvalue()
+    assert "renamed to #lab2" in shown and "deleted #old" in shown
+    chat.on_message(GroupInfo("g:7", "lab", "me", 0, 3, 9, 1, request_id=max(chat.session.pending) - 5))
+    assert "muted bob for 3 min in #lab" in out.getvalue()
+    failures = chat.failures
+    for bad in ["/mute #lab", "/mute #lab bob x", "/mute #lab bob 0", "/slow #lab", "/slow #lab -1", "/delete #lab",
+                "/delete #lab/x", "/delete #lab/0", "/delgroup", "/rename #lab", "/unmute #lab bob 3"]:  # fmt: skip
+        chat.on_line(bad)
+    assert chat.failures == failures + 11
+    assert len(sent(chat)) == 9  # nothing more was sent
