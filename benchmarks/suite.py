@@ -65,6 +65,12 @@ PACED_LOAD = 5000.0  #: messages/s: workload 1 in --quick, workload 5
 LATENCY_LOADS = [1000.0, 10000.0, 20000.0]  #: workload 2's offered loads, messages/s (full run)
 BURST_LOGINS, BURST_RATE, BURST_SECONDS = 60, 12.0, 11.0  #: workload 6: 12 logins/s for 5 of 11 seconds
 SEARCH_START, SEARCH_STEP, SEARCH_TRIES = 0.9, 0.8, 3  #: the highest sustained load (see highest_sustained)
+GROUP_SIZES = [100, 1000]  #: workload 3's members (besides the sender), full run
+GROUP_PACED = 100.0  #: workload 3's paced load, messages/s to the group
+GROUP_FLAGS = ("--rate", "100000")  #: the sender posts, and members ack, faster than the default 500 requests/s
+NO_ACK_WINDOW = 50_000  #: workload 3 without acks: a window members who never acknowledge do not fill in a run
+#: and the outbound hard limit msgsrv then asks for (high water + (window + 1) x max frame): a bound, not a buffer
+NO_ACK_FLAGS = ("--window", str(NO_ACK_WINDOW), "--hard-limit", str(262144 + (NO_ACK_WINDOW + 1) * 65536))
 
 
 def pinned(core: int, cmd: list[str]) -> list[str]:
@@ -181,6 +187,88 @@ def throughput(backend: str, clients: int, rate: float, seconds: float, *flags: 
     return result
 
 
+def group_fanout(backend: str, members: int, rate: float, seconds: float, acks: bool = True) -> dict[str, Any]:
+    """Workload 3 on one backend (or a baseline): one sender, a group of ``members``, closed
+    loop (``rate`` 0) or paced; ``acks`` False: members only read (the chat server is given
+    a window they never fill). Server CPU per delivery = CPU / (messages x members reached)."""
+    flags = [*GROUP_FLAGS, "--max-group-members", str(max(1000, members))]
+    flags += [] if acks else NO_ACK_FLAGS
+    server = Server(backend, members + 1, *flags)
+    try:
+        extra = ["--relay"] if backend == "relay" else ["--redis"] if backend == "redis" else []
+        extra += [] if acks else ["--no-ack"]
+        gen = Generator(server.port, "group", "--members", str(members), "--rate", str(rate), "--seconds",
+                        str(seconds), *extra)  # fmt: skip
+        ready = gen.read()
+        before, t0 = proc.sample(server.pid), time.monotonic()
+        gen.say("go")
+        result = gen.read()
+        after, wall = proc.sample(server.pid), time.monotonic() - t0
+        gen.finish()
+    finally:
+        server.stop()
+    cpu = after.cpu - before.cpu
+    result.update(
+        backend=backend, asked_members=members, offered_rate=rate, acks=acks and backend not in ("relay", "redis"),
+        refused=ready["refused"],
+        server_cpu_us_per_delivery=round(cpu / max(1, result["deliveries"]) * 1e6, 2),
+        server_cpu_us_per_message=round(cpu / max(1, result["stored"]) * 1e6, 1),
+        server_cpu_utilisation=round(cpu / wall, 3),
+        server_cpu_s=round(cpu, 3),
+        server_threads=after.threads,
+        server_peak_rss_kib=after.hwm_kib,
+        generator_limited=result["generator_cpu_utilisation"] > GENERATOR_LIMIT,
+    )  # fmt: skip
+    return result
+
+
+def group_runs(backends: list[str], quick: bool, repeats: int, seconds: float) -> dict[str, Any]:
+    """Workload 3, every point of it: the baselines and each backend at each group size, in a
+    closed loop with acks (median of ``repeats`` by µs per delivery), paced at ``GROUP_PACED``,
+    and in a closed loop without acks (what the acks cost: the difference, per delivery)."""
+    sizes = [100] if quick else GROUP_SIZES
+    baselines = ["relay", *(["redis"] if shutil.which("redis-server") else [])]
+    if quick:  # one backend, the closed loop with acks only: a check that fan-out works, not figures
+        backends = ["epoll" if "epoll" in backends else backends[0]]
+    points: list[dict[str, Any]] = []
+    for backend in [*baselines, *backends]:
+        for members in sizes:
+            runs = [group_fanout(backend, members, 0.0, seconds) for _ in range(repeats)]
+            points.append(median_of(runs, "server_cpu_us_per_delivery"))
+            if quick:
+                continue
+            points.append(group_fanout(backend, members, GROUP_PACED, seconds))
+            if backend not in baselines:
+                points.append(group_fanout(backend, members, 0.0, seconds, acks=False))
+    for point in points:
+        relay = next(p for p in points if p["backend"] == "relay" and p["asked_members"] == point["asked_members"]
+                     and p["offered_rate"] == point["offered_rate"])  # fmt: skip
+        ratio = point["server_cpu_us_per_delivery"] / max(0.01, relay["server_cpu_us_per_delivery"])
+        point["vs_relay"] = None if point["backend"] == "relay" else round(ratio, 1)
+    return {"points": points, "ack_cost": ack_cost(points)}
+
+
+def ack_cost(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What the members' acks cost the server, per backend and group size: µs of CPU per
+    delivery in the closed loop with acks, without, and the difference (and its share)."""
+    costs = []
+    for with_acks in points:
+        if not with_acks["acks"] or with_acks["offered_rate"]:
+            continue
+        key = (with_acks["backend"], with_acks["asked_members"])
+        same = [p for p in points if (p["backend"], p["asked_members"]) == key]
+        without = next((p for p in same if not p["acks"] and not p["offered_rate"]), None)
+        if without is None:
+            continue
+        a, b = with_acks["server_cpu_us_per_delivery"], without["server_cpu_us_per_delivery"]
+        costs.append({
+            "backend": with_acks["backend"], "members": with_acks["members"], "us_per_delivery_acks": a,
+            "us_per_delivery_no_acks": b, "ack_us_per_delivery": round(a - b, 2),
+            "ack_share": round((a - b) / a, 3) if a else None, "deliveries_per_ack": with_acks["deliveries_per_read"],
+        })  # fmt: skip
+    return costs
+
+
 def sustained(point: dict[str, Any]) -> bool:
     """The server kept up: it delivered 95 % of the offered load over the run and its drain
     (a queue that grew shows as a long drain), and the generator was not the limit."""
@@ -281,7 +369,8 @@ def run(backends: list[str], quick: bool, repeats: int = 3, seconds: float = 10.
         "connections": [],
         "durability": [],
         "login_burst": [],
-        "not_run": {"group fan-out": "n/a: no groups yet"},
+        "group_fanout": {"points": [], "ack_cost": []},
+        "not_run": {},
         "timings_s": {},
     }
     rate = direct[0][1]
@@ -324,6 +413,8 @@ def run(backends: list[str], quick: bool, repeats: int = 3, seconds: float = 10.
                     report["durability"].append({**point, "durability": mode})
             with timed(timings, "6 login burst"):
                 report["login_burst"].append(login_burst(backend, clients))
+    with timed(timings, "3 group fan-out"):
+        report["group_fanout"] = group_runs(backends, quick, repeats, 2.0 if quick else seconds)
     return report
 
 
@@ -372,7 +463,35 @@ def check(report: dict[str, Any]) -> list[str]:
             problems.append(f"{name}: {point['refused']} connections refused")
         if point["probe_delivered"] != point["probe_sent"]:
             problems.append(f"{name}: probe delivered {point['probe_delivered']} of {point['probe_sent']}")
+    problems += check_groups(report["group_fanout"]["points"])
     problems += validate(report)
+    return problems
+
+
+def check_groups(points: list[dict[str, Any]]) -> list[str]:
+    """Workload 3: every member got every message stored, once and in order; every send was
+    answered; one latency sample a delivery; acks as asked; CPU read."""
+    problems = []
+    for p in points:
+        name = f"group of {p['asked_members']} on {p['backend']} at {p['offered_rate']:.0f}/s"
+        name += "" if p["acks"] or p["backend"] in ("relay", "redis") else " without acks"
+        if p["refused"] and p["backend"] != "select":
+            problems.append(f"{name}: {p['refused']} members refused")
+        if p["members"] + p["refused"] != p["asked_members"]:
+            problems.append(f"{name}: {p['members']} members + {p['refused']} refused != {p['asked_members']}")
+        if p["sent"] == 0 or p["answered"] != p["sent"] or p["errors"]:
+            problems.append(f"{name}: {p['sent']} sent, {p['answered']} answered, {p['errors']} errors")
+        if p["deliveries"] != p["expected_deliveries"] or p["members_complete"] != p["members"]:
+            problems.append(f"{name}: {p['deliveries']} deliveries of {p['expected_deliveries']} "
+                            f"({p['members_complete']} of {p['members']} members got every message)")  # fmt: skip
+        if p["duplicates"] or p["gaps"]:
+            problems.append(f"{name}: {p['duplicates']} duplicates, {p['gaps']} messages skipped or out of order")
+        if p["latency_samples"] != p["deliveries"]:
+            problems.append(f"{name}: {p['latency_samples']} latency samples for {p['deliveries']} deliveries")
+        if p["acks"] != (0 < p["acks_sent"] <= p["member_reads"]):
+            problems.append(f"{name}: {p['acks_sent']} acks for {p['member_reads']} reads")
+        if p["server_cpu_s"] <= 0:
+            problems.append(f"{name}: no server CPU read from /proc")
     return problems
 
 
