@@ -201,7 +201,7 @@ def group_fanout(backend: str, members: int, rate: float, seconds: float, acks: 
     """Workload 3 on one backend (or a baseline): one sender, a group of ``members``, closed
     loop (``rate`` 0) or paced; ``acks`` False: members only read (the chat server is given
     a window they never fill). Server CPU per delivery = CPU / (messages x members reached)."""
-    flags = [*GROUP_FLAGS, "--max-group-members", str(max(1000, members))]
+    flags = [*GROUP_FLAGS, "--max-group-members", str(max(1000, members + 1))]  # the members and the sender
     flags += [] if acks else NO_ACK_FLAGS
     server = Server(backend, members + 1, *flags)
     try:
