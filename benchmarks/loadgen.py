@@ -4,6 +4,7 @@
     python -m benchmarks.loadgen idle --port P --connections 1000
     python -m benchmarks.loadgen dm --port P --relay    # the baselines: the minimal relay,
     python -m benchmarks.loadgen dm --port P --redis    # and Redis pub/sub
+    python -m benchmarks.loadgen group --port P --members 100 --rate 0 --seconds 3
 
 It speaks over stdin/stdout with the orchestrator (``benchmarks/suite.py``): it logs
 its clients in, prints ``{"ready": ...}``, waits for ``go`` (so the orchestrator reads
@@ -22,11 +23,25 @@ and sends no receipts: in a closed loop a delivery frees its sender's window. Re
 each client subscribes to its own channel over RESP3 (``resp.py``), so one connection
 both publishes and receives as ours does; a send is ``PUBLISH u<peer> <body>``, and its
 reply (the count of subscribers reached) is the receipt that frees the window.
+
+Group fan-out (``group``, workload 3): client 0 is the sender, the others the members.
+Against the chat server they say Hello at 1.4 with the ``groups`` feature; the sender
+creates the group ``bench`` and adds every member in one GroupAdd, and each member reads
+(and acknowledges) the "added" event before ``ready``. The sender keeps ``--window``
+messages without a stored receipt (``--rate 0``: as fast as that allows) or sends on a
+pace; each member, per read of its socket, sends one Ack for the highest position it
+read (``--no-ack``: never; the server then needs a window that never fills). Every
+delivery is a latency sample (the member's read time - the message's due time), and
+each member checks it got every message once and in order (``Member``). The relay:
+members join group 1 (a 0x04 frame) and the sender posts to it (0x05), answered by a
+0x06 frame; Redis: members SUBSCRIBE to the channel ``g``, the sender PUBLISHes to it.
+Neither has acknowledgements: their members only read.
 """
 
 from __future__ import annotations
 
 import argparse
+import array
 import json
 import multiprocessing
 import os
@@ -41,12 +56,35 @@ import time
 from typing import Any
 
 from benchmarks.resp import RespDecoder, RespError, command
-from csce513msg.protocol import Ack, Deliver, FrameDecoder, Hello, Login, MsgType, Register, Send, decode, encode
+from csce513msg.protocol import (
+    Ack,
+    ContentType,
+    Deliver,
+    Feature,
+    FrameDecoder,
+    GroupAdd,
+    GroupCreate,
+    GroupInfo,
+    Hello,
+    Login,
+    MsgType,
+    Register,
+    Send,
+    TargetKind,
+    decode,
+    encode,
+)
 
 STAMP = struct.Struct("!dII")  # due time, sender index, sequence number (per sender)
 BODY = 60  #: bytes of each message body, as in the reference figures
 PASSWORD = "bench password"
 LOGIN_WAVE = 50  #: logins in flight at once (the server queues the rest fairly; a short queue is enough)
+GROUP = "bench"  #: workload 3's group on the chat server
+GROUP_STAMP = struct.Struct("!dI")  # due time, sequence number (the one sender's)
+RELAY_PREFIX = struct.Struct("!IBBHI")  # the relay's frames: length, type, flags, header length, request id
+RELAY_JOIN, RELAY_POST, RELAY_REPLY = 0x04, 0x05, 0x06  #: the relay's group frames; request id = group 1
+REDIS_CHANNEL = b"g"  #: the Redis baseline's group
+SETUP_SECONDS = 60.0  #: bound on creating the group and every member reading its first frame
 
 
 def user(i: int) -> str:
@@ -66,9 +104,14 @@ class Conn:
         self.seq = 0
 
 
-def connect_all(port: int, count: int, target: str, register: bool = False) -> tuple[list[Conn], int]:
+def connect_all(
+    port: int, count: int, target: str, register: bool = False, group: bool = False
+) -> tuple[list[Conn], int]:
     """``count`` logged-in connections (relay: announced; Redis: subscribed to their channel);
-    returns them and how many were refused. ``target``: "chat", "relay" or "redis"."""
+    returns them and how many were refused. ``target``: "chat", "relay" or "redis".
+    ``group`` (workload 3): chat clients ask for groups (Hello at 1.4 with ``groups``);
+    Redis clients but the first (the sender) subscribe to the group's channel instead."""
+    hello = encode(Hello(version_minor=4, features=(Feature.GROUPS.value,)) if group else Hello())
     conns: list[Conn] = []
     refused = 0
     for start in range(0, count, LOGIN_WAVE):
@@ -82,11 +125,12 @@ def connect_all(port: int, count: int, target: str, register: bool = False) -> t
                 conns.append(conn)
                 continue
             if target == "redis":
-                sock.sendall(command(b"HELLO", b"3") + command(b"SUBSCRIBE", user(i).encode()))
+                channel = REDIS_CHANNEL if group and i else user(i).encode()
+                sock.sendall(command(b"HELLO", b"3") + command(b"SUBSCRIBE", channel))
                 wave.append(conn)
                 continue
             kind = Register if register else Login  # Register: a server without accounts (durability memory)
-            sock.sendall(encode(Hello()) + encode(kind(user(i), PASSWORD, f"bench-{i}", request_id=1)))
+            sock.sendall(hello + encode(kind(user(i), PASSWORD, f"bench-{i}", request_id=1)))
             wave.append(conn)
         for conn in wave:  # Welcome, then LoginOk (or an error: e.g. select's SERVER_FULL)
             ok = None
@@ -330,6 +374,271 @@ def _logins(port: int, count: int, per_second: float, out: multiprocessing.Queue
     out.put(times)
 
 
+class Member:
+    """One group member's side of workload 3: it reads what arrives, checks that every
+    message comes once and in order (the sender numbers them 1, 2, ...; 0 is the setup's),
+    and, against the chat server, answers each read with one Ack for the highest position
+    in the group's stream that read brought (none with ``acks`` False).
+
+    ``feed(data)`` returns the stamps (due time, sequence number) of the messages ``data``
+    completed and the Ack's bytes (b"" when there is nothing to acknowledge). Delivers are
+    decoded once per message, not per member: they are the same bytes for every member,
+    so a ``cache`` shared by the members keeps the generator's own cost down.
+    """
+
+    def __init__(self, target: str, acks: bool = True, cache: dict[bytes, Deliver] | None = None) -> None:
+        self.target = target
+        self.acks = acks
+        self.cache = {} if cache is None else cache
+        self.decoder: FrameDecoder | RespDecoder = RespDecoder() if target == "redis" else FrameDecoder(1 << 24)
+        self.stream = ""  #: the group's stream, from the first Deliver (chat)
+        self.events = 0  #: group events read (content type 3: the setup's "added")
+        self.last_seq = -1  #: the last sequence number read (the baselines' setup sends message 0)
+        self.received = self.duplicates = self.gaps = self.reads = self.acks_sent = self.errors = 0
+
+    def reset(self) -> None:
+        """Forget the setup: the counts start again at ``go``, with message 1 next."""
+        self.last_seq = 0
+        self.received = self.duplicates = self.gaps = self.reads = self.acks_sent = self.errors = 0
+
+    def feed(self, data: bytes) -> tuple[list[tuple[float, int]], bytes]:
+        self.reads += 1
+        bodies: list[bytes] = []
+        position = 0
+        if isinstance(self.decoder, RespDecoder):
+            for reply in self.decoder.feed(data):
+                if isinstance(reply, list) and reply[:1] == [b"message"]:
+                    bodies.append(reply[2])
+        else:
+            for frame in self.decoder.feed(data):
+                if self.target == "relay":
+                    if frame.type == RELAY_POST:
+                        bodies.append(frame.body)
+                    continue
+                if frame.type != MsgType.DELIVER:
+                    self.errors += frame.type == MsgType.ERROR
+                    continue
+                msg = self.cache.get(frame.header)
+                if msg is None:
+                    if len(self.cache) >= 4096:  # bounded: a message decoded again is only slower
+                        self.cache.clear()
+                    decoded = decode(frame)
+                    assert isinstance(decoded, Deliver)
+                    msg = self.cache[frame.header] = decoded
+                self.stream = msg.stream
+                position = max(position, msg.position)
+                if msg.content_type == ContentType.GROUP_EVENT:
+                    self.events += 1
+                else:
+                    bodies.append(msg.body)
+        stamps = []
+        for body in bodies:
+            due, seq = GROUP_STAMP.unpack_from(body)
+            stamps.append((due, seq))
+            if seq <= self.last_seq:
+                self.duplicates += 1
+                continue
+            self.gaps += seq - self.last_seq - 1
+            self.last_seq = seq
+            self.received += seq > 0
+        if position and self.acks:
+            self.acks_sent += 1
+            return stamps, encode(Ack(position, self.stream))
+        return stamps, b""
+
+
+def group_post(target: str, seq: int, due: float) -> bytes:
+    """The sender's message ``seq`` to the group, stamped with its due time."""
+    body = GROUP_STAMP.pack(due, seq) + b"x" * (BODY - GROUP_STAMP.size)
+    if target == "relay":
+        return RELAY_PREFIX.pack(len(body), RELAY_POST, 0, 0, 1) + body
+    if target == "redis":
+        return command(b"PUBLISH", REDIS_CHANNEL, body)
+    return encode(Send(TargetKind.GROUP, ContentType.TEXT, 0, GROUP, body, request_id=1))
+
+
+def _pump(conns: dict[int, Conn], handle: Any, deadline: float, done: Any) -> None:
+    """Read every readable connection into ``handle(conn, data)`` until ``done()`` or the deadline."""
+    with selectors.DefaultSelector() as sel:
+        for conn in conns.values():
+            sel.register(conn.sock, selectors.EVENT_READ, conn)
+        while not done():
+            if time.monotonic() > deadline:
+                raise RuntimeError("group setup did not finish in time")
+            for key, _ in sel.select(0.05):
+                try:
+                    data = key.data.sock.recv(1 << 20)
+                except BlockingIOError:
+                    continue
+                if not data:
+                    raise RuntimeError(f"connection {key.data.index} closed during the group setup")
+                handle(key.data, data)
+
+
+def setup_group(conns: list[Conn], target: str, acks: bool) -> dict[int, Member]:
+    """Make the group of every connection but the first (the sender) and return its
+    members, each having read the group's first frame: the chat's "added" event
+    (acknowledged unless ``acks`` is False), or the baselines' message 0 (sent here)."""
+    sender, cache = conns[0], dict[bytes, Deliver]()
+    members = {c.index: Member(target, acks, cache) for c in conns[1:]}
+    deadline = time.monotonic() + SETUP_SECONDS
+    if target == "chat":
+        replies: list[GroupInfo] = []
+
+        def answered(conn: Conn, data: bytes) -> None:
+            assert isinstance(conn.decoder, FrameDecoder)
+            for frame in conn.decoder.feed(data):
+                if frame.type == MsgType.ERROR:
+                    raise RuntimeError(f"group setup refused: {decode(frame)}")
+                if frame.type == MsgType.GROUP_INFO:
+                    info = decode(frame)
+                    assert isinstance(info, GroupInfo)
+                    replies.append(info)
+
+        sender.sock.sendall(encode(GroupCreate(GROUP, 0, request_id=2)))
+        _pump({0: sender}, answered, deadline, lambda: len(replies) == 1)
+        names = tuple(user(c.index) for c in conns[1:])
+        sender.sock.sendall(encode(GroupAdd(GROUP, names, request_id=3)))
+        _pump({0: sender}, answered, deadline, lambda: len(replies) == 2)
+        if replies[1].members != len(conns):
+            raise RuntimeError(f"the group has {replies[1].members} members, not {len(conns)}")
+    else:
+        if target == "relay":
+            for conn in conns[1:]:
+                conn.sock.sendall(RELAY_PREFIX.pack(0, RELAY_JOIN, 0, 0, 1))
+            time.sleep(0.2)  # the joins and message 0 come on different sockets: let the joins land first
+        sender.sock.sendall(group_post(target, 0, time.monotonic()))
+
+    def first(conn: Conn, data: bytes) -> None:
+        member = members[conn.index]
+        _stamps, ack = member.feed(data)
+        if ack:
+            conn.sock.sendall(ack)
+
+    def everyone() -> bool:
+        return all(m.events if target == "chat" else m.last_seq == 0 for m in members.values())
+
+    by_index = {c.index: c for c in conns[1:]}
+    _pump(by_index, first, deadline, everyone)
+    if target != "chat":  # and the sender has the answer to message 0 (PUBLISH's count, the relay's 0x06)
+        replies_0: list[object] = []
+        _pump({0: sender}, lambda conn, data: replies_0.extend(conn.decoder.feed(data)), deadline, lambda: replies_0)
+    for member in members.values():
+        member.reset()
+    return members
+
+
+def run_group(
+    conns: list[Conn], members: dict[int, Member], rate: float, seconds: float, window: int, drain: float,
+    target: str,
+) -> dict[str, Any]:  # fmt: skip
+    """Workload 3 over ``conns`` (the sender first) and their ``members`` (see ``Member``)."""
+    sender = conns[0]
+    sel = selectors.DefaultSelector()
+    for conn in conns:
+        sel.register(conn.sock, selectors.EVENT_READ, conn)
+    latencies = array.array("d")
+    errors = sent = answered = delivered_receipts = received = 0
+    cpu0, t0 = time.process_time(), time.monotonic() + 0.05
+    closed = rate <= 0
+    total = 0 if closed else int(rate * seconds)
+    end, due_count = t0 + seconds, 0
+    deadline = end + drain
+    others = len(members)
+
+    def pending() -> bool:  # something sent is not yet everywhere
+        return bool(sender.backlog or sender.in_flight or received < (sent - errors) * others)
+
+    while time.monotonic() < deadline and ((closed and time.monotonic() < end) or due_count < total or pending()):
+        now = time.monotonic()
+        if closed and t0 <= now < end:
+            while sender.in_flight + len(sender.backlog) < window:
+                sender.seq += 1
+                sender.backlog.append(group_post(target, sender.seq, now))
+        elif not closed and now >= t0:
+            for k in range(due_count, min(total, int((now - t0) * rate) + 1)):  # stamped with the due time
+                sender.seq += 1
+                sender.backlog.append(group_post(target, sender.seq, t0 + k / rate))
+                due_count += 1
+        if sender.backlog and sender.in_flight < window:
+            room = window - sender.in_flight
+            batch, sender.backlog = sender.backlog[:room], sender.backlog[room:]
+            sender.in_flight += len(batch)
+            sent += len(batch)
+            sender.out += batch
+        for conn in conns:
+            if conn.out:
+                data, conn.out = b"".join(conn.out), []
+                conn.sock.setblocking(True)
+                conn.sock.sendall(data)
+                conn.sock.setblocking(False)
+        wait = 0.001 if closed or due_count >= total else max(0.0, min(0.001, t0 + due_count / rate - time.monotonic()))
+        for key, _ in sel.select(wait):
+            conn = key.data
+            try:
+                data = conn.sock.recv(1 << 20)
+            except BlockingIOError:
+                continue
+            if not data:
+                errors += 1
+                sel.unregister(conn.sock)
+                continue
+            read_at = time.monotonic()
+            if conn is sender:  # the answers that free the window
+                if isinstance(conn.decoder, RespDecoder):
+                    for reply in conn.decoder.feed(data):
+                        if isinstance(reply, (int, RespError)):
+                            conn.in_flight -= 1
+                            answered += 1
+                            errors += isinstance(reply, RespError)
+                    continue
+                for frame in conn.decoder.feed(data):
+                    if frame.type in (MsgType.RECEIPT, MsgType.ERROR, RELAY_REPLY) and frame.request_id:
+                        conn.in_flight -= 1
+                        answered += 1
+                        errors += frame.type == MsgType.ERROR and target == "chat"
+                    elif frame.type == MsgType.RECEIPT:
+                        delivered_receipts += 1  # Receipt{delivered}: every member acknowledged it
+                continue
+            member = members[conn.index]
+            stamps, ack = member.feed(data)
+            received += len(stamps)
+            for due, _seq in stamps:
+                latencies.append(read_at - due)
+            if ack:
+                try:
+                    if (n := conn.sock.send(ack)) < len(ack):
+                        conn.out.append(ack[n:])
+                except BlockingIOError:
+                    conn.out.append(ack)
+    elapsed = time.monotonic() - t0
+    stored = sent - errors
+    complete = sum(m.received == stored and not m.duplicates and not m.gaps for m in members.values())
+    reads = sum(m.reads for m in members.values())
+    return {
+        "members": others,
+        "sent": sent,
+        "answered": answered,
+        "stored": stored,
+        "expected_deliveries": stored * others,
+        "deliveries": received,
+        "members_complete": complete,
+        "duplicates": sum(m.duplicates for m in members.values()),
+        "gaps": sum(m.gaps for m in members.values()),
+        "errors": errors + sum(m.errors for m in members.values()),
+        "member_reads": reads,
+        "acks_sent": sum(m.acks_sent for m in members.values()),
+        "deliveries_per_read": round(received / reads, 2) if reads else None,
+        "delivered_receipts": delivered_receipts,
+        "latency_samples": len(latencies),
+        "latency": percentiles(list(latencies)),
+        "elapsed_s": round(elapsed, 3),
+        "messages_per_s": round(stored / elapsed, 1),
+        "deliveries_per_s": round(received / elapsed, 1),
+        "generator_cpu_utilisation": round((time.process_time() - cpu0) / elapsed, 3),
+    }
+
+
 def run_probe(conns: list[Conn], count: int, rate: float) -> dict[str, Any]:
     """Latency of a few messages between two connections among many idle ones."""
     return run_dm(conns[:2], rate, count / rate, 8, 5.0, "chat", seed=1)
@@ -337,7 +646,7 @@ def run_probe(conns: list[Conn], count: int, rate: float) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["dm", "idle"])
+    parser.add_argument("mode", choices=["dm", "idle", "group"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--relay", action="store_true", help="the target is benchmarks.relay")
     parser.add_argument("--redis", action="store_true", help="the target is redis-server (pub/sub)")
@@ -347,6 +656,8 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=8)
     parser.add_argument("--drain", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=1000)
+    parser.add_argument("--members", type=int, default=100, help="group: members besides the sender")
+    parser.add_argument("--no-ack", action="store_true", help="group: members read and never acknowledge")
     parser.add_argument("--seed", type=int, default=513)
     parser.add_argument("--register", action="store_true", help="register the clients instead of logging in")
     parser.add_argument("--burst", type=int, default=0, help="logins (users burst0..) to start halfway")
@@ -354,15 +665,22 @@ def main() -> None:
     args = parser.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    count = args.clients if args.mode == "dm" else args.connections
+    count = {"dm": args.clients, "idle": args.connections, "group": args.members + 1}[args.mode]
     target = "relay" if args.relay else "redis" if args.redis else "chat"
-    conns, refused = connect_all(args.port, count, target, args.register)
+    conns, refused = connect_all(args.port, count, target, args.register, group=args.mode == "group")
+    if args.mode == "group":
+        started = time.monotonic()
+        members = setup_group(conns, target, not args.no_ack)
+        setup_s = round(time.monotonic() - started, 2)
     print(json.dumps({"ready": len(conns), "refused": refused}), flush=True)
     if sys.stdin.readline().strip() != "go":
         return
     if args.mode == "dm":
         burst = Burst(args.port, args.burst, args.burst_rate) if args.burst else None
         result = run_dm(conns, args.rate, args.seconds, args.window, args.drain, target, args.seed, burst)
+    elif args.mode == "group":
+        result = run_group(conns, members, args.rate, args.seconds, args.window, args.drain, target)
+        result["setup_s"] = setup_s
     else:
         result = run_probe(conns, 200, 100.0) if len(conns) >= 2 else {}
     result.update(connected=len(conns), refused=refused)

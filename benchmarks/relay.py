@@ -5,7 +5,11 @@
 epoll, one recv per readable socket, writes batched per loop pass (one send per
 connection per pass), and only the 12-byte frame prefix decoded. A client's first
 frame (type 0x01) carries its index in the request id; after that, each frame is
-forwarded whole to the client whose index is in its request id. No acks, receipts,
+forwarded whole to the client whose index is in its request id. Groups (workload 3),
+as minimal: a frame of type 0x04 joins the group numbered by its request id; one of
+type 0x05 is forwarded whole to every other member of the group its request id names
+(the same bytes to each), and its sender gets a 12-byte frame of type 0x06 back (so a
+closed loop has a reply to wait for, as PUBLISH's count is for Redis). No acks, receipts,
 storage or checks: what is left is the cost of moving bytes through Python and the
 kernel, the floor under any chat server written this way. It is fixed, not tuned to
 flatter anyone; the report compares the servers to it, measured in the same run.
@@ -31,6 +35,7 @@ def serve(port: int) -> None:
     inbuf: dict[int, bytes] = {}
     out: dict[int, list[bytes]] = {}  # fd -> frames to send this pass
     index: dict[int, int] = {}  # client index -> fd
+    groups: dict[int, list[int]] = {}  # group number -> its members' fds
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     print(f"relay listening on 127.0.0.1:{listener.getsockname()[1]}", flush=True)
@@ -62,6 +67,9 @@ def serve(port: int) -> None:
                     continue
                 ep.unregister(fd)
                 conns.pop(fd).close()
+                for members in groups.values():
+                    if fd in members:
+                        members.remove(fd)
                 continue
             buf = inbuf[fd] + data
             off = 0
@@ -72,6 +80,16 @@ def serve(port: int) -> None:
                     break
                 if ftype == 0x01:
                     index[rid] = fd
+                elif ftype == 0x04:
+                    groups.setdefault(rid, []).append(fd)
+                elif ftype == 0x05:
+                    frame = buf[off:end]
+                    for member in groups.get(rid, ()):
+                        if member != fd:
+                            out.setdefault(member, []).append(frame)
+                            dirty.add(member)
+                    out.setdefault(fd, []).append(PREFIX.pack(0, 0x06, 0, 0, rid))
+                    dirty.add(fd)
                 elif (dest := index.get(rid)) is not None:
                     out.setdefault(dest, []).append(buf[off:end])
                     dirty.add(dest)

@@ -12,29 +12,8 @@ from rich.table import Table
 def table(report: dict[str, Any]) -> None:
     console = Console()
     relay = report["relay"]
-    load = "as fast as 8 in flight per client allow" if not relay["offered_rate"] else f"{relay['offered_rate']:.0f}/s"
-    t = Table(title=f"Direct messages to random peers, {load}, "
-                    f"{report['settings']['message_body_bytes']}-byte bodies ({report['mode']} run)")  # fmt: skip
-    for column in ("backend", "clients", "µs CPU/msg", "vs relay", "msgs/s", "p50 ms", "p99 ms", "server", "generator"):
-        t.add_column(column, justify="left" if column == "backend" else "right")
-    baselines = {"relay": " (baseline)", "redis": " (baseline, C)"}
-    for p in [relay, *([report["redis"]] if "redis" in report else []), *report["throughput"]]:
-        rate = "(generator-bound)" if p["generator_limited"] else f"{p['delivered_per_s']:.0f}"
-        ratio = p.get("vs_relay")
-        t.add_row(
-            p["backend"] + baselines.get(p["backend"], ""),
-            str(p["clients"]),
-            f"{p['server_cpu_us_per_message']:.1f}",
-            "-" if p["backend"] in baselines else ("withheld" if ratio is None else f"{ratio:.1f}x"),
-            rate,
-            _ms(p["latency"]["p50_ms"]),
-            _ms(p["latency"]["p99_ms"]),
-            f"{p['server_cpu_utilisation']:.0%}",
-            f"{p['generator_cpu_utilisation']:.0%}",
-        )
-    console.print(t)
-    console.print(f"relay: {relay['server_cpu_us_per_message']:.2f} µs/message here; "
-                  f"reference {report['relay_reference_us']} µs (ratios withheld above 3.2)")  # fmt: skip
+    if relay is not None:
+        direct_table(console, report, relay)
     if report["latency_by_load"]:
         lat = Table(title=f"Latency at a fixed offered load ({relay['clients']} clients; median of "
                           f"{report['repeats']} runs by p99)")  # fmt: skip
@@ -78,6 +57,8 @@ def table(report: dict[str, Any]) -> None:
                       f"{burst['logins']['median_ms'] or 0:.0f} ({burst['logins']['completed']} of "
                       f"{burst['logins']['asked']})")  # fmt: skip
         console.print(b)
+    if report["group_fanout"]["points"]:
+        group_table(console, report["group_fanout"])
     c = Table(title="Idle logged-in connections (no presence subscriptions)")
     for column in ("backend", "asked", "held", "bytes RSS/conn", "idle CPU", "threads", "probe p50 ms", "probe p99 ms"):
         c.add_column(column, justify="left" if column == "backend" else "right")
@@ -86,10 +67,77 @@ def table(report: dict[str, Any]) -> None:
         c.add_row(p["backend"], str(p["asked"]), held, str(p["rss_per_connection_bytes"]),
                   f"{p['idle_cpu_utilisation']:.1%}", str(p["server_threads"]),
                   _ms(p["probe_latency"].get("p50_ms")), _ms(p["probe_latency"].get("p99_ms")))  # fmt: skip
-    console.print(c)
+    if report["connections"]:
+        console.print(c)
     for name, why in report["not_run"].items():
         console.print(f"{name}: {why}")
     console.print("wall time by workload: " + ", ".join(f"{k} {v:.0f} s" for k, v in report["timings_s"].items()))
+
+
+def direct_table(console: Console, report: dict[str, Any], relay: dict[str, Any]) -> None:
+    """Workload 1, beside its baselines."""
+    load = "as fast as 8 in flight per client allow" if not relay["offered_rate"] else f"{relay['offered_rate']:.0f}/s"
+    t = Table(title=f"Direct messages to random peers, {load}, "
+                    f"{report['settings']['message_body_bytes']}-byte bodies ({report['mode']} run)")  # fmt: skip
+    for column in ("backend", "clients", "µs CPU/msg", "vs relay", "msgs/s", "p50 ms", "p99 ms", "server", "generator"):
+        t.add_column(column, justify="left" if column == "backend" else "right")
+    baselines = {"relay": " (baseline)", "redis": " (baseline, C)"}
+    for p in [relay, *([report["redis"]] if "redis" in report else []), *report["throughput"]]:
+        rate = "(generator-bound)" if p["generator_limited"] else f"{p['delivered_per_s']:.0f}"
+        ratio = p.get("vs_relay")
+        t.add_row(
+            p["backend"] + baselines.get(p["backend"], ""),
+            str(p["clients"]),
+            f"{p['server_cpu_us_per_message']:.1f}",
+            "-" if p["backend"] in baselines else ("withheld" if ratio is None else f"{ratio:.1f}x"),
+            rate,
+            _ms(p["latency"]["p50_ms"]),
+            _ms(p["latency"]["p99_ms"]),
+            f"{p['server_cpu_utilisation']:.0%}",
+            f"{p['generator_cpu_utilisation']:.0%}",
+        )
+    console.print(t)
+    console.print(f"relay: {relay['server_cpu_us_per_message']:.2f} µs/message here; "
+                  f"reference {report['relay_reference_us']} µs (ratios withheld above 3.2)")  # fmt: skip
+
+
+def group_table(console: Console, groups: dict[str, Any]) -> None:
+    """Workload 3: µs of server CPU per delivery (a message reaching one member), by backend
+    and group size, beside the relay and Redis; then what the members' acks cost."""
+    t = Table(title="Group fan-out: 1 sender (8 without a receipt), N members acking once per read")
+    for column in ("backend", "members", "load", "acks", "µs CPU/delivery", "vs relay", "msgs/s", "deliveries/s",
+                   "p50 ms", "p99 ms", "server", "generator"):  # fmt: skip
+        t.add_column(column, justify="left" if column in ("backend", "load", "acks") else "right")
+    baselines = {"relay": " (baseline)", "redis": " (baseline, C)"}
+    for p in groups["points"]:
+        members = f"{p['members']}" + (f" ({p['refused']} refused)" if p["refused"] else "")
+        rate = "(generator-bound)" if p["generator_limited"] else f"{p['messages_per_s']:.0f}"
+        ratio = p.get("vs_relay")
+        t.add_row(
+            p["backend"] + baselines.get(p["backend"], ""),
+            members,
+            f"{p['offered_rate']:.0f}/s" if p["offered_rate"] else "closed loop",
+            "-" if p["backend"] in baselines else "yes" if p["acks"] else "no",
+            f"{p['server_cpu_us_per_delivery']:.2f}",
+            "-" if ratio is None else f"{ratio:.1f}x",
+            rate,
+            f"{p['deliveries_per_s']:.0f}",
+            _ms(p["latency"]["p50_ms"]),
+            _ms(p["latency"]["p99_ms"]),
+            f"{p['server_cpu_utilisation']:.0%}",
+            f"{p['generator_cpu_utilisation']:.0%}",
+        )
+    console.print(t)
+    if groups["ack_cost"]:
+        a = Table(title="What the members' acks cost: closed loop with acks - without (µs of server CPU per delivery)")
+        for column in ("backend", "members", "with acks", "without", "the acks", "share", "deliveries per ack"):
+            a.add_column(column, justify="left" if column == "backend" else "right")
+        for c in groups["ack_cost"]:
+            share = "-" if c["ack_share"] is None else f"{c['ack_share']:.0%}"
+            a.add_row(c["backend"], str(c["members"]), f"{c['us_per_delivery_acks']:.2f}",
+                      f"{c['us_per_delivery_no_acks']:.2f}", f"{c['ack_us_per_delivery']:.2f}", share,
+                      "-" if c["deliveries_per_ack"] is None else f"{c['deliveries_per_ack']:.1f}")  # fmt: skip
+        console.print(a)
 
 
 def plots(report: dict[str, Any], out: Path) -> list[Path]:
@@ -103,17 +151,40 @@ def plots(report: dict[str, Any], out: Path) -> list[Path]:
     except ImportError:
         return []
     made = []
-    points = [report["relay"], *([report["redis"]] if "redis" in report else []), *report["throughput"]]
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    points = [p for p in points if p["clients"] == points[0]["clients"]]
-    ax.bar([p["backend"] for p in points], [p["server_cpu_us_per_message"] for p in points], color="#4c72b0")
-    ax.set_ylabel("server CPU µs per delivered message")
-    load = f"{points[0]['offered_rate']:.0f}/s offered" if points[0]["offered_rate"] else "closed loop"
-    ax.set_title(f"Direct messages, {points[0]['clients']} clients, {load} ({report['mode']} run)")
-    fig.tight_layout()
-    made.append(out / f"cpu-per-message-{report['mode']}.png")
-    fig.savefig(made[-1], dpi=120)
-    plt.close(fig)
+    if report["relay"] is not None:
+        points = [report["relay"], *([report["redis"]] if "redis" in report else []), *report["throughput"]]
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        points = [p for p in points if p["clients"] == points[0]["clients"]]
+        ax.bar([p["backend"] for p in points], [p["server_cpu_us_per_message"] for p in points], color="#4c72b0")
+        ax.set_ylabel("server CPU µs per delivered message")
+        load = f"{points[0]['offered_rate']:.0f}/s offered" if points[0]["offered_rate"] else "closed loop"
+        ax.set_title(f"Direct messages, {points[0]['clients']} clients, {load} ({report['mode']} run)")
+        fig.tight_layout()
+        made.append(out / f"cpu-per-message-{report['mode']}.png")
+        fig.savefig(made[-1], dpi=120)
+        plt.close(fig)
+    closed = [p for p in report["group_fanout"]["points"] if not p["offered_rate"]]
+    if closed:  # workload 3: µs per delivery by backend, a bar per group size, with acks and without
+        fig, ax = plt.subplots(figsize=(9, 3.8))
+        backends = list(dict.fromkeys(p["backend"] for p in closed))
+        series = [(size, acks) for size in dict.fromkeys(p["asked_members"] for p in closed) for acks in (True, False)]
+        series = [(s, a) for s, a in series if any(p["asked_members"] == s and p["acks"] == a for p in closed)]
+        width = 0.8 / len(series)
+        for k, (size, acks) in enumerate(series):
+            values = [next((p["server_cpu_us_per_delivery"] for p in closed if p["backend"] == b
+                            and p["asked_members"] == size and p["acks"] == acks), 0.0) for b in backends]  # fmt: skip
+            label = f"{size} members" + ("" if acks else ", no acks (baselines: none)")
+            ax.bar([i + k * width for i in range(len(backends))], values, width, label=label)
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(backends))], backends)
+        ax.set_ylabel("server CPU µs per delivery")
+        ax.set_title(f"Group fan-out, 1 sender, closed loop ({report['mode']} run)")
+        ax.legend(fontsize="small")
+        fig.tight_layout()
+        made.append(out / f"group-fanout-{report['mode']}.png")
+        fig.savefig(made[-1], dpi=120)
+        plt.close(fig)
+    if not report["connections"]:
+        return made
     if report["latency_by_load"]:
         fig, ax = plt.subplots(figsize=(9.5, 3.8))
         found = [p for p in report.get("highest_sustained", []) if p["sustained"]]

@@ -1,6 +1,6 @@
 """The benchmark suite: every backend as a real ``msgsrv``, side by side.
 
-    python -m benchmarks [--backends epoll,uvloop] [--quick] [--out DIR] [--check]
+    python -m benchmarks [--backends epoll,uvloop] [--quick] [--out DIR] [--check] [--workloads 3]
 
 Each backend runs as its own process on 127.0.0.1 pinned to core 0; the load
 generator (``benchmarks/loadgen.py``) runs pinned to core 1. The server is measured
@@ -20,6 +20,11 @@ docs/benchmarks.md):
    baseline (a C server);
 2. (full run) latency at fixed offered loads: 1k, 10k and 20k messages/s, and at the
    highest load each backend sustains (searched from its closed-loop throughput);
+3. group fan-out: one sender to a group of 100 and of 1,000 members (full run; ``--quick``:
+   100 members, epoll only), keeping 8 messages without a stored receipt (closed loop),
+   each member acknowledging once per read; also paced at 100 messages/s, and the closed
+   loop with members that never acknowledge (what the acks cost); the relay and Redis do
+   the same fan-out in the same run. Server CPU per delivery (message x member reached);
 4. connection scaling: N logged-in idle connections (not subscribed to presence):
    server memory per connection, CPU while idle, and the latency of messages between
    two of them;
@@ -31,7 +36,10 @@ docs/benchmarks.md):
 
 ``--quick`` (the gating ``nox -s bench_quick``): workload 1 with 100 clients at 5,000
 messages/s and workload 4 with 1,000 connections, one 3-second run each, every
-backend; ``--check`` then asserts what must hold (never speed) and exits 1 if not.
+backend; workload 3 with 100 members for 2 seconds on epoll, the relay and Redis;
+``--check`` then asserts what must hold (never speed) and exits 1 if not.
+``--workloads 3`` runs only workload 3 (any subset of 1-6; the direct-message baselines
+run with workload 1).
 """
 
 from __future__ import annotations
@@ -57,6 +65,7 @@ from csce513msg.store import Account
 from csce513msg.store.accounts import AccountBook
 
 ALL_BACKENDS = ["threads", "select", "poll", "epoll", "asyncio", "uvloop"]
+ALL_WORKLOADS = "123456"
 RELAY_REFERENCE_US = 2.5  #: the issue's reference: a batched epoll relay, µs of CPU per message
 RELAY_TRUSTED_US = 3.2  #: above this the relay itself is off: ratios are withheld
 GENERATOR_LIMIT = 0.90  #: above this the generator, not the server, set the pace
@@ -65,6 +74,13 @@ PACED_LOAD = 5000.0  #: messages/s: workload 1 in --quick, workload 5
 LATENCY_LOADS = [1000.0, 10000.0, 20000.0]  #: workload 2's offered loads, messages/s (full run)
 BURST_LOGINS, BURST_RATE, BURST_SECONDS = 60, 12.0, 11.0  #: workload 6: 12 logins/s for 5 of 11 seconds
 SEARCH_START, SEARCH_STEP, SEARCH_TRIES = 0.9, 0.8, 3  #: the highest sustained load (see highest_sustained)
+GROUP_SIZES = [100, 1000]  #: workload 3's members (besides the sender), full run
+GROUP_PACED = 100.0  #: workload 3's paced load, messages/s to the group
+GROUP_FLAGS = ("--rate", "100000")  #: the sender posts, and members ack, faster than the default 500 requests/s
+GROUP_QUICK_SECONDS = 2.0  #: workload 3 in --quick: one backend and the baselines, 100 members
+NO_ACK_WINDOW = 50_000  #: workload 3 without acks: a window members who never acknowledge do not fill in a run
+#: and the outbound hard limit msgsrv then asks for (high water + (window + 1) x max frame): a bound, not a buffer
+NO_ACK_FLAGS = ("--window", str(NO_ACK_WINDOW), "--hard-limit", str(262144 + (NO_ACK_WINDOW + 1) * 65536))
 
 
 def pinned(core: int, cmd: list[str]) -> list[str]:
@@ -181,6 +197,88 @@ def throughput(backend: str, clients: int, rate: float, seconds: float, *flags: 
     return result
 
 
+def group_fanout(backend: str, members: int, rate: float, seconds: float, acks: bool = True) -> dict[str, Any]:
+    """Workload 3 on one backend (or a baseline): one sender, a group of ``members``, closed
+    loop (``rate`` 0) or paced; ``acks`` False: members only read (the chat server is given
+    a window they never fill). Server CPU per delivery = CPU / (messages x members reached)."""
+    flags = [*GROUP_FLAGS, "--max-group-members", str(max(1000, members + 1))]  # the members and the sender
+    flags += [] if acks else NO_ACK_FLAGS
+    server = Server(backend, members + 1, *flags)
+    try:
+        extra = ["--relay"] if backend == "relay" else ["--redis"] if backend == "redis" else []
+        extra += [] if acks else ["--no-ack"]
+        gen = Generator(server.port, "group", "--members", str(members), "--rate", str(rate), "--seconds",
+                        str(seconds), *extra)  # fmt: skip
+        ready = gen.read()
+        before, t0 = proc.sample(server.pid), time.monotonic()
+        gen.say("go")
+        result = gen.read()
+        after, wall = proc.sample(server.pid), time.monotonic() - t0
+        gen.finish()
+    finally:
+        server.stop()
+    cpu = after.cpu - before.cpu
+    result.update(
+        backend=backend, asked_members=members, offered_rate=rate, acks=acks and backend not in ("relay", "redis"),
+        refused=ready["refused"],
+        server_cpu_us_per_delivery=round(cpu / max(1, result["deliveries"]) * 1e6, 2),
+        server_cpu_us_per_message=round(cpu / max(1, result["stored"]) * 1e6, 1),
+        server_cpu_utilisation=round(cpu / wall, 3),
+        server_cpu_s=round(cpu, 3),
+        server_threads=after.threads,
+        server_peak_rss_kib=after.hwm_kib,
+        generator_limited=result["generator_cpu_utilisation"] > GENERATOR_LIMIT,
+    )  # fmt: skip
+    return result
+
+
+def group_runs(backends: list[str], quick: bool, repeats: int, seconds: float) -> dict[str, Any]:
+    """Workload 3, every point of it: the baselines and each backend at each group size, in a
+    closed loop with acks (median of ``repeats`` by µs per delivery), paced at ``GROUP_PACED``,
+    and in a closed loop without acks (what the acks cost: the difference, per delivery)."""
+    sizes = [100] if quick else GROUP_SIZES
+    baselines = ["relay", *(["redis"] if shutil.which("redis-server") else [])]
+    if quick:  # one backend, the closed loop with acks only: a check that fan-out works, not figures
+        backends = ["epoll" if "epoll" in backends else backends[0]]
+    points: list[dict[str, Any]] = []
+    for backend in [*baselines, *backends]:
+        for members in sizes:
+            runs = [group_fanout(backend, members, 0.0, seconds) for _ in range(repeats)]
+            points.append(median_of(runs, "server_cpu_us_per_delivery"))
+            if quick:
+                continue
+            points.append(group_fanout(backend, members, GROUP_PACED, seconds))
+            if backend not in baselines:
+                points.append(group_fanout(backend, members, 0.0, seconds, acks=False))
+    for point in points:
+        relay = next(p for p in points if p["backend"] == "relay" and p["asked_members"] == point["asked_members"]
+                     and p["offered_rate"] == point["offered_rate"])  # fmt: skip
+        ratio = point["server_cpu_us_per_delivery"] / max(0.01, relay["server_cpu_us_per_delivery"])
+        point["vs_relay"] = None if point["backend"] == "relay" else round(ratio, 1)
+    return {"points": points, "ack_cost": ack_cost(points)}
+
+
+def ack_cost(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What the members' acks cost the server, per backend and group size: µs of CPU per
+    delivery in the closed loop with acks, without, and the difference (and its share)."""
+    costs = []
+    for with_acks in points:
+        if not with_acks["acks"] or with_acks["offered_rate"]:
+            continue
+        key = (with_acks["backend"], with_acks["asked_members"])
+        same = [p for p in points if (p["backend"], p["asked_members"]) == key]
+        without = next((p for p in same if not p["acks"] and not p["offered_rate"]), None)
+        if without is None:
+            continue
+        a, b = with_acks["server_cpu_us_per_delivery"], without["server_cpu_us_per_delivery"]
+        costs.append({
+            "backend": with_acks["backend"], "members": with_acks["members"], "us_per_delivery_acks": a,
+            "us_per_delivery_no_acks": b, "ack_us_per_delivery": round(a - b, 2),
+            "ack_share": round((a - b) / a, 3) if a else None, "deliveries_per_ack": with_acks["deliveries_per_read"],
+        })  # fmt: skip
+    return costs
+
+
 def sustained(point: dict[str, Any]) -> bool:
     """The server kept up: it delivered 95 % of the offered load over the run and its drain
     (a queue that grew shows as a long drain), and the generator was not the limit."""
@@ -253,7 +351,10 @@ def _get(point: dict[str, Any], key: str) -> Any:
     return point
 
 
-def run(backends: list[str], quick: bool, repeats: int = 3, seconds: float = 10.0) -> dict[str, Any]:
+def run(
+    backends: list[str], quick: bool, repeats: int = 3, seconds: float = 10.0, workloads: str = "123456"
+) -> dict[str, Any]:
+    """Every workload in ``workloads`` (their numbers; 2, 5 and 6 run in the full run only)."""
     clients = 100
     #: workload 1: (clients, offered rate; 0 = closed loop, as fast as each client's window allows)
     direct = [(100, PACED_LOAD)] if quick else [(100, 0.0), (1000, 0.0)]
@@ -273,6 +374,7 @@ def run(backends: list[str], quick: bool, repeats: int = 3, seconds: float = 10.
             "presence": "not subscribed",
         },
         "relay_reference_us": RELAY_REFERENCE_US,
+        "relay": None,
         "repeats": repeats,
         "seconds_per_run": seconds,
         "throughput": [],
@@ -281,49 +383,62 @@ def run(backends: list[str], quick: bool, repeats: int = 3, seconds: float = 10.
         "connections": [],
         "durability": [],
         "login_burst": [],
-        "not_run": {"group fan-out": "n/a: no groups yet"},
+        "group_fanout": {"points": [], "ack_cost": []},
+        "not_run": {},
         "timings_s": {},
     }
     rate = direct[0][1]
     timings = report["timings_s"]
-    with timed(timings, "baselines"):
-        runs = [throughput("relay", clients, rate, seconds) for _ in range(repeats)]
-        relay = report["relay"] = median_of(runs, "server_cpu_us_per_message")
-        if shutil.which("redis-server"):  # a C server on the same workload, as a reference point
-            runs = [throughput("redis", clients, rate, seconds) for _ in range(repeats)]
-            report["redis"] = median_of(runs, "server_cpu_us_per_message")
-        else:
-            report["not_run"]["Redis baseline"] = "redis-server is not installed (apt-get install redis-server)"
-    trusted = relay["server_cpu_us_per_message"] <= RELAY_TRUSTED_US
+    for number in sorted(set(ALL_WORKLOADS) - set(workloads)):
+        report["not_run"][f"workload {number}"] = "not asked for (--workloads)"
+    relay: dict[str, Any] | None = None
+    if "1" in workloads:
+        with timed(timings, "baselines"):
+            runs = [throughput("relay", clients, rate, seconds) for _ in range(repeats)]
+            relay = report["relay"] = median_of(runs, "server_cpu_us_per_message")
+            if shutil.which("redis-server"):  # a C server on the same workload, as a reference point
+                runs = [throughput("redis", clients, rate, seconds) for _ in range(repeats)]
+                report["redis"] = median_of(runs, "server_cpu_us_per_message")
+    if not shutil.which("redis-server"):
+        report["not_run"]["Redis baseline"] = "redis-server is not installed (apt-get install redis-server)"
     for backend in backends:
-        with timed(timings, "1 throughput"):
-            for count, offered in direct:
-                runs = [throughput(backend, count, offered, seconds) for _ in range(repeats)]
-                point = median_of(runs, "server_cpu_us_per_message")
-                ratio = point["server_cpu_us_per_message"] / relay["server_cpu_us_per_message"]
-                point["vs_relay"] = round(ratio, 2) if trusted else None
-                report["throughput"].append(point)
-        with timed(timings, "2 latency"):
-            for offered in [] if quick else LATENCY_LOADS:  # latency at a fixed offered load
-                runs = [throughput(backend, clients, offered, seconds) for _ in range(repeats)]
-                load = median_of(runs, "latency.p99_ms")
-                load["sustained"] = sustained(load)
-                report["latency_by_load"].append(load)
-            if not quick:  # and at the highest load it sustains, found from its closed-loop throughput
-                closed = next(p for p in report["throughput"] if p["backend"] == backend and p["clients"] == clients)
-                highest = highest_sustained(backend, clients, closed["delivered_per_s"], seconds)
-                report["highest_sustained"].append(highest)
-        with timed(timings, "4 connections"):
-            if quick or backend in SCALING_BACKENDS:
+        if relay is not None:
+            with timed(timings, "1 throughput"):
+                trusted = relay["server_cpu_us_per_message"] <= RELAY_TRUSTED_US
+                for count, offered in direct:
+                    runs = [throughput(backend, count, offered, seconds) for _ in range(repeats)]
+                    point = median_of(runs, "server_cpu_us_per_message")
+                    ratio = point["server_cpu_us_per_message"] / relay["server_cpu_us_per_message"]
+                    point["vs_relay"] = round(ratio, 2) if trusted else None
+                    report["throughput"].append(point)
+        if "2" in workloads and not quick:
+            with timed(timings, "2 latency"):
+                for offered in LATENCY_LOADS:  # latency at a fixed offered load
+                    runs = [throughput(backend, clients, offered, seconds) for _ in range(repeats)]
+                    load = median_of(runs, "latency.p99_ms")
+                    load["sustained"] = sustained(load)
+                    report["latency_by_load"].append(load)
+                # and at the highest load it sustains, found from its closed-loop throughput (workload 1)
+                closed = [p for p in report["throughput"] if p["backend"] == backend and p["clients"] == clients]
+                if closed:
+                    highest = highest_sustained(backend, clients, closed[0]["delivered_per_s"], seconds)
+                    report["highest_sustained"].append(highest)
+        if "4" in workloads and (quick or backend in SCALING_BACKENDS):
+            with timed(timings, "4 connections"):
                 for count in conn_counts:
                     report["connections"].append(connections(backend, count))
         if not quick and backend in SCALING_BACKENDS:  # workloads 5 and 6, one repeat each
-            with timed(timings, "5 durability"):
-                for mode in ("full", "normal", "memory"):  # at one paced load, so latency means something
-                    point = throughput(backend, clients, PACED_LOAD, seconds, "--durability", mode)
-                    report["durability"].append({**point, "durability": mode})
-            with timed(timings, "6 login burst"):
-                report["login_burst"].append(login_burst(backend, clients))
+            if "5" in workloads:
+                with timed(timings, "5 durability"):
+                    for mode in ("full", "normal", "memory"):  # at one paced load, so latency means something
+                        point = throughput(backend, clients, PACED_LOAD, seconds, "--durability", mode)
+                        report["durability"].append({**point, "durability": mode})
+            if "6" in workloads:
+                with timed(timings, "6 login burst"):
+                    report["login_burst"].append(login_burst(backend, clients))
+    if "3" in workloads:
+        with timed(timings, "3 group fan-out"):
+            report["group_fanout"] = group_runs(backends, quick, repeats, GROUP_QUICK_SECONDS if quick else seconds)
     return report
 
 
@@ -347,7 +462,7 @@ def login_burst(backend: str, clients: int) -> dict[str, Any]:
 def check(report: dict[str, Any]) -> list[str]:
     """What must hold in any run, whatever the speed: [] if all is well."""
     problems = []
-    baselines = [report["relay"], *([report["redis"]] if "redis" in report else [])]
+    baselines = [*([report["relay"]] if report["relay"] else []), *([report["redis"]] if "redis" in report else [])]
     measured = [*report["throughput"], *report["latency_by_load"], *report["highest_sustained"], *report["durability"],
                 *report["login_burst"]]  # fmt: skip
     for point in [*baselines, *measured]:
@@ -372,7 +487,35 @@ def check(report: dict[str, Any]) -> list[str]:
             problems.append(f"{name}: {point['refused']} connections refused")
         if point["probe_delivered"] != point["probe_sent"]:
             problems.append(f"{name}: probe delivered {point['probe_delivered']} of {point['probe_sent']}")
+    problems += check_groups(report["group_fanout"]["points"])
     problems += validate(report)
+    return problems
+
+
+def check_groups(points: list[dict[str, Any]]) -> list[str]:
+    """Workload 3: every member got every message stored, once and in order; every send was
+    answered; one latency sample a delivery; acks as asked; CPU read."""
+    problems = []
+    for p in points:
+        name = f"group of {p['asked_members']} on {p['backend']} at {p['offered_rate']:.0f}/s"
+        name += "" if p["acks"] or p["backend"] in ("relay", "redis") else " without acks"
+        if p["refused"] and p["backend"] != "select":
+            problems.append(f"{name}: {p['refused']} members refused")
+        if p["members"] + p["refused"] != p["asked_members"]:
+            problems.append(f"{name}: {p['members']} members + {p['refused']} refused != {p['asked_members']}")
+        if p["sent"] == 0 or p["answered"] != p["sent"] or p["errors"]:
+            problems.append(f"{name}: {p['sent']} sent, {p['answered']} answered, {p['errors']} errors")
+        if p["deliveries"] != p["expected_deliveries"] or p["members_complete"] != p["members"]:
+            problems.append(f"{name}: {p['deliveries']} deliveries of {p['expected_deliveries']} "
+                            f"({p['members_complete']} of {p['members']} members got every message)")  # fmt: skip
+        if p["duplicates"] or p["gaps"]:
+            problems.append(f"{name}: {p['duplicates']} duplicates, {p['gaps']} messages skipped or out of order")
+        if p["latency_samples"] != p["deliveries"]:
+            problems.append(f"{name}: {p['latency_samples']} latency samples for {p['deliveries']} deliveries")
+        if p["acks"] != (0 < p["acks_sent"] <= p["member_reads"]):
+            problems.append(f"{name}: {p['acks_sent']} acks for {p['member_reads']} reads")
+        if p["server_cpu_s"] <= 0:
+            problems.append(f"{name}: no server CPU read from /proc")
     return problems
 
 
@@ -411,8 +554,9 @@ def main() -> None:
     parser.add_argument("--check", action="store_true", help="exit 1 if an invariant is broken")
     parser.add_argument("--repeats", type=int, default=3, help="full run: repeats of workloads 1 and 2 (median)")
     parser.add_argument("--seconds", type=float, default=10.0, help="full run: seconds per run")
+    parser.add_argument("--workloads", default=ALL_WORKLOADS, help="which workloads to run, e.g. 3 or 13")
     args = parser.parse_args()
-    report = run(args.backends.split(","), args.quick, args.repeats, args.seconds)
+    report = run(args.backends.split(","), args.quick, args.repeats, args.seconds, args.workloads)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"bench-{report['mode']}.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
@@ -428,4 +572,5 @@ def main() -> None:
             print(f"CHECK FAILED: {problem}")
         if problems:
             raise SystemExit(1)
-        print("checks: delivered = sent, order kept, no duplicates, one latency sample each, CPU read, schema ok")
+        print("checks: delivered = sent, order kept, no duplicates, one latency sample each, CPU read, schema ok; "
+              "groups: each member got every message once, in order; every send answered; acks as asked")  # fmt: skip

@@ -1,10 +1,13 @@
 """The benchmark's own parts that a wrong answer would hide in a table: the RESP3 decoder
-of the Redis baseline, and what counts as a sustained load."""
+of the Redis baseline, what counts as a sustained load, and workload 3's member (once and
+in order, one ack per read), its checks and what the acks cost."""
 
 from __future__ import annotations
 
+from benchmarks.loadgen import BODY, GROUP_STAMP, Member, group_post
 from benchmarks.resp import RespDecoder, RespError, command
-from benchmarks.suite import sustained
+from benchmarks.suite import ack_cost, check_groups, sustained
+from csce513msg.protocol import Ack, ContentType, Deliver, TargetKind, encode
 
 REPLIES = (
     b"%2\r\n+server\r\n+redis\r\n+proto\r\n:3\r\n"  # HELLO 3's map
@@ -38,3 +41,74 @@ def test_sustained_means_95_percent_delivered_with_the_generator_not_the_limit()
     assert sustained(point)
     assert not sustained({**point, "delivered_per_s": 9400.0})
     assert not sustained({**point, "generator_limited": True})
+
+
+def _deliver(seq: int, position: int, kind: int = ContentType.TEXT) -> bytes:
+    body = GROUP_STAMP.pack(100.0 + seq, seq) + b"x" * (BODY - GROUP_STAMP.size)
+    return encode(Deliver(TargetKind.GROUP, kind, 1000 + position, 0, position, "u0", "bench", "g:7", body))
+
+
+def test_a_member_acks_once_per_read_the_highest_position_it_read() -> None:
+    cache: dict[bytes, Deliver] = {}
+    member, other = Member("chat", cache=cache), Member("chat", cache=cache)
+    stamps, ack = member.feed(_deliver(0, 1, ContentType.GROUP_EVENT))  # the setup's "added" event
+    assert stamps == [] and ack == encode(Ack(1, "g:7")) and member.events == 1
+    member.reset()
+    wire = b"".join(_deliver(seq, seq + 1) for seq in (1, 2, 3))
+    cut = len(wire) // 3 + 10
+    stamps, ack = member.feed(wire[:cut])  # message 1 and part of 2: one ack, for position 2
+    assert [seq for _due, seq in stamps] == [1] and ack == encode(Ack(2, "g:7"))
+    stamps, ack = member.feed(wire[cut:])  # the rest: one ack for the highest, position 4
+    assert [seq for _due, seq in stamps] == [2, 3] and ack == encode(Ack(4, "g:7"))
+    assert (member.received, member.reads, member.acks_sent, member.duplicates, member.gaps) == (3, 2, 2, 0, 0)
+    assert len(cache) == 4  # decoded once each, whichever member reads them next
+    other.reset()
+    other.feed(wire)
+    assert other.received == 3 and len(cache) == 4
+
+
+def test_a_member_counts_duplicates_and_gaps_and_need_not_ack() -> None:
+    member = Member("chat", acks=False)
+    member.reset()
+    stamps, ack = member.feed(_deliver(1, 2) + _deliver(1, 2) + _deliver(4, 5))
+    assert ack == b"" and member.acks_sent == 0 and len(stamps) == 3
+    assert (member.received, member.duplicates, member.gaps, member.last_seq) == (2, 1, 2, 4)
+
+
+def test_a_baseline_member_reads_the_relays_posts_and_redis_pushes() -> None:
+    relay, redis = Member("relay"), Member("redis")
+    for member, seq0, seq1 in ((relay, group_post("relay", 0, 1.0), group_post("relay", 1, 2.0)),
+                               (redis, b">3\r\n$7\r\nmessage\r\n$1\r\ng\r\n$60\r\n" + GROUP_STAMP.pack(1.0, 0)
+                                + b"x" * 48 + b"\r\n", None)):  # fmt: skip
+        stamps, ack = member.feed(seq0)
+        assert stamps == [(1.0, 0)] and ack == b"" and member.last_seq == 0 and member.received == 0
+        member.reset()
+        if seq1 is not None:
+            assert member.feed(seq1)[0] == [(2.0, 1)] and member.received == 1
+
+
+def test_the_group_checks_catch_a_member_short_of_a_message() -> None:
+    point = {
+        "backend": "epoll", "asked_members": 2, "members": 2, "refused": 0, "offered_rate": 0.0, "acks": True,
+        "sent": 3, "answered": 3, "errors": 0, "deliveries": 6, "expected_deliveries": 6, "members_complete": 2,
+        "duplicates": 0, "gaps": 0, "latency_samples": 6, "acks_sent": 4, "member_reads": 4, "server_cpu_s": 0.1,
+    }  # fmt: skip
+    assert check_groups([point]) == []
+    short = {**point, "deliveries": 5, "members_complete": 1, "latency_samples": 5}
+    assert [p.split(":")[1].split(",")[0] for p in check_groups([short])] == [
+        " 5 deliveries of 6 (1 of 2 members got every message)"
+    ]
+    assert check_groups([{**point, "acks_sent": 0}]) == ["group of 2 on epoll at 0/s: 0 acks for 4 reads"]
+
+
+def test_ack_cost_is_the_difference_with_acks_and_without() -> None:
+    common = {"backend": "epoll", "asked_members": 100, "members": 100, "offered_rate": 0.0}
+    points = [
+        {**common, "acks": True, "server_cpu_us_per_delivery": 10.0, "deliveries_per_read": 8.0},
+        {**common, "acks": False, "server_cpu_us_per_delivery": 6.0, "deliveries_per_read": 9.0},
+        {**common, "acks": True, "offered_rate": 100.0, "server_cpu_us_per_delivery": 30.0},
+    ]
+    assert ack_cost(points) == [{
+        "backend": "epoll", "members": 100, "us_per_delivery_acks": 10.0, "us_per_delivery_no_acks": 6.0,
+        "ack_us_per_delivery": 4.0, "ack_share": 0.4, "deliveries_per_ack": 8.0,
+    }]  # fmt: skip
