@@ -49,6 +49,7 @@ def list_groups(data_dir: DataDir = None) -> None:
     for gid, name, owner, invite_only in groups:
         stream = f"{GROUP_PREFIX}{gid}"
         note = "  invite-only" if invite_only else ""
+        owner = owner or "(the server)"  # the announcements, g:0
         typer.echo(f"{name:<32} {stream:<8} owner {owner:<32} {sizes.get(stream, 0):>5} members{note}")
     typer.echo(f"{len(groups)} groups")
 
