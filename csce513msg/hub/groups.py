@@ -25,7 +25,6 @@ engine hands what it returns to the Mailroom.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Iterable
 
 from ..protocol import (
@@ -492,7 +491,7 @@ class Groups:
             left = until - self._wall_us(now)
             if left > 0:
                 raise RemoteProtocolError(
-                    ErrorCode.MUTED, f"you are muted in {group.name} for {math.ceil(left / 1e6)} s more",
+                    ErrorCode.MUTED, f"you are muted in {group.name}",  # how long: retry_after_ms
                     request_id=rid, retry_after_ms=retry_ms(left / 1e6),
                 )  # fmt: skip
             del group.muted[user]  # passed: dead
@@ -501,8 +500,8 @@ class Groups:
             if last is not None and now < last + group.slow_s:
                 wait = last + group.slow_s - now
                 raise RemoteProtocolError(
-                    ErrorCode.SLOW_MODE, f"{group.name} is in slow mode: one post per {group.slow_s} s; "
-                    f"wait {math.ceil(wait)} s", request_id=rid, retry_after_ms=retry_ms(wait),
+                    ErrorCode.SLOW_MODE, f"{group.name} is in slow mode: one post per {group.slow_s} s",
+                    request_id=rid, retry_after_ms=retry_ms(wait),  # the wait: a client shows it
                 )  # fmt: skip
             group.last_post[user] = now  # counted from the post the engine accepted
 
