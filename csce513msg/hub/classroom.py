@@ -45,7 +45,7 @@ from ..protocol import (
 from ..store import Account
 from ..store import interface as store
 from ..store.interface import is_staff
-from .outbox import Outbox
+from .outbox import Outbox, fitting
 from .session import Session
 
 log = logging.getLogger("csce513msg.hub")
@@ -110,7 +110,10 @@ class Classroom:
                 self._asking(position, rid)
                 done = self.confirmed.get(position, set())
                 pending = sorted(u for u in self.accounts if u not in done and not staff(self.accounts, u))
-                self.out.write(session, Confirmations(position, tuple(sorted(done)), tuple(pending), rid))
+                names = sorted(done) + pending  # cut to fit one header: the confirmed first
+                fit = fitting((2 + len(u) for u in names), 8 + 4)
+                confirmed, pending = names[: min(fit, len(done))], names[len(done) : fit]
+                self.out.write(session, Confirmations(position, tuple(confirmed), tuple(pending), rid))
             case Hand(op=op, question=question):
                 if staff(self.accounts, user):
                     raise RemoteProtocolError(
@@ -212,6 +215,9 @@ class Classroom:
 
     def _queue(self, taken: str, rid: int, now: float) -> HandQueueReply:
         hands = self._order()
+        # cut to fit one header: the first hands (HandPlace's size counts them all)
+        fit = fitting((2 + len(h.user) + 2 + len(h.question.encode()) + 4 for h in hands), 2 + len(taken) + 6)
+        hands = hands[:fit]
         wall = self._wall_us(now)
         waited = tuple(max(0, (wall - h.raised_us) // 1_000_000) for h in hands)
         return HandQueueReply(taken, tuple(h.user for h in hands), tuple(h.question for h in hands), waited, rid)

@@ -74,7 +74,7 @@ from ..store.interface import (
     is_staff,
 )
 from .config import HubConfig
-from .outbox import Outbox, retry_ms
+from .outbox import Outbox, fitting, retry_ms
 from .session import Session
 
 log = logging.getLogger("csce513msg.hub")
@@ -88,7 +88,6 @@ MAX_MUTE_S = 30 * 86400  #: the longest mute, seconds (a GroupMute past it: BAD_
 MAX_SLOW_S = 86400  #: the longest slow mode interval, seconds
 
 QUEUE_DEVICE = "msgsrv"  #: the device of an event a queued change (``msgsrv group``) made
-MAX_HEADER = 0xFFFF  #: the largest header a frame can carry (``hlen`` is a u16)
 LIST_HEADER = 5 * 2  #: a GroupListReply's five list counts
 LIST_ENTRY = 3 * 2 + 2 * 4  #: per group: three string lengths, its size and flags (u32 each)
 CUT = 4  #: GroupListReply flags, on the last entry: the list was cut after it (ask again ``after`` it)
@@ -606,12 +605,8 @@ class Groups:
         the reply has no body); cut short, the last entry's flags say so (bit 2, ``CUT``)."""
         streams = self.of_user.get(user, set()) if mine else self.by_id.keys()
         groups = sorted((g for s in streams if (g := self.by_id[s]).name > after), key=lambda g: g.name)
-        size, fit = LIST_HEADER, 0
-        for g in groups:  # names are ASCII (NAME_RULE), streams too: a character is a byte
-            size += LIST_ENTRY + len(g.stream) + len(g.name) + len(g.owner)
-            if size > MAX_HEADER:
-                break
-            fit += 1
+        # names are ASCII (NAME_RULE), streams too: a character is a byte
+        fit = fitting((LIST_ENTRY + len(g.stream) + len(g.name) + len(g.owner) for g in groups), LIST_HEADER)
         page = groups[:fit]
         flags = [int(g.invite_only) | (user in g.members) << 1 for g in page]
         if fit < len(groups):
@@ -630,5 +625,10 @@ class Groups:
             raise RemoteProtocolError(ErrorCode.NOT_A_MEMBER, f"you are not a member of {group.name}", request_id=rid)
         users = sorted(group.members)
         roles = tuple(a.role if (a := self.accounts.get(u)) is not None else "" for u in users)
+        # cut to fit one header (g:0 holds every account): fewer users than GroupInfo's count says so
+        fit = fitting(
+            (2 + len(u) + 2 + len(r) + 4 for u, r in zip(users, roles, strict=True)), 2 + len(group.stream) + 6
+        )
+        users, roles = users[:fit], roles[:fit]
         sessions = tuple(len(self.online.get(u, ())) if self._sees(session, u) else 0 for u in users)
         self.out.write(session, GroupMembersReply(group.stream, tuple(users), roles, sessions, rid))

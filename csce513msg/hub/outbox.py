@@ -10,12 +10,28 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..protocol import Error, ErrorCode, Message, encode
 from .actions import Action, Close, ConnId, Lane, Submit, Write
 from .session import Session
+
+MAX_HEADER = 0xFFFF  #: the largest header a frame can carry (``hlen`` is a u16): a reply's lists fit in it
+
+
+def fitting(sizes: Iterable[int], fixed: int) -> int:
+    """How many entries of a list reply fit in one header: ``fixed`` bytes for its other
+    fields and lists' counts, then each entry's bytes in order (a reply without a body must
+    fit, or encoding it fails: a class of 2,000 accounts would cost a GroupMembers its
+    connection). The lists are cut there, and the protocol says how a reader can tell."""
+    total, count = fixed, 0
+    for size in sizes:
+        total += size
+        if total > MAX_HEADER:
+            break
+        count += 1
+    return count
 
 
 class Outbox:

@@ -13,6 +13,8 @@ from csce513msg.protocol import (
     Feature,
     GroupJoin,
     GroupLeave,
+    GroupMembers,
+    GroupMembersReply,
     GroupRename,
     Hand,
     HandOp,
@@ -28,8 +30,9 @@ from csce513msg.protocol import (
     TargetKind,
     encode,
 )
+from csce513msg.store import Account, MemoryStore
 from csce513msg.store.interface import Hand as StoredHand
-from tests.hub.harness import PASSWORD, Peer, batch_of, codes
+from tests.hub.harness import PASSWORD, PASSWORDS, Harness, Peer, batch_of, codes
 from tests.hub.test_groups import Hub, hub
 
 __all__ = ["hub"]  # the fixture (both stores, the USERS accounts: teach is the instructor)
@@ -152,3 +155,38 @@ def test_a_failed_batch_answers_store_failed_and_leaves_the_queue(hub: Hub) -> N
     h.apply(h.engine.job_done(job.job_id, RuntimeError("disk on fire"), h.now))
     assert codes(bob) == [ErrorCode.STORE_FAILED]
     assert h.engine.classroom.hands == {}
+
+
+def test_lists_longer_than_one_header_holds_are_cut_and_the_counts_still_tell() -> None:
+    """A reply without a body must fit one header (65,535 bytes): in a class of 2,001 accounts
+    with 32-character names, GroupMembers of the announcements, Confirmed and the queue are
+    cut (by name; the confirmed first; the first hands), and nobody loses a connection."""
+    hashed = PASSWORDS.hash(PASSWORD)
+    students = [f"{i:04d}" + "s" * 28 for i in range(2000)]
+    accounts = [Account("teach", "instructor", hashed)] + [Account(s, "student", hashed) for s in students]
+    h = Harness(MemoryStore(accounts), burst=5000)
+    teach = h.connect("teach", groups=True)
+    announce(teach, "read chapter 3", asks=True)
+    h.pump()
+    first = [h.connect(s, groups=True) for s in students[:400]]
+    for peer in first[:3]:
+        peer.session.request(Confirm(1))
+    for peer in first:
+        peer.session.request(Hand(HandOp.RAISE, "q" * 200))
+    h.pump()
+    teach.session.request(GroupMembers("announcements"))
+    teach.session.request(Confirmed(0))
+    teach.session.request(HandQueue(QueueOp.LIST))
+    h.pump()
+    assert codes(teach) == [] and all(p.of(HandPlace) for p in first)
+    members = teach.of(GroupMembersReply)[-1]
+    assert (
+        1000 < len(members.users) < 2001 and members.users == tuple(sorted(["teach", *students]))[: len(members.users)]
+    )
+    position, confirmed, pending = lists(teach)
+    assert (position, confirmed) == (1, tuple(students[:3])) and 1000 < len(pending) < 1997
+    queue = [r for r in teach.of(HandQueueReply) if r.request_id][-1]
+    assert 100 < len(queue.users) < 400 and queue.users == tuple(students[: len(queue.users)])
+    assert place(first[-1])[:2] == (400, 400)  # the student's place counts every hand
+    for reply in (members, teach.of(Confirmations)[-1], queue):
+        assert len(encode(reply)) - 12 <= 0xFFFF  # the header: hlen is a u16
