@@ -175,12 +175,13 @@ class MemoryStore:
 
     def _expire(self, before_us: int) -> None:
         for key, m in list(self.keys.items()):
-            if m.message_id < before_us:
+            if m.message_id < before_us and m.stream != ANNOUNCEMENTS:  # the announcements are kept
                 sender, device, client_id = key
                 self.floors[(sender, device)] = max(self.floors.get((sender, device), 0), client_id)
                 del self.keys[key]
         for name, stream in self.streams.items():
-            self.expired[name] = sum(1 for m in stream if m.message_id < before_us)  # ids grow with position
+            if name != ANNOUNCEMENTS:
+                self.expired[name] = sum(1 for m in stream if m.message_id < before_us)  # ids grow with position
 
     def _page(self, name: str, before: int, limit: int, max_bytes: int, reader: str) -> list[StoredMessage]:
         stream = self.streams.get(name, [])

@@ -619,21 +619,22 @@ class SqliteStore:
     def _expire(self, before_us: int) -> None:
         """Retention: delete messages older than ``before_us`` (ids are µs of wall time, so a
         range of the primary key), keeping each device's highest client id among them, and
-        each stream's highest position (so positions are never reused)."""
+        each stream's highest position (so positions are never reused). The announcements
+        (``g:0``) are kept: every account reads all of them, whenever it was made."""
         self.db.execute(
             """INSERT INTO streams (name, last_position)
-               SELECT stream, max(position) FROM messages WHERE id < ? GROUP BY stream
+               SELECT stream, max(position) FROM messages WHERE id < ?1 AND stream != ?2 GROUP BY stream
                ON CONFLICT DO UPDATE SET last_position = max(last_position, excluded.last_position)""",
-            (before_us,),
+            (before_us, ANNOUNCEMENTS),
         )
         self.db.execute(
             """INSERT INTO devices (user, device, since, keys_floor)
                SELECT sender, device, 0, max(client_msg_id) FROM messages
-               WHERE id < ? AND client_msg_id != 0 GROUP BY sender, device
+               WHERE id < ?1 AND stream != ?2 AND client_msg_id != 0 GROUP BY sender, device
                ON CONFLICT DO UPDATE SET keys_floor = max(keys_floor, excluded.keys_floor)""",
-            (before_us,),
+            (before_us, ANNOUNCEMENTS),
         )
-        self.db.execute("DELETE FROM messages WHERE id < ?", (before_us,))
+        self.db.execute("DELETE FROM messages WHERE id < ? AND stream != ?", (before_us, ANNOUNCEMENTS))
         self.floors.clear()
         self._recent.clear()
 

@@ -14,7 +14,7 @@ from csce513msg.store.sqlite import MIGRATIONS, SqliteStore
 from tests.store.test_groups import AnyStore, ack, event, fetch, one, page, store, stored
 
 __all__ = ["store"]  # the fixture (both stores)
-from tests.store.test_sqlite import accounts
+from tests.store.test_sqlite import accounts, msg
 
 
 def announce(sender: str, body: bytes, asks: bool = False) -> NewMessage:
@@ -39,6 +39,15 @@ def test_every_account_reads_every_announcement_whenever_it_was_made(store: AnyS
     assert fetch(store, "bob", "new", groups=False) == []  # a session without groups: none
     assert store.load_groups()["g:0"].members == ("alice", "bob", "carol", "dan", "erin", "fred")
     assert store.load_classroom().asks == (5,)
+
+
+def test_retention_keeps_the_announcements(store: AnyStore) -> None:
+    """Every account reads every announcement, whenever it was made: retention, which expires
+    every other stream's old messages, keeps them."""
+    stored(store, announce("alice", b"exam friday"))
+    stored(store, msg("bob", "alice", b"old"))
+    store.apply(Batch(expire_before_us=2**62))  # everything is older than this
+    assert page(store, "g:0", "bob") == [1] and page(store, "dm:alice,bob", "bob") == []
 
 
 def test_the_announcements_take_posts_only_and_give_no_receipts(store: AnyStore) -> None:
