@@ -42,14 +42,8 @@ GROUP_USAGE = {
     "/slow": "/slow #GROUP SECONDS|off",
     "/delete": "/delete #GROUP/N (N: the number shown beside the message)",
 }
-MODERATION = (
-    "/rename",
-    "/delgroup",
-    "/mute",
-    "/unmute",
-    "/slow",
-    "/delete",
-)  #: the owner's and staff's (``_moderate``)
+#: the owner's and staff's commands (``_moderate``; the server says FORBIDDEN to anyone else)
+MODERATION = ("/rename", "/delgroup", "/mute", "/unmute", "/slow", "/delete")
 #: group requests the lines after them wait for (the server checks a request against what is committed)
 CHANGES = ("created", "joined", "left", "added", "removed", "renamed", "deleted")
 GROUP_COMMANDS = ("/to", "/history", *(c for c in GROUP_USAGE if c not in ("/create", "/groups")))  #: take a #group
