@@ -41,3 +41,17 @@ def test_protocol_doc_states_the_cap_on_the_waiting_count() -> None:
 
     doc = (ROOT / "docs" / "protocol.md").read_text()
     assert f"counts\n  no further than **{WAITING_CAP}**" in doc
+
+
+def test_client_doc_tables_every_command_help_lists() -> None:
+    """Each of msg's commands has a row in docs/client.md's table, and /help (a student's
+    or staff's) names it: a command added to one and not the others fails here."""
+    from csce513msg.client.chat import COMMANDS, HELP
+    from csce513msg.client.classroom import HELP_STAFF, HELP_STUDENT
+
+    doc = (ROOT / "docs" / "client.md").read_text()
+    table = doc.split("## Commands", 1)[1].split("\n\n", 2)[1]
+    cells = {cell for row in table.splitlines() for cell in re.findall(r"`(/[a-z]+!?)[ `]", row.split(" | ")[0])}
+    helped = set(re.findall(r"(/[a-z]+!?)(?![\w/])", f"{HELP}\n{HELP_STUDENT}\n{HELP_STAFF}"))
+    assert set(COMMANDS) - cells == set(), "commands without a row in docs/client.md"
+    assert set(COMMANDS) - helped == set(), "commands /help does not name"
