@@ -97,7 +97,8 @@ HELP = f"""commands:
   /help              this help
   /quit              leave (what the server has not stored yet is kept and sent next time)"""
 
-MARKS = {"sending": " ·", "stored": " ✓", "delivered": "✓✓"}  #: two columns each: a line keeps its width
+#: two columns each: a line keeps its width
+MARKS = {"sending": " ·", "stored": " ✓", "delivered": "✓✓", "failed": " ✗"}
 
 
 @dataclass(slots=True)
@@ -153,6 +154,8 @@ class ChatClient:
         self.role = ""  #: this user's role, from LoginOk: /help lists what it may do
         self.last_ask = 0  #: the position of the newest announcement seen that asks to be confirmed
         self.classroom: dict[int, str] = {}  #: request id -> the command that asked ("/confirm"...)
+        #: the raised hands as the last queue said (staff): a pushed queue is shown as what changed
+        self.hands: dict[str, str] = {}
 
     # ---- what waits to be sent ------------------------------------------------------------
 
@@ -209,6 +212,9 @@ class ChatClient:
         """A message on its way under request ``rid`` (a Send, an /announce): its line, kept
         until its receipts come."""
         out = self.sent[rid] = Outgoing(to, text, int(time.time() * 1e6), next(self._keys))
+        if self.live:  # the line now, its mark changes in place; plain: shown once stored
+            self.date_line(out.time_us)
+            self.view.show(self._sent_line(out), style=Style.SELF, key=out.key)
         return out
 
     # ---- from the server ----------------------------------------------------------------------
@@ -353,6 +359,9 @@ class ChatClient:
             self.failures += 1
         if out is not None:
             self._settled()
+            if self.live:  # its line's mark: not sent
+                out.state = "failed"
+                self.view.show(self._sent_line(out), style=Style.SELF, key=out.key)
         about = f" (your message to {inert_name(out.to)} was not sent)" if out is not None else ""
         if msg.retry_after_ms:
             about += f" (try again in {duration(math.ceil(msg.retry_after_ms / 1000))})"
@@ -504,13 +513,10 @@ class ChatClient:
         rid = self.session.send_text(target, text, kind=kind)
         if kind == TargetKind.USER:
             self.known.add(to)
-        out = self.sending(rid, to, text)
         self.reverts[rid] = self.partner
         self.partner = to
         self.unread.pop(to, None)
-        if self.live:
-            self.date_line(out.time_us)
-            self.view.show(self._sent_line(out), style=Style.SELF, key=out.key)
+        self.sending(rid, to, text)
 
     def local_error(self, message: str) -> None:
         self.failures += 1

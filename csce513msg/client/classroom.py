@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from ..protocol import Confirmations, ContentType, Deliver, HandPlace, HandQueueReply
 from .sanitize import inert, inert_name
 from .view import Style
-from .words import clock
+from .words import clock, duration
 
 if TYPE_CHECKING:
     from .chat import ChatClient
@@ -119,6 +119,7 @@ def show_hand_place(chat: ChatClient, msg: HandPlace) -> None:
     chat.classroom.pop(msg.request_id, "")
     if msg.taken_by:
         chat.partner = msg.taken_by
+        chat.unread.pop(msg.taken_by, None)
         chat.known.add(msg.taken_by)
         human = f"* {inert_name(msg.taken_by)} took your hand: talking to {inert_name(msg.taken_by)}"
     elif msg.place:
@@ -130,17 +131,34 @@ def show_hand_place(chat: ChatClient, msg: HandPlace) -> None:
 
 
 def show_hand_queue(chat: ChatClient, msg: HandQueueReply) -> None:
+    """The queue: as asked (/queue, /next), every hand on a line of its own; pushed by the
+    server (request id 0) as it changes, one line saying what changed."""
     asked = chat.classroom.pop(msg.request_id, "")
+    before, chat.hands = chat.hands, dict(zip(msg.users, msg.questions, strict=False))
     if msg.taken:
         chat.partner = msg.taken
+        chat.unread.pop(msg.taken, None)
         chat.known.add(msg.taken)
         chat.view.show(f"you took {inert_name(msg.taken)}'s hand: talking to {inert_name(msg.taken)}",
                        event="taken", user=msg.taken)  # fmt: skip
     elif asked == "/next":
         chat.view.show("no hand is raised", event="taken", user="")
-    entries = [
-        f"{n}. {inert_name(u)} ({w} s): {inert(q)}"
-        for n, (u, q, w) in enumerate(zip(msg.users, msg.questions, msg.waited, strict=False), start=1)
-    ]
-    chat.view.show("queue: " + ("; ".join(entries) or "empty"), event="queue", users=list(msg.users),
-                   questions=list(msg.questions), waited=list(msg.waited))  # fmt: skip
+    waiting = f"{len(msg.users)} waiting"
+    if not msg.request_id:  # pushed: what changed
+        raised = [u for u in msg.users if u not in before]
+        if raised:
+            human = "; ".join(f"{inert_name(u)} raised a hand: {inert(chat.hands[u])}" for u in raised)
+        elif gone := [u for u in before if u not in chat.hands]:
+            human = f"{inert_name(', '.join(gone))} left the queue"
+        else:
+            changed = [u for u in msg.users if before.get(u) != chat.hands[u]]
+            human = "; ".join(f"{inert_name(u)} asks now: {inert(chat.hands[u])}" for u in changed) or "the queue"
+        human = f"* {human} ({waiting})"
+    else:
+        entries = [
+            f"\n  {n}. {inert_name(u)} ({duration(w)}): {inert(q)}"
+            for n, (u, q, w) in enumerate(zip(msg.users, msg.questions, msg.waited, strict=False), start=1)
+        ]
+        human = f"queue: {waiting}" + "".join(entries) if entries else "queue: empty"
+    chat.view.show(human, event="queue", users=list(msg.users), questions=list(msg.questions),
+                   waited=list(msg.waited), pushed=not msg.request_id)  # fmt: skip

@@ -215,10 +215,10 @@ def show_group_info(chat: ChatClient, msg: GroupInfo) -> None:
         human = f"{name}: {members}"
     if not msg.position and asked:
         human += " (nothing changed)"
-    chat.run_held()
     chat.view.show(human, event="group", asked=asked, group=msg.name, stream=msg.stream, owner=msg.owner,
                    invite_only=bool(msg.invite_only), members=msg.members, member=bool(msg.member),
                    position=msg.position)  # fmt: skip
+    chat.run_held()  # the lines typed after the change, below its answer
 
 
 def show_group_list(chat: ChatClient, msg: GroupListReply) -> None:

@@ -90,8 +90,10 @@ class LiveView:
             first, at_columns = self.lines[key]
             up = self.rows - first
             if at_columns == columns and 0 < up < height - 3:
-                mark = self._paint(human[:2], style)  # the mark: two columns, the same width in every state
-                self._write(f"\x1b[{up}A\r{mark}\x1b[{up}B\r")
+                # a line of one row stays one row: rewritten whole (a stored group message gains
+                # its number, #lab/5); else only the mark, two columns in every state
+                line = self._paint(human, style) + "\x1b[K" if rows == 1 else self._paint(human[:2], style)
+                self._write(f"\x1b[{up}A\r{line}\x1b[{up}B\r")
             return
         if key is not None and key in self.later:  # a message of several rows: shown once stored
             self.later.discard(key)

@@ -223,7 +223,7 @@ def test_staff_announce_list_confirmations_and_take_the_next() -> None:
     chat.on_message(HandQueueReply("bob", ("cy",), ("why?",), (12,), rids[4]))
     shown = out.getvalue()
     assert "announcement #7: confirmed by ann (1); not yet: ben, cy (2)" in shown
-    assert "you took bob's hand: talking to bob" in shown and "queue: 1. cy (12 s): why?" in shown
+    assert "you took bob's hand: talking to bob\nqueue: 1 waiting\n  1. cy (12 s): why?\n" in shown
     assert chat.partner == "bob"
     chat.on_line("/help")
     assert "/announce! TEXT" in out.getvalue() and "/next" in out.getvalue()
@@ -253,3 +253,17 @@ def test_moderation_commands_send_their_requests_and_refuse_bad_arguments() -> N
         chat.on_line(bad)
     assert chat.failures == failures + 11
     assert len(sent(chat)) == 9  # nothing more was sent
+
+
+def test_a_pushed_queue_shows_what_changed_in_one_line() -> None:
+    chat, out = group_chat()
+    chat.on_message(LoginOk(1, "me", "instructor"))
+    chat.on_message(HandQueueReply("", ("ann",), ("select or poll?",), (0,)))  # pushed: request id 0
+    chat.on_message(HandQueueReply("", ("ann", "bo" + ATTACK), ("select or poll?", "x" + ATTACK), (3, 0)))
+    chat.on_message(HandQueueReply("", ("ann", "bo" + ATTACK), ("select or poll?", "y"), (4, 1)))
+    chat.on_message(HandQueueReply("", ("bo" + ATTACK,), ("y",), (2,)))
+    lines = out.getvalue().splitlines()[1:]
+    assert lines[0] == "* ann raised a hand: select or poll? (1 waiting)"
+    assert lines[1].startswith("* bo\\x1b]0;pwned") and lines[1].endswith("(2 waiting)")
+    assert lines[2].endswith("asks now: y (2 waiting)") and lines[3] == "* ann left the queue (1 waiting)"
+    assert "\x1b" not in out.getvalue()
