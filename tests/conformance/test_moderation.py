@@ -5,7 +5,7 @@ assistant) are the hub tests' (tests/hub/test_groups.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -22,11 +22,28 @@ from csce513msg.protocol import (
     Redact,
     TargetKind,
 )
-from tests.conformance.test_groups import member
+from tests.conformance import test_groups
 from tests.conformance.wire import next_of
 from tests.fixtures import Names, Server
 
 GROUP = TargetKind.GROUP
+_open: list[Client] = []
+
+
+def member(server: Server, user: str, device: str) -> Client:
+    """A member's client (``test_groups.member``), closed when the test ends."""
+    client = test_groups.member(server, user, device)
+    _open.append(client)
+    return client
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    """Close what each test opened: a server stopped with clients still connected waits
+    its close period for them (5 s a backend of this module's teardown)."""
+    yield
+    while _open:
+        _open.pop().close()
 
 
 def refused(call: object, code: ErrorCode) -> ServerError:
