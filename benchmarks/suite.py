@@ -492,9 +492,17 @@ def check(report: dict[str, Any]) -> list[str]:
     return problems
 
 
+def overloaded(p: dict[str, Any]) -> bool:
+    """A paced point the server did not sustain: it stored under 90 % of the offered rate (the
+    sender's window held the rest back). Its last messages may not have reached every member
+    when the bounded drain ended: the table shows the rate it did reach, and its latency."""
+    return bool(p["offered_rate"]) and p["messages_per_s"] < 0.9 * p["offered_rate"]
+
+
 def check_groups(points: list[dict[str, Any]]) -> list[str]:
     """Workload 3: every member got every message stored, once and in order; every send was
-    answered; one latency sample a delivery; acks as asked; CPU read."""
+    answered (both unless the point was ``overloaded``); one latency sample a delivery; acks
+    as asked; CPU read."""
     problems = []
     for p in points:
         name = f"group of {p['asked_members']} on {p['backend']} at {p['offered_rate']:.0f}/s"
@@ -503,9 +511,14 @@ def check_groups(points: list[dict[str, Any]]) -> list[str]:
             problems.append(f"{name}: {p['refused']} members refused")
         if p["members"] + p["refused"] != p["asked_members"]:
             problems.append(f"{name}: {p['members']} members + {p['refused']} refused != {p['asked_members']}")
-        if p["sent"] == 0 or p["answered"] != p["sent"] or p["errors"]:
-            problems.append(f"{name}: {p['sent']} sent, {p['answered']} answered, {p['errors']} errors")
-        if p["deliveries"] != p["expected_deliveries"] or p["members_complete"] != p["members"]:
+        if p["sent"] == 0 or p["errors"]:
+            problems.append(f"{name}: {p['sent']} sent, {p['errors']} errors")
+        # paced past what the server sustains, the sender's window may still be on its way when
+        # the bounded drain ends: then only what arrived is checked (once, in order, sampled)
+        whole = not overloaded(p)
+        if whole and p["answered"] != p["sent"]:
+            problems.append(f"{name}: {p['sent']} sent, {p['answered']} answered")
+        if whole and (p["deliveries"] != p["expected_deliveries"] or p["members_complete"] != p["members"]):
             problems.append(f"{name}: {p['deliveries']} deliveries of {p['expected_deliveries']} "
                             f"({p['members_complete']} of {p['members']} members got every message)")  # fmt: skip
         if p["duplicates"] or p["gaps"]:
