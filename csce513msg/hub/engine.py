@@ -93,7 +93,7 @@ from .config import HubConfig, Visibility
 from .delivery import Mailroom, Snapshot
 from .gate import Gate, Passwords
 from .groups import GROUPS_MINOR, GroupRequest, Groups
-from .outbox import Outbox, retry_ms
+from .outbox import Outbox, fitting, retry_ms
 from .session import AnyRequest, Handler, LoginAccepted, LoginRefused, Session, State, direct_stream
 
 log = logging.getLogger("csce513msg.hub")
@@ -440,9 +440,12 @@ class Engine:
 
     def _on_who(self, session: Session, msg: Who, now: float) -> None:
         users = sorted(u for u in self.online if self._sees(session, u))
+        roles = [_role(self.gate.accounts, u) for u in users]
+        # cut to fit one header (2,000 users online with long names would not): the first by name
+        fit = fitting((2 + len(u) + 4 + 2 + len(r) for u, r in zip(users, roles, strict=True)), 6)
+        users, roles = users[:fit], roles[:fit]
         counts = tuple(len(self.online[u]) for u in users)
-        roles = tuple(_role(self.gate.accounts, u) for u in users)
-        self.out.write(session, WhoReply(tuple(users), counts, roles, msg.request_id))
+        self.out.write(session, WhoReply(tuple(users), counts, tuple(roles), msg.request_id))
 
     def _on_ping(self, session: Session, msg: Ping, now: float) -> None:
         self.out.write(session, Pong(msg.body, msg.request_id))

@@ -28,6 +28,8 @@ from csce513msg.protocol import (
     Register,
     Send,
     TargetKind,
+    Who,
+    WhoReply,
     encode,
 )
 from csce513msg.store import Account, MemoryStore
@@ -159,8 +161,8 @@ def test_a_failed_batch_answers_store_failed_and_leaves_the_queue(hub: Hub) -> N
 
 def test_lists_longer_than_one_header_holds_are_cut_and_the_counts_still_tell() -> None:
     """A reply without a body must fit one header (65,535 bytes): in a class of 2,001 accounts
-    with 32-character names, GroupMembers of the announcements, Confirmed and the queue are
-    cut (by name; the confirmed first; the first hands), and nobody loses a connection."""
+    with 32-character names, GroupMembers of the announcements, Confirmed, the queue and Who
+    are cut (by name; the confirmed first; the first hands), and nobody loses a connection."""
     hashed = PASSWORDS.hash(PASSWORD)
     students = [f"{i:04d}" + "s" * 28 for i in range(2000)]
     accounts = [Account("teach", "instructor", hashed)] + [Account(s, "student", hashed) for s in students]
@@ -168,7 +170,8 @@ def test_lists_longer_than_one_header_holds_are_cut_and_the_counts_still_tell() 
     teach = h.connect("teach", groups=True)
     announce(teach, "read chapter 3", asks=True)
     h.pump()
-    first = [h.connect(s, groups=True) for s in students[:400]]
+    everyone = [h.connect(s, groups=True) for s in students]  # online: Who lists 2,001
+    first = everyone[:400]
     for peer in first[:3]:
         peer.session.request(Confirm(1))
     for peer in first:
@@ -177,6 +180,7 @@ def test_lists_longer_than_one_header_holds_are_cut_and_the_counts_still_tell() 
     teach.session.request(GroupMembers("announcements"))
     teach.session.request(Confirmed(0))
     teach.session.request(HandQueue(QueueOp.LIST))
+    teach.session.request(Who())
     h.pump()
     assert codes(teach) == [] and all(p.of(HandPlace) for p in first)
     members = teach.of(GroupMembersReply)[-1]
@@ -188,5 +192,8 @@ def test_lists_longer_than_one_header_holds_are_cut_and_the_counts_still_tell() 
     queue = [r for r in teach.of(HandQueueReply) if r.request_id][-1]
     assert 100 < len(queue.users) < 400 and queue.users == tuple(students[: len(queue.users)])
     assert place(first[-1])[:2] == (400, 400)  # the student's place counts every hand
-    for reply in (members, teach.of(Confirmations)[-1], queue):
+    who = teach.of(WhoReply)[-1]
+    assert 1000 < len(who.users) < 2001 and who.users == tuple(sorted(["teach", *students]))[: len(who.users)]
+    assert len(who.sessions) == len(who.roles) == len(who.users)
+    for reply in (members, teach.of(Confirmations)[-1], queue, who):
         assert len(encode(reply)) - 12 <= 0xFFFF  # the header: hlen is a u16
