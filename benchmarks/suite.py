@@ -162,6 +162,17 @@ class Generator:
         self.say("quit")
         self.proc.wait(60)
 
+    def run(self, server_pid: int) -> tuple[dict[str, Any], dict[str, Any], proc.Sample, proc.Sample, float]:
+        """Wait until the generator is set up, say go, and read its result: (ready, result,
+        the server's /proc sample before and after, wall seconds between). Then it quits."""
+        ready = self.read()
+        before, t0 = proc.sample(server_pid), time.monotonic()
+        self.say("go")
+        result = self.read()
+        after, wall = proc.sample(server_pid), time.monotonic() - t0
+        self.finish()
+        return ready, result, before, after, wall
+
 
 def throughput(backend: str, clients: int, rate: float, seconds: float, *flags: str, burst: int = 0) -> dict[str, Any]:
     """Direct messages on one backend (or a baseline); ``flags`` go to the server; ``burst``:
@@ -173,12 +184,7 @@ def throughput(backend: str, clients: int, rate: float, seconds: float, *flags: 
         extra += ["--burst", str(burst), "--burst-rate", str(BURST_RATE)] if burst else []
         gen = Generator(server.port, "dm", "--clients", str(clients), "--rate", str(rate), "--seconds", str(seconds),
                         *extra)  # fmt: skip
-        ready = gen.read()
-        before, t0 = proc.sample(server.pid), time.monotonic()
-        gen.say("go")
-        result = gen.read()
-        after, wall = proc.sample(server.pid), time.monotonic() - t0
-        gen.finish()
+        ready, result, before, after, wall = gen.run(server.pid)
     finally:
         server.stop()
     cpu = after.cpu - before.cpu
@@ -209,12 +215,7 @@ def group_fanout(backend: str, members: int, rate: float, seconds: float, acks: 
         extra += [] if acks else ["--no-ack"]
         gen = Generator(server.port, "group", "--members", str(members), "--rate", str(rate), "--seconds",
                         str(seconds), *extra)  # fmt: skip
-        ready = gen.read()
-        before, t0 = proc.sample(server.pid), time.monotonic()
-        gen.say("go")
-        result = gen.read()
-        after, wall = proc.sample(server.pid), time.monotonic() - t0
-        gen.finish()
+        ready, result, before, after, wall = gen.run(server.pid)
     finally:
         server.stop()
     cpu = after.cpu - before.cpu
