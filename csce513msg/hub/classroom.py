@@ -115,7 +115,7 @@ class Classroom:
                 confirmed, pending = names[: min(fit, len(done))], names[len(done) : fit]
                 self.out.write(session, Confirmations(position, tuple(confirmed), tuple(pending), rid))
             case Hand(op=op, question=question):
-                if staff(self.accounts, user):
+                if op == HandOp.RAISE and staff(self.accounts, user):  # a lower: anyone (made staff with a hand up)
                     raise RemoteProtocolError(
                         ErrorCode.FORBIDDEN, "staff take hands (HandQueue), they do not raise them", request_id=rid
                     )  # fmt: skip
@@ -138,10 +138,21 @@ class Classroom:
                     return None
                 if op != QueueOp.TAKE:
                     raise RemoteProtocolError(ErrorCode.BAD_REQUEST, f"unknown HandQueue op {op}", request_id=rid)
-                return store.Note(store.TAKE, user)
+                return store.Note(store.TAKE, user, student=self._order()[0].user)  # the first, as committed
         return None
 
-    # ---- what the Mailroom reports ----------------------------------------------------------
+    # ---- what the Mailroom and the engine report ----------------------------------------------
+
+    def accounts_changed(self, changed: dict[str, Account | None], now: float) -> None:
+        """Accounts removed (``None``; the store's trigger deleted their hands): their hands
+        leave the queue, and the others' places and the staff's queue follow."""
+        gone = [user for user, account in changed.items() if account is None and user in self.hands]
+        if not gone:
+            return
+        before = self._places()
+        for user in gone:
+            del self.hands[user]
+        self._pushed(before, None, None, now)
 
     def announced(self, position: int) -> None:
         """An announcement that asks to be confirmed was committed at ``position`` of g:0."""
@@ -165,10 +176,10 @@ class Classroom:
             self.hands[note.user] = store.Hand(note.user, note.question, old.raised_us if old else note.time_us)
         elif note.op == store.LOWER:
             self.hands.pop(note.user, None)
-        elif note.op == store.TAKE and self.hands:
-            taken = min(self.hands.values(), key=store.hand_order)
-            del self.hands[taken.user]
-            log.info("%s took %s's hand", note.user, taken.user)
+        elif note.op == store.TAKE:  # the hand the engine named (lowered meanwhile: none)
+            taken = self.hands.pop(note.student, None)
+            if taken is not None:
+                log.info("%s took %s's hand", note.user, taken.user)
         after = self._places()
         if session is not None:
             if note.op == store.TAKE:
@@ -180,18 +191,27 @@ class Classroom:
         if taken is not None:
             for s in self._sessions(taken.user, skip=None):
                 self.out.write(s, HandPlace(0, len(self.hands), taken.question, note.user, 0))
+        self._pushed(before, session, taken.user if taken else None, now, changed=note.op == store.RAISE)
+
+    def _pushed(
+        self, before: dict[str, int], skip: Session | None, taken: str | None, now: float, changed: bool = False
+    ) -> None:
+        """The queue moved from ``before``: each student whose place changed gets HandPlace, the
+        staff the queue (``changed``: a question changed, the list with it); not ``skip``, the
+        requester's session (it has its answer), nor the taken student (told who took it)."""
+        after = self._places()
         for user in before.keys() | after.keys():
-            if before.get(user, 0) == after.get(user, 0) or (taken is not None and user == taken.user):
+            if before.get(user, 0) == after.get(user, 0) or user == taken:
                 continue
             hand = self.hands.get(user)
             place = HandPlace(after.get(user, 0), len(self.hands), hand.question if hand else "", "", 0)
-            for s in self._sessions(user, skip=session):
+            for s in self._sessions(user, skip=skip):
                 self.out.write(s, place)
-        if before != after or note.op == store.RAISE:  # a new question changes the list too
+        if before != after or changed:
             queue = self._queue("", 0, now)
             for user in list(self.online):
                 if staff(self.accounts, user):
-                    for s in self._sessions(user, skip=session):
+                    for s in self._sessions(user, skip=skip):
                         self.out.write(s, queue)
 
     # ---- inside -----------------------------------------------------------------------------

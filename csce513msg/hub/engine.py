@@ -272,13 +272,16 @@ class Engine:
             self.gate.admit(now)  # a slot is free (after the answer: a good login clears its account's count)
         else:
             batch, stored = self.mail.batch_done(job_id, result, now)
-            for change in stored.queued:  # `msgsrv group add|remove`: applied as its actor's request
-                self.mail.store_queued(self.groups.queued(change, now), change.id)
             if stored.error is None:  # accounts made (Register) or changed (`msgsrv user`): g:0's readers
                 self.groups.accounts_changed({a.name: a for a in batch.accounts})
             self.groups.accounts_changed(stored.accounts)
+            self.classroom.accounts_changed(stored.accounts, now)  # a removed account's hand
             self.gate.logins_done(batch, stored, now)
             self.gate.accounts_changed(stored.accounts, now)
+            # `msgsrv group add|remove`, applied as its actor's request: after this poll's accounts,
+            # so a user added (or an instructor made) just before the change is known to it
+            for change in stored.queued:
+                self.mail.store_queued(self.groups.queued(change, now), change.id)
             self.gate.admit(now)  # logins that waited for this batch's news of accounts
         return self.out.take()
 

@@ -238,14 +238,15 @@ class Note:
     """A classroom record (``Batch.notes``), applied at its turn in the batch's transaction:
     ``CONFIRM`` (``user`` read the announcement at ``position``), ``RAISE`` (``user`` raises a
     hand with ``question`` at ``time_us``; a hand raised already keeps its place and takes the
-    new question), ``LOWER`` (``user``'s hand, if raised), ``TAKE`` (``user``, staff, takes the
-    first hand: the earliest ``time_us``, then the name)."""
+    new question), ``LOWER`` (``user``'s hand, if raised), ``TAKE`` (``user``, staff, takes
+    ``student``'s hand: the first in the queue when the engine chose it; gone meanwhile, nothing)."""
 
     op: str  #: CONFIRM, RAISE, LOWER or TAKE
     user: str
     position: int = 0
     question: str = ""
     time_us: int = 0
+    student: str = ""  #: TAKE: whose hand (the engine names it: the store never picks another)
 
 
 @dataclass(frozen=True, slots=True)

@@ -147,8 +147,7 @@ class MemoryStore:
         elif note.op == LOWER:
             self.hands.pop(note.user, None)
         elif note.op == TAKE:
-            if self.hands:
-                del self.hands[min(self.hands.values(), key=hand_order).user]
+            self.hands.pop(note.student, None)
         else:
             raise ValueError(f"unknown classroom note {note.op!r}")
 

@@ -417,7 +417,7 @@ class SqliteStore:
             elif note.op == LOWER:
                 db.execute("DELETE FROM hands WHERE user = ?", (note.user,))
             elif note.op == TAKE:
-                db.execute("DELETE FROM hands WHERE user = (SELECT user FROM hands ORDER BY raised_us, user LIMIT 1)")
+                db.execute("DELETE FROM hands WHERE user = ?", (note.student,))
             else:
                 raise ValueError(f"unknown classroom note {note.op!r}")
 

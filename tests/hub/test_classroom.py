@@ -3,6 +3,9 @@ confirmations, office hours' queue; both stores, through the Harness (no sockets
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
+
 from csce513msg.protocol import (
     Confirm,
     Confirmations,
@@ -11,6 +14,7 @@ from csce513msg.protocol import (
     Deliver,
     ErrorCode,
     Feature,
+    GroupCreate,
     GroupJoin,
     GroupLeave,
     GroupMembers,
@@ -32,10 +36,11 @@ from csce513msg.protocol import (
     WhoReply,
     encode,
 )
-from csce513msg.store import Account, MemoryStore
+from csce513msg.store import Account, Batch, MemoryStore
 from csce513msg.store.interface import Hand as StoredHand
+from csce513msg.store.sqlite import SqliteStore
 from tests.hub.harness import PASSWORD, PASSWORDS, Harness, Peer, batch_of, codes
-from tests.hub.test_groups import Hub, hub
+from tests.hub.test_groups import USERS, Hub, hub
 
 __all__ = ["hub"]  # the fixture (both stores, the USERS accounts: teach is the instructor)
 
@@ -197,3 +202,43 @@ def test_lists_longer_than_one_header_holds_are_cut_and_the_counts_still_tell() 
     assert len(who.sessions) == len(who.roles) == len(who.users)
     for reply in (members, teach.of(Confirmations)[-1], queue, who):
         assert len(encode(reply)) - 12 <= 0xFFFF  # the header: hlen is a u16
+
+
+def test_a_removed_account_leaves_the_queue_and_a_take_names_its_student(tmp_path: Path) -> None:
+    """`msgsrv user remove` deletes the hand in the database (a trigger): the engine's queue
+    drops it at the poll, and the next take is the next student's, in both (the take's note
+    names the student, so the store never picks another)."""
+    store = SqliteStore(tmp_path / "db", checkpoint_interval=0)
+    store.apply(Batch(accounts=[Account(n, r, PASSWORDS.hash(PASSWORD)) for n, r in USERS.items()]))
+    h = Harness(store=store)
+    alice, bob, teach = (h.connect(u, groups=True) for u in ("alice", "bob", "teach"))
+    alice.session.request(Hand(HandOp.RAISE, "q1"))
+    h.pump()
+    h.advance(1)
+    bob.session.request(Hand(HandOp.RAISE, "q2"))
+    h.pump()
+    other = sqlite3.connect(tmp_path / "db")
+    other.execute("DELETE FROM users WHERE name = 'alice'")  # as `msgsrv user remove alice`
+    other.commit()
+    h.advance(5)  # the accounts poll
+    assert list(h.engine.classroom.hands) == ["bob"] and place(bob)[:2] == (1, 1)  # pushed: bob moved up
+    teach.session.request(HandQueue(QueueOp.TAKE))
+    h.pump()
+    assert teach.of(HandQueueReply)[-1].taken == "bob" and place(bob) == (0, 0, "q2", "teach")
+    assert other.execute("SELECT user FROM hands").fetchall() == []
+
+
+def test_a_queued_group_add_knows_a_user_made_in_the_same_poll(tmp_path: Path) -> None:
+    """`msgsrv user add newbie`, then `msgsrv group add cs513 newbie --as teach`, both before
+    the server's next poll: the engine learns the account before it checks the change."""
+    store = SqliteStore(tmp_path / "db", checkpoint_interval=0)
+    store.apply(Batch(accounts=[Account(n, r, PASSWORDS.hash(PASSWORD)) for n, r in USERS.items()]))
+    h = Harness(store=store)
+    teach = h.connect("teach", groups=True)
+    teach.session.request(GroupCreate("cs513"))
+    h.pump()
+    other = sqlite3.connect(tmp_path / "db", isolation_level=None)
+    other.execute("INSERT INTO users (name, created_us, role, password) VALUES ('newbie', 1, 'student', '')")
+    other.execute("INSERT INTO group_queue (op, grp, users, actor, queued_us) VALUES (4, 'g:1', 'newbie', 'teach', 1)")
+    h.advance(5)
+    assert other.execute("SELECT outcome FROM group_queue").fetchall() == [("done: g:1 position 2",)]

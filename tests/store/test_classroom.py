@@ -63,7 +63,7 @@ def test_the_announcements_take_posts_only_and_give_no_receipts(store: AnyStore)
 
 def test_notes_apply_in_order_and_load_at_start(store: AnyStore) -> None:
     """Confirmations once per person; a second raise keeps its place with the new question; a
-    lower of nobody's hand changes nothing; a take takes the first (earliest, then by name)."""
+    lower of nobody's hand changes nothing; a take takes the hand the engine named (the first)."""
     stored(store, announce("alice", b"read me", asks=True))
     notes = [
         Note(CONFIRM, "bob", 1, time_us=10),
@@ -74,8 +74,9 @@ def test_notes_apply_in_order_and_load_at_start(store: AnyStore) -> None:
         Note(RAISE, "carol", question="q3", time_us=22),
         Note(RAISE, "dan", question="q1 again", time_us=23),
         Note(LOWER, "erin"),
-        Note(TAKE, "alice"),
+        Note(TAKE, "alice", student="dan"),  # the engine names the first: dan
         Note(LOWER, "carol"),
+        Note(TAKE, "alice", student="carol"),  # lowered meanwhile: nothing
     ]
     assert store.apply(Batch(notes=notes)).error is None
     loaded = store.load_classroom()
