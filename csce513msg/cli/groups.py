@@ -6,8 +6,8 @@ memory, and a message inserted by another process would break them (docs/groups-
 item 12). They queue the change (``group_queue``, schema 8); the running server takes the
 queue at its accounts poll (every ``--account-poll`` seconds while anyone is connected,
 else at the next connection, which is also when a stopped server, started again, takes
-it), and applies each change as the request of its actor (``--as``, an instructor and a
-member of the group) would be: one event, "added by <actor>", to every member.
+it), and applies each change as the request of its actor (``--as``, an instructor: staff
+change a group without being a member) would be: one event, "added by <actor>", to every member.
 ``--wait SECONDS`` waits for that and says how it went.
 """
 
@@ -22,7 +22,7 @@ import typer
 
 from ..hub import fold_name
 from ..paths import DATABASE, default_data_dir
-from ..store.interface import ADD, GROUP_PREFIX, REMOVE
+from ..store.interface import ADD, ANNOUNCEMENTS, GROUP_PREFIX, REMOVE
 from ..store.sqlite import connect, database_problem, migrate
 
 group_app = typer.Typer(
@@ -33,7 +33,7 @@ group_app = typer.Typer(
 DataDir = Annotated[
     Path | None, typer.Option(help="The server's data directory (default as for the server).", envvar="MSGSRV_DATA_DIR")
 ]
-Actor = Annotated[str, typer.Option("--as", help="The instructor the change is made as (a member of the group).")]
+Actor = Annotated[str, typer.Option("--as", help="The instructor the change is made as.")]
 Wait = Annotated[
     float, typer.Option(help="Seconds to wait for the server to apply the change (0: queue it and return).", min=0)
 ]
@@ -87,12 +87,11 @@ def _queue(op: int, group: str, users: list[str], actor: str, data_dir: Path | N
     who, names = _name(actor), sorted({_name(u) for u in users})
     with _open(data_dir, write=True) as db:
         stream, name, _ = _group(db, group)
+        if stream == ANNOUNCEMENTS:
+            _fail(f"{name}: every account reads the announcements; nobody is added or removed", 1)
         role = db.execute("SELECT role FROM users WHERE name = ?", (who,)).fetchone()
         if role is None or role[0] != "instructor":
             _fail(f"--as {who}: not an instructor", 1)
-        member = "SELECT 1 FROM members WHERE stream = ? AND user = ? AND left_at IS NULL"
-        if db.execute(member, (stream, who)).fetchone() is None:
-            _fail(f"--as {who}: not a member of {name} (join it first: the server's rule for any change)", 1)
         unknown = [u for u in names if db.execute("SELECT 1 FROM users WHERE name = ?", (u,)).fetchone() is None]
         if unknown:
             _fail(f"no user {', '.join(unknown)}", 1)

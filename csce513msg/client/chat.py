@@ -24,6 +24,7 @@ import dataclasses
 import itertools
 import math
 import socket
+import struct
 import time
 from dataclasses import dataclass
 
@@ -203,7 +204,7 @@ class ChatClient:
             send = Send(kind, ContentType.TEXT, unsent.client_msg_id, target, unsent.text.encode())
             try:
                 rid = self.session.request(send)
-            except ValueError as exc:  # a poisoned outbox (a file edited by hand): drop that one, say so
+            except (ValueError, struct.error) as exc:  # a poisoned outbox (a file edited by hand): drop it, say so
                 self.local_error(f"a kept message to {inert_name(unsent.to)} cannot be sent: {exc}")
                 continue
             self.sending(rid, unsent.to, unsent.text)
@@ -349,6 +350,7 @@ class ChatClient:
 
     def _error(self, msg: Error) -> None:
         failed_change = self.group_requests.pop(msg.request_id, ("", ""))[0] in CHANGES
+        self.classroom.pop(msg.request_id, None)
         name = code_name(msg.code)
         out = self.sent.pop(msg.request_id, None)
         if msg.request_id in self.reverts:  # a failed send does not move the conversation
@@ -377,7 +379,7 @@ class ChatClient:
         client: a request that cannot be encoded (a field too long) is a local error."""
         try:
             self._on_line(line)
-        except ValueError as exc:  # struct.error and LocalProtocolError are ValueErrors too
+        except (ValueError, struct.error) as exc:  # LocalProtocolError is a ValueError; struct.error is not
             self.local_error(f"cannot send that: {exc}")
 
     def _on_line(self, line: str) -> None:

@@ -48,6 +48,9 @@ MODERATION = ("/rename", "/delgroup", "/mute", "/unmute", "/slow", "/delete")
 CHANGES = ("created", "joined", "left", "added", "removed", "renamed", "deleted")
 GROUP_COMMANDS = ("/to", "/history", *(c for c in GROUP_USAGE if c not in ("/create", "/groups")))  #: take a #group
 MUTE_MINUTES = 10  #: /mute without a time
+#: the largest number each command takes: a mute lasts at most 30 days, slow mode a day (the
+#: server's limits), a message's number fits a u64
+MAX_NUMBER = {"/mute": 30 * 24 * 60, "/slow": 86400, "/delete": 2**63 - 1, "/delgroup": 1, "/unmute": 1, "/rename": 1}
 MODERATED = ("muted ", "unmuted ", "slow mode", "removed message")  #: how a moderation's answer begins
 #: /help's lines for groups (``chat.HELP`` puts them between the core's and /help, /quit)
 HELP_GROUPS = """  #GROUP TEXT        send TEXT to the group, which becomes your conversation
@@ -116,6 +119,8 @@ def _moderate(chat: ChatClient, cmd: str, args: list[str], usage: str) -> None:
         number = "0"
     if not (number.isascii() and number.isdecimal() and len(number) < 10) or (cmd != "/slow" and int(number) < 1):
         return chat.local_error(f"usage: {usage}")
+    if int(number) > MAX_NUMBER[cmd]:  # the server's limits (a field would overflow past them anyway)
+        return chat.local_error(f"{cmd}: at most {MAX_NUMBER[cmd]}")
     if (group := chat.as_group(args[0])) is None:
         return None
     user = chat.as_user(args[1]) if cmd in ("/mute", "/unmute") else ""

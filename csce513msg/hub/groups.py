@@ -5,8 +5,8 @@ content type 3). The store is the authority on membership: it applies each chang
 its turn in commit order and refuses (``Refused.why``) a message that breaks a rule
 then. ``Groups`` keeps the *committed* membership, as the store last reported it:
 
-- for the requests' early checks (a group not found, not a member, the owner or
-  instructor rule, invite-only, the name rules, the member limit), answered at once
+- for the requests' early checks (a group not found, not a member, the owner or staff
+  rules of docs/protocol.md section 11, invite-only, the name rules, the member limit), answered at once
   with a clear Error; what passes becomes a ``NewMessage`` for the next batch, and the
   store may still refuse it (a removal committed meanwhile): the same codes follow;
 - for the fan-out: per group, ``live`` holds the online member sessions that announced
@@ -98,6 +98,7 @@ REFUSALS: dict[str, tuple[ErrorCode, str]] = {
     "not_member": (ErrorCode.NOT_A_MEMBER, "you are not a member of the group (any more)"),
     "name_taken": (ErrorCode.NAME_TAKEN, "a group has that name already"),
     "full": (ErrorCode.GROUP_FULL, "the group has its largest number of members"),
+    "bad_change": (ErrorCode.BAD_REQUEST, "the store cannot make that change to the group"),
     "no_message": (ErrorCode.NO_SUCH_MESSAGE, "no message at that position (an event, or removed already)"),
     "forbidden": (ErrorCode.FORBIDDEN, "only its sender, the group's owner or staff may remove a message"),
 }
@@ -168,11 +169,12 @@ class Groups:
         user = session.user
         assert user is not None  # READY
         rid = msg.request_id
-        changes = (GroupJoin, GroupLeave, GroupAdd, GroupRemove, GroupRename)
+        changes = (GroupJoin, GroupLeave, GroupAdd, GroupRemove, GroupRename, GroupDelete, GroupMute, GroupSlow, Redact)
         if isinstance(msg, changes) and self.find(msg.group, rid).stream == ANNOUNCEMENTS:  # always everyone's
             raise RemoteProtocolError(
-                    ErrorCode.FORBIDDEN, "nobody joins, leaves or changes the announcements", request_id=rid
-                )  # fmt: skip
+                ErrorCode.FORBIDDEN, "nobody joins, leaves, changes or moderates the announcements (nor removes one "
+                "yet)", request_id=rid,
+            )  # fmt: skip
         match msg:
             case GroupCreate(name=name, invite_only=invite_only):
                 folded = checked_name(name, rid)
@@ -262,7 +264,7 @@ class Groups:
     def queued(self, change: QueuedChange, now: float) -> NewMessage | str:
         """A change ``msgsrv group add|remove`` queued (``QueuedChange``): the event its actor's
         GroupAdd or GroupRemove would store, by the same checks (the actor must be an
-        instructor, and a member, as the store requires of whoever changes a group), from the
+        instructor; staff need not be members), from the
         device ``QUEUE_DEVICE`` (so each of the actor's own sessions hears of it too); or why
         it is refused, in words."""
         try:
@@ -623,6 +625,11 @@ class Groups:
         """An invite-only group's members are its members' (and staff's) business."""
         if group.invite_only and user not in group.members and not self._staff(user):
             raise RemoteProtocolError(ErrorCode.NOT_A_MEMBER, f"you are not a member of {group.name}", request_id=rid)
+        if group.stream == ANNOUNCEMENTS and not self._staff(user):  # every account, with its role
+            raise RemoteProtocolError(
+                ErrorCode.FORBIDDEN, "the announcements' members are every account: listed for staff only",
+                request_id=rid,
+            )  # fmt: skip
         users = sorted(group.members)
         roles = tuple(a.role if (a := self.accounts.get(u)) is not None else "" for u in users)
         # cut to fit one header (g:0 holds every account): fewer users than GroupInfo's count says so

@@ -340,14 +340,14 @@ class BatchResult:
 
 @dataclass(frozen=True, slots=True)
 class QueuedChange:
-    """A group change ``msgsrv group add|remove`` queued for the server (schema 7, ``group_queue``):
+    """A group change ``msgsrv group add|remove`` queued for the server (schema 8, ``group_queue``):
     the engine applies it as ``actor``'s GroupAdd or GroupRemove would be."""
 
     id: int
     op: int  #: ``ADD`` or ``REMOVE``
     group: str  #: a name, or the stream ``g:<id>``
     users: tuple[str, ...]
-    actor: str  #: an instructor, a member of the group
+    actor: str  #: an instructor (staff need not be a member)
 
 
 @dataclass(frozen=True, slots=True)

@@ -161,7 +161,8 @@ MIGRATIONS: list[list[str]] = [
     [  # version 7: the classroom's moderation and office hours (docs/storage.md, "Version 7")
         # slow mode: seconds between a student's posts
         "ALTER TABLE groups ADD COLUMN slow_s INTEGER NOT NULL DEFAULT 0",
-        # muted until (µs of wall time); a row whose time has passed is dead and deleted when seen
+        # muted until (µs of wall time); a row whose time has passed is dead (the engine ignores it),
+        # deleted by an unmute or the group's deletion
         """CREATE TABLE group_mutes (stream TEXT NOT NULL, user TEXT NOT NULL, until_us INTEGER NOT NULL,
             PRIMARY KEY (stream, user)) WITHOUT ROWID""",
         # "I have read it": a person's acknowledgment of the announcement at g:0's ``position``
@@ -180,7 +181,9 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX group_queue_pending ON group_queue (id) WHERE done_us = 0",
     ],
     [  # version 9: the announcements, g:0 (docs/storage.md, "Version 9"): every account a member from 1
-        "UPDATE groups SET name = name || '-' || id WHERE name = 'announcements' AND deleted_us = 0",
+        # a group named so already is renamed (a random tail: `announcements-<id>` could be taken too)
+        "UPDATE groups SET name = name || '-' || id || '-' || lower(hex(randomblob(3)))"
+        " WHERE name = 'announcements' AND deleted_us = 0",
         "INSERT INTO groups (id, name, owner, invite_only, created_us) VALUES (0, 'announcements', '', 1, 0)",
         "INSERT INTO members (user, stream, joined_at) SELECT name, 'g:0', 1 FROM users",
         # whoever makes an account (Register, `msgsrv user add`, the roster import) makes a reader

@@ -267,3 +267,21 @@ def test_a_pushed_queue_shows_what_changed_in_one_line() -> None:
     assert lines[1].startswith("* bo\\x1b]0;pwned") and lines[1].endswith("(2 waiting)")
     assert lines[2].endswith("asks now: y (2 waiting)") and lines[3] == "* ann left the queue (1 waiting)"
     assert "\x1b" not in out.getvalue()
+
+
+def test_a_number_past_the_servers_limits_is_a_local_error_not_a_crash() -> None:
+    """`/mute #lab bob 99999999` (minutes) once overflowed the u32 seconds field: encode raised
+    struct.error, which is no ValueError, and it ended msg. A failed classroom request is
+    forgotten (its request id no longer waits)."""
+    chat, out = group_chat()
+    failures = chat.failures
+    chat.on_line("/mute #lab bob 99999999")
+    chat.on_line("/mute #lab bob 43201")  # 30 days and a minute
+    chat.on_line("/slow #lab 86401")
+    assert chat.failures == failures + 3 and sent(chat) == [] and "/mute: at most 43200" in out.getvalue()
+    chat.on_line("/mute #lab bob 43200")
+    assert [type(m).__name__ for m in sent(chat)] == ["GroupMute"]
+    chat.on_line("/queue")
+    rid = max(chat.session.pending)
+    chat.on_message(Error(ErrorCode.FORBIDDEN, "only staff see the queue", request_id=rid))
+    assert rid not in chat.classroom

@@ -15,11 +15,14 @@ from csce513msg.protocol import (
     ErrorCode,
     Feature,
     GroupCreate,
+    GroupDelete,
     GroupJoin,
     GroupLeave,
     GroupMembers,
     GroupMembersReply,
+    GroupMute,
     GroupRename,
+    GroupSlow,
     Hand,
     HandOp,
     HandPlace,
@@ -29,6 +32,7 @@ from csce513msg.protocol import (
     LoginOk,
     QueueOp,
     Receipt,
+    Redact,
     Register,
     Send,
     TargetKind,
@@ -242,3 +246,21 @@ def test_a_queued_group_add_knows_a_user_made_in_the_same_poll(tmp_path: Path) -
     other.execute("INSERT INTO group_queue (op, grp, users, actor, queued_us) VALUES (4, 'g:1', 'newbie', 'teach', 1)")
     h.advance(5)
     assert other.execute("SELECT outcome FROM group_queue").fetchall() == [("done: g:1 position 2",)]
+
+
+def test_nobody_moderates_the_announcements_and_only_staff_list_their_members(hub: Hub) -> None:
+    """The announcements are every account's: no deletion, mute, slow mode or removal there
+    (FORBIDDEN early, with words, not the store's bad_change); their member list is every
+    account with its role, so only staff get it."""
+    h = hub()
+    teach, bob = h.connect("teach", groups=True), h.connect("bob", groups=True)
+    announce(teach, "exam friday")
+    h.pump()
+    for request in (GroupDelete("g:0"), GroupMute("announcements", ("bob",), 60), GroupSlow("g:0", 30),
+                    Redact("g:0", 1)):  # fmt: skip
+        teach.session.request(request)
+    teach.session.request(GroupMembers("announcements"))
+    bob.session.request(GroupMembers("announcements"))
+    h.pump()
+    assert codes(teach) == [ErrorCode.FORBIDDEN] * 4 and codes(bob) == [ErrorCode.FORBIDDEN]
+    assert "teach" in teach.of(GroupMembersReply)[-1].users and not bob.of(GroupMembersReply)

@@ -4,6 +4,7 @@ classroom's notes applied in the batch's transaction and loaded at start. Both s
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from pathlib import Path
 
@@ -102,19 +103,23 @@ def test_version_9_renames_a_group_named_announcements_and_enrolls_every_account
         old.execute(statement)
     old.execute("PRAGMA user_version=8")
     old.executemany("INSERT INTO users (name, created_us) VALUES (?, 0)", [("ann",), ("bo",)])
-    old.execute("INSERT INTO groups (name, owner, created_us) VALUES ('announcements', 'ann', 0)")
-    old.execute("INSERT INTO members VALUES ('ann', 'g:1', 1, NULL)")
+    old.execute("INSERT INTO groups (name, owner, created_us) VALUES ('announcements-2', 'ann', 0)")  # g:1
+    old.execute("INSERT INTO groups (name, owner, created_us) VALUES ('announcements', 'ann', 0)")  # g:2
+    old.execute("INSERT INTO members VALUES ('ann', 'g:2', 1, NULL)")
     old.execute("INSERT INTO members VALUES ('ann', 'dm:ann,bo', 1, NULL), ('bo', 'dm:ann,bo', 1, NULL)")
     old.commit()
     old.close()
     store = SqliteStore(path, checkpoint_interval=0)
     groups = store.load_groups()
+    renamed = groups["g:2"].name  # a random tail: the plain `announcements-2` is taken
+    assert re.fullmatch(r"announcements-2-[0-9a-f]{6}", renamed), renamed
     assert {s: (g.name, g.owner, g.invite_only, g.members) for s, g in groups.items()} == {
         "g:0": ("announcements", "", True, ("ann", "bo")),
-        "g:1": ("announcements-1", "ann", False, ("ann",)),
+        "g:1": ("announcements-2", "ann", False, ()),
+        "g:2": (renamed, "ann", False, ("ann",)),
     }
     created = store.apply(Batch(messages=[event("ann", "g:", 1, name="club")])).stored[0]
-    assert isinstance(created, StoredMessage) and created.stream == "g:2"  # ids go on after the old ones
+    assert isinstance(created, StoredMessage) and created.stream == "g:3"  # ids go on after the old ones
     book = AccountBook(path)
     book.remove("bo")
     book.close()
