@@ -516,7 +516,7 @@ def active_among_idle(backend: str, idle: int, seconds: float, perf: bool) -> di
     per_message = None
     if syscalls is not None:
         per_message = {name: round(count / delivered, 3) for name, count in syscalls.items()}
-        # the wait clock (--stats) makes two clock_gettime calls a wait: not the server's own work
+        # the wait clock (--stats) calls clock_gettime around each wait: measurement, not the server's work
         per_message["all_but_wait_clock"] = round((syscalls.get("all", 0) - syscalls.get("clock_gettime", 0))
                                                   / delivered, 2)  # fmt: skip
     result.update(
