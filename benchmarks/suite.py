@@ -32,13 +32,19 @@ docs/benchmarks.md):
    ``normal`` and ``memory``;
 6. (full run) chat latency during a burst of logins at the production KDF cost: 100
    clients paced at 5,000/s and, halfway, 60 logins at 12 a second (the generator's
-   ``--burst``, from a process of its own).
+   ``--burst``, from a process of its own);
+7. active among idle: 100 clients paced at 1,000 messages/s among N idle logged-in
+   connections (N = 0 up to what the open-file limit allows; select stops at FD_SETSIZE,
+   threads at the machine's thread limit): server CPU per message and per wake-up, the
+   CPU inside each select/poll/epoll_wait (the server's ``--stats`` line), system calls
+   per message (``perf stat``, where it can count), latency.
 
 ``--quick`` (the gating ``nox -s bench_quick``): workload 1 with 100 clients at 5,000
 messages/s and workload 4 with 1,000 connections, one 3-second run each, every
 backend; workload 3 with 100 members for 2 seconds on epoll, the relay and Redis;
+workload 7 with N = 0 and 500 for 2 seconds on epoll and poll;
 ``--check`` then asserts what must hold (never speed) and exits 1 if not.
-``--workloads 3`` runs only workload 3 (any subset of 1-6; the direct-message baselines
+``--workloads 3`` runs only workload 3 (any subset of 1-7; the direct-message baselines
 run with workload 1).
 """
 
