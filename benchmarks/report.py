@@ -165,7 +165,7 @@ def mixed_table(console: Console, points: list[dict[str, Any]]) -> None:
     if not measured:
         return
     waits = ("epoll_wait", "epoll_pwait", "epoll_pwait2", "poll", "ppoll", "pselect6", "select")
-    names = ("recvfrom", "sendto", "pwrite64", "pread64", "futex", "epoll_ctl")
+    names = ("recvfrom", "sendto", "read", "write", "pwrite64", "pread64", "futex", "epoll_ctl")  # uvloop: read, write
     calls_table = Table(title="System calls per message (perf stat; wait: select/poll/epoll_wait; the --stats "
                               "wait clock's clock_gettime left out of all)")  # fmt: skip
     for column in ("backend", "idle", "wait", *names, "all"):
