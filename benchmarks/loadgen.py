@@ -5,6 +5,7 @@
     python -m benchmarks.loadgen dm --port P --relay    # the baselines: the minimal relay,
     python -m benchmarks.loadgen dm --port P --redis    # and Redis pub/sub
     python -m benchmarks.loadgen group --port P --members 100 --rate 0 --seconds 3
+    python -m benchmarks.loadgen mixed --port P --clients 100 --idle 5000 --rate 1000 --seconds 10
 
 It speaks over stdin/stdout with the orchestrator (``benchmarks/suite.py``): it logs
 its clients in, prints ``{"ready": ...}``, waits for ``go`` (so the orchestrator reads
@@ -36,6 +37,15 @@ each member checks it got every message once and in order (``Member``). The rela
 members join group 1 (a 0x04 frame) and the sender posts to it (0x05), answered by a
 0x06 frame; Redis: members SUBSCRIBE to the channel ``g``, the sender PUBLISHes to it.
 Neither has acknowledgements: their members only read.
+
+Active among idle (``mixed``, workload 7): ``--clients`` active clients (u0..) run the
+direct-message workload above, paced, while ``--idle`` more (the users after them) are
+logged in and then send nothing at all: no ping either (the server is given an idle
+timeout longer than the run), so every wake-up the server has comes from the active
+load and what the idle ones cost is only their being watched. One process holds them
+all; only the active ones are in the run's selector. At the end, ``idle_open`` counts
+the idle connections the server has not closed: none may be readable (a close or an
+error frame would make it so).
 """
 
 from __future__ import annotations
@@ -639,6 +649,16 @@ def run_group(
     }
 
 
+def idle_still_open(conns: list[Conn]) -> int:
+    """How many of ``conns`` (idle: they sent nothing since their login) the server has not
+    closed or written to: a socket with nothing to read. One epoll over all, no wait."""
+    with selectors.DefaultSelector() as sel:
+        for conn in conns:
+            sel.register(conn.sock, selectors.EVENT_READ)
+        readable = len(sel.select(0))
+    return len(conns) - readable
+
+
 def run_probe(conns: list[Conn], count: int, rate: float) -> dict[str, Any]:
     """Latency of a few messages between two connections among many idle ones."""
     return run_dm(conns[:2], rate, count / rate, 8, 5.0, "chat", seed=1)
@@ -646,7 +666,7 @@ def run_probe(conns: list[Conn], count: int, rate: float) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["dm", "idle", "group"])
+    parser.add_argument("mode", choices=["dm", "idle", "group", "mixed"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--relay", action="store_true", help="the target is benchmarks.relay")
     parser.add_argument("--redis", action="store_true", help="the target is redis-server (pub/sub)")
@@ -657,6 +677,7 @@ def main() -> None:
     parser.add_argument("--drain", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=1000)
     parser.add_argument("--members", type=int, default=100, help="group: members besides the sender")
+    parser.add_argument("--idle", type=int, default=0, help="mixed: idle logged-in connections beside the clients")
     parser.add_argument("--no-ack", action="store_true", help="group: members read and never acknowledge")
     parser.add_argument("--seed", type=int, default=513)
     parser.add_argument("--register", action="store_true", help="register the clients instead of logging in")
@@ -665,7 +686,8 @@ def main() -> None:
     args = parser.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    count = {"dm": args.clients, "idle": args.connections, "group": args.members + 1}[args.mode]
+    count = {"dm": args.clients, "idle": args.connections, "group": args.members + 1,
+             "mixed": args.clients + args.idle}[args.mode]  # fmt: skip
     target = "relay" if args.relay else "redis" if args.redis else "chat"
     conns, refused = connect_all(args.port, count, target, args.register, group=args.mode == "group")
     if args.mode == "group":
@@ -675,7 +697,11 @@ def main() -> None:
     print(json.dumps({"ready": len(conns), "refused": refused}), flush=True)
     if sys.stdin.readline().strip() != "go":
         return
-    if args.mode == "dm":
+    if args.mode == "mixed":  # the active ones first (u0..), then the idle
+        active, idle = conns[: args.clients], conns[args.clients :]
+        result = run_dm(active, args.rate, args.seconds, args.window, args.drain, target, args.seed)
+        result.update(idle_logged_in=len(idle), idle_open=idle_still_open(idle), active=len(active))
+    elif args.mode == "dm":
         burst = Burst(args.port, args.burst, args.burst_rate) if args.burst else None
         result = run_dm(conns, args.rate, args.seconds, args.window, args.drain, target, args.seed, burst)
     elif args.mode == "group":

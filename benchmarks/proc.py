@@ -45,6 +45,41 @@ def sample(pid: int) -> Sample:
     )
 
 
+def context_switches(pid: int) -> tuple[int, int]:
+    """(voluntary, involuntary) context switches of every thread of ``pid`` alive now.
+    ``/proc/PID/status`` gives the main thread's only (``sample`` reads that one): for the
+    threads backend, whose work is in its 2 threads per connection, sum ``task/*/status``."""
+    voluntary = involuntary = 0
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        try:
+            text = status.read_text()
+        except OSError:  # the thread ended meanwhile
+            continue
+        for line in text.splitlines():
+            if line.startswith("voluntary_ctxt_switches:"):
+                voluntary += int(line.split()[1])
+            elif line.startswith("nonvoluntary_ctxt_switches:"):
+                involuntary += int(line.split()[1])
+    return voluntary, involuntary
+
+
+def thread_room() -> tuple[int, str]:
+    """How many more threads this machine lets us start (the smaller of ``pid_max`` and
+    ``threads-max``, less the tasks alive now and a margin of 1,000 for everyone else),
+    and which limit that is, for the report."""
+    limits = {}
+    for name in ("pid_max", "threads-max"):
+        try:
+            limits[name] = int(Path(f"/proc/sys/kernel/{name}").read_text())
+        except (OSError, ValueError):
+            continue
+    if not limits:
+        return 1 << 30, "no limit read"
+    name = min(limits, key=lambda k: limits[k])
+    alive = sum(1 for _ in Path("/proc").glob("[0-9]*/task/[0-9]*"))
+    return max(0, limits[name] - alive - 1000), f"{name} {limits[name]:,}"
+
+
 def machine() -> dict[str, object]:
     """The machine's description, for the report."""
     model = ""

@@ -69,6 +69,8 @@ def table(report: dict[str, Any]) -> None:
                   _ms(p["probe_latency"].get("p50_ms")), _ms(p["probe_latency"].get("p99_ms")))  # fmt: skip
     if report["connections"]:
         console.print(c)
+    if report.get("active_among_idle"):
+        mixed_table(console, report["active_among_idle"])
     for name, why in report["not_run"].items():
         console.print(f"{name}: {why}")
     console.print("wall time by workload: " + ", ".join(f"{k} {v:.0f} s" for k, v in report["timings_s"].items()))
@@ -140,6 +142,82 @@ def group_table(console: Console, groups: dict[str, Any]) -> None:
         console.print(a)
 
 
+def mixed_table(console: Console, points: list[dict[str, Any]]) -> None:
+    """Workload 7: by backend and idle connections, what a message and a wake-up cost."""
+    rate = next((p["offered_rate"] for p in points if p["skipped"] is None), 0.0)
+    t = Table(title=f"Active among idle: 100 clients at {rate:.0f} messages/s among N idle logged-in connections")
+    for column in ("backend", "idle", "µs CPU/msg", "wake-ups/msg", "µs CPU/wake-up", "µs CPU/wait call",
+                   "syscalls/msg", "p50 ms", "p99 ms", "server", "threads"):  # fmt: skip
+        t.add_column(column, justify="left" if column == "backend" else "right")
+    for p in points:
+        if p["skipped"] is not None:
+            t.add_row(p["backend"], f"{p['idle']:,}", p["skipped"], *[""] * 8)
+            continue
+        calls = p["syscalls_per_message"] or {}
+        t.add_row(
+            p["backend"], f"{p['idle']:,}", f"{p['server_cpu_us_per_message']:.0f}", _num(p["wakeups_per_message"], 2),
+            _num(p["server_cpu_us_per_wakeup"], 0), _num(p["wait_cpu_us"], 1), _num(calls.get("all_but_wait_clock"), 1),
+            _ms(p["latency"]["p50_ms"]), _ms(p["latency"]["p99_ms"]), f"{p['server_cpu_utilisation']:.0%}",
+            str(p["server_threads"]),
+        )  # fmt: skip
+    console.print(t)
+    measured = [p for p in points if p["skipped"] is None and p["syscalls_per_message"]]
+    if not measured:
+        return
+    waits = ("epoll_wait", "epoll_pwait", "epoll_pwait2", "poll", "ppoll", "pselect6", "select")
+    names = ("recvfrom", "sendto", "read", "write", "pwrite64", "pread64", "futex", "epoll_ctl")  # uvloop: read, write
+    calls_table = Table(title="System calls per message (perf stat; wait: select/poll/epoll_wait; the --stats "
+                              "wait clock's clock_gettime left out of all)")  # fmt: skip
+    for column in ("backend", "idle", "wait", *names, "all"):
+        calls_table.add_column(column, justify="left" if column == "backend" else "right")
+    for p in measured:
+        calls = p["syscalls_per_message"]
+        calls_table.add_row(p["backend"], f"{p['idle']:,}", _num(sum(calls.get(n, 0.0) for n in waits), 2),
+                            *[_num(calls.get(n), 2) for n in names], _num(calls["all_but_wait_clock"], 1))  # fmt: skip
+    console.print(calls_table)
+
+
+def mixed_plots(points: list[dict[str, Any]], mode: str, out: Path) -> list[Path]:
+    """Workload 7's picture for a class: server CPU per message, CPU per wait call and p99
+    against the idle connections, a line per backend (select's ends at FD_SETSIZE)."""
+    import matplotlib.pyplot as plt
+
+    measured = [p for p in points if p["skipped"] is None]
+    if not measured:
+        return []
+    fig, (cpu, wait, lat) = plt.subplots(1, 3, figsize=(14, 4))
+    for backend in dict.fromkeys(p["backend"] for p in measured):
+        rows = sorted((p for p in measured if p["backend"] == backend), key=lambda p: p["idle"])
+        xs = [max(p["idle"], 10) for p in rows]  # 0 idle drawn at 10 on the log axis
+        line = cpu.plot(xs, [p["server_cpu_us_per_message"] for p in rows], marker="o", label=backend)
+        colour = line[0].get_color()
+        if any(p["wait_cpu_us"] is not None for p in rows):
+            wait.plot([x for x, p in zip(xs, rows, strict=True) if p["wait_cpu_us"] is not None],
+                      [p["wait_cpu_us"] for p in rows if p["wait_cpu_us"] is not None], marker="o", color=colour,
+                      label=backend)  # fmt: skip
+        lat.plot(xs, [p["latency"]["p99_ms"] for p in rows], marker="o", color=colour, label=backend)
+        stopped = [p for p in points if p["backend"] == backend and p["skipped"] is not None]
+        if stopped:  # where it stopped: a cross at its last point, and the reason in the legend
+            why = f"{backend}: {stopped[0]['skipped']} at {stopped[0]['idle']:,}"
+            cpu.plot([xs[-1]], [rows[-1]["server_cpu_us_per_message"]], marker="x", markersize=12, color=colour,
+                     linestyle="none", label=why)  # fmt: skip
+    for axis in (cpu, wait, lat):
+        axis.set_xscale("log")
+        axis.set_xlabel("idle logged-in connections (0 drawn at 10)")
+    cpu.set_ylabel("server CPU µs per message")
+    wait.set_ylabel("CPU µs inside one select/poll/epoll_wait")
+    lat.set_ylabel("p99 latency, ms")
+    cpu.set_title(f"100 clients at {measured[0]['offered_rate']:.0f} msg/s among N idle")
+    wait.set_title("the wait itself (threads, uvloop: none of ours)")
+    lat.set_title("latency")
+    cpu.legend(fontsize="small")
+    fig.tight_layout()
+    path = out / f"active-among-idle-{mode}.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return [path]
+
+
 def plots(report: dict[str, Any], out: Path) -> list[Path]:
     """CPU per message by backend, latency (p50, p99) by offered load, memory and idle CPU by
     connection count, as PNGs; [] without matplotlib."""
@@ -163,6 +241,7 @@ def plots(report: dict[str, Any], out: Path) -> list[Path]:
         made.append(out / f"cpu-per-message-{report['mode']}.png")
         fig.savefig(made[-1], dpi=120)
         plt.close(fig)
+    made += mixed_plots(report.get("active_among_idle", []), report["mode"], out)
     closed = [p for p in report["group_fanout"]["points"] if not p["offered_rate"]]
     if closed:  # workload 3: µs per delivery by backend, a bar per group size, with acks and without
         fig, ax = plt.subplots(figsize=(9, 3.8))
@@ -222,6 +301,10 @@ def plots(report: dict[str, Any], out: Path) -> list[Path]:
     fig.savefig(made[-1], dpi=120)
     plt.close(fig)
     return made
+
+
+def _num(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
 
 
 def _ms(value: float | None) -> str:

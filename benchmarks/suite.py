@@ -32,13 +32,19 @@ docs/benchmarks.md):
    ``normal`` and ``memory``;
 6. (full run) chat latency during a burst of logins at the production KDF cost: 100
    clients paced at 5,000/s and, halfway, 60 logins at 12 a second (the generator's
-   ``--burst``, from a process of its own).
+   ``--burst``, from a process of its own);
+7. active among idle: 100 clients paced at 1,000 messages/s among N idle logged-in
+   connections (N = 0 up to what the open-file limit allows; select stops at FD_SETSIZE,
+   threads at the machine's thread limit): server CPU per message and per wake-up, the
+   CPU inside each select/poll/epoll_wait (the server's ``--stats`` line), system calls
+   per message (``perf stat``, where it can count), latency.
 
 ``--quick`` (the gating ``nox -s bench_quick``): workload 1 with 100 clients at 5,000
 messages/s and workload 4 with 1,000 connections, one 3-second run each, every
 backend; workload 3 with 100 members for 2 seconds on epoll, the relay and Redis;
+workload 7 with N = 0 and 500 for 2 seconds on epoll and poll;
 ``--check`` then asserts what must hold (never speed) and exits 1 if not.
-``--workloads 3`` runs only workload 3 (any subset of 1-6; the direct-message baselines
+``--workloads 3`` runs only workload 3 (any subset of 1-7; the direct-message baselines
 run with workload 1).
 """
 
@@ -48,11 +54,16 @@ import argparse
 import contextlib
 import json
 import os
+import re
+import resource
+import select
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,11 +76,11 @@ from csce513msg.store import Account
 from csce513msg.store.accounts import AccountBook
 
 ALL_BACKENDS = ["threads", "select", "poll", "epoll", "asyncio", "uvloop"]
-ALL_WORKLOADS = "123456"
+ALL_WORKLOADS = "1234567"
 RELAY_REFERENCE_US = 2.5  #: the issue's reference: a batched epoll relay, µs of CPU per message
 RELAY_TRUSTED_US = 3.2  #: above this the relay itself is off: ratios are withheld
 GENERATOR_LIMIT = 0.90  #: above this the generator, not the server, set the pace
-SCALING_BACKENDS = ["epoll", "uvloop", "select", "threads"]  #: connection scaling in the full run
+SCALING_BACKENDS = ["epoll", "uvloop", "select", "threads"]  #: workloads 5 and 6, full run (4, 7: all)
 PACED_LOAD = 5000.0  #: messages/s: workload 1 in --quick, workload 5
 LATENCY_LOADS = [1000.0, 10000.0, 20000.0]  #: workload 2's offered loads, messages/s (full run)
 BURST_LOGINS, BURST_RATE, BURST_SECONDS = 60, 12.0, 11.0  #: workload 6: 12 logins/s for 5 of 11 seconds
@@ -81,6 +92,18 @@ GROUP_QUICK_SECONDS = 2.0  #: workload 3 in --quick: one backend and the baselin
 NO_ACK_WINDOW = 50_000  #: workload 3 without acks: a window members who never acknowledge do not fill in a run
 #: and the outbound hard limit msgsrv then asks for (high water + (window + 1) x max frame): a bound, not a buffer
 NO_ACK_FLAGS = ("--window", str(NO_ACK_WINDOW), "--hard-limit", str(262144 + (NO_ACK_WINDOW + 1) * 65536))
+MIXED_ACTIVE = 100  #: workload 7: the clients that chat ...
+MIXED_RATE = 1000.0  #: ... at this paced load (messages/s: a fifth of a core, so a wait's cost shows, not a queue)
+MIXED_IDLE = [0, 500, 1000, 5000, 10000]  #: ... among this many idle logged-in connections (and the most that fit)
+MIXED_QUICK = (["epoll", "poll"], [0, 500], 2.0)  #: --quick: backends, idle counts, seconds
+#: the idle never speak, not even a ping (a ping every 30 s from 10,000 would be 333 wake-ups/s of their own):
+#: the server's idle timeout is made longer than any run, and the stats line gives the loop's figures
+MIXED_FLAGS = ("--idle-timeout", "3600", "--stats", "--stats-interval", "0.5")
+SELECT_ROOM = 1000  #: select: connections that fit under FD_SETSIZE (1,024 less the server's own; it held 1,011)
+WAIT_SYSCALLS = ("epoll_wait", "epoll_pwait", "epoll_pwait2", "poll", "ppoll", "pselect6", "select")
+#: the system calls workload 7 counts (perf stat, per message); raw_syscalls:sys_enter is every one
+SYSCALLS = (*WAIT_SYSCALLS, "recvfrom", "sendto", "read", "write", "pwrite64", "pread64", "fdatasync", "futex",
+            "epoll_ctl", "clock_gettime")  # fmt: skip
 
 
 def pinned(core: int, cmd: list[str]) -> list[str]:
@@ -90,10 +113,17 @@ def pinned(core: int, cmd: list[str]) -> list[str]:
 
 
 class Server:
-    """A ``msgsrv`` (or the relay) process for one measurement, with accounts u0..uN."""
+    """A ``msgsrv`` (or the relay) process for one measurement, with accounts u0..uN.
 
-    def __init__(self, backend: str, users: int, *flags: str, burst_users: int = 0) -> None:
+    ``perf``: the server runs under ``perf stat`` counting ``SYSCALLS`` in every thread
+    (inherited by threads started later), its counters off until ``counting(True)`` turns
+    them on (``--control``); read them with ``syscalls()`` after ``stop``. With
+    ``--stats`` among the flags, its stats lines are kept with the time each arrived."""
+
+    def __init__(self, backend: str, users: int, *flags: str, burst_users: int = 0, perf: bool = False) -> None:
         self.data_dir = tempfile.mkdtemp(prefix=f"bench-{backend}-")
+        self.perf_out = Path(self.data_dir) / "perf.csv" if perf else None
+        self.stats: list[tuple[float, str]] = []  #: (monotonic time read, line) of each --stats line
         self.register = "memory" in flags  # no database to hold accounts: clients register
         if self.register:
             flags = (*flags, "--self-register", "--registrations-per-address", "1000000")
@@ -114,7 +144,21 @@ class Server:
             book.close()
             cmd = [sys.executable, "-m", "csce513msg.cli.msgsrv", "--backend", backend, "--port", "0"]
             cmd += ["--data-dir", self.data_dir, "--log-level", "warning", "--kdf-cost", "test", *flags]
-        self.proc = subprocess.Popen(pinned(0, cmd), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        keep: tuple[int, ...] = ()
+        if self.perf_out is not None:  # perf's control pipe: "enable"/"disable" in, "ack" out
+            ctl_r, self.ctl = os.pipe()
+            self.ack, ack_w = os.pipe()
+            keep = (ctl_r, ack_w)
+            events = ",".join(["raw_syscalls:sys_enter", *(f"syscalls:sys_enter_{n}" for n in syscalls_here())])
+            cmd = ["perf", "stat", "-x", ",", "-o", str(self.perf_out), "-D", "-1", "--control",
+                   f"fd:{ctl_r},{ack_w}", "-e", events, "--", *cmd]  # fmt: skip
+        stats = "--stats" in flags
+        self.proc = subprocess.Popen(pinned(0, cmd), stdout=subprocess.PIPE, pass_fds=keep, text=True,
+                                     stderr=subprocess.PIPE if stats else subprocess.DEVNULL)  # fmt: skip
+        for fd in keep:
+            os.close(fd)
+        if stats:
+            threading.Thread(target=self._read_stats, daemon=True).start()
         assert self.proc.stdout is not None
         while ready not in (line := self.proc.stdout.readline()):
             if not line:
@@ -122,14 +166,69 @@ class Server:
         if backend != "redis":
             self.port = int(line.split("listening on ")[1].split(",")[0].split()[0].rsplit(":", 1)[1])
         self.pid = self.proc.pid
+        if self.perf_out is not None:  # perf's child is the server
+            self.pid = int(Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()[0])
+
+    def _read_stats(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            if line.startswith("stats: "):
+                self.stats.append((time.monotonic(), line.strip()))
+
+    def counting(self, on: bool) -> None:
+        """Turn perf's counters on or off, and wait for perf to say it did (at most 10 s)."""
+        os.write(self.ctl, b"enable\n" if on else b"disable\n")
+        if not select.select([self.ack], [], [], 10)[0]:
+            raise RuntimeError("perf stat did not answer")
+        os.read(self.ack, 64)
+
+    def syscalls(self) -> dict[str, int]:
+        """perf's counts (after ``stop``): system call name -> calls; "all" for every one."""
+        assert self.perf_out is not None
+        return perf_counts(self.perf_out.read_text())
 
     def stop(self) -> None:
-        self.proc.terminate()
+        if self.perf_out is not None:  # perf waits for its child, then writes the counts
+            os.kill(self.pid, signal.SIGTERM)
+            os.close(self.ctl)
+            os.close(self.ack)
+        else:
+            self.proc.terminate()
         try:
-            self.proc.wait(30)
+            self.proc.wait(60)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+def perf_counts(text: str) -> dict[str, int]:
+    """``perf stat -x ,`` output -> {system call: count}; raw_syscalls:sys_enter is "all"."""
+    counts = {}
+    for line in text.splitlines():
+        fields = line.split(",")
+        if len(fields) < 3 or not fields[0].strip().isdigit():
+            continue  # a comment, "<not counted>", perf's own messages
+        event = fields[2]
+        name = "all" if event == "raw_syscalls:sys_enter" else event.removeprefix("syscalls:sys_enter_")
+        counts[name] = int(fields[0])
+    return counts
+
+
+def syscalls_here() -> list[str]:
+    """``SYSCALLS`` that this kernel has a tracepoint for (perf refuses a list with one missing)."""
+    events = Path("/sys/kernel/tracing/events/syscalls")
+    return [name for name in SYSCALLS if (events / f"sys_enter_{name}").exists()]
+
+
+def perf_usable() -> str | None:
+    """Why perf cannot count system calls here, or None if it can."""
+    if not shutil.which("perf"):
+        return "perf is not installed (apt-get install linux-perf)"
+    probe = subprocess.run(["perf", "stat", "-x", ",", "-e", "raw_syscalls:sys_enter", "--", "true"],
+                           capture_output=True, text=True, timeout=30)  # fmt: skip
+    if probe.returncode or not perf_counts(probe.stderr):
+        return f"perf cannot count system calls here: {probe.stderr.strip()[-200:]}"
+    return None
 
 
 def free_port() -> int:
@@ -338,6 +437,129 @@ def connections(backend: str, count: int, idle_seconds: float = 2.0) -> dict[str
     }
 
 
+def mixed_plan(backends: list[str], idles: list[int], thread_room: int, thread_limit: str) -> list[dict[str, Any]]:
+    """Workload 7's points, in order: {"backend", "idle", "skipped"}; "skipped" says why a
+    point is not measured (None: it is). select stops at FD_SETSIZE; threads, with two
+    threads per connection, where the machine's thread limit (``thread_room`` more threads,
+    ``thread_limit`` names it) would be passed."""
+    plan = []
+    for backend in backends:
+        for idle in idles:
+            connections, skipped = MIXED_ACTIVE + idle, None
+            if backend == "select" and connections > SELECT_ROOM:
+                skipped = "n/a (FD_SETSIZE)"
+            elif backend == "threads" and 2 * connections > thread_room:
+                skipped = f"stopped: {2 * connections:,} threads would pass {thread_limit}"
+            plan.append({"backend": backend, "idle": idle, "skipped": skipped})
+    return plan
+
+
+def most_idle(fd_limit: int) -> int:
+    """The most idle connections workload 7 asks for under the open-file limit (server and
+    generator both run at ``fd_limit``): less the server's reserve, a margin, the active
+    clients; in steps of 500."""
+    from csce513msg.backends.common import FD_RESERVE
+
+    return max(0, (fd_limit - FD_RESERVE - 200 - MIXED_ACTIVE) // 500 * 500)
+
+
+STATS_WAITS = re.compile(r"\| ([\d,]+) wake-ups/s, ([\d.]+) µs CPU per wait")
+
+
+def stats_rates(
+    lines: list[tuple[float, str]], start: float, end: float, interval: float
+) -> tuple[float, float] | None:
+    """From ``msgsrv --stats`` lines (time read, text), the loop's wake-ups per second and
+    the mean µs of CPU per wait over the lines whose interval lies within [start, end]
+    (each line covers the ``interval`` before it); the mean is weighted by wake-ups.
+    None without such a line (threads, uvloop: no wait of ours)."""
+    rates = []
+    for at, line in lines:
+        found = STATS_WAITS.search(line)
+        if found and start + interval <= at <= end:
+            rates.append((float(found[1].replace(",", "")), float(found[2])))
+    if not rates:
+        return None
+    woke = sum(r for r, _ in rates)
+    per_wait = sum(r * us for r, us in rates) / woke if woke else 0.0
+    return woke / len(rates), per_wait
+
+
+def active_among_idle(backend: str, idle: int, seconds: float, perf: bool) -> dict[str, Any]:
+    """Workload 7 on one backend: ``MIXED_ACTIVE`` clients at ``MIXED_RATE`` among ``idle``
+    idle logged-in connections. Server CPU per message and per wake-up, the loop's wake-ups
+    and the CPU inside each wait (the stats line), system calls per message (``perf``)."""
+    server = Server(backend, MIXED_ACTIVE + idle, *MIXED_FLAGS, perf=perf)
+    try:
+        gen = Generator(server.port, "mixed", "--clients", str(MIXED_ACTIVE), "--idle", str(idle), "--rate",
+                        str(MIXED_RATE), "--seconds", str(seconds))  # fmt: skip
+        ready = gen.read()
+        time.sleep(1.0)  # let the logins' work settle
+        switches0 = proc.context_switches(server.pid)
+        if perf:
+            server.counting(True)
+        before, t0 = proc.sample(server.pid), time.monotonic()
+        gen.say("go")
+        result = gen.read()
+        after, t1 = proc.sample(server.pid), time.monotonic()
+        if perf:
+            server.counting(False)
+        switches1 = proc.context_switches(server.pid)
+        gen.finish()
+    finally:
+        server.stop()
+    wall, cpu = t1 - t0, after.cpu - before.cpu
+    delivered = max(1, result["delivered"])
+    rates = stats_rates(server.stats, t0, t1, float(MIXED_FLAGS[-1]))
+    counted = round(rates[0] * wall) if rates else None  # the server's own count of its waits
+    syscalls = server.syscalls() if perf else None
+    wakeups: int | None
+    if backend == "threads":  # no loop: a thread per connection side blocks, and is woken
+        wakeups, source = switches1[0] - switches0[0], "voluntary context switches, all threads"
+    elif syscalls is not None:
+        wakeups, source = sum(syscalls.get(n, 0) for n in WAIT_SYSCALLS), "wait system calls (perf)"
+    else:
+        wakeups, source = counted, "the server's count (--stats)"
+    per_message = None
+    if syscalls is not None:
+        per_message = {name: round(count / delivered, 3) for name, count in syscalls.items()}
+        # the wait clock (--stats) calls clock_gettime around each wait: measurement, not the server's work
+        per_message["all_but_wait_clock"] = round((syscalls.get("all", 0) - syscalls.get("clock_gettime", 0))
+                                                  / delivered, 2)  # fmt: skip
+    result.update(
+        backend=backend, idle=idle, skipped=None, offered_rate=MIXED_RATE, refused=ready["refused"],
+        server_cpu_s=round(cpu, 3), server_cpu_utilisation=round(cpu / wall, 3),
+        server_cpu_us_per_message=round(cpu / delivered * 1e6, 1),
+        wakeups=wakeups, wakeups_source=source, server_counted_wakeups=counted,
+        wakeups_per_message=round(wakeups / delivered, 3) if wakeups else None,
+        server_cpu_us_per_wakeup=round(cpu / wakeups * 1e6, 1) if wakeups else None,
+        wait_cpu_us=round(rates[1], 2) if rates else None,
+        syscalls_per_message=per_message,
+        context_switches={"voluntary": switches1[0] - switches0[0], "involuntary": switches1[1] - switches0[1]},
+        server_threads=after.threads, server_rss_kib=after.rss_kib,
+        generator_limited=result["generator_cpu_utilisation"] > GENERATOR_LIMIT,
+    )  # fmt: skip
+    return result
+
+
+def mixed_runs(backends: list[str], quick: bool, seconds: float, report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Workload 7, every point of its plan (skipped ones say why); perf where it can count."""
+    fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if quick:
+        chosen, idle_counts, seconds = [b for b in MIXED_QUICK[0] if b in backends], MIXED_QUICK[1], MIXED_QUICK[2]
+    else:
+        chosen, idle_counts = backends, [*MIXED_IDLE, *[n for n in [most_idle(fd_limit)] if n > MIXED_IDLE[-1]]]
+    why_not = perf_usable()
+    if why_not:
+        report["not_run"]["workload 7 system calls"] = why_not
+    room, limit = proc.thread_room()
+    points = []
+    for step in mixed_plan(chosen, idle_counts, room, limit):
+        skipped = step["skipped"] is not None
+        points.append(step if skipped else active_among_idle(step["backend"], step["idle"], seconds, not why_not))
+    return points
+
+
 def median_of(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
     """The run whose ``key`` is the median of the repeats, with every repeat's value beside it."""
     ordered = sorted(runs, key=lambda r: _get(r, key) or 0.0)
@@ -353,7 +575,7 @@ def _get(point: dict[str, Any], key: str) -> Any:
 
 
 def run(
-    backends: list[str], quick: bool, repeats: int = 3, seconds: float = 10.0, workloads: str = "123456"
+    backends: list[str], quick: bool, repeats: int = 3, seconds: float = 10.0, workloads: str = ALL_WORKLOADS
 ) -> dict[str, Any]:
     """Every workload in ``workloads`` (their numbers; 2, 5 and 6 run in the full run only)."""
     clients = 100
@@ -385,6 +607,7 @@ def run(
         "durability": [],
         "login_burst": [],
         "group_fanout": {"points": [], "ack_cost": []},
+        "active_among_idle": [],
         "not_run": {},
         "timings_s": {},
     }
@@ -424,7 +647,7 @@ def run(
                 if closed:
                     highest = highest_sustained(backend, clients, closed[0]["delivered_per_s"], seconds)
                     report["highest_sustained"].append(highest)
-        if "4" in workloads and (quick or backend in SCALING_BACKENDS):
+        if "4" in workloads:  # every backend (poll and asyncio too, since workload 7)
             with timed(timings, "4 connections"):
                 for count in conn_counts:
                     report["connections"].append(connections(backend, count))
@@ -440,6 +663,9 @@ def run(
     if "3" in workloads:
         with timed(timings, "3 group fan-out"):
             report["group_fanout"] = group_runs(backends, quick, repeats, GROUP_QUICK_SECONDS if quick else seconds)
+    if "7" in workloads:
+        with timed(timings, "7 active among idle"):
+            report["active_among_idle"] = mixed_runs(backends, quick, seconds, report)
     return report
 
 
@@ -489,6 +715,7 @@ def check(report: dict[str, Any]) -> list[str]:
         if point["probe_delivered"] != point["probe_sent"]:
             problems.append(f"{name}: probe delivered {point['probe_delivered']} of {point['probe_sent']}")
     problems += check_groups(report["group_fanout"]["points"])
+    problems += check_mixed(report["active_among_idle"], "workload 7 system calls" not in report["not_run"])
     problems += validate(report)
     return problems
 
@@ -533,6 +760,40 @@ def check_groups(points: list[dict[str, Any]]) -> list[str]:
     return problems
 
 
+def check_mixed(points: list[dict[str, Any]], perf: bool) -> list[str]:
+    """Workload 7: a point is skipped only where select meets FD_SETSIZE or threads the
+    thread limit; a measured one delivered every active message once and in order, one
+    latency sample each, refused no one, kept every idle connection logged in and open to
+    the end; its CPU, wake-ups (and, with perf, system calls) were read."""
+    problems = []
+    for p in points:
+        name = f"active among {p['idle']} idle on {p['backend']}"
+        if p["skipped"] is not None:
+            expected = {"select": "n/a (FD_SETSIZE)", "threads": "stopped: "}.get(p["backend"])
+            if expected is None or not p["skipped"].startswith(expected):
+                problems.append(f"{name}: skipped ({p['skipped']})")
+            continue
+        if p["refused"]:
+            problems.append(f"{name}: {p['refused']} connections refused")
+        if p["sent"] == 0 or p["delivered"] != p["sent"] or p["errors"]:
+            problems.append(f"{name}: delivered {p['delivered']} of {p['sent']}, {p['errors']} errors")
+        if p["duplicates"] or p["order_violations"]:
+            problems.append(f"{name}: {p['duplicates']} duplicates, {p['order_violations']} out of order")
+        if p["latency_samples"] != p["delivered"]:
+            problems.append(f"{name}: {p['latency_samples']} latency samples for {p['delivered']} deliveries")
+        if p["idle_logged_in"] != p["idle"] or p["idle_open"] != p["idle"]:
+            problems.append(f"{name}: {p['idle_logged_in']} idle logged in, {p['idle_open']} still open at the end")
+        if p["server_cpu_s"] <= 0:
+            problems.append(f"{name}: no server CPU read from /proc")
+        if not p["wakeups"]:
+            problems.append(f"{name}: no wake-ups counted ({p['wakeups_source']})")
+        if p["backend"] in ("select", "poll", "epoll", "asyncio") and p["wait_cpu_us"] is None:
+            problems.append(f"{name}: no wait figures in the server's stats lines")
+        if perf and not (p["syscalls_per_message"] or {}).get("all"):
+            problems.append(f"{name}: no system calls counted by perf")
+    return problems
+
+
 def validate(report: dict[str, Any]) -> list[str]:
     """The report against benchmarks/schema.json (required keys and types; no extra package)."""
     schema = json.loads((Path(__file__).parent / "schema.json").read_text())
@@ -568,7 +829,7 @@ def main() -> None:
     parser.add_argument("--check", action="store_true", help="exit 1 if an invariant is broken")
     parser.add_argument("--repeats", type=int, default=3, help="full run: repeats of workloads 1 and 2 (median)")
     parser.add_argument("--seconds", type=float, default=10.0, help="full run: seconds per run")
-    parser.add_argument("--workloads", default=ALL_WORKLOADS, help="which workloads to run, e.g. 3 or 13")
+    parser.add_argument("--workloads", default=ALL_WORKLOADS, help="which workloads to run, e.g. 3 or 17")
     args = parser.parse_args()
     report = run(args.backends.split(","), args.quick, args.repeats, args.seconds, args.workloads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -587,4 +848,5 @@ def main() -> None:
         if problems:
             raise SystemExit(1)
         print("checks: delivered = sent, order kept, no duplicates, one latency sample each, CPU read, schema ok; "
-              "groups: each member got every message once, in order; every send answered; acks as asked")  # fmt: skip
+              "groups: each member got every message once, in order; every send answered; acks as asked; "
+              "active among idle: every idle connection logged in and still open, wake-ups counted")  # fmt: skip

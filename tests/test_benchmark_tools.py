@@ -1,12 +1,22 @@
 """The benchmark's own parts that a wrong answer would hide in a table: the RESP3 decoder
 of the Redis baseline, what counts as a sustained load, and workload 3's member (once and
-in order, one ack per read), its checks and what the acks cost."""
+in order, one ack per read), its checks and what the acks cost; workload 7's plan, its reading
+of perf and of the stats line, and its checks."""
 
 from __future__ import annotations
 
 from benchmarks.loadgen import BODY, GROUP_STAMP, Member, group_post
 from benchmarks.resp import RespDecoder, RespError, command
-from benchmarks.suite import ack_cost, check_groups, sustained
+from benchmarks.suite import (
+    ack_cost,
+    check_groups,
+    check_mixed,
+    mixed_plan,
+    most_idle,
+    perf_counts,
+    stats_rates,
+    sustained,
+)
 from csce513msg.protocol import Ack, ContentType, Deliver, TargetKind, encode
 
 REPLIES = (
@@ -118,3 +128,56 @@ def test_ack_cost_is_the_difference_with_acks_and_without() -> None:
         "backend": "epoll", "members": 100, "us_per_delivery_acks": 10.0, "us_per_delivery_no_acks": 6.0,
         "ack_us_per_delivery": 4.0, "ack_share": 0.4, "deliveries_per_ack": 8.0,
     }]  # fmt: skip
+
+
+def test_the_mixed_plan_stops_select_at_fd_setsize_and_threads_at_the_thread_limit() -> None:
+    plan = mixed_plan(["select", "threads", "epoll"], [0, 500, 1000, 10000], 15000, "pid_max 32,768")
+    skipped = {(p["backend"], p["idle"]): p["skipped"] for p in plan}
+    assert skipped[("select", 500)] is None and skipped[("select", 1000)] == "n/a (FD_SETSIZE)"
+    assert skipped[("threads", 1000)] is None  # 2,200 threads
+    assert skipped[("threads", 10000)] == "stopped: 20,200 threads would pass pid_max 32,768"
+    assert all(skipped[("epoll", n)] is None for n in (0, 500, 1000, 10000))
+    assert most_idle(20000) == 19500  # less the server's reserve of 64, a margin of 200, the 100 active
+
+
+def test_perf_counts_read_perf_stat_csv() -> None:
+    text = (
+        "# started on Wed Dec  2 03:36:59 2026\n\n"
+        "457,,raw_syscalls:sys_enter,11477435,100.00,,\n"
+        "12,,syscalls:sys_enter_poll,11477435,100.00,,\n"
+        "<not counted>,,syscalls:sys_enter_select,0,100.00,,\n"
+        "Events disabled\n"
+    )
+    assert perf_counts(text) == {"all": 457, "poll": 12}
+
+
+def test_stats_rates_average_the_lines_inside_the_window_weighted_by_wake_ups() -> None:
+    line = "stats: poll | 2 connections, 2 users online | 0 msg/s, 0 deliveries/s | CPU 3% | RSS 40.1 MB"
+    lines = [
+        (10.2, line + " | 9,000 wake-ups/s, 99.0 µs CPU per wait"),  # covers 9.7-10.2: before the start
+        (10.7, line + " | 1,000 wake-ups/s, 10.0 µs CPU per wait"),
+        (11.2, line + " | 3,000 wake-ups/s, 30.0 µs CPU per wait"),
+        (12.4, line + " | 9,000 wake-ups/s, 99.0 µs CPU per wait"),  # after the end
+        (11.0, line),  # threads, uvloop: no wait part
+    ]
+    woke, per_wait = stats_rates(lines, 10.0, 12.0, 0.5) or (0.0, 0.0)
+    assert woke == 2000.0 and per_wait == 25.0  # (1000 x 10 + 3000 x 30) / 4000
+    assert stats_rates(lines[4:], 10.0, 12.0, 0.5) is None
+
+
+def test_the_mixed_checks_want_every_idle_connection_open_and_skips_only_where_expected() -> None:
+    point = {
+        "backend": "poll", "idle": 500, "skipped": None, "refused": 0, "sent": 2000, "delivered": 2000, "errors": 0,
+        "duplicates": 0, "order_violations": 0, "latency_samples": 2000, "idle_logged_in": 500, "idle_open": 500,
+        "server_cpu_s": 0.9, "wakeups": 3500, "wakeups_source": "perf", "wait_cpu_us": 140.0,
+        "syscalls_per_message": {"all": 33.0},
+    }  # fmt: skip
+    assert check_mixed([point], perf=True) == []
+    assert check_mixed([{**point, "idle_open": 499}], perf=True) == [
+        "active among 500 idle on poll: 500 idle logged in, 499 still open at the end"
+    ]
+    assert len(check_mixed([{**point, "wait_cpu_us": None, "syscalls_per_message": None}], perf=True)) == 2
+    assert check_mixed([{**point, "syscalls_per_message": None}], perf=False) == []
+    select = {"backend": "select", "idle": 1000, "skipped": "n/a (FD_SETSIZE)"}
+    assert check_mixed([select], perf=True) == []
+    assert check_mixed([{**select, "backend": "epoll"}], perf=True) != []  # epoll has no such ceiling

@@ -33,8 +33,13 @@ libuv keeps a spare descriptor for this: it closes it, accepts and closes every
 queued connection (they see the connection end, with no SERVER_FULL), and reopens
 it; no spin, nothing logged.
 
+Wake-ups. The standard library's loop waits in its selector's ``select``; the loop is
+given a ``CountingSelector`` that wraps that call in ``common.WAITS``, as our own loops
+wrap theirs, so ``msgsrv --stats`` counts its wake-ups too. uvloop's wait is inside
+libuv, in C: not counted (the benchmark counts its ``epoll_wait`` calls with perf).
+
 Helpers: ``common`` (``BackendConfig``, ``Admission``, ``listen``, ``guarded``,
-``tune``, ``peer_name``) and ``jobs.JobRunner`` (storage batches off the loop; results come back
+``tune``, ``peer_name``, ``WAITS``) and ``jobs.JobRunner`` (storage batches off the loop; results come back
 with ``call_soon_threadsafe``).
 """
 
@@ -43,13 +48,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import selectors
 import signal
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVarTuple, cast
 
 from ..hub import Abort, Action, Close, EngineAPI, Submit, Write
-from .common import Announce, BackendConfig, connection_cap, guarded, listen, peer_name, tune
+from .common import WAITS, Announce, BackendConfig, connection_cap, guarded, listen, peer_name, tune
 from .door import EXHAUSTED, Admission
 from .jobs import JobRunner
 
@@ -57,6 +63,14 @@ NAME = "asyncio"
 log = logging.getLogger("csce513msg.backend")
 Ts = TypeVarTuple("Ts")
 _ids = itertools.count(1)
+
+
+class CountingSelector(selectors.DefaultSelector):
+    """The loop's selector, each wait counted in ``WAITS`` (one wake-up of the loop)."""
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        with WAITS:
+            return super().select(timeout)
 
 
 class ChatProtocol(asyncio.Protocol):
@@ -275,5 +289,7 @@ def serve(
     name: str = NAME,
 ) -> None:
     """Run the server until SIGINT or SIGTERM, then say goodbye and return."""
+    if loop_factory is None:  # the standard library's loop, its waits counted
+        loop_factory = lambda: asyncio.SelectorEventLoop(CountingSelector())  # noqa: E731 - one line, said above
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         runner.run(main(engine, config, announce, name))

@@ -9,6 +9,8 @@
 - ``Announce``: what a backend calls once it listens (the CLI prints the banner).
 - ``guarded``: calls into the engine, where any exception is a bug that costs
   one connection, never the server.
+- ``WAITS``: how many times the loop waited for readiness (its wake-ups) and, when
+  ``msgsrv --stats`` asks, the CPU the loop's thread spent inside those waits.
 
 Beside it: ``door.py`` (admission at ``accept``), ``queues.py`` (the outbound queue with
 its water marks, and the deadline queue), ``jobs.py`` (blocking work off the loop) and
@@ -22,6 +24,7 @@ import resource
 import signal
 import socket
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
@@ -44,6 +47,38 @@ LINGER_RESET = struct.pack("ii", 1, 0)
 #: object; uvloop a few more); the rest is room for SQLite's temporary files, reading the
 #: TLS certificate and ``--stats``' reads of /proc.
 FD_RESERVE = 64
+
+
+class Waits:
+    """The loop's waits for readiness: ``with WAITS:`` around the one call that blocks
+    (``select``, ``poll``, ``epoll.poll``; the asyncio loop's selector). Each wait is one
+    wake-up of the loop, so ``calls`` counts them (an integer add: always on). With
+    ``timed`` (``msgsrv --stats`` sets it) it also adds up the CPU the thread spent
+    *inside* the call, not the time it slept there: ``time.thread_time`` is CPU time, and a
+    thread blocked in the kernel uses none. That is the figure that grows with the watched
+    sockets for select and poll (the lists copied in and scanned on every call) and stays
+    with the ready ones for epoll. It costs two ``clock_gettime`` system calls per wait, so
+    it is off unless asked for. One loop per process: the CLI's stats line reads it."""
+
+    __slots__ = ("_started", "calls", "cpu_s", "timed")
+
+    def __init__(self) -> None:
+        self.calls = 0  #: waits so far (loop wake-ups)
+        self.cpu_s = 0.0  #: CPU seconds inside them, while ``timed``
+        self.timed = False
+        self._started = 0.0
+
+    def __enter__(self) -> None:
+        self.calls += 1
+        if self.timed:
+            self._started = time.thread_time()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.timed:
+            self.cpu_s += time.thread_time() - self._started
+
+
+WAITS = Waits()  #: the loop's waits, for ``msgsrv --stats`` (and the benchmark's workload 7, which reads that line)
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,7 +56,7 @@ import socket
 import time
 
 from ..hub import EngineAPI
-from .common import Announce, BackendConfig, SignalWakeup, listen
+from .common import WAITS, Announce, BackendConfig, SignalWakeup, listen
 from .door import refuse
 from .driver import Conn, Driver
 
@@ -98,7 +98,8 @@ def serve(engine: EngineAPI, config: BackendConfig, announce: Announce) -> None:
     accepting = True
     while accepting or driver.conns or driver.jobs.pending:  # stopping: the last batches commit first
         timeout = driver.timeout(time.monotonic())
-        events = strategy.ep.poll(-1 if timeout is None else timeout)  # we block (rounded up to ms)
+        with WAITS:  # one wake-up, counted (and, for --stats, the CPU spent inside the call)
+            events = strategy.ep.poll(-1 if timeout is None else timeout)  # we block (rounded up to ms)
         now = time.monotonic()
         for fd, mask in events:
             if fd == listen_fd:

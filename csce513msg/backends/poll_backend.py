@@ -50,7 +50,7 @@ import socket
 import time
 
 from ..hub import EngineAPI
-from .common import Announce, BackendConfig, SignalWakeup, listen
+from .common import WAITS, Announce, BackendConfig, SignalWakeup, listen
 from .door import refuse
 from .driver import Conn, Driver
 
@@ -86,7 +86,8 @@ def serve(engine: EngineAPI, config: BackendConfig, announce: Announce) -> None:
     accepting = True
     while accepting or driver.conns or driver.jobs.pending:  # stopping: the last batches commit first
         timeout = driver.timeout(time.monotonic())
-        events = strategy.p.poll(None if timeout is None else math.ceil(timeout * 1000))  # ms, rounded up; we block
+        with WAITS:  # one wake-up, counted (and, for --stats, the CPU spent inside the call)
+            events = strategy.p.poll(None if timeout is None else math.ceil(timeout * 1000))  # ms, rounded up; we block
         now = time.monotonic()
         for fd, mask in events:
             if fd == listen_fd:

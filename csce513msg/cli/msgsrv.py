@@ -31,7 +31,7 @@ import typer
 from rich.markup import escape
 
 from ..backends import BACKENDS, DESCRIPTIONS, BackendUnavailable, default_backend, load
-from ..backends.common import BackendConfig, check_limits, page_room
+from ..backends.common import WAITS, BackendConfig, check_limits, page_room
 from ..backends.tls import HANDSHAKE_TIMEOUT, TlsEngine, server_context
 from ..crypto.certs import ensure_certificate, fingerprint_of_pem
 from ..crypto.passwords import COSTS, Scrypt
@@ -148,7 +148,7 @@ def main(
         warning = f"WARNING: no TLS on {host}: passwords and messages cross the network in clear (use --tls)"
         typer.echo(warning, err=True)
     if stats:
-        live_stats.start(chat, backend.value, stats_interval, live)
+        live_stats.start(chat, backend.value, stats_interval, live, WAITS)
     try:
         module.serve(engine, backend_config, make_announce(backend_config, hub_config, fingerprint))
     except OSError as exc:  # e.g. the port is taken

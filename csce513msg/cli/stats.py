@@ -3,6 +3,7 @@
 Every ``interval`` seconds a daemon thread shows::
 
     stats: epoll | 212 connections, 180 users online | 4,980 msg/s, 4,975 deliveries/s | CPU 88% | RSS 61.3 MB
+           | 2,410 wake-ups/s, 4.1 µs CPU per wait                        (one line, cut here)
 
 On a terminal it is one line at the bottom of the window, rewritten in place
 (``LiveLine``): the log lines scroll above it. Piped to a file, each update is a
@@ -12,6 +13,12 @@ It reads the snapshot the engine publishes at flush (``Engine.snapshot``: one im
 object, never the engine's own state, which only the loop may touch) and the process's
 own /proc figures (CPU is user + system time of every thread, as the benchmarks
 measure it). A line may be a pass stale.
+
+The last part is the loop's (``backends.common.WAITS``): its wake-ups (waits in
+select, poll, epoll or the asyncio loop's selector) and the CPU its thread spent inside
+each wait, which grows with the sockets watched for select and poll and not for epoll.
+threads and uvloop have no wait of ours to count, so they leave it out. The benchmark's
+workload 7 reads these lines (``benchmarks/suite.py`` ``stats_rates``): keep the words.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import time
 from pathlib import Path
 from typing import TextIO, cast
 
+from ..backends.common import Waits
 from ..hub import Engine
 
 TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -105,19 +113,23 @@ class _Above:
         return getattr(self.stream, name)
 
 
-def start(engine: Engine, backend: str, interval: float, live: LiveLine | None) -> threading.Thread:
+def start(engine: Engine, backend: str, interval: float, live: LiveLine | None, waits: Waits) -> threading.Thread:
     """Show a stats line every ``interval`` seconds until the process exits: in place
-    on ``live``, else as plain lines on stderr."""
-    thread = threading.Thread(target=_loop, args=(engine, backend, interval, live), name="stats", daemon=True)
+    on ``live``, else as plain lines on stderr. ``waits``: the loop's (it is timed from now)."""
+    waits.timed = True
+    args = (engine, backend, interval, live, waits)
+    thread = threading.Thread(target=_loop, args=args, name="stats", daemon=True)
     thread.start()
     return thread
 
 
-def _loop(engine: Engine, backend: str, interval: float, live: LiveLine | None) -> None:
+def _loop(engine: Engine, backend: str, interval: float, live: LiveLine | None, waits: Waits) -> None:
     last = (time.monotonic(), _cpu(), engine.snapshot)
+    last_waits = (waits.calls, waits.cpu_s)
     while True:
         time.sleep(interval)
         now, cpu, snap = time.monotonic(), _cpu(), engine.snapshot
+        calls, wait_cpu = waits.calls, waits.cpu_s  # (read while the loop adds: a pass stale at most)
         elapsed = now - last[0]
         stored = (snap.stored - last[2].stored) / elapsed
         delivered = (snap.delivered - last[2].delivered) / elapsed
@@ -127,6 +139,11 @@ def _loop(engine: Engine, backend: str, interval: float, live: LiveLine | None) 
             f"stats: {backend} | {snap.connections} connections, {snap.users_online} users online"
             f" | {stored:,.0f} msg/s, {delivered:,.0f} deliveries/s | {cpu_text} | RSS {_rss_mb()}"
         )
+        if calls:  # a loop of ours (not threads, not uvloop)
+            woke = calls - last_waits[0]
+            per_wait = (wait_cpu - last_waits[1]) / woke * 1e6 if woke else 0.0
+            line += f" | {woke / elapsed:,.0f} wake-ups/s, {per_wait:.1f} µs CPU per wait"
+        last_waits = (calls, wait_cpu)
         if live is not None:
             live.show(line)
         else:

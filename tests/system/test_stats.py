@@ -40,6 +40,10 @@ def test_the_stats_line_follows_connections_and_messages(server: ServerProcess, 
         time.sleep(0.1)
     assert any(rate > 0 for rate in rates), server.log()[-2000:]
     assert re.search(r"stats: \w+ \| 2 connections.*CPU \d+% \| RSS [\d.]+ MB", server.log())
+    # the loop's wake-ups and the CPU inside each wait (backends.common.WAITS; workload 7 reads them)
+    found = re.findall(r"\| ([\d,]+) wake-ups/s, [\d.]+ µs CPU per wait", server.log())
+    woke = [float(w.replace(",", "")) for w in found]
+    assert any(w > 0 for w in woke), server.log()[-2000:]
     a.close()
     b.close()
 
