@@ -185,7 +185,7 @@ def mixed_plots(points: list[dict[str, Any]], mode: str, out: Path) -> list[Path
     measured = [p for p in points if p["skipped"] is None]
     if not measured:
         return []
-    fig, (cpu, wait, lat) = plt.subplots(1, 3, figsize=(14, 4))
+    fig, (cpu, wait, lat) = plt.subplots(1, 3, figsize=(14, 4.8))
     for backend in dict.fromkeys(p["backend"] for p in measured):
         rows = sorted((p for p in measured if p["backend"] == backend), key=lambda p: p["idle"])
         xs = [max(p["idle"], 10) for p in rows]  # 0 idle drawn at 10 on the log axis
@@ -210,8 +210,9 @@ def mixed_plots(points: list[dict[str, Any]], mode: str, out: Path) -> list[Path
     cpu.set_title(f"100 clients at {measured[0]['offered_rate']:.0f} msg/s among N idle")
     wait.set_title("the wait itself (threads, uvloop: none of ours)")
     lat.set_title("latency")
-    cpu.legend(fontsize="small")
-    fig.tight_layout()
+    handles, labels = cpu.get_legend_handles_labels()  # below the three plots: it covers none of them
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize="small", frameon=False)
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
     path = out / f"active-among-idle-{mode}.png"
     fig.savefig(path, dpi=120)
     plt.close(fig)
