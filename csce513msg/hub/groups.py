@@ -71,8 +71,8 @@ from ..store.interface import (
     GroupChange,
     GroupRecord,
     QueuedChange,
-    is_staff,
 )
+from .classroom import staff
 from .config import HubConfig
 from .outbox import Outbox, fitting, retry_ms
 from .session import Session
@@ -584,9 +584,8 @@ class Groups:
             raise RemoteProtocolError(ErrorCode.NAME_TAKEN, f"a group is named {name} already", request_id=rid)
 
     def _staff(self, user: str) -> bool:
-        """An instructor or an assistant (``store.interface.is_staff``)."""
-        account = self.accounts.get(user)
-        return account is not None and is_staff(account.role)
+        """An instructor or an assistant (``classroom.staff``, the one check of an account's role)."""
+        return staff(self.accounts, user)
 
     def _names(self, users: Iterable[str], rid: int) -> tuple[str, ...]:
         """``users`` folded, each once, sorted (an empty list is a BAD_REQUEST)."""
