@@ -136,7 +136,7 @@ class AsyncServer:
         self.timer_at: float | None = None
         self.stopping = False
         self.done = loop.create_future()
-        self.jobs = JobRunner(self.job_finished)
+        self.jobs = JobRunner(self.job_finished, config.hash_nice)
         self.admission = Admission(connection_cap(config))
 
     def job_finished(self, job_id: int, result: object) -> None:

@@ -97,6 +97,11 @@ class BackendConfig:
     #: connections served at once; past it a new one is told SERVER_FULL and closed.
     #: 0: the open-file limit minus ``FD_RESERVE`` (see ``connection_cap``)
     max_connections: int = 0
+    #: the password-hashing threads' CPU priority (docs/security.md, "The hash lane"): a nice
+    #: value, 0-19, the share the scheduler keeps for logins while chat keeps the core busy
+    #: (a nice-10 thread gets about a tenth of a nice-0 one's); -1: SCHED_IDLE, only the CPU
+    #: chat leaves idle (a login then waits as long as the core stays busy)
+    hash_nice: int = 10
 
 
 def check_limits(backend: BackendConfig, hub: HubConfig) -> str | None:

@@ -81,7 +81,7 @@ class Driver:
         self.admission = Admission(connection_cap(config))
         self._doomed: list[tuple[Conn, str]] = []
         self.inbox = Inbox()  # finished jobs; the strategy watches inbox.fileno() for reading
-        self.jobs = JobRunner(self.inbox.put)
+        self.jobs = JobRunner(self.inbox.put, config.hash_nice)
 
     # ---- events from the strategy ----------------------------------------------------
 

@@ -4,8 +4,10 @@ Two lanes, as the engine contract says (shared/STYLE.md):
 
 - ``store``: ONE thread, so storage batches run one at a time and in order, on the
   thread that owns the database connection;
-- ``hash``: a small pool for password hashing, its threads at ``SCHED_IDLE`` (Linux),
-  so a hash never takes the loop's core from chat traffic.
+- ``hash``: a small pool for password hashing at a lower CPU priority than the loop
+  (``BackendConfig.hash_nice``): a nice value, so while chat keeps the core busy the
+  scheduler still gives logins a bounded share of it (nice 10: about a tenth of the
+  loop's weight), or ``SCHED_IDLE`` (-1), where a hash runs only on a core chat leaves idle.
 
 A finished job's result (or the exception it raised) goes to ``deliver(job_id,
 result)``, called in the worker thread: the threads backend takes its engine mutex
@@ -19,6 +21,7 @@ import logging
 import os
 import queue
 import socket
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -31,13 +34,15 @@ Deliver = Callable[[int, object], None]
 
 
 class JobRunner:
-    """Worker threads per lane, started on first use."""
+    """Worker threads per lane, started on first use. ``hash_nice``: the hash lane's priority
+    (a nice value, or -1 for ``SCHED_IDLE``)."""
 
-    #: lane -> (threads, idle priority)
-    LANES: ClassVar[dict[Lane, tuple[int, bool]]] = {Lane.STORE: (1, False), Lane.HASH: (2, True)}
+    #: lane -> threads
+    LANES: ClassVar[dict[Lane, int]] = {Lane.STORE: 1, Lane.HASH: 2}
 
-    def __init__(self, deliver: Deliver) -> None:
+    def __init__(self, deliver: Deliver, hash_nice: int = 10) -> None:
         self.deliver = deliver
+        self.nice = {Lane.STORE: 0, Lane.HASH: hash_nice}
         self.queues: dict[Lane, queue.SimpleQueue[tuple[int, Callable[[], object]] | None]] = {}
         self.threads: list[threading.Thread] = []
         #: jobs submitted whose results the engine has not had yet: a stopping server waits
@@ -61,25 +66,20 @@ class JobRunner:
     def close(self) -> None:
         """Let queued jobs finish, then stop the threads (storage batches get committed)."""
         for lane, q in self.queues.items():
-            for _ in range(self.LANES[lane][0]):
+            for _ in range(self.LANES[lane]):
                 q.put(None)
         for thread in self.threads:
             thread.join(timeout=30)
 
     def _start(self, lane: Lane) -> None:
-        count, idle = self.LANES[lane]
         self.queues[lane] = queue.SimpleQueue()
-        for i in range(count):
-            thread = threading.Thread(target=self._work, args=(lane, idle), name=f"{lane.value}-{i}", daemon=True)
+        for i in range(self.LANES[lane]):
+            thread = threading.Thread(target=self._work, args=(lane,), name=f"{lane.value}-{i}", daemon=True)
             thread.start()
             self.threads.append(thread)
 
-    def _work(self, lane: Lane, idle: bool) -> None:
-        if idle and hasattr(os, "SCHED_IDLE"):
-            try:
-                os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # 0: this thread, on Linux
-            except OSError:
-                pass
+    def _work(self, lane: Lane) -> None:
+        lower_priority(self.nice[lane])
         q = self.queues[lane]
         while (item := q.get()) is not None:
             job_id, job = item
@@ -89,6 +89,20 @@ class JobRunner:
                 log.exception("job %d in lane %s failed", job_id, lane.value)
                 result = exc
             self.deliver(job_id, result)
+
+
+def lower_priority(nice: int) -> None:
+    """Lower this thread's CPU priority (Linux: a thread's own nice value; elsewhere the
+    whole process's, so nothing is done there). ``nice`` 0: as it is; -1: ``SCHED_IDLE``."""
+    if not nice or not sys.platform.startswith("linux"):
+        return
+    try:
+        if nice < 0:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # 0: this thread
+        else:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)  # the thread's id, not the process's
+    except OSError:  # not allowed here: the thread runs at the loop's priority
+        log.warning("could not lower the %s lane's priority", threading.current_thread().name)
 
 
 class Inbox:

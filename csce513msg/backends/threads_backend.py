@@ -98,7 +98,7 @@ class Shared:
         self._ringer.setblocking(False)  # never block while holding the mutex: one byte pending is enough
         self.sleeping_until: float | None = None  # the deadline the main thread sleeps towards
         # a finished job enters the engine from its worker thread, under the mutex like any call
-        self.jobs = JobRunner(self.job_result)
+        self.jobs = JobRunner(self.job_result, config.hash_nice)
         self.stopping = False
 
     def job_result(self, job_id: int, result: object) -> None:

@@ -100,6 +100,7 @@ def main(
     login_failure_window: o.LoginFailureWindowFlag = o.HUB.login_failure_window,
     registrations_per_address: o.RegistrationsPerAddressFlag = o.HUB.registrations_per_address,
     max_pending_logins: o.MaxPendingLoginsFlag = o.HUB.max_pending_logins,
+    hash_nice: o.HashNiceFlag = o.NET.hash_nice,
     account_poll: o.AccountPollFlag = o.HUB.account_poll,
     log_level: o.LogLevelFlag = o.LogLevel.info,
     quiet: o.QuietFlag = False,

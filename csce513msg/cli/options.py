@@ -163,6 +163,16 @@ MaxPendingLoginsFlag = Annotated[
     int,
     opt("Logins waiting for their password check, server-wide (then the busiest address waits).", LOGINS, min=1),
 ]
+HashNiceFlag = Annotated[
+    int,
+    opt(
+        "Password checks' CPU priority: a nice value (0-19; 10 keeps logins about a tenth of the core while chat "
+        "is busy), or -1 for SCHED_IDLE (only CPU chat leaves idle).",
+        LOGINS,
+        min=-1,
+        max=19,
+    ),
+]
 AccountPollFlag = Annotated[float, opt("Seconds between checks for `msgsrv user` changes.", LOGINS, min=0.001)]
 LogLevelFlag = Annotated[
     LogLevel, opt("Server window verbosity.", OUTPUT, envvar="MSGSRV_LOG_LEVEL", case_sensitive=False)

@@ -9,10 +9,13 @@ Linux), so the server sees many addresses and traffic stays on this machine."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import tempfile
 from pathlib import Path
+
+import pytest
 
 from csce513msg.client import Client
 from csce513msg.crypto.passwords import COSTS, hash_password
@@ -137,3 +140,27 @@ def test_concurrent_guesses_pass_no_more_than_the_limit_and_a_token_gets_past(ba
     finally:
         server.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def priorities(pid: int) -> list[tuple[int, int]]:
+    """(nice, scheduling policy) of each of the server's threads, read from /proc."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        nice = int((task / "stat").read_text().rsplit(")", 1)[1].split()[16])  # field 19 of stat
+        found.append((nice, os.sched_getscheduler(int(task.name))))
+    return found
+
+
+@pytest.mark.parametrize(("flag", "nice", "policy"), [("10", 10, os.SCHED_OTHER), ("-1", 0, os.SCHED_IDLE)])
+def test_the_hash_lane_runs_at_the_priority_asked(backend: str, flag: str, nice: int, policy: int) -> None:
+    """--hash-nice: the password checks' two threads, and only they, at a lower priority: a
+    nice value (a share the scheduler keeps for logins while chat keeps the core busy), or
+    SCHED_IDLE; the loop, the store thread and the rest stay at the process's own."""
+    server = start(backend, "--hash-nice", flag)
+    try:
+        Client.connect(server.host, server.port, user="alice", password=PASSWORD, register=True).close()
+        threads = priorities(server.pid)  # the hash lane started with the registration's hash
+        assert threads.count((nice, policy)) == 2, threads
+        assert threads.count((0, os.SCHED_OTHER)) == len(threads) - 2, threads
+    finally:
+        server.stop()
