@@ -122,22 +122,26 @@ class Driver:
         while batches:
             touched: set[Conn] = set()
             for action in batches.pop():
+                if type(action) is Write:  # most actions (a group's message: one per member)
+                    conn = self.by_id.get(action.conn)
+                    if conn is not None and not conn.dead:  # else gone: connection_lost is on its way or done
+                        conn.out.append(action.data)
+                        self.dirty.add(conn)
+                        touched.add(conn)
+                    continue
                 if isinstance(action, Submit):
                     self.jobs.submit(action.job_id, action.job, action.lane)
                     continue
                 conn = self.by_id.get(action.conn)
                 if conn is None or conn.dead:
-                    continue  # already gone: connection_lost is on its way or done
-                if isinstance(action, Write):
-                    conn.out.append(action.data)
-                    self.dirty.add(conn)
-                    touched.add(conn)
-                elif isinstance(action, Close):
+                    continue
+                if isinstance(action, Close):
                     self._start_close(conn, action.reason, now)
                 elif isinstance(action, Abort):
                     self._doomed.append((conn, action.reason))
             for conn in touched:
-                batches.append(self._water(conn, now))
+                if conn.out.size > self.config.high_water or conn.out.paused:  # else no mark was crossed
+                    batches.append(self._water(conn, now))
             while self._doomed:
                 conn, reason = self._doomed.pop()
                 batches.append(self.lose(conn, reason, now, report=False, reset=True))
@@ -154,7 +158,8 @@ class Driver:
             self._shut_write(conn, now)
             if conn.dead:
                 return None
-        self.perform(self._water(conn, now), now)
+        if conn.out.paused or conn.out.size > self.config.high_water:  # else no mark was crossed
+            self.perform(self._water(conn, now), now)
         if conn.dead:
             return None
         return (not conn.closing or conn.lingering, conn.out.size > 0)

@@ -14,9 +14,11 @@ from typing import Any
 ConnId = int  # chosen by the backend, unique for the server's lifetime
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Write:
-    """Append ``data`` to the connection's outbound queue."""
+    """Append ``data`` to the connection's outbound queue. Not frozen: one is made for
+    every frame sent (a group's message, one per member), and a frozen one costs 2-3x
+    to build (CONTRIBUTING.md, "The per-message path")."""
 
     conn: ConnId
     data: bytes
