@@ -4,7 +4,7 @@ frames, byte for byte what it got before 1.5."""
 
 from __future__ import annotations
 
-from csce513msg.hub import Action, Write
+from csce513msg.hub import Action, Close, Write
 from csce513msg.hub.outbox import COALESCED_BODIES, MAX_HEADER, Outbox, coalesced
 from csce513msg.hub.session import Session
 from csce513msg.protocol import (
@@ -133,6 +133,12 @@ def test_a_run_ends_at_anything_else_written_to_the_session_so_nothing_moves_ahe
         (2, deliver(2)),
     ]
     assert out.take() == []  # and the runs are forgotten
+    out.write(a, receipt(1))
+    out.write(a, receipt(2))
+    out.close(a, "bye")  # a run ended, and none left open at take: it is coalesced all the same
+    first, close = out.take()
+    assert isinstance(first, Write) and first.data == encode(Receipts((receipt(1), receipt(2))))
+    assert close == Close(1, "bye")
 
 
 def test_a_session_that_did_not_ask_is_written_at_once() -> None:
