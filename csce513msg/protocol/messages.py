@@ -887,13 +887,13 @@ def decode(frame: Frame, minor: int = VERSION_MINOR, ours: int | None = None) ->
         )
     if spec.custom is not None:  # 1.5's coalesced frames
         try:
-            msg: Message = spec.custom[1](frame)
+            coalesced: Message = spec.custom[1](frame)
         except (ValueError, struct.error) as exc:  # UnicodeDecodeError is a ValueError
             raise RemoteProtocolError(
                 ErrorCode.BAD_FRAME, f"malformed {spec.cls.__name__} header: {exc}", request_id=frame.request_id,
                 fatal=True,
             ) from None  # fmt: skip
-        return msg
+        return coalesced
     try:
         values: list[Any] = spec.codec.decode(frame.header)
     except RemoteProtocolError as exc:  # the prefix was read: the error names its request
@@ -909,4 +909,5 @@ def decode(frame: Frame, minor: int = VERSION_MINOR, ours: int | None = None) ->
     if spec.has_body:
         values.append(frame.body)
     values.append(frame.request_id)
-    return spec.cls(*values)  # type: ignore[no-any-return]
+    msg: Message = spec.cls(*values)
+    return msg
