@@ -12,11 +12,11 @@ deliveries in a row as one Delivers frame, put where the first of them was writt
 frame never moves before anything written earlier to it (an Error, a GroupInfo, a
 history page, a group's Deliver written with ``write_encoded``: each ends the run).
 The first message of a run is written at once, as the plain frame; when a second joins,
-``take`` replaces that Write with the run's coalesced frame. So a run of one, the
-commonest at a light load, is the plain frame and costs the outbox 0.6 µs more than
-before 1.5 (a ``_Run`` and a dict entry; making every run's frame at ``take`` cost it
-1.1-1.8 µs more, measured on this machine). The cost in clarity: a Write in ``actions``
-is final only at ``take``.
+``take`` replaces that Write with the run's coalesced frame (making every run's frame at
+``take`` cost a run of one twice as much). What it costs, counted with callgrind on the
+engine routing one message (Receipt and Deliver, both sessions coalescing): 2.9 % more
+instructions for runs of one, the bookkeeping; 6.2 % fewer a message for eight in a row.
+The cost in clarity: a Write in ``actions`` is final only at ``take``.
 """
 
 from __future__ import annotations
