@@ -25,8 +25,13 @@ each client subscribes to its own channel over RESP3 (``resp.py``), so one conne
 both publishes and receives as ours does; a send is ``PUBLISH u<peer> <body>``, and its
 reply (the count of subscribers reached) is the receipt that frees the window.
 
+Against the chat server every client says Hello at 1.5 with the ``coalescing`` feature
+(``--no-coalescing``: without it, so a 1.5 server sends today's plain frames and the two
+can be compared); a Receipts or Delivers frame counts as the receipts and deliveries it
+carries, each a sample read at the time its frame was read.
+
 Group fan-out (``group``, workload 3): client 0 is the sender, the others the members.
-Against the chat server they say Hello at 1.4 with the ``groups`` feature; the sender
+Against the chat server they also ask for the ``groups`` feature; the sender
 creates the group ``bench`` and adds every member in one GroupAdd, and each member reads
 (and acknowledges) the "added" event before ``ready``. The sender keeps ``--window``
 messages without a stored receipt (``--rate 0``: as fast as that allows) or sends on a
@@ -70,7 +75,9 @@ from csce513msg.protocol import (
     Ack,
     ContentType,
     Deliver,
+    Delivers,
     Feature,
+    Frame,
     FrameDecoder,
     GroupAdd,
     GroupCreate,
@@ -78,6 +85,8 @@ from csce513msg.protocol import (
     Hello,
     Login,
     MsgType,
+    Receipt,
+    Receipts,
     Register,
     Send,
     TargetKind,
@@ -115,13 +124,16 @@ class Conn:
 
 
 def connect_all(
-    port: int, count: int, target: str, register: bool = False, group: bool = False
+    port: int, count: int, target: str, register: bool = False, group: bool = False, coalescing: bool = True
 ) -> tuple[list[Conn], int]:
     """``count`` logged-in connections (relay: announced; Redis: subscribed to their channel);
     returns them and how many were refused. ``target``: "chat", "relay" or "redis".
-    ``group`` (workload 3): chat clients ask for groups (Hello at 1.4 with ``groups``);
-    Redis clients but the first (the sender) subscribe to the group's channel instead."""
-    hello = encode(Hello(version_minor=4, features=(Feature.GROUPS.value,)) if group else Hello())
+    ``group`` (workload 3): chat clients ask for groups (the ``groups`` feature);
+    Redis clients but the first (the sender) subscribe to the group's channel instead.
+    ``coalescing``: chat clients ask for coalesced receipts and deliveries (1.5)."""
+    features: tuple[str, ...] = (Feature.GROUPS.value,) if group else ()
+    features += (Feature.COALESCING.value,) if coalescing else ()
+    hello = encode(Hello(version_minor=5, features=features))
     conns: list[Conn] = []
     refused = 0
     for start in range(0, count, LOGIN_WAVE):
@@ -320,18 +332,35 @@ def read_bodies(conn: Conn, data: bytes, target: str, seen_ids: set[int]) -> tup
             if frame.request_id:  # the answer to a Send: room in the window
                 conn.in_flight -= 1
             errors += frame.type == MsgType.ERROR
+        elif frame.type == MsgType.RECEIPTS:  # several receipts in one frame (1.5)
+            conn.in_flight -= sum(1 for r in _receipts(frame) if r.request_id)
         elif target == "relay" and frame.type == 0x03:
             bodies.append(frame.body)
-        elif frame.type == MsgType.DELIVER:
-            msg = decode(frame)
-            assert isinstance(msg, Deliver)
-            duplicates += msg.message_id in seen_ids
-            seen_ids.add(msg.message_id)
-            acks[msg.stream] = max(acks.get(msg.stream, 0), msg.position)
-            bodies.append(msg.body)
+        elif frame.type in (MsgType.DELIVER, MsgType.DELIVERS):
+            for msg in _delivers(frame):
+                duplicates += msg.message_id in seen_ids
+                seen_ids.add(msg.message_id)
+                acks[msg.stream] = max(acks.get(msg.stream, 0), msg.position)
+                bodies.append(msg.body)
     if acks:
         conn.out.append(b"".join(encode(Ack(p, s)) for s, p in acks.items()))
     return bodies, errors, duplicates
+
+
+def _receipts(frame: Frame) -> tuple[Receipt, ...]:
+    """The receipts of a Receipts frame (1.5)."""
+    msg = decode(frame)
+    assert isinstance(msg, Receipts)
+    return msg.receipts
+
+
+def _delivers(frame: Frame) -> tuple[Deliver, ...]:
+    """The deliveries of a Deliver or a Delivers frame (1.5)."""
+    msg = decode(frame)
+    if isinstance(msg, Delivers):
+        return msg.delivers
+    assert isinstance(msg, Deliver)
+    return (msg,)
 
 
 class Burst:
@@ -425,22 +454,27 @@ class Member:
                     if frame.type == RELAY_POST:
                         bodies.append(frame.body)
                     continue
-                if frame.type != MsgType.DELIVER:
+                if frame.type == MsgType.DELIVERS:  # never a group's (encoded once for all), but in case
+                    delivers = _delivers(frame)
+                elif frame.type != MsgType.DELIVER:
                     self.errors += frame.type == MsgType.ERROR
                     continue
-                msg = self.cache.get(frame.header)
-                if msg is None:
-                    if len(self.cache) >= 4096:  # bounded: a message decoded again is only slower
-                        self.cache.clear()
-                    decoded = decode(frame)
-                    assert isinstance(decoded, Deliver)
-                    msg = self.cache[frame.header] = decoded
-                self.stream = msg.stream
-                position = max(position, msg.position)
-                if msg.content_type == ContentType.GROUP_EVENT:
-                    self.events += 1
                 else:
-                    bodies.append(msg.body)
+                    msg = self.cache.get(frame.header)
+                    if msg is None:
+                        if len(self.cache) >= 4096:  # bounded: a message decoded again is only slower
+                            self.cache.clear()
+                        decoded = decode(frame)
+                        assert isinstance(decoded, Deliver)
+                        msg = self.cache[frame.header] = decoded
+                    delivers = (msg,)
+                for msg in delivers:
+                    self.stream = msg.stream
+                    position = max(position, msg.position)
+                    if msg.content_type == ContentType.GROUP_EVENT:
+                        self.events += 1
+                    else:
+                        bodies.append(msg.body)
         stamps = []
         for body in bodies:
             due, seq = GROUP_STAMP.unpack_from(body)
@@ -609,6 +643,11 @@ def run_group(
                         errors += frame.type == MsgType.ERROR and target == "chat"
                     elif frame.type == MsgType.RECEIPT:
                         delivered_receipts += 1  # Receipt{delivered}: every member acknowledged it
+                    elif frame.type == MsgType.RECEIPTS and target == "chat":  # several of both kinds (1.5)
+                        stored = sum(1 for r in _receipts(frame) if r.request_id)
+                        conn.in_flight -= stored
+                        answered += stored
+                        delivered_receipts += len(_receipts(frame)) - stored
                 continue
             member = members[conn.index]
             stamps, ack = member.feed(data)
@@ -683,13 +722,18 @@ def main() -> None:
     parser.add_argument("--register", action="store_true", help="register the clients instead of logging in")
     parser.add_argument("--burst", type=int, default=0, help="logins (users burst0..) to start halfway")
     parser.add_argument("--burst-rate", type=float, default=12.0, help="logins per second in the burst")
+    parser.add_argument(
+        "--no-coalescing", action="store_true", help="chat clients do not ask for coalesced frames (1.5)"
+    )
     args = parser.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     count = {"dm": args.clients, "idle": args.connections, "group": args.members + 1,
              "mixed": args.clients + args.idle}[args.mode]  # fmt: skip
     target = "relay" if args.relay else "redis" if args.redis else "chat"
-    conns, refused = connect_all(args.port, count, target, args.register, group=args.mode == "group")
+    conns, refused = connect_all(
+        args.port, count, target, args.register, group=args.mode == "group", coalescing=not args.no_coalescing
+    )
     if args.mode == "group":
         started = time.monotonic()
         members = setup_group(conns, target, not args.no_ack)

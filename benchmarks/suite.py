@@ -238,11 +238,16 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+#: arguments for every load generator besides its workload's: ``--no-coalescing`` (main's
+#: flag of that name) has the chat clients ask for plain frames, to compare with 1.5's
+GENERATOR_FLAGS: list[str] = []
+
+
 class Generator:
     """The load generator process, driven line by line (see loadgen.py)."""
 
     def __init__(self, port: int, *args: str) -> None:
-        cmd = [sys.executable, "-m", "benchmarks.loadgen", *args, "--port", str(port)]
+        cmd = [sys.executable, "-m", "benchmarks.loadgen", *args, *GENERATOR_FLAGS, "--port", str(port)]
         self.proc = subprocess.Popen(pinned(1, cmd), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     def read(self) -> dict[str, Any]:
@@ -830,7 +835,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="full run: repeats of workloads 1 and 2 (median)")
     parser.add_argument("--seconds", type=float, default=10.0, help="full run: seconds per run")
     parser.add_argument("--workloads", default=ALL_WORKLOADS, help="which workloads to run, e.g. 3 or 17")
+    parser.add_argument(
+        "--no-coalescing", action="store_true", help="chat clients ask for no coalesced frames (protocol 1.5)"
+    )
     args = parser.parse_args()
+    if args.no_coalescing:
+        GENERATOR_FLAGS.append("--no-coalescing")
     report = run(args.backends.split(","), args.quick, args.repeats, args.seconds, args.workloads)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"bench-{report['mode']}.json"

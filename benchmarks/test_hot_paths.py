@@ -1,5 +1,6 @@
 """Micro-benchmarks of the per-message hot paths (pytest-benchmark): frame encode and
-decode, the engine routing one message, the SQLite store's group commit.
+decode, the engine routing one message (and eight of one sender, plain and coalesced),
+the SQLite store's group commit.
 
     pytest benchmarks --benchmark-columns=median,iqr,ops
 
@@ -12,10 +13,12 @@ import itertools
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from csce513msg.crypto.passwords import COSTS, Scrypt
 from csce513msg.hub import Engine, HubConfig, Submit, Write
 from csce513msg.hub.session import direct_stream
-from csce513msg.protocol import Deliver, FrameDecoder, Hello, Login, Send, decode, encode
+from csce513msg.protocol import Deliver, Feature, FrameDecoder, Hello, Login, Send, decode, encode
 from csce513msg.store import Account, Batch, BatchResult, MemoryStore, NewMessage
 from csce513msg.store.sqlite import SqliteStore
 
@@ -37,8 +40,9 @@ def test_decode_send_frame(benchmark: Any) -> None:
     assert benchmark(run) == SEND
 
 
-def test_hub_routes_one_direct_message(benchmark: Any) -> None:
-    """Bytes of one Send in; its batch stored (in memory); Receipt and Deliver out."""
+def _engine(hello: Hello) -> Engine:
+    """An engine (memory store, no limits in the way) with alice (conn 1) and bob (conn 2)
+    logged in, both having said ``hello``."""
     passwords = Scrypt(COSTS["test"])
     accounts = [Account(user, "student", passwords.hash("bench password")) for user in ("alice", "bob")]
     store = MemoryStore(accounts)
@@ -46,8 +50,14 @@ def test_hub_routes_one_direct_message(benchmark: Any) -> None:
     engine = Engine(store, config, 0.0, passwords, store.load_accounts())
     for conn, user in ((1, "alice"), (2, "bob")):
         engine.connection_made(conn, "bench", 0.0)
-        engine.data_received(conn, encode(Hello()) + encode(Login(user, "bench password")), 0.0)
+        engine.data_received(conn, encode(hello) + encode(Login(user, "bench password")), 0.0)
         run_jobs(engine)
+    return engine
+
+
+def test_hub_routes_one_direct_message(benchmark: Any) -> None:
+    """Bytes of one Send in; its batch stored (in memory); Receipt and Deliver out."""
+    engine = _engine(Hello())
     wire = encode(SEND)
 
     def run() -> list[Any]:
@@ -56,6 +66,23 @@ def test_hub_routes_one_direct_message(benchmark: Any) -> None:
 
     actions = benchmark(run)
     assert [type(a) for a in actions] == [Write, Write]
+
+
+@pytest.mark.parametrize("minor", [4, 5], ids=["1.4", "1.5-coalescing"])
+def test_hub_routes_eight_messages_of_one_sender(benchmark: Any, minor: int) -> None:
+    """A closed-loop client's window: eight Sends in one ``data_received``, one batch; their
+    receipts and deliveries as sixteen plain frames (1.4), or as one Receipts and one
+    Delivers (1.5, both sessions asked for coalescing). Per message: the median / 8."""
+    features = (Feature.COALESCING.value,) if minor >= 5 else ()
+    engine = _engine(Hello(version_minor=minor, features=features))
+    wire = encode(SEND) * 8
+
+    def run() -> list[Any]:
+        engine.data_received(1, wire, 1.0)
+        return run_jobs(engine)
+
+    actions = benchmark(run)
+    assert [type(a) for a in actions] == [Write] * (16 if minor < 5 else 2)
 
 
 def test_sqlite_stores_a_batch_of_ten(benchmark: Any, tmp_path: Path) -> None:

@@ -1,11 +1,14 @@
 """The benchmark's own parts that a wrong answer would hide in a table: the RESP3 decoder
 of the Redis baseline, what counts as a sustained load, and workload 3's member (once and
 in order, one ack per read), its checks and what the acks cost; workload 7's plan, its reading
-of perf and of the stats line, and its checks."""
+of perf and of the stats line, and its checks; the direct-message client's count of what
+a coalesced frame (1.5) carries."""
 
 from __future__ import annotations
 
-from benchmarks.loadgen import BODY, GROUP_STAMP, Member, group_post
+import socket
+
+from benchmarks.loadgen import BODY, GROUP_STAMP, STAMP, Conn, Member, group_post, read_bodies
 from benchmarks.resp import RespDecoder, RespError, command
 from benchmarks.suite import (
     ack_cost,
@@ -17,7 +20,17 @@ from benchmarks.suite import (
     stats_rates,
     sustained,
 )
-from csce513msg.protocol import Ack, ContentType, Deliver, TargetKind, encode
+from csce513msg.protocol import (
+    Ack,
+    ContentType,
+    Deliver,
+    Delivers,
+    Receipt,
+    Receipts,
+    ReceiptState,
+    TargetKind,
+    encode,
+)
 
 REPLIES = (
     b"%2\r\n+server\r\n+redis\r\n+proto\r\n:3\r\n"  # HELLO 3's map
@@ -181,3 +194,17 @@ def test_the_mixed_checks_want_every_idle_connection_open_and_skips_only_where_e
     select = {"backend": "select", "idle": 1000, "skipped": "n/a (FD_SETSIZE)"}
     assert check_mixed([select], perf=True) == []
     assert check_mixed([{**select, "backend": "epoll"}], perf=True) != []  # epoll has no such ceiling
+
+
+def test_a_dm_client_counts_every_receipt_and_delivery_a_coalesced_frame_carries() -> None:
+    with socket.socket() as sock:
+        conn = Conn(0, sock)
+        conn.in_flight = 8
+        stored = [Receipt(ReceiptState.STORED, i, 0, i, "dm:u0,u1", "", 1) for i in range(1, 7)]
+        delivered = Receipt(ReceiptState.DELIVERED, 9, 0, 9, "dm:u0,u1", "", 0)  # frees nothing
+        bodies = [STAMP.pack(1.0, 1, seq) + b"x" * (BODY - STAMP.size) for seq in (1, 2, 3)]
+        delivers = tuple(Deliver(1, 0, 20 + i, 0, 4 + i, "u1", "u0", "dm:u0,u1", b) for i, b in enumerate(bodies))
+        wire = encode(Receipts((*stored, delivered))) + encode(Delivers(delivers))
+        got, errors, duplicates = read_bodies(conn, wire, "chat", set())
+        assert (got, errors, duplicates, conn.in_flight) == (bodies, 0, 0, 2)
+        assert conn.out == [encode(Ack(6, "dm:u0,u1"))]  # one Ack, for the highest position

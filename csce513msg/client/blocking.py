@@ -112,12 +112,15 @@ class Client:
         drop_repeats: bool = True,
         groups: bool = False,
         minor: int = VERSION_MINOR,
+        coalescing: bool = True,
     ) -> Client:
         """Connect, wait for the Welcome (the server's acknowledgement) and, if
         ``user`` is given, log in with ``password`` (or, with ``register``, create
         the account). With ``tls``, check the server's certificate first (see
         ``client.tls.wrap``: a fingerprint, a CA, or the pin on file). With ``groups``, ask
-        for groups (1.4); ``minor`` announces an older protocol (to play an old client).
+        for groups (1.4); ``minor`` announces an older protocol (to play an old client);
+        ``coalescing`` False: no coalesced frames (1.5) even from a server that offers them
+        (the messages are the same either way: the session unpacks them).
 
         Raises:
             ServerError: the login was refused (AUTH_FAILED, NAME_TAKEN, ...).
@@ -135,7 +138,7 @@ class Client:
         seed = time.time_ns() // 1000
         session = ClientSession(
             presence=presence, device_id=device_id, device_token=device_token, client_msg_seed=seed,
-            drop_repeats=drop_repeats, groups=groups, minor=minor,
+            drop_repeats=drop_repeats, groups=groups, minor=minor, coalescing=coalescing,
         )  # fmt: skip
         client = cls(sock, session, timeout)
         client._wait(lambda: client.session.state is not ClientState.AWAIT_WELCOME, timeout)

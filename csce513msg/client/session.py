@@ -11,6 +11,10 @@ It speaks the protocol's newest minor (``VERSION_MINOR``) unless told an older o
 (``minor``, to play an old client), and asks for groups (1.4) with ``groups``: the
 group requests return their request ids like the others, and a Send or History to a
 group is one of ``kind=TargetKind.GROUP``.
+
+From 1.5 it asks for ``coalescing`` (unless told not to) when the server's Welcome
+offers it, and ``receive_data`` unpacks a Receipts or Delivers frame into the Receipt
+and Deliver messages it carries: a driver never sees the coalesced frames.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from ..protocol import (
     Confirmed,
     ContentType,
     Deliver,
+    Delivers,
     Error,
     ErrorCode,
     Feature,
@@ -60,6 +65,7 @@ from ..protocol import (
     Pong,
     QueueOp,
     Receipt,
+    Receipts,
     Redact,
     Register,
     RemoteProtocolError,
@@ -79,6 +85,15 @@ CLIENT_MAX_FRAME = 16 * 1024 * 1024
 SEEN_LIMIT = 10_000
 #: Reply types that end a request (an Error with a request id does too).
 _REPLIES = (LoginOk, Receipt, WhoReply, Pong, Error, HistoryEnd, GroupInfo, GroupListReply, GroupMembersReply)
+
+
+def _unpacked(msg: Message) -> tuple[Message, ...]:
+    """The messages a frame carries: those of a coalesced frame (1.5), else the one."""
+    if isinstance(msg, Receipts):
+        return msg.receipts
+    if isinstance(msg, Delivers):
+        return msg.delivers
+    return (msg,)
 
 
 class ClientState(enum.Enum):
@@ -101,7 +116,8 @@ class ClientSession:
         device_id: this installation's id (kept by the driver; "" : one anonymous device).
         device_token: the token an earlier LoginOk gave this device for ``user``.
         groups: ask the server for groups (the ``groups`` feature, protocol 1.4).
-        minor: the protocol minor to announce (an older one plays an old client).
+        minor: the newest protocol minor to announce (an older one plays an old client).
+        coalescing: ask a server that offers it (1.5) for coalesced receipts and deliveries.
     """
 
     def __init__(
@@ -118,6 +134,7 @@ class ClientSession:
         drop_repeats: bool = True,
         groups: bool = False,
         minor: int = VERSION_MINOR,
+        coalescing: bool = True,
     ) -> None:
         if not 0 <= minor <= VERSION_MINOR:
             raise ValueError(f"this client speaks protocol {VERSION_MAJOR}.0 to {VERSION_MAJOR}.{VERSION_MINOR}")
@@ -126,6 +143,7 @@ class ClientSession:
         self.register_first = register
         self.presence = presence
         self.groups = groups
+        self.coalescing = coalescing
         self.version_minor = minor  #: the minor this client announces
         self.client = client
         self.device_id = device_id
@@ -159,26 +177,31 @@ class ClientSession:
         events: list[Message] = []
         acks: dict[str, int] = {}
         for frame in self._decoder.feed(data):
-            msg = decode(frame, self.minor, self.version_minor)
-            if isinstance(msg, Welcome):
-                self._on_welcome(msg)
-            elif isinstance(msg, Deliver) and msg.request_id:
-                pass  # a page of history: shown, never acknowledged
-            elif isinstance(msg, Deliver):
-                acks[msg.stream] = max(acks.get(msg.stream, 0), msg.position)
-                if self.drop_repeats and msg.message_id in self._seen:
-                    continue  # shown before (its ack was lost to a reconnect): acknowledge, don't repeat
-                self._remember(msg.message_id)
-            elif isinstance(msg, LoginOk):
-                self.state = ClientState.READY
-                self.user = msg.user
-                self.device_token = msg.device_token or self.device_token
-            if isinstance(msg, _REPLIES) and msg.request_id:
-                self.pending.pop(msg.request_id, None)
-            events.append(msg)
+            decoded = decode(frame, self.minor, self.version_minor)
+            for msg in _unpacked(decoded):
+                self._receive(msg, events, acks)
         for stream, position in acks.items():  # acknowledgements coalesce per batch
             self._out.append(encode(Ack(position, stream), self.minor))
         return events
+
+    def _receive(self, msg: Message, events: list[Message], acks: dict[str, int]) -> None:
+        """One message: the session's bookkeeping, then it joins ``events`` (unless a repeat)."""
+        if isinstance(msg, Welcome):
+            self._on_welcome(msg)
+        elif isinstance(msg, Deliver) and msg.request_id:
+            pass  # a page of history: shown, never acknowledged
+        elif isinstance(msg, Deliver):
+            acks[msg.stream] = max(acks.get(msg.stream, 0), msg.position)
+            if self.drop_repeats and msg.message_id in self._seen:
+                return  # shown before (its ack was lost to a reconnect): acknowledge, don't repeat
+            self._remember(msg.message_id)
+        elif isinstance(msg, LoginOk):
+            self.state = ClientState.READY
+            self.user = msg.user
+            self.device_token = msg.device_token or self.device_token
+        if isinstance(msg, _REPLIES) and msg.request_id:
+            self.pending.pop(msg.request_id, None)
+        events.append(msg)
 
     def _remember(self, message_id: int) -> None:
         self._seen.add(message_id)
@@ -198,7 +221,10 @@ class ClientSession:
         features: tuple[str, ...] = (Feature.PRESENCE.value,) if self.presence else ()
         if self.groups:
             features += (Feature.GROUPS.value,)
-        self.request(Hello(VERSION_MAJOR, self.version_minor, features, self.client))
+        if self.coalescing and self.minor >= 5 and Feature.COALESCING.value in msg.features:
+            features += (Feature.COALESCING.value,)
+        # the older of the server's minor and ours: what this session speaks either way
+        self.request(Hello(VERSION_MAJOR, self.minor, features, self.client))
         self.pending.pop(self._next_id)  # Hello has no reply: only an Error if refused
         if self.user is not None:
             if self.register_first:

@@ -34,7 +34,8 @@ Classroom, at a commit); the Groups and the Classroom not at all (what a request
 store, they return). Session state is in ``session.py``.
 
 The hub serves protocol 1.``config.max_minor`` (the protocol's ``VERSION_MINOR`` unless a
-test says otherwise); groups from 1.4, to a session whose Hello asked for ``groups``.
+test says otherwise); groups from 1.4, to a session whose Hello asked for ``groups``;
+coalesced receipts and deliveries from 1.5, to one that asked for ``coalescing`` (outbox.py).
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ from .config import HubConfig, Visibility
 from .delivery import Mailroom, Snapshot
 from .gate import Gate, Passwords
 from .groups import GROUPS_MINOR, GroupRequest, Groups
-from .outbox import Outbox, fitting, retry_ms
+from .outbox import COALESCING_MINOR, Outbox, fitting, retry_ms
 from .session import AnyRequest, Handler, LoginAccepted, LoginRefused, Session, State, direct_stream
 
 log = logging.getLogger("csce513msg.hub")
@@ -142,6 +143,8 @@ class Engine:
         features: tuple[str, ...] = (Feature.PRESENCE.value,)
         if config.max_minor >= GROUPS_MINOR:
             features += (Feature.GROUPS.value,)
+        if config.max_minor >= COALESCING_MINOR:
+            features += (Feature.COALESCING.value,)
         self._welcome = encode(
             Welcome(
                 VERSION_MAJOR,
@@ -368,6 +371,7 @@ class Engine:
         session.presence = Feature.PRESENCE.value in msg.features
         session.minor = min(msg.version_minor, self.config.max_minor)  # it is sent its version's frames and fields
         session.groups = session.minor >= GROUPS_MINOR and Feature.GROUPS.value in msg.features
+        session.coalescing = session.minor >= COALESCING_MINOR and Feature.COALESCING.value in msg.features
 
     def _on_login(self, session: Session, msg: Login, now: float) -> None:
         self.gate.on_login(session, msg, now)

@@ -38,6 +38,9 @@ class Session:
     #: its Hello announced 1.4 and the ``groups`` feature (and the hub serves 1.4): only such a
     #: session sends group requests and is sent group frames, events, messages and receipts
     groups: bool = False
+    #: its Hello announced 1.5 and the ``coalescing`` feature (and the hub serves 1.5): the
+    #: receipts and live deliveries one engine call writes to it in a row go as one frame (outbox.py)
+    coalescing: bool = False
     minor: int = VERSION_MINOR  #: the protocol minor version its Hello announced (the newest until then)
     paused: bool = False  #: the backend's outbound queue is past its high-water mark
     closing: bool = False  #: a Close was issued; ignore further input

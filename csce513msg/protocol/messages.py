@@ -17,6 +17,7 @@ everything the server sends has the high bit set::
     0x86 Presence 0x87 Pong     0x88 Error   0x89 HistoryEnd
     0x90 GroupInfo 0x91 GroupListReply 0x92 GroupMembersReply
     0x93 Confirmations 0x94 HandPlace 0x95 HandQueueReply
+    0xa0 Receipts 0xa1 Delivers
 
 (``tests/protocol/test_frames.py`` keeps this table equal to ``MsgType``.) A field a later
 minor version appended says so (``since`` in ``_message``), and ``encode`` leaves it out
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import enum
 import operator
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
@@ -38,8 +40,9 @@ from .frames import Frame, HeaderCodec, encode_frame
 
 VERSION_MAJOR = 1
 #: 1.1: stored receipts, offline delivery, device and client message ids; 1.2: accounts;
-#: 1.3: device tokens, the login and frame deadlines, u64 requests below 2^63; 1.4: groups
-VERSION_MINOR = 4
+#: 1.3: device tokens, the login and frame deadlines, u64 requests below 2^63; 1.4: groups;
+#: 1.5: coalescing (several receipts or deliveries in one frame)
+VERSION_MINOR = 5
 #: the largest value of a u64 field a client may send: every store keeps them as signed
 #: 64-bit integers (SQLite's INTEGER), so 2^63 and above are refused with BAD_REQUEST
 MAX_REQUEST_U64 = 2**63 - 1
@@ -96,6 +99,9 @@ class MsgType(enum.IntEnum):
     CONFIRMATIONS = 0x93
     HAND_PLACE = 0x94
     HAND_QUEUE_REPLY = 0x95
+    # 1.5, coalescing (docs/protocol.md section 12)
+    RECEIPTS = 0xA0
+    DELIVERS = 0xA1
 
 
 class TargetKind(enum.IntEnum):
@@ -128,6 +134,7 @@ class Feature(enum.StrEnum):
 
     PRESENCE = "presence"  # hello: send me presence events
     GROUPS = "groups"  # 1.4: the server has groups; a client that asks gets group frames
+    COALESCING = "coalescing"  # 1.5: a client that asks may get Receipts and Delivers frames
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +151,9 @@ class _Spec:
     #: an older minor than the newest field (fields are only ever appended: rule 1)
     older: dict[int, tuple[int, HeaderCodec]]
     added: int  #: the minor version that added this frame type (0: 1.0)
+    #: (pack, unpack) for a frame whose header is no plain list of fields (1.5's Receipts and
+    #: Delivers: arrays of entries); None: ``codec`` does it
+    custom: tuple[Callable[[Any], bytes], Callable[[Frame], Any]] | None = None
 
 
 _BY_TYPE: dict[int, _Spec] = {}
@@ -661,6 +671,137 @@ class HandQueueReply:
     request_id: int = 0
 
 
+# ---- 1.5: coalescing (docs/protocol.md, section 12) --------------------------------
+# What one pass of the server has for one session, in one frame: several receipts
+# (Receipts) or several live deliveries (Delivers), each entry exactly the fields of a
+# Receipt or a Deliver. A header here is arrays, not a list of fields: a count, the size of
+# each entry's fixed part, the fixed parts back to back (one precompiled struct each: the
+# decoder walks them with ``iter_unpack``), then each entry's strings in turn. The size lets
+# a later minor append fixed fields to every entry (rule 1, for an array: a reader takes the
+# fields it knows of each entry and skips the rest); anything else a later minor adds comes
+# after these arrays (rule 2: a reader ignores what follows what it knows).
+
+_COUNTS = struct.Struct("!HH")  #: the number of entries, the size of each entry's fixed part
+#: state, request_id (the Send it answers; 0: a delivered receipt), message_id, time_us, position
+RECEIPT_ENTRY = struct.Struct("!BIQQQ")  # 29 bytes
+#: target_kind, content_type, message_id, time_us, position, the length of its body
+DELIVER_ENTRY = struct.Struct("!BBQQQI")  # 30 bytes
+_STR_LEN = struct.Struct("!H")
+
+
+@dataclass(frozen=True, slots=True)
+class Receipts:
+    """Several receipts in one frame (1.5: only to a session that asked for ``coalescing``),
+    in the order they were written. Each carries its own ``request_id``; the frame's is 0."""
+
+    receipts: tuple[Receipt, ...]
+    request_id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Delivers:
+    """Several deliveries to one session in one frame (1.5, as Receipts), in order; the
+    frame's body is their bodies back to back, and each carries the frame's ``request_id``
+    (0: live deliveries, the only ones this server coalesces)."""
+
+    delivers: tuple[Deliver, ...]
+    request_id: int = 0
+
+
+def _strings(texts: list[str]) -> bytes:
+    """``str`` fields back to back: each a u16 byte count, then its UTF-8."""
+    parts = []
+    for text in texts:
+        raw = text.encode()
+        parts.append(_STR_LEN.pack(len(raw)))
+        parts.append(raw)
+    return b"".join(parts)
+
+
+def _framed(msg_type: MsgType, request_id: int, header: bytes, body: bytes = b"") -> bytes:
+    if len(header) > 0xFFFF:  # the outbox cuts a long run into several frames before this
+        raise ValueError(f"{msg_type.name}: a header of {len(header)} bytes is over the u16 limit")
+    return encode_frame(msg_type, request_id, header, body)
+
+
+def _pack_receipts(msg: Receipts) -> bytes:
+    entries = msg.receipts
+    pack = RECEIPT_ENTRY.pack
+    fixed = [pack(r.state, r.request_id, r.message_id, r.time_us, r.position) for r in entries]
+    texts = [text for r in entries for text in (r.stream, r.detail)]
+    header = _COUNTS.pack(len(entries), RECEIPT_ENTRY.size) + b"".join(fixed) + _strings(texts)
+    return _framed(MsgType.RECEIPTS, msg.request_id, header)
+
+
+def _pack_delivers(msg: Delivers) -> bytes:
+    entries = msg.delivers
+    pack = DELIVER_ENTRY.pack
+    fixed = [pack(d.target_kind, d.content_type, d.message_id, d.time_us, d.position, len(d.body)) for d in entries]
+    texts = [text for d in entries for text in (d.sender, d.target, d.stream)]
+    header = _COUNTS.pack(len(entries), DELIVER_ENTRY.size) + b"".join(fixed) + _strings(texts)
+    return _framed(MsgType.DELIVERS, msg.request_id, header, b"".join(d.body for d in entries))
+
+
+def _entries(header: bytes, entry: struct.Struct) -> tuple[list[tuple[Any, ...]], int]:
+    """The fixed parts of a coalesced frame's entries, and the offset of their strings."""
+    count, size = _COUNTS.unpack_from(header, 0)  # struct.error when cut short
+    end = _COUNTS.size + count * size
+    if size < entry.size or end > len(header):
+        raise ValueError(f"{count} entries of {size} bytes do not fit (an entry has {entry.size} or more)")
+    if size == entry.size:
+        fixed = list(entry.iter_unpack(memoryview(header)[_COUNTS.size : end]))
+    else:  # a later minor's longer entries: the fields this side knows of each
+        fixed = [entry.unpack_from(header, _COUNTS.size + i * size) for i in range(count)]
+    return fixed, end
+
+
+def _string_at(header: bytes, off: int) -> tuple[str, int]:
+    (n,) = _STR_LEN.unpack_from(header, off)  # struct.error when cut short
+    off += 2
+    if off + n > len(header):
+        raise ValueError("string cut short")
+    return header[off : off + n].decode(), off + n
+
+
+def _unpack_receipts(frame: Frame) -> Receipts:
+    header = frame.header
+    fixed, off = _entries(header, RECEIPT_ENTRY)
+    receipts = []
+    for state, rid, message_id, time_us, position in fixed:
+        stream, off = _string_at(header, off)
+        detail, off = _string_at(header, off)
+        receipts.append(Receipt(state, message_id, time_us, position, stream, detail, rid))
+    return Receipts(tuple(receipts), frame.request_id)
+
+
+def _unpack_delivers(frame: Frame) -> Delivers:
+    header, body, rid = frame.header, frame.body, frame.request_id
+    fixed, off = _entries(header, DELIVER_ENTRY)
+    delivers = []
+    start = 0
+    for kind, content, message_id, time_us, position, length in fixed:
+        sender, off = _string_at(header, off)
+        target, off = _string_at(header, off)
+        stream, off = _string_at(header, off)
+        if start + length > len(body):
+            raise ValueError("the bodies' lengths run past the frame's body")
+        delivers.append(Deliver(kind, content, message_id, time_us, position, sender, target, stream,
+                                body[start : start + length], rid))  # fmt: skip
+        start += length
+    return Delivers(tuple(delivers), rid)
+
+
+def _custom(msg_type: MsgType, cls: type, pack: Callable[[Any], bytes], unpack: Callable[[Frame], Any]) -> None:
+    """Register a 1.5 coalesced frame: packed and unpacked by its own functions, not a codec."""
+    spec = _Spec(msg_type, cls, HeaderCodec(""), (), False, lambda m: (), (), {}, 5, (pack, unpack))
+    _BY_TYPE[msg_type] = _BY_CLASS[cls] = spec
+    cls.TYPE = msg_type  # type: ignore[attr-defined]
+
+
+_custom(MsgType.RECEIPTS, Receipts, _pack_receipts, _unpack_receipts)
+_custom(MsgType.DELIVERS, Delivers, _pack_delivers, _unpack_delivers)
+
+
 Message = (
     Hello
     | Login
@@ -701,6 +842,8 @@ Message = (
     | Confirmations
     | HandPlace
     | HandQueueReply
+    | Receipts
+    | Delivers
 )
 REQUEST_TYPES = frozenset(t for t in MsgType if t < 0x80)
 
@@ -712,6 +855,8 @@ def encode(msg: Message, minor: int = VERSION_MINOR) -> bytes:
     spec = _BY_CLASS[type(msg)]
     if minor < spec.added:
         raise LocalProtocolError(f"{type(msg).__name__} is protocol 1.{spec.added}; the peer speaks 1.{minor}")
+    if spec.custom is not None:  # 1.5's coalesced frames
+        return spec.custom[0](msg)
     if minor in spec.older:
         count, codec = spec.older[minor]
         header = codec.encode(spec.fields_of(msg)[:count])
@@ -740,6 +885,15 @@ def decode(frame: Frame, minor: int = VERSION_MINOR, ours: int | None = None) ->
             f"frame type 0x{frame.type:02x} is not supported",
             request_id=frame.request_id,
         )
+    if spec.custom is not None:  # 1.5's coalesced frames
+        try:
+            coalesced: Message = spec.custom[1](frame)
+        except (ValueError, struct.error) as exc:  # UnicodeDecodeError is a ValueError
+            raise RemoteProtocolError(
+                ErrorCode.BAD_FRAME, f"malformed {spec.cls.__name__} header: {exc}", request_id=frame.request_id,
+                fatal=True,
+            ) from None  # fmt: skip
+        return coalesced
     try:
         values: list[Any] = spec.codec.decode(frame.header)
     except RemoteProtocolError as exc:  # the prefix was read: the error names its request

@@ -86,16 +86,18 @@ class Harness:
     def connect(
         self, user: str | None = None, presence: bool = False, raw: bool = False, password: str = PASSWORD,
         host: str | None = None, device: str = "", groups: bool = False, minor: int = VERSION_MINOR,
+        coalescing: bool = True,
     ) -> Peer:  # fmt: skip
         """A connection that logs in as ``user`` (made an account first if it has none);
         ``groups``: it asks for groups (1.4, and shows repeated deliveries); ``minor``: the
-        protocol minor it announces (3: a client from before groups)."""
+        protocol minor it announces (3: a client from before groups); ``coalescing``: it asks
+        for coalesced frames (1.5; its session unpacks them, as the shipped client does)."""
         if user is not None and user.lower() not in self.engine.gate.accounts:
             self.account(user.lower())
         self._next += 1
         session = ClientSession(
             user, password=password, presence=presence, device_id=device, groups=groups, minor=minor,
-            drop_repeats=not groups,
+            drop_repeats=not groups, coalescing=coalescing,
         )  # fmt: skip
         peer = Peer(self._next, session, raw=raw)
         self.peers[peer.conn] = peer

@@ -1,0 +1,188 @@
+"""Coalescing (1.5, docs/protocol.md section 12): what one engine call writes to a session
+that asked for it goes as few frames as order allows; any other session gets the plain
+frames, byte for byte what it got before 1.5."""
+
+from __future__ import annotations
+
+from csce513msg.hub import Action, Close, Write
+from csce513msg.hub.outbox import COALESCED_BODIES, MAX_HEADER, Outbox, coalesced
+from csce513msg.hub.session import Session
+from csce513msg.protocol import (
+    Deliver,
+    Delivers,
+    Error,
+    ErrorCode,
+    FrameDecoder,
+    Message,
+    MsgType,
+    Pong,
+    Receipt,
+    Receipts,
+    ReceiptState,
+    decode,
+    encode,
+)
+from tests.hub.harness import Harness, Peer
+
+
+def recording(h: Harness) -> list[Action]:
+    """Every action the engine returns from now on, in order (as well as applying it)."""
+    seen: list[Action] = []
+    apply = h.apply
+
+    def record(actions: list[Action]) -> None:
+        seen.extend(actions)
+        apply(actions)
+
+    h.apply = record  # type: ignore[method-assign]  # a spy on the harness, this test's only
+    return seen
+
+
+def writes_to(actions: list[Action], peer: Peer) -> list[bytes]:
+    return [a.data for a in actions if isinstance(a, Write) and a.conn == peer.conn]
+
+
+def frames(data: list[bytes]) -> list[Message]:
+    decoder = FrameDecoder(1 << 24)
+    return [decode(f) for chunk in data for f in decoder.feed(chunk)]
+
+
+def send_eight(h: Harness, sender: Peer, to: str) -> list[int]:
+    """Eight Sends in one write (one data_received), their request ids."""
+    rids = [sender.session.send_text(to, f"m{i}") for i in range(8)]
+    h.pump()
+    return rids
+
+
+def test_a_1_5_session_gets_one_receipts_frame_for_a_batch_and_one_delivers_frame() -> None:
+    h = Harness()
+    alice, bob = h.connect("alice"), h.connect("bob")
+    h.settle()
+    welcome = alice.session.welcome
+    assert welcome is not None and "coalescing" in welcome.features
+    actions = recording(h)
+    rids = send_eight(h, alice, "bob")
+    to_alice, to_bob = frames(writes_to(actions, alice)), frames(writes_to(actions, bob))
+    receipts, delivered = to_alice  # the 8 stored receipts, then (bob's one Ack) the 8 delivered
+    assert isinstance(receipts, Receipts) and isinstance(delivered, Receipts)
+    assert [(r.state, r.request_id, r.position) for r in receipts.receipts] == [
+        (ReceiptState.STORED, rid, i + 1) for i, rid in enumerate(rids)
+    ]
+    assert [(r.state, r.request_id, r.position) for r in delivered.receipts] == [
+        (ReceiptState.DELIVERED, 0, i + 1) for i in range(8)
+    ]
+    (delivers,) = to_bob
+    assert isinstance(delivers, Delivers)
+    assert [d.body for d in delivers.delivers] == [f"m{i}".encode() for i in range(8)]
+    assert [d.message_id for d in delivers.delivers] == [r.message_id for r in receipts.receipts]
+    # and the client session unpacked them: its driver sees the plain messages it always saw
+    assert [d.position for d in bob.of(Deliver)] == list(range(1, 9))
+    assert len(alice.of(Receipt)) == 16 and not alice.session.pending
+
+
+def test_a_1_4_session_and_one_that_did_not_ask_get_the_plain_frames_of_before() -> None:
+    h = Harness()
+    carol, dave = h.connect("carol", minor=4), h.connect("dave", coalescing=False)
+    h.settle()
+    actions = recording(h)
+    send_eight(h, carol, "dave")
+    for peer, minor in ((carol, 4), (dave, 5)):
+        data = writes_to(actions, peer)
+        msgs = frames(data)
+        assert all(type(m) in (Receipt, Deliver) for m in msgs) and len(msgs) in (8, 16)
+        # byte for byte what encoding each message alone gives: one Write, one frame, each
+        assert data == [encode(m, minor) for m in msgs]
+    assert [r.position for r in carol.of(Receipt) if r.state == ReceiptState.STORED] == list(range(1, 9))
+
+
+def session(conn: int, coalescing: bool = True) -> Session:
+    return Session(conn, "test", FrameDecoder(1 << 16), 0.0, 0.0, 0.0, 0.0, coalescing=coalescing, minor=5)
+
+
+def receipt(position: int, rid: int = 0) -> Receipt:
+    return Receipt(ReceiptState.STORED, position, 0, position, "dm:a,b", "", rid)
+
+
+def deliver(position: int, body: bytes = b"x") -> Deliver:
+    return Deliver(1, 0, position, 0, position, "a", "b", "dm:a,b", body)
+
+
+def test_a_run_ends_at_anything_else_written_to_the_session_so_nothing_moves_ahead() -> None:
+    out = Outbox()
+    a, b = session(1), session(2)
+    out.write(a, receipt(1))
+    out.write(b, deliver(1))  # another session's writes do not end a's run
+    out.write(a, receipt(2))
+    out.error(a, ErrorCode.BAD_REQUEST, "no", 7)  # this does
+    out.write(a, receipt(3))
+    out.write(a, deliver(5))  # and so does the other kind
+    out.write(a, deliver(6))
+    out.write(a, receipt(4))
+    out.write(b, Deliver(1, 0, 9, 0, 9, "a", "b", "dm:a,b", b"page", 3))  # a history page: plain, ends b's run
+    out.write(b, deliver(2))
+    actions = out.take()
+    got = [(a.conn, decode(f)) for a in actions if isinstance(a, Write) for f in FrameDecoder(1 << 20).feed(a.data)]
+    assert got == [
+        (1, Receipts((receipt(1), receipt(2)))),
+        (2, deliver(1)),  # a run of one: the plain frame
+        (1, Error(ErrorCode.BAD_REQUEST, "no", 0, 7)),
+        (1, receipt(3)),
+        (1, Delivers((deliver(5), deliver(6)))),
+        (1, receipt(4)),
+        (2, Deliver(1, 0, 9, 0, 9, "a", "b", "dm:a,b", b"page", 3)),
+        (2, deliver(2)),
+    ]
+    assert out.take() == []  # and the runs are forgotten
+    out.write(a, receipt(1))
+    out.write(a, receipt(2))
+    out.close(a, "bye")  # a run ended, and none left open at take: it is coalesced all the same
+    first, close = out.take()
+    assert isinstance(first, Write) and first.data == encode(Receipts((receipt(1), receipt(2))))
+    assert close == Close(1, "bye")
+
+
+def test_a_session_that_did_not_ask_is_written_at_once() -> None:
+    out = Outbox()
+    old = session(1, coalescing=False)
+    out.write(old, receipt(1))
+    out.write(old, receipt(2))
+    assert out.take() == [Write(1, encode(receipt(1))), Write(1, encode(receipt(2)))]
+
+
+def test_a_long_run_is_cut_below_the_header_limit_and_the_bodies_budget() -> None:
+    long_stream = "dm:" + "a" * 32 + "," + "b" * 32
+    many = [Receipt(2, i, 0, i, long_stream, "b" * 32 + " is offline", i) for i in range(1, 2001)]
+    data = coalesced(list(many), 5)
+    got = list(FrameDecoder(1 << 24).feed(data))
+    assert len(got) > 1 and all(len(f.header) <= MAX_HEADER for f in got)
+    assert all(f.type == MsgType.RECEIPTS for f in got)
+    assert [r for f in got for r in _messages(decode(f))] == many
+    big = [deliver(i, b"x" * (COALESCED_BODIES // 3)) for i in range(1, 8)]
+    frames_of_big = list(FrameDecoder(1 << 24).feed(coalesced(list(big), 5)))
+    assert all(len(f.body) <= COALESCED_BODIES for f in frames_of_big) and len(frames_of_big) == 3
+    unpacked = [m for f in frames_of_big for m in _messages(decode(f))]
+    assert unpacked == big
+    (alone,) = FrameDecoder(1 << 24).feed(coalesced([deliver(1, b"y" * (COALESCED_BODIES + 1))], 5))
+    assert alone.type == MsgType.DELIVER  # larger than the budget: alone, plain
+
+
+def test_a_ping_between_sends_keeps_its_place() -> None:
+    """Ping answers are written at once; receipts come later, after the commit: each in order."""
+    h = Harness()
+    alice, _bob = h.connect("alice"), h.connect("bob")
+    h.settle()
+    actions = recording(h)
+    alice.session.send_text("bob", "1")
+    alice.session.ping()
+    alice.session.send_text("bob", "2")
+    h.pump()
+    msgs = frames(writes_to(actions, alice))
+    assert isinstance(msgs[0], Pong) and isinstance(msgs[1], Receipts)
+
+
+def _messages(msg: Message) -> tuple[Message, ...]:
+    if isinstance(msg, Receipts):
+        return msg.receipts
+    if isinstance(msg, Delivers):
+        return msg.delivers
+    return (msg,)
