@@ -71,6 +71,7 @@ from .messages import (
     WhoReply,
     decode,
     encode,
+    encode_fields,
 )
 
 __all__ = [
@@ -142,5 +143,6 @@ __all__ = [
     "HistoryEnd",
     "decode",
     "encode",
+    "encode_fields",
     "encode_frame",
 ]
