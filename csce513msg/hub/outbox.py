@@ -52,8 +52,9 @@ class Outbox:
         self.write(session, Error(code, message, retry_after_ms, request_id))
 
     def write_encoded(self, session: Session, data: bytes) -> None:
-        """Send bytes encoded once for many sessions of one minor (a group's Deliver): the same
-        object goes to each, nothing is copied."""
+        """Send bytes encoded for the session's minor already: a receipt or a delivery encoded
+        from its fields (``encode_fields``), or a Deliver encoded once for many sessions of one
+        minor (the same object goes to each, nothing is copied)."""
         if not session.closing:
             self.actions.append(Write(session.conn, data))
 
