@@ -257,7 +257,8 @@ class Mailroom:
                 self.out.write(session, HistoryEnd(page[0].position if page else 0, len(page), stream, rid))
                 session.reading_history = False
                 self.next_history(session)
-        self._reads_failed(batch, result)
+        if batch.history or batch.fetches:
+            self._reads_failed(batch, result)
         return batch, result
 
     def _reads_failed(self, batch: Batch, result: BatchResult) -> None:
@@ -279,11 +280,12 @@ class Mailroom:
         if now >= self._next_snapshot:
             self.snapshot = Snapshot(len(self.sessions), len(self.online), self.stored_count, self.delivered_count)
             self._next_snapshot = now + SNAPSHOT_EVERY
-        if self._in_flight is not None or not (self.batch or self._reads):
+        if self._in_flight is not None:
             return
-        self._take_reads(self.batch)
+        if self._reads:
+            self._take_reads(self.batch)
         if not self.batch:
-            return  # the reads were of connections gone meanwhile
+            return  # nothing to store or read (or the reads were of connections gone meanwhile)
         if self.batch.can_wait() and not self.stopping:
             if self.acks_due is None:
                 self.acks_due = now + self.config.ack_delay
