@@ -15,7 +15,10 @@ it is given the sessions, the users online, the outbox it writes to, the engine'
 rule of who sees whom (``sees``: a receipt's "offline" hint obeys ``--visibility``), and
 the ``roster`` of groups (``groups.py``): in commit order, it applies each group event,
 answers its requester and names the sessions a group message goes to; the Mailroom
-encodes that Deliver once per minor and writes the same bytes to each of them.
+encodes that Deliver once per minor and writes the same bytes to each of them (a direct
+message's too, to the live sessions of both ends). Receipts and deliveries are encoded
+from the stored message's fields (``encode_fields``): no frozen Receipt or Deliver is
+made only to be encoded (CONTRIBUTING.md, the per-message path).
 """
 
 from __future__ import annotations
