@@ -18,16 +18,29 @@ import pytest
 from csce513msg.crypto.passwords import COSTS, Scrypt
 from csce513msg.hub import Engine, HubConfig, Submit, Write
 from csce513msg.hub.session import direct_stream
-from csce513msg.protocol import Deliver, Feature, FrameDecoder, Hello, Login, Send, decode, encode
+from csce513msg.protocol import Ack, Deliver, Feature, FrameDecoder, Hello, Login, Receipt, Send, decode, encode
 from csce513msg.store import Account, Batch, BatchResult, MemoryStore, NewMessage
 from csce513msg.store.sqlite import SqliteStore
 
 SEND = Send(1, 0, 0, "bob", b"x" * 60, request_id=7)
 DELIVER = Deliver(1, 0, 1795503896466795, 1795503896466795, 12, "alice", "bob", "dm:alice,bob", b"x" * 60)
+RECEIPT = Receipt(2, 1795503896466795, 1795503896466795, 12, "dm:alice,bob", "", 7)
+ACK = Ack(12, "dm:alice,bob", request_id=9)
 
 
 def test_encode_deliver(benchmark: Any) -> None:
     assert benchmark(encode, DELIVER)
+
+
+def test_encode_receipt(benchmark: Any) -> None:
+    assert benchmark(encode, RECEIPT)
+
+
+def test_decode_ack_frame(benchmark: Any) -> None:
+    """The header's decoding and the message made, from a frame already split off the stream
+    (``test_decode_send_frame`` includes the FrameDecoder)."""
+    frame = next(iter(FrameDecoder(65536).feed(encode(ACK))))
+    assert benchmark(decode, frame) == ACK
 
 
 def test_decode_send_frame(benchmark: Any) -> None:

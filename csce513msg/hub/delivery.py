@@ -15,7 +15,10 @@ it is given the sessions, the users online, the outbox it writes to, the engine'
 rule of who sees whom (``sees``: a receipt's "offline" hint obeys ``--visibility``), and
 the ``roster`` of groups (``groups.py``): in commit order, it applies each group event,
 answers its requester and names the sessions a group message goes to; the Mailroom
-encodes that Deliver once per minor and writes the same bytes to each of them.
+encodes that Deliver once per minor and writes the same bytes to each of them (a direct
+message's too, to the live sessions of both ends). Receipts and deliveries are encoded
+from the stored message's fields (``encode_fields``): no frozen Receipt or Deliver is
+made only to be encoded (CONTRIBUTING.md, the per-message path).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..protocol import Ack, Deliver, ErrorCode, HistoryEnd, Receipt, ReceiptState, RemoteProtocolError, encode
+from ..protocol import Ack, Deliver, ErrorCode, HistoryEnd, Receipt, ReceiptState, RemoteProtocolError, encode_fields
 from ..store import Batch, BatchResult, DeliveredNote, Fetch, NewMessage, Refused, Store, StoredMessage
 from ..store.interface import ANNOUNCEMENTS, ASKS_CONFIRMATION, Note, is_group
 from .actions import ConnId, Lane
@@ -253,11 +256,12 @@ class Mailroom:
             conn, rid, stream = self._history_waiters.pop(key)
             if (session := self.sessions.get(conn)) is not None:
                 for m in page:  # carrying the request id: history, not new mail (no ack)
-                    self.out.write(session, _deliver_of(m, rid))
+                    self.out.write_encoded(session, _deliver_bytes(m, rid, session.minor))
                 self.out.write(session, HistoryEnd(page[0].position if page else 0, len(page), stream, rid))
                 session.reading_history = False
                 self.next_history(session)
-        self._reads_failed(batch, result)
+        if batch.history or batch.fetches:
+            self._reads_failed(batch, result)
         return batch, result
 
     def _reads_failed(self, batch: Batch, result: BatchResult) -> None:
@@ -279,11 +283,12 @@ class Mailroom:
         if now >= self._next_snapshot:
             self.snapshot = Snapshot(len(self.sessions), len(self.online), self.stored_count, self.delivered_count)
             self._next_snapshot = now + SNAPSHOT_EVERY
-        if self._in_flight is not None or not (self.batch or self._reads):
+        if self._in_flight is not None:
             return
-        self._take_reads(self.batch)
+        if self._reads:
+            self._take_reads(self.batch)
         if not self.batch:
-            return  # the reads were of connections gone meanwhile
+            return  # nothing to store or read (or the reads were of connections gone meanwhile)
         if self.batch.can_wait() and not self.stopping:
             if self.acks_due is None:
                 self.acks_due = now + self.config.ack_delay
@@ -348,17 +353,18 @@ class Mailroom:
         if sender is not None:
             offline = not recipients and self._sees(sender, m.target)  # --visibility: no hint otherwise
             detail = f"{m.target} is offline" if offline else ""
-            self.out.write(
-                sender, Receipt(ReceiptState.STORED, m.message_id, m.time_us, m.position, m.stream, detail, rid)
-            )
+            self._receipt(sender, ReceiptState.STORED, m.message_id, m.time_us, m.position, m.stream, detail, rid)
         if m.duplicate:
             return  # a resend of a stored message: it was delivered (or is queued) already
         self.stored_count += 1
+        data, minor = b"", -1  # the Deliver's bytes, encoded once for the sessions of one minor
         for session in (*recipients, *self.online.get(m.sender, ())) if m.sender != m.target else recipients:
             if not session.live or (session.user == m.sender and session.device == m.device):
                 continue  # catching up (it will read this from the store), or the device that sent it
             if session.inflight() < self.config.window:
-                self._deliver(session, m)
+                if session.minor != minor and not session.coalescing:  # (a coalescing outbox encodes its own)
+                    data, minor = _deliver_bytes(m, 0, session.minor), session.minor
+                self._deliver(session, m, data if minor == session.minor else None)
             else:  # a full window: it catches up from the store as it acknowledges
                 session.live = False
         if log.isEnabledFor(logging.INFO):
@@ -367,14 +373,31 @@ class Mailroom:
     def delivered_receipt(self, session: Session, note: DeliveredNote) -> None:
         """Tell ``session`` (a device of the sender) that ``note``'s message was delivered."""
         state = ReceiptState.DELIVERED
-        self.out.write(session, Receipt(state, note.message_id, note.time_us, note.position, note.stream, "", 0))
+        self._receipt(session, state, note.message_id, note.time_us, note.position, note.stream, "", 0)
         key = (note.sender, session.device, note.stream)  # this device has been told
         self.batch.notified[key] = max(self.batch.notified.get(key, 0), note.position)
 
-    def _deliver(self, session: Session, m: StoredMessage) -> None:
+    def _receipt(
+        self, session: Session, state: ReceiptState, message_id: int, time_us: int, position: int, stream: str,
+        detail: str, rid: int,
+    ) -> None:  # fmt: skip
+        """Write a Receipt, encoded from its fields: no Receipt is made only to be encoded
+        (but for a session that coalesces (1.5), whose outbox collects them)."""
+        if session.coalescing:
+            self.out.write(session, Receipt(state, message_id, time_us, position, stream, detail, rid))
+            return
+        values = (state, message_id, time_us, position, stream, detail)
+        self.out.write_encoded(session, encode_fields(Receipt, values, rid, minor=session.minor))
+
+    def _deliver(self, session: Session, m: StoredMessage, data: bytes | None = None) -> None:
+        """Deliver ``m`` to ``session`` (``data``: its Deliver's bytes for the session's minor,
+        when they were encoded for another session already)."""
         if m.position <= session.delivered.get(m.stream, 0):
             return  # already on its way to this session (a live delivery met a catch-up)
-        self.out.write(session, _deliver_of(m, 0))
+        if session.coalescing:  # its outbox collects the deliveries (1.5)
+            self.out.write(session, _deliver_of(m))
+        else:
+            self.out.write_encoded(session, data if data is not None else _deliver_bytes(m, 0, session.minor))
         self.delivered_count += 1
         session.delivered[m.stream] = m.position
         session.unacked.setdefault(m.stream, []).append(m.position)
@@ -407,14 +430,14 @@ class Mailroom:
         stored = ReceiptState.STORED
         if m.duplicate:  # a resend of a stored post: its receipt again, delivered already
             if sender is not None:
-                self.out.write(sender, Receipt(stored, m.message_id, m.time_us, m.position, m.stream, "", rid))
+                self._receipt(sender, stored, m.message_id, m.time_us, m.position, m.stream, "", rid)
             return
         assert self.roster is not None  # a group message was stored: the engine has groups
         recipients = self.roster.committed(sender, rid, m)
         if m.stream == ANNOUNCEMENTS and m.content_type == ASKS_CONFIRMATION and self.notebook is not None:
             self.notebook.announced(m.position)
         if m.change is None and sender is not None:
-            self.out.write(sender, Receipt(stored, m.message_id, m.time_us, m.position, m.stream, "", rid))
+            self._receipt(sender, stored, m.message_id, m.time_us, m.position, m.stream, "", rid)
         self.stored_count += 1
         window = self.config.window
         encoded: dict[int, bytes] = {}  # minor -> the Deliver's bytes (one minor until 1.5 appends fields)
@@ -428,7 +451,7 @@ class Mailroom:
                 continue  # already on its way (a live delivery met a catch-up)
             data = encoded.get(session.minor)
             if data is None:
-                data = encoded[session.minor] = encode(_deliver_of(m, 0), session.minor)
+                data = encoded[session.minor] = _deliver_bytes(m, 0, session.minor)
             self.out.write_encoded(session, data)
             self.delivered_count += 1
             session.delivered[m.stream] = m.position
@@ -445,6 +468,13 @@ class Mailroom:
         return self._polls_submitted + 1
 
 
-def _deliver_of(m: StoredMessage, request_id: int) -> Deliver:
+def _deliver_of(m: StoredMessage) -> Deliver:
+    """A stored message's live Deliver, as a message (for an outbox that coalesces it)."""
     return Deliver(m.target_kind, m.content_type, m.message_id, m.time_us, m.position, m.sender, m.target,
-                   m.stream, m.body, request_id)  # fmt: skip
+                   m.stream, m.body)  # fmt: skip
+
+
+def _deliver_bytes(m: StoredMessage, request_id: int, minor: int) -> bytes:
+    """A stored message's Deliver, encoded from its fields (no Deliver is made)."""
+    values = (m.target_kind, m.content_type, m.message_id, m.time_us, m.position, m.sender, m.target, m.stream)
+    return encode_fields(Deliver, values, request_id, m.body, minor)

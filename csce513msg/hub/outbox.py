@@ -6,17 +6,20 @@ hands them all to the backend at the end of the call (``take``). The outbox also
 numbers jobs and reads, so a key is unique whichever part made it.
 
 Coalescing (1.5, docs/protocol.md section 12): to a session that asked for it, the
-receipts written in a row in one engine call go as one Receipts frame, and the live
-deliveries in a row as one Delivers frame, put where the first of them was written.
-"In a row": only while nothing else has been written to that session since, so a
-frame never moves before anything written earlier to it (an Error, a GroupInfo, a
-history page, a group's Deliver written with ``write_encoded``: each ends the run).
+receipts written in one engine call go as one Receipts frame, put where the first of them
+was written, and its live deliveries as one Delivers frame, where the first of those was.
+So a receipt may overtake a delivery written before it, and a delivery a receipt: they
+are about different messages (a receipt about one this session sent, a delivery about
+one it receives), and a client handles each on its own. Nothing else moves: any other
+frame written to the session (an Error, a GroupInfo, a history page, a group's Deliver
+written with ``write_encoded``) closes both of its runs, and what comes after it starts
+new ones; a run keeps its entries' order.
 The first message of a run is written at once, as the plain frame; when a second joins,
-``take`` replaces that Write with the run's coalesced frame (making every run's frame at
-``take`` cost a run of one twice as much). What it costs, counted with callgrind on the
-engine routing one message (Receipt and Deliver, both sessions coalescing): 2.9 % more
-instructions for runs of one, the bookkeeping; 6.2 % fewer a message for eight in a row.
-The cost in clarity: a Write in ``actions`` is final only at ``take``.
+``take`` replaces that Write with the run's coalesced frame. What it costs, counted with
+callgrind on the engine routing one message (Receipt and Deliver, both sessions
+coalescing): 2.9 % more instructions for runs of one, the bookkeeping; 6.2 % fewer a
+message for eight in a row. The cost in clarity: a Write in ``actions`` is final only at
+``take``, and a session's receipts and deliveries are kept in two runs.
 """
 
 from __future__ import annotations
@@ -54,8 +57,8 @@ def fitting(sizes: Iterable[int], fixed: int) -> int:
 
 
 class _Run:
-    """Receipts (or live deliveries) written in a row to one coalescing session: the frame
-    they become takes the place of ``actions[index]``."""
+    """The receipts (or the live deliveries) written to one coalescing session since its
+    runs were last closed: the frame they become takes the place of ``actions[index]``."""
 
     __slots__ = ("conn", "index", "kind", "minor", "msgs")
 
@@ -71,7 +74,8 @@ class Outbox:
         self.actions: list[Action] = []
         self._ids = itertools.count(1)
         self._runs: list[_Run] = []  #: the runs of this call of two or more, encoded at ``take``
-        self._open: dict[ConnId, _Run] = {}  #: a session's run, while it is the last thing written to it
+        #: (session, Receipt or Deliver) -> its open run: a session has at most one of each
+        self._open: dict[tuple[ConnId, type], _Run] = {}
 
     def write(self, session: Session, msg: Message) -> None:
         """Send ``msg`` to ``session``, with the fields of the version its Hello announced."""
@@ -80,40 +84,46 @@ class Outbox:
         if session.coalescing:
             kind = type(msg)
             if kind is Receipt or (kind is Deliver and not msg.request_id):  # not a history page
-                run = self._open.get(session.conn)
-                if run is not None and run.kind is kind:
+                run = self._open.get((session.conn, kind))
+                if run is not None:
                     if len(run.msgs) == 1:  # a second: the run's frame is made again at take
                         self._runs.append(run)
                     run.msgs.append(msg)
                     return
                 # the first is written as it is (a run of one, the commonest, costs one encode)
-                self._open[session.conn] = _Run(len(self.actions), session, kind, msg)
-            else:
-                self._open.pop(session.conn, None)  # anything else ends the session's run
+                self._open[(session.conn, kind)] = _Run(len(self.actions), session, kind, msg)
+            elif self._open:
+                self._close_runs(session.conn)  # anything else closes the session's runs
         self.actions.append(Write(session.conn, encode(msg, session.minor)))
+
+    def _close_runs(self, conn: ConnId) -> None:
+        self._open.pop((conn, Receipt), None)
+        self._open.pop((conn, Deliver), None)
 
     def error(self, session: Session, code: ErrorCode, message: str, request_id: int, retry_after_ms: int = 0) -> None:
         """An Error; ``retry_after_ms``: the wait, when known (1.4; left out for older peers)."""
         self.write(session, Error(code, message, retry_after_ms, request_id))
 
     def write_encoded(self, session: Session, data: bytes) -> None:
-        """Send bytes encoded once for many sessions of one minor (a group's Deliver): the same
-        object goes to each, nothing is copied."""
+        """Send bytes encoded for the session's minor already: a receipt or a delivery encoded
+        from its fields (``encode_fields``), or a Deliver encoded once for many sessions of one
+        minor (the same object goes to each, nothing is copied)."""
         if not session.closing:
             if self._open:
-                self._open.pop(session.conn, None)  # it ends the session's run (coalescing)
+                self._close_runs(session.conn)  # what follows starts new runs (coalescing)
             self.actions.append(Write(session.conn, data))
 
     def write_bytes(self, conn: ConnId, data: bytes) -> None:
         """Send bytes encoded once for many connections (a presence event)."""
         if self._open:
-            self._open.pop(conn, None)
+            self._close_runs(conn)
         self.actions.append(Write(conn, data))
 
     def close(self, session: Session, reason: str) -> None:
         """Close the connection after what is queued; nothing more is read from it."""
         session.closing = True
-        self._open.pop(session.conn, None)
+        if self._open:
+            self._close_runs(session.conn)
         self.actions.append(Close(session.conn, reason))
 
     def submit(self, job_id: int, job: Callable[[], Any], lane: Lane) -> None:

@@ -73,6 +73,7 @@ from .messages import (
     WhoReply,
     decode,
     encode,
+    encode_fields,
 )
 
 __all__ = [
@@ -146,5 +147,6 @@ __all__ = [
     "HistoryEnd",
     "decode",
     "encode",
+    "encode_fields",
     "encode_frame",
 ]

@@ -31,7 +31,7 @@ from __future__ import annotations
 import enum
 import operator
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
@@ -853,17 +853,35 @@ def encode(msg: Message, minor: int = VERSION_MINOR) -> bytes:
     fields a later minor version appended (the peer would skip them anyway; it is not
     sent what it did not ask for)."""
     spec = _BY_CLASS[type(msg)]
-    if minor < spec.added:
-        raise LocalProtocolError(f"{type(msg).__name__} is protocol 1.{spec.added}; the peer speaks 1.{minor}")
     if spec.custom is not None:  # 1.5's coalesced frames
+        if minor < spec.added:
+            raise LocalProtocolError(f"{spec.cls.__name__} is protocol 1.{spec.added}; the peer speaks 1.{minor}")
         return spec.custom[0](msg)
+    body: bytes = msg.body if spec.has_body else b""  # type: ignore[union-attr]
+    return _encoded(spec, spec.fields_of(msg), msg.request_id, body, minor)
+
+
+def encode_fields(
+    cls: type[Message], values: Sequence[Any], request_id: int = 0, body: bytes = b"", minor: int = VERSION_MINOR
+) -> bytes:
+    """The bytes ``encode(cls(*values, body, request_id), minor)`` returns, without making the
+    message: ``values`` are its header's fields, in order. For the hub's per-message path,
+    where a Receipt or a Deliver was made only to be encoded at once: making a frozen
+    dataclass sets each field through ``object.__setattr__`` (a Receipt 1.3 µs, a Deliver 2 µs
+    here, against 0.05 µs for the tuple of its values)."""
+    spec = _BY_CLASS[cls]
+    assert len(values) == len(spec.names), f"{cls.__name__} has {len(spec.names)} header fields"
+    return _encoded(spec, values, request_id, body, minor)
+
+
+def _encoded(spec: _Spec, values: Sequence[Any], request_id: int, body: bytes, minor: int) -> bytes:
+    if minor < spec.added:
+        raise LocalProtocolError(f"{spec.cls.__name__} is protocol 1.{spec.added}; the peer speaks 1.{minor}")
+    codec = spec.codec
     if minor in spec.older:
         count, codec = spec.older[minor]
-        header = codec.encode(spec.fields_of(msg)[:count])
-    else:
-        header = spec.codec.encode(spec.fields_of(msg))
-    body: bytes = msg.body if spec.has_body else b""  # type: ignore[union-attr]
-    return encode_frame(spec.msg_type, msg.request_id, header, body)
+        values = values[:count]
+    return encode_frame(spec.msg_type, request_id, codec.encode(values), body)
 
 
 def decode(frame: Frame, minor: int = VERSION_MINOR, ours: int | None = None) -> Message:
@@ -879,7 +897,7 @@ def decode(frame: Frame, minor: int = VERSION_MINOR, ours: int | None = None) ->
             storage (SQLite's signed 64-bit integers) cannot hold.
     """
     spec = _BY_TYPE.get(frame.type)
-    if spec is None or spec.added > min(minor, VERSION_MINOR if ours is None else ours):
+    if spec is None or spec.added > minor or spec.added > (VERSION_MINOR if ours is None else ours):
         raise RemoteProtocolError(
             ErrorCode.UNSUPPORTED,
             f"frame type 0x{frame.type:02x} is not supported",

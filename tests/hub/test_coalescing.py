@@ -107,18 +107,21 @@ def deliver(position: int, body: bytes = b"x") -> Deliver:
     return Deliver(1, 0, position, 0, position, "a", "b", "dm:a,b", body)
 
 
-def test_a_run_ends_at_anything_else_written_to_the_session_so_nothing_moves_ahead() -> None:
+def test_receipts_and_deliveries_each_go_in_one_frame_and_anything_else_closes_both_runs() -> None:
+    """A session's receipts join one frame, its live deliveries another (they may pass each
+    other: they are about different messages); any other frame closes both runs, so nothing
+    else moves, and what follows starts new runs."""
     out = Outbox()
     a, b = session(1), session(2)
     out.write(a, receipt(1))
-    out.write(b, deliver(1))  # another session's writes do not end a's run
+    out.write(b, deliver(1))  # another session's writes do not touch a's runs
     out.write(a, receipt(2))
-    out.error(a, ErrorCode.BAD_REQUEST, "no", 7)  # this does
+    out.error(a, ErrorCode.BAD_REQUEST, "no", 7)  # this closes them
     out.write(a, receipt(3))
-    out.write(a, deliver(5))  # and so does the other kind
+    out.write(a, deliver(5))  # the other kind: a run of its own
+    out.write(a, receipt(4))  # joins receipt 3's frame, ahead of delivery 5
     out.write(a, deliver(6))
-    out.write(a, receipt(4))
-    out.write(b, Deliver(1, 0, 9, 0, 9, "a", "b", "dm:a,b", b"page", 3))  # a history page: plain, ends b's run
+    out.write(b, Deliver(1, 0, 9, 0, 9, "a", "b", "dm:a,b", b"page", 3))  # a history page: plain, closes b's runs
     out.write(b, deliver(2))
     actions = out.take()
     got = [(a.conn, decode(f)) for a in actions if isinstance(a, Write) for f in FrameDecoder(1 << 20).feed(a.data)]
@@ -126,9 +129,8 @@ def test_a_run_ends_at_anything_else_written_to_the_session_so_nothing_moves_ahe
         (1, Receipts((receipt(1), receipt(2)))),
         (2, deliver(1)),  # a run of one: the plain frame
         (1, Error(ErrorCode.BAD_REQUEST, "no", 0, 7)),
-        (1, receipt(3)),
+        (1, Receipts((receipt(3), receipt(4)))),
         (1, Delivers((deliver(5), deliver(6)))),
-        (1, receipt(4)),
         (2, Deliver(1, 0, 9, 0, 9, "a", "b", "dm:a,b", b"page", 3)),
         (2, deliver(2)),
     ]

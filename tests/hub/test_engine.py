@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from csce513msg.hub import NAME_RULE, TRANSITIONS, State, direct_stream
+from csce513msg.hub import NAME_RULE, TRANSITIONS, State, Write, direct_stream
 from csce513msg.protocol import (
     Ack,
     Deliver,
@@ -346,3 +346,26 @@ def test_a_client_is_sent_only_the_fields_of_the_version_it_announced() -> None:
         (got[minor],) = peer.of(LoginOk)
     assert (got[1].role, got[1].waiting, got[1].device_token) == ("", 0, "")
     assert got[3].role == "student" and len(got[3].device_token) == 32
+
+
+def test_a_direct_message_is_encoded_once_for_the_sessions_of_one_minor() -> None:
+    """The Deliver of a stored message is encoded from its fields once per minor: bob's two
+    sessions that do not coalesce (1.5) are written the same bytes object, his 1.3 session
+    bytes of its own."""
+    h = Harness(auto_jobs=False)
+    alice = h.connect("alice")
+    phone, laptop = (h.connect("bob", device=d, coalescing=False) for d in ("phone", "laptop"))
+    old = h.connect("bob", device="old", minor=3)
+    h.settle()
+    alice.session.send_text("bob", "hi")
+    h.pump()
+    (job,) = h.jobs
+    h.jobs = []
+    actions = h.engine.job_done(job.job_id, job.job(), h.now)
+    data = {a.conn: a.data for a in actions if isinstance(a, Write)}
+    assert data[phone.conn] is data[laptop.conn] and data[old.conn] is not data[phone.conn]
+    assert data[old.conn] == data[phone.conn]  # Deliver has no field newer than 1.0
+    h.apply(actions)
+    for bob in (phone, laptop, old):
+        (deliver,) = bob.of(Deliver)
+        assert (deliver.sender, deliver.target, deliver.body, deliver.request_id) == ("alice", "bob", b"hi", 0)

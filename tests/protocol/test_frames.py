@@ -68,8 +68,10 @@ from csce513msg.protocol import (
     WhoReply,
     decode,
     encode,
+    encode_fields,
     encode_frame,
 )
+from csce513msg.protocol import messages as messages_module
 
 # (message, its exact bytes). The first is the byte-level example in docs/protocol.md.
 CASES: list[tuple[Message, bytes]] = [
@@ -274,6 +276,38 @@ def test_any_rechunking_decodes_to_the_same_messages(msgs: list[Message], data: 
     for start, end in zip([0, *cuts], [*cuts, len(wire)], strict=True):
         frames.extend(decoder.feed(wire[start:end]))
     assert [decode(f) for f in frames] == msgs
+
+
+@given(messages, st.integers(0, 9))
+def test_encode_fields_gives_the_bytes_of_encode(msg: Message, minor: int) -> None:
+    """The hub encodes receipts and deliveries from their fields, making no message: the
+    same bytes as the message's, for a peer of any minor."""
+    names = [f.name for f in dataclasses.fields(msg) if f.name not in ("body", "request_id")]
+    values = [getattr(msg, name) for name in names]
+    body = getattr(msg, "body", b"")
+    assert encode_fields(type(msg), values, msg.request_id, body, minor) == encode(msg, minor)
+
+
+@given(messages)
+def test_the_codec_s_fast_path_agrees_with_its_general_path(msg: Message) -> None:
+    """A header of fixed-width fields then strings is packed and unpacked by a plan made once
+    (``HeaderCodec._simple``); the general path, a step per field, must agree with it on
+    every header: whole, followed by unknown bytes, or cut at any byte (an older peer, or a
+    malformed frame: the same error, with the same words)."""
+    fast = HeaderCodec(messages_module._BY_CLASS[type(msg)].codec.kinds)
+    general = HeaderCodec(fast.kinds)
+    general._simple = False  # the general path for every header, as for a shape with lists
+    header = next(iter(FrameDecoder(1 << 20).feed(encode(msg)))).header
+    values = general.decode(header)
+    assert fast.encode(values) == general.encode(values) == header
+    for variant in [header + b"\x00\x05extra", *(header[:cut] for cut in range(len(header)))]:
+        outcomes: list[object] = []
+        for codec in (fast, general):
+            try:
+                outcomes.append(codec.decode(variant))
+            except RemoteProtocolError as exc:
+                outcomes.append((exc.code, exc.message, exc.fatal))
+        assert outcomes[0] == outcomes[1], variant
 
 
 @given(st.binary(max_size=600))
