@@ -28,6 +28,7 @@ from ..protocol import (
     VERSION_MAJOR,
     VERSION_MINOR,
     Ack,
+    Acks,
     Confirm,
     Confirmed,
     ContentType,
@@ -180,8 +181,11 @@ class ClientSession:
             decoded = decode(frame, self.minor, self.version_minor)
             for msg in _unpacked(decoded):
                 self._receive(msg, events, acks)
-        for stream, position in acks.items():  # acknowledgements coalesce per batch
-            self._out.append(encode(Ack(position, stream), self.minor))
+        if len(acks) > 1 and self.minor >= 5:  # several streams: one Acks frame (1.5)
+            self._out.append(encode(Acks(tuple(acks), tuple(acks.values())), self.minor))
+        else:
+            for stream, position in acks.items():  # acknowledgements coalesce per batch
+                self._out.append(encode(Ack(position, stream), self.minor))
         return events
 
     def _receive(self, msg: Message, events: list[Message], acks: dict[str, int]) -> None:

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..protocol import Ack, Deliver, ErrorCode, HistoryEnd, Receipt, ReceiptState, RemoteProtocolError, encode_fields
+from ..protocol import Deliver, ErrorCode, HistoryEnd, Receipt, ReceiptState, RemoteProtocolError, encode_fields
 from ..store import Batch, BatchResult, DeliveredNote, Fetch, NewMessage, Refused, Store, StoredMessage
 from ..store.interface import ANNOUNCEMENTS, ASKS_CONFIRMATION, Note, is_group
 from .actions import ConnId, Lane
@@ -163,29 +163,35 @@ class Mailroom:
         self.batch.notes.append(note)
         self._noters.append((session.conn, rid))
 
-    def acknowledged(self, session: Session, msg: Ack) -> None:
-        """An Ack: the device's cursor moves, the senders learn what was delivered, and a
-        session catching up reads its next window once everything sent is acknowledged.
+    def acknowledged(self, session: Session, acks: Iterable[tuple[str, int]], rid: int) -> None:
+        """An Ack, or the entries of an Acks (1.5): for each (stream, position), the device's
+        cursor moves and the senders learn what was delivered; then a session catching up
+        reads its next window once everything sent is acknowledged. All or none: every
+        entry is checked before any is applied.
 
         Raises:
             RemoteProtocolError: BAD_REQUEST for a position beyond what was delivered.
         """
-        delivered = session.delivered.get(msg.stream)
-        if delivered is None or msg.position > delivered:
-            raise RemoteProtocolError(
-                ErrorCode.BAD_REQUEST, f"ack of {msg.stream}:{msg.position} is beyond what was delivered",
-                request_id=msg.request_id,
-            )  # fmt: skip
-        if msg.position > session.acked.get(msg.stream, 0):
-            session.acked[msg.stream] = msg.position
-            pending = session.unacked.get(msg.stream, [])
-            left = [p for p in pending if p > msg.position]
-            session.unacked[msg.stream] = left
+        acks = list(acks)
+        for stream, position in acks:
+            delivered = session.delivered.get(stream)
+            if delivered is None or position > delivered:
+                raise RemoteProtocolError(
+                    ErrorCode.BAD_REQUEST, f"ack of {stream}:{position} is beyond what was delivered", request_id=rid
+                )
+        assert session.user is not None
+        batch = self.batch
+        for stream, position in acks:
+            if position <= session.acked.get(stream, 0):
+                continue  # an old ack (or a repeat): nothing moves
+            session.acked[stream] = position
+            pending = session.unacked.get(stream, [])
+            left = [p for p in pending if p > position]
+            session.unacked[stream] = left
             session.in_flight -= len(pending) - len(left)
-            assert session.user is not None
-            self.batch.cursors[(session.user, session.device, msg.stream)] = msg.position
-            key = (msg.stream, session.user)  # and so, for the senders: delivered
-            self.batch.delivered[key] = max(self.batch.delivered.get(key, 0), msg.position)
+            batch.cursors[(session.user, session.device, stream)] = position
+            key = (stream, session.user)  # and so, for the senders: delivered
+            batch.delivered[key] = max(batch.delivered.get(key, 0), position)
         self.maybe_fetch(session)
 
     def ask_history(self, session: Session, rid: int, stream: str, before: int, limit: int) -> None:

@@ -46,6 +46,7 @@ from ..protocol import (
     PRE_LOGIN_MAX_FRAME,
     VERSION_MAJOR,
     Ack,
+    Acks,
     Confirm,
     Confirmed,
     ContentType,
@@ -412,7 +413,10 @@ class Engine:
         self.mail.store_message(session, new, rid)  # the receipt waits for the commit
 
     def _on_ack(self, session: Session, msg: Ack, now: float) -> None:
-        self.mail.acknowledged(session, msg)
+        self.mail.acknowledged(session, ((msg.stream, msg.position),), msg.request_id)
+
+    def _on_acks(self, session: Session, msg: Acks, now: float) -> None:
+        self.mail.acknowledged(session, zip(msg.streams, msg.positions, strict=True), msg.request_id)
 
     def _on_history(self, session: Session, msg: History, now: float) -> None:
         rid = msg.request_id
@@ -560,6 +564,7 @@ TRANSITIONS: dict[tuple[State, type], tuple[Handler | None, State]] = {
     (State.AWAIT_LOGIN, Ping): (Engine._on_ping, State.AWAIT_LOGIN),
     (State.READY, Send): (Engine._on_send, State.READY),
     (State.READY, Ack): (Engine._on_ack, State.READY),
+    (State.READY, Acks): (Engine._on_acks, State.READY),  # 1.5
     (State.READY, Who): (Engine._on_who, State.READY),
     (State.READY, History): (Engine._on_history, State.READY),
     (State.READY, Ping): (Engine._on_ping, State.READY),

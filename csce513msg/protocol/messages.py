@@ -13,6 +13,7 @@ everything the server sends has the high bit set::
     0x10 GroupCreate 0x11 GroupJoin 0x12 GroupLeave 0x13 GroupAdd 0x14 GroupRemove
     0x15 GroupRename 0x16 GroupList 0x17 GroupMembers 0x18 GroupDelete 0x19 GroupMute
     0x1a GroupSlow 0x1b Redact 0x1c Confirm 0x1d Confirmed 0x1e Hand 0x1f HandQueue
+    0x20 Acks
     0x81 Welcome  0x82 LoginOk  0x83 Receipt 0x84 Deliver 0x85 WhoReply
     0x86 Presence 0x87 Pong     0x88 Error   0x89 HistoryEnd
     0x90 GroupInfo 0x91 GroupListReply 0x92 GroupMembersReply
@@ -100,6 +101,7 @@ class MsgType(enum.IntEnum):
     HAND_PLACE = 0x94
     HAND_QUEUE_REPLY = 0x95
     # 1.5, coalescing (docs/protocol.md section 12)
+    ACKS = 0x20
     RECEIPTS = 0xA0
     DELIVERS = 0xA1
 
@@ -686,6 +688,8 @@ _COUNTS = struct.Struct("!HH")  #: the number of entries, the size of each entry
 RECEIPT_ENTRY = struct.Struct("!BIQQQ")  # 29 bytes
 #: target_kind, content_type, message_id, time_us, position, the length of its body
 DELIVER_ENTRY = struct.Struct("!BBQQQI")  # 30 bytes
+#: position (then the entry's stream)
+ACK_ENTRY = struct.Struct("!Q")  # 8 bytes
 _STR_LEN = struct.Struct("!H")
 
 
@@ -705,6 +709,17 @@ class Delivers:
     (0: live deliveries, the only ones this server coalesces)."""
 
     delivers: tuple[Deliver, ...]
+    request_id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Acks:
+    """Several Acks in one frame (1.5, the client's side of coalescing): for each stream, the
+    highest position received, as one Ack would say it. The server applies all or none: an
+    entry beyond what was delivered refuses the whole frame (BAD_REQUEST)."""
+
+    streams: tuple[str, ...]
+    positions: tuple[int, ...]  #: u64 each, below 2^63 (as Ack's)
     request_id: int = 0
 
 
@@ -740,6 +755,14 @@ def _pack_delivers(msg: Delivers) -> bytes:
     texts = [text for d in entries for text in (d.sender, d.target, d.stream)]
     header = _COUNTS.pack(len(entries), DELIVER_ENTRY.size) + b"".join(fixed) + _strings(texts)
     return _framed(MsgType.DELIVERS, msg.request_id, header, b"".join(d.body for d in entries))
+
+
+def _pack_acks(msg: Acks) -> bytes:
+    if len(msg.streams) != len(msg.positions):
+        raise ValueError("Acks: as many positions as streams")
+    fixed = b"".join(ACK_ENTRY.pack(p) for p in msg.positions)
+    header = _COUNTS.pack(len(msg.positions), ACK_ENTRY.size) + fixed + _strings(list(msg.streams))
+    return _framed(MsgType.ACKS, msg.request_id, header)
 
 
 def _entries(header: bytes, entry: struct.Struct) -> tuple[list[tuple[Any, ...]], int]:
@@ -791,6 +814,22 @@ def _unpack_delivers(frame: Frame) -> Delivers:
     return Delivers(tuple(delivers), rid)
 
 
+def _unpack_acks(frame: Frame) -> Acks:
+    header = frame.header
+    fixed, off = _entries(header, ACK_ENTRY)
+    streams = []
+    for _ in fixed:
+        stream, off = _string_at(header, off)
+        streams.append(stream)
+    positions = tuple(p for (p,) in fixed)
+    if any(p > MAX_REQUEST_U64 for p in positions):  # as decode checks a request's u64 fields
+        raise RemoteProtocolError(
+            ErrorCode.BAD_REQUEST, "Acks: a position is over 2^63 - 1, the largest a request may carry",
+            request_id=frame.request_id,
+        )  # fmt: skip
+    return Acks(tuple(streams), positions, frame.request_id)
+
+
 def _custom(msg_type: MsgType, cls: type, pack: Callable[[Any], bytes], unpack: Callable[[Frame], Any]) -> None:
     """Register a 1.5 coalesced frame: packed and unpacked by its own functions, not a codec."""
     spec = _Spec(msg_type, cls, HeaderCodec(""), (), False, lambda m: (), (), {}, 5, (pack, unpack))
@@ -800,6 +839,7 @@ def _custom(msg_type: MsgType, cls: type, pack: Callable[[Any], bytes], unpack: 
 
 _custom(MsgType.RECEIPTS, Receipts, _pack_receipts, _unpack_receipts)
 _custom(MsgType.DELIVERS, Delivers, _pack_delivers, _unpack_delivers)
+_custom(MsgType.ACKS, Acks, _pack_acks, _unpack_acks)
 
 
 Message = (
@@ -844,6 +884,7 @@ Message = (
     | HandQueueReply
     | Receipts
     | Delivers
+    | Acks
 )
 REQUEST_TYPES = frozenset(t for t in MsgType if t < 0x80)
 

@@ -2,15 +2,18 @@
 
 A raw client that asks for ``coalescing`` sends eight messages in one write and reads
 them back as Receipts and Delivers frames, every field exact and in order; a 1.4 client
-on the same server is sent only plain Receipt and Deliver frames, one a message."""
+on the same server is sent only plain Receipt and Deliver frames, one a message. One
+Acks frame acknowledges several streams at once, all or none."""
 
 from __future__ import annotations
 
 from csce513msg.protocol import (
     VERSION_MAJOR,
     Ack,
+    Acks,
     Deliver,
     Delivers,
+    ErrorCode,
     Hello,
     Message,
     Receipt,
@@ -128,3 +131,27 @@ def test_a_1_4_client_asking_for_coalescing_is_not_given_it(server: Server, name
     assert [type(m) for m in read_until(f, EIGHT, Deliver)] == [Deliver] * EIGHT
     e.close()
     f.close()
+
+
+def test_one_acks_frame_acknowledges_several_streams_all_or_none(server: Server, names: Names) -> None:
+    """Bob reads a message from each of two senders and acknowledges both in one Acks (1.5):
+    each sender gets its delivered receipt. An Acks with an entry beyond what was delivered
+    is refused (BAD_REQUEST, the connection stays; tests/hub: nothing of it applied)."""
+    gina, hank, bob = names("gina"), names("hank"), names("ivan")
+    g, h, b = (raw_client(server, user, 5, True) for user in (gina, hank, bob))
+    g.send(Send(TargetKind.USER, 0, 0, bob, b"from g", request_id=5))
+    h.send(Send(TargetKind.USER, 0, 0, bob, b"from h", request_id=6))
+    delivers = [d for d in unpacked(read_until(b, 2, Deliver)) if isinstance(d, Deliver)]
+    streams = {d.sender: d.stream for d in delivers}
+    assert set(streams) == {gina, hank}
+    b.send(Acks((streams[gina], streams[hank]), (2, 1), request_id=7))  # gina's: beyond what came
+    b.expect_error(ErrorCode.BAD_REQUEST, 7)  # not fatal: the connection goes on
+    b.send(Acks((streams[gina], streams[hank]), (1, 1), request_id=8))
+    for sender, conn in ((gina, g), (hank, h)):
+        receipts = [r for r in unpacked(read_until(conn, 2, Receipt)) if isinstance(r, Receipt)]
+        assert [(r.state, r.position, r.stream) for r in receipts] == [
+            (ReceiptState.STORED, 1, streams[sender]),
+            (ReceiptState.DELIVERED, 1, streams[sender]),
+        ], sender
+    for conn in (g, h, b):
+        conn.close()

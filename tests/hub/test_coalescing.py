@@ -8,11 +8,15 @@ from csce513msg.hub import Action, Close, Write
 from csce513msg.hub.outbox import COALESCED_BODIES, MAX_HEADER, Outbox, coalesced
 from csce513msg.hub.session import Session
 from csce513msg.protocol import (
+    VERSION_MAJOR,
+    Acks,
     Deliver,
     Delivers,
     Error,
     ErrorCode,
     FrameDecoder,
+    Hello,
+    Login,
     Message,
     MsgType,
     Pong,
@@ -22,7 +26,7 @@ from csce513msg.protocol import (
     decode,
     encode,
 )
-from tests.hub.harness import Harness, Peer
+from tests.hub.harness import PASSWORD, Harness, Peer
 
 
 def recording(h: Harness) -> list[Action]:
@@ -188,3 +192,33 @@ def _messages(msg: Message) -> tuple[Message, ...]:
     if isinstance(msg, Delivers):
         return msg.delivers
     return (msg,)
+
+
+def test_one_acks_frame_acknowledges_two_streams_and_a_bad_entry_refuses_it_whole() -> None:
+    """The client's side of 1.5: bob (a raw peer: it acknowledges only what the test says)
+    read one message from alice and one from carol. An Acks whose second entry is beyond
+    what was delivered is refused whole: its first entry moves no cursor. Then one Acks of
+    both streams: both cursors move, and alice and carol each get a delivered receipt."""
+    h = Harness()
+    h.account("bob")
+    alice, carol = h.connect("alice"), h.connect("carol")
+    bob = h.connect(raw=True)
+    hello = Hello(VERSION_MAJOR, 5, ("coalescing",), request_id=1)
+    h.send_raw(bob, encode(hello) + encode(Login("bob", PASSWORD, "dev", request_id=2)))
+    h.settle()
+    alice.session.send_text("bob", "a1")
+    carol.session.send_text("bob", "c1")
+    h.pump()
+    got = [d for m in bob.of(Delivers) for d in m.delivers] + bob.of(Deliver)  # (one frame, or two)
+    streams = {d.sender: d.stream for d in got}
+    assert set(streams) == {"alice", "carol"}
+    session = h.engine.sessions[bob.conn]
+    h.send_raw(bob, encode(Acks((streams["alice"], streams["carol"]), (1, 9), request_id=77)))
+    h.settle()
+    assert [(e.code, e.request_id) for e in bob.of(Error)] == [(ErrorCode.BAD_REQUEST, 77)]
+    assert session.acked == {} and not bob.closed  # neither entry applied; the connection goes on
+    h.send_raw(bob, encode(Acks((streams["alice"], streams["carol"]), (1, 1), request_id=78)))
+    h.settle()
+    assert session.acked == {streams["alice"]: 1, streams["carol"]: 1}
+    for peer in (alice, carol):
+        assert [r.position for r in peer.of(Receipt) if r.state == ReceiptState.DELIVERED] == [1]

@@ -1,4 +1,4 @@
-"""Protocol 1.5's coalesced frames: Receipts (0xA0) and Delivers (0xA1), byte for byte,
+"""Protocol 1.5's coalesced frames: Receipts (0xA0), Delivers (0xA1) and Acks (0x20), byte for byte,
 round trips in any chunking, and every malformed header a BAD_FRAME (docs/protocol.md,
 section 12)."""
 
@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from csce513msg.protocol import (
+    Acks,
     Deliver,
     Delivers,
     ErrorCode,
@@ -172,3 +173,40 @@ def test_any_coalesced_header_decodes_or_is_a_bad_frame(ftype: int, header: byte
         decode(Frame(ftype, 0, 0, header, body))
     except RemoteProtocolError as exc:
         assert exc.code == ErrorCode.BAD_FRAME
+
+
+ACKS = Acks(("dm:a,b", "g:7"), (3, 2**63 - 1), request_id=5)
+
+
+def test_acks_have_the_documented_layout() -> None:
+    """count u16, entry size u16 (8), each position u64, then each entry's stream."""
+    header = struct.pack("!HH", 2, 8) + struct.pack("!QQ", 3, 2**63 - 1) + _str("dm:a,b") + _str("g:7")
+    wire = encode(ACKS)
+    assert wire == struct.pack("!IBBHI", len(header), 0x20, 0, len(header), 5) + header
+    assert _decode(wire) == ACKS
+
+
+def test_an_acks_position_over_2_63_is_a_bad_request_not_a_broken_frame() -> None:
+    header = struct.pack("!HH", 1, 8) + struct.pack("!Q", 2**63) + _str("dm:a,b")
+    with pytest.raises(RemoteProtocolError) as err:
+        decode(Frame(MsgType.ACKS, 0, 4, header, b""))
+    assert (err.value.code, err.value.fatal, err.value.request_id) == (ErrorCode.BAD_REQUEST, False, 4)
+
+
+def test_every_cut_of_an_acks_header_is_a_bad_frame_and_a_1_4_peer_may_not_send_one() -> None:
+    frame = _frame(encode(ACKS))
+    for cut in range(len(frame.header)):
+        with pytest.raises(RemoteProtocolError) as err:
+            decode(Frame(frame.type, 0, 9, frame.header[:cut], b""))
+        assert (err.value.code, err.value.fatal) == (ErrorCode.BAD_FRAME, True), cut
+    with pytest.raises(RemoteProtocolError) as err:
+        decode(frame, 4)
+    assert err.value.code == ErrorCode.UNSUPPORTED
+    with pytest.raises(ValueError):
+        encode(Acks(("a",), (1, 2)))  # a stream for each position
+
+
+@given(st.lists(st.tuples(texts, st.integers(0, 2**63 - 1)), max_size=12), st.integers(0, 2**32 - 1))
+def test_any_acks_round_trip(entries: list[tuple[str, int]], rid: int) -> None:
+    msg = Acks(tuple(s for s, _ in entries), tuple(p for _, p in entries), rid)
+    assert _decode(encode(msg)) == msg
