@@ -232,6 +232,7 @@ class SqliteStore:
         self._batches = 0
         self._before = 0  # the last message id before the batch being written
         migrate(self.db)
+        self._inserter = self.db.cursor()  # the messages' INSERT (``_insert``)
         self._accounts: dict[str, Account] = {}  # as of the last poll, plus our own registrations
         self._data_version = -1
         self.last_id = self.db.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()[0]
@@ -682,11 +683,10 @@ class SqliteStore:
 
     def _insert(self, m: NewMessage, stream: str) -> StoredMessage | Refused:
         """The message's row, at the stream's next position; a resend gets the stored copy."""
-        db = self.db
         position = self._position(stream) + 1
         message_id = max(self.last_id + 1, m.time_us)
         try:
-            db.execute(
+            self._inserter.execute(  # one cursor for every insert: a new one per execute costs
                 "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (message_id, stream, position, m.sender, m.device, m.client_msg_id, m.target_kind, m.target,
                  m.content_type, m.time_us, m.body),
