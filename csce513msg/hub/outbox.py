@@ -74,8 +74,8 @@ class Outbox:
         self.actions: list[Action] = []
         self._ids = itertools.count(1)
         self._runs: list[_Run] = []  #: the runs of this call of two or more, encoded at ``take``
-        #: (session, Receipt or Deliver) -> its open run: a session has at most one of each
-        self._open: dict[tuple[ConnId, type], _Run] = {}
+        #: session -> its open runs, by kind (Receipt, Deliver): at most one of each
+        self._open: dict[ConnId, dict[type, _Run]] = {}
 
     def write(self, session: Session, msg: Message) -> None:
         """Send ``msg`` to ``session``, with the fields of the version its Hello announced."""
@@ -84,21 +84,18 @@ class Outbox:
         if session.coalescing:
             kind = type(msg)
             if kind is Receipt or (kind is Deliver and not msg.request_id):  # not a history page
-                run = self._open.get((session.conn, kind))
+                runs = self._open.setdefault(session.conn, {})
+                run = runs.get(kind)
                 if run is not None:
                     if len(run.msgs) == 1:  # a second: the run's frame is made again at take
                         self._runs.append(run)
                     run.msgs.append(msg)
                     return
                 # the first is written as it is (a run of one, the commonest, costs one encode)
-                self._open[(session.conn, kind)] = _Run(len(self.actions), session, kind, msg)
+                runs[kind] = _Run(len(self.actions), session, kind, msg)
             elif self._open:
-                self._close_runs(session.conn)  # anything else closes the session's runs
+                self._open.pop(session.conn, None)  # anything else closes the session's runs
         self.actions.append(Write(session.conn, encode(msg, session.minor)))
-
-    def _close_runs(self, conn: ConnId) -> None:
-        self._open.pop((conn, Receipt), None)
-        self._open.pop((conn, Deliver), None)
 
     def error(self, session: Session, code: ErrorCode, message: str, request_id: int, retry_after_ms: int = 0) -> None:
         """An Error; ``retry_after_ms``: the wait, when known (1.4; left out for older peers)."""
@@ -110,20 +107,20 @@ class Outbox:
         minor (the same object goes to each, nothing is copied)."""
         if not session.closing:
             if self._open:
-                self._close_runs(session.conn)  # what follows starts new runs (coalescing)
+                self._open.pop(session.conn, None)  # what follows starts new runs (coalescing)
             self.actions.append(Write(session.conn, data))
 
     def write_bytes(self, conn: ConnId, data: bytes) -> None:
         """Send bytes encoded once for many connections (a presence event)."""
         if self._open:
-            self._close_runs(conn)
+            self._open.pop(conn, None)
         self.actions.append(Write(conn, data))
 
     def close(self, session: Session, reason: str) -> None:
         """Close the connection after what is queued; nothing more is read from it."""
         session.closing = True
         if self._open:
-            self._close_runs(session.conn)
+            self._open.pop(session.conn, None)
         self.actions.append(Close(session.conn, reason))
 
     def submit(self, job_id: int, job: Callable[[], Any], lane: Lane) -> None:
