@@ -97,10 +97,10 @@ class BackendConfig:
     #: connections served at once; past it a new one is told SERVER_FULL and closed.
     #: 0: the open-file limit minus ``FD_RESERVE`` (see ``connection_cap``)
     max_connections: int = 0
-    #: the password-hashing threads' CPU priority (docs/security.md, "The hash lane"): a nice
-    #: value, 0-19, the share the scheduler keeps for logins while chat keeps the core busy
-    #: (a nice-10 thread gets about a tenth of a nice-0 one's); -1: SCHED_IDLE, only the CPU
-    #: chat leaves idle (a login then waits as long as the core stays busy)
+    #: the password-hashing threads' CPU priority (docs/security.md, "The hash lane's share"):
+    #: nice steps below the process (0-19), a share the scheduler keeps for logins while
+    #: chat keeps the core busy (10 steps: a hash thread weighs about a tenth of the loop);
+    #: -1: SCHED_IDLE, only the CPU chat leaves idle (a login then waits while the core is busy)
     hash_nice: int = 10
 
 

@@ -5,9 +5,11 @@ Two lanes, as the engine contract says (shared/STYLE.md):
 - ``store``: ONE thread, so storage batches run one at a time and in order, on the
   thread that owns the database connection;
 - ``hash``: a small pool for password hashing at a lower CPU priority than the loop
-  (``BackendConfig.hash_nice``): a nice value, so while chat keeps the core busy the
-  scheduler still gives logins a bounded share of it (nice 10: about a tenth of the
-  loop's weight), or ``SCHED_IDLE`` (-1), where a hash runs only on a core chat leaves idle.
+  (``BackendConfig.hash_nice``): nice steps below it, so while chat keeps the core busy
+  the scheduler still gives logins a bounded share of it (10 steps: each hash thread
+  weighs about a tenth of the loop), or ``SCHED_IDLE`` (-1), where a hash runs only on a
+  core chat leaves idle. (The threads backend runs the engine's answer to a hash on the
+  hash thread, under its mutex: that short step runs at the lane's priority too.)
 
 A finished job's result (or the exception it raised) goes to ``deliver(job_id,
 result)``, called in the worker thread: the threads backend takes its engine mutex
@@ -92,15 +94,18 @@ class JobRunner:
 
 
 def lower_priority(nice: int) -> None:
-    """Lower this thread's CPU priority (Linux: a thread's own nice value; elsewhere the
-    whole process's, so nothing is done there). ``nice`` 0: as it is; -1: ``SCHED_IDLE``."""
+    """Lower this thread's CPU priority by ``nice`` steps below the process's (Linux: a
+    thread has a nice value of its own; elsewhere it would be the whole process's, so
+    nothing is done there). Relative, so a server started with ``nice`` keeps its hash lane
+    below its loop; 19 is the floor. ``nice`` 0: as it is; -1: ``SCHED_IDLE``."""
     if not nice or not sys.platform.startswith("linux"):
         return
     try:
         if nice < 0:
             os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # 0: this thread
         else:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)  # the thread's id, not the process's
+            tid = threading.get_native_id()  # the thread's id, not the process's
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
     except OSError:  # not allowed here: the thread runs at the loop's priority
         log.warning("could not lower the %s lane's priority", threading.current_thread().name)
 

@@ -166,8 +166,8 @@ MaxPendingLoginsFlag = Annotated[
 HashNiceFlag = Annotated[
     int,
     opt(
-        "Password checks' CPU priority: a nice value (0-19; 10 keeps logins about a tenth of the core while chat "
-        "is busy), or -1 for SCHED_IDLE (only CPU chat leaves idle).",
+        "Password checks' CPU priority: nice steps below the server's (0-19; at 10 each hash thread weighs a tenth "
+        "of the loop while chat keeps the core busy), or -1 for SCHED_IDLE (only CPU chat leaves idle).",
         LOGINS,
         min=-1,
         max=19,

@@ -28,7 +28,6 @@ from ..protocol import (
     VERSION_MAJOR,
     VERSION_MINOR,
     Ack,
-    Acks,
     Confirm,
     Confirmed,
     ContentType,
@@ -75,6 +74,7 @@ from ..protocol import (
     Welcome,
     Who,
     WhoReply,
+    acks_frames,
     decode,
     encode,
 )
@@ -181,8 +181,8 @@ class ClientSession:
             decoded = decode(frame, self.minor, self.version_minor)
             for msg in _unpacked(decoded):
                 self._receive(msg, events, acks)
-        if len(acks) > 1 and self.minor >= 5:  # several streams: one Acks frame (1.5)
-            self._out.append(encode(Acks(tuple(acks), tuple(acks.values())), self.minor))
+        if len(acks) > 1 and self.minor >= 5 and self.welcome is not None:  # several streams: Acks (1.5)
+            self._out += acks_frames(acks, self.welcome.max_frame, self.welcome.window)
         else:
             for stream, position in acks.items():  # acknowledgements coalesce per batch
                 self._out.append(encode(Ack(position, stream), self.minor))

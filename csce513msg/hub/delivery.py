@@ -363,14 +363,12 @@ class Mailroom:
         if m.duplicate:
             return  # a resend of a stored message: it was delivered (or is queued) already
         self.stored_count += 1
-        data, minor = b"", -1  # the Deliver's bytes, encoded once for the sessions of one minor
+        encoded: dict[int, bytes] = {}  # minor -> the Deliver's bytes, encoded once for its sessions
         for session in (*recipients, *self.online.get(m.sender, ())) if m.sender != m.target else recipients:
             if not session.live or (session.user == m.sender and session.device == m.device):
                 continue  # catching up (it will read this from the store), or the device that sent it
             if session.inflight() < self.config.window:
-                if session.minor != minor and not session.coalescing:  # (a coalescing outbox encodes its own)
-                    data, minor = _deliver_bytes(m, 0, session.minor), session.minor
-                self._deliver(session, m, data if minor == session.minor else None)
+                self._deliver(session, m, encoded)
             else:  # a full window: it catches up from the store as it acknowledges
                 session.live = False
         if log.isEnabledFor(logging.INFO):
@@ -395,15 +393,18 @@ class Mailroom:
         values = (state, message_id, time_us, position, stream, detail)
         self.out.write_encoded(session, encode_fields(Receipt, values, rid, minor=session.minor))
 
-    def _deliver(self, session: Session, m: StoredMessage, data: bytes | None = None) -> None:
-        """Deliver ``m`` to ``session`` (``data``: its Deliver's bytes for the session's minor,
-        when they were encoded for another session already)."""
+    def _deliver(self, session: Session, m: StoredMessage, encoded: dict[int, bytes] | None = None) -> None:
+        """Deliver ``m`` to ``session`` (``encoded``: minor -> its Deliver's bytes, shared by
+        the sessions of one message, so it is encoded once for each minor)."""
         if m.position <= session.delivered.get(m.stream, 0):
             return  # already on its way to this session (a live delivery met a catch-up)
-        if session.coalescing:  # its outbox collects the deliveries (1.5)
+        if session.coalescing:  # its outbox collects the deliveries (1.5), and encodes them
             self.out.write(session, _deliver_of(m))
         else:
-            self.out.write_encoded(session, data if data is not None else _deliver_bytes(m, 0, session.minor))
+            encoded = {} if encoded is None else encoded
+            if (data := encoded.get(session.minor)) is None:
+                data = encoded[session.minor] = _deliver_bytes(m, 0, session.minor)
+            self.out.write_encoded(session, data)
         self.delivered_count += 1
         session.delivered[m.stream] = m.position
         session.unacked.setdefault(m.stream, []).append(m.position)

@@ -416,6 +416,11 @@ class Engine:
         self.mail.acknowledged(session, ((msg.stream, msg.position),), msg.request_id)
 
     def _on_acks(self, session: Session, msg: Acks, now: float) -> None:
+        """Several Acks (1.5). No more entries than the window: a client never has more
+        streams unacknowledged than deliveries, and one rate token must not buy thousands."""
+        if len(msg.streams) > self.config.window:
+            too_many = f"an Acks of {len(msg.streams)} entries: at most {self.config.window} (the window)"
+            raise RemoteProtocolError(ErrorCode.BAD_REQUEST, too_many, request_id=msg.request_id)
         self.mail.acknowledged(session, zip(msg.streams, msg.positions, strict=True), msg.request_id)
 
     def _on_history(self, session: Session, msg: History, now: float) -> None:

@@ -8,12 +8,14 @@ numbers jobs and reads, so a key is unique whichever part made it.
 Coalescing (1.5, docs/protocol.md section 12): to a session that asked for it, the
 receipts written in one engine call go as one Receipts frame, put where the first of them
 was written, and its live deliveries as one Delivers frame, where the first of those was.
-So a receipt may overtake a delivery written before it, and a delivery a receipt: they
-are about different messages (a receipt about one this session sent, a delivery about
-one it receives), and a client handles each on its own. Nothing else moves: any other
-frame written to the session (an Error, a GroupInfo, a history page, a group's Deliver
-written with ``write_encoded``) closes both of its runs, and what comes after it starts
-new ones; a run keeps its entries' order.
+So a receipt may overtake a delivery written before it, and a delivery a receipt, but only
+of another stream: a message of a stream never passes one of the same stream (alice's
+laptop is sent bob's delivered receipt for a message her phone sent, and that message
+itself: their order stays), so a write of one kind whose stream the other kind's run has
+seen since this kind's run opened starts a new run. Nothing else moves: any other frame
+written to the session (an Error, a GroupInfo, a history page, a group's Deliver written
+with ``write_encoded``) closes both of its runs, and what follows it starts new ones; a
+run keeps its entries' order.
 The first message of a run is written at once, as the plain frame; when a second joins,
 ``take`` replaces that Write with the run's coalesced frame. What it costs, counted with
 callgrind on the engine routing one message (Receipt and Deliver, both sessions
@@ -36,6 +38,7 @@ from .session import Session
 
 MAX_HEADER = 0xFFFF  #: the largest header a frame can carry (``hlen`` is a u16): a reply's lists fit in it
 COALESCING_MINOR = 5  #: the protocol minor that added Receipts and Delivers
+MAX_ERROR_TEXT = 500  #: characters of an Error's message, at most (then "..."): 2 KB of UTF-8
 #: the most bytes of bodies one Delivers frame carries (a single larger delivery goes alone, as
 #: a plain Deliver): far below the 16 MiB every client accepts, so a client never waits long for
 #: a whole frame before it can show the first message of it
@@ -58,13 +61,16 @@ def fitting(sizes: Iterable[int], fixed: int) -> int:
 
 class _Run:
     """The receipts (or the live deliveries) written to one coalescing session since its
-    runs were last closed: the frame they become takes the place of ``actions[index]``."""
+    runs were last closed: the frame they become takes the place of ``actions[index]``.
+    ``passed``: the streams of the other kind written to the session since this run opened
+    (a message of one of them may not join this run: it would pass that one)."""
 
-    __slots__ = ("conn", "index", "kind", "minor", "msgs")
+    __slots__ = ("conn", "index", "minor", "msgs", "passed")
 
-    def __init__(self, index: int, session: Session, kind: type, msg: Message) -> None:
-        self.index, self.conn, self.minor, self.kind = index, session.conn, session.minor, kind
-        self.msgs: list[Message] = [msg]
+    def __init__(self, index: int, session: Session, msg: Receipt | Deliver) -> None:
+        self.index, self.conn, self.minor = index, session.conn, session.minor
+        self.msgs: list[Receipt] | list[Deliver] = [msg]  # type: ignore[assignment]  # one kind a run
+        self.passed: set[str] = set()
 
 
 class Outbox:
@@ -84,21 +90,29 @@ class Outbox:
         if session.coalescing:
             kind = type(msg)
             if kind is Receipt or (kind is Deliver and not msg.request_id):  # not a history page
+                assert isinstance(msg, Receipt | Deliver)
                 runs = self._open.setdefault(session.conn, {})
+                other = runs.get(Deliver if kind is Receipt else Receipt)
+                if other is not None:
+                    other.passed.add(msg.stream)
                 run = runs.get(kind)
-                if run is not None:
+                if run is not None and msg.stream not in run.passed:
                     if len(run.msgs) == 1:  # a second: the run's frame is made again at take
                         self._runs.append(run)
-                    run.msgs.append(msg)
+                    run.msgs.append(msg)  # type: ignore[arg-type]  # a run is of one kind
                     return
                 # the first is written as it is (a run of one, the commonest, costs one encode)
-                runs[kind] = _Run(len(self.actions), session, kind, msg)
+                runs[kind] = _Run(len(self.actions), session, msg)
             elif self._open:
                 self._open.pop(session.conn, None)  # anything else closes the session's runs
         self.actions.append(Write(session.conn, encode(msg, session.minor)))
 
     def error(self, session: Session, code: ErrorCode, message: str, request_id: int, retry_after_ms: int = 0) -> None:
-        """An Error; ``retry_after_ms``: the wait, when known (1.4; left out for older peers)."""
+        """An Error; ``retry_after_ms``: the wait, when known (1.4; left out for older peers).
+        A message is cut at ``MAX_ERROR_TEXT`` characters: it may quote what a client sent (a
+        stream name of 65,000 bytes made it too long to encode, which cost the connection)."""
+        if len(message) > MAX_ERROR_TEXT:
+            message = message[:MAX_ERROR_TEXT] + "..."
         self.write(session, Error(code, message, retry_after_ms, request_id))
 
     def write_encoded(self, session: Session, data: bytes) -> None:
@@ -133,22 +147,20 @@ class Outbox:
     def take(self) -> list[Action]:
         """Everything said since the last take (the engine returns it to the backend)."""
         out, self.actions = self.actions, []
-        if self._runs:  # the runs of two or more (ended or not): their first's Write is replaced
-            for run in self._runs:
-                out[run.index] = Write(run.conn, coalesced(run.msgs, run.minor))
-            self._runs = []
-        if self._open:
-            self._open.clear()
+        runs, self._runs = self._runs, []  # (forgotten before encoding: a failure cannot leave
+        self._open.clear()  # stale indexes behind for the next call's actions)
+        for run in runs:  # the runs of two or more (closed or not): their first's Write is replaced
+            out[run.index] = Write(run.conn, coalesced(run.msgs, run.minor))
         return out
 
 
-def coalesced(msgs: list[Message], minor: int) -> bytes:
+def coalesced(msgs: list[Receipt] | list[Deliver], minor: int) -> bytes:
     """The frames of a run of receipts or of live deliveries (all of one kind), in order: one
     Receipts or Delivers frame, or several where one would outgrow its u16 header or
     ``COALESCED_BODIES`` of bodies; a frame of one message is the plain Receipt or Deliver.
     The sizes are reckoned high (4 bytes a character: UTF-8's most), so no encoding is done twice."""
     frames: list[bytes] = []
-    chunk: list[Message] = []
+    chunk: list[Receipt | Deliver] = []
     header = bodies = 0
     for msg in msgs:
         if isinstance(msg, Receipt):
@@ -167,12 +179,13 @@ def coalesced(msgs: list[Message], minor: int) -> bytes:
     return frames[0] if len(frames) == 1 else b"".join(frames)
 
 
-def _frame_of(chunk: list[Message], minor: int) -> bytes:
+def _frame_of(chunk: list[Receipt | Deliver], minor: int) -> bytes:
     if len(chunk) == 1:
         return encode(chunk[0], minor)
-    if isinstance(chunk[0], Receipt):
-        return encode(Receipts(tuple(chunk)))  # type: ignore[arg-type]  # a run is all of one kind
-    return encode(Delivers(tuple(chunk)))  # type: ignore[arg-type]  # (outbox.write: run.kind)
+    receipts = [m for m in chunk if isinstance(m, Receipt)]
+    if receipts:  # a run is of one kind (Outbox.write)
+        return encode(Receipts(tuple(receipts)))
+    return encode(Delivers(tuple(m for m in chunk if isinstance(m, Deliver))))
 
 
 def retry_ms(seconds: float) -> int:

@@ -765,6 +765,34 @@ def _pack_acks(msg: Acks) -> bytes:
     return _framed(MsgType.ACKS, msg.request_id, header)
 
 
+def acks_frames(acks: dict[str, int], max_frame: int, max_entries: int) -> list[bytes]:
+    """The Acks frames that acknowledge ``acks`` (stream -> position), in order: each with at
+    most ``max_entries`` entries (the server's window) and a header of at most ``max_frame``
+    bytes (the server's limit) and 65,535 (a u16); a stream that fits no Acks alone goes as
+    a plain Ack (the server then says why it is refused, as it would for an Ack)."""
+    limit = min(max_frame, 0xFFFF) - _COUNTS.size
+    frames: list[bytes] = []
+    chunk: dict[str, int] = {}
+    size = 0
+    for stream, position in acks.items():
+        entry = ACK_ENTRY.size + _STR_LEN.size + len(stream.encode())
+        if chunk and (size + entry > limit or len(chunk) >= max(1, max_entries)):
+            frames.append(_acks_frame(chunk))
+            chunk, size = {}, 0
+        chunk[stream] = position
+        size += entry
+    if chunk:
+        frames.append(_acks_frame(chunk))
+    return frames
+
+
+def _acks_frame(chunk: dict[str, int]) -> bytes:
+    if len(chunk) == 1:
+        ((stream, position),) = chunk.items()
+        return encode(Ack(position, stream))
+    return encode(Acks(tuple(chunk), tuple(chunk.values())))
+
+
 def _entries(header: bytes, entry: struct.Struct) -> tuple[list[tuple[Any, ...]], int]:
     """The fixed parts of a coalesced frame's entries, and the offset of their strings."""
     count, size = _COUNTS.unpack_from(header, 0)  # struct.error when cut short

@@ -111,6 +111,11 @@ def deliver(position: int, body: bytes = b"x") -> Deliver:
     return Deliver(1, 0, position, 0, position, "a", "b", "dm:a,b", body)
 
 
+def from_c(position: int) -> Deliver:
+    """A delivery of another stream than ``receipt``'s and ``deliver``'s."""
+    return Deliver(1, 0, position, 0, position, "c", "a", "dm:a,c", b"x")
+
+
 def test_receipts_and_deliveries_each_go_in_one_frame_and_anything_else_closes_both_runs() -> None:
     """A session's receipts join one frame, its live deliveries another (they may pass each
     other: they are about different messages); any other frame closes both runs, so nothing
@@ -122,9 +127,9 @@ def test_receipts_and_deliveries_each_go_in_one_frame_and_anything_else_closes_b
     out.write(a, receipt(2))
     out.error(a, ErrorCode.BAD_REQUEST, "no", 7)  # this closes them
     out.write(a, receipt(3))
-    out.write(a, deliver(5))  # the other kind: a run of its own
-    out.write(a, receipt(4))  # joins receipt 3's frame, ahead of delivery 5
-    out.write(a, deliver(6))
+    out.write(a, from_c(5))  # the other kind: a run of its own
+    out.write(a, receipt(4))  # joins receipt 3's frame, ahead of delivery 5 (another stream)
+    out.write(a, from_c(6))
     out.write(b, Deliver(1, 0, 9, 0, 9, "a", "b", "dm:a,b", b"page", 3))  # a history page: plain, closes b's runs
     out.write(b, deliver(2))
     actions = out.take()
@@ -134,7 +139,7 @@ def test_receipts_and_deliveries_each_go_in_one_frame_and_anything_else_closes_b
         (2, deliver(1)),  # a run of one: the plain frame
         (1, Error(ErrorCode.BAD_REQUEST, "no", 0, 7)),
         (1, Receipts((receipt(3), receipt(4)))),
-        (1, Delivers((deliver(5), deliver(6)))),
+        (1, Delivers((from_c(5), from_c(6)))),
         (2, Deliver(1, 0, 9, 0, 9, "a", "b", "dm:a,b", b"page", 3)),
         (2, deliver(2)),
     ]
@@ -194,6 +199,27 @@ def _messages(msg: Message) -> tuple[Message, ...]:
     return (msg,)
 
 
+def test_a_receipt_never_passes_a_delivery_of_its_own_stream_nor_a_delivery_a_receipt() -> None:
+    """alice's laptop is sent a message her phone sent (a Deliver of stream s) and bob's
+    delivered receipt for it (a Receipt of s): they keep their order, as plain frames would.
+    Of another stream, they may pass each other (the review's case, and its opposite)."""
+    out = Outbox()
+    a = session(1)
+    other = Receipt(ReceiptState.STORED, 1, 0, 1, "dm:a,c", "", 4)
+    out.write(a, receipt(1))  # stream dm:a,b
+    out.write(a, deliver(2))  # dm:a,b too
+    out.write(a, Receipt(ReceiptState.DELIVERED, 2, 0, 2, "dm:a,b", "", 0))  # may not pass it
+    out.write(a, other)  # another stream: joins the newest receipts run
+    got = [decode(f) for w in out.take() if isinstance(w, Write) for f in FrameDecoder(1 << 20).feed(w.data)]
+    assert got == [receipt(1), deliver(2), Receipts((Receipt(ReceiptState.DELIVERED, 2, 0, 2, "dm:a,b", "", 0), other))]
+    out.write(a, Receipt(ReceiptState.STORED, 5, 0, 5, "dm:a,c", "", 9))
+    out.write(a, deliver(3))  # dm:a,b
+    out.write(a, receipt(6))  # dm:a,b: after delivery 3 -> a new run
+    out.write(a, deliver(4))  # dm:a,b: the receipt 6 of its stream came after its run opened -> new run
+    got = [decode(f) for w in out.take() if isinstance(w, Write) for f in FrameDecoder(1 << 20).feed(w.data)]
+    assert got == [Receipt(ReceiptState.STORED, 5, 0, 5, "dm:a,c", "", 9), deliver(3), receipt(6), deliver(4)]
+
+
 def test_one_acks_frame_acknowledges_two_streams_and_a_bad_entry_refuses_it_whole() -> None:
     """The client's side of 1.5: bob (a raw peer: it acknowledges only what the test says)
     read one message from alice and one from carol. An Acks whose second entry is beyond
@@ -222,3 +248,9 @@ def test_one_acks_frame_acknowledges_two_streams_and_a_bad_entry_refuses_it_whol
     assert session.acked == {streams["alice"]: 1, streams["carol"]: 1}
     for peer in (alice, carol):
         assert [r.position for r in peer.of(Receipt) if r.state == ReceiptState.DELIVERED] == [1]
+    # more entries than the window: refused before any is looked at (one token must not buy thousands)
+    window = h.engine.config.window
+    many = Acks(tuple(f"dm:bob,x{i}" for i in range(window + 1)), (1,) * (window + 1), request_id=79)
+    h.send_raw(bob, encode(many))
+    h.settle()
+    assert [(e.code, e.request_id) for e in bob.of(Error)][-1] == (ErrorCode.BAD_REQUEST, 79)
