@@ -388,7 +388,7 @@ class Mailroom:
         """Write a Receipt, encoded from its fields: no Receipt is made only to be encoded
         (but for a session that coalesces (1.5), whose outbox collects them)."""
         if session.coalescing:
-            self.out.write(session, Receipt(state, message_id, time_us, position, stream, detail, rid))
+            self.out.receipt(session, (state, rid, message_id, time_us, position, stream, detail))
             return
         values = (state, message_id, time_us, position, stream, detail)
         self.out.write_encoded(session, encode_fields(Receipt, values, rid, minor=session.minor))
@@ -399,7 +399,8 @@ class Mailroom:
         if m.position <= session.delivered.get(m.stream, 0):
             return  # already on its way to this session (a live delivery met a catch-up)
         if session.coalescing:  # its outbox collects the deliveries (1.5), and encodes them
-            self.out.write(session, _deliver_of(m))
+            self.out.delivery(session, (m.target_kind, m.content_type, m.message_id, m.time_us, m.position, m.sender,
+                                        m.target, m.stream, m.body))  # fmt: skip
         else:
             encoded = {} if encoded is None else encoded
             if (data := encoded.get(session.minor)) is None:
@@ -473,12 +474,6 @@ class Mailroom:
     def polls_due(self) -> int:
         """The number of the next accounts poll to be submitted (the current batch's)."""
         return self._polls_submitted + 1
-
-
-def _deliver_of(m: StoredMessage) -> Deliver:
-    """A stored message's live Deliver, as a message (for an outbox that coalesces it)."""
-    return Deliver(m.target_kind, m.content_type, m.message_id, m.time_us, m.position, m.sender, m.target,
-                   m.stream, m.body)  # fmt: skip
 
 
 def _deliver_bytes(m: StoredMessage, request_id: int, minor: int) -> bytes:

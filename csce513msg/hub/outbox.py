@@ -16,12 +16,11 @@ seen since this kind's run opened starts a new run. Nothing else moves: any othe
 written to the session (an Error, a GroupInfo, a history page, a group's Deliver written
 with ``write_encoded``) closes both of its runs, and what follows it starts new ones; a
 run keeps its entries' order.
-The first message of a run is written at once, as the plain frame; when a second joins,
-``take`` replaces that Write with the run's coalesced frame. What it costs, counted with
-callgrind on the engine routing one message (Receipt and Deliver, both sessions
-coalescing): 2.9 % more instructions for runs of one, the bookkeeping; 6.2 % fewer a
-message for eight in a row. The cost in clarity: a Write in ``actions`` is final only at
-``take``, and a session's receipts and deliveries are kept in two runs.
+A run holds rows, each message's fields as a tuple in the frame's order (``ReceiptRow``,
+``DeliverRow``): no Receipt or Deliver object is made only to be encoded. Its place in
+``actions`` is an empty Write that ``take`` fills: with the plain frame for a run of one,
+the coalesced frame otherwise. The cost in clarity: a Write in ``actions`` is final only
+at ``take``, and a session's receipts and deliveries are kept in two runs.
 """
 
 from __future__ import annotations
@@ -31,7 +30,19 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..protocol import Deliver, Delivers, Error, ErrorCode, Message, Receipt, Receipts, encode
+from ..protocol import (
+    Deliver,
+    DeliverRow,
+    Error,
+    ErrorCode,
+    Message,
+    Receipt,
+    ReceiptRow,
+    delivers_frame,
+    encode,
+    encode_fields,
+    receipts_frame,
+)
 from ..protocol.messages import DELIVER_ENTRY, RECEIPT_ENTRY
 from .actions import Action, Close, ConnId, Lane, Submit, Write
 from .session import Session
@@ -61,15 +72,15 @@ def fitting(sizes: Iterable[int], fixed: int) -> int:
 
 class _Run:
     """The receipts (or the live deliveries) written to one coalescing session since its
-    runs were last closed: the frame they become takes the place of ``actions[index]``.
-    ``passed``: the streams of the other kind written to the session since this run opened
-    (a message of one of them may not join this run: it would pass that one)."""
+    runs were last closed, as rows: the frame they become takes the place of
+    ``actions[index]``. ``passed``: the streams of the other kind written to the session
+    since this run opened (a message of one of them may not join this run: it would pass it)."""
 
-    __slots__ = ("conn", "index", "minor", "msgs", "passed")
+    __slots__ = ("conn", "index", "kind", "minor", "passed", "rows")
 
-    def __init__(self, index: int, session: Session, msg: Receipt | Deliver) -> None:
-        self.index, self.conn, self.minor = index, session.conn, session.minor
-        self.msgs: list[Receipt] | list[Deliver] = [msg]  # type: ignore[assignment]  # one kind a run
+    def __init__(self, index: int, session: Session, kind: type[Receipt] | type[Deliver]) -> None:
+        self.index, self.conn, self.minor, self.kind = index, session.conn, session.minor, kind
+        self.rows: list[Any] = []  # ReceiptRow or DeliverRow, as ``kind`` says
         self.passed: set[str] = set()
 
 
@@ -87,25 +98,32 @@ class Outbox:
         """Send ``msg`` to ``session``, with the fields of the version its Hello announced."""
         if session.closing:
             return  # e.g. a receipt whose commit came after the connection was told to close
-        if session.coalescing:
-            kind = type(msg)
-            if kind is Receipt or (kind is Deliver and not msg.request_id):  # not a history page
-                assert isinstance(msg, Receipt | Deliver)
-                runs = self._open.setdefault(session.conn, {})
-                other = runs.get(Deliver if kind is Receipt else Receipt)
-                if other is not None:
-                    other.passed.add(msg.stream)
-                run = runs.get(kind)
-                if run is not None and msg.stream not in run.passed:
-                    if len(run.msgs) == 1:  # a second: the run's frame is made again at take
-                        self._runs.append(run)
-                    run.msgs.append(msg)  # type: ignore[arg-type]  # a run is of one kind
-                    return
-                # the first is written as it is (a run of one, the commonest, costs one encode)
-                runs[kind] = _Run(len(self.actions), session, msg)
-            elif self._open:
-                self._open.pop(session.conn, None)  # anything else closes the session's runs
+        if self._open:
+            self._open.pop(session.conn, None)  # anything else closes the session's runs
         self.actions.append(Write(session.conn, encode(msg, session.minor)))
+
+    def receipt(self, session: Session, row: ReceiptRow) -> None:
+        """A Receipt to a session that coalesces (1.5), as its row (the others' are encoded
+        by ``Mailroom`` and written with ``write_encoded``)."""
+        if not session.closing:
+            self._add(session, Receipt, row, row[5])
+
+    def delivery(self, session: Session, row: DeliverRow) -> None:
+        """A live Deliver to a session that coalesces (1.5), as its row."""
+        if not session.closing:
+            self._add(session, Deliver, row, row[7])
+
+    def _add(self, session: Session, kind: type[Receipt] | type[Deliver], row: Any, stream: str) -> None:
+        runs = self._open.setdefault(session.conn, {})
+        other = runs.get(Deliver if kind is Receipt else Receipt)
+        if other is not None:
+            other.passed.add(stream)  # its kind may not pass this one any more
+        run = runs.get(kind)
+        if run is None or stream in run.passed:  # a new run, where this message would have been
+            run = runs[kind] = _Run(len(self.actions), session, kind)
+            self._runs.append(run)
+            self.actions.append(Write(session.conn, b""))  # its place: filled at take
+        run.rows.append(row)
 
     def error(self, session: Session, code: ErrorCode, message: str, request_id: int, retry_after_ms: int = 0) -> None:
         """An Error; ``retry_after_ms``: the wait, when known (1.4; left out for older peers).
@@ -149,43 +167,45 @@ class Outbox:
         out, self.actions = self.actions, []
         runs, self._runs = self._runs, []  # (forgotten before encoding: a failure cannot leave
         self._open.clear()  # stale indexes behind for the next call's actions)
-        for run in runs:  # the runs of two or more (closed or not): their first's Write is replaced
-            out[run.index] = Write(run.conn, coalesced(run.msgs, run.minor))
+        for run in runs:  # each run's place gets its frame (or frames)
+            out[run.index] = Write(run.conn, coalesced(run.kind, run.rows, run.minor))
         return out
 
 
-def coalesced(msgs: list[Receipt] | list[Deliver], minor: int) -> bytes:
-    """The frames of a run of receipts or of live deliveries (all of one kind), in order: one
-    Receipts or Delivers frame, or several where one would outgrow its u16 header or
-    ``COALESCED_BODIES`` of bodies; a frame of one message is the plain Receipt or Deliver.
-    The sizes are reckoned high (4 bytes a character: UTF-8's most), so no encoding is done twice."""
+def coalesced(kind: type[Receipt] | type[Deliver], rows: list[Any], minor: int) -> bytes:
+    """The frames of a run of receipt or delivery rows, in order: one Receipts or Delivers
+    frame, or several where one would outgrow its u16 header or ``COALESCED_BODIES`` of
+    bodies; a frame of one message is the plain Receipt or Deliver. The sizes are reckoned
+    high (4 bytes a character: UTF-8's most), so no encoding is done twice."""
+    if len(rows) == 1:  # the commonest run
+        return _frame_of(kind, rows, minor)
     frames: list[bytes] = []
-    chunk: list[Receipt | Deliver] = []
+    chunk: list[Any] = []
     header = bodies = 0
-    for msg in msgs:
-        if isinstance(msg, Receipt):
-            size, body = RECEIPT_ENTRY.size + 4 + 4 * (len(msg.stream) + len(msg.detail)), 0
+    receipts = kind is Receipt
+    for row in rows:
+        if receipts:
+            size, body = RECEIPT_ENTRY.size + 4 + 4 * (len(row[5]) + len(row[6])), 0
         else:
-            assert isinstance(msg, Deliver)
-            size = DELIVER_ENTRY.size + 6 + 4 * (len(msg.sender) + len(msg.target) + len(msg.stream))
-            body = len(msg.body)
+            size = DELIVER_ENTRY.size + 6 + 4 * (len(row[5]) + len(row[6]) + len(row[7]))
+            body = len(row[8])
         if chunk and (header + size > MAX_HEADER - 4 or bodies + body > COALESCED_BODIES):
-            frames.append(_frame_of(chunk, minor))
+            frames.append(_frame_of(kind, chunk, minor))
             chunk, header, bodies = [], 0, 0
-        chunk.append(msg)
+        chunk.append(row)
         header += size
         bodies += body
-    frames.append(_frame_of(chunk, minor))
+    frames.append(_frame_of(kind, chunk, minor))
     return frames[0] if len(frames) == 1 else b"".join(frames)
 
 
-def _frame_of(chunk: list[Receipt | Deliver], minor: int) -> bytes:
-    if len(chunk) == 1:
-        return encode(chunk[0], minor)
-    receipts = [m for m in chunk if isinstance(m, Receipt)]
-    if receipts:  # a run is of one kind (Outbox.write)
-        return encode(Receipts(tuple(receipts)))
-    return encode(Delivers(tuple(m for m in chunk if isinstance(m, Deliver))))
+def _frame_of(kind: type[Receipt] | type[Deliver], rows: list[Any], minor: int) -> bytes:
+    if len(rows) == 1:  # the plain frame, as any session of this minor would get it
+        row = rows[0]
+        if kind is Receipt:
+            return encode_fields(Receipt, (row[0], *row[2:]), row[1], minor=minor)
+        return encode_fields(Deliver, row[:8], 0, row[8], minor)
+    return receipts_frame(rows) if kind is Receipt else delivers_frame(rows)
 
 
 def retry_ms(seconds: float) -> int:

@@ -29,6 +29,7 @@ from .messages import (
     Confirmed,
     ContentType,
     Deliver,
+    DeliverRow,
     Delivers,
     Error,
     Feature,
@@ -63,6 +64,7 @@ from .messages import (
     Presence,
     QueueOp,
     Receipt,
+    ReceiptRow,
     Receipts,
     ReceiptState,
     Redact,
@@ -74,8 +76,10 @@ from .messages import (
     WhoReply,
     acks_frames,
     decode,
+    delivers_frame,
     encode,
     encode_fields,
+    receipts_frame,
 )
 
 __all__ = [
@@ -99,6 +103,10 @@ __all__ = [
     "WAITING_CAP",
     "Ack",
     "Acks",
+    "receipts_frame",
+    "delivers_frame",
+    "ReceiptRow",
+    "DeliverRow",
     "acks_frames",
     "ContentType",
     "Csce513Error",

@@ -739,22 +739,42 @@ def _framed(msg_type: MsgType, request_id: int, header: bytes, body: bytes = b""
     return encode_frame(msg_type, request_id, header, body)
 
 
-def _pack_receipts(msg: Receipts) -> bytes:
-    entries = msg.receipts
+#: A receipt's row, as ``receipts_frame`` takes it: its entry's fixed fields, then its strings
+ReceiptRow = tuple[
+    int, int, int, int, int, str, str
+]  # state, request_id, message_id, time_us, position, stream, detail
+#: A delivery's row, as ``delivers_frame`` takes it: a Deliver's header fields in order, then its body
+DeliverRow = tuple[int, int, int, int, int, str, str, str, bytes]
+
+
+def receipts_frame(rows: Sequence[ReceiptRow], request_id: int = 0) -> bytes:
+    """The Receipts frame of ``rows`` (the hub's outbox builds one from rows, not Receipts)."""
     pack = RECEIPT_ENTRY.pack
-    fixed = [pack(r.state, r.request_id, r.message_id, r.time_us, r.position) for r in entries]
-    texts = [text for r in entries for text in (r.stream, r.detail)]
-    header = _COUNTS.pack(len(entries), RECEIPT_ENTRY.size) + b"".join(fixed) + _strings(texts)
-    return _framed(MsgType.RECEIPTS, msg.request_id, header)
+    fixed = [pack(state, rid, mid, time_us, position) for state, rid, mid, time_us, position, _, _ in rows]
+    texts = [text for row in rows for text in row[5:]]
+    header = _COUNTS.pack(len(rows), RECEIPT_ENTRY.size) + b"".join(fixed) + _strings(texts)
+    return _framed(MsgType.RECEIPTS, request_id, header)
+
+
+def delivers_frame(rows: Sequence[DeliverRow], request_id: int = 0) -> bytes:
+    """The Delivers frame of ``rows``: the bodies, back to back, are its body."""
+    pack = DELIVER_ENTRY.pack
+    fixed = [pack(kind, content, mid, time_us, position, len(body)) for kind, content, mid, time_us, position, *_, body
+             in rows]  # fmt: skip
+    texts = [text for row in rows for text in row[5:8]]
+    header = _COUNTS.pack(len(rows), DELIVER_ENTRY.size) + b"".join(fixed) + _strings(texts)
+    return _framed(MsgType.DELIVERS, request_id, header, b"".join(row[8] for row in rows))
+
+
+def _pack_receipts(msg: Receipts) -> bytes:
+    rows = [(r.state, r.request_id, r.message_id, r.time_us, r.position, r.stream, r.detail) for r in msg.receipts]
+    return receipts_frame(rows, msg.request_id)
 
 
 def _pack_delivers(msg: Delivers) -> bytes:
-    entries = msg.delivers
-    pack = DELIVER_ENTRY.pack
-    fixed = [pack(d.target_kind, d.content_type, d.message_id, d.time_us, d.position, len(d.body)) for d in entries]
-    texts = [text for d in entries for text in (d.sender, d.target, d.stream)]
-    header = _COUNTS.pack(len(entries), DELIVER_ENTRY.size) + b"".join(fixed) + _strings(texts)
-    return _framed(MsgType.DELIVERS, msg.request_id, header, b"".join(d.body for d in entries))
+    rows = [(d.target_kind, d.content_type, d.message_id, d.time_us, d.position, d.sender, d.target, d.stream, d.body)
+            for d in msg.delivers]  # fmt: skip
+    return delivers_frame(rows, msg.request_id)
 
 
 def _pack_acks(msg: Acks) -> bytes:

@@ -4,6 +4,8 @@ frames, byte for byte what it got before 1.5."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from csce513msg.hub import Action, Close, Write
 from csce513msg.hub.outbox import COALESCED_BODIES, MAX_HEADER, Outbox, coalesced
 from csce513msg.hub.session import Session
@@ -111,6 +113,25 @@ def deliver(position: int, body: bytes = b"x") -> Deliver:
     return Deliver(1, 0, position, 0, position, "a", "b", "dm:a,b", body)
 
 
+def put(out: Outbox, to: Session, msg: Message) -> None:
+    """Write ``msg`` as the Mailroom does to a session that coalesces: a Receipt or a live
+    Deliver as its row (``Outbox.receipt``, ``Outbox.delivery``), anything else as itself."""
+    if isinstance(msg, Receipt):
+        out.receipt(to, row(msg))
+    elif isinstance(msg, Deliver) and not msg.request_id:
+        out.delivery(to, row(msg))
+    else:
+        out.write(to, msg)
+
+
+def row(msg: Receipt | Deliver) -> Any:
+    """A message's row, as the outbox keeps it."""
+    if isinstance(msg, Receipt):
+        return (msg.state, msg.request_id, msg.message_id, msg.time_us, msg.position, msg.stream, msg.detail)
+    return (msg.target_kind, msg.content_type, msg.message_id, msg.time_us, msg.position, msg.sender, msg.target,
+            msg.stream, msg.body)  # fmt: skip
+
+
 def from_c(position: int) -> Deliver:
     """A delivery of another stream than ``receipt``'s and ``deliver``'s."""
     return Deliver(1, 0, position, 0, position, "c", "a", "dm:a,c", b"x")
@@ -122,16 +143,16 @@ def test_receipts_and_deliveries_each_go_in_one_frame_and_anything_else_closes_b
     else moves, and what follows starts new runs."""
     out = Outbox()
     a, b = session(1), session(2)
-    out.write(a, receipt(1))
-    out.write(b, deliver(1))  # another session's writes do not touch a's runs
-    out.write(a, receipt(2))
+    put(out, a, receipt(1))
+    put(out, b, deliver(1))  # another session's writes do not touch a's runs
+    put(out, a, receipt(2))
     out.error(a, ErrorCode.BAD_REQUEST, "no", 7)  # this closes them
-    out.write(a, receipt(3))
-    out.write(a, from_c(5))  # the other kind: a run of its own
-    out.write(a, receipt(4))  # joins receipt 3's frame, ahead of delivery 5 (another stream)
-    out.write(a, from_c(6))
-    out.write(b, Deliver(1, 0, 9, 0, 9, "a", "b", "dm:a,b", b"page", 3))  # a history page: plain, closes b's runs
-    out.write(b, deliver(2))
+    put(out, a, receipt(3))
+    put(out, a, from_c(5))  # the other kind: a run of its own
+    put(out, a, receipt(4))  # joins receipt 3's frame, ahead of delivery 5 (another stream)
+    put(out, a, from_c(6))
+    put(out, b, Deliver(1, 0, 9, 0, 9, "a", "b", "dm:a,b", b"page", 3))  # a history page: plain, closes b's runs
+    put(out, b, deliver(2))
     actions = out.take()
     got = [(a.conn, decode(f)) for a in actions if isinstance(a, Write) for f in FrameDecoder(1 << 20).feed(a.data)]
     assert got == [
@@ -144,8 +165,8 @@ def test_receipts_and_deliveries_each_go_in_one_frame_and_anything_else_closes_b
         (2, deliver(2)),
     ]
     assert out.take() == []  # and the runs are forgotten
-    out.write(a, receipt(1))
-    out.write(a, receipt(2))
+    put(out, a, receipt(1))
+    put(out, a, receipt(2))
     out.close(a, "bye")  # a run ended, and none left open at take: it is coalesced all the same
     first, close = out.take()
     assert isinstance(first, Write) and first.data == encode(Receipts((receipt(1), receipt(2))))
@@ -163,17 +184,17 @@ def test_a_session_that_did_not_ask_is_written_at_once() -> None:
 def test_a_long_run_is_cut_below_the_header_limit_and_the_bodies_budget() -> None:
     long_stream = "dm:" + "a" * 32 + "," + "b" * 32
     many = [Receipt(2, i, 0, i, long_stream, "b" * 32 + " is offline", i) for i in range(1, 2001)]
-    data = coalesced(list(many), 5)
+    data = coalesced(Receipt, [row(r) for r in many], 5)
     got = list(FrameDecoder(1 << 24).feed(data))
     assert len(got) > 1 and all(len(f.header) <= MAX_HEADER for f in got)
     assert all(f.type == MsgType.RECEIPTS for f in got)
     assert [r for f in got for r in _messages(decode(f))] == many
     big = [deliver(i, b"x" * (COALESCED_BODIES // 3)) for i in range(1, 8)]
-    frames_of_big = list(FrameDecoder(1 << 24).feed(coalesced(list(big), 5)))
+    frames_of_big = list(FrameDecoder(1 << 24).feed(coalesced(Deliver, [row(d) for d in big], 5)))
     assert all(len(f.body) <= COALESCED_BODIES for f in frames_of_big) and len(frames_of_big) == 3
     unpacked = [m for f in frames_of_big for m in _messages(decode(f))]
     assert unpacked == big
-    (alone,) = FrameDecoder(1 << 24).feed(coalesced([deliver(1, b"y" * (COALESCED_BODIES + 1))], 5))
+    (alone,) = FrameDecoder(1 << 24).feed(coalesced(Deliver, [row(deliver(1, b"y" * (COALESCED_BODIES + 1)))], 5))
     assert alone.type == MsgType.DELIVER  # larger than the budget: alone, plain
 
 
@@ -206,16 +227,16 @@ def test_a_receipt_never_passes_a_delivery_of_its_own_stream_nor_a_delivery_a_re
     out = Outbox()
     a = session(1)
     other = Receipt(ReceiptState.STORED, 1, 0, 1, "dm:a,c", "", 4)
-    out.write(a, receipt(1))  # stream dm:a,b
-    out.write(a, deliver(2))  # dm:a,b too
-    out.write(a, Receipt(ReceiptState.DELIVERED, 2, 0, 2, "dm:a,b", "", 0))  # may not pass it
-    out.write(a, other)  # another stream: joins the newest receipts run
+    put(out, a, receipt(1))  # stream dm:a,b
+    put(out, a, deliver(2))  # dm:a,b too
+    put(out, a, Receipt(ReceiptState.DELIVERED, 2, 0, 2, "dm:a,b", "", 0))  # may not pass it
+    put(out, a, other)  # another stream: joins the newest receipts run
     got = [decode(f) for w in out.take() if isinstance(w, Write) for f in FrameDecoder(1 << 20).feed(w.data)]
     assert got == [receipt(1), deliver(2), Receipts((Receipt(ReceiptState.DELIVERED, 2, 0, 2, "dm:a,b", "", 0), other))]
-    out.write(a, Receipt(ReceiptState.STORED, 5, 0, 5, "dm:a,c", "", 9))
-    out.write(a, deliver(3))  # dm:a,b
-    out.write(a, receipt(6))  # dm:a,b: after delivery 3 -> a new run
-    out.write(a, deliver(4))  # dm:a,b: the receipt 6 of its stream came after its run opened -> new run
+    put(out, a, Receipt(ReceiptState.STORED, 5, 0, 5, "dm:a,c", "", 9))
+    put(out, a, deliver(3))  # dm:a,b
+    put(out, a, receipt(6))  # dm:a,b: after delivery 3 -> a new run
+    put(out, a, deliver(4))  # dm:a,b: the receipt 6 of its stream came after its run opened -> new run
     got = [decode(f) for w in out.take() if isinstance(w, Write) for f in FrameDecoder(1 << 20).feed(w.data)]
     assert got == [Receipt(ReceiptState.STORED, 5, 0, 5, "dm:a,c", "", 9), deliver(3), receipt(6), deliver(4)]
 
