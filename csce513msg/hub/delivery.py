@@ -27,7 +27,7 @@ import functools
 import itertools
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -163,7 +163,7 @@ class Mailroom:
         self.batch.notes.append(note)
         self._noters.append((session.conn, rid))
 
-    def acknowledged(self, session: Session, acks: Iterable[tuple[str, int]], rid: int) -> None:
+    def acknowledged(self, session: Session, acks: Sequence[tuple[str, int]], rid: int) -> None:
         """An Ack, or the entries of an Acks (1.5): for each (stream, position), the device's
         cursor moves and the senders learn what was delivered; then a session catching up
         reads its next window once everything sent is acknowledged. All or none: every
@@ -172,7 +172,6 @@ class Mailroom:
         Raises:
             RemoteProtocolError: BAD_REQUEST for a position beyond what was delivered.
         """
-        acks = list(acks)
         for stream, position in acks:
             delivered = session.delivered.get(stream)
             if delivered is None or position > delivered:

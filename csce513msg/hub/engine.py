@@ -421,7 +421,7 @@ class Engine:
         if len(msg.streams) > self.config.window:
             too_many = f"an Acks of {len(msg.streams)} entries: at most {self.config.window} (the window)"
             raise RemoteProtocolError(ErrorCode.BAD_REQUEST, too_many, request_id=msg.request_id)
-        self.mail.acknowledged(session, zip(msg.streams, msg.positions, strict=True), msg.request_id)
+        self.mail.acknowledged(session, list(zip(msg.streams, msg.positions, strict=True)), msg.request_id)
 
     def _on_history(self, session: Session, msg: History, now: float) -> None:
         rid = msg.request_id

@@ -114,7 +114,9 @@ class Outbox:
             self._add(session, Deliver, row, row[7])
 
     def _add(self, session: Session, kind: type[Receipt] | type[Deliver], row: Any, stream: str) -> None:
-        runs = self._open.setdefault(session.conn, {})
+        runs = self._open.get(session.conn)
+        if runs is None:  # (not setdefault: it would build an empty dict on every call)
+            runs = self._open[session.conn] = {}
         other = runs.get(Deliver if kind is Receipt else Receipt)
         if other is not None:
             other.passed.add(stream)  # its kind may not pass this one any more
