@@ -10,6 +10,9 @@ Two lanes, as the engine contract says (shared/STYLE.md):
   weighs about a tenth of the loop), or ``SCHED_IDLE`` (-1), where a hash runs only on a
   core chat leaves idle. (The threads backend runs the engine's answer to a hash on the
   hash thread, under its mutex: that short step runs at the lane's priority too.)
+- ``file``: ONE thread for the bytes of file transfers (1.6): chunk writes and reads, the
+  re-hash of a resumed upload. Not the store's thread, where a large write would delay
+  every commit behind it; one thread, so the disk serves transfers in turn.
 
 A finished job's result (or the exception it raised) goes to ``deliver(job_id,
 result)``, called in the worker thread: the threads backend takes its engine mutex
@@ -40,11 +43,11 @@ class JobRunner:
     (a nice value, or -1 for ``SCHED_IDLE``)."""
 
     #: lane -> threads
-    LANES: ClassVar[dict[Lane, int]] = {Lane.STORE: 1, Lane.HASH: 2}
+    LANES: ClassVar[dict[Lane, int]] = {Lane.STORE: 1, Lane.HASH: 2, Lane.FILE: 1}
 
     def __init__(self, deliver: Deliver, hash_nice: int = 10) -> None:
         self.deliver = deliver
-        self.nice = {Lane.STORE: 0, Lane.HASH: hash_nice}
+        self.nice = {Lane.STORE: 0, Lane.HASH: hash_nice, Lane.FILE: 0}
         self.queues: dict[Lane, queue.SimpleQueue[tuple[int, Callable[[], object]] | None]] = {}
         self.threads: list[threading.Thread] = []
         #: jobs submitted whose results the engine has not had yet: a stopping server waits

@@ -19,6 +19,7 @@ import dataclasses
 import ipaddress
 import logging
 import resource
+import shutil
 import socket
 import sqlite3
 import ssl
@@ -38,12 +39,14 @@ from ..crypto.passwords import COSTS, Scrypt
 from ..hub import Engine, EngineAPI, HubConfig
 from ..paths import DATABASE, default_data_dir, private_data_dir
 from ..store import MemoryStore, Store
+from ..store.files import FileShelf
 from ..store.sqlite import CHECKPOINT_INTERVAL, SqliteStore, database_problem
 from . import options as o
 from . import stats as live_stats
 from .banner import make_announce
 from .groups import group_app
 from .invite import invite
+from .units import show_size
 from .users import user_app
 
 C = TypeVar("C", BackendConfig, HubConfig)  #: a config that ``_configs`` fills from the options
@@ -72,6 +75,11 @@ def main(
     max_frame: o.MaxFrameFlag = o.HUB.max_frame,
     max_text: o.MaxTextFlag = o.HUB.max_text,
     window: o.WindowFlag = o.HUB.window,
+    max_file: o.MaxFileFlag = o.HUB.max_file,
+    file_quota: o.FileQuotaFlag = o.HUB.file_quota,
+    disk_reserve: o.DiskReserveFlag = o.HUB.disk_reserve,
+    file_days: o.FileDaysFlag = o.HUB.file_days,
+    no_files: o.NoFilesFlag = False,
     max_group_members: o.MaxGroupMembersFlag = o.HUB.max_group_members,
     rate: o.RateFlag = o.HUB.rate,
     burst: o.BurstFlag = o.HUB.burst,
@@ -137,9 +145,10 @@ def main(
         data_flag = f" --data-dir {data_dir}" if data_dir != default_data_dir() else ""
         _say(f"accounts: none yet: add them with `msgsrv user add NAME{data_flag}` (or use --self-register)")
     wall_offset = time.time() - time.monotonic()
+    shelf = None if no_files else _open_shelf(data_dir, durability, disk_reserve)
     chat = Engine(
         store, hub_config, wall_offset, passwords, accounts, store.load_device_tokens(), store.load_groups(),
-        store.load_classroom(),
+        store.load_classroom(), shelf, shelf.load() if shelf else None,
     )  # fmt: skip
     engine: EngineAPI = chat
     fingerprint = None
@@ -184,6 +193,18 @@ def _passwords(kdf_cost: o.KdfChoice, loopback: bool) -> Scrypt:
             _fail("--kdf-cost test protects no password: it is refused on a non-loopback address")
         typer.echo("WARNING: --kdf-cost test: password hashes are trivial to crack; for tests only", err=True)
     return Scrypt(COSTS[kdf_cost.value])
+
+
+def _open_shelf(data_dir: Path, durability: o.Durability, reserve: int) -> FileShelf:
+    """Where uploads live: ``DATA_DIR/files`` (0700); with ``--durability memory``, a
+    directory emptied at every start (nothing survives a restart, as for the messages)."""
+    private_data_dir(data_dir)
+    directory = data_dir / ("files.memory" if durability is o.Durability.memory else "files")
+    if durability is o.Durability.memory:
+        shutil.rmtree(directory, ignore_errors=True)
+    shelf = FileShelf(directory, reserve)
+    _say(f"files: {directory} (kept free on its disk: {show_size(reserve)})")
+    return shelf
 
 
 def _open_store(data_dir: Path, durability: o.Durability, checkpoint_interval: float) -> Store:

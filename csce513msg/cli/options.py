@@ -16,6 +16,7 @@ import typer
 from ..backends.common import FD_RESERVE, BackendConfig
 from ..hub import HubConfig, Visibility
 from ..protocol import VERSION_MAJOR, VERSION_MINOR
+from .units import parse_size
 
 NETWORK, LIMITS, TIMES, TLS, STORE, LOGINS, OUTPUT = (
     "Network", "Limits", "Timeouts", "TLS", "Storage", "Accounts and logins", "Output"
@@ -93,6 +94,14 @@ SndbufFlag = Annotated[int, opt("SO_SNDBUF of accepted sockets; 0: the kernel's 
 MaxFrameFlag = Annotated[int, opt("Largest frame (header + body) accepted, bytes.", LIMITS, min=4096)]
 MaxTextFlag = Annotated[int, opt("Largest message body, bytes.", LIMITS, min=1)]
 MaxGroupMembersFlag = Annotated[int, opt("Members a group may have at once.", LIMITS, min=1)]
+FILES = "Files"
+MaxFileFlag = Annotated[int, opt("Largest file an upload may declare (e.g. 256M).", FILES, parser=parse_size)]
+FileQuotaFlag = Annotated[int, opt("Bytes of uploads one user may hold at once (e.g. 1G).", FILES, parser=parse_size)]
+DiskReserveFlag = Annotated[
+    int, opt("Bytes kept free on the data directory's disk: uploads past it are refused.", FILES, parser=parse_size)
+]
+FileDaysFlag = Annotated[float, opt("Days an upload is kept from its start, then deleted.", FILES, min=0.001)]
+NoFilesFlag = Annotated[bool, opt("Keep no files: uploads are not offered (protocol 1.6's files off).", FILES)]
 WindowFlag = Annotated[int, opt("Unacknowledged deliveries per client (advertised).", LIMITS, min=1)]
 RateFlag = Annotated[float, opt("Requests per second per connection.", LIMITS, min=0.001)]
 BurstFlag = Annotated[int, opt("Requests a connection may send at once.", LIMITS, min=1)]

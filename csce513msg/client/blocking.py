@@ -42,17 +42,23 @@ from ..protocol import (
     HistoryEnd,
     LoginOk,
     Message,
+    Offer,
     Receipt,
     TargetKind,
     WhoReply,
 )
+from .downloads import PartialDownload, TransferError
 from .session import ClientSession, ClientState
+from .transfer import Download, Upload
 from .tls import wrap as wrap_tls
 
 M = TypeVar("M", bound=Message)
 RETRY_FIRST = 0.2  #: seconds: the first pause before a login refused as RATE_LIMITED is tried again
 RETRY_MOST = 5.0  #: ... doubling up to this
 
+
+#: a transfer's progress: (bytes done, bytes in all)
+Progress = Callable[[int, int], object]
 
 class ServerError(Csce513Error):
     """The server answered a request with an Error."""
@@ -113,6 +119,7 @@ class Client:
         groups: bool = False,
         minor: int = VERSION_MINOR,
         coalescing: bool = True,
+        files: bool = True,
     ) -> Client:
         """Connect, wait for the Welcome (the server's acknowledgement) and, if
         ``user`` is given, log in with ``password`` (or, with ``register``, create
@@ -138,7 +145,7 @@ class Client:
         seed = time.time_ns() // 1000
         session = ClientSession(
             presence=presence, device_id=device_id, device_token=device_token, client_msg_seed=seed,
-            drop_repeats=drop_repeats, groups=groups, minor=minor, coalescing=coalescing,
+            drop_repeats=drop_repeats, groups=groups, minor=minor, coalescing=coalescing, files=files,
         )  # fmt: skip
         client = cls(sock, session, timeout)
         client._wait(lambda: client.session.state is not ClientState.AWAIT_WELCOME, timeout)
@@ -302,6 +309,50 @@ class Client:
     def take_next(self) -> HandQueueReply:
         """Take the first hand (staff): ``taken`` names the student ("" for an empty queue)."""
         return self.request(self.session.take_next(), HandQueueReply)
+
+    # ---- files (1.6) ---------------------------------------------------------------
+
+    def upload_file(
+        self, path: Path, target: str, kind: TargetKind = TargetKind.USER, upload_id: str = "",
+        progress: Progress | None = None,
+    ) -> Upload:  # fmt: skip
+        """Upload the file at ``path`` for the conversation with ``target`` (``upload_id``: resume
+        that upload); return it once the server has every byte. Raise ServerError if refused."""
+        upload = Upload(self.session, path, target, kind, upload_id)
+        self._drive(upload, lambda: progress(upload.acked, upload.size) if progress else None)
+        if upload.error is not None:
+            raise ServerError(upload.error)
+        return upload
+
+    def send_file(
+        self, target: str, path: Path, kind: TargetKind = TargetKind.USER, progress: Progress | None = None
+    ) -> tuple[Upload, Receipt]:
+        """Upload a file, then post its offer to ``target``: the server's Receipt for the offer."""
+        upload = self.upload_file(path, target, kind, progress=progress)
+        return upload, self.request(self.session.send_offer(target, upload.offer(), kind), Receipt)
+
+    def download(self, offer: Offer, directory: Path, progress: Progress | None = None) -> Path:
+        """Fetch an offered file into ``directory`` (resuming a partial one there); return its
+        path once its size and hash are checked. Raise TransferError if it fails (the partial
+        file is removed then; a lost connection keeps it for a resume)."""
+        partial = PartialDownload.open(directory, offer.upload_id, offer.name, offer.size, offer.sha256)
+        try:
+            download = Download(self.session, offer, partial)
+            self._drive(download, lambda: progress(download.received, offer.size) if progress else None)
+        except BaseException:
+            partial.close()
+            raise
+        if download.path is None:
+            raise TransferError(download.error)
+        return download.path
+
+    def _drive(self, transfer: Upload | Download, moved: Callable[[], object]) -> None:
+        """Send and read until ``transfer`` is done; other messages wait in the inbox."""
+        while not transfer.done:
+            self.flush()
+            self.next_message(transfer.handle)
+            moved()
+        self.flush()
 
     def send_raw(self, data: bytes) -> None:
         """Send bytes as they are (for tests of malformed input)."""

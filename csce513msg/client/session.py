@@ -36,6 +36,11 @@ from ..protocol import (
     Error,
     ErrorCode,
     Feature,
+    FileCancel,
+    FileChunk,
+    FileGet,
+    FileState,
+    FileUpload,
     FrameDecoder,
     GroupAdd,
     GroupCreate,
@@ -61,6 +66,7 @@ from ..protocol import (
     Login,
     LoginOk,
     Message,
+    Offer,
     Ping,
     Pong,
     QueueOp,
@@ -77,7 +83,9 @@ from ..protocol import (
     acks_frames,
     decode,
     encode,
+    offer_body,
 )
+from ..protocol.transfer import FILES_MINOR
 
 #: The client accepts frames up to this size from the server (a delivery is at
 #: most the server's text limit plus its header).
@@ -85,7 +93,18 @@ CLIENT_MAX_FRAME = 16 * 1024 * 1024
 #: How many recent message ids a session remembers to drop repeated deliveries.
 SEEN_LIMIT = 10_000
 #: Reply types that end a request (an Error with a request id does too).
-_REPLIES = (LoginOk, Receipt, WhoReply, Pong, Error, HistoryEnd, GroupInfo, GroupListReply, GroupMembersReply)
+_REPLIES = (
+    LoginOk,
+    Receipt,
+    WhoReply,
+    Pong,
+    Error,
+    HistoryEnd,
+    GroupInfo,
+    GroupListReply,
+    GroupMembersReply,
+    FileState,
+)
 
 
 def _unpacked(msg: Message) -> tuple[Message, ...]:
@@ -119,6 +138,7 @@ class ClientSession:
         groups: ask the server for groups (the ``groups`` feature, protocol 1.4).
         minor: the newest protocol minor to announce (an older one plays an old client).
         coalescing: ask a server that offers it (1.5) for coalesced receipts and deliveries.
+        files: ask a server that offers them (1.6) for files (uploads and downloads).
     """
 
     def __init__(
@@ -136,6 +156,7 @@ class ClientSession:
         groups: bool = False,
         minor: int = VERSION_MINOR,
         coalescing: bool = True,
+        files: bool = True,
     ) -> None:
         if not 0 <= minor <= VERSION_MINOR:
             raise ValueError(f"this client speaks protocol {VERSION_MAJOR}.0 to {VERSION_MAJOR}.{VERSION_MINOR}")
@@ -145,6 +166,7 @@ class ClientSession:
         self.presence = presence
         self.groups = groups
         self.coalescing = coalescing
+        self.files = files
         self.version_minor = minor  #: the minor this client announces
         self.client = client
         self.device_id = device_id
@@ -227,6 +249,8 @@ class ClientSession:
             features += (Feature.GROUPS.value,)
         if self.coalescing and self.minor >= 5 and Feature.COALESCING.value in msg.features:
             features += (Feature.COALESCING.value,)
+        if self.files and self.minor >= FILES_MINOR and Feature.FILES.value in msg.features:
+            features += (Feature.FILES.value,)
         # the older of the server's minor and ours: what this session speaks either way
         self.request(Hello(VERSION_MAJOR, self.minor, features, self.client))
         self.pending.pop(self._next_id)  # Hello has no reply: only an Error if refused
@@ -251,6 +275,14 @@ class ClientSession:
             and self.welcome is not None
             and self.minor >= 4
             and Feature.GROUPS.value in self.welcome.features
+        )
+
+    @property
+    def has_files(self) -> bool:
+        """The server keeps files for this session: both sides speak 1.6, it offered them, we asked."""
+        welcome = self.welcome
+        return (
+            self.files and welcome is not None and self.minor >= FILES_MINOR and Feature.FILES.value in welcome.features
         )
 
     # ---- output -------------------------------------------------------------------
@@ -372,6 +404,31 @@ class ClientSession:
     def take_next(self) -> int:
         """Queue a HandQueue take (staff): the first hand; HandQueueReply names the student."""
         return self.request(HandQueue(QueueOp.TAKE))
+
+    # ---- files (1.6; the transfers themselves: ``client/transfer.py``) ------------------
+
+    def file_upload(
+        self, size: int, sha256: str, target: str, kind: TargetKind = TargetKind.USER, upload_id: str = ""
+    ) -> int:
+        """Queue a FileUpload (``upload_id``: resume that one); answered by FileState."""
+        return self.request(FileUpload(size, sha256, kind, target, upload_id))
+
+    def file_chunk(self, upload_id: str, offset: int, data: bytes) -> int:
+        """Queue a FileChunk; answered by FileState once the server wrote it."""
+        return self.request(FileChunk(upload_id, offset, data))
+
+    def file_get(self, upload_id: str, offset: int, length: int) -> int:
+        """Queue a FileGet; answered by FileData frames, the last one marked."""
+        return self.request(FileGet(upload_id, offset, length))
+
+    def file_cancel(self, upload_id: str) -> int:
+        """Queue a FileCancel; answered by FileState (CANCELLED)."""
+        return self.request(FileCancel(upload_id))
+
+    def send_offer(self, target: str, offer: Offer, kind: TargetKind = TargetKind.USER) -> int:
+        """Queue the message that offers an uploaded file (content type 1); answered by a Receipt."""
+        body = offer_body(offer)
+        return self.request(Send(kind, ContentType.FILE_OFFER, self.new_client_msg_id(), target, body))
 
     def ping(self) -> int:
         """Queue a Ping (keep-alive); return its request id."""

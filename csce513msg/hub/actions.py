@@ -45,6 +45,7 @@ class Lane(enum.Enum):
 
     STORE = "store"  #: one thread that owns the database: storage batches, one at a time, in order
     HASH = "hash"  #: a small pool at the lowest priority: password checks
+    FILE = "file"  #: one thread for the bytes of file transfers (1.6): never the loop, never the store's
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,3 +53,8 @@ class HubConfig:
     #: protocol's ``VERSION_MINOR``. Groups are served from 4; a test sets 3 to play a 1.3 server
     max_minor: int = VERSION_MINOR
     max_group_members: int = MAX_GROUP_MEMBERS  #: members a group may have at once
+    # files (1.6), sent in the Welcome; a server without a file shelf offers none
+    max_file: int = 256 << 20  #: the largest file an upload may declare, bytes
+    file_quota: int = 1 << 30  #: bytes of uploads one user may hold on the server at once
+    disk_reserve: int = 512 << 20  #: bytes kept free on the files' disk: an upload past it is refused
+    file_days: float = 7.0  #: days an upload is kept from its start, then deleted with its bytes

@@ -25,7 +25,8 @@ The engine is made of parts, each given what it needs and nothing more::
       ├── Mailroom  (delivery.py) the storage batch, receipts, deliveries, catch-up, history
       ├── Gate      (gate.py)     logins, registration, accounts, device tokens, throttles
       ├── Groups    (groups.py)   the committed groups: the requests' checks, who gets a group message
-      └── Classroom (classroom.py) announcements' confirmations, office hours' queue (as committed)
+      ├── Classroom (classroom.py) announcements' confirmations, office hours' queue (as committed)
+      └── Files     (files.py)    uploads and downloads (1.6): the bytes move in the file lane
 
 The Gate reaches back only through ``gate.Front`` (dispatch a held request, move a
 state, a user came online, the wall time); the Mailroom only through ``sees`` (who may
@@ -35,7 +36,8 @@ store, they return). Session state is in ``session.py``.
 
 The hub serves protocol 1.``config.max_minor`` (the protocol's ``VERSION_MINOR`` unless a
 test says otherwise); groups from 1.4, to a session whose Hello asked for ``groups``;
-coalesced receipts and deliveries from 1.5, to one that asked for ``coalescing`` (outbox.py).
+coalesced receipts and deliveries from 1.5, to one that asked for ``coalescing`` (outbox.py);
+files from 1.6, to one that asked for ``files``, on a server given a ``FileShelf``.
 """
 
 from __future__ import annotations
@@ -53,6 +55,10 @@ from ..protocol import (
     Error,
     ErrorCode,
     Feature,
+    FileCancel,
+    FileChunk,
+    FileGet,
+    FileUpload,
     FrameDecoder,
     GroupAdd,
     GroupCreate,
@@ -87,12 +93,15 @@ from ..protocol import (
     encode,
 )
 from ..protocol.names import checked_name
+from ..protocol.transfer import FILES_MINOR
 from ..store import Account, DeviceToken, NewMessage, Store
-from ..store.interface import ClassroomRecord, GroupRecord, is_staff
+from ..store.files import FileShelf, UploadRecord
+from ..store.interface import ANNOUNCEMENTS, ClassroomRecord, GroupRecord, is_staff
 from .actions import Action, ConnId, Write
 from .classroom import Classroom, ClassroomRequest
 from .config import HubConfig, Visibility
 from .delivery import Mailroom, Snapshot
+from .files import Files
 from .gate import Gate, Passwords
 from .groups import GROUPS_MINOR, GroupRequest, Groups
 from .outbox import COALESCING_MINOR, Outbox, fitting, retry_ms
@@ -115,12 +124,15 @@ class Engine:
         tokens: the device tokens in force, by digest, from ``store.load_device_tokens()``.
         groups: every group, by stream, from ``store.load_groups()`` (served from 1.4).
         classroom: the confirmations and raised hands, from ``store.load_classroom()``.
+        shelf: where uploads live (1.6); None: the server offers no files.
+        uploads: the uploads kept, from ``shelf.load()``.
     """
 
     def __init__(
         self, store: Store, config: HubConfig, wall_offset: float, passwords: Passwords,
         accounts: dict[str, Account] | None = None, tokens: dict[str, DeviceToken] | None = None,
         groups: dict[str, GroupRecord] | None = None, classroom: ClassroomRecord | None = None,
+        shelf: FileShelf | None = None, uploads: dict[str, tuple[UploadRecord, int]] | None = None,
     ) -> None:  # fmt: skip
         self.store = store
         self.config = config
@@ -136,6 +148,12 @@ class Engine:
             store, config, self.sessions, self.online, self.out, self._sees, self.groups, self.classroom
         )  # fmt: skip
         self.gate = Gate(config, passwords, known, dict(tokens or {}), self.sessions, self.out, self.mail, self)
+        self.files: Files | None = None
+        if shelf is not None and config.max_minor >= FILES_MINOR:
+            self.files = Files(
+                config, shelf, uploads or {}, self.sessions, self.out, self._conversation, self.groups.is_member,
+                self.wall_us,
+            )  # fmt: skip
         self._shown_role: dict[str, str] = {}  # user online -> its role when presence announced it
         self._next_sweep: float | None = None
         self._next_poll: float | None = None  # when to ask the store for accounts changed by an admin
@@ -146,6 +164,13 @@ class Engine:
             features += (Feature.GROUPS.value,)
         if config.max_minor >= COALESCING_MINOR:
             features += (Feature.COALESCING.value,)
+        if self.files is not None:
+            features += (Feature.FILES.value,)
+        files = (
+            (config.max_file, config.file_quota, config.disk_reserve, round(config.file_days))
+            if self.files
+            else (0, 0, 0, 0)
+        )
         self._welcome = encode(
             Welcome(
                 VERSION_MAJOR,
@@ -156,6 +181,7 @@ class Engine:
                 int(config.idle_timeout * 1000),
                 features,
                 config.server_name,
+                *files,
             ),
             config.max_minor,
         )
@@ -205,6 +231,8 @@ class Engine:
         self.subscribers.discard(session)
         self.gate.login_gone(conn)
         sessions = self.online.get(session.user or "", [])
+        if self.files is not None:
+            self.files.gone(session)
         if session in sessions:
             self.groups.gone(session)
             sessions.remove(session)
@@ -229,7 +257,9 @@ class Engine:
         session.paused = False
         self.mail.maybe_fetch(session)
         self.mail.next_history(session)
-        return []
+        if self.files is not None:
+            self.files.resume_writing(session)
+        return self.out.take()
 
     def next_deadline(self) -> float | None:
         """When ``handle_timer`` must next run (monotonic seconds), or None."""
@@ -245,6 +275,8 @@ class Engine:
                 if self.config.retention_days:
                     batch.expire_before_us = self.wall_us(now - self.config.retention_days * 86400)
                 batch.expire_tokens_before_us = self.gate.expire_tokens(now)
+                if self.files is not None:
+                    self.files.expire(now)
                 self._next_expiry = now + EXPIRY_INTERVAL
             self._next_poll = now + self.config.account_poll if self.sessions else None
             self.gate.sweep(now)
@@ -271,7 +303,9 @@ class Engine:
 
     def job_done(self, job_id: int, result: object, now: float) -> list[Action]:
         """A job finished: a password hash (``gate.py``) or a storage batch (``delivery.py``)."""
-        if job_id in self.gate.checking:
+        if self.files is not None and job_id in self.files.jobs:  # a file transfer's read or write
+            self.files.job_done(job_id, result)
+        elif job_id in self.gate.checking:
             self.gate.hash_done(job_id, result, now)
             self.gate.admit(now)  # a slot is free (after the answer: a good login clears its account's count)
         else:
@@ -311,7 +345,13 @@ class Engine:
         Raises:
             RemoteProtocolError: the request is refused (the state stays as it was).
         """
-        if not charged and not self._take_token(session, now):  # every request, refused ones too
+        # every request takes a token, refused ones too; not an upload's chunks (READY only):
+        # its window paces them (files.py), and a token each would cap a transfer at rate x chunk
+        if (
+            not charged
+            and not (msg.__class__ is FileChunk and session.state is State.READY)
+            and not self._take_token(session, now)
+        ):
             wait = (1.0 - session.tokens) / self.config.rate if self.config.rate > 0 else 0.0
             raise RemoteProtocolError(
                 ErrorCode.RATE_LIMITED, "too many requests: slow down", request_id=msg.request_id,
@@ -373,6 +413,7 @@ class Engine:
         session.minor = min(msg.version_minor, self.config.max_minor)  # it is sent its version's frames and fields
         session.groups = session.minor >= GROUPS_MINOR and Feature.GROUPS.value in msg.features
         session.coalescing = session.minor >= COALESCING_MINOR and Feature.COALESCING.value in msg.features
+        session.files = self.files is not None and session.minor >= FILES_MINOR and Feature.FILES.value in msg.features
 
     def _on_login(self, session: Session, msg: Login, now: float) -> None:
         self.gate.on_login(session, msg, now)
@@ -453,6 +494,39 @@ class Engine:
         note = self.classroom.request(session, msg, now)
         if note is not None:
             self.mail.take_note(session, note, msg.request_id)  # answered after the commit
+
+    def _on_file(self, session: Session, msg: FileUpload | FileChunk | FileGet | FileCancel, now: float) -> None:
+        files = self.files
+        if files is None or not session.files:
+            raise RemoteProtocolError(
+                ErrorCode.UNSUPPORTED, f"{type(msg).__name__}: ask for the files feature in Hello",
+                request_id=msg.request_id,
+            )  # fmt: skip
+        if isinstance(msg, FileChunk):
+            files.chunk_(session, msg, now)
+        elif isinstance(msg, FileUpload):
+            files.upload(session, msg, now)
+        elif isinstance(msg, FileGet):
+            files.get(session, msg, now)
+        else:
+            files.cancel(session, msg, now)
+
+    def _conversation(self, session: Session, kind: int, target: str, rid: int) -> str:
+        """The stream of the conversation ``session``'s user may post ``target`` (an upload's):
+        a user's direct one, or a group it is a member of (the announcements: staff only)."""
+        user = session.user
+        assert user is not None
+        if kind == TargetKind.USER:
+            return direct_stream(user, self._known_user(target, rid))
+        self._group_target(session, kind, rid)
+        group = self.groups.find(target, rid)
+        if group.stream == ANNOUNCEMENTS:
+            allowed = is_staff(_role(self.gate.accounts, user))
+        else:
+            allowed = self.groups.is_member(user, group.stream)
+        if not allowed:
+            raise RemoteProtocolError(ErrorCode.NOT_A_MEMBER, f"you cannot post to {group.name}", request_id=rid)
+        return group.stream
 
     def _on_who(self, session: Session, msg: Who, now: float) -> None:
         users = sorted(u for u in self.online if self._sees(session, u))
@@ -589,6 +663,10 @@ TRANSITIONS: dict[tuple[State, type], tuple[Handler | None, State]] = {
     (State.READY, Confirmed): (Engine._on_classroom, State.READY),
     (State.READY, Hand): (Engine._on_classroom, State.READY),
     (State.READY, HandQueue): (Engine._on_classroom, State.READY),
+    (State.READY, FileUpload): (Engine._on_file, State.READY),  # 1.6, to a session that asked for files
+    (State.READY, FileChunk): (Engine._on_file, State.READY),
+    (State.READY, FileGet): (Engine._on_file, State.READY),
+    (State.READY, FileCancel): (Engine._on_file, State.READY),
     (State.AUTHENTICATING, AnyRequest): (Engine._hold, State.AUTHENTICATING),  # handled once answered
     (State.AUTHENTICATING, LoginAccepted): (None, State.READY),
     (State.AUTHENTICATING, LoginRefused): (None, State.AWAIT_LOGIN),

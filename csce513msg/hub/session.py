@@ -45,6 +45,9 @@ class Session:
     #: its Hello announced 1.5 and the ``coalescing`` feature (and the hub serves 1.5): the
     #: receipts and live deliveries one engine call writes to it in a row go as one frame (outbox.py)
     coalescing: bool = False
+    #: its Hello announced 1.6 and the ``files`` feature (and the server keeps files): it may
+    #: upload and download (files.py)
+    files: bool = False
     minor: int = VERSION_MINOR  #: the protocol minor version its Hello announced (the newest until then)
     paused: bool = False  #: the backend's outbound queue is past its high-water mark
     closing: bool = False  #: a Close was issued; ignore further input

@@ -81,8 +81,30 @@ from .messages import (
     encode_fields,
     receipts_frame,
 )
+from .transfer import (
+    FileCancel,
+    FileChunk,
+    FileData,
+    FileGet,
+    FileState,
+    FileStatus,
+    FileUpload,
+    Offer,
+    offer_body,
+    parse_offer,
+)
 
 __all__ = [
+    "FileCancel",
+    "FileChunk",
+    "FileData",
+    "FileGet",
+    "FileState",
+    "FileStatus",
+    "FileUpload",
+    "Offer",
+    "offer_body",
+    "parse_offer",
     "ANNOUNCEMENTS",
     "MAX_QUESTION",
     "Confirm",

@@ -54,6 +54,12 @@ class ErrorCode(enum.IntEnum):
     MUTED = 29  # you are muted in this group (retry_after_ms: the time left)
     SLOW_MODE = 30  # the group is in slow mode: wait (retry_after_ms) before posting again
     NO_SUCH_MESSAGE = 31  # no message at that position of the group (an event, or removed already)
+    # 1.6, files (docs/protocol.md section 13)
+    FILE_NOT_FOUND = 45  # no such upload, or not one you may see (the same answer for both)
+    FILE_TOO_LARGE = 46  # the file is over the server's largest (Welcome.max_file)
+    QUOTA_EXCEEDED = 47  # your uploads held on the server would pass your quota (Welcome.file_quota)
+    NO_SPACE = 48  # the server's disk has no room for it (it keeps Welcome.disk_reserve free)
+    TRANSFER_FAILED = 49  # the upload broke a rule or its bytes did not match: it was removed
 
 
 class Csce513Error(Exception):

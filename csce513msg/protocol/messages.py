@@ -19,6 +19,8 @@ everything the server sends has the high bit set::
     0x90 GroupInfo 0x91 GroupListReply 0x92 GroupMembersReply
     0x93 Confirmations 0x94 HandPlace 0x95 HandQueueReply
     0xa0 Receipts 0xa1 Delivers
+    0x30 FileUpload 0x31 FileChunk 0x32 FileGet 0x33 FileCancel   (1.6: transfer.py)
+    0xb0 FileState 0xb1 FileData
 
 (``tests/protocol/test_frames.py`` keeps this table equal to ``MsgType``.) A field a later
 minor version appended says so (``since`` in ``_message``), and ``encode`` leaves it out
@@ -42,8 +44,8 @@ from .frames import Frame, HeaderCodec, encode_frame
 VERSION_MAJOR = 1
 #: 1.1: stored receipts, offline delivery, device and client message ids; 1.2: accounts;
 #: 1.3: device tokens, the login and frame deadlines, u64 requests below 2^63; 1.4: groups;
-#: 1.5: coalescing (several receipts or deliveries in one frame)
-VERSION_MINOR = 5
+#: 1.5: coalescing (several receipts or deliveries in one frame); 1.6: files
+VERSION_MINOR = 6
 #: the largest value of a u64 field a client may send: every store keeps them as signed
 #: 64-bit integers (SQLite's INTEGER), so 2^63 and above are refused with BAD_REQUEST
 MAX_REQUEST_U64 = 2**63 - 1
@@ -104,6 +106,13 @@ class MsgType(enum.IntEnum):
     ACKS = 0x20
     RECEIPTS = 0xA0
     DELIVERS = 0xA1
+    # 1.6, files (docs/protocol.md section 13; the frames are in ``transfer.py``)
+    FILE_UPLOAD = 0x30
+    FILE_CHUNK = 0x31
+    FILE_GET = 0x32
+    FILE_CANCEL = 0x33
+    FILE_STATE = 0xB0
+    FILE_DATA = 0xB1
 
 
 class TargetKind(enum.IntEnum):
@@ -117,9 +126,10 @@ class ContentType(enum.IntEnum):
     """How to read a message body; the server forwards every kind unread."""
 
     TEXT = 0  # UTF-8 text
+    FILE_OFFER = 1  # a file offer (1.6): ``transfer.offer_body``; the server forwards it unread
     GROUP_EVENT = 3  # a group's event, written by the server (1.4): ``protocol.groups.GroupEvent``
     ASKS_CONFIRMATION = 4  # UTF-8 text: an announcement asking to be confirmed (1.4; only in g:0, from staff)
-    # kept for (docs/protocol.md, section 10): 1 file offer (1.6), 2 end-to-end envelope (1.7)
+    # kept for (docs/protocol.md, section 10): 2 end-to-end envelope (1.7)
 
 
 class ReceiptState(enum.IntEnum):
@@ -137,6 +147,7 @@ class Feature(enum.StrEnum):
     PRESENCE = "presence"  # hello: send me presence events
     GROUPS = "groups"  # 1.4: the server has groups; a client that asks gets group frames
     COALESCING = "coalescing"  # 1.5: a client that asks may get Receipts and Delivers frames
+    FILES = "files"  # 1.6: the server keeps files; a client that asks may upload and download
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,7 +300,7 @@ class History:
 # ---- server to client -------------------------------------------------------------
 
 
-@_message(MsgType.WELCOME, "BBIIIILs")
+@_message(MsgType.WELCOME, "BBIIIILsQQQI", since={"max_file": 6, "file_quota": 6, "disk_reserve": 6, "file_days": 6})
 @dataclass(frozen=True, slots=True)
 class Welcome:
     """Sent by the server on accept: who it is and every limit a client must know."""
@@ -302,6 +313,10 @@ class Welcome:
     idle_timeout_ms: int  #: silence after which the server closes; ping before it
     features: tuple[str, ...]
     server: str  #: the server's name
+    max_file: int = 0  #: (1.6) the largest file an upload may declare, bytes (0: no files)
+    file_quota: int = 0  #: (1.6) bytes of uploads one user may hold on the server at once
+    disk_reserve: int = 0  #: (1.6) bytes the server keeps free on its disk: an upload past it is refused
+    file_days: int = 0  #: (1.6) days an upload is kept from its start, then deleted
     request_id: int = 0
 
 
@@ -890,6 +905,9 @@ _custom(MsgType.DELIVERS, Delivers, _pack_delivers, _unpack_delivers)
 _custom(MsgType.ACKS, Acks, _pack_acks, _unpack_acks)
 
 
+# 1.6's frames live in their own module, which registers them with ``_message`` above
+from .transfer import FileCancel, FileChunk, FileData, FileGet, FileState, FileUpload  # noqa: E402
+
 Message = (
     Hello
     | Login
@@ -933,6 +951,12 @@ Message = (
     | Receipts
     | Delivers
     | Acks
+    | FileUpload
+    | FileChunk
+    | FileGet
+    | FileCancel
+    | FileState
+    | FileData
 )
 REQUEST_TYPES = frozenset(t for t in MsgType if t < 0x80)
 

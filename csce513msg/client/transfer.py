@@ -1,0 +1,197 @@
+"""File transfers (protocol 1.6) as the client drives them, without I/O of the network.
+
+An ``Upload`` or a ``Download`` queues its requests on a ``ClientSession`` and is handed
+every message the session decodes (``handle``: True when the message was its own). The
+driver, blocking (``blocking.Client.send_file``) or multiplexed (``msg``), only moves
+bytes. Both keep the chat usable: an upload has at most ``UPLOAD_WINDOW`` bytes on their
+way, a download ``GETS_IN_FLIGHT`` requests of ``GET_SIZE`` bytes, so a chat message
+queued meanwhile waits behind that much at most, never behind the whole file.
+
+Resume: an ``Upload`` given the ``upload_id`` of an unfinished upload asks the server
+where it stopped and goes on from there; a ``Download`` writes into a
+``downloads.PartialDownload``, which re-hashes what an earlier attempt left on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import BinaryIO
+
+from ..protocol import (
+    Error,
+    FileData,
+    FileState,
+    FileStatus,
+    Message,
+    Offer,
+    TargetKind,
+)
+from ..protocol.transfer import CHUNK_HEADROOM, MAX_GET, UPLOAD_WINDOW
+from .downloads import PartialDownload, TransferError
+from .session import ClientSession
+
+GET_SIZE = MAX_GET // 4  #: bytes one FileGet asks for
+GETS_IN_FLIGHT = 2  #: FileGets a download keeps asked and unanswered (the server reads one chunk at a time)
+HASH_BLOCK = 1 << 20
+
+
+def sha256_of(path: Path) -> tuple[int, str]:
+    """(size, SHA-256 hex) of the file at ``path``, read a block at a time."""
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as f:
+        while block := f.read(HASH_BLOCK):
+            digest.update(block)
+            size += len(block)
+    return size, digest.hexdigest()
+
+
+class Upload:
+    """Send the file at ``path`` to the server for the conversation with ``target``.
+
+    ``done`` once the server has every byte (``complete``) or refused (``error``). Then
+    ``offer()`` is the file offer to post (``ClientSession.send_offer``).
+    """
+
+    def __init__(
+        self, session: ClientSession, path: Path, target: str, kind: TargetKind = TargetKind.USER,
+        upload_id: str = "", size: int | None = None, sha256: str | None = None,
+    ) -> None:  # fmt: skip
+        if size is None or sha256 is None:
+            size, sha256 = sha256_of(path)
+        self.session = session
+        self.path = path
+        self.name = path.name
+        self.target, self.kind = target, kind
+        self.size, self.sha256 = size, sha256
+        self.upload_id = upload_id
+        self.acked = 0  #: bytes the server wrote
+        self.sent = 0  #: bytes queued to it
+        self.complete = False
+        self.error: Error | None = None
+        welcome = session.welcome
+        assert welcome is not None
+        self.chunk = welcome.max_frame - CHUNK_HEADROOM
+        self._file: BinaryIO | None = path.open("rb")
+        self._start = session.file_upload(size, sha256, target, kind, upload_id)
+        self._rids = {self._start}
+
+    @property
+    def done(self) -> bool:
+        return self.complete or self.error is not None
+
+    def offer(self) -> Offer:
+        """What the file offer says (its name is the file's own, as the sender sees it)."""
+        return Offer(self.upload_id, self.name, self.size, self.sha256)
+
+    def handle(self, msg: Message) -> bool:
+        """Take a reply of this upload's: a FileState moves it on, an Error ends it."""
+        if msg.request_id not in self._rids or not isinstance(msg, (FileState, Error)):
+            return False
+        self._rids.discard(msg.request_id)
+        if isinstance(msg, Error):
+            self.error = msg
+            self.close()
+            return True
+        if msg.request_id == self._start:  # the server's answer to FileUpload: where to start
+            self.upload_id = msg.upload_id
+            self.sent = msg.received
+        self.acked = max(self.acked, msg.received)
+        if msg.state == FileStatus.COMPLETE:
+            self.complete = True
+            self.close()
+        else:
+            self._fill()
+        return True
+
+    def cancel(self) -> None:
+        """Stop sending, and ask the server to remove what it has."""
+        if self.upload_id:
+            self.session.file_cancel(self.upload_id)
+        self.error = Error(0, "cancelled")
+        self.close()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def _fill(self) -> None:
+        """Queue chunks while the window has room."""
+        f = self._file
+        while f is not None and self.sent < self.size and self.sent - self.acked + self.chunk <= UPLOAD_WINDOW:
+            data = os.pread(f.fileno(), min(self.chunk, self.size - self.sent), self.sent)
+            if not data:  # the file shrank under us: the server will say the hash is wrong
+                self.error = Error(0, f"{self.path} changed while it was sent")
+                self.close()
+                return
+            self._rids.add(self.session.file_chunk(self.upload_id, self.sent, data))
+            self.sent += len(data)
+
+
+class Download:
+    """Fetch an offered file into ``partial`` (a ``PartialDownload``: resumes where it is)."""
+
+    def __init__(self, session: ClientSession, offer: Offer, partial: PartialDownload) -> None:
+        self.session = session
+        self.offer = offer
+        self.partial = partial
+        self.asked = partial.received  #: the next byte to ask for
+        self.path: Path | None = None  #: the file, verified, once done
+        self.error: str = ""
+        self._gets: set[int] = set()
+        if offer.size == 0:
+            self._gets.add(session.file_get(offer.upload_id, 0, 0))
+        self._fill()
+
+    @property
+    def received(self) -> int:
+        return self.partial.received
+
+    @property
+    def done(self) -> bool:
+        return self.path is not None or bool(self.error)
+
+    def handle(self, msg: Message) -> bool:
+        """Take a FileData (or an Error) of this download's FileGets."""
+        if msg.request_id not in self._gets or not isinstance(msg, (FileData, Error)):
+            return False
+        if isinstance(msg, Error):
+            self._gets.clear()
+            self._fail(f"the server says: {msg.message}", keep=False)
+            return True
+        if msg.last:
+            self._gets.discard(msg.request_id)
+        try:
+            if msg.size != self.offer.size:
+                raise TransferError(f"the server holds {msg.size} bytes, the offer said {self.offer.size}")
+            if msg.body:
+                self.partial.write(msg.offset, msg.body)
+            self._fill()
+            if not self._gets and self.partial.received == self.offer.size:
+                self.path = self.partial.finish()
+        except TransferError as exc:
+            self._gets.clear()
+            self._fail(str(exc), keep=False)
+        return True
+
+    def cancel(self) -> None:
+        """Stop, tell the server, and remove the partial file."""
+        self.session.file_cancel(self.offer.upload_id)
+        self._gets.clear()
+        self._fail("cancelled", keep=False)
+
+    def _fill(self) -> None:
+        while len(self._gets) < GETS_IN_FLIGHT and self.asked < self.offer.size:
+            length = min(GET_SIZE, self.offer.size - self.asked)
+            self._gets.add(self.session.file_get(self.offer.upload_id, self.asked, length))
+            self.asked += length
+
+    def _fail(self, why: str, keep: bool) -> None:
+        self.error = why
+        if keep:
+            self.partial.close()
+        else:
+            self.partial.abort()

@@ -1,0 +1,370 @@
+"""Files (protocol 1.6, docs/protocol.md section 13): the engine's part that decides.
+
+The bytes never touch the loop: every read and write is a job in the ``file`` lane (one
+thread, ``store/files.py`` ``FileShelf``), and this part keeps what the loop must know
+to answer at once: which uploads exist, whose they are, for which conversation, how far
+each got, and each connection's downloads.
+
+**Upload.** ``FileUpload`` checks the limits (largest file, the owner's quota) before any
+chunk is sent, then a ``create`` job makes the upload (the disk's reserve is checked
+there) and ``FileState`` hands its id to the sender, whose connection becomes its
+*writer*. Chunks must come in order from the writer, and at most ``UPLOAD_WINDOW`` bytes
+of them unacknowledged: each is acknowledged by a ``FileState`` once written, so a fast
+sender is paced by the disk and the server's memory per upload stays bounded. A chunk
+out of place or past the size, or bytes whose hash does not match at the end, remove
+the upload (``TRANSFER_FAILED``). ``FileUpload`` with the id resumes: a ``resume`` job
+re-hashes what the disk holds and says from where.
+
+**Download.** A member of the upload's conversation sends ``FileGet``; the range is read
+one chunk at a time, and the next read waits while the connection's output is paused
+(past its high-water mark): chat written meanwhile is queued between chunks, never
+behind a whole file, and one connection has at most one read in the lane, so the lane
+serves every transfer in turn. Anyone else gets ``FILE_NOT_FOUND``, as for an id that
+does not exist: a guessed id learns nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+import secrets
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from ..protocol import ErrorCode, RemoteProtocolError, encode_fields
+from ..protocol.transfer import (
+    CHUNK_HEADROOM,
+    MAX_GET,
+    SHA256_HEX,
+    UPLOAD_ID,
+    UPLOAD_WINDOW,
+    FileCancel,
+    FileChunk,
+    FileData,
+    FileGet,
+    FileState,
+    FileStatus,
+    FileUpload,
+)
+from ..store.files import FileGone, FileShelf, TransferError, UploadRecord
+from ..store.interface import ANNOUNCEMENTS, is_group
+from .actions import ConnId, Lane
+from .config import HubConfig
+from .outbox import Outbox
+from .session import Session
+
+#: (session, target kind, target, request id) -> the conversation's stream, or a refusal
+Conversation = Callable[[Session, int, str, int], str]
+#: (user, group stream) -> whether the user is a member of it now
+Membership = Callable[[str, str], bool]
+Done = Callable[[object], None]
+
+
+@dataclass(slots=True)
+class Upload:
+    """An upload as the loop sees it."""
+
+    record: UploadRecord
+    received: int  #: bytes on the disk (acknowledged)
+    accepted: int  #: bytes taken from the writer (some still on their way to the disk)
+    writer: ConnId | None = None  #: the connection whose chunks it takes (after its FileUpload)
+    ready: bool = False  #: the file lane has it open and hashed: chunks may come
+
+
+@dataclass(slots=True)
+class _Get:
+    upload_id: str
+    offset: int
+    end: int
+    request_id: int
+
+
+@dataclass(slots=True)
+class _Reader:
+    """One connection's downloads: its FileGets in order, at most one read in the lane."""
+
+    gets: deque[_Get] = field(default_factory=deque)
+    reading: bool = False
+
+
+class Files:
+    """The uploads and transfers (built only when the server keeps files: ``shelf``)."""
+
+    def __init__(
+        self, config: HubConfig, shelf: FileShelf, loaded: dict[str, tuple[UploadRecord, int]],
+        sessions: dict[ConnId, Session], out: Outbox, conversation: Conversation, member: Membership,
+        wall_us: Callable[[float], int],
+    ) -> None:  # fmt: skip
+        self.config = config
+        self.shelf = shelf
+        self.sessions = sessions
+        self.out = out
+        self.conversation = conversation
+        self.member = member
+        self.wall_us = wall_us
+        self.uploads = {uid: Upload(rec, size, size) for uid, (rec, size) in loaded.items()}
+        self.held: dict[str, int] = {}  #: user -> bytes of its uploads on the server (its quota)
+        for upload in self.uploads.values():
+            self.held[upload.record.owner] = self.held.get(upload.record.owner, 0) + upload.record.size
+        self.jobs: dict[int, Done] = {}  #: job id -> what to do with its result
+        self.readers: dict[ConnId, _Reader] = {}
+        self.chunk = config.max_frame - CHUNK_HEADROOM  #: bytes of a FileData frame's body
+
+    # ---- requests ---------------------------------------------------------------------
+
+    def upload(self, session: Session, msg: FileUpload, now: float) -> None:
+        """Begin an upload, or resume one (``msg.upload_id``)."""
+        rid, user = msg.request_id, session.user
+        assert user is not None
+        sha256 = msg.sha256.lower()
+        if not SHA256_HEX.fullmatch(sha256):
+            raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "sha256: 64 hex digits", request_id=rid)
+        if msg.upload_id:
+            self._resume(session, msg, sha256)
+            return
+        cfg = self.config
+        if msg.size > cfg.max_file:
+            too_large = f"a file of {msg.size} bytes is over the largest this server keeps ({cfg.max_file})"
+            raise RemoteProtocolError(ErrorCode.FILE_TOO_LARGE, too_large, request_id=rid)
+        held = self.held.get(user, 0)
+        if held + msg.size > cfg.file_quota:
+            over = f"you hold {held} bytes of uploads; {msg.size} more would pass your quota of {cfg.file_quota}"
+            raise RemoteProtocolError(ErrorCode.QUOTA_EXCEEDED, over, request_id=rid)
+        stream = self.conversation(session, msg.target_kind, msg.target, rid)
+        created = self.wall_us(now)
+        expires = created + int(cfg.file_days * 86_400_000_000)
+        record = UploadRecord(secrets.token_urlsafe(16), user, stream, msg.size, sha256, created, expires)
+        upload = self.uploads[record.upload_id] = Upload(record, 0, 0, session.conn)
+        self.held[user] = held + msg.size
+
+        def created_(result: object) -> None:
+            if isinstance(result, BaseException):
+                self._drop(upload)
+                self._fail(session, result, rid, upload.record.upload_id)
+            elif self.uploads.get(record.upload_id) is upload:
+                upload.ready = True
+                self._state(session, upload, rid)
+
+        self._job(functools.partial(self.shelf.create, record), created_)
+
+    def chunk_(self, session: Session, msg: FileChunk, now: float) -> None:
+        """Bytes of an upload: in order, from its writer, within the window."""
+        rid = msg.request_id
+        upload = self._own(session, msg.upload_id, rid)
+        if upload.record.complete:
+            raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "that upload is complete", request_id=rid)
+        if upload.writer != session.conn or not upload.ready:
+            wait = "send FileUpload with its id (and wait for the FileState) before its chunks"
+            raise RemoteProtocolError(ErrorCode.BAD_REQUEST, wait, request_id=rid)
+        size, end = upload.record.size, msg.offset + len(msg.body)
+        why = ""
+        if msg.offset != upload.accepted:
+            why = f"a chunk at {msg.offset}: the next byte is {upload.accepted}"
+        elif end > size:
+            why = f"a chunk to byte {end} of a {size}-byte file"
+        elif upload.accepted - upload.received + len(msg.body) > UPLOAD_WINDOW:
+            why = f"more than {UPLOAD_WINDOW} bytes sent and not acknowledged"
+        if why:
+            self._drop(upload)
+            self._job(functools.partial(self.shelf.delete, msg.upload_id), _ignore)
+            raise RemoteProtocolError(ErrorCode.TRANSFER_FAILED, why + ": the upload is removed", request_id=rid)
+        upload.accepted = end
+        record, offset, data = upload.record, msg.offset, msg.body  # as they are now: the job runs later
+
+        def written(result: object) -> None:
+            if isinstance(result, FileGone):
+                return  # cancelled or failed meanwhile: said already
+            if isinstance(result, BaseException):
+                self._drop(upload)
+                self._fail(session, result, rid, upload.record.upload_id)
+                return
+            assert isinstance(result, int)
+            upload.received = result
+            if result == size:
+                upload.record = replace(upload.record, complete=True)
+            self._state(session, upload, rid)
+
+        self._job(functools.partial(self.shelf.write, record, offset, data), written)
+
+    def get(self, session: Session, msg: FileGet, now: float) -> None:
+        """Queue a range of a complete upload for this connection."""
+        rid = msg.request_id
+        upload = self._readable(session, msg.upload_id, rid, now)
+        if msg.offset > upload.record.size or msg.length > MAX_GET:
+            size = upload.record.size
+            bad = f"a FileGet of {msg.length} bytes at {msg.offset}: at most {MAX_GET}, within the file's {size}"
+            raise RemoteProtocolError(ErrorCode.BAD_REQUEST, bad, request_id=rid)
+        reader = self.readers.setdefault(session.conn, _Reader())
+        if len(reader.gets) >= 8:
+            raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "at most 8 FileGets in flight", request_id=rid)
+        reader.gets.append(_Get(msg.upload_id, msg.offset, min(msg.offset + msg.length, upload.record.size), rid))
+        self._pump(session)
+
+    def cancel(self, session: Session, msg: FileCancel, now: float) -> None:
+        """Its owner removes an upload; anyone else drops this connection's FileGets of it."""
+        rid = msg.request_id
+        upload = self._readable(session, msg.upload_id, rid, now, partial=True)
+        reader = self.readers.get(session.conn)
+        if reader is not None:
+            reader.gets = deque(g for g in reader.gets if g.upload_id != msg.upload_id)
+        if upload.record.owner == session.user:
+            self._drop(upload)
+            self._job(functools.partial(self.shelf.delete, msg.upload_id), _ignore)
+        record = upload.record
+        self.out.write(
+            session,
+            FileState(record.upload_id, FileStatus.CANCELLED, record.size, upload.received, record.expires_us, rid),
+        )
+
+    # ---- events -----------------------------------------------------------------------
+
+    def job_done(self, job_id: int, result: object) -> None:
+        self.jobs.pop(job_id)(result)
+
+    def resume_writing(self, session: Session) -> None:
+        self._pump(session)
+
+    def gone(self, session: Session) -> None:
+        """The connection closed: its downloads end; its uploads wait for a resume."""
+        self.readers.pop(session.conn, None)
+        for upload in self.uploads.values():
+            if upload.writer == session.conn:
+                upload.writer, upload.ready = None, False
+
+    def expire(self, now: float) -> None:
+        """Delete the uploads past their time (``--file-days``), with their bytes."""
+        now_us = self.wall_us(now)
+        for upload in [u for u in self.uploads.values() if u.record.expires_us <= now_us]:
+            self._drop(upload)
+            self._job(functools.partial(self.shelf.delete, upload.record.upload_id), _ignore)
+
+    # ---- inside -----------------------------------------------------------------------
+
+    def _resume(self, session: Session, msg: FileUpload, sha256: str) -> None:
+        rid = msg.request_id
+        upload = self._own(session, msg.upload_id, rid)
+        record = upload.record
+        if (record.size, record.sha256) != (msg.size, sha256):
+            raise RemoteProtocolError(
+                ErrorCode.BAD_REQUEST, "that upload was begun with another size or hash", request_id=rid
+            )
+        if record.complete:
+            self._state(session, upload, rid)
+            return
+        upload.writer, upload.ready = session.conn, False  # the last writer's chunks are refused from now
+
+        def resumed(result: object) -> None:
+            if isinstance(result, BaseException):
+                self._drop(upload)
+                self._fail(session, result, rid, upload.record.upload_id)
+            elif self.uploads.get(record.upload_id) is upload and upload.writer == session.conn:
+                assert isinstance(result, int)
+                upload.received = upload.accepted = result
+                upload.ready = True
+                self._state(session, upload, rid)
+
+        self._job(functools.partial(self.shelf.resume, record), resumed)
+
+    def _pump(self, session: Session) -> None:
+        """Read the next chunk of this connection's first FileGet, unless one is in the lane
+        or its output is paused (``resume_writing`` calls again)."""
+        reader = self.readers.get(session.conn)
+        if reader is None or reader.reading or session.paused or session.closing:
+            return
+        while reader.gets:
+            get = reader.gets[0]
+            upload = self.uploads.get(get.upload_id)
+            if upload is None:  # cancelled or expired meanwhile
+                reader.gets.popleft()
+                self.out.error(session, ErrorCode.FILE_NOT_FOUND, "that file is gone", get.request_id)
+                continue
+            size = upload.record.size
+            if get.offset == get.end:  # an empty range: one empty frame says so
+                reader.gets.popleft()
+                self._data(session, get, size, b"", last=True)
+                continue
+            length = min(self.chunk, get.end - get.offset)
+            reader.reading = True
+
+            def read(result: object, get: _Get = get, size: int = size) -> None:
+                reader.reading = False
+                if session.conn not in self.sessions or self.readers.get(session.conn) is not reader:
+                    return  # the connection went away
+                if get not in reader.gets:
+                    return  # cancelled meanwhile
+                if not isinstance(result, bytes) or not result:
+                    reader.gets.remove(get)
+                    self.out.error(session, ErrorCode.FILE_NOT_FOUND, "that file is gone", get.request_id)
+                else:
+                    offset = get.offset
+                    get.offset += len(result)
+                    if get.offset >= get.end:
+                        reader.gets.remove(get)
+                    self._data(session, get, size, result, last=get.offset >= get.end, offset=offset)
+                self._pump(session)
+
+            self._job(functools.partial(self.shelf.read, get.upload_id, get.offset, length), read)
+            return
+
+    def _data(self, session: Session, get: _Get, size: int, body: bytes, last: bool, offset: int | None = None) -> None:
+        at = get.offset if offset is None else offset
+        values = (get.upload_id, at, size, int(last))
+        self.out.write_encoded(session, encode_fields(FileData, values, get.request_id, body, session.minor))
+
+    def _own(self, session: Session, upload_id: str, rid: int) -> Upload:
+        upload = self.uploads.get(upload_id) if UPLOAD_ID.fullmatch(upload_id) else None
+        if upload is None or upload.record.owner != session.user:
+            raise RemoteProtocolError(ErrorCode.FILE_NOT_FOUND, "no such upload of yours", request_id=rid)
+        return upload
+
+    def _readable(self, session: Session, upload_id: str, rid: int, now: float, partial: bool = False) -> Upload:
+        """The upload, if ``session``'s user may read it: a member of its conversation (its
+        owner, for one still receiving). Else FILE_NOT_FOUND, as for no upload at all."""
+        upload = self.uploads.get(upload_id) if UPLOAD_ID.fullmatch(upload_id) else None
+        user = session.user or ""
+        if upload is not None and upload.record.expires_us > self.wall_us(now):
+            record = upload.record
+            if record.owner == user and (partial or record.complete):
+                return upload
+            if record.complete and self._member(user, record.stream):
+                return upload
+        raise RemoteProtocolError(ErrorCode.FILE_NOT_FOUND, "no such file", request_id=rid)
+
+    def _member(self, user: str, stream: str) -> bool:
+        if is_group(stream):
+            return stream == ANNOUNCEMENTS or self.member(user, stream)
+        return user in stream.partition(":")[2].split(",")  # dm:alice,bob
+
+    def _state(self, session: Session, upload: Upload, rid: int) -> None:
+        record = upload.record
+        status = FileStatus.COMPLETE if record.complete else FileStatus.RECEIVING
+        values = (record.upload_id, status, record.size, upload.received, record.expires_us)
+        self.out.write_encoded(session, encode_fields(FileState, values, rid, b"", session.minor))
+
+    def _fail(self, session: Session, exc: BaseException, rid: int, upload_id: str) -> None:
+        """A job of an upload failed: the upload is forgotten (``_drop``); its sender hears why."""
+        if isinstance(exc, TransferError):
+            code = ErrorCode.NO_SPACE if exc.no_space else ErrorCode.TRANSFER_FAILED
+            self.out.error(session, code, f"{exc}: the upload is removed", rid)
+        elif isinstance(exc, FileGone):
+            self.out.error(session, ErrorCode.FILE_NOT_FOUND, "that upload is gone", rid)
+        else:  # an unexpected failure of the disk: said, and the upload removed
+            self.out.error(session, ErrorCode.TRANSFER_FAILED, f"the server could not write it ({exc})", rid)
+            self._job(functools.partial(self.shelf.delete, upload_id), _ignore)
+
+    def _drop(self, upload: Upload) -> None:
+        """Forget an upload (its files are deleted by a job, or were by the failing one)."""
+        record = upload.record
+        if self.uploads.pop(record.upload_id, None) is upload:
+            self.held[record.owner] -= record.size
+            if not self.held[record.owner]:
+                del self.held[record.owner]
+
+    def _job(self, job: Callable[[], object], done: Done) -> None:
+        job_id = self.out.new_id()
+        self.jobs[job_id] = done
+        self.out.submit(job_id, job, Lane.FILE)
+
+
+def _ignore(result: object) -> None:
+    """A job whose result changes nothing (a deletion)."""

@@ -1,0 +1,174 @@
+"""Protocol 1.6, files (docs/protocol.md section 13): the frames of a file transfer.
+
+A file travels through the server in two halves, each on the same connection as chat:
+
+- **upload**: ``FileUpload`` (size, SHA-256 of the bytes, the conversation it is for)
+  makes an upload under a random id the server picks (``FileState`` answers); then
+  ``FileChunk`` frames carry the bytes in order, each acknowledged by a ``FileState``
+  once it is on the server's disk; the last one's ``FileState`` says ``COMPLETE`` once the
+  server checked the size and the hash. The sender then posts an ordinary message of
+  content type 1 (``ContentType.FILE_OFFER``) whose body (``offer_body``) names the file.
+- **download**: a member of that conversation asks ``FileGet`` for a range and gets
+  ``FileData`` frames; the last of a request says so.
+
+The server reads none of a file's name, type or plaintext: it knows an upload by its id,
+its size, the hash of the bytes it was sent (ciphertext, once 1.7 encrypts files) and the
+conversation it is for. ``FileUpload`` with the id of an unfinished upload resumes it
+(``FileState.received`` says from where), across a reconnect or a server restart.
+
+This module registers its frames with ``messages._message`` and is imported by
+``messages`` itself (so ``decode`` knows them): it imports only what ``messages`` defines
+before that line.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+from dataclasses import dataclass
+
+from .errors import ErrorCode, RemoteProtocolError
+from .messages import MsgType, _message
+
+FILES_MINOR = 6  #: the minor version that added files
+#: a FileGet asks for at most this many bytes; a client keeps a few in flight
+MAX_GET = 1 << 20
+#: a chunk carries at most ``max_frame`` less this much (the frame's prefix and header)
+CHUNK_HEADROOM = 1024
+#: upload bytes a connection may have sent and not yet seen acknowledged by a FileState;
+#: a client that sends more loses the upload (TRANSFER_FAILED): the server's memory per
+#: uploading connection stays bounded
+UPLOAD_WINDOW = 1 << 20
+#: an upload id: what the server hands out (22 characters of base64url, 128 bits), and what
+#: a client may send (a hostile one is refused before it reaches a path)
+UPLOAD_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+class FileStatus(enum.IntEnum):
+    """An upload's state in ``FileState``."""
+
+    RECEIVING = 1  #: open: the server has ``received`` bytes and waits for the rest
+    COMPLETE = 2  #: every byte is there, size and hash checked: members may download it
+    CANCELLED = 3  #: gone (cancelled by its sender), or a downloader's requests are dropped
+
+
+@_message(MsgType.FILE_UPLOAD, "QsBss", added=FILES_MINOR)
+@dataclass(frozen=True, slots=True)
+class FileUpload:
+    """Begin an upload of ``size`` bytes whose SHA-256 is ``sha256`` (64 lower-case hex
+    digits) for the conversation with ``target`` (a user, or a group by name); or, with
+    ``upload_id``, resume one of yours. Answered by ``FileState`` or an Error (a limit:
+    before any chunk is sent)."""
+
+    size: int  #: u64
+    sha256: str
+    target_kind: int  #: TargetKind
+    target: str
+    upload_id: str = ""  #: "": a new upload; else the id of an unfinished upload to resume
+    request_id: int = 0
+
+
+@_message(MsgType.FILE_CHUNK, "sQ", added=FILES_MINOR)
+@dataclass(frozen=True, slots=True)
+class FileChunk:
+    """The bytes at ``offset`` of an upload: exactly where the last one ended. Answered by a
+    ``FileState`` once written (not a rate-limited request: ``UPLOAD_WINDOW`` paces it)."""
+
+    upload_id: str
+    offset: int  #: u64
+    body: bytes = b""
+    request_id: int = 0
+
+
+@_message(MsgType.FILE_GET, "sQI", added=FILES_MINOR)
+@dataclass(frozen=True, slots=True)
+class FileGet:
+    """Ask for ``length`` bytes (at most ``MAX_GET``) of an upload from ``offset``: answered
+    by ``FileData`` frames with this request's id, the last one marked ``last``."""
+
+    upload_id: str
+    offset: int  #: u64
+    length: int  #: u32
+    request_id: int = 0
+
+
+@_message(MsgType.FILE_CANCEL, "s", added=FILES_MINOR)
+@dataclass(frozen=True, slots=True)
+class FileCancel:
+    """Its sender: remove the upload (unfinished or not). A downloader: drop this
+    connection's FileGets of it. Answered by ``FileState`` with ``CANCELLED``."""
+
+    upload_id: str
+    request_id: int = 0
+
+
+@_message(MsgType.FILE_STATE, "sBQQQ", added=FILES_MINOR)
+@dataclass(frozen=True, slots=True)
+class FileState:
+    """Where an upload stands: the answer to FileUpload, to each FileChunk (once written)
+    and to FileCancel."""
+
+    upload_id: str
+    state: int  #: FileStatus
+    size: int  #: u64, as the upload declared
+    received: int  #: u64: bytes the server holds; a resume sends from here
+    expires_us: int  #: u64: when the server deletes it (µs of wall time)
+    request_id: int = 0
+
+
+@_message(MsgType.FILE_DATA, "sQQB", added=FILES_MINOR)
+@dataclass(frozen=True, slots=True)
+class FileData:
+    """Bytes of an upload at ``offset``, for the FileGet whose id it carries."""
+
+    upload_id: str
+    offset: int  #: u64
+    size: int  #: u64: the whole file's size (as uploaded)
+    last: int  #: u8: 1 on the last frame of the FileGet (an empty range: one empty frame)
+    body: bytes = b""
+    request_id: int = 0
+
+
+# ---- the offer: a message of content type 1 (the server never reads it) -------------
+
+MAX_OFFER_NAME = 1024  #: characters of a file name an offer may carry (the receiver sanitizes it)
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """What a file offer's body says: the upload to fetch, and what the file should be."""
+
+    upload_id: str
+    name: str  #: untrusted: a receiver sanitizes it before it names anything on its disk
+    size: int
+    sha256: str  #: of the bytes, hex
+
+
+def offer_body(offer: Offer) -> bytes:
+    """The body of a file offer: a JSON object, UTF-8 (section 13)."""
+    doc = {"upload": offer.upload_id, "name": offer.name, "size": offer.size, "sha256": offer.sha256}
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def parse_offer(body: bytes) -> Offer:
+    """The offer in ``body``; every field checked (it came from another client).
+
+    Raises:
+        RemoteProtocolError: BAD_REQUEST naming what is wrong.
+    """
+    try:
+        doc = json.loads(body.decode())
+        offer = Offer(doc["upload"], doc["name"], doc["size"], doc["sha256"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RemoteProtocolError(ErrorCode.BAD_REQUEST, f"not a file offer: {exc}") from None
+    if not (isinstance(offer.upload_id, str) and UPLOAD_ID.fullmatch(offer.upload_id)):
+        raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "a file offer's upload id is malformed")
+    if not isinstance(offer.name, str) or len(offer.name) > MAX_OFFER_NAME:
+        raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "a file offer's name is not text of a sane length")
+    if type(offer.size) is not int or not 0 <= offer.size < 2**63:
+        raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "a file offer's size is not a byte count")
+    if not (isinstance(offer.sha256, str) and SHA256_HEX.fullmatch(offer.sha256)):
+        raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "a file offer's sha256 is not 64 hex digits")
+    return offer
