@@ -7,6 +7,9 @@
   only (0700, files 0600; ``private_data_dir``).
 - Client config: ``$MSG_CONFIG_DIR``, else ``$XDG_CONFIG_HOME/csce513msg``, else
   ``~/.config/csce513msg``. Holds ``known_servers.json`` (pinned TLS fingerprints).
+- Client data: ``$MSG_DATA_DIR``, else ``$XDG_DATA_HOME/csce513msg/client``, else
+  ``~/.local/share/csce513msg/client``. Holds ``downloads/`` (files received,
+  ``client/downloads.py``).
 """
 
 from __future__ import annotations
@@ -43,6 +46,20 @@ def client_config_dir() -> Path:
         return Path(env)
     base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
     return Path(base) / "csce513msg"
+
+
+def client_data_dir() -> Path:
+    """The client's per-user data directory: what it keeps that is not configuration.
+
+    XDG separates the two: config is what a user writes or could copy to another
+    machine, data is what the program accumulates (received files). It is a ``client``
+    directory inside the server's default one, not that directory itself, so a student
+    who runs both ``msgsrv`` and ``msg`` never finds downloads next to the database.
+    """
+    if env := os.environ.get("MSG_DATA_DIR"):
+        return Path(env)
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "csce513msg" / "client"
 
 
 def private_data_dir(data_dir: Path) -> list[str]:

@@ -16,9 +16,10 @@ from tests.conformance.wire import PASSWORD
 from tests.fixtures import Names, Server, SmallDisk
 from tests.servers import ALL_BACKENDS, External, start
 
-# Never touch the user's own client config or server data from a test.
+# Never touch the user's own client config and data, or server data, from a test.
 os.environ.setdefault("MSG_CONFIG_DIR", tempfile.mkdtemp(prefix="msg-config-"))
 os.environ.setdefault("MSGSRV_DATA_DIR", tempfile.mkdtemp(prefix="msgsrv-data-"))
+os.environ.setdefault("MSG_DATA_DIR", tempfile.mkdtemp(prefix="msg-data-"))  # downloads
 os.environ["MSG_PASSWORD"] = PASSWORD  # the `msg` processes log in with the suite's password
 
 settings.register_profile(

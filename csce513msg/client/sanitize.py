@@ -37,7 +37,9 @@ _UNSAFE = re.compile(
     "\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3\U0001d173-\U0001d17a"
     "\U000e0001\U000e0020-\U000e007f]"
 )
-_UNSAFE_IN_NAME = re.compile("[\t\n" + _UNSAFE.pattern[1:])  # a name is one line: tab and LF too
+#: The same for a name, which is one line: tab and LF too. ``downloads.safe_name`` drops
+#: these characters from a received file's name.
+UNSAFE_IN_NAME = re.compile("[\t\n" + _UNSAFE.pattern[1:])
 
 
 def _escape(match: re.Match[str]) -> str:
@@ -56,4 +58,4 @@ def inert(text: str, indent: str = "  ") -> str:
 
 def inert_name(name: str) -> str:
     """A name (user, group, file) on one line: a line feed in it is shown as ``\\x0a``."""
-    return _UNSAFE_IN_NAME.sub(_escape, name)
+    return UNSAFE_IN_NAME.sub(_escape, name)
