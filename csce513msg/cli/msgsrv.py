@@ -41,12 +41,12 @@ from ..paths import DATABASE, default_data_dir, private_data_dir
 from ..store import MemoryStore, Store
 from ..store.files import FileShelf
 from ..store.sqlite import CHECKPOINT_INTERVAL, SqliteStore, database_problem
+from ..units import show_size
 from . import options as o
 from . import stats as live_stats
 from .banner import make_announce
 from .groups import group_app
 from .invite import invite
-from .units import show_size
 from .users import user_app
 
 C = TypeVar("C", BackendConfig, HubConfig)  #: a config that ``_configs`` fills from the options

@@ -16,7 +16,7 @@ import typer
 from ..backends.common import FD_RESERVE, BackendConfig
 from ..hub import HubConfig, Visibility
 from ..protocol import VERSION_MAJOR, VERSION_MINOR
-from .units import parse_size
+from ..units import parse_size
 
 NETWORK, LIMITS, TIMES, TLS, STORE, LOGINS, OUTPUT = (
     "Network", "Limits", "Timeouts", "TLS", "Storage", "Accounts and logins", "Output"
@@ -95,10 +95,17 @@ MaxFrameFlag = Annotated[int, opt("Largest frame (header + body) accepted, bytes
 MaxTextFlag = Annotated[int, opt("Largest message body, bytes.", LIMITS, min=1)]
 MaxGroupMembersFlag = Annotated[int, opt("Members a group may have at once.", LIMITS, min=1)]
 FILES = "Files"
-MaxFileFlag = Annotated[int, opt("Largest file an upload may declare (e.g. 256M).", FILES, parser=parse_size)]
-FileQuotaFlag = Annotated[int, opt("Bytes of uploads one user may hold at once (e.g. 1G).", FILES, parser=parse_size)]
+
+
+def _size(value: str | int) -> int:
+    """A size flag's value: typed as ``10M`` (or the default, already a number)."""
+    return value if isinstance(value, int) else parse_size(value)
+
+
+MaxFileFlag = Annotated[int, opt("Largest file an upload may declare (e.g. 256M).", FILES, parser=_size)]
+FileQuotaFlag = Annotated[int, opt("Bytes of uploads one user may hold at once (e.g. 1G).", FILES, parser=_size)]
 DiskReserveFlag = Annotated[
-    int, opt("Bytes kept free on the data directory's disk: uploads past it are refused.", FILES, parser=parse_size)
+    int, opt("Bytes kept free on the data directory's disk: uploads past it are refused.", FILES, parser=_size)
 ]
 FileDaysFlag = Annotated[float, opt("Days an upload is kept from its start, then deleted.", FILES, min=0.001)]
 NoFilesFlag = Annotated[bool, opt("Keep no files: uploads are not offered (protocol 1.6's files off).", FILES)]

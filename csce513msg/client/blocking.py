@@ -49,8 +49,8 @@ from ..protocol import (
 )
 from .downloads import PartialDownload, TransferError
 from .session import ClientSession, ClientState
-from .transfer import Download, Upload
 from .tls import wrap as wrap_tls
+from .transfer import Download, Upload
 
 M = TypeVar("M", bound=Message)
 RETRY_FIRST = 0.2  #: seconds: the first pause before a login refused as RATE_LIMITED is tried again
@@ -59,6 +59,7 @@ RETRY_MOST = 5.0  #: ... doubling up to this
 
 #: a transfer's progress: (bytes done, bytes in all)
 Progress = Callable[[int, int], object]
+
 
 class ServerError(Csce513Error):
     """The server answered a request with an Error."""

@@ -25,7 +25,6 @@ import os
 import re
 import stat
 import unicodedata
-from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
 
@@ -45,8 +44,6 @@ _WINDOWS_INVALID = re.compile('[<>:"|?*]')
 _RESERVED = re.compile(r"CON|PRN|AUX|NUL|CONIN\$|CONOUT\$|(?:COM|LPT)[0-9¹²³]", re.IGNORECASE | re.ASCII)
 _UPLOAD_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
-_SIZE = re.compile(r"([0-9]+\.?[0-9]*|\.[0-9]+) *(?:([kmg])(?:i?b)?|b)?", re.IGNORECASE | re.ASCII)
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 _NO_HARD_LINKS = {errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EOPNOTSUPP}
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
 
@@ -105,25 +102,6 @@ def _fit(name: str) -> str:
     room = MAX_NAME_BYTES - len(ext.encode())
     # "ignore" drops the one character the cut split, if it split one: the rest is whole UTF-8
     return stem.encode()[:room].decode(errors="ignore").rstrip(". ") + ext
-
-
-def parse_size(text: str) -> int:
-    """A size in bytes from ``512``, ``10k``, ``1.5M``, ``2G``, ``64KiB``, ``3 MB``.
-
-    Units are powers of 1024, in either case, with an optional ``B`` or ``iB``; a
-    fraction of a byte is dropped. Anything else, or a negative size, is a ValueError.
-    """
-    text = text.strip()
-    if text.startswith("-"):
-        raise ValueError(f"a size cannot be negative: {text!r}")
-    match = _SIZE.fullmatch(text)
-    if not match:
-        raise ValueError(f"not a size: {text!r} (bytes, or with k, M or G: 512, 10k, 1.5M, 2G)")
-    number, unit = match.groups()
-    size = int(Fraction(number) * _UNITS[(unit or "").lower()])
-    if size >= 1 << 63:
-        raise ValueError(f"size too large: {text!r}")
-    return size
 
 
 class PartialDownload:

@@ -71,8 +71,8 @@ class Upload:
     ready: bool = False  #: the file lane has it open and hashed: chunks may come
 
 
-@dataclass(slots=True)
-class _Get:
+@dataclass(slots=True, eq=False)
+class _Get:  # compared by identity: two FileGets of the same range are two
     upload_id: str
     offset: int
     end: int
@@ -122,6 +122,7 @@ class Files:
         if msg.upload_id:
             self._resume(session, msg, sha256)
             return
+        stream = self.conversation(session, msg.target_kind, msg.target, rid)  # may we post there?
         cfg = self.config
         if msg.size > cfg.max_file:
             too_large = f"a file of {msg.size} bytes is over the largest this server keeps ({cfg.max_file})"
@@ -130,7 +131,6 @@ class Files:
         if held + msg.size > cfg.file_quota:
             over = f"you hold {held} bytes of uploads; {msg.size} more would pass your quota of {cfg.file_quota}"
             raise RemoteProtocolError(ErrorCode.QUOTA_EXCEEDED, over, request_id=rid)
-        stream = self.conversation(session, msg.target_kind, msg.target, rid)
         created = self.wall_us(now)
         expires = created + int(cfg.file_days * 86_400_000_000)
         record = UploadRecord(secrets.token_urlsafe(16), user, stream, msg.size, sha256, created, expires)
@@ -143,6 +143,8 @@ class Files:
                 self._fail(session, result, rid, upload.record.upload_id)
             elif self.uploads.get(record.upload_id) is upload:
                 upload.ready = True
+                if not record.size:  # an empty file is complete at once (the job checked its hash)
+                    upload.record = replace(record, complete=True)
                 self._state(session, upload, rid)
 
         self._job(functools.partial(self.shelf.create, record), created_)
@@ -291,8 +293,8 @@ class Files:
                 if session.conn not in self.sessions or self.readers.get(session.conn) is not reader:
                     return  # the connection went away
                 if get not in reader.gets:
-                    return  # cancelled meanwhile
-                if not isinstance(result, bytes) or not result:
+                    pass  # cancelled meanwhile: on with the next one
+                elif not isinstance(result, bytes) or not result:
                     reader.gets.remove(get)
                     self.out.error(session, ErrorCode.FILE_NOT_FOUND, "that file is gone", get.request_id)
                 else:

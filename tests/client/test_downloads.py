@@ -18,10 +18,10 @@ from csce513msg.client.downloads import (
     TransferError,
     _copy_to_new,
     default_downloads_dir,
-    parse_size,
     partial_name,
     safe_name,
 )
+from csce513msg.units import parse_size, show_size
 
 ZWJ = "\u200d"  # kept by sanitize (emoji sequences need it), so kept in names too
 
@@ -145,6 +145,16 @@ def test_parse_size_refuses_what_is_not_a_size(text: str) -> None:
 def test_parse_size_refuses_a_negative_size(text: str) -> None:
     with pytest.raises(ValueError, match="negative"):
         parse_size(text)
+
+
+def test_show_size() -> None:
+    assert [show_size(n) for n in (0, 1023, 1536, 5 << 20, 3 << 30)] == [
+        "0 B",
+        "1023 B",
+        "1.5 KiB",
+        "5.0 MiB",
+        "3.0 GiB",
+    ]
 
 
 def test_parse_size_refuses_a_size_past_a_signed_64_bit_integer() -> None:

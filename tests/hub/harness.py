@@ -17,6 +17,7 @@ from csce513msg.protocol import (
     decode,
 )
 from csce513msg.store import Account, Batch, MemoryStore, Store
+from csce513msg.store.files import FileShelf
 
 WALL_OFFSET = 1_700_000_000.0
 PASSWORD = "correct horse"  #: every harness account's password
@@ -57,16 +58,20 @@ def batch_of(job: Submit) -> Batch:
 class Harness:
     """Runs the engine the way a backend would, without sockets or threads."""
 
-    def __init__(self, store: Store | None = None, auto_jobs: bool = True, **config: Any) -> None:
-        """``config``: HubConfig's fields (``window=4``, ``idle_timeout=30.0``...)."""
+    def __init__(
+        self, store: Store | None = None, auto_jobs: bool = True, shelf: FileShelf | None = None, **config: Any
+    ) -> None:
+        """``config``: HubConfig's fields (``window=4``, ``idle_timeout=30.0``...); ``shelf``: the
+        server keeps files there (1.6)."""
         config.setdefault("ack_delay", 0.0)  # acks commit at once here, unless a test asks otherwise
         self.store: Store = store or MemoryStore()
         accounts = self.store.load_accounts()
         tokens = self.store.load_device_tokens()
         groups = self.store.load_groups()
         classroom = self.store.load_classroom()
+        uploads = shelf.load() if shelf is not None else None
         self.engine = Engine(
-            self.store, HubConfig(**config), WALL_OFFSET, PASSWORDS, accounts, tokens, groups, classroom
+            self.store, HubConfig(**config), WALL_OFFSET, PASSWORDS, accounts, tokens, groups, classroom, shelf, uploads
         )  # fmt: skip
         self.auto_jobs = auto_jobs  # False: jobs wait for run_jobs(), to test every ordering
         self.now = 1000.0
@@ -86,7 +91,7 @@ class Harness:
     def connect(
         self, user: str | None = None, presence: bool = False, raw: bool = False, password: str = PASSWORD,
         host: str | None = None, device: str = "", groups: bool = False, minor: int = VERSION_MINOR,
-        coalescing: bool = True,
+        coalescing: bool = True, files: bool = True,
     ) -> Peer:  # fmt: skip
         """A connection that logs in as ``user`` (made an account first if it has none);
         ``groups``: it asks for groups (1.4, and shows repeated deliveries); ``minor``: the
@@ -97,7 +102,7 @@ class Harness:
         self._next += 1
         session = ClientSession(
             user, password=password, presence=presence, device_id=device, groups=groups, minor=minor,
-            drop_repeats=not groups, coalescing=coalescing,
+            drop_repeats=not groups, coalescing=coalescing, files=files,
         )  # fmt: skip
         peer = Peer(self._next, session, raw=raw)
         self.peers[peer.conn] = peer
@@ -140,7 +145,11 @@ class Harness:
         """Run the submitted jobs now, as a backend's worker would, and report them."""
         jobs, self.jobs = self.jobs, []
         for job in jobs:
-            self.apply(self.engine.job_done(job.job_id, job.job(), self.now))
+            try:
+                result = job.job()
+            except Exception as exc:  # noqa: BLE001 - as backends/jobs.py: a failed job is a result
+                result = exc
+            self.apply(self.engine.job_done(job.job_id, result, self.now))
 
     def settle(self) -> None:
         """Run jobs (and what they lead to) until none is left: e.g. logins, hash then store."""

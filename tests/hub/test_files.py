@@ -1,0 +1,137 @@
+"""The files part of the engine (1.6, hub/files.py), with a fixed clock and jobs run by hand:
+the rules whose outcome depends on timing on a real server (how fast the disk
+acknowledges, when a connection's output backs up, when an upload expires)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from csce513msg.hub import Lane
+from csce513msg.protocol import (
+    ErrorCode,
+    FileChunk,
+    FileData,
+    FileGet,
+    FileState,
+    FileStatus,
+    FileUpload,
+    TargetKind,
+)
+from csce513msg.protocol.transfer import UPLOAD_WINDOW
+from csce513msg.store.files import FileShelf
+from tests.hub.harness import Harness, Peer, codes
+
+CHUNK = 60_000
+
+
+def harness(tmp_path: Path, **config: Any) -> Harness:
+    return Harness(auto_jobs=False, shelf=FileShelf(tmp_path / "files"), disk_reserve=0, **config)
+
+
+def begin(h: Harness, peer: Peer, data: bytes, to: str = "bob") -> str:
+    peer.session.request(FileUpload(len(data), hashlib.sha256(data).hexdigest(), TargetKind.USER, to))
+    h.pump()
+    assert all(job.lane is Lane.FILE for job in h.jobs)  # never the loop, never the store's lane
+    h.settle()
+    state = peer.of(FileState)[-1]
+    assert state.state == (FileStatus.RECEIVING if data else FileStatus.COMPLETE)
+    return state.upload_id
+
+
+def test_more_than_the_window_unacknowledged_removes_the_upload(tmp_path: Path) -> None:
+    h = harness(tmp_path)
+    h.account("bob")
+    alice = h.connect("alice")
+    h.settle()
+    data = bytes(3 * UPLOAD_WINDOW)
+    uid = begin(h, alice, data)
+    for offset in range(0, UPLOAD_WINDOW + CHUNK, CHUNK):  # the disk acknowledges nothing meanwhile
+        alice.session.request(FileChunk(uid, offset, data[offset : offset + CHUNK]))
+    h.pump()
+    first, *rest = codes(alice)  # the chunk over the window; those after it find no upload
+    assert first == ErrorCode.TRANSFER_FAILED and set(rest) == {ErrorCode.FILE_NOT_FOUND}
+    h.settle()
+    assert not list((tmp_path / "files").iterdir())  # its bytes and record are gone
+    assert uid not in h.engine.files.uploads  # type: ignore[union-attr]
+
+
+def test_within_the_window_the_disk_paces_the_sender(tmp_path: Path) -> None:
+    h = harness(tmp_path)
+    h.account("bob")
+    alice = h.connect("alice")
+    h.settle()
+    data = bytes(range(256)) * 1000
+    uid = begin(h, alice, data)
+    for offset in range(0, len(data), CHUNK):
+        alice.session.request(FileChunk(uid, offset, data[offset : offset + CHUNK]))
+    h.pump()
+    assert not codes(alice) and len(h.jobs) == 5  # all taken, none written yet
+    h.settle()
+    states = alice.of(FileState)[1:]
+    assert [s.received for s in states] == [min(o + CHUNK, len(data)) for o in range(0, len(data), CHUNK)]
+    assert states[-1].state == FileStatus.COMPLETE
+    assert (tmp_path / "files" / uid).read_bytes() == data
+
+
+def test_a_download_waits_while_the_connection_is_paused(tmp_path: Path) -> None:
+    h = harness(tmp_path, max_frame=16_384)
+    alice, bob = h.connect("alice"), h.connect("bob")
+    h.settle()
+    data = bytes(100_000)
+    uid = begin(h, alice, data)
+    for offset in range(0, len(data), 10_000):
+        alice.session.request(FileChunk(uid, offset, data[offset : offset + 10_000]))
+    h.pump()
+    h.settle()
+    h.apply(h.engine.pause_writing(bob.conn, h.now))  # bob's output backed up
+    bob.session.request(FileGet(uid, 0, 100_000))
+    h.pump()
+    h.run_jobs()  # the first chunk's read, taken before the pause was known to the part
+    h.pump()
+    assert not h.jobs  # paused: no further read
+    got = bob.of(FileData)
+    assert len(got) <= 1
+    h.apply(h.engine.resume_writing(bob.conn, h.now))
+    h.settle()
+    got = bob.of(FileData)
+    assert b"".join(d.body for d in got) == data and got[-1].last == 1
+    assert all(len(d.body) <= 16_384 - 1024 for d in got)
+
+
+def test_a_second_connection_resumes_and_the_first_is_refused(tmp_path: Path) -> None:
+    h = harness(tmp_path)
+    h.account("bob")
+    laptop, phone = h.connect("alice", device="laptop"), h.connect("alice", device="phone")
+    h.settle()
+    data = bytes(200_000)
+    uid = begin(h, laptop, data)
+    laptop.session.request(FileChunk(uid, 0, data[:CHUNK]))
+    h.pump()
+    h.settle()
+    phone.session.request(FileUpload(len(data), hashlib.sha256(data).hexdigest(), TargetKind.USER, "bob", uid))
+    h.pump()
+    h.settle()
+    assert phone.of(FileState)[-1].received == CHUNK  # re-hashed from the disk
+    laptop.session.request(FileChunk(uid, CHUNK, data[CHUNK : 2 * CHUNK]))
+    h.pump()
+    assert codes(laptop) == [ErrorCode.BAD_REQUEST]  # not its writer any more; nothing removed
+    assert uid in h.engine.files.uploads  # type: ignore[union-attr]
+
+
+def test_an_upload_expires_with_its_bytes(tmp_path: Path) -> None:
+    h = harness(tmp_path, file_days=0.01, idle_timeout=10_000.0)  # 864 s
+    alice, bob = h.connect("alice"), h.connect("bob")
+    h.settle()
+    uid = begin(h, alice, b"")  # an empty file: complete at once
+    assert alice.of(FileState)[-1].state == FileStatus.COMPLETE
+    assert (tmp_path / "files" / uid).exists()
+    h.auto_jobs = True
+    h.advance(1300)  # past its time, and the next sweep (every 10 minutes) deleted it
+    for peer in (alice, bob):
+        h.advance(1)
+        peer.session.request(FileGet(uid, 0, 0))
+        h.pump()
+    assert codes(bob)[-1] == ErrorCode.FILE_NOT_FOUND and codes(alice)[-1] == ErrorCode.FILE_NOT_FOUND
+    assert not list((tmp_path / "files").iterdir())
