@@ -29,6 +29,7 @@ from ..client.steps import TlsOptions
 from ..client.view import PlainView, View
 from ..hub import fold_name
 from ..protocol import VERSION_MAJOR, VERSION_MINOR
+from ..units import parse_size
 
 DEFAULT_PORT = 5130
 DEFAULT_SERVER = f"127.0.0.1:{DEFAULT_PORT}"
@@ -65,6 +66,12 @@ def main(
     mux: Annotated[str, typer.Option(help="The teaching loop's wait: select, poll or epoll.")] = best_mux(),
     json: Annotated[bool, typer.Option("--json", help="One JSON object per event, for scripts.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Message ids and every receipt.")] = False,
+    downloads: Annotated[
+        Path | None, typer.Option(help="Where received files go [default: downloads in msg's data directory].")
+    ] = None,
+    auto_download: Annotated[
+        str, typer.Option(help="Fetch an offered file up to this size as it arrives (0: never; e.g. 10M).")
+    ] = "10M",
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
@@ -87,7 +94,11 @@ def main(
     fingerprint = fingerprint or settings.fingerprint
     ca = ca or (Path(settings.ca).expanduser() if settings.ca else None)
     tls_options = TlsOptions(fingerprint, ca) if (tls or settings.tls or fingerprint or ca) else None
-    plan = Plan(host, port, name, tls_options, register, settings.allow_plaintext, verbose)
+    try:
+        auto = parse_size(auto_download)
+    except ValueError as exc:
+        _usage(f"--auto-download: {exc}")
+    plan = Plan(host, port, name, tls_options, register, settings.allow_plaintext, verbose, downloads, auto)
     on_terminal = sys.stdin.isatty() and sys.stdout.isatty() and not json
     live = on_terminal and not plain
     view: View = (

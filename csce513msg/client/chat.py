@@ -64,6 +64,7 @@ from .classroom import (
     show_hand_place,
     show_hand_queue,
 )
+from .downloads import default_downloads_dir
 from .files import Outbox, Unsent
 from .groups import (
     CHANGES,
@@ -79,13 +80,14 @@ from .groups import (
 from .history import history_command, more_command, show_history_end
 from .sanitize import inert, inert_name
 from .session import ClientSession, ClientState
+from .sharing import FILE_COMMANDS, HELP_FILES, Sharing, file_command, offer_delivered, transfer_message
 from .view import Style, View
 from .words import clock, code_name, count_waiting, day_of, duration, partner_of, plural, split_target
 
 #: this module's names, and those other modules import from here though groups.py and words.py define them
 __all__ = ["COMMANDS", "HELP", "MARKS", "ChatClient", "Outgoing", "GROUP_COMMANDS", "code_name", "plural"]
 
-COMMANDS = ("/msg", "/to", "/who", "/history", "/more", *GROUP_USAGE, *CLASSROOM, "/help", "/quit")
+COMMANDS = ("/msg", "/to", "/who", "/history", "/more", *GROUP_USAGE, *CLASSROOM, *FILE_COMMANDS, "/help", "/quit")
 
 HELP = f"""commands:
   /msg USER TEXT     send TEXT to USER, who becomes your conversation
@@ -94,7 +96,8 @@ HELP = f"""commands:
   /who               who is online
   /history [USER] [N] the last N (20) messages with USER or #GROUP (default: your conversation)
   /more              earlier messages (after /history)
-{HELP_GROUPS}
+ {HELP_GROUPS}
+{HELP_FILES}
   /help              this help
   /quit              leave (what the server has not stored yet is kept and sent next time)"""
 
@@ -157,6 +160,7 @@ class ChatClient:
         self.classroom: dict[int, str] = {}  #: request id -> the command that asked ("/confirm"...)
         #: the raised hands as the last queue said (staff): a pushed queue is shown as what changed
         self.hands: dict[str, str] = {}
+        self.sharing = Sharing(default_downloads_dir())  #: files offered, sent, received (``client/sharing.py``)
 
     # ---- what waits to be sent ------------------------------------------------------------
 
@@ -171,6 +175,8 @@ class ChatClient:
         sends = [*self.resend, *self.unacknowledged()]
         unsent: dict[object, Unsent] = {}
         for m in sends:  # a client message id names one message (0: no device id, every one apart)
+            if m.content_type == ContentType.FILE_OFFER:
+                continue  # resent on this run (``resend``), never kept as text: a later run cannot resume its upload
             to = "#" + m.target if m.target_kind == TargetKind.GROUP else m.target
             unsent[m.client_msg_id or object()] = Unsent(to, m.body.decode(errors="replace"), m.client_msg_id)
         for u in self.queued:
@@ -212,7 +218,7 @@ class ChatClient:
     def sending(self, rid: int, to: str, text: str) -> Outgoing:
         """A message on its way under request ``rid`` (a Send, an /announce): its line, kept
         until its receipts come."""
-        out = self.sent[rid] = Outgoing(to, text, int(time.time() * 1e6), next(self._keys))
+        out = self.sent[rid] = Outgoing(to, text, int(time.time() * 1e6), self.new_key())
         if self.live:  # the line now, its mark changes in place; plain: shown once stored
             self.date_line(out.time_us)
             self.view.show(self._sent_line(out), style=Style.SELF, key=out.key)
@@ -220,7 +226,13 @@ class ChatClient:
 
     # ---- from the server ----------------------------------------------------------------------
 
+    def new_key(self) -> int:
+        """A key for a line that may be rewritten (a sent message, a transfer's progress)."""
+        return next(self._keys)
+
     def on_message(self, msg: Message) -> None:
+        if self.sharing.items and transfer_message(self, msg):
+            return
         if isinstance(msg, Deliver):
             self._deliver(msg)
         elif isinstance(msg, Receipt):
@@ -298,6 +310,8 @@ class ChatClient:
                 elif conversation != self.partner:
                     self.unread[conversation] = self.unread.get(conversation, 0) + 1
         prefix = f"[{clock(msg.time_us)}] {who}: "
+        if msg.content_type == ContentType.FILE_OFFER:
+            return offer_delivered(self, msg, who, prefix)
         human = prefix + inert(text, indent=" " * len(prefix))
         if self.verbose:
             human += f"  (#{msg.message_id}, {inert_name(msg.stream)} @{msg.position})"
@@ -432,6 +446,8 @@ class ChatClient:
             group_command(self, cmd, rest.split())
         elif cmd in CLASSROOM:
             classroom_command(self, cmd, rest)
+        elif cmd in FILE_COMMANDS:
+            file_command(self, cmd, rest)
         elif cmd == "/help":
             extra = HELP_STAFF if self.role in STAFF else HELP_STUDENT
             text = f"{HELP}\n{extra}"
@@ -527,7 +543,7 @@ class ChatClient:
     def ready_to_exit(self) -> bool:
         """End of input, and every request answered."""
         ready = self.session.state is ClientState.READY
-        waiting = self.commands or self.session.pending or self.queued or self.deferred_more
+        waiting = self.commands or self.session.pending or self.queued or self.deferred_more or self.sharing.active()
         return ready and self.input_done and not waiting
 
 

@@ -14,11 +14,14 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from .chat import ChatClient
+from .downloads import default_downloads_dir
 from .files import Outbox, device_id, load_token
 from .sanitize import inert
 from .session import ClientSession
+from .sharing import AUTO_DOWNLOAD, Sharing
 from .steps import Connector, TlsOptions
 from .tls import TrustError
 from .view import Style, View
@@ -35,6 +38,8 @@ class Plan:
     register: bool = False
     allow_plaintext: bool = False
     verbose: bool = False
+    downloads: Path | None = None  #: where received files go (None: ``downloads.default_downloads_dir()``)
+    auto_download: int = AUTO_DOWNLOAD  #: a file offered up to this many bytes is fetched as it arrives
 
 
 def is_loopback(host: str) -> bool:
@@ -86,6 +91,7 @@ def start(
         device_id=device_id(user), device_token=load_token(server_key, user), client_msg_seed=time.time_ns() // 1000,
     )  # fmt: skip
     chat = ChatClient(session, view, live=live, verbose=plan.verbose)
+    chat.sharing = Sharing(plan.downloads or default_downloads_dir(), plan.auto_download)
     chat.sock = sock
     chat.server_key = server_key
     chat.outbox = Outbox(server_key, user)

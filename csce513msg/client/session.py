@@ -38,6 +38,7 @@ from ..protocol import (
     Feature,
     FileCancel,
     FileChunk,
+    FileData,
     FileGet,
     FileState,
     FileUpload,
@@ -225,7 +226,7 @@ class ClientSession:
             self.state = ClientState.READY
             self.user = msg.user
             self.device_token = msg.device_token or self.device_token
-        if isinstance(msg, _REPLIES) and msg.request_id:
+        if (isinstance(msg, _REPLIES) and msg.request_id) or (isinstance(msg, FileData) and msg.last):
             self.pending.pop(msg.request_id, None)
         events.append(msg)
 

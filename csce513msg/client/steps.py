@@ -21,6 +21,7 @@ from .chat import ChatClient, code_name, plural
 from .files import save_token
 from .sanitize import inert
 from .session import ClientSession, ClientState
+from .sharing import paused, resume_all
 from .tls import TrustError
 from .tls import wrap as wrap_tls
 from .view import Style, View
@@ -134,6 +135,7 @@ def logged_in(chat: ChatClient, msg: LoginOk) -> None:
     if chat.live:
         chat.session.who()  # who is online: shown, and names for Tab to complete
     chat.resend_unacknowledged()
+    resume_all(chat)  # transfers a lost connection paused
     pending, chat.commands = chat.commands, []
     for line in pending:
         chat.on_line(line)
@@ -187,6 +189,7 @@ def lost(chat: ChatClient, watcher: Watcher) -> None:
                        style=Style.ERROR, event="error", code="local", message="group change interrupted",
                        request=0)  # fmt: skip
     chat.group_requests.clear()
+    paused(chat)
     chat.run_held()  # in the order typed: a message queued, a command answered "not connected"
     if chat.history_for or chat.deferred_more:  # a page the server will never send now
         chat.history_for.clear()

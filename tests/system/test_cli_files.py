@@ -1,0 +1,77 @@
+"""``msg``'s files (1.6) as processes: ``/sendfile`` from a script, an offer fetched by
+itself (``--auto-download``) or by ``/get``, hostile names kept inside the downloads
+directory. The client's behaviour, not the server's I/O strategy: one backend."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+from csce513msg.protocol import Offer, Receipt
+from tests.conformance.wire import connect
+from tests.fixtures import Names
+from tests.servers import IS_LINUX, ServerProcess
+from tests.system.test_cli import msg_cmd, read_events
+
+BACKENDS = ["epoll" if IS_LINUX else "select"]
+
+
+def receiver(server: ServerProcess, user: str, downloads: Path, auto: str) -> subprocess.Popen[str]:
+    cmd = msg_cmd(server, user, "--json", "--downloads", str(downloads), "--auto-download", auto)
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    read_events(proc, "login")
+    return proc
+
+
+def test_sendfile_from_a_script_then_auto_download_and_get(server: ServerProcess, names: Names, tmp_path: Path) -> None:
+    alice, bob = names("alice"), names("bob")
+    small, large = tmp_path / "hw3.py", tmp_path / "slides.pdf"
+    small.write_bytes(b"print('hello')\n")
+    large.write_bytes(os.urandom(300_000))
+    bob_proc = receiver(server, bob, tmp_path / "dl", "1k")
+    try:
+        script = f"/sendfile {bob} {small}\n/sendfile {bob} {large}\n/msg {bob} both sent\n/files\n/quit\n"
+        done = subprocess.run(msg_cmd(server, alice), input=script, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert re.search(r"^file 1 hw3\.py: sent \[#{20}\] 15 B/15 B$", done.stdout, re.M), done.stdout
+        assert re.search(rf"you -> {bob}: \[file 2\] slides\.pdf \(293\.0 KiB\)$", done.stdout, re.M)
+        saved = read_events(bob_proc, "saved")[-1]  # the small one came by itself
+        assert Path(str(saved["path"])).read_bytes() == small.read_bytes()
+        offer = read_events(bob_proc, "offer")[-1]  # the large one waits
+        assert offer["name"] == "slides.pdf" and offer["number"] == 2
+        assert bob_proc.stdin is not None
+        bob_proc.stdin.write("/get 2\n")
+        bob_proc.stdin.flush()
+        saved = read_events(bob_proc, "saved")[-1]
+        assert saved["path"] == str(tmp_path / "dl" / "slides.pdf")
+        assert Path(str(saved["path"])).read_bytes() == large.read_bytes()
+    finally:
+        assert bob_proc.stdin is not None
+        bob_proc.stdin.close()
+        assert bob_proc.wait(timeout=30) == 0
+
+
+def test_hostile_names_land_inside_the_downloads_directory(server: ServerProcess, names: Names, tmp_path: Path) -> None:
+    alice, bob = names("alice"), names("bob")
+    downloads = tmp_path / "dl"
+    bob_proc = receiver(server, bob, downloads, "10M")
+    hostile = ["../../../../etc/passwd", ".bashrc", "a/b\\c.txt", "\x1b]0;pwned\x07\x1b[31mred.txt", "CON", "x" * 900]
+    try:
+        with connect(server, alice) as a:
+            for name in hostile:  # a file of its own for each: the client fetches each upload once
+                path = tmp_path / "payload"
+                path.write_bytes(name.encode())
+                upload = a.upload_file(path, bob)
+                offer = Offer(upload.upload_id, name, upload.size, upload.sha256)
+                a.request(a.session.send_offer(bob, offer), Receipt)
+        paths = [Path(str(read_events(bob_proc, "saved")[-1]["path"])) for _ in hostile]
+        assert [p.read_bytes().decode() for p in paths] == hostile
+        assert all(p.parent == downloads for p in paths)
+        assert [p.name for p in paths[:5]] == ["passwd", "bashrc", "c.txt", "]0;pwned[31mred.txt", "_CON"]
+        assert len(paths[5].name.encode()) <= 200
+    finally:
+        assert bob_proc.stdin is not None
+        bob_proc.stdin.close()
+        bob_proc.wait(timeout=30)
