@@ -29,6 +29,7 @@ OWN_FILES = (
     "tls",
     "tls/key.pem",
     "tls/cert.pem",
+    "files",  # uploads (1.6); each file in it is made 0600
 )
 
 

@@ -168,6 +168,9 @@ class ClientSession:
         self.groups = groups
         self.coalescing = coalescing
         self.files = files
+        #: FileChunk bytes sent and not yet answered, over every upload of this connection: the
+        #: server allows ``transfer.UPLOAD_WINDOW`` (``client/transfer.py`` keeps to it)
+        self.upload_bytes = 0
         self.version_minor = minor  #: the minor this client announces
         self.client = client
         self.device_id = device_id

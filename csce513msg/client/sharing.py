@@ -182,6 +182,9 @@ def transfer_message(chat: ChatClient, msg: Message) -> bool:
             _finished(chat, item, transfer)
         else:
             _progress(chat, item)
+        for other in chat.sharing.active():  # room in the connection's window: every upload may go on
+            if isinstance(other.transfer, Upload):
+                other.transfer.fill()
         return True
     return False
 

@@ -70,6 +70,7 @@ class Upload:
         self.acked = 0  #: bytes the server wrote
         self.sent = 0  #: bytes queued to it
         self.complete = False
+        self.started = False  #: the server answered FileUpload: it said where to start
         self.error: Error | None = None
         welcome = session.welcome
         assert welcome is not None
@@ -77,6 +78,7 @@ class Upload:
         self._file: BinaryIO | None = path.open("rb")
         self._start = session.file_upload(size, sha256, target, kind, upload_id)
         self._rids = {self._start}
+        self._chunks: dict[int, int] = {}  #: request id -> bytes of a chunk not yet answered
 
     @property
     def done(self) -> bool:
@@ -91,6 +93,7 @@ class Upload:
         if msg.request_id not in self._rids or not isinstance(msg, (FileState, Error)):
             return False
         self._rids.discard(msg.request_id)
+        self.session.upload_bytes -= self._chunks.pop(msg.request_id, 0)
         if isinstance(msg, Error):
             self.error = msg
             self.close()
@@ -98,12 +101,13 @@ class Upload:
         if msg.request_id == self._start:  # the server's answer to FileUpload: where to start
             self.upload_id = msg.upload_id
             self.sent = msg.received
+            self.started = True
         self.acked = max(self.acked, msg.received)
         if msg.state == FileStatus.COMPLETE:
             self.complete = True
             self.close()
         else:
-            self._fill()
+            self.fill()
         return True
 
     def cancel(self) -> None:
@@ -114,20 +118,27 @@ class Upload:
         self.close()
 
     def close(self) -> None:
+        """Stop: the window its chunks held is free for the connection's other uploads."""
+        self.session.upload_bytes -= sum(self._chunks.values())
+        self._chunks.clear()
         if self._file is not None:
             self._file.close()
             self._file = None
 
-    def _fill(self) -> None:
-        """Queue chunks while the window has room."""
-        f = self._file
-        while f is not None and self.sent < self.size and self.sent - self.acked + self.chunk <= UPLOAD_WINDOW:
+    def fill(self) -> None:
+        """Queue chunks while the connection's window has room (``msg`` calls it for every upload
+        when one moves: another one's chunks may have freed room)."""
+        f, session = self._file, self.session
+        while self.started and f is not None and self.sent < self.size and session.upload_bytes + self.chunk <= UPLOAD_WINDOW:
             data = os.pread(f.fileno(), min(self.chunk, self.size - self.sent), self.sent)
             if not data:  # the file shrank under us: the server will say the hash is wrong
                 self.error = Error(0, f"{self.path} changed while it was sent")
                 self.close()
                 return
-            self._rids.add(self.session.file_chunk(self.upload_id, self.sent, data))
+            rid = session.file_chunk(self.upload_id, self.sent, data)
+            self._rids.add(rid)
+            self._chunks[rid] = len(data)
+            session.upload_bytes += len(data)
             self.sent += len(data)
 
 

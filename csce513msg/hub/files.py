@@ -108,6 +108,9 @@ class Files:
             self.held[upload.record.owner] = self.held.get(upload.record.owner, 0) + upload.record.size
         self.jobs: dict[int, Done] = {}  #: job id -> what to do with its result
         self.readers: dict[ConnId, _Reader] = {}
+        #: connection -> chunk bytes taken and not yet written: at most ``UPLOAD_WINDOW``, over all
+        #: its uploads (a client with many small uploads could otherwise queue its whole quota)
+        self.unwritten: dict[ConnId, int] = {}
         self.chunk = config.max_frame - CHUNK_HEADROOM  #: bytes of a FileData frame's body
 
     # ---- requests ---------------------------------------------------------------------
@@ -164,16 +167,20 @@ class Files:
             why = f"a chunk at {msg.offset}: the next byte is {upload.accepted}"
         elif end > size:
             why = f"a chunk to byte {end} of a {size}-byte file"
-        elif upload.accepted - upload.received + len(msg.body) > UPLOAD_WINDOW:
+        elif self.unwritten.get(session.conn, 0) + len(msg.body) > UPLOAD_WINDOW:
             why = f"more than {UPLOAD_WINDOW} bytes sent and not acknowledged"
         if why:
             self._drop(upload)
             self._job(functools.partial(self.shelf.delete, msg.upload_id), _ignore)
             raise RemoteProtocolError(ErrorCode.TRANSFER_FAILED, why + ": the upload is removed", request_id=rid)
         upload.accepted = end
+        conn, taken = session.conn, len(msg.body)
+        self.unwritten[conn] = self.unwritten.get(conn, 0) + taken
         record, offset, data = upload.record, msg.offset, msg.body  # as they are now: the job runs later
 
         def written(result: object) -> None:
+            if conn in self.unwritten:
+                self.unwritten[conn] -= taken
             if isinstance(result, FileGone):
                 return  # cancelled or failed meanwhile: said already
             if isinstance(result, BaseException):
@@ -229,6 +236,7 @@ class Files:
     def gone(self, session: Session) -> None:
         """The connection closed: its downloads end; its uploads wait for a resume."""
         self.readers.pop(session.conn, None)
+        self.unwritten.pop(session.conn, None)
         for upload in self.uploads.values():
             if upload.writer == session.conn:
                 upload.writer, upload.ready = None, False
@@ -338,6 +346,8 @@ class Files:
         return user in stream.partition(":")[2].split(",")  # dm:alice,bob
 
     def _state(self, session: Session, upload: Upload, rid: int) -> None:
+        if self.sessions.get(session.conn) is not session:
+            return  # the connection went away while the job ran: its resume asks again
         record = upload.record
         status = FileStatus.COMPLETE if record.complete else FileStatus.RECEIVING
         values = (record.upload_id, status, record.size, upload.received, record.expires_us)
@@ -345,14 +355,17 @@ class Files:
 
     def _fail(self, session: Session, exc: BaseException, rid: int, upload_id: str) -> None:
         """A job of an upload failed: the upload is forgotten (``_drop``); its sender hears why."""
+        if not isinstance(exc, (TransferError, FileGone)):  # an unexpected failure of the disk
+            self._job(functools.partial(self.shelf.delete, upload_id), _ignore)
+        if self.sessions.get(session.conn) is not session:
+            return
         if isinstance(exc, TransferError):
             code = ErrorCode.NO_SPACE if exc.no_space else ErrorCode.TRANSFER_FAILED
             self.out.error(session, code, f"{exc}: the upload is removed", rid)
         elif isinstance(exc, FileGone):
             self.out.error(session, ErrorCode.FILE_NOT_FOUND, "that upload is gone", rid)
-        else:  # an unexpected failure of the disk: said, and the upload removed
+        else:  # an unexpected failure of the disk: said, and the upload removed (above)
             self.out.error(session, ErrorCode.TRANSFER_FAILED, f"the server could not write it ({exc})", rid)
-            self._job(functools.partial(self.shelf.delete, upload_id), _ignore)
 
     def _drop(self, upload: Upload) -> None:
         """Forget an upload (its files are deleted by a job, or were by the failing one)."""

@@ -36,9 +36,9 @@ FILES_MINOR = 6  #: the minor version that added files
 MAX_GET = 1 << 20
 #: a chunk carries at most ``max_frame`` less this much (the frame's prefix and header)
 CHUNK_HEADROOM = 1024
-#: upload bytes a connection may have sent and not yet seen acknowledged by a FileState;
-#: a client that sends more loses the upload (TRANSFER_FAILED): the server's memory per
-#: uploading connection stays bounded
+#: chunk bytes a connection may have sent and not yet seen acknowledged by a FileState, over
+#: all its uploads; a client that sends more loses the upload (TRANSFER_FAILED): the server's
+#: memory per uploading connection stays bounded
 UPLOAD_WINDOW = 1 << 20
 #: an upload id: what the server hands out (22 characters of base64url, 128 bits), and what
 #: a client may send (a hostile one is refused before it reaches a path)

@@ -284,3 +284,19 @@ def test_files_need_the_feature(server: Server, names: Names) -> None:
 
 def _with_id(rid: int) -> Callable[[Receipt], bool]:
     return lambda r: r.request_id == rid
+
+
+def test_two_uploads_at_once_share_the_connection_s_window(server: Server, names: Names, tmp_path: Path) -> None:
+    alice, bob = names("alice"), names("bob")
+    with connect(server, alice) as a, connect(server, bob) as b:
+        paths = [a_file(tmp_path, 3 << 20, f"part{i}.bin") for i in range(2)]
+        uploads = [Upload(a.session, path, bob) for path in paths]
+        while not all(u.done for u in uploads):
+            a.flush()
+            a.next_message(lambda m: any(u.handle(m) for u in uploads))
+            for u in uploads:  # as msg does: room one frees, the other may use
+                u.fill()
+        assert all(u.complete for u in uploads), [u.error for u in uploads]
+        for upload, path in zip(uploads, paths, strict=True):
+            a.request(a.session.send_offer(bob, upload.offer()), Receipt)
+            assert b.download(offer_of(b), tmp_path / "bob").read_bytes() == path.read_bytes()
