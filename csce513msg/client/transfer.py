@@ -129,7 +129,8 @@ class Upload:
         """Queue chunks while the connection's window has room (``msg`` calls it for every upload
         when one moves: another one's chunks may have freed room)."""
         f, session = self._file, self.session
-        while self.started and f is not None and self.sent < self.size and session.upload_bytes + self.chunk <= UPLOAD_WINDOW:
+        room = lambda: session.upload_bytes + self.chunk <= UPLOAD_WINDOW  # noqa: E731
+        while self.started and f is not None and self.sent < self.size and room():
             data = os.pread(f.fileno(), min(self.chunk, self.size - self.sent), self.sent)
             if not data:  # the file shrank under us: the server will say the hash is wrong
                 self.error = Error(0, f"{self.path} changed while it was sent")
