@@ -125,12 +125,14 @@ class Upload:
             self._file.close()
             self._file = None
 
+    def _room(self) -> bool:
+        return self.session.upload_bytes + self.chunk <= UPLOAD_WINDOW
+
     def fill(self) -> None:
         """Queue chunks while the connection's window has room (``msg`` calls it for every upload
         when one moves: another one's chunks may have freed room)."""
         f, session = self._file, self.session
-        room = lambda: session.upload_bytes + self.chunk <= UPLOAD_WINDOW  # noqa: E731
-        while self.started and f is not None and self.sent < self.size and room():
+        while self.started and f is not None and self.sent < self.size and self._room():
             data = os.pread(f.fileno(), min(self.chunk, self.size - self.sent), self.sent)
             if not data:  # the file shrank under us: the server will say the hash is wrong
                 self.error = Error(0, f"{self.path} changed while it was sent")
