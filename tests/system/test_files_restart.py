@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from csce513msg.client import Client, ServerError
+from csce513msg.client.downloads import TransferError
 from csce513msg.client.transfer import Upload
 from csce513msg.protocol import ContentType, Deliver, ErrorCode, Offer, Receipt, parse_offer
 from tests.conformance.wire import connect, next_of
@@ -117,5 +118,25 @@ def test_a_full_disk_fails_the_upload_and_chat_goes_on(
             small.write_bytes(os.urandom(100_000))
             a.send_file(bob, small)  # the space is used again
             assert b.download(offer_of(b), tmp_path / "bob").read_bytes() == small.read_bytes()
+    finally:
+        server.stop()
+
+
+def test_a_full_disk_on_the_receiving_side_removes_the_partial_file(
+    backend: str, names: Names, tmp_path: Path, small_disk: SmallDisk
+) -> None:
+    alice, bob = names("alice"), names("bob")
+    server = start(backend, "--data-dir", str(tmp_path / "data"), "--disk-reserve", "0")
+    downloads = small_disk("1m")
+    try:
+        with connect(server, alice) as a, connect(server, bob) as b:
+            path = tmp_path / "big.bin"
+            path.write_bytes(os.urandom(3 << 20))
+            a.send_file(bob, path)
+            with pytest.raises(TransferError, match="no space"):
+                b.download(offer_of(b), downloads)
+            assert not list(downloads.iterdir())  # no partial file left behind
+            a.send_text(bob, "chat goes on")
+            assert next_of(b, Deliver).body == b"chat goes on"
     finally:
         server.stop()
