@@ -57,3 +57,10 @@ def bench(session: nox.Session) -> None:
     """The benchmark suite with plots: `nox -s bench -- --backends epoll,uvloop`."""
     session.install(*PINS, "-e", ".[fast,bench]")
     session.run("python", "-m", "benchmarks", "--out", "bench-results", *session.posargs)
+
+
+@nox.session
+def bench_transfer(session: nox.Session) -> None:
+    """File transfer (1.6) against the raw socket copy, chat p99 beside it: `nox -s bench_transfer -- --size 100`."""
+    session.install(*PINS, "-e", ".[fast]")
+    session.run("python", "-m", "benchmarks.transfer", "--out", "bench-results/transfer.json", *session.posargs)

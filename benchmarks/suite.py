@@ -118,10 +118,13 @@ class Server:
     ``perf``: the server runs under ``perf stat`` counting ``SYSCALLS`` in every thread
     (inherited by threads started later), its counters off until ``counting(True)`` turns
     them on (``--control``); read them with ``syscalls()`` after ``stop``. With
-    ``--stats`` among the flags, its stats lines are kept with the time each arrived."""
+    ``--stats`` among the flags, its stats lines are kept with the time each arrived.
+    ``root``: where its data directory is made (default: the system's temporary directory)."""
 
-    def __init__(self, backend: str, users: int, *flags: str, burst_users: int = 0, perf: bool = False) -> None:
-        self.data_dir = tempfile.mkdtemp(prefix=f"bench-{backend}-")
+    def __init__(
+        self, backend: str, users: int, *flags: str, burst_users: int = 0, perf: bool = False, root: Path | None = None
+    ) -> None:
+        self.data_dir = tempfile.mkdtemp(prefix=f"bench-{backend}-", dir=root)
         self.perf_out = Path(self.data_dir) / "perf.csv" if perf else None
         self.stats: list[tuple[float, str]] = []  #: (monotonic time read, line) of each --stats line
         self.register = "memory" in flags  # no database to hold accounts: clients register

@@ -2,11 +2,15 @@
 of the Redis baseline, what counts as a sustained load, and workload 3's member (once and
 in order, one ack per read), its checks and what the acks cost; workload 7's plan, its reading
 of perf and of the stats line, and its checks; the direct-message client's count of what
-a coalesced frame (1.5) carries."""
+a coalesced frame (1.5) carries; the file-transfer benchmark's report (1.6)."""
 
 from __future__ import annotations
 
+import json
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 from benchmarks.loadgen import BODY, GROUP_STAMP, STAMP, Conn, Member, group_post, read_bodies
 from benchmarks.resp import RespDecoder, RespError, command
@@ -230,3 +234,31 @@ def test_the_targets_table_has_every_row_of_the_issue_with_ratios_to_the_relay()
     assert len(rows) == 10
     assert "40.0 µs (10.0x relay)" in rows[0] and "12,000/s" in rows[6] and "2.07 kB" in rows[9]
     assert lines[-1].startswith("Baselines: relay 4.0 µs/msg") and "redis" in lines[-1]
+
+
+def test_the_transfer_benchmark_reports_every_figure_of_a_quick_run(tmp_path: Path) -> None:
+    """benchmarks.transfer --quick on epoll with a 4 MB file (about 6 s): the JSON holds the
+    run and the medians, every figure there and positive: the raw copies, both directions,
+    the server's CPU, the chat beside the transfer and alone (every message delivered).
+    Never a speed: the machine is shared."""
+    out, size = tmp_path / "transfer.json", 4_000_000
+    cmd = [sys.executable, "-m", "benchmarks.transfer", "--quick", "--size", "4", "--backends", "epoll",
+           "--out", str(out), "--dir", str(tmp_path)]  # fmt: skip
+    done = subprocess.run(cmd, cwd=Path(__file__).parent.parent, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert (report["size_bytes"], report["repeats"], report["backends"]) == (size, 1, ["epoll"])
+    assert len(report["runs"]["ceiling"]) == 1 and len(report["runs"]["backends"]["epoll"]) == 1
+    for raw in report["medians"]["ceiling"].values():
+        assert raw["bytes"] == size and raw["mb_s"] > 0 and raw["seconds"] > 0
+    point = report["medians"]["backends"]["epoll"]
+    assert point["bytes"] == size and point["end_to_end"]["mb_s"] > 0
+    for way in ("upload", "download"):
+        assert point[way]["mb_s"] > 0 and point[way]["of_ceiling"] > 0 and point[way]["of_disk_copy"] > 0
+    assert point["upload"]["server_cpu_s"] + point["download"]["server_cpu_s"] > 0  # /proc counts 10 ms ticks
+    for chat in (point["chat_with"], point["chat_without"]):
+        assert chat["delivered"] == chat["sent"] > 0 and chat["p99_ms"] > 0 and chat["max_ms"] >= chat["p99_ms"]
+    assert point["chat_without"]["sent"] >= 200 and point["chat_p99_ratio"] > 0
+    assert set(report["verdicts"]["epoll"]) == {"must", "aim"}
+    assert "| epoll | " in done.stdout and "| ceiling: sendfile -> recv_into | " in done.stdout
+    assert not [p for p in tmp_path.iterdir() if p != out]  # the file, the server's and the copies: removed
