@@ -345,13 +345,11 @@ class Engine:
         Raises:
             RemoteProtocolError: the request is refused (the state stays as it was).
         """
-        # every request takes a token, refused ones too; not an upload's chunks (READY only):
-        # its window paces them (files.py), and a token each would cap a transfer at rate x chunk
-        if (
-            not charged
-            and not (msg.__class__ is FileChunk and session.state is State.READY)
-            and not self._take_token(session, now)
-        ):
+        # every request takes a token, refused ones too; not a transfer's chunks and ranges (READY
+        # only): the upload window and the 8 FileGets in flight pace them (files.py), and a token
+        # each would cap a transfer at rate x chunk (500/s x 256 KiB: 131 MB/s, once the burst is spent)
+        paced = msg.__class__ in _PACED and session.state is State.READY
+        if not charged and not paced and not self._take_token(session, now):
             wait = (1.0 - session.tokens) / self.config.rate if self.config.rate > 0 else 0.0
             raise RemoteProtocolError(
                 ErrorCode.RATE_LIMITED, "too many requests: slow down", request_id=msg.request_id,
@@ -606,6 +604,10 @@ class Engine:
     def _sweep_interval(self) -> float:
         cfg = self.config
         return min(1.0, max(0.05, min(cfg.idle_timeout, cfg.login_timeout, cfg.frame_timeout) / 4))
+
+
+#: requests paced by their own limits, not the rate's bucket (files.py): an upload's chunks, a download's ranges
+_PACED = frozenset((FileChunk, FileGet))
 
 
 def _role(accounts: dict[str, Account], user: str | None) -> str:

@@ -135,3 +135,24 @@ def test_an_upload_expires_with_its_bytes(tmp_path: Path) -> None:
         h.pump()
     assert codes(bob)[-1] == ErrorCode.FILE_NOT_FOUND and codes(alice)[-1] == ErrorCode.FILE_NOT_FOUND
     assert not list((tmp_path / "files").iterdir())
+
+
+def test_chunks_and_ranges_take_no_token_of_the_rate_limit(tmp_path: Path) -> None:
+    """A transfer is paced by its window and its 8 FileGets, not the request rate: a token a
+    FileGet refused downloads faster than rate x 256 KiB once the burst was spent."""
+    h = harness(tmp_path, rate=0.001, burst=4)  # a token every 1,000 s; the login and the upload take some
+    alice, bob = h.connect("alice"), h.connect("bob")
+    h.settle()
+    data = bytes(200_000)
+    uid = begin(h, alice, data)
+    for offset in range(0, len(data), 10_000):
+        alice.session.request(FileChunk(uid, offset, data[offset : offset + 10_000]))
+        h.pump()
+        h.settle()
+    assert alice.of(FileState)[-1].state == FileStatus.COMPLETE and not codes(alice)
+    for offset in range(0, len(data), 10_000):
+        bob.session.request(FileGet(uid, offset, 10_000))
+        h.pump()
+        h.settle()
+    assert not codes(bob)
+    assert b"".join(d.body for d in bob.of(FileData)) == data
