@@ -74,17 +74,25 @@ class Upload:
 @dataclass(slots=True, eq=False)
 class _Get:  # compared by identity: two FileGets of the same range are two
     upload_id: str
-    offset: int
+    asked: int  #: the next byte to read
     end: int
     request_id: int
+    dropped: bool = False  #: cancelled, or a read failed: its reads in the lane are ignored
 
 
 @dataclass(slots=True)
 class _Reader:
-    """One connection's downloads: its FileGets in order, at most one read in the lane."""
+    """One connection's downloads: its FileGets in order (``gets``: those with bytes still to
+    read; ``open``: those not yet answered to their last byte), at most ``READS`` reads in the lane."""
 
     gets: deque[_Get] = field(default_factory=deque)
-    reading: bool = False
+    open: list[_Get] = field(default_factory=list)
+    reading: int = 0
+
+
+#: reads of one connection in the file lane at once: two, so the lane reads the next chunk while
+#: the loop sends this one (one left the lane idle for every round trip: 231 MB/s against 357)
+READS = 2
 
 
 class Files:
@@ -204,9 +212,11 @@ class Files:
             bad = f"a FileGet of {msg.length} bytes at {msg.offset}: at most {MAX_GET}, within the file's {size}"
             raise RemoteProtocolError(ErrorCode.BAD_REQUEST, bad, request_id=rid)
         reader = self.readers.setdefault(session.conn, _Reader())
-        if len(reader.gets) >= 8:
+        if len(reader.open) >= 8:
             raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "at most 8 FileGets in flight", request_id=rid)
-        reader.gets.append(_Get(msg.upload_id, msg.offset, min(msg.offset + msg.length, upload.record.size), rid))
+        get = _Get(msg.upload_id, msg.offset, min(msg.offset + msg.length, upload.record.size), rid)
+        reader.gets.append(get)
+        reader.open.append(get)
         self._pump(session)
 
     def cancel(self, session: Session, msg: FileCancel, now: float) -> None:
@@ -215,7 +225,8 @@ class Files:
         upload = self._readable(session, msg.upload_id, rid, now, partial=True)
         reader = self.readers.get(session.conn)
         if reader is not None:
-            reader.gets = deque(g for g in reader.gets if g.upload_id != msg.upload_id)
+            for get in [g for g in reader.open if g.upload_id == msg.upload_id]:
+                self._end(reader, get)
         if upload.record.owner == session.user:
             self._drop(upload)
             self._job(functools.partial(self.shelf.delete, msg.upload_id), _ignore)
@@ -276,49 +287,59 @@ class Files:
         self._job(functools.partial(self.shelf.resume, record), resumed)
 
     def _pump(self, session: Session) -> None:
-        """Read the next chunk of this connection's first FileGet, unless one is in the lane
-        or its output is paused (``resume_writing`` calls again)."""
+        """Read the next chunks of this connection's FileGets, up to ``READS`` in the lane, unless
+        its output is paused (``resume_writing`` calls again)."""
         reader = self.readers.get(session.conn)
-        if reader is None or reader.reading or session.paused or session.closing:
+        if reader is None or session.closing:
             return
-        while reader.gets:
+        while reader.gets and reader.reading < READS and not session.paused:
             get = reader.gets[0]
             upload = self.uploads.get(get.upload_id)
             if upload is None:  # cancelled or expired meanwhile
-                reader.gets.popleft()
+                self._end(reader, get)
                 self.out.error(session, ErrorCode.FILE_NOT_FOUND, "that file is gone", get.request_id)
                 continue
-            size = upload.record.size
-            if get.offset == get.end:  # an empty range: one empty frame says so
-                reader.gets.popleft()
-                self._data(session, get, size, b"", last=True)
+            size, offset = upload.record.size, get.asked
+            if offset == get.end:  # an empty range: one empty frame says so
+                self._end(reader, get)
+                self._data(session, get, size, b"", offset, last=True)
                 continue
-            length = min(self.chunk, get.end - get.offset)
-            reader.reading = True
+            length = min(self.chunk, get.end - offset)
+            get.asked += length
+            if get.asked == get.end:
+                reader.gets.popleft()  # every byte asked for; answered as the reads come back
+            reader.reading += 1
 
-            def read(result: object, get: _Get = get, size: int = size) -> None:
-                reader.reading = False
-                if session.conn not in self.sessions or self.readers.get(session.conn) is not reader:
+            def read(
+                result: object, get: _Get = get, offset: int = offset, length: int = length, size: int = size
+            ) -> None:
+                reader.reading -= 1
+                if self.readers.get(session.conn) is not reader:
                     return  # the connection went away
-                if get not in reader.gets:
-                    pass  # cancelled meanwhile: on with the next one
-                elif not isinstance(result, bytes) or not result:
-                    reader.gets.remove(get)
+                if get.dropped:
+                    pass  # cancelled, or an earlier read of it failed: on with the next one
+                elif not isinstance(result, bytes) or len(result) != length:
+                    self._end(reader, get)
                     self.out.error(session, ErrorCode.FILE_NOT_FOUND, "that file is gone", get.request_id)
                 else:
-                    offset = get.offset
-                    get.offset += len(result)
-                    if get.offset >= get.end:
-                        reader.gets.remove(get)
-                    self._data(session, get, size, result, last=get.offset >= get.end, offset=offset)
+                    last = offset + length == get.end
+                    if last:
+                        self._end(reader, get)
+                    self._data(session, get, size, result, offset, last)
                 self._pump(session)
 
-            self._job(functools.partial(self.shelf.read, get.upload_id, get.offset, length), read)
-            return
+            self._job(functools.partial(self.shelf.read, get.upload_id, offset, length), read)
 
-    def _data(self, session: Session, get: _Get, size: int, body: bytes, last: bool, offset: int | None = None) -> None:
-        at = get.offset if offset is None else offset
-        values = (get.upload_id, at, size, int(last))
+    def _end(self, reader: _Reader, get: _Get) -> None:
+        """A FileGet is answered (or cancelled, or failed): its reads still in the lane are ignored."""
+        get.dropped = True
+        if get in reader.open:
+            reader.open.remove(get)
+        if get in reader.gets:
+            reader.gets.remove(get)
+
+    def _data(self, session: Session, get: _Get, size: int, body: bytes, offset: int, last: bool) -> None:
+        values = (get.upload_id, offset, size, int(last))
         self.out.write_encoded(session, encode_fields(FileData, values, get.request_id, body, session.minor))
 
     def _own(self, session: Session, upload_id: str, rid: int) -> Upload:
