@@ -203,6 +203,7 @@ def backend_run(backend: str, source: Path, root: Path, raw: dict[str, Any], tim
                       "--downloads", str(downloads))  # fmt: skip
         workers.append(xfer)
         xfer.read(60)
+        os.sync()  # the source file and the last run's pages on disk: each run starts alike
         workers.append(chat := chat_worker(server.port, int(CHAT_BOUND / CHAT_INTERVAL)))
         chat.say("go")
         marks = [mark(server.pid, xfer.pid)]
@@ -218,6 +219,8 @@ def backend_run(backend: str, source: Path, root: Path, raw: dict[str, Any], tim
         with_transfer = chat.read(60)
         if up["bytes"] != size or down["bytes"] != size:
             raise RuntimeError(f"{backend}: {up['bytes']} uploaded, {down['bytes']} downloaded of {size}")
+        os.sync()  # the transfer's dirty pages (200 MB) written back first: else the chat alone
+        # is measured during their writeback, its commits queued behind it (p99 2-18 ms seen)
         workers.append(alone := chat_worker(server.port, max(CHAT_LEAST, with_transfer["sent"])))
         alone.say("go")
         without = alone.read(CHAT_BOUND + 60)
