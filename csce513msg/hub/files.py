@@ -189,8 +189,8 @@ class Files:
         def written(result: object) -> None:
             if conn in self.unwritten:
                 self.unwritten[conn] -= taken
-            if isinstance(result, FileGone):
-                return  # cancelled or failed meanwhile: said already
+            if isinstance(result, FileGone) or self.uploads.get(record.upload_id) is not upload:
+                return  # cancelled, expired or failed meanwhile: said already
             if isinstance(result, BaseException):
                 self._drop(upload)
                 self._fail(session, result, rid, upload.record.upload_id)
