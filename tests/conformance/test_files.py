@@ -300,3 +300,29 @@ def test_two_uploads_at_once_share_the_connection_s_window(server: Server, names
         for upload, path in zip(uploads, paths, strict=True):
             a.request(a.session.send_offer(bob, upload.offer()), Receipt)
             assert b.download(offer_of(b), tmp_path / "bob").read_bytes() == path.read_bytes()
+
+
+def test_chat_keeps_flowing_during_a_large_download(server: Server, names: Names, tmp_path: Path) -> None:
+    """bob downloads 20 MB; meanwhile alice writes to him and he answers on the same connection."""
+    alice, bob = names("alice"), names("bob")
+    with connect(server, alice) as a, connect(server, bob) as b:
+        path = a_file(tmp_path, LARGE)
+        a.send_file(bob, path)
+        offer = offer_of(b)
+        partial = PartialDownload.open(tmp_path / "bob", offer.upload_id, offer.name, offer.size, offer.sha256)
+        download = Download(b.session, offer, partial)
+        answers: list[int] = []
+        step = 0
+        while not download.done:
+            b.flush()
+            b.next_message(download.handle)
+            step += 1
+            if step % 20 == 0 and len(answers) < 10:
+                a.send_text(bob, f"to bob {len(answers)}")
+                answers.append(b.session.send_text(alice, f"to alice {len(answers)}"))
+        assert download.path is not None and download.path.read_bytes() == path.read_bytes()
+        assert len(answers) == 10, "the download ended before the chat was sent: the test proves nothing"
+        for rid in answers:
+            assert next_of(b, Receipt, _with_id(rid)).message_id
+        assert [m.body.decode() for m in b.deliveries(10)] == [f"to bob {i}" for i in range(10)]
+        assert [m.body.decode() for m in a.deliveries(10)] == [f"to alice {i}" for i in range(10)]
