@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import proc, suite
+from benchmarks.loadgen import percentiles
 
 MB = 1_000_000
 BACKENDS = "epoll,uvloop"
@@ -188,7 +189,7 @@ def chat_worker(port: int, count: int) -> Worker:
 
 
 def chat_figures(result: dict[str, Any]) -> dict[str, Any]:
-    keep = ("sent", "delivered", "seconds", "p50_ms", "p99_ms", "max_ms", "late_p99_ms")
+    keep = ("sent", "delivered", "seconds", "p50_ms", "p99_ms", "max_ms", "late_p99_ms", "latencies_ms")
     return {k: round(result[k], 4) if isinstance(result[k], float) else result[k] for k in keep}
 
 
@@ -259,10 +260,11 @@ def median_tree(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def verdicts(point: dict[str, Any]) -> dict[str, bool]:
-    """Each target: both directions at least the share of the ceiling, chat p99 ratio at most."""
+def verdicts(point: dict[str, Any], pooled: dict[str, Any]) -> dict[str, bool]:
+    """Each target: both directions at least the share of the ceiling (medians), chat p99 ratio
+    (pooled over the repeats) at most."""
     share = min(point["upload"]["of_ceiling"], point["download"]["of_ceiling"])
-    ratio = point["chat_p99_ratio"]
+    ratio = pooled["p99_ratio"]
     return {name: share >= least and ratio is not None and ratio <= most for name, (least, most) in TARGETS.items()}
 
 
@@ -286,8 +288,23 @@ def measure(backends: list[str], size: int, repeats: int, root: Path) -> dict[st
         shutil.rmtree(work, ignore_errors=True)
     medians = {"ceiling": median_tree(runs["ceiling"]),
                "backends": {b: median_tree(r) for b, r in runs["backends"].items()}}  # fmt: skip
-    return {"runs": runs, "medians": medians,
-            "verdicts": {b: verdicts(p) for b, p in medians["backends"].items()}}  # fmt: skip
+    for point in medians["backends"].values():  # the samples are pooled below, not a median
+        point["chat_with"].pop("latencies_ms"), point["chat_without"].pop("latencies_ms")
+    pooled = {b: pooled_chat(r) for b, r in runs["backends"].items()}
+    return {"runs": runs, "medians": medians, "pooled_chat": pooled,
+            "verdicts": {b: verdicts(p, pooled[b]) for b, p in medians["backends"].items()}}  # fmt: skip
+
+
+def pooled_chat(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Chat latency over every repeat's samples at once: a p99 of 200 samples is their second
+    largest, and one repeat's stall moves it by 5x; pooled, 3 repeats give 600 and more."""
+    out: dict[str, Any] = {}
+    for phase in ("chat_without", "chat_with"):
+        samples = [ms / 1e3 for run in runs for ms in run[phase]["latencies_ms"]]
+        out[phase] = {"samples": len(samples), **percentiles(samples)}
+    p99_with, p99_without = out["chat_with"]["p99_ms"], out["chat_without"]["p99_ms"]
+    out["p99_ratio"] = round(p99_with / p99_without, 3) if p99_with and p99_without else None
+    return out
 
 
 def ms(value: float | None) -> str:
@@ -303,7 +320,7 @@ def table(report: dict[str, Any]) -> str:
         "The ceiling: sendfile -> recv_into over loopback, in the same run.",
         "",
         "| backend | upload MB/s | download MB/s | end-to-end MB/s | % of ceiling, up / down (of the disk copy) "
-        "| server CPU s/100MB, up / down | chat p99 ms, without / with | ratio | must | aim |",
+        "| server CPU s/100MB, up / down | chat p99 ms, without / with (every repeat's samples) | ratio | must | aim |",
         "|---|---|---|---|---|---|---|---|---|---|",
         f"| ceiling: sendfile -> recv_into | {raw['mb_s']:,.0f} | {raw['mb_s']:,.0f} | - | 100% | "
         f"(receiver {raw['receiver_cpu_s_per_100mb']:.3f}, sender {raw['sender_cpu_s_per_100mb']:.3f}) | - | - | | |",
@@ -312,13 +329,15 @@ def table(report: dict[str, Any]) -> str:
     ]
     for backend, p in med["backends"].items():
         up, down, ok = p["upload"], p["download"], report["verdicts"][backend]
-        ratio = f"{p['chat_p99_ratio']:.2f}x" if p["chat_p99_ratio"] is not None else "-"
+        chat = report["pooled_chat"][backend]
+        ratio = f"{chat['p99_ratio']:.2f}x" if chat["p99_ratio"] is not None else "-"
+        without, with_ = chat["chat_without"], chat["chat_with"]
         lines.append(
             f"| {backend} | {up['mb_s']:,.1f} | {down['mb_s']:,.1f} | {p['end_to_end']['mb_s']:,.1f} | "
             f"{up['of_ceiling']:.0%} / {down['of_ceiling']:.0%} "
             f"({up['of_disk_copy']:.0%} / {down['of_disk_copy']:.0%}) | "
             f"{up['server_cpu_s_per_100mb']:.3f} / {down['server_cpu_s_per_100mb']:.3f} | "
-            f"{ms(p['chat_without']['p99_ms'])} / {ms(p['chat_with']['p99_ms'])} | {ratio} | "
+            f"{ms(without['p99_ms'])} / {ms(with_['p99_ms'])} ({without['samples']} / {with_['samples']}) | {ratio} | "
             f"{'met' if ok['must'] else 'MISSED'} | {'met' if ok['aim'] else 'missed'} |"
         )
     lines += ["", "| backend | chat without: p50 / p99 / max ms (messages) | with the transfer | sender late, p99 ms "

@@ -207,7 +207,8 @@ def chat(port: int, sender: str, receiver: str, count: int, interval: float, dra
     a.close()
     b.close()
     say(sent=sent, delivered=len(latencies), seconds=seconds, max_ms=round(max(latencies, default=0.0) * 1e3, 4),
-        late_p99_ms=percentiles(late)["p99_ms"], **percentiles(latencies))  # fmt: skip
+        late_p99_ms=percentiles(late)["p99_ms"], latencies_ms=[round(x * 1e3, 4) for x in latencies],
+        **percentiles(latencies))  # fmt: skip
     commands.read()  # "quit"
 
 

@@ -259,6 +259,9 @@ def test_the_transfer_benchmark_reports_every_figure_of_a_quick_run(tmp_path: Pa
     for chat in (point["chat_with"], point["chat_without"]):
         assert chat["delivered"] == chat["sent"] > 0 and chat["p99_ms"] > 0 and chat["max_ms"] >= chat["p99_ms"]
     assert point["chat_without"]["sent"] >= 200 and point["chat_p99_ratio"] > 0
+    pooled = report["pooled_chat"]["epoll"]  # every repeat's samples at once (one repeat here)
+    assert pooled["chat_without"]["samples"] == point["chat_without"]["delivered"]
+    assert abs(pooled["chat_with"]["p99_ms"] - point["chat_with"]["p99_ms"]) < 0.01 and pooled["p99_ratio"] > 0
     assert set(report["verdicts"]["epoll"]) == {"must", "aim"}
     assert "| epoll | " in done.stdout and "| ceiling: sendfile -> recv_into | " in done.stdout
     assert not [p for p in tmp_path.iterdir() if p != out]  # the file, the server's and the copies: removed
