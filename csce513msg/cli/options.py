@@ -107,7 +107,9 @@ FileQuotaFlag = Annotated[int, opt("Bytes of uploads one user may hold at once (
 DiskReserveFlag = Annotated[
     int, opt("Bytes kept free on the data directory's disk: uploads past it are refused.", FILES, parser=_size)
 ]
-FileDaysFlag = Annotated[float, opt("Days an upload is kept from its start, then deleted.", FILES, min=0.001)]
+FileDaysFlag = Annotated[
+    float, opt("Days an upload is kept from its start, then deleted.", FILES, min=0.001, max=36500)
+]
 NoFilesFlag = Annotated[bool, opt("Keep no files: uploads are not offered (protocol 1.6's files off).", FILES)]
 WindowFlag = Annotated[int, opt("Unacknowledged deliveries per client (advertised).", LIMITS, min=1)]
 RateFlag = Annotated[float, opt("Requests per second per connection.", LIMITS, min=0.001)]

@@ -40,6 +40,11 @@ _UNSAFE = re.compile(
 #: The same for a name, which is one line: tab and LF too. ``downloads.safe_name`` drops
 #: these characters from a received file's name.
 UNSAFE_IN_NAME = re.compile("[\t\n" + _UNSAFE.pattern[1:])
+#: What is printed escaped: the above, and lone surrogates (Cs), which are no characters at all
+#: but which JSON's ``\ud800`` escapes can put in a str; printed raw, they make the terminal's
+#: encoder raise. (Not in ``_UNSAFE``, whose test compares it with Unicode's categories.)
+_SHOWN = re.compile(_UNSAFE.pattern[:-1] + "\ud800-\udfff]")
+_SHOWN_IN_NAME = re.compile(UNSAFE_IN_NAME.pattern[:-1] + "\ud800-\udfff]")
 
 
 def _escape(match: re.Match[str]) -> str:
@@ -53,9 +58,9 @@ def inert(text: str, indent: str = "  ") -> str:
     """``text`` safe to print: controls and invisible formatting shown as escapes, each
     line after the first indented by ``indent``, tabs expanded."""
     lines = text.replace("\r\n", "\n").split("\n")
-    return ("\n" + indent).join(_UNSAFE.sub(_escape, line.expandtabs(TAB)) for line in lines)
+    return ("\n" + indent).join(_SHOWN.sub(_escape, line.expandtabs(TAB)) for line in lines)
 
 
 def inert_name(name: str) -> str:
     """A name (user, group, file) on one line: a line feed in it is shown as ``\\x0a``."""
-    return UNSAFE_IN_NAME.sub(_escape, name)
+    return _SHOWN_IN_NAME.sub(_escape, name)

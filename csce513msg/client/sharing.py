@@ -39,6 +39,9 @@ HELP_FILES = """  /sendfile USER|#GROUP PATH  send a file (it is kept on the ser
   /cancel N          stop transfer N (an upload of yours is removed from the server)"""
 AUTO_DOWNLOAD = 10 << 20  #: ``msg --auto-download``'s default: a file up to this is fetched as it arrives
 PROGRESS_EVERY = 0.25  #: seconds between two rewrites of a progress line
+#: downloads at once: each keeps ``transfer.GETS_IN_FLIGHT`` (2) FileGets asked, and the server
+#: takes at most 8 per connection; the others wait their turn ("queued")
+MAX_DOWNLOADS = 3
 
 
 @dataclass(slots=True)
@@ -93,9 +96,10 @@ def file_command(chat: ChatClient, cmd: str, rest: str) -> None:
     item = sharing.items[int(number) - 1]
     if cmd == "/get":
         return fetch(chat, item)
-    if item.transfer is None:
+    if item.transfer is None and item.state != "queued":
         return chat.local_error(f"file {item.number} is not on its way")
-    item.transfer.cancel()
+    if item.transfer is not None:
+        item.transfer.cancel()
     item.transfer = None
     item.state = "cancelled"
     chat.view.show(f"file {item.number} ({inert_name(item.offer.name)}): cancelled", event="file", state="cancelled",
@@ -130,6 +134,12 @@ def fetch(chat: ChatClient, item: Shared) -> None:
     if item.state in ("receiving", "received", "sending") or item.transfer is not None:
         return chat.local_error(f"file {item.number} is {item.state} already")
     if not chat.connected("/get") or not files_served(chat):
+        return
+    if sum(isinstance(s.transfer, Download) for s in chat.sharing.items) >= MAX_DOWNLOADS:
+        if item.state != "queued":
+            item.state = "queued"
+            chat.view.show(f"file {item.number} waits its turn ({MAX_DOWNLOADS} downloads at once)", event="file",
+                           state="queued", number=item.number)  # fmt: skip
         return
     offer = item.offer
     try:
@@ -180,6 +190,8 @@ def transfer_message(chat: ChatClient, msg: Message) -> bool:
             continue
         if transfer.done:
             _finished(chat, item, transfer)
+            for waiting in [s for s in chat.sharing.items if s.state == "queued"]:
+                fetch(chat, waiting)  # its turn, if a place is free
         else:
             _progress(chat, item)
         for other in chat.sharing.active():  # room in the connection's window: every upload may go on

@@ -74,7 +74,9 @@ class Upload:
         self.error: Error | None = None
         welcome = session.welcome
         assert welcome is not None
-        self.chunk = welcome.max_frame - CHUNK_HEADROOM
+        # the frame's room, but never more than a quarter of the window (a server with a large
+        # max_frame would otherwise leave no room for a single chunk)
+        self.chunk = min(welcome.max_frame - CHUNK_HEADROOM, UPLOAD_WINDOW // 4)
         self._file: BinaryIO | None = path.open("rb")
         self._start = session.file_upload(size, sha256, target, kind, upload_id)
         self._rids = {self._start}
@@ -159,6 +161,8 @@ class Download:
         if offer.size == 0:
             self._gets.add(session.file_get(offer.upload_id, 0, 0))
         self._fill()
+        if not self._gets:  # every byte is on disk already (a run that stopped before checking them)
+            self._check()
 
     @property
     def received(self) -> int:
@@ -184,18 +188,28 @@ class Download:
             if msg.body:
                 self.partial.write(msg.offset, msg.body)
             self._fill()
-            if not self._gets and self.partial.received == self.offer.size:
-                self.path = self.partial.finish()
         except TransferError as exc:
             self._gets.clear()
             self._fail(str(exc), keep=False)
+            return True
+        if not self._gets:
+            self._check()
         return True
 
     def cancel(self) -> None:
-        """Stop, tell the server, and remove the partial file."""
-        self.session.file_cancel(self.offer.upload_id)
+        """Stop and remove the partial file. The server is not asked anything: its answers to
+        the (at most ``GETS_IN_FLIGHT``) ranges asked are left unread. (A FileCancel from the
+        file's own sender would remove the upload for everyone: a second device of the sender
+        cancelling its download must not.)"""
         self._gets.clear()
         self._fail("cancelled", keep=False)
+
+    def _check(self) -> None:
+        """Every range answered: the bytes' size and hash, then the file's final name."""
+        try:
+            self.path = self.partial.finish()
+        except TransferError as exc:
+            self._fail(str(exc), keep=False)
 
     def _fill(self) -> None:
         while len(self._gets) < GETS_IN_FLIGHT and self.asked < self.offer.size:

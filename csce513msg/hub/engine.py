@@ -43,6 +43,7 @@ files from 1.6, to one that asked for ``files``, on a server given a ``FileShelf
 from __future__ import annotations
 
 import logging
+import math
 
 from ..protocol import (
     PRE_LOGIN_MAX_FRAME,
@@ -167,7 +168,7 @@ class Engine:
         if self.files is not None:
             features += (Feature.FILES.value,)
         files = (
-            (config.max_file, config.file_quota, config.disk_reserve, round(config.file_days))
+            (config.max_file, config.file_quota, config.disk_reserve, math.ceil(config.file_days))  # 0: "no files"
             if self.files
             else (0, 0, 0, 0)
         )
@@ -302,7 +303,8 @@ class Engine:
         return self.out.take()
 
     def job_done(self, job_id: int, result: object, now: float) -> list[Action]:
-        """A job finished: a password hash (``gate.py``) or a storage batch (``delivery.py``)."""
+        """A job finished: a file transfer's read or write (``files.py``), a password hash
+        (``gate.py``) or a storage batch (``delivery.py``)."""
         if self.files is not None and job_id in self.files.jobs:  # a file transfer's read or write
             self.files.job_done(job_id, result)
         elif job_id in self.gate.checking:

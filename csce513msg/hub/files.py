@@ -16,10 +16,10 @@ the upload (``TRANSFER_FAILED``). ``FileUpload`` with the id resumes: a ``resume
 re-hashes what the disk holds and says from where.
 
 **Download.** A member of the upload's conversation sends ``FileGet``; the range is read
-one chunk at a time, and the next read waits while the connection's output is paused
-(past its high-water mark): chat written meanwhile is queued between chunks, never
-behind a whole file, and one connection has at most one read in the lane, so the lane
-serves every transfer in turn. Anyone else gets ``FILE_NOT_FOUND``, as for an id that
+a chunk at a time, at most ``READS`` (2) of a connection in the lane, and the next read
+waits while the connection's output is paused (past its high-water mark): chat written
+meanwhile is queued between chunks, never behind a whole file, and the lane serves every
+transfer in turn. Anyone else gets ``FILE_NOT_FOUND``, as for an id that
 does not exist: a guessed id learns nothing.
 """
 
@@ -35,6 +35,7 @@ from ..protocol import ErrorCode, RemoteProtocolError, encode_fields
 from ..protocol.transfer import (
     CHUNK_HEADROOM,
     MAX_GET,
+    MIN_CHUNK,
     SHA256_HEX,
     UPLOAD_ID,
     UPLOAD_WINDOW,
@@ -69,6 +70,11 @@ class Upload:
     accepted: int  #: bytes taken from the writer (some still on their way to the disk)
     writer: ConnId | None = None  #: the connection whose chunks it takes (after its FileUpload)
     ready: bool = False  #: the file lane has it open and hashed: chunks may come
+    resuming: bool = False  #: a resume's re-hash is in the lane (another waits for it: one at a time)
+    #: chunk bytes of this upload in the lane, counted in its writer's window; ``era`` changes when
+    #: they stop counting there (the upload dropped, or another connection resumed it)
+    unwritten: int = 0
+    era: int = 0
 
 
 @dataclass(slots=True, eq=False)
@@ -90,6 +96,10 @@ class _Reader:
     reading: int = 0
 
 
+#: uploads one user may hold at once, and of them unfinished (each is files on the disk, an open
+#: descriptor while written, and work in the one file lane: the quota alone, in bytes, would let
+#: a user keep a million 1-byte uploads)
+MAX_UPLOADS, MAX_UNFINISHED = 500, 16
 #: reads of one connection in the file lane at once: two, so the lane reads the next chunk while
 #: the loop sends this one (one left the lane idle for every round trip: 231 MB/s against 357)
 READS = 2
@@ -142,6 +152,11 @@ class Files:
         if held + msg.size > cfg.file_quota:
             over = f"you hold {held} bytes of uploads; {msg.size} more would pass your quota of {cfg.file_quota}"
             raise RemoteProtocolError(ErrorCode.QUOTA_EXCEEDED, over, request_id=rid)
+        mine = [u for u in self.uploads.values() if u.record.owner == user]
+        unfinished = sum(1 for u in mine if not u.record.complete)
+        if len(mine) >= MAX_UPLOADS or unfinished >= MAX_UNFINISHED:  # each is files, an fd while open, lane work
+            many = f"you hold {len(mine)} uploads ({unfinished} unfinished): at most {MAX_UPLOADS} ({MAX_UNFINISHED})"
+            raise RemoteProtocolError(ErrorCode.QUOTA_EXCEEDED, many, request_id=rid)
         created = self.wall_us(now)
         expires = created + int(cfg.file_days * 86_400_000_000)
         record = UploadRecord(secrets.token_urlsafe(16), user, stream, msg.size, sha256, created, expires)
@@ -175,6 +190,8 @@ class Files:
             why = f"a chunk at {msg.offset}: the next byte is {upload.accepted}"
         elif end > size:
             why = f"a chunk to byte {end} of a {size}-byte file"
+        elif len(msg.body) < MIN_CHUNK and end != size:  # a job per chunk: tiny ones would flood the lane
+            why = f"a chunk of {len(msg.body)} bytes: at least {MIN_CHUNK}, but for the last"
         elif self.unwritten.get(session.conn, 0) + len(msg.body) > UPLOAD_WINDOW:
             why = f"more than {UPLOAD_WINDOW} bytes sent and not acknowledged"
         if why:
@@ -182,15 +199,19 @@ class Files:
             self._job(functools.partial(self.shelf.delete, msg.upload_id), _ignore)
             raise RemoteProtocolError(ErrorCode.TRANSFER_FAILED, why + ": the upload is removed", request_id=rid)
         upload.accepted = end
-        conn, taken = session.conn, len(msg.body)
+        conn, taken, era = session.conn, len(msg.body), upload.era
         self.unwritten[conn] = self.unwritten.get(conn, 0) + taken
+        upload.unwritten += taken
         record, offset, data = upload.record, msg.offset, msg.body  # as they are now: the job runs later
 
         def written(result: object) -> None:
-            if conn in self.unwritten:
-                self.unwritten[conn] -= taken
+            if upload.era == era:  # still counted in this connection's window
+                upload.unwritten -= taken
+                self.unwritten[conn] = self.unwritten.get(conn, 0) - taken
             if isinstance(result, FileGone) or self.uploads.get(record.upload_id) is not upload:
-                return  # cancelled, expired or failed meanwhile: said already
+                if self.sessions.get(conn) is session:  # cancelled or expired meanwhile: every chunk is answered
+                    self.out.error(session, ErrorCode.FILE_NOT_FOUND, "that upload is gone", rid)
+                return
             if isinstance(result, BaseException):
                 self._drop(upload)
                 self._fail(session, result, rid, upload.record.upload_id)
@@ -245,12 +266,15 @@ class Files:
         self._pump(session)
 
     def gone(self, session: Session) -> None:
-        """The connection closed: its downloads end; its uploads wait for a resume."""
+        """The connection closed: its downloads end; its uploads wait for a resume (their files
+        closed meanwhile: an unfinished upload must not hold a descriptor for days)."""
         self.readers.pop(session.conn, None)
         self.unwritten.pop(session.conn, None)
         for upload in self.uploads.values():
             if upload.writer == session.conn:
-                upload.writer, upload.ready = None, False
+                self._detach(upload)
+                if not upload.record.complete:
+                    self._job(functools.partial(self.shelf.release, upload.record.upload_id), _ignore)
 
     def expire(self, now: float) -> None:
         """Delete the uploads past their time (``--file-days``), with their bytes."""
@@ -272,17 +296,28 @@ class Files:
         if record.complete:
             self._state(session, upload, rid)
             return
-        upload.writer, upload.ready = session.conn, False  # the last writer's chunks are refused from now
+        if upload.resuming:  # a re-hash reads the whole partial file: one at a time, not a lane's worth
+            raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "a resume of it is under way", request_id=rid)
+        self._detach(upload)  # the last writer's chunks are refused from now
+        upload.writer, upload.resuming = session.conn, True
 
         def resumed(result: object) -> None:
-            if isinstance(result, BaseException):
+            upload.resuming = False
+            if self.uploads.get(record.upload_id) is not upload:
+                if self.sessions.get(session.conn) is session:
+                    self.out.error(session, ErrorCode.FILE_NOT_FOUND, "that upload is gone", rid)
+            elif upload.record.complete:  # its last chunk was written while this waited in the lane
+                self._state(session, upload, rid)
+            elif isinstance(result, BaseException):
                 self._drop(upload)
                 self._fail(session, result, rid, upload.record.upload_id)
-            elif self.uploads.get(record.upload_id) is upload and upload.writer == session.conn:
+            elif upload.writer == session.conn:
                 assert isinstance(result, int)
                 upload.received = upload.accepted = result
                 upload.ready = True
                 self._state(session, upload, rid)
+            else:  # another connection resumed it meanwhile: that one is its writer
+                self.out.error(session, ErrorCode.BAD_REQUEST, "resumed from another connection", rid)
 
         self._job(functools.partial(self.shelf.resume, record), resumed)
 
@@ -392,9 +427,20 @@ class Files:
         """Forget an upload (its files are deleted by a job, or were by the failing one)."""
         record = upload.record
         if self.uploads.pop(record.upload_id, None) is upload:
-            self.held[record.owner] -= record.size
-            if not self.held[record.owner]:
-                del self.held[record.owner]
+            self._detach(upload)
+            held = self.held.get(record.owner, 0) - record.size
+            if held > 0:
+                self.held[record.owner] = held
+            else:
+                self.held.pop(record.owner, None)
+
+    def _detach(self, upload: Upload) -> None:
+        """The upload has no writer any more: its chunks in the lane stop counting in that
+        connection's window (their results are answered, or dropped, all the same)."""
+        if upload.writer is not None and upload.writer in self.unwritten:
+            self.unwritten[upload.writer] -= upload.unwritten
+        upload.unwritten, upload.era = 0, upload.era + 1
+        upload.writer, upload.ready = None, False
 
     def _job(self, job: Callable[[], object], done: Done) -> None:
         job_id = self.out.new_id()

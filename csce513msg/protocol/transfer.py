@@ -36,6 +36,9 @@ FILES_MINOR = 6  #: the minor version that added files
 MAX_GET = 1 << 20
 #: a chunk carries at most ``max_frame`` less this much (the frame's prefix and header)
 CHUNK_HEADROOM = 1024
+#: every chunk but the one that ends the file carries at least this much (each is a job of the
+#: server's file lane: empty or 1-byte chunks would let a window's worth of them flood it)
+MIN_CHUNK = 2048
 #: chunk bytes a connection may have sent and not yet seen acknowledged by a FileState, over
 #: all its uploads; a client that sends more loses the upload (TRANSFER_FAILED): the server's
 #: memory per uploading connection stays bounded
@@ -134,6 +137,8 @@ class FileData:
 # ---- the offer: a message of content type 1 (the server never reads it) -------------
 
 MAX_OFFER_NAME = 1024  #: characters of a file name an offer may carry (the receiver sanitizes it)
+MAX_OFFER_BODY = 8192  #: bytes of an offer's body (1,024 characters of up to 4 bytes, escaped, fit)
+_SURROGATE = re.compile("[\ud800-\udfff]")  #: JSON's "\ud800" makes a str that is no text
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,14 +163,16 @@ def parse_offer(body: bytes) -> Offer:
     Raises:
         RemoteProtocolError: BAD_REQUEST naming what is wrong.
     """
+    if len(body) > MAX_OFFER_BODY:
+        raise RemoteProtocolError(ErrorCode.BAD_REQUEST, f"a file offer of {len(body)} bytes: at most {MAX_OFFER_BODY}")
     try:
         doc = json.loads(body.decode())
         offer = Offer(doc["upload"], doc["name"], doc["size"], doc["sha256"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise RemoteProtocolError(ErrorCode.BAD_REQUEST, f"not a file offer: {exc}") from None
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:  # RecursionError: "[[[[..." 16,000 deep
+        raise RemoteProtocolError(ErrorCode.BAD_REQUEST, f"not a file offer: {type(exc).__name__}") from None
     if not (isinstance(offer.upload_id, str) and UPLOAD_ID.fullmatch(offer.upload_id)):
         raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "a file offer's upload id is malformed")
-    if not isinstance(offer.name, str) or len(offer.name) > MAX_OFFER_NAME:
+    if not isinstance(offer.name, str) or len(offer.name) > MAX_OFFER_NAME or _SURROGATE.search(offer.name):
         raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "a file offer's name is not text of a sane length")
     if type(offer.size) is not int or not 0 <= offer.size < 2**63:
         raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "a file offer's size is not a byte count")

@@ -79,6 +79,9 @@ class FileShelf:
         self.directory = directory
         self.reserve = reserve
         self._writing: dict[str, _Writing] = {}
+        #: upload id -> bytes it will still write: the reserve is checked against all of them at
+        #: once (uploads begun together must not each count the same free space)
+        self._promised: dict[str, int] = {}
 
     # ---- at start (before the loop runs) ----------------------------------------------
 
@@ -90,13 +93,19 @@ class FileShelf:
         for path in self.directory.glob("*.json"):
             try:
                 record = UploadRecord(**json.loads(path.read_text()))
-                data = self._data(record)
-                found[record.upload_id] = (record, data.stat().st_size)
+                if not record.complete and not self._part(record.upload_id).exists():
+                    # a crash between the rename of its checked bytes and the record's update
+                    record = dataclasses.replace(record, complete=True)
+                held = self._data(record).stat().st_size
+                found[record.upload_id] = (record, held)
+                if not record.complete:
+                    self._promised[record.upload_id] = record.size - held
             except (OSError, ValueError, TypeError) as exc:
                 log.warning("upload record %s dropped: %s", path.name, exc)
                 path.unlink(missing_ok=True)
+        keep = {name for uid in found for name in (uid, f"{uid}.part", f"{uid}.json")}
         for path in self.directory.iterdir():
-            if path.name.split(".")[0] not in found:  # strays: data without a record, temporary files
+            if path.name not in keep and path.is_file():  # strays: data without a record, temporary files
                 path.unlink(missing_ok=True)
         return found
 
@@ -109,15 +118,23 @@ class FileShelf:
             TransferError: (no_space) the disk would have less than the reserve left.
         """
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        free = self.free()
-        if free - record.size < self.reserve:
+        free, promised = self.free(), sum(self._promised.values())
+        if free - promised - record.size < self.reserve:
             raise TransferError(
-                f"the server keeps {self.reserve} bytes free and has {free}: no room for {record.size} bytes",
+                f"the server keeps {self.reserve} bytes free and has {free}, {promised} of them promised to"
+                f" uploads under way: no room for {record.size} bytes",
                 no_space=True,
             )
-        self._save(record)
-        fd = os.open(self._part(record.upload_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            self._save(record)
+            fd = os.open(self._part(record.upload_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            self.delete(record.upload_id)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise TransferError("the server's disk is full", no_space=True) from None
+            raise
         self._writing[record.upload_id] = _Writing(fd, hashlib.sha256(), 0)
+        self._promised[record.upload_id] = record.size
         if record.size == 0:
             self._finish(record)
         return 0
@@ -138,7 +155,12 @@ class FileShelf:
             os.ftruncate(fd, 0)
             hasher, received = hashlib.sha256(), 0
         self._writing[record.upload_id] = _Writing(fd, hasher, received)
+        self._promised[record.upload_id] = record.size - received
         return received
+
+    def release(self, upload_id: str) -> None:
+        """Close an unfinished upload's file until it is resumed (its writer went away)."""
+        self._close(upload_id)
 
     def write(self, record: UploadRecord, offset: int, data: bytes) -> int:
         """Write ``data`` at ``offset`` (the engine checked it is where the last write ended);
@@ -155,7 +177,9 @@ class FileShelf:
             self.delete(record.upload_id)
             raise TransferError(f"a chunk at {offset}, where {writing.received} bytes are held")
         try:
-            os.pwrite(writing.fd, data, offset)
+            done = 0
+            while done < len(data):  # a short write (a disk nearly full) writes the rest, or fails
+                done += os.pwrite(writing.fd, data[done:], offset + done)
         except OSError as exc:
             self.delete(record.upload_id)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -163,6 +187,7 @@ class FileShelf:
             raise
         writing.hasher.update(data)
         writing.received += len(data)
+        self._promised[record.upload_id] = record.size - writing.received
         if writing.received == record.size:
             self._finish(record)
         return writing.received
@@ -181,6 +206,7 @@ class FileShelf:
     def delete(self, upload_id: str) -> None:
         """Remove an upload, whatever its state (cancelled, expired, failed)."""
         self._close(upload_id)
+        self._promised.pop(upload_id, None)
         for path in (self.directory / upload_id, self._part(upload_id), self._record(upload_id)):
             path.unlink(missing_ok=True)
 
@@ -193,14 +219,17 @@ class FileShelf:
 
     def _finish(self, record: UploadRecord) -> None:
         writing = self._writing.pop(record.upload_id)
+        self._promised.pop(record.upload_id, None)
         try:
             digest = writing.hasher.hexdigest()
             if digest != record.sha256:
                 raise TransferError(f"the bytes' SHA-256 is {digest}, not the {record.sha256} the upload declared")
             os.fsync(writing.fd)
-        except BaseException:
+        except BaseException as exc:
             os.close(writing.fd)
             self.delete(record.upload_id)
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise TransferError("the server's disk is full", no_space=True) from None
             raise
         os.close(writing.fd)
         os.rename(self._part(record.upload_id), self.directory / record.upload_id)

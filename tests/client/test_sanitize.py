@@ -61,3 +61,12 @@ def test_no_control_or_format_character_survives(text: str) -> None:
             continue
         assert unicodedata.category(char) not in ("Cc", "Cf", "Zl", "Zp"), repr(char)
     assert out.count("\n") == text.replace("\r\n", "\n").count("\n")  # one output line per input line
+
+
+def test_a_lone_surrogate_is_shown_escaped_and_can_be_encoded() -> None:
+    """JSON's "\\ud800" (a file offer's name) makes a str no terminal can encode: escaped."""
+    from csce513msg.client.sanitize import inert, inert_name
+
+    for shown in (inert_name("a\ud800b"), inert("x\udfffy")):
+        assert "\\u" in shown
+        shown.encode("utf-8")  # raised UnicodeEncodeError before

@@ -134,8 +134,9 @@ def test_a_file_to_a_group_is_stored_once_and_reaches_every_member(
             assert client.download(offer, tmp_path / f"m{i}").read_bytes() == path.read_bytes()
             client.close()
         if hasattr(server, "data_dir"):  # a server this suite started: look at its disk
-            stored = [p for p in (Path(server.data_dir) / "files").iterdir() if p.name == upload.upload_id]
-            assert len(stored) == 1
+            listed = sorted(p.name for p in (Path(server.data_dir) / "files").iterdir())
+            mine = [n for n in listed if n.startswith(upload.upload_id)]
+            assert mine == [upload.upload_id, upload.upload_id + ".json"]  # its bytes once, and its record
         with pytest.raises(ServerError) as refused:  # not a member: as if there were no such file
             x.call(FileGet(upload.upload_id, 0, 10))
         assert refused.value.code == ErrorCode.FILE_NOT_FOUND
@@ -258,20 +259,22 @@ def test_the_sender_cancels_and_the_file_is_gone(server: Server, names: Names, t
 
 
 def test_the_downloader_cancels(server: Server, names: Names, tmp_path: Path) -> None:
+    """A download stopped halfway: its partial file is gone, the upload is not (the sender's
+    other device cancelling its download must not remove the file for everyone), and it can
+    be fetched again from the start."""
     alice, bob = names("alice"), names("bob")
     with connect(server, alice) as a, connect(server, bob) as b:
-        a.send_file(bob, a_file(tmp_path, 2 << 20))
+        path = a_file(tmp_path, 2 << 20)
+        a.send_file(bob, path)
         offer = offer_of(b)
-        partial = PartialDownload.open(tmp_path / "bob", offer.upload_id, offer.name, offer.size, offer.sha256)
-        download = Download(b.session, offer, partial)
-        b.flush()
-        b.next_message(download.handle)
-        download.cancel()
-        b.flush()
-        state = next_of(b, FileState)
-        assert state.state == FileStatus.CANCELLED
-        assert not any((tmp_path / "bob").iterdir())
-        assert b.download(offer, tmp_path / "bob").read_bytes() == (tmp_path / "out" / "notes.bin").read_bytes()
+        for who, client in (("alice", a), ("bob", b)):  # the sender's own download too
+            partial = PartialDownload.open(tmp_path / who, offer.upload_id, offer.name, offer.size, offer.sha256)
+            download = Download(client.session, offer, partial)
+            client.flush()
+            client.next_message(download.handle)
+            download.cancel()
+            assert download.done and not download.path and not any((tmp_path / who).iterdir())
+            assert client.download(offer, tmp_path / who).read_bytes() == path.read_bytes()
 
 
 def test_files_need_the_feature(server: Server, names: Names) -> None:

@@ -102,6 +102,9 @@ def test_an_offer_round_trips(name: str, size: int, digest: bytes) -> None:
         json.dumps({"upload": UID, "name": 7, "size": 1, "sha256": HELLO}).encode(),
         json.dumps({"upload": UID, "name": "a", "size": 1, "sha256": HELLO.upper()}).encode(),
         b"\xff\xfe",
+        b"[" * 8000,  # nesting deep enough for a RecursionError
+        b"[" * 16000,  # over the size an offer may have
+        b'{"upload":"' + UID.encode() + b'","name":"\\ud800.txt","size":1,"sha256":"' + HELLO.encode() + b'"}',
     ],
 )
 def test_a_hostile_offer_is_a_bad_request(doc: bytes) -> None:
