@@ -98,9 +98,11 @@ def file_command(chat: ChatClient, cmd: str, rest: str) -> None:
         return fetch(chat, item)
     if item.transfer is None and item.state != "queued":
         return chat.local_error(f"file {item.number} is not on its way")
-    if item.transfer is not None:
-        item.transfer.cancel()
-    item.transfer = None
+    transfer = item.transfer
+    if transfer is not None:
+        transfer.cancel()
+        if transfer.done:  # else an upload the server has not named yet: its answer cancels it
+            item.transfer = None
     item.state = "cancelled"
     chat.view.show(f"file {item.number} ({inert_name(item.offer.name)}): cancelled", event="file", state="cancelled",
                    number=item.number)  # fmt: skip
@@ -258,6 +260,8 @@ def _add(chat: ChatClient, offer: Offer, sender: str, where: str, state: str) ->
 def _finished(chat: ChatClient, item: Shared, transfer: Upload | Download) -> None:
     item.transfer = None
     if isinstance(transfer, Upload):
+        if transfer.error is not None and item.state == "cancelled":
+            return  # said when /cancel was typed
         if transfer.error is not None:
             item.state = "failed"
             chat.view.show(f"! file {item.number} ({inert_name(item.offer.name)}) not sent: "

@@ -71,6 +71,7 @@ class Upload:
         self.sent = 0  #: bytes queued to it
         self.complete = False
         self.started = False  #: the server answered FileUpload: it said where to start
+        self._cancel_when_started = False
         self.error: Error | None = None
         welcome = session.welcome
         assert welcome is not None
@@ -104,6 +105,9 @@ class Upload:
             self.upload_id = msg.upload_id
             self.sent = msg.received
             self.started = True
+            if self._cancel_when_started:
+                self.cancel()
+                return True
         self.acked = max(self.acked, msg.received)
         if msg.state == FileStatus.COMPLETE:
             self.complete = True
@@ -113,7 +117,13 @@ class Upload:
         return True
 
     def cancel(self) -> None:
-        """Stop sending, and ask the server to remove what it has."""
+        """Stop sending, and ask the server to remove what it has. Before the server named the
+        upload, the cancel waits for its answer (``handle``): else the upload would hold its
+        owner's quota until it expires, its id known to nobody."""
+        if not self.started:
+            self._cancel_when_started = True
+            self.close()
+            return
         if self.upload_id:
             self.session.file_cancel(self.upload_id)
         self.error = Error(0, "cancelled")

@@ -329,3 +329,24 @@ def test_chat_keeps_flowing_during_a_large_download(server: Server, names: Names
             assert next_of(b, Receipt, _with_id(rid)).message_id
         assert [m.body.decode() for m in b.deliveries(10)] == [f"to bob {i}" for i in range(10)]
         assert [m.body.decode() for m in a.deliveries(10)] == [f"to alice {i}" for i in range(10)]
+
+
+def test_an_upload_cancelled_before_the_server_named_it_is_removed_once_named(
+    server: Server, names: Names, tmp_path: Path
+) -> None:
+    alice, bob = names("alice"), names("bob")
+    with connect(server, alice) as a:
+        connect(server, bob).close()
+        path = a_file(tmp_path, 100_000)
+        upload = Upload(a.session, path, bob)
+        upload.cancel()  # before its FileState: nothing to name yet
+        a.flush()
+        while not upload.done:
+            a.flush()
+            a.next_message(upload.handle)
+        assert upload.upload_id and upload.error is not None
+        a.flush()
+        assert next_of(a, FileState, lambda s: s.state == FileStatus.CANCELLED).upload_id == upload.upload_id
+        with pytest.raises(ServerError) as gone:
+            a.upload_file(path, bob, upload_id=upload.upload_id)
+        assert gone.value.code == ErrorCode.FILE_NOT_FOUND
