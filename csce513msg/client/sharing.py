@@ -244,8 +244,9 @@ def list_files(chat: ChatClient) -> None:
         t = s.transfer
         done = f" {show_size(_done(t))}/{show_size(s.offer.size)}" if t is not None else f" {show_size(s.offer.size)}"
         where = f" -> {s.path}" if s.state == "received" and s.path else ""
-        lines.append(f"  {s.number}. {inert_name(s.offer.name)} {s.state}{done} ({inert_name(s.sender)} in "
-                     f"{inert_name(s.where)}){inert(where)}")  # fmt: skip
+        group = f" in {inert_name(s.where)}" if s.where.startswith("#") else ""
+        who = "you" if s.sender == chat.session.user else inert_name(s.sender)
+        lines.append(f"  {s.number}. {_short(s.offer.name, 60)} {s.state}{done} (from {who}{group}){inert(where)}")
     chat.view.show("files:\n" + "\n".join(lines), event="files",
                    files=[{"number": s.number, "name": s.offer.name, "state": s.state} for s in items])  # fmt: skip
 
