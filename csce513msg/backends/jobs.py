@@ -12,8 +12,8 @@ Two lanes, as the engine contract says (shared/STYLE.md):
   hash thread, under its mutex: that short step runs at the lane's priority too.)
 - ``file``: ONE thread for the bytes of file transfers (1.6): chunk writes and reads, the
   re-hash of a resumed upload. Not the store's thread, where a large write would delay
-  every commit behind it; one thread, so the disk serves transfers in turn; ``FILE_NICE``
-  steps below the loop, so on a busy core the loop (chat) goes first and a transfer takes
+  every commit behind it; one thread, so the disk serves transfers in turn; at the lowest
+  priority (``FILE_NICE``), so on a busy core the loop (chat) goes first and a transfer takes
   what it leaves (SHA-256 releases the GIL, so the hashing competes for the core, not the GIL).
 
 A finished job's result (or the exception it raised) goes to ``deliver(job_id,
@@ -37,7 +37,7 @@ from typing import ClassVar
 from ..hub import Lane
 
 log = logging.getLogger("csce513msg.backend")
-FILE_NICE = 5  #: the file lane's priority below the loop (nice steps; see ``lower_priority``)
+FILE_NICE = 19  #: the file lane's priority below the loop (nice steps; see ``lower_priority``): the floor
 Deliver = Callable[[int, object], None]
 
 
