@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from csce513msg.client import Client, ServerError
-from csce513msg.client.downloads import PartialDownload
+from csce513msg.client.downloads import PartialDownload, TransferError
 from csce513msg.client.transfer import Download, Upload
 from csce513msg.protocol import (
     VERSION_MAJOR,
@@ -132,7 +132,6 @@ def test_a_file_to_a_group_is_stored_once_and_reaches_every_member(
         for i, client in enumerate(clients):
             offer = offer_of(client)
             assert client.download(offer, tmp_path / f"m{i}").read_bytes() == path.read_bytes()
-            client.close()
         if hasattr(server, "data_dir"):  # a server this suite started: look at its disk
             listed = sorted(p.name for p in (Path(server.data_dir) / "files").iterdir())
             mine = [n for n in listed if n.startswith(upload.upload_id)]
@@ -144,6 +143,13 @@ def test_a_file_to_a_group_is_stored_once_and_reaches_every_member(
             x.call(FileGet("A" * 22, 0, 10))
         assert guessed.value.code == ErrorCode.FILE_NOT_FOUND
         assert guessed.value.error.message == refused.value.error.message
+        unfinished = o.call(FileUpload(10, "0" * 64, TargetKind.GROUP, group))  # begun, never sent
+        assert isinstance(unfinished, FileState)
+        with pytest.raises(ServerError) as early:  # a member, but it is not complete: the same answer
+            clients[0].call(FileGet(unfinished.upload_id, 0, 10))
+        assert (early.value.code, early.value.error.message) == (ErrorCode.FILE_NOT_FOUND, refused.value.error.message)
+        for client in clients:
+            client.close()
 
 
 def test_limits_answer_before_any_chunk(server: Server, names: Names) -> None:
@@ -253,7 +259,7 @@ def test_the_sender_cancels_and_the_file_is_gone(server: Server, names: Names, t
         offer = offer_of(b)
         state = a.call(FileCancel(upload.upload_id))
         assert isinstance(state, FileState) and state.state == FileStatus.CANCELLED
-        with pytest.raises(Exception, match="server says"):
+        with pytest.raises(TransferError, match="server says: no such file"):
             b.download(offer, tmp_path / "bob")
         assert not any((tmp_path / "bob").iterdir())  # the partial file was removed
 
