@@ -10,6 +10,7 @@ to a temporary file and renamed, so a crash never leaves half a file:
 - ``history/USER@SERVER``: the interactive mode's input history;
 - ``outbox/USER@SERVER.json``: messages typed but not yet stored by the server, sent with
   the next connection (the server recognises a resend by its client message id);
+- ``transfers/USER@SERVER.json``: file transfers under way (1.6), resumed by the next run;
 - ``msg.toml``: the config file (``client/config.py``), written by the user.
 """
 
@@ -126,6 +127,32 @@ class Outbox:
         try:
             if messages:
                 write_private(self.path, json.dumps([asdict(m) for m in messages], indent=1) + "\n")
+            else:
+                self.path.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+class TransferList:
+    """The transfers of ``user`` on ``server`` not yet done (``transfers/USER@SERVER.json``), kept
+    across runs of ``msg``: after a restart each goes on where it stopped (an upload by its id,
+    a download from its partial file). Each entry is a plain dict (``client/sharing.py``)."""
+
+    def __init__(self, server: str, user: str) -> None:
+        self.path = client_config_dir() / "transfers" / f"{_slug(server, user)}.json"
+
+    def load(self) -> list[dict[str, Any]]:
+        try:
+            rows = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return []
+        return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
+
+    def save(self, rows: list[dict[str, Any]]) -> None:
+        """Keep ``rows`` (none: the file goes)."""
+        try:
+            if rows:
+                write_private(self.path, json.dumps(rows, indent=1) + "\n")
             else:
                 self.path.unlink(missing_ok=True)
         except OSError:

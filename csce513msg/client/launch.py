@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .chat import ChatClient
 from .downloads import default_downloads_dir
-from .files import Outbox, device_id, load_token
+from .files import Outbox, TransferList, device_id, load_token
 from .sanitize import inert
 from .session import ClientSession
 from .sharing import AUTO_DOWNLOAD, Sharing
@@ -92,6 +92,7 @@ def start(
     )  # fmt: skip
     chat = ChatClient(session, view, live=live, verbose=plan.verbose)
     chat.sharing = Sharing(plan.downloads or default_downloads_dir(), plan.auto_download)
+    chat.sharing.kept = TransferList(server_key, user)
     chat.sock = sock
     chat.server_key = server_key
     chat.outbox = Outbox(server_key, user)

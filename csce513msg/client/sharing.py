@@ -19,11 +19,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..protocol import Deliver, Message, Offer, RemoteProtocolError, TargetKind, parse_offer
 from ..units import show_size
 from .downloads import PartialDownload, TransferError
+from .files import TransferList
 from .sanitize import inert, inert_name
 from .transfer import Download, Upload
 from .view import Style
@@ -68,6 +69,8 @@ class Sharing:
     downloads: Path
     auto: int = AUTO_DOWNLOAD
     items: list[Shared] = field(default_factory=list)
+    kept: TransferList | None = None  #: where unfinished transfers are kept across runs (None: nowhere)
+    restored: bool = False  #: the last run's unfinished transfers were taken back
 
     def by_upload(self, upload_id: str) -> Shared | None:
         return next((s for s in self.items if s.offer.upload_id == upload_id), None)
@@ -104,6 +107,7 @@ def file_command(chat: ChatClient, cmd: str, rest: str) -> None:
         if transfer.done:  # else an upload the server has not named yet: its answer cancels it
             item.transfer = None
     item.state = "cancelled"
+    keep(chat)
     chat.view.show(f"file {item.number} ({inert_name(item.offer.name)}): cancelled", event="file", state="cancelled",
                    number=item.number)  # fmt: skip
 
@@ -130,6 +134,7 @@ def send_file(chat: ChatClient, to: str, path: Path) -> None:
     item = _add(chat, offer, chat.session.user or "", where, "sending")
     item.path, item.transfer, item.kind = path, upload, kind
     _progress(chat, item, force=True)
+    keep(chat)
 
 
 def fetch(chat: ChatClient, item: Shared) -> None:
@@ -151,6 +156,7 @@ def fetch(chat: ChatClient, item: Shared) -> None:
     item.transfer = Download(chat.session, offer, partial)
     item.state = "receiving"
     _progress(chat, item, force=True)
+    keep(chat)
 
 
 def files_served(chat: ChatClient) -> bool:
@@ -188,14 +194,18 @@ def transfer_message(chat: ChatClient, msg: Message) -> bool:
     for item in chat.sharing.active():
         transfer = item.transfer
         assert transfer is not None
+        named = isinstance(transfer, Upload) and bool(transfer.upload_id)
         if not transfer.handle(msg):
             continue
+        newly_named = isinstance(transfer, Upload) and bool(transfer.upload_id) and not named
         if transfer.done:
             _finished(chat, item, transfer)
             for waiting in [s for s in chat.sharing.items if s.state == "queued"]:
                 fetch(chat, waiting)  # its turn, if a place is free
         else:
             _progress(chat, item)
+        if transfer.done or newly_named:
+            keep(chat)  # what a later run would resume changed
         for other in chat.sharing.active():  # room in the connection's window: every upload may go on
             if isinstance(other.transfer, Upload):
                 other.transfer.fill()
@@ -214,10 +224,15 @@ def paused(chat: ChatClient) -> None:
             item.offer = transfer.offer()  # its id, if the server gave one: the resume asks for it
         item.transfer = None
         item.state = "paused"
+    keep(chat)
 
 
 def resume_all(chat: ChatClient) -> None:
-    """Logged in again: every paused transfer goes on from where it stopped."""
+    """Logged in again: every paused transfer goes on from where it stopped (after the first
+    login of a run, those the last run left unfinished too)."""
+    if not chat.sharing.restored:
+        chat.sharing.restored = True
+        _restore(chat)
     for item in chat.sharing.items:
         if item.state != "paused":
             continue
@@ -232,6 +247,43 @@ def resume_all(chat: ChatClient) -> None:
         else:
             item.state = "offered"
             fetch(chat, item)
+
+
+def keep(chat: ChatClient) -> None:
+    """Write the unfinished transfers down, so the next run of ``msg`` can resume them."""
+    sharing = chat.sharing
+    if sharing.kept is None:
+        return
+    rows: list[dict[str, Any]] = []
+    for s in sharing.items:
+        if s.state not in ("sending", "receiving", "paused", "queued"):
+            continue
+        upload_id = s.transfer.upload_id if isinstance(s.transfer, Upload) else s.offer.upload_id
+        row = {"upload": upload_id, "name": s.offer.name, "size": s.offer.size, "sha256": s.offer.sha256,
+               "sender": s.sender, "where": s.where, "group": s.kind == TargetKind.GROUP}  # fmt: skip
+        if s.path is not None and s.sender == chat.session.user and s.state != "receiving":
+            row["path"] = str(s.path)  # an upload
+        rows.append(row)
+    sharing.kept.save(rows)
+
+
+def _restore(chat: ChatClient) -> None:
+    """The last run's unfinished transfers, as paused items (``resume_all`` resumes them)."""
+    if chat.sharing.kept is None:
+        return
+    for row in chat.sharing.kept.load():
+        try:
+            offer = Offer(str(row["upload"]), str(row["name"]), int(row["size"]), str(row["sha256"]))
+            sender, where, path = str(row["sender"]), str(row["where"]), row.get("path")
+        except (KeyError, TypeError, ValueError):
+            continue  # a file edited by hand: that entry is dropped
+        if offer.upload_id and chat.sharing.by_upload(offer.upload_id) is not None:
+            continue
+        item = _add(chat, offer, sender, where, "paused")
+        item.kind = TargetKind.GROUP if row.get("group") else TargetKind.USER
+        item.path = Path(path) if isinstance(path, str) and path else None
+        chat.view.show(f"file {item.number} {_short(offer.name, 32)}: unfinished last time, going on", event="file",
+                       state="paused", number=item.number)  # fmt: skip
 
 
 def list_files(chat: ChatClient) -> None:

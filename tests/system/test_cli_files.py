@@ -7,10 +7,12 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import time
 from pathlib import Path
 
-from csce513msg.protocol import Offer, Receipt
-from tests.conformance.wire import connect
+from csce513msg.client.transfer import sha256_of
+from csce513msg.protocol import ContentType, Deliver, Offer, Receipt, parse_offer
+from tests.conformance.wire import connect, next_of
 from tests.fixtures import Names
 from tests.servers import IS_LINUX, ServerProcess
 from tests.system.test_cli import msg_cmd, read_events
@@ -75,3 +77,36 @@ def test_hostile_names_land_inside_the_downloads_directory(server: ServerProcess
         assert bob_proc.stdin is not None
         bob_proc.stdin.close()
         bob_proc.wait(timeout=30)
+
+
+def test_an_upload_cut_by_killing_msg_goes_on_in_the_next_run(names: Names, tmp_path: Path) -> None:
+    """msg killed (SIGKILL) in the middle of a 300 MB upload: the next run finds it in its
+    transfers file, resumes it by its id (the server re-hashes what it has) and offers it."""
+    from tests.servers import start  # a server of its own: its limits allow the file
+
+    server = start(BACKENDS[0], "--max-file", "512M", "--file-quota", "2G", "--disk-reserve", "0")
+    alice, bob = names("alice"), names("bob")
+    big = tmp_path / "lecture.mp4"
+    with big.open("wb") as out:
+        for _ in range(300):
+            out.write(os.urandom(1 << 20))
+    try:
+        with connect(server, bob) as b:
+            first = subprocess.Popen(msg_cmd(server, alice), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            assert first.stdin is not None and first.stdout is not None
+            first.stdin.write(f"/sendfile {bob} {big}\n")
+            first.stdin.flush()
+            while "lecture.mp4: sending" not in (line := first.stdout.readline()):
+                assert line, "msg ended before sending"
+            time.sleep(0.3)  # part of the way
+            first.kill()
+            first.wait(10)
+            again = subprocess.run(msg_cmd(server, alice), input="", capture_output=True, text=True, timeout=120)
+            assert again.returncode == 0, again.stdout + again.stderr
+            assert "unfinished last time, going on" in again.stdout
+            assert re.search(r"lecture\.mp4: sent \[#{20}\]", again.stdout), again.stdout
+            deliver = next_of(b, Deliver, lambda d: d.content_type == ContentType.FILE_OFFER, timeout=60)
+            got = b.download(parse_offer(deliver.body), tmp_path / "bob")
+            assert got.stat().st_size == big.stat().st_size and sha256_of(got) == sha256_of(big)
+    finally:
+        server.stop()
