@@ -34,18 +34,13 @@ from .session import ClientSession
 
 GET_SIZE = MAX_GET // 4  #: bytes one FileGet asks for
 GETS_IN_FLIGHT = 2  #: FileGets a download keeps asked and unanswered (the server reads one chunk at a time)
-HASH_BLOCK = 1 << 20
 
 
 def sha256_of(path: Path) -> tuple[int, str]:
-    """(size, SHA-256 hex) of the file at ``path``, read a block at a time."""
-    digest = hashlib.sha256()
-    size = 0
+    """(size, SHA-256 hex) of the file at ``path``, as read (``hashlib.file_digest`` reads it in blocks)."""
     with path.open("rb") as f:
-        while block := f.read(HASH_BLOCK):
-            digest.update(block)
-            size += len(block)
-    return size, digest.hexdigest()
+        digest = hashlib.file_digest(f, "sha256")
+        return f.tell(), digest.hexdigest()
 
 
 class Upload:

@@ -503,7 +503,7 @@ class Engine:
                 request_id=msg.request_id,
             )  # fmt: skip
         if isinstance(msg, FileChunk):
-            files.chunk_(session, msg, now)
+            files.take_chunk(session, msg, now)
         elif isinstance(msg, FileUpload):
             files.upload(session, msg, now)
         elif isinstance(msg, FileGet):

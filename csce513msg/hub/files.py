@@ -121,9 +121,8 @@ class Files:
         self.member = member
         self.wall_us = wall_us
         self.uploads = {uid: Upload(rec, size, size) for uid, (rec, size) in loaded.items()}
-        self.held: dict[str, int] = {}  #: user -> bytes of its uploads on the server (its quota)
-        for upload in self.uploads.values():
-            self.held[upload.record.owner] = self.held.get(upload.record.owner, 0) + upload.record.size
+        #: connection -> the uploads it writes (``gone`` looks at those, not at every upload)
+        self.writing: dict[ConnId, set[str]] = {}
         self.jobs: dict[int, Done] = {}  #: job id -> what to do with its result
         self.readers: dict[ConnId, _Reader] = {}
         #: connection -> chunk bytes taken and not yet written: at most ``UPLOAD_WINDOW``, over all
@@ -148,11 +147,11 @@ class Files:
         if msg.size > cfg.max_file:
             too_large = f"a file of {msg.size} bytes is over the largest this server keeps ({cfg.max_file})"
             raise RemoteProtocolError(ErrorCode.FILE_TOO_LARGE, too_large, request_id=rid)
-        held = self.held.get(user, 0)
+        mine = [u for u in self.uploads.values() if u.record.owner == user]  # a scan: FileUpload is rare
+        held = sum(u.record.size for u in mine)
         if held + msg.size > cfg.file_quota:
             over = f"you hold {held} bytes of uploads; {msg.size} more would pass your quota of {cfg.file_quota}"
             raise RemoteProtocolError(ErrorCode.QUOTA_EXCEEDED, over, request_id=rid)
-        mine = [u for u in self.uploads.values() if u.record.owner == user]
         unfinished = sum(1 for u in mine if not u.record.complete)
         if len(mine) >= MAX_UPLOADS or unfinished >= MAX_UNFINISHED:  # each is files, an fd while open, lane work
             many = f"you hold {len(mine)} uploads ({unfinished} unfinished): at most {MAX_UPLOADS} ({MAX_UNFINISHED})"
@@ -160,8 +159,8 @@ class Files:
         created = self.wall_us(now)
         expires = created + int(cfg.file_days * 86_400_000_000)
         record = UploadRecord(secrets.token_urlsafe(16), user, stream, msg.size, sha256, created, expires)
-        upload = self.uploads[record.upload_id] = Upload(record, 0, 0, session.conn)
-        self.held[user] = held + msg.size
+        upload = self.uploads[record.upload_id] = Upload(record, 0, 0)
+        self._attach(upload, session.conn)
 
         def created_(result: object) -> None:
             if isinstance(result, BaseException):
@@ -175,7 +174,7 @@ class Files:
 
         self._job(functools.partial(self.shelf.create, record), created_)
 
-    def chunk_(self, session: Session, msg: FileChunk, now: float) -> None:
+    def take_chunk(self, session: Session, msg: FileChunk, now: float) -> None:
         """Bytes of an upload: in order, from its writer, within the window."""
         rid = msg.request_id
         upload = self._own(session, msg.upload_id, rid)
@@ -269,12 +268,12 @@ class Files:
         """The connection closed: its downloads end; its uploads wait for a resume (their files
         closed meanwhile: an unfinished upload must not hold a descriptor for days)."""
         self.readers.pop(session.conn, None)
+        for upload_id in list(self.writing.get(session.conn, ())):
+            upload = self.uploads[upload_id]
+            self._detach(upload)
+            if not upload.record.complete:
+                self._job(functools.partial(self.shelf.release, upload_id), _ignore)
         self.unwritten.pop(session.conn, None)
-        for upload in self.uploads.values():
-            if upload.writer == session.conn:
-                self._detach(upload)
-                if not upload.record.complete:
-                    self._job(functools.partial(self.shelf.release, upload.record.upload_id), _ignore)
 
     def expire(self, now: float) -> None:
         """Delete the uploads past their time (``--file-days``), with their bytes."""
@@ -299,7 +298,8 @@ class Files:
         if upload.resuming:  # a re-hash reads the whole partial file: one at a time, not a lane's worth
             raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "a resume of it is under way", request_id=rid)
         self._detach(upload)  # the last writer's chunks are refused from now
-        upload.writer, upload.resuming = session.conn, True
+        self._attach(upload, session.conn)
+        upload.resuming = True
 
         def resumed(result: object) -> None:
             upload.resuming = False
@@ -428,17 +428,31 @@ class Files:
         record = upload.record
         if self.uploads.pop(record.upload_id, None) is upload:
             self._detach(upload)
-            held = self.held.get(record.owner, 0) - record.size
-            if held > 0:
-                self.held[record.owner] = held
-            else:
-                self.held.pop(record.owner, None)
+
+    @property
+    def held(self) -> dict[str, int]:
+        """User -> bytes of its uploads kept on the server (what its quota counts)."""
+        held: dict[str, int] = {}
+        for upload in self.uploads.values():
+            held[upload.record.owner] = held.get(upload.record.owner, 0) + upload.record.size
+        return held
+
+    def _attach(self, upload: Upload, conn: ConnId) -> None:
+        """``conn`` writes the upload from now on (after its FileUpload, new or a resume)."""
+        upload.writer = conn
+        self.writing.setdefault(conn, set()).add(upload.record.upload_id)
 
     def _detach(self, upload: Upload) -> None:
         """The upload has no writer any more: its chunks in the lane stop counting in that
         connection's window (their results are answered, or dropped, all the same)."""
-        if upload.writer is not None and upload.writer in self.unwritten:
-            self.unwritten[upload.writer] -= upload.unwritten
+        if upload.writer is not None:
+            if upload.writer in self.unwritten:
+                self.unwritten[upload.writer] -= upload.unwritten
+            mine = self.writing.get(upload.writer)
+            if mine is not None:
+                mine.discard(upload.record.upload_id)
+                if not mine:
+                    del self.writing[upload.writer]
         upload.unwritten, upload.era = 0, upload.era + 1
         upload.writer, upload.ready = None, False
 
