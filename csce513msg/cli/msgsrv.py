@@ -80,6 +80,7 @@ def main(
     disk_reserve: o.DiskReserveFlag = o.HUB.disk_reserve,
     file_days: o.FileDaysFlag = o.HUB.file_days,
     no_files: o.NoFilesFlag = False,
+    key_days: o.KeyDaysFlag = o.HUB.key_days,
     max_group_members: o.MaxGroupMembersFlag = o.HUB.max_group_members,
     rate: o.RateFlag = o.HUB.rate,
     burst: o.BurstFlag = o.HUB.burst,
@@ -148,7 +149,7 @@ def main(
     shelf = None if no_files else _open_shelf(data_dir, durability, disk_reserve)
     chat = Engine(
         store, hub_config, wall_offset, passwords, accounts, store.load_device_tokens(), store.load_groups(),
-        store.load_classroom(), shelf, shelf.load() if shelf else None,
+        store.load_classroom(), shelf, shelf.load() if shelf else None, store.load_keys(),
     )  # fmt: skip
     engine: EngineAPI = chat
     fingerprint = None

@@ -110,6 +110,10 @@ DiskReserveFlag = Annotated[
 FileDaysFlag = Annotated[
     float, opt("Days an upload is kept from its start, then deleted.", FILES, min=0.001, max=36500)
 ]
+KeyDaysFlag = Annotated[
+    float,
+    opt("Days a device's end-to-end keys stay in the key directory after its last login.", LIMITS, min=1, max=36500),
+]
 NoFilesFlag = Annotated[bool, opt("Keep no files: uploads are not offered (protocol 1.6's files off).", FILES)]
 WindowFlag = Annotated[int, opt("Unacknowledged deliveries per client (advertised).", LIMITS, min=1)]
 RateFlag = Annotated[float, opt("Requests per second per connection.", LIMITS, min=0.001)]

@@ -86,6 +86,7 @@ from ..protocol import (
     encode,
     offer_body,
 )
+from ..protocol.publickeys import E2E_MINOR
 from ..protocol.transfer import FILES_MINOR
 
 #: The client accepts frames up to this size from the server (a delivery is at
@@ -140,6 +141,8 @@ class ClientSession:
         minor: the newest protocol minor to announce (an older one plays an old client).
         coalescing: ask a server that offers it (1.5) for coalesced receipts and deliveries.
         files: ask a server that offers them (1.6) for files (uploads and downloads).
+        e2e: ask a server that offers it (1.7) for the key directory of end-to-end encryption
+            (its KeyState then follows the LoginOk).
     """
 
     def __init__(
@@ -158,6 +161,7 @@ class ClientSession:
         minor: int = VERSION_MINOR,
         coalescing: bool = True,
         files: bool = True,
+        e2e: bool = False,
     ) -> None:
         if not 0 <= minor <= VERSION_MINOR:
             raise ValueError(f"this client speaks protocol {VERSION_MAJOR}.0 to {VERSION_MAJOR}.{VERSION_MINOR}")
@@ -168,6 +172,7 @@ class ClientSession:
         self.groups = groups
         self.coalescing = coalescing
         self.files = files
+        self.e2e = e2e
         #: FileChunk bytes sent and not yet answered, over every upload of this connection: the
         #: server allows ``transfer.UPLOAD_WINDOW`` (``client/transfer.py`` keeps to it)
         self.upload_bytes = 0
@@ -255,6 +260,8 @@ class ClientSession:
             features += (Feature.COALESCING.value,)
         if self.files and self.minor >= FILES_MINOR and Feature.FILES.value in msg.features:
             features += (Feature.FILES.value,)
+        if self.e2e and self.minor >= E2E_MINOR and Feature.E2E.value in msg.features:
+            features += (Feature.E2E.value,)
         # the older of the server's minor and ours: what this session speaks either way
         self.request(Hello(VERSION_MAJOR, self.minor, features, self.client))
         self.pending.pop(self._next_id)  # Hello has no reply: only an Error if refused
@@ -288,6 +295,12 @@ class ClientSession:
         return (
             self.files and welcome is not None and self.minor >= FILES_MINOR and Feature.FILES.value in welcome.features
         )
+
+    @property
+    def has_e2e(self) -> bool:
+        """The server keeps a key directory for this session: both speak 1.7, it offered it, we asked."""
+        welcome = self.welcome
+        return self.e2e and welcome is not None and self.minor >= E2E_MINOR and Feature.E2E.value in welcome.features
 
     # ---- output -------------------------------------------------------------------
 

@@ -58,3 +58,5 @@ class HubConfig:
     file_quota: int = 1 << 30  #: bytes of uploads one user may hold on the server at once
     disk_reserve: int = 512 << 20  #: bytes kept free on the files' disk: an upload past it is refused
     file_days: float = 7.0  #: days an upload is kept from its start, then deleted with its bytes
+    #: days a device's end-to-end keys stay in the key directory after its last login (1.7)
+    key_days: float = 90.0

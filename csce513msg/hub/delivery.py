@@ -33,7 +33,7 @@ from typing import Protocol
 
 from ..protocol import Deliver, ErrorCode, HistoryEnd, Receipt, ReceiptState, RemoteProtocolError, encode_fields
 from ..store import Batch, BatchResult, DeliveredNote, Fetch, NewMessage, Refused, Store, StoredMessage
-from ..store.interface import ANNOUNCEMENTS, ASKS_CONFIRMATION, Note, is_group
+from ..store.interface import ANNOUNCEMENTS, ASKS_CONFIRMATION, KeyNote, Note, is_group
 from .actions import ConnId, Lane
 from .config import HubConfig
 from .outbox import Outbox
@@ -46,6 +46,8 @@ HISTORY_QUEUE = 16  #: History requests a connection may have waiting behind the
 NO_CONN: ConnId = -1  #: the "sender" of a message no connection asked for (a queued group change)
 READS_PER_BATCH = 32  #: catch-up fetches and History pages one storage batch reads, at most
 
+
+Committed = Callable[[Session | None], None]  #: what a key directory record does once committed
 
 SNAPSHOT_EVERY = 0.25  #: seconds between the snapshots flush publishes
 
@@ -124,6 +126,9 @@ class Mailroom:
         self._senders: list[tuple[ConnId, int]] = []  # (conn, request id) of each batch message
         self._noters: list[tuple[ConnId, int]] = []  # (conn, request id) of each batch note
         self._noters_in_flight: list[tuple[ConnId, int]] = []  # ... of the batch in flight
+        #: (conn, request id, what to do once committed) of each key directory record (1.7)
+        self._keyers: list[tuple[ConnId, int, Committed | None]] = []
+        self._keyers_in_flight: list[tuple[ConnId, int, Committed | None]] = []
         self._fetchers: dict[int, ConnId] = {}  # catch-up fetch key -> the session waiting for it
         self._history_waiters: dict[int, tuple[ConnId, int, str]] = {}  # key -> (session, request id, stream)
         self._reads: deque[Fetch | PageRead] = deque()  # reads waiting for a batch with room (READS_PER_BATCH)
@@ -162,6 +167,13 @@ class Mailroom:
         """A classroom request, checked: its note in the next batch; the answer waits for the commit."""
         self.batch.notes.append(note)
         self._noters.append((session.conn, rid))
+
+    def take_key_note(self, session: Session, note: KeyNote, rid: int, then: Committed | None = None) -> None:
+        """A key directory record (1.7, ``hub/keys.py``) in the next batch; once it is committed,
+        ``then(session)`` (the session None if it has gone meanwhile). If the batch fails, its
+        requester gets STORE_FAILED (when ``rid`` is not 0) and ``then`` is not called."""
+        self.batch.keys.append(note)
+        self._keyers.append((session.conn, rid, then))
 
     def acknowledged(self, session: Session, acks: Sequence[tuple[str, int]], rid: int) -> None:
         """An Ack, or the entries of an Acks (1.5): for each (stream, position), the device's
@@ -245,6 +257,14 @@ class Mailroom:
                     self.out.error(session, ErrorCode.STORE_FAILED, "it was not recorded; try again", rid)
             elif self.notebook is not None:
                 self.notebook.noted(session, rid, record, now)
+        keyers, self._keyers_in_flight = self._keyers_in_flight, []
+        for conn, rid, then in keyers:
+            session = self.sessions.get(conn)
+            if result.error:
+                if session is not None and rid:
+                    self.out.error(session, ErrorCode.STORE_FAILED, "the key directory was not changed; try again", rid)
+            elif then is not None:
+                then(session)
         for key, found in result.fetched.items():
             if (session := self.sessions.get(self._fetchers.pop(key))) is not None:
                 self._caught_up(session, found)
@@ -305,6 +325,7 @@ class Mailroom:
         self._in_flight = (job_id, batch, self._senders)
         self._senders = []
         self._noters_in_flight, self._noters = self._noters, []
+        self._keyers_in_flight, self._keyers = self._keyers, []
         self._polls_submitted += batch.poll_accounts
         self.out.submit(job_id, functools.partial(self.store.apply, batch), Lane.STORE)
 

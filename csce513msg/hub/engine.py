@@ -26,7 +26,8 @@ The engine is made of parts, each given what it needs and nothing more::
       ├── Gate      (gate.py)     logins, registration, accounts, device tokens, throttles
       ├── Groups    (groups.py)   the committed groups: the requests' checks, who gets a group message
       ├── Classroom (classroom.py) announcements' confirmations, office hours' queue (as committed)
-      └── Files     (files.py)    uploads and downloads (1.6): the bytes move in the file lane
+      ├── Files     (files.py)    uploads and downloads (1.6): the bytes move in the file lane
+      └── Keys      (keys.py)     the key directory of end-to-end encryption (1.7)
 
 The Gate reaches back only through ``gate.Front`` (dispatch a held request, move a
 state, a user came online, the wall time); the Mailroom only through ``sees`` (who may
@@ -37,7 +38,9 @@ store, they return). Session state is in ``session.py``.
 The hub serves protocol 1.``config.max_minor`` (the protocol's ``VERSION_MINOR`` unless a
 test says otherwise); groups from 1.4, to a session whose Hello asked for ``groups``;
 coalesced receipts and deliveries from 1.5, to one that asked for ``coalescing`` (outbox.py);
-files from 1.6, to one that asked for ``files``, on a server given a ``FileShelf``.
+files from 1.6, to one that asked for ``files``, on a server given a ``FileShelf``; the key
+directory from 1.7, to one that asked for ``e2e`` (messages themselves are content type 2,
+forwarded unread like any other).
 """
 
 from __future__ import annotations
@@ -76,6 +79,9 @@ from ..protocol import (
     HandQueue,
     Hello,
     History,
+    KeyFetch,
+    KeyForget,
+    KeyPublish,
     Login,
     Message,
     Ping,
@@ -94,10 +100,11 @@ from ..protocol import (
     encode,
 )
 from ..protocol.names import checked_name
+from ..protocol.publickeys import E2E_MINOR
 from ..protocol.transfer import FILES_MINOR
 from ..store import Account, DeviceToken, NewMessage, Store
 from ..store.files import FileShelf, UploadRecord
-from ..store.interface import ANNOUNCEMENTS, ClassroomRecord, GroupRecord, is_staff
+from ..store.interface import ANNOUNCEMENTS, ClassroomRecord, GroupRecord, KeyRecord, is_staff
 from .actions import Action, ConnId, Write
 from .classroom import Classroom, ClassroomRequest
 from .config import HubConfig, Visibility
@@ -105,6 +112,7 @@ from .delivery import Mailroom, Snapshot
 from .files import Files
 from .gate import Gate, Passwords
 from .groups import GROUPS_MINOR, GroupRequest, Groups
+from .keys import Keys
 from .outbox import COALESCING_MINOR, Outbox, fitting, retry_ms
 from .session import AnyRequest, Handler, LoginAccepted, LoginRefused, Session, State, direct_stream
 
@@ -127,6 +135,7 @@ class Engine:
         classroom: the confirmations and raised hands, from ``store.load_classroom()``.
         shelf: where uploads live (1.6); None: the server offers no files.
         uploads: the uploads kept, from ``shelf.load()``.
+        keys: the key directory, from ``store.load_keys()`` (served from 1.7).
     """
 
     def __init__(
@@ -134,6 +143,7 @@ class Engine:
         accounts: dict[str, Account] | None = None, tokens: dict[str, DeviceToken] | None = None,
         groups: dict[str, GroupRecord] | None = None, classroom: ClassroomRecord | None = None,
         shelf: FileShelf | None = None, uploads: dict[str, tuple[UploadRecord, int]] | None = None,
+        keys: dict[tuple[str, str], KeyRecord] | None = None,
     ) -> None:  # fmt: skip
         self.store = store
         self.config = config
@@ -155,6 +165,7 @@ class Engine:
                 config, shelf, uploads or {}, self.sessions, self.out, self._conversation, self.groups.is_member,
                 self.wall_us,
             )  # fmt: skip
+        self.keys = Keys(config.key_days, known, self.online, self.out, self.mail, self.wall_us, keys or {})
         self._shown_role: dict[str, str] = {}  # user online -> its role when presence announced it
         self._next_sweep: float | None = None
         self._next_poll: float | None = None  # when to ask the store for accounts changed by an admin
@@ -167,6 +178,8 @@ class Engine:
             features += (Feature.COALESCING.value,)
         if self.files is not None:
             features += (Feature.FILES.value,)
+        if config.max_minor >= E2E_MINOR:
+            features += (Feature.E2E.value,)
         files = (
             (config.max_file, config.file_quota, config.disk_reserve, math.ceil(config.file_days))  # 0: "no files"
             if self.files
@@ -278,6 +291,7 @@ class Engine:
                 batch.expire_tokens_before_us = self.gate.expire_tokens(now)
                 if self.files is not None:
                     self.files.expire(now)
+                batch.expire_keys_before_us = self.keys.expire(now)
                 self._next_expiry = now + EXPIRY_INTERVAL
             self._next_poll = now + self.config.account_poll if self.sessions else None
             self.gate.sweep(now)
@@ -316,6 +330,7 @@ class Engine:
                 self.groups.accounts_changed({a.name: a for a in batch.accounts})
             self.groups.accounts_changed(stored.accounts)
             self.classroom.accounts_changed(stored.accounts, now)  # a removed account's hand
+            self.keys.accounts_changed(stored.accounts)  # a removed account's devices
             self.gate.logins_done(batch, stored, now)
             self.gate.accounts_changed(stored.accounts, now)
             # `msgsrv group add|remove`, applied as its actor's request: after this poll's accounts,
@@ -394,6 +409,8 @@ class Engine:
             self._broadcast_presence(user, 1, now, skip=session)
         if session.presence:
             self.subscribers.add(session)
+        if session.e2e:
+            self.keys.came_online(session, now)
 
     def wall_us(self, now: float) -> int:
         """Wall time in µs since the epoch for monotonic ``now`` (the engine reads no clock)."""
@@ -414,6 +431,7 @@ class Engine:
         session.groups = session.minor >= GROUPS_MINOR and Feature.GROUPS.value in msg.features
         session.coalescing = session.minor >= COALESCING_MINOR and Feature.COALESCING.value in msg.features
         session.files = self.files is not None and session.minor >= FILES_MINOR and Feature.FILES.value in msg.features
+        session.e2e = session.minor >= E2E_MINOR and Feature.E2E.value in msg.features
 
     def _on_login(self, session: Session, msg: Login, now: float) -> None:
         self.gate.on_login(session, msg, now)
@@ -510,6 +528,19 @@ class Engine:
             files.get(session, msg, now)
         else:
             files.cancel(session, msg, now)
+
+    def _on_keys(self, session: Session, msg: KeyPublish | KeyFetch | KeyForget, now: float) -> None:
+        if not session.e2e:
+            raise RemoteProtocolError(
+                ErrorCode.UNSUPPORTED, f"{type(msg).__name__}: ask for the e2e feature in Hello",
+                request_id=msg.request_id,
+            )  # fmt: skip
+        if isinstance(msg, KeyPublish):
+            self.keys.publish(session, msg, now)
+        elif isinstance(msg, KeyFetch):
+            self.keys.fetch(session, msg, now)
+        else:
+            self.keys.forget(session, msg, now)
 
     def _conversation(self, session: Session, kind: int, target: str, rid: int) -> str:
         """The stream of the conversation ``session``'s user may post ``target`` (an upload's):
@@ -671,6 +702,9 @@ TRANSITIONS: dict[tuple[State, type], tuple[Handler | None, State]] = {
     (State.READY, FileChunk): (Engine._on_file, State.READY),
     (State.READY, FileGet): (Engine._on_file, State.READY),
     (State.READY, FileCancel): (Engine._on_file, State.READY),
+    (State.READY, KeyPublish): (Engine._on_keys, State.READY),  # 1.7, to a session that asked for e2e
+    (State.READY, KeyFetch): (Engine._on_keys, State.READY),
+    (State.READY, KeyForget): (Engine._on_keys, State.READY),
     (State.AUTHENTICATING, AnyRequest): (Engine._hold, State.AUTHENTICATING),  # handled once answered
     (State.AUTHENTICATING, LoginAccepted): (None, State.READY),
     (State.AUTHENTICATING, LoginRefused): (None, State.AWAIT_LOGIN),

@@ -48,6 +48,8 @@ class Session:
     #: its Hello announced 1.6 and the ``files`` feature (and the server keeps files): it may
     #: upload and download (files.py)
     files: bool = False
+    #: its Hello announced 1.7 and the ``e2e`` feature: it may use the key directory (keys.py)
+    e2e: bool = False
     minor: int = VERSION_MINOR  #: the protocol minor version its Hello announced (the newest until then)
     paused: bool = False  #: the backend's outbound queue is past its high-water mark
     closing: bool = False  #: a Close was issued; ignore further input

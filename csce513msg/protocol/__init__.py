@@ -81,6 +81,22 @@ from .messages import (
     encode_fields,
     receipts_frame,
 )
+from .publickeys import (
+    BUNDLE,
+    E2E_MINOR,
+    MAX_PREKEYS,
+    PREKEY_LOW,
+    PUBLISHED,
+    KeyBundles,
+    KeyFetch,
+    KeyForget,
+    KeyPublish,
+    KeyState,
+    bundles,
+    bundles_body,
+    prekeys_of,
+    publish_body,
+)
 from .transfer import (
     FileCancel,
     FileChunk,
@@ -95,6 +111,20 @@ from .transfer import (
 )
 
 __all__ = [
+    "BUNDLE",
+    "E2E_MINOR",
+    "MAX_PREKEYS",
+    "PREKEY_LOW",
+    "PUBLISHED",
+    "KeyBundles",
+    "KeyFetch",
+    "KeyForget",
+    "KeyPublish",
+    "KeyState",
+    "bundles",
+    "bundles_body",
+    "prekeys_of",
+    "publish_body",
     "FileCancel",
     "FileChunk",
     "FileData",

@@ -60,6 +60,9 @@ class ErrorCode(enum.IntEnum):
     QUOTA_EXCEEDED = 47  # your uploads held on the server would pass your quota (Welcome.file_quota)
     NO_SPACE = 48  # the server's disk has no room for it (it keeps Welcome.disk_reserve free)
     TRANSFER_FAILED = 49  # the upload broke a rule or its bytes did not match: it was removed
+    # 1.7, end-to-end encryption's key directory (docs/protocol.md section 14)
+    DEVICE_REQUIRED = 55  # keys belong to a named device: log in with a device_id to publish them
+    KEYS_FULL = 56  # the directory holds as many one-time prekeys for this device as it keeps
 
 
 class Csce513Error(Exception):

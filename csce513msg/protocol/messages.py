@@ -20,7 +20,9 @@ everything the server sends has the high bit set::
     0x93 Confirmations 0x94 HandPlace 0x95 HandQueueReply
     0xa0 Receipts 0xa1 Delivers
     0x30 FileUpload 0x31 FileChunk 0x32 FileGet 0x33 FileCancel   (1.6: transfer.py)
+    0x40 KeyPublish 0x41 KeyFetch 0x42 KeyForget                 (1.7: publickeys.py)
     0xb0 FileState 0xb1 FileData
+    0xc0 KeyBundles 0xc1 KeyState
 
 (``tests/protocol/test_frames.py`` keeps this table equal to ``MsgType``.) A field a later
 minor version appended says so (``since`` in ``_message``), and ``encode`` leaves it out
@@ -36,7 +38,7 @@ import operator
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 from .errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from .frames import Frame, HeaderCodec, encode_frame
@@ -44,8 +46,9 @@ from .frames import Frame, HeaderCodec, encode_frame
 VERSION_MAJOR = 1
 #: 1.1: stored receipts, offline delivery, device and client message ids; 1.2: accounts;
 #: 1.3: device tokens, the login and frame deadlines, u64 requests below 2^63; 1.4: groups;
-#: 1.5: coalescing (several receipts or deliveries in one frame); 1.6: files
-VERSION_MINOR = 6
+#: 1.5: coalescing (several receipts or deliveries in one frame); 1.6: files; 1.7: the key
+#: directory of end-to-end encryption
+VERSION_MINOR = 7
 #: the largest value of a u64 field a client may send: every store keeps them as signed
 #: 64-bit integers (SQLite's INTEGER), so 2^63 and above are refused with BAD_REQUEST
 MAX_REQUEST_U64 = 2**63 - 1
@@ -113,6 +116,12 @@ class MsgType(enum.IntEnum):
     FILE_CANCEL = 0x33
     FILE_STATE = 0xB0
     FILE_DATA = 0xB1
+    # 1.7, end-to-end encryption's key directory (docs/protocol.md section 14; ``publickeys.py``)
+    KEY_PUBLISH = 0x40
+    KEY_FETCH = 0x41
+    KEY_FORGET = 0x42
+    KEY_BUNDLES = 0xC0
+    KEY_STATE = 0xC1
 
 
 class TargetKind(enum.IntEnum):
@@ -127,9 +136,9 @@ class ContentType(enum.IntEnum):
 
     TEXT = 0  # UTF-8 text
     FILE_OFFER = 1  # a file offer (1.6): ``transfer.offer_body``; the server forwards it unread
+    ENVELOPE = 2  # an end-to-end envelope (1.7): ciphertext only its recipients' devices can open
     GROUP_EVENT = 3  # a group's event, written by the server (1.4): ``protocol.groups.GroupEvent``
     ASKS_CONFIRMATION = 4  # UTF-8 text: an announcement asking to be confirmed (1.4; only in g:0, from staff)
-    # kept for (docs/protocol.md, section 10): 2 end-to-end envelope (1.7)
 
 
 class ReceiptState(enum.IntEnum):
@@ -148,6 +157,7 @@ class Feature(enum.StrEnum):
     GROUPS = "groups"  # 1.4: the server has groups; a client that asks gets group frames
     COALESCING = "coalescing"  # 1.5: a client that asks may get Receipts and Delivers frames
     FILES = "files"  # 1.6: the server keeps files; a client that asks may upload and download
+    E2E = "e2e"  # 1.7: the server keeps a key directory; a client that asks may publish and fetch keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -906,9 +916,11 @@ _custom(MsgType.ACKS, Acks, _pack_acks, _unpack_acks)
 
 
 # 1.6's frames live in their own module, which registers them with ``_message`` above
+# ... and 1.7's too (publickeys.py)
+from .publickeys import KeyBundles, KeyFetch, KeyForget, KeyPublish, KeyState  # noqa: E402
 from .transfer import FileCancel, FileChunk, FileData, FileGet, FileState, FileUpload  # noqa: E402
 
-Message = (
+Message: TypeAlias = (
     Hello
     | Login
     | Send
@@ -957,6 +969,11 @@ Message = (
     | FileCancel
     | FileState
     | FileData
+    | KeyPublish
+    | KeyFetch
+    | KeyForget
+    | KeyBundles
+    | KeyState
 )
 REQUEST_TYPES = frozenset(t for t in MsgType if t < 0x80)
 

@@ -72,6 +72,10 @@ def is_group(stream: str) -> bool:
     return stream.startswith(GROUP_PREFIX)
 
 
+#: the kinds of ``KeyNote``: the key directory's records (protocol 1.7, end-to-end encryption)
+PUBLISH, TAKE_PREKEY, SEEN, FORGET = "publish", "take_prekey", "seen", "forget"
+IDENTITY = 128  #: the first bytes of a device's published keys that name its identity (docs/protocol.md s. 14)
+
 TOKENS_PER_USER = 32  #: device tokens kept per account (one per device: the newest)
 
 
@@ -250,6 +254,34 @@ class Note:
 
 
 @dataclass(frozen=True, slots=True)
+class KeyNote:
+    """A record of the key directory (``Batch.keys``, schema v10), applied at its turn in the
+    batch's transaction. The store reads none of the keys' bytes but the identity's, to
+    compare: ``PUBLISH`` sets ``device``'s published keys (whose first ``IDENTITY`` bytes, if
+    they differ from what it had, drop its one-time prekeys: a new identity) and adds
+    ``prekeys`` (an id it holds already is ignored); ``TAKE_PREKEY`` deletes one prekey (it was
+    handed out); ``SEEN`` notes that the device logged in at ``time_us``; ``FORGET`` deletes the
+    device's keys."""
+
+    op: str  #: PUBLISH, TAKE_PREKEY, SEEN or FORGET
+    user: str
+    device: str
+    published: bytes = b""  #: PUBLISH: the device's published keys
+    prekeys: tuple[tuple[int, bytes], ...] = ()  #: PUBLISH: (id, public key) to add
+    key_id: int = 0  #: TAKE_PREKEY: the prekey handed out
+    time_us: int = 0  #: PUBLISH, SEEN: when the device was last seen (µs of wall time)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """A device's entry in the key directory, as committed (``Store.load_keys``)."""
+
+    published: bytes
+    prekeys: tuple[tuple[int, bytes], ...]  #: (id, public key), ascending ids
+    seen_us: int  #: its last login or publication (µs of wall time): it expires from then
+
+
+@dataclass(frozen=True, slots=True)
 class Hand:
     """A raised hand, as kept (``ClassroomRecord.hands``)."""
 
@@ -305,6 +337,8 @@ class Batch:
     #: queued change id -> why the engine refused it before the store (closed with that outcome)
     queue_outcomes: dict[int, str] = field(default_factory=dict)
     notes: list[Note] = field(default_factory=list)  #: the classroom's records, after the messages
+    keys: list[KeyNote] = field(default_factory=list)  #: the key directory's records, after the notes
+    expire_keys_before_us: int = 0  #: delete devices' keys last seen before this (µs of wall time; 0: none)
 
     def can_wait(self) -> bool:
         """Only acknowledgements' bookkeeping (cursors, delivered, notified): nobody waits for
@@ -312,7 +346,8 @@ class Batch:
         return not (
             self.accounts or self.device_tokens or self.revoked_tokens or self.logins or self.messages
             or self.fetches or self.history or self.poll_accounts or self.expire_before_us
-            or self.expire_tokens_before_us or self.queue_outcomes or self.notes
+            or self.expire_tokens_before_us or self.queue_outcomes or self.notes or self.keys
+            or self.expire_keys_before_us
         )  # fmt: skip
 
     def __bool__(self) -> bool:
@@ -407,6 +442,10 @@ class Store(Protocol):
 
     def load_classroom(self) -> ClassroomRecord:
         """The confirmations, the raised hands and the announcements that ask; once, at start."""
+        ...
+
+    def load_keys(self) -> dict[tuple[str, str], KeyRecord]:
+        """The key directory: (user, device) -> its keys; once, at start."""
         ...
 
     def apply(self, batch: Batch) -> BatchResult:

@@ -19,15 +19,20 @@ from .interface import (
     CONFIRM,
     CREATE,
     DELETE,
+    FORGET,
     GROUP_EVENT,
     GROUP_PREFIX,
+    IDENTITY,
     LOWER,
     MUTE,
+    PUBLISH,
     RAISE,
     REDACT,
     RENAME,
+    SEEN,
     SLOW,
     TAKE,
+    TAKE_PREKEY,
     TOKENS_PER_USER,
     UNMUTE,
     Account,
@@ -39,6 +44,8 @@ from .interface import (
     Fetch,
     GroupRecord,
     Hand,
+    KeyNote,
+    KeyRecord,
     LoginInfo,
     LoginRead,
     NewMessage,
@@ -80,6 +87,8 @@ class MemoryStore:
         self.streams[ANNOUNCEMENTS] = []
         self.confirmations: dict[int, dict[str, int]] = {}  # position in g:0 -> user -> time_us
         self.hands: dict[str, Hand] = {}  # user -> its raised hand
+        #: the key directory (1.7): (user, device) -> [published keys, {prekey id: key}, seen_us]
+        self.directory: dict[tuple[str, str], tuple[bytes, dict[int, bytes], int]] = {}
 
     def load_accounts(self) -> dict[str, Account]:
         return dict(self.accounts)
@@ -91,6 +100,12 @@ class MemoryStore:
         asks = tuple(m.position for m in self.streams[ANNOUNCEMENTS] if m.content_type == ASKS_CONFIRMATION)
         confirmations = {p: tuple(sorted(users)) for p, users in self.confirmations.items() if users}
         return ClassroomRecord(confirmations, tuple(sorted(self.hands.values(), key=hand_order)), asks)
+
+    def load_keys(self) -> dict[tuple[str, str], KeyRecord]:
+        return {
+            where: KeyRecord(published, tuple(sorted(prekeys.items())), seen)
+            for where, (published, prekeys, seen) in self.directory.items()
+        }
 
     def load_groups(self) -> dict[str, GroupRecord]:
         found = {ANNOUNCEMENTS: dataclasses.replace(self.groups[ANNOUNCEMENTS], members=tuple(sorted(self.accounts)))}
@@ -133,9 +148,33 @@ class MemoryStore:
             self.notified[key] = max(self.notified.get(key, 0), position)
         for note in batch.notes:
             self._note(note)
+        for key_note in batch.keys:
+            self._key_note(key_note)
+        if batch.expire_keys_before_us:
+            self.directory = {w: d for w, d in self.directory.items() if d[2] >= batch.expire_keys_before_us}
         fetched = {f.key: self._fetch(f) for f in batch.fetches}
         history = {key: self._page(*page, batch.readers.get(key, "")) for key, page in batch.history.items()}
         return BatchResult(stored, fetched, newly_delivered=newly, logins=logins, history=history)
+
+    def _key_note(self, note: KeyNote) -> None:
+        """A key directory record, as SQLite applies it."""
+        where = (note.user, note.device)
+        if note.op == PUBLISH:
+            old = self.directory.get(where)
+            prekeys = old[1] if old is not None and old[0][:IDENTITY] == note.published[:IDENTITY] else {}
+            for key_id, key in note.prekeys:
+                prekeys.setdefault(key_id, key)
+            self.directory[where] = (note.published, prekeys, note.time_us)
+        elif note.op == TAKE_PREKEY:
+            if where in self.directory:
+                self.directory[where][1].pop(note.key_id, None)
+        elif note.op == SEEN:
+            if (entry := self.directory.get(where)) is not None:
+                self.directory[where] = (entry[0], entry[1], note.time_us)
+        elif note.op == FORGET:
+            self.directory.pop(where, None)
+        else:
+            raise ValueError(f"unknown key directory note {note.op!r}")
 
     def _note(self, note: Note) -> None:
         """A classroom record, as SQLite applies it."""

@@ -46,15 +46,20 @@ from .interface import (
     CONFIRM,
     CREATE,
     DELETE,
+    FORGET,
     GROUP_EVENT,
     GROUP_PREFIX,
+    IDENTITY,
     LOWER,
     MUTE,
+    PUBLISH,
     RAISE,
     REDACT,
     RENAME,
+    SEEN,
     SLOW,
     TAKE,
+    TAKE_PREKEY,
     TOKENS_PER_USER,
     UNMUTE,
     Account,
@@ -66,6 +71,8 @@ from .interface import (
     Fetch,
     GroupRecord,
     Hand,
+    KeyNote,
+    KeyRecord,
     LoginInfo,
     LoginRead,
     NewMessage,
@@ -193,6 +200,16 @@ MIGRATIONS: list[list[str]] = [
         """CREATE TRIGGER users_gone_from_classroom AFTER DELETE ON users BEGIN
             DELETE FROM members WHERE user = OLD.name AND stream = 'g:0';
             DELETE FROM hands WHERE user = OLD.name; END""",
+    ],
+    [  # version 10: the key directory of end-to-end encryption (protocol 1.7): each device's public
+        # keys as it published them (bytes the store never reads but to compare the identity's), its
+        # one-time prekeys (each deleted as it is handed out), and when it was last seen (expiry)
+        """CREATE TABLE device_keys (user TEXT NOT NULL, device TEXT NOT NULL, published BLOB NOT NULL,
+            seen_us INTEGER NOT NULL, PRIMARY KEY (user, device)) WITHOUT ROWID""",
+        """CREATE TABLE prekeys (user TEXT NOT NULL, device TEXT NOT NULL, key_id INTEGER NOT NULL,
+            public BLOB NOT NULL, PRIMARY KEY (user, device, key_id)) WITHOUT ROWID""",
+        """CREATE TRIGGER users_gone_from_directory AFTER DELETE ON users BEGIN
+            DELETE FROM device_keys WHERE user = OLD.name; DELETE FROM prekeys WHERE user = OLD.name; END""",
     ],
 ]
 TAIL_EVERY = 64  #: batches between the writer's own checkpoints of the WAL's tail
@@ -369,6 +386,7 @@ class SqliteStore:
         if batch.queued or batch.queue_outcomes:
             self._queue_done(batch, stored)
         self._notes_of_classroom(batch.notes)
+        self._notes_of_keys(batch.keys, batch.expire_keys_before_us)
         newly = self._newly + [note for key, pos in batch.delivered.items() for note in self._delivered(*key, pos)]
         db.executemany(  # after _delivered, which may read the cursors as they were
             """INSERT INTO cursors (user, device, stream, position) VALUES (?, ?, ?, ?)
@@ -424,6 +442,53 @@ class SqliteStore:
                 db.execute("DELETE FROM hands WHERE user = ?", (note.student,))
             else:
                 raise ValueError(f"unknown classroom note {note.op!r}")
+
+    def _notes_of_keys(self, notes: list[KeyNote], expire_before_us: int) -> None:
+        """The key directory's records, in order, inside the batch's transaction."""
+        db = self.db
+        for note in notes:
+            where = (note.user, note.device)
+            if note.op == PUBLISH:
+                old = db.execute("SELECT published FROM device_keys WHERE user = ? AND device = ?", where).fetchone()
+                if old is not None and old[0][:IDENTITY] != note.published[:IDENTITY]:  # a new identity
+                    db.execute("DELETE FROM prekeys WHERE user = ? AND device = ?", where)
+                db.execute(
+                    """INSERT INTO device_keys (user, device, published, seen_us) VALUES (?, ?, ?, ?)
+                       ON CONFLICT DO UPDATE SET published = excluded.published, seen_us = excluded.seen_us""",
+                    (*where, note.published, note.time_us),
+                )
+                db.executemany(
+                    "INSERT OR IGNORE INTO prekeys (user, device, key_id, public) VALUES (?, ?, ?, ?)",
+                    [(*where, key_id, key) for key_id, key in note.prekeys],
+                )
+            elif note.op == TAKE_PREKEY:
+                db.execute("DELETE FROM prekeys WHERE user = ? AND device = ? AND key_id = ?", (*where, note.key_id))
+            elif note.op == SEEN:
+                db.execute("UPDATE device_keys SET seen_us = ? WHERE user = ? AND device = ?", (note.time_us, *where))
+            elif note.op == FORGET:
+                db.execute("DELETE FROM device_keys WHERE user = ? AND device = ?", where)
+                db.execute("DELETE FROM prekeys WHERE user = ? AND device = ?", where)
+            else:
+                raise ValueError(f"unknown key directory note {note.op!r}")
+        if expire_before_us:
+            db.execute(
+                """DELETE FROM prekeys WHERE (user, device) IN
+                   (SELECT user, device FROM device_keys WHERE seen_us < ?)""",
+                (expire_before_us,),
+            )
+            db.execute("DELETE FROM device_keys WHERE seen_us < ?", (expire_before_us,))
+
+    def load_keys(self) -> dict[tuple[str, str], KeyRecord]:
+        prekeys: dict[tuple[str, str], list[tuple[int, bytes]]] = {}
+        for user, device, key_id, key in self.db.execute(
+            "SELECT user, device, key_id, public FROM prekeys ORDER BY user, device, key_id"
+        ):
+            prekeys.setdefault((user, device), []).append((key_id, key))
+        rows = self.db.execute("SELECT user, device, published, seen_us FROM device_keys")
+        return {
+            (user, device): KeyRecord(published, tuple(prekeys.get((user, device), ())), seen)
+            for user, device, published, seen in rows
+        }
 
     def _rolled_back(self) -> None:
         """Undo a failed batch: the transaction, and every cache that may hold its writes

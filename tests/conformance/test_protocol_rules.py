@@ -99,7 +99,7 @@ def test_second_login_on_a_connection_is_refused(server: Server, names: Names) -
 def test_unknown_type_gets_unsupported_naming_the_request_and_stays_open(server: Server) -> None:
     conn = RawConn(server)
     conn.handshake()
-    conn.send_raw(encode_frame(0x42, 77, b"\x00\x01future", b"body"))
+    conn.send_raw(encode_frame(0x7E, 77, b"\x00\x01future", b"body"))
     conn.expect_error(ErrorCode.UNSUPPORTED, request_id=77)
     conn.alive()
     conn.close()

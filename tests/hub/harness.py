@@ -71,7 +71,8 @@ class Harness:
         classroom = self.store.load_classroom()
         uploads = shelf.load() if shelf is not None else None
         self.engine = Engine(
-            self.store, HubConfig(**config), WALL_OFFSET, PASSWORDS, accounts, tokens, groups, classroom, shelf, uploads
+            self.store, HubConfig(**config), WALL_OFFSET, PASSWORDS, accounts, tokens, groups, classroom, shelf,
+            uploads, self.store.load_keys(),
         )  # fmt: skip
         self.auto_jobs = auto_jobs  # False: jobs wait for run_jobs(), to test every ordering
         self.now = 1000.0
@@ -91,7 +92,7 @@ class Harness:
     def connect(
         self, user: str | None = None, presence: bool = False, raw: bool = False, password: str = PASSWORD,
         host: str | None = None, device: str = "", groups: bool = False, minor: int = VERSION_MINOR,
-        coalescing: bool = True, files: bool = True,
+        coalescing: bool = True, files: bool = True, e2e: bool = False,
     ) -> Peer:  # fmt: skip
         """A connection that logs in as ``user`` (made an account first if it has none);
         ``groups``: it asks for groups (1.4, and shows repeated deliveries); ``minor``: the
@@ -102,7 +103,7 @@ class Harness:
         self._next += 1
         session = ClientSession(
             user, password=password, presence=presence, device_id=device, groups=groups, minor=minor,
-            drop_repeats=not groups, coalescing=coalescing, files=files,
+            drop_repeats=not groups, coalescing=coalescing, files=files, e2e=e2e,
         )  # fmt: skip
         peer = Peer(self._next, session, raw=raw)
         self.peers[peer.conn] = peer
