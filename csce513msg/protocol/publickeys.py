@@ -57,12 +57,15 @@ class KeyPublish:
     request_id: int = 0
 
 
-@_message(MsgType.KEY_FETCH, "s", added=E2E_MINOR)
+@_message(MsgType.KEY_FETCH, "sL", added=E2E_MINOR)
 @dataclass(frozen=True, slots=True)
 class KeyFetch:
-    """Ask for the keys of every device of ``user`` (yourself included): answered by KeyBundles."""
+    """Ask for the keys of every device of ``user`` (yourself included): answered by KeyBundles.
+    The devices named in ``known`` (those the asker has a session with already) are listed
+    without a one-time prekey: none is spent for nothing."""
 
     user: str
+    known: tuple[str, ...] = ()  #: list[str]
     request_id: int = 0
 
 

@@ -71,8 +71,8 @@ def publish(conn: RawConn, published: bytes, pre: list[tuple[int, bytes]], rid: 
     return state
 
 
-def fetch(conn: RawConn, user: str, rid: int = 20) -> dict[str, bytes]:
-    conn.send(KeyFetch(user, rid))
+def fetch(conn: RawConn, user: str, rid: int = 20, known: tuple[str, ...] = ()) -> dict[str, bytes]:
+    conn.send(KeyFetch(user, known, rid))
     answer = conn.expect(KeyBundles)
     assert answer.request_id == rid and answer.user == user
     found = dict(bundles(answer))
@@ -91,7 +91,8 @@ def test_a_bundle_is_what_was_published_and_each_prekey_is_handed_out_once(serve
     assert all(h[:PUBLISHED] == published for h in handed)
     assert [h[PUBLISHED:] for h in handed[:3]] == [k.to_bytes(4, "big") + key for k, key in pre[:3]]
     assert handed[3][PUBLISHED:] == NONE  # bob's allowance of this device for the hour is spent
-    assert fetch(c, alice)["laptop"][PUBLISHED:] == pre[3][0].to_bytes(4, "big") + pre[3][1]  # carol's is not
+    assert fetch(c, alice, known=("laptop",))["laptop"][PUBLISHED:] == NONE  # carol has a session: none spent
+    assert fetch(c, alice)["laptop"][PUBLISHED:] == pre[3][0].to_bytes(4, "big") + pre[3][1]  # carol's allowance
     a.send(KeyPublish(0, publish_body(published, []), 30))
     assert a.expect(KeyState).prekeys == 10 - 4  # four handed out, none twice
     a.alive()
@@ -126,7 +127,7 @@ def test_bad_publications_are_refused_and_nothing_of_them_is_applied(server: Ser
     a.expect_error(ErrorCode.BAD_REQUEST, 42)
     a.send(KeyPublish(0, publish_body(keys(spk_id=0), []), 43))  # a signed prekey id 0
     a.expect_error(ErrorCode.BAD_REQUEST, 43)
-    a.send(KeyFetch(alice, 44))
+    a.send(KeyFetch(alice, (), 44))
     assert a.expect(KeyBundles).count == 0  # none of it was applied
     assert publish(a, published, prekeys(1, 100)).prekeys == 100
     assert publish(a, published, prekeys(101, 100)).prekeys == MAX_PREKEYS
@@ -134,7 +135,7 @@ def test_bad_publications_are_refused_and_nothing_of_them_is_applied(server: Ser
     a.expect_error(ErrorCode.KEYS_FULL, 45)
     a.send(KeyPublish(1, publish_body(published, prekeys(1, 1)), 46))  # an id it holds: ignored, not over
     assert a.expect(KeyState).prekeys == MAX_PREKEYS
-    a.send(KeyFetch("no-such-user-here", 47))
+    a.send(KeyFetch("no-such-user-here", (), 47))
     a.expect_error(ErrorCode.USER_NOT_FOUND, 47)
     a.alive()
 
@@ -146,10 +147,10 @@ def test_an_anonymous_device_or_a_session_that_did_not_ask_has_no_keys(server: S
     anonymous.expect_error(ErrorCode.DEVICE_REQUIRED, 50)
     assert fetch(anonymous, alice) == {}  # fetching needs no device
     plain = device(server, bob, "b1", e2e=False)
-    plain.send(KeyFetch(alice, 51))
+    plain.send(KeyFetch(alice, (), 51))
     plain.expect_error(ErrorCode.UNSUPPORTED, 51)
     older = device(server, bob, "b2", minor=6)  # a 1.6 peer does not know the frame at all
-    older.send(KeyFetch(alice, 52))
+    older.send(KeyFetch(alice, (), 52))
     older.expect_error(ErrorCode.UNSUPPORTED, 52)
     for conn in (anonymous, plain, older):
         conn.alive()
