@@ -205,16 +205,16 @@ class Ratchet:
         s = self._s
         return {
             "version": VERSION,
-            "dhs_private": _b64(s.dhs_private),
-            "dhs_public": _b64(s.dhs_public),
+            "dhs_private": b64(s.dhs_private),
+            "dhs_public": b64(s.dhs_public),
             "dhr": _b64_or_none(s.dhr),
-            "rk": _b64(s.rk),
+            "rk": b64(s.rk),
             "cks": _b64_or_none(s.cks),
             "ckr": _b64_or_none(s.ckr),
             "ns": s.ns,
             "nr": s.nr,
             "pn": s.pn,
-            "skipped": [[_b64(dhr), n, _b64(mk)] for (dhr, n), mk in s.skipped.items()],
+            "skipped": [[b64(dhr), n, b64(mk)] for (dhr, n), mk in s.skipped.items()],
         }
 
     @classmethod
@@ -277,12 +277,13 @@ def _dh_step(s: _State, their_public: bytes) -> None:
 # JSON-safe bytes, shared with ``senderkey``.
 
 
-def _b64(value: bytes) -> str:
+def b64(value: bytes) -> str:
+    """``value`` in base64 text."""
     return base64.b64encode(value).decode("ascii")
 
 
 def _b64_or_none(value: bytes | None) -> str | None:
-    return None if value is None else _b64(value)
+    return None if value is None else b64(value)
 
 
 def unb64(text: object, size: int = KEY) -> bytes:
@@ -291,7 +292,7 @@ def unb64(text: object, size: int = KEY) -> bytes:
         value = base64.b64decode(text, validate=True) if isinstance(text, str) else None
     except binascii.Error:
         value = None
-    if value is None or len(value) != size or _b64(value) != text:
+    if value is None or len(value) != size or b64(value) != text:
         raise ValueError(f"expected {size} bytes in base64")
     return value
 
