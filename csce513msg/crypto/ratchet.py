@@ -67,6 +67,7 @@ U32 = 2**32  #: counters are u32 in the header
 VERSION = 1  #: of the ``to_dict`` form
 
 _HEADER = struct.Struct(">32sII")
+_FIELDS = {"version", "dhs_private", "dhs_public", "dhr", "rk", "cks", "ckr", "ns", "nr", "pn", "skipped"}  # to_dict's
 
 
 class RatchetError(DecryptError):
@@ -220,9 +221,7 @@ class Ratchet:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Ratchet:
         """The state ``to_dict`` gave; anything malformed raises ``ValueError``."""
-        fields = {"version", "dhs_private", "dhs_public", "dhr", "rk", "cks", "ckr", "ns", "nr", "pn", "skipped"}
-        if not isinstance(data, dict) or set(data) != fields or data["version"] != VERSION:
-            raise ValueError(f"a ratchet state is a dict of {sorted(fields)}, version {VERSION}")
+        check_fields(data, _FIELDS)
         private, public = unb64(data["dhs_private"]), unb64(data["dhs_public"])
         if dh_public(private) != public:
             raise ValueError("dhs_public is not dhs_private's")
@@ -299,6 +298,14 @@ def unb64(text: object, size: int = KEY) -> bytes:
 
 def _unb64_or_none(text: object) -> bytes | None:
     return None if text is None else unb64(text)
+
+
+def check_fields(data: object, fields: set[str], version: int = VERSION) -> None:
+    """``data`` is a dict of exactly ``fields``, one of them ``version`` (an int), else ``ValueError``."""
+    if not isinstance(data, dict) or set(data) != fields or type(data["version"]) is not int:
+        raise ValueError(f"expected a dict of {sorted(fields)}")
+    if data["version"] != version:
+        raise ValueError(f"version {data['version']}, expected {version}")
 
 
 def u32(value: object) -> int:

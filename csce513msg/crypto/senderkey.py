@@ -60,7 +60,7 @@ from .primitives import (
     sign_public,
     verify,
 )
-from .ratchet import MAX_SKIP, MAX_SKIPPED_TOTAL, U32, b64, kdf_chain, message_cipher, u32, unb64
+from .ratchet import MAX_SKIP, MAX_SKIPPED_TOTAL, U32, b64, check_fields, kdf_chain, message_cipher, u32, unb64
 
 MESSAGE = b"csce513msg sender key message"  #: HKDF info of a message key's key and nonce
 VERSION = 1  #: of the ``to_dict`` forms
@@ -135,7 +135,7 @@ class SenderKey:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SenderKey:
         """The sender key ``to_dict`` gave; anything malformed raises ``ValueError``."""
-        _check(data, {"version", "key_id", "chain_key", "iteration", "signing_private", "signing_public"})
+        check_fields(data, {"version", "key_id", "chain_key", "iteration", "signing_private", "signing_public"})
         private, public = unb64(data["signing_private"]), unb64(data["signing_public"])
         if sign_public(private) != public:
             raise ValueError("signing_public is not signing_private's")
@@ -207,7 +207,7 @@ class SenderKeyReceiver:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SenderKeyReceiver:
         """The receiver ``to_dict`` gave; anything malformed raises ``ValueError``."""
-        _check(data, {"version", "key_id", "chain_key", "iteration", "signing_public", "skipped"})
+        check_fields(data, {"version", "key_id", "chain_key", "iteration", "signing_public", "skipped"})
         iteration, entries = u32(data["iteration"]), data["skipped"]
         if not isinstance(entries, list) or len(entries) > MAX_SKIPPED_TOTAL:
             raise ValueError(f"skipped is a list of at most {MAX_SKIPPED_TOTAL}")
@@ -219,8 +219,3 @@ class SenderKeyReceiver:
         if len(skipped) != len(entries):
             raise ValueError("a skipped key is listed twice")
         return cls(u32(data["key_id"]), unb64(data["chain_key"]), iteration, unb64(data["signing_public"]), skipped)
-
-
-def _check(data: object, fields: set[str]) -> None:
-    if not isinstance(data, dict) or set(data) != fields or data["version"] != VERSION:
-        raise ValueError(f"expected a dict of {sorted(fields)}, version {VERSION}")

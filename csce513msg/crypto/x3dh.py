@@ -12,8 +12,8 @@ four Diffie-Hellman results, each proving something different:
   replayed first message cannot be opened twice.
 
 SK = HKDF(F || DH1 || DH2 || DH3 [|| DH4], salt = 32 zero bytes, info = ``INFO``), with F
-32 bytes of 0xFF as the spec says for X25519 (so no DH input ever starts like a valid
-XEdDSA encoding). Alice sends her EK's public half and the ids of the prekeys she used; Bob,
+32 bytes of 0xFF, the spec's prefix for X25519 (it keeps these inputs apart from any
+XEdDSA ones). Alice sends her EK's public half and the ids of the prekeys she used; Bob,
 with the private halves, computes the same four results and the same SK. Both then start the
 Double Ratchet (``ratchet``) with SK, Bob's SPK as his first ratchet key, and AD.
 
@@ -198,7 +198,7 @@ class StartCache:
                 key = base64.b64decode(text, validate=True) if isinstance(text, str) else b""
             except binascii.Error:
                 key = b""
-            if len(key) != KEY or key in cache._seen:
+            if len(key) != KEY or base64.b64encode(key).decode() != text or key in cache._seen:
                 raise ValueError("a StartCache key is 32 distinct bytes in base64")
             cache._seen[key] = None
         return cache
