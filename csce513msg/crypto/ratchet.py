@@ -103,6 +103,10 @@ class Header:
     pn: int  #: messages in the sender's previous sending chain
     n: int  #: this message's number in its chain
 
+    def __post_init__(self) -> None:
+        if len(self.dh_public) != KEY or not (0 <= self.pn < U32 and 0 <= self.n < U32):
+            raise ValueError("a header is a 32-byte key and two u32 counters")
+
     def to_bytes(self) -> bytes:
         return _HEADER.pack(self.dh_public, self.pn, self.n)
 

@@ -99,6 +99,10 @@ def test_header_layout() -> None:
     assert Header.from_bytes(header.to_bytes()) == header
     with pytest.raises(RatchetError):
         Header.from_bytes(header.to_bytes()[:-1])
+    with pytest.raises(ValueError):
+        Header(bytes(31), 0, 0)
+    with pytest.raises(ValueError):
+        Header(bytes(32), 0, 2**32)
 
 
 # Conversations
