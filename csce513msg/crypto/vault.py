@@ -108,8 +108,8 @@ class Vault:
         path = Path(path)
         if os.path.lexists(path):
             raise VaultError(f"{path} exists already: open it, or remove it first")
-        vault = cls(path, b"", _Header(_checked(cost), secrets.token_bytes(SALT)))
-        vault._key = vault._header.key(_nonempty(passphrase))
+        header = _Header(_checked(cost), secrets.token_bytes(SALT))
+        vault = cls(path, header.key(_nonempty(passphrase)), header)
         vault.save({})
         return vault
 
