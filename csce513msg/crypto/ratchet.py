@@ -160,6 +160,11 @@ class Ratchet:
             raise BadKeyError("the ratchet public key is not the private key's")
         return cls(_State(our_ratchet_private, our_ratchet_public, None, _exact(shared, "shared secret"), None, None))
 
+    def copy(self) -> Ratchet:
+        """An independent copy: to decrypt on trial, and keep the result only if the whole
+        message it came in checks (``device.py``: an envelope's body after its wrapped key)."""
+        return Ratchet(self._s.copy())
+
     def encrypt(self, plaintext: bytes, ad: bytes) -> tuple[bytes, bytes]:
         """(header bytes, ciphertext) of ``plaintext``; ``ad`` is the session's AD. Save the
         state before sending them."""

@@ -180,6 +180,10 @@ class StartCache:
     def __len__(self) -> int:
         return len(self._seen)
 
+    def __contains__(self, key: object) -> bool:
+        """Whether ``key`` was recorded (without recording it: a start is recorded once it opened)."""
+        return key in self._seen
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe copy: the capacity and the keys, oldest first, in base64."""
         return {"capacity": self.capacity, "seen": [base64.b64encode(k).decode() for k in self._seen]}

@@ -1,0 +1,383 @@
+"""One device's end-to-end encryption: its keys, its sessions with other devices, whom it trusts.
+
+``SecureDevice`` is sans-I/O like the protocol: the client feeds it what the key directory
+said (``accept_directory``) and the envelopes that arrived (``decrypt``), and asks it for
+envelopes to send (``encrypt``) and for what to publish (``publication``). It never touches
+a socket or a file; the client saves ``to_dict()`` (through ``vault.py``) **before** it sends
+what ``encrypt`` made and **before** it acknowledges what ``decrypt`` opened, so a crash can
+neither reuse a message key nor lose one for a message the server will not send again.
+
+**Sessions.** With each device of each contact (and each other device of its own user) it
+keeps one Double Ratchet session (``ratchet.py``), started from that device's bundle with
+X3DH (``x3dh.py``). Until the other side has answered, every envelope repeats the X3DH start
+in that device's entry, so whichever of them arrives first can open the session. A start is
+opened once: it consumes the one-time prekey it names (a second start naming it is refused:
+a server handing a prekey out twice is caught), and a start without one is remembered in a
+bounded replay cache (``x3dh.StartCache``).
+
+**Trust on first use, and warnings after.** The first time it sees a user's devices it pins
+their identity keys; after that, a device whose identity changed, or a new device, makes the
+contact *untrusted*: ``encrypt`` refuses to send to it (``UntrustedError``, with what changed)
+until ``trust(user)``, so a server cannot slip in a listener. Messages from it are still
+opened, with the warning. A conversation that has been encrypted once is remembered
+(``encrypted``): the client must not fall back to plaintext there (a server withholding key
+bundles cannot downgrade it) unless the user says so.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import envelope as ev
+from . import primitives as p
+from . import x3dh
+from .keys import IDENTITY_CONTEXT, MAX_ID, BadBundleError, Bundle, DeviceKeys, UnknownPrekeyError, safety_number
+from .ratchet import Ratchet
+
+STATE_VERSION = 1
+
+
+class E2EError(Exception):
+    """Root of what the end-to-end layer refuses."""
+
+
+class UndecryptableError(E2EError):
+    """An envelope this device cannot or must not open; the reason, never any content."""
+
+
+class UntrustedError(E2EError):
+    """Sending to ``user`` needs ``trust(user)`` first: its devices changed since they were trusted."""
+
+    def __init__(self, user: str, alerts: list[str]) -> None:
+        super().__init__(f"{user}'s keys changed ({'; '.join(alerts)}): compare safety numbers, then trust {user}")
+        self.user, self.alerts = user, alerts
+
+
+class NoKeysError(E2EError):
+    """``user`` has no device in the key directory (or none whose bundle verified)."""
+
+    def __init__(self, user: str) -> None:
+        super().__init__(f"{user} has no device with end-to-end keys")
+        self.user = user
+
+
+@dataclass(slots=True)
+class Peer:
+    """Another device: its pinned identity and our session with it."""
+
+    sign_public: bytes
+    dh_public: bytes
+    ratchet: Ratchet | None = None
+    session_ad: bytes = b""  #: the X3DH associated data of the session (both identities)
+    start: ev.StartInfo | None = None  #: our X3DH start, repeated until the peer answers
+    their_start: bytes = b""  #: the ephemeral key of the peer's start that made the session
+
+
+@dataclass(slots=True)
+class Contact:
+    """A user as this device knows it: its devices, and whether they are trusted as they are."""
+
+    devices: dict[str, Peer] = field(default_factory=dict)
+    trusted: bool = True
+    alerts: list[str] = field(default_factory=list)  #: what changed since the user was last trusted
+    encrypted: bool = False  #: an end-to-end conversation with it exists: never fall back to plaintext
+    #: the directory's list of its devices was read once: what it lists first is pinned on trust
+    #: (TOFU); a device it did not list then, or a changed key, is an alert from then on
+    listed: bool = False
+
+
+class SecureDevice:
+    """This device's end-to-end state (see the module's docstring)."""
+
+    def __init__(self, user: str, device: str, keys: DeviceKeys) -> None:
+        self.user, self.device, self.keys = user, device, keys
+        self.contacts: dict[str, Contact] = {}
+        self.starts = x3dh.StartCache()
+
+    @classmethod
+    def create(cls, user: str, device: str, now_us: int) -> SecureDevice:
+        return cls(user, device, DeviceKeys.create(now_us))
+
+    # ---- the directory ----------------------------------------------------------
+
+    def publication(self, published: bool, spk_id: int, prekeys: int, now_us: int) -> tuple[bytes, list[Any]] | None:
+        """What to publish after a KeyState (``published``, ``spk_id``, ``prekeys``): the
+        published bytes and new one-time prekeys, or None if the directory is up to date."""
+        rotated = self.keys.rotate_if_due(now_us)
+        if not published:  # the directory has none of ours: our old one-time prekeys are nobody's
+            self.keys.one_time.clear()
+            prekeys = 0
+        wanted = min(self.keys.one_time_wanted(prekeys), 100)
+        if published and not rotated and spk_id == self.keys.signed_prekey.key_id and not wanted:
+            return None
+        return self.keys.published_bytes(), [k.published() for k in self.keys.new_one_time(wanted)]
+
+    def known(self, user: str) -> tuple[str, ...]:
+        """The devices of ``user`` this device has a session with (KeyFetch's ``known``)."""
+        contact = self.contacts.get(user)
+        return tuple(d for d, peer in contact.devices.items() if peer.ratchet) if contact else ()
+
+    def accept_directory(self, user: str, bundles: list[tuple[str, bytes]]) -> list[str]:
+        """The key directory's answer for ``user``: verify every bundle, pin or compare the
+        identities, start sessions with the devices that have none. Returns warnings."""
+        warnings: list[str] = []
+        contact = self.contacts.setdefault(user, Contact())
+        first, contact.listed = not contact.listed, True
+        listed: set[str] = set()
+        for device, raw in bundles:
+            if user == self.user and device == self.device:
+                continue
+            try:
+                bundle = Bundle.from_bytes(raw)
+                bundle.verify()
+            except BadBundleError as exc:
+                warnings.append(f"{user}'s device {device}: refused ({exc})")
+                continue
+            listed.add(device)
+            peer = contact.devices.get(device)
+            if peer is not None and (peer.sign_public, peer.dh_public) != (bundle.sign_public, bundle.dh_public):
+                self._alert(contact, f"{user}'s device {device} has a new identity key", warnings)
+                peer = None
+            elif peer is None and not first:
+                self._alert(contact, f"{user} has a new device {device}", warnings)
+            if peer is None:
+                peer = contact.devices[device] = Peer(bundle.sign_public, bundle.dh_public)
+            if peer.ratchet is None:
+                self._start(peer, bundle)
+        for gone in set(contact.devices) - listed:
+            del contact.devices[gone]
+        return warnings
+
+    def trust(self, user: str) -> None:
+        """The user compared safety numbers (or accepts the risk): send to its devices as they are."""
+        contact = self.contacts.setdefault(user, Contact())
+        contact.trusted, contact.alerts = True, []
+
+    def safety_number(self, user: str) -> str:
+        """The safety number of this user and ``user``, over both users' devices as pinned."""
+        ours = [(self.device, self.keys.identity.sign_public)]
+        ours += [(d, peer.sign_public) for d, peer in self.contacts.get(self.user, Contact()).devices.items()]
+        theirs = [(d, peer.sign_public) for d, peer in self.contacts.get(user, Contact()).devices.items()]
+        if not theirs:
+            raise NoKeysError(user)
+        return safety_number(self.user, ours, user, theirs)
+
+    # ---- messages ---------------------------------------------------------------
+
+    def encrypt(
+        self, recipients: list[str], target_kind: int, stream: str, client_msg_id: int, kind: int, payload: bytes
+    ) -> bytes:
+        """A pairwise envelope of ``payload`` (inner type ``kind``) for every device of
+        ``recipients`` and this user's other devices. Save the state before sending it.
+
+        Raises:
+            NoKeysError: a recipient has no device to encrypt for.
+            UntrustedError: a recipient's devices changed since it was trusted.
+        """
+        targets: list[tuple[str, str, Peer]] = []
+        for user in [*recipients, self.user]:
+            contact = self.contacts.get(user, Contact())
+            if user != self.user and not contact.trusted:
+                raise UntrustedError(user, contact.alerts)
+            peers = [(user, d, peer) for d, peer in sorted(contact.devices.items()) if peer.ratchet is not None]
+            if not peers and user != self.user:
+                raise NoKeysError(user)
+            targets += peers
+        head = ev.prefix(ev.PAIRWISE, self.device, client_msg_id)
+        ad = ev.associated_data(self.user, target_kind, stream, head)
+        content_key = p.random_bytes(p.KEY)
+        body = p.seal(*_body_key(content_key), ev.inner(kind, payload), ad)
+        secret = content_key + p.sha256(body)
+        entries = []
+        for user, device, peer in targets:
+            assert peer.ratchet is not None
+            header, wrapped = peer.ratchet.encrypt(
+                secret, peer.session_ad + ad + ev.entry_head(user, device, peer.start)
+            )
+            entries.append(ev.Entry(user, device, header, wrapped, peer.start))
+        for user in recipients:
+            self.contacts[user].encrypted = True
+        signed = ev.pairwise(head, entries, body)
+        return signed + p.sign(self.keys.identity.sign_private, ev.SIGNED + ad + signed)
+
+    def decrypt(self, sender: str, target_kind: int, stream: str, data: bytes) -> tuple[int, bytes, list[str]]:
+        """Open an envelope ``sender`` sent in the conversation (``target_kind``, ``stream``):
+        (inner type, payload, warnings). Save the state before acknowledging the message.
+
+        Raises:
+            UndecryptableError: not for this device, tampered with, replayed, or from a session
+                this device does not have; the state is as it was.
+        """
+        try:
+            env = ev.parse(data)
+        except ev.EnvelopeError as exc:
+            raise UndecryptableError(str(exc)) from None
+        if env.kind != ev.PAIRWISE:
+            raise UndecryptableError("a group envelope: this device has no sender key for it")
+        mine = [e for e in env.entries if (e.user, e.device) == (self.user, self.device)]
+        if len(mine) != 1:
+            raise UndecryptableError("not encrypted for this device")
+        entry = mine[0]
+        ad = ev.associated_data(sender, target_kind, stream, env.prefix)
+        warnings: list[str] = []
+        contact = self.contacts.setdefault(sender, Contact())
+        peer = contact.devices.get(env.device)
+        fresh = entry.start is not None and (peer is None or peer.their_start != entry.start.ephemeral)
+        signer = entry.start.sign_public if fresh and entry.start else peer.sign_public if peer else b""
+        if not p.verify(signer, env.signature, ev.SIGNED + ad + env.signed):
+            raise UndecryptableError(f"not signed by {sender}'s device {env.device} (or not in this conversation)")
+        try:  # on trial: nothing is kept unless the whole envelope checks
+            if fresh:
+                assert entry.start is not None
+                peer, secret = self._open_start(entry, ad)
+                trial = peer.ratchet
+            elif peer is not None and peer.ratchet is not None:
+                trial = peer.ratchet.copy()
+                secret = trial.decrypt(entry.header, entry.wrapped, peer.session_ad + ad + _head(entry))
+            else:
+                raise UndecryptableError(f"no session with {sender}'s device {env.device}")
+        except (p.DecryptError, p.BadKeyError, UnknownPrekeyError, ValueError) as exc:
+            raise UndecryptableError(str(exc)) from None
+        if len(secret) != 2 * p.KEY or not p.same(p.sha256(env.body), secret[p.KEY :]):
+            raise UndecryptableError("the body is not the one its sender wrapped the key for")
+        try:
+            kind, payload = ev.split_inner(p.open_(*_body_key(secret[: p.KEY]), env.body, ad))
+        except (p.DecryptError, ev.EnvelopeError) as exc:
+            raise UndecryptableError(str(exc)) from None
+        if fresh:  # opened: only now does the start count (its one-time prekey spent, its peer pinned)
+            assert entry.start is not None and peer is not None
+            self._commit_start(contact, sender, env.device, entry.start, peer, warnings)
+        else:
+            assert peer is not None
+            peer.ratchet, peer.start = trial, None  # they answered: they have the session
+        contact.encrypted = contact.encrypted or sender != self.user
+        return kind, payload, warnings
+
+    # ---- sessions ---------------------------------------------------------------
+
+    def _start(self, peer: Peer, bundle: Bundle) -> None:
+        """Start a session with ``peer`` from its (verified) bundle: X3DH, then the ratchet."""
+        me = self.keys.identity
+        start = x3dh.initiate(
+            me.sign_public, me.dh_private, me.dh_public, bundle.sign_public, bundle.dh_public, bundle.spk_id,
+            bundle.spk_public, bundle.otpk_id, bundle.otpk_public or None,
+        )  # fmt: skip
+        peer.ratchet = Ratchet.initiator(start.shared, bundle.spk_public)
+        peer.session_ad = start.ad
+        peer.start = ev.StartInfo(me.sign_public, me.dh_public, me.dh_signature, start.ephemeral_public,
+                                  start.spk_id, start.otpk_id)  # fmt: skip
+
+    def _open_start(self, entry: ev.Entry, ad: bytes) -> tuple[Peer, bytes]:
+        """A new session from another device's X3DH start; nothing is kept unless it opens."""
+        s = entry.start
+        assert s is not None
+        if not p.verify(s.sign_public, s.dh_signature, IDENTITY_CONTEXT + s.dh_public):
+            raise UndecryptableError("a session start whose identity key is not signed by its owner")
+        if s.otpk_id == x3dh.NO_OTPK and x3dh.StartCache.key(s.ephemeral, s.spk_id) in self.starts:
+            raise UndecryptableError("a replayed session start")
+        one_time = self.keys.one_time.get(s.otpk_id) if s.otpk_id else None
+        if s.otpk_id and one_time is None:
+            raise UndecryptableError(f"one-time prekey {s.otpk_id} is unknown or used (a server handed it out twice?)")
+        me, spk = self.keys.identity, self.keys.spk_private(s.spk_id)
+        shared, session_ad = x3dh.respond(
+            me.sign_public, me.dh_private, me.dh_public, spk, one_time.private if one_time else None,
+            s.sign_public, s.dh_public, s.ephemeral,
+        )  # fmt: skip
+        ratchet = Ratchet.responder(shared, spk, p.dh_public(spk))
+        secret = ratchet.decrypt(entry.header, entry.wrapped, session_ad + ad + _head(entry))
+        return Peer(s.sign_public, s.dh_public, ratchet, session_ad, None, s.ephemeral), secret
+
+    def _commit_start(
+        self, contact: Contact, user: str, device: str, s: ev.StartInfo, peer: Peer, warnings: list[str]
+    ) -> None:
+        if s.otpk_id:
+            self.keys.take_one_time(s.otpk_id)
+        else:
+            self.starts.seen_before(x3dh.StartCache.key(s.ephemeral, s.spk_id))
+        old = contact.devices.get(device)
+        if old is not None and (old.sign_public, old.dh_public) != (peer.sign_public, peer.dh_public):
+            self._alert(contact, f"{user}'s device {device} has a new identity key", warnings)
+        elif old is None and contact.listed:
+            self._alert(contact, f"{user} has a new device {device}", warnings)
+        contact.devices[device] = peer
+
+    def _alert(self, contact: Contact, text: str, warnings: list[str]) -> None:
+        contact.trusted = False
+        contact.alerts.append(text)
+        warnings.append(text)
+
+    # ---- state ------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe, exact: what the vault keeps."""
+        return {
+            "version": STATE_VERSION, "user": self.user, "device": self.device, "keys": self.keys.to_dict(),
+            "starts": self.starts.to_dict(),
+            "contacts": {user: _contact_dict(c) for user, c in self.contacts.items()},
+        }  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SecureDevice:
+        if data.get("version") != STATE_VERSION:
+            raise ValueError(f"end-to-end state version {data.get('version')!r}: not one this client reads")
+        me = cls(str(data["user"]), str(data["device"]), DeviceKeys.from_dict(data["keys"]))
+        me.starts = x3dh.StartCache.from_dict(data["starts"])
+        me.contacts = {str(user): _contact_of(c) for user, c in data["contacts"].items()}
+        return me
+
+
+def _head(entry: ev.Entry) -> bytes:
+    return ev.entry_head(entry.user, entry.device, entry.start)
+
+
+def _body_key(content_key: bytes) -> tuple[bytes, bytes]:
+    """The body's ChaCha20-Poly1305 key and nonce, from the message's fresh content key."""
+    okm = p.hkdf(content_key, salt=b"", info=ev.BODY_INFO, length=p.KEY + p.NONCE)
+    return okm[: p.KEY], okm[p.KEY :]
+
+
+def _b(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+def _raw(text: Any, size: int | None = None) -> bytes:
+    raw = base64.b64decode(str(text), validate=True)
+    if size is not None and len(raw) != size:
+        raise ValueError(f"a stored key of {len(raw)} bytes, expected {size}")
+    return raw
+
+
+def _contact_dict(c: Contact) -> dict[str, Any]:
+    devices = {}
+    for device, peer in c.devices.items():
+        s = peer.start
+        devices[device] = {
+            "sign": _b(peer.sign_public), "dh": _b(peer.dh_public), "ad": _b(peer.session_ad),
+            "ratchet": peer.ratchet.to_dict() if peer.ratchet else None, "their_start": _b(peer.their_start),
+            "start": [_b(s.sign_public), _b(s.dh_public), _b(s.dh_signature), _b(s.ephemeral), s.spk_id, s.otpk_id]
+            if s else None,
+        }  # fmt: skip
+    return {
+        "devices": devices, "trusted": c.trusted, "alerts": list(c.alerts), "encrypted": c.encrypted,
+        "listed": c.listed,
+    }  # fmt: skip
+
+
+def _contact_of(data: dict[str, Any]) -> Contact:
+    devices = {}
+    for device, d in data["devices"].items():
+        s = d["start"]
+        start = None
+        if s is not None:
+            spk_id, otpk_id = int(s[4]), int(s[5])
+            if not (0 < spk_id <= MAX_ID and 0 <= otpk_id <= MAX_ID):
+                raise ValueError("a stored session start's key ids are not u32")
+            start = ev.StartInfo(_raw(s[0], 32), _raw(s[1], 32), _raw(s[2], 64), _raw(s[3], 32), spk_id, otpk_id)
+        ratchet = Ratchet.from_dict(d["ratchet"]) if d["ratchet"] is not None else None
+        devices[str(device)] = Peer(
+            _raw(d["sign"], 32), _raw(d["dh"], 32), ratchet, _raw(d["ad"]), start, _raw(d["their_start"])
+        )
+    alerts = [str(a) for a in data["alerts"]]
+    return Contact(devices, bool(data["trusted"]), alerts, bool(data["encrypted"]), bool(data["listed"]))
