@@ -40,6 +40,8 @@ from ..protocol import (
     HandPlace,
     HandQueueReply,
     HistoryEnd,
+    KeyBundles,
+    KeyState,
     LoginOk,
     Message,
     Offer,
@@ -48,6 +50,7 @@ from ..protocol import (
     WhoReply,
 )
 from .downloads import PartialDownload, TransferError
+from .secure import Secure
 from .session import ClientSession, ClientState
 from .tls import wrap as wrap_tls
 from .transfer import Download, Upload
@@ -121,6 +124,7 @@ class Client:
         minor: int = VERSION_MINOR,
         coalescing: bool = True,
         files: bool = True,
+        secure: Secure | None = None,
     ) -> Client:
         """Connect, wait for the Welcome (the server's acknowledgement) and, if
         ``user`` is given, log in with ``password`` (or, with ``register``, create
@@ -128,7 +132,9 @@ class Client:
         ``client.tls.wrap``: a fingerprint, a CA, or the pin on file). With ``groups``, ask
         for groups (1.4); ``minor`` announces an older protocol (to play an old client);
         ``coalescing`` False: no coalesced frames (1.5) even from a server that offers them
-        (the messages are the same either way: the session unpacks them).
+        (the messages are the same either way: the session unpacks them). With ``secure``
+        (``Secure.from_vault``: this device's keys, for ``user`` on ``device_id``), direct
+        messages to users with end-to-end keys go encrypted, and encrypted ones are opened.
 
         Raises:
             ServerError: the login was refused (AUTH_FAILED, NAME_TAKEN, ...).
@@ -147,6 +153,7 @@ class Client:
         session = ClientSession(
             presence=presence, device_id=device_id, device_token=device_token, client_msg_seed=seed,
             drop_repeats=drop_repeats, groups=groups, minor=minor, coalescing=coalescing, files=files,
+            secure=secure,
         )  # fmt: skip
         client = cls(sock, session, timeout)
         client._wait(lambda: client.session.state is not ClientState.AWAIT_WELCOME, timeout)
@@ -184,6 +191,7 @@ class Client:
             rid = self.session.register(user, password) if register else self.session.login(user, password)
             try:
                 self.login_reply = self.request(rid, LoginOk)
+                self._keys_published()
                 return self.login_reply
             except ServerError as exc:
                 if exc.code != ErrorCode.RATE_LIMITED or time.monotonic() + pause > deadline:
@@ -191,10 +199,37 @@ class Client:
             time.sleep(random.uniform(0, pause))
             pause = min(pause * 2, RETRY_MOST)
 
+    def _keys_published(self) -> None:
+        """With end-to-end encryption: wait for the directory's word on this device (the KeyState
+        after the login) and for the keys it then publishes, so others can reach it at once."""
+        if self.session.secure is None or not self.session.has_e2e:
+            return
+        self.next_message(lambda m: isinstance(m, KeyState) and m.request_id == 0)
+        if self.session.key_publish:
+            self.request(self.session.key_publish, KeyState)
+
     def send_text(self, target: str, text: str, kind: TargetKind = TargetKind.USER) -> Receipt:
         """Send a message (direct; with ``kind`` GROUP, to a group) and wait for its Receipt;
-        raise ServerError if refused."""
+        raise ServerError if refused. With end-to-end encryption, the device lists of the
+        recipient and of ourselves are read first, once a connection.
+
+        Raises:
+            crypto.device.E2EError: the message must go encrypted and cannot (and was not sent).
+        """
+        secure = self.session.secure
+        if secure is not None and kind == TargetKind.USER and not secure.ready(target.lower()):
+            for user in {target.lower(), secure.device.user}:
+                self.fetch_keys(user)
         return self.request(self.session.send_text(target, text, kind), Receipt)
+
+    def fetch_keys(self, user: str) -> KeyBundles:
+        """Read ``user``'s devices from the key directory (the session's ``secure`` takes them in)."""
+        return self.request(self.session.fetch_keys(user), KeyBundles)
+
+    def trust(self, user: str) -> None:
+        """Accept ``user``'s devices as they are now (after comparing safety numbers)."""
+        assert self.session.secure is not None, "connect with secure= first"
+        self.session.secure.trust(user.lower())
 
     def who(self) -> list[str]:
         """Return the users online."""

@@ -23,6 +23,7 @@ import collections
 import dataclasses
 import enum
 
+from ..crypto import envelope as ev
 from ..protocol import (
     ANNOUNCEMENTS,
     VERSION_MAJOR,
@@ -86,8 +87,9 @@ from ..protocol import (
     encode,
     offer_body,
 )
-from ..protocol.publickeys import E2E_MINOR
+from ..protocol.publickeys import E2E_MINOR, KeyBundles, KeyFetch, KeyState
 from ..protocol.transfer import FILES_MINOR
+from .secure import Secure
 
 #: The client accepts frames up to this size from the server (a delivery is at
 #: most the server's text limit plus its header).
@@ -106,6 +108,8 @@ _REPLIES = (
     GroupListReply,
     GroupMembersReply,
     FileState,
+    KeyBundles,
+    KeyState,
 )
 
 
@@ -143,6 +147,8 @@ class ClientSession:
         files: ask a server that offers them (1.6) for files (uploads and downloads).
         e2e: ask a server that offers it (1.7) for the key directory of end-to-end encryption
             (its KeyState then follows the LoginOk).
+        secure: this device's end-to-end state (``client/secure.py``; implies ``e2e``): direct
+            messages to users with keys go encrypted, and what arrives encrypted is opened.
     """
 
     def __init__(
@@ -162,6 +168,7 @@ class ClientSession:
         coalescing: bool = True,
         files: bool = True,
         e2e: bool = False,
+        secure: Secure | None = None,
     ) -> None:
         if not 0 <= minor <= VERSION_MINOR:
             raise ValueError(f"this client speaks protocol {VERSION_MAJOR}.0 to {VERSION_MAJOR}.{VERSION_MINOR}")
@@ -172,7 +179,9 @@ class ClientSession:
         self.groups = groups
         self.coalescing = coalescing
         self.files = files
-        self.e2e = e2e
+        self.e2e = e2e or secure is not None
+        self.secure = secure
+        self.key_publish = 0  #: the request id of the KeyPublish in flight (0: none)
         #: FileChunk bytes sent and not yet answered, over every upload of this connection: the
         #: server allows ``transfer.UPLOAD_WINDOW`` (``client/transfer.py`` keeps to it)
         self.upload_bytes = 0
@@ -224,12 +233,22 @@ class ClientSession:
         if isinstance(msg, Welcome):
             self._on_welcome(msg)
         elif isinstance(msg, Deliver) and msg.request_id:
-            pass  # a page of history: shown, never acknowledged
+            if msg.content_type == ContentType.ENVELOPE and self.secure is not None:
+                msg = self.secure.open(msg)  # a page of history: shown, never acknowledged
         elif isinstance(msg, Deliver):
             acks[msg.stream] = max(acks.get(msg.stream, 0), msg.position)
             if self.drop_repeats and msg.message_id in self._seen:
                 return  # shown before (its ack was lost to a reconnect): acknowledge, don't repeat
             self._remember(msg.message_id)
+            if msg.content_type == ContentType.ENVELOPE and self.secure is not None:
+                msg = self.secure.open(msg)  # saved before the Ack this call queues (or not: a notice)
+        elif isinstance(msg, KeyState) and self.secure is not None:
+            if msg.request_id and msg.request_id == self.key_publish:
+                self.key_publish = 0
+            if (publish := self.secure.publication(msg)) is not None:
+                self.key_publish = self.request(publish)
+        elif isinstance(msg, KeyBundles) and self.secure is not None:
+            self.secure.bundles(msg)
         elif isinstance(msg, LoginOk):
             self.state = ClientState.READY
             self.user = msg.user
@@ -319,8 +338,23 @@ class ClientSession:
 
     def send_text(self, target: str, text: str, kind: TargetKind = TargetKind.USER) -> int:
         """Queue a message to ``target`` (a user; with ``kind`` GROUP, a group's name or
-        ``g:<id>``); return its request id."""
-        return self.request(Send(kind, ContentType.TEXT, self.new_client_msg_id(), target, text.encode()))
+        ``g:<id>``); return its request id. To a user with end-to-end keys (``secure``, after
+        ``fetch_keys`` of the user and of ourselves), it goes encrypted (content type 2).
+
+        Raises:
+            crypto.device.E2EError: encryption is due and refused (see ``Secure.seal``).
+        """
+        cmid = self.new_client_msg_id()
+        if self.secure is not None and kind == TargetKind.USER and self.secure.wants_e2e(target.lower()):
+            body = self.secure.seal(target.lower(), cmid, ev.TEXT, text.encode())
+            return self.request(Send(kind, ContentType.ENVELOPE, cmid, target, body))
+        return self.request(Send(kind, ContentType.TEXT, cmid, target, text.encode()))
+
+    def fetch_keys(self, user: str) -> int:
+        """Queue a KeyFetch of ``user``'s devices (no one-time prekey spent on those we have a
+        session with); answered by KeyBundles, which ``secure`` takes in."""
+        known = self.secure.device.known(user.lower()) if self.secure is not None else ()
+        return self.request(KeyFetch(user, known))
 
     def new_client_msg_id(self) -> int:
         """A fresh client message id (one per message, also for one queued to send later);

@@ -102,9 +102,10 @@ class SecureDevice:
 
     # ---- the directory ----------------------------------------------------------
 
-    def publication(self, published: bool, spk_id: int, prekeys: int, now_us: int) -> tuple[bytes, list[Any]] | None:
+    def publication(self, published: bool, spk_id: int, prekeys: int, now_us: int) -> tuple[bytes, list[bytes]] | None:
         """What to publish after a KeyState (``published``, ``spk_id``, ``prekeys``): the
-        published bytes and new one-time prekeys, or None if the directory is up to date."""
+        published bytes and new one-time prekeys (each as published: id u32 | key), or None if
+        the directory is up to date."""
         rotated = self.keys.rotate_if_due(now_us)
         if not published:  # the directory has none of ours: our old one-time prekeys are nobody's
             self.keys.one_time.clear()

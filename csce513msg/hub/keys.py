@@ -132,7 +132,8 @@ class Keys:
             if entry.seen_us < now_us - self.lifetime_us:
                 continue  # expired: gone at the next sweep
             prekey = NO_PREKEY
-            if entry.prekeys and device not in msg.known and self._allowed(asker, user, device, now_us):
+            mine = user == asker and device == session.device  # the asker's own: it needs no session with itself
+            if entry.prekeys and not mine and device not in msg.known and self._allowed(asker, user, device, now_us):
                 key_id = min(entry.prekeys)
                 prekey = key_id.to_bytes(4, "big") + entry.prekeys.pop(key_id)
                 notes.append(KeyNote(TAKE_PREKEY, user, device, key_id=key_id))

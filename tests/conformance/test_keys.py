@@ -105,10 +105,11 @@ def test_every_device_of_a_user_and_a_new_identity_drops_its_old_prekeys(server:
     publish(a1, first, prekeys(1, 5))
     publish(a2, keys(spk_id=3), prekeys(1, 5))
     assert list(fetch(b, alice)) == ["d1", "d2"]  # in device id order
-    assert list(fetch(a1, alice)) == ["d1", "d2"]  # a user fetches its own devices too
+    own = fetch(a1, alice)  # a user fetches its own devices too; its own device's comes with no prekey
+    assert list(own) == ["d1", "d2"] and own["d1"][PUBLISHED:] == NONE and own["d2"][PUBLISHED:] != NONE
     rotated = keys(spk_id=2, identity=first[:128])  # the same identity, a new signed prekey: kept
     state = publish(a1, rotated, prekeys(6, 1))
-    assert (state.spk_id, state.prekeys) == (2, 5 + 1 - 2)  # two handed out above
+    assert (state.spk_id, state.prekeys) == (2, 5 + 1 - 1)  # one handed out above (to bob)
     state = publish(a1, keys(spk_id=1), [])  # a new identity: its old prekeys go
     assert (state.published, state.prekeys) == (1, 0)
     assert fetch(b, alice)["d1"][PUBLISHED:] == NONE  # nothing left to hand out

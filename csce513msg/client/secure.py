@@ -1,0 +1,174 @@
+"""The client's end-to-end layer: between ``ClientSession`` and ``crypto.device.SecureDevice``.
+
+The session calls in at three places, all sans-I/O:
+
+- **the directory**: a ``KeyState`` (after each login, and when the server runs low) may call
+  for a ``KeyPublish`` (``publication``); a ``KeyBundles`` (the answer to a ``KeyFetch`` the
+  driver asked for with ``ClientSession.fetch_keys``) updates what this device knows of a
+  user's devices (``bundles``), with warnings to show;
+- **sending**: ``seal`` turns a text (or any inner message) for a user into the body of a
+  content type 2 message, or refuses (``E2EError``): a contact whose keys changed until
+  ``trust``, a conversation that was encrypted and whose keys are now withheld;
+- **receiving**: ``open`` turns a Deliver of content type 2 into the Deliver its sender meant
+  (``content_type`` and ``body`` of the inner message), or a notice without content
+  (``notices``); a message id opened before is served from a small cache, not decrypted
+  again (a redelivery is not a replay).
+
+**State is saved before it matters.** ``save`` (the vault, given by the driver) runs inside
+``seal`` before the Send is queued, and inside ``open`` before the session queues the Ack
+that follows, so no message key is ever used twice and none is lost for a message the
+server would not send again.
+
+Group messages and files are not end-to-end encrypted yet (docs/security.md says so): they
+travel as they did, and ``seal`` is only asked for direct messages.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..crypto import envelope as ev
+from ..crypto.device import E2EError, SecureDevice, UndecryptableError
+from ..crypto.vault import VAULT_COSTS, Vault
+from ..protocol import ContentType, Deliver, KeyBundles, KeyPublish, KeyState, TargetKind, bundles
+
+OPENED_CACHE = 1024  #: message ids whose plaintext is kept to answer a redelivery
+NOTICES = 256  #: notices kept for the driver to show
+
+
+class DowngradeError(E2EError):
+    """The conversation was end-to-end encrypted, and now no key is offered for it: sending
+    plaintext there would let a server that withholds keys read it."""
+
+    def __init__(self, user: str) -> None:
+        super().__init__(
+            f"{user} has no end-to-end keys now, but your conversation was encrypted: not sending in clear "
+            "(if this is expected, e.g. all of their devices expired, start over with --no-e2e)"
+        )
+        self.user = user
+
+
+def direct_stream(a: str, b: str) -> str:
+    """The stream of the direct conversation of users ``a`` and ``b`` (as the server names it)."""
+    return "dm:" + ",".join(sorted((a, b)))
+
+
+class Secure:
+    """One logged-in device's end-to-end state, as the session uses it.
+
+    Args:
+        device: the device's keys and sessions.
+        save: keeps ``device.to_dict()`` (the vault); called before anything that depends on it is sent.
+    """
+
+    def __init__(self, device: SecureDevice, save: Callable[[dict[str, Any]], None]) -> None:
+        self.device, self._save = device, save
+        self.fetched: set[str] = set()  #: users whose device list was read on this connection
+        self.warnings: list[str] = []  #: what the driver should show (and clear)
+        self.notices: collections.OrderedDict[int, str] = collections.OrderedDict()  #: message id -> why unopened
+        self.encrypted: set[int] = set()  #: message ids that came end-to-end encrypted (bounded like ``_opened``)
+        self._opened: collections.OrderedDict[int, tuple[int, bytes]] = collections.OrderedDict()
+
+    @classmethod
+    def from_vault(cls, path: Any, passphrase: str, user: str, device: str, *, cost: str = "production") -> Secure:
+        """The device's state from its vault at ``path`` (made, with new keys, if there is none).
+
+        Raises:
+            crypto.vault.VaultLockedError: a wrong passphrase, or a damaged file.
+        """
+        try:
+            vault = Vault.open(path, passphrase)
+            state = SecureDevice.from_dict(vault.load())
+            if (state.user, state.device) != (user, device):
+                raise E2EError(f"{path} holds the keys of {state.user} on {state.device}, not {user} on {device}")
+        except FileNotFoundError:
+            vault = Vault.create(path, passphrase, VAULT_COSTS[cost])
+            state = SecureDevice.create(user, device, time.time_ns() // 1000)
+            vault.save(state.to_dict())
+        return cls(state, vault.save)
+
+    def save(self) -> None:
+        self._save(self.device.to_dict())
+
+    # ---- the directory ----------------------------------------------------------
+
+    def publication(self, state: KeyState) -> KeyPublish | None:
+        """What to publish after ``state`` (None: the directory is up to date)."""
+        made = self.device.publication(bool(state.published), state.spk_id, state.prekeys, time.time_ns() // 1000)
+        if made is None:
+            return None
+        self.save()  # the new keys' private halves before their public halves leave
+        published, prekeys = made
+        return KeyPublish(len(prekeys), published + b"".join(prekeys))  # each prekey as published: id | key
+
+    def bundles(self, msg: KeyBundles) -> None:
+        """The directory's devices of a user: verified, compared with what was pinned; sessions started."""
+        self.warnings += self.device.accept_directory(msg.user, bundles(msg))
+        self.fetched.add(msg.user)
+        self.save()
+
+    def ready(self, user: str) -> bool:
+        """Whether the device list of ``user`` (and of ourselves) was read on this connection."""
+        return user in self.fetched and self.device.user in self.fetched
+
+    def wants_e2e(self, user: str) -> bool:
+        """Whether a message to ``user`` goes end-to-end encrypted: it has a device in the
+        directory. None, after an encrypted conversation: ``DowngradeError``; none ever: plaintext
+        (its client does not do end-to-end encryption)."""
+        contact = self.device.contacts.get(user)
+        if contact is not None and contact.devices:
+            return True
+        if contact is not None and contact.encrypted:
+            raise DowngradeError(user)
+        return False
+
+    def trust(self, user: str) -> None:
+        self.device.trust(user)
+        self.save()
+
+    # ---- messages ---------------------------------------------------------------
+
+    def seal(self, target: str, client_msg_id: int, kind: int, payload: bytes) -> bytes:
+        """The envelope of a direct message to ``target``, with the state saved.
+
+        Raises:
+            E2EError: ``UntrustedError``, ``NoKeysError`` (see ``SecureDevice.encrypt``).
+        """
+        stream = direct_stream(self.device.user, target)
+        data = self.device.encrypt([target], TargetKind.USER, stream, client_msg_id, kind, payload)
+        self.save()
+        return data
+
+    def open(self, msg: Deliver) -> Deliver:
+        """The Deliver its sender meant, or ``msg`` as it came (content type 2) with a notice."""
+        cached = self._opened.get(msg.message_id)
+        if cached is None:
+            try:
+                kind, payload, warnings = self.device.decrypt(msg.sender, msg.target_kind, msg.stream, msg.body)
+            except UndecryptableError as exc:
+                _keep(self.notices, msg.message_id, str(exc), NOTICES)
+                return msg
+            self.warnings += warnings
+            self.save()
+            cached = (kind, payload)
+            _keep(self._opened, msg.message_id, cached, OPENED_CACHE)
+        self.encrypted.add(msg.message_id)
+        if len(self.encrypted) > OPENED_CACHE:
+            self.encrypted.intersection_update(self._opened)
+        kind, payload = cached
+        content = {ev.TEXT: ContentType.TEXT, ev.FILE_OFFER: ContentType.FILE_OFFER}.get(kind)
+        if content is None:  # a kind this client does not show (a group's sender key, later)
+            _keep(self.notices, msg.message_id, f"an end-to-end message of kind {kind}", NOTICES)
+            return msg
+        return dataclasses.replace(msg, content_type=content, body=payload)
+
+
+def _keep(cache: collections.OrderedDict[int, Any], key: int, value: Any, limit: int) -> None:
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > limit:
+        cache.popitem(last=False)
