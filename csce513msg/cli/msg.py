@@ -72,6 +72,13 @@ def main(
     auto_download: Annotated[
         str, typer.Option(help="Fetch an offered file up to this size as it arrives (0: never; e.g. 10M).")
     ] = "10M",
+    no_e2e: Annotated[
+        bool, typer.Option("--no-e2e", help="No end-to-end encryption: messages are readable by the server.")
+    ] = False,
+    reset_keys: Annotated[
+        bool,
+        typer.Option("--reset-keys", help="Set your end-to-end keys aside and make new ones (contacts see a change)."),
+    ] = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
@@ -79,7 +86,9 @@ def main(
     """Chat from the terminal: type /help once connected. Reads commands from a pipe or
     file too, and exits at end of input once the server answered everything.
 
-    The password is asked for after connecting; scripts set MSG_PASSWORD."""
+    The password is asked for after connecting; scripts set MSG_PASSWORD. Direct messages and
+    group posts are end-to-end encrypted with everyone whose client does it; the keys are kept
+    under the password (or MSG_KEY_PASSPHRASE)."""
     try:
         settings = client_config.load(config)
     except client_config.ConfigError as exc:
@@ -98,7 +107,10 @@ def main(
         auto = parse_size(auto_download)
     except ValueError as exc:
         _usage(f"--auto-download: {exc}")
-    plan = Plan(host, port, name, tls_options, register, settings.allow_plaintext, verbose, downloads, auto)
+    plan = Plan(
+        host, port, name, tls_options, register, settings.allow_plaintext, verbose, downloads, auto, not no_e2e,
+        reset_keys,
+    )  # fmt: skip
     on_terminal = sys.stdin.isatty() and sys.stdout.isatty() and not json
     live = on_terminal and not plain
     view: View = (

@@ -20,6 +20,7 @@ literal, inert text and never runs it through markup.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import itertools
 import math
@@ -78,6 +79,18 @@ from .groups import (
     show_group_members,
 )
 from .history import history_command, more_command, show_history_end
+from .privacy import (
+    E2E_COMMANDS,
+    HELP_E2E,
+    LOCK,
+    Privacy,
+    conversation_note,
+    e2e_command,
+    is_private,
+    notice,
+    privacy_message,
+    send_private,
+)
 from .sanitize import inert, inert_name
 from .session import ClientSession, ClientState
 from .sharing import FILE_COMMANDS, HELP_FILES, Sharing, file_command, offer_delivered, transfer_message
@@ -87,7 +100,10 @@ from .words import clock, code_name, count_waiting, day_of, duration, partner_of
 #: this module's names, and those other modules import from here though groups.py and words.py define them
 __all__ = ["COMMANDS", "HELP", "MARKS", "ChatClient", "Outgoing", "GROUP_COMMANDS", "code_name", "plural"]
 
-COMMANDS = ("/msg", "/to", "/who", "/history", "/more", *GROUP_USAGE, *CLASSROOM, *FILE_COMMANDS, "/help", "/quit")
+COMMANDS = (
+    "/msg", "/to", "/who", "/history", "/more", *GROUP_USAGE, *CLASSROOM, *FILE_COMMANDS, *E2E_COMMANDS, "/help",
+    "/quit",
+)  # fmt: skip
 
 HELP = f"""commands:
   /msg USER TEXT     send TEXT to USER, who becomes your conversation
@@ -98,6 +114,7 @@ HELP = f"""commands:
   /more              earlier messages (after /history)
  {HELP_GROUPS}
 {HELP_FILES}
+{HELP_E2E}
   /help              this help
   /quit              leave (what the server has not stored yet is kept and sent next time)"""
 
@@ -161,6 +178,7 @@ class ChatClient:
         #: the raised hands as the last queue said (staff): a pushed queue is shown as what changed
         self.hands: dict[str, str] = {}
         self.sharing = Sharing(default_downloads_dir())  #: files offered, sent, received (``client/sharing.py``)
+        self.privacy = Privacy()  #: what waits for the key directory (``client/privacy.py``)
 
     # ---- what waits to be sent ------------------------------------------------------------
 
@@ -178,6 +196,11 @@ class ChatClient:
             if m.content_type == ContentType.FILE_OFFER:
                 continue  # resent on this run (``resend``), never kept as text: a later run cannot resume its upload
             to = "#" + m.target if m.target_kind == TargetKind.GROUP else m.target
+            if m.content_type == ContentType.ENVELOPE:  # its text is ours (kept with its line), its bytes as sent
+                out = self.sent.get(m.request_id)
+                text, envelope = (out.text if out else ""), base64.b64encode(m.body).decode()
+                unsent[m.client_msg_id or object()] = Unsent(to, text, m.client_msg_id, envelope)
+                continue
             unsent[m.client_msg_id or object()] = Unsent(to, m.body.decode(errors="replace"), m.client_msg_id)
         for u in self.queued:
             unsent[u.client_msg_id or object()] = u
@@ -206,10 +229,14 @@ class ChatClient:
         self.resend = []
         queued, self.queued = self.queued, []
         for unsent in queued:
+            if not unsent.envelope and send_private(self, unsent.to, unsent.text, unsent.client_msg_id):
+                continue  # end to end: sealed once the directory answered
             kind, target = split_target(unsent.to)
-            send = Send(kind, ContentType.TEXT, unsent.client_msg_id, target, unsent.text.encode())
             try:
-                rid = self.session.request(send)
+                content, body = ContentType.TEXT, unsent.text.encode()
+                if unsent.envelope:  # sealed in an earlier run: the same bytes again
+                    content, body = ContentType.ENVELOPE, base64.b64decode(unsent.envelope, validate=True)
+                rid = self.session.request(Send(kind, content, unsent.client_msg_id, target, body))
             except (ValueError, struct.error) as exc:  # a poisoned outbox (a file edited by hand): drop it, say so
                 self.local_error(f"a kept message to {inert_name(unsent.to)} cannot be sent: {exc}")
                 continue
@@ -233,6 +260,8 @@ class ChatClient:
     def on_message(self, msg: Message) -> None:
         if self.sharing.items and transfer_message(self, msg):
             return
+        if self.session.secure is not None and privacy_message(self, msg):
+            return
         if isinstance(msg, Deliver):
             self._deliver(msg)
         elif isinstance(msg, Receipt):
@@ -240,7 +269,7 @@ class ChatClient:
         elif isinstance(msg, HistoryEnd):
             show_history_end(self, msg)
         elif isinstance(msg, Error):
-            self._error(msg)
+            self.show_error(msg)
         elif isinstance(msg, Presence):
             self.known.add(msg.user)
             what = "is online" if msg.online else "went offline"
@@ -309,7 +338,10 @@ class ChatClient:
                     self.partner = conversation  # the first to write becomes the conversation
                 elif conversation != self.partner:
                     self.unread[conversation] = self.unread.get(conversation, 0) + 1
-        prefix = f"[{clock(msg.time_us)}] {who}: "
+        if msg.content_type == ContentType.ENVELOPE and notice(self, msg.message_id, msg.sender):
+            return None  # could not be opened: the notice said so, without content
+        private = is_private(self, msg.message_id)
+        prefix = f"[{clock(msg.time_us)}] {who}{' ' + LOCK if private else ''}: "
         if msg.content_type == ContentType.FILE_OFFER:
             return offer_delivered(self, msg, who, prefix)
         human = prefix + inert(text, indent=" " * len(prefix))
@@ -317,7 +349,7 @@ class ChatClient:
             human += f"  (#{msg.message_id}, {inert_name(msg.stream)} @{msg.position})"
         self.view.show(human, style=style, event="deliver", sender=msg.sender, to=msg.target, text=text,
                        id=msg.message_id, time_us=msg.time_us, stream=msg.stream, position=msg.position,
-                       history=history, group=group)  # fmt: skip
+                       history=history, group=group, e2e=private)  # fmt: skip
         return None
 
     def _sent_line(self, out: Outgoing) -> str:
@@ -362,7 +394,7 @@ class ChatClient:
             return "#" + self.groups.get(stream, stream)
         return partner_of(stream, self.session.user)
 
-    def _error(self, msg: Error) -> None:
+    def show_error(self, msg: Error) -> None:
         failed_change = self.group_requests.pop(msg.request_id, ("", ""))[0] in CHANGES
         self.classroom.pop(msg.request_id, None)
         name = code_name(msg.code)
@@ -434,7 +466,9 @@ class ChatClient:
             if not user.startswith("#"):
                 self.known.add(user)
             self.unread.pop(self.partner, None)
-            self.view.show(f"talking to {inert_name(self.partner)}", event="to", user=self.partner)
+            note = conversation_note(self, self.partner)
+            self.view.show(f"talking to {inert_name(self.partner)}{note}", event="to", user=self.partner,
+                           e2e=bool(note))  # fmt: skip
         elif cmd == "/who":
             if self.connected("/who"):
                 self.session.who()
@@ -448,6 +482,8 @@ class ChatClient:
             classroom_command(self, cmd, rest)
         elif cmd in FILE_COMMANDS:
             file_command(self, cmd, rest)
+        elif cmd in E2E_COMMANDS:
+            e2e_command(self, cmd, rest)
         elif cmd == "/help":
             extra = HELP_STAFF if self.role in STAFF else HELP_STUDENT
             text = f"{HELP}\n{extra}"
@@ -468,8 +504,9 @@ class ChatClient:
     def changing(self) -> bool:
         """A group change is on its way: what is typed after it waits for its answer (the server
         checks a request against what is committed when it arrives: an /add right after a
-        /create would not find the group)."""
-        return any(asked in CHANGES for asked, _ in self.group_requests.values())
+        /create would not find the group). So does what is typed after an end-to-end message
+        that waits for the key directory (``privacy.py``): lines keep their order."""
+        return bool(self.privacy.asked) or any(asked in CHANGES for asked, _ in self.group_requests.values())
 
     def run_held(self) -> None:
         """A group change was answered: run the lines typed after it (until the next change)."""
@@ -527,9 +564,15 @@ class ChatClient:
             self.view.show(f"queued for {inert_name(to)}: sent when the connection is back "
                            f"({plural(len(self.queued), 'message')} waiting)", event="queued", to=to)  # fmt: skip
             return
+        if send_private(self, to, text):  # end to end: now, or once the key directory answered (then the
+            return None  # conversation moves, and what was typed after it runs)
         kind, target = split_target(to)
-        rid = self.session.send_text(target, text, kind=kind)
-        if kind == TargetKind.USER:
+        self.sent_now(self.session.send_text(target, text, kind=kind), to, text)
+        return None
+
+    def sent_now(self, rid: int, to: str, text: str) -> None:
+        """A message to ``to`` went out under request ``rid``: its line, and the conversation."""
+        if not to.startswith("#"):
             self.known.add(to)
         self.reverts[rid] = self.partner
         self.partner = to

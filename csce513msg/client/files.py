@@ -107,6 +107,9 @@ class Unsent:
     to: str
     text: str
     client_msg_id: int
+    #: an end-to-end message: its envelope as first sent (base64), sent again as it was (the
+    #: server knows a resend by its client id and bytes; a new encryption would be another message)
+    envelope: str = ""
 
 
 class Outbox:
@@ -118,7 +121,9 @@ class Outbox:
     def load(self) -> list[Unsent]:
         try:
             rows = json.loads(self.path.read_text())
-            return [Unsent(str(r["to"]), str(r["text"]), int(r["client_msg_id"])) for r in rows]
+            return [
+                Unsent(str(r["to"]), str(r["text"]), int(r["client_msg_id"]), str(r.get("envelope", ""))) for r in rows
+            ]
         except (OSError, ValueError, KeyError, TypeError):
             return []
 

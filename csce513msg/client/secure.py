@@ -25,16 +25,20 @@ except the announcements (``g:0``, the whole class: staff post them in the clear
 
 from __future__ import annotations
 
+import base64
 import collections
 import dataclasses
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ..crypto import envelope as ev
 from ..crypto.device import E2EError, SecureDevice, UndecryptableError
 from ..crypto.vault import VAULT_COSTS, Vault
 from ..protocol import ContentType, Deliver, KeyBundles, KeyPublish, KeyState, TargetKind, bundles
+from .archive import Archive
 
 OPENED_CACHE = 1024  #: message ids whose plaintext is kept to answer a redelivery
 NOTICES = 256  #: notices kept for the driver to show
@@ -62,16 +66,24 @@ class Secure:
 
     Args:
         device: the device's keys and sessions.
-        save: keeps ``device.to_dict()`` (the vault); called before anything that depends on it is sent.
+        save: keeps the vault's document (the device's state and the archive's key); called
+            before anything that depends on it is sent.
+        archive: this device's own copy of its end-to-end messages (``archive.py``).
+        archive_key: the archive's key, kept in the vault with the rest.
     """
 
-    def __init__(self, device: SecureDevice, save: Callable[[dict[str, Any]], None]) -> None:
-        self.device, self._save = device, save
+    def __init__(
+        self, device: SecureDevice, save: Callable[[dict[str, Any]], None], archive: Archive | None = None,
+        archive_key: bytes = b"",
+    ) -> None:  # fmt: skip
+        self.device, self._save, self.archive, self._archive_key = device, save, archive, archive_key
         self.fetched: set[str] = set()  #: users whose device list was read on this connection
         self.warnings: list[str] = []  #: what the driver should show (and clear)
         self.notices: collections.OrderedDict[int, str] = collections.OrderedDict()  #: message id -> why unopened
         self.encrypted: set[int] = set()  #: message ids that came end-to-end encrypted (bounded like ``_opened``)
         self._opened: collections.OrderedDict[int, tuple[int, bytes]] = collections.OrderedDict()
+        #: client message id -> what we sent, until its Receipt (bounded: a send never answered)
+        self._sealed: collections.OrderedDict[int, tuple[int, bytes]] = collections.OrderedDict()
 
     @classmethod
     def from_vault(cls, path: Any, passphrase: str, user: str, device: str, *, cost: str = "production") -> Secure:
@@ -80,19 +92,27 @@ class Secure:
         Raises:
             crypto.vault.VaultLockedError: a wrong passphrase, or a damaged file.
         """
+        path = Path(path)
         try:
             vault = Vault.open(path, passphrase)
-            state = SecureDevice.from_dict(vault.load())
+            doc = vault.load()
+            state = SecureDevice.from_dict(doc["device"])
+            archive_key = base64.b64decode(doc["archive_key"], validate=True)
             if (state.user, state.device) != (user, device):
                 raise E2EError(f"{path} holds the keys of {state.user} on {state.device}, not {user} on {device}")
         except FileNotFoundError:
             vault = Vault.create(path, passphrase, VAULT_COSTS[cost])
             state = SecureDevice.create(user, device, time.time_ns() // 1000)
-            vault.save(state.to_dict())
-        return cls(state, vault.save)
+            archive_key = os.urandom(32)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise E2EError(f"{path}: not this client's keys ({type(exc).__name__}: {exc})") from None
+        archive = Archive(path.with_name(path.name + ".archive"), archive_key)
+        secure = cls(state, vault.save, archive, archive_key)
+        secure.save()
+        return secure
 
     def save(self) -> None:
-        self._save(self.device.to_dict())
+        self._save({"device": self.device.to_dict(), "archive_key": base64.b64encode(self._archive_key).decode()})
 
     # ---- the directory ----------------------------------------------------------
 
@@ -145,6 +165,7 @@ class Secure:
         """
         data = self.device.group_send(stream, members, client_msg_id, kind, payload, time.time_ns() // 1000)
         self.save()
+        _keep(self._sealed, client_msg_id, (kind, payload), OPENED_CACHE)
         return data
 
     def trust(self, user: str) -> None:
@@ -162,12 +183,21 @@ class Secure:
         stream = direct_stream(self.device.user, target)
         data = self.device.encrypt([target], TargetKind.USER, stream, client_msg_id, kind, payload)
         self.save()
+        _keep(self._sealed, client_msg_id, (kind, payload), OPENED_CACHE)
         return data
+
+    def stored(self, client_msg_id: int, message_id: int) -> None:
+        """A message we sealed was stored as ``message_id``: our own copy goes to the archive
+        (the server's is for the other devices: this one has no key for it)."""
+        if (sent := self._sealed.pop(client_msg_id, None)) is not None and self.archive is not None:
+            self.archive.add(message_id, *sent)
 
     def open(self, msg: Deliver) -> Deliver | None:
         """The Deliver its sender meant; ``msg`` as it came (content type 2) with a notice; or
         None for what is not shown (a group's sender key sent on its own)."""
         cached = self._opened.get(msg.message_id)
+        if cached is None and self.archive is not None:
+            cached = self.archive.get(msg.message_id)
         if cached is None:
             try:
                 kind, payload, warnings = self.device.decrypt(msg.sender, msg.target_kind, msg.stream, msg.body)
@@ -177,6 +207,8 @@ class Secure:
             self.warnings += warnings
             self.save()
             cached = (kind, payload)
+            if self.archive is not None and kind != ev.SENDER_KEY:
+                self.archive.add(msg.message_id, kind, payload)
             _keep(self._opened, msg.message_id, cached, OPENED_CACHE)
         self.encrypted.add(msg.message_id)
         if len(self.encrypted) > OPENED_CACHE:

@@ -22,8 +22,11 @@ from __future__ import annotations
 import collections
 import dataclasses
 import enum
+from collections.abc import Callable
 
 from ..crypto import envelope as ev
+from ..crypto.device import E2EError
+from ..crypto.vault import VaultError
 from ..protocol import (
     ANNOUNCEMENTS,
     VERSION_MAJOR,
@@ -149,6 +152,8 @@ class ClientSession:
             (its KeyState then follows the LoginOk).
         secure: this device's end-to-end state (``client/secure.py``; implies ``e2e``): direct
             messages to users with keys go encrypted, and what arrives encrypted is opened.
+        keys: opens that state at the LoginOk (so a wrong password is the server's AUTH_FAILED,
+            never a vault's answer); if it fails, ``keys_error`` says why and ``secure`` stays None.
     """
 
     def __init__(
@@ -169,6 +174,7 @@ class ClientSession:
         files: bool = True,
         e2e: bool = False,
         secure: Secure | None = None,
+        keys: Callable[[], Secure] | None = None,
     ) -> None:
         if not 0 <= minor <= VERSION_MINOR:
             raise ValueError(f"this client speaks protocol {VERSION_MAJOR}.0 to {VERSION_MAJOR}.{VERSION_MINOR}")
@@ -179,8 +185,10 @@ class ClientSession:
         self.groups = groups
         self.coalescing = coalescing
         self.files = files
-        self.e2e = e2e or secure is not None
+        self.e2e = e2e or secure is not None or keys is not None
         self.secure = secure
+        self.keys = keys
+        self.keys_error = ""  #: why ``keys`` could not open this device's keys (the driver stops)
         self.key_publish = 0  #: the request id of the KeyPublish in flight (0: none)
         #: FileChunk bytes sent and not yet answered, over every upload of this connection: the
         #: server allows ``transfer.UPLOAD_WINDOW`` (``client/transfer.py`` keeps to it)
@@ -257,8 +265,15 @@ class ClientSession:
             self.state = ClientState.READY
             self.user = msg.user
             self.device_token = msg.device_token or self.device_token
+            if self.secure is None and self.keys is not None:  # before the KeyState that follows
+                try:
+                    self.secure = self.keys()
+                except (E2EError, VaultError) as exc:
+                    self.keys_error = str(exc)
         if (isinstance(msg, _REPLIES) and msg.request_id) or (isinstance(msg, FileData) and msg.last):
-            self.pending.pop(msg.request_id, None)
+            sent = self.pending.pop(msg.request_id, None)
+            if isinstance(msg, Receipt) and isinstance(sent, Send) and self.secure is not None:
+                self.secure.stored(sent.client_msg_id, msg.message_id)  # our copy of what we sealed
         events.append(msg)
 
     def _remember(self, message_id: int) -> None:
@@ -340,21 +355,22 @@ class ClientSession:
         """Queue a Register (create the account and log in); return its request id."""
         return self.request(Register(user, password, self.device_id))
 
-    def send_text(self, target: str, text: str, kind: TargetKind = TargetKind.USER) -> int:
+    def send_text(self, target: str, text: str, kind: TargetKind = TargetKind.USER, client_msg_id: int = 0) -> int:
         """Queue a message to ``target`` (a user; with ``kind`` GROUP, a group's name or
         ``g:<id>``); return its request id. To a user with end-to-end keys (``secure``, after
         ``fetch_keys`` of the user and of ourselves), it goes encrypted (content type 2).
+        ``client_msg_id``: the one it was given when it was first queued (0: a new one).
 
         Raises:
             crypto.device.E2EError: encryption is due and refused (see ``Secure.seal``).
         """
-        cmid = self.new_client_msg_id()
+        cmid = client_msg_id or self.new_client_msg_id()
         if self.secure is not None and kind == TargetKind.USER and self.secure.wants_e2e(target.lower()):
             body = self.secure.seal(target.lower(), cmid, ev.TEXT, text.encode())
             return self.request(Send(kind, ContentType.ENVELOPE, cmid, target, body))
         return self.request(Send(kind, ContentType.TEXT, cmid, target, text.encode()))
 
-    def send_group_e2e(self, stream: str, members: list[str], text: str) -> int:
+    def send_group_e2e(self, stream: str, members: list[str], text: str, client_msg_id: int = 0) -> int:
         """Queue an end-to-end post to the group ``stream`` (``members``: as GroupMembers said,
         their keys fetched): one Send of content type 2; return its request id.
 
@@ -362,7 +378,7 @@ class ClientSession:
             crypto.device.E2EError: see ``Secure.seal_group``.
         """
         assert self.secure is not None
-        cmid = self.new_client_msg_id()
+        cmid = client_msg_id or self.new_client_msg_id()
         body = self.secure.seal_group(stream, members, cmid, ev.TEXT, text.encode())
         return self.request(Send(TargetKind.GROUP, ContentType.ENVELOPE, cmid, stream, body))
 

@@ -19,6 +19,7 @@ from typing import Protocol
 from ..protocol import Error, ErrorCode, LoginOk, RemoteProtocolError
 from .chat import ChatClient, code_name, plural
 from .files import save_token
+from .privacy import lost as lost_keys
 from .sanitize import inert
 from .session import ClientSession, ClientState
 from .sharing import paused, resume_all
@@ -121,6 +122,11 @@ def receive(chat: ChatClient) -> Outcome:
             return Outcome.FATAL  # the login was refused: nothing more to do
         if isinstance(msg, Error) and msg.code == ErrorCode.ACCOUNT_CHANGED:
             chat.ever_ready = False  # the password changed or the account is gone: do not log in again
+        if isinstance(msg, LoginOk) and chat.session.keys_error:  # the password opened the account, not the keys
+            chat.view.show(f"! {inert(chat.session.keys_error)}", style=Style.ERROR, event="error", code="keys",
+                           message=chat.session.keys_error, request=0)  # fmt: skip
+            chat.failures += 1
+            return Outcome.FATAL
         if isinstance(msg, LoginOk):
             logged_in(chat, msg)
     return Outcome.OK
@@ -183,6 +189,7 @@ def lost(chat: ChatClient, watcher: Watcher) -> None:
     chat.lost_at = chat.lost_at or time.monotonic()
     seen = {s.client_msg_id for s in chat.resend}  # a loss before the login finished: keep the earlier ones
     chat.resend += [s for s in chat.unacknowledged() if s.client_msg_id not in seen]
+    lost_keys(chat)  # messages that waited for the key directory: queued
     chat.keep_waiting()
     if chat.changing():  # a group change whose answer will never come: run what waited for it after the login
         chat.view.show("! a group change was interrupted by the lost connection: check it with /groups",
@@ -228,7 +235,10 @@ def reconnected(chat: ChatClient, sock: socket.socket | BaseException, watcher: 
     chat.session = ClientSession(  # registered already, if that was asked: now a login
         old.user, password=old.password, register=not registered, presence=True, groups=True, client="msg",
         device_id=old.device_id, device_token=old.device_token, client_msg_seed=old.next_client_msg_id,
+        secure=old.secure, keys=old.keys,  # the keys opened once: a reconnect keeps them (and re-reads devices)
     )  # fmt: skip
+    if old.secure is not None:
+        old.secure.fetched.clear()
     chat.sock, chat.online, chat.lost_at = sock, True, 0.0
     chat.backlog = b""  # the old connection's bytes: what they carried is resent after the login
     watcher.register(sock.fileno())

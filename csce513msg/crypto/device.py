@@ -35,7 +35,16 @@ from . import envelope as ev
 from . import primitives as p
 from . import x3dh
 from .groupkeys import GroupKeys
-from .keys import IDENTITY_CONTEXT, MAX_ID, BadBundleError, Bundle, DeviceKeys, UnknownPrekeyError, safety_number
+from .keys import (
+    IDENTITY_CONTEXT,
+    MAX_ID,
+    BadBundleError,
+    Bundle,
+    DeviceKeys,
+    UnknownPrekeyError,
+    safety_number,
+    safety_words,
+)
 from .ratchet import Ratchet
 from .senderkey import SenderKeyReceiver
 
@@ -169,12 +178,19 @@ class SecureDevice:
 
     def safety_number(self, user: str) -> str:
         """The safety number of this user and ``user``, over both users' devices as pinned."""
+        return safety_number(*self._both(user))
+
+    def safety_words(self, user: str) -> list[str]:
+        """The same safety number as words, to read aloud."""
+        return safety_words(*self._both(user))
+
+    def _both(self, user: str) -> tuple[str, list[tuple[str, bytes]], str, list[tuple[str, bytes]]]:
         ours = [(self.device, self.keys.identity.sign_public)]
         ours += [(d, peer.sign_public) for d, peer in self.contacts.get(self.user, Contact()).devices.items()]
         theirs = [(d, peer.sign_public) for d, peer in self.contacts.get(user, Contact()).devices.items()]
         if not theirs:
             raise NoKeysError(user)
-        return safety_number(self.user, ours, user, theirs)
+        return self.user, ours, user, theirs
 
     # ---- messages ---------------------------------------------------------------
 

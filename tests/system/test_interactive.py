@@ -137,7 +137,7 @@ def test_line_editing_history_and_completion(server: ServerProcess, names: Names
     term.type(f"/to {bob[:3]}\t")  # Tab completes the name
     term.wait_for(rf"> /to {bob}$")
     term.type("\r")
-    term.wait_for(rf"^talking to {bob}$")
+    term.wait_for(rf"^talking to {bob} \(end-to-end encrypted\)$")  # bob's msg has keys
     term.wait_for(rf"^{bob}>$")  # the prompt names the conversation
     history = next((Path(os.environ["MSG_CONFIG_DIR"]) / "history").glob(f"{alice}@*"))
     assert history.stat().st_mode & 0o777 == 0o600 and f"/msg {bob} hello" in history.read_text()
@@ -290,7 +290,7 @@ def test_unread_counts_show_in_the_status_bar(server: ServerProcess, names: Name
     register(server, bob)
     term = start(terminals, server, alice)
     term.type(f"/to {bob}\r")
-    term.wait_for(rf"^talking to {bob}$")
+    term.wait_for(rf"^talking to {bob}$")  # bob has no keys: a plain conversation
     peer = connect(server, carol)
     peer.send_text(alice, "psst")
     peer.send_text(alice, "over here")

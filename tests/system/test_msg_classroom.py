@@ -87,7 +87,7 @@ def test_announce_confirm_raise_queue_and_next(classroom: tuple[ServerProcess, s
         pupil.wait_for(rf"^{prof}>$")
 
         pupil.type("thank you\r")  # a plain line now goes to the instructor
-        teacher.wait_for(rf"\[\d\d:\d\d\] {student}: thank you$")
+        teacher.wait_for(rf"\[\d\d:\d\d\] {student} 🔒: thank you$")  # both have keys: end to end
     finally:
         teacher.close()
         pupil.close()

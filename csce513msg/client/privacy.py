@@ -1,0 +1,200 @@
+"""End-to-end encryption in ``msg``: sending through the key directory, the commands, the warnings.
+
+The session (``client/secure.py``) encrypts and decrypts; what ``msg`` adds is the waiting.
+A message to someone whose devices this connection has not read yet cannot be encrypted at
+once: it waits here while ``KeyFetch`` asks the directory (for a group: ``GroupMembers``
+first, then the keys of each member), and goes when the answers are in. The same for what
+was typed while offline. Nothing leaves in clear for a conversation that has keys.
+
+What it shows: the conversations that are end-to-end encrypted (``/to``, and a lock on each
+message line), a contact's key change or new device (then sending to it waits for ``/trust``),
+and a message that could not be opened (a notice without content). ``/fingerprint USER``
+prints the safety number to compare in person, as digits and as words.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ..crypto.device import E2EError, NoKeysError
+from ..protocol import ANNOUNCEMENTS, Error, GroupMembersReply, KeyBundles, Message, TargetKind
+from ..protocol.names import fold_name
+from .files import Unsent
+from .sanitize import inert, inert_name
+from .view import Style
+from .words import plural, split_target
+
+if TYPE_CHECKING:
+    from .chat import ChatClient
+    from .secure import Secure
+
+LOCK = "🔒"  #: marks an end-to-end message's line
+E2E_COMMANDS = ("/fingerprint", "/trust")
+HELP_E2E = """  /fingerprint USER  the safety number you and USER compare, to know no one is in between
+  /trust USER        send to USER again after their keys changed (compare /fingerprint first)"""
+
+
+@dataclass(slots=True)
+class Privacy:
+    """What waits for the key directory, per conversation (``bob``, ``#lab``)."""
+
+    waiting: dict[str, list[tuple[str, int]]] = field(default_factory=dict)  #: to -> [(text, client msg id)]
+    asked: dict[int, str] = field(default_factory=dict)  #: KeyFetch / GroupMembers request id -> the conversation
+    members: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)  #: "#g" -> (stream, users)
+    told: set[int] = field(default_factory=set)  #: message ids whose notice was shown
+
+
+def secure_of(chat: ChatClient) -> Secure | None:
+    return chat.session.secure
+
+
+def send_private(chat: ChatClient, to: str, text: str, client_msg_id: int = 0) -> bool:
+    """Send ``text`` to ``to`` end to end if its conversation needs the directory first; True if
+    taken (sent now, or waiting for keys), False for the plain path (no end-to-end here)."""
+    secure = secure_of(chat)
+    kind, target = split_target(to)
+    if (
+        secure is None
+        or not chat.session.has_e2e
+        or (kind == TargetKind.GROUP and target in (ANNOUNCEMENTS, "announcements"))
+    ):
+        return False
+    p = chat.privacy
+    p.waiting.setdefault(to, []).append((text, client_msg_id or chat.session.new_client_msg_id()))
+    if any(c == to for c in p.asked.values()):
+        return True  # its answers are on their way
+    if kind == TargetKind.GROUP:
+        p.asked[chat.session.group_members(target)] = to
+        return True
+    for user in {target, secure.device.user} - secure.fetched:
+        p.asked[chat.session.fetch_keys(user)] = to
+    if not any(c == to for c in p.asked.values()):
+        _flush(chat, to)
+    return True
+
+
+def privacy_message(chat: ChatClient, msg: Message) -> bool:
+    """A message for the waiting: True if it was one of our questions' answers (not shown)."""
+    p = chat.privacy
+    to = p.asked.pop(msg.request_id, None) if msg.request_id else None
+    if to is None:
+        _show_news(chat)
+        return False
+    secure = secure_of(chat)
+    assert secure is not None
+    if isinstance(msg, Error):  # no such user or group: shown as the server said it, nothing sent
+        dropped = p.waiting.pop(to, [])
+        chat.show_error(msg)
+        if dropped:
+            chat.view.show(f"  ({plural(len(dropped), 'message')} to {inert_name(to)} not sent)", style=Style.ERROR,
+                           event="not_sent", to=to, count=len(dropped))  # fmt: skip
+        chat.run_held()
+        return True
+    if isinstance(msg, GroupMembersReply):
+        p.members[to] = (msg.stream, msg.users)
+        for user in {*msg.users, secure.device.user} - secure.fetched:
+            p.asked[chat.session.fetch_keys(user)] = to
+    elif not isinstance(msg, KeyBundles):
+        return False
+    _show_news(chat)
+    if not any(c == to for c in p.asked.values()):
+        _flush(chat, to)
+    chat.run_held()  # what was typed after it, in order, once nothing waits for the directory
+    return True
+
+
+def lost(chat: ChatClient) -> None:
+    """The connection is gone with messages still waiting for the directory: they join the
+    queue (sent, sealed anew, after the next login); its answers will never come."""
+    p = chat.privacy
+    for to, items in p.waiting.items():
+        chat.queued += [Unsent(to, text, cmid) for text, cmid in items]
+    p.waiting.clear()
+    p.asked.clear()
+
+
+def _flush(chat: ChatClient, to: str) -> None:
+    """Send what waits for ``to``: encrypted (or, for a conversation that never had keys, in clear)."""
+    secure = secure_of(chat)
+    assert secure is not None
+    kind, target = split_target(to)
+    for text, cmid in chat.privacy.waiting.pop(to, []):
+        try:
+            if kind == TargetKind.GROUP:
+                stream, users = chat.privacy.members[to]
+                if secure.wants_e2e_group(stream, users):
+                    rid = chat.session.send_group_e2e(stream, list(users), text, cmid)
+                else:
+                    rid = chat.session.send_text(target, text, kind, cmid)
+            else:
+                rid = chat.session.send_text(target, text, kind, cmid)
+        except E2EError as exc:
+            chat.local_error(f"not sent to {inert_name(to)}: {inert(str(exc))}")
+            continue
+        chat.sent_now(rid, to, text)
+
+
+def _show_news(chat: ChatClient) -> None:
+    """The session's warnings (a key change, a new device, a refused bundle), once each."""
+    secure = secure_of(chat)
+    if secure is None:
+        return
+    warnings, secure.warnings = secure.warnings, []
+    for text in warnings:
+        chat.view.show(f"! {inert(text)}: compare /fingerprint before you /trust", style=Style.ERROR,
+                       event="key_warning", message=text)  # fmt: skip
+
+
+def notice(chat: ChatClient, message_id: int, sender: str) -> bool:
+    """A message that arrived encrypted and could not be opened: True (and a notice, once) if so."""
+    secure = secure_of(chat)
+    if secure is None or message_id not in secure.notices:
+        return False
+    if message_id not in chat.privacy.told:
+        chat.privacy.told.add(message_id)
+        why = secure.notices[message_id]
+        chat.view.show(f"! a message from {inert_name(sender)} could not be decrypted ({inert(why)})",
+                       style=Style.ERROR, event="undecryptable", sender=sender, id=message_id, reason=why)  # fmt: skip
+    return True
+
+
+def is_private(chat: ChatClient, message_id: int) -> bool:
+    secure = secure_of(chat)
+    return secure is not None and message_id in secure.encrypted
+
+
+def conversation_note(chat: ChatClient, to: str) -> str:
+    """ " (end-to-end encrypted)" if a conversation with ``to`` goes so, else ""."""
+    secure = secure_of(chat)
+    if secure is None or to.startswith("#"):
+        return ""
+    contact = secure.device.contacts.get(to)
+    return " (end-to-end encrypted)" if contact is not None and (contact.devices or contact.encrypted) else ""
+
+
+def e2e_command(chat: ChatClient, cmd: str, rest: str) -> None:
+    secure = secure_of(chat)
+    user = fold_name(rest) if rest and " " not in rest else None
+    if user is None:
+        return chat.local_error(f"usage: {cmd} USER")
+    if secure is None:
+        return chat.local_error("end-to-end encryption is off (msg --no-e2e, or the server does not offer it)")
+    if cmd == "/trust":
+        secure.trust(user)
+        chat.view.show(f"trusting {inert_name(user)}'s devices as they are now", event="trusted", user=user)
+        return None
+    if user not in secure.fetched:  # read its devices first; the number follows when they come
+        chat.privacy.asked[chat.session.fetch_keys(user)] = ""
+        chat.view.show(f"reading {inert_name(user)}'s keys: /fingerprint {inert_name(user)} again in a moment",
+                       event="fingerprint_wait", user=user)  # fmt: skip
+        return None
+    try:
+        number = secure.device.safety_number(user)
+    except NoKeysError:
+        return chat.local_error(f"{user} has no end-to-end keys")
+    words = " ".join(secure.device.safety_words(user))
+    chat.view.show(f"safety number with {inert_name(user)}: {number}\n  as words: {words}\n"
+                   f"  compare it with {inert_name(user)} in person; if it matches: /trust {inert_name(user)}",
+                   event="fingerprint", user=user, number=number, words=words)  # fmt: skip
+    return None
