@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar, overload
 
+from ..crypto.device import E2EError, UntrustedError
 from ..protocol import (
     VERSION_MINOR,
     Confirmations,
@@ -50,6 +51,7 @@ from ..protocol import (
     WhoReply,
 )
 from .downloads import PartialDownload, TransferError
+from .sealed import Sealing
 from .secure import Secure
 from .session import ClientSession, ClientState
 from .tls import wrap as wrap_tls
@@ -350,11 +352,30 @@ class Client:
 
     def upload_file(
         self, path: Path, target: str, kind: TargetKind = TargetKind.USER, upload_id: str = "",
-        progress: Progress | None = None,
+        progress: Progress | None = None, sealing: Sealing | None = None,
     ) -> Upload:  # fmt: skip
         """Upload the file at ``path`` for the conversation with ``target`` (``upload_id``: resume
-        that upload); return it once the server has every byte. Raise ServerError if refused."""
-        upload = Upload(self.session, path, target, kind, upload_id)
+        that upload); return it once the server has every byte. Raise ServerError if refused.
+
+        With end-to-end encryption (``secure``), a file for a user whose conversation is
+        end-to-end goes encrypted under a fresh key (``client/sealed.py``): the server is sent
+        only its ciphertext. ``upload.sealing`` then holds the key: to resume that upload, pass
+        it back as ``sealing`` with the ``upload_id``; keep it private, and no longer than that.
+
+        Raises:
+            crypto.device.E2EError: the file must go encrypted and cannot (the recipient's keys
+                changed: ``trust`` first), or ``sealing`` is given for a conversation that is
+                not end-to-end.
+            ValueError: resuming an encrypted upload without its ``sealing``.
+            client.sealed.FileChangedError: ``sealing`` is for another file than ``path``'s.
+        """
+        if self._end_to_end(target, kind):
+            if sealing is None and upload_id:
+                raise ValueError("an end-to-end upload resumes with its sealing (upload.sealing) only")
+            sealing = sealing or Sealing.fresh()
+        elif sealing is not None:
+            raise E2EError(f"{target} is no end-to-end conversation: an encrypted file's key could not reach it")
+        upload = Upload(self.session, path, target, kind, upload_id, sealing=sealing)
         self._drive(upload, lambda: progress(upload.acked, upload.size) if progress else None)
         if upload.error is not None:
             raise ServerError(upload.error)
@@ -363,24 +384,46 @@ class Client:
     def send_file(
         self, target: str, path: Path, kind: TargetKind = TargetKind.USER, progress: Progress | None = None
     ) -> tuple[Upload, Receipt]:
-        """Upload a file, then post its offer to ``target``: the server's Receipt for the offer."""
+        """Upload a file, then post its offer to ``target``: the server's Receipt for the offer.
+        In an end-to-end conversation both are encrypted (``upload_file``): the offer, with the
+        file's name and key, goes as an end-to-end message."""
         upload = self.upload_file(path, target, kind, progress=progress)
         return upload, self.request(self.session.send_offer(target, upload.offer(), kind), Receipt)
 
     def download(self, offer: Offer, directory: Path, progress: Progress | None = None) -> Path:
         """Fetch an offered file into ``directory`` (resuming a partial one there); return its
         path once its size and hash are checked. Raise TransferError if it fails (the partial
-        file is removed then; a lost connection keeps it for a resume)."""
-        partial = PartialDownload.open(directory, offer.upload_id, offer.name, offer.size, offer.sha256)
+        file is removed then; a lost connection keeps it for a resume). An encrypted offer's
+        file (one opened by ``secure``: it carries the key) is decrypted chunk by chunk as it
+        comes; a chunk that does not authenticate fails it."""
+        size, sha256 = offer.file_size, offer.file_sha256
+        partial = PartialDownload.open(directory, offer.upload_id, offer.name, size, sha256)
         try:
             download = Download(self.session, offer, partial)
-            self._drive(download, lambda: progress(download.received, offer.size) if progress else None)
+            self._drive(download, lambda: progress(download.received, size) if progress else None)
         except BaseException:
             partial.close()
             raise
         if download.path is None:
             raise TransferError(download.error)
         return download.path
+
+    def _end_to_end(self, target: str, kind: TargetKind) -> bool:
+        """Whether a file for ``target`` goes end-to-end encrypted: the device lists of the user
+        and of ourselves read first (once a connection), as ``send_text`` does; a contact whose
+        keys changed is refused before any byte is uploaded."""
+        secure, user = self.session.secure, target.lower()
+        if secure is None or kind != TargetKind.USER:
+            return False  # a group's files stay plaintext until groups are end-to-end
+        if not secure.ready(user):
+            for who in {user, secure.device.user}:
+                self.fetch_keys(who)
+        if not secure.wants_e2e(user):
+            return False
+        contact = secure.device.contacts[user]
+        if not contact.trusted:
+            raise UntrustedError(user, contact.alerts)
+        return True
 
     def _drive(self, transfer: Upload | Download, moved: Callable[[], object]) -> None:
         """Send and read until ``transfer`` is done; other messages wait in the inbox."""

@@ -24,6 +24,7 @@ import dataclasses
 import enum
 
 from ..crypto import envelope as ev
+from ..crypto.device import E2EError
 from ..protocol import (
     ANNOUNCEMENTS,
     VERSION_MAJOR,
@@ -477,9 +478,22 @@ class ClientSession:
         return self.request(FileCancel(upload_id))
 
     def send_offer(self, target: str, offer: Offer, kind: TargetKind = TargetKind.USER) -> int:
-        """Queue the message that offers an uploaded file (content type 1); answered by a Receipt."""
+        """Queue the message that offers an uploaded file (content type 1); answered by a Receipt.
+        To a user with end-to-end keys (``secure``) it goes sealed, as a text does (content type
+        2); an encrypted file's offer, which carries its key, goes no other way.
+
+        Raises:
+            crypto.device.E2EError: sealing is due and refused, or an encrypted file's offer
+                has no end-to-end conversation to go in.
+        """
         body = offer_body(offer)
-        return self.request(Send(kind, ContentType.FILE_OFFER, self.new_client_msg_id(), target, body))
+        cmid = self.new_client_msg_id()
+        if self.secure is not None and kind == TargetKind.USER and self.secure.wants_e2e(target.lower()):
+            sealed = self.secure.seal(target.lower(), cmid, ev.FILE_OFFER, body)
+            return self.request(Send(kind, ContentType.ENVELOPE, cmid, target, sealed))
+        if offer.encrypted:
+            raise E2EError(f"an encrypted file's offer goes end-to-end only, and {target} is no such conversation")
+        return self.request(Send(kind, ContentType.FILE_OFFER, cmid, target, body))
 
     def ping(self) -> int:
         """Queue a Ping (keep-alive); return its request id."""
