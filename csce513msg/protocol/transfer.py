@@ -12,8 +12,10 @@ A file travels through the server in two halves, each on the same connection as 
   ``FileData`` frames; the last of a request says so.
 
 The server reads none of a file's name, type or plaintext: it knows an upload by its id,
-its size, the hash of the bytes it was sent (ciphertext, once 1.7 encrypts files) and the
-conversation it is for. ``FileUpload`` with the id of an unfinished upload resumes it
+its size, the hash of the bytes it was sent (the ciphertext, for a file 1.7 encrypts) and
+the conversation it is for. An encrypted file's offer (``Offer.cipher``: the file key and
+the plaintext's size and hash besides) goes inside an end-to-end envelope, never as content
+type 1. ``FileUpload`` with the id of an unfinished upload resumes it
 (``FileState.received`` says from where), across a reconnect or a server restart.
 
 This module registers its frames with ``messages._message`` and is imported by
