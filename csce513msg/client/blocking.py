@@ -372,7 +372,8 @@ class Client:
         if self._end_to_end(target, kind):
             if sealing is None and upload_id:
                 raise ValueError("an end-to-end upload resumes with its sealing (upload.sealing) only")
-            sealing = sealing or Sealing.fresh()
+            if sealing is None:
+                sealing = Sealing.fresh()
         elif sealing is not None:
             raise E2EError(f"{target} is no end-to-end conversation: an encrypted file's key could not reach it")
         upload = Upload(self.session, path, target, kind, upload_id, sealing=sealing)
