@@ -29,6 +29,7 @@ from typing import TypeVar, overload
 
 from ..crypto.device import E2EError, UntrustedError
 from ..protocol import (
+    ANNOUNCEMENTS,
     VERSION_MINOR,
     Confirmations,
     Csce513Error,
@@ -222,6 +223,12 @@ class Client:
         if secure is not None and kind == TargetKind.USER and not secure.ready(target.lower()):
             for user in {target.lower(), secure.device.user}:
                 self.fetch_keys(user)
+        if secure is not None and kind == TargetKind.GROUP and target not in (ANNOUNCEMENTS, "announcements"):
+            group = self.group_members(target)  # who reads it now: the sender key follows them
+            for user in {*group.users, secure.device.user} - secure.fetched:
+                self.fetch_keys(user)
+            if secure.wants_e2e_group(group.stream, group.users):
+                return self.request(self.session.send_group_e2e(group.stream, list(group.users), text), Receipt)
         return self.request(self.session.send_text(target, text, kind), Receipt)
 
     def fetch_keys(self, user: str) -> KeyBundles:

@@ -19,8 +19,8 @@ The session calls in at three places, all sans-I/O:
 that follows, so no message key is ever used twice and none is lost for a message the
 server would not send again.
 
-Group messages and files are not end-to-end encrypted yet (docs/security.md says so): they
-travel as they did, and ``seal`` is only asked for direct messages.
+Group posts go under sender keys (``seal_group``: one message per post, ``crypto/groupkeys.py``),
+except the announcements (``g:0``, the whole class: staff post them in the clear).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class DowngradeError(E2EError):
 
     def __init__(self, user: str) -> None:
         super().__init__(
-            f"{user} has no end-to-end keys now, but your conversation was encrypted: not sending in clear "
+            f"{user}: no end-to-end keys now for the conversation, which was encrypted: not sending in clear "
             "(if this is expected, e.g. all of their devices expired, start over with --no-e2e)"
         )
         self.user = user
@@ -126,6 +126,27 @@ class Secure:
             raise DowngradeError(user)
         return False
 
+    def wants_e2e_group(self, stream: str, members: tuple[str, ...] | list[str]) -> bool:
+        """Whether a post to the group ``stream`` goes end-to-end encrypted: every other member
+        has a device in the directory. Not, after encrypted posts: ``DowngradeError``."""
+        contacts = self.device.contacts
+        if all(m == self.device.user or (m in contacts and contacts[m].devices) for m in members):
+            return True
+        if stream in self.device.groups.sending:
+            raise DowngradeError(stream)
+        return False
+
+    def seal_group(self, stream: str, members: list[str], client_msg_id: int, kind: int, payload: bytes) -> bytes:
+        """The envelope of a post to the group ``stream`` (members as the server lists them now),
+        with the state saved.
+
+        Raises:
+            E2EError: ``UntrustedError``, ``NoKeysError`` (see ``SecureDevice.group_send``).
+        """
+        data = self.device.group_send(stream, members, client_msg_id, kind, payload, time.time_ns() // 1000)
+        self.save()
+        return data
+
     def trust(self, user: str) -> None:
         self.device.trust(user)
         self.save()
@@ -143,8 +164,9 @@ class Secure:
         self.save()
         return data
 
-    def open(self, msg: Deliver) -> Deliver:
-        """The Deliver its sender meant, or ``msg`` as it came (content type 2) with a notice."""
+    def open(self, msg: Deliver) -> Deliver | None:
+        """The Deliver its sender meant; ``msg`` as it came (content type 2) with a notice; or
+        None for what is not shown (a group's sender key sent on its own)."""
         cached = self._opened.get(msg.message_id)
         if cached is None:
             try:
@@ -160,8 +182,10 @@ class Secure:
         if len(self.encrypted) > OPENED_CACHE:
             self.encrypted.intersection_update(self._opened)
         kind, payload = cached
+        if kind == ev.SENDER_KEY:
+            return None
         content = {ev.TEXT: ContentType.TEXT, ev.FILE_OFFER: ContentType.FILE_OFFER}.get(kind)
-        if content is None:  # a kind this client does not show (a group's sender key, later)
+        if content is None:  # a kind this client does not know
             _keep(self.notices, msg.message_id, f"an end-to-end message of kind {kind}", NOTICES)
             return msg
         return dataclasses.replace(msg, content_type=content, body=payload)

@@ -27,16 +27,20 @@ bundles cannot downgrade it) unless the user says so.
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import envelope as ev
 from . import primitives as p
 from . import x3dh
+from .groupkeys import GroupKeys
 from .keys import IDENTITY_CONTEXT, MAX_ID, BadBundleError, Bundle, DeviceKeys, UnknownPrekeyError, safety_number
 from .ratchet import Ratchet
+from .senderkey import SenderKeyReceiver
 
 STATE_VERSION = 1
+GROUP_KIND = 2  #: the protocol's ``TargetKind.GROUP`` (crypto imports no protocol module)
 
 
 class E2EError(Exception):
@@ -45,6 +49,12 @@ class E2EError(Exception):
 
 class UndecryptableError(E2EError):
     """An envelope this device cannot or must not open; the reason, never any content."""
+
+
+class NotForThisDeviceError(UndecryptableError):
+    """A pairwise envelope with no entry for this device: in a group, a sender key sent to
+    other members' devices (to be passed over without a word); elsewhere, a message this
+    device was not given (e.g. made before it had keys)."""
 
 
 class UntrustedError(E2EError):
@@ -95,6 +105,7 @@ class SecureDevice:
         self.user, self.device, self.keys = user, device, keys
         self.contacts: dict[str, Contact] = {}
         self.starts = x3dh.StartCache()
+        self.groups = GroupKeys()
 
     @classmethod
     def create(cls, user: str, device: str, now_us: int) -> SecureDevice:
@@ -177,6 +188,36 @@ class SecureDevice:
             NoKeysError: a recipient has no device to encrypt for.
             UntrustedError: a recipient's devices changed since it was trusted.
         """
+        targets = self._targets(recipients)
+        for user in recipients:
+            self.contacts[user].encrypted = True
+        return self._pairwise(targets, target_kind, stream, client_msg_id, kind, payload)
+
+    def group_send(
+        self, stream: str, members: list[str], client_msg_id: int, kind: int, payload: bytes, now_us: int
+    ) -> bytes:
+        """The envelope of a message to the group ``stream``: under our sender key for it,
+        carrying that key for the member devices that lack it (made anew first if someone left,
+        ``groupkeys.py``). Save the state before sending it.
+
+        Raises:
+            NoKeysError, UntrustedError: as ``encrypt``, for any member.
+        """
+        targets = self._targets([m for m in members if m != self.user])
+        need = self.groups.plan(stream, frozenset(members), {(u, d) for u, d, _ in targets}, now_us)
+        keys = b""
+        if need:
+            given = [t for t in targets if (t[0], t[1]) in need]
+            if len(given) > ev.MAX_ENTRIES:
+                raise ValueError(f"a group of {len(given)} devices: at most {ev.MAX_ENTRIES} get a key at once")
+            distribution = ev.sender_key_payload(stream, self.groups.distribution(stream))
+            keys = self._pairwise(given, GROUP_KIND, stream, client_msg_id, ev.SENDER_KEY, distribution)
+        bound = ev.group_head(ev.prefix(ev.GROUP, self.device, client_msg_id), keys)
+        ad = ev.associated_data(self.user, GROUP_KIND, stream, bound)
+        return bound + self.groups.encrypt(stream, ev.inner(kind, payload), ad)
+
+    def _targets(self, recipients: list[str]) -> list[tuple[str, str, Peer]]:
+        """Every device with a session of ``recipients`` and of this user (its other devices)."""
         targets: list[tuple[str, str, Peer]] = []
         for user in [*recipients, self.user]:
             contact = self.contacts.get(user, Contact())
@@ -186,6 +227,12 @@ class SecureDevice:
             if not peers and user != self.user:
                 raise NoKeysError(user)
             targets += peers
+        return targets
+
+    def _pairwise(
+        self, targets: list[tuple[str, str, Peer]], target_kind: int, stream: str, client_msg_id: int, kind: int,
+        payload: bytes,
+    ) -> bytes:  # fmt: skip
         head = ev.prefix(ev.PAIRWISE, self.device, client_msg_id)
         ad = ev.associated_data(self.user, target_kind, stream, head)
         content_key = p.random_bytes(p.KEY)
@@ -198,8 +245,6 @@ class SecureDevice:
                 secret, peer.session_ad + ad + ev.entry_head(user, device, peer.start)
             )
             entries.append(ev.Entry(user, device, header, wrapped, peer.start))
-        for user in recipients:
-            self.contacts[user].encrypted = True
         signed = ev.pairwise(head, entries, body)
         return signed + p.sign(self.keys.identity.sign_private, ev.SIGNED + ad + signed)
 
@@ -211,25 +256,33 @@ class SecureDevice:
             UndecryptableError: not for this device, tampered with, replayed, or from a session
                 this device does not have; the state is as it was.
         """
-        try:
-            env = ev.parse(data)
-        except ev.EnvelopeError as exc:
-            raise UndecryptableError(str(exc)) from None
-        if env.kind != ev.PAIRWISE:
-            raise UndecryptableError("a group envelope: this device has no sender key for it")
+        env = _parsed(data)
+        if env.kind == ev.GROUP:
+            return self._open_group(sender, target_kind, stream, env)
+        kind, payload, commit = self._open_pairwise(sender, target_kind, stream, env)
+        receiver = self._sender_key(kind, payload, target_kind, stream) if kind == ev.SENDER_KEY else None
+        warnings = commit()
+        if receiver is not None:  # a member's sender key for this group: kept, not shown
+            self.groups.keep(stream, sender, env.device, receiver)
+        return kind, payload, warnings
+
+    def _open_pairwise(
+        self, sender: str, target_kind: int, stream: str, env: ev.Envelope
+    ) -> tuple[int, bytes, Callable[[], list[str]]]:
+        """(inner type, payload, commit) of a pairwise envelope, on trial: nothing is kept until
+        ``commit()`` (which returns the warnings), so a caller with more to check first can refuse."""
         mine = [e for e in env.entries if (e.user, e.device) == (self.user, self.device)]
         if len(mine) != 1:
-            raise UndecryptableError("not encrypted for this device")
+            raise NotForThisDeviceError("not encrypted for this device")
         entry = mine[0]
         ad = ev.associated_data(sender, target_kind, stream, env.prefix)
-        warnings: list[str] = []
-        contact = self.contacts.setdefault(sender, Contact())
+        contact = self.contacts.get(sender) or Contact()  # a new one is kept only at commit
         peer = contact.devices.get(env.device)
         fresh = entry.start is not None and (peer is None or peer.their_start != entry.start.ephemeral)
         signer = entry.start.sign_public if fresh and entry.start else peer.sign_public if peer else b""
         if not p.verify(signer, env.signature, ev.SIGNED + ad + env.signed):
             raise UndecryptableError(f"not signed by {sender}'s device {env.device} (or not in this conversation)")
-        try:  # on trial: nothing is kept unless the whole envelope checks
+        try:
             if fresh:
                 assert entry.start is not None
                 peer, secret = self._open_start(entry, ad)
@@ -247,13 +300,54 @@ class SecureDevice:
             kind, payload = ev.split_inner(p.open_(*_body_key(secret[: p.KEY]), env.body, ad))
         except (p.DecryptError, ev.EnvelopeError) as exc:
             raise UndecryptableError(str(exc)) from None
-        if fresh:  # opened: only now does the start count (its one-time prekey spent, its peer pinned)
-            assert entry.start is not None and peer is not None
-            self._commit_start(contact, sender, env.device, entry.start, peer, warnings)
-        else:
-            assert peer is not None
-            peer.ratchet, peer.start = trial, None  # they answered: they have the session
-        contact.encrypted = contact.encrypted or sender != self.user
+        start, found = entry.start, peer
+
+        def commit() -> list[str]:
+            warnings: list[str] = []
+            self.contacts.setdefault(sender, contact)
+            if fresh:  # opened: only now does the start count (its one-time prekey spent, its peer pinned)
+                assert start is not None and found is not None
+                self._commit_start(contact, sender, env.device, start, found, warnings)
+            else:
+                assert found is not None
+                found.ratchet, found.start = trial, None  # they answered: they have the session
+            contact.encrypted = contact.encrypted or sender != self.user
+            return warnings
+
+        return kind, payload, commit
+
+    def _sender_key(self, kind: int, payload: bytes, target_kind: int, stream: str) -> SenderKeyReceiver:
+        """The sender key a ``SENDER_KEY`` payload carries, if it is for this group."""
+        try:
+            named, distribution = ev.parse_sender_key(payload)
+            if target_kind != GROUP_KIND or named != stream:
+                raise UndecryptableError(f"a sender key for {named!r} sent in {stream!r}")
+            return SenderKeyReceiver.from_distribution(distribution)
+        except (ev.EnvelopeError, ValueError) as exc:
+            raise UndecryptableError(str(exc)) from None
+
+    def _open_group(self, sender: str, target_kind: int, stream: str, env: ev.Envelope) -> tuple[int, bytes, list[str]]:
+        """A group message under its sender device's sender key, taking in the key it carries for
+        this device, if any: all or nothing (a message that fails keeps none of its keys)."""
+        commit, carried = None, None
+        if env.keys:
+            try:
+                kind, payload, commit = self._open_pairwise(sender, target_kind, stream, _parsed(env.keys))
+            except NotForThisDeviceError:
+                pass  # for other members' devices: this one has the key (or the message fails below)
+            else:
+                if kind != ev.SENDER_KEY:
+                    raise UndecryptableError("a group envelope whose keys are not a sender key")
+                carried = self._sender_key(kind, payload, target_kind, stream)
+        ad = ev.associated_data(sender, target_kind, stream, env.bound)
+        try:
+            plaintext = self.groups.decrypt(stream, sender, env.device, env.body, ad, carried)
+            kind, payload = ev.split_inner(plaintext)
+        except (p.DecryptError, ev.EnvelopeError) as exc:
+            raise UndecryptableError(str(exc)) from None
+        warnings = commit() if commit is not None else []
+        if carried is not None:
+            self.groups.keep(stream, sender, env.device, carried)
         return kind, payload, warnings
 
     # ---- sessions ---------------------------------------------------------------
@@ -315,7 +409,7 @@ class SecureDevice:
         """JSON-safe, exact: what the vault keeps."""
         return {
             "version": STATE_VERSION, "user": self.user, "device": self.device, "keys": self.keys.to_dict(),
-            "starts": self.starts.to_dict(),
+            "starts": self.starts.to_dict(), "groups": self.groups.to_dict(),
             "contacts": {user: _contact_dict(c) for user, c in self.contacts.items()},
         }  # fmt: skip
 
@@ -325,8 +419,16 @@ class SecureDevice:
             raise ValueError(f"end-to-end state version {data.get('version')!r}: not one this client reads")
         me = cls(str(data["user"]), str(data["device"]), DeviceKeys.from_dict(data["keys"]))
         me.starts = x3dh.StartCache.from_dict(data["starts"])
+        me.groups = GroupKeys.from_dict(data["groups"])
         me.contacts = {str(user): _contact_of(c) for user, c in data["contacts"].items()}
         return me
+
+
+def _parsed(data: bytes) -> ev.Envelope:
+    try:
+        return ev.parse(data)
+    except ev.EnvelopeError as exc:
+        raise UndecryptableError(str(exc)) from None
 
 
 def _head(entry: ev.Entry) -> bytes:

@@ -32,7 +32,14 @@ from its sender's device.)
 
 **kind 2, group** (a group message under the sender's sender key, ``senderkey.py``)::
 
-    ... | the sender key message (key id u32 | iteration u32 | ciphertext | signature 64)
+    ... | keys length u32 | keys | the sender key message (key id u32 | iteration u32 | ciphertext | signature 64)
+
+``keys`` is empty, or a whole pairwise envelope (kind 1, its own signature) whose inner
+message is the sender's new or current sender key (``SENDER_KEY``), with entries for the
+member devices that do not have it yet: so a post is always ONE message (slow mode counts
+one post, one receipt comes back), and a device without an entry there goes straight to the
+sender key message. The group message's associated data covers the prefix *and* ``keys``:
+a byte changed anywhere is refused by every member, whether or not the keys were for it.
 
 **The inner message** (what the body, or the sender key message, decrypts to) is
 ``inner type u8 | payload``: 0 text (UTF-8), 1 file offer (the JSON of protocol section 13),
@@ -105,6 +112,8 @@ class Envelope:
     prefix: bytes = b""
     signed: bytes = b""  #: PAIRWISE: every byte before the signature
     signature: bytes = b""  #: PAIRWISE
+    keys: bytes = b""  #: GROUP: a pairwise envelope carrying the sender key, or b""
+    bound: bytes = b""  #: GROUP: the prefix, the keys' length and the keys: what the message's AD covers
 
 
 def prefix(kind: int, device: str, client_msg_id: int) -> bytes:
@@ -142,6 +151,11 @@ def pairwise(head: bytes, entries: list[Entry], body: bytes) -> bytes:
     return head + _U16.pack(len(entries)) + b"".join(entry_bytes(e) for e in entries) + body
 
 
+def group_head(head: bytes, keys: bytes) -> bytes:
+    """A group envelope's bytes before its sender key message (what that message's AD covers)."""
+    return head + _U32.pack(len(keys)) + keys
+
+
 def parse(data: bytes) -> Envelope:
     """The envelope in ``data``.
 
@@ -157,7 +171,12 @@ def parse(data: bytes) -> Envelope:
         at += 8
         head = data[:at]
         if kind == GROUP:
-            return Envelope(GROUP, device, client_msg_id, body=data[at:], prefix=head)
+            (length,) = _U32.unpack_from(data, at)
+            keys = data[at + 4 : at + 4 + length]
+            if len(keys) != length:
+                raise EnvelopeError("a group envelope's keys are cut short")
+            at += 4 + length
+            return Envelope(GROUP, device, client_msg_id, body=data[at:], prefix=head, keys=keys, bound=data[:at])
         (count,) = _U16.unpack_from(data, at)
         at += 2
         if not 0 < count <= MAX_ENTRIES:

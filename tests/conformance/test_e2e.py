@@ -15,9 +15,12 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from csce513msg.client import Client
 from csce513msg.client.secure import Secure
-from csce513msg.protocol import ContentType, Deliver
+from csce513msg.crypto.device import UndecryptableError
+from csce513msg.protocol import ContentType, Deliver, TargetKind
 from tests.conformance.wire import PASSWORD, connect, next_of
 from tests.fixtures import Names, Server
 from tests.servers import ServerProcess
@@ -116,3 +119,35 @@ def test_a_canary_appears_nowhere_on_the_server(server: Server, names: Names, tm
         assert any(p.name.endswith(".db") or "-wal" in p.name for p in files), files
         for path in [*files, server.log_path]:
             assert CANARY.encode() not in path.read_bytes(), path
+
+
+def test_group_posts_are_end_to_end_and_a_removed_member_cannot_read_on(
+    server: Server, names: Names, tmp_path: Path
+) -> None:
+    alice, bob, carol = names("alice"), names("bob"), names("carol")
+    group = names("lab")
+
+    def member(user: str, device: str) -> Client:
+        secure = Secure.from_vault(tmp_path / f"{user}-{device}.vault", PASSWORD, user, device, cost="test")
+        return connect(server, user, device_id=device, secure=secure, groups=True)
+
+    with member(alice, "a1") as a, member(bob, "b1") as b, member(carol, "c1") as c:
+        with connect(server, bob, device_id="plain", groups=True) as plain:  # bob's keyless device: ciphertext
+            info = a.group_create(group)
+            a.group_add(group, [bob, carol])
+            sent = a.send_text(group, CANARY, TargetKind.GROUP)
+            for reader in (b, c):
+                got = next_of(reader, Deliver, lambda d: d.message_id == sent.message_id)
+                assert got.body == CANARY.encode() and got.stream == info.stream
+            raw = next_of(plain, Deliver, lambda d: d.message_id == sent.message_id)
+            assert raw.content_type == ContentType.ENVELOPE and CANARY.encode() not in raw.body
+            reply = c.send_text(group, "carol's answer", TargetKind.GROUP)  # carol's own sender key, carried
+            assert next_of(b, Deliver, lambda d: d.message_id == reply.message_id).body == b"carol's answer"
+            assert next_of(a, Deliver, lambda d: d.message_id == reply.message_id).body == b"carol's answer"
+            a.group_remove(group, [carol])
+            after = a.send_text(group, "after carol left", TargetKind.GROUP)
+            assert next_of(b, Deliver, lambda d: d.message_id == after.message_id).body == b"after carol left"
+            stolen = next_of(plain, Deliver, lambda d: d.message_id == after.message_id)
+        assert c.session.secure is not None  # carol, with every key she ever had, given the ciphertext:
+        with pytest.raises(UndecryptableError):
+            c.session.secure.device.decrypt(alice, TargetKind.GROUP, info.stream, stolen.body)
