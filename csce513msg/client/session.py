@@ -367,6 +367,18 @@ class ClientSession:
         body = self.secure.seal_group(stream, members, cmid, ev.TEXT, text.encode())
         return self.request(Send(TargetKind.GROUP, ContentType.ENVELOPE, cmid, stream, body))
 
+    def send_group_offer_e2e(self, stream: str, members: list[str], offer: Offer) -> int:
+        """Queue an end-to-end file offer to the group ``stream``, as ``send_group_e2e`` does a
+        text (inner type file offer: an encrypted file's key goes this way); return its request id.
+
+        Raises:
+            crypto.device.E2EError: see ``Secure.seal_group``.
+        """
+        assert self.secure is not None
+        cmid = self.new_client_msg_id()
+        body = self.secure.seal_group(stream, members, cmid, ev.FILE_OFFER, offer_body(offer))
+        return self.request(Send(TargetKind.GROUP, ContentType.ENVELOPE, cmid, stream, body))
+
     def fetch_keys(self, user: str) -> int:
         """Queue a KeyFetch of ``user``'s devices (no one-time prekey spent on those we have a
         session with); answered by KeyBundles, which ``secure`` takes in."""

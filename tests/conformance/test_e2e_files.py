@@ -6,7 +6,8 @@ their STREAM ciphertext and learns neither their name nor their key (the offer g
 envelope); a device without keys sees an envelope it cannot open. Ciphertext damaged, reordered
 or cut at a chunk boundary (uploaded so by a sender's raw upload, or changed on the server's
 disk) fails the download cleanly, its partial file removed; a cut download resumes at its last
-whole chunk, and a cut upload resumes with its sealing, and only for the same file."""
+whole chunk, and a cut upload resumes with its sealing, and only for the same file. A group's
+file is encrypted when its posts are (every member has keys), its offer under the sender key."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from csce513msg.client.sealed import FileChangedError, Sealing
 from csce513msg.client.secure import Secure
 from csce513msg.client.transfer import Download, Upload
 from csce513msg.crypto.stream import CHUNK, Encryptor, chunk_offset, ciphertext_size
-from csce513msg.protocol import ContentType, Deliver, Offer, Receipt, RemoteProtocolError, parse_offer
+from csce513msg.protocol import ContentType, Deliver, Offer, Receipt, RemoteProtocolError, TargetKind, parse_offer
 from csce513msg.protocol.transfer import STREAM_V1
 from tests.conformance.wire import PASSWORD, connect, next_of
 from tests.fixtures import Names, Server
@@ -244,3 +245,43 @@ def test_a_cut_upload_resumes_with_its_sealing_for_the_same_file_only(
             assert resumed.complete and resumed.upload_id == upload.upload_id and resumed.sha256 == upload.sha256
             again.request(again.session.send_offer(bob, resumed.offer()), Receipt)
         assert b1.download(opened_offer(b1), tmp_path / "bob").read_bytes() == path.read_bytes()
+
+
+def test_a_group_s_file_is_end_to_end_when_its_posts_are(server: Server, names: Names, tmp_path: Path) -> None:
+    """Every member with keys: the file goes encrypted, its offer under alice's sender key, and
+    each member (not bob's keyless device) opens it. A member without keys: in clear, as 1.6."""
+    alice, bob, carol, dave = names("alice"), names("bob"), names("carol"), names("dave")
+    lab, mixed = names("lab"), names("mixed")
+
+    def member(user: str, device: str) -> Client:
+        secure = Secure.from_vault(tmp_path / f"{user}-{device}.vault", PASSWORD, user, device, cost="test")
+        return connect(server, user, device_id=device, secure=secure, groups=True)
+
+    with (
+        member(alice, "a1") as a,
+        member(bob, "b1") as b,
+        member(carol, "c1") as c,
+        connect(server, bob, device_id="plain", groups=True) as plain,
+        connect(server, dave, groups=True) as d,
+    ):
+        info = a.group_create(lab)
+        a.group_add(lab, [bob, carol])
+        path = a_file(tmp_path, 2 * CHUNK + 99)
+        upload, receipt = a.send_file(lab, path, TargetKind.GROUP)
+        assert upload.sealing is not None and upload.size == ciphertext_size(2 * CHUNK + 99)
+        for reader, where in ((b, "bob"), (c, "carol")):
+            offer = opened_offer(reader)
+            assert offer.encrypted and offer.upload_id == upload.upload_id
+            assert reader.download(offer, tmp_path / where).read_bytes() == path.read_bytes()
+        raw = next_of(plain, Deliver, lambda d: d.message_id == receipt.message_id)
+        assert raw.content_type == ContentType.ENVELOPE and raw.stream == info.stream
+        assert b"hw3 answers" not in raw.body and upload.sealing.key not in raw.body
+        if (copy := stored(server, upload.upload_id)) is not None:
+            assert CANARY not in copy.read_bytes()
+
+        a.group_create(mixed)
+        a.group_add(mixed, [bob, dave])  # dave's client has no keys: the group's posts go in clear
+        clear, _ = a.send_file(mixed, path, TargetKind.GROUP)
+        assert clear.sealing is None and clear.size == path.stat().st_size
+        offer = parse_offer(next_of(d, Deliver, lambda m: m.content_type == ContentType.FILE_OFFER).body)
+        assert not offer.encrypted and d.download(offer, tmp_path / "dave").read_bytes() == path.read_bytes()
