@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar, overload
 
+from ..crypto.device import E2EError, UntrustedError
 from ..protocol import (
     ANNOUNCEMENTS,
     VERSION_MINOR,
@@ -51,6 +52,7 @@ from ..protocol import (
     WhoReply,
 )
 from .downloads import PartialDownload, TransferError
+from .sealed import Sealing
 from .secure import Secure
 from .session import ClientSession, ClientState
 from .tls import wrap as wrap_tls
@@ -63,6 +65,14 @@ RETRY_MOST = 5.0  #: ... doubling up to this
 
 #: a transfer's progress: (bytes done, bytes in all)
 Progress = Callable[[int, int], object]
+
+
+def _trusted(secure: Secure, users: list[str]) -> None:
+    """Raise UntrustedError for the first of ``users`` whose keys changed since they were trusted."""
+    for user in users:
+        contact = secure.device.contacts.get(user)
+        if contact is not None and not contact.trusted:
+            raise UntrustedError(user, contact.alerts)
 
 
 class ServerError(Csce513Error):
@@ -357,11 +367,32 @@ class Client:
 
     def upload_file(
         self, path: Path, target: str, kind: TargetKind = TargetKind.USER, upload_id: str = "",
-        progress: Progress | None = None,
+        progress: Progress | None = None, sealing: Sealing | None = None,
     ) -> Upload:  # fmt: skip
         """Upload the file at ``path`` for the conversation with ``target`` (``upload_id``: resume
-        that upload); return it once the server has every byte. Raise ServerError if refused."""
-        upload = Upload(self.session, path, target, kind, upload_id)
+        that upload); return it once the server has every byte. Raise ServerError if refused.
+
+        With end-to-end encryption (``secure``), a file for a user or a group whose conversation
+        is end-to-end (as ``send_text`` decides) goes encrypted under a fresh key
+        (``client/sealed.py``): the server is sent only its ciphertext. ``upload.sealing`` then
+        holds the key: to resume that upload, pass it back as ``sealing`` with the
+        ``upload_id``; keep it private, and no longer than that.
+
+        Raises:
+            crypto.device.E2EError: the file must go encrypted and cannot (the recipient's keys
+                changed: ``trust`` first), or ``sealing`` is given for a conversation that is
+                not end-to-end.
+            ValueError: resuming an encrypted upload without its ``sealing``.
+            client.sealed.FileChangedError: ``sealing`` is for another file than ``path``'s.
+        """
+        if self._end_to_end(target, kind):
+            if sealing is None and upload_id:
+                raise ValueError("an end-to-end upload resumes with its sealing (upload.sealing) only")
+            if sealing is None:
+                sealing = Sealing.fresh()
+        elif sealing is not None:
+            raise E2EError(f"{target} is no end-to-end conversation: an encrypted file's key could not reach it")
+        upload = Upload(self.session, path, target, kind, upload_id, sealing=sealing)
         self._drive(upload, lambda: progress(upload.acked, upload.size) if progress else None)
         if upload.error is not None:
             raise ServerError(upload.error)
@@ -370,24 +401,67 @@ class Client:
     def send_file(
         self, target: str, path: Path, kind: TargetKind = TargetKind.USER, progress: Progress | None = None
     ) -> tuple[Upload, Receipt]:
-        """Upload a file, then post its offer to ``target``: the server's Receipt for the offer."""
+        """Upload a file, then post its offer to ``target``: the server's Receipt for the offer.
+        In an end-to-end conversation (direct, or a group whose members all have keys) both are
+        encrypted (``upload_file``): the offer, with the file's name and key, goes as an
+        end-to-end message (to a group: under our sender key, to its members at that moment)."""
         upload = self.upload_file(path, target, kind, progress=progress)
+        if kind == TargetKind.GROUP and upload.sealing is not None:
+            group = self._e2e_group(target)  # the members now: the offer's key goes to them
+            if group is None:
+                raise E2EError(f"{target}: a member without end-to-end keys joined during the upload: no offer sent")
+            rid = self.session.send_group_offer_e2e(group.stream, list(group.users), upload.offer())
+            return upload, self.request(rid, Receipt)
         return upload, self.request(self.session.send_offer(target, upload.offer(), kind), Receipt)
 
     def download(self, offer: Offer, directory: Path, progress: Progress | None = None) -> Path:
         """Fetch an offered file into ``directory`` (resuming a partial one there); return its
         path once its size and hash are checked. Raise TransferError if it fails (the partial
-        file is removed then; a lost connection keeps it for a resume)."""
-        partial = PartialDownload.open(directory, offer.upload_id, offer.name, offer.size, offer.sha256)
+        file is removed then; a lost connection keeps it for a resume). An encrypted offer's
+        file (one opened by ``secure``: it carries the key) is decrypted chunk by chunk as it
+        comes; a chunk that does not authenticate fails it."""
+        size, sha256 = offer.file_size, offer.file_sha256
+        partial = PartialDownload.open(directory, offer.upload_id, offer.name, size, sha256)
         try:
             download = Download(self.session, offer, partial)
-            self._drive(download, lambda: progress(download.received, offer.size) if progress else None)
+            self._drive(download, lambda: progress(download.received, size) if progress else None)
         except BaseException:
             partial.close()
             raise
         if download.path is None:
             raise TransferError(download.error)
         return download.path
+
+    def _end_to_end(self, target: str, kind: TargetKind) -> bool:
+        """Whether a file for ``target`` (a user, or a group) goes end-to-end encrypted: the
+        device lists read first, as ``send_text`` does; a contact whose keys changed is refused
+        before any byte is uploaded."""
+        if kind == TargetKind.GROUP:
+            return self._e2e_group(target) is not None
+        secure, user = self.session.secure, target.lower()
+        if secure is None or kind != TargetKind.USER:
+            return False
+        if not secure.ready(user):
+            for who in {user, secure.device.user}:
+                self.fetch_keys(who)
+        if not secure.wants_e2e(user):
+            return False
+        _trusted(secure, [user])
+        return True
+
+    def _e2e_group(self, target: str) -> GroupMembersReply | None:
+        """The members of the group ``target`` (their devices read) if a post there goes
+        end-to-end now, else None (no ``secure``, the announcements, a member without keys)."""
+        secure = self.session.secure
+        if secure is None or target in (ANNOUNCEMENTS, "announcements"):
+            return None
+        group = self.group_members(target)  # who reads it now: the sender key follows them
+        for user in {*group.users, secure.device.user} - secure.fetched:
+            self.fetch_keys(user)
+        if not secure.wants_e2e_group(group.stream, group.users):
+            return None
+        _trusted(secure, [u for u in group.users if u != secure.device.user])
+        return group
 
     def _drive(self, transfer: Upload | Download, moved: Callable[[], object]) -> None:
         """Send and read until ``transfer`` is done; other messages wait in the inbox."""

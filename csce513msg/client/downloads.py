@@ -182,6 +182,18 @@ class PartialDownload:
         self._hash.update(data)
         self.received += len(data)
 
+    def rewind(self, size: int) -> None:
+        """Keep only the first ``size`` bytes received (an encrypted file resumes at a chunk's
+        start: a chunk half written by a run that stopped is dropped), hashed again."""
+        fd = self._open_fd()
+        if not 0 <= size <= self.received:
+            raise ValueError(f"cannot rewind {self.received} bytes to {size}")
+        os.ftruncate(fd, size)
+        self._hash, self.received = hashlib.sha256(), 0
+        while self.received < size and (chunk := os.pread(fd, min(CHUNK, size - self.received), self.received)):
+            self._hash.update(chunk)
+            self.received += len(chunk)
+
     def finish(self) -> Path:
         """Check the size and the SHA-256, then give the file its safe name in the
         directory, never replacing a file. Returns the final path. A wrong size or hash

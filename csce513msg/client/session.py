@@ -382,6 +382,18 @@ class ClientSession:
         body = self.secure.seal_group(stream, members, cmid, ev.TEXT, text.encode())
         return self.request(Send(TargetKind.GROUP, ContentType.ENVELOPE, cmid, stream, body))
 
+    def send_group_offer_e2e(self, stream: str, members: list[str], offer: Offer) -> int:
+        """Queue an end-to-end file offer to the group ``stream``, as ``send_group_e2e`` does a
+        text (inner type file offer: an encrypted file's key goes this way); return its request id.
+
+        Raises:
+            crypto.device.E2EError: see ``Secure.seal_group``.
+        """
+        assert self.secure is not None
+        cmid = self.new_client_msg_id()
+        body = self.secure.seal_group(stream, members, cmid, ev.FILE_OFFER, offer_body(offer))
+        return self.request(Send(TargetKind.GROUP, ContentType.ENVELOPE, cmid, stream, body))
+
     def fetch_keys(self, user: str) -> int:
         """Queue a KeyFetch of ``user``'s devices (no one-time prekey spent on those we have a
         session with); answered by KeyBundles, which ``secure`` takes in."""
@@ -509,9 +521,22 @@ class ClientSession:
         return self.request(FileCancel(upload_id))
 
     def send_offer(self, target: str, offer: Offer, kind: TargetKind = TargetKind.USER) -> int:
-        """Queue the message that offers an uploaded file (content type 1); answered by a Receipt."""
+        """Queue the message that offers an uploaded file (content type 1); answered by a Receipt.
+        To a user with end-to-end keys (``secure``) it goes sealed, as a text does (content type
+        2); an encrypted file's offer, which carries its key, goes no other way.
+
+        Raises:
+            crypto.device.E2EError: sealing is due and refused, or an encrypted file's offer
+                has no end-to-end conversation to go in.
+        """
         body = offer_body(offer)
-        return self.request(Send(kind, ContentType.FILE_OFFER, self.new_client_msg_id(), target, body))
+        cmid = self.new_client_msg_id()
+        if self.secure is not None and kind == TargetKind.USER and self.secure.wants_e2e(target.lower()):
+            sealed = self.secure.seal(target.lower(), cmid, ev.FILE_OFFER, body)
+            return self.request(Send(kind, ContentType.ENVELOPE, cmid, target, sealed))
+        if offer.encrypted:
+            raise E2EError(f"an encrypted file's offer goes end-to-end only, and {target} is no such conversation")
+        return self.request(Send(kind, ContentType.FILE_OFFER, cmid, target, body))
 
     def ping(self) -> int:
         """Queue a Ping (keep-alive); return its request id."""

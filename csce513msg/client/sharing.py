@@ -150,7 +150,8 @@ def fetch(chat: ChatClient, item: Shared) -> None:
         return
     offer = item.offer
     try:
-        partial = PartialDownload.open(chat.sharing.downloads, offer.upload_id, offer.name, offer.size, offer.sha256)
+        size, sha256 = offer.file_size, offer.file_sha256  # an encrypted file's: the plaintext's
+        partial = PartialDownload.open(chat.sharing.downloads, offer.upload_id, offer.name, size, sha256)
     except (OSError, TransferError, ValueError) as exc:
         return chat.local_error(f"/get {item.number}: {inert(str(exc))}")
     item.transfer = Download(chat.session, offer, partial)

@@ -10,6 +10,9 @@ queued meanwhile waits behind that much at most, never behind the whole file.
 Resume: an ``Upload`` given the ``upload_id`` of an unfinished upload asks the server
 where it stopped and goes on from there; a ``Download`` writes into a
 ``downloads.PartialDownload``, which re-hashes what an earlier attempt left on disk.
+
+End-to-end encrypted files (1.7): an ``Upload`` with a ``sealed.Sealing`` sends the file's
+STREAM ciphertext, a ``Download`` of an offer with a key opens it; ``sealed.py`` does both.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import os
 from pathlib import Path
 from typing import BinaryIO
 
+from ..crypto.stream import SALT
 from ..protocol import (
     Error,
     FileData,
@@ -28,8 +32,9 @@ from ..protocol import (
     Offer,
     TargetKind,
 )
-from ..protocol.transfer import CHUNK_HEADROOM, MAX_GET, UPLOAD_WINDOW
+from ..protocol.transfer import CHUNK_HEADROOM, MAX_GET, STREAM_V1, UPLOAD_WINDOW
 from .downloads import PartialDownload, TransferError
+from .sealed import Deciphering, FileChangedError, SealedSource, Sealing
 from .session import ClientSession
 
 GET_SIZE = MAX_GET // 4  #: bytes one FileGet asks for
@@ -43,18 +48,45 @@ def sha256_of(path: Path) -> tuple[int, str]:
         return f.tell(), digest.hexdigest()
 
 
+class PlainSource:
+    """The bytes of the file at ``path`` as they are, read by offset."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: BinaryIO = path.open("rb")
+
+    def read(self, offset: int, length: int) -> bytes:
+        data = os.pread(self._file.fileno(), length, offset)
+        if length and not data:  # the file shrank under us (else the server will say the hash is wrong)
+            raise FileChangedError(f"{self.path} changed while it was sent")
+        return data
+
+    def close(self) -> None:
+        self._file.close()
+
+
 class Upload:
     """Send the file at ``path`` to the server for the conversation with ``target``.
 
     ``done`` once the server has every byte (``complete``) or refused (``error``). Then
     ``offer()`` is the file offer to post (``ClientSession.send_offer``).
+
+    With ``sealing`` (1.7, ``Sealing.fresh()`` for a new upload, ``upload.sealing`` to resume
+    one), the bytes sent are the file's STREAM ciphertext, made a chunk at a time
+    (``sealed.SealedSource``, which reads the file once first for its hashes): ``size`` and
+    ``sha256`` are the ciphertext's, and the offer carries the key.
     """
 
     def __init__(
         self, session: ClientSession, path: Path, target: str, kind: TargetKind = TargetKind.USER,
-        upload_id: str = "", size: int | None = None, sha256: str | None = None,
+        upload_id: str = "", size: int | None = None, sha256: str | None = None, sealing: Sealing | None = None,
     ) -> None:  # fmt: skip
-        if size is None or sha256 is None:
+        self._source: PlainSource | SealedSource | None
+        self.sealing: Sealing | None = None  #: the key and salt of an encrypted upload (private)
+        if sealing is not None:
+            sealed = self._source = SealedSource(path, sealing)
+            size, sha256, self.sealing = sealed.size, sealed.sha256, sealed.sealing
+        elif size is None or sha256 is None:
             size, sha256 = sha256_of(path)
         self.session = session
         self.path = path
@@ -73,7 +105,8 @@ class Upload:
         # the frame's room, but never more than a quarter of the window (a server with a large
         # max_frame would otherwise leave no room for a single chunk)
         self.chunk = min(welcome.max_frame - CHUNK_HEADROOM, UPLOAD_WINDOW // 4)
-        self._file: BinaryIO | None = path.open("rb")
+        if sealing is None:
+            self._source = PlainSource(path)
         self._start = session.file_upload(size, sha256, target, kind, upload_id)
         self._rids = {self._start}
         self._chunks: dict[int, int] = {}  #: request id -> bytes of a chunk not yet answered
@@ -83,8 +116,12 @@ class Upload:
         return self.complete or self.error is not None
 
     def offer(self) -> Offer:
-        """What the file offer says (its name is the file's own, as the sender sees it)."""
-        return Offer(self.upload_id, self.name, self.size, self.sha256)
+        """What the file offer says (its name is the file's own, as the sender sees it; for an
+        encrypted upload, its key, and the plaintext's size and SHA-256)."""
+        s = self.sealing
+        if s is None:
+            return Offer(self.upload_id, self.name, self.size, self.sha256)
+        return Offer(self.upload_id, self.name, self.size, self.sha256, STREAM_V1, s.key, s.plain_size, s.plain_sha256)
 
     def handle(self, msg: Message) -> bool:
         """Take a reply of this upload's: a FileState moves it on, an Error ends it."""
@@ -128,9 +165,9 @@ class Upload:
         """Stop: the window its chunks held is free for the connection's other uploads."""
         self.session.upload_bytes -= sum(self._chunks.values())
         self._chunks.clear()
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._source is not None:
+            self._source.close()
+            self._source = None
 
     def _room(self) -> bool:
         return self.session.upload_bytes + self.chunk <= UPLOAD_WINDOW
@@ -138,11 +175,12 @@ class Upload:
     def fill(self) -> None:
         """Queue chunks while the connection's window has room (``msg`` calls it for every upload
         when one moves: another one's chunks may have freed room)."""
-        f, session = self._file, self.session
-        while self.started and f is not None and self.sent < self.size and self._room():
-            data = os.pread(f.fileno(), min(self.chunk, self.size - self.sent), self.sent)
-            if not data:  # the file shrank under us: the server will say the hash is wrong
-                self.error = Error(0, f"{self.path} changed while it was sent")
+        session = self.session
+        while self.started and self._source is not None and self.sent < self.size and self._room():
+            try:
+                data = self._source.read(self.sent, min(self.chunk, self.size - self.sent))
+            except FileChangedError as exc:
+                self.error = Error(0, str(exc))
                 self.close()
                 return
             rid = session.file_chunk(self.upload_id, self.sent, data)
@@ -153,7 +191,11 @@ class Upload:
 
 
 class Download:
-    """Fetch an offered file into ``partial`` (a ``PartialDownload``: resumes where it is)."""
+    """Fetch an offered file into ``partial`` (a ``PartialDownload``: resumes where it is).
+
+    An encrypted offer's (1.7) ciphertext goes through ``sealed.Deciphering``: only plaintext
+    that authenticated reaches the partial file, whose size and SHA-256 are the plaintext's
+    (``Offer.file_size``, ``Offer.file_sha256``); a resume goes on at its last whole chunk."""
 
     def __init__(self, session: ClientSession, offer: Offer, partial: PartialDownload) -> None:
         self.session = session
@@ -163,6 +205,16 @@ class Download:
         self.path: Path | None = None  #: the file, verified, once done
         self.error: str = ""
         self._gets: set[int] = set()
+        self._sink: PartialDownload | Deciphering = partial
+        if offer.encrypted:
+            try:
+                deciphering = self._sink = Deciphering(offer, partial)
+            except TransferError as exc:
+                self._fail(str(exc), keep=False)
+                return
+            self.asked = deciphering.first
+            if deciphering.needs_salt:
+                self._gets.add(session.file_get(offer.upload_id, 0, SALT))
         if offer.size == 0:
             self._gets.add(session.file_get(offer.upload_id, 0, 0))
         self._fill()
@@ -191,7 +243,7 @@ class Download:
             if msg.size != self.offer.size:
                 raise TransferError(f"the server holds {msg.size} bytes, the offer said {self.offer.size}")
             if msg.body:
-                self.partial.write(msg.offset, msg.body)
+                self._sink.write(msg.offset, msg.body)
             self._fill()
         except TransferError as exc:
             self._gets.clear()
@@ -212,7 +264,7 @@ class Download:
     def _check(self) -> None:
         """Every range answered: the bytes' size and hash, then the file's final name."""
         try:
-            self.path = self.partial.finish()
+            self.path = self._sink.finish()
         except TransferError as exc:
             self._fail(str(exc), keep=False)
 

@@ -84,12 +84,22 @@ def chunk_offset(index: int) -> int:
 
 
 class Encryptor:
-    """Seals one file, chunk by chunk: send ``header()`` first, then each ``seal_chunk``."""
+    """Seals one file, chunk by chunk: send ``header()`` first, then each ``seal_chunk``.
 
-    def __init__(self, file_key: bytes) -> None:
-        self._salt = random_bytes(SALT)
+    ``salt`` and ``first`` make the same ciphertext again from chunk ``first`` on (an upload
+    resumed where the server stopped): a chunk's bytes depend only on the key, the salt, its
+    index and its data. Only for the *same* file: sealing other data under an index used
+    before repeats a nonce (the caller checks the file did not change, ``client/sealed.py``).
+    """
+
+    def __init__(self, file_key: bytes, salt: bytes | None = None, first: int = 0) -> None:
+        if salt is not None and len(salt) != SALT:
+            raise ValueError(f"a stream's salt is {SALT} bytes, not {len(salt)}")
+        if not 0 <= first < MAX_CHUNKS:
+            raise ValueError(f"no chunk {first} in a stream")
+        self._salt = random_bytes(SALT) if salt is None else salt
         self._key = payload_key(file_key, self._salt)
-        self.next_index = 0
+        self.next_index = first
         self.finished = False  #: the last chunk has been sealed
 
     def header(self) -> bytes:

@@ -12,8 +12,10 @@ A file travels through the server in two halves, each on the same connection as 
   ``FileData`` frames; the last of a request says so.
 
 The server reads none of a file's name, type or plaintext: it knows an upload by its id,
-its size, the hash of the bytes it was sent (ciphertext, once 1.7 encrypts files) and the
-conversation it is for. ``FileUpload`` with the id of an unfinished upload resumes it
+its size, the hash of the bytes it was sent (the ciphertext, for a file 1.7 encrypts) and
+the conversation it is for. An encrypted file's offer (``Offer.cipher``: the file key and
+the plaintext's size and hash besides) goes inside an end-to-end envelope, never as content
+type 1. ``FileUpload`` with the id of an unfinished upload resumes it
 (``FileState.received`` says from where), across a reconnect or a server restart.
 
 This module registers its frames with ``messages._message`` and is imported by
@@ -23,10 +25,13 @@ before that line.
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import enum
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TypeGuard
 
 from .errors import ErrorCode, RemoteProtocolError
 from .messages import MsgType, _message
@@ -141,19 +146,55 @@ MAX_OFFER_BODY = 8192  #: bytes of an offer's body (1,024 characters of up to 4 
 _SURROGATE = re.compile("[\ud800-\udfff]")  #: JSON's "\ud800" makes a str that is no text
 
 
+#: (1.7) the ``cipher`` of an end-to-end encrypted file: age's STREAM as ``crypto/stream.py`` makes it
+STREAM_V1 = "stream-v1"
+FILE_KEY = 32  #: bytes of an encrypted file's key
+_BASE64 = re.compile(r"[A-Za-z0-9+/]{43}=")  #: 32 bytes in standard base64, padded: the only form taken
+
+
 @dataclass(frozen=True, slots=True)
 class Offer:
-    """What a file offer's body says: the upload to fetch, and what the file should be."""
+    """What a file offer's body says: the upload to fetch, and what the file should be.
+
+    ``size`` and ``sha256`` are of the bytes uploaded: the file's own, or (1.7, ``cipher``
+    ``STREAM_V1``) its ciphertext, whose ``key`` then opens it into ``plain_size`` bytes of
+    SHA-256 ``plain_sha256``. Such an offer travels only inside an end-to-end envelope.
+    """
 
     upload_id: str
     name: str  #: untrusted: a receiver sanitizes it before it names anything on its disk
     size: int
     sha256: str  #: of the bytes, hex
+    cipher: str = ""  #: "" (the bytes are the file) or ``STREAM_V1``
+    key: bytes = field(default=b"", repr=False)  #: the file key (``FILE_KEY`` bytes): never in a log
+    plain_size: int = 0
+    plain_sha256: str = ""
+
+    @property
+    def encrypted(self) -> bool:
+        return bool(self.cipher)
+
+    @property
+    def file_size(self) -> int:
+        """The received file's size: the plaintext's."""
+        return self.plain_size if self.cipher else self.size
+
+    @property
+    def file_sha256(self) -> str:
+        """The received file's SHA-256: the plaintext's."""
+        return self.plain_sha256 if self.cipher else self.sha256
 
 
 def offer_body(offer: Offer) -> bytes:
     """The body of a file offer: a JSON object, UTF-8 (section 13)."""
-    doc = {"upload": offer.upload_id, "name": offer.name, "size": offer.size, "sha256": offer.sha256}
+    doc: dict[str, object] = {"upload": offer.upload_id, "name": offer.name, "size": offer.size, "sha256": offer.sha256}
+    if offer.cipher:
+        doc |= {
+            "cipher": offer.cipher,
+            "key": base64.b64encode(offer.key).decode(),
+            "plain_size": offer.plain_size,
+            "plain_sha256": offer.plain_sha256,
+        }
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
 
 
@@ -174,8 +215,32 @@ def parse_offer(body: bytes) -> Offer:
         raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "a file offer's upload id is malformed")
     if not isinstance(offer.name, str) or len(offer.name) > MAX_OFFER_NAME or _SURROGATE.search(offer.name):
         raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "a file offer's name is not text of a sane length")
-    if type(offer.size) is not int or not 0 <= offer.size < 2**63:
+    if not _byte_count(offer.size):
         raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "a file offer's size is not a byte count")
     if not (isinstance(offer.sha256, str) and SHA256_HEX.fullmatch(offer.sha256)):
         raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "a file offer's sha256 is not 64 hex digits")
-    return offer
+    return _sealed(offer, doc) if any(k in doc for k in _SEALED_KEYS) else offer
+
+
+_SEALED_KEYS = ("cipher", "key", "plain_size", "plain_sha256")
+
+
+def _sealed(offer: Offer, doc: dict[str, object]) -> Offer:
+    """``offer`` with the fields of an encrypted file (1.7): all four, each checked."""
+    cipher, key, plain_size, plain_sha256 = (doc.get(k) for k in _SEALED_KEYS)
+    if cipher != STREAM_V1:
+        raise RemoteProtocolError(ErrorCode.BAD_REQUEST, f"a file offer's cipher is not {STREAM_V1!r}")
+    if not (isinstance(key, str) and _BASE64.fullmatch(key)):
+        raise RemoteProtocolError(ErrorCode.BAD_REQUEST, f"a file offer's key is not {FILE_KEY} bytes of base64")
+    raw = base64.b64decode(key, validate=True)
+    if base64.b64encode(raw).decode() != key:  # the last character's unused bits must be 0
+        raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "a file offer's key is not canonical base64")
+    if not _byte_count(plain_size):
+        raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "a file offer's plain_size is not a byte count")
+    if not (isinstance(plain_sha256, str) and SHA256_HEX.fullmatch(plain_sha256)):
+        raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "a file offer's plain_sha256 is not 64 hex digits")
+    return dataclasses.replace(offer, cipher=STREAM_V1, key=raw, plain_size=plain_size, plain_sha256=plain_sha256)
+
+
+def _byte_count(value: object) -> TypeGuard[int]:
+    return type(value) is int and 0 <= value < 2**63

@@ -396,3 +396,20 @@ def test_downloads_go_under_the_clients_data_directory(tmp_path: Path, monkeypat
     assert default_downloads_dir() == tmp_path / "home" / ".local" / "share" / "csce513msg" / "client" / "downloads"
     monkeypatch.setenv("MSG_DATA_DIR", str(tmp_path / "mine"))
     assert default_downloads_dir() == tmp_path / "mine" / "downloads"
+
+
+def test_rewind_keeps_the_first_bytes_and_hashes_them_again(tmp_path: Path) -> None:
+    """An encrypted download resumes at a chunk's start: what a stopped run half wrote goes."""
+    part = PartialDownload.open(tmp_path, "up1", "a.bin", len(DATA), SHA)
+    part.write(0, DATA[:100])
+    part.close()
+    with (tmp_path / partial_name("up1")).open("ab") as f:
+        f.write(b"half written")
+    again = PartialDownload.open(tmp_path, "up1", "a.bin", len(DATA), SHA)
+    assert again.received == 112
+    again.rewind(100)
+    assert again.received == 100 and again.path.stat().st_size == 100
+    with pytest.raises(ValueError):
+        again.rewind(101)
+    again.write(100, DATA[100:])
+    assert again.finish().read_bytes() == DATA

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 
 from csce513msg.client import ClientSession, ClientState
+from csce513msg.crypto.device import E2EError
 from csce513msg.protocol import (
     Ack,
+    ContentType,
     Deliver,
     ErrorCode,
     FrameDecoder,
@@ -18,6 +20,7 @@ from csce513msg.protocol import (
     Login,
     LoginOk,
     Message,
+    Offer,
     RemoteProtocolError,
     Send,
     TargetKind,
@@ -25,6 +28,7 @@ from csce513msg.protocol import (
     decode,
     encode,
 )
+from csce513msg.protocol.transfer import STREAM_V1
 
 WELCOME = Welcome(1, 3, 65536, 16384, 64, 90000, ("presence",), "test")
 
@@ -111,3 +115,20 @@ def test_groups_are_asked_for_in_hello_and_sent_only_to_a_server_of_1_4() -> Non
     old_client.receive_data(encode(WELCOME))
     (hello,) = sent(old_client)
     assert isinstance(hello, Hello) and hello.version_minor == 3 and hello.features == ()
+
+
+def test_an_encrypted_file_s_offer_never_goes_in_clear() -> None:
+    """Its body carries the file's key: without an end-to-end conversation to seal it in, it is
+    refused and nothing is queued (a plaintext offer goes as it always did)."""
+    session = ClientSession("alice")
+    session.receive_data(encode(WELCOME))
+    sent(session)
+    waiting = dict(session.pending)  # the Login
+    digest = "ab" * 32
+    offer = Offer("q8Vn0x1cTtGm4kQe5W2aYA", "a.txt", 37, digest, STREAM_V1, bytes(32), 5, digest)
+    with pytest.raises(E2EError, match="end-to-end only"):
+        session.send_offer("bob", offer)
+    assert sent(session) == [] and session.pending == waiting
+    session.send_offer("bob", Offer("q8Vn0x1cTtGm4kQe5W2aYA", "a.txt", 5, digest))
+    (send,) = sent(session)
+    assert isinstance(send, Send) and send.content_type == ContentType.FILE_OFFER

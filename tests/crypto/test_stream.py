@@ -224,3 +224,26 @@ def test_a_failed_decryption_leaves_an_existing_file_alone(tmp_path: Path) -> No
         decrypt_file(tmp_path / "sealed", tmp_path / "out", key)
     assert (tmp_path / "out").read_bytes() == b"what was there"
     assert sorted(f.name for f in tmp_path.iterdir()) == ["out", "sealed"]
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_an_encryption_is_made_again_from_its_salt_and_any_chunk(size: int) -> None:
+    """An upload cut short resumes by sealing the same chunks again: same key, salt, index and
+    data give the same bytes, from any chunk on."""
+    key, data = new_file_key(), os.urandom(size)
+    original = sealed(data, key)
+    salt = original[:SALT]
+    pieces = [data[i : i + CHUNK] for i in range(0, len(data), CHUNK)] or [b""]
+    for first in range(len(pieces)):
+        again = Encryptor(key, salt=salt, first=first)
+        assert again.header() == salt and again.next_index == first
+        tail = b"".join(again.seal_chunk(c, i == len(pieces) - 1) for i, c in enumerate(pieces) if i >= first)
+        assert tail == original[chunk_offset(first) :]
+        assert again.finished
+
+
+def test_a_given_salt_or_first_chunk_is_checked() -> None:
+    with pytest.raises(ValueError, match="salt"):
+        Encryptor(new_file_key(), salt=bytes(SALT - 1))
+    with pytest.raises(ValueError, match="chunk"):
+        Encryptor(new_file_key(), first=-1)
