@@ -187,6 +187,8 @@ class Client:
         if not self.closed:
             self.closed = True
             self.sock.close()
+            if self.session.secure is not None:
+                self.session.secure.close()
 
     # ---- requests ------------------------------------------------------------------
 

@@ -132,6 +132,7 @@ class Outgoing:
     key: int
     state: str = "sending"
     position: int = 0  #: its place in the stream, once stored (a group message shows it: /delete #lab/5)
+    private: bool = False  #: it went end-to-end encrypted
 
 
 class ChatClient:
@@ -204,6 +205,9 @@ class ChatClient:
             unsent[m.client_msg_id or object()] = Unsent(to, m.body.decode(errors="replace"), m.client_msg_id)
         for u in self.queued:
             unsent[u.client_msg_id or object()] = u
+        for held in (self.privacy.waiting, self.privacy.untrusted):  # for the key directory, or for /trust
+            for to, items in held.items():
+                unsent.update((cmid or object(), Unsent(to, text, cmid)) for text, cmid in items)
         return list(unsent.values())
 
     def keep_waiting(self) -> None:
@@ -245,7 +249,9 @@ class ChatClient:
     def sending(self, rid: int, to: str, text: str) -> Outgoing:
         """A message on its way under request ``rid`` (a Send, an /announce): its line, kept
         until its receipts come."""
-        out = self.sent[rid] = Outgoing(to, text, int(time.time() * 1e6), self.new_key())
+        send = self.session.pending.get(rid)
+        private = isinstance(send, Send) and send.content_type == ContentType.ENVELOPE
+        out = self.sent[rid] = Outgoing(to, text, int(time.time() * 1e6), self.new_key(), private=private)
         if self.live:  # the line now, its mark changes in place; plain: shown once stored
             self.date_line(out.time_us)
             self.view.show(self._sent_line(out), style=Style.SELF, key=out.key)
@@ -354,7 +360,8 @@ class ChatClient:
 
     def _sent_line(self, out: Outgoing) -> str:
         to = f"{out.to}/{out.position}" if out.position and out.to.startswith("#") else out.to
-        prefix = f"{MARKS.get(out.state, '  ')} [{clock(out.time_us)}] you -> {inert_name(to)}: "
+        lock = " " + LOCK if out.private else ""
+        prefix = f"{MARKS.get(out.state, '  ')} [{clock(out.time_us)}] you -> {inert_name(to)}{lock}: "
         return prefix + inert(out.text, indent=" " * len(prefix))
 
     def _receipt(self, msg: Receipt) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..crypto.device import E2EError, NoKeysError
+from ..crypto.device import E2EError, NoKeysError, UntrustedError
 from ..protocol import ANNOUNCEMENTS, Error, GroupMembersReply, KeyBundles, Message, TargetKind
 from ..protocol.names import fold_name
 from .files import Unsent
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from .secure import Secure
 
 LOCK = "🔒"  #: marks an end-to-end message's line
+FINGERPRINT = "/fingerprint "  #: what a KeyFetch asked for /fingerprint waits for (in ``Privacy.asked``)
 E2E_COMMANDS = ("/fingerprint", "/trust")
 HELP_E2E = """  /fingerprint USER  the safety number you and USER compare, to know no one is in between
   /trust USER        send to USER again after their keys changed (compare /fingerprint first)"""
@@ -40,9 +41,12 @@ class Privacy:
     """What waits for the key directory, per conversation (``bob``, ``#lab``)."""
 
     waiting: dict[str, list[tuple[str, int]]] = field(default_factory=dict)  #: to -> [(text, client msg id)]
-    asked: dict[int, str] = field(default_factory=dict)  #: KeyFetch / GroupMembers request id -> the conversation
+    #: KeyFetch / GroupMembers request id -> the conversation it is for (or ``FINGERPRINT`` USER)
+    asked: dict[int, str] = field(default_factory=dict)
     members: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)  #: "#g" -> (stream, users)
     told: set[int] = field(default_factory=set)  #: message ids whose notice was shown
+    repairing: set[str] = field(default_factory=set)  #: users a session repair waits for their keys
+    untrusted: dict[str, list[tuple[str, int]]] = field(default_factory=dict)  #: to -> messages held for /trust
 
 
 def secure_of(chat: ChatClient) -> Secure | None:
@@ -99,7 +103,10 @@ def privacy_message(chat: ChatClient, msg: Message) -> bool:
         return False
     _show_news(chat)
     if not any(c == to for c in p.asked.values()):
-        _flush(chat, to)
+        if to.startswith(FINGERPRINT):
+            e2e_command(chat, "/fingerprint", to.removeprefix(FINGERPRINT))
+        else:
+            _flush(chat, to)
     chat.run_held()  # what was typed after it, in order, once nothing waits for the directory
     return True
 
@@ -112,6 +119,7 @@ def lost(chat: ChatClient) -> None:
         chat.queued += [Unsent(to, text, cmid) for text, cmid in items]
     p.waiting.clear()
     p.asked.clear()
+    p.repairing.clear()
 
 
 def _flush(chat: ChatClient, to: str) -> None:
@@ -119,6 +127,12 @@ def _flush(chat: ChatClient, to: str) -> None:
     secure = secure_of(chat)
     assert secure is not None
     kind, target = split_target(to)
+    if to in chat.privacy.repairing:
+        chat.privacy.repairing.discard(to)
+        try:
+            chat.session.send_repair(to)
+        except E2EError:
+            pass  # nothing to repair with (no keys now): their next message says more
     for text, cmid in chat.privacy.waiting.pop(to, []):
         try:
             if kind == TargetKind.GROUP:
@@ -129,6 +143,12 @@ def _flush(chat: ChatClient, to: str) -> None:
                     rid = chat.session.send_text(target, text, kind, cmid)
             else:
                 rid = chat.session.send_text(target, text, kind, cmid)
+        except UntrustedError as exc:  # held: /trust sends it, after the safety numbers were compared
+            chat.privacy.untrusted.setdefault(to, []).append((text, cmid))
+            chat.view.show(f"! held, not sent: {inert(str(exc))} (/fingerprint {inert_name(exc.user)}, then "
+                           f"/trust {inert_name(exc.user)} sends it)", style=Style.ERROR, event="held", to=to,
+                           user=exc.user)  # fmt: skip
+            continue
         except E2EError as exc:
             chat.local_error(f"not sent to {inert_name(to)}: {inert(str(exc))}")
             continue
@@ -156,7 +176,24 @@ def notice(chat: ChatClient, message_id: int, sender: str) -> bool:
         why = secure.notices[message_id]
         chat.view.show(f"! a message from {inert_name(sender)} could not be decrypted ({inert(why)})",
                        style=Style.ERROR, event="undecryptable", sender=sender, id=message_id, reason=why)  # fmt: skip
+    for user in secure.repairs:  # a new session with them: their client learns our keys changed
+        repair(chat, user)
+    secure.repairs.clear()
     return True
+
+
+def repair(chat: ChatClient, user: str) -> None:
+    """Start a new session with ``user`` (an empty message, once their keys are read)."""
+    secure = secure_of(chat)
+    if secure is None or user in chat.privacy.repairing:
+        return
+    chat.privacy.repairing.add(user)
+    asked = False
+    for who in {user, secure.device.user} - secure.fetched:
+        chat.privacy.asked[chat.session.fetch_keys(who)] = user
+        asked = True
+    if not asked:
+        _flush(chat, user)
 
 
 def is_private(chat: ChatClient, message_id: int) -> bool:
@@ -183,11 +220,14 @@ def e2e_command(chat: ChatClient, cmd: str, rest: str) -> None:
     if cmd == "/trust":
         secure.trust(user)
         chat.view.show(f"trusting {inert_name(user)}'s devices as they are now", event="trusted", user=user)
+        for to, held in list(chat.privacy.untrusted.items()):  # what waited for it goes (a group: if all trusted)
+            del chat.privacy.untrusted[to]
+            for text, cmid in held:
+                send_private(chat, to, text, cmid)
         return None
-    if user not in secure.fetched:  # read its devices first; the number follows when they come
-        chat.privacy.asked[chat.session.fetch_keys(user)] = ""
-        chat.view.show(f"reading {inert_name(user)}'s keys: /fingerprint {inert_name(user)} again in a moment",
-                       event="fingerprint_wait", user=user)  # fmt: skip
+    if not secure.ready(user):  # read the devices first (theirs and ours); the number follows when they come
+        for who in {user, secure.device.user} - secure.fetched:
+            chat.privacy.asked[chat.session.fetch_keys(who)] = FINGERPRINT + user
         return None
     try:
         number = secure.device.safety_number(user)

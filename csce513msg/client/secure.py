@@ -28,6 +28,8 @@ from __future__ import annotations
 import base64
 import collections
 import dataclasses
+import fcntl
+import io
 import os
 import time
 from collections.abc import Callable
@@ -35,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ..crypto import envelope as ev
-from ..crypto.device import E2EError, SecureDevice, UndecryptableError
+from ..crypto.device import E2EError, NoSessionError, SecureDevice, UndecryptableError
 from ..crypto.vault import VAULT_COSTS, Vault
 from ..protocol import ContentType, Deliver, KeyBundles, KeyPublish, KeyState, TargetKind, bundles
 from .archive import Archive
@@ -80,6 +82,8 @@ class Secure:
         self.fetched: set[str] = set()  #: users whose device list was read on this connection
         self.warnings: list[str] = []  #: what the driver should show (and clear)
         self.notices: collections.OrderedDict[int, str] = collections.OrderedDict()  #: message id -> why unopened
+        self.lock: io.FileIO | None = None  #: the vault's lock, held (``from_vault``)
+        self.repairs: set[str] = set()  #: users to send an ``envelope.REPAIR`` (a message of theirs had no session)
         self.encrypted: set[int] = set()  #: message ids that came end-to-end encrypted (bounded like ``_opened``)
         self._opened: collections.OrderedDict[int, tuple[int, bytes]] = collections.OrderedDict()
         #: client message id -> what we sent, until its Receipt (bounded: a send never answered)
@@ -93,6 +97,23 @@ class Secure:
             crypto.vault.VaultLockedError: a wrong passphrase, or a damaged file.
         """
         path = Path(path)
+        lock = _lock(path.with_name(path.name + ".lock"))
+        try:
+            secure = cls._opened_vault(path, passphrase, user, device, cost)
+        except BaseException:
+            lock.close()
+            raise
+        secure.lock = lock  # held until ``close`` (or this object is gone): one process per vault
+        return secure
+
+    def close(self) -> None:
+        """Let another process open this device's keys (the state is saved already)."""
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
+
+    @classmethod
+    def _opened_vault(cls, path: Path, passphrase: str, user: str, device: str, cost: str) -> Secure:
         try:
             vault = Vault.open(path, passphrase)
             doc = vault.load()
@@ -104,10 +125,12 @@ class Secure:
             vault = Vault.create(path, passphrase, VAULT_COSTS[cost])
             state = SecureDevice.create(user, device, time.time_ns() // 1000)
             archive_key = os.urandom(32)
+            old = path.with_name(path.name + ".archive")
+            if old.exists():  # the archive of keys set aside (msg --reset-keys): not this key's
+                old.rename(old.with_name(f"{old.name}.old-{time.time_ns()}"))
         except (KeyError, TypeError, ValueError) as exc:
             raise E2EError(f"{path}: not this client's keys ({type(exc).__name__}: {exc})") from None
-        archive = Archive(path.with_name(path.name + ".archive"), archive_key)
-        secure = cls(state, vault.save, archive, archive_key)
+        secure = cls(state, vault.save, Archive(path.with_name(path.name + ".archive"), archive_key), archive_key)
         secure.save()
         return secure
 
@@ -118,7 +141,7 @@ class Secure:
 
     def publication(self, state: KeyState) -> KeyPublish | None:
         """What to publish after ``state`` (None: the directory is up to date)."""
-        made = self.device.publication(bool(state.published), state.spk_id, state.prekeys, time.time_ns() // 1000)
+        made = self.device.publication(state.body if state.published else b"", state.prekeys, time.time_ns() // 1000)
         if made is None:
             return None
         self.save()  # the new keys' private halves before their public halves leave
@@ -203,6 +226,8 @@ class Secure:
                 kind, payload, warnings = self.device.decrypt(msg.sender, msg.target_kind, msg.stream, msg.body)
             except UndecryptableError as exc:
                 _keep(self.notices, msg.message_id, str(exc), NOTICES)
+                if isinstance(exc, NoSessionError) and msg.sender != self.device.user:
+                    self.repairs.add(msg.sender)  # the driver writes to them: a new session starts
                 return msg
             self.warnings += warnings
             self.save()
@@ -214,13 +239,30 @@ class Secure:
         if len(self.encrypted) > OPENED_CACHE:
             self.encrypted.intersection_update(self._opened)
         kind, payload = cached
-        if kind == ev.SENDER_KEY:
+        if kind in (ev.SENDER_KEY, ev.REPAIR):
             return None
         content = {ev.TEXT: ContentType.TEXT, ev.FILE_OFFER: ContentType.FILE_OFFER}.get(kind)
         if content is None:  # a kind this client does not know
             _keep(self.notices, msg.message_id, f"an end-to-end message of kind {kind}", NOTICES)
             return msg
         return dataclasses.replace(msg, content_type=content, body=payload)
+
+
+def _lock(path: Path) -> io.FileIO:
+    """An exclusive lock on ``path`` for this process (released when the file is closed).
+    Two processes saving one vault would each go on from its own copy of the ratchets: the
+    second would reuse message keys the first used.
+
+    Raises:
+        E2EError: another process holds it.
+    """
+    held = io.FileIO(os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600), "r+")
+    try:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        held.close()
+        raise E2EError(f"{path.with_suffix('')} is in use by another client of yours on this machine") from None
+    return held
 
 
 def _keep(cache: collections.OrderedDict[int, Any], key: int, value: Any, limit: int) -> None:

@@ -355,6 +355,14 @@ class ClientSession:
         """Queue a Register (create the account and log in); return its request id."""
         return self.request(Register(user, password, self.device_id))
 
+    def send_repair(self, user: str) -> int:
+        """Queue an end-to-end session repair to ``user`` (their keys fetched): an empty message
+        that starts a new session, never shown (``envelope.REPAIR``)."""
+        assert self.secure is not None
+        cmid = self.new_client_msg_id()
+        body = self.secure.seal(user.lower(), cmid, ev.REPAIR, b"")
+        return self.request(Send(TargetKind.USER, ContentType.ENVELOPE, cmid, user, body))
+
     def send_text(self, target: str, text: str, kind: TargetKind = TargetKind.USER, client_msg_id: int = 0) -> int:
         """Queue a message to ``target`` (a user; with ``kind`` GROUP, a group's name or
         ``g:<id>``); return its request id. To a user with end-to-end keys (``secure``, after

@@ -50,6 +50,7 @@ from .senderkey import SenderKeyReceiver
 
 STATE_VERSION = 1
 GROUP_KIND = 2  #: the protocol's ``TargetKind.GROUP`` (crypto imports no protocol module)
+IDENTITY_BYTES = 128  #: the first bytes of the published keys: the identity (the directory compares them)
 
 
 class E2EError(Exception):
@@ -64,6 +65,12 @@ class NotForThisDeviceError(UndecryptableError):
     """A pairwise envelope with no entry for this device: in a group, a sender key sent to
     other members' devices (to be passed over without a word); elsewhere, a message this
     device was not given (e.g. made before it had keys)."""
+
+
+class NoSessionError(UndecryptableError):
+    """An envelope for this device from a device it has no session with: sent to keys this
+    device no longer has (it was reinstalled, or its keys were reset). The sender's client
+    starts a new session once this one writes to it (``envelope.REPAIR``)."""
 
 
 class UntrustedError(E2EError):
@@ -122,18 +129,20 @@ class SecureDevice:
 
     # ---- the directory ----------------------------------------------------------
 
-    def publication(self, published: bool, spk_id: int, prekeys: int, now_us: int) -> tuple[bytes, list[bytes]] | None:
-        """What to publish after a KeyState (``published``, ``spk_id``, ``prekeys``): the
-        published bytes and new one-time prekeys (each as published: id u32 | key), or None if
-        the directory is up to date."""
-        rotated = self.keys.rotate_if_due(now_us)
-        if not published:  # the directory has none of ours: our old one-time prekeys are nobody's
+    def publication(self, served: bytes, prekeys: int, now_us: int) -> tuple[bytes, list[bytes]] | None:
+        """What to publish after a KeyState (the published keys the directory ``served`` for
+        this device, b"" for none, and how many one-time ``prekeys`` it holds): our published
+        bytes and new one-time prekeys (each as published: id u32 | key), or None if the
+        directory is up to date."""
+        self.keys.rotate_if_due(now_us)
+        ours = self.keys.published_bytes()
+        if served[:IDENTITY_BYTES] != ours[:IDENTITY_BYTES]:  # none of ours (new keys, or expired): start over
             self.keys.one_time.clear()
             prekeys = 0
         wanted = min(self.keys.one_time_wanted(prekeys), 100)
-        if published and not rotated and spk_id == self.keys.signed_prekey.key_id and not wanted:
+        if served == ours and not wanted:
             return None
-        return self.keys.published_bytes(), [k.published() for k in self.keys.new_one_time(wanted)]
+        return ours, [k.published() for k in self.keys.new_one_time(wanted)]
 
     def known(self, user: str) -> tuple[str, ...]:
         """The devices of ``user`` this device has a session with (KeyFetch's ``known``)."""
@@ -295,6 +304,8 @@ class SecureDevice:
         contact = self.contacts.get(sender) or Contact()  # a new one is kept only at commit
         peer = contact.devices.get(env.device)
         fresh = entry.start is not None and (peer is None or peer.their_start != entry.start.ephemeral)
+        if not fresh and (peer is None or peer.ratchet is None):
+            raise NoSessionError(f"no session with {sender}'s device {env.device} (this device's keys are newer)")
         signer = entry.start.sign_public if fresh and entry.start else peer.sign_public if peer else b""
         if not p.verify(signer, env.signature, ev.SIGNED + ad + env.signed):
             raise UndecryptableError(f"not signed by {sender}'s device {env.device} (or not in this conversation)")

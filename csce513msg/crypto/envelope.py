@@ -43,7 +43,8 @@ a byte changed anywhere is refused by every member, whether or not the keys were
 
 **The inner message** (what the body, or the sender key message, decrypts to) is
 ``inner type u8 | payload``: 0 text (UTF-8), 1 file offer (the JSON of protocol section 13),
-0x80 a sender key for a group (``stream`` str u16-prefixed | distribution bytes).
+0x80 a sender key for a group (``stream`` str u16-prefixed | distribution bytes), 0x81 a
+session repair (empty: its X3DH start is the point).
 
 **Associated data.** Every encryption here binds the routing of the message it travels in:
 the sender's user name and device, the conversation's kind and stream (``dm:alice,bob``,
@@ -62,6 +63,9 @@ VERSION = 1
 PAIRWISE, GROUP = 1, 2  #: envelope kinds
 START = 0x01  #: an entry's flag: it carries an X3DH session start
 TEXT, FILE_OFFER, SENDER_KEY = 0, 1, 0x80  #: inner message types
+#: an empty message that starts a session anew: sent to a device whose message could not be
+#: opened for want of a session (its sender then has this device's current keys), never shown
+REPAIR = 0x81
 BODY_INFO = b"csce513msg envelope body"  #: HKDF info for the body's key and nonce
 SIGNED = b"csce513msg envelope signature v1"  #: what a pairwise envelope's signature starts with
 SIGNATURE = 64

@@ -152,9 +152,11 @@ class Keys:
         """Remove one of the user's own devices (or this one) from the directory."""
         user, device, rid = _owner(session, msg.request_id, msg.device)
         if self.devices.get(user, {}).pop(device, None) is None:
-            self.out.write(session, KeyState(0, 0, 0, 0, rid))
+            self.out.write(session, KeyState(0, 0, 0, 0, request_id=rid))
             return
-        self.mail.take_key_note(session, KeyNote(FORGET, user, device), rid, self._answer(KeyState(0, 0, 0, 0, rid)))
+        self.mail.take_key_note(
+            session, KeyNote(FORGET, user, device), rid, self._answer(KeyState(0, 0, 0, 0, request_id=rid))
+        )
 
     # ---- events -----------------------------------------------------------------
 
@@ -212,9 +214,9 @@ class Keys:
     def _state(self, user: str, device: str, rid: int) -> KeyState:
         entry = self.devices.get(user, {}).get(device)
         if entry is None:
-            return KeyState(0, 0, 0, 0, rid)
+            return KeyState(0, 0, 0, 0, request_id=rid)
         spk_id = int.from_bytes(entry.published[128:132], "big")
-        return KeyState(1, spk_id, len(entry.prekeys), entry.seen_us + self.lifetime_us, rid)
+        return KeyState(1, spk_id, len(entry.prekeys), entry.seen_us + self.lifetime_us, entry.published, rid)
 
     def _tell(self, user: str, device: str) -> None:
         """Push KeyState to the device's sessions: its supply of one-time prekeys runs low."""

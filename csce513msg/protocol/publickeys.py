@@ -97,12 +97,15 @@ class KeyBundles:
 class KeyState:
     """What the directory holds for this device: the answer to KeyPublish and KeyForget, sent
     after each login of a session that asked for ``e2e``, and pushed when ``prekeys`` falls to
-    ``PREKEY_LOW`` (publish more)."""
+    ``PREKEY_LOW`` (publish more). Its body is the device's published keys as served."""
 
     published: int  #: u8: 1 if the directory has this device's keys, 0 if not (publish them)
     spk_id: int  #: u32: the signed prekey it serves (0: none)
     prekeys: int  #: u32: one-time prekeys it holds for this device
     expires_us: int  #: u64: when the keys leave the directory unless the device logs in again (0: none)
+    #: the ``PUBLISHED`` bytes the directory serves for this device (empty: none): a device that
+    #: made new keys (a reinstall, ``msg --reset-keys``) sees they are not its own, and publishes
+    body: bytes = b""
     request_id: int = 0
 
 

@@ -85,7 +85,7 @@ def test_a_bundle_is_what_was_published_and_each_prekey_is_handed_out_once(serve
     a, b, c = device(server, alice, "laptop"), device(server, bob, "b1"), device(server, carol, "c1")
     published, pre = keys(spk_id=7), prekeys(1, 10)
     state = publish(a, published, pre)
-    assert (state.published, state.spk_id, state.prekeys) == (1, 7, 10)
+    assert (state.published, state.spk_id, state.prekeys, state.body) == (1, 7, 10, published)
     assert abs(state.expires_us / 1e6 - (time.time() + 90 * 86400)) < 600  # --key-days 90 from now
     handed = [fetch(b, alice, rid)["laptop"] for rid in (21, 22, 23, 24)]
     assert all(h[:PUBLISHED] == published for h in handed)
@@ -181,13 +181,13 @@ def test_a_forgotten_device_is_no_longer_served(server: Server, names: Names) ->
     publish(a1, keys(), prekeys(1, 3))
     publish(a2, keys(), prekeys(1, 3))
     a1.send(KeyForget("d2", 60))  # a user's other device (a lost laptop)
-    assert a1.expect(KeyState) == KeyState(0, 0, 0, 0, 60)
+    assert a1.expect(KeyState) == KeyState(0, 0, 0, 0, request_id=60)
     assert list(fetch(b, alice)) == ["d1"]
     a1.send(KeyForget("", 61))  # this one
     assert a1.expect(KeyState).published == 0
     assert fetch(b, alice) == {}
     a1.send(KeyForget("never-published", 62))  # nothing to forget: the same answer
-    assert a1.expect(KeyState) == KeyState(0, 0, 0, 0, 62)
+    assert a1.expect(KeyState) == KeyState(0, 0, 0, 0, request_id=62)
     b.send(KeyForget("d1", 63))  # bob's own device d1, not alice's: alice's are not his to forget
     assert b.expect(KeyState).published == 0
     a2.alive()

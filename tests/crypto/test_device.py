@@ -30,8 +30,7 @@ class Directory:
 
     def publish(self, dev: SecureDevice) -> None:
         held = self.devices.get((dev.user, dev.device))
-        spk = int.from_bytes(held[0][128:132], "big") if held else 0
-        made = dev.publication(held is not None, spk, len(held[1]) if held else 0, NOW)
+        made = dev.publication(held[0] if held else b"", len(held[1]) if held else 0, NOW)
         if made is None:
             return
         published, prekeys = made
@@ -223,11 +222,15 @@ def test_the_state_round_trips_through_json_mid_conversation(world: tuple) -> No
 
 def test_publication_tops_up_prekeys_and_rotates() -> None:
     dev = SecureDevice.create("alice", "a1", NOW)
-    published, prekeys = dev.publication(False, 0, 0, NOW) or (b"", [])
+    published, prekeys = dev.publication(b"", 0, NOW) or (b"", [])
     assert len(published) == 228 and len(prekeys) == 100
     Bundle.from_bytes(published + bytes(36)).verify()
-    assert dev.publication(True, 1, 100, NOW) is None  # up to date
-    assert len((dev.publication(True, 1, 19, NOW) or (b"", []))[1]) == 81  # low: back to 100
+    assert dev.publication(published, 100, NOW) is None  # up to date
+    assert len((dev.publication(published, 19, NOW) or (b"", []))[1]) == 81  # low: back to 100
     week = 7 * 86400 * 10**6
-    rotated = dev.publication(True, 1, 100, NOW + week)
+    rotated = dev.publication(published, 100, NOW + week)
     assert rotated is not None and int.from_bytes(rotated[0][128:132], "big") == 2
+    assert len(rotated[1]) == 0  # the same identity: the prekeys held stay good
+    other = SecureDevice.create("alice", "a1", NOW)  # a reinstall: the directory serves keys not its own
+    fresh = other.publication(published, 100, NOW)
+    assert fresh is not None and fresh[0][:128] != published[:128] and len(fresh[1]) == 100
