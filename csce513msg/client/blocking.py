@@ -245,6 +245,11 @@ class Client:
         """Read ``user``'s devices from the key directory (the session's ``secure`` takes them in)."""
         return self.request(self.session.fetch_keys(user), KeyBundles)
 
+    def forget_device(self, device: str) -> KeyState:
+        """Take one of your devices out of the key directory (a lost laptop): nobody can start a
+        session with it any more."""
+        return self.request(self.session.forget_device(device), KeyState)
+
     def trust(self, user: str) -> None:
         """Accept ``user``'s devices as they are now (after comparing safety numbers)."""
         assert self.session.secure is not None, "connect with secure= first"

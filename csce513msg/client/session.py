@@ -90,7 +90,7 @@ from ..protocol import (
     encode,
     offer_body,
 )
-from ..protocol.publickeys import E2E_MINOR, KeyBundles, KeyFetch, KeyState
+from ..protocol.publickeys import E2E_MINOR, KeyBundles, KeyFetch, KeyForget, KeyState
 from ..protocol.transfer import FILES_MINOR
 from .secure import Secure
 
@@ -401,6 +401,11 @@ class ClientSession:
         cmid = self.new_client_msg_id()
         body = self.secure.seal_group(stream, members, cmid, ev.FILE_OFFER, offer_body(offer))
         return self.request(Send(TargetKind.GROUP, ContentType.ENVELOPE, cmid, stream, body))
+
+    def forget_device(self, device: str = "") -> int:
+        """Queue a KeyForget: take one of our devices ("": this one) out of the key directory
+        (a lost laptop); answered by KeyState."""
+        return self.request(KeyForget(device))
 
     def fetch_keys(self, user: str) -> int:
         """Queue a KeyFetch of ``user``'s devices (no one-time prekey spent on those we have a
