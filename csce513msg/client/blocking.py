@@ -255,6 +255,12 @@ class Client:
         assert self.session.secure is not None, "connect with secure= first"
         self.session.secure.trust(user.lower())
 
+    def trust_group(self, group: str) -> None:
+        """Accept ``group``'s members as they are now (a post waits after someone joined)."""
+        assert self.session.secure is not None, "connect with secure= first"
+        members = self.group_members(group)
+        self.session.secure.trust_members(members.stream, members.users)
+
     def who(self) -> list[str]:
         """Return the users online."""
         return list(self.who_reply().users)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..crypto.device import E2EError, NoKeysError, UntrustedError
+from ..crypto.device import E2EError, NewMembersError, NoKeysError, UntrustedError
 from ..protocol import ANNOUNCEMENTS, Error, GroupMembersReply, KeyBundles, Message, TargetKind
 from ..protocol.names import fold_name
 from .files import Unsent
@@ -33,7 +33,8 @@ LOCK = "🔒"  #: marks an end-to-end message's line
 FINGERPRINT = "/fingerprint "  #: what a KeyFetch asked for /fingerprint waits for (in ``Privacy.asked``)
 E2E_COMMANDS = ("/fingerprint", "/trust")
 HELP_E2E = """  /fingerprint USER  the safety number you and USER compare, to know no one is in between
-  /trust USER        send to USER again after their keys changed (compare /fingerprint first)"""
+  /trust USER        send to USER again after their keys changed (compare /fingerprint first)
+  /trust #GROUP      post to GROUP again after members joined (check who they are first)"""
 
 
 @dataclass(slots=True)
@@ -143,6 +144,12 @@ def _flush(chat: ChatClient, to: str) -> None:
                     rid = chat.session.send_text(target, text, kind, cmid)
             else:
                 rid = chat.session.send_text(target, text, kind, cmid)
+        except NewMembersError as exc:  # held: /trust #group sends it, once the newcomers were checked
+            chat.privacy.untrusted.setdefault(to, []).append((text, cmid))
+            chat.view.show(f"! held, not sent: {inert_name(to)} has new members since your last post: "
+                           f"{inert_name(', '.join(exc.users))} (/trust {inert_name(to)} sends it)",
+                           style=Style.ERROR, event="held", to=to, users=exc.users)  # fmt: skip
+            continue
         except UntrustedError as exc:  # held: /trust sends it, after the safety numbers were compared
             chat.privacy.untrusted.setdefault(to, []).append((text, cmid))
             chat.view.show(f"! held, not sent: {inert(str(exc))} (/fingerprint {inert_name(exc.user)}, then "
@@ -212,19 +219,14 @@ def conversation_note(chat: ChatClient, to: str) -> str:
 
 def e2e_command(chat: ChatClient, cmd: str, rest: str) -> None:
     secure = secure_of(chat)
-    user = fold_name(rest) if rest and " " not in rest else None
+    group = cmd == "/trust" and rest.startswith("#") and " " not in rest
+    user = rest if group else fold_name(rest) if rest and " " not in rest else None
     if user is None:
-        return chat.local_error(f"usage: {cmd} USER")
+        return chat.local_error(f"usage: {cmd} USER" + (", or /trust #GROUP" if cmd == "/trust" else ""))
     if secure is None:
         return chat.local_error("end-to-end encryption is off (msg --no-e2e, or the server does not offer it)")
     if cmd == "/trust":
-        secure.trust(user)
-        chat.view.show(f"trusting {inert_name(user)}'s devices as they are now", event="trusted", user=user)
-        for to, held in list(chat.privacy.untrusted.items()):  # what waited for it goes (a group: if all trusted)
-            del chat.privacy.untrusted[to]
-            for text, cmid in held:
-                send_private(chat, to, text, cmid)
-        return None
+        return _trust(chat, secure, user, group)
     if not secure.ready(user):  # read the devices first (theirs and ours); the number follows when they come
         for who in {user, secure.device.user} - secure.fetched:
             chat.privacy.asked[chat.session.fetch_keys(who)] = FINGERPRINT + user
@@ -237,4 +239,24 @@ def e2e_command(chat: ChatClient, cmd: str, rest: str) -> None:
     chat.view.show(f"safety number with {inert_name(user)}: {number}\n  as words: {words}\n"
                    f"  compare it with {inert_name(user)} in person; if it matches: /trust {inert_name(user)}",
                    event="fingerprint", user=user, number=number, words=words)  # fmt: skip
+    return None
+
+
+def _trust(chat: ChatClient, secure: Secure, name: str, group: bool) -> None:
+    """``/trust bob`` (his devices as they are) or ``/trust #lab`` (its members as they are); then
+    what was held for them goes."""
+    if group:
+        if name not in chat.privacy.members:
+            return chat.local_error(f"post to {inert_name(name)} first: /trust then accepts its members")
+        stream, users = chat.privacy.members[name]
+        secure.trust_members(stream, users)
+        chat.view.show(f"trusting {inert_name(name)}'s members as they are now: {inert_name(', '.join(users))}",
+                       event="trusted", group=name)  # fmt: skip
+    else:
+        secure.trust(name)
+        chat.view.show(f"trusting {inert_name(name)}'s devices as they are now", event="trusted", user=name)
+    for to, held in list(chat.privacy.untrusted.items()):  # what waited goes (held again if still untrusted)
+        del chat.privacy.untrusted[to]
+        for text, cmid in held:
+            send_private(chat, to, text, cmid)
     return None

@@ -195,6 +195,10 @@ class Secure:
         self.device.trust(user)
         self.save()
 
+    def trust_members(self, stream: str, members: tuple[str, ...] | list[str]) -> None:
+        self.device.trust_members(stream, members)
+        self.save()
+
     # ---- messages ---------------------------------------------------------------
 
     def seal(self, target: str, client_msg_id: int, kind: int, payload: bytes) -> bytes:

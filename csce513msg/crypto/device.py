@@ -81,6 +81,18 @@ class UntrustedError(E2EError):
         self.user, self.alerts = user, alerts
 
 
+class NewMembersError(UntrustedError):
+    """The group has members it did not have at our last post: a warning, and nothing is
+    posted until ``trust_members`` (a server could add a listener to a group)."""
+
+    def __init__(self, stream: str, users: list[str]) -> None:
+        E2EError.__init__(
+            self,
+            f"{stream} has new members since your last post ({', '.join(users)}): check them, then trust the group",
+        )
+        self.user, self.alerts, self.users = stream, [f"{u} joined" for u in users], users
+
+
 class NoKeysError(E2EError):
     """``user`` has no device in the key directory (or none whose bundle verified)."""
 
@@ -185,6 +197,10 @@ class SecureDevice:
         contact = self.contacts.setdefault(user, Contact())
         contact.trusted, contact.alerts = True, []
 
+    def trust_members(self, stream: str, members: list[str] | tuple[str, ...]) -> None:
+        """The group's members as they are now are the ones we post to (checked by the user)."""
+        self.groups.seen[stream] = set(members)
+
     def safety_number(self, user: str) -> str:
         """The safety number of this user and ``user``, over both users' devices as pinned."""
         return safety_number(*self._both(user))
@@ -227,8 +243,13 @@ class SecureDevice:
 
         Raises:
             NoKeysError, UntrustedError: as ``encrypt``, for any member.
+            NewMembersError: members joined since our last post (trust on first use: the first).
         """
+        seen = self.groups.seen.get(stream)
+        if seen is not None and (new := sorted(set(members) - seen - {self.user})):
+            raise NewMembersError(stream, new)
         targets = self._targets([m for m in members if m != self.user])
+        self.groups.seen[stream] = set(members)
         need = self.groups.plan(stream, frozenset(members), {(u, d) for u, d, _ in targets}, now_us)
         keys = b""
         if need:

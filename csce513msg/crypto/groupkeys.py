@@ -19,7 +19,9 @@ rotates because another left; each sender does, before its own next message):
   *now*; the chain only runs forward, so it cannot read what came before.
 
 Receivers keep up to ``KEEP`` keys per sender device (a message sent just before a rotation
-may arrive after it).
+may arrive after it). A member who joined since our last post is news (``seen``): the device
+posts nothing more until the user trusts the group as it is (``device.NewMembersError``), so
+a server cannot add a listener to a group unseen.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ class GroupKeys:
     def __init__(self) -> None:
         self.sending: dict[str, Outgoing] = {}
         self.receiving: dict[tuple[str, str, str], dict[int, SenderKeyReceiver]] = {}
+        #: stream -> the members we posted to (or trusted) last: a member not among them is news
+        self.seen: dict[str, set[str]] = {}
 
     def plan(
         self, stream: str, members: frozenset[str], devices: set[tuple[str, str]], now_us: int
@@ -114,6 +118,7 @@ class GroupKeys:
                 [stream, user, device, [r.to_dict() for r in keys.values()]]
                 for (stream, user, device), keys in self.receiving.items()
             ],
+            "seen": {stream: sorted(users) for stream, users in self.seen.items()},
         }  # fmt: skip
 
     @classmethod
@@ -123,6 +128,7 @@ class GroupKeys:
             given = {(str(u), str(d)) for u, d in o["given"]}
             members = frozenset(str(m) for m in o["members"])
             groups.sending[str(stream)] = Outgoing(SenderKey.from_dict(o["key"]), members, given, int(o["created_us"]))
+        groups.seen = {str(stream): {str(u) for u in users} for stream, users in data["seen"].items()}
         for stream, user, device, keys in data["receiving"]:
             receivers = [SenderKeyReceiver.from_dict(k) for k in keys]
             groups.receiving[(str(stream), str(user), str(device))] = {r.key_id: r for r in receivers}

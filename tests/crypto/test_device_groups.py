@@ -14,7 +14,7 @@ import json
 import pytest
 
 from csce513msg.crypto import envelope as ev
-from csce513msg.crypto.device import SecureDevice, UndecryptableError
+from csce513msg.crypto.device import NewMembersError, SecureDevice, UndecryptableError
 from tests.crypto.test_device import NOW, Directory, device, meet
 
 G = "g:7"
@@ -66,6 +66,9 @@ def test_a_removed_member_cannot_read_on_and_a_new_one_cannot_read_back() -> Non
     assert read(bob, "alice", after) == "carol was removed"
     with pytest.raises(UndecryptableError):
         read(carol, "alice", after)  # every old key, and still nothing
+    with pytest.raises(NewMembersError, match="dave"):  # news: a server could add a listener
+        group_send(alice, ["alice", "bob", "dave"], "dave joined")
+    alice.trust_members(G, ["alice", "bob", "dave"])  # the user checked who dave is
     joined = group_send(alice, ["alice", "bob", "dave"], "dave joined")
     assert keys_of(joined) == {("dave", "d1")}  # bob has this key already
     assert read(dave, "alice", joined) == "dave joined"
@@ -103,6 +106,7 @@ def test_a_byte_flipped_in_keys_meant_for_others_is_refused_too() -> None:
     meet(alice, d, "bob")
     read(bob, "alice", group_send(alice, ["alice", "bob"], "just us"))
     meet(alice, d, "carol")
+    alice.trust_members(G, ["alice", "bob", "carol"])
     data = group_send(alice, ["alice", "bob", "carol"], "carol joins")  # keys for carol only
     assert keys_of(data) == {("carol", "c1")}
     keys_at = len(ev.parse(data).prefix) + 4

@@ -6,12 +6,14 @@ depends on the I/O strategy.
 - a device added to bob (mallory's keys under the name "spy"): a warning, nothing sent to it;
 - a bundle with a broken signature: refused, the device left out;
 - bob's keys withheld, to make alice write in clear: refused, nothing sent in clear;
-- a one-time prekey served a second time: bob's client refuses the session start it makes.
+- a one-time prekey served a second time: bob's client refuses the session start it makes;
+- a member added to a group by the operator: nothing is posted to the group until trusted.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,11 +22,12 @@ import pytest
 
 from csce513msg.client import Client
 from csce513msg.client.secure import DowngradeError, Secure
-from csce513msg.crypto.device import UntrustedError
-from csce513msg.protocol import ContentType, Deliver
-from tests.conformance.wire import PASSWORD, connect, next_of
+from csce513msg.crypto.device import NewMembersError, UntrustedError
+from csce513msg.protocol import ContentType, Deliver, TargetKind
+from tests.conformance.wire import PASSWORD, connect, next_of, register
 from tests.fixtures import Names
 from tests.servers import ServerProcess, start
+from tests.system.test_cli import MSGSRV
 
 BACKENDS = ["epoll"]
 
@@ -137,3 +140,37 @@ def test_a_one_time_prekey_served_twice_is_caught(world: World, names: Names) ->
         got = next_of(b, Deliver, lambda d: d.message_id == sent.message_id)
         assert got.content_type == ContentType.ENVELOPE  # not opened
         assert b.session.secure is not None and "one-time prekey" in b.session.secure.notices[sent.message_id]
+
+
+def test_a_member_added_by_the_server_gets_nothing_until_trusted(world: World, names: Names) -> None:
+    alice, bob, mallory, prof = names("alice"), names("bob"), names("mallory"), names("prof")
+    group = names("lab")
+    with world.client(mallory, "m1"):
+        pass
+    with world.client(bob, "b1"), world.client(alice, "a1"):
+        pass  # both have keys
+    secure_a = Secure.from_vault(world.tmp / f"{alice}-a1.vault", PASSWORD, alice, "a1", cost="test")
+    secure_b = Secure.from_vault(world.tmp / f"{bob}-b1.vault", PASSWORD, bob, "b1", cost="test")
+    with (
+        connect(world.server, alice, device_id="a1", secure=secure_a, groups=True) as a,
+        connect(world.server, bob, device_id="b1", secure=secure_b, groups=True) as b,
+    ):
+        a.group_create(group)
+        a.group_add(group, [bob])
+        first = a.send_text(group, "just the two of us", TargetKind.GROUP)
+        assert next_of(b, Deliver, lambda d: d.message_id == first.message_id).body == b"just the two of us"
+        register(world.server, prof)
+        db = sqlite3.connect(world.data / "csce513msg.db")  # the operator makes prof an instructor ...
+        with db:
+            db.execute("UPDATE users SET role = 'instructor' WHERE name = ?", (prof,))
+        db.close()
+        added = subprocess.run(  # ... and, as prof, adds mallory to the group while it runs
+            [*MSGSRV, "group", "add", group, mallory, "--as", prof, "--data-dir", str(world.data), "--wait", "10"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert added.returncode == 0, added.stderr
+        with pytest.raises(NewMembersError, match=mallory):
+            a.send_text(group, "the exam answers", TargetKind.GROUP)
+        a.trust_group(group)  # alice checked: mallory is in the class after all
+        sent = a.send_text(group, "welcome, mallory", TargetKind.GROUP)
+        assert next_of(b, Deliver, lambda d: d.message_id == sent.message_id).body == b"welcome, mallory"
