@@ -234,3 +234,20 @@ def test_publication_tops_up_prekeys_and_rotates() -> None:
     other = SecureDevice.create("alice", "a1", NOW)  # a reinstall: the directory serves keys not its own
     fresh = other.publication(published, 100, NOW)
     assert fresh is not None and fresh[0][:128] != published[:128] and len(fresh[1]) == 100
+
+
+def test_the_envelope_derivations_are_frozen() -> None:
+    """Known answers: the body's key and nonce from a content key (HKDF-SHA256, info
+    ``csce513msg envelope body``), the prefix and the associated data, byte for byte as
+    docs/protocol.md section 14 lays them out."""
+    from csce513msg.crypto.device import _body_key
+
+    key, nonce = _body_key(bytes(range(32)))
+    assert key.hex() == "b00d79e753e333b1caac9d4541542426d63aa5be53894f97879b968e95879456"
+    assert nonce.hex() == "df7e7aa0ba8e2ef08e6bc168"
+    assert key + nonce == p.hkdf(bytes(range(32)), salt=b"", info=b"csce513msg envelope body", length=44)
+    head = ev.prefix(ev.PAIRWISE, "a1", 7)
+    assert head == bytes.fromhex("01 01 02 6131 0000000000000007")  # version, kind, device "a1", client id 7
+    assert ev.associated_data("alice", 1, DM, head) == (
+        b"csce513msg envelope v1" + b"\x05alice" + b"\x01" + b"\x0cdm:alice,bob" + head
+    )
