@@ -15,13 +15,15 @@ prints the safety number to compare in person, as digits and as words.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..crypto.device import E2EError, NewMembersError, NoKeysError, UntrustedError
-from ..protocol import ANNOUNCEMENTS, Error, GroupMembersReply, KeyBundles, Message, TargetKind
+from ..protocol import ANNOUNCEMENTS, Error, GroupMembersReply, KeyBundles, Message, Offer, TargetKind
 from ..protocol.names import fold_name
 from .files import Unsent
 from .sanitize import inert, inert_name
+from .sealed import Sealing
 from .view import Style
 from .words import plural, split_target
 
@@ -48,6 +50,7 @@ class Privacy:
     told: set[int] = field(default_factory=set)  #: message ids whose notice was shown
     repairing: set[str] = field(default_factory=set)  #: users a session repair waits for their keys
     untrusted: dict[str, list[tuple[str, int]]] = field(default_factory=dict)  #: to -> messages held for /trust
+    files: dict[str, list[Path]] = field(default_factory=dict)  #: to -> files to send once its keys are read
 
 
 def secure_of(chat: ChatClient) -> Secure | None:
@@ -57,26 +60,55 @@ def secure_of(chat: ChatClient) -> Secure | None:
 def send_private(chat: ChatClient, to: str, text: str, client_msg_id: int = 0) -> bool:
     """Send ``text`` to ``to`` end to end if its conversation needs the directory first; True if
     taken (sent now, or waiting for keys), False for the plain path (no end-to-end here)."""
-    secure = secure_of(chat)
-    kind, target = split_target(to)
-    if (
-        secure is None
-        or not chat.session.has_e2e
-        or (kind == TargetKind.GROUP and target in (ANNOUNCEMENTS, "announcements"))
-    ):
+    if not _private(chat, to):
         return False
-    p = chat.privacy
-    p.waiting.setdefault(to, []).append((text, client_msg_id or chat.session.new_client_msg_id()))
+    chat.privacy.waiting.setdefault(to, []).append((text, client_msg_id or chat.session.new_client_msg_id()))
+    _ask(chat, to)
+    return True
+
+
+def send_private_file(chat: ChatClient, to: str, path: Path) -> bool:
+    """As ``send_private``, for a file: it is uploaded encrypted once the keys are read (in
+    clear, for a conversation that has none)."""
+    if not _private(chat, to):
+        return False
+    chat.privacy.files.setdefault(to, []).append(path)
+    _ask(chat, to)
+    return True
+
+
+def post_offer(chat: ChatClient, to: str, offer: Offer, kind: TargetKind) -> int:
+    """The message that offers an uploaded file: end to end for an encrypted one (to a group:
+    under our sender key, to the members read before the upload)."""
+    target = split_target(to)[1]
+    if offer.encrypted and kind == TargetKind.GROUP:
+        stream, users = chat.privacy.members[to]
+        return chat.session.send_group_offer_e2e(stream, list(users), offer)
+    return chat.session.send_offer(target, offer, kind)
+
+
+def _private(chat: ChatClient, to: str) -> bool:
+    """Whether what goes to ``to`` passes through here (end-to-end on, and not the announcements)."""
+    kind, target = split_target(to)
+    announcements = kind == TargetKind.GROUP and target in (ANNOUNCEMENTS, "announcements")
+    return secure_of(chat) is not None and chat.session.has_e2e and not announcements
+
+
+def _ask(chat: ChatClient, to: str) -> None:
+    """Read what ``to``'s conversation needs from the directory (a group: its members first), or,
+    if that is known on this connection, send what waits for it now."""
+    secure, p = secure_of(chat), chat.privacy
+    assert secure is not None
     if any(c == to for c in p.asked.values()):
-        return True  # its answers are on their way
+        return  # its answers are on their way
+    kind, target = split_target(to)
     if kind == TargetKind.GROUP:
         p.asked[chat.session.group_members(target)] = to
-        return True
+        return
     for user in {target, secure.device.user} - secure.fetched:
         p.asked[chat.session.fetch_keys(user)] = to
     if not any(c == to for c in p.asked.values()):
         _flush(chat, to)
-    return True
 
 
 def privacy_message(chat: ChatClient, msg: Message) -> bool:
@@ -134,6 +166,8 @@ def _flush(chat: ChatClient, to: str) -> None:
             chat.session.send_repair(to)
         except E2EError:
             pass  # nothing to repair with (no keys now): their next message says more
+    for path in chat.privacy.files.pop(to, []):
+        _send_file(chat, secure, to, path)
     for text, cmid in chat.privacy.waiting.pop(to, []):
         try:
             if kind == TargetKind.GROUP:
@@ -160,6 +194,27 @@ def _flush(chat: ChatClient, to: str) -> None:
             chat.local_error(f"not sent to {inert_name(to)}: {inert(str(exc))}")
             continue
         chat.sent_now(rid, to, text)
+
+
+def _send_file(chat: ChatClient, secure: Secure, to: str, path: Path) -> None:
+    """Upload a file that waited for the keys: encrypted if the conversation is end to end."""
+    from .sharing import start_upload  # (sharing calls in here too)
+
+    kind, target = split_target(to)
+    try:
+        if kind == TargetKind.GROUP:
+            stream, users = chat.privacy.members[to]
+            private = secure.wants_e2e_group(stream, users)
+            if private:  # refused now, before any byte: changed keys, new members
+                secure.device.check_group(stream, list(users))
+        else:
+            private = secure.wants_e2e(target)
+            if private:
+                secure.device.check_trusted([target])
+    except E2EError as exc:
+        return chat.local_error(f"/sendfile {inert(path.name)}: not sent: {inert(str(exc))} (then /sendfile again)")
+    start_upload(chat, to, path, Sealing.fresh() if private else None)
+    return None
 
 
 def _show_news(chat: ChatClient) -> None:

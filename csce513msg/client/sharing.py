@@ -21,11 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..crypto.device import E2EError
 from ..protocol import Deliver, Message, Offer, RemoteProtocolError, TargetKind, parse_offer
 from ..units import show_size
 from .downloads import PartialDownload, TransferError
 from .files import TransferList
+from .privacy import post_offer, send_private_file
 from .sanitize import inert, inert_name
+from .sealed import Sealing
 from .transfer import Download, Upload
 from .view import Style
 from .words import split_target
@@ -60,6 +63,9 @@ class Shared:
     shown: float = 0.0  #: when its progress line was last written
     key: int = 0  #: its progress line (a live view rewrites it)
     kind: TargetKind = TargetKind.USER
+    #: an encrypted upload's key and salt (1.7): a resume on this run re-makes the same ciphertext.
+    #: Never written to disk: an encrypted transfer does not outlive the run (``keep``)
+    sealing: Sealing | None = None
 
 
 @dataclass(slots=True)
@@ -125,16 +131,23 @@ def send_file(chat: ChatClient, to: str, path: Path) -> None:
         )
     if not chat.connected("/sendfile"):
         return
+    if send_private_file(chat, where, path):  # end to end: encrypted, once the key directory answered
+        return
+    start_upload(chat, where, path, None)
+
+
+def start_upload(chat: ChatClient, where: str, path: Path, sealing: Sealing | None) -> None:
+    """Upload ``path`` for ``where`` (encrypted, with ``sealing``: only its ciphertext leaves)."""
     kind, target = split_target(where)
     try:
-        upload = Upload(chat.session, path, target, kind)
+        upload = Upload(chat.session, path, target, kind, sealing=sealing)
     except OSError as exc:
         return chat.local_error(f"/sendfile: cannot read {inert(str(path))}: {exc.strerror or exc}")
-    offer = Offer("", path.name, upload.size, upload.sha256)
-    item = _add(chat, offer, chat.session.user or "", where, "sending")
-    item.path, item.transfer, item.kind = path, upload, kind
+    item = _add(chat, upload.offer(), chat.session.user or "", where, "sending")
+    item.path, item.transfer, item.kind, item.sealing = path, upload, kind, upload.sealing
     _progress(chat, item, force=True)
     keep(chat)
+    return None
 
 
 def fetch(chat: ChatClient, item: Shared) -> None:
@@ -239,7 +252,9 @@ def resume_all(chat: ChatClient) -> None:
             continue
         if item.path is not None and item.sender == chat.session.user:  # ours: an upload (by id, if it had one)
             try:
-                upload = Upload(chat.session, item.path, *_target(item), upload_id=item.offer.upload_id)
+                upload = Upload(
+                    chat.session, item.path, *_target(item), upload_id=item.offer.upload_id, sealing=item.sealing
+                )
             except OSError as exc:
                 item.state = "failed"
                 chat.local_error(f"file {item.number}: cannot read it again: {exc.strerror or exc}")
@@ -257,8 +272,8 @@ def keep(chat: ChatClient) -> None:
         return
     rows: list[dict[str, Any]] = []
     for s in sharing.items:
-        if s.state not in ("sending", "receiving", "paused", "queued"):
-            continue
+        if s.state not in ("sending", "receiving", "paused", "queued") or s.sealing or s.offer.encrypted:
+            continue  # done; or encrypted: its key stays in memory, so it resumes on this run only
         upload_id = s.transfer.upload_id if isinstance(s.transfer, Upload) else s.offer.upload_id
         row = {"upload": upload_id, "name": s.offer.name, "size": s.offer.size, "sha256": s.offer.sha256,
                "sender": s.sender, "where": s.where, "group": s.kind == TargetKind.GROUP}  # fmt: skip
@@ -325,8 +340,11 @@ def _finished(chat: ChatClient, item: Shared, transfer: Upload | Download) -> No
         item.offer = transfer.offer()
         item.state = "sent"
         _progress(chat, item, force=True)
-        rid = chat.session.send_offer(transfer.target, item.offer, transfer.kind)
-        chat.sending(rid, item.where, f"[file {item.number}] {item.offer.name} ({show_size(item.offer.size)})")
+        try:
+            rid = post_offer(chat, item.where, item.offer, transfer.kind)
+        except E2EError as exc:
+            return chat.local_error(f"file {item.number}: its offer was not sent: {inert(str(exc))}")
+        chat.sending(rid, item.where, f"[file {item.number}] {item.offer.name} ({show_size(item.offer.file_size)})")
         return
     if transfer.path is None:
         item.state = "failed"
@@ -347,8 +365,11 @@ def _progress(chat: ChatClient, item: Shared, force: bool = False) -> None:
     if not force and (not chat.live or now - item.shown < PROGRESS_EVERY):
         return
     item.shown = now
-    size = item.offer.size
-    done = size if item.state in ("received", "sent") else _done(item.transfer)
+    size = item.offer.file_size  # the file's own bytes (an encrypted one's ciphertext is a little longer)
+    moved = _done(item.transfer)
+    if item.offer.encrypted and item.offer.size:
+        moved = moved * size // item.offer.size
+    done = size if item.state in ("received", "sent") else moved
     rate = done / max(now - item.started, 1e-3)
     left = f", {max(0.0, (size - done) / rate):.0f} s left" if rate > 0 and done < size else ""
     bar = _bar(done, size)

@@ -245,10 +245,7 @@ class SecureDevice:
             NoKeysError, UntrustedError: as ``encrypt``, for any member.
             NewMembersError: members joined since our last post (trust on first use: the first).
         """
-        seen = self.groups.seen.get(stream)
-        if seen is not None and (new := sorted(set(members) - seen - {self.user})):
-            raise NewMembersError(stream, new)
-        targets = self._targets([m for m in members if m != self.user])
+        targets = self.check_group(stream, members)
         self.groups.seen[stream] = set(members)
         need = self.groups.plan(stream, frozenset(members), {(u, d) for u, d, _ in targets}, now_us)
         keys = b""
@@ -261,6 +258,21 @@ class SecureDevice:
         bound = ev.group_head(ev.prefix(ev.GROUP, self.device, client_msg_id), keys)
         ad = ev.associated_data(self.user, GROUP_KIND, stream, bound)
         return bound + self.groups.encrypt(stream, ev.inner(kind, payload), ad)
+
+    def check_group(self, stream: str, members: list[str]) -> list[tuple[str, str, Peer]]:
+        """The devices a post to ``stream`` goes to, or why it may not go (nothing changes).
+
+        Raises:
+            NewMembersError, NoKeysError, UntrustedError: as ``group_send``.
+        """
+        seen = self.groups.seen.get(stream)
+        if seen is not None and (new := sorted(set(members) - seen - {self.user})):
+            raise NewMembersError(stream, new)
+        return self._targets([m for m in members if m != self.user])
+
+    def check_trusted(self, recipients: list[str]) -> None:
+        """Raise what ``encrypt`` would for ``recipients`` (``NoKeysError``, ``UntrustedError``)."""
+        self._targets(recipients)
 
     def _targets(self, recipients: list[str]) -> list[tuple[str, str, Peer]]:
         """Every device with a session of ``recipients`` and of this user (its other devices)."""

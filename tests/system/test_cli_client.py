@@ -31,8 +31,8 @@ def test_script_exit_status_and_human_output(server: ServerProcess, names: Names
             timeout=30,
         )
         assert done.returncode == 0, done.stdout
-        assert re.search(rf"^ ✓ \[\d\d:\d\d\] you -> {bob}: one$", done.stdout, re.M)  # one line, when stored
-        assert re.search(rf"^ ✓ \[\d\d:\d\d\] you -> {bob}: two$", done.stdout, re.M)  # to the conversation
+        assert re.search(rf"^ ✓ \[\d\d:\d\d\] you -> {bob} 🔒: one$", done.stdout, re.M)  # one line, when stored
+        assert re.search(rf"^ ✓ \[\d\d:\d\d\] you -> {bob} 🔒: two$", done.stdout, re.M)  # to the conversation
         assert "online: " in done.stdout
         texts = [read_events(bob_proc, "deliver")[-1]["text"] for _ in range(2)]
         assert texts == ["one", "two"]

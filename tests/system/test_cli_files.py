@@ -38,7 +38,7 @@ def test_sendfile_from_a_script_then_auto_download_and_get(server: ServerProcess
         done = subprocess.run(msg_cmd(server, alice), input=script, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stdout + done.stderr
         assert re.search(r"^file 1 hw3\.py: sent \[#{20}\] 15 B/15 B$", done.stdout, re.M), done.stdout
-        assert re.search(rf"you -> {bob}: \[file 2\] slides\.pdf \(293\.0 KiB\)$", done.stdout, re.M)
+        assert re.search(rf"you -> {bob} 🔒: \[file 2\] slides\.pdf \(293\.0 KiB\)$", done.stdout, re.M)
         events = read_events(bob_proc, "saved")  # the small one came by itself
         assert Path(str(events[-1]["path"])).read_bytes() == small.read_bytes()
         offers = [e for e in events if e["event"] == "offer" and e["number"] == 2]  # it may come first

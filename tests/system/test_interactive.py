@@ -129,7 +129,7 @@ def test_line_editing_history_and_completion(server: ServerProcess, names: Names
     term.type("\x1b[D")  # Left
     term.type("l\r")  # -> hello
     assert read_events(bob_json, "deliver")[-1]["text"] == "hello"
-    term.wait_for(rf"✓✓ \[\d\d:\d\d\] you -> {bob}: hello$")
+    term.wait_for(rf"✓✓ \[\d\d:\d\d\] you -> {bob} 🔒: hello$")
     assert not re.search(r"^\S*> /msg", term.text, re.M)  # the typed line gave way to the sent one
     term.type("\x1b[A")  # Up: the last line again
     term.wait_for(rf"> /msg {bob} hello$")

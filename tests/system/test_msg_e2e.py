@@ -18,6 +18,7 @@ from pathlib import Path
 from tests.fixtures import Names
 from tests.servers import ServerProcess
 from tests.system.test_cli import listener, msg_cmd, read_events
+from tests.system.test_cli_files import receiver
 
 BACKENDS = ["epoll"]
 SECRET = "the midterm is on thursday"
@@ -99,3 +100,24 @@ def test_one_msg_per_vault_and_a_wrong_passphrase_stops_after_login(server: Serv
     wrong = run(server, alice, "", env={"MSG_KEY_PASSPHRASE": "not the passphrase"})
     assert wrong[0]["status"] == 1 and "wrong passphrase" in keys_error(wrong), wrong
     assert any(e.get("event") == "login" for e in wrong[1:])  # the server let alice in: the keys did not open
+
+
+def test_a_file_sent_by_msg_is_ciphertext_on_the_server(server: ServerProcess, names: Names, tmp_path: Path) -> None:
+    alice, bob = names("alice"), names("bob")
+    canary = (SECRET + "\n").encode() * 3000  # 81 kB: two STREAM chunks
+    path = tmp_path / "answers.txt"
+    path.write_bytes(canary)
+    bob_proc = receiver(server, bob, tmp_path / "dl", "1M")
+    try:
+        done = run(server, alice, f"/sendfile {bob} {path}\n")
+        assert done[0]["status"] == 0, done
+        saved = read_events(bob_proc, "saved")[-1]
+        assert Path(str(saved["path"])).read_bytes() == canary  # decrypted, chunk by chunk, and checked
+    finally:
+        assert bob_proc.stdin is not None
+        bob_proc.stdin.close()
+        bob_proc.wait(timeout=30)
+    stored = [p for p in (Path(server.data_dir) / "files").iterdir() if not p.suffix]
+    assert stored and all(SECRET.encode() not in p.read_bytes() for p in stored)
+    records = [p.read_text() for p in (Path(server.data_dir) / "files").glob("*.json")]
+    assert records and all("answers" not in r for r in records)  # nor its name
