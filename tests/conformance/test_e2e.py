@@ -1,11 +1,12 @@
 """Conformance with end-to-end encryption on (protocol 1.7), on every backend: real clients with
-real keys in vaults, through a real server.
+real keys in vaults, through a real server (files: test_e2e_files.py).
 
 Direct messages go as content type 2 to every device of both users, reach a device that was
 offline when they were sent, and come out as the text that went in; a device without keys sees
-only ciphertext. A canary sent both ways appears nowhere on the server: not in its data
-directory (database, write-ahead log, files), not in its log, not in the bytes that crossed
-the network (TLS off, so the test can read them through a recording proxy)."""
+only ciphertext. A canary sent both ways, posted to a group and sent as a file (in its bytes
+and its name) appears nowhere on the server: not in its data directory (database,
+write-ahead log, files), not in its log, not in the bytes that crossed the network (TLS off,
+so the test can read them through a recording proxy)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import pytest
 from csce513msg.client import Client
 from csce513msg.client.secure import Secure
 from csce513msg.crypto.device import UndecryptableError
-from csce513msg.protocol import ContentType, Deliver, TargetKind
+from csce513msg.protocol import ContentType, Deliver, TargetKind, parse_offer
 from tests.conformance.wire import PASSWORD, connect, next_of
 from tests.fixtures import Names, Server
 from tests.servers import ServerProcess
@@ -72,9 +73,9 @@ class Recorder:
         self.listener.close()
 
 
-def secure_client(server: object, user: str, device: str, vault_dir: Path) -> Client:
+def secure_client(server: object, user: str, device: str, vault_dir: Path, groups: bool = False) -> Client:
     secure = Secure.from_vault(vault_dir / f"{user}-{device}.vault", PASSWORD, user, device, cost="test")
-    return connect(server, user, device_id=device, secure=secure)  # type: ignore[arg-type]
+    return connect(server, user, device_id=device, secure=secure, groups=groups)  # type: ignore[arg-type]
 
 
 def test_direct_messages_are_end_to_end_to_every_device(server: Server, names: Names, tmp_path: Path) -> None:
@@ -100,16 +101,30 @@ def test_direct_messages_are_end_to_end_to_every_device(server: Server, names: N
 
 
 def test_a_canary_appears_nowhere_on_the_server(server: Server, names: Names, tmp_path: Path) -> None:
+    """Direct both ways, a group post, a file (its bytes and its name): the whole session."""
     alice, bob = names("alice"), names("bob")
+    group = names("lab")
+    document = tmp_path / f"{CANARY}.txt"
+    document.write_bytes((CANARY + "\n").encode() * 5000)  # 225 kB: four STREAM chunks
     proxy = Recorder(server)
     try:
         secure_client(proxy, bob, "b1", tmp_path).close()
-        with secure_client(proxy, alice, "a1", tmp_path) as a1, secure_client(proxy, bob, "b1", tmp_path) as b1:
+        with (
+            secure_client(proxy, alice, "a1", tmp_path, groups=True) as a1,
+            secure_client(proxy, bob, "b1", tmp_path, groups=True) as b1,
+        ):
             receipt = a1.send_text(bob, CANARY)
             assert next_of(b1, Deliver, lambda d: d.message_id == receipt.message_id).body == CANARY.encode()
             back = b1.send_text(alice, CANARY + " back")
             assert next_of(a1, Deliver, lambda d: d.message_id == back.message_id).body == (CANARY + " back").encode()
             a1.history(bob)  # the server's copy, read back: ciphertext there too
+            a1.group_create(group)
+            a1.group_add(group, [bob])
+            post = a1.send_text(group, CANARY + " to the group", TargetKind.GROUP)
+            assert next_of(b1, Deliver, lambda d: d.message_id == post.message_id).body.startswith(CANARY.encode())
+            _, offered = a1.send_file(bob, document)
+            offer = parse_offer(next_of(b1, Deliver, lambda d: d.message_id == offered.message_id).body)
+            assert offer.encrypted and b1.download(offer, tmp_path / "got").read_bytes() == document.read_bytes()
     finally:
         proxy.close()
     assert len(proxy.seen) > 2000 and CANARY.encode() not in proxy.seen
