@@ -158,7 +158,7 @@ def test_a_pasted_block_is_one_message_with_its_indentation(
     term.type("# end\r")
     events = read_events(bob_json, "deliver")
     assert events[-1]["text"] == block + "\n# end"
-    term.wait_for(r"^ {0,3}\S* \[\d\d:\d\d\] you -> \S+: def f\(x\):\n\s+    if x:\n\s+        return 1")
+    term.wait_for(r"^ {0,3}\S* \[\d\d:\d\d\] you -> \S+ 🔒: def f\(x\):\n\s+    if x:\n\s+        return 1")
     long_line = "".join(f"{i:05} " for i in range(1000))  # 6,000 bytes: past the tty's 4,095 of canonical mode
     term.type("\x1b[200~" + long_line + "\x1b[201~\r")
     assert read_events(bob_json, "deliver")[-1]["text"] == long_line
