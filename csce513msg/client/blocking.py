@@ -235,6 +235,7 @@ class Client:
                 self.fetch_keys(user)
         if secure is not None and kind == TargetKind.GROUP and target not in (ANNOUNCEMENTS, "announcements"):
             group = self.group_members(target)  # who reads it now: the sender key follows them
+            secure.group_named(target, group.stream)
             for user in {*group.users, secure.device.user} - secure.fetched:
                 self.fetch_keys(user)
             if secure.wants_e2e_group(group.stream, group.users):

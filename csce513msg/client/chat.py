@@ -29,6 +29,7 @@ import struct
 import time
 from dataclasses import dataclass
 
+from ..crypto.device import E2EError
 from ..protocol import (
     ANNOUNCEMENTS,
     WAITING_CAP,
@@ -237,10 +238,14 @@ class ChatClient:
                 continue  # end to end: sealed once the directory answered
             kind, target = split_target(unsent.to)
             try:
-                content, body = ContentType.TEXT, unsent.text.encode()
                 if unsent.envelope:  # sealed in an earlier run: the same bytes again
-                    content, body = ContentType.ENVELOPE, base64.b64decode(unsent.envelope, validate=True)
-                rid = self.session.request(Send(kind, content, unsent.client_msg_id, target, body))
+                    body = base64.b64decode(unsent.envelope, validate=True)
+                    rid = self.session.request(Send(kind, ContentType.ENVELOPE, unsent.client_msg_id, target, body))
+                else:  # sealed now if its conversation is end to end (never in clear where it was)
+                    rid = self.session.send_text(target, unsent.text, kind, unsent.client_msg_id)
+            except E2EError as exc:
+                self.local_error(f"a kept message to {inert_name(unsent.to)} was not sent: {inert(str(exc))}")
+                continue
             except (ValueError, struct.error) as exc:  # a poisoned outbox (a file edited by hand): drop it, say so
                 self.local_error(f"a kept message to {inert_name(unsent.to)} cannot be sent: {exc}")
                 continue

@@ -130,6 +130,7 @@ def privacy_message(chat: ChatClient, msg: Message) -> bool:
         return True
     if isinstance(msg, GroupMembersReply):
         p.members[to] = (msg.stream, msg.users)
+        secure.group_named(to.removeprefix("#"), msg.stream)
         for user in {*msg.users, secure.device.user} - secure.fetched:
             p.asked[chat.session.fetch_keys(user)] = to
     elif not isinstance(msg, KeyBundles):

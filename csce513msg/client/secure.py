@@ -30,6 +30,7 @@ import collections
 import dataclasses
 import fcntl
 import io
+import json
 import os
 import time
 from collections.abc import Callable
@@ -37,9 +38,10 @@ from pathlib import Path
 from typing import Any
 
 from ..crypto import envelope as ev
+from ..crypto import primitives as p
 from ..crypto.device import E2EError, NoSessionError, SecureDevice, UndecryptableError
 from ..crypto.vault import VAULT_COSTS, Vault
-from ..protocol import ContentType, Deliver, KeyBundles, KeyPublish, KeyState, TargetKind, bundles
+from ..protocol import ContentType, Deliver, KeyBundles, KeyPublish, KeyState, Receipt, Send, TargetKind, bundles
 from .archive import Archive
 
 OPENED_CACHE = 1024  #: message ids whose plaintext is kept to answer a redelivery
@@ -85,7 +87,8 @@ class Secure:
         self.lock: io.FileIO | None = None  #: the vault's lock, held (``from_vault``)
         self.repairs: set[str] = set()  #: users to send an ``envelope.REPAIR`` (a message of theirs had no session)
         self.encrypted: set[int] = set()  #: message ids that came end-to-end encrypted (bounded like ``_opened``)
-        self._opened: collections.OrderedDict[int, tuple[int, bytes]] = collections.OrderedDict()
+        #: message id -> (inner type, payload, its binding: sender, kind, stream, body hash)
+        self._opened: collections.OrderedDict[int, tuple[int, bytes, bytes]] = collections.OrderedDict()
         #: client message id -> what we sent, until its Receipt (bounded: a send never answered)
         self._sealed: collections.OrderedDict[int, tuple[int, bytes]] = collections.OrderedDict()
 
@@ -175,18 +178,54 @@ class Secure:
         contacts = self.device.contacts
         if all(m == self.device.user or (m in contacts and contacts[m].devices) for m in members):
             return True
-        if stream in self.device.groups.sending:
+        if self.device.groups.encrypted(stream):  # ours or others' posts there were end to end
             raise DowngradeError(stream)
         return False
 
-    def seal_group(self, stream: str, members: list[str], client_msg_id: int, kind: int, payload: bytes) -> bytes:
+    def group_named(self, name: str, stream: str) -> None:
+        """The group ``name`` is ``stream`` (as a GroupMembers or a post said)."""
+        self.device.groups.names[name.lower()] = stream
+
+    def clear_post_allowed(self, group: str) -> None:
+        """Refuse a post in clear to ``group`` (a name or ``g:<id>``) that had end-to-end posts.
+
+        Raises:
+            DowngradeError: it had.
+        """
+        stream = group if group.startswith("g:") else self.device.groups.names.get(group.lower(), "")
+        if stream and self.device.groups.encrypted(stream):
+            raise DowngradeError(group)
+
+    def check_clear(self, msg: Deliver) -> None:
+        """A text or an offer that came in clear: a warning if its conversation is end to end
+        (the server, or a client that stopped encrypting, wrote it)."""
+        if msg.target_kind == TargetKind.GROUP:
+            private = self.device.groups.encrypted(msg.stream)
+        else:
+            contact = self.device.contacts.get(msg.sender)
+            private = contact is not None and contact.encrypted and msg.sender != self.device.user
+        if private:
+            self.warnings.append(f"a message from {msg.sender} arrived in clear in an end-to-end conversation "
+                                 "(the server could have written it): do not trust it")  # fmt: skip
+
+    def seal_group(
+        self, stream: str, members: list[str], client_msg_id: int, kind: int, payload: bytes, limit: int = 0
+    ) -> bytes:
         """The envelope of a post to the group ``stream`` (members as the server lists them now),
         with the state saved.
 
         Raises:
-            E2EError: ``UntrustedError``, ``NoKeysError`` (see ``SecureDevice.group_send``).
+            E2EError: ``UntrustedError``, ``NoKeysError`` (see ``SecureDevice.group_send``); or the
+                post would be over ``limit`` bytes (the server's ``max_text``).
         """
         data = self.device.group_send(stream, members, client_msg_id, kind, payload, time.time_ns() // 1000)
+        if limit and len(data) > limit:  # a new key for many devices at once: over the server's max_text
+            self.device.groups.forget(stream)  # (no device counts as given it: the next post starts over)
+            self.save()
+            raise E2EError(
+                f"a post to {stream} carrying its key for every member's device is {len(data)} bytes, over the "
+                f"server's {limit}: this group is too large for end-to-end posts on this server"
+            )
         self.save()
         _keep(self._sealed, client_msg_id, (kind, payload), OPENED_CACHE)
         return data
@@ -213,18 +252,25 @@ class Secure:
         _keep(self._sealed, client_msg_id, (kind, payload), OPENED_CACHE)
         return data
 
-    def stored(self, client_msg_id: int, message_id: int) -> None:
-        """A message we sealed was stored as ``message_id``: our own copy goes to the archive
-        (the server's is for the other devices: this one has no key for it)."""
-        if (sent := self._sealed.pop(client_msg_id, None)) is not None and self.archive is not None:
-            self.archive.add(message_id, *sent)
+    def stored(self, send: Send, receipt: Receipt) -> None:
+        """A message we sealed was stored: our own copy goes to the archive (the server's is for
+        the other devices: this one has no key for it), bound to where and what it was."""
+        sent = self._sealed.pop(send.client_msg_id, None)
+        if sent is not None and self.archive is not None:
+            where = _binding(self.device.user, send.target_kind, receipt.stream, send.body)
+            self.archive.add(receipt.message_id, sent[0], sent[1], where)
 
     def open(self, msg: Deliver) -> Deliver | None:
         """The Deliver its sender meant; ``msg`` as it came (content type 2) with a notice; or
         None for what is not shown (a group's sender key sent on its own)."""
+        where = _binding(msg.sender, msg.target_kind, msg.stream, msg.body)
+        if msg.target_kind == TargetKind.GROUP:
+            self.group_named(msg.target, msg.stream)
         cached = self._opened.get(msg.message_id)
         if cached is None and self.archive is not None:
             cached = self.archive.get(msg.message_id)
+        if cached is not None and not p.same(cached[2], where):  # the id of another message: not its text
+            cached = None
         if cached is None:
             try:
                 kind, payload, warnings = self.device.decrypt(msg.sender, msg.target_kind, msg.stream, msg.body)
@@ -235,14 +281,14 @@ class Secure:
                 return msg
             self.warnings += warnings
             self.save()
-            cached = (kind, payload)
+            cached = (kind, payload, where)
             if self.archive is not None and kind != ev.SENDER_KEY:
-                self.archive.add(msg.message_id, kind, payload)
+                self.archive.add(msg.message_id, kind, payload, where)
             _keep(self._opened, msg.message_id, cached, OPENED_CACHE)
         self.encrypted.add(msg.message_id)
         if len(self.encrypted) > OPENED_CACHE:
             self.encrypted.intersection_update(self._opened)
-        kind, payload = cached
+        kind, payload, _ = cached
         if kind in (ev.SENDER_KEY, ev.REPAIR):
             return None
         content = {ev.TEXT: ContentType.TEXT, ev.FILE_OFFER: ContentType.FILE_OFFER}.get(kind)
@@ -250,6 +296,12 @@ class Secure:
             _keep(self.notices, msg.message_id, f"an end-to-end message of kind {kind}", NOTICES)
             return msg
         return dataclasses.replace(msg, content_type=content, body=payload)
+
+
+def _binding(sender: str, target_kind: int, stream: str, body: bytes) -> bytes:
+    """What a kept plaintext belongs to: a redelivery of the same message matches it, the same
+    message id on another sender, conversation or body does not (a server relabelling)."""
+    return p.sha256(json.dumps([sender, target_kind, stream]).encode() + p.sha256(body))
 
 
 def _lock(path: Path) -> io.FileIO:

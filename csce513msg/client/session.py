@@ -254,6 +254,8 @@ class ClientSession:
                 if (opened := self.secure.open(msg)) is None:  # saved before the Ack this call queues
                     return  # taken in, not shown (acknowledged all the same)
                 msg = opened
+            elif msg.content_type in (ContentType.TEXT, ContentType.FILE_OFFER) and self.secure is not None:
+                self.secure.check_clear(msg)
         elif isinstance(msg, KeyState) and self.secure is not None:
             if msg.request_id and msg.request_id == self.key_publish:
                 self.key_publish = 0
@@ -273,7 +275,7 @@ class ClientSession:
         if (isinstance(msg, _REPLIES) and msg.request_id) or (isinstance(msg, FileData) and msg.last):
             sent = self.pending.pop(msg.request_id, None)
             if isinstance(msg, Receipt) and isinstance(sent, Send) and self.secure is not None:
-                self.secure.stored(sent.client_msg_id, msg.message_id)  # our copy of what we sealed
+                self.secure.stored(sent, msg)  # our copy of what we sealed
         events.append(msg)
 
     def _remember(self, message_id: int) -> None:
@@ -376,6 +378,8 @@ class ClientSession:
         if self.secure is not None and kind == TargetKind.USER and self.secure.wants_e2e(target.lower()):
             body = self.secure.seal(target.lower(), cmid, ev.TEXT, text.encode())
             return self.request(Send(kind, ContentType.ENVELOPE, cmid, target, body))
+        if self.secure is not None and kind == TargetKind.GROUP:
+            self.secure.clear_post_allowed(target)  # a group that had end-to-end posts: never in clear
         return self.request(Send(kind, ContentType.TEXT, cmid, target, text.encode()))
 
     def send_group_e2e(self, stream: str, members: list[str], text: str, client_msg_id: int = 0) -> int:
@@ -387,7 +391,8 @@ class ClientSession:
         """
         assert self.secure is not None
         cmid = client_msg_id or self.new_client_msg_id()
-        body = self.secure.seal_group(stream, members, cmid, ev.TEXT, text.encode())
+        limit = self.welcome.max_text if self.welcome is not None else 0
+        body = self.secure.seal_group(stream, members, cmid, ev.TEXT, text.encode(), limit)
         return self.request(Send(TargetKind.GROUP, ContentType.ENVELOPE, cmid, stream, body))
 
     def send_group_offer_e2e(self, stream: str, members: list[str], offer: Offer) -> int:
@@ -399,7 +404,8 @@ class ClientSession:
         """
         assert self.secure is not None
         cmid = self.new_client_msg_id()
-        body = self.secure.seal_group(stream, members, cmid, ev.FILE_OFFER, offer_body(offer))
+        limit = self.welcome.max_text if self.welcome is not None else 0
+        body = self.secure.seal_group(stream, members, cmid, ev.FILE_OFFER, offer_body(offer), limit)
         return self.request(Send(TargetKind.GROUP, ContentType.ENVELOPE, cmid, stream, body))
 
     def forget_device(self, device: str = "") -> int:

@@ -50,6 +50,7 @@ from .senderkey import SenderKeyReceiver
 
 STATE_VERSION = 1
 GROUP_KIND = 2  #: the protocol's ``TargetKind.GROUP`` (crypto imports no protocol module)
+PREVIOUS = 2  #: sessions kept per device after a newer start replaced them (Signal keeps some too)
 IDENTITY_BYTES = 128  #: the first bytes of the published keys: the identity (the directory compares them)
 
 
@@ -111,6 +112,9 @@ class Peer:
     session_ad: bytes = b""  #: the X3DH associated data of the session (both identities)
     start: ev.StartInfo | None = None  #: our X3DH start, repeated until the peer answers
     their_start: bytes = b""  #: the ephemeral key of the peer's start that made the session
+    #: sessions replaced by a newer start, newest first (at most ``PREVIOUS``), with their X3DH AD:
+    #: when both sides start at once, each decrypts with the other's until they meet on one
+    previous: list[tuple[Ratchet, bytes]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -177,17 +181,21 @@ class SecureDevice:
             except BadBundleError as exc:
                 warnings.append(f"{user}'s device {device}: refused ({exc})")
                 continue
-            listed.add(device)
             peer = contact.devices.get(device)
-            if peer is not None and (peer.sign_public, peer.dh_public) != (bundle.sign_public, bundle.dh_public):
+            changed = peer is not None and (peer.sign_public, peer.dh_public) != (bundle.sign_public, bundle.dh_public)
+            fresh = Peer(bundle.sign_public, bundle.dh_public) if peer is None or changed else peer
+            if fresh.ratchet is None:
+                try:  # a low-order key (the one-time prekey is unsigned; a student may sign a bad one)
+                    self._start(fresh, bundle)
+                except (p.BadKeyError, ValueError) as exc:
+                    warnings.append(f"{user}'s device {device}: refused ({exc})")
+                    continue
+            listed.add(device)
+            if changed:
                 self._alert(contact, f"{user}'s device {device} has a new identity key", warnings)
-                peer = None
             elif peer is None and not first:
                 self._alert(contact, f"{user} has a new device {device}", warnings)
-            if peer is None:
-                peer = contact.devices[device] = Peer(bundle.sign_public, bundle.dh_public)
-            if peer.ratchet is None:
-                self._start(peer, bundle)
+            contact.devices[device] = fresh
         for gone in set(contact.devices) - listed:
             del contact.devices[gone]
         return warnings
@@ -246,18 +254,21 @@ class SecureDevice:
             NewMembersError: members joined since our last post (trust on first use: the first).
         """
         targets = self.check_group(stream, members)
-        self.groups.seen[stream] = set(members)
-        need = self.groups.plan(stream, frozenset(members), {(u, d) for u, d, _ in targets}, now_us)
+        devices = {(u, d + "/" + peer.sign_public.hex()) for u, d, peer in targets}  # a reinstall is a new device
+        need = {(u, d.partition("/")[0]) for u, d in self.groups.plan(stream, frozenset(members), devices, now_us)}
         keys = b""
         if need:
             given = [t for t in targets if (t[0], t[1]) in need]
             if len(given) > ev.MAX_ENTRIES:
-                raise ValueError(f"a group of {len(given)} devices: at most {ev.MAX_ENTRIES} get a key at once")
+                self.groups.forget(stream)
+                raise E2EError(f"a group of {len(given)} devices: at most {ev.MAX_ENTRIES} get a key in one post")
             distribution = ev.sender_key_payload(stream, self.groups.distribution(stream))
             keys = self._pairwise(given, GROUP_KIND, stream, client_msg_id, ev.SENDER_KEY, distribution)
         bound = ev.group_head(ev.prefix(ev.GROUP, self.device, client_msg_id), keys)
         ad = ev.associated_data(self.user, GROUP_KIND, stream, bound)
-        return bound + self.groups.encrypt(stream, ev.inner(kind, payload), ad)
+        data = bound + self.groups.encrypt(stream, ev.inner(kind, payload), ad)
+        self.groups.seen[stream] = set(members)
+        return data
 
     def check_group(self, stream: str, members: list[str]) -> list[tuple[str, str, Peer]]:
         """The devices a post to ``stream`` goes to, or why it may not go (nothing changes).
@@ -279,7 +290,7 @@ class SecureDevice:
         targets: list[tuple[str, str, Peer]] = []
         for user in [*recipients, self.user]:
             contact = self.contacts.get(user, Contact())
-            if user != self.user and not contact.trusted:
+            if not contact.trusted:  # our own user too: a device added to our account reads what we send
                 raise UntrustedError(user, contact.alerts)
             peers = [(user, d, peer) for d, peer in sorted(contact.devices.items()) if peer.ratchet is not None]
             if not peers and user != self.user:
@@ -314,6 +325,14 @@ class SecureDevice:
             UndecryptableError: not for this device, tampered with, replayed, or from a session
                 this device does not have; the state is as it was.
         """
+        try:
+            return self._decrypt(sender, target_kind, stream, data)
+        except UndecryptableError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - hostile input must cost its message only, never the client
+            raise UndecryptableError(f"a malformed envelope ({type(exc).__name__}: {exc})") from None
+
+    def _decrypt(self, sender: str, target_kind: int, stream: str, data: bytes) -> tuple[int, bytes, list[str]]:
         env = _parsed(data)
         if env.kind == ev.GROUP:
             return self._open_group(sender, target_kind, stream, env)
@@ -342,14 +361,20 @@ class SecureDevice:
         signer = entry.start.sign_public if fresh and entry.start else peer.sign_public if peer else b""
         if not p.verify(signer, env.signature, ev.SIGNED + ad + env.signed):
             raise UndecryptableError(f"not signed by {sender}'s device {env.device} (or not in this conversation)")
+        if fresh and peer is not None and entry.start is not None and peer.sign_public != entry.start.sign_public:
+            # anyone can make a start in a pinned device's name with keys of their own: not opened,
+            # the pinned session kept; a real reinstall shows up in the directory (a warning there)
+            raise UndecryptableError(
+                f"a session start in the name of {sender}'s device {env.device} with another identity key: "
+                f"not opened (if {sender} reinstalled, /fingerprint {sender}, then /trust {sender})"
+            )
         try:
             if fresh:
                 assert entry.start is not None
                 peer, secret = self._open_start(entry, ad)
                 trial = peer.ratchet
             elif peer is not None and peer.ratchet is not None:
-                trial = peer.ratchet.copy()
-                secret = trial.decrypt(entry.header, entry.wrapped, peer.session_ad + ad + _head(entry))
+                trial, which, secret = _try_sessions(peer, entry, ad)
             else:
                 raise UndecryptableError(f"no session with {sender}'s device {env.device}")
         except (p.DecryptError, p.BadKeyError, UnknownPrekeyError, ValueError) as exc:
@@ -369,7 +394,12 @@ class SecureDevice:
                 assert start is not None and found is not None
                 self._commit_start(contact, sender, env.device, start, found, warnings)
             else:
-                assert found is not None
+                assert found is not None and trial is not None
+                if which >= 0:  # an older session answered: it is the one both use from now on
+                    older_ad = found.previous.pop(which)[1]
+                    if found.ratchet is not None:
+                        found.previous.insert(0, (found.ratchet, found.session_ad))
+                    found.session_ad = older_ad
                 found.ratchet, found.start = trial, None  # they answered: they have the session
             contact.encrypted = contact.encrypted or sender != self.user
             return warnings
@@ -383,7 +413,7 @@ class SecureDevice:
             if target_kind != GROUP_KIND or named != stream:
                 raise UndecryptableError(f"a sender key for {named!r} sent in {stream!r}")
             return SenderKeyReceiver.from_distribution(distribution)
-        except (ev.EnvelopeError, ValueError) as exc:
+        except (ev.EnvelopeError, ValueError, p.DecryptError) as exc:
             raise UndecryptableError(str(exc)) from None
 
     def _open_group(self, sender: str, target_kind: int, stream: str, env: ev.Envelope) -> tuple[int, bytes, list[str]]:
@@ -452,10 +482,10 @@ class SecureDevice:
         else:
             self.starts.seen_before(x3dh.StartCache.key(s.ephemeral, s.spk_id))
         old = contact.devices.get(device)
-        if old is not None and (old.sign_public, old.dh_public) != (peer.sign_public, peer.dh_public):
-            self._alert(contact, f"{user}'s device {device} has a new identity key", warnings)
-        elif old is None and contact.listed:
+        if old is None and contact.listed:
             self._alert(contact, f"{user} has a new device {device}", warnings)
+        if old is not None and old.ratchet is not None:  # kept: a message on it may still come
+            peer.previous = [(old.ratchet, old.session_ad), *old.previous][:PREVIOUS]
         contact.devices[device] = peer
 
     def _alert(self, contact: Contact, text: str, warnings: list[str]) -> None:
@@ -482,6 +512,20 @@ class SecureDevice:
         me.groups = GroupKeys.from_dict(data["groups"])
         me.contacts = {str(user): _contact_of(c) for user, c in data["contacts"].items()}
         return me
+
+
+def _try_sessions(peer: Peer, entry: ev.Entry, ad: bytes) -> tuple[Ratchet, int, bytes]:
+    """(the session on trial, -1 for the current one or the index of an older one, the secret)."""
+    assert peer.ratchet is not None
+    failure: Exception | None = None
+    for which, (ratchet, session_ad) in enumerate([(peer.ratchet, peer.session_ad), *peer.previous], start=-1):
+        trial = ratchet.copy()
+        try:
+            return trial, which, trial.decrypt(entry.header, entry.wrapped, session_ad + ad + _head(entry))
+        except p.DecryptError as exc:
+            failure = failure or exc
+    assert failure is not None
+    raise failure
 
 
 def _parsed(data: bytes) -> ev.Envelope:
@@ -521,6 +565,7 @@ def _contact_dict(c: Contact) -> dict[str, Any]:
             "ratchet": peer.ratchet.to_dict() if peer.ratchet else None, "their_start": _b(peer.their_start),
             "start": [_b(s.sign_public), _b(s.dh_public), _b(s.dh_signature), _b(s.ephemeral), s.spk_id, s.otpk_id]
             if s else None,
+            "previous": [[r.to_dict(), _b(sad)] for r, sad in peer.previous],
         }  # fmt: skip
     return {
         "devices": devices, "trusted": c.trusted, "alerts": list(c.alerts), "encrypted": c.encrypted,
@@ -539,8 +584,9 @@ def _contact_of(data: dict[str, Any]) -> Contact:
                 raise ValueError("a stored session start's key ids are not u32")
             start = ev.StartInfo(_raw(s[0], 32), _raw(s[1], 32), _raw(s[2], 64), _raw(s[3], 32), spk_id, otpk_id)
         ratchet = Ratchet.from_dict(d["ratchet"]) if d["ratchet"] is not None else None
+        previous = [(Ratchet.from_dict(r), _raw(sad)) for r, sad in d["previous"]][:PREVIOUS]
         devices[str(device)] = Peer(
-            _raw(d["sign"], 32), _raw(d["dh"], 32), ratchet, _raw(d["ad"]), start, _raw(d["their_start"])
+            _raw(d["sign"], 32), _raw(d["dh"], 32), ratchet, _raw(d["ad"]), start, _raw(d["their_start"]), previous
         )
     alerts = [str(a) for a in data["alerts"]]
     return Contact(devices, bool(data["trusted"]), alerts, bool(data["encrypted"]), bool(data["listed"]))

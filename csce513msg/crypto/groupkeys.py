@@ -11,8 +11,10 @@ never sees it.
 **When a sender key changes.** ``plan`` decides before each message, lazily (no member
 rotates because another left; each sender does, before its own next message):
 
-- a member of the key's time has left or been removed: a **new** key, unrelated to the old
-  one, sent to the members now. The removed member holds every old key and learns nothing;
+- a member of the key's time has left or been removed, or a device that was given it is
+  gone (taken out of the directory, or reinstalled: a device is named with its identity
+  key): a **new** key, unrelated to the old one, sent to the members now. The removed
+  member holds every old key and learns nothing;
 - the key is older than ``ROTATE_US``: a new one too (a key taken from a device stops
   working within a week);
 - a member (or a device) the key was not given to: that device is sent the key as it is
@@ -53,6 +55,11 @@ class GroupKeys:
         self.receiving: dict[tuple[str, str, str], dict[int, SenderKeyReceiver]] = {}
         #: stream -> the members we posted to (or trusted) last: a member not among them is news
         self.seen: dict[str, set[str]] = {}
+        self.names: dict[str, str] = {}  #: a group's name -> its stream (a post by name is checked too)
+
+    def encrypted(self, stream: str) -> bool:
+        """Whether end-to-end posts were made in ``stream`` (ours or a member's): never in clear there."""
+        return stream in self.sending or stream in self.seen or any(k[0] == stream for k in self.receiving)
 
     def plan(
         self, stream: str, members: frozenset[str], devices: set[tuple[str, str]], now_us: int
@@ -61,7 +68,8 @@ class GroupKeys:
         ``devices`` (of the members now, and our own other devices) that must be sent it
         before the next message. They are counted as given: send them, or ``forget``."""
         out = self.sending.get(stream)
-        if out is None or out.members - members or now_us - out.created_us >= ROTATE_US:
+        gone = out is not None and bool(out.given - devices)  # a device left (forgotten, reinstalled)
+        if out is None or out.members - members or gone or now_us - out.created_us >= ROTATE_US:
             out = self.sending[stream] = Outgoing(SenderKey.create(), members, set(), now_us)
         need = devices - out.given
         out.given |= need
@@ -119,6 +127,7 @@ class GroupKeys:
                 for (stream, user, device), keys in self.receiving.items()
             ],
             "seen": {stream: sorted(users) for stream, users in self.seen.items()},
+            "names": dict(self.names),
         }  # fmt: skip
 
     @classmethod
@@ -129,6 +138,7 @@ class GroupKeys:
             members = frozenset(str(m) for m in o["members"])
             groups.sending[str(stream)] = Outgoing(SenderKey.from_dict(o["key"]), members, given, int(o["created_us"]))
         groups.seen = {str(stream): {str(u) for u in users} for stream, users in data["seen"].items()}
+        groups.names = {str(name): str(stream) for name, stream in data["names"].items()}
         for stream, user, device, keys in data["receiving"]:
             receivers = [SenderKeyReceiver.from_dict(k) for k in keys]
             groups.receiving[(str(stream), str(user), str(device))] = {r.key_id: r for r in receivers}

@@ -260,8 +260,9 @@ class DeviceKeys:
     @staticmethod
     def one_time_wanted(on_server: int) -> int:
         """How many one-time prekeys to upload when the server holds ``on_server``: none while it
-        has ``OTPK_LOW`` or more, else enough to bring it back to ``OTPK_BATCH``."""
-        return 0 if on_server >= OTPK_LOW else OTPK_BATCH - max(on_server, 0)
+        has more than ``OTPK_LOW`` (the directory tells a device when it falls to that), else
+        enough to bring it back to ``OTPK_BATCH``."""
+        return 0 if on_server > OTPK_LOW else OTPK_BATCH - max(on_server, 0)
 
     def spk_private(self, key_id: int) -> bytes:
         """The private key of signed prekey ``key_id``: the current one or one in its grace period."""

@@ -38,7 +38,10 @@ Replays: a first message sent without an OPK can be replayed, and Bob would comp
 same SK again. ``StartCache`` remembers such starts (a bounded window) so the caller can
 refuse one seen before; the signed prekey's rotation bounds the rest (once Bob deletes an
 old SPK's private key, no start naming it can be opened). Record a start only once its
-first message has decrypted, so forged starts cannot push real ones out of the window.
+first message has decrypted, so garbage cannot push real ones out of the window. A server can
+still make thousands of starts that do open (each under an identity of its own making) and
+so push a real start out, then replay it: docs/security.md lists this as a limit; bounding
+the cache by the signed prekey's life instead of by count is the fix to come.
 """
 
 from __future__ import annotations

@@ -46,6 +46,7 @@ from .delivery import Committed, Mailroom
 from .outbox import Outbox
 from .session import Session
 
+MAX_DEVICES = 16  #: devices of one user with keys in the directory (each costs every fetch of that user)
 TAKES_PER_HOUR = 3  #: one-time prekeys of one device one asker may be handed in an hour
 HOUR_US = 3_600_000_000
 NO_PREKEY = bytes(36)  #: a bundle's prekey part when it carries none: id 0, 32 zero bytes
@@ -94,7 +95,13 @@ class Keys:
         published = msg.body[:PUBLISHED]
         if published[128:132] == bytes(4):
             raise RemoteProtocolError(ErrorCode.BAD_REQUEST, "a signed prekey's id is 0", request_id=rid)
-        old = self.devices.get(user, {}).get(device)
+        mine = self.devices.get(user, {})
+        if device not in mine and len(mine) >= MAX_DEVICES:
+            raise RemoteProtocolError(
+                ErrorCode.KEYS_FULL,
+                f"{MAX_DEVICES} devices of yours have keys already: take one out first (KeyForget)", request_id=rid,
+            )  # fmt: skip
+        old = mine.get(device)
         kept = old.prekeys if old is not None and old.published[:IDENTITY] == published[:IDENTITY] else {}
         new = {key_id: key for key_id, key in prekeys if key_id not in kept}
         if len(kept) + len(new) > MAX_PREKEYS:

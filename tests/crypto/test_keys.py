@@ -226,7 +226,8 @@ def test_a_one_time_prekey_opens_one_session_start_only() -> None:
 
 def test_one_time_prekeys_are_topped_up_below_the_low_mark() -> None:
     assert (OTPK_BATCH, OTPK_LOW) == (100, 20)
-    assert DeviceKeys.one_time_wanted(OTPK_LOW) == 0
+    assert DeviceKeys.one_time_wanted(OTPK_LOW + 1) == 0
+    assert DeviceKeys.one_time_wanted(OTPK_LOW) == OTPK_BATCH - OTPK_LOW  # the directory's push comes at 20
     assert DeviceKeys.one_time_wanted(OTPK_LOW - 1) == OTPK_BATCH - OTPK_LOW + 1
     assert DeviceKeys.one_time_wanted(0) == OTPK_BATCH
 
