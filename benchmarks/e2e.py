@@ -1,6 +1,6 @@
 """What end-to-end encryption (protocol 1.7) costs a client and the server: ``python -m benchmarks.e2e``.
 
-    python -m benchmarks.e2e [--quick] [--parts client,stream,server] [--backends epoll,uvloop]
+    python -m benchmarks.e2e [--quick] [--parts client,stream,paths,server] [--backends epoll,uvloop]
                              [--repeats 3] [--clients 30] [--count 2000] [--rate 100] [--out e2e.json]
                              [--dir DIR] [--vaults-on-disk]
 
@@ -20,7 +20,13 @@ every loop bounded by a count and a time):
   against raw ChaCha20-Poly1305 and SHA-256 on 64 KiB chunks (the ceilings) and a plain file
   copy (read, write, fsync, rename: the ceiling of file to file).
 
-**The server**: a fresh ``msgsrv`` per backend and repeat (pinned to core 0, accounts made with
+**The server's paths, in process** (``benchmarks/test_e2e_paths.py``, pytest-benchmark, run by
+this tool): the hub routing one direct message, and SQLite storing a batch of ten, with a
+100-byte text and with envelopes of 326 and 850 bytes as the body: the hub never reads an
+envelope, so only its size can cost the server anything, and these medians show it without
+a live server's noise.
+
+**The server, live**: a fresh ``msgsrv`` per backend and repeat (pinned to core 0, accounts made with
 ``--kdf-cost test``, ``--durability normal``) and one ``benchmarks.e2eload`` process (core 1)
 with two sets of N clients, plain ones (``Client``) and ones with ``Secure``, each set sending
 the same paced load (the same seeded sequence) of 100-byte texts to random peers of its own
@@ -45,6 +51,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -70,7 +77,8 @@ NOW_US = 1_700_000_000_000_000
 TEXT = b"x" * 100  #: the direct message: a 100-byte text
 PASSPHRASE = "bench passphrase"
 CLIENT_CORE = 1
-PARTS = ("client", "stream", "server")
+PARTS = ("client", "stream", "paths", "server")
+PATHS = "benchmarks/test_e2e_paths.py"  #: the server's paths in process (pytest-benchmark), by body
 CLASS = 30  #: students in a class: the vault's save is measured again with a session with each other one
 SHAPES = {"1 device": (1, 0), "3 devices + 2 own": (3, 2)}  #: recipient's devices, sender's other devices
 Budget = tuple[int, float]  #: at most this many samples, and (past 3) at most this many seconds
@@ -417,6 +425,31 @@ def stream_figures(size: int, repeats: int, disk: Path) -> dict[str, Any]:
 # ---- the server ---------------------------------------------------------------------------
 
 
+def server_paths(quick: bool, work: Path) -> dict[str, Any]:
+    """``benchmarks/test_e2e_paths.py`` (pytest-benchmark, pinned to core 1): the hub routing one
+    direct message and SQLite storing a batch of ten, with a text or an envelope as the body.
+    Returns median and IQR (µs) by path and body, and each median over the text's."""
+    out_file = work / "paths.json"
+    cmd = [sys.executable, "-m", "pytest", PATHS, "-q", "-p", "no:cacheprovider", f"--benchmark-json={out_file}",
+           *(["--benchmark-max-time=0.1"] if quick else [])]  # fmt: skip
+    done = subprocess.run(suite.pinned(CLIENT_CORE, cmd), cwd=Path(__file__).resolve().parent.parent,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"{PATHS} failed:\n{done.stdout[-3000:]}")
+    found: dict[str, dict[str, Any]] = {}
+    for bench in json.loads(out_file.read_text())["benchmarks"]:
+        path = bench["name"].split("[")[0].removeprefix("test_").removesuffix("_by_body").replace("_", " ")
+        stats = bench["stats"]
+        found.setdefault(path, {})[bench["param"]] = {
+            "median_us": round(stats["median"] * 1e6, 2), "iqr_us": round(stats["iqr"] * 1e6, 2),
+            "rounds": stats["rounds"]}  # fmt: skip
+    for bodies in found.values():
+        text = bodies["text 100"]["median_us"]
+        for figures in bodies.values():
+            figures["x_text"] = round(figures["median_us"] / text, 3)
+    return found
+
+
 def server_run(backend: str, repeat: int, settings: dict[str, Any], root: Path) -> dict[str, Any]:
     """One fresh server: the plain set's load and the encrypted set's (in the order of the repeat)."""
     n = settings["clients"]
@@ -503,6 +536,14 @@ def tables(report: dict[str, Any]) -> str:
         for name, w in s["ways"].items():
             lines.append(f"| {name} | {w['ms_per_mb']:.3f} | {w['mb_s']:,.0f} | {w['x_raw_chacha']:.2f} |")
         lines.append("")
+    if "paths" in report:
+        bodies = list(next(iter(report["paths"].values())))
+        lines += ["The server's paths in process (pytest-benchmark, median µs, and over the text's):", "",
+                  f"| path | {' | '.join(bodies)} |", "|---|" + "---|" * len(bodies)]  # fmt: skip
+        for path, by_body in report["paths"].items():
+            cells = [f"{us(by_body[b]['median_us'])} ({by_body[b]['x_text']:.2f}x)" for b in bodies]
+            lines.append(f"| {path} | {' | '.join(cells)} |")
+        lines.append("")
     if "server" in report:
         srv = report["server"]
         st = srv["settings"]
@@ -588,6 +629,12 @@ def main() -> None:
             report["stream"] = stream_figures(int(budgets["stream_mb"] * MB), int(budgets["stream_repeats"]), root)
         if pinned:
             os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+    if "paths" in parts:
+        work = Path(tempfile.mkdtemp(prefix="csce513msg-e2e-", dir=root))
+        try:
+            report["paths"] = server_paths(args.quick, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     if "server" in parts:
         report["server"] = server_part(settings, root)
     report["seconds"] = round(time.monotonic() - started, 1)

@@ -279,7 +279,7 @@ def test_the_e2e_load_plan_never_sends_to_the_sender_and_repeats_with_its_seed()
 
 def test_the_e2e_benchmark_reports_every_figure_of_a_quick_run(tmp_path: Path) -> None:
     """benchmarks.e2e --quick with a small server load (about 10 s): every client figure there and
-    positive; on the server, both sets' messages all stored and delivered once, the encrypted
+    positive, the server's paths by body; live, both sets' messages all stored and delivered once, the encrypted
     ones opened (none left as ciphertext), the encrypted bodies larger, the server's CPU read.
     Never a speed: the machine is shared."""
     out = tmp_path / "e2e.json"
@@ -288,7 +288,7 @@ def test_the_e2e_benchmark_reports_every_figure_of_a_quick_run(tmp_path: Path) -
     done = subprocess.run(cmd, cwd=Path(__file__).parent.parent, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(out.read_text())
-    assert report["schema"] == "csce513msg-e2e/1" and report["parts"] == ["client", "stream", "server"]
+    assert report["schema"] == "csce513msg-e2e/1" and report["parts"] == ["client", "stream", "paths", "server"]
     for shape in report["messages"].values():
         assert len(shape["timings"]) == 6 and all(t["median_us"] > 0 and t["n"] >= 3 for t in shape["timings"].values())
         sizes = shape["envelope_bytes"]
@@ -302,6 +302,9 @@ def test_the_e2e_benchmark_reports_every_figure_of_a_quick_run(tmp_path: Path) -
     )
     assert {"Secure.seal (encrypt + save)", "Secure.open (decrypt + save)"} <= set(vault["timings"])
     assert all(w["mb_s"] > 0 for w in report["stream"]["ways"].values()) and len(report["stream"]["ways"]) == 8
+    for bodies in report["paths"].values():  # the hub's routing and the store's batch, by body
+        assert list(bodies) == ["text 100", "envelope 326", "envelope 850"] and bodies["text 100"]["x_text"] == 1
+        assert all(b["median_us"] > 0 and b["rounds"] > 0 for b in bodies.values())
     (run,) = report["server"]["runs"]["epoll"]
     for mode, phase in run["phases"].items():
         assert phase["sent"] == phase["stored"] == phase["delivered"] == 60, (mode, phase)
