@@ -69,5 +69,5 @@ def bench_transfer(session: nox.Session) -> None:
 @nox.session
 def bench_e2e(session: nox.Session) -> None:
     """End-to-end encryption's cost (1.7), the client's and the server's: `nox -s bench_e2e -- --quick`."""
-    session.install(*PINS, "-e", ".[fast,dev]")  # dev: pytest-benchmark, for the server's paths by body
+    session.install(*PINS, "-e", ".[fast,dev]")  # dev: pytest, which the hot paths' helpers it reuses import
     session.run("python", "-m", "benchmarks.e2e", "--out", "bench-results/e2e.json", *session.posargs)

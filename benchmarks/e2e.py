@@ -20,11 +20,11 @@ every loop bounded by a count and a time):
   against raw ChaCha20-Poly1305 and SHA-256 on 64 KiB chunks (the ceilings) and a plain file
   copy (read, write, fsync, rename: the ceiling of file to file).
 
-**The server's paths, in process** (``benchmarks/test_e2e_paths.py``, pytest-benchmark, run by
-this tool): the hub routing one direct message, and SQLite storing a batch of ten, with a
-100-byte text and with envelopes of 326 and 850 bytes as the body: the hub never reads an
-envelope, so only its size can cost the server anything, and these medians show it without
-a live server's noise.
+**The server's paths, in process** (those of ``benchmarks/test_e2e_paths.py``): the hub routing
+one direct message (its batch stored in memory), and SQLite storing a batch of ten, with a
+100-byte text and with envelopes of 326 and 850 bytes as the body, the bodies taking turns
+round after round: the hub never reads an envelope, so only its size can cost the server
+anything, and these medians show it without a live server's noise.
 
 **The server, live**: a fresh ``msgsrv`` per backend and repeat (pinned to core 0, accounts made with
 ``--kdf-cost test``, ``--durability normal``) and one ``benchmarks.e2eload`` process (core 1)
@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import gc
 import hashlib
 import json
 import os
@@ -62,6 +63,7 @@ from typing import Any, TypeVar
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from benchmarks import proc, suite
+from benchmarks.test_e2e_paths import BODIES, batcher, router
 from benchmarks.transfer import TMPFS, Worker, disk_root, fs_type
 from csce513msg.client.secure import Secure, direct_stream
 from csce513msg.crypto import envelope as ev
@@ -77,16 +79,17 @@ NOW_US = 1_700_000_000_000_000
 TEXT = b"x" * 100  #: the direct message: a 100-byte text
 PASSPHRASE = "bench passphrase"
 CLIENT_CORE = 1
-PARTS = ("client", "stream", "paths", "server")
-PATHS = "benchmarks/test_e2e_paths.py"  #: the server's paths in process (pytest-benchmark), by body
+PARTS = ("client", "stream", "paths", "callgrind", "server")
+CALLGRIND = 100  #: messages in the first callgrind run of each body (three times as many in the second)
+ROUTES, BATCHES = 200, 10  #: the server's paths: routings, and batches of ten, timed together in each round
 CLASS = 30  #: students in a class: the vault's save is measured again with a session with each other one
 SHAPES = {"1 device": (1, 0), "3 devices + 2 own": (3, 2)}  #: recipient's devices, sender's other devices
 Budget = tuple[int, float]  #: at most this many samples, and (past 3) at most this many seconds
-#: each measured loop's budget (samples, seconds); the STREAM data's MB and passes
+#: each measured loop's budget (samples, seconds); the STREAM data's MB and passes; the server paths' rounds
 FULL: dict[str, Any] = {"messages": (1000, 10.0), "starts": (200, 10.0), "vault": (500, 10.0), "stream_mb": 32,
-                        "stream_repeats": 7}  # fmt: skip
+                        "stream_repeats": 7, "path_rounds": 60}  # fmt: skip
 QUICK: dict[str, Any] = {"messages": (60, 1.0), "starts": (15, 1.5), "vault": (40, 1.0), "stream_mb": 4,
-                         "stream_repeats": 2}  # fmt: skip
+                         "stream_repeats": 2, "path_rounds": 5}  # fmt: skip
 #: the server part: clients in each set, messages each set sends, their rate (a second), fresh servers per
 #: backend, the load's blocks (the sets take turns), seconds of the idle window measured before the load
 SERVER_FULL: dict[str, Any] = {"clients": 30, "count": 2000, "rate": 100.0, "repeats": 3, "backends": "epoll,uvloop",
@@ -425,28 +428,76 @@ def stream_figures(size: int, repeats: int, disk: Path) -> dict[str, Any]:
 # ---- the server ---------------------------------------------------------------------------
 
 
-def server_paths(quick: bool, work: Path) -> dict[str, Any]:
-    """``benchmarks/test_e2e_paths.py`` (pytest-benchmark, pinned to core 1): the hub routing one
-    direct message and SQLite storing a batch of ten, with a text or an envelope as the body.
-    Returns median and IQR (µs) by path and body, and each median over the text's."""
-    out_file = work / "paths.json"
-    cmd = [sys.executable, "-m", "pytest", PATHS, "-q", "-p", "no:cacheprovider", f"--benchmark-json={out_file}",
-           *(["--benchmark-max-time=0.1"] if quick else [])]  # fmt: skip
-    done = subprocess.run(suite.pinned(CLIENT_CORE, cmd), cwd=Path(__file__).resolve().parent.parent,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
-    if done.returncode != 0:
-        raise RuntimeError(f"{PATHS} failed:\n{done.stdout[-3000:]}")
-    found: dict[str, dict[str, Any]] = {}
-    for bench in json.loads(out_file.read_text())["benchmarks"]:
-        path = bench["name"].split("[")[0].removeprefix("test_").removesuffix("_by_body").replace("_", " ")
-        stats = bench["stats"]
-        found.setdefault(path, {})[bench["param"]] = {
-            "median_us": round(stats["median"] * 1e6, 2), "iqr_us": round(stats["iqr"] * 1e6, 2),
-            "rounds": stats["rounds"]}  # fmt: skip
-    for bodies in found.values():
-        text = bodies["text 100"]["median_us"]
-        for figures in bodies.values():
-            figures["x_text"] = round(figures["median_us"] / text, 3)
+def server_paths(rounds: int, work: Path) -> dict[str, Any]:
+    """The hub routing one direct message, and SQLite storing a batch of ten (``benchmarks/
+    test_e2e_paths.py``), with a text or an envelope as the body: in each of ``rounds`` rounds,
+    every body in turn (the order turning each round) times ``ROUTES`` routings and ``BATCHES``
+    batches; the median over the rounds of each body's time per operation (µs), and over the text's."""
+    routes = {body: router(body) for body in BODIES}
+    batches = {body: batcher(body, work / f"{i}.db") for i, body in enumerate(BODIES)}
+    times: dict[str, dict[str, list[float]]] = {"hub routes one direct message": {b: [] for b in BODIES},
+                                                 "sqlite stores a batch of ten": {b: [] for b in BODIES}}  # fmt: skip
+    try:
+        order = list(BODIES)
+        for r in range(rounds):
+            for body in order[r % len(order) :] + order[: r % len(order)]:
+                for path, run, n in (("hub routes one direct message", routes[body], ROUTES),
+                                     ("sqlite stores a batch of ten", batches[body][0], BATCHES)):  # fmt: skip
+                    start = time.perf_counter()
+                    for _ in range(n):
+                        run()
+                    times[path][body].append((time.perf_counter() - start) / n)
+    finally:
+        for _, store in batches.values():
+            store.close()
+    found: dict[str, Any] = {}
+    for path, by_body in times.items():
+        text = statistics.median(by_body["text 100"])
+        found[path] = {body: {**summarise(t), "x_text": round(statistics.median(t) / text, 3)}
+                       for body, t in by_body.items()}  # fmt: skip
+    return found
+
+
+def callgrind_work(body: str, count: int, where: str) -> None:
+    """What one callgrind run executes: ``count`` routings of a Send with ``body`` and
+    ``count`` / 10 batches of ten stored (after one of each untimed), the collector off."""
+    route = router(body)
+    batch, store = batcher(body, Path(where) / "callgrind.db")
+    route(), batch()
+    gc.disable()
+    for _ in range(count):
+        route()
+    for _ in range(count // 10):
+        batch()
+    store.close()
+
+
+def callgrind_instructions(body: str, count: int, work: Path) -> int:
+    """Instructions (callgrind's total) of a process that runs ``callgrind_work(body, count)``."""
+    out = work / f"callgrind.{count}.out"
+    code = f"from benchmarks.e2e import callgrind_work; callgrind_work({body!r}, {count}, {str(work)!r})"
+    cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, "-c", code]
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONHASHSEED": "0", "PYTHONPATH": str(root)}
+    subprocess.run(suite.pinned(CLIENT_CORE, cmd), cwd=root, env=env, check=True, capture_output=True, timeout=900)
+    for db in work.glob("callgrind.db*"):  # a fresh store for every run
+        db.unlink()
+    totals = [line for line in out.read_text().splitlines() if line.startswith("totals:")]
+    return int(totals[0].split()[1])
+
+
+def server_instructions(work: Path) -> dict[str, Any]:
+    """Callgrind, as CONTRIBUTING.md measures the per-message path (the collector off,
+    ``PYTHONHASHSEED=0``): for each body, a run of ``CALLGRIND`` messages and one of three times
+    as many; the difference over the difference in messages is the instructions per message
+    (a routing and a tenth of a batch of ten), which a shared machine's noise does not move."""
+    found: dict[str, Any] = {}
+    for body in BODIES:
+        small, large = (callgrind_instructions(body, n, work) for n in (CALLGRIND, 3 * CALLGRIND))
+        found[body] = {"instructions_per_message": round((large - small) / (2 * CALLGRIND)), "runs": [small, large]}
+    text = found["text 100"]["instructions_per_message"]
+    for figures in found.values():
+        figures["x_text"] = round(figures["instructions_per_message"] / text, 4)
     return found
 
 
@@ -489,9 +540,11 @@ def server_part(settings: dict[str, Any], root: Path) -> dict[str, Any]:
         for backend in backends:
             runs[backend].append(server_run(backend, repeat, settings, root))
             print(f"server: {backend} run {repeat + 1} of {settings['repeats']} done", file=sys.stderr, flush=True)
-    medians = {}
-    for backend, points in runs.items():
-        medians[backend] = {
+    medians: dict[str, dict[str, Any]] = {}
+    for backend, every in runs.items():
+        points = [pt for pt in every if pt["kept_pace"]] or every  # a run whose sets fell behind compares nothing
+        medians[backend] = {"runs_used": len(points), "all_kept_pace": all(pt["kept_pace"] for pt in every)}
+        medians[backend] |= {
             mode: {key: round(statistics.median(pt["phases"][mode][key] for pt in points), 3)
                    for key, value in points[0]["phases"][mode].items() if isinstance(value, (int, float))}
             for mode in ("plain", "secure")
@@ -538,21 +591,28 @@ def tables(report: dict[str, Any]) -> str:
         lines.append("")
     if "paths" in report:
         bodies = list(next(iter(report["paths"].values())))
-        lines += ["The server's paths in process (pytest-benchmark, median µs, and over the text's):", "",
+        lines += ["The server's paths in process, the bodies taking turns (median µs, and over the text's):", "",
                   f"| path | {' | '.join(bodies)} |", "|---|" + "---|" * len(bodies)]  # fmt: skip
         for path, by_body in report["paths"].items():
             cells = [f"{us(by_body[b]['median_us'])} ({by_body[b]['x_text']:.2f}x)" for b in bodies]
             lines.append(f"| {path} | {' | '.join(cells)} |")
         lines.append("")
+    if "callgrind" in report:
+        cg = report["callgrind"]
+        lines += [f"Callgrind, instructions per message (a routing and a tenth of a batch of ten; runs of "
+                  f"{CALLGRIND} and {3 * CALLGRIND} messages):", "", f"| {' | '.join(cg)} |", "|---" * len(cg) + "|",
+                  "| " + " | ".join(f"{b['instructions_per_message']:,} ({b['x_text']:.3f}x)" for b in cg.values())
+                  + " |", ""]  # fmt: skip
     if "server" in report:
         srv = report["server"]
         st = srv["settings"]
         lines += [f"Server, {st['clients']} clients a set, {st['count']:,} messages paced at {st['rate']:g}/s, "
-                  f"median of {st['repeats']} fresh server(s):", "",
+                  f"medians of {st['repeats']} fresh server(s) (of those whose sets kept the pace):", "",
                   "| backend | messages | body bytes | wire bytes / message (up / down) | server CPU µs / message "
                   "(/proc stat; schedstat) | encrypted / plain | clients' CPU µs / message | vault bytes |",
                   "|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for backend, m in srv["medians"].items():
+            backend = f"{backend} ({m['runs_used']} runs)" if m["runs_used"] != st["repeats"] else backend
             for mode in ("plain", "secure"):
                 x = m[mode]
                 ratio = m["ratio"] if mode == "secure" else None
@@ -569,15 +629,20 @@ def tables(report: dict[str, Any]) -> str:
             f"{r['backend']} run {r['repeat'] + 1}" for runs in srv["runs"].values() for r in runs if not r["kept_pace"]
         ]
         if slow:
-            lines += ["", "NOT COMPARABLE: a set fell behind the pace (under 95 % of it, or late p99 over 5 "
-                      f"intervals) in {', '.join(slow)}"]  # fmt: skip
+            lines += ["", "Left out of the medians (unless no run of the backend kept it): a set fell behind the pace "
+                      f"(under 95 % of it, or late p99 over 5 intervals) in {', '.join(slow)}"]  # fmt: skip
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a check that it works (about a minute), not figures")
-    parser.add_argument("--parts", default=",".join(PARTS), help=f"any of {','.join(PARTS)}")
+    parser.add_argument(
+        "--parts",
+        default=None,
+        help=f"any of {','.join(PARTS)} (default: all; callgrind only "
+        "where valgrind is installed, and not with --quick)",
+    )
     parser.add_argument("--backends", default=None, help=f"the server part's (default {SERVER_FULL['backends']})")
     parser.add_argument(
         "--repeats", type=int, default=None, help=f"fresh servers per backend (default {SERVER_FULL['repeats']})"
@@ -595,7 +660,8 @@ def main() -> None:
     parser.add_argument("--vaults-on-disk", action="store_true", help="the server part's vaults on --dir, not tmpfs")
     parser.add_argument("--out", type=Path, default=None, help="the JSON report")
     args = parser.parse_args()
-    parts = args.parts.split(",")
+    default = [p for p in PARTS if p != "callgrind" or (shutil.which("valgrind") and not args.quick)]
+    parts = args.parts.split(",") if args.parts else default
     if unknown := set(parts) - set(PARTS):
         parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
     budgets = QUICK if args.quick else FULL
@@ -632,7 +698,13 @@ def main() -> None:
     if "paths" in parts:
         work = Path(tempfile.mkdtemp(prefix="csce513msg-e2e-", dir=root))
         try:
-            report["paths"] = server_paths(args.quick, work)
+            report["paths"] = server_paths(int(budgets["path_rounds"]), work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    if "callgrind" in parts:
+        work = Path(tempfile.mkdtemp(prefix="csce513msg-e2e-", dir=root))
+        try:
+            report["callgrind"] = server_instructions(work)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     if "server" in parts:

@@ -5,12 +5,14 @@ ones (pytest-benchmark): the hub never reads an envelope, so only its size can c
 
 The sizes are what ``python -m benchmarks.e2e`` measured: a 100-byte text, its envelope for
 one recipient device (326 bytes), and for three devices and two of the sender's own (850).
-Compare medians within one run: the machine is shared and noisy.
+``benchmarks.e2e`` times the same two paths itself, the bodies taking turns (round after
+round), which a drift of a shared machine's speed cannot favour; here each runs alone.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +29,7 @@ BODIES = {"text 100": (ContentType.TEXT, 100), "envelope 326": (ContentType.ENVE
           "envelope 850": (ContentType.ENVELOPE, 850)}  # fmt: skip
 
 
-@pytest.mark.parametrize("body", list(BODIES))
-def test_hub_routes_one_direct_message_by_body(benchmark: Any, body: str) -> None:
+def router(body: str) -> Callable[[], list[Any]]:
     """As ``test_hub_routes_one_direct_message``: bytes of one Send in, its batch stored in
     memory, Receipt and Deliver out; the body a text or an envelope of that size."""
     kind, size = BODIES[body]
@@ -39,16 +40,14 @@ def test_hub_routes_one_direct_message_by_body(benchmark: Any, body: str) -> Non
         engine.data_received(1, wire, 1.0)
         return run_jobs(engine)
 
-    actions = benchmark(run)
-    assert [type(a) for a in actions] == [Write, Write]
+    return run
 
 
-@pytest.mark.parametrize("body", list(BODIES))
-def test_sqlite_stores_a_batch_of_ten_by_body(benchmark: Any, body: str, tmp_path: Path) -> None:
+def batcher(body: str, path: Path) -> tuple[Callable[[], BatchResult], SqliteStore]:
     """As ``test_sqlite_stores_a_batch_of_ten`` (10 messages and the acknowledgements of 10
     earlier ones, ``--durability normal``), the bodies a text or an envelope of that size."""
     kind, size = BODIES[body]
-    store = SqliteStore(tmp_path / "bench.db", "normal", checkpoint_interval=0)
+    store = SqliteStore(path, "normal", checkpoint_interval=0)
     peers = [f"u{i}" for i in range(10)]
     rounds = itertools.count()
 
@@ -60,6 +59,18 @@ def test_sqlite_stores_a_batch_of_ten_by_body(benchmark: Any, body: str, tmp_pat
         delivered = {(direct_stream("alice", p), p): n for p in peers if n}
         return store.apply(Batch(messages=messages, cursors=cursors, delivered=delivered))
 
+    return batch, store
+
+
+@pytest.mark.parametrize("body", list(BODIES))
+def test_hub_routes_one_direct_message_by_body(benchmark: Any, body: str) -> None:
+    actions = benchmark(router(body))
+    assert [type(a) for a in actions] == [Write, Write]
+
+
+@pytest.mark.parametrize("body", list(BODIES))
+def test_sqlite_stores_a_batch_of_ten_by_body(benchmark: Any, body: str, tmp_path: Path) -> None:
+    batch, store = batcher(body, tmp_path / "bench.db")
     result = benchmark(batch)
     assert result.error is None and len(result.stored) == 10
     store.close()
