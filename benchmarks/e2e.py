@@ -1,6 +1,6 @@
 """What end-to-end encryption (protocol 1.7) costs a client and the server: ``python -m benchmarks.e2e``.
 
-    python -m benchmarks.e2e [--quick] [--parts client,stream,paths,server] [--backends epoll,uvloop]
+    python -m benchmarks.e2e [--quick] [--parts client,stream,paths,callgrind,server] [--backends epoll,uvloop]
                              [--repeats 3] [--clients 30] [--count 2000] [--rate 100] [--out e2e.json]
                              [--dir DIR] [--vaults-on-disk]
 
@@ -15,7 +15,8 @@ every loop bounded by a count and a time):
   sender again (a chain step) and a reply after a turn (a DH ratchet step, on decrypt);
 - ``Secure.seal`` and ``Secure.open`` with a real vault (``cost="test"``) on a disk, and the
   vault's save alone, in its parts: ``to_dict``, the JSON, ChaCha20-Poly1305, the atomic write
-  (fsync, rename, fsync of the directory); the save again on tmpfs (no fsync to wait for);
+  (fsync, rename, fsync of the directory); the save again on tmpfs (no fsync to wait for), and
+  on the disk with sessions with 29 classmates (a class of 30);
 - the STREAM file encryption (``crypto/stream.py``), in memory and file to file, per MB,
   against raw ChaCha20-Poly1305 and SHA-256 on 64 KiB chunks (the ceilings) and a plain file
   copy (read, write, fsync, rename: the ceiling of file to file).
@@ -24,10 +25,13 @@ every loop bounded by a count and a time):
 one direct message (its batch stored in memory), and SQLite storing a batch of ten, with a
 100-byte text and with envelopes of 326 and 850 bytes as the body, the bodies taking turns
 round after round: the hub never reads an envelope, so only its size can cost the server
-anything, and these medians show it without a live server's noise.
+anything, and these medians show it without a live server's noise. **Callgrind** (where
+valgrind is installed; not with ``--quick``): the same paths' instructions per message by
+body, from runs of 100 and 300 messages (the collector off, ``PYTHONHASHSEED=0``), which no
+noise moves.
 
-**The server, live**: a fresh ``msgsrv`` per backend and repeat (pinned to core 0, accounts made with
-``--kdf-cost test``, ``--durability normal``) and one ``benchmarks.e2eload`` process (core 1)
+**The server, live**: a fresh ``msgsrv`` per backend and repeat (pinned to core 0, accounts made
+with ``--kdf-cost test``, ``--durability normal``) and one ``benchmarks.e2eload`` process (core 1)
 with two sets of N clients, plain ones (``Client``) and ones with ``Secure``, each set sending
 the same paced load (the same seeded sequence) of 100-byte texts to random peers of its own
 set. The sets take turns in blocks (A B B A ...; which goes first alternates by repeat); the
