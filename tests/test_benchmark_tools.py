@@ -300,7 +300,7 @@ def test_the_e2e_benchmark_reports_every_figure_of_a_quick_run(tmp_path: Path) -
     assert 0 < vault["vault_bytes"] < vault["class_vault_bytes"] and all(
         t["median_us"] > 0 for t in vault["timings"].values()
     )
-    assert {"Secure.seal (encrypt + save)", "Secure.open (decrypt + save)"} <= set(vault["timings"])
+    assert {"Secure.seal (encrypt + save)", "Secure.open (decrypt + save + archive)"} <= set(vault["timings"])
     assert all(w["mb_s"] > 0 for w in report["stream"]["ways"].values()) and len(report["stream"]["ways"]) == 8
     for bodies in report["paths"].values():  # the hub's routing and the store's batch, by body
         assert list(bodies) == ["text 100", "envelope 326", "envelope 850"] and bodies["text 100"]["x_text"] == 1
