@@ -64,3 +64,10 @@ def bench_transfer(session: nox.Session) -> None:
     """File transfer (1.6) against the raw socket copy, chat p99 beside it: `nox -s bench_transfer -- --size 100`."""
     session.install(*PINS, "-e", ".[fast]")
     session.run("python", "-m", "benchmarks.transfer", "--out", "bench-results/transfer.json", *session.posargs)
+
+
+@nox.session
+def bench_e2e(session: nox.Session) -> None:
+    """End-to-end encryption's cost (1.7), the client's and the server's: `nox -s bench_e2e -- --quick`."""
+    session.install(*PINS, "-e", ".[fast,dev]")  # dev: pytest, which the hot paths' helpers it reuses import
+    session.run("python", "-m", "benchmarks.e2e", "--out", "bench-results/e2e.json", *session.posargs)

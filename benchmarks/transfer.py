@@ -79,10 +79,10 @@ def disk_root(asked: Path | None) -> Path:
 
 
 class Worker:
-    """A ``benchmarks.transferload`` process on one core, read a JSON line at a time."""
+    """A ``benchmarks.transferload`` process (or ``module``'s) on one core, read a JSON line at a time."""
 
-    def __init__(self, core: int, *args: str) -> None:
-        cmd = [sys.executable, "-m", "benchmarks.transferload", *args]
+    def __init__(self, core: int, *args: str, module: str = "benchmarks.transferload") -> None:
+        cmd = [sys.executable, "-m", module, *args]
         self.name = " ".join(args[:1])
         self.proc = subprocess.Popen(suite.pinned(core, cmd), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self.pid = self.proc.pid  # taskset execs the command: the same process

@@ -265,3 +265,53 @@ def test_the_transfer_benchmark_reports_every_figure_of_a_quick_run(tmp_path: Pa
     assert set(report["verdicts"]["epoll"]) == {"must", "aim"}
     assert "| epoll | " in done.stdout and "| ceiling: sendfile -> recv_into | " in done.stdout
     assert not [p for p in tmp_path.iterdir() if p != out]  # the file, the server's and the copies: removed
+
+
+def test_the_e2e_load_plan_never_sends_to_the_sender_and_repeats_with_its_seed() -> None:
+    from benchmarks.e2eload import make_plan, text
+
+    plan = make_plan(400, 5, seed=3)
+    assert plan == make_plan(400, 5, seed=3) and plan != make_plan(400, 5, seed=4)
+    assert all(sender == k % 5 and 0 <= peer < 5 and peer != sender for k, (sender, peer) in enumerate(plan))
+    assert {peer for _sender, peer in plan} == set(range(5))
+    assert len(text(7).encode()) == 100 and text(7).startswith("000000007 ")
+
+
+def test_the_e2e_benchmark_reports_every_figure_of_a_quick_run(tmp_path: Path) -> None:
+    """benchmarks.e2e --quick with a small server load (about 10 s): every client figure there and
+    positive, the server's paths by body; live, both sets' messages all stored and delivered once, the encrypted
+    ones opened (none left as ciphertext), the encrypted bodies larger, the server's CPU read.
+    Never a speed: the machine is shared."""
+    out = tmp_path / "e2e.json"
+    cmd = [sys.executable, "-m", "benchmarks.e2e", "--quick", "--clients", "3", "--count", "60", "--rate", "60",
+           "--dir", str(tmp_path), "--vaults-on-disk", "--out", str(out)]  # fmt: skip
+    done = subprocess.run(cmd, cwd=Path(__file__).parent.parent, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["schema"] == "csce513msg-e2e/1" and report["parts"] == ["client", "stream", "paths", "server"]
+    for shape in report["messages"].values():
+        assert len(shape["timings"]) == 6 and all(t["median_us"] > 0 and t["n"] >= 3 for t in shape["timings"].values())
+        sizes = shape["envelope_bytes"]
+        assert sizes["first"] > sizes["steady"] > sizes["text"] == 100
+    fan_out = report["messages"]["3 devices + 2 own"]
+    assert fan_out["wrapped_keys"] == 5 and fan_out["envelope_bytes"]["steady"] > report["messages"]["1 device"][
+        "envelope_bytes"]["steady"]  # fmt: skip
+    vault = report["vault"]
+    assert 0 < vault["vault_bytes"] < vault["class_vault_bytes"] and all(
+        t["median_us"] > 0 for t in vault["timings"].values()
+    )
+    assert {"Secure.seal (encrypt + save)", "Secure.open (decrypt + save + archive)"} <= set(vault["timings"])
+    assert all(w["mb_s"] > 0 for w in report["stream"]["ways"].values()) and len(report["stream"]["ways"]) == 8
+    for bodies in report["paths"].values():  # the hub's routing and the store's batch, by body
+        assert list(bodies) == ["text 100", "envelope 326", "envelope 850"] and bodies["text 100"]["x_text"] == 1
+        assert all(b["median_us"] > 0 and b["n"] == 5 for b in bodies.values())
+    (run,) = report["server"]["runs"]["epoll"]
+    for mode, phase in run["phases"].items():
+        assert phase["sent"] == phase["stored"] == phase["delivered"] == 60, (mode, phase)
+        assert phase["wrong"] == phase["duplicates"] == phase["errors"] == phase["notices"] == 0, (mode, phase)
+        assert phase["server_cpu_ns_s"] > 0 and phase["wire_up_bytes_per_message"] > 0
+    plain, secure = run["phases"]["plain"], run["phases"]["secure"]
+    assert plain["body_bytes_median"] == 100 < secure["body_bytes_median"] < secure["warm_up_body_bytes_max"]
+    assert run["ratio"]["server_cpu_ns_us_per_message"] > 0
+    assert "| epoll | encrypted | " in done.stdout and "| Secure.seal (encrypt + save) | " in done.stdout
+    assert [p.name for p in tmp_path.iterdir()] == ["e2e.json"]  # the vaults, files and server's data: removed
