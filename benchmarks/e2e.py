@@ -75,7 +75,7 @@ from csce513msg.crypto import primitives as p
 from csce513msg.crypto import stream
 from csce513msg.crypto import vault as vault_module
 from csce513msg.crypto.device import SecureDevice
-from csce513msg.protocol import ContentType, Deliver, TargetKind
+from csce513msg.protocol import ContentType, Deliver, Receipt, Send, TargetKind
 
 T = TypeVar("T")
 MB = 1_000_000
@@ -310,13 +310,18 @@ def client_vault(budget: Budget, disk: Path) -> dict[str, Any]:
         msg_id = 1
         for _ in bounded(budget):
             body = samples.time("Secure.seal (encrypt + save)", alice.seal, "bob", msg_id, ev.TEXT, TEXT)
-            samples.time("Secure.stored (the sent text to the archive)", alice.stored, msg_id, msg_id)
+            sent = Send(TargetKind.USER, ContentType.ENVELOPE, msg_id, "bob", body)
+            receipt = Receipt(2, msg_id, 0, msg_id, "dm:alice,bob", request_id=1)
+            samples.time("Secure.stored (the sent text to the archive)", alice.stored, sent, receipt)
             got = samples.time(
                 "Secure.open (decrypt + save + archive)", bob.open, deliver("alice", "bob", msg_id, body)
             )
             assert got is not None and got.body == TEXT and got.content_type == ContentType.TEXT
             reply = bob.seal("alice", msg_id + 1, ev.TEXT, TEXT)
-            bob.stored(msg_id + 1, msg_id + 1)
+            bob.stored(
+                Send(TargetKind.USER, ContentType.ENVELOPE, msg_id + 1, "alice", reply),
+                Receipt(2, msg_id + 1, 0, msg_id + 1, "dm:alice,bob", request_id=1),
+            )
             back = alice.open(deliver("bob", "alice", msg_id + 1, reply))
             assert back is not None and back.body == TEXT
             msg_id += 2
