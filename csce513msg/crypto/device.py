@@ -151,6 +151,7 @@ class SecureDevice:
         bytes and new one-time prekeys (each as published: id u32 | key), or None if the
         directory is up to date."""
         self.keys.rotate_if_due(now_us)
+        self.starts.forget_spks({k.key_id for k in (self.keys.signed_prekey, *self.keys.previous)})
         ours = self.keys.published_bytes()
         if served[:IDENTITY_BYTES] != ours[:IDENTITY_BYTES]:  # none of ours (new keys, or expired): start over
             self.keys.one_time.clear()
@@ -462,6 +463,10 @@ class SecureDevice:
             raise UndecryptableError("a session start whose identity key is not signed by its owner")
         if s.otpk_id == x3dh.NO_OTPK and x3dh.StartCache.key(s.ephemeral, s.spk_id) in self.starts:
             raise UndecryptableError("a replayed session start")
+        if s.otpk_id == x3dh.NO_OTPK and self.starts.full:  # fail closed: never forget one to take another
+            raise UndecryptableError(
+                "too many session starts without a one-time prekey: refused until a prekey rotates"
+            )
         one_time = self.keys.one_time.get(s.otpk_id) if s.otpk_id else None
         if s.otpk_id and one_time is None:
             raise UndecryptableError(f"one-time prekey {s.otpk_id} is unknown or used (a server handed it out twice?)")
@@ -480,7 +485,7 @@ class SecureDevice:
         if s.otpk_id:
             self.keys.take_one_time(s.otpk_id)
         else:
-            self.starts.seen_before(x3dh.StartCache.key(s.ephemeral, s.spk_id))
+            self.starts.seen_before(x3dh.StartCache.key(s.ephemeral, s.spk_id), s.spk_id)
         old = contact.devices.get(device)
         if old is None and contact.listed:
             self._alert(contact, f"{user} has a new device {device}", warnings)

@@ -38,10 +38,9 @@ Replays: a first message sent without an OPK can be replayed, and Bob would comp
 same SK again. ``StartCache`` remembers such starts (a bounded window) so the caller can
 refuse one seen before; the signed prekey's rotation bounds the rest (once Bob deletes an
 old SPK's private key, no start naming it can be opened). Record a start only once its
-first message has decrypted, so garbage cannot push real ones out of the window. A server can
-still make thousands of starts that do open (each under an identity of its own making) and
-so push a real start out, then replay it: docs/security.md lists this as a limit; bounding
-the cache by the signed prekey's life instead of by count is the fix to come.
+first message has decrypted, so garbage cannot fill it. A server can make starts that do
+open (each under an identity of its own making): the cache fails closed when full rather than
+forget a real start, and forgets a start only when its signed prekey is deleted.
 """
 
 from __future__ import annotations
@@ -151,17 +150,23 @@ def _id(value: int, what: str) -> None:
 
 class StartCache:
     """The session starts made without a one-time prekey that this device accepted, so a
-    replayed one is refused: a window of the last ``capacity`` of them, oldest forgotten
-    first. Keys are ``StartCache.key(ephemeral_public, spk_id)``; the cache keeps only these
-    hashes, which say nothing of the secrets."""
+    replayed one is refused. Keys are ``StartCache.key(ephemeral_public, spk_id)`` (hashes,
+    which say nothing of the secrets), each kept with its signed prekey's id until that prekey
+    is deleted (``forget_spks``): a start naming a deleted prekey cannot be opened anyway.
 
-    CAPACITY = 4096  #: the default window, 128 KiB of hashes
+    It **fails closed**: full (``capacity`` starts under the prekeys held), it refuses every
+    further start without a one-time prekey (``full``) rather than forget one, since a server
+    able to make valid starts of its own could otherwise push a real one out and replay it.
+    Such starts work again once a prekey rotates out; starts with a one-time prekey never
+    depend on it."""
+
+    CAPACITY = 4096  #: starts kept at most, 128 KiB of hashes
 
     def __init__(self, capacity: int = CAPACITY) -> None:
         if capacity < 1:
             raise ValueError("a StartCache holds at least one start")
         self.capacity = capacity
-        self._seen: dict[bytes, None] = {}  # a dict keeps insertion order: an ordered set
+        self._seen: dict[bytes, int] = {}  # key -> the signed prekey's id it named
 
     @staticmethod
     def key(ephemeral_public: bytes, spk_id: int) -> bytes:
@@ -170,15 +175,22 @@ class StartCache:
         _id(spk_id, "spk_id")
         return sha256(ephemeral_public + struct.pack(">I", spk_id))
 
-    def seen_before(self, key: bytes) -> bool:
-        """Whether ``key`` was recorded before; if not, it is now (and the oldest key goes
-        when the window is full)."""
-        if key in self._seen:
+    @property
+    def full(self) -> bool:
+        """No room: a new start without a one-time prekey must be refused."""
+        return len(self._seen) >= self.capacity
+
+    def seen_before(self, key: bytes, spk_id: int = 0) -> bool:
+        """Whether ``key`` was recorded before; if not, it is now (refused, True, when full)."""
+        if key in self._seen or self.full:
             return True
-        self._seen[key] = None
-        if len(self._seen) > self.capacity:
-            del self._seen[next(iter(self._seen))]
+        self._seen[key] = spk_id
         return False
+
+    def forget_spks(self, held: set[int]) -> None:
+        """Forget the starts that named a signed prekey no longer ``held`` (deleted: such a start
+        cannot open again)."""
+        self._seen = {k: spk for k, spk in self._seen.items() if spk in held}
 
     def __len__(self) -> int:
         return len(self._seen)
@@ -188,24 +200,34 @@ class StartCache:
         return key in self._seen
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-safe copy: the capacity and the keys, oldest first, in base64."""
-        return {"capacity": self.capacity, "seen": [base64.b64encode(k).decode() for k in self._seen]}
+        """A JSON-safe copy: the capacity and the keys, oldest first, in base64, with their prekeys."""
+        return {
+            "capacity": self.capacity,
+            "seen": [base64.b64encode(k).decode() for k in self._seen],
+            "spks": list(self._seen.values()),
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StartCache:
         """The cache ``to_dict`` described; anything else raises ``ValueError``."""
-        if not isinstance(data, dict) or set(data) != {"capacity", "seen"}:
-            raise ValueError("a StartCache is a dict of capacity and seen")
-        capacity, seen = data["capacity"], data["seen"]
+        if not isinstance(data, dict) or set(data) != {"capacity", "seen", "spks"}:
+            raise ValueError("a StartCache is a dict of capacity, seen and spks")
+        capacity, seen, spks = data["capacity"], data["seen"], data["spks"]
         if type(capacity) is not int or capacity < 1 or not isinstance(seen, list) or len(seen) > capacity:
             raise ValueError("bad StartCache capacity or keys")
+        if (
+            not isinstance(spks, list)
+            or len(spks) != len(seen)
+            or any(type(i) is not int or not 0 <= i < U32 for i in spks)
+        ):
+            raise ValueError("bad StartCache prekey ids")
         cache = cls(capacity)
-        for text in seen:
+        for text, spk_id in zip(seen, spks, strict=True):
             try:
                 key = base64.b64decode(text, validate=True) if isinstance(text, str) else b""
             except binascii.Error:
                 key = b""
             if len(key) != KEY or base64.b64encode(key).decode() != text or key in cache._seen:
                 raise ValueError("a StartCache key is 32 distinct bytes in base64")
-            cache._seen[key] = None
+            cache._seen[key] = spk_id
         return cache

@@ -139,3 +139,24 @@ def test_never_in_clear_where_posts_were_end_to_end_and_clear_text_is_flagged(tm
     send(alice, "bob", "hi")
     sa.check_clear(Deliver(TargetKind.USER, ContentType.TEXT, 60, NOW, 2, "bob", "alice", DM, b"pay here"))
     assert any("arrived in clear" in w for w in sa.warnings)
+
+
+def test_the_replay_cache_fails_closed_instead_of_forgetting_a_start() -> None:
+    from csce513msg.crypto.x3dh import StartCache
+
+    d = Directory()
+    bob = device(d, "bob", "b1")
+    bob.starts = StartCache(capacity=2)
+    d.devices[("bob", "b1")][1].clear()  # no one-time prekeys left: starts go without one
+    senders = [SecureDevice.create(f"s{i}", "x", NOW) for i in range(3)]
+    starts = []
+    for s in senders:
+        s.accept_directory("bob", d.fetch("bob"))
+        starts.append(s.encrypt(["bob"], 1, f"dm:bob,{s.user}", 1, ev.TEXT, b"hi"))
+    for s, data in zip(senders[:2], starts[:2], strict=True):
+        assert bob.decrypt(s.user, 1, f"dm:bob,{s.user}", data)[1] == b"hi"
+    with pytest.raises(UndecryptableError, match="too many session starts"):  # full: the third is refused ...
+        bob.decrypt("s2", 1, "dm:bob,s2", starts[2])
+    bob.contacts.pop("s0")
+    with pytest.raises(UndecryptableError, match="replayed"):  # ... and the first is still known: no replay
+        bob.decrypt("s0", 1, "dm:bob,s0", starts[0])

@@ -113,14 +113,16 @@ def test_malformed_arguments_are_refused() -> None:
         initiate(alice.sign_public[:31], *keys[1:], 1, bob.spk_public, NO_OTPK, None)
 
 
-def test_start_cache_remembers_and_forgets_the_oldest() -> None:
+def test_start_cache_fails_closed_and_forgets_a_deleted_prekeys_starts() -> None:
     cache = StartCache(capacity=3)
-    keys = [StartCache.key(bytes([i]) * 32, 1) for i in range(4)]
-    assert [cache.seen_before(k) for k in keys[:3]] == [False, False, False]
+    keys = [StartCache.key(bytes([i]) * 32, 1 + i % 2) for i in range(4)]
+    assert [cache.seen_before(k, 1 + i % 2) for i, k in enumerate(keys[:3])] == [False, False, False]
     assert cache.seen_before(keys[1]) and len(cache) == 3
-    assert not cache.seen_before(keys[3])  # the window is full: keys[0] is forgotten
-    assert not cache.seen_before(keys[0])  # so it is news again (and now keys[1] goes)
-    assert cache.seen_before(keys[2]) and cache.seen_before(keys[3]) and not cache.seen_before(keys[1])
+    assert cache.full and cache.seen_before(keys[3], 2)  # full: refused, and nothing forgotten for it
+    assert keys[0] in cache
+    cache.forget_spks({2})  # signed prekey 1 was deleted: its starts cannot open again anyway
+    assert len(cache) == 1 and keys[1] in cache and not cache.full
+    assert not cache.seen_before(keys[3], 2)
     assert StartCache.key(bytes(32), 1) != StartCache.key(bytes(32), 2)
 
 
@@ -137,14 +139,16 @@ def test_start_cache_round_trips_through_json() -> None:
 @pytest.mark.parametrize(
     "data",
     [
-        {"capacity": 2, "seen": ["AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="] * 2},  # twice the same
-        {"capacity": 1, "seen": ["AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", "AQ" * 21 + "A="]},  # over capacity
-        {"capacity": 2, "seen": ["AAAA"]},  # not 32 bytes
-        {"capacity": 2, "seen": ["not base64!"]},
-        {"capacity": 2, "seen": [7]},
-        {"capacity": 0, "seen": []},
-        {"capacity": True, "seen": []},
-        {"capacity": 2},
+        {"capacity": 2, "seen": ["AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="] * 2, "spks": [1, 1]},  # twice
+        {"capacity": 1, "seen": ["AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", "AQ" * 21 + "A="], "spks": [1, 1]},
+        {"capacity": 2, "seen": ["AAAA"], "spks": [1]},  # not 32 bytes
+        {"capacity": 2, "seen": ["not base64!"], "spks": [1]},
+        {"capacity": 2, "seen": [7], "spks": [1]},
+        {"capacity": 2, "seen": [], "spks": [1]},  # a prekey id without its start
+        {"capacity": 2, "seen": ["AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="], "spks": [-1]},
+        {"capacity": 0, "seen": [], "spks": []},
+        {"capacity": True, "seen": [], "spks": []},
+        {"capacity": 2, "seen": []},
     ],
 )
 def test_start_cache_refuses_a_malformed_dict(data: dict[str, object]) -> None:
