@@ -69,13 +69,14 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from benchmarks import proc, suite
 from benchmarks.test_e2e_paths import BODIES, batcher, router
 from benchmarks.transfer import TMPFS, Worker, disk_root, fs_type
-from csce513msg.client.secure import Secure, direct_stream
+from csce513msg.client.secure import Secure
 from csce513msg.crypto import envelope as ev
 from csce513msg.crypto import primitives as p
 from csce513msg.crypto import stream
 from csce513msg.crypto import vault as vault_module
 from csce513msg.crypto.device import SecureDevice
 from csce513msg.protocol import ContentType, Deliver, Receipt, Send, TargetKind
+from csce513msg.protocol.names import direct_stream
 
 T = TypeVar("T")
 MB = 1_000_000

@@ -20,8 +20,8 @@ import pytest
 
 from benchmarks.test_hot_paths import _engine, run_jobs
 from csce513msg.hub import Write
-from csce513msg.hub.session import direct_stream
 from csce513msg.protocol import ContentType, Hello, Send, encode
+from csce513msg.protocol.names import direct_stream
 from csce513msg.store import Batch, BatchResult, NewMessage
 from csce513msg.store.sqlite import SqliteStore
 

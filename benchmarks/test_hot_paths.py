@@ -17,8 +17,8 @@ import pytest
 
 from csce513msg.crypto.passwords import COSTS, Scrypt
 from csce513msg.hub import Engine, HubConfig, Submit, Write
-from csce513msg.hub.session import direct_stream
 from csce513msg.protocol import Ack, Deliver, Feature, FrameDecoder, Hello, Login, Receipt, Send, decode, encode
+from csce513msg.protocol.names import direct_stream
 from csce513msg.store import Account, Batch, BatchResult, MemoryStore, NewMessage
 from csce513msg.store.sqlite import SqliteStore
 

@@ -42,6 +42,7 @@ from ..crypto import primitives as p
 from ..crypto.device import E2EError, NoSessionError, SecureDevice, UndecryptableError
 from ..crypto.vault import VAULT_COSTS, Vault
 from ..protocol import ContentType, Deliver, KeyBundles, KeyPublish, KeyState, Receipt, Send, TargetKind, bundles
+from ..protocol.names import direct_stream
 from .archive import Archive
 
 OPENED_CACHE = 1024  #: message ids whose plaintext is kept to answer a redelivery
@@ -58,11 +59,6 @@ class DowngradeError(E2EError):
             "(if this is expected, e.g. all of their devices expired, start over with --no-e2e)"
         )
         self.user = user
-
-
-def direct_stream(a: str, b: str) -> str:
-    """The stream of the direct conversation of users ``a`` and ``b`` (as the server names it)."""
-    return "dm:" + ",".join(sorted((a, b)))
 
 
 class Secure:

@@ -26,7 +26,6 @@ bundles cannot downgrade it) unless the user says so.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,7 +44,7 @@ from .keys import (
     safety_number,
     safety_words,
 )
-from .ratchet import Ratchet
+from .ratchet import Ratchet, b64, unb64
 from .senderkey import SenderKeyReceiver
 
 STATE_VERSION = 1
@@ -550,15 +549,9 @@ def _body_key(content_key: bytes) -> tuple[bytes, bytes]:
     return okm[: p.KEY], okm[p.KEY :]
 
 
-def _b(raw: bytes) -> str:
-    return base64.b64encode(raw).decode()
-
-
-def _raw(text: Any, size: int | None = None) -> bytes:
-    raw = base64.b64decode(str(text), validate=True)
-    if size is not None and len(raw) != size:
-        raise ValueError(f"a stored key of {len(raw)} bytes, expected {size}")
-    return raw
+def _unb64(text: Any, size: int) -> bytes:
+    """``size`` bytes from base64 (``ratchet.unb64``), or none for an empty field (no start yet)."""
+    return unb64(text, size) if text else b""
 
 
 def _contact_dict(c: Contact) -> dict[str, Any]:
@@ -566,11 +559,11 @@ def _contact_dict(c: Contact) -> dict[str, Any]:
     for device, peer in c.devices.items():
         s = peer.start
         devices[device] = {
-            "sign": _b(peer.sign_public), "dh": _b(peer.dh_public), "ad": _b(peer.session_ad),
-            "ratchet": peer.ratchet.to_dict() if peer.ratchet else None, "their_start": _b(peer.their_start),
-            "start": [_b(s.sign_public), _b(s.dh_public), _b(s.dh_signature), _b(s.ephemeral), s.spk_id, s.otpk_id]
+            "sign": b64(peer.sign_public), "dh": b64(peer.dh_public), "ad": b64(peer.session_ad),
+            "ratchet": peer.ratchet.to_dict() if peer.ratchet else None, "their_start": b64(peer.their_start),
+            "start": [b64(s.sign_public), b64(s.dh_public), b64(s.dh_signature), b64(s.ephemeral), s.spk_id, s.otpk_id]
             if s else None,
-            "previous": [[r.to_dict(), _b(sad)] for r, sad in peer.previous],
+            "previous": [[r.to_dict(), b64(sad)] for r, sad in peer.previous],
         }  # fmt: skip
     return {
         "devices": devices, "trusted": c.trusted, "alerts": list(c.alerts), "encrypted": c.encrypted,
@@ -587,11 +580,13 @@ def _contact_of(data: dict[str, Any]) -> Contact:
             spk_id, otpk_id = int(s[4]), int(s[5])
             if not (0 < spk_id <= MAX_ID and 0 <= otpk_id <= MAX_ID):
                 raise ValueError("a stored session start's key ids are not u32")
-            start = ev.StartInfo(_raw(s[0], 32), _raw(s[1], 32), _raw(s[2], 64), _raw(s[3], 32), spk_id, otpk_id)
+            keys = unb64(s[0]), unb64(s[1]), unb64(s[2], p.SIGNATURE), unb64(s[3])
+            start = ev.StartInfo(*keys, spk_id, otpk_id)
         ratchet = Ratchet.from_dict(d["ratchet"]) if d["ratchet"] is not None else None
-        previous = [(Ratchet.from_dict(r), _raw(sad)) for r, sad in d["previous"]][:PREVIOUS]
+        previous = [(Ratchet.from_dict(r), unb64(sad, x3dh.AD_SIZE)) for r, sad in d["previous"]][:PREVIOUS]
         devices[str(device)] = Peer(
-            _raw(d["sign"], 32), _raw(d["dh"], 32), ratchet, _raw(d["ad"]), start, _raw(d["their_start"]), previous
-        )
+            unb64(d["sign"]), unb64(d["dh"]), ratchet, _unb64(d["ad"], x3dh.AD_SIZE), start,
+            _unb64(d["their_start"], p.KEY), previous,
+        )  # fmt: skip
     alerts = [str(a) for a in data["alerts"]]
     return Contact(devices, bool(data["trusted"]), alerts, bool(data["encrypted"]), bool(data["listed"]))

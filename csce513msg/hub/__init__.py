@@ -1,6 +1,6 @@
 """The chat core: a pure state machine behind the engine contract (shared/STYLE.md)."""
 
-from ..protocol.names import NAME_RULE, fold_name
+from ..protocol.names import NAME_RULE, direct_stream, fold_name
 from .actions import Abort, Action, Close, ConnId, Lane, Submit, Write
 from .admission import Throttle
 from .config import HubConfig, Visibility
@@ -8,7 +8,7 @@ from .contract import EngineAPI
 from .delivery import HISTORY_PAGE
 from .engine import TRANSITIONS, Engine
 from .gate import Passwords
-from .session import State, direct_stream
+from .session import State
 
 __all__ = [
     "HISTORY_PAGE",

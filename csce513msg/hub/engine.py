@@ -99,7 +99,7 @@ from ..protocol import (
     decode,
     encode,
 )
-from ..protocol.names import checked_name
+from ..protocol.names import checked_name, direct_stream
 from ..protocol.publickeys import E2E_MINOR
 from ..protocol.transfer import FILES_MINOR
 from ..store import Account, DeviceToken, NewMessage, Store
@@ -114,7 +114,7 @@ from .gate import Gate, Passwords
 from .groups import GROUPS_MINOR, GroupRequest, Groups
 from .keys import Keys
 from .outbox import COALESCING_MINOR, Outbox, fitting, retry_ms
-from .session import AnyRequest, Handler, LoginAccepted, LoginRefused, Session, State, direct_stream
+from .session import AnyRequest, Handler, LoginAccepted, LoginRefused, Session, State
 
 log = logging.getLogger("csce513msg.hub")
 

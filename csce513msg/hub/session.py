@@ -89,8 +89,3 @@ class LoginAccepted:
 class LoginRefused:
     """The login (or registration) was refused after it was taken: a wrong password, a
     throttle, a taken name, a busy server or a storage failure (the Error says which)."""
-
-
-def direct_stream(a: str, b: str) -> str:
-    """Return the stream name of the direct conversation between users a and b."""
-    return "dm:" + ",".join(sorted((a, b)))

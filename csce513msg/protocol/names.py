@@ -15,6 +15,13 @@ from .errors import ErrorCode, RemoteProtocolError
 NAME_RULE = re.compile(r"[a-z0-9_][a-z0-9_.-]{0,31}")
 
 
+def direct_stream(a: str, b: str) -> str:
+    """The stream of the direct conversation of users ``a`` and ``b``: ``dm:`` and the two names,
+    sorted (docs/protocol.md section 7); the server names it so, and an end-to-end client binds
+    it into what it encrypts."""
+    return "dm:" + ",".join(sorted((a, b)))
+
+
 def fold_name(name: str) -> str | None:
     """``name`` folded to lower case if it follows ``NAME_RULE``, else None. ASCII only,
     so no other character folds into a letter of the rule (the Kelvin sign would become
