@@ -54,10 +54,10 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVarTuple, cast
 
-from ..hub import Abort, Action, Close, EngineAPI, Submit, Write
+from ..hub import Abort, Action, Close, EngineAPI, Lane, Submit, Write
 from .common import WAITS, Announce, BackendConfig, connection_cap, guarded, listen, peer_name, tune
 from .door import EXHAUSTED, Admission
-from .jobs import JobRunner
+from .jobs import JobRunner, LoopLane
 
 NAME = "asyncio"
 log = logging.getLogger("csce513msg.backend")
@@ -137,6 +137,7 @@ class AsyncServer:
         self.stopping = False
         self.done = loop.create_future()
         self.jobs = JobRunner(self.job_finished, config.hash_nice)
+        self.here = LoopLane()  # storage batches this loop runs itself, in flush_pass
         self.admission = Admission(connection_cap(config))
 
     def job_finished(self, job_id: int, result: object) -> None:
@@ -169,7 +170,10 @@ class AsyncServer:
     def perform(self, actions: Iterable[Action], now: float) -> None:
         for action in actions:
             if isinstance(action, Submit):
-                self.jobs.submit(action.job_id, action.job, action.lane)
+                if action.lane is Lane.LOOP:
+                    self.here.add(action.job_id, action.job)
+                else:
+                    self.jobs.submit(action.job_id, action.job, action.lane)
                 continue
             proto = self.conns.get(action.conn)
             if proto is None or proto.transport is None:
@@ -189,6 +193,13 @@ class AsyncServer:
         self.flush_scheduled = False
         now = time.monotonic()
         self.perform(guarded(self.engine.flush, now) or [], now)
+        for _ in range(LoopLane.ROUNDS):  # a batch of the loop lane: here, its answers in this pass's writes
+            if not self.here.jobs:
+                break
+            self.perform(self.here.run(self.engine, now), now)
+            self.perform(guarded(self.engine.flush, now) or [], now)
+        if self.here.jobs:  # the rounds ran out: the next iteration goes on
+            self.schedule_flush()
         dirty, self.dirty = self.dirty, set()
         for proto in dirty:
             transport = proto.transport

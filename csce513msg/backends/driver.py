@@ -34,10 +34,10 @@ import socket
 from collections.abc import Callable, Iterable
 from typing import Protocol, TypeVarTuple
 
-from ..hub import Abort, Action, Close, EngineAPI, Submit, Write
+from ..hub import Abort, Action, Close, EngineAPI, Lane, Submit, Write
 from .common import LINGER_RESET, BackendConfig, connection_cap, guarded, peer_name, tune
 from .door import Admission
-from .jobs import Inbox, JobRunner
+from .jobs import Inbox, JobRunner, LoopLane
 from .queues import DeadlineQueue, Outbound, Water
 
 log = logging.getLogger("csce513msg.backend")
@@ -82,6 +82,7 @@ class Driver:
         self._doomed: list[tuple[Conn, str]] = []
         self.inbox = Inbox()  # finished jobs; the strategy watches inbox.fileno() for reading
         self.jobs = JobRunner(self.inbox.put, config.hash_nice)
+        self.here = LoopLane()  # storage batches the loop runs itself, at the end of the pass (flush)
 
     # ---- events from the strategy ----------------------------------------------------
 
@@ -130,7 +131,10 @@ class Driver:
                         touched.add(conn)
                     continue
                 if isinstance(action, Submit):
-                    self.jobs.submit(action.job_id, action.job, action.lane)
+                    if action.lane is Lane.LOOP:
+                        self.here.add(action.job_id, action.job)
+                    else:
+                        self.jobs.submit(action.job_id, action.job, action.lane)
                     continue
                 conn = self.by_id.get(action.conn)
                 if conn is None or conn.dead:
@@ -195,6 +199,8 @@ class Driver:
 
     def timeout(self, now: float) -> float | None:
         """Seconds the strategy may block: until the next engine, close or accept deadline."""
+        if self.here.jobs:  # a batch left for the next pass (flush's rounds ran out): no wait
+            return 0.0
         candidates = (self.engine.next_deadline(), self.closing.next_deadline(), self.admission.paused_until)
         deadlines = [d for d in candidates if d is not None]
         return max(0.0, min(deadlines) - now) if deadlines else None
@@ -208,8 +214,15 @@ class Driver:
             self.lose(conn, "close timeout", now, reset=True)
 
     def flush(self, now: float) -> None:
-        """End of a loop pass: the engine's batched work (the strategy then sends)."""
+        """End of a loop pass: the engine's batched work (the strategy then sends). A storage
+        batch of the ``loop`` lane runs here, so its receipts and deliveries join this pass's
+        send; its answers may start another batch: a few rounds, then the next pass."""
         self.perform(guarded(self.engine.flush, now) or [], now)
+        for _ in range(LoopLane.ROUNDS):
+            if not self.here.jobs:
+                return
+            self.perform(self.here.run(self.engine, now), now)
+            self.perform(guarded(self.engine.flush, now) or [], now)
 
     def shutdown(self, now: float) -> None:
         """Stop: the engine says goodbye and closes everyone; the loop drains them."""

@@ -4,6 +4,12 @@ Two lanes, as the engine contract says (shared/STYLE.md):
 
 - ``store``: ONE thread, so storage batches run one at a time and in order, on the
   thread that owns the database connection;
+- ``loop``: a storage batch of a store that never waits on the disk (the memory store;
+  SQLite with ``--durability normal``, whose commit syncs nothing): a loop runs it
+  itself, at the end of its pass (``LoopLane``), so its receipts and deliveries leave in
+  that pass's send; a thread would cost a wake-up of the storage thread, a wake-up of
+  the loop to come back, and on one core the switches between them. The threads
+  backend has no pass: it runs these in the ``store`` lane;
 - ``hash``: a small pool for password hashing at a lower CPU priority than the loop
   (``BackendConfig.hash_nice``): nice steps below it, so while chat keeps the core busy
   the scheduler still gives logins a bounded share of it (10 steps: each hash thread
@@ -34,7 +40,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import ClassVar
 
-from ..hub import Lane
+from ..hub import Action, EngineAPI, Lane
+from ..store import StoreBusyError
+from .common import guarded
 
 log = logging.getLogger("csce513msg.backend")
 FILE_NICE = 19  #: the file lane's priority below the loop (nice steps; see ``lower_priority``): the floor
@@ -59,7 +67,9 @@ class JobRunner:
         self._counting = threading.Lock()  # submit and finished may run on different threads
 
     def submit(self, job_id: int, job: Callable[[], object], lane: Lane) -> None:
-        """Queue ``job``; never blocks."""
+        """Queue ``job``; never blocks. (A ``loop`` job that reaches here runs in ``store``.)"""
+        if lane is Lane.LOOP:
+            lane = Lane.STORE
         with self._counting:
             self.pending += 1
         if lane not in self.queues:
@@ -91,12 +101,40 @@ class JobRunner:
         q = self.queues[lane]
         while (item := q.get()) is not None:
             job_id, job = item
-            try:
-                result: object = job()
-            except Exception as exc:  # a failed job is a result the engine must hear of
-                log.exception("job %d in lane %s failed", job_id, lane.value)
-                result = exc
-            self.deliver(job_id, result)
+            self.deliver(job_id, run(job_id, job, lane))
+
+
+def run(job_id: int, job: Callable[[], object], lane: Lane) -> object:
+    """The job's result, or the exception it raised: a failed job is a result the engine
+    must hear of (the store's ``StoreBusyError`` is one it expects, so not logged)."""
+    try:
+        return job()
+    except StoreBusyError as exc:
+        return exc
+    except Exception as exc:
+        log.exception("job %d in lane %s failed", job_id, lane.value)
+        return exc
+
+
+class LoopLane:
+    """The ``loop`` lane of a readiness or asyncio loop: jobs wait here until the end of
+    the pass (after the engine's flush), then ``run`` does each on the loop's thread and
+    hands its result to the engine at once, returning the engine's answer."""
+
+    ROUNDS = 4  #: runs a pass makes at most: a batch's answers may start another (a login's poll)
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple[int, Callable[[], object]]] = []
+
+    def add(self, job_id: int, job: Callable[[], object]) -> None:
+        self.jobs.append((job_id, job))
+
+    def run(self, engine: EngineAPI, now: float) -> list[Action]:
+        jobs, self.jobs = self.jobs, []
+        actions: list[Action] = []
+        for job_id, job in jobs:
+            actions += guarded(engine.job_done, job_id, run(job_id, job, Lane.LOOP), now) or []
+        return actions
 
 
 def lower_priority(nice: int) -> None:

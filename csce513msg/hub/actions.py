@@ -44,15 +44,19 @@ class Lane(enum.Enum):
     """Where a backend runs a job off its loop."""
 
     STORE = "store"  #: one thread that owns the database: storage batches, one at a time, in order
+    #: a storage batch of a store that never waits on the disk (``Store.on_loop``): a loop runs it
+    #: itself at the end of its pass, no thread hand-off; a backend with no pass (threads) runs it
+    #: in the ``store`` lane. Never in flight together with a ``store`` job (the mailroom's one slot)
+    LOOP = "loop"
     HASH = "hash"  #: a small pool at the lowest priority: password checks
     FILE = "file"  #: one thread for the bytes of file transfers (1.6): never the loop, never the store's
 
 
 @dataclass(frozen=True, slots=True)
 class Submit:
-    """Run ``job`` off the loop in ``lane``; its result comes
+    """Run ``job`` in ``lane`` (off the loop, but for ``loop``); its result comes
     back through ``engine.job_done(job_id, result, now)``: a storage batch in the
-    ``store`` lane, a password check in the ``hash`` lane."""
+    ``store`` or ``loop`` lane, a password check in the ``hash`` lane."""
 
     job_id: int
     job: Callable[[], Any]

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..protocol import Deliver, ErrorCode, HistoryEnd, Receipt, ReceiptState, RemoteProtocolError, encode_fields
-from ..store import Batch, BatchResult, DeliveredNote, Fetch, NewMessage, Refused, Store, StoredMessage
+from ..store import Batch, BatchResult, DeliveredNote, Fetch, NewMessage, Refused, Store, StoreBusyError, StoredMessage
 from ..store.interface import ANNOUNCEMENTS, ASKS_CONFIRMATION, KeyNote, Note, is_group
 from .actions import ConnId, Lane
 from .config import HubConfig
@@ -134,6 +134,8 @@ class Mailroom:
         self._reads: deque[Fetch | PageRead] = deque()  # reads waiting for a batch with room (READS_PER_BATCH)
         #: the batch the store is working on: (job id, the batch, (conn, request id) of its messages)
         self._in_flight: tuple[int, Batch, list[tuple[ConnId, int]]] | None = None
+        #: the job id of the store's maintenance (a checkpoint) on the storage thread: no batch meanwhile
+        self.maintaining: int | None = None
         self.stored_count = 0  # messages stored since start
         self.delivered_count = 0  # deliveries written since start
         #: published at flush, at most every SNAPSHOT_EVERY seconds, for another thread to read
@@ -221,11 +223,17 @@ class Mailroom:
 
     # ---- the store's answers ------------------------------------------------------------
 
-    def batch_done(self, job_id: int, result: object, now: float = 0.0) -> tuple[Batch, BatchResult]:
+    def batch_done(self, job_id: int, result: object, now: float = 0.0) -> tuple[Batch, BatchResult] | None:
         """A storage batch finished: receipts and deliveries, now that it is committed; then
-        the classroom's notes, in order (``now``: for the seconds a hand has waited)."""
+        the classroom's notes, in order (``now``: for the seconds a hand has waited). None: it
+        was not applied (the loop found the database busy) and went to the storage thread."""
         assert self._in_flight is not None and self._in_flight[0] == job_id, "one batch in flight"
         _, batch, senders = self._in_flight
+        if isinstance(result, StoreBusyError):  # another process writes: the storage thread waits for it, not the loop
+            job_id = self.out.new_id()
+            self._in_flight = (job_id, batch, senders)
+            self.out.submit(job_id, functools.partial(self.store.apply, batch, True), Lane.STORE)
+            return None
         self._in_flight = None
         self.polls_done += batch.poll_accounts
         if not isinstance(result, BatchResult):  # the store raised: a bug or a broken disk
@@ -287,7 +295,16 @@ class Mailroom:
                 self.next_history(session)
         if batch.history or batch.fetches:
             self._reads_failed(batch, result)
+        if (job := self.store.maintenance()) is not None:  # a checkpoint: on the storage thread, no batch meanwhile
+            self.maintaining = self.out.new_id()
+            self.out.submit(self.maintaining, job, Lane.STORE)
         return batch, result
+
+    def maintained(self, result: object) -> None:
+        """The store's maintenance job finished (its failures are its own: logged there)."""
+        if isinstance(result, BaseException):
+            log.warning("storage maintenance failed: %r", result)
+        self.maintaining = None
 
     def _reads_failed(self, batch: Batch, result: BatchResult) -> None:
         """The reads of a failed batch never ran: answer or release whoever waits for them."""
@@ -308,7 +325,7 @@ class Mailroom:
         if now >= self._next_snapshot:
             self.snapshot = Snapshot(len(self.sessions), len(self.online), self.stored_count, self.delivered_count)
             self._next_snapshot = now + SNAPSHOT_EVERY
-        if self._in_flight is not None:
+        if self._in_flight is not None or self.maintaining is not None:
             return
         if self._reads:
             self._take_reads(self.batch)
@@ -327,7 +344,10 @@ class Mailroom:
         self._noters_in_flight, self._noters = self._noters, []
         self._keyers_in_flight, self._keyers = self._keyers, []
         self._polls_submitted += batch.poll_accounts
-        self.out.submit(job_id, functools.partial(self.store.apply, batch), Lane.STORE)
+        if self.store.on_loop:  # the loop applies it itself, never waiting (StoreBusyError: then the thread)
+            self.out.submit(job_id, functools.partial(self.store.apply, batch, False), Lane.LOOP)
+        else:
+            self.out.submit(job_id, functools.partial(self.store.apply, batch), Lane.STORE)
 
     def _take_reads(self, batch: Batch) -> None:
         """Move waiting reads into ``batch``, at most READS_PER_BATCH in all, oldest first.

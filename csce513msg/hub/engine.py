@@ -324,8 +324,10 @@ class Engine:
         elif job_id in self.gate.checking:
             self.gate.hash_done(job_id, result, now)
             self.gate.admit(now)  # a slot is free (after the answer: a good login clears its account's count)
-        else:
-            batch, stored = self.mail.batch_done(job_id, result, now)
+        elif job_id == self.mail.maintaining:  # the store's checkpoint: the next batch may go
+            self.mail.maintained(result)
+        elif (done := self.mail.batch_done(job_id, result, now)) is not None:  # (None: busy, retried off the loop)
+            batch, stored = done
             if stored.error is None:  # accounts made (Register) or changed (`msgsrv user`): g:0's readers
                 self.groups.accounts_changed({a.name: a for a in batch.accounts})
             self.groups.accounts_changed(stored.accounts)

@@ -18,6 +18,7 @@ from .interface import (
     NewMessage,
     Refused,
     Store,
+    StoreBusyError,
     StoredMessage,
 )
 from .memory import MemoryStore
@@ -37,5 +38,6 @@ __all__ = [
     "MemoryStore",
     "NewMessage",
     "Store",
+    "StoreBusyError",
     "StoredMessage",
 ]

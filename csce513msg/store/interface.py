@@ -29,7 +29,7 @@ and for ``Frame`` took workload 1 (epoll) from 64 to 56 µs per message
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -425,8 +425,20 @@ def page_within(newest_first: Iterable[StoredMessage], max_bytes: int) -> list[S
     return page
 
 
+class StoreBusyError(Exception):
+    """``apply(batch, wait=False)`` found the database locked by another process's writer:
+    nothing was done; the hub applies the batch again on the storage thread, which waits."""
+
+
 class Store(Protocol):
-    """A store the hub can use. ``apply`` runs on the storage thread only."""
+    """A store the hub can use. ``apply`` runs in one lane at a time: on the loop itself when
+    ``on_loop`` (the store never waits on the disk there), else on the storage thread;
+    ``maintenance``'s jobs always on the storage thread, never beside an ``apply``."""
+
+    #: ``apply`` never waits on the disk (no fsync, nothing but memory and the page cache): the
+    #: loop may run it itself, saving a thread hand-off per batch (docs/design.md, "The store
+    #: on the loop"). False: every ``apply`` goes to the storage thread.
+    on_loop: bool
 
     def load_accounts(self) -> dict[str, Account]:
         """Every account, by name; called once, before the server serves."""
@@ -448,6 +460,12 @@ class Store(Protocol):
         """The key directory: (user, device) -> its keys; once, at start."""
         ...
 
-    def apply(self, batch: Batch) -> BatchResult:
-        """Apply ``batch`` in one transaction, then run its fetches."""
+    def apply(self, batch: Batch, wait: bool = True) -> BatchResult:
+        """Apply ``batch`` in one transaction, then run its fetches. ``wait`` False (on the
+        loop): raise ``StoreBusyError``, having done nothing, rather than wait for a lock."""
+        ...
+
+    def maintenance(self) -> Callable[[], object] | None:
+        """After a batch: work that may wait on the disk (a checkpoint), for the storage
+        thread, while no batch runs; None if there is none due."""
         ...

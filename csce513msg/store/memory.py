@@ -10,6 +10,7 @@ import bisect
 import dataclasses
 import heapq
 import itertools
+from collections.abc import Callable
 
 from .groupmark import GroupMark, Span, closed, group_id, opened, redaction_refusal, refusal, tombstone, wanted
 from .interface import (
@@ -61,6 +62,8 @@ from .interface import (
 
 class MemoryStore:
     """Streams, cursors and accounts in dictionaries."""
+
+    on_loop = True  #: nothing here waits on a disk: the loop applies batches itself
 
     def __init__(self, accounts: list[Account] | None = None) -> None:
         self.accounts: dict[str, Account] = {a.name: a for a in accounts or ()}
@@ -119,7 +122,11 @@ class MemoryStore:
             found[stream] = dataclasses.replace(group, members=members, former=former, mutes=mutes)
         return found
 
-    def apply(self, batch: Batch) -> BatchResult:
+    def maintenance(self) -> Callable[[], object] | None:
+        """Nothing to keep up: no files."""
+        return None
+
+    def apply(self, batch: Batch, wait: bool = True) -> BatchResult:
         for account in batch.accounts:
             self.accounts.setdefault(account.name, account)
         for token in batch.device_tokens:

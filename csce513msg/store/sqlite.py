@@ -1,7 +1,16 @@
-"""The embedded default store: SQLite in WAL mode, one writer on the storage thread.
+"""The embedded default store: SQLite in WAL mode, one writer connection.
 
 One ``apply`` is one transaction (group commit: a loop pass's messages, cursors and
 users together), so durability costs one commit per pass, not one per message.
+
+Where it runs (``on_loop``): with ``--durability normal`` a commit appends to the WAL
+in the page cache and syncs nothing, so the loop applies each batch itself, with no
+thread hand-off (docs/design.md, "The store on the loop"). It never waits there: the
+writer's busy timeout is 0 on the loop, so a database another process is writing
+(``msgsrv user add``) raises ``StoreBusyError`` at ``BEGIN`` and the hub gives that batch to
+the storage thread, which waits. Whatever may wait on the disk (the checkpoints below)
+is ``maintenance``, always on the storage thread, while no batch runs. With ``full``
+every commit syncs the WAL: every batch goes to the storage thread.
 
 Durability (``--durability``): ``full`` syncs the WAL on every commit (survives
 power loss); ``normal`` (default) syncs at checkpoints only (survives a crash of the
@@ -79,6 +88,7 @@ from .interface import (
     Note,
     QueuedChange,
     Refused,
+    StoreBusyError,
     StoredMessage,
     is_group,
     page_within,
@@ -240,15 +250,20 @@ class SqliteStore:
         self, path: Path | str, durability: str = "normal", checkpoint_interval: float = CHECKPOINT_INTERVAL
     ) -> None:
         self.path = str(path)
-        self.db = connect(self.path)  # the writer: used only by the storage thread after open
+        self.db = connect(self.path)  # the writer: used by one lane at a time (the hub's one slot)
         self.db.execute(f"PRAGMA synchronous={SYNC[durability]}")
         self.db.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints happen elsewhere (see above)
         self.db.execute("PRAGMA journal_size_limit=67108864")  # a WAL started over is cut back to 64 MiB
         self.db.execute("PRAGMA secure_delete=ON")  # what is deleted or overwritten is zeroed, not left in free space
         self._scrub = False  # a redaction was committed and the WAL not yet truncated after it
         self._batches = 0
+        self._tail_due = TAIL_EVERY  # the batch count at which the writer checkpoints the WAL's tail
         self._before = 0  # the last message id before the batch being written
         migrate(self.db)
+        #: commits sync nothing: the loop may apply batches itself (then never waiting: busy timeout 0)
+        self.on_loop = durability != "full"
+        self._busy_ms = 0 if self.on_loop else BUSY_TIMEOUT_MS  # the writer's busy timeout between batches
+        self.db.execute(f"PRAGMA busy_timeout={self._busy_ms}")
         self._inserter = self.db.cursor()  # the messages' INSERT (``_insert``)
         self._accounts: dict[str, Account] = {}  # as of the last poll, plus our own registrations
         self._data_version = -1
@@ -335,25 +350,25 @@ class SqliteStore:
         changed.update((name, None) for name in old.keys() - self._accounts.keys())
         return changed
 
-    def apply(self, batch: Batch) -> BatchResult:
+    def apply(self, batch: Batch, wait: bool = True) -> BatchResult:
         """One transaction for the batch's writes, then its reads (see the module docstring).
 
-        Any exception inside the transaction, of any type, rolls the whole batch back and
-        leaves the store as it was before it, ready for the next batch: a value SQLite
-        cannot take (an ``OverflowError``) must not leave a transaction open behind it.
-        Once COMMIT has returned, the writes are reported as done whatever follows: a
-        failed checkpoint or read costs only itself."""
+        ``wait`` False (the loop, ``on_loop``): a database locked by another process's
+        writer raises ``StoreBusyError`` at once, with nothing done; True waits for it (up to
+        ``BUSY_TIMEOUT_MS``). Any other exception inside the transaction, of any type, rolls
+        the whole batch back and leaves the store as it was before it, ready for the next
+        batch: a value SQLite cannot take (an ``OverflowError``) must not leave a transaction
+        open behind it. Once COMMIT has returned, the writes are reported as done whatever
+        follows: a failed read costs only itself."""
         try:
-            stored, newly, logins = self._write(batch)
+            stored, newly, logins = self._write(batch, wait)
+        except StoreBusyError:
+            raise
         except Exception as exc:  # noqa: BLE001 - any failure, of any type (OverflowError too): roll back, and say so
             self._rolled_back()
             return BatchResult(error=f"storage error: {exc!r}")
         self._accounts.update((a.name, a) for a in batch.accounts)
         self._batches += 1
-        if self._scrub:
-            self._truncate_wal()  # before the reads: an unfinished SELECT would hold a snapshot open
-        elif self._batches % TAIL_EVERY == 0:
-            self._checkpoint_tail()
         fetched = {f.key: found for f in batch.fetches if (found := self._read(self._fetch, f)) is not None}
         history = {
             key: page
@@ -364,18 +379,48 @@ class SqliteStore:
         queued = (self._read(self._queued_changes) or []) if batch.poll_accounts else []
         return BatchResult(stored, fetched, None, newly, logins, history, accounts, queued)
 
-    def _write(self, batch: Batch) -> tuple[list[StoredMessage | Refused], list[DeliveredNote], dict[int, LoginInfo]]:
+    def maintenance(self) -> Callable[[], None] | None:
+        """The checkpoint due after this batch, for the storage thread (it syncs the disk)."""
+        if self._scrub:
+            return self._truncate_wal  # no SELECT is open between batches: the snapshot is free
+        if self._batches >= self._tail_due:
+            self._tail_due = self._batches + TAIL_EVERY
+            return self._checkpoint_tail
+        return None
+
+    def _begin(self, wait: bool) -> None:
+        """BEGIN IMMEDIATE: the write lock, now. Busy (another process writes): ``StoreBusyError``
+        at once, or with ``wait`` a second try with the busy timeout of a writer off the loop."""
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or self._busy_ms == BUSY_TIMEOUT_MS:
+                raise  # not a lock, or waited for already
+            if not wait:
+                raise StoreBusyError(str(exc)) from exc
+        self.db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")  # (rare: the storage thread, after the loop's try)
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        finally:
+            self.db.execute(f"PRAGMA busy_timeout={self._busy_ms}")
+
+    def _write(
+        self, batch: Batch, wait: bool = True
+    ) -> tuple[list[StoredMessage | Refused], list[DeliveredNote], dict[int, LoginInfo]]:
         """The batch's writes, in one transaction; raises if any of them fails."""
         db = self.db
         self._before = self.last_id
-        db.execute("BEGIN IMMEDIATE")
-        db.executemany(
-            "INSERT INTO users (name, created_us, role, password) VALUES (?, ?, ?, ?)",
-            [(a.name, a.created_us, a.role, a.password_hash) for a in batch.accounts],
-        )  # a name taken meanwhile by `msgsrv user add` fails the batch: the hub checked its own list
+        self._begin(wait)
+        if batch.accounts:  # (an executemany of nothing still costs a call: skipped when empty)
+            db.executemany(
+                "INSERT INTO users (name, created_us, role, password) VALUES (?, ?, ?, ?)",
+                [(a.name, a.created_us, a.role, a.password_hash) for a in batch.accounts],
+            )  # a name taken meanwhile by `msgsrv user add` fails the batch: the hub checked its own list
         for token in batch.device_tokens:
             self._keep_token(token)
-        db.executemany("DELETE FROM device_tokens WHERE digest = ?", [(d,) for d in batch.revoked_tokens])
+        if batch.revoked_tokens:
+            db.executemany("DELETE FROM device_tokens WHERE digest = ?", [(d,) for d in batch.revoked_tokens])
         logins = {login.key: self._login(login) for login in batch.logins}
         if batch.expire_before_us:
             self._expire(batch.expire_before_us)
@@ -388,16 +433,18 @@ class SqliteStore:
         self._notes_of_classroom(batch.notes)
         self._notes_of_keys(batch.keys, batch.expire_keys_before_us)
         newly = self._newly + [note for key, pos in batch.delivered.items() for note in self._delivered(*key, pos)]
-        db.executemany(  # after _delivered, which may read the cursors as they were
-            """INSERT INTO cursors (user, device, stream, position) VALUES (?, ?, ?, ?)
-               ON CONFLICT DO UPDATE SET position = max(position, excluded.position)""",
-            [(*key, pos) for key, pos in batch.cursors.items()],
-        )
-        db.executemany(
-            """INSERT INTO notified (user, device, stream, position) VALUES (?, ?, ?, ?)
-               ON CONFLICT DO UPDATE SET position = max(position, excluded.position)""",
-            [(*key, pos) for key, pos in batch.notified.items()],
-        )
+        if batch.cursors:
+            db.executemany(  # after _delivered, which may read the cursors as they were
+                """INSERT INTO cursors (user, device, stream, position) VALUES (?, ?, ?, ?)
+                   ON CONFLICT DO UPDATE SET position = max(position, excluded.position)""",
+                [(*key, pos) for key, pos in batch.cursors.items()],
+            )
+        if batch.notified:
+            db.executemany(
+                """INSERT INTO notified (user, device, stream, position) VALUES (?, ?, ?, ?)
+                   ON CONFLICT DO UPDATE SET position = max(position, excluded.position)""",
+                [(*key, pos) for key, pos in batch.notified.items()],
+            )
         db.execute("COMMIT")
         return stored, newly, logins
 
@@ -506,9 +553,9 @@ class SqliteStore:
         self._marks.clear()
 
     def _checkpoint_tail(self) -> None:
-        """The writer's own checkpoint of the WAL's tail, between two transactions. The
-        batch before it is committed: a failure here (a full disk) is logged, never
-        reported as the batch's, and the next checkpoint tries again."""
+        """The writer's own checkpoint of the WAL's tail, between two transactions (a
+        ``maintenance`` job). The batches before it are committed: a failure here (a full
+        disk) is logged, never reported as a batch's, and the next checkpoint tries again."""
         try:
             self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
         except sqlite3.Error as exc:
@@ -531,7 +578,7 @@ class SqliteStore:
             log.warning("the WAL could not be truncated after a redaction (tried again next batch): %s", exc)
         finally:
             try:
-                db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+                db.execute(f"PRAGMA busy_timeout={self._busy_ms}")
             except sqlite3.Error:
                 log.exception("busy_timeout could not be restored")
 

@@ -48,8 +48,8 @@ def codes(peer: Peer) -> list[int]:
 
 
 def batch_of(job: Submit) -> Batch:
-    """The storage batch a job of the store lane would apply (its job is ``store.apply`` bound to it)."""
-    assert job.lane is Lane.STORE and isinstance(job.job, functools.partial), job
+    """The storage batch a job of the store or loop lane would apply (``store.apply`` bound to it)."""
+    assert job.lane in (Lane.STORE, Lane.LOOP) and isinstance(job.job, functools.partial), job
     batch = job.job.args[0]
     assert isinstance(batch, Batch), batch
     return batch

@@ -30,8 +30,8 @@ def hashes(h: Harness) -> int:
 def run_stores(h: Harness) -> None:
     """Run storage batches (the accounts polls the logins wait for) until none is left;
     leave the hashes waiting."""
-    while stores := [job for job in h.jobs if job.lane is Lane.STORE]:
-        h.jobs = [job for job in h.jobs if job.lane is not Lane.STORE]
+    while stores := [job for job in h.jobs if job.lane in (Lane.STORE, Lane.LOOP)]:
+        h.jobs = [job for job in h.jobs if job.lane not in (Lane.STORE, Lane.LOOP)]
         for job in stores:
             h.apply(h.engine.job_done(job.job_id, job.job(), h.now))
         h.pump()

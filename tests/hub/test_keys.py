@@ -46,7 +46,7 @@ def test_answers_wait_for_the_commit() -> None:
 class FailingKeys(MemoryStore):
     """A store whose batches with key directory records fail (a broken disk)."""
 
-    def apply(self, batch: Batch) -> BatchResult:
+    def apply(self, batch: Batch, wait: bool = True) -> BatchResult:
         if batch.keys:
             raise OSError("disk on fire")
         return super().apply(batch)

@@ -16,7 +16,7 @@ def test_receipt_and_delivery_wait_for_the_commit() -> None:
     alice.session.send_text("bob", "one")
     h.pump()
     assert not alice.of(Receipt) and not bob.of(Deliver)  # submitted, not committed
-    assert [type(j) for j in h.jobs] == [Submit] and h.jobs[0].lane is Lane.STORE
+    assert [type(j) for j in h.jobs] == [Submit] and h.jobs[0].lane is Lane.LOOP
     h.run_jobs()
     h.pump()
     assert alice.of(Receipt)[0].state == ReceiptState.STORED
@@ -105,7 +105,7 @@ def test_a_resend_gets_the_original_id_and_is_not_delivered_twice() -> None:
 
 def test_storage_failure_reaches_the_sender_and_nothing_is_delivered() -> None:
     class BrokenStore(MemoryStore):
-        def apply(self, batch: Batch) -> BatchResult:
+        def apply(self, batch: Batch, wait: bool = True) -> BatchResult:
             if batch.messages:
                 return BatchResult(error="storage error: disk full")
             return super().apply(batch)

@@ -73,14 +73,18 @@ def test_a_failed_checkpoint_after_the_commit_leaves_the_batch_stored(
     store = SqliteStore(disk / "db", checkpoint_interval=0)
     store.apply(Batch(accounts=accounts("a", "b")))
     reported = {True: 0, False: 0}  # stored: how many batches said so
-    failures_in_a_row = 0
+    failures_in_a_row = checkpoints = 0
     for i in range(3000):  # bounded: 4 MB fills after about a thousand
         result = store.apply(Batch(messages=[msg("a", "b", os.urandom(3000), i + 1)]))
+        if (job := store.maintenance()) is not None:  # TAIL_EVERY 1: after every stored batch, as the hub runs it
+            job()  # fails once the disk is full: logged, the batch before it stands
+            checkpoints += 1
         reported[result.error is None] += 1
         failures_in_a_row = 0 if result.error is None else failures_in_a_row + 1
         if failures_in_a_row == 5:
             break
     assert failures_in_a_row == 5, "the disk never filled"
+    assert checkpoints == reported[True]  # one after each stored batch
     assert dense(store) == {"dm:a,b": reported[True]}  # exactly what was reported stored
     filler.unlink()  # space comes back
     after = [store.apply(Batch(messages=[msg("a", "b", b"x" * 100, 10_000 + i)])) for i in range(20)]

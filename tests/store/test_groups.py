@@ -67,6 +67,8 @@ def post(sender: str, stream: str, body: bytes, client_id: int = 0, device: str 
 
 def one(store: AnyStore, m: NewMessage, max_members: int = 1000) -> StoredMessage | Refused:
     result = store.apply(Batch(messages=[m], max_group_members=max_members))
+    if (job := store.maintenance()) is not None:  # as the hub does after each batch (a checkpoint)
+        job()
     assert result.error is None
     (answer,) = result.stored
     return answer

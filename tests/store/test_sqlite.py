@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from csce513msg.store import Account, Batch, BatchResult, Fetch, LoginRead, MemoryStore, NewMessage, StoredMessage
+from csce513msg.store import (
+    Account,
+    Batch,
+    BatchResult,
+    Fetch,
+    LoginRead,
+    MemoryStore,
+    NewMessage,
+    StoreBusyError,
+    StoredMessage,
+)
 from csce513msg.store.accounts import AccountBook
 from csce513msg.store.sqlite import MIGRATIONS, SqliteStore
 
@@ -183,8 +195,9 @@ def test_retention_expires_the_same_way_in_both_stores(tmp_path: Path) -> None:
 
 
 def test_the_wal_stays_bounded_under_sustained_writes(tmp_path: Path) -> None:
-    """The writer checkpoints the WAL's tail itself every TAIL_EVERY batches, so the WAL
-    starts over instead of growing for as long as the load lasts (it reached 900 MB in 8 s)."""
+    """The writer checkpoints the WAL's tail itself every TAIL_EVERY batches (``maintenance``,
+    which the hub runs after a batch), so the WAL starts over instead of growing for as long
+    as the load lasts (it reached 900 MB in 8 s)."""
     from csce513msg.store.sqlite import TAIL_EVERY
 
     store = SqliteStore(tmp_path / "db", checkpoint_interval=0)  # no background checkpoints at all
@@ -192,6 +205,9 @@ def test_the_wal_stays_bounded_under_sustained_writes(tmp_path: Path) -> None:
     sizes = []
     for i in range(TAIL_EVERY * 8):
         store.apply(Batch(messages=[msg("a", f"u{(i * 7 + j) % 50}", b"x" * 200, time_us=i) for j in range(10)]))
+        if (job := store.maintenance()) is not None:
+            assert i % TAIL_EVERY == TAIL_EVERY - 1  # after every TAIL_EVERY batches, no more often
+            job()
         if i % TAIL_EVERY == TAIL_EVERY - 1:
             sizes.append(wal.stat().st_size)
     assert sizes[-1] < 3 * sizes[0]  # it starts over: about one round of frames (11 times that without)
@@ -383,3 +399,40 @@ def test_a_history_page_stops_at_its_byte_budget_in_both_stores(tmp_path: Path) 
         assert [m.position for m in page] == [8, 9, 10]  # three fit in 3,500 bytes, oldest first
         tiny = store.apply(Batch(history={1: ("dm:a,b", 8, 100, 10)})).history[1]
         assert [m.position for m in tiny] == [7]  # one, even over the budget: paging goes on
+
+
+def test_on_the_loop_a_locked_database_is_refused_at_once_and_waited_for_off_it(tmp_path: Path) -> None:
+    """``normal`` commits sync nothing: ``on_loop``, busy timeout 0. A writer in another
+    process (here another connection) holds the lock: ``apply(wait=False)`` raises
+    StoreBusyError at once having done nothing; ``apply(wait=True)`` (the storage thread)
+    waits for the lock and stores the batch, and the loop's next batch again never waits.
+    ``full`` syncs every commit: never on the loop."""
+    path = tmp_path / "db"
+    full = SqliteStore(tmp_path / "full.db", durability="full", checkpoint_interval=0)
+    assert not full.on_loop
+    full.close()
+    store = SqliteStore(path, checkpoint_interval=0)
+    assert store.on_loop
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    started = time.monotonic()
+    with pytest.raises(StoreBusyError):
+        store.apply(Batch(messages=[msg("a", "b", b"1")]), wait=False)
+    assert time.monotonic() - started < 1.0  # at once: not SQLite's 30 s busy timeout
+    assert not store.db.in_transaction and store.last_id == 0
+    release = threading.Timer(0.3, other.execute, ("ROLLBACK",))
+    release.start()
+    try:
+        result = store.apply(Batch(messages=[msg("a", "b", b"1")]), wait=True)  # waits for the ROLLBACK
+    finally:
+        release.join()
+    assert result.error is None and [m.position for m in result.stored if isinstance(m, StoredMessage)] == [1]
+    assert store.db.execute("PRAGMA busy_timeout").fetchone()[0] == 0  # the loop's again
+    other.execute("BEGIN IMMEDIATE")
+    with pytest.raises(StoreBusyError):
+        store.apply(Batch(messages=[msg("a", "b", b"2")]), wait=False)
+    other.execute("ROLLBACK")
+    other.close()
+    second = store.apply(Batch(messages=[msg("a", "b", b"2")]), wait=False)
+    assert [m.position for m in second.stored if isinstance(m, StoredMessage)] == [2]
+    store.close()
