@@ -41,7 +41,6 @@ from collections.abc import Callable
 from typing import ClassVar
 
 from ..hub import Action, EngineAPI, Lane
-from ..store import StoreBusyError
 from .common import guarded
 
 log = logging.getLogger("csce513msg.backend")
@@ -106,11 +105,9 @@ class JobRunner:
 
 def run(job_id: int, job: Callable[[], object], lane: Lane) -> object:
     """The job's result, or the exception it raised: a failed job is a result the engine
-    must hear of (the store's ``StoreBusyError`` is one it expects, so not logged)."""
+    must hear of."""
     try:
         return job()
-    except StoreBusyError as exc:
-        return exc
     except Exception as exc:
         log.exception("job %d in lane %s failed", job_id, lane.value)
         return exc

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..protocol import Deliver, ErrorCode, HistoryEnd, Receipt, ReceiptState, RemoteProtocolError, encode_fields
-from ..store import Batch, BatchResult, DeliveredNote, Fetch, NewMessage, Refused, Store, StoreBusyError, StoredMessage
+from ..store import Batch, BatchResult, DeliveredNote, Fetch, NewMessage, Refused, Store, StoredMessage
 from ..store.interface import ANNOUNCEMENTS, ASKS_CONFIRMATION, KeyNote, Note, is_group
 from .actions import ConnId, Lane
 from .config import HubConfig
@@ -229,7 +229,7 @@ class Mailroom:
         was not applied (the loop found the database busy) and went to the storage thread."""
         assert self._in_flight is not None and self._in_flight[0] == job_id, "one batch in flight"
         _, batch, senders = self._in_flight
-        if isinstance(result, StoreBusyError):  # another process writes: the storage thread waits for it, not the loop
+        if isinstance(result, BatchResult) and result.busy:  # another process writes: the thread waits, not the loop
             job_id = self.out.new_id()
             self._in_flight = (job_id, batch, senders)
             self.out.submit(job_id, functools.partial(self.store.apply, batch, True), Lane.STORE)
@@ -344,7 +344,7 @@ class Mailroom:
         self._noters_in_flight, self._noters = self._noters, []
         self._keyers_in_flight, self._keyers = self._keyers, []
         self._polls_submitted += batch.poll_accounts
-        if self.store.on_loop:  # the loop applies it itself, never waiting (StoreBusyError: then the thread)
+        if self.store.on_loop:  # the loop applies it itself, never waiting (busy: then the thread)
             self.out.submit(job_id, functools.partial(self.store.apply, batch, False), Lane.LOOP)
         else:
             self.out.submit(job_id, functools.partial(self.store.apply, batch), Lane.STORE)

@@ -18,7 +18,6 @@ from .interface import (
     NewMessage,
     Refused,
     Store,
-    StoreBusyError,
     StoredMessage,
 )
 from .memory import MemoryStore
@@ -38,6 +37,5 @@ __all__ = [
     "MemoryStore",
     "NewMessage",
     "Store",
-    "StoreBusyError",
     "StoredMessage",
 ]

@@ -371,6 +371,9 @@ class BatchResult:
     accounts: dict[str, Account | None] = field(default_factory=dict)
     #: with a poll: the group changes ``msgsrv group`` queued that no batch has closed, oldest first
     queued: list[QueuedChange] = field(default_factory=list)
+    #: ``apply(batch, wait=False)`` found the database locked by another process's writer:
+    #: nothing was done; the hub applies the batch again on the storage thread, which waits
+    busy: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -425,11 +428,6 @@ def page_within(newest_first: Iterable[StoredMessage], max_bytes: int) -> list[S
     return page
 
 
-class StoreBusyError(Exception):
-    """``apply(batch, wait=False)`` found the database locked by another process's writer:
-    nothing was done; the hub applies the batch again on the storage thread, which waits."""
-
-
 class Store(Protocol):
     """A store the hub can use. ``apply`` runs in one lane at a time: on the loop itself when
     ``on_loop`` (the store never waits on the disk there), else on the storage thread;
@@ -462,7 +460,7 @@ class Store(Protocol):
 
     def apply(self, batch: Batch, wait: bool = True) -> BatchResult:
         """Apply ``batch`` in one transaction, then run its fetches. ``wait`` False (on the
-        loop): raise ``StoreBusyError``, having done nothing, rather than wait for a lock."""
+        loop): return ``BatchResult(busy=True)``, having done nothing, rather than wait for a lock."""
         ...
 
     def maintenance(self) -> Callable[[], object] | None:

@@ -7,8 +7,8 @@ Where it runs (``on_loop``): with ``--durability normal`` a commit appends to th
 in the page cache and syncs nothing, so the loop applies each batch itself, with no
 thread hand-off (docs/design.md, "The store on the loop"). It never waits there: the
 writer's busy timeout is 0 on the loop, so a database another process is writing
-(``msgsrv user add``) raises ``StoreBusyError`` at ``BEGIN`` and the hub gives that batch to
-the storage thread, which waits. Whatever may wait on the disk (the checkpoints below)
+(``msgsrv user add``) is found busy at ``BEGIN`` (``BatchResult.busy``) and the hub gives
+that batch to the storage thread, which waits. Whatever may wait on the disk (the checkpoints below)
 is ``maintenance``, always on the storage thread, while no batch runs. With ``full``
 every commit syncs the WAL: every batch goes to the storage thread.
 
@@ -88,7 +88,6 @@ from .interface import (
     Note,
     QueuedChange,
     Refused,
-    StoreBusyError,
     StoredMessage,
     is_group,
     page_within,
@@ -354,16 +353,16 @@ class SqliteStore:
         """One transaction for the batch's writes, then its reads (see the module docstring).
 
         ``wait`` False (the loop, ``on_loop``): a database locked by another process's
-        writer raises ``StoreBusyError`` at once, with nothing done; True waits for it (up to
-        ``BUSY_TIMEOUT_MS``). Any other exception inside the transaction, of any type, rolls
+        writer returns ``BatchResult(busy=True)`` at once, with nothing done; True waits for
+        it (up to ``BUSY_TIMEOUT_MS``). Any other exception inside the transaction, of any type, rolls
         the whole batch back and leaves the store as it was before it, ready for the next
         batch: a value SQLite cannot take (an ``OverflowError``) must not leave a transaction
         open behind it. Once COMMIT has returned, the writes are reported as done whatever
         follows: a failed read costs only itself."""
         try:
             stored, newly, logins = self._write(batch, wait)
-        except StoreBusyError:
-            raise
+        except _BusyError:
+            return BatchResult(busy=True)
         except Exception as exc:  # noqa: BLE001 - any failure, of any type (OverflowError too): roll back, and say so
             self._rolled_back()
             return BatchResult(error=f"storage error: {exc!r}")
@@ -389,8 +388,8 @@ class SqliteStore:
         return None
 
     def _begin(self, wait: bool) -> None:
-        """BEGIN IMMEDIATE: the write lock, now. Busy (another process writes): ``StoreBusyError``
-        at once, or with ``wait`` a second try with the busy timeout of a writer off the loop."""
+        """BEGIN IMMEDIATE: the write lock, now. Busy (another process writes): ``_BusyError`` at
+        once, or with ``wait`` a second try with the busy timeout of a writer off the loop."""
         try:
             self.db.execute("BEGIN IMMEDIATE")
             return
@@ -398,7 +397,7 @@ class SqliteStore:
             if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or self._busy_ms == BUSY_TIMEOUT_MS:
                 raise  # not a lock, or waited for already
             if not wait:
-                raise StoreBusyError(str(exc)) from exc
+                raise _BusyError from exc
         self.db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")  # (rare: the storage thread, after the loop's try)
         try:
             self.db.execute("BEGIN IMMEDIATE")
@@ -1032,6 +1031,10 @@ class SqliteStore:
             except sqlite3.Error:
                 pass  # busy or read-only: try again at the next interval
         db.close()
+
+
+class _BusyError(Exception):
+    """``BEGIN`` found the database locked, and the batch may not wait (``apply``'s ``wait``)."""
 
 
 class _Recent:

@@ -17,7 +17,6 @@ from csce513msg.store import (
     LoginRead,
     MemoryStore,
     NewMessage,
-    StoreBusyError,
     StoredMessage,
 )
 from csce513msg.store.accounts import AccountBook
@@ -404,7 +403,7 @@ def test_a_history_page_stops_at_its_byte_budget_in_both_stores(tmp_path: Path) 
 def test_on_the_loop_a_locked_database_is_refused_at_once_and_waited_for_off_it(tmp_path: Path) -> None:
     """``normal`` commits sync nothing: ``on_loop``, busy timeout 0. A writer in another
     process (here another connection) holds the lock: ``apply(wait=False)`` raises
-    StoreBusyError at once having done nothing; ``apply(wait=True)`` (the storage thread)
+    ``BatchResult(busy=True)`` at once having done nothing; ``apply(wait=True)`` (the storage thread)
     waits for the lock and stores the batch, and the loop's next batch again never waits.
     ``full`` syncs every commit: never on the loop."""
     path = tmp_path / "db"
@@ -416,8 +415,7 @@ def test_on_the_loop_a_locked_database_is_refused_at_once_and_waited_for_off_it(
     other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     other.execute("BEGIN IMMEDIATE")
     started = time.monotonic()
-    with pytest.raises(StoreBusyError):
-        store.apply(Batch(messages=[msg("a", "b", b"1")]), wait=False)
+    assert store.apply(Batch(messages=[msg("a", "b", b"1")]), wait=False) == BatchResult(busy=True)
     assert time.monotonic() - started < 1.0  # at once: not SQLite's 30 s busy timeout
     assert not store.db.in_transaction and store.last_id == 0
     release = threading.Timer(0.3, other.execute, ("ROLLBACK",))
@@ -429,8 +427,7 @@ def test_on_the_loop_a_locked_database_is_refused_at_once_and_waited_for_off_it(
     assert result.error is None and [m.position for m in result.stored if isinstance(m, StoredMessage)] == [1]
     assert store.db.execute("PRAGMA busy_timeout").fetchone()[0] == 0  # the loop's again
     other.execute("BEGIN IMMEDIATE")
-    with pytest.raises(StoreBusyError):
-        store.apply(Batch(messages=[msg("a", "b", b"2")]), wait=False)
+    assert store.apply(Batch(messages=[msg("a", "b", b"2")]), wait=False).busy
     other.execute("ROLLBACK")
     other.close()
     second = store.apply(Batch(messages=[msg("a", "b", b"2")]), wait=False)
