@@ -57,7 +57,10 @@ def batcher(body: str, path: Path) -> tuple[Callable[[], BatchResult], SqliteSto
                                n, b"x" * size) for p in peers]  # fmt: skip
         cursors = {(p, "d", direct_stream("alice", p)): n for p in peers if n}
         delivered = {(direct_stream("alice", p), p): n for p in peers if n}
-        return store.apply(Batch(messages=messages, cursors=cursors, delivered=delivered))
+        result = store.apply(Batch(messages=messages, cursors=cursors, delivered=delivered))
+        if (job := store.maintenance()) is not None:  # the tail checkpoint every TAIL_EVERY batches, as the hub runs it
+            job()
+        return result
 
     return batch, store
 

@@ -9,8 +9,9 @@ contract was named after ``asyncio.Protocol``, so the glue is nearly one to one:
                                         (at the cap: SERVER_FULL, close)
                      -> readable     -> ChatProtocol.data_received   -> engine  (step 6)
                      -> buffer drains/fills -> resume_writing / pause_writing
-          call_soon(flush_pass): engine.flush, then ONE transport.write per
-          connection with output (step 7); call_later: the engine's timer
+          call_soon(flush_pass): engine.flush (and the storage batch, committed
+          here: ``LoopLane``), then ONE transport.write per connection with
+          output (step 7); call_later: the engine's timer
 
 What it costs. Per-event overhead in Python is higher than our own epoll loop
 (handles, callbacks, the transport's buffer), in exchange for not writing the loop.
@@ -39,8 +40,9 @@ wrap theirs, so ``msgsrv --stats`` counts its wake-ups too. uvloop's wait is ins
 libuv, in C: not counted (the benchmark counts its ``epoll_wait`` calls with perf).
 
 Helpers: ``common`` (``BackendConfig``, ``Admission``, ``listen``, ``guarded``,
-``tune``, ``peer_name``, ``WAITS``) and ``jobs.JobRunner`` (storage batches off the loop; results come back
-with ``call_soon_threadsafe``).
+``tune``, ``peer_name``, ``WAITS``), ``jobs.LoopLane`` (the storage batches this loop
+commits itself) and ``jobs.JobRunner`` (hashes, file chunks, a storage batch that may wait:
+off the loop; results come back with ``call_soon_threadsafe``).
 """
 
 from __future__ import annotations
@@ -137,7 +139,7 @@ class AsyncServer:
         self.stopping = False
         self.done = loop.create_future()
         self.jobs = JobRunner(self.job_finished, config.hash_nice)
-        self.here = LoopLane()  # storage batches this loop runs itself, in flush_pass
+        self.loop_lane = LoopLane()  # storage batches this loop runs itself, in flush_pass
         self.admission = Admission(connection_cap(config))
 
     def job_finished(self, job_id: int, result: object) -> None:
@@ -171,7 +173,7 @@ class AsyncServer:
         for action in actions:
             if isinstance(action, Submit):
                 if action.lane is Lane.LOOP:
-                    self.here.add(action.job_id, action.job)
+                    self.loop_lane.add(action.job_id, action.job)
                 else:
                     self.jobs.submit(action.job_id, action.job, action.lane)
                 continue
@@ -193,13 +195,8 @@ class AsyncServer:
         self.flush_scheduled = False
         now = time.monotonic()
         self.perform(guarded(self.engine.flush, now) or [], now)
-        for _ in range(LoopLane.ROUNDS):  # a batch of the loop lane: here, its answers in this pass's writes
-            if not self.here.jobs:
-                break
-            self.perform(self.here.run(self.engine, now), now)
-            self.perform(guarded(self.engine.flush, now) or [], now)
-        if self.here.jobs:  # the rounds ran out: the next iteration goes on
-            self.schedule_flush()
+        if self.loop_lane.drain(self.engine, self.perform, now):  # a storage batch: here, its answers in these writes
+            self.schedule_flush()  # (a job left over: the next iteration goes on)
         dirty, self.dirty = self.dirty, set()
         for proto in dirty:
             transport = proto.transport
@@ -263,7 +260,8 @@ class AsyncServer:
 
     def maybe_done(self) -> None:
         """Stopping, everyone gone, and the last storage batches back: serve() may return."""
-        if self.stopping and not self.conns and not self.jobs.pending and not self.done.done():
+        idle = not self.conns and not self.jobs.pending and not self.loop_lane.jobs and not self.flush_scheduled
+        if self.stopping and idle and not self.done.done():
             self.done.set_result(None)
 
 

@@ -13,8 +13,9 @@
   ``msgsrv --stats`` asks, the CPU the loop's thread spent inside those waits.
 
 Beside it: ``door.py`` (admission at ``accept``), ``queues.py`` (the outbound queue with
-its water marks, and the deadline queue), ``jobs.py`` (blocking work off the loop) and
-``driver.py`` (the bookkeeping of the select, poll and epoll loops).
+its water marks, and the deadline queue), ``jobs.py`` (blocking work off the loop, and
+the storage batches the loop runs itself) and ``driver.py`` (the bookkeeping of the
+select, poll and epoll loops).
 """
 
 from __future__ import annotations

@@ -82,7 +82,7 @@ class Driver:
         self._doomed: list[tuple[Conn, str]] = []
         self.inbox = Inbox()  # finished jobs; the strategy watches inbox.fileno() for reading
         self.jobs = JobRunner(self.inbox.put, config.hash_nice)
-        self.here = LoopLane()  # storage batches the loop runs itself, at the end of the pass (flush)
+        self.loop_lane = LoopLane()  # storage batches the loop runs itself, at the end of the pass (flush)
 
     # ---- events from the strategy ----------------------------------------------------
 
@@ -132,7 +132,7 @@ class Driver:
                     continue
                 if isinstance(action, Submit):
                     if action.lane is Lane.LOOP:
-                        self.here.add(action.job_id, action.job)
+                        self.loop_lane.add(action.job_id, action.job)
                     else:
                         self.jobs.submit(action.job_id, action.job, action.lane)
                     continue
@@ -199,7 +199,7 @@ class Driver:
 
     def timeout(self, now: float) -> float | None:
         """Seconds the strategy may block: until the next engine, close or accept deadline."""
-        if self.here.jobs:  # a batch left for the next pass (flush's rounds ran out): no wait
+        if self.loop_lane.jobs:  # a batch left for the next pass (flush's rounds ran out): no wait
             return 0.0
         candidates = (self.engine.next_deadline(), self.closing.next_deadline(), self.admission.paused_until)
         deadlines = [d for d in candidates if d is not None]
@@ -218,11 +218,7 @@ class Driver:
         batch of the ``loop`` lane runs here, so its receipts and deliveries join this pass's
         send; its answers may start another batch: a few rounds, then the next pass."""
         self.perform(guarded(self.engine.flush, now) or [], now)
-        for _ in range(LoopLane.ROUNDS):
-            if not self.here.jobs:
-                return
-            self.perform(self.here.run(self.engine, now), now)
-            self.perform(guarded(self.engine.flush, now) or [], now)
+        self.loop_lane.drain(self.engine, self.perform, now)  # (a job left over: timeout() is 0)
 
     def shutdown(self, now: float) -> None:
         """Stop: the engine says goodbye and closes everyone; the loop drains them."""

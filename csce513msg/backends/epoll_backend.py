@@ -44,7 +44,8 @@ its flat memory and idle CPU.
 
 Helpers: ``driver.Driver`` (the connection table, the engine's actions, water marks,
 closing, timers, the ``Admission`` at the door, and the job runner whose ``Inbox``
-socket the loop watches: storage batches finish there), ``common`` (``listen``,
+socket the loop watches: hashes and file chunks finish there; a storage batch runs on the
+loop itself, at the flush, unless it may wait on the disk), ``common`` (``listen``,
 ``SignalWakeup``) and ``door.refuse``.
 """
 
@@ -96,7 +97,8 @@ def serve(engine: EngineAPI, config: BackendConfig, announce: Announce) -> None:
         strategy.watch(fd, True, False)
     announce(NAME, listener)  # the banner: where we listen, our limits
     accepting = True
-    while accepting or driver.conns or driver.jobs.pending:  # stopping: the last batches commit first
+    # stopping: the last batches commit first (on the storage thread, or left on the loop lane)
+    while accepting or driver.conns or driver.jobs.pending or driver.loop_lane.jobs:
         timeout = driver.timeout(time.monotonic())
         with WAITS:  # one wake-up, counted (and, for --stats, the CPU spent inside the call)
             events = strategy.ep.poll(-1 if timeout is None else timeout)  # we block (rounded up to ms)
@@ -112,7 +114,7 @@ def serve(engine: EngineAPI, config: BackendConfig, announce: Announce) -> None:
                     stop_accepting(listener, strategy, wake, watched=not driver.admission.paused)
                     driver.shutdown(now)  # goodbyes and closes; the loop drains them
             elif fd == jobs_fd:
-                driver.jobs_done(now)  # storage batches, password hashes: finished off the loop
+                driver.jobs_done(now)  # password hashes, file chunks, checkpoints: finished off the loop
             elif (conn := driver.conns.get(fd)) is not None:
                 if mask & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):  # (recv reports HUP, ERR)
                     receive(driver, conn, now)
@@ -121,7 +123,7 @@ def serve(engine: EngineAPI, config: BackendConfig, announce: Announce) -> None:
         driver.timers(now)
         if driver.admission.resume(now) and accepting:  # the pause is over, or a connection closed
             strategy.watch(listen_fd, True, False)
-        driver.flush(now)  # the engine's batched work (a storage batch goes out)
+        driver.flush(now)  # the engine's batched work: a storage batch is committed here (LoopLane)
         send_pass(driver, strategy, now)  # then ONE send per connection with output
     driver.jobs.close()
     wake.close()

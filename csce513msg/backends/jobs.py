@@ -1,6 +1,7 @@
-"""Blocking work off the loop: the engine's ``Submit`` actions run here.
+"""Where the engine's ``Submit`` actions run: blocking work off the loop, and the storage
+batches a loop may run itself.
 
-Two lanes, as the engine contract says (shared/STYLE.md):
+The lanes, as the engine contract says (CONTRIBUTING.md; shared/STYLE.md had two):
 
 - ``store``: ONE thread, so storage batches run one at a time and in order, on the
   thread that owns the database connection;
@@ -9,7 +10,7 @@ Two lanes, as the engine contract says (shared/STYLE.md):
   itself, at the end of its pass (``LoopLane``), so its receipts and deliveries leave in
   that pass's send; a thread would cost a wake-up of the storage thread, a wake-up of
   the loop to come back, and on one core the switches between them. The threads
-  backend has no pass: it runs these in the ``store`` lane;
+  backend has no pass: its ``perform`` gives these to the ``store`` lane;
 - ``hash``: a small pool for password hashing at a lower CPU priority than the loop
   (``BackendConfig.hash_nice``): nice steps below it, so while chat keeps the core busy
   the scheduler still gives logins a bounded share of it (10 steps: each hash thread
@@ -37,7 +38,7 @@ import socket
 import sys
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import ClassVar
 
 from ..hub import Action, EngineAPI, Lane
@@ -66,9 +67,8 @@ class JobRunner:
         self._counting = threading.Lock()  # submit and finished may run on different threads
 
     def submit(self, job_id: int, job: Callable[[], object], lane: Lane) -> None:
-        """Queue ``job``; never blocks. (A ``loop`` job that reaches here runs in ``store``.)"""
-        if lane is Lane.LOOP:
-            lane = Lane.STORE
+        """Queue ``job``; never blocks. (Not the ``loop`` lane: ``LoopLane`` runs those.)"""
+        assert lane is not Lane.LOOP, "the loop lane runs on the loop (LoopLane)"
         with self._counting:
             self.pending += 1
         if lane not in self.queues:
@@ -115,8 +115,8 @@ def run(job_id: int, job: Callable[[], object], lane: Lane) -> object:
 
 class LoopLane:
     """The ``loop`` lane of a readiness or asyncio loop: jobs wait here until the end of
-    the pass (after the engine's flush), then ``run`` does each on the loop's thread and
-    hands its result to the engine at once, returning the engine's answer."""
+    the pass, after the engine's flush; then ``drain`` runs each on the loop's thread and
+    hands its result to the engine at once."""
 
     ROUNDS = 4  #: runs a pass makes at most: a batch's answers may start another (a login's poll)
 
@@ -126,12 +126,18 @@ class LoopLane:
     def add(self, job_id: int, job: Callable[[], object]) -> None:
         self.jobs.append((job_id, job))
 
-    def run(self, engine: EngineAPI, now: float) -> list[Action]:
-        jobs, self.jobs = self.jobs, []
-        actions: list[Action] = []
-        for job_id, job in jobs:
-            actions += guarded(engine.job_done, job_id, run(job_id, job, Lane.LOOP), now) or []
-        return actions
+    def drain(self, engine: EngineAPI, perform: Callable[[Iterable[Action], float], None], now: float) -> bool:
+        """Run the jobs, each result to the engine and its answer to ``perform``, then the
+        engine's flush again (a batch's answers may start the next batch), at most
+        ``ROUNDS`` times. True if a job is left: the loop must come back at once."""
+        for _ in range(self.ROUNDS):
+            if not self.jobs:
+                return False
+            jobs, self.jobs = self.jobs, []
+            for job_id, job in jobs:
+                perform(guarded(engine.job_done, job_id, run(job_id, job, Lane.LOOP), now) or [], now)
+            perform(guarded(engine.flush, now) or [], now)
+        return bool(self.jobs)
 
 
 def lower_priority(nice: int) -> None:

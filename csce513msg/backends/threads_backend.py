@@ -57,7 +57,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVarTuple
 
-from ..hub import Abort, Action, Close, EngineAPI, Submit, Write
+from ..hub import Abort, Action, Close, EngineAPI, Lane, Submit, Write
 from .common import LINGER_RESET, Announce, BackendConfig, SignalWakeup, connection_cap, guarded, peer_name, tune
 from .door import ACCEPT_PAUSE, Admission, refuse
 from .jobs import JobRunner
@@ -139,8 +139,8 @@ class Shared:
         """Queue writes and wake writers; never blocks (the mutex is held)."""
         touched: set[TConn] = set()
         for action in actions:
-            if isinstance(action, Submit):
-                self.jobs.submit(action.job_id, action.job, action.lane)
+            if isinstance(action, Submit):  # a loop-lane batch too: with no pass to run it at, the store thread does
+                self.jobs.submit(action.job_id, action.job, Lane.STORE if action.lane is Lane.LOOP else action.lane)
                 continue
             conn = self.conns.get(action.conn)
             if conn is None or conn.dead:

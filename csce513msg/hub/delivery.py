@@ -102,7 +102,7 @@ class Mailroom:
     """Batches for the store, and what their results turn into.
 
     Args:
-        store: what ``apply`` runs on (in the ``store`` lane, never here).
+        store: what ``apply`` runs on (as a job of the ``loop`` or ``store`` lane, never here).
         config: the hub's limits.
         sessions: every connection's session, by id (the engine's).
         online: user -> their logged-in sessions (the engine's).
@@ -136,6 +136,7 @@ class Mailroom:
         self._in_flight: tuple[int, Batch, list[tuple[ConnId, int]]] | None = None
         #: the job id of the store's maintenance (a checkpoint) on the storage thread: no batch meanwhile
         self.maintaining: int | None = None
+        self._retry = 0  # the job id of a batch the loop found busy, waiting on the storage thread
         self.stored_count = 0  # messages stored since start
         self.delivered_count = 0  # deliveries written since start
         #: published at flush, at most every SNAPSHOT_EVERY seconds, for another thread to read
@@ -229,11 +230,11 @@ class Mailroom:
         was not applied (the loop found the database busy) and went to the storage thread."""
         assert self._in_flight is not None and self._in_flight[0] == job_id, "one batch in flight"
         _, batch, senders = self._in_flight
-        if isinstance(result, BatchResult) and result.busy:  # another process writes: the thread waits, not the loop
-            job_id = self.out.new_id()
-            self._in_flight = (job_id, batch, senders)
-            self.out.submit(job_id, functools.partial(self.store.apply, batch, True), Lane.STORE)
-            return None
+        if isinstance(result, BatchResult) and result.busy:
+            if job_id != self._retry:  # another process writes: the storage thread waits for it, not the loop
+                self._wait_off_loop(batch, senders)
+                return None
+            result = BatchResult(error="the database stayed locked by another process")  # (waited already)
         self._in_flight = None
         self.polls_done += batch.poll_accounts
         if not isinstance(result, BatchResult):  # the store raised: a bug or a broken disk
@@ -300,11 +301,16 @@ class Mailroom:
             self.out.submit(self.maintaining, job, Lane.STORE)
         return batch, result
 
-    def maintained(self, result: object) -> None:
-        """The store's maintenance job finished (its failures are its own: logged there)."""
-        if isinstance(result, BaseException):
-            log.warning("storage maintenance failed: %r", result)
+    def maintained(self) -> None:
+        """The store's maintenance job finished (a failure is its own: logged by the job runner)."""
         self.maintaining = None
+
+    def _wait_off_loop(self, batch: Batch, senders: list[tuple[ConnId, int]]) -> None:
+        """The loop found the database locked: the same batch, as the same slot's job, goes to
+        the storage thread, which waits for the lock (nothing of it was applied)."""
+        self._retry = self.out.new_id()
+        self._in_flight = (self._retry, batch, senders)
+        self.out.submit(self._retry, functools.partial(self.store.apply, batch, True), Lane.STORE)
 
     def _reads_failed(self, batch: Batch, result: BatchResult) -> None:
         """The reads of a failed batch never ran: answer or release whoever waits for them."""
@@ -344,7 +350,7 @@ class Mailroom:
         self._noters_in_flight, self._noters = self._noters, []
         self._keyers_in_flight, self._keyers = self._keyers, []
         self._polls_submitted += batch.poll_accounts
-        if self.store.on_loop:  # the loop applies it itself, never waiting (busy: then the thread)
+        if self.store.on_loop and not batch.sweeps():  # the loop applies it itself, never waiting (busy: the thread)
             self.out.submit(job_id, functools.partial(self.store.apply, batch, False), Lane.LOOP)
         else:
             self.out.submit(job_id, functools.partial(self.store.apply, batch), Lane.STORE)

@@ -325,7 +325,7 @@ class Engine:
             self.gate.hash_done(job_id, result, now)
             self.gate.admit(now)  # a slot is free (after the answer: a good login clears its account's count)
         elif job_id == self.mail.maintaining:  # the store's checkpoint: the next batch may go
-            self.mail.maintained(result)
+            self.mail.maintained()
         elif (done := self.mail.batch_done(job_id, result, now)) is not None:  # (None: busy, retried off the loop)
             batch, stored = done
             if stored.error is None:  # accounts made (Register) or changed (`msgsrv user`): g:0's readers

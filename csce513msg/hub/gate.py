@@ -10,7 +10,7 @@ and which delivered receipts it missed (``LoginRead``); LoginOk follows the comm
 ::
 
     Login ──accounts poll──> queue (admission.py) ──hash lane──> verified?
-        ──store lane──> LoginOk (READY, with a device token) ──> catch-up
+        ──storage batch─> LoginOk (READY, with a device token) ──> catch-up
                  └── no: AUTH_FAILED (AWAIT_LOGIN), counted by the throttles
 
 Logins wait for a hash in a fair, bounded queue (``admission.LoginQueue``: devices that

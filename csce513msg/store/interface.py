@@ -1,9 +1,11 @@
 """The storage interface: what the hub asks of a store, as plain data.
 
 The hub never calls a store while it serves: it gathers what it needs into one
-``Batch`` per loop pass and hands ``store.apply(batch)`` to the backend as a job in
-the ``store`` lane (one storage thread, at most one batch in flight: group commit).
-The result comes back through ``engine.job_done``. A batch is applied in order:
+``Batch`` per loop pass and hands ``store.apply(batch)`` to the backend as a job, at
+most one batch in flight (group commit): in the ``loop`` lane if the store never waits
+on the disk (``on_loop``: the loop runs it itself, after the pass's flush), else in the
+``store`` lane (one storage thread); what may wait (a checkpoint) is ``maintenance``, in
+the ``store`` lane. The result comes back through ``engine.job_done``. A batch is applied in order:
 accounts, logins, messages, then cursors, all in ONE transaction; then the fetches
 read what is committed. So every store (SQLite now, PostgreSQL later) implements
 the loads at start (``load_accounts``, ``load_device_tokens``, ``load_groups``) and ``apply``.
@@ -339,6 +341,11 @@ class Batch:
     notes: list[Note] = field(default_factory=list)  #: the classroom's records, after the messages
     keys: list[KeyNote] = field(default_factory=list)  #: the key directory's records, after the notes
     expire_keys_before_us: int = 0  #: delete devices' keys last seen before this (µs of wall time; 0: none)
+
+    def sweeps(self) -> bool:
+        """Retention's deletes (at most every 10 minutes): they may touch many pages, so the
+        batch goes to the storage thread even from a store that runs on the loop."""
+        return bool(self.expire_before_us or self.expire_tokens_before_us or self.expire_keys_before_us)
 
     def can_wait(self) -> bool:
         """Only acknowledgements' bookkeeping (cursors, delivered, notified): nobody waits for

@@ -263,6 +263,10 @@ class SqliteStore:
         self.on_loop = durability != "full"
         self._busy_ms = 0 if self.on_loop else BUSY_TIMEOUT_MS  # the writer's busy timeout between batches
         self.db.execute(f"PRAGMA busy_timeout={self._busy_ms}")
+        # A redaction's WAL is truncated after its batch is answered (``maintenance``): a crash in
+        # between would leave the text in the WAL, so every start truncates it (cheap: the WAL is
+        # checkpointed already, or small)
+        self._truncate_wal()
         self._inserter = self.db.cursor()  # the messages' INSERT (``_insert``)
         self._accounts: dict[str, Account] = {}  # as of the last poll, plus our own registrations
         self._data_version = -1
@@ -388,21 +392,22 @@ class SqliteStore:
         return None
 
     def _begin(self, wait: bool) -> None:
-        """BEGIN IMMEDIATE: the write lock, now. Busy (another process writes): ``_BusyError`` at
-        once, or with ``wait`` a second try with the busy timeout of a writer off the loop."""
+        """BEGIN IMMEDIATE: the write lock, now. On the loop the busy timeout is 0, so a lock
+        another process holds fails at once: ``_BusyError``, or with ``wait`` (the storage
+        thread, after the loop's try) a second try under the 30 s timeout."""
         try:
             self.db.execute("BEGIN IMMEDIATE")
-            return
         except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or self._busy_ms == BUSY_TIMEOUT_MS:
+            busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY  # (the extended codes too)
+            if not busy or not self.on_loop:
                 raise  # not a lock, or waited for already
             if not wait:
                 raise _BusyError from exc
-        self.db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")  # (rare: the storage thread, after the loop's try)
-        try:
-            self.db.execute("BEGIN IMMEDIATE")
-        finally:
-            self.db.execute(f"PRAGMA busy_timeout={self._busy_ms}")
+            self.db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            try:
+                self.db.execute("BEGIN IMMEDIATE")
+            finally:
+                self.db.execute(f"PRAGMA busy_timeout={self._busy_ms}")
 
     def _write(
         self, batch: Batch, wait: bool = True

@@ -402,7 +402,7 @@ def test_a_history_page_stops_at_its_byte_budget_in_both_stores(tmp_path: Path) 
 
 def test_on_the_loop_a_locked_database_is_refused_at_once_and_waited_for_off_it(tmp_path: Path) -> None:
     """``normal`` commits sync nothing: ``on_loop``, busy timeout 0. A writer in another
-    process (here another connection) holds the lock: ``apply(wait=False)`` raises
+    process (here another connection) holds the lock: ``apply(wait=False)`` returns
     ``BatchResult(busy=True)`` at once having done nothing; ``apply(wait=True)`` (the storage thread)
     waits for the lock and stores the batch, and the loop's next batch again never waits.
     ``full`` syncs every commit: never on the loop."""
