@@ -4,8 +4,8 @@
   loop while other clients chat at a modest paced rate; the figures are the others'
   delivery latency (p50, p99) without the loop and with it, and their ratio. Every
   login, and the catch-up read after it, runs in the storage batch that every commit
-  waits for (with ``--durability normal``, on the server's loop itself): a login that
-  reads the whole backlog is everyone's latency.
+  waits for (on the storage thread: a batch that reads never runs on the loop): a login
+  that reads the whole backlog is everyone's latency.
 
 The backlog is filled over the wire by several senders at once (the server runs with a
 high per-connection rate limit for that); the user's device logged in once before, so

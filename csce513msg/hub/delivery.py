@@ -350,7 +350,7 @@ class Mailroom:
         self._noters_in_flight, self._noters = self._noters, []
         self._keyers_in_flight, self._keyers = self._keyers, []
         self._polls_submitted += batch.poll_accounts
-        if self.store.on_loop and not batch.sweeps():  # the loop applies it itself, never waiting (busy: the thread)
+        if self.store.on_loop and not batch.may_be_long():  # the loop applies it itself, never waiting
             self.out.submit(job_id, functools.partial(self.store.apply, batch, False), Lane.LOOP)
         else:
             self.out.submit(job_id, functools.partial(self.store.apply, batch), Lane.STORE)

@@ -342,10 +342,15 @@ class Batch:
     keys: list[KeyNote] = field(default_factory=list)  #: the key directory's records, after the notes
     expire_keys_before_us: int = 0  #: delete devices' keys last seen before this (µs of wall time; 0: none)
 
-    def sweeps(self) -> bool:
-        """Retention's deletes (at most every 10 minutes): they may touch many pages, so the
-        batch goes to the storage thread even from a store that runs on the loop."""
-        return bool(self.expire_before_us or self.expire_tokens_before_us or self.expire_keys_before_us)
+    def may_be_long(self) -> bool:
+        """Work whose cost grows with what it finds: reads (a login's receipts and device
+        check, a catch-up window, a history page) and retention's deletes (every 10 minutes).
+        Such a batch goes to the storage thread even from a store that runs on the loop:
+        a backlog or a cold page cache then delays the commits, not everyone's loop."""
+        return bool(
+            self.logins or self.fetches or self.history
+            or self.expire_before_us or self.expire_tokens_before_us or self.expire_keys_before_us
+        )  # fmt: skip
 
     def can_wait(self) -> bool:
         """Only acknowledgements' bookkeeping (cursors, delivered, notified): nobody waits for

@@ -62,7 +62,7 @@ def test_the_password_is_checked_in_the_hash_lane_and_requests_behind_it_wait() 
         lanes += [j.lane for j in h.jobs]
         h.run_jobs()
         h.pump()
-    assert lanes[-3:] == [Lane.LOOP, Lane.HASH, Lane.LOOP]  # (before them, the first connection's poll)
+    assert lanes[-3:] == [Lane.LOOP, Lane.HASH, Lane.STORE]  # the poll, the hash, the login's read (a read: the thread)
     h.settle()
     assert [type(m) for m in peer.events[1:]] == [LoginOk, Receipt]  # in order, once the login is through
 
