@@ -11,18 +11,16 @@ round), which a drift of a shared machine's speed cannot favour; here each runs 
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from benchmarks.test_hot_paths import _engine, run_jobs
+from benchmarks.test_hot_paths import _engine, run_jobs, sqlite_batches
 from csce513msg.hub import Write
 from csce513msg.protocol import ContentType, Hello, Send, encode
-from csce513msg.protocol.names import direct_stream
-from csce513msg.store import Batch, BatchResult, NewMessage
+from csce513msg.store import BatchResult
 from csce513msg.store.sqlite import SqliteStore
 
 BODIES = {"text 100": (ContentType.TEXT, 100), "envelope 326": (ContentType.ENVELOPE, 326),
@@ -44,25 +42,10 @@ def router(body: str) -> Callable[[], list[Any]]:
 
 
 def batcher(body: str, path: Path) -> tuple[Callable[[], BatchResult], SqliteStore]:
-    """As ``test_sqlite_stores_a_batch_of_ten`` (10 messages and the acknowledgements of 10
-    earlier ones, ``--durability normal``), the bodies a text or an envelope of that size."""
+    """As ``test_sqlite_stores_a_batch_of_ten`` (``sqlite_batches``), the bodies a text or an
+    envelope of that size."""
     kind, size = BODIES[body]
-    store = SqliteStore(path, "normal", checkpoint_interval=0)
-    peers = [f"u{i}" for i in range(10)]
-    rounds = itertools.count()
-
-    def batch() -> BatchResult:
-        n = next(rounds)
-        messages = [NewMessage(direct_stream("alice", p), tuple(sorted(("alice", p))), "alice", "d", 0, 1, p, kind,
-                               n, b"x" * size) for p in peers]  # fmt: skip
-        cursors = {(p, "d", direct_stream("alice", p)): n for p in peers if n}
-        delivered = {(direct_stream("alice", p), p): n for p in peers if n}
-        result = store.apply(Batch(messages=messages, cursors=cursors, delivered=delivered))
-        if (job := store.maintenance()) is not None:  # the tail checkpoint every TAIL_EVERY batches, as the hub runs it
-            job()
-        return result
-
-    return batch, store
+    return sqlite_batches(path, kind, size)
 
 
 @pytest.mark.parametrize("body", list(BODIES))

@@ -10,6 +10,7 @@ Compare medians within one run: the machine is shared and noisy.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -98,24 +99,32 @@ def test_hub_routes_eight_messages_of_one_sender(benchmark: Any, minor: int) -> 
     assert [type(a) for a in actions] == [Write] * (16 if minor < 5 else 2)
 
 
-def test_sqlite_stores_a_batch_of_ten(benchmark: Any, tmp_path: Path) -> None:
-    """One group commit as a loaded server makes them: 10 messages to 10 streams, and the
-    acknowledgements of 10 earlier ones (cursors, delivered receipts), `--durability normal`."""
-    store = SqliteStore(tmp_path / "bench.db", "normal", checkpoint_interval=0)
+def sqlite_batches(path: Path, kind: int = 0, size: int = 60) -> tuple[Callable[[], BatchResult], SqliteStore]:
+    """One group commit as a loaded server makes them, again and again: 10 messages (content
+    type ``kind``, ``size`` bytes) to 10 streams, and the acknowledgements of 10 earlier ones
+    (cursors, delivered receipts), `--durability normal`; the store's maintenance run after
+    each, as the hub runs it (the WAL's tail checkpoint every ``TAIL_EVERY`` batches)."""
+    store = SqliteStore(path, "normal", checkpoint_interval=0)
     peers = [f"u{i}" for i in range(10)]
     rounds = itertools.count()
 
     def batch() -> BatchResult:
         n = next(rounds)
-        messages = [NewMessage(direct_stream("alice", p), tuple(sorted(("alice", p))), "alice", "d", 0, 1, p, 0,
-                               n, b"x" * 60) for p in peers]  # fmt: skip
+        messages = [NewMessage(direct_stream("alice", p), tuple(sorted(("alice", p))), "alice", "d", 0, 1, p, kind,
+                               n, b"x" * size) for p in peers]  # fmt: skip
         cursors = {(p, "d", direct_stream("alice", p)): n for p in peers if n}
         delivered = {(direct_stream("alice", p), p): n for p in peers if n}
         result = store.apply(Batch(messages=messages, cursors=cursors, delivered=delivered))
-        if (job := store.maintenance()) is not None:  # the tail checkpoint every TAIL_EVERY batches, as the hub runs it
+        if (job := store.maintenance()) is not None:
             job()
         return result
 
+    return batch, store
+
+
+def test_sqlite_stores_a_batch_of_ten(benchmark: Any, tmp_path: Path) -> None:
+    """One group commit as a loaded server makes them (``sqlite_batches``)."""
+    batch, store = sqlite_batches(tmp_path / "bench.db")
     result = benchmark(batch)
     assert result.error is None and len(result.stored) == 10
     store.close()
