@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import select
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -124,9 +125,10 @@ class Worker:
             self.proc.wait()
 
 
-def server_flags(size: int) -> tuple[str, ...]:
-    """msgsrv's flags besides ``--kdf-cost test`` (``suite.Server``): files up to 512 MiB, or ``size``."""
-    return (*FILE_FLAGS, "--max-file", str(max(512 << 20, size)))
+def server_flags(size: int, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """msgsrv's flags besides ``--kdf-cost test`` (``suite.Server``): files up to 512 MiB, or
+    ``size``; then ``extra`` (``--server-flags``: e.g. ``--max-chunk 63K``, 1.7's chunk size)."""
+    return (*FILE_FLAGS, "--max-file", str(max(512 << 20, size)), *extra)
 
 
 def make_file(path: Path, size: int) -> None:
@@ -193,10 +195,12 @@ def chat_figures(result: dict[str, Any]) -> dict[str, Any]:
     return {k: round(result[k], 4) if isinstance(result[k], float) else result[k] for k in keep}
 
 
-def backend_run(backend: str, source: Path, root: Path, raw: dict[str, Any], timeout: float) -> dict[str, Any]:
+def backend_run(
+    backend: str, source: Path, root: Path, raw: dict[str, Any], timeout: float, extra: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """One fresh server: the transfer with chat beside it, then the chat alone."""
     size = source.stat().st_size
-    server = suite.Server(backend, 4, *server_flags(size), root=root)  # u0 uploads to u1; u2 chats to u3
+    server = suite.Server(backend, 4, *server_flags(size, extra), root=root)  # u0 uploads to u1; u2 chats to u3
     downloads = Path(server.data_dir) / "downloads"
     workers: list[Worker] = []
     try:
@@ -268,7 +272,7 @@ def verdicts(point: dict[str, Any], pooled: dict[str, Any]) -> dict[str, bool]:
     return {name: share >= least and ratio is not None and ratio <= most for name, (least, most) in TARGETS.items()}
 
 
-def measure(backends: list[str], size: int, repeats: int, root: Path) -> dict[str, Any]:
+def measure(backends: list[str], size: int, repeats: int, root: Path, extra: tuple[str, ...] = ()) -> dict[str, Any]:
     """Every repeat: the two raw copies, then each backend once (backends interleaved, so a
     drift of the machine's speed spreads over all of them)."""
     timeout = 120.0 + size / MB  # at least 1 MB/s, and two minutes for the rest
@@ -281,7 +285,7 @@ def measure(backends: list[str], size: int, repeats: int, root: Path) -> dict[st
             raw = {"recv": ceiling(source, None, timeout), "recv_to_file": ceiling(source, work / "sink.bin", timeout)}
             runs["ceiling"].append(raw)
             for backend in backends:
-                run = backend_run(backend, source, work, raw, timeout)
+                run = backend_run(backend, source, work, raw, timeout, extra)
                 runs["backends"][backend].append({**run, "repeat": repeat})
                 print(f"{backend} run {repeat + 1} of {repeats} done", file=sys.stderr, flush=True)
     finally:
@@ -366,7 +370,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="10 MB, 1 repeat: a check that it works, not figures")
     parser.add_argument("--out", type=Path, default=None, help="the JSON report: every run and the medians")
     parser.add_argument("--dir", type=Path, default=None, help="where the files go (default: a disk, not tmpfs)")
+    parser.add_argument("--server-flags", default="", help="more msgsrv flags, e.g. '--max-chunk 63K'")
     args = parser.parse_args()
+    extra = tuple(shlex.split(args.server_flags))
     backends = args.backends.split(",")
     if unknown := set(backends) - set(suite.ALL_BACKENDS):
         parser.error(f"unknown backends: {', '.join(sorted(unknown))}")
@@ -380,12 +386,12 @@ def main() -> None:
     report: dict[str, Any] = {
         "schema": "csce513msg-transfer/1", "mode": "quick" if args.quick else "full",
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": proc.machine(),
-        "settings": {"server": f"msgsrv {' '.join(server_flags(size))} --kdf-cost test, pinned to core {SERVER_CORE}",
+        "settings": {"server": f"msgsrv {shlex.join(server_flags(size, extra))} --kdf-cost test, core {SERVER_CORE}",
                      "clients": f"benchmarks.transferload processes pinned to core {CLIENT_CORE}",
                      "chat_interval_s": CHAT_INTERVAL, "mb": MB, "dir": str(root), "fs_type": kind},
         "size_bytes": size, "repeats": repeats, "backends": backends,
     }  # fmt: skip
-    report.update(measure(backends, size, repeats, root))
+    report.update(measure(backends, size, repeats, root, extra))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=1) + "\n")

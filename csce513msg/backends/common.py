@@ -32,6 +32,7 @@ from types import FrameType
 from typing import TypeVarTuple
 
 from ..hub import HISTORY_PAGE, Action, HubConfig
+from ..protocol.transfer import MIN_CHUNK, UPLOAD_WINDOW
 
 log = logging.getLogger("csce513msg.backend")
 Ts = TypeVarTuple("Ts")
@@ -117,6 +118,8 @@ def check_limits(backend: BackendConfig, hub: HubConfig) -> str | None:
             f"the outbound hard limit ({backend.hard_limit}) is below the high-water mark plus "
             f"(window + 1) x max frame ({need}): a client honouring the window would be aborted"
         )
+    if not MIN_CHUNK <= hub.max_chunk <= UPLOAD_WINDOW:
+        return f"the max chunk must be {MIN_CHUNK} to {UPLOAD_WINDOW} bytes (an upload's window holds a chunk)"
     if hub.max_text + 1024 > hub.max_frame:
         return "the max frame must exceed the text limit by at least 1024 bytes (the header)"
     for name, value in (("login timeout", hub.login_timeout), ("frame timeout", hub.frame_timeout)):

@@ -79,6 +79,7 @@ def main(
     file_quota: o.FileQuotaFlag = o.HUB.file_quota,
     disk_reserve: o.DiskReserveFlag = o.HUB.disk_reserve,
     file_days: o.FileDaysFlag = o.HUB.file_days,
+    max_chunk: o.MaxChunkFlag = o.HUB.max_chunk,
     no_files: o.NoFilesFlag = False,
     key_days: o.KeyDaysFlag = o.HUB.key_days,
     max_group_members: o.MaxGroupMembersFlag = o.HUB.max_group_members,

@@ -114,6 +114,14 @@ KeyDaysFlag = Annotated[
     float,
     opt("Days a device's end-to-end keys stay in the key directory after its last login.", LIMITS, min=1, max=36500),
 ]
+MaxChunkFlag = Annotated[
+    int,
+    opt(
+        "Largest chunk of a file in one frame for clients of protocol 1.8 (e.g. 256K; at most 1M).",
+        FILES,
+        parser=_size,
+    ),
+]
 NoFilesFlag = Annotated[bool, opt("Keep no files: uploads are not offered (protocol 1.6's files off).", FILES)]
 WindowFlag = Annotated[int, opt("Unacknowledged deliveries per client (advertised).", LIMITS, min=1)]
 RateFlag = Annotated[float, opt("Requests per second per connection.", LIMITS, min=0.001)]

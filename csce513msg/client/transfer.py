@@ -32,12 +32,12 @@ from ..protocol import (
     Offer,
     TargetKind,
 )
-from ..protocol.transfer import CHUNK_HEADROOM, MAX_GET, STREAM_V1, UPLOAD_WINDOW
+from ..protocol.transfer import MAX_GET, STREAM_V1, UPLOAD_WINDOW, chunk_limit
 from .downloads import PartialDownload, TransferError
 from .sealed import Deciphering, FileChangedError, SealedSource, Sealing
 from .session import ClientSession
 
-GET_SIZE = MAX_GET // 4  #: bytes one FileGet asks for
+GET_SIZE = MAX_GET  #: bytes one FileGet asks for
 GETS_IN_FLIGHT = 2  #: FileGets a download keeps asked and unanswered (the server reads one chunk at a time)
 
 
@@ -102,9 +102,9 @@ class Upload:
         self.error: Error | None = None
         welcome = session.welcome
         assert welcome is not None
-        # the frame's room, but never more than a quarter of the window (a server with a large
-        # max_frame would otherwise leave no room for a single chunk)
-        self.chunk = min(welcome.max_frame - CHUNK_HEADROOM, UPLOAD_WINDOW // 4)
+        # the frame's room (from 1.8 the Welcome's max_chunk), but never more than a quarter of
+        # the window: four chunks on their way keep the server's file lane busy
+        self.chunk = min(chunk_limit(session.minor, welcome.max_frame, welcome.max_chunk), UPLOAD_WINDOW // 4)
         if sealing is None:
             self._source = PlainSource(path)
         self._start = session.file_upload(size, sha256, target, kind, upload_id)

@@ -181,9 +181,9 @@ class Engine:
         if config.max_minor >= E2E_MINOR:
             features += (Feature.E2E.value,)
         files = (
-            (config.max_file, config.file_quota, config.disk_reserve, math.ceil(config.file_days))  # 0: "no files"
+            (config.max_file, config.file_quota, config.disk_reserve, math.ceil(config.file_days), config.max_chunk)
             if self.files
-            else (0, 0, 0, 0)
+            else (0, 0, 0, 0, 0)  # 0: "no files"
         )
         self._welcome = encode(
             Welcome(

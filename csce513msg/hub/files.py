@@ -33,6 +33,7 @@ from dataclasses import dataclass, field, replace
 
 from ..protocol import ErrorCode, RemoteProtocolError, encode_fields
 from ..protocol.transfer import (
+    BULK_MINOR,
     CHUNK_HEADROOM,
     MAX_GET,
     MIN_CHUNK,
@@ -46,6 +47,7 @@ from ..protocol.transfer import (
     FileState,
     FileStatus,
     FileUpload,
+    chunk_limit,
 )
 from ..store.files import FileGone, FileShelf, TransferError, UploadRecord
 from ..store.interface import ANNOUNCEMENTS, is_group
@@ -128,7 +130,11 @@ class Files:
         #: connection -> chunk bytes taken and not yet written: at most ``UPLOAD_WINDOW``, over all
         #: its uploads (a client with many small uploads could otherwise queue its whole quota)
         self.unwritten: dict[ConnId, int] = {}
-        self.chunk = config.max_frame - CHUNK_HEADROOM  #: bytes of a FileData frame's body
+        old = config.max_frame - CHUNK_HEADROOM
+        #: bytes of a FileData frame's body, by the session's minor: from 1.8 the Welcome's
+        #: ``max_chunk``, where two reads of it fit under the outbound hard limit (``page_bytes``
+        #: is the room it leaves), else ``max_frame`` less 1024
+        self.data_chunk = (old, max(old, min(config.max_chunk, config.page_bytes // READS)))
 
     # ---- requests ---------------------------------------------------------------------
 
@@ -191,6 +197,8 @@ class Files:
             why = f"a chunk to byte {end} of a {size}-byte file"
         elif len(msg.body) < MIN_CHUNK and end != size:  # a job per chunk: tiny ones would flood the lane
             why = f"a chunk of {len(msg.body)} bytes: at least {MIN_CHUNK}, but for the last"
+        elif len(msg.body) > (most := chunk_limit(session.minor, self.config.max_frame, self.config.max_chunk)):
+            why = f"a chunk of {len(msg.body)} bytes: at most {most}"
         elif self.unwritten.get(session.conn, 0) + len(msg.body) > UPLOAD_WINDOW:
             why = f"more than {UPLOAD_WINDOW} bytes sent and not acknowledged"
         if why:
@@ -339,7 +347,7 @@ class Files:
                 self._end(reader, get)
                 self._data(session, get, size, b"", offset, last=True)
                 continue
-            length = min(self.chunk, get.end - offset)
+            length = min(self.data_chunk[session.minor >= BULK_MINOR], get.end - offset)
             get.asked += length
             if get.asked == get.end:
                 reader.gets.popleft()  # every byte asked for; answered as the reads come back

@@ -42,10 +42,12 @@ from ..protocol import (
     Login,
     LoginOk,
     Message,
+    MsgType,
     Register,
     RemoteProtocolError,
 )
 from ..protocol.names import checked_name
+from ..protocol.transfer import BULK_MINOR, CHUNK_HEADROOM
 from ..store import TOKENS_PER_USER, Account, Batch, BatchResult, DeviceToken, LoginRead
 from .actions import ConnId, Lane
 from .admission import LoginQueue, Pending, QueueFull, Throttle
@@ -384,6 +386,9 @@ class Gate:
     def _logged_in(self, session: Session, user: str, waiting: int, rid: int, token: str, now: float) -> None:
         self.front.move(session, LoginAccepted)
         session.decoder.max_frame = self.config.max_frame
+        if session.files and session.minor >= BULK_MINOR:  # its chunks may be larger than a frame (1.8)
+            session.decoder.bulk_type = MsgType.FILE_CHUNK
+            session.decoder.bulk_frame = self.config.max_chunk + CHUNK_HEADROOM
         self.out.write(session, LoginOk(self.front.wall_us(now), user, self.accounts[user].role, waiting, token, rid))
         self.front.came_online(session, now)
         self.mail.maybe_fetch(session)  # what arrived while this device was away
@@ -395,6 +400,7 @@ class Gate:
         session.user = None
         self.front.move(session, LoginRefused)
         session.decoder.max_frame = min(PRE_LOGIN_MAX_FRAME, self.config.max_frame)
+        session.decoder.bulk_frame = 0
         self.out.error(session, code, message, rid, retry_after_ms)
         self._release_held(session, now)
 

@@ -75,6 +75,10 @@ class FrameDecoder:
     def __init__(self, max_frame: int) -> None:
         """Args: max_frame: the largest ``length`` (header + body) accepted."""
         self.max_frame = max_frame
+        #: frames of type ``bulk_type`` may be up to ``bulk_frame`` long (a file's chunks, 1.8);
+        #: 0: no exception. Checked only past ``max_frame``: other frames pay nothing for it
+        self.bulk_type = 0
+        self.bulk_frame = 0
         self._buf = bytearray()
         self._error: tuple[ErrorCode, str] | None = None  # (code, message) once broken
 
@@ -94,8 +98,8 @@ class FrameDecoder:
         buf = self._buf
         if len(buf) < PREFIX_SIZE:
             return
-        length, _, _, hlen, _ = PREFIX.unpack_from(buf, 0)
-        self._check(length, hlen)  # refuse an oversized frame before its body arrives
+        length, ftype, _, hlen, _ = PREFIX.unpack_from(buf, 0)
+        self._check(length, hlen, ftype)  # refuse an oversized frame before its body arrives
         if len(buf) < PREFIX_SIZE + length:
             return  # copy nothing until a whole frame is here (a big frame comes in pieces)
         data = bytes(buf)  # one copy: slicing bytes below gives bytes directly
@@ -103,7 +107,7 @@ class FrameDecoder:
         try:
             while size - pos >= PREFIX_SIZE:
                 length, ftype, flags, hlen, rid = PREFIX.unpack_from(data, pos)
-                self._check(length, hlen)
+                self._check(length, hlen, ftype)
                 start = pos + PREFIX_SIZE
                 end = start + length
                 if end > size:
@@ -114,12 +118,13 @@ class FrameDecoder:
         finally:
             del buf[:pos]
 
-    def _check(self, length: int, hlen: int) -> None:
-        if length > self.max_frame:
+    def _check(self, length: int, hlen: int, ftype: int) -> None:
+        if length > self.max_frame and (ftype != self.bulk_type or length > self.bulk_frame):
             hint = " (a TLS client on a plaintext port?)" if length >> 16 == 0x1603 else ""
+            limit = self.bulk_frame if ftype == self.bulk_type and self.bulk_frame else self.max_frame
             self._error = (
                 ErrorCode.FRAME_TOO_LARGE,
-                f"frame of {length} bytes is over the limit of {self.max_frame}{hint}",
+                f"frame of {length} bytes is over the limit of {limit}{hint}",
             )
         elif hlen > length:
             self._error = ErrorCode.BAD_FRAME, f"header length {hlen} exceeds frame length {length}"

@@ -47,8 +47,8 @@ VERSION_MAJOR = 1
 #: 1.1: stored receipts, offline delivery, device and client message ids; 1.2: accounts;
 #: 1.3: device tokens, the login and frame deadlines, u64 requests below 2^63; 1.4: groups;
 #: 1.5: coalescing (several receipts or deliveries in one frame); 1.6: files; 1.7: the key
-#: directory of end-to-end encryption
-VERSION_MINOR = 7
+#: directory of end-to-end encryption; 1.8: file chunks larger than a frame (``max_chunk``)
+VERSION_MINOR = 8
 #: the largest value of a u64 field a client may send: every store keeps them as signed
 #: 64-bit integers (SQLite's INTEGER), so 2^63 and above are refused with BAD_REQUEST
 MAX_REQUEST_U64 = 2**63 - 1
@@ -310,7 +310,11 @@ class History:
 # ---- server to client -------------------------------------------------------------
 
 
-@_message(MsgType.WELCOME, "BBIIIILsQQQI", since={"max_file": 6, "file_quota": 6, "disk_reserve": 6, "file_days": 6})
+@_message(
+    MsgType.WELCOME,
+    "BBIIIILsQQQII",
+    since={"max_file": 6, "file_quota": 6, "disk_reserve": 6, "file_days": 6, "max_chunk": 8},
+)
 @dataclass(frozen=True, slots=True)
 class Welcome:
     """Sent by the server on accept: who it is and every limit a client must know."""
@@ -327,6 +331,9 @@ class Welcome:
     file_quota: int = 0  #: (1.6) bytes of uploads one user may hold on the server at once
     disk_reserve: int = 0  #: (1.6) bytes the server keeps free on its disk: an upload past it is refused
     file_days: int = 0  #: (1.6) days an upload is kept from its start, then deleted
+    #: (1.8) the largest chunk of a file in one frame, bytes of body (FileChunk and FileData),
+    #: for a session that says 1.8 or later; an older one keeps ``max_frame`` less 1024
+    max_chunk: int = 0
     request_id: int = 0
 
 

@@ -22,23 +22,27 @@ from csce513msg.client.downloads import PartialDownload, TransferError
 from csce513msg.client.transfer import Download, Upload
 from csce513msg.protocol import (
     VERSION_MAJOR,
+    VERSION_MINOR,
     ContentType,
     Deliver,
     Error,
     ErrorCode,
     FileCancel,
     FileChunk,
+    FileData,
     FileGet,
     FileState,
     FileStatus,
     FileUpload,
     Hello,
+    Message,
     Offer,
     Receipt,
     Register,
     TargetKind,
     parse_offer,
 )
+from csce513msg.protocol.transfer import CHUNK_HEADROOM, MAX_CHUNK
 from tests.conformance.wire import PASSWORD, RawConn, connect, next_of
 from tests.fixtures import Names, Server
 
@@ -90,6 +94,42 @@ def test_a_file_arrives_byte_identical(server: Server, names: Names, tmp_path: P
         assert [p.name for p in got.parent.iterdir()] == ["notes.bin"]  # no partial file left
 
 
+@pytest.mark.parametrize("minor", [7, VERSION_MINOR])
+def test_chunks_are_as_large_as_the_session_s_minor_allows(
+    server: Server, names: Names, tmp_path: Path, minor: int
+) -> None:
+    """1.8's max_chunk: a client that says 1.8 uploads and downloads in chunks of the Welcome's
+    max_chunk (larger than a frame); one that says 1.7, in max_frame less 1024, as before."""
+    alice, bob = names("alice"), names("bob")
+    with connect(server, alice, minor=minor) as a, connect(server, bob, minor=minor) as b:
+        welcome = a.session.welcome
+        assert welcome is not None and welcome.max_chunk == MAX_CHUNK  # sent before the Hello: to all
+        chunk = MAX_CHUNK if minor >= 8 else welcome.max_frame - CHUNK_HEADROOM
+        path = a_file(tmp_path, 3 * chunk + 1000)
+        upload = Upload(a.session, path, bob)
+        assert upload.chunk == chunk
+        while not upload.done:
+            a.flush()
+            a.next_message(upload.handle)
+        assert upload.complete and upload.acked == path.stat().st_size
+        a.request(a.session.send_offer(bob, upload.offer()), Receipt)
+        offer = offer_of(b)
+        got: list[int] = []
+        download = Download(b.session, offer, PartialDownload.open(tmp_path / "bob", offer.upload_id, offer.name,
+                                                                    offer.size, offer.sha256))  # fmt: skip
+
+        def take(m: Message) -> bool:
+            if isinstance(m, FileData):
+                got.append(len(m.body))
+            return download.handle(m)
+
+        while not download.done:
+            b.flush()
+            b.next_message(take)
+        assert download.path is not None and download.path.read_bytes() == path.read_bytes()
+        assert max(got) == chunk and sum(got) == offer.size
+
+
 def test_chat_keeps_flowing_during_a_large_upload(server: Server, names: Names, tmp_path: Path) -> None:
     """alice sends texts on the connection that uploads; carol and dave chat meanwhile."""
     alice, bob, carol, dave = names("alice"), names("bob"), names("carol"), names("dave")
@@ -106,7 +146,7 @@ def test_chat_keeps_flowing_during_a_large_upload(server: Server, names: Names, 
             a.flush()
             a.next_message(upload.handle)
             step += 1
-            if step % 20 == 0 and len(texts) < 10:
+            if step % 4 == 0 and len(texts) < 10:
                 texts.append(a.session.send_text(bob, f"while uploading {len(texts)}"))
                 c.send_text(dave, f"meanwhile {len(texts)}")
         assert upload.complete
@@ -326,7 +366,7 @@ def test_chat_keeps_flowing_during_a_large_download(server: Server, names: Names
             b.flush()
             b.next_message(download.handle)
             step += 1
-            if step % 20 == 0 and len(answers) < 10:
+            if step % 4 == 0 and len(answers) < 10:
                 a.send_text(bob, f"to bob {len(answers)}")
                 answers.append(b.session.send_text(alice, f"to alice {len(answers)}"))
         assert download.path is not None and download.path.read_bytes() == path.read_bytes()

@@ -11,6 +11,7 @@ from typing import Any
 from csce513msg.hub import Lane
 from csce513msg.hub.files import MAX_UNFINISHED
 from csce513msg.protocol import (
+    Error,
     ErrorCode,
     FileCancel,
     FileChunk,
@@ -20,8 +21,9 @@ from csce513msg.protocol import (
     FileStatus,
     FileUpload,
     TargetKind,
+    Welcome,
 )
-from csce513msg.protocol.transfer import MIN_CHUNK, UPLOAD_WINDOW
+from csce513msg.protocol.transfer import CHUNK_HEADROOM, MAX_CHUNK, MIN_CHUNK, UPLOAD_WINDOW
 from csce513msg.store.files import FileShelf
 from tests.hub.harness import Harness, Peer, codes
 
@@ -78,7 +80,7 @@ def test_within_the_window_the_disk_paces_the_sender(tmp_path: Path) -> None:
 
 
 def test_a_download_waits_while_the_connection_is_paused(tmp_path: Path) -> None:
-    h = harness(tmp_path, max_frame=16_384)
+    h = harness(tmp_path, max_frame=16_384, max_chunk=16_384)  # 100,000 bytes: seven FileData
     alice, bob = h.connect("alice"), h.connect("bob")
     h.settle()
     data = bytes(100_000)
@@ -104,7 +106,7 @@ def test_a_download_waits_while_the_connection_is_paused(tmp_path: Path) -> None
     h.settle()
     got = bob.of(FileData)
     assert b"".join(d.body for d in got) == data and got[-1].last == 1
-    assert all(len(d.body) <= 16_384 - 1024 for d in got)
+    assert all(len(d.body) <= 16_384 for d in got)  # the max_chunk of a 1.8 session
 
 
 def test_a_second_connection_resumes_and_the_first_is_refused(tmp_path: Path) -> None:
@@ -253,3 +255,45 @@ def test_chunks_in_the_lane_of_an_upload_cancelled_elsewhere_are_answered(tmp_pa
     answered = [e.request_id for e in laptop.events if e.request_id in rids]
     assert sorted(answered) == sorted(rids) and set(codes(laptop)) == {ErrorCode.FILE_NOT_FOUND}
     assert h.engine.files.unwritten.get(laptop.conn, 0) == 0  # type: ignore[union-attr]
+
+
+def test_from_1_8_a_chunk_may_be_larger_than_a_frame(tmp_path: Path) -> None:
+    """The Welcome's max_chunk (1.8): a session that says 1.8 sends and gets chunks of up to it;
+    one that says 1.7 keeps max_frame less 1024, and a larger frame is still too large."""
+    h = harness(tmp_path)
+    h.account("bob")
+    alice, bob, old_bob = h.connect("alice"), h.connect("bob"), h.connect("bob", minor=7)
+    h.settle()
+    assert alice.of(Welcome)[0].max_chunk == MAX_CHUNK > h.engine.config.max_frame
+    data = bytes(range(256)) * (3 * MAX_CHUNK // 256 + 100)  # three full chunks and a short one
+    uid = begin(h, alice, data)
+    for offset in range(0, len(data), MAX_CHUNK):
+        alice.session.request(FileChunk(uid, offset, data[offset : offset + MAX_CHUNK]))
+    h.pump()
+    h.settle()
+    assert not codes(alice) and alice.of(FileState)[-1].state == FileStatus.COMPLETE
+    for peer in (bob, old_bob):
+        peer.session.request(FileGet(uid, 0, len(data)))
+    h.pump()
+    h.settle()
+    assert [len(d.body) for d in bob.of(FileData)] == [MAX_CHUNK] * 3 + [25_600]
+    old = h.engine.config.max_frame - CHUNK_HEADROOM
+    assert {len(d.body) for d in old_bob.of(FileData)[:-1]} == {old}
+    assert b"".join(d.body for d in old_bob.of(FileData)) == data
+
+
+def test_a_chunk_over_the_limit_fails_the_upload_or_the_frame(tmp_path: Path) -> None:
+    h = harness(tmp_path)
+    h.account("bob")
+    alice, old = h.connect("alice"), h.connect("alice", minor=7)
+    h.settle()
+    data = bytes(2 * MAX_CHUNK)
+    uid = begin(h, alice, data)
+    alice.session.request(FileChunk(uid, 0, data[: MAX_CHUNK + 1]))  # in the frame, over max_chunk
+    h.pump()
+    assert codes(alice) == [ErrorCode.TRANSFER_FAILED] and alice.closed is None
+    assert "at most 262144" in alice.of(Error)[0].message
+    uid = begin(h, old, data)
+    old.session.request(FileChunk(uid, 0, data[:100_000]))  # a 1.7 session: over max_frame
+    h.pump()
+    assert codes(old) == [ErrorCode.FRAME_TOO_LARGE] and old.closed is not None

@@ -23,6 +23,7 @@ from csce513msg.protocol import (
     Deliver,
     Error,
     ErrorCode,
+    FileChunk,
     Frame,
     FrameDecoder,
     GroupAdd,
@@ -53,6 +54,7 @@ from csce513msg.protocol import (
     Login,
     LoginOk,
     Message,
+    MsgType,
     Ping,
     Pong,
     Presence,
@@ -181,6 +183,22 @@ def test_oversized_frame_is_refused_from_the_prefix_alone() -> None:
     assert err.value.code == ErrorCode.FRAME_TOO_LARGE
     with pytest.raises(RemoteProtocolError):  # a broken decoder stays broken
         list(decoder.feed(b"more"))
+
+
+def test_the_bulk_type_may_be_larger_than_max_frame_and_no_other() -> None:
+    """1.8: a logged-in session's FileChunk frames may reach ``bulk_frame``; every other type
+    keeps ``max_frame``, and past ``bulk_frame`` the bulk type is refused too, naming its limit."""
+    decoder = FrameDecoder(100)
+    decoder.bulk_type, decoder.bulk_frame = MsgType.FILE_CHUNK, 300
+    chunk = FileChunk("u", 0, bytes(250), request_id=1)
+    assert [decode(f) for f in decoder.feed(encode(chunk))] == [chunk]
+    for ftype, length in ((MsgType.FILE_CHUNK, 301), (MsgType.PING, 101)):
+        fresh = FrameDecoder(100)
+        fresh.bulk_type, fresh.bulk_frame = MsgType.FILE_CHUNK, 300
+        with pytest.raises(RemoteProtocolError) as err:
+            list(fresh.feed(struct.pack("!IBBHI", length, ftype, 0, 0, 1)))
+        assert err.value.code == ErrorCode.FRAME_TOO_LARGE
+        assert f"over the limit of {300 if ftype == MsgType.FILE_CHUNK else 100}" in str(err.value)
 
 
 def test_good_frames_before_a_bad_one_come_out_first() -> None:
