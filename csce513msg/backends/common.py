@@ -31,8 +31,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TypeVarTuple
 
-from ..hub import HISTORY_PAGE, Action, HubConfig
-from ..protocol.transfer import MIN_CHUNK, UPLOAD_WINDOW
+from ..hub import CHUNK_RANGE, HISTORY_PAGE, Action, HubConfig
 
 log = logging.getLogger("csce513msg.backend")
 Ts = TypeVarTuple("Ts")
@@ -118,8 +117,9 @@ def check_limits(backend: BackendConfig, hub: HubConfig) -> str | None:
             f"the outbound hard limit ({backend.hard_limit}) is below the high-water mark plus "
             f"(window + 1) x max frame ({need}): a client honouring the window would be aborted"
         )
-    if not MIN_CHUNK <= hub.max_chunk <= UPLOAD_WINDOW:
-        return f"the max chunk must be {MIN_CHUNK} to {UPLOAD_WINDOW} bytes (an upload's window holds a chunk)"
+    if not CHUNK_RANGE[0] <= hub.max_chunk <= CHUNK_RANGE[1]:
+        least, most = CHUNK_RANGE
+        return f"the max chunk must be {least} to {most} bytes (an upload's window holds a chunk)"
     if hub.max_text + 1024 > hub.max_frame:
         return "the max frame must exceed the text limit by at least 1024 bytes (the header)"
     for name, value in (("login timeout", hub.login_timeout), ("frame timeout", hub.frame_timeout)):

@@ -3,7 +3,7 @@
 from ..protocol.names import NAME_RULE, direct_stream, fold_name
 from .actions import Abort, Action, Close, ConnId, Lane, Submit, Write
 from .admission import Throttle
-from .config import HubConfig, Visibility
+from .config import CHUNK_RANGE, HubConfig, Visibility
 from .contract import EngineAPI
 from .delivery import HISTORY_PAGE
 from .engine import TRANSITIONS, Engine
@@ -11,6 +11,7 @@ from .gate import Passwords
 from .session import State
 
 __all__ = [
+    "CHUNK_RANGE",
     "HISTORY_PAGE",
     "NAME_RULE",
     "fold_name",

@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass
 
 from ..protocol import VERSION_MINOR
-from ..protocol.transfer import MAX_CHUNK
+from ..protocol.transfer import MAX_CHUNK, MIN_CHUNK, UPLOAD_WINDOW
 from ..store.interface import MAX_GROUP_MEMBERS
 
 
@@ -15,6 +15,10 @@ class Visibility(enum.Enum):
 
     CLASS = "class"  #: everyone sees everyone online (a class room)
     INSTRUCTORS = "instructors"  #: students see only the staff (instructors, assistants) online; staff see all
+
+
+#: what ``max_chunk`` may be: at least a short chunk, at most what an upload's window holds
+CHUNK_RANGE = (MIN_CHUNK, UPLOAD_WINDOW)
 
 
 @dataclass(frozen=True, slots=True)
