@@ -191,7 +191,7 @@ def chat_worker(port: int, count: int) -> Worker:
 
 
 def chat_figures(result: dict[str, Any]) -> dict[str, Any]:
-    keep = ("sent", "delivered", "seconds", "p50_ms", "p99_ms", "max_ms", "late_p99_ms", "latencies_ms")
+    keep = ("sent", "delivered", "seconds", "p50_ms", "p99_ms", "max_ms", "late_p99_ms", "nice", "latencies_ms")
     return {k: round(result[k], 4) if isinstance(result[k], float) else result[k] for k in keep}
 
 
