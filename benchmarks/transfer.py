@@ -10,7 +10,10 @@ In each repeat, on 127.0.0.1 only:
    side ``socket.sendfile()``, the other ``recv_into`` a 1 MiB buffer (pinned to core 0, as
    the server is; the sender to core 1, as the clients are); and the same copy with the
    receiver writing what it gets to a file and fsyncing it at the end (the server and the
-   client both write, and fsync, a file they receive). The first is "the ceiling".
+   client both write, and fsync, a file they receive), the "disk copy"; and that with a
+   SHA-256 of the bytes too, the "verifying copy" (the server checks an upload's hash and
+   the client a download's: what one core can do that does only that). The first is
+   "the ceiling".
 2. **Each backend**: a ``msgsrv`` (``--durability normal``, its data directory on a real
    disk) pinned to core 0. A transfer process (core 1) uploads the file with
    ``Client.send_file`` (u0 to u1), then u1 downloads it with ``Client.download``; the
@@ -141,9 +144,11 @@ def per_100mb(cpu_s: float, size: int) -> float:
     return round(cpu_s / size * 100 * MB, 4)
 
 
-def ceiling(source: Path, sink: Path | None, timeout: float) -> dict[str, Any]:
-    """The raw copy of ``source``: sendfile on core 1 to recv_into on core 0 (into ``sink``)."""
-    receiver = Worker(SERVER_CORE, "raw-recv", *(["--to-file", str(sink)] if sink else []))
+def ceiling(source: Path, sink: Path | None, timeout: float, hashed: bool = False) -> dict[str, Any]:
+    """The raw copy of ``source``: sendfile on core 1 to recv_into on core 0 (into ``sink``;
+    ``hashed``: through a SHA-256 too, as the server checks an upload)."""
+    args = [*(["--to-file", str(sink)] if sink else []), *(["--hash"] if hashed else [])]
+    receiver = Worker(SERVER_CORE, "raw-recv", *args)
     try:
         port = receiver.read(30)["port"]
         sender = Worker(CLIENT_CORE, "raw-send", "--port", str(port), "--file", str(source))
@@ -178,6 +183,7 @@ def half(seconds: float, size: int, raw: dict[str, Any], start: Mark, moving: Ma
     return {"seconds": round(seconds, 4), "mb_s": round(mb_s, 1),
             "of_ceiling": round(mb_s / raw["recv"]["mb_s"], 4),
             "of_disk_copy": round(mb_s / raw["recv_to_file"]["mb_s"], 4),
+            "of_verifying_copy": round(mb_s / raw["recv_hash_to_file"]["mb_s"], 4),
             "server_cpu_s": round(cpu, 3), "server_cpu_s_per_100mb": per_100mb(cpu, size),
             "server_cpu_utilisation": round((end[0].cpu - moving[0].cpu) / wall, 3),
             "client_cpu_utilisation": round((end[1].cpu - moving[1].cpu) / wall, 3)}  # fmt: skip
@@ -282,7 +288,8 @@ def measure(backends: list[str], size: int, repeats: int, root: Path, extra: tup
         source = work / "source.bin"
         make_file(source, size)
         for repeat in range(repeats):
-            raw = {"recv": ceiling(source, None, timeout), "recv_to_file": ceiling(source, work / "sink.bin", timeout)}
+            raw = {"recv": ceiling(source, None, timeout), "recv_to_file": ceiling(source, work / "sink.bin", timeout),
+                   "recv_hash_to_file": ceiling(source, work / "sink.bin", timeout, hashed=True)}  # fmt: skip
             runs["ceiling"].append(raw)
             for backend in backends:
                 run = backend_run(backend, source, work, raw, timeout, extra)
@@ -318,18 +325,21 @@ def ms(value: float | None) -> str:
 def table(report: dict[str, Any]) -> str:
     """The markdown tables: throughput against the ceiling, server CPU, chat p99; the verdicts."""
     med, size = report["medians"], report["size_bytes"]
-    raw, disk = med["ceiling"]["recv"], med["ceiling"]["recv_to_file"]
+    raw, disk, check = med["ceiling"]["recv"], med["ceiling"]["recv_to_file"], med["ceiling"]["recv_hash_to_file"]
     lines = [
         f"File transfer of {size / MB:g} MB (MB = 10^6 bytes), median of {report['repeats']} run(s). "
         "The ceiling: sendfile -> recv_into over loopback, in the same run.",
         "",
-        "| backend | upload MB/s | download MB/s | end-to-end MB/s | % of ceiling, up / down (of the disk copy) "
+        "| backend | upload MB/s | download MB/s | end-to-end MB/s | % of ceiling, up / down (of the disk copy; "
+        "of the verifying copy) "
         "| server CPU s/100MB, up / down | chat p99 ms, without / with (every repeat's samples) | ratio | must | aim |",
         "|---|---|---|---|---|---|---|---|---|---|",
         f"| ceiling: sendfile -> recv_into | {raw['mb_s']:,.0f} | {raw['mb_s']:,.0f} | - | 100% | "
         f"(receiver {raw['receiver_cpu_s_per_100mb']:.3f}, sender {raw['sender_cpu_s_per_100mb']:.3f}) | - | - | | |",
         f"| disk copy: recv_into + write + fsync | {disk['mb_s']:,.0f} | {disk['mb_s']:,.0f} | - | "
         f"{disk['mb_s'] / raw['mb_s']:.0%} | (receiver {disk['receiver_cpu_s_per_100mb']:.3f}) | - | - | | |",
+        f"| verifying copy: recv_into + SHA-256 + write + fsync | {check['mb_s']:,.0f} | {check['mb_s']:,.0f} | - | "
+        f"{check['mb_s'] / raw['mb_s']:.0%} | (receiver {check['receiver_cpu_s_per_100mb']:.3f}) | - | - | | |",
     ]
     for backend, p in med["backends"].items():
         up, down, ok = p["upload"], p["download"], report["verdicts"][backend]
@@ -339,7 +349,8 @@ def table(report: dict[str, Any]) -> str:
         lines.append(
             f"| {backend} | {up['mb_s']:,.1f} | {down['mb_s']:,.1f} | {p['end_to_end']['mb_s']:,.1f} | "
             f"{up['of_ceiling']:.0%} / {down['of_ceiling']:.0%} "
-            f"({up['of_disk_copy']:.0%} / {down['of_disk_copy']:.0%}) | "
+            f"({up['of_disk_copy']:.0%} / {down['of_disk_copy']:.0%}; "
+            f"{up['of_verifying_copy']:.0%} / {down['of_verifying_copy']:.0%}) | "
             f"{up['server_cpu_s_per_100mb']:.3f} / {down['server_cpu_s_per_100mb']:.3f} | "
             f"{ms(without['p99_ms'])} / {ms(with_['p99_ms'])} ({without['samples']} / {with_['samples']}) | {ratio} | "
             f"{'met' if ok['must'] else 'MISSED'} | {'met' if ok['aim'] else 'missed'} |"

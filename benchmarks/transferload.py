@@ -3,8 +3,9 @@
 Each is a subcommand, started pinned to a core, that speaks one JSON line per result on
 its standard output and takes one-word commands on its standard input:
 
-- ``raw-recv [--to-file F]``: listens on 127.0.0.1, says its port, takes one connection
-  and ``recv_into`` a 1 MiB buffer until the peer closes (with ``--to-file``: writes each
+- ``raw-recv [--to-file F] [--hash]``: listens on 127.0.0.1, says its port, takes one connection
+  and ``recv_into`` a 1 MiB buffer until the peer closes (with ``--hash``: feeds each
+  buffer to a SHA-256, as a server that checks an upload does; with ``--to-file``: writes each
   buffer to F and fsyncs it at the end, as the server and the client do a file); says
   the bytes, the seconds from the accept to the last byte, and its CPU seconds;
 - ``raw-send --port P --file F``: connects and ``socket.sendfile``s F, then closes;
@@ -25,6 +26,7 @@ Every loop is bounded: by a byte count, a message count, and a deadline.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import resource
@@ -78,7 +80,7 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def raw_recv(to_file: Path | None) -> None:
+def raw_recv(to_file: Path | None, hashed: bool = False) -> None:
     with socket.create_server((HOST, 0)) as server:
         say(port=server.getsockname()[1])
         server.settimeout(RAW_TIMEOUT)
@@ -87,11 +89,14 @@ def raw_recv(to_file: Path | None) -> None:
     fd = os.open(to_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600) if to_file else -1
     buf = bytearray(RAW_BUFFER)
     view = memoryview(buf)
+    digest = hashlib.sha256() if hashed else None
     got = 0
     with conn:
         conn.settimeout(RAW_TIMEOUT)
         while n := conn.recv_into(buf):
             got += n
+            if digest is not None:
+                digest.update(view[:n])
             if fd >= 0:
                 part = view[:n]
                 while part:
@@ -229,6 +234,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--file", type=Path)
     parser.add_argument("--to-file", type=Path)
+    parser.add_argument("--hash", action="store_true", help="raw-recv: a SHA-256 of what arrives")
     parser.add_argument("--downloads", type=Path)
     parser.add_argument("--sender", default="u0")
     parser.add_argument("--receiver", default="u1")
@@ -237,7 +243,7 @@ def main() -> None:
     parser.add_argument("--drain", type=float, default=10.0, help="chat: seconds to wait for the last ones")
     args = parser.parse_args()
     if args.mode == "raw-recv":
-        raw_recv(args.to_file)
+        raw_recv(args.to_file, args.hash)
     elif args.mode == "raw-send":
         raw_send(args.port, args.file)
     elif args.mode == "transfer":

@@ -249,12 +249,14 @@ def test_the_transfer_benchmark_reports_every_figure_of_a_quick_run(tmp_path: Pa
     report = json.loads(out.read_text())
     assert (report["size_bytes"], report["repeats"], report["backends"]) == (size, 1, ["epoll"])
     assert len(report["runs"]["ceiling"]) == 1 and len(report["runs"]["backends"]["epoll"]) == 1
+    assert set(report["medians"]["ceiling"]) == {"recv", "recv_to_file", "recv_hash_to_file"}
     for raw in report["medians"]["ceiling"].values():
         assert raw["bytes"] == size and raw["mb_s"] > 0 and raw["seconds"] > 0
     point = report["medians"]["backends"]["epoll"]
     assert point["bytes"] == size and point["end_to_end"]["mb_s"] > 0
     for way in ("upload", "download"):
         assert point[way]["mb_s"] > 0 and point[way]["of_ceiling"] > 0 and point[way]["of_disk_copy"] > 0
+        assert point[way]["of_verifying_copy"] > 0
     assert point["upload"]["server_cpu_s"] + point["download"]["server_cpu_s"] > 0  # /proc counts 10 ms ticks
     for chat in (point["chat_with"], point["chat_without"]):
         assert chat["delivered"] == chat["sent"] > 0 and chat["p99_ms"] > 0 and chat["max_ms"] >= chat["p99_ms"]
