@@ -138,6 +138,13 @@ def page_room(backend: BackendConfig, hub: HubConfig) -> int:
     return max(hub.max_text, min(1 << 20, room - 1024 * HISTORY_PAGE))
 
 
+def read_room(backend: BackendConfig, hub: HubConfig) -> int:
+    """The outbound bytes the file lane's reads may add (``HubConfig.read_room``): what the hard
+    limit leaves above the high-water mark, a full window and a History page of ``page_room``."""
+    page = page_room(backend, hub) + 1024 * HISTORY_PAGE
+    return max(0, backend.hard_limit - backend.high_water - hub.window * hub.max_frame - page)
+
+
 def open_file_limit() -> int:
     """The soft RLIMIT_NOFILE this process runs with (``msgsrv`` raises it to the hard one)."""
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -32,7 +32,7 @@ import typer
 from rich.markup import escape
 
 from ..backends import BACKENDS, DESCRIPTIONS, BackendUnavailable, default_backend, load
-from ..backends.common import WAITS, BackendConfig, check_limits, page_room
+from ..backends.common import WAITS, BackendConfig, check_limits, page_room, read_room
 from ..backends.tls import HANDSHAKE_TIMEOUT, TlsEngine, server_context
 from ..crypto.certs import ensure_certificate, fingerprint_of_pem
 from ..crypto.passwords import COSTS, Scrypt
@@ -186,7 +186,8 @@ def _configs(params: dict[str, Any]) -> tuple[BackendConfig, HubConfig]:
     hub_config = fill(HubConfig)
     if problem := check_limits(backend_config, hub_config):
         _fail(problem)
-    return backend_config, dataclasses.replace(hub_config, page_bytes=page_room(backend_config, hub_config))
+    page, reads = page_room(backend_config, hub_config), read_room(backend_config, hub_config)
+    return backend_config, dataclasses.replace(hub_config, page_bytes=page, read_room=reads)
 
 
 def _passwords(kdf_cost: o.KdfChoice, loopback: bool) -> Scrypt:

@@ -117,7 +117,8 @@ KeyDaysFlag = Annotated[
 MaxChunkFlag = Annotated[
     int,
     opt(
-        "Largest chunk of a file in one frame for clients of protocol 1.8 (e.g. 256K; at most 1M).",
+        "Largest chunk of a file in one frame for clients of protocol 1.8 (e.g. 256K; at most 1M; "
+        "never less than --max-frame less 1 KiB).",
         FILES,
         parser=_size,
     ),

@@ -54,6 +54,10 @@ class HubConfig:
     #: msgsrv sets it to the room its outbound hard limit leaves above the high-water mark
     #: and a full window, so a page never takes a reader past the hard limit
     page_bytes: int = 1 << 20
+    #: outbound bytes the file lane's reads may add above the high-water mark: msgsrv sets it to
+    #: what the hard limit leaves beside a full window and a History page; a 1.8 session's
+    #: FileData carry ``max_chunk`` only if two reads of it fit (else ``max_frame`` less 1024)
+    read_room: int = 2 << 20
     #: the newest protocol minor this hub serves (Welcome, Hello, the frames it decodes): the
     #: protocol's ``VERSION_MINOR``. Groups are served from 4; a test sets 3 to play a 1.3 server
     max_minor: int = VERSION_MINOR

@@ -130,11 +130,12 @@ class Files:
         #: connection -> chunk bytes taken and not yet written: at most ``UPLOAD_WINDOW``, over all
         #: its uploads (a client with many small uploads could otherwise queue its whole quota)
         self.unwritten: dict[ConnId, int] = {}
-        old = config.max_frame - CHUNK_HEADROOM
-        #: bytes of a FileData frame's body, by the session's minor: from 1.8 the Welcome's
-        #: ``max_chunk``, where two reads of it fit under the outbound hard limit (``page_bytes``
-        #: is the room it leaves), else ``max_frame`` less 1024
-        self.data_chunk = (old, max(old, min(config.max_chunk, config.page_bytes // READS)))
+        old, bulk = config.max_frame - CHUNK_HEADROOM, chunk_limit(BULK_MINOR, config.max_frame, config.max_chunk)
+        #: bytes of a FileData frame's body, by the session's minor: from 1.8 its chunk limit
+        #: where ``READS`` reads of it fit in the outbound room left for them (``read_room``),
+        #: else ``max_frame`` less 1024, as before 1.8
+        self.data_chunk = (old, bulk if READS * (bulk + CHUNK_HEADROOM) <= config.read_room else old)
+        self._bulk = bulk  #: the most a 1.8 session's FileChunk carries
 
     # ---- requests ---------------------------------------------------------------------
 
@@ -197,7 +198,7 @@ class Files:
             why = f"a chunk to byte {end} of a {size}-byte file"
         elif len(msg.body) < MIN_CHUNK and end != size:  # a job per chunk: tiny ones would flood the lane
             why = f"a chunk of {len(msg.body)} bytes: at least {MIN_CHUNK}, but for the last"
-        elif len(msg.body) > (most := chunk_limit(session.minor, self.config.max_frame, self.config.max_chunk)):
+        elif session.minor >= BULK_MINOR and len(msg.body) > (most := self._bulk):  # (before 1.8: the frame's limit)
             why = f"a chunk of {len(msg.body)} bytes: at most {most}"
         elif self.unwritten.get(session.conn, 0) + len(msg.body) > UPLOAD_WINDOW:
             why = f"more than {UPLOAD_WINDOW} bytes sent and not acknowledged"

@@ -400,7 +400,6 @@ class Gate:
         session.user = None
         self.front.move(session, LoginRefused)
         session.decoder.max_frame = min(PRE_LOGIN_MAX_FRAME, self.config.max_frame)
-        session.decoder.bulk_frame = 0
         self.out.error(session, code, message, rid, retry_after_ms)
         self._release_held(session, now)
 

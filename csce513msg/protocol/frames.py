@@ -121,7 +121,7 @@ class FrameDecoder:
     def _check(self, length: int, hlen: int, ftype: int) -> None:
         if length > self.max_frame and (ftype != self.bulk_type or length > self.bulk_frame):
             hint = " (a TLS client on a plaintext port?)" if length >> 16 == 0x1603 else ""
-            limit = self.bulk_frame if ftype == self.bulk_type and self.bulk_frame else self.max_frame
+            limit = max(self.bulk_frame, self.max_frame) if ftype == self.bulk_type else self.max_frame
             self._error = (
                 ErrorCode.FRAME_TOO_LARGE,
                 f"frame of {length} bytes is over the limit of {limit}{hint}",

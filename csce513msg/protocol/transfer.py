@@ -60,9 +60,10 @@ MAX_CHUNK = 256 << 10
 
 def chunk_limit(minor: int, max_frame: int, max_chunk: int) -> int:
     """The most bytes a chunk (FileChunk or FileData body) may carry in a session of protocol
-    1.``minor`` with a server that sent ``max_frame`` and ``max_chunk`` in its Welcome."""
+    1.``minor`` with a server that sent ``max_frame`` and ``max_chunk`` in its Welcome: from
+    1.8 the larger of ``max_chunk`` and what a frame holds (1.8 never gets less than 1.7)."""
     if minor >= BULK_MINOR and max_chunk:
-        return max_chunk
+        return max(max_chunk, max_frame - CHUNK_HEADROOM)
     return max_frame - CHUNK_HEADROOM
 
 

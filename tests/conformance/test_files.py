@@ -42,7 +42,7 @@ from csce513msg.protocol import (
     TargetKind,
     parse_offer,
 )
-from csce513msg.protocol.transfer import CHUNK_HEADROOM, MAX_CHUNK
+from csce513msg.protocol.transfer import MIN_CHUNK, chunk_limit
 from tests.conformance.wire import PASSWORD, RawConn, connect, next_of
 from tests.fixtures import Names, Server
 
@@ -103,8 +103,9 @@ def test_chunks_are_as_large_as_the_session_s_minor_allows(
     alice, bob = names("alice"), names("bob")
     with connect(server, alice, minor=minor) as a, connect(server, bob, minor=minor) as b:
         welcome = a.session.welcome
-        assert welcome is not None and welcome.max_chunk == MAX_CHUNK  # sent before the Hello: to all
-        chunk = MAX_CHUNK if minor >= 8 else welcome.max_frame - CHUNK_HEADROOM
+        assert welcome is not None and welcome.max_chunk >= MIN_CHUNK  # sent before the Hello: to all
+        chunk = chunk_limit(minor, welcome.max_frame, welcome.max_chunk)
+        assert chunk == (max(welcome.max_chunk, welcome.max_frame - 1024) if minor >= 8 else welcome.max_frame - 1024)
         path = a_file(tmp_path, 3 * chunk + 1000)
         upload = Upload(a.session, path, bob)
         assert upload.chunk == chunk

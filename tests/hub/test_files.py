@@ -106,7 +106,7 @@ def test_a_download_waits_while_the_connection_is_paused(tmp_path: Path) -> None
     h.settle()
     got = bob.of(FileData)
     assert b"".join(d.body for d in got) == data and got[-1].last == 1
-    assert all(len(d.body) <= 16_384 for d in got)  # the max_chunk of a 1.8 session
+    assert len(got) == 7 and all(len(d.body) <= 16_384 for d in got)  # the max_chunk of a 1.8 session
 
 
 def test_a_second_connection_resumes_and_the_first_is_refused(tmp_path: Path) -> None:
@@ -297,3 +297,70 @@ def test_a_chunk_over_the_limit_fails_the_upload_or_the_frame(tmp_path: Path) ->
     old.session.request(FileChunk(uid, 0, data[:100_000]))  # a 1.7 session: over max_frame
     h.pump()
     assert codes(old) == [ErrorCode.FRAME_TOO_LARGE] and old.closed is not None
+
+
+def test_1_8_never_gets_less_than_1_7_nor_more_than_the_outbound_room(tmp_path: Path) -> None:
+    """The chunk limit of a 1.8 session is the larger of max_chunk and what a frame holds; its
+    FileData fall back to 1.7's size where two reads of max_chunk would not fit the room the
+    outbound hard limit leaves (``read_room``, which msgsrv computes)."""
+    data = bytes(3 * MAX_CHUNK)
+    for config, size in (({"max_chunk": 4096}, 64_512), ({"read_room": 500_000}, 64_512), ({}, MAX_CHUNK)):
+        h = harness(tmp_path / str(len(config)) / str(size), **config)
+        alice, bob = h.connect("alice"), h.connect("bob")
+        h.settle()
+        uid = begin(h, alice, data)
+        for offset in range(0, len(data), 64_512):
+            alice.session.request(FileChunk(uid, offset, data[offset : offset + 64_512]))
+        h.pump()
+        h.settle()
+        assert not codes(alice), config  # 1.7-sized chunks are always within a 1.8 session's limit
+        bob.session.request(FileGet(uid, 0, 3 * size))  # three whole chunks
+        h.pump()
+        h.settle()
+        assert {len(d.body) for d in bob.of(FileData)} == {size}, config
+
+
+def test_what_1_7_sent_before_is_still_taken(tmp_path: Path) -> None:
+    """Before 1.8 a chunk is bounded by its frame alone (a body of max_frame less its header
+    passes), as it was: 1.8's body check is for 1.8 sessions."""
+    h = harness(tmp_path)
+    h.account("bob")
+    old = h.connect("alice", minor=7)
+    h.settle()
+    data = bytes(2 * 65_000)
+    uid = begin(h, old, data)
+    old.session.request(FileChunk(uid, 0, data[:65_000]))  # over max_frame - 1024, within the frame
+    h.pump()
+    h.settle()
+    assert not codes(old) and old.of(FileState)[-1].received == 65_000
+
+
+def test_no_bulk_frames_without_files_or_from_a_1_7_hub(tmp_path: Path) -> None:
+    """A 1.8 session that did not ask for files, or whose hub serves 1.7, keeps max_frame for
+    every frame: a large FileChunk is FRAME_TOO_LARGE, and a 1.7 hub's Welcome says no max_chunk."""
+    h = harness(tmp_path / "a")
+    nofiles = h.connect("alice", files=False)
+    h.settle()
+    nofiles.session.request(FileChunk("x" * 22, 0, bytes(100_000)))
+    h.pump()
+    assert codes(nofiles) == [ErrorCode.FRAME_TOO_LARGE] and nofiles.closed is not None
+    old_hub = harness(tmp_path / "b", max_minor=7)
+    peer = old_hub.connect("alice")
+    old_hub.settle()
+    assert peer.of(Welcome)[0].max_chunk == 0 and peer.session.minor == 7
+    peer.session.request(FileChunk("x" * 22, 0, bytes(100_000)))
+    old_hub.pump()
+    assert codes(peer) == [ErrorCode.FRAME_TOO_LARGE]
+
+
+def test_msgsrv_leaves_room_for_two_reads_of_max_chunk_or_keeps_1_7_s_size() -> None:
+    """``read_room``: what the hard limit leaves above the high-water mark, a full window and a
+    History page. By default two reads of max_chunk fit; with a hard limit of 5.5 MiB they do
+    not, and the hub keeps 1.7's FileData size rather than let a reader pass the hard limit."""
+    from csce513msg.backends.common import BackendConfig, check_limits, read_room
+    from csce513msg.hub import HubConfig
+
+    hub = HubConfig()
+    assert read_room(BackendConfig(), hub) >= 2 * (MAX_CHUNK + CHUNK_HEADROOM)
+    tight = BackendConfig(hard_limit=5_767_168)
+    assert check_limits(tight, hub) is None and read_room(tight, hub) < 2 * (MAX_CHUNK + CHUNK_HEADROOM)
