@@ -117,6 +117,7 @@ def test_msgsrv_refuses_bad_choices_with_status_2() -> None:
         (["--backend", "carrier-pigeon"], "'carrier-pigeon' is not one of 'threads', 'select'"),
         (["--hard-limit", "100"], "hard limit"),
         (["--max-chunk", "2M"], "the max chunk must be 2048 to 1048576 bytes"),
+        (["--max-chunk", "2047"], "the max chunk must be 2048 to 1048576 bytes"),
         (["--log-level", "loud"], "'loud' is not one of 'debug', 'info'"),
     ]:
         done = subprocess.run([*MSGSRV, *args, "--port", "0"], capture_output=True, text=True, timeout=30, env=env)
