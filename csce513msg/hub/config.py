@@ -68,7 +68,7 @@ class HubConfig:
     disk_reserve: int = 512 << 20  #: bytes kept free on the files' disk: an upload past it is refused
     file_days: float = 7.0  #: days an upload is kept from its start, then deleted with its bytes
     #: (1.8) the largest chunk of a file in one frame (FileChunk, FileData) for a session that says
-    #: 1.8 or later, bytes of body; an older one keeps ``max_frame`` less 1024
+    #: 1.8 or later, bytes of body (never less than ``max_frame`` less 1024, what an older one keeps)
     max_chunk: int = MAX_CHUNK
     #: days a device's end-to-end keys stay in the key directory after its last login (1.7)
     key_days: float = 90.0

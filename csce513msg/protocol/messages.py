@@ -332,7 +332,8 @@ class Welcome:
     disk_reserve: int = 0  #: (1.6) bytes the server keeps free on its disk: an upload past it is refused
     file_days: int = 0  #: (1.6) days an upload is kept from its start, then deleted
     #: (1.8) the largest chunk of a file in one frame, bytes of body (FileChunk and FileData),
-    #: for a session that says 1.8 or later; an older one keeps ``max_frame`` less 1024
+    #: for a session that says 1.8 or later (never less than ``max_frame`` less 1024, what an
+    #: older one keeps: ``transfer.chunk_limit``)
     max_chunk: int = 0
     request_id: int = 0
 

@@ -43,7 +43,8 @@ BULK_MINOR = 8
 #: a FileGet asks for at most this many bytes; a client keeps a few in flight
 MAX_GET = 1 << 20
 #: a chunk carries at most ``max_frame`` less this much (the frame's prefix and header);
-#: from 1.8 at most the Welcome's ``max_chunk``, in a frame of up to ``max_chunk`` plus this much
+#: from 1.8 at most the larger of that and the Welcome's ``max_chunk`` (``chunk_limit``), a
+#: FileChunk's frame then up to ``max_chunk`` plus this much
 CHUNK_HEADROOM = 1024
 #: every chunk but the one that ends the file carries at least this much (each is a job of the
 #: server's file lane: empty or 1-byte chunks would let a window's worth of them flood it)
