@@ -543,7 +543,6 @@ def server_run(backend: str, repeat: int, settings: dict[str, Any], root: Path) 
             worker.close()
     finally:
         server.stop()
-        shutil.rmtree(server.data_dir, ignore_errors=True)
         shutil.rmtree(vaults, ignore_errors=True)
     phases = result["phases"]
     plain, secure = phases["plain"], phases["secure"]

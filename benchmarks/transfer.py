@@ -239,7 +239,6 @@ def backend_run(
         for worker in workers:
             worker.close()
         server.stop()
-        shutil.rmtree(server.data_dir, ignore_errors=True)
     start, moving, uploaded, downloaded = marks
     total = up["prepare_s"] + up["upload_s"] + up["offer_s"] + down["download_s"]
     p99_with, p99_without = with_transfer["p99_ms"], without["p99_ms"]
