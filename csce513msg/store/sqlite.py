@@ -221,7 +221,10 @@ MIGRATIONS: list[list[str]] = [
             DELETE FROM device_keys WHERE user = OLD.name; DELETE FROM prekeys WHERE user = OLD.name; END""",
     ],
 ]
-TAIL_EVERY = 64  #: batches between the writer's own checkpoints of the WAL's tail
+TAIL_EVERY = 64  #: batches between checkpoints of the WAL's tail (beside the writer, or its own)
+#: frames in the WAL past which the writer checkpoints it itself, between two transactions: the
+#: checkpoints beside it fell behind (32 MiB of 4 KiB pages, below ``journal_size_limit``)
+WAL_FRAMES_ALONE = 8192
 RECENT = 32  #: per stream, the newest messages the writer keeps in memory for delivered receipts
 CACHED_STREAMS = 50_000  #: streams those caches hold at most (then they start over)
 _COLUMNS = "id, stream, position, sender, device, target_kind, target, content_type, time_us, body"
@@ -256,7 +259,9 @@ class SqliteStore:
         self.db.execute("PRAGMA secure_delete=ON")  # what is deleted or overwritten is zeroed, not left in free space
         self._scrub = False  # a redaction was committed and the WAL not yet truncated after it
         self._batches = 0
-        self._tail_due = TAIL_EVERY  # the batch count at which the writer checkpoints the WAL's tail
+        self._tail_due = TAIL_EVERY  # the batch count at which the WAL's tail is checkpointed next
+        self._wal_frames = 0  # frames in the WAL at the last checkpoint beside the writer
+        self._tail = threading.Event()  # set: the checkpointer thread checkpoints the tail now
         self._before = 0  # the last message id before the batch being written
         migrate(self.db)
         #: commits sync nothing: the loop may apply batches itself (then never waiting: busy timeout 0)
@@ -279,11 +284,13 @@ class SqliteStore:
         self._marks: dict[str, GroupMark] = {}  # group stream -> its members and delivered marks (groupmark.py)
         self._newly: list[DeliveredNote] = []  # delivered by the batch's group events and posts
         self._stop = threading.Event()
-        if checkpoint_interval > 0:
+        self._beside = checkpoint_interval > 0  # a checkpointer thread runs beside the writer
+        if self._beside:
             threading.Thread(target=self._checkpoints, args=(checkpoint_interval,), daemon=True).start()
 
     def close(self) -> None:
         self._stop.set()
+        self._tail.set()  # (wakes the checkpointer thread, which sees the stop)
         self.db.close()
 
     # ---- the storage interface ------------------------------------------------------
@@ -383,11 +390,24 @@ class SqliteStore:
         return BatchResult(stored, fetched, None, newly, logins, history, accounts, queued)
 
     def maintenance(self) -> Callable[[], None] | None:
-        """The checkpoint due after this batch, for the storage thread (it syncs the disk)."""
+        """The checkpoint due after this batch that the writer must run itself, between two
+        transactions, for the storage thread (it syncs the disk); None if none is due.
+
+        The WAL's tail is checkpointed every ``TAIL_EVERY`` batches by the checkpointer thread,
+        on its own connection, *beside* the writer: its syncs (which on a disk busy with other
+        writes, a file upload's, can take a tenth of a second) hold up no batch. It moves the
+        frames there were when it began; if the writer committed meanwhile, the WAL cannot start
+        over, and under a load that never pauses it would grow for as long as the load lasts.
+        So once the WAL holds ``WAL_FRAMES_ALONE`` frames, the writer checkpoints it itself,
+        with no batch beside it, and the next commit starts the WAL over."""
         if self._scrub:
             return self._truncate_wal  # no SELECT is open between batches: the snapshot is free
         if self._batches >= self._tail_due:
             self._tail_due = self._batches + TAIL_EVERY
+            if self._beside and self._wal_frames < WAL_FRAMES_ALONE:
+                self._tail.set()
+                return None
+            self._wal_frames = 0
             return self._checkpoint_tail
         return None
 
@@ -1028,14 +1048,24 @@ class SqliteStore:
         return first - 1 + bisect.bisect_right(range(first, last + 1), message_id, key=id_at)
 
     def _checkpoints(self, interval: float) -> None:
-        """A second connection moves the WAL into the database, off the commit path."""
+        """A second connection moves the WAL into the database, off the commit path: every
+        ``interval`` seconds, and when the writer asks for the tail (``maintenance``)."""
         db = connect(self.path)
-        while not self._stop.wait(interval):
-            try:
-                db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            except sqlite3.Error:
-                pass  # busy or read-only: try again at the next interval
+        while True:
+            self._tail.wait(interval)
+            self._tail.clear()
+            if self._stop.is_set():
+                break
+            self._checkpoint_beside(db)
         db.close()
+
+    def _checkpoint_beside(self, db: sqlite3.Connection) -> None:
+        """One PASSIVE checkpoint on ``db`` (not the writer's connection), noting the WAL's frames."""
+        try:
+            _busy, frames, _moved = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            self._wal_frames = frames  # (read by the writer's thread: one int, replaced whole)
+        except sqlite3.Error:
+            pass  # busy or read-only: try again at the next interval
 
 
 class _BusyError(Exception):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -191,6 +192,39 @@ def test_retention_expires_the_same_way_in_both_stores(tmp_path: Path) -> None:
         assert [m.body for m in page] == [b"new"]
         fetched = store.apply(Batch(fetches=[Fetch(2, "b", "phone", 10, 100)])).fetched[2]
         assert [m.body for m in fetched] == [b"new"]
+
+
+def test_the_tail_is_checkpointed_beside_the_writer_until_the_wal_runs_long(tmp_path: Path) -> None:
+    """With a checkpointer thread, the tail due every TAIL_EVERY batches is its job, on its own
+    connection: no maintenance for the hub (no batch waits for the checkpoint's syncs). Once the
+    WAL holds WAL_FRAMES_ALONE frames (the checkpoints beside a writer that never pauses cannot
+    start it over), the writer checkpoints it itself, between two transactions, and it starts over."""
+    from csce513msg.store.sqlite import TAIL_EVERY, WAL_FRAMES_ALONE
+
+    store = SqliteStore(tmp_path / "db", checkpoint_interval=3600)  # the thread runs when asked, not on a timer
+    wal = tmp_path / "db-wal"
+
+    def round_of_batches(start: int) -> list[Callable[[], None] | None]:
+        jobs = []
+        for i in range(start, start + TAIL_EVERY):
+            store.apply(Batch(messages=[msg("a", f"u{i % 50}", b"x" * 200, time_us=i)]))
+            jobs.append(store.maintenance())
+        return jobs
+
+    assert round_of_batches(0) == [None] * TAIL_EVERY  # the tail was the thread's
+    deadline = time.monotonic() + 30
+    while store._wal_frames == 0 and time.monotonic() < deadline:  # the thread's checkpoint saw the WAL
+        time.sleep(0.01)
+    assert 0 < store._wal_frames < WAL_FRAMES_ALONE
+    store._wal_frames = WAL_FRAMES_ALONE  # as if the checkpoints beside the writer had fallen behind
+    *before, last = round_of_batches(TAIL_EVERY)
+    assert before == [None] * (TAIL_EVERY - 1) and callable(last)
+    last()  # the storage thread runs it, no batch beside it: everything moved, the next commit starts over
+    size = wal.stat().st_size
+    store.apply(Batch(messages=[msg("a", "b", b"after", time_us=1)]))
+    assert wal.stat().st_size == size  # written at the WAL's start again, not appended
+    assert store._wal_frames == 0 and round_of_batches(2 * TAIL_EVERY + 1) == [None] * TAIL_EVERY
+    store.close()
 
 
 def test_the_wal_stays_bounded_under_sustained_writes(tmp_path: Path) -> None:
