@@ -26,9 +26,11 @@ But a checkpoint that runs beside a busy writer never catches up (new frames kee
 coming), and SQLite only starts the WAL over once every frame is back in the
 database: under sustained load the WAL grew without bound (900 MB in 8 s at 5,000
 messages/s), every write landing in new file space. So every ``TAIL_EVERY`` batches
-the writer itself, between two transactions, checkpoints what the background thread
-left (little: the tail), and the next commit starts the WAL over; the file is then
-cut back to ``journal_size_limit``.
+the background thread is woken to checkpoint the tail at once, beside the writer (no
+commit waits for its syncs), and once the WAL runs past ``WAL_FRAMES_ALONE`` frames the
+writer itself, between two transactions, checkpoints what is left, and the next commit
+starts the WAL over; the file is then cut back to ``journal_size_limit``
+(``maintenance``; docs/storage.md, "Durability", has the figures of both ways).
 
 The schema version is kept in ``PRAGMA user_version`` and migrated on open
 (``MIGRATIONS``: one list of statements per version, applied in order).
