@@ -286,8 +286,9 @@ class SqliteStore:
         self._marks: dict[str, GroupMark] = {}  # group stream -> its members and delivered marks (groupmark.py)
         self._newly: list[DeliveredNote] = []  # delivered by the batch's group events and posts
         self._stop = threading.Event()
-        self._beside = checkpoint_interval > 0  # a checkpointer thread runs beside the writer
-        if self._beside:
+        # the tail goes to the checkpointer thread only where commits sync nothing (``maintenance``)
+        self._beside = checkpoint_interval > 0 and self.on_loop
+        if checkpoint_interval > 0:
             threading.Thread(target=self._checkpoints, args=(checkpoint_interval,), daemon=True).start()
 
     def close(self) -> None:
@@ -401,7 +402,12 @@ class SqliteStore:
         frames there were when it began; if the writer committed meanwhile, the WAL cannot start
         over, and under a load that never pauses it would grow for as long as the load lasts.
         So once the WAL holds ``WAL_FRAMES_ALONE`` frames, the writer checkpoints it itself,
-        with no batch beside it, and the next commit starts the WAL over."""
+        with no batch beside it, and the next commit starts the WAL over.
+
+        With ``full`` durability every commit syncs the WAL already, and a checkpoint's syncs
+        beside it only make each commit's longer (paced 5,000/s: p99 28 → 49 ms, with 150-180
+        ms windows): there the writer checkpoints the tail itself every ``TAIL_EVERY`` batches,
+        as before, and the checkpointer thread runs only on its timer."""
         if self._scrub:
             return self._truncate_wal  # no SELECT is open between batches: the snapshot is free
         if self._batches >= self._tail_due:

@@ -227,6 +227,28 @@ def test_the_tail_is_checkpointed_beside_the_writer_until_the_wal_runs_long(tmp_
     store.close()
 
 
+def test_with_full_durability_the_writer_checkpoints_the_tail_itself(tmp_path: Path) -> None:
+    """Every ``full`` commit syncs the WAL: a checkpoint's syncs beside it would only lengthen
+    each commit's, so the tail is the writer's own every TAIL_EVERY batches, with no batch beside it."""
+    from csce513msg.store.sqlite import TAIL_EVERY
+
+    store = SqliteStore(tmp_path / "db", durability="full", checkpoint_interval=3600)
+    jobs = []
+    for i in range(2 * TAIL_EVERY):
+        store.apply(Batch(messages=[msg("a", f"u{i % 50}", b"x" * 200, time_us=i)]))
+        jobs.append(store.maintenance())
+    due = [i for i, job in enumerate(jobs) if job is not None]
+    assert due == [TAIL_EVERY - 1, 2 * TAIL_EVERY - 1]  # the hub's maintenance job, once a round
+    size = (tmp_path / "db-wal").stat().st_size
+    last = jobs[-1]
+    assert last is not None
+    last()  # the storage thread runs it: everything moved
+    store.apply(Batch(messages=[msg("a", "b", b"after", time_us=1)]))
+    assert (tmp_path / "db-wal").stat().st_size == size  # the next commit started the WAL over
+    assert store._wal_frames == 0  # the checkpointer thread was never asked for the tail
+    store.close()
+
+
 def test_the_wal_stays_bounded_under_sustained_writes(tmp_path: Path) -> None:
     """The writer checkpoints the WAL's tail itself every TAIL_EVERY batches (``maintenance``,
     which the hub runs after a batch), so the WAL starts over instead of growing for as long
