@@ -167,6 +167,7 @@ class Server:
         assert self.proc.stdout is not None
         while ready not in (line := self.proc.stdout.readline()):
             if not line:
+                shutil.rmtree(self.data_dir, ignore_errors=True)
                 raise RuntimeError(f"{backend} did not start")
         if backend != "redis":
             self.port = int(line.split("listening on ")[1].split(",")[0].split()[0].rsplit(":", 1)[1])
@@ -189,7 +190,8 @@ class Server:
 
     def syscalls(self) -> dict[str, int]:
         """perf's counts (after ``stop``): system call name -> calls; "all" for every one."""
-        assert self.perf_text is not None
+        if self.perf_text is None:
+            raise RuntimeError("perf stat wrote no counts")
         return perf_counts(self.perf_text)
 
     def stop(self) -> None:
@@ -204,9 +206,11 @@ class Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-        if self.perf_out is not None:
-            self.perf_text = self.perf_out.read_text()
-        shutil.rmtree(self.data_dir, ignore_errors=True)
+        try:
+            if self.perf_out is not None and self.perf_out.exists():  # (perf may have failed)
+                self.perf_text = self.perf_out.read_text()
+        finally:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
 def perf_counts(text: str) -> dict[str, int]:

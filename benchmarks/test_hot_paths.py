@@ -103,7 +103,9 @@ def sqlite_batches(path: Path, kind: int = 0, size: int = 60) -> tuple[Callable[
     """One group commit as a loaded server makes them, again and again: 10 messages (content
     type ``kind``, ``size`` bytes) to 10 streams, and the acknowledgements of 10 earlier ones
     (cursors, delivered receipts), `--durability normal`; the store's maintenance run after
-    each, as the hub runs it (the WAL's tail checkpoint every ``TAIL_EVERY`` batches)."""
+    each, as the hub runs it (the WAL's tail checkpoint every ``TAIL_EVERY`` batches: the
+    writer's own, as with no checkpointer thread; a server's tail runs beside the writer,
+    on a thread this in-process measure would not count the same way)."""
     store = SqliteStore(path, "normal", checkpoint_interval=0)
     peers = [f"u{i}" for i in range(10)]
     rounds = itertools.count()

@@ -9,8 +9,9 @@ thread hand-off (docs/design.md, "The store on the loop"). It never waits there:
 writer's busy timeout is 0 on the loop, so a database another process is writing
 (``msgsrv user add``) is found busy at ``BEGIN`` (``BatchResult.busy``) and the hub gives
 that batch to the storage thread, which waits. Whatever may wait on the disk (the checkpoints below)
-is ``maintenance``, always on the storage thread, while no batch runs. With ``full``
-every commit syncs the WAL: every batch goes to the storage thread.
+runs off the loop: on the store's checkpointer thread, beside the writer, or as
+``maintenance``, on the storage thread while no batch runs. With ``full`` every commit
+syncs the WAL: every batch goes to the storage thread.
 
 Durability (``--durability``): ``full`` syncs the WAL on every commit (survives
 power loss); ``normal`` (default) syncs at checkpoints only (survives a crash of the
@@ -26,11 +27,12 @@ But a checkpoint that runs beside a busy writer never catches up (new frames kee
 coming), and SQLite only starts the WAL over once every frame is back in the
 database: under sustained load the WAL grew without bound (900 MB in 8 s at 5,000
 messages/s), every write landing in new file space. So every ``TAIL_EVERY`` batches
-the background thread is woken to checkpoint the tail at once, beside the writer (no
-commit waits for its syncs), and once the WAL runs past ``WAL_FRAMES_ALONE`` frames the
-writer itself, between two transactions, checkpoints what is left, and the next commit
-starts the WAL over; the file is then cut back to ``journal_size_limit``
-(``maintenance``; docs/storage.md, "Durability", has the figures of both ways).
+the tail is checkpointed: with ``normal``, by the background thread, woken at once,
+beside the writer (no commit waits for the checkpoint), and once the WAL runs past
+``WAL_FRAMES_ALONE`` frames by the writer itself, between two transactions; with
+``full`` (or no background thread) always by the writer itself. After the writer's, the
+next commit starts the WAL over, and the file is cut back to ``journal_size_limit``
+(``maintenance``; docs/storage.md, "Durability", has the figures of each way).
 
 The schema version is kept in ``PRAGMA user_version`` and migrated on open
 (``MIGRATIONS``: one list of statements per version, applied in order).
@@ -247,7 +249,8 @@ class SqliteStore:
     Args:
         path: the database file (created if missing), or a ``file:`` URI.
         durability: "full" or "normal".
-        checkpoint_interval: seconds between PASSIVE checkpoints; 0 turns them off.
+        checkpoint_interval: seconds between PASSIVE checkpoints on the checkpointer thread; 0: no
+            such thread, and the writer checkpoints the tail itself (``maintenance``).
     """
 
     def __init__(
@@ -262,8 +265,13 @@ class SqliteStore:
         self._scrub = False  # a redaction was committed and the WAL not yet truncated after it
         self._batches = 0
         self._tail_due = TAIL_EVERY  # the batch count at which the WAL's tail is checkpointed next
-        self._wal_frames = 0  # frames in the WAL at the last checkpoint beside the writer
+        #: frames in the WAL at the last checkpoint beside the writer (0 again once the writer's own
+        #: moved them all); written by the checkpointer thread and the storage thread, read by the writer
+        self._wal_frames = 0
         self._tail = threading.Event()  # set: the checkpointer thread checkpoints the tail now
+        #: one checkpoint at a time: SQLite refuses a second at once (busy: -1, -1) and does nothing
+        self._checkpointing = threading.Lock()
+        self._failing = False  # the last checkpoint beside the writer failed (logged once a stretch)
         self._before = 0  # the last message id before the batch being written
         migrate(self.db)
         #: commits sync nothing: the loop may apply batches itself (then never waiting: busy timeout 0)
@@ -287,13 +295,17 @@ class SqliteStore:
         self._newly: list[DeliveredNote] = []  # delivered by the batch's group events and posts
         self._stop = threading.Event()
         # the tail goes to the checkpointer thread only where commits sync nothing (``maintenance``)
-        self._beside = checkpoint_interval > 0 and self.on_loop
+        self._tail_beside = checkpoint_interval > 0 and self.on_loop
+        self._checkpointer: threading.Thread | None = None
         if checkpoint_interval > 0:
-            threading.Thread(target=self._checkpoints, args=(checkpoint_interval,), daemon=True).start()
+            self._checkpointer = threading.Thread(target=self._checkpoints, args=(checkpoint_interval,), daemon=True)
+            self._checkpointer.start()
 
     def close(self) -> None:
         self._stop.set()
         self._tail.set()  # (wakes the checkpointer thread, which sees the stop)
+        if self._checkpointer is not None:
+            self._checkpointer.join(30)  # a checkpoint under way ends first (a store reopened at once truncates)
         self.db.close()
 
     # ---- the storage interface ------------------------------------------------------
@@ -394,11 +406,12 @@ class SqliteStore:
 
     def maintenance(self) -> Callable[[], None] | None:
         """The checkpoint due after this batch that the writer must run itself, between two
-        transactions, for the storage thread (it syncs the disk); None if none is due.
+        transactions, for the storage thread (it syncs the disk); None if the writer has none
+        (the checkpointer thread may have been woken for the tail).
 
         The WAL's tail is checkpointed every ``TAIL_EVERY`` batches by the checkpointer thread,
         on its own connection, *beside* the writer: its syncs (which on a disk busy with other
-        writes, a file upload's, can take a tenth of a second) hold up no batch. It moves the
+        writes, a file upload's, can take a fifth of a second) hold up no batch. It moves the
         frames there were when it began; if the writer committed meanwhile, the WAL cannot start
         over, and under a load that never pauses it would grow for as long as the load lasts.
         So once the WAL holds ``WAL_FRAMES_ALONE`` frames, the writer checkpoints it itself,
@@ -412,10 +425,9 @@ class SqliteStore:
             return self._truncate_wal  # no SELECT is open between batches: the snapshot is free
         if self._batches >= self._tail_due:
             self._tail_due = self._batches + TAIL_EVERY
-            if self._beside and self._wal_frames < WAL_FRAMES_ALONE:
+            if self._tail_beside and self._wal_frames < WAL_FRAMES_ALONE:
                 self._tail.set()
                 return None
-            self._wal_frames = 0
             return self._checkpoint_tail
         return None
 
@@ -587,9 +599,14 @@ class SqliteStore:
     def _checkpoint_tail(self) -> None:
         """The writer's own checkpoint of the WAL's tail, between two transactions (a
         ``maintenance`` job). The batches before it are committed: a failure here (a full
-        disk) is logged, never reported as a batch's, and the next checkpoint tries again."""
+        disk) is logged, never reported as a batch's, and the next checkpoint tries again.
+        It waits for a checkpoint beside it to end (the commits wait with it: only when the WAL
+        ran long, or with ``full``); once every frame is moved, the next commit starts the WAL over."""
         try:
-            self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            with self._checkpointing:
+                busy, frames, moved = self.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if not busy and frames == moved:
+                self._wal_frames = 0  # all moved: the checkpoints beside the writer may take the tail again
         except sqlite3.Error as exc:
             log.warning("WAL checkpoint failed (the commits before it stand): %s", exc)
 
@@ -602,10 +619,13 @@ class SqliteStore:
         db = self.db
         try:
             db.execute(f"PRAGMA busy_timeout={TRUNCATE_WAIT_MS}")
-            busy, _, _ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            with self._checkpointing:  # (not beside our own checkpointer's: SQLite would refuse it)
+                busy, _, _ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
             self._scrub = bool(busy)
             if busy:
-                log.warning("the WAL could not be truncated after a redaction (a reader holds it); tried again next")
+                log.warning(
+                    "the WAL could not be truncated after a redaction (another process reads it); tried again next"
+                )
         except sqlite3.Error as exc:
             log.warning("the WAL could not be truncated after a redaction (tried again next batch): %s", exc)
         finally:
@@ -1060,6 +1080,8 @@ class SqliteStore:
         ``interval`` seconds, and when the writer asks for the tail (``maintenance``)."""
         db = connect(self.path)
         while True:
+            # a set() between wait and clear is served by the checkpoint below; one during that
+            # checkpoint leaves the event set, and the next wait returns at once
             self._tail.wait(interval)
             self._tail.clear()
             if self._stop.is_set():
@@ -1068,12 +1090,21 @@ class SqliteStore:
         db.close()
 
     def _checkpoint_beside(self, db: sqlite3.Connection) -> None:
-        """One PASSIVE checkpoint on ``db`` (not the writer's connection), noting the WAL's frames."""
+        """One PASSIVE checkpoint on ``db`` (not the writer's connection), noting the WAL's
+        frames. A failure (a full disk) is logged once a stretch, and the next tail is the
+        writer's own (which logs each failure), as it would be if these had fallen behind."""
         try:
-            _busy, frames, _moved = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            self._wal_frames = frames  # (read by the writer's thread: one int, replaced whole)
-        except sqlite3.Error:
-            pass  # busy or read-only: try again at the next interval
+            with self._checkpointing:
+                busy, frames, _moved = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as exc:
+            if not self._failing:
+                log.warning("WAL checkpoint beside the writer failed (the commits stand): %s", exc)
+            self._failing = True
+            self._wal_frames = WAL_FRAMES_ALONE
+            return
+        self._failing = False
+        if not busy:  # (busy: another process checkpoints; its -1 is no count)
+            self._wal_frames = frames  # (one int, replaced whole: safe to read from the writer's thread)
 
 
 class _BusyError(Exception):
