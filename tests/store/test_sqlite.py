@@ -237,6 +237,62 @@ def test_the_tail_is_checkpointed_beside_the_writer_until_the_wal_runs_long(
     store.close()
 
 
+class _CheckpointsFail:
+    """The checkpointer thread's connection on a disk that cannot take the database's growth:
+    its checkpoints fail as SQLite's do there (the writer's own connection is a real one)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def execute(self, sql: str, parameters: tuple[object, ...] = ()) -> sqlite3.Cursor:
+        if "wal_checkpoint" in sql:
+            raise sqlite3.OperationalError("database or disk is full")
+        return self.db.execute(sql, parameters)
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def test_a_failing_checkpoint_beside_the_writer_is_logged_once_and_hands_the_tail_to_the_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from csce513msg.store import sqlite
+    from csce513msg.store.sqlite import TAIL_EVERY, WAL_FRAMES_ALONE
+
+    real = sqlite.connect
+    opened: list[str] = []
+
+    def connect(path: str) -> sqlite3.Connection:  # the writer's first, then the checkpointer thread's
+        opened.append(path)
+        return real(path) if len(opened) == 1 else _CheckpointsFail(real(path))  # type: ignore[return-value]
+
+    monkeypatch.setattr(sqlite, "connect", connect)
+    store = SqliteStore(tmp_path / "db", checkpoint_interval=3600)
+
+    def round_of_batches(start: int) -> list[Callable[[], None] | None]:
+        jobs = []
+        for i in range(start, start + TAIL_EVERY):
+            store.apply(Batch(messages=[msg("a", f"u{i % 50}", b"x" * 200, time_us=i)]))
+            jobs.append(store.maintenance())
+        return jobs
+
+    for start in (0, 2 * TAIL_EVERY):  # twice: the thread fails twice, a stretch of failures
+        assert round_of_batches(start) == [None] * TAIL_EVERY  # the tail went to the thread, which fails
+        deadline = time.monotonic() + 30
+        while store._wal_frames < WAL_FRAMES_ALONE and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert store._wal_frames == WAL_FRAMES_ALONE  # as if it had fallen behind: the writer's turn
+        *before, last = round_of_batches(start + TAIL_EVERY)
+        assert before == [None] * (TAIL_EVERY - 1) and last is not None
+        last()  # the writer's own connection checkpoints, and every frame moved
+        assert store._wal_frames == 0
+    failures = [r for r in caplog.records if "beside the writer failed" in r.getMessage()]
+    assert len(failures) == 1 and "disk is full" in failures[0].getMessage()  # once a stretch, not each time
+    store.close()
+    with sqlite3.connect(tmp_path / "db") as db:  # every batch stood: a checkpoint's failure costs none
+        assert db.execute("SELECT count(*) FROM messages").fetchone()[0] == 4 * TAIL_EVERY
+
+
 def test_with_full_durability_the_writer_checkpoints_the_tail_itself(tmp_path: Path) -> None:
     """Every ``full`` commit syncs the WAL: a checkpoint's syncs beside it would only lengthen
     each commit's, so the tail is the writer's own every TAIL_EVERY batches, with no batch beside it."""
