@@ -21,7 +21,7 @@ from csce513msg.store import (
     StoredMessage,
 )
 from csce513msg.store.accounts import AccountBook
-from csce513msg.store.sqlite import MIGRATIONS, SqliteStore
+from csce513msg.store.sqlite import MIGRATIONS, TAIL_EVERY, SqliteStore
 
 
 def accounts(*names: str) -> list[Account]:
@@ -194,6 +194,16 @@ def test_retention_expires_the_same_way_in_both_stores(tmp_path: Path) -> None:
         assert [m.body for m in fetched] == [b"new"]
 
 
+def round_of_batches(store: SqliteStore, start: int, count: int = TAIL_EVERY) -> list[Callable[[], None] | None]:
+    """``count`` batches of one message each, and after each the store's maintenance job (None: none
+    for the writer), as the hub asks for it."""
+    jobs = []
+    for i in range(start, start + count):
+        store.apply(Batch(messages=[msg("a", f"u{i % 50}", b"x" * 200, time_us=i)]))
+        jobs.append(store.maintenance())
+    return jobs
+
+
 def salts(wal: Path) -> bytes:
     """The WAL header's two salts: SQLite changes them each time it starts the WAL over."""
     return wal.read_bytes()[16:24]
@@ -208,32 +218,24 @@ def test_the_tail_is_checkpointed_beside_the_writer_until_the_wal_runs_long(
     cannot start it over), the writer checkpoints it itself, between two transactions, the WAL
     starts over at the next commit, and the tail is the thread's again."""
     from csce513msg.store import sqlite
-    from csce513msg.store.sqlite import TAIL_EVERY
 
     monkeypatch.setattr(sqlite, "WAL_FRAMES_ALONE", 100)  # fewer than a round of batches writes
     store = SqliteStore(tmp_path / "db", checkpoint_interval=3600)  # the thread runs when asked, not on a timer
     wal = tmp_path / "db-wal"
 
-    def round_of_batches(start: int) -> list[Callable[[], None] | None]:
-        jobs = []
-        for i in range(start, start + TAIL_EVERY):
-            store.apply(Batch(messages=[msg("a", f"u{i % 50}", b"x" * 200, time_us=i)]))
-            jobs.append(store.maintenance())
-        return jobs
-
-    assert round_of_batches(0) == [None] * TAIL_EVERY  # the tail was the thread's, woken at the last
+    assert round_of_batches(store, 0) == [None] * TAIL_EVERY  # the tail was the thread's, woken at the last
     deadline = time.monotonic() + 30
     while store._wal_frames == 0 and time.monotonic() < deadline:  # the thread's checkpoint counted the WAL
         time.sleep(0.01)
     assert store._wal_frames >= 100  # a round of batches wrote more frames than the WAL may hold
-    *before, last = round_of_batches(TAIL_EVERY)  # (the thread is not woken: these stay in the WAL)
+    *before, last = round_of_batches(store, TAIL_EVERY)  # (the thread is not woken: these stay in the WAL)
     assert before == [None] * (TAIL_EVERY - 1) and last is not None
     old = salts(wal)
     last()  # the storage thread runs it, no batch beside it: every frame moved
     assert store._wal_frames == 0
     store.apply(Batch(messages=[msg("a", "b", b"after", time_us=1)]))
     assert salts(wal) != old  # the next commit started the WAL over
-    assert round_of_batches(2 * TAIL_EVERY + 1) == [None] * TAIL_EVERY  # the thread's again
+    assert round_of_batches(store, 2 * TAIL_EVERY + 1) == [None] * TAIL_EVERY  # the thread's again
     store.close()
 
 
@@ -257,7 +259,7 @@ def test_a_failing_checkpoint_beside_the_writer_is_logged_once_and_hands_the_tai
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     from csce513msg.store import sqlite
-    from csce513msg.store.sqlite import TAIL_EVERY, WAL_FRAMES_ALONE
+    from csce513msg.store.sqlite import WAL_FRAMES_ALONE
 
     real = sqlite.connect
     opened: list[str] = []
@@ -269,20 +271,13 @@ def test_a_failing_checkpoint_beside_the_writer_is_logged_once_and_hands_the_tai
     monkeypatch.setattr(sqlite, "connect", connect)
     store = SqliteStore(tmp_path / "db", checkpoint_interval=3600)
 
-    def round_of_batches(start: int) -> list[Callable[[], None] | None]:
-        jobs = []
-        for i in range(start, start + TAIL_EVERY):
-            store.apply(Batch(messages=[msg("a", f"u{i % 50}", b"x" * 200, time_us=i)]))
-            jobs.append(store.maintenance())
-        return jobs
-
     for start in (0, 2 * TAIL_EVERY):  # twice: the thread fails twice, a stretch of failures
-        assert round_of_batches(start) == [None] * TAIL_EVERY  # the tail went to the thread, which fails
+        assert round_of_batches(store, start) == [None] * TAIL_EVERY  # the tail went to the thread, which fails
         deadline = time.monotonic() + 30
         while store._wal_frames < WAL_FRAMES_ALONE and time.monotonic() < deadline:
             time.sleep(0.01)
         assert store._wal_frames == WAL_FRAMES_ALONE  # as if it had fallen behind: the writer's turn
-        *before, last = round_of_batches(start + TAIL_EVERY)
+        *before, last = round_of_batches(store, start + TAIL_EVERY)
         assert before == [None] * (TAIL_EVERY - 1) and last is not None
         last()  # the writer's own connection checkpoints, and every frame moved
         assert store._wal_frames == 0
@@ -296,14 +291,10 @@ def test_a_failing_checkpoint_beside_the_writer_is_logged_once_and_hands_the_tai
 def test_with_full_durability_the_writer_checkpoints_the_tail_itself(tmp_path: Path) -> None:
     """Every ``full`` commit syncs the WAL: a checkpoint's syncs beside it would only lengthen
     each commit's, so the tail is the writer's own every TAIL_EVERY batches, with no batch beside it."""
-    from csce513msg.store.sqlite import TAIL_EVERY
 
     store = SqliteStore(tmp_path / "db", durability="full", checkpoint_interval=3600)
     wal = tmp_path / "db-wal"
-    jobs = []
-    for i in range(2 * TAIL_EVERY):
-        store.apply(Batch(messages=[msg("a", f"u{i % 50}", b"x" * 200, time_us=i)]))
-        jobs.append(store.maintenance())
+    jobs = round_of_batches(store, 0, 2 * TAIL_EVERY)
     due = [i for i, job in enumerate(jobs) if job is not None]
     assert due == [TAIL_EVERY - 1, 2 * TAIL_EVERY - 1]  # the hub's maintenance job, once a round
     old = salts(wal)
@@ -321,7 +312,6 @@ def test_the_wal_stays_bounded_under_sustained_writes(tmp_path: Path) -> None:
     TAIL_EVERY batches (``maintenance``, which the hub runs after a batch), so the WAL starts
     over instead of growing for as long as the load lasts (it reached 900 MB in 8 s). (With
     the thread, the test above: the writer takes over once the WAL runs long.)"""
-    from csce513msg.store.sqlite import TAIL_EVERY
 
     store = SqliteStore(tmp_path / "db", checkpoint_interval=0)  # no background checkpoints at all
     wal = tmp_path / "db-wal"
