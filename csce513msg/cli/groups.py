@@ -23,7 +23,7 @@ import typer
 from ..hub import fold_name
 from ..paths import DATABASE, default_data_dir
 from ..store.interface import ADD, ANNOUNCEMENTS, GROUP_PREFIX, REMOVE
-from ..store.sqlite import connect, database_problem, migrate
+from ..store.schema import connect, database_problem, migrate
 
 group_app = typer.Typer(
     help="Groups: list, members; add and remove members through the running server.",

@@ -39,8 +39,10 @@ from ..crypto.passwords import COSTS, Scrypt
 from ..hub import Engine, EngineAPI, HubConfig
 from ..paths import DATABASE, default_data_dir, private_data_dir
 from ..store import MemoryStore, Store
+from ..store.checkpoints import CHECKPOINT_INTERVAL
 from ..store.files import FileShelf
-from ..store.sqlite import CHECKPOINT_INTERVAL, SqliteStore, database_problem
+from ..store.schema import database_problem
+from ..store.sqlite import SqliteStore
 from ..units import show_size
 from . import options as o
 from . import stats as live_stats

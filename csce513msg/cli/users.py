@@ -24,7 +24,7 @@ from ..crypto.passwords import COSTS, hash_password, password_problem
 from ..hub import fold_name
 from ..paths import DATABASE, default_data_dir, private_data_dir
 from ..store.accounts import AccountBook, AccountError
-from ..store.sqlite import database_problem
+from ..store.schema import database_problem
 from .options import KdfChoice, RoleChoice
 from .roster import accounts, parse, write_passwords
 

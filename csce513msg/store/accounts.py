@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .interface import ROLES, Account
-from .sqlite import connect, migrate, read_accounts
+from .schema import connect, migrate, read_accounts
 
 
 class AccountError(Exception):

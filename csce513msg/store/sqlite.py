@@ -18,24 +18,9 @@ power loss); ``normal`` (default) syncs at checkpoints only (survives a crash of
 server process; the last commits may be lost if the machine loses power or crashes);
 ``memory`` does not use SQLite at all (``MemoryStore``).
 
-Checkpoints stay off the commit path: the writer's automatic checkpoint is off and a
-second connection checkpoints (PASSIVE) every ``checkpoint_interval`` seconds from
-its own thread; measured in the accounts issue, an automatic checkpoint inside a
-commit pushed p99 delivery latency from 0.14 ms to 2.5-3 ms at 20k messages/s.
-
-But a checkpoint that runs beside a busy writer never catches up (new frames keep
-coming), and SQLite only starts the WAL over once every frame is back in the
-database: under sustained load the WAL grew without bound (900 MB in 8 s at 5,000
-messages/s), every write landing in new file space. So every ``TAIL_EVERY`` batches
-the tail is checkpointed: with ``normal``, by the background thread, woken at once,
-beside the writer (no commit waits for the checkpoint), and once the WAL runs past
-``WAL_FRAMES_ALONE`` frames by the writer itself, between two transactions; with
-``full`` (or no background thread) always by the writer itself. After the writer's, the
-next commit starts the WAL over, and the file is cut back to ``journal_size_limit``
-(``maintenance``; docs/storage.md, "Durability", has the figures of each way).
-
-The schema version is kept in ``PRAGMA user_version`` and migrated on open
-(``MIGRATIONS``: one list of statements per version, applied in order).
+Checkpoints, which copy the WAL into the database and sync it, stay off the commit
+path: ``checkpoints.py``. The tables, version by version, and how a database file is
+opened and checked: ``schema.py``.
 """
 
 from __future__ import annotations
@@ -46,12 +31,12 @@ import heapq
 import itertools
 import logging
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar, TypeVarTuple
 
+from .checkpoints import CHECKPOINT_INTERVAL, Checkpoints
 from .groupmark import GroupMark, Span, closed, group_id, opened, redaction_refusal, refusal, tombstone, wanted
 from .interface import (
     ANNOUNCEMENTS,
@@ -97,138 +82,8 @@ from .interface import (
     page_within,
     resent,
 )
+from .schema import BUSY_TIMEOUT_MS, connect, migrate, read_accounts
 
-
-def _without_rowid(table: str, columns: str) -> list[str]:
-    """Statements that rebuild ``table`` as a WITHOUT ROWID table, keeping its rows."""
-    return [
-        f"CREATE TABLE {table}_v4 ({columns}) WITHOUT ROWID",
-        f"INSERT INTO {table}_v4 SELECT * FROM {table}",
-        f"DROP TABLE {table}",
-        f"ALTER TABLE {table}_v4 RENAME TO {table}",
-    ]
-
-
-MIGRATIONS: list[list[str]] = [
-    [  # version 1
-        "CREATE TABLE users (name TEXT PRIMARY KEY, created_us INTEGER NOT NULL)",
-        "CREATE TABLE streams (name TEXT PRIMARY KEY, last_position INTEGER NOT NULL)",
-        "CREATE TABLE members (user TEXT NOT NULL, stream TEXT NOT NULL, PRIMARY KEY (user, stream))",
-        """CREATE TABLE messages (
-            id INTEGER PRIMARY KEY, stream TEXT NOT NULL, position INTEGER NOT NULL,
-            sender TEXT NOT NULL, device TEXT NOT NULL, client_msg_id INTEGER NOT NULL,
-            target_kind INTEGER NOT NULL, target TEXT NOT NULL, content_type INTEGER NOT NULL,
-            time_us INTEGER NOT NULL, body BLOB NOT NULL, UNIQUE (stream, position))""",
-        """CREATE UNIQUE INDEX messages_client_key ON messages (sender, device, client_msg_id)
-            WHERE client_msg_id != 0""",
-        """CREATE TABLE cursors (user TEXT NOT NULL, device TEXT NOT NULL, stream TEXT NOT NULL,
-            position INTEGER NOT NULL, PRIMARY KEY (user, device, stream))""",
-        """CREATE TABLE devices (user TEXT NOT NULL, device TEXT NOT NULL, since INTEGER NOT NULL,
-            PRIMARY KEY (user, device))""",
-        """CREATE TABLE delivered (stream TEXT NOT NULL, user TEXT NOT NULL, position INTEGER NOT NULL,
-            PRIMARY KEY (stream, user))""",
-        """CREATE TABLE notified (user TEXT NOT NULL, device TEXT NOT NULL, stream TEXT NOT NULL,
-            position INTEGER NOT NULL, PRIMARY KEY (user, device, stream))""",
-    ],
-    [  # version 2: accounts. Users made by a version-1 login have no password until `msgsrv user passwd`.
-        "ALTER TABLE users ADD COLUMN role TEXT NOT NULL DEFAULT 'student'",
-        "ALTER TABLE users ADD COLUMN password TEXT NOT NULL DEFAULT ''",
-    ],
-    [  # version 3: retention. The highest client message id of each device among deleted messages
-        "ALTER TABLE devices ADD COLUMN keys_floor INTEGER NOT NULL DEFAULT 0",
-    ],
-    [  # version 4: fewer rows written per message (docs/storage.md, "Version 4")
-        *_without_rowid("streams", "name TEXT PRIMARY KEY, last_position INTEGER NOT NULL"),
-        *_without_rowid("members", "user TEXT NOT NULL, stream TEXT NOT NULL, PRIMARY KEY (user, stream)"),
-        "CREATE INDEX members_by_stream ON members (stream)",
-        *_without_rowid(
-            "cursors",
-            "user TEXT NOT NULL, device TEXT NOT NULL, stream TEXT NOT NULL, position INTEGER NOT NULL, "
-            "PRIMARY KEY (user, stream, device)",
-        ),
-        *_without_rowid(
-            "devices",
-            "user TEXT NOT NULL, device TEXT NOT NULL, since INTEGER NOT NULL, keys_floor INTEGER NOT NULL DEFAULT 0, "
-            "PRIMARY KEY (user, device)",
-        ),
-        *_without_rowid(
-            "notified",
-            "user TEXT NOT NULL, device TEXT NOT NULL, stream TEXT NOT NULL, position INTEGER NOT NULL, "
-            "PRIMARY KEY (user, device, stream)",
-        ),
-        "DROP TABLE delivered",  # always the highest of the user's cursors on the stream: kept once, there
-    ],
-    [  # version 5: device tokens (the SHA-256 of each), so a device's logins are throttled apart
-        """CREATE TABLE device_tokens (digest TEXT PRIMARY KEY, user TEXT NOT NULL, device TEXT NOT NULL,
-            created_us INTEGER NOT NULL) WITHOUT ROWID""",
-        "CREATE INDEX device_tokens_by_user ON device_tokens (user, device)",
-    ],
-    [  # version 6: groups (docs/storage.md, "Version 6"). Membership has intervals of positions,
-        # [joined_at, left_at] (NULL: a member now); a direct message's is [1, oo). Not
-        # _without_rowid, which copies SELECT *: the new table has two more columns.
-        """CREATE TABLE members_v6 (user TEXT NOT NULL, stream TEXT NOT NULL, joined_at INTEGER NOT NULL,
-            left_at INTEGER, PRIMARY KEY (user, stream, joined_at)) WITHOUT ROWID""",
-        "INSERT INTO members_v6 SELECT user, stream, 1, NULL FROM members",
-        "DROP TABLE members",  # and members_by_stream: members_current serves those reads now
-        "ALTER TABLE members_v6 RENAME TO members",
-        "CREATE UNIQUE INDEX members_current ON members (stream, user) WHERE left_at IS NULL",
-        # never deleted (deleted_us: when, 0 if not), so an id, and the stream g:<id>, is never reused
-        """CREATE TABLE groups (id INTEGER PRIMARY KEY, name TEXT NOT NULL, owner TEXT NOT NULL,
-            invite_only INTEGER NOT NULL DEFAULT 0, created_us INTEGER NOT NULL,
-            deleted_us INTEGER NOT NULL DEFAULT 0)""",
-        "CREATE UNIQUE INDEX groups_by_name ON groups (name) WHERE deleted_us = 0",
-    ],
-    [  # version 7: the classroom's moderation and office hours (docs/storage.md, "Version 7")
-        # slow mode: seconds between a student's posts
-        "ALTER TABLE groups ADD COLUMN slow_s INTEGER NOT NULL DEFAULT 0",
-        # muted until (µs of wall time); a row whose time has passed is dead (the engine ignores it),
-        # deleted by an unmute or the group's deletion
-        """CREATE TABLE group_mutes (stream TEXT NOT NULL, user TEXT NOT NULL, until_us INTEGER NOT NULL,
-            PRIMARY KEY (stream, user)) WITHOUT ROWID""",
-        # "I have read it": a person's acknowledgment of the announcement at g:0's ``position``
-        """CREATE TABLE confirmations (position INTEGER NOT NULL, user TEXT NOT NULL, time_us INTEGER NOT NULL,
-            PRIMARY KEY (position, user)) WITHOUT ROWID""",
-        # office hours: the raised hands, in the order they were raised (``raised_us``, then ``user``)
-        """CREATE TABLE hands (user TEXT PRIMARY KEY, question TEXT NOT NULL, raised_us INTEGER NOT NULL)
-            WITHOUT ROWID""",
-    ],
-    [  # version 8: group changes `msgsrv group add|remove` queues for the running server's writer,
-        # which applies each as the event its actor's request would make (never another process's
-        # insert into messages: the writer caches positions). users: names, space-separated
-        """CREATE TABLE group_queue (id INTEGER PRIMARY KEY, op INTEGER NOT NULL, grp TEXT NOT NULL,
-            users TEXT NOT NULL, actor TEXT NOT NULL, queued_us INTEGER NOT NULL,
-            done_us INTEGER NOT NULL DEFAULT 0, outcome TEXT NOT NULL DEFAULT '')""",
-        "CREATE INDEX group_queue_pending ON group_queue (id) WHERE done_us = 0",
-    ],
-    [  # version 9: the announcements, g:0 (docs/storage.md, "Version 9"): every account a member from 1
-        # a group named so already is renamed (a random tail: `announcements-<id>` could be taken too)
-        "UPDATE groups SET name = name || '-' || id || '-' || lower(hex(randomblob(3)))"
-        " WHERE name = 'announcements' AND deleted_us = 0",
-        "INSERT INTO groups (id, name, owner, invite_only, created_us) VALUES (0, 'announcements', '', 1, 0)",
-        "INSERT INTO members (user, stream, joined_at) SELECT name, 'g:0', 1 FROM users",
-        # whoever makes an account (Register, `msgsrv user add`, the roster import) makes a reader
-        """CREATE TRIGGER users_read_announcements AFTER INSERT ON users BEGIN
-            INSERT OR IGNORE INTO members (user, stream, joined_at) VALUES (NEW.name, 'g:0', 1); END""",
-        # a removed account reads nothing and waits in no queue (a name made again is a reader again)
-        """CREATE TRIGGER users_gone_from_classroom AFTER DELETE ON users BEGIN
-            DELETE FROM members WHERE user = OLD.name AND stream = 'g:0';
-            DELETE FROM hands WHERE user = OLD.name; END""",
-    ],
-    [  # version 10: the key directory of end-to-end encryption (protocol 1.7): each device's public
-        # keys as it published them (bytes the store never reads but to compare the identity's), its
-        # one-time prekeys (each deleted as it is handed out), and when it was last seen (expiry)
-        """CREATE TABLE device_keys (user TEXT NOT NULL, device TEXT NOT NULL, published BLOB NOT NULL,
-            seen_us INTEGER NOT NULL, PRIMARY KEY (user, device)) WITHOUT ROWID""",
-        """CREATE TABLE prekeys (user TEXT NOT NULL, device TEXT NOT NULL, key_id INTEGER NOT NULL,
-            public BLOB NOT NULL, PRIMARY KEY (user, device, key_id)) WITHOUT ROWID""",
-        """CREATE TRIGGER users_gone_from_directory AFTER DELETE ON users BEGIN
-            DELETE FROM device_keys WHERE user = OLD.name; DELETE FROM prekeys WHERE user = OLD.name; END""",
-    ],
-]
-TAIL_EVERY = 64  #: batches between checkpoints of the WAL's tail (beside the writer, or its own)
-#: frames in the WAL past which the writer checkpoints it itself, between two transactions: the
-#: checkpoints beside it fell behind (32 MiB of 4 KiB pages, below ``journal_size_limit``)
-WAL_FRAMES_ALONE = 8192
 RECENT = 32  #: per stream, the newest messages the writer keeps in memory for delivered receipts
 CACHED_STREAMS = 50_000  #: streams those caches hold at most (then they start over)
 _COLUMNS = "id, stream, position, sender, device, target_kind, target, content_type, time_us, body"
@@ -236,11 +91,6 @@ SYNC = {"full": "FULL", "normal": "NORMAL"}
 log = logging.getLogger("csce513msg.store")
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
-
-
-CHECKPOINT_INTERVAL = 5.0  #: seconds between PASSIVE WAL checkpoints (msgsrv --checkpoint-interval)
-BUSY_TIMEOUT_MS = 30_000  #: how long a statement waits for a busy database (``connect``'s timeout)
-TRUNCATE_WAIT_MS = 200  #: how long the truncating checkpoint after a redaction waits for readers
 
 
 class SqliteStore:
@@ -262,26 +112,17 @@ class SqliteStore:
         self.db.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints happen elsewhere (see above)
         self.db.execute("PRAGMA journal_size_limit=67108864")  # a WAL started over is cut back to 64 MiB
         self.db.execute("PRAGMA secure_delete=ON")  # what is deleted or overwritten is zeroed, not left in free space
-        self._scrub = False  # a redaction was committed and the WAL not yet truncated after it
-        self._batches = 0
-        self._tail_due = TAIL_EVERY  # the batch count at which the WAL's tail is checkpointed next
-        #: frames in the WAL at the last checkpoint beside the writer (0 again once the writer's own
-        #: moved them all); written by the checkpointer thread and the storage thread, read by the writer
-        self._wal_frames = 0
-        self._tail = threading.Event()  # set: the checkpointer thread checkpoints the tail now
-        #: one checkpoint at a time: SQLite refuses a second at once (busy: -1, -1) and does nothing
-        self._checkpointing = threading.Lock()
-        self._failing = False  # the last checkpoint beside the writer failed (logged once a stretch)
         self._before = 0  # the last message id before the batch being written
         migrate(self.db)
         #: commits sync nothing: the loop may apply batches itself (then never waiting: busy timeout 0)
         self.on_loop = durability != "full"
         self._busy_ms = 0 if self.on_loop else BUSY_TIMEOUT_MS  # the writer's busy timeout between batches
         self.db.execute(f"PRAGMA busy_timeout={self._busy_ms}")
+        self.checkpoints = Checkpoints(self.db, self.path, self._busy_ms, self.on_loop, checkpoint_interval)
         # A redaction's WAL is truncated after its batch is answered (``maintenance``): a crash in
         # between would leave the text in the WAL, so every start truncates it (cheap: the WAL is
         # checkpointed already, or small)
-        self._truncate_wal()
+        self.checkpoints.truncate()
         self._inserter = self.db.cursor()  # the messages' INSERT (``_insert``)
         self._accounts: dict[str, Account] = {}  # as of the last poll, plus our own registrations
         self._data_version = -1
@@ -293,19 +134,9 @@ class SqliteStore:
         self._recent: dict[str, _Recent] = {}  # stream -> its newest messages, as the receipts they become
         self._marks: dict[str, GroupMark] = {}  # group stream -> its members and delivered marks (groupmark.py)
         self._newly: list[DeliveredNote] = []  # delivered by the batch's group events and posts
-        self._stop = threading.Event()
-        # the tail goes to the checkpointer thread only where commits sync nothing (``maintenance``)
-        self._tail_beside = checkpoint_interval > 0 and self.on_loop
-        self._checkpointer: threading.Thread | None = None
-        if checkpoint_interval > 0:
-            self._checkpointer = threading.Thread(target=self._checkpoints, args=(checkpoint_interval,), daemon=True)
-            self._checkpointer.start()
 
     def close(self) -> None:
-        self._stop.set()
-        self._tail.set()  # (wakes the checkpointer thread, which sees the stop)
-        if self._checkpointer is not None:
-            self._checkpointer.join(30)  # a checkpoint under way ends first (a store reopened at once truncates)
+        self.checkpoints.close()
         self.db.close()
 
     # ---- the storage interface ------------------------------------------------------
@@ -393,7 +224,7 @@ class SqliteStore:
             self._rolled_back()
             return BatchResult(error=f"storage error: {exc!r}")
         self._accounts.update((a.name, a) for a in batch.accounts)
-        self._batches += 1
+        self.checkpoints.batches += 1
         fetched = {f.key: found for f in batch.fetches if (found := self._read(self._fetch, f)) is not None}
         history = {
             key: page
@@ -407,29 +238,8 @@ class SqliteStore:
     def maintenance(self) -> Callable[[], None] | None:
         """The checkpoint due after this batch that the writer must run itself, between two
         transactions, for the storage thread (it syncs the disk); None if the writer has none
-        (the checkpointer thread may have been woken for the tail).
-
-        The WAL's tail is checkpointed every ``TAIL_EVERY`` batches by the checkpointer thread,
-        on its own connection, *beside* the writer: its syncs (which on a disk busy with other
-        writes, a file upload's, can take a fifth of a second) hold up no batch. It moves the
-        frames there were when it began; if the writer committed meanwhile, the WAL cannot start
-        over, and under a load that never pauses it would grow for as long as the load lasts.
-        So once the WAL holds ``WAL_FRAMES_ALONE`` frames, the writer checkpoints it itself,
-        with no batch beside it, and the next commit starts the WAL over.
-
-        With ``full`` durability every commit syncs the WAL already, and a checkpoint's syncs
-        beside it only make each commit's longer (paced 5,000/s: p99 28 → 49 ms, with 150-180
-        ms windows): there the writer checkpoints the tail itself every ``TAIL_EVERY`` batches,
-        as before, and the checkpointer thread runs only on its timer."""
-        if self._scrub:
-            return self._truncate_wal  # no SELECT is open between batches: the snapshot is free
-        if self._batches >= self._tail_due:
-            self._tail_due = self._batches + TAIL_EVERY
-            if self._tail_beside and self._wal_frames < WAL_FRAMES_ALONE:
-                self._tail.set()
-                return None
-            return self._checkpoint_tail
-        return None
+        (the checkpointer thread may have been woken for the tail): ``Checkpoints.due``."""
+        return self.checkpoints.due()
 
     def _begin(self, wait: bool) -> None:
         """BEGIN IMMEDIATE: the write lock, now. On the loop the busy timeout is 0, so a lock
@@ -595,44 +405,6 @@ class SqliteStore:
         self._acked.clear()
         self._recent.clear()
         self._marks.clear()
-
-    def _checkpoint_tail(self) -> None:
-        """The writer's own checkpoint of the WAL's tail, between two transactions (a
-        ``maintenance`` job). The batches before it are committed: a failure here (a full
-        disk) is logged, never reported as a batch's, and the next checkpoint tries again.
-        It waits for a checkpoint beside it to end (the commits wait with it: only when the WAL
-        ran long, or with ``full``); once every frame is moved, the next commit starts the WAL over."""
-        try:
-            with self._checkpointing:
-                busy, frames, moved = self.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            if not busy and frames == moved:
-                self._wal_frames = 0  # all moved: the checkpoints beside the writer may take the tail again
-        except sqlite3.Error as exc:
-            log.warning("WAL checkpoint failed (the commits before it stand): %s", exc)
-
-    def _truncate_wal(self) -> None:
-        """After a batch with a redaction: move the whole WAL into the database and cut it to 0
-        bytes, so the removed text is in neither file (``secure_delete`` zeroed it in the
-        database's pages). A reader in another process holding an old snapshot blocks it: it
-        is waited on briefly (not the 30 s of a busy database), and a checkpoint that could
-        not finish is logged and tried again after the next batch; the batch stands."""
-        db = self.db
-        try:
-            db.execute(f"PRAGMA busy_timeout={TRUNCATE_WAIT_MS}")
-            with self._checkpointing:  # (not beside our own checkpointer's: SQLite would refuse it)
-                busy, _, _ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-            self._scrub = bool(busy)
-            if busy:
-                log.warning(
-                    "the WAL could not be truncated after a redaction (another process reads it); tried again next"
-                )
-        except sqlite3.Error as exc:
-            log.warning("the WAL could not be truncated after a redaction (tried again next batch): %s", exc)
-        finally:
-            try:
-                db.execute(f"PRAGMA busy_timeout={self._busy_ms}")
-            except sqlite3.Error:
-                log.exception("busy_timeout could not be restored")
 
     def _read(self, read: Callable[[*Ts], T], *args: *Ts) -> T | None:
         """One read after the commit; None if it failed (its requester hears STORE_FAILED)."""
@@ -945,7 +717,7 @@ class SqliteStore:
                 "UPDATE messages SET content_type = ?, body = ? WHERE stream = ? AND position = ?",
                 (GROUP_EVENT, m.body, stream, change.position),
             )
-            self._scrub = True
+            self.checkpoints.scrub = True  # the WAL is truncated after this batch
         self._newly += self._notes(stream, mark.change(position, joins, leaves))
         if change.op == DELETE:
             db.execute("UPDATE groups SET deleted_us = ? WHERE id = ?", (max(1, m.time_us), gid))
@@ -1075,37 +847,6 @@ class SqliteStore:
 
         return first - 1 + bisect.bisect_right(range(first, last + 1), message_id, key=id_at)
 
-    def _checkpoints(self, interval: float) -> None:
-        """A second connection moves the WAL into the database, off the commit path: every
-        ``interval`` seconds, and when the writer asks for the tail (``maintenance``)."""
-        db = connect(self.path)
-        while True:
-            # a set() between wait and clear is served by the checkpoint below; one during that
-            # checkpoint leaves the event set, and the next wait returns at once
-            self._tail.wait(interval)
-            self._tail.clear()
-            if self._stop.is_set():
-                break
-            self._checkpoint_beside(db)
-        db.close()
-
-    def _checkpoint_beside(self, db: sqlite3.Connection) -> None:
-        """One PASSIVE checkpoint on ``db`` (not the writer's connection), noting the WAL's
-        frames. A failure (a full disk) is logged once a stretch, and the next tail is the
-        writer's own (which logs each failure), as it would be if these had fallen behind."""
-        try:
-            with self._checkpointing:
-                busy, frames, _moved = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        except sqlite3.Error as exc:
-            if not self._failing:
-                log.warning("WAL checkpoint beside the writer failed (the commits stand): %s", exc)
-            self._failing = True
-            self._wal_frames = WAL_FRAMES_ALONE
-            return
-        self._failing = False
-        if not busy:  # (busy: another process checkpoints; its -1 is no count)
-            self._wal_frames = frames  # (one int, replaced whole: safe to read from the writer's thread)
-
 
 class _BusyError(Exception):
     """``BEGIN`` found the database locked, and the batch may not wait (``apply``'s ``wait``)."""
@@ -1140,83 +881,3 @@ class _Recent:
                 break
             done += 1
         del self.notes[:done]
-
-
-def connect(path: str) -> sqlite3.Connection:
-    """Open the database (in WAL mode unless read-only); a busy database is waited on for 30 s."""
-    uri = path.startswith("file:")
-    db = sqlite3.connect(path, uri=uri, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
-    if not uri or "mode=ro" not in path:
-        db.execute("PRAGMA journal_mode=WAL")
-    return db
-
-
-def migrate(db: sqlite3.Connection) -> None:
-    """Bring the schema to the newest version, one transaction per version."""
-    version = db.execute("PRAGMA user_version").fetchone()[0]
-    for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
-        db.execute("BEGIN IMMEDIATE")
-        for statement in statements:
-            db.execute(statement)
-        db.execute(f"PRAGMA user_version={number}")
-        db.execute("COMMIT")
-
-
-def database_problem(path: Path) -> str | None:
-    """Why the database file at ``path`` must not be served, in words; None if it may (or
-    if there is none yet: a first start creates it).
-
-    ``PRAGMA quick_check`` reads every page, through a read-only connection: it replays
-    the WAL an ordinary crash leaves, as the server will, but never checkpoints it into
-    the database on close, so a WAL that is not this database's does no harm. Measured:
-    0.2 s for a 93 MB database (500,000 messages) in the page cache (docs/storage.md).
-
-    Raises:
-        sqlite3.Error: the file could not be read at all (locked past 30 s, no permission).
-    """
-    if not path.exists():
-        return None
-    if path.stat().st_size == 0:  # SQLite would take it for a new database: every account gone
-        return (
-            f"{path} is an empty file, not a database. To start a new server with no accounts and no "
-            f"messages, remove it (and any {path.name}-wal and -shm beside it)"
-        )
-    problem = _check(path)
-    if problem is None:
-        return None
-    wal = path.with_name(path.name + "-wal")
-    if wal.exists() and wal.stat().st_size and _check(path, without_wal=True) is None:
-        return (
-            f"{wal.name} does not belong to {path} (another database's write-ahead log, or a damaged one): "
-            f"{problem}. Move {wal.name} and {path.name}-shm away to start from the database as last "
-            "checkpointed (what was committed only in the log is lost), or restore a backup"
-        )
-    return f"{path} is damaged: {problem}. Restore a backup (docs/storage.md, Backups), or try sqlite3's .recover"
-
-
-def _check(path: Path, without_wal: bool = False) -> str | None:
-    """What ``quick_check`` finds wrong with the database (alone, or as its WAL makes it)."""
-    # immutable: read the database file as it is, ignoring the WAL (and taking no lock)
-    uri = path.resolve().as_uri() + ("?mode=ro&immutable=1" if without_wal else "?mode=ro")
-    db = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None)
-    try:
-        rows = db.execute("PRAGMA quick_check").fetchall()
-        if rows != [("ok",)]:
-            lines = [line for (text,) in rows for line in text.splitlines() if not line.startswith("***")]
-            return "quick_check: " + "; ".join(lines[:3]) + (f" (and {len(lines) - 3} more)" if len(lines) > 3 else "")
-        (version,) = db.execute("PRAGMA user_version").fetchone()
-        tables = [name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-        if version == 0 and tables:  # migrate() gives every csce513msg database a version with its tables
-            return f"not a csce513msg database (tables {', '.join(tables[:5])}, no schema version)"
-        return None
-    except sqlite3.DatabaseError as exc:
-        if exc.sqlite_errorname not in ("SQLITE_CORRUPT", "SQLITE_NOTADB"):
-            raise  # not damage: e.g. locked, or unreadable
-        return str(exc)
-    finally:
-        db.close()
-
-
-def read_accounts(db: sqlite3.Connection) -> dict[str, Account]:
-    rows = db.execute("SELECT name, role, password, created_us FROM users")
-    return {name: Account(name, role, password, created) for name, role, password, created in rows}

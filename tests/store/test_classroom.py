@@ -11,7 +11,8 @@ from pathlib import Path
 from csce513msg.store import Batch, LoginRead
 from csce513msg.store.accounts import AccountBook
 from csce513msg.store.interface import CONFIRM, LOWER, RAISE, TAKE, Hand, NewMessage, Note, StoredMessage
-from csce513msg.store.sqlite import MIGRATIONS, SqliteStore
+from csce513msg.store.schema import MIGRATIONS
+from csce513msg.store.sqlite import SqliteStore
 from tests.store.test_groups import AnyStore, ack, event, fetch, one, page, store, stored
 
 __all__ = ["store"]  # the fixture (both stores)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import csce513msg.store.sqlite as sqlite_store
+import csce513msg.store.checkpoints as checkpoints_module
 from csce513msg.store import Batch, Fetch
 from csce513msg.store.sqlite import SqliteStore
 from tests.fixtures import SmallDisk
@@ -66,7 +66,7 @@ def test_a_failed_checkpoint_after_the_commit_leaves_the_batch_stored(
     them cannot grow the database file. A checkpoint inside the batch's ``try`` reported the
     committed batch as failed and rolled the position cache back, so every later message of
     that conversation failed (UNIQUE), also once space came back."""
-    monkeypatch.setattr(sqlite_store, "TAIL_EVERY", 1)  # the writer checkpoints after every batch
+    monkeypatch.setattr(checkpoints_module, "TAIL_EVERY", 1)  # the writer checkpoints after every batch
     disk = small_disk("4m")
     filler = disk / "filler"
     filler.write_bytes(b"\0" * 512 * 1024)

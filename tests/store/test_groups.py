@@ -36,7 +36,8 @@ from csce513msg.store.interface import (
     GroupChange,
     resent,
 )
-from csce513msg.store.sqlite import MIGRATIONS, SqliteStore
+from csce513msg.store.schema import MIGRATIONS
+from csce513msg.store.sqlite import SqliteStore
 from tests.store.test_sqlite import accounts, msg
 
 AnyStore = MemoryStore | SqliteStore
@@ -624,10 +625,10 @@ def test_a_reader_that_holds_the_wal_delays_its_truncation_without_failing_the_b
         reader.execute("BEGIN")
         reader.execute("SELECT count(*) FROM messages").fetchone()  # a snapshot that needs the WAL
         stored(store, moderation("alice", g, REDACT, position=2, moderator=True))  # committed all the same
-        assert store._scrub  # to be tried again
+        assert store.checkpoints.scrub  # to be tried again
         reader.execute("COMMIT")
         stored(store, post("alice", g, b"next"))  # the next batch truncates
-        assert not store._scrub
+        assert not store.checkpoints.scrub
         wal = tmp_path / "db-wal"
         assert b"SECRET-held" not in path.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
     finally:

@@ -21,7 +21,9 @@ from csce513msg.store import (
     StoredMessage,
 )
 from csce513msg.store.accounts import AccountBook
-from csce513msg.store.sqlite import MIGRATIONS, TAIL_EVERY, SqliteStore
+from csce513msg.store.checkpoints import TAIL_EVERY
+from csce513msg.store.schema import MIGRATIONS
+from csce513msg.store.sqlite import SqliteStore
 
 
 def accounts(*names: str) -> list[Account]:
@@ -217,22 +219,22 @@ def test_the_tail_is_checkpointed_beside_the_writer_until_the_wal_runs_long(
     found WAL_FRAMES_ALONE frames in the WAL (the checkpoints beside a writer that never pauses
     cannot start it over), the writer checkpoints it itself, between two transactions, the WAL
     starts over at the next commit, and the tail is the thread's again."""
-    from csce513msg.store import sqlite
+    from csce513msg.store import checkpoints
 
-    monkeypatch.setattr(sqlite, "WAL_FRAMES_ALONE", 100)  # fewer than a round of batches writes
+    monkeypatch.setattr(checkpoints, "WAL_FRAMES_ALONE", 100)  # fewer than a round of batches writes
     store = SqliteStore(tmp_path / "db", checkpoint_interval=3600)  # the thread runs when asked, not on a timer
     wal = tmp_path / "db-wal"
 
     assert round_of_batches(store, 0) == [None] * TAIL_EVERY  # the tail was the thread's, woken at the last
     deadline = time.monotonic() + 30
-    while store._wal_frames == 0 and time.monotonic() < deadline:  # the thread's checkpoint counted the WAL
+    while store.checkpoints.wal_frames == 0 and time.monotonic() < deadline:  # the thread's checkpoint counted the WAL
         time.sleep(0.01)
-    assert store._wal_frames >= 100  # a round of batches wrote more frames than the WAL may hold
+    assert store.checkpoints.wal_frames >= 100  # a round of batches wrote more frames than the WAL may hold
     *before, last = round_of_batches(store, TAIL_EVERY)  # (the thread is not woken: these stay in the WAL)
     assert before == [None] * (TAIL_EVERY - 1) and last is not None
     old = salts(wal)
     last()  # the storage thread runs it, no batch beside it: every frame moved
-    assert store._wal_frames == 0
+    assert store.checkpoints.wal_frames == 0
     store.apply(Batch(messages=[msg("a", "b", b"after", time_us=1)]))
     assert salts(wal) != old  # the next commit started the WAL over
     assert round_of_batches(store, 2 * TAIL_EVERY + 1) == [None] * TAIL_EVERY  # the thread's again
@@ -258,29 +260,27 @@ class _CheckpointsFail:
 def test_a_failing_checkpoint_beside_the_writer_is_logged_once_and_hands_the_tail_to_the_writer(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from csce513msg.store import sqlite
-    from csce513msg.store.sqlite import WAL_FRAMES_ALONE
+    from csce513msg.store import checkpoints, schema
+    from csce513msg.store.checkpoints import WAL_FRAMES_ALONE
 
-    real = sqlite.connect
-    opened: list[str] = []
+    real = schema.connect
 
-    def connect(path: str) -> sqlite3.Connection:  # the writer's first, then the checkpointer thread's
-        opened.append(path)
-        return real(path) if len(opened) == 1 else _CheckpointsFail(real(path))  # type: ignore[return-value]
+    def connect(path: str) -> sqlite3.Connection:  # the checkpointer thread's (the writer's is the store's)
+        return _CheckpointsFail(real(path))  # type: ignore[return-value]
 
-    monkeypatch.setattr(sqlite, "connect", connect)
+    monkeypatch.setattr(checkpoints, "connect", connect)
     store = SqliteStore(tmp_path / "db", checkpoint_interval=3600)
 
     for start in (0, 2 * TAIL_EVERY):  # twice: the thread fails twice, a stretch of failures
         assert round_of_batches(store, start) == [None] * TAIL_EVERY  # the tail went to the thread, which fails
         deadline = time.monotonic() + 30
-        while store._wal_frames < WAL_FRAMES_ALONE and time.monotonic() < deadline:
+        while store.checkpoints.wal_frames < WAL_FRAMES_ALONE and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert store._wal_frames == WAL_FRAMES_ALONE  # as if it had fallen behind: the writer's turn
+        assert store.checkpoints.wal_frames == WAL_FRAMES_ALONE  # as if it had fallen behind: the writer's turn
         *before, last = round_of_batches(store, start + TAIL_EVERY)
         assert before == [None] * (TAIL_EVERY - 1) and last is not None
         last()  # the writer's own connection checkpoints, and every frame moved
-        assert store._wal_frames == 0
+        assert store.checkpoints.wal_frames == 0
     failures = [r for r in caplog.records if "beside the writer failed" in r.getMessage()]
     assert len(failures) == 1 and "disk is full" in failures[0].getMessage()  # once a stretch, not each time
     store.close()
@@ -303,7 +303,7 @@ def test_with_full_durability_the_writer_checkpoints_the_tail_itself(tmp_path: P
     last()  # the storage thread runs it: everything moved
     store.apply(Batch(messages=[msg("a", "b", b"after", time_us=1)]))
     assert salts(wal) != old  # the next commit started the WAL over
-    assert not store._tail.is_set()  # the checkpointer thread was never asked for the tail
+    assert not store.checkpoints.tail.is_set()  # the checkpointer thread was never asked for the tail
     store.close()
 
 

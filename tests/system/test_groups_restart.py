@@ -23,7 +23,7 @@ from csce513msg.protocol import (
     ReceiptState,
     TargetKind,
 )
-from csce513msg.store.sqlite import MIGRATIONS
+from csce513msg.store.schema import MIGRATIONS
 from tests.conformance.wire import connect, next_of
 from tests.fixtures import Names
 from tests.servers import ServerProcess, start
