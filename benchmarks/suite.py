@@ -140,13 +140,11 @@ class Server:
             cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
             ready = "Ready to accept connections"
         else:
-            stored = hash_password(PASSWORD, COSTS["test"])
-            book = AccountBook(Path(self.data_dir) / "csce513msg.db")
-            book.add_many([Account(user(i), "student", stored) for i in range(users)])
-            if burst_users:  # workload 6: they log in at the production cost
-                slow = hash_password(PASSWORD, COSTS["production"])
-                book.add_many([Account(f"burst{i}", "student", slow) for i in range(burst_users)])
-            book.close()
+            try:
+                self._accounts(users, burst_users)
+            except BaseException:
+                shutil.rmtree(self.data_dir, ignore_errors=True)  # (as when the server does not start)
+                raise
             cmd = [sys.executable, "-m", "csce513msg.cli.msgsrv", "--backend", backend, "--port", "0"]
             cmd += ["--data-dir", self.data_dir, "--log-level", "warning", "--kdf-cost", "test", *flags]
         keep: tuple[int, ...] = ()
@@ -174,6 +172,18 @@ class Server:
         self.pid = self.proc.pid
         if self.perf_out is not None:  # perf's child is the server
             self.pid = int(Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()[0])
+
+    def _accounts(self, users: int, burst_users: int) -> None:
+        """The accounts u0..u(users-1), and burst0.. at the production cost (workload 6)."""
+        stored = hash_password(PASSWORD, COSTS["test"])
+        book = AccountBook(Path(self.data_dir) / "csce513msg.db")
+        try:
+            book.add_many([Account(user(i), "student", stored) for i in range(users)])
+            if burst_users:  # workload 6: they log in at the production cost
+                slow = hash_password(PASSWORD, COSTS["production"])
+                book.add_many([Account(f"burst{i}", "student", slow) for i in range(burst_users)])
+        finally:
+            book.close()
 
     def _read_stats(self) -> None:
         assert self.proc.stderr is not None
