@@ -7,7 +7,7 @@ a server option given before a command would be ignored, so it is refused.
 Every limit is a flag, and every flag's default comes from one place: the field of
 the same name in ``BackendConfig`` or ``HubConfig``, which the options below read and
 ``_configs`` fills by name (the two that configure other parts, ``--handshake-timeout``
-and ``--checkpoint-interval``, from ``backends.tls`` and ``store.sqlite``). ``msgsrv
+and ``--checkpoint-interval``, from ``backends.tls`` and ``store.checkpoints``). ``msgsrv
 invite`` prints what students need to connect (``cli/invite.py``). The options a deployment sets also come from the
 environment (``MSGSRV_HOST``, ``MSGSRV_PORT``, ``MSGSRV_DATA_DIR``...: ``--help``
 shows each one).

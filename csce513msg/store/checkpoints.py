@@ -14,9 +14,9 @@ pushed p99 delivery latency from 0.14 ms to 2.5-3 ms at 20k messages/s. Instead:
   its syncs, which on a disk busy with an upload's writes can take a fifth of a second);
   once the WAL runs past ``WAL_FRAMES_ALONE`` frames anyway, the writer checkpoints it
   itself, between two transactions, and the next commit starts the WAL over. With ``full``
-  (or no checkpointer thread) the tail is always the writer's own: its commits sync
-  already, and a checkpoint's syncs beside them only lengthen each (paced 5,000/s: p99
-  28 → 49 ms).
+  the tail is always the writer's own: its commits sync already, and a checkpoint's syncs
+  beside them only lengthen each (paced 5,000/s: p99 28 → 49 ms); so it is with no
+  checkpointer thread, which has nobody to give it to.
 - **After a redaction**, the whole WAL is moved and cut to 0 bytes (``truncate``), so the
   removed text is in neither file.
 
@@ -72,14 +72,26 @@ class Checkpoints:
         self._thread: threading.Thread | None = None
         if interval > 0:
             self._thread = threading.Thread(target=self._run, args=(interval,), name="checkpointer", daemon=True)
+
+    def start(self) -> None:
+        """Start the checkpointer thread (if any): the store's last step, once it is open."""
+        if self._thread is not None:
             self._thread.start()
+
+    def committed(self) -> None:
+        """A batch was committed (one more towards the next tail)."""
+        self.batches += 1
+
+    def redacted(self) -> None:
+        """A batch being written overwrites a text: the WAL is truncated after it (``due``)."""
+        self.scrub = True
 
     def close(self) -> None:
         """Stop the checkpointer thread: a checkpoint under way ends first (a store reopened at
         once truncates the WAL)."""
         self._stop.set()
         self.tail.set()  # (wakes the thread, which sees the stop)
-        if self._thread is not None:
+        if self._thread is not None and self._thread.is_alive():
             self._thread.join(30)
 
     def due(self) -> Callable[[], None] | None:
@@ -105,8 +117,8 @@ class Checkpoints:
         try:
             with self.lock:
                 busy, frames, moved = self.writer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            if not busy and frames == moved:
-                self.wal_frames = 0  # all moved: the checkpoints beside the writer may take the tail again
+                if not busy and frames == moved:
+                    self.wal_frames = 0  # all moved: the checkpoints beside the writer may take the tail again
         except sqlite3.Error as exc:
             log.warning("WAL checkpoint failed (the commits before it stand): %s", exc)
 
@@ -138,7 +150,12 @@ class Checkpoints:
     def _run(self, interval: float) -> None:
         """The checkpointer thread: its own connection moves the WAL into the database, off the
         commit path, every ``interval`` seconds and when the writer asks for the tail (``due``)."""
-        db = connect(self.path)
+        try:
+            db = connect(self.path)
+        except sqlite3.Error as exc:  # (out of descriptors, say): the tail is the writer's from now on
+            log.warning("the checkpointer thread could not open the database; the writer checkpoints: %s", exc)
+            self.wal_frames = WAL_FRAMES_ALONE
+            return
         while True:
             # a set() between wait and clear is served by the checkpoint below; one during that
             # checkpoint leaves the event set, and the next wait returns at once
@@ -156,6 +173,8 @@ class Checkpoints:
         try:
             with self.lock:
                 busy, frames, _moved = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                if not busy:  # (busy: another process checkpoints; its -1 is no count)
+                    self.wal_frames = frames  # (one int, replaced whole: safe to read from the writer's thread)
         except sqlite3.Error as exc:
             if not self.failing:
                 log.warning("WAL checkpoint beside the writer failed (the commits stand): %s", exc)
@@ -163,5 +182,3 @@ class Checkpoints:
             self.wal_frames = WAL_FRAMES_ALONE
             return
         self.failing = False
-        if not busy:  # (busy: another process checkpoints; its -1 is no count)
-            self.wal_frames = frames  # (one int, replaced whole: safe to read from the writer's thread)

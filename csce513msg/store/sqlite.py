@@ -109,7 +109,7 @@ class SqliteStore:
         self.path = str(path)
         self.db = connect(self.path)  # the writer: used by one lane at a time (the hub's one slot)
         self.db.execute(f"PRAGMA synchronous={SYNC[durability]}")
-        self.db.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints happen elsewhere (see above)
+        self.db.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints happen elsewhere (checkpoints.py)
         self.db.execute("PRAGMA journal_size_limit=67108864")  # a WAL started over is cut back to 64 MiB
         self.db.execute("PRAGMA secure_delete=ON")  # what is deleted or overwritten is zeroed, not left in free space
         self._before = 0  # the last message id before the batch being written
@@ -134,6 +134,7 @@ class SqliteStore:
         self._recent: dict[str, _Recent] = {}  # stream -> its newest messages, as the receipts they become
         self._marks: dict[str, GroupMark] = {}  # group stream -> its members and delivered marks (groupmark.py)
         self._newly: list[DeliveredNote] = []  # delivered by the batch's group events and posts
+        self.checkpoints.start()  # last: a failure above leaves no thread behind
 
     def close(self) -> None:
         self.checkpoints.close()
@@ -224,7 +225,7 @@ class SqliteStore:
             self._rolled_back()
             return BatchResult(error=f"storage error: {exc!r}")
         self._accounts.update((a.name, a) for a in batch.accounts)
-        self.checkpoints.batches += 1
+        self.checkpoints.committed()
         fetched = {f.key: found for f in batch.fetches if (found := self._read(self._fetch, f)) is not None}
         history = {
             key: page
@@ -717,7 +718,7 @@ class SqliteStore:
                 "UPDATE messages SET content_type = ?, body = ? WHERE stream = ? AND position = ?",
                 (GROUP_EVENT, m.body, stream, change.position),
             )
-            self.checkpoints.scrub = True  # the WAL is truncated after this batch
+            self.checkpoints.redacted()
         self._newly += self._notes(stream, mark.change(position, joins, leaves))
         if change.op == DELETE:
             db.execute("UPDATE groups SET deleted_us = ? WHERE id = ?", (max(1, m.time_us), gid))

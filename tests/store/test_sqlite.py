@@ -288,6 +288,33 @@ def test_a_failing_checkpoint_beside_the_writer_is_logged_once_and_hands_the_tai
         assert db.execute("SELECT count(*) FROM messages").fetchone()[0] == 4 * TAIL_EVERY
 
 
+def test_a_checkpointer_that_cannot_open_the_database_hands_the_tail_to_the_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The checkpointer thread's own connection fails to open (out of descriptors, say): the
+    thread says so and ends, and the writer checkpoints the tail from then on, so the WAL
+    still starts over (a thread that died silently left it to grow without bound)."""
+    from csce513msg.store import checkpoints
+    from csce513msg.store.checkpoints import WAL_FRAMES_ALONE
+
+    def connect(path: str) -> sqlite3.Connection:
+        raise sqlite3.OperationalError("unable to open database file")
+
+    monkeypatch.setattr(checkpoints, "connect", connect)
+    store = SqliteStore(tmp_path / "db", checkpoint_interval=3600)
+    deadline = time.monotonic() + 30
+    while store.checkpoints.wal_frames < WAL_FRAMES_ALONE and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert any("could not open the database" in r.getMessage() for r in caplog.records)
+    *before, last = round_of_batches(store, 0)
+    assert before == [None] * (TAIL_EVERY - 1) and last is not None  # the writer's own, every round
+    old = salts(tmp_path / "db-wal")
+    last()
+    store.apply(Batch(messages=[msg("a", "b", b"after", time_us=1)]))
+    assert salts(tmp_path / "db-wal") != old  # the WAL started over
+    store.close()
+
+
 def test_with_full_durability_the_writer_checkpoints_the_tail_itself(tmp_path: Path) -> None:
     """Every ``full`` commit syncs the WAL: a checkpoint's syncs beside it would only lengthen
     each commit's, so the tail is the writer's own every TAIL_EVERY batches, with no batch beside it."""
