@@ -1,6 +1,8 @@
-"""Accounts on a real server, every backend: the admin commands (`msgsrv user`) against
-a running server, registration off, and login throttling (a server of its own, so it
-cannot throttle other tests)."""
+"""Accounts on a real server: the admin commands (`msgsrv user`) against a running server,
+registration off, and login throttling (a server of its own, so it cannot throttle other
+tests). Two backends, one of each way the store runs: epoll applies batches on its loop
+(a database `msgsrv user` holds moves the batch to the storage thread), threads on its
+storage thread; the conformance suite covers accounts on all six."""
 
 from __future__ import annotations
 
@@ -18,7 +20,9 @@ from csce513msg.client import Client, ConnectionClosed, ServerError
 from csce513msg.protocol import Deliver, Error, ErrorCode
 from tests.conformance.wire import PASSWORD
 from tests.fixtures import Names
-from tests.servers import ServerProcess, start
+from tests.servers import IS_LINUX, ServerProcess, start
+
+BACKENDS = ["epoll" if IS_LINUX else "poll", "threads"]
 
 MSGSRV = [sys.executable, "-m", "csce513msg.cli.msgsrv"]
 
