@@ -215,14 +215,16 @@ def test_a_dm_client_counts_every_receipt_and_delivery_a_coalesced_frame_carries
 
 
 def test_the_targets_table_has_every_row_of_the_issue_with_ratios_to_the_relay() -> None:
-    """benchmarks.targets: one column a backend, the issue's ten rows, the CPU row as a
+    """benchmarks.targets: one column a backend, the issue's ten rows and the paced 5k/s on a
+    warm server after its row, the CPU row as a
     ratio to the relay of the same run, the baselines under the table."""
     from benchmarks.targets import table
 
     point = {
         "backend": "epoll", "cpu_us_per_message": 40.0, "memory_cpu_us_per_message": 30.0,
         "group_cpu_us_per_delivery": 2.5, "paced_5k_cpu_utilisation": 0.5, "paced_5k_p99_ms": 3.2,
-        "paced_5k_p50_ms": 1.0, "paced_10k_p99_ms": 9.0, "paced_10k_delivered_per_s": 9990.0,
+        "paced_5k_p50_ms": 1.0, "paced_5k_warm_p99_ms": 2.5, "paced_5k_warm_p50_ms": 0.9,
+        "paced_5k_warm_cpu_us_per_message": 99.6, "paced_10k_p99_ms": 9.0, "paced_10k_delivered_per_s": 9990.0,
         "highest_sustained": {"rate": 12000.0}, "paced_5k_full_p99_ms": 4.0, "login_median_ms": 250.0,
         "login_chat_p99_ratio": 1.2, "rss_bytes_per_idle_connection": 2070,
     }  # fmt: skip
@@ -231,8 +233,9 @@ def test_the_targets_table_has_every_row_of_the_issue_with_ratios_to_the_relay()
     lines = text.splitlines()
     assert lines[0] == "| figure | epoll | uvloop |"
     rows = [line for line in lines[2:] if line.startswith("| ")]
-    assert len(rows) == 10
-    assert "40.0 µs (10.0x relay)" in rows[0] and "12,000/s" in rows[6] and "2.07 kB" in rows[9]
+    assert len(rows) == 11
+    assert "40.0 µs (10.0x relay)" in rows[0] and "12,000/s" in rows[7] and "2.07 kB" in rows[10]
+    assert "2.5 ms (p50 0.9; 100 µs/msg)" in rows[5]
     assert lines[-1].startswith("Baselines: relay 4.0 µs/msg") and "redis" in lines[-1]
 
 
