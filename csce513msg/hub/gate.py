@@ -337,17 +337,18 @@ class Gate:
         """The password is right: record the device (and give it a device token, or a fresh
         one for a token half-way through its life) in the next batch; LoginOk follows it."""
         msg = login.msg
+        user = self.accounts[login.user].name  # the account's own string: one a user, not one a session
         token = msg.device_token if isinstance(msg, Login) and login.token_digest else ""
         record = self.device_tokens.get(login.token_digest)
         if not token or record is None or record.created_us < self.front.wall_us(now) - TOKEN_LIFETIME_US // 2:
             token = secrets.token_hex(16)  # 128 random bits
-            new = DeviceToken(_digest(token), login.user, msg.device_id, self.front.wall_us(now), password_hash)
+            new = DeviceToken(_digest(token), user, msg.device_id, self.front.wall_us(now), password_hash)
             self.mail.batch.device_tokens.append(new)
         key = self.out.new_id()
         self._login_reads[key] = (login.conn, msg.request_id, token)
-        session.user, session.device = login.user, msg.device_id  # not online until LoginOk
+        session.user, session.device = user, msg.device_id  # not online until LoginOk
         history = self.config.new_device_history
-        self.mail.batch.logins.append(LoginRead(key, login.user, msg.device_id, history, WAITING_CAP, session.groups))
+        self.mail.batch.logins.append(LoginRead(key, user, msg.device_id, history, WAITING_CAP, session.groups))
 
     def logins_done(self, batch: Batch, result: BatchResult, now: float) -> None:
         """The login reads of a batch are back (or failed with it): answer each login."""
@@ -412,6 +413,8 @@ class Gate:
         session.held.append(msg)
 
     def _release_held(self, session: Session, now: float) -> None:
+        if not session.held:
+            return  # (most logins: no new empty list for every session)
         held, session.held = session.held, []
         for msg in held:
             if session.closing:

@@ -238,3 +238,15 @@ def test_a_bug_in_the_hash_lane_is_internal_and_the_connection_stays() -> None:
     h.send_raw(peer, encode(Login("alice", PASSWORD, "dev", request_id=3)))  # and may try again
     h.settle()
     assert peer.of(LoginOk)
+
+
+def test_sessions_of_one_user_hold_the_account_s_name_not_a_copy_each() -> None:
+    """A logged-in session (and the device token the gate keeps for it) names its user with
+    the account's own string: at 10,000 connections a copy each was 54 bytes a session."""
+    hub = Harness()
+    account = hub.account("alice")
+    peers = [hub.connect("Alice", device=f"dev-{i}") for i in range(3)]  # each Login folds the name anew
+    sessions = [hub.engine.sessions[p.conn] for p in peers]
+    assert [s.user for s in sessions] == ["alice"] * 3
+    assert all(s.user is account.name for s in sessions)
+    assert all(t.user is account.name for t in hub.engine.gate.device_tokens.values())
