@@ -72,6 +72,8 @@ class FrameDecoder:
     it the bytes that caused it, as long as the connection takes to close).
     """
 
+    __slots__ = ("_buf", "_error", "bulk_frame", "bulk_type", "max_frame")  # one a connection: no __dict__ (40 B)
+
     def __init__(self, max_frame: int) -> None:
         """Args: max_frame: the largest ``length`` (header + body) accepted."""
         self.max_frame = max_frame
