@@ -336,3 +336,18 @@ def test_the_warm_windows_run_one_server_and_report_each_window() -> None:
         assert 0 < w["sent"] <= w["delivered"] <= w["sent"] + 10
         assert w["server_cpu_us_per_message"] > 0 and w["p99_ms"] >= w["p50_ms"] > 0
         assert w["wal_mib"] > 0  # the one server's database: its WAL is there after each window
+
+
+def test_session_memory_counts_what_the_hub_holds_per_login() -> None:
+    """benchmarks.session_memory: bytes per logged-in session, the Session object itself
+    the largest site (a slotted dataclass of some thirty fields), the memory store's own
+    copies left out (the SQLite store keeps those on disk)."""
+    from benchmarks.session_memory import measure
+
+    report = measure(200, top=40)
+    assert report["sessions"] == 200
+    assert 500 < report["bytes_per_session"] < 5000  # 1.26 kB on 2026-12-03
+    sites = report["sites"]
+    assert sites[0]["where"].startswith("engine.py:") and sites[0]["bytes_per_session"] >= 200
+    assert not any(frame.startswith("memory.py:") for site in sites for frame in site["where"].split(" < "))
+    assert sum(site["bytes_per_session"] for site in sites) <= report["bytes_per_session"] + 1
