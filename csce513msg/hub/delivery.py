@@ -37,7 +37,7 @@ from ..store.interface import ANNOUNCEMENTS, ASKS_CONFIRMATION, KeyNote, Note, i
 from .actions import ConnId, Lane
 from .config import HubConfig
 from .outbox import Outbox
-from .session import Session
+from .session import Session, StreamMark
 
 log = logging.getLogger("csce513msg.hub")
 HISTORY_PAGE = 100  #: the most messages one History request returns
@@ -187,21 +187,22 @@ class Mailroom:
         Raises:
             RemoteProtocolError: BAD_REQUEST for a position beyond what was delivered.
         """
+        marks = session.streams
         for stream, position in acks:
-            delivered = session.delivered.get(stream)
-            if delivered is None or position > delivered:
+            mark = marks.get(stream)
+            if mark is None or position > mark.delivered:
                 raise RemoteProtocolError(
                     ErrorCode.BAD_REQUEST, f"ack of {stream}:{position} is beyond what was delivered", request_id=rid
                 )
         assert session.user is not None
         batch = self.batch
         for stream, position in acks:
-            if position <= session.acked.get(stream, 0):
+            mark = marks[stream]
+            if position <= mark.acked:
                 continue  # an old ack (or a repeat): nothing moves
-            session.acked[stream] = position
-            pending = session.unacked.get(stream, [])
-            left = [p for p in pending if p > position]
-            session.unacked[stream] = left
+            mark.acked = position
+            pending = mark.unacked
+            mark.unacked = left = [p for p in pending if p > position]
             session.in_flight -= len(pending) - len(left)
             batch.cursors[(session.user, session.device, stream)] = position
             key = (stream, session.user)  # and so, for the senders: delivered
@@ -442,7 +443,10 @@ class Mailroom:
     def _deliver(self, session: Session, m: StoredMessage, encoded: dict[int, bytes] | None = None) -> None:
         """Deliver ``m`` to ``session`` (``encoded``: minor -> its Deliver's bytes, shared by
         the sessions of one message, so it is encoded once for each minor)."""
-        if m.position <= session.delivered.get(m.stream, 0):
+        mark = session.streams.get(m.stream)
+        if mark is None:
+            mark = session.streams[m.stream] = StreamMark()
+        elif m.position <= mark.delivered:
             return  # already on its way to this session (a live delivery met a catch-up)
         if session.coalescing:  # its outbox collects the deliveries (1.5), and encodes them
             self.out.delivery(session, (m.target_kind, m.content_type, m.message_id, m.time_us, m.position, m.sender,
@@ -453,8 +457,8 @@ class Mailroom:
                 data = encoded[session.minor] = _deliver_bytes(m, 0, session.minor)
             self.out.write_encoded(session, data)
         self.delivered_count += 1
-        session.delivered[m.stream] = m.position
-        session.unacked.setdefault(m.stream, []).append(m.position)
+        mark.delivered = m.position
+        mark.unacked.append(m.position)
         session.in_flight += 1
 
     def maybe_fetch(self, session: Session) -> None:
@@ -501,15 +505,18 @@ class Mailroom:
             if session.in_flight >= window:
                 session.live = False  # a full window: it catches up from the store as it acknowledges
                 continue
-            if m.position <= session.delivered.get(m.stream, 0):
+            mark = session.streams.get(m.stream)
+            if mark is None:
+                mark = session.streams[m.stream] = StreamMark()
+            elif m.position <= mark.delivered:
                 continue  # already on its way (a live delivery met a catch-up)
             data = encoded.get(session.minor)
             if data is None:
                 data = encoded[session.minor] = _deliver_bytes(m, 0, session.minor)
             self.out.write_encoded(session, data)
             self.delivered_count += 1
-            session.delivered[m.stream] = m.position
-            session.unacked.setdefault(m.stream, []).append(m.position)
+            mark.delivered = m.position
+            mark.unacked.append(m.position)
             session.in_flight += 1
         if log.isEnabledFor(logging.INFO):
             log.info("message %s -> %s (%s), %d bytes, id %d", m.sender, m.target, m.stream, len(m.body), m.message_id)

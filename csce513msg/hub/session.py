@@ -26,6 +26,15 @@ class State(enum.Enum):
 
 
 @dataclass(slots=True, eq=False)
+class StreamMark:
+    """What one session was sent of one stream, and what it acknowledged."""
+
+    delivered: int = 0  #: the last position delivered
+    acked: int = 0  #: the last position acknowledged
+    unacked: list[int] = field(default_factory=list)  #: positions delivered, not yet acknowledged
+
+
+@dataclass(slots=True, eq=False)
 class Session:
     """What the hub knows of one connection."""
 
@@ -56,11 +65,11 @@ class Session:
     device: str = ""  #: the client's device id ("" : one anonymous device per user)
     live: bool = False  #: caught up: new messages are delivered as they are stored
     fetching: bool = False  #: a catch-up read is queued or in flight
-    acked: dict[str, int] = field(default_factory=dict)  #: stream -> acknowledged position
-    delivered: dict[str, int] = field(default_factory=dict)  #: stream -> last delivered
-    unacked: dict[str, list[int]] = field(default_factory=dict)  #: stream -> positions delivered, not acked
+    #: stream -> what was delivered and acknowledged of it (one dict, not three: an idle session's
+    #: empty dicts were 192 bytes of the 10,000-connection picture)
+    streams: dict[str, StreamMark] = field(default_factory=dict)
     partial_since: float | None = None  #: when the frame now half-received began (frame deadline)
-    in_flight: int = 0  #: the sum of len(unacked[s]) over streams, kept as deliveries and acks happen
+    in_flight: int = 0  #: the sum of len(streams[s].unacked), kept as deliveries and acks happen
     held: list[Message] = field(default_factory=list)  #: requests that arrived while AUTHENTICATING
     #: History requests waiting to be read, (request id, stream, before, limit): one is read at a
     #: time. A list, not a deque: at most HISTORY_QUEUE, and an empty deque costs 760 bytes a session

@@ -58,7 +58,7 @@ def test_direct_message_receipt_delivery_and_ack() -> None:
     assert (deliver.sender, deliver.target, deliver.body, deliver.position) == ("alice", "bob", b"hello", 1)
     assert deliver.message_id == receipt.message_id
     # the client acknowledged automatically, cumulatively
-    assert h.engine.sessions[bob.conn].acked == {"dm:alice,bob": 1}
+    assert {s: m.acked for s, m in h.engine.sessions[bob.conn].streams.items()} == {"dm:alice,bob": 1}
 
 
 def test_stream_is_shared_by_both_directions() -> None:

@@ -367,7 +367,7 @@ def test_a_full_window_catches_up_from_the_store(hub: Hub) -> None:
     h.pump()
     assert texts(bob) == ["m0", "m1"] and not h.engine.sessions[bob.conn].live
     session = h.engine.sessions[bob.conn]
-    h.engine.data_received(bob.conn, encode(Ack(session.delivered["g:1"], "g:1"), 4), h.now)
+    h.engine.data_received(bob.conn, encode(Ack(session.streams["g:1"].delivered, "g:1"), 4), h.now)
     del bob.session.data_to_send  # acks again
     h.pump()
     h.settle()
