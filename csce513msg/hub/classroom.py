@@ -71,7 +71,7 @@ class Classroom:
     """
 
     def __init__(
-        self, accounts: dict[str, Account], online: dict[str, list[Session]], outbox: Outbox,
+        self, accounts: dict[str, Account], online: dict[str, tuple[Session, ...]], outbox: Outbox,
         wall_us: Callable[[float], int], record: store.ClassroomRecord | None = None,
     ) -> None:  # fmt: skip
         self.accounts, self.online, self.out, self._wall_us = accounts, online, outbox, wall_us

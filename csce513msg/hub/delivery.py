@@ -113,7 +113,7 @@ class Mailroom:
     """
 
     def __init__(
-        self, store: Store, config: HubConfig, sessions: dict[ConnId, Session], online: dict[str, list[Session]],
+        self, store: Store, config: HubConfig, sessions: dict[ConnId, Session], online: dict[str, tuple[Session, ...]],
         outbox: Outbox, sees: Callable[[Session, str], bool], roster: Roster | None = None,
         notebook: Notebook | None = None,
     ) -> None:  # fmt: skip

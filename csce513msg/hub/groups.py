@@ -143,7 +143,7 @@ class Groups:
     """
 
     def __init__(
-        self, config: HubConfig, accounts: dict[str, Account], online: dict[str, list[Session]], outbox: Outbox,
+        self, config: HubConfig, accounts: dict[str, Account], online: dict[str, tuple[Session, ...]], outbox: Outbox,
         sees: Callable[[Session, str], bool], wall_us: Callable[[float], int], records: dict[str, GroupRecord],
     ) -> None:  # fmt: skip
         self.config, self.accounts, self.online, self.out = config, accounts, online, outbox

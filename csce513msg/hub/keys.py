@@ -75,7 +75,7 @@ class Keys:
     """
 
     def __init__(
-        self, key_days: float, accounts: dict[str, Account], online: dict[str, list[Session]], outbox: Outbox,
+        self, key_days: float, accounts: dict[str, Account], online: dict[str, tuple[Session, ...]], outbox: Outbox,
         mail: Mailroom, wall_us: Callable[[float], int], directory: dict[tuple[str, str], KeyRecord],
     ) -> None:  # fmt: skip
         self.lifetime_us = int(key_days * 86400 * 1_000_000)

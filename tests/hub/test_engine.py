@@ -277,7 +277,7 @@ def test_every_request_in_every_state_is_handled_or_refused(state: State, msg: M
     session.state = state
     if state is State.READY:
         session.user = "yan"
-        h.engine.online["yan"] = [session]
+        h.engine.online["yan"] = (session,)
     h.send_raw(peer, encode(msg))
     handled = (state, type(msg)) in TRANSITIONS
     replies = peer.events[1:]

@@ -16,7 +16,7 @@ def test_a_mailroom_alone_stores_and_answers_with_a_receipt() -> None:
     store = MemoryStore([Account("ann", "student", "x"), Account("ben", "student", "x")])
     out = Outbox()
     ann = Session(1, "10.0.0.1:1", FrameDecoder(4096), 0.0, 0.0, 10.0, 0.0, state=State.READY, user="ann")
-    mail = Mailroom(store, HubConfig(), {1: ann}, {"ann": [ann]}, out, lambda session, user: True)
+    mail = Mailroom(store, HubConfig(), {1: ann}, {"ann": (ann,)}, out, lambda session, user: True)
     new = NewMessage("dm:ann,ben", ("ann", "ben"), "ann", "", 0, 1, "ben", 0, 1_000_000, b"hi")
     mail.store_message(ann, new, rid=7)
     mail.flush(now=0.0)
