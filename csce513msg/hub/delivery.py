@@ -444,9 +444,7 @@ class Mailroom:
         """Deliver ``m`` to ``session`` (``encoded``: minor -> its Deliver's bytes, shared by
         the sessions of one message, so it is encoded once for each minor)."""
         mark = session.streams.get(m.stream)
-        if mark is None:
-            mark = session.streams[m.stream] = StreamMark()
-        elif m.position <= mark.delivered:
+        if mark is not None and m.position <= mark.delivered:
             return  # already on its way to this session (a live delivery met a catch-up)
         if session.coalescing:  # its outbox collects the deliveries (1.5), and encodes them
             self.out.delivery(session, (m.target_kind, m.content_type, m.message_id, m.time_us, m.position, m.sender,
@@ -457,6 +455,8 @@ class Mailroom:
                 data = encoded[session.minor] = _deliver_bytes(m, 0, session.minor)
             self.out.write_encoded(session, data)
         self.delivered_count += 1
+        if mark is None:  # (made once the Deliver is written: a mark always holds a delivery)
+            mark = session.streams[m.stream] = StreamMark()
         mark.delivered = m.position
         mark.unacked.append(m.position)
         session.in_flight += 1
@@ -506,15 +506,15 @@ class Mailroom:
                 session.live = False  # a full window: it catches up from the store as it acknowledges
                 continue
             mark = session.streams.get(m.stream)
-            if mark is None:
-                mark = session.streams[m.stream] = StreamMark()
-            elif m.position <= mark.delivered:
+            if mark is not None and m.position <= mark.delivered:
                 continue  # already on its way (a live delivery met a catch-up)
             data = encoded.get(session.minor)
             if data is None:
                 data = encoded[session.minor] = _deliver_bytes(m, 0, session.minor)
             self.out.write_encoded(session, data)
             self.delivered_count += 1
+            if mark is None:
+                mark = session.streams[m.stream] = StreamMark()
             mark.delivered = m.position
             mark.unacked.append(m.position)
             session.in_flight += 1
